@@ -1,0 +1,542 @@
+//! The admin HTTP server (Envoy's admin API, same paths and formats), on its own thread and
+//! runtime so it answers even when the data path is saturated. Endpoints that change server
+//! state require POST, as in Envoy.
+
+use crate::server::{Shared, ShutdownKind};
+use crate::stats::{self, StatsFilter};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+type Body = Full<Bytes>;
+
+/// (path, mutates server state, help)
+const ENDPOINTS: &[(&str, bool, &str)] = &[
+    ("/", false, "this list"),
+    (
+        "/clusters",
+        false,
+        "upstream clusters and per-host status (?format=json)",
+    ),
+    ("/config_dump", false, "the active configuration as JSON"),
+    (
+        "/drain_listeners",
+        true,
+        "stop accepting on all listeners; connections continue",
+    ),
+    (
+        "/healthcheck/fail",
+        true,
+        "report the server as failing (/ready answers 503)",
+    ),
+    ("/healthcheck/ok", true, "undo /healthcheck/fail"),
+    (
+        "/listeners",
+        false,
+        "listeners and their bound addresses (?format=json)",
+    ),
+    (
+        "/logging",
+        false,
+        "list log levels; POST ?level=L or ?<logger>=L or ?paths=a:L,b:L to change",
+    ),
+    ("/memory", false, "memory usage as JSON"),
+    ("/quitquitquit", true, "exit now, without draining"),
+    ("/ready", false, "200 LIVE when serving, 503 otherwise"),
+    (
+        "/server_info",
+        false,
+        "version, state, uptime, command line, node",
+    ),
+    (
+        "/stats",
+        false,
+        "all stats (?filter=REGEX, ?usedonly, ?format=json|prometheus)",
+    ),
+    (
+        "/stats/prometheus",
+        false,
+        "stats in Prometheus exposition format",
+    ),
+];
+
+/// Serves admin requests on `socket` until `stop` turns true.
+pub fn run(socket: std::net::TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the admin runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::from_std(socket) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot register the admin listener");
+                return;
+            }
+        };
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(address = %addr, "admin listening");
+        }
+        loop {
+            let (stream, _) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(req, &shared)) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await
+                {
+                    tracing::debug!(error = %e, "admin connection error");
+                }
+            });
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+}
+
+fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-cache, max-age=0"),
+    );
+    r
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    response(status, "text/plain; charset=UTF-8", body)
+}
+
+fn json_response(v: &serde_json::Value) -> Response<Body> {
+    let body = serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".into());
+    response(StatusCode::OK, "application/json", body + "\n")
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_query(q: Option<&str>) -> BTreeMap<String, String> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(p), String::new()),
+        })
+        .collect()
+}
+
+fn endpoint_list() -> String {
+    let mut s = String::from("admin commands are:\n");
+    for (path, mutates, help) in ENDPOINTS {
+        let _ = writeln!(
+            s,
+            "  {path}{}: {help}",
+            if *mutates { " (POST)" } else { "" }
+        );
+    }
+    s
+}
+
+/// Handles one admin request.
+pub fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let query = parse_query(req.uri().query());
+    route(req.method(), &path, &query, shared)
+}
+
+fn route(
+    method: &Method,
+    path: &str,
+    query: &BTreeMap<String, String>,
+    shared: &Shared,
+) -> Response<Body> {
+    let Some((_, mutates, _)) = ENDPOINTS.iter().find(|(p, _, _)| *p == path) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("unknown admin path \"{path}\"\n{}", endpoint_list()),
+        );
+    };
+    if *mutates && method != Method::POST {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{path} changes server state and requires POST\n"),
+        );
+    }
+    match path {
+        "/" => text(StatusCode::OK, endpoint_list()),
+        "/stats" => stats_endpoint(query, shared, query.get("format").map(String::as_str)),
+        "/stats/prometheus" => stats_endpoint(query, shared, Some("prometheus")),
+        "/clusters" => clusters(query, shared),
+        "/listeners" => listeners(query, shared),
+        "/config_dump" => config_dump(shared),
+        "/ready" => {
+            let state = shared.state();
+            let code = if state == crate::server::ServerState::Live {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            text(code, format!("{}\n", state.as_str()))
+        }
+        "/server_info" => server_info(shared),
+        "/memory" => {
+            let m = crate::server::memory_usage();
+            json_response(&json!({
+                "allocated": m.allocated.to_string(),
+                "heap_size": m.heap_size.to_string(),
+                "physical": m.physical.to_string(),
+            }))
+        }
+        "/healthcheck/fail" => {
+            shared.health_check_failed.store(true, Ordering::Relaxed);
+            shared.refresh_server_stats();
+            text(StatusCode::OK, "OK\n")
+        }
+        "/healthcheck/ok" => {
+            shared.health_check_failed.store(false, Ordering::Relaxed);
+            shared.refresh_server_stats();
+            text(StatusCode::OK, "OK\n")
+        }
+        "/drain_listeners" => {
+            shared.drain.advance(crate::drain::Phase::Draining);
+            shared.refresh_server_stats();
+            text(StatusCode::OK, "OK\n")
+        }
+        "/quitquitquit" => {
+            shared.request_shutdown(ShutdownKind::Immediate);
+            text(StatusCode::OK, "OK\n")
+        }
+        "/logging" => logging(method, query, shared),
+        _ => text(StatusCode::NOT_FOUND, endpoint_list()),
+    }
+}
+
+fn stats_endpoint(
+    query: &BTreeMap<String, String>,
+    shared: &Shared,
+    format: Option<&str>,
+) -> Response<Body> {
+    let regex = match query.get("filter").filter(|f| !f.is_empty()) {
+        Some(f) => match regex::Regex::new(f) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid regex in filter: {e}\n"),
+                )
+            }
+        },
+        None => None,
+    };
+    let filter = StatsFilter {
+        regex,
+        used_only: query.contains_key("usedonly"),
+    };
+    shared.refresh_server_stats();
+    let snap = shared.store.snapshot();
+    match format {
+        None | Some("text") => text(StatusCode::OK, stats::render_text(&snap, &filter)),
+        Some("json") => json_response(&stats::render_json(&snap, &filter)),
+        Some("prometheus") => response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            stats::render_prometheus(&snap, &filter),
+        ),
+        Some(other) => text(
+            StatusCode::BAD_REQUEST,
+            format!("unknown stats format \"{other}\" (text, json, prometheus)\n"),
+        ),
+    }
+}
+
+fn clusters(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body> {
+    let as_json = query.get("format").map(String::as_str) == Some("json");
+    let mut out = String::new();
+    let mut statuses = Vec::new();
+    for c in shared.clusters.iter() {
+        let name = c.name();
+        let hosts = c.hosts();
+        if !as_json {
+            let _ = writeln!(out, "{name}::observability_name::{name}");
+            let _ = writeln!(out, "{name}::added_via_api::false");
+        }
+        let mut host_json = Vec::new();
+        for h in hosts.all() {
+            let addr = h.address;
+            let cx_active = h.stats.cx_active.load(Ordering::Relaxed);
+            let cx_total = h.stats.cx_total.load(Ordering::Relaxed);
+            let cx_connect_fail = h.stats.cx_connect_fail.load(Ordering::Relaxed);
+            let flags = if h.routable() {
+                "healthy".to_string()
+            } else {
+                format!(
+                    "/eds_status_{}",
+                    h.health_status.as_str().to_ascii_lowercase()
+                )
+            };
+            if as_json {
+                host_json.push(json!({
+                    "address": {"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}},
+                    "stats": [
+                        {"name": "cx_active", "type": "GAUGE", "value": cx_active.to_string()},
+                        {"name": "cx_total", "value": cx_total.to_string()},
+                        {"name": "cx_connect_fail", "value": cx_connect_fail.to_string()},
+                        {"name": "rq_total", "value": "0"},
+                    ],
+                    "health_status": {"eds_health_status": h.health_status.as_str()},
+                    "weight": h.weight,
+                    "priority": h.priority,
+                    "hostname": h.hostname,
+                    "locality": h.locality.to_json(),
+                }));
+            } else {
+                let p = format!("{name}::{addr}");
+                for (k, v) in [
+                    ("cx_active", cx_active.to_string()),
+                    ("cx_connect_fail", cx_connect_fail.to_string()),
+                    ("cx_total", cx_total.to_string()),
+                    ("rq_total", "0".to_string()),
+                    ("hostname", h.hostname.clone()),
+                    ("health_flags", flags),
+                    ("weight", h.weight.to_string()),
+                    ("region", h.locality.region.clone()),
+                    ("zone", h.locality.zone.clone()),
+                    ("sub_zone", h.locality.sub_zone.clone()),
+                    ("canary", "false".to_string()),
+                    ("priority", h.priority.to_string()),
+                    ("success_rate", "-1".to_string()),
+                ] {
+                    let _ = writeln!(out, "{p}::{k}::{v}");
+                }
+            }
+        }
+        if as_json {
+            statuses.push(json!({
+                "name": name,
+                "observability_name": name,
+                "added_via_api": false,
+                "host_statuses": host_json,
+            }));
+        }
+    }
+    if as_json {
+        json_response(&json!({"cluster_statuses": statuses}))
+    } else {
+        text(StatusCode::OK, out)
+    }
+}
+
+fn listeners(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body> {
+    if query.get("format").map(String::as_str) == Some("json") {
+        let list: Vec<_> = shared
+            .listeners
+            .iter()
+            .map(|l| {
+                json!({
+                    "name": l.config.name,
+                    "local_address": {"socket_address": {
+                        "address": l.local_address.ip().to_string(),
+                        "port_value": l.local_address.port(),
+                    }},
+                })
+            })
+            .collect();
+        return json_response(&json!({"listener_statuses": list}));
+    }
+    let mut out = String::new();
+    for l in &shared.listeners {
+        let _ = writeln!(out, "{}::{}", l.config.name, l.local_address);
+    }
+    text(StatusCode::OK, out)
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate for one timestamp.
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+fn config_dump(shared: &Shared) -> Response<Body> {
+    let snap = &shared.snapshot;
+    let updated = rfc3339(shared.started_wall);
+    let listeners: Vec<_> = snap
+        .listeners
+        .iter()
+        .map(|l| json!({"listener": l.to_envoy_json(), "last_updated": updated}))
+        .collect();
+    let clusters: Vec<_> = snap
+        .clusters
+        .iter()
+        .map(|c| json!({"cluster": c.to_envoy_json(), "last_updated": updated}))
+        .collect();
+    json_response(&json!({"configs": [
+        {
+            "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
+            "bootstrap": snap.bootstrap,
+            "last_updated": updated,
+        },
+        {
+            "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+            "static_clusters": clusters,
+        },
+        {
+            "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+            "static_listeners": listeners,
+        },
+    ]}))
+}
+
+fn server_info(shared: &Shared) -> Response<Body> {
+    let node = &shared.snapshot.node;
+    let uptime = shared.started.elapsed().as_secs();
+    json_response(&json!({
+        "version": format!("plumb/{}", crate::VERSION),
+        "state": shared.state().as_str(),
+        "uptime_current_epoch": format!("{uptime}s"),
+        "uptime_all_epochs": format!("{uptime}s"),
+        "hot_restart_version": "disabled",
+        "command_line_options": {
+            "concurrency": shared.options.concurrency,
+            "drain_time": format!("{}s", shared.options.drain_time.as_secs()),
+            "config_path": shared.options.config_source,
+            "args": shared.options.command_line,
+        },
+        "node": {
+            "id": node.id,
+            "cluster": node.cluster,
+            "locality": node.locality.to_json(),
+            "user_agent_name": "plumb",
+        },
+    }))
+}
+
+fn logging(method: &Method, query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body> {
+    let Some(log) = &shared.log else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "log levels are not controllable in this process (no global logger installed)\n",
+        );
+    };
+    if query.is_empty() {
+        return text(StatusCode::OK, log.describe());
+    }
+    if method != Method::POST {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "/logging changes server state when given parameters and requires POST\n",
+        );
+    }
+    let mut result = Ok(());
+    for (k, v) in query {
+        result =
+            match k.as_str() {
+                "level" => log.set_all(v),
+                "paths" => v.split(',').filter(|p| !p.is_empty()).try_for_each(|p| {
+                    match p.split_once(':') {
+                        Some((c, l)) => log.set_component(c, l),
+                        None => Err(format!("paths entry \"{p}\" is not <logger>:<level>")),
+                    }
+                }),
+                component => log.set_component(component, v),
+            };
+        if result.is_err() {
+            break;
+        }
+    }
+    match result {
+        Ok(()) => text(StatusCode::OK, log.describe()),
+        Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n{}", log.describe())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_percent_decoded() {
+        let q = parse_query(Some("filter=%5Ecluster%5C.&usedonly&a=b+c"));
+        assert_eq!(q["filter"], "^cluster\\.");
+        assert_eq!(q["usedonly"], "");
+        assert_eq!(q["a"], "b c");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20Z");
+    }
+}

@@ -1,0 +1,1143 @@
+//! Translation of an Envoy v3 bootstrap (YAML or JSON) into the `Snapshot` model.
+//!
+//! The field tables below are the contract: each Envoy field Plumb reads, ignores on purpose
+//! or rejects. `docs/configuration.md` mirrors them. All errors are collected, not just the
+//! first, and each names its full field path.
+
+use super::walk::{Diagnostics, Field, FieldTable, Obj};
+use super::*;
+use serde_yaml::Value;
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+
+use Field::{Ignored as I, Rejected as R, Supported as S};
+
+/// The bundled default bootstrap (admin on 127.0.0.1:15000, a demo listener on :10000).
+pub const DEFAULT_BOOTSTRAP: &str = include_str!("../../config/default.yaml");
+
+const NOT_ENFORCED: &str = "accepted but not enforced yet";
+const NO_XDS: &str = "dynamic configuration (xDS) is not implemented yet; use static_resources";
+const NO_TLS: &str = "TLS is not implemented yet; refusing rather than sending plaintext";
+
+const BOOTSTRAP: FieldTable = &[
+    ("node", S),
+    ("static_resources", S),
+    ("admin", S),
+    ("stats_flush_interval", S),
+    ("dynamic_resources", R(NO_XDS)),
+    (
+        "cluster_manager",
+        I("cluster manager settings (local cluster, outlier log) have no effect yet"),
+    ),
+    (
+        "stats_config",
+        I("custom tag extraction and stats matchers are not applied"),
+    ),
+    ("stats_sinks", I("stats are served on the admin port only")),
+    (
+        "stats_flush_on_admin",
+        I("histogram intervals are flushed on a timer"),
+    ),
+    ("layered_runtime", I("runtime overrides are not read")),
+    (
+        "overload_manager",
+        I("overload actions are not implemented"),
+    ),
+    ("watchdog", I("watchdog is not implemented")),
+    ("watchdogs", I("watchdog is not implemented")),
+    ("tracing", I("tracing is not implemented")),
+    (
+        "enable_dispatcher_stats",
+        I("dispatcher stats are not produced"),
+    ),
+    ("use_tcp_for_dns_lookups", I("the system resolver is used")),
+    ("dns_resolution_config", I("the system resolver is used")),
+    (
+        "typed_dns_resolver_config",
+        I("the system resolver is used"),
+    ),
+    ("header_prefix", I("no HTTP filters yet")),
+    (
+        "bootstrap_extensions",
+        R("bootstrap extensions are not supported"),
+    ),
+    ("hds_config", R("health discovery service is not supported")),
+    ("flags_path", I("flags directory is not read")),
+    ("fatal_actions", I("fatal actions are not supported")),
+    (
+        "default_socket_interface",
+        R("custom socket interfaces are not supported"),
+    ),
+    ("certificate_provider_instances", R(NO_TLS)),
+    ("node_context_params", I("no xDS yet")),
+    ("inline_headers", I("no HTTP filters yet")),
+    (
+        "application_log_config",
+        I("log format is set with --log-format"),
+    ),
+    ("default_regex_engine", I("Rust regex is used")),
+];
+
+const NODE: FieldTable = &[
+    ("id", S),
+    ("cluster", S),
+    ("locality", S),
+    (
+        "metadata",
+        I("node metadata is only sent to control planes (no xDS yet)"),
+    ),
+    ("dynamic_parameters", I("no xDS yet")),
+    ("user_agent_name", I("fixed to plumb")),
+    ("user_agent_version", I("fixed to plumb's version")),
+    ("user_agent_build_version", I("fixed to plumb's version")),
+    ("extensions", I("informational")),
+    ("client_features", I("informational")),
+    ("listening_addresses", I("informational")),
+];
+
+const LOCALITY: FieldTable = &[("region", S), ("zone", S), ("sub_zone", S)];
+
+const ADMIN: FieldTable = &[
+    ("address", S),
+    ("access_log", I("admin access logs are not written")),
+    ("access_log_path", I("admin access logs are not written")),
+    ("profile_path", I("no CPU profiler")),
+    ("socket_options", I("socket options are not applied")),
+    (
+        "ignore_global_conn_limit",
+        I("no global connection limit yet"),
+    ),
+];
+
+const STATIC_RESOURCES: FieldTable = &[("listeners", S), ("clusters", S), ("secrets", R(NO_TLS))];
+
+const ADDRESS: FieldTable = &[
+    ("socket_address", S),
+    ("pipe", R("unix domain socket addresses are not supported")),
+    (
+        "envoy_internal_address",
+        R("internal listeners are not supported"),
+    ),
+];
+
+const SOCKET_ADDRESS: FieldTable = &[
+    ("address", S),
+    ("port_value", S),
+    ("protocol", S),
+    (
+        "named_port",
+        R("named ports are not supported; use port_value"),
+    ),
+    ("resolver_name", R("custom resolvers are not supported")),
+    (
+        "ipv4_compat",
+        I("IPv4-mapped addresses follow the kernel default"),
+    ),
+    (
+        "network_namespace_filepath",
+        R("binding in another network namespace is not supported"),
+    ),
+];
+
+const LISTENER: FieldTable = &[
+    ("name", S),
+    ("address", S),
+    ("stat_prefix", S),
+    ("filter_chains", S),
+    ("tcp_backlog_size", S),
+    (
+        "per_connection_buffer_limit_bytes",
+        I("copy buffers adapt between 4 KiB and 256 KiB"),
+    ),
+    ("metadata", I("metadata is informational here")),
+    ("drain_type", I("listeners always drain fully")),
+    (
+        "listener_filters",
+        R("listener filters are not supported yet"),
+    ),
+    ("listener_filters_timeout", I("no listener filters")),
+    (
+        "continue_on_listener_filters_timeout",
+        I("no listener filters"),
+    ),
+    (
+        "use_original_dst",
+        R("original-destination capture arrives with eBPF redirection"),
+    ),
+    ("transparent", R("transparent sockets are not supported")),
+    ("freebind", R("freebind sockets are not supported")),
+    ("socket_options", I("socket options are not applied")),
+    (
+        "tcp_fast_open_queue_length",
+        I("TCP fast open is not enabled"),
+    ),
+    ("traffic_direction", I("informational")),
+    (
+        "connection_balance_config",
+        I("the runtime balances accepted connections"),
+    ),
+    ("enable_reuse_port", I("one socket per listener")),
+    ("access_log", I("access logs are not written yet")),
+    ("bind_to_port", R("every listener binds its port")),
+    (
+        "default_filter_chain",
+        R("filter chain matching is not supported yet"),
+    ),
+    (
+        "filter_chain_matcher",
+        R("filter chain matching is not supported yet"),
+    ),
+    ("additional_addresses", R("one address per listener")),
+    ("enable_mptcp", R("MPTCP is not supported")),
+    (
+        "ignore_global_conn_limit",
+        I("no global connection limit yet"),
+    ),
+    (
+        "max_connections_to_accept_per_socket_event",
+        I("accept batching is automatic"),
+    ),
+    ("udp_listener_config", R("UDP is not supported")),
+    ("api_listener", R("API listeners are not supported")),
+    (
+        "internal_listener",
+        R("internal listeners are not supported"),
+    ),
+];
+
+const FILTER_CHAIN: FieldTable = &[
+    ("name", S),
+    ("filters", S),
+    ("filter_chain_match", S),
+    ("transport_socket", R(NO_TLS)),
+    ("transport_socket_connect_timeout", I("no TLS")),
+    ("metadata", I("metadata is informational here")),
+];
+
+const FILTER: FieldTable = &[
+    ("name", S),
+    ("typed_config", S),
+    ("config_discovery", R(NO_XDS)),
+];
+
+const TCP_PROXY_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const TCP_PROXY_NAMES: &[&str] = &["envoy.filters.network.tcp_proxy", "envoy.tcp_proxy"];
+
+const TCP_PROXY: FieldTable = &[
+    ("@type", S),
+    ("stat_prefix", S),
+    ("cluster", S),
+    ("idle_timeout", S),
+    ("max_connect_attempts", S),
+    ("max_downstream_connection_duration", S),
+    (
+        "weighted_clusters",
+        R("weighted clusters are not supported yet; use cluster"),
+    ),
+    (
+        "metadata_match",
+        R("subset load balancing is not supported"),
+    ),
+    (
+        "hash_policy",
+        I("hash policies only matter for RING_HASH/MAGLEV, which are not supported"),
+    ),
+    ("tunneling_config", R("HTTP tunneling is not supported yet")),
+    (
+        "on_demand",
+        R("on-demand cluster discovery is not supported"),
+    ),
+    ("access_log", I("access logs are not written yet")),
+    ("access_log_options", I("access logs are not written yet")),
+    (
+        "access_log_flush_interval",
+        I("access logs are not written yet"),
+    ),
+    (
+        "flush_access_log_on_connected",
+        I("access logs are not written yet"),
+    ),
+    (
+        "backoff_options",
+        I("connect attempts are retried immediately"),
+    ),
+    ("proxy_protocol_tlvs", R("PROXY protocol is not supported")),
+    ("downstream_idle_timeout", R("use idle_timeout")),
+    ("upstream_idle_timeout", R("use idle_timeout")),
+];
+
+const CLUSTER: FieldTable = &[
+    ("name", S),
+    ("type", S),
+    ("connect_timeout", S),
+    ("lb_policy", S),
+    ("load_assignment", S),
+    ("dns_refresh_rate", S),
+    ("dns_lookup_family", S),
+    (
+        "respect_dns_ttl",
+        I("DNS is re-resolved every dns_refresh_rate"),
+    ),
+    (
+        "dns_failure_refresh_rate",
+        I("DNS is re-resolved every dns_refresh_rate"),
+    ),
+    ("dns_jitter", I("no DNS jitter")),
+    ("dns_resolvers", I("the system resolver is used")),
+    ("dns_resolution_config", I("the system resolver is used")),
+    (
+        "typed_dns_resolver_config",
+        I("the system resolver is used"),
+    ),
+    ("use_tcp_for_dns_lookups", I("the system resolver is used")),
+    ("circuit_breakers", I(NOT_ENFORCED)),
+    ("outlier_detection", I(NOT_ENFORCED)),
+    ("health_checks", I(NOT_ENFORCED)),
+    (
+        "common_lb_config",
+        I("panic threshold and locality-weighted LB are not applied yet"),
+    ),
+    ("round_robin_lb_config", I("slow start is not applied")),
+    ("least_request_lb_config", I("choice count is fixed at 2")),
+    (
+        "per_connection_buffer_limit_bytes",
+        I("copy buffers adapt between 4 KiB and 256 KiB"),
+    ),
+    (
+        "typed_extension_protocol_options",
+        I("no HTTP upstreams yet"),
+    ),
+    ("http_protocol_options", I("no HTTP upstreams yet")),
+    ("http2_protocol_options", I("no HTTP upstreams yet")),
+    ("common_http_protocol_options", I("no HTTP upstreams yet")),
+    ("upstream_http_protocol_options", I("no HTTP upstreams yet")),
+    ("protocol_selection", I("no HTTP upstreams yet")),
+    ("max_requests_per_connection", I("no HTTP upstreams yet")),
+    (
+        "upstream_connection_options",
+        I("TCP keepalive is not configured"),
+    ),
+    ("cleanup_interval", I("no ORIGINAL_DST clusters")),
+    ("alt_stat_name", I("stats use the cluster name")),
+    ("metadata", I("metadata is informational here")),
+    ("track_timeout_budgets", I("no HTTP upstreams yet")),
+    ("track_cluster_stats", I("no HTTP upstreams yet")),
+    ("preconnect_policy", I("no connection pools yet")),
+    (
+        "connection_pool_per_downstream_connection",
+        I("no connection pools yet"),
+    ),
+    (
+        "close_connections_on_host_health_failure",
+        I("no health checks yet"),
+    ),
+    ("ignore_health_on_host_removal", I("no health checks yet")),
+    (
+        "wait_for_warm_on_init",
+        I("static clusters are warm at start"),
+    ),
+    ("lrs_server", I("load reporting is not supported")),
+    ("transport_socket", R(NO_TLS)),
+    ("transport_socket_matches", R(NO_TLS)),
+    ("eds_cluster_config", R(NO_XDS)),
+    ("cluster_type", R("custom cluster types are not supported")),
+    (
+        "lb_subset_config",
+        R("subset load balancing is not supported"),
+    ),
+    ("ring_hash_lb_config", R("RING_HASH is not supported")),
+    ("maglev_lb_config", R("MAGLEV is not supported")),
+    (
+        "original_dst_lb_config",
+        R("ORIGINAL_DST clusters arrive with eBPF redirection"),
+    ),
+    (
+        "upstream_bind_config",
+        R("binding upstream source addresses is not supported"),
+    ),
+    ("filters", R("upstream network filters are not supported")),
+    (
+        "load_balancing_policy",
+        R("extension LB policies are not supported; use lb_policy"),
+    ),
+];
+
+const LOAD_ASSIGNMENT: FieldTable = &[
+    ("cluster_name", S),
+    ("endpoints", S),
+    (
+        "policy",
+        I("overprovisioning and drop overloads are not applied"),
+    ),
+    ("named_endpoints", R("named endpoints are not supported")),
+];
+
+const LOCALITY_LB_ENDPOINTS: FieldTable = &[
+    ("locality", S),
+    ("lb_endpoints", S),
+    ("load_balancing_weight", S),
+    ("priority", S),
+    ("proximity", I("proximity is not used")),
+    ("metadata", I("metadata is informational here")),
+    ("leds_cluster_locality_config", R(NO_XDS)),
+];
+
+const LB_ENDPOINT: FieldTable = &[
+    ("endpoint", S),
+    ("health_status", S),
+    ("load_balancing_weight", S),
+    ("metadata", I("metadata is informational here")),
+    ("endpoint_name", R("named endpoints are not supported")),
+];
+
+const ENDPOINT: FieldTable = &[
+    ("address", S),
+    ("hostname", S),
+    ("health_check_config", I("no health checks yet")),
+    (
+        "additional_addresses",
+        I("only the primary address is used"),
+    ),
+];
+
+/// Reads and translates a bootstrap file.
+pub fn parse_bootstrap_file(path: &Path) -> Result<Snapshot, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        source_name: name.clone(),
+        errors: vec![Diag {
+            path: String::new(),
+            message: format!("cannot read {name}: {e}"),
+        }],
+    })?;
+    parse_bootstrap(&text, &name)
+}
+
+/// Translates bootstrap text (YAML; JSON is YAML too). `source_name` labels errors.
+pub fn parse_bootstrap(text: &str, source_name: &str) -> Result<Snapshot, ConfigError> {
+    let fail = |errors| ConfigError {
+        source_name: source_name.to_string(),
+        errors,
+    };
+    let value: Value = serde_yaml::from_str(text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!("line {} column {}", l.line(), l.column()))
+            .unwrap_or_default();
+        fail(vec![Diag {
+            path: at,
+            message: format!("invalid YAML: {e}"),
+        }])
+    })?;
+    let mut d = Diagnostics::default();
+    let snapshot = translate(&value, &mut d);
+    match snapshot {
+        Some(mut s) if d.errors.is_empty() => {
+            s.warnings = d.warnings;
+            Ok(s)
+        }
+        _ => {
+            if d.errors.is_empty() {
+                d.error("", "invalid configuration");
+            }
+            Err(fail(d.errors))
+        }
+    }
+}
+
+fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> {
+    if value.is_null() {
+        d.error("", "the configuration is empty");
+        return None;
+    }
+    let root = Obj::new(value, "", BOOTSTRAP, d)?;
+    let node = root
+        .object("node", NODE, d)
+        .map(|n| read_node(&n, d))
+        .unwrap_or_default();
+    let admin = root.object("admin", ADMIN, d).and_then(|a| {
+        let addr = a.object("address", ADDRESS, d);
+        if addr.is_none() && a.get("address").is_none() {
+            d.error(a.at("address"), "missing required field");
+        }
+        let (host, port) = read_address(&addr?, d)?;
+        match host {
+            Host::Ip(ip) => Some(Admin {
+                address: SocketAddr::new(ip, port),
+            }),
+            Host::Name(n) => {
+                d.error(
+                    a.at("address.socket_address.address"),
+                    format!("\"{n}\" is not an IP address"),
+                );
+                None
+            }
+        }
+    });
+    let stats_flush_interval = root
+        .duration("stats_flush_interval", d)
+        .unwrap_or(Duration::from_secs(5));
+    if !(Duration::from_millis(1)..=Duration::from_secs(300)).contains(&stats_flush_interval) {
+        d.error(
+            root.at("stats_flush_interval"),
+            "must be between 0.001s and 300s",
+        );
+    }
+
+    let mut listeners = Vec::new();
+    let mut clusters = Vec::new();
+    if let Some(sr) = root.object("static_resources", STATIC_RESOURCES, d) {
+        for (path, v) in sr.list("clusters", d) {
+            if let Some(c) = read_cluster(v, &path, d) {
+                clusters.push((path, c));
+            }
+        }
+        for (path, v) in sr.list("listeners", d) {
+            if let Some(l) = read_listener(v, &path, d) {
+                listeners.push((path, l));
+            }
+        }
+    }
+    validate_unique(&clusters, |c| c.name.clone(), "name", "cluster name", d);
+    validate_unique(&listeners, |l| l.name.clone(), "name", "listener name", d);
+    validate_unique(
+        &listeners,
+        |l| l.address.to_string(),
+        "address",
+        "listener address",
+        d,
+    );
+    let cluster_names: HashSet<&str> = clusters.iter().map(|(_, c)| c.name.as_str()).collect();
+    for (lpath, l) in &listeners {
+        for (ci, fc) in l.filter_chains.iter().enumerate() {
+            for (fi, f) in fc.filters.iter().enumerate() {
+                let NetworkFilter::TcpProxy(tp) = f;
+                if !cluster_names.contains(tp.cluster.as_str()) {
+                    d.error(
+                        format!("{lpath}.filter_chains[{ci}].filters[{fi}].typed_config.cluster"),
+                        format!(
+                            "unknown cluster \"{}\" (defined clusters: {})",
+                            tp.cluster,
+                            {
+                                let mut names: Vec<&str> = cluster_names.iter().copied().collect();
+                                names.sort_unstable();
+                                if names.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    names.join(", ")
+                                }
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    Some(Snapshot {
+        node,
+        admin,
+        stats_flush_interval,
+        listeners: listeners.into_iter().map(|(_, l)| Arc::new(l)).collect(),
+        clusters: clusters.into_iter().map(|(_, c)| Arc::new(c)).collect(),
+        bootstrap: serde_json::to_value(value).unwrap_or(Json::Null),
+        warnings: Vec::new(),
+    })
+}
+
+fn validate_unique<T>(
+    items: &[(String, T)],
+    key: impl Fn(&T) -> String,
+    field: &str,
+    what: &str,
+    d: &mut Diagnostics,
+) {
+    let mut seen: Vec<(String, &str)> = Vec::new();
+    for (path, item) in items {
+        let k = key(item);
+        if let Some((_, first)) = seen.iter().find(|(s, _)| *s == k) {
+            d.error(
+                format!("{path}.{field}"),
+                format!("duplicate {what} \"{k}\" (first at {first})"),
+            );
+        } else {
+            seen.push((k, path));
+        }
+    }
+}
+
+fn read_node(n: &Obj, d: &mut Diagnostics) -> Node {
+    Node {
+        id: n.string("id", d).unwrap_or_default(),
+        cluster: n.string("cluster", d).unwrap_or_default(),
+        locality: n
+            .object("locality", LOCALITY, d)
+            .map(|l| read_locality(&l, d))
+            .unwrap_or_default(),
+    }
+}
+
+fn read_locality(l: &Obj, d: &mut Diagnostics) -> Locality {
+    Locality {
+        region: l.string("region", d).unwrap_or_default(),
+        zone: l.string("zone", d).unwrap_or_default(),
+        sub_zone: l.string("sub_zone", d).unwrap_or_default(),
+    }
+}
+
+/// `Address` → (host, port). Hostnames are returned as `Host::Name`; callers decide if allowed.
+fn read_address(a: &Obj, d: &mut Diagnostics) -> Option<(Host, u16)> {
+    let Some(sa) = a.object("socket_address", SOCKET_ADDRESS, d) else {
+        if a.get("socket_address").is_none() {
+            d.error(a.at("socket_address"), "missing required field");
+        }
+        return None;
+    };
+    if let Some(p) = sa.enumeration("protocol", &["TCP"], &[("UDP", "UDP is not supported")], d) {
+        debug_assert_eq!(p, "TCP");
+    }
+    let addr = sa.required_string("address", d);
+    let port = if sa.get("port_value").is_none() {
+        d.error(sa.at("port_value"), "missing required field");
+        None
+    } else {
+        sa.uint("port_value", 0, 65535, d).map(|p| p as u16)
+    };
+    let addr = addr?;
+    let host = match addr.parse::<IpAddr>() {
+        Ok(ip) => Host::Ip(ip),
+        Err(_) if is_hostname(&addr) => Host::Name(addr),
+        Err(_) => {
+            d.error(
+                sa.at("address"),
+                format!("\"{addr}\" is neither an IP address nor a valid hostname"),
+            );
+            return None;
+        }
+    };
+    Some((host, port?))
+}
+
+fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && !label.starts_with('-')
+        })
+}
+
+fn read_listener(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Listener> {
+    let l = Obj::new(v, path, LISTENER, d)?;
+    let address = match l.required("address", d) {
+        Some(_) => l
+            .object("address", ADDRESS, d)
+            .and_then(|a| read_address(&a, d)),
+        None => None,
+    };
+    let address = match address {
+        Some((Host::Ip(ip), port)) => Some(SocketAddr::new(ip, port)),
+        Some((Host::Name(n), _)) => {
+            d.error(
+                l.at("address.socket_address.address"),
+                format!("a listener must bind an IP address, not the hostname \"{n}\""),
+            );
+            None
+        }
+        None => None,
+    };
+    let stat_prefix = l.string("stat_prefix", d);
+    let tcp_backlog_size = l
+        .uint("tcp_backlog_size", 1, u32::MAX as u64, d)
+        .unwrap_or(1024) as u32;
+    let mut chains = Vec::new();
+    let chain_items = l.list("filter_chains", d);
+    if l.get("filter_chains").is_some() && chain_items.is_empty() {
+        d.error(l.at("filter_chains"), "must have at least one filter chain");
+    } else if l.get("filter_chains").is_none() {
+        d.error(l.at("filter_chains"), "missing required field");
+    }
+    for (cpath, cv) in &chain_items {
+        if let Some(fc) = read_filter_chain(cv, cpath, d) {
+            chains.push(fc);
+        }
+    }
+    if chain_items.len() > 1 {
+        d.error(
+            l.at("filter_chains"),
+            format!(
+                "{} filter chains given; without filter chain matching (not supported yet) a listener takes exactly one",
+                chain_items.len()
+            ),
+        );
+    }
+    let address = address?;
+    let name = l.string("name", d).unwrap_or_else(|| address.to_string());
+    Some(Listener {
+        name,
+        address,
+        stat_prefix,
+        tcp_backlog_size,
+        filter_chains: chains,
+    })
+}
+
+fn read_filter_chain(v: &Value, path: &str, d: &mut Diagnostics) -> Option<FilterChain> {
+    let fc = Obj::new(v, path, FILTER_CHAIN, d)?;
+    match fc.get("filter_chain_match") {
+        None => {}
+        Some(Value::Mapping(m)) if m.is_empty() => {}
+        Some(_) => d.error(
+            fc.at("filter_chain_match"),
+            "not supported: filter chain matching is not supported yet (an empty match is accepted)",
+        ),
+    }
+    let items = fc.list("filters", d);
+    if items.is_empty() {
+        d.error(
+            fc.at("filters"),
+            "must have at least one network filter (envoy.filters.network.tcp_proxy)",
+        );
+    }
+    let mut filters = Vec::new();
+    for (fpath, fv) in &items {
+        if let Some(f) = read_filter(fv, fpath, d) {
+            filters.push(f);
+        }
+    }
+    if filters.len() > 1 {
+        d.error(
+            fc.at("filters"),
+            "tcp_proxy is a terminal filter and must be the only filter in the chain",
+        );
+    }
+    Some(FilterChain {
+        name: fc.string("name", d).unwrap_or_default(),
+        filters,
+    })
+}
+
+fn read_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<NetworkFilter> {
+    let f = Obj::new(v, path, FILTER, d)?;
+    let name = f.required_string("name", d);
+    let type_url = f
+        .get("typed_config")
+        .and_then(|tc| tc.get("@type"))
+        .and_then(|t| t.as_str())
+        .map(str::to_string);
+    let is_tcp_proxy = match (&type_url, &name) {
+        (Some(t), _) => t == TCP_PROXY_TYPE,
+        (None, Some(n)) => TCP_PROXY_NAMES.contains(&n.as_str()),
+        (None, None) => false,
+    };
+    if !is_tcp_proxy {
+        let what = type_url.or(name).unwrap_or_default();
+        d.error(
+            path,
+            format!("unsupported network filter \"{what}\" (supported: envoy.filters.network.tcp_proxy with @type {TCP_PROXY_TYPE})"),
+        );
+        return None;
+    }
+    if f.get("typed_config").is_none() {
+        d.error(f.at("typed_config"), "missing required field");
+        return None;
+    }
+    let tc = f.object("typed_config", TCP_PROXY, d)?;
+    if tc.get("@type").is_none() {
+        d.error(
+            tc.at("@type"),
+            format!("missing required field (expected {TCP_PROXY_TYPE})"),
+        );
+    }
+    let stat_prefix = tc.required_string("stat_prefix", d);
+    let cluster = if tc.get("cluster").is_none() {
+        if tc.get("weighted_clusters").is_none() {
+            d.error(tc.at("cluster"), "missing required field");
+        }
+        None
+    } else {
+        tc.required_string("cluster", d)
+    };
+    let idle_timeout = match tc.duration("idle_timeout", d) {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => Some(Duration::from_secs(3600)),
+    };
+    let max_connect_attempts = tc.uint("max_connect_attempts", 1, 100, d).unwrap_or(1) as u32;
+    let max_downstream_connection_duration = tc
+        .duration("max_downstream_connection_duration", d)
+        .filter(|d| !d.is_zero());
+    Some(NetworkFilter::TcpProxy(TcpProxy {
+        stat_prefix: stat_prefix?,
+        cluster: cluster?,
+        idle_timeout,
+        max_connect_attempts,
+        max_downstream_connection_duration,
+    }))
+}
+
+fn read_cluster(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Cluster> {
+    let c = Obj::new(v, path, CLUSTER, d)?;
+    let name = c.required_string("name", d);
+    let discovery = match c
+        .enumeration(
+            "type",
+            &["STATIC", "STRICT_DNS", "LOGICAL_DNS"],
+            &[
+                ("EDS", NO_XDS),
+                (
+                    "ORIGINAL_DST",
+                    "ORIGINAL_DST clusters arrive with eBPF redirection",
+                ),
+            ],
+            d,
+        )
+        .as_deref()
+    {
+        Some("STRICT_DNS") => DiscoveryType::StrictDns,
+        Some("LOGICAL_DNS") => DiscoveryType::LogicalDns,
+        _ => DiscoveryType::Static,
+    };
+    let connect_timeout = c
+        .duration("connect_timeout", d)
+        .unwrap_or(Duration::from_secs(5));
+    if connect_timeout.is_zero() {
+        d.error(c.at("connect_timeout"), "must be greater than 0s");
+    }
+    let lb_policy = match c
+        .enumeration(
+            "lb_policy",
+            &["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"],
+            &[
+                ("RING_HASH", "consistent hashing is not supported yet"),
+                ("MAGLEV", "consistent hashing is not supported yet"),
+                (
+                    "CLUSTER_PROVIDED",
+                    "no cluster types provide a load balancer",
+                ),
+                (
+                    "LOAD_BALANCING_POLICY_CONFIG",
+                    "extension LB policies are not supported",
+                ),
+            ],
+            d,
+        )
+        .as_deref()
+    {
+        Some("LEAST_REQUEST") => LbPolicy::LeastRequest,
+        Some("RANDOM") => LbPolicy::Random,
+        _ => LbPolicy::RoundRobin,
+    };
+    let dns_refresh_rate = c
+        .duration("dns_refresh_rate", d)
+        .unwrap_or(Duration::from_secs(5));
+    if dns_refresh_rate < Duration::from_millis(1) {
+        d.error(c.at("dns_refresh_rate"), "must be at least 0.001s");
+    }
+    let dns_lookup_family = match c
+        .enumeration(
+            "dns_lookup_family",
+            &["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"],
+            &[],
+            d,
+        )
+        .as_deref()
+    {
+        Some("V4_ONLY") => DnsLookupFamily::V4Only,
+        Some("V6_ONLY") => DnsLookupFamily::V6Only,
+        Some("V4_PREFERRED") => DnsLookupFamily::V4Preferred,
+        Some("ALL") => DnsLookupFamily::All,
+        _ => DnsLookupFamily::Auto,
+    };
+    let mut localities = Vec::new();
+    if let Some(la) = c.object("load_assignment", LOAD_ASSIGNMENT, d) {
+        if let (Some(cn), Some(n)) = (la.string("cluster_name", d), &name) {
+            if cn != *n {
+                d.warn(
+                    la.at("cluster_name"),
+                    format!("\"{cn}\" differs from the cluster name \"{n}\"; ignored"),
+                );
+            }
+        }
+        for (lpath, lv) in la.list("endpoints", d) {
+            if let Some(l) = read_locality_endpoints(lv, &lpath, discovery, d) {
+                localities.push(l);
+            }
+        }
+    }
+    let priorities: BTreeSet<u32> = localities.iter().map(|l| l.priority).collect();
+    if let Some(max) = priorities.iter().next_back() {
+        if *max as usize + 1 != priorities.len() {
+            d.error(
+                c.at("load_assignment.endpoints"),
+                format!("priorities must be contiguous from 0; found {priorities:?}"),
+            );
+        }
+    }
+    if discovery == DiscoveryType::LogicalDns {
+        let n: usize = localities.iter().map(|l| l.endpoints.len()).sum();
+        if n != 1 {
+            d.error(
+                c.at("load_assignment"),
+                format!("LOGICAL_DNS clusters take exactly one endpoint, found {n}"),
+            );
+        }
+    }
+    Some(Cluster {
+        name: name?,
+        discovery,
+        connect_timeout,
+        lb_policy,
+        dns_refresh_rate,
+        dns_lookup_family,
+        localities,
+    })
+}
+
+fn read_locality_endpoints(
+    v: &Value,
+    path: &str,
+    discovery: DiscoveryType,
+    d: &mut Diagnostics,
+) -> Option<LocalityEndpoints> {
+    let l = Obj::new(v, path, LOCALITY_LB_ENDPOINTS, d)?;
+    let locality = l
+        .object("locality", LOCALITY, d)
+        .map(|o| read_locality(&o, d))
+        .unwrap_or_default();
+    let priority = l.uint("priority", 0, 127, d).unwrap_or(0) as u32;
+    let load_balancing_weight = l
+        .uint("load_balancing_weight", 1, u32::MAX as u64, d)
+        .map(|w| w as u32);
+    let mut endpoints = Vec::new();
+    for (epath, ev) in l.list("lb_endpoints", d) {
+        if let Some(e) = read_lb_endpoint(ev, &epath, discovery, d) {
+            endpoints.push(e);
+        }
+    }
+    Some(LocalityEndpoints {
+        locality,
+        priority,
+        load_balancing_weight,
+        endpoints,
+    })
+}
+
+fn read_lb_endpoint(
+    v: &Value,
+    path: &str,
+    discovery: DiscoveryType,
+    d: &mut Diagnostics,
+) -> Option<Endpoint> {
+    let lb = Obj::new(v, path, LB_ENDPOINT, d)?;
+    let health_status = match lb
+        .enumeration(
+            "health_status",
+            &[
+                "UNKNOWN",
+                "HEALTHY",
+                "UNHEALTHY",
+                "DRAINING",
+                "TIMEOUT",
+                "DEGRADED",
+            ],
+            &[],
+            d,
+        )
+        .as_deref()
+    {
+        Some("HEALTHY") => HealthStatus::Healthy,
+        Some("UNHEALTHY") => HealthStatus::Unhealthy,
+        Some("DRAINING") => HealthStatus::Draining,
+        Some("TIMEOUT") => HealthStatus::Timeout,
+        Some("DEGRADED") => HealthStatus::Degraded,
+        _ => HealthStatus::Unknown,
+    };
+    let weight = lb
+        .uint("load_balancing_weight", 1, u32::MAX as u64, d)
+        .unwrap_or(1) as u32;
+    if lb.get("endpoint").is_none() {
+        d.error(lb.at("endpoint"), "missing required field");
+        return None;
+    }
+    let ep = lb.object("endpoint", ENDPOINT, d)?;
+    let hostname = ep.string("hostname", d);
+    if ep.get("address").is_none() {
+        d.error(ep.at("address"), "missing required field");
+        return None;
+    }
+    let (host, port) = read_address(&ep.object("address", ADDRESS, d)?, d)?;
+    if discovery == DiscoveryType::Static {
+        if let Host::Name(n) = &host {
+            d.error(
+                ep.at("address.socket_address.address"),
+                format!("STATIC clusters take IP addresses; \"{n}\" needs type STRICT_DNS or LOGICAL_DNS"),
+            );
+            return None;
+        }
+    }
+    if port == 0 {
+        d.error(
+            ep.at("address.socket_address.port_value"),
+            "an endpoint needs a non-zero port",
+        );
+        return None;
+    }
+    Some(Endpoint {
+        host,
+        port,
+        hostname,
+        weight,
+        health_status,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match parse_bootstrap(yaml, "test.yaml") {
+            Ok(_) => vec![],
+            Err(e) => e.errors.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    const GOOD: &str = r#"
+admin: { address: { socket_address: { address: 127.0.0.1, port_value: 0 } } }
+static_resources:
+  listeners:
+  - name: l1
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: p
+          cluster: c1
+  clusters:
+  - name: c1
+    connect_timeout: 0.5s
+    load_assignment:
+      cluster_name: c1
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 9 } } }
+"#;
+
+    #[test]
+    fn bundled_default_is_valid() {
+        let s = parse_bootstrap(DEFAULT_BOOTSTRAP, "default").expect("default config");
+        assert_eq!(s.listeners.len(), 1);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn minimal_tcp_proxy_bootstrap_parses_with_envoy_defaults() {
+        let s = parse_bootstrap(GOOD, "t").unwrap();
+        let c = s.cluster("c1").unwrap();
+        assert_eq!(c.connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
+        assert_eq!(c.discovery, DiscoveryType::Static);
+        let NetworkFilter::TcpProxy(tp) = &s.listeners[0].filter_chains[0].filters[0];
+        assert_eq!(tp.idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(tp.max_connect_attempts, 1);
+    }
+
+    #[test]
+    fn unknown_cluster_reference_names_the_field_path() {
+        let e = errors(&GOOD.replace("cluster: c1", "cluster: nope"));
+        assert_eq!(
+            e,
+            vec!["static_resources.listeners[0].filter_chains[0].filters[0].typed_config.cluster: unknown cluster \"nope\" (defined clusters: c1)"]
+        );
+    }
+
+    #[test]
+    fn port_out_of_range_is_rejected() {
+        let e = errors(&GOOD.replace("port_value: 9 ", "port_value: 70000 "));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with(
+            "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value: 70000 is out of range"
+        ), "{e:?}");
+    }
+
+    #[test]
+    fn missing_field_and_unknown_field_are_both_reported() {
+        let y = GOOD.replace("stat_prefix: p", "bogus_field: 1");
+        let e = errors(&y);
+        assert!(e.iter().any(|m| m.starts_with(
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.bogus_field: unknown field"
+        )), "{e:?}");
+        assert!(e.contains(
+            &"static_resources.listeners[0].filter_chains[0].filters[0].typed_config.stat_prefix: missing required field".to_string()
+        ), "{e:?}");
+    }
+
+    #[test]
+    fn bad_yaml_reports_line() {
+        let e = errors("static_resources: [\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("line "), "{e:?}");
+    }
+
+    #[test]
+    fn ignored_fields_warn_and_rejected_fields_fail() {
+        let y = GOOD.replace(
+            "connect_timeout: 0.5s",
+            "connect_timeout: 0.5s\n    alt_stat_name: x",
+        );
+        let s = parse_bootstrap(&y, "t").unwrap();
+        assert_eq!(s.warnings.len(), 1);
+        assert_eq!(
+            s.warnings[0].path,
+            "static_resources.clusters[0].alt_stat_name"
+        );
+        let y = GOOD.replace(
+            "connect_timeout: 0.5s",
+            "connect_timeout: 0.5s\n    transport_socket: {}",
+        );
+        let e = errors(&y);
+        assert!(
+            e[0].starts_with("static_resources.clusters[0].transport_socket: not supported: TLS"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn camel_case_fields_are_accepted() {
+        let y = GOOD
+            .replace("port_value: 9", "portValue: 9")
+            .replace("connect_timeout", "connectTimeout");
+        parse_bootstrap(&y, "t").unwrap();
+    }
+
+    #[test]
+    fn static_cluster_rejects_hostnames_and_dns_accepts_them() {
+        let y = GOOD.replace(
+            "address: 127.0.0.1, port_value: 9",
+            "address: localhost, port_value: 9",
+        );
+        assert!(errors(&y)[0].contains("needs type STRICT_DNS"));
+        let y = y.replace(
+            "connect_timeout: 0.5s",
+            "connect_timeout: 0.5s\n    type: STRICT_DNS",
+        );
+        parse_bootstrap(&y, "t").unwrap();
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected() {
+        let y = GOOD.replace(
+            "  clusters:\n",
+            "  clusters:\n  - name: c1\n    load_assignment: { cluster_name: c1 }\n",
+        );
+        let e = errors(&y);
+        assert!(e.iter().any(|m| m == "static_resources.clusters[1].name: duplicate cluster name \"c1\" (first at static_resources.clusters[0])"), "{e:?}");
+    }
+}

@@ -1,0 +1,330 @@
+//! The one internal configuration model (`Snapshot`): validated, immutable, shared by `Arc`.
+//!
+//! Front doors only translate into it: the bootstrap file today (`bootstrap`), xDS later.
+//! Nothing downstream of this module sees YAML or protobufs.
+
+mod bootstrap;
+mod walk;
+
+pub use bootstrap::{parse_bootstrap, parse_bootstrap_file, DEFAULT_BOOTSTRAP};
+pub use walk::{parse_duration, Diag, Diagnostics};
+
+use serde_json::{json, Value as Json};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Rejected configuration: every error found, each with its field path.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", render_errors(.errors))]
+pub struct ConfigError {
+    pub source_name: String,
+    pub errors: Vec<Diag>,
+}
+
+fn render_errors(errors: &[Diag]) -> String {
+    let mut s = String::new();
+    for (i, e) in errors.iter().enumerate() {
+        if i > 0 {
+            s.push('\n');
+        }
+        s.push_str(&e.to_string());
+    }
+    s
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub node: Node,
+    pub admin: Option<Admin>,
+    pub stats_flush_interval: Duration,
+    pub listeners: Vec<Arc<Listener>>,
+    pub clusters: Vec<Arc<Cluster>>,
+    /// The bootstrap as given (after YAML parsing), for `/config_dump`.
+    pub bootstrap: Json,
+    /// Fields accepted but ignored on purpose.
+    pub warnings: Vec<Diag>,
+}
+
+impl Snapshot {
+    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
+}
+
+impl Locality {
+    pub fn to_json(&self) -> Json {
+        json!({"region": self.region, "zone": self.zone, "sub_zone": self.sub_zone})
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Node {
+    pub id: String,
+    pub cluster: String,
+    pub locality: Locality,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub stat_prefix: Option<String>,
+    pub tcp_backlog_size: u32,
+    /// Exactly one today: filter chain matching arrives with original-destination capture.
+    pub filter_chains: Vec<FilterChain>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FilterChain {
+    pub name: String,
+    pub filters: Vec<NetworkFilter>,
+}
+
+#[derive(Debug, Clone)]
+pub enum NetworkFilter {
+    TcpProxy(TcpProxy),
+}
+
+#[derive(Debug, Clone)]
+pub struct TcpProxy {
+    pub stat_prefix: String,
+    pub cluster: String,
+    /// `None`: disabled (Envoy's `idle_timeout: 0s`). Envoy's default is one hour.
+    pub idle_timeout: Option<Duration>,
+    pub max_connect_attempts: u32,
+    pub max_downstream_connection_duration: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryType {
+    Static,
+    StrictDns,
+    LogicalDns,
+}
+
+impl DiscoveryType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Static => "STATIC",
+            Self::StrictDns => "STRICT_DNS",
+            Self::LogicalDns => "LOGICAL_DNS",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+    Random,
+}
+
+impl LbPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "ROUND_ROBIN",
+            Self::LeastRequest => "LEAST_REQUEST",
+            Self::Random => "RANDOM",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsLookupFamily {
+    Auto,
+    V4Only,
+    V6Only,
+    V4Preferred,
+    All,
+}
+
+impl DnsLookupFamily {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "AUTO",
+            Self::V4Only => "V4_ONLY",
+            Self::V6Only => "V6_ONLY",
+            Self::V4Preferred => "V4_PREFERRED",
+            Self::All => "ALL",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub discovery: DiscoveryType,
+    pub connect_timeout: Duration,
+    pub lb_policy: LbPolicy,
+    pub dns_refresh_rate: Duration,
+    pub dns_lookup_family: DnsLookupFamily,
+    pub localities: Vec<LocalityEndpoints>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalityEndpoints {
+    pub locality: Locality,
+    pub priority: u32,
+    pub load_balancing_weight: Option<u32>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Name(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthStatus {
+    Unknown,
+    Healthy,
+    Unhealthy,
+    Draining,
+    Timeout,
+    Degraded,
+}
+
+impl HealthStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "UNKNOWN",
+            Self::Healthy => "HEALTHY",
+            Self::Unhealthy => "UNHEALTHY",
+            Self::Draining => "DRAINING",
+            Self::Timeout => "TIMEOUT",
+            Self::Degraded => "DEGRADED",
+        }
+    }
+    /// Whether the load balancer may pick a host with this EDS status.
+    pub fn routable(self) -> bool {
+        matches!(self, Self::Unknown | Self::Healthy | Self::Degraded)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub host: Host,
+    pub port: u16,
+    pub hostname: Option<String>,
+    pub weight: u32,
+    pub health_status: HealthStatus,
+}
+
+fn socket_address_json(host: &str, port: u16) -> Json {
+    json!({"socket_address": {"address": host, "port_value": port}})
+}
+
+fn duration_json(d: Duration) -> String {
+    let s = format!("{:.9}", d.as_secs_f64());
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    format!("{s}s")
+}
+
+impl Listener {
+    /// Envoy v3 `Listener` JSON of the active (translated) config, for `/config_dump`.
+    pub fn to_envoy_json(&self) -> Json {
+        let chains: Vec<Json> = self
+            .filter_chains
+            .iter()
+            .map(|fc| {
+                let filters: Vec<Json> = fc
+                    .filters
+                    .iter()
+                    .map(|f| match f {
+                        NetworkFilter::TcpProxy(tp) => {
+                            let mut cfg = json!({
+                                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                                "stat_prefix": tp.stat_prefix,
+                                "cluster": tp.cluster,
+                                "idle_timeout": duration_json(tp.idle_timeout.unwrap_or_default()),
+                                "max_connect_attempts": tp.max_connect_attempts,
+                            });
+                            if let Some(d) = tp.max_downstream_connection_duration {
+                                cfg["max_downstream_connection_duration"] = json!(duration_json(d));
+                            }
+                            json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": cfg})
+                        }
+                    })
+                    .collect();
+                json!({"name": fc.name, "filters": filters})
+            })
+            .collect();
+        let mut j = json!({
+            "name": self.name,
+            "address": socket_address_json(&self.address.ip().to_string(), self.address.port()),
+            "filter_chains": chains,
+            "tcp_backlog_size": self.tcp_backlog_size,
+        });
+        if let Some(p) = &self.stat_prefix {
+            j["stat_prefix"] = json!(p);
+        }
+        j
+    }
+}
+
+impl Cluster {
+    /// Envoy v3 `Cluster` JSON of the active (translated) config, for `/config_dump`.
+    pub fn to_envoy_json(&self) -> Json {
+        let endpoints: Vec<Json> = self
+            .localities
+            .iter()
+            .map(|l| {
+                let lbs: Vec<Json> = l
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        let mut ep = json!({"address": socket_address_json(&e.host.to_string(), e.port)});
+                        if let Some(h) = &e.hostname {
+                            ep["hostname"] = json!(h);
+                        }
+                        json!({
+                            "endpoint": ep,
+                            "health_status": e.health_status.as_str(),
+                            "load_balancing_weight": e.weight,
+                        })
+                    })
+                    .collect();
+                let mut j = json!({"locality": l.locality.to_json(), "priority": l.priority, "lb_endpoints": lbs});
+                if let Some(w) = l.load_balancing_weight {
+                    j["load_balancing_weight"] = json!(w);
+                }
+                j
+            })
+            .collect();
+        let mut j = json!({
+            "name": self.name,
+            "type": self.discovery.as_str(),
+            "connect_timeout": duration_json(self.connect_timeout),
+            "lb_policy": self.lb_policy.as_str(),
+            "load_assignment": {"cluster_name": self.name, "endpoints": endpoints},
+        });
+        if self.discovery != DiscoveryType::Static {
+            j["dns_refresh_rate"] = json!(duration_json(self.dns_refresh_rate));
+            j["dns_lookup_family"] = json!(self.dns_lookup_family.as_str());
+        }
+        j
+    }
+}

@@ -1,0 +1,19 @@
+//! Plumb: a per-node proxy agent. One shared userspace L4 proxy core for every workload on the
+//! node, configured with Envoy's bootstrap (and later xDS), observed through Envoy's admin API.
+//!
+//! Modules, one per concern: `config` (the validated model and its front doors), `listener`
+//! (sockets, accept, drain), `filters` (L4 filters such as tcp_proxy), `copy` (the byte pump),
+//! `upstream` (clusters, hosts, load balancing), `stats`, `admin`, `drain`, `logging`, `server`.
+
+pub mod admin;
+pub mod config;
+pub mod copy;
+pub mod drain;
+pub mod filters;
+pub mod listener;
+pub mod logging;
+pub mod server;
+pub mod stats;
+pub mod upstream;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,133 @@
+//! Listening sockets: bind, accept, hand each connection to the listener's filter chain, and
+//! stop accepting when the drain starts.
+
+use crate::config;
+use crate::drain;
+use crate::filters::{tcp_proxy::TcpProxy, NetworkFilter};
+use crate::stats::{Counter, Gauge, Histogram, Store};
+use crate::upstream::ClusterManager;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Envoy's `listener.<address>.*` stats.
+#[derive(Debug)]
+pub struct ListenerStats {
+    pub downstream_cx_total: Arc<Counter>,
+    pub downstream_cx_active: Arc<Gauge>,
+    pub downstream_cx_destroy: Arc<Counter>,
+    pub downstream_cx_length_ms: Arc<Histogram>,
+    pub no_filter_chain_match: Arc<Counter>,
+}
+
+/// A bound listener with its filter chain, ready to serve.
+#[derive(Debug)]
+pub struct ActiveListener {
+    pub config: Arc<config::Listener>,
+    pub local_address: SocketAddr,
+    pub stat_name: String,
+    pub stats: ListenerStats,
+    pub filter: Option<NetworkFilter>,
+}
+
+/// Envoy names listener stats by address with ':' replaced: `listener.127.0.0.1_10000.*`.
+pub fn stat_name_for(cfg: &config::Listener, bound: SocketAddr) -> String {
+    match &cfg.stat_prefix {
+        Some(p) => p.clone(),
+        None => bound.to_string().replace(':', "_"),
+    }
+}
+
+/// Binds a listening socket as Envoy does (SO_REUSEADDR, configured backlog).
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+impl ActiveListener {
+    pub fn new(
+        cfg: Arc<config::Listener>,
+        bound: SocketAddr,
+        clusters: &ClusterManager,
+        store: &Store,
+    ) -> Self {
+        let stat_name = stat_name_for(&cfg, bound);
+        let s = store.tagged_scope("listener", "envoy_listener_address", &stat_name);
+        let stats = ListenerStats {
+            downstream_cx_total: s.counter("downstream_cx_total"),
+            downstream_cx_active: s.gauge("downstream_cx_active"),
+            downstream_cx_destroy: s.counter("downstream_cx_destroy"),
+            downstream_cx_length_ms: s.histogram("downstream_cx_length_ms"),
+            no_filter_chain_match: s.counter("no_filter_chain_match"),
+        };
+        let filter = cfg
+            .filter_chains
+            .first()
+            .and_then(|fc| fc.filters.first())
+            .map(|f| match f {
+                config::NetworkFilter::TcpProxy(tp) => NetworkFilter::TcpProxy(TcpProxy::new(
+                    tp.clone(),
+                    clusters.get(&tp.cluster).cloned(),
+                    store,
+                )),
+            });
+        Self {
+            config: cfg,
+            local_address: bound,
+            stat_name,
+            stats,
+            filter,
+        }
+    }
+
+    /// Accepts until the drain starts; the socket is closed when this returns.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        mut watch: drain::Watch,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = watch.draining() => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let this = self.clone();
+                    let conn_watch = watch.clone();
+                    tokio::spawn(async move { this.handle(stream, peer, conn_watch).await });
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
+                    tracing::warn!(listener = %self.config.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        tracing::info!(listener = %self.config.name, address = %self.local_address, "listener stopped accepting");
+    }
+
+    async fn handle(&self, stream: tokio::net::TcpStream, peer: SocketAddr, watch: drain::Watch) {
+        let _guard = watch.track();
+        let started = Instant::now();
+        let s = &self.stats;
+        s.downstream_cx_total.inc();
+        s.downstream_cx_active.inc();
+        let _ = stream.set_nodelay(true);
+        match &self.filter {
+            Some(f) => f.handle(stream, peer, watch).await,
+            None => s.no_filter_chain_match.inc(),
+        }
+        s.downstream_cx_active.dec();
+        s.downstream_cx_destroy.inc();
+        s.downstream_cx_length_ms.record(started.elapsed());
+    }
+}

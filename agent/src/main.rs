@@ -1,0 +1,183 @@
+//! The `plumb` command: run the agent, check a configuration, print the version.
+
+use clap::{Parser, Subcommand};
+use plumb::config::{self, Snapshot};
+use plumb::logging::{self, LogFormat};
+use plumb::server::{self, Options};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "plumb",
+    about = "Per-node proxy agent",
+    disable_version_flag = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent.
+    Run {
+        /// Envoy v3 bootstrap (YAML or JSON). Without it, the bundled default is used.
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+        /// Data-path worker threads (default: available CPUs).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Seconds established connections may continue after SIGTERM before being closed.
+        #[arg(long, default_value_t = 30)]
+        drain_time_s: u64,
+        /// Initial log level: trace, debug, info, warn, error, off.
+        #[arg(long, short = 'l', default_value = "info")]
+        log_level: String,
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+        /// Write the bound admin address (ip:port) to this file once listening.
+        #[arg(long)]
+        admin_address_path: Option<PathBuf>,
+    },
+    /// Validate a bootstrap file: print a summary, or every error with its field path.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("plumb {}", plumb::VERSION);
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Run {
+            config,
+            concurrency,
+            drain_time_s,
+            log_level,
+            log_format,
+            admin_address_path,
+        } => {
+            let log = match logging::init(&log_level, log_format) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            let (snapshot, source) = match load(config.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            for w in &snapshot.warnings {
+                tracing::warn!(field = %w.path, "{}", w.message);
+            }
+            let mut options = Options {
+                drain_time: Duration::from_secs(drain_time_s),
+                handle_signals: true,
+                admin_address_path,
+                config_source: source,
+                command_line: std::env::args().collect(),
+                ..Options::default()
+            };
+            if let Some(c) = concurrency {
+                options.concurrency = c.max(1);
+            }
+            match server::start(snapshot, options, Some(log)).and_then(|h| h.wait()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn load(path: Option<&Path>) -> Result<(Snapshot, String), String> {
+    match path {
+        Some(p) => config::parse_bootstrap_file(p)
+            .map(|s| (s, p.display().to_string()))
+            .map_err(|e| format_config_error(&e)),
+        None => {
+            tracing::info!("no --config given: using the bundled default configuration");
+            config::parse_bootstrap(config::DEFAULT_BOOTSTRAP, "<bundled default>")
+                .map(|s| (s, "<bundled default>".to_string()))
+                .map_err(|e| format_config_error(&e))
+        }
+    }
+}
+
+fn format_config_error(e: &config::ConfigError) -> String {
+    let mut s = format!(
+        "error: {} is invalid ({} error{}):\n",
+        e.source_name,
+        e.errors.len(),
+        if e.errors.len() == 1 { "" } else { "s" }
+    );
+    for d in &e.errors {
+        s.push_str(&format!("  {d}\n"));
+    }
+    s
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    match config::parse_bootstrap_file(file) {
+        Ok(s) => {
+            println!("{}: OK", file.display());
+            if let Some(a) = &s.admin {
+                println!("  admin: {}", a.address);
+            }
+            println!("  listeners: {}", s.listeners.len());
+            for l in &s.listeners {
+                let target = l
+                    .filter_chains
+                    .iter()
+                    .flat_map(|fc| fc.filters.iter())
+                    .map(|f| match f {
+                        config::NetworkFilter::TcpProxy(tp) => {
+                            format!("tcp_proxy -> cluster {}", tp.cluster)
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                println!("    {} {} {}", l.name, l.address, target);
+            }
+            println!("  clusters: {}", s.clusters.len());
+            for c in &s.clusters {
+                let n: usize = c.localities.iter().map(|l| l.endpoints.len()).sum();
+                println!(
+                    "    {} {} {} endpoints={} connect_timeout={:?}",
+                    c.name,
+                    c.discovery.as_str(),
+                    c.lb_policy.as_str(),
+                    n,
+                    c.connect_timeout
+                );
+            }
+            if !s.warnings.is_empty() {
+                println!("  warnings: {}", s.warnings.len());
+                for w in &s.warnings {
+                    println!("    {w}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{}", format_config_error(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The server: binds sockets, runs the data path on its own multi-threaded runtime and the
+//! admin server on a small separate one (so a busy data path never starves observability),
+//! and drives startup, readiness and the drain sequence on shutdown.
+
+use crate::admin;
+use crate::config::Snapshot;
+use crate::drain::{Drain, Phase};
+use crate::listener::{self, ActiveListener};
+use crate::logging::LogControl;
+use crate::stats::{Gauge, Store};
+use crate::upstream::ClusterManager;
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+/// Grace given to connection tasks to finish after the drain time ends and they are told to close.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Data-path worker threads (Envoy's `--concurrency`).
+    pub concurrency: usize,
+    /// How long established connections may continue after shutdown begins (`--drain-time-s`).
+    pub drain_time: Duration,
+    /// Handle SIGTERM/SIGINT (the binary does; in-process tests do not).
+    pub handle_signals: bool,
+    /// Write the bound admin address here once listening (Envoy's `--admin-address-path`).
+    pub admin_address_path: Option<PathBuf>,
+    /// Where the config came from, for `/server_info`.
+    pub config_source: String,
+    pub command_line: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            drain_time: Duration::from_secs(30),
+            handle_signals: false,
+            admin_address_path: None,
+            config_source: "<in-process>".into(),
+            command_line: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownKind {
+    /// Stop accepting, let connections finish within the drain time.
+    Graceful,
+    /// Close everything now (`/quitquitquit`, a second signal).
+    Immediate,
+}
+
+/// Envoy's `server.*` gauges.
+#[derive(Debug)]
+pub struct ServerStats {
+    pub live: Arc<Gauge>,
+    pub state: Arc<Gauge>,
+    pub uptime: Arc<Gauge>,
+    pub concurrency: Arc<Gauge>,
+    pub memory_allocated: Arc<Gauge>,
+    pub memory_heap_size: Arc<Gauge>,
+    pub memory_physical_size: Arc<Gauge>,
+    pub total_connections: Arc<Gauge>,
+}
+
+/// What the admin server and the data path share.
+pub struct Shared {
+    pub snapshot: Arc<Snapshot>,
+    pub store: Store,
+    pub clusters: Arc<ClusterManager>,
+    pub listeners: Vec<Arc<ActiveListener>>,
+    pub drain: Drain,
+    pub health_check_failed: AtomicBool,
+    pub initialized: AtomicBool,
+    pub started: Instant,
+    pub started_wall: SystemTime,
+    pub options: Options,
+    pub log: Option<LogControl>,
+    pub stats: ServerStats,
+    shutdown_tx: watch::Sender<Option<ShutdownKind>>,
+}
+
+/// Envoy's server states, as `/server_info` and `server.state` report them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    Live = 0,
+    Draining = 1,
+    PreInitializing = 2,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "LIVE",
+            Self::Draining => "DRAINING",
+            Self::PreInitializing => "PRE_INITIALIZING",
+        }
+    }
+}
+
+impl Shared {
+    pub fn state(&self) -> ServerState {
+        if self.drain.phase() != Phase::Running || self.health_check_failed.load(Ordering::Relaxed)
+        {
+            ServerState::Draining
+        } else if !self.initialized.load(Ordering::Acquire) {
+            ServerState::PreInitializing
+        } else {
+            ServerState::Live
+        }
+    }
+
+    pub fn request_shutdown(&self, kind: ShutdownKind) {
+        self.shutdown_tx.send_if_modified(|k| match (*k, kind) {
+            (None, _) | (Some(ShutdownKind::Graceful), ShutdownKind::Immediate) => {
+                *k = Some(kind);
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// Refreshes the computed `server.*` gauges (on every stats read and flush).
+    pub fn refresh_server_stats(&self) {
+        let s = &self.stats;
+        let state = self.state();
+        s.live.set((state == ServerState::Live) as i64);
+        s.state.set(state as i64);
+        s.uptime.set(self.started.elapsed().as_secs() as i64);
+        let mem = memory_usage();
+        s.memory_allocated.set(mem.allocated as i64);
+        s.memory_heap_size.set(mem.heap_size as i64);
+        s.memory_physical_size.set(mem.physical as i64);
+        s.total_connections.set(
+            self.listeners
+                .iter()
+                .map(|l| l.stats.downstream_cx_active.value())
+                .sum(),
+        );
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemoryUsage {
+    pub allocated: u64,
+    pub heap_size: u64,
+    pub physical: u64,
+}
+
+/// Heap figures from glibc's allocator (no hot-path accounting) and RSS from /proc.
+pub fn memory_usage() -> MemoryUsage {
+    let mut m = MemoryUsage::default();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value.
+        let mi = unsafe { libc::mallinfo2() };
+        m.allocated = (mi.uordblks + mi.hblkhd) as u64;
+        m.heap_size = (mi.arena + mi.hblkhd) as u64;
+    }
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+        if let Some(pages) = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u64>().ok())
+        {
+            // SAFETY: sysconf is always safe to call.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+            m.physical = pages * page;
+        }
+    }
+    m
+}
+
+/// A running server. Dropping it does not stop it; call `shutdown` then `wait`.
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    admin_address: Option<SocketAddr>,
+    main: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl ServerHandle {
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin_address
+    }
+
+    pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
+        self.shared
+            .listeners
+            .iter()
+            .find(|l| l.config.name == name)
+            .map(|l| l.local_address)
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn shutdown(&self, kind: ShutdownKind) {
+        self.shared.request_shutdown(kind);
+    }
+
+    /// Blocks until the server has drained and stopped.
+    pub fn wait(mut self) -> anyhow::Result<()> {
+        match self.main.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => anyhow::bail!("server thread panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Binds every socket (errors are returned here, naming the listener), then starts the admin
+/// and data-path runtimes on their own threads.
+pub fn start(
+    snapshot: Snapshot,
+    options: Options,
+    log: Option<LogControl>,
+) -> anyhow::Result<ServerHandle> {
+    let snapshot = Arc::new(snapshot);
+    let store = Store::new();
+    let clusters = Arc::new(ClusterManager::new(&snapshot, &store));
+
+    let admin_socket = match &snapshot.admin {
+        Some(a) => Some(
+            listener::bind(a.address, 128)
+                .with_context(|| format!("cannot bind admin address {}", a.address))?,
+        ),
+        None => None,
+    };
+    let admin_address = admin_socket.as_ref().map(|s| s.local_addr()).transpose()?;
+    let mut bound = Vec::new();
+    for l in &snapshot.listeners {
+        let sock = listener::bind(l.address, l.tcp_backlog_size)
+            .with_context(|| format!("listener \"{}\": cannot bind {}", l.name, l.address))?;
+        let addr = sock.local_addr()?;
+        bound.push((
+            Arc::new(ActiveListener::new(l.clone(), addr, &clusters, &store)),
+            sock,
+        ));
+    }
+    if let (Some(path), Some(addr)) = (&options.admin_address_path, admin_address) {
+        std::fs::write(path, addr.to_string())
+            .with_context(|| format!("cannot write admin address to {}", path.display()))?;
+    }
+
+    let server_scope = store.root_scope("server");
+    let stats = ServerStats {
+        live: server_scope.gauge("live"),
+        state: server_scope.gauge("state"),
+        uptime: server_scope.gauge("uptime"),
+        concurrency: server_scope.gauge("concurrency"),
+        memory_allocated: server_scope.gauge("memory_allocated"),
+        memory_heap_size: server_scope.gauge("memory_heap_size"),
+        memory_physical_size: server_scope.gauge("memory_physical_size"),
+        total_connections: server_scope.gauge("total_connections"),
+    };
+    let concurrency = options.concurrency.max(1);
+    stats.concurrency.set(concurrency as i64);
+    let lm = store.root_scope("listener_manager");
+    lm.counter("listener_added").add(bound.len() as u64);
+    lm.gauge("total_listeners_active").set(bound.len() as i64);
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        snapshot,
+        store,
+        clusters,
+        listeners: bound.iter().map(|(l, _)| l.clone()).collect(),
+        drain: Drain::new(),
+        health_check_failed: AtomicBool::new(false),
+        initialized: AtomicBool::new(false),
+        started: Instant::now(),
+        started_wall: SystemTime::now(),
+        options,
+        log,
+        stats,
+        shutdown_tx,
+    });
+    shared.refresh_server_stats();
+
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let admin_thread = match admin_socket {
+        Some(sock) => {
+            let shared = shared.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("plumb-admin".into())
+                    .spawn(move || admin::run(sock, shared, admin_stop_rx))?,
+            )
+        }
+        None => None,
+    };
+
+    let data_shared = shared.clone();
+    let main = std::thread::Builder::new()
+        .name("plumb-main".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(concurrency)
+                .thread_name("plumb-worker")
+                .enable_all()
+                .build()
+                .context("cannot start the data-path runtime")?;
+            rt.block_on(run_data_plane(data_shared, bound, shutdown_rx));
+            // Connection tasks left after the close grace are dropped with the runtime.
+            rt.shutdown_timeout(Duration::from_millis(100));
+            let _ = admin_stop_tx.send(true);
+            if let Some(t) = admin_thread {
+                let _ = t.join();
+            }
+            Ok(())
+        })?;
+
+    Ok(ServerHandle {
+        shared,
+        admin_address,
+        main: Some(main),
+    })
+}
+
+async fn run_data_plane(
+    shared: Arc<Shared>,
+    bound: Vec<(Arc<ActiveListener>, std::net::TcpListener)>,
+    mut shutdown_rx: watch::Receiver<Option<ShutdownKind>>,
+) {
+    if shared.options.handle_signals {
+        tokio::spawn(handle_signals(shared.clone()));
+    }
+    let drain = shared.drain.clone();
+    shared.clusters.initialize(drain.watch()).await;
+    for (l, sock) in bound {
+        match tokio::net::TcpListener::from_std(sock) {
+            Ok(sock) => {
+                tracing::info!(listener = %l.config.name, address = %l.local_address, "listening");
+                tokio::spawn(l.serve(sock, drain.watch()));
+            }
+            Err(e) => {
+                tracing::error!(listener = %l.config.name, error = %e, "cannot register listener")
+            }
+        }
+    }
+    shared.initialized.store(true, Ordering::Release);
+    tokio::spawn(flush_stats(shared.clone()));
+    tracing::info!(
+        listeners = shared.listeners.len(),
+        clusters = shared.snapshot.clusters.len(),
+        concurrency = shared.options.concurrency,
+        "plumb is live"
+    );
+
+    let kind = match shutdown_rx.wait_for(|k| k.is_some()).await {
+        Ok(k) => k.unwrap_or(ShutdownKind::Immediate),
+        Err(_) => ShutdownKind::Immediate,
+    };
+    let drain_time = match kind {
+        ShutdownKind::Graceful => shared.options.drain_time,
+        ShutdownKind::Immediate => Duration::ZERO,
+    };
+    tracing::info!(
+        ?kind,
+        drain_time_s = drain_time.as_secs_f64(),
+        active = drain.active(),
+        "draining"
+    );
+    drain.advance(Phase::Draining);
+    let escalated = async {
+        let _ = shutdown_rx
+            .wait_for(|k| *k == Some(ShutdownKind::Immediate))
+            .await;
+    };
+    tokio::select! {
+        _ = drain.wait_idle() => {}
+        _ = tokio::time::sleep(drain_time) => {}
+        _ = escalated => {}
+    }
+    if drain.active() > 0 {
+        tracing::info!(
+            remaining = drain.active(),
+            "drain time over; closing remaining connections"
+        );
+    }
+    drain.advance(Phase::Closing);
+    let _ = tokio::time::timeout(CLOSE_GRACE, drain.wait_idle()).await;
+    tracing::info!("stopped");
+}
+
+async fn handle_signals(shared: Arc<Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let mut seen = 0;
+    loop {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        seen += 1;
+        let kind = if seen == 1 {
+            ShutdownKind::Graceful
+        } else {
+            ShutdownKind::Immediate
+        };
+        tracing::info!(signal = name, ?kind, "shutdown requested");
+        shared.request_shutdown(kind);
+    }
+}
+
+async fn flush_stats(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.snapshot.stats_flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        shared.refresh_server_stats();
+        shared.store.flush_intervals();
+    }
+}

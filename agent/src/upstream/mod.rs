@@ -1,0 +1,299 @@
+//! Clusters and their hosts: membership (static or DNS), load balancing, and connecting with
+//! timeouts and stats. The data path reads a cluster's host set through an `ArcSwap` and picks
+//! a host with atomics only; DNS refresh builds a new host set off the data path.
+
+mod dns;
+mod lb;
+
+pub use lb::HostSet;
+
+use crate::config::{self, DiscoveryType, HealthStatus, Locality};
+use crate::stats::{Counter, Gauge, Histogram, Store};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpStream;
+
+/// Per-host counters shown by `/clusters`.
+#[derive(Debug, Default)]
+pub struct HostStats {
+    pub cx_active: AtomicU64,
+    pub cx_total: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Host {
+    pub address: SocketAddr,
+    pub hostname: String,
+    pub weight: u32,
+    pub priority: u32,
+    pub locality: Locality,
+    pub health_status: HealthStatus,
+    pub stats: HostStats,
+}
+
+impl Host {
+    pub fn routable(&self) -> bool {
+        self.health_status.routable()
+    }
+}
+
+/// Envoy's `cluster.<name>.*` stats for what the L4 core does.
+#[derive(Debug)]
+pub struct ClusterStats {
+    pub upstream_cx_total: Arc<Counter>,
+    pub upstream_cx_active: Arc<Gauge>,
+    pub upstream_cx_connect_fail: Arc<Counter>,
+    pub upstream_cx_connect_timeout: Arc<Counter>,
+    pub upstream_cx_connect_attempts_exceeded: Arc<Counter>,
+    pub upstream_cx_none_healthy: Arc<Counter>,
+    pub upstream_cx_destroy: Arc<Counter>,
+    pub upstream_cx_destroy_local: Arc<Counter>,
+    pub upstream_cx_destroy_remote: Arc<Counter>,
+    pub upstream_cx_rx_bytes_total: Arc<Counter>,
+    pub upstream_cx_tx_bytes_total: Arc<Counter>,
+    pub upstream_cx_connect_ms: Arc<Histogram>,
+    pub upstream_cx_length_ms: Arc<Histogram>,
+    pub membership_total: Arc<Gauge>,
+    pub membership_healthy: Arc<Gauge>,
+    pub membership_change: Arc<Counter>,
+    pub update_attempt: Arc<Counter>,
+    pub update_success: Arc<Counter>,
+    pub update_failure: Arc<Counter>,
+}
+
+impl ClusterStats {
+    fn new(store: &Store, name: &str) -> Self {
+        let s = store.tagged_scope("cluster", "envoy_cluster_name", name);
+        Self {
+            upstream_cx_total: s.counter("upstream_cx_total"),
+            upstream_cx_active: s.gauge("upstream_cx_active"),
+            upstream_cx_connect_fail: s.counter("upstream_cx_connect_fail"),
+            upstream_cx_connect_timeout: s.counter("upstream_cx_connect_timeout"),
+            upstream_cx_connect_attempts_exceeded: s
+                .counter("upstream_cx_connect_attempts_exceeded"),
+            upstream_cx_none_healthy: s.counter("upstream_cx_none_healthy"),
+            upstream_cx_destroy: s.counter("upstream_cx_destroy"),
+            upstream_cx_destroy_local: s.counter("upstream_cx_destroy_local"),
+            upstream_cx_destroy_remote: s.counter("upstream_cx_destroy_remote"),
+            upstream_cx_rx_bytes_total: s.counter("upstream_cx_rx_bytes_total"),
+            upstream_cx_tx_bytes_total: s.counter("upstream_cx_tx_bytes_total"),
+            upstream_cx_connect_ms: s.histogram("upstream_cx_connect_ms"),
+            upstream_cx_length_ms: s.histogram("upstream_cx_length_ms"),
+            membership_total: s.gauge("membership_total"),
+            membership_healthy: s.gauge("membership_healthy"),
+            membership_change: s.counter("membership_change"),
+            update_attempt: s.counter("update_attempt"),
+            update_success: s.counter("update_success"),
+            update_failure: s.counter("update_failure"),
+        }
+    }
+}
+
+/// One cluster: its config, current hosts and stats.
+#[derive(Debug)]
+pub struct Cluster {
+    pub config: Arc<config::Cluster>,
+    pub stats: ClusterStats,
+    hosts: ArcSwap<HostSet>,
+    rr_cursor: AtomicU64,
+}
+
+/// Why no upstream connection could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no healthy upstream host in cluster {0}")]
+    NoHealthyHost(String),
+    #[error("connect to {addr} timed out after {timeout_ms} ms")]
+    Timeout { addr: SocketAddr, timeout_ms: u128 },
+    #[error("connect to {addr} failed: {source}")]
+    Io {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An established upstream connection. Dropping it updates host and cluster gauges.
+pub struct Upstream {
+    pub stream: TcpStream,
+    pub host: Arc<Host>,
+    cluster: Arc<Cluster>,
+    started: Instant,
+}
+
+impl Upstream {
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+        let s = &self.cluster.stats;
+        s.upstream_cx_active.dec();
+        s.upstream_cx_destroy.inc();
+        s.upstream_cx_length_ms.record(self.started.elapsed());
+    }
+}
+
+impl Cluster {
+    fn new(config: Arc<config::Cluster>, store: &Store) -> Arc<Self> {
+        let stats = ClusterStats::new(store, &config.name);
+        let hosts = match config.discovery {
+            DiscoveryType::Static => HostSet::from_static(&config),
+            // Filled by the first DNS resolution (`ClusterManager::initialize`).
+            _ => HostSet::empty(config.lb_policy),
+        };
+        let c = Arc::new(Self {
+            config,
+            stats,
+            hosts: ArcSwap::from_pointee(hosts),
+            rr_cursor: AtomicU64::new(0),
+        });
+        c.publish_membership();
+        c
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn hosts(&self) -> Arc<HostSet> {
+        self.hosts.load_full()
+    }
+
+    /// Replaces the host set, keeping per-host stats of hosts that stay.
+    pub(crate) fn set_hosts(&self, mut new: HostSet) {
+        let old = self.hosts.load();
+        new.carry_stats_from(&old);
+        let changed = !new.same_members(&old);
+        self.hosts.store(Arc::new(new));
+        if changed {
+            self.stats.membership_change.inc();
+        }
+        self.publish_membership();
+    }
+
+    fn publish_membership(&self) {
+        let h = self.hosts.load();
+        self.stats.membership_total.set(h.all().len() as i64);
+        self.stats
+            .membership_healthy
+            .set(h.all().iter().filter(|h| h.routable()).count() as i64);
+    }
+
+    /// Picks a host by the cluster's LB policy.
+    pub fn pick(&self) -> Option<Arc<Host>> {
+        let set = self.hosts.load();
+        set.pick(&self.rr_cursor)
+    }
+
+    /// One connect attempt: pick a host, connect within `connect_timeout`, record stats.
+    pub async fn connect(self: &Arc<Self>) -> Result<Upstream, ConnectError> {
+        let Some(host) = self.pick() else {
+            self.stats.upstream_cx_none_healthy.inc();
+            return Err(ConnectError::NoHealthyHost(self.config.name.clone()));
+        };
+        let s = &self.stats;
+        s.upstream_cx_total.inc();
+        host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let timeout = self.config.connect_timeout;
+        let fail = |host: &Host| {
+            s.upstream_cx_connect_fail.inc();
+            host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+        };
+        match tokio::time::timeout(timeout, TcpStream::connect(host.address)).await {
+            Err(_) => {
+                s.upstream_cx_connect_timeout.inc();
+                fail(&host);
+                Err(ConnectError::Timeout {
+                    addr: host.address,
+                    timeout_ms: timeout.as_millis(),
+                })
+            }
+            Ok(Err(e)) => {
+                fail(&host);
+                Err(ConnectError::Io {
+                    addr: host.address,
+                    source: e,
+                })
+            }
+            Ok(Ok(stream)) => {
+                s.upstream_cx_connect_ms.record(started.elapsed());
+                let _ = stream.set_nodelay(true);
+                s.upstream_cx_active.inc();
+                host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
+                Ok(Upstream {
+                    stream,
+                    host,
+                    cluster: self.clone(),
+                    started: Instant::now(),
+                })
+            }
+        }
+    }
+}
+
+/// All clusters of the active snapshot, by name.
+#[derive(Debug, Default)]
+pub struct ClusterManager {
+    clusters: HashMap<String, Arc<Cluster>>,
+    order: Vec<String>,
+}
+
+impl ClusterManager {
+    pub fn new(snapshot: &config::Snapshot, store: &Store) -> Self {
+        let mut clusters = HashMap::new();
+        let mut order = Vec::new();
+        for c in &snapshot.clusters {
+            order.push(c.name.clone());
+            clusters.insert(c.name.clone(), Cluster::new(c.clone(), store));
+        }
+        let cm = store.root_scope("cluster_manager");
+        cm.gauge("active_clusters").set(clusters.len() as i64);
+        cm.counter("cluster_added").add(clusters.len() as u64);
+        Self { clusters, order }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.get(name)
+    }
+
+    /// Clusters in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Cluster>> {
+        self.order.iter().filter_map(|n| self.clusters.get(n))
+    }
+
+    /// Resolves DNS clusters once (bounded by each cluster's `dns_refresh_rate`... and a cap),
+    /// then keeps refreshing them in the background on the current runtime.
+    pub async fn initialize(&self, shutdown: crate::drain::Watch) {
+        let dns: Vec<Arc<Cluster>> = self
+            .iter()
+            .filter(|c| c.config.discovery != DiscoveryType::Static)
+            .cloned()
+            .collect();
+        let first = dns.iter().map(|c| dns::refresh(c.clone()));
+        futures_join_all(first).await;
+        for c in dns {
+            tokio::spawn(dns::refresh_loop(c, shutdown.clone()));
+        }
+    }
+}
+
+/// Awaits all futures concurrently without pulling in the `futures` crate.
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for f in futs {
+        set.spawn(f);
+    }
+    while set.join_next().await.is_some() {}
+}
