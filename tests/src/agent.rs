@@ -1,0 +1,303 @@
+//! Starting Plumb for tests: in-process (fast, direct access to stats) or as a subprocess
+//! (signals, exit codes, the real binary). Plus builders for bootstrap configs as JSON, which
+//! is valid YAML.
+
+use crate::client;
+use crate::TempDir;
+use plumb::server::{self, Options, ServerHandle, ShutdownKind};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A listener on 127.0.0.1 with an ephemeral port and a tcp_proxy to `cluster`.
+pub fn tcp_listener(name: &str, cluster: &str) -> Value {
+    json!({
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": name,
+                "cluster": cluster,
+            }
+        }]}]
+    })
+}
+
+/// The tcp_proxy `typed_config` of a listener built by `tcp_listener`, for tweaking.
+pub fn tcp_proxy_of(listener: &mut Value) -> &mut Value {
+    &mut listener["filter_chains"][0]["filters"][0]["typed_config"]
+}
+
+/// A STATIC cluster with one endpoint per address.
+pub fn static_cluster(name: &str, endpoints: &[SocketAddr]) -> Value {
+    let lb: Vec<Value> = endpoints
+        .iter()
+        .map(|a| {
+            json!({"endpoint": {"address": {"socket_address": {
+                "address": a.ip().to_string(), "port_value": a.port()
+            }}}})
+        })
+        .collect();
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb}]},
+    })
+}
+
+/// A bootstrap with admin on an ephemeral loopback port.
+pub fn bootstrap(listeners: Vec<Value>, clusters: Vec<Value>) -> String {
+    json!({
+        "node": {"id": "test-node", "cluster": "test"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "stats_flush_interval": "0.1s",
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    })
+    .to_string()
+}
+
+/// Plumb running in this process (own runtimes and threads).
+pub struct TestAgent {
+    handle: Option<ServerHandle>,
+}
+
+impl TestAgent {
+    pub async fn start(bootstrap: &str) -> Self {
+        Self::start_with(
+            bootstrap,
+            Options {
+                concurrency: 2,
+                drain_time: Duration::from_secs(5),
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn start_with(bootstrap: &str, options: Options) -> Self {
+        let snapshot = plumb::config::parse_bootstrap(bootstrap, "test bootstrap")
+            .unwrap_or_else(|e| panic!("test bootstrap is invalid:\n{e}\n{bootstrap}"));
+        let handle = server::start(snapshot, options, None).expect("start plumb");
+        let agent = Self {
+            handle: Some(handle),
+        };
+        let admin = agent.admin();
+        crate::wait_until("agent /ready", Duration::from_secs(10), || async move {
+            matches!(client::http("GET", admin, "/ready").await, Ok(r) if r.status == 200)
+        })
+        .await;
+        agent
+    }
+
+    fn handle(&self) -> &ServerHandle {
+        self.handle.as_ref().expect("agent running")
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.handle().admin_address().expect("admin configured")
+    }
+
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.handle()
+            .listener_address(name)
+            .unwrap_or_else(|| panic!("no listener named {name}"))
+    }
+
+    /// A counter or gauge by its full Envoy name, read directly from the store.
+    pub fn stat(&self, name: &str) -> i64 {
+        self.handle().shared().store.value(name).unwrap_or(0)
+    }
+
+    /// Waits until stat `name` satisfies `pred`.
+    pub async fn wait_stat(&self, name: &str, pred: impl Fn(i64) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.stat(name);
+            if pred(v) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting on stat {name} (last value {v})");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn shutdown(&self, kind: ShutdownKind) {
+        self.handle().shutdown(kind);
+    }
+
+    /// Waits (off the async workers) for the server to finish shutting down.
+    pub async fn join(mut self) {
+        let h = self.handle.take().expect("agent running");
+        tokio::task::spawn_blocking(move || h.wait())
+            .await
+            .expect("join")
+            .expect("server exits cleanly");
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown(ShutdownKind::Immediate);
+            let _ = h.wait();
+        }
+    }
+}
+
+/// Path to the `plumb` binary of this build, building it if needed.
+pub fn plumb_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/<test-binary> → target/<profile>/plumb
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+        let bin = dir.join("plumb");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "plumb", "--bin", "plumb"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        // Always ask cargo: it is a no-op when the binary is fresh, and never runs stale code.
+        let status = cmd.status().expect("run cargo build for the plumb binary");
+        assert!(status.success(), "cargo build -p plumb failed");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// Runs `plumb` with `args` to completion; returns (exit status, stdout, stderr).
+pub fn plumb_cmd(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(plumb_bin())
+        .args(args)
+        .output()
+        .expect("run plumb");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The real `plumb run` binary as a child process. Killed (by PID) on drop.
+pub struct AgentProcess {
+    child: Child,
+    pub admin: SocketAddr,
+    pub dir: TempDir,
+}
+
+impl AgentProcess {
+    /// Starts `plumb run --config <bootstrap>` plus `args`, and waits for `/ready`.
+    pub async fn spawn(bootstrap: &str, args: &[&str]) -> Self {
+        let dir = TempDir::new("agent");
+        let config = dir.write("bootstrap.yaml", bootstrap);
+        let admin_file = dir.path.join("admin-address");
+        let log = std::fs::File::create(dir.path.join("plumb.log")).expect("log file");
+        let child = Command::new(plumb_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn plumb");
+        let mut p = Self {
+            child,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let admin = loop {
+            if let Ok(s) = std::fs::read_to_string(&admin_file) {
+                if let Ok(a) = s.trim().parse::<SocketAddr>() {
+                    break a;
+                }
+            }
+            if let Ok(Some(st)) = p.child.try_wait() {
+                panic!("plumb exited early ({st}):\n{}", p.logs());
+            }
+            if Instant::now() > deadline {
+                panic!("plumb did not write its admin address:\n{}", p.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        p.admin = admin;
+        crate::wait_until(
+            "subprocess /ready",
+            Duration::from_secs(20),
+            || async move {
+                matches!(client::http("GET", admin, "/ready").await, Ok(r) if r.status == 200)
+            },
+        )
+        .await;
+        p
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path.join("plumb.log")).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's PID.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid());
+    }
+
+    /// Bound address of listener `name`, from `/listeners?format=json`.
+    pub async fn listener(&self, name: &str) -> SocketAddr {
+        let j = client::get(self.admin, "/listeners?format=json")
+            .await
+            .json();
+        let l = j["listener_statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("no listener {name} in {j}"));
+        let sa = &l["local_address"]["socket_address"];
+        format!("{}:{}", sa["address"].as_str().unwrap(), sa["port_value"])
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

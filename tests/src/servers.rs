@@ -1,0 +1,177 @@
+//! Fake upstreams speaking real TCP on loopback: echo, named, sink, source, early close,
+//! silent, reset, and a blackhole whose accept queue is full (connects hang).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// A running fake upstream; stops (and closes its listener) on drop.
+pub struct FakeServer {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl FakeServer {
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone)]
+pub enum Behavior {
+    /// Echo every byte back; close after the client's FIN.
+    Echo,
+    /// Write the name and close.
+    Named(String),
+    /// Read to EOF, then answer "<bytes> <fnv1a hex>\n" and close: proves half-close works.
+    Sink,
+    /// Write this many pattern bytes, then close.
+    Source(usize),
+    /// Close right after accept.
+    CloseImmediately,
+    /// Hold the connection open and never write.
+    Silent,
+    /// Abort the connection with RST once the first byte arrives (so the proxy has surely
+    /// finished connecting).
+    Reset,
+}
+
+async fn serve_one(mut s: TcpStream, behavior: Behavior) {
+    match behavior {
+        Behavior::Echo => {
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        }
+        Behavior::Named(name) => {
+            let _ = s.write_all(name.as_bytes()).await;
+            let _ = s.shutdown().await;
+        }
+        Behavior::Sink => {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut n = 0usize;
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(k) => {
+                        n += k;
+                        for b in &buf[..k] {
+                            h ^= *b as u64;
+                            h = h.wrapping_mul(0x0100_0000_01b3);
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+            let _ = s.write_all(format!("{n} {h:016x}\n").as_bytes()).await;
+            let _ = s.shutdown().await;
+        }
+        Behavior::Source(len) => {
+            let data = crate::pattern(len);
+            let _ = s.write_all(&data).await;
+            let _ = s.shutdown().await;
+        }
+        Behavior::CloseImmediately => {
+            drop(s);
+        }
+        Behavior::Silent => {
+            let mut buf = [0u8; 1024];
+            // Keep reading (and discarding) until the peer goes away.
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        Behavior::Reset => {
+            let mut b = [0u8; 1];
+            let _ = s.read(&mut b).await;
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            drop(s);
+        }
+    }
+}
+
+/// Starts a fake upstream on 127.0.0.1 with an ephemeral port, on the current runtime.
+pub async fn start(behavior: Behavior) -> FakeServer {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind fake server");
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                r = listener.accept() => {
+                    let Ok((s, _)) = r else { continue };
+                    count.fetch_add(1, Ordering::SeqCst);
+                    conns.spawn(serve_one(s, behavior.clone()));
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    });
+    FakeServer {
+        addr,
+        accepted,
+        task,
+    }
+}
+
+/// An address where nothing listens: connects are refused.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A listener that never accepts, with its accept queue filled, so new connects get no
+/// SYN-ACK and hang until the client's timeout.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    _listener: socket2::Socket,
+    _fillers: Vec<std::net::TcpStream>,
+}
+
+impl Blackhole {
+    pub fn new() -> Self {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        s.listen(0).unwrap();
+        let addr = s.local_addr().unwrap().as_socket().unwrap();
+        let mut fillers = Vec::new();
+        // Fill until a connect no longer completes quickly.
+        for _ in 0..64 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(c) => fillers.push(c),
+                Err(_) => break,
+            }
+        }
+        Self {
+            addr,
+            _listener: s,
+            _fillers: fillers,
+        }
+    }
+}
+
+impl Default for Blackhole {
+    fn default() -> Self {
+        Self::new()
+    }
+}

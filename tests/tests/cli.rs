@@ -1,0 +1,307 @@
+//! The real `plumb` binary: check-config errors, run with an Envoy bootstrap, signals and drain.
+
+use plumb_tests::agent::{bootstrap, plumb_cmd, static_cluster, tcp_listener, AgentProcess};
+use plumb_tests::client::{get, post, roundtrip};
+use plumb_tests::servers::{self, Behavior};
+use plumb_tests::TempDir;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An Envoy-style TCP proxy bootstrap, in the YAML shape users copy from Envoy's docs.
+fn envoy_yaml(upstream_port: u16) -> String {
+    format!(
+        r#"
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+static_resources:
+  listeners:
+  - name: listener_0
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: destination
+          cluster: cluster_0
+  clusters:
+  - name: cluster_0
+    connect_timeout: 0.25s
+    type: STATIC
+    lb_policy: ROUND_ROBIN
+    circuit_breakers:
+      thresholds:
+      - max_connections: 1000
+    load_assignment:
+      cluster_name: cluster_0
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address:
+                address: 127.0.0.1
+                port_value: {upstream_port}
+"#
+    )
+}
+
+fn check(yaml: &str) -> (i32, String, String) {
+    let dir = TempDir::new("check");
+    let path = dir.write("bad.yaml", yaml);
+    let (st, out, err) = plumb_cmd(&["check-config", path.to_str().unwrap()]);
+    assert!(!err.contains("panicked"), "plumb panicked:\n{err}");
+    (st.code().unwrap_or(-1), out, err)
+}
+
+#[test]
+fn check_config_accepts_an_envoy_bootstrap_and_summarizes_it() {
+    let (code, out, err) = check(&envoy_yaml(8080));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": OK\n"), "{out}");
+    assert!(
+        out.contains("listener_0 127.0.0.1:0 tcp_proxy -> cluster cluster_0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("cluster_0 STATIC ROUND_ROBIN endpoints=1"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "static_resources.clusters[0].circuit_breakers: ignored: accepted but not enforced yet"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_config_names_the_field_path_of_each_error() {
+    let good = envoy_yaml(8080);
+    let cases: Vec<(String, &str)> = vec![
+        ("static_resources:\n  listeners: [\n".to_string(), "invalid YAML"),
+        (
+            good.replace("cluster: cluster_0", "cluster: nope"),
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.cluster: unknown cluster \"nope\"",
+        ),
+        (
+            good.replace("port_value: 8080", "port_value: 99999"),
+            "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value: 99999 is out of range [0, 65535]",
+        ),
+        (
+            good.replace("          stat_prefix: destination\n", ""),
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.stat_prefix: missing required field",
+        ),
+        (
+            good.replace("lb_policy: ROUND_ROBIN", "lb_policy: FASTEST"),
+            "static_resources.clusters[0].lb_policy: unknown value \"FASTEST\"",
+        ),
+        (
+            good.replace("connect_timeout: 0.25s", "connect_timeout: 250ms"),
+            "static_resources.clusters[0].connect_timeout: invalid duration \"250ms\"",
+        ),
+        (
+            good.replace("    type: STATIC", "    type: STATIC\n    colour: blue"),
+            "static_resources.clusters[0].colour: unknown field \"colour\"",
+        ),
+        (String::new(), "the configuration is empty"),
+    ];
+    for (yaml, want) in cases {
+        let (code, out, err) = check(&yaml);
+        assert_eq!(code, 1, "expected failure for {want:?}; stdout:\n{out}");
+        assert!(err.contains(want), "expected {want:?} in:\n{err}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
+}
+
+#[test]
+fn check_config_on_a_missing_file_fails_cleanly() {
+    let (st, _, err) = plumb_cmd(&["check-config", "/nonexistent/plumb.yaml"]);
+    assert_eq!(st.code(), Some(1));
+    assert!(err.contains("cannot read /nonexistent/plumb.yaml"), "{err}");
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let (st, out, _) = plumb_cmd(&["version"]);
+    assert!(st.success());
+    assert_eq!(out, format!("plumb {}\n", plumb::VERSION));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_an_invalid_config_exits_non_zero_without_starting() {
+    let dir = TempDir::new("badrun");
+    let path = dir.write(
+        "bad.yaml",
+        &envoy_yaml(8080).replace("cluster: cluster_0", "cluster: x"),
+    );
+    let (st, _, err) = plumb_cmd(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(st.code(), Some(1));
+    assert!(err.contains("unknown cluster \"x\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_proxies_traffic_with_an_envoy_bootstrap() {
+    let echo = servers::start(Behavior::Echo).await;
+    let agent = AgentProcess::spawn(&envoy_yaml(echo.addr.port()), &["--concurrency", "2"]).await;
+    let front = agent.listener("listener_0").await;
+    assert_eq!(
+        roundtrip(front, b"through plumb").await.unwrap(),
+        b"through plumb"
+    );
+    let admin = agent.admin;
+    plumb_tests::wait_until(
+        "stats count the connection",
+        Duration::from_secs(10),
+        || async move {
+            get(admin, "/stats")
+                .await
+                .body
+                .contains("tcp.destination.downstream_cx_total: 1\n")
+        },
+    )
+    .await;
+    let r = get(admin, "/stats").await;
+    assert!(
+        r.body.contains("cluster.cluster_0.upstream_cx_total: 1\n"),
+        "{}",
+        r.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_established_connections_then_exits_zero() {
+    let echo = servers::start(Behavior::Echo).await;
+    let mut agent =
+        AgentProcess::spawn(&envoy_yaml(echo.addr.port()), &["--drain-time-s", "30"]).await;
+    let front = agent.listener("listener_0").await;
+    let mut held = tokio::net::TcpStream::connect(front).await.unwrap();
+    held.write_all(b"one").await.unwrap();
+    let mut buf = [0u8; 3];
+    held.read_exact(&mut buf).await.unwrap();
+
+    agent.signal(libc::SIGTERM);
+    // New connections are refused once the listener closes...
+    plumb_tests::wait_until("listener closed", Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(front).await.is_err()
+    })
+    .await;
+    // ...while the admin port reports the drain and the held connection still works.
+    let r = get(agent.admin, "/ready").await;
+    assert_eq!((r.status, r.body.as_str()), (503, "DRAINING\n"));
+    held.write_all(b"two").await.unwrap();
+    held.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"two");
+    assert!(
+        agent.wait_exit(Duration::from_millis(200)).await.is_none(),
+        "exited before drain"
+    );
+
+    // Closing the last connection ends the drain early.
+    let started = Instant::now();
+    drop(held);
+    let st = agent
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits after drain");
+    assert_eq!(st.code(), Some(0), "{}", agent.logs());
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_time_bounds_shutdown_with_stuck_connections() {
+    let silent = servers::start(Behavior::Silent).await;
+    let mut agent =
+        AgentProcess::spawn(&envoy_yaml(silent.addr.port()), &["--drain-time-s", "1"]).await;
+    let front = agent.listener("listener_0").await;
+    let mut held = tokio::net::TcpStream::connect(front).await.unwrap();
+    held.write_all(b"x").await.unwrap();
+    let admin = agent.admin;
+    plumb_tests::wait_until(
+        "connection established upstream",
+        Duration::from_secs(10),
+        || async move {
+            get(admin, "/stats")
+                .await
+                .body
+                .contains("cluster.cluster_0.upstream_cx_active: 1\n")
+        },
+    )
+    .await;
+    let started = Instant::now();
+    agent.signal(libc::SIGTERM);
+    let st = agent
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("exits after drain time");
+    assert_eq!(st.code(), Some(0), "{}", agent.logs());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited after {took:?}, before the drain time"
+    );
+    // The stuck connection was closed by the agent.
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), held.read(&mut buf))
+        .await
+        .expect("closed");
+    assert!(matches!(n, Ok(0) | Err(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_levels_change_at_runtime() {
+    let echo = servers::start(Behavior::Echo).await;
+    let agent = AgentProcess::spawn(&envoy_yaml(echo.addr.port()), &["--log-level", "info"]).await;
+    let r = get(agent.admin, "/logging").await;
+    assert!(r.body.contains("  upstream: info\n"), "{}", r.body);
+    assert_eq!(get(agent.admin, "/logging?level=debug").await.status, 405);
+    let r = post(agent.admin, "/logging?upstream=debug").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains("  upstream: debug\n") && r.body.contains("  admin: info\n"),
+        "{}",
+        r.body
+    );
+    let r = post(agent.admin, "/logging?level=warning").await;
+    assert!(r.body.contains("  upstream: warn\n"), "{}", r.body);
+    let r = post(agent.admin, "/logging?nosuch=debug").await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("unknown logger \"nosuch\""));
+    drop(agent);
+    // A debug line from the tcp_proxy filter shows up once its logger is set to debug, and
+    // --log-format json writes one JSON object per line.
+    let dead = servers::closed_port();
+    let agent = AgentProcess::spawn(
+        &envoy_yaml(dead.port()),
+        &["--log-level", "info", "--log-format", "json"],
+    )
+    .await;
+    post(agent.admin, "/logging?filters=debug").await;
+    let front = agent.listener("listener_0").await;
+    let _ = roundtrip(front, b"x").await;
+    let logs_have = |agent: &AgentProcess| agent.logs().contains("upstream connect failed");
+    plumb_tests::wait_until_blocking("debug log line", Duration::from_secs(10), || {
+        logs_have(&agent)
+    });
+    let line = agent
+        .logs()
+        .lines()
+        .find(|l| l.contains("upstream connect failed"))
+        .unwrap()
+        .to_string();
+    let j: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    assert_eq!(j["level"], "DEBUG");
+}
+
+#[test]
+fn bundled_default_config_is_valid() {
+    let dir = TempDir::new("default");
+    let path = dir.write("default.yaml", plumb::config::DEFAULT_BOOTSTRAP);
+    let (st, out, err) = plumb_cmd(&["check-config", path.to_str().unwrap()]);
+    assert!(st.success(), "{err}");
+    assert!(
+        out.contains("demo 127.0.0.1:10000 tcp_proxy -> cluster admin_loopback"),
+        "{out}"
+    );
+}
