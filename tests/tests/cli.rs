@@ -1,6 +1,6 @@
 //! The real `plumb` binary: check-config errors, run with an Envoy bootstrap, signals and drain.
 
-use plumb_tests::agent::{bootstrap, plumb_cmd, static_cluster, tcp_listener, AgentProcess};
+use plumb_tests::agent::{plumb_cmd, AgentProcess};
 use plumb_tests::client::{get, post, roundtrip};
 use plumb_tests::servers::{self, Behavior};
 use plumb_tests::TempDir;
