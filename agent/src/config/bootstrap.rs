@@ -401,6 +401,27 @@ const ENDPOINT: FieldTable = &[
     ),
 ];
 
+/// Every field table, by Envoy message, for documentation checks.
+#[cfg(test)]
+pub(crate) const TABLES: &[(&str, FieldTable)] = &[
+    ("Bootstrap", BOOTSTRAP),
+    ("Node", NODE),
+    ("Locality", LOCALITY),
+    ("Admin", ADMIN),
+    ("StaticResources", STATIC_RESOURCES),
+    ("Address", ADDRESS),
+    ("SocketAddress", SOCKET_ADDRESS),
+    ("Listener", LISTENER),
+    ("FilterChain", FILTER_CHAIN),
+    ("Filter", FILTER),
+    ("TcpProxy", TCP_PROXY),
+    ("Cluster", CLUSTER),
+    ("ClusterLoadAssignment", LOAD_ASSIGNMENT),
+    ("LocalityLbEndpoints", LOCALITY_LB_ENDPOINTS),
+    ("LbEndpoint", LB_ENDPOINT),
+    ("Endpoint", ENDPOINT),
+];
+
 /// Reads and translates a bootstrap file.
 pub fn parse_bootstrap_file(path: &Path) -> Result<Snapshot, ConfigError> {
     let name = path.display().to_string();
@@ -1029,6 +1050,34 @@ static_resources:
       - lb_endpoints:
         - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 9 } } }
 "#;
+
+    #[test]
+    fn every_field_table_entry_is_documented() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/configuration.md"
+        ))
+        .expect("docs/configuration.md");
+        let rows: usize = TABLES.iter().map(|(_, t)| t.len()).sum();
+        let doc_rows = doc.lines().filter(|l| l.starts_with("| `")).count();
+        assert_eq!(
+            doc_rows, rows,
+            "docs/configuration.md field tables are out of date"
+        );
+        for (msg, table) in TABLES {
+            for (field, how) in table.iter() {
+                let want = match how {
+                    Field::Supported => format!("| `{field}` | supported |"),
+                    Field::Ignored(why) => format!("| `{field}` | ignored: {why} |"),
+                    Field::Rejected(why) => format!("| `{field}` | **rejected**: {why} |"),
+                };
+                assert!(
+                    doc.contains(&want),
+                    "{msg}.{field} is not documented as: {want}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn bundled_default_is_valid() {

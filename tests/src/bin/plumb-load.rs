@@ -1,1 +1,191 @@
-fn main() {}
+//! plumb-load: the load generator and backends for `cargo xtask bench`.
+//!
+//!   plumb-load serve --echo ADDR --sink ADDR
+//!   plumb-load throughput --addr ADDR --streams N --secs S
+//!   plumb-load latency --addr ADDR --conns N --secs S --size BYTES
+//!
+//! Every load run is bounded in time (and in request count); results are one JSON line on stdout.
+
+use plumb::stats::{Histogram, StatName};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Upper bound on requests per latency run, whatever the duration.
+const MAX_REQUESTS: u64 = 50_000_000;
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: Option<T>) -> T {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| die(&format!("bad value for {name}"))),
+        None => default.unwrap_or_else(|| die(&format!("missing {name}"))),
+    }
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("plumb-load: {msg}");
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first().cloned() else {
+        die("usage: plumb-load serve|throughput|latency ...")
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(arg(&args, "--threads", Some(1usize)))
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        match cmd.as_str() {
+            "serve" => serve(arg(&args, "--echo", None), arg(&args, "--sink", None)).await,
+            "throughput" => {
+                throughput(
+                    arg(&args, "--addr", None),
+                    arg(&args, "--streams", Some(1)),
+                    Duration::from_secs_f64(arg(&args, "--secs", Some(5.0))),
+                )
+                .await
+            }
+            "latency" => {
+                latency(
+                    arg(&args, "--addr", None),
+                    arg(&args, "--conns", Some(64)),
+                    Duration::from_secs_f64(arg(&args, "--secs", Some(5.0))),
+                    arg(&args, "--size", Some(64)),
+                )
+                .await
+            }
+            other => die(&format!("unknown command {other}")),
+        }
+    });
+}
+
+async fn serve(echo: SocketAddr, sink: SocketAddr) {
+    let echo_l = TcpListener::bind(echo).await.expect("bind echo");
+    let sink_l = TcpListener::bind(sink).await.expect("bind sink");
+    println!("ready");
+    let echo_task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = echo_l.accept().await else {
+                continue;
+            };
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let sink_task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = sink_l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let _ = tokio::join!(echo_task, sink_task);
+}
+
+async fn throughput(addr: SocketAddr, streams: usize, secs: Duration) {
+    let total = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..streams {
+        let total = total.clone();
+        let stop = stop.clone();
+        set.spawn(async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            let chunk = vec![0x5au8; 256 * 1024];
+            while !stop.load(Ordering::Relaxed) {
+                if s.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                total.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        });
+    }
+    let started = Instant::now();
+    tokio::time::sleep(secs).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let bytes = total.load(Ordering::Relaxed);
+    set.abort_all();
+    println!(
+        "{}",
+        serde_json::json!({"bytes": bytes, "secs": elapsed, "gbit_per_s": bytes as f64 * 8.0 / elapsed / 1e9})
+    );
+}
+
+async fn latency(addr: SocketAddr, conns: usize, secs: Duration, size: usize) {
+    let hist = Arc::new(Histogram::new(StatName {
+        full: "latency".into(),
+        extracted: "latency".into(),
+        tags: vec![],
+    }));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + secs;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..conns {
+        let hist = hist.clone();
+        let done = done.clone();
+        let errors = errors.clone();
+        set.spawn(async move {
+            let Ok(mut s) = TcpStream::connect(addr).await else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let _ = s.set_nodelay(true);
+            let req = vec![0x42u8; size];
+            let mut resp = vec![0u8; size];
+            while Instant::now() < deadline && done.load(Ordering::Relaxed) < MAX_REQUESTS {
+                let t = Instant::now();
+                if s.write_all(&req).await.is_err() || s.read_exact(&mut resp).await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                hist.record(t.elapsed());
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let started = Instant::now();
+    while set.join_next().await.is_some() {}
+    let elapsed = started.elapsed().as_secs_f64();
+    let snap = hist.cumulative();
+    let q = |p: f64| snap.quantile(p).unwrap_or(f64::NAN) * 1000.0;
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        serde_json::json!({
+            "requests": n,
+            "errors": errors.load(Ordering::Relaxed),
+            "rps": n as f64 / elapsed,
+            "p50_us": q(50.0), "p90_us": q(90.0), "p99_us": q(99.0), "p999_us": q(99.9),
+        })
+    );
+}
