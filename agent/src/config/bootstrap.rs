@@ -1059,7 +1059,10 @@ static_resources:
         ))
         .expect("docs/configuration.md");
         let rows: usize = TABLES.iter().map(|(_, t)| t.len()).sum();
-        let tables = doc.split_once("## Field tables").expect("a Field tables section").1;
+        let tables = doc
+            .split_once("## Field tables")
+            .expect("a Field tables section")
+            .1;
         let doc_rows = tables.lines().filter(|l| l.starts_with("| `")).count();
         assert_eq!(
             doc_rows, rows,
