@@ -71,7 +71,46 @@ fn test() -> Result<()> {
         // Under CI a test that would skip for a missing tool or privilege fails instead.
         t.env("PLUMB_TEST_STRICT", "1");
     }
-    run(&mut t)
+    run_tests_with_summary(&mut t)
+}
+
+/// Runs `cargo test`, passing its output through, and ends with one total line
+/// (`tests: N passed, N failed, N ignored`) summed over every test binary.
+fn run_tests_with_summary(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("xtask: running {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let stdout = child.stdout.take().context("test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut w = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (w.next(), w.next()) else { continue };
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    "ignored" => ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let st = child.wait()?;
+    println!("\ntests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
 }
 
 fn demo(args: &[String]) -> Result<()> {
