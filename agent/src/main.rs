@@ -24,7 +24,7 @@ enum Command {
     /// Run the agent.
     Run {
         /// Envoy v3 bootstrap (YAML or JSON). Without it, the bundled default is used.
-        #[arg(long, short = 'c')]
+        #[arg(long, short = 'c', visible_alias = "config-path")]
         config: Option<PathBuf>,
         /// Data-path worker threads (default: available CPUs).
         #[arg(long)]
