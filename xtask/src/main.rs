@@ -91,7 +91,9 @@ fn run_tests_with_summary(cmd: &mut Command) -> Result<()> {
         if let Some(rest) = line.strip_prefix("test result: ") {
             for part in rest.split(';') {
                 let mut w = part.split_whitespace().rev();
-                let (Some(what), Some(n)) = (w.next(), w.next()) else { continue };
+                let (Some(what), Some(n)) = (w.next(), w.next()) else {
+                    continue;
+                };
                 let n: u64 = n.parse().unwrap_or(0);
                 match what {
                     "passed" => passed += n,
