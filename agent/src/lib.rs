@@ -3,7 +3,8 @@
 //!
 //! Modules, one per concern: `config` (the validated model and its front doors), `listener`
 //! (sockets, accept, drain), `filters` (L4 filters such as tcp_proxy), `copy` (the byte pump),
-//! `upstream` (clusters, hosts, load balancing), `stats`, `admin`, `drain`, `logging`, `server`.
+//! `upstream` (clusters, hosts, load balancing), `redirect` (eBPF capture), `stats`, `admin`,
+//! `drain`, `logging`, `server`.
 
 pub mod admin;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod drain;
 pub mod filters;
 pub mod listener;
 pub mod logging;
+pub mod redirect;
 pub mod server;
 pub mod stats;
 pub mod upstream;

@@ -4,10 +4,12 @@
 use crate::config;
 use crate::drain;
 use crate::filters::{tcp_proxy::TcpProxy, NetworkFilter};
+use crate::redirect::{self, Redirector};
 use crate::stats::{Counter, Gauge, Histogram, Store};
 use crate::upstream::ClusterManager;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Envoy's `listener.<address>.*` stats.
@@ -28,6 +30,40 @@ pub struct ActiveListener {
     pub stat_name: String,
     pub stats: ListenerStats,
     pub filter: Option<NetworkFilter>,
+    /// For `use_original_dst` listeners: where to hand connections by original destination.
+    pub dispatch: OnceLock<Arc<Dispatch>>,
+}
+
+/// Original-destination dispatch, shared by `use_original_dst` listeners.
+#[derive(Debug, Default)]
+pub struct Dispatch {
+    pub redirect: Option<Arc<Redirector>>,
+    /// `bind_to_port: false` listeners by exact address, and wildcard-address ones by port.
+    pub by_addr: HashMap<SocketAddr, Arc<ActiveListener>>,
+    pub by_port: HashMap<u16, Arc<ActiveListener>>,
+}
+
+impl Dispatch {
+    pub fn new(redirect: Option<Arc<Redirector>>, listeners: &[Arc<ActiveListener>]) -> Self {
+        let mut d = Self {
+            redirect,
+            ..Self::default()
+        };
+        for l in listeners.iter().filter(|l| !l.config.bind_to_port) {
+            if l.config.address.ip().is_unspecified() {
+                d.by_port.insert(l.config.address.port(), l.clone());
+            } else {
+                d.by_addr.insert(l.config.address, l.clone());
+            }
+        }
+        d
+    }
+
+    fn target(&self, orig: SocketAddr) -> Option<&Arc<ActiveListener>> {
+        self.by_addr
+            .get(&orig)
+            .or_else(|| self.by_port.get(&orig.port()))
+    }
 }
 
 /// Envoy names listener stats by address with ':' replaced: `listener.127.0.0.1_10000.*`.
@@ -85,6 +121,7 @@ impl ActiveListener {
             stat_name,
             stats,
             filter,
+            dispatch: OnceLock::new(),
         }
     }
 
@@ -103,7 +140,7 @@ impl ActiveListener {
                 Ok((stream, peer)) => {
                     let this = self.clone();
                     let conn_watch = watch.clone();
-                    tokio::spawn(async move { this.handle(stream, peer, conn_watch).await });
+                    tokio::spawn(async move { this.accepted(stream, peer, conn_watch).await });
                 }
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
@@ -115,7 +152,33 @@ impl ActiveListener {
         tracing::info!(listener = %self.config.name, address = %self.local_address, "listener stopped accepting");
     }
 
-    async fn handle(&self, stream: tokio::net::TcpStream, peer: SocketAddr, watch: drain::Watch) {
+    /// Recovers the original destination (eBPF map, else SO_ORIGINAL_DST) and hands the
+    /// connection to the listener configured for it, or handles it here.
+    async fn accepted(&self, stream: tokio::net::TcpStream, peer: SocketAddr, watch: drain::Watch) {
+        let Some(dispatch) = self.dispatch.get().filter(|_| self.config.use_original_dst) else {
+            return self.handle(stream, peer, None, watch).await;
+        };
+        let local = stream.local_addr().unwrap_or(self.local_address);
+        let orig = dispatch
+            .redirect
+            .as_ref()
+            .and_then(|r| r.original_dst(peer, local))
+            .or_else(|| redirect::so_original_dst(&stream))
+            // Addressed to this listener itself: no original destination (and no loop).
+            .filter(|o| *o != local);
+        match orig.and_then(|o| dispatch.target(o)) {
+            Some(target) => target.handle(stream, peer, orig, watch).await,
+            None => self.handle(stream, peer, orig, watch).await,
+        }
+    }
+
+    async fn handle(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        original_dst: Option<SocketAddr>,
+        watch: drain::Watch,
+    ) {
         let _guard = watch.track();
         let started = Instant::now();
         let s = &self.stats;
@@ -123,7 +186,7 @@ impl ActiveListener {
         s.downstream_cx_active.inc();
         let _ = stream.set_nodelay(true);
         match &self.filter {
-            Some(f) => f.handle(stream, peer, watch).await,
+            Some(f) => f.handle(stream, peer, original_dst, watch).await,
             None => s.no_filter_chain_match.inc(),
         }
         s.downstream_cx_active.dec();

@@ -5,8 +5,9 @@
 use crate::admin;
 use crate::config::Snapshot;
 use crate::drain::{Drain, Phase};
-use crate::listener::{self, ActiveListener};
+use crate::listener::{self, ActiveListener, Dispatch};
 use crate::logging::LogControl;
+use crate::redirect::Redirector;
 use crate::stats::{Gauge, Store};
 use crate::upstream::ClusterManager;
 use anyhow::Context as _;
@@ -85,6 +86,8 @@ pub struct Shared {
     pub options: Options,
     pub log: Option<LogControl>,
     pub stats: ServerStats,
+    /// eBPF redirection, when configured and set up.
+    pub redirect: Option<Arc<Redirector>>,
     shutdown_tx: watch::Sender<Option<ShutdownKind>>,
 }
 
@@ -145,6 +148,9 @@ impl Shared {
                 .map(|l| l.stats.downstream_cx_active.value())
                 .sum(),
         );
+        if let Some(r) = &self.redirect {
+            r.sync_stats();
+        }
     }
 }
 
@@ -237,7 +243,18 @@ pub fn start(
     };
     let admin_address = admin_socket.as_ref().map(|s| s.local_addr()).transpose()?;
     let mut bound = Vec::new();
+    let mut unbound = Vec::new();
     for l in &snapshot.listeners {
+        if !l.bind_to_port {
+            // Names a destination; receives connections handed over by original destination.
+            unbound.push(Arc::new(ActiveListener::new(
+                l.clone(),
+                l.address,
+                &clusters,
+                &store,
+            )));
+            continue;
+        }
         let sock = listener::bind(l.address, l.tcp_backlog_size)
             .with_context(|| format!("listener \"{}\": cannot bind {}", l.name, l.address))?;
         let addr = sock.local_addr()?;
@@ -245,6 +262,39 @@ pub fn start(
             Arc::new(ActiveListener::new(l.clone(), addr, &clusters, &store)),
             sock,
         ));
+    }
+    let redirect = match &snapshot.redirect {
+        None => None,
+        Some(cfg) => {
+            let port = bound
+                .iter()
+                .find(|(l, _)| l.config.name == cfg.listener)
+                .map(|(l, _)| l.local_address.port())
+                .unwrap_or(0);
+            match Redirector::start(cfg, &snapshot.listeners, port, &store) {
+                Ok(r) => Some(r),
+                Err(e) if cfg.required => {
+                    anyhow::bail!("eBPF redirection is required but cannot start: {e}");
+                }
+                Err(e) => {
+                    store.root_scope("redirect").gauge("active").set(0);
+                    tracing::warn!(
+                        "eBPF redirection is OFF: {e}. Plumb proxies only traffic addressed to its \
+                         listeners (set required: true in the plumb.redirect extension to make this fatal)"
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let all: Vec<Arc<ActiveListener>> = bound
+        .iter()
+        .map(|(l, _)| l.clone())
+        .chain(unbound.iter().cloned())
+        .collect();
+    let dispatch = Arc::new(Dispatch::new(redirect.clone(), &all));
+    for l in all.iter().filter(|l| l.config.use_original_dst) {
+        let _ = l.dispatch.set(dispatch.clone());
     }
     if let (Some(path), Some(addr)) = (&options.admin_address_path, admin_address) {
         std::fs::write(path, addr.to_string())
@@ -273,7 +323,7 @@ pub fn start(
         snapshot,
         store,
         clusters,
-        listeners: bound.iter().map(|(l, _)| l.clone()).collect(),
+        listeners: all,
         drain: Drain::new(),
         health_check_failed: AtomicBool::new(false),
         initialized: AtomicBool::new(false),
@@ -282,6 +332,7 @@ pub fn start(
         options,
         log,
         stats,
+        redirect,
         shutdown_tx,
     });
     shared.refresh_server_stats();
@@ -370,6 +421,11 @@ async fn run_data_plane(
         active = drain.active(),
         "draining"
     );
+    // Fail open first: workloads' new connects go straight to their destinations instead of
+    // meeting a closed listener.
+    if let Some(r) = &shared.redirect {
+        r.deregister();
+    }
     drain.advance(Phase::Draining);
     let escalated = async {
         let _ = shutdown_rx
@@ -389,6 +445,9 @@ async fn run_data_plane(
     }
     drain.advance(Phase::Closing);
     let _ = tokio::time::timeout(CLOSE_GRACE, drain.wait_idle()).await;
+    if let Some(r) = &shared.redirect {
+        r.shutdown();
+    }
     tracing::info!("stopped");
 }
 

@@ -155,25 +155,43 @@ impl Drop for TestAgent {
 
 /// Path to the `plumb` binary of this build, building it if needed.
 pub fn plumb_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/<profile>/deps/<test-binary> → target/<profile>/plumb
-        let exe = std::env::current_exe().expect("current exe");
-        let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-        let bin = dir.join("plumb");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "plumb", "--bin", "plumb"]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        // Always ask cargo: it is a no-op when the binary is fresh, and never runs stale code.
-        let status = cmd.status().expect("run cargo build for the plumb binary");
-        assert!(status.success(), "cargo build -p plumb failed");
-        assert!(bin.exists(), "{} missing after build", bin.display());
-        bin
-    })
-    .clone()
+    built_bin("plumb", "plumb")
+}
+
+/// Path to the `plumb-load` client/server tool, building it if needed.
+pub fn load_bin() -> PathBuf {
+    built_bin("plumb-tests", "plumb-load")
+}
+
+fn built_bin(package: &str, bin: &str) -> PathBuf {
+    static BUILT: OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> =
+        OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = built.get(bin) {
+        return p.clone();
+    }
+    // target/<profile>/deps/<test-binary> → target/<profile>/<bin>
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(bin);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    // Always ask cargo: it is a no-op when the binary is fresh, and never runs stale code.
+    let status = cmd.status().expect("run cargo build");
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {bin} failed"
+    );
+    assert!(path.exists(), "{} missing after build", path.display());
+    built.insert(bin.to_string(), path.clone());
+    path
 }
 
 /// Runs `plumb` with `args` to completion; returns (exit status, stdout, stderr).
@@ -199,11 +217,38 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `plumb run --config <bootstrap>` plus `args`, and waits for `/ready`.
     pub async fn spawn(bootstrap: &str, args: &[&str]) -> Self {
+        Self::spawn_in(bootstrap, args, None).await
+    }
+
+    /// As `spawn`, with the process placed in `cgroup` (a cgroup2 directory) before exec.
+    pub async fn spawn_in(
+        bootstrap: &str,
+        args: &[&str],
+        cgroup: Option<&std::path::Path>,
+    ) -> Self {
         let dir = TempDir::new("agent");
         let config = dir.write("bootstrap.yaml", bootstrap);
         let admin_file = dir.path.join("admin-address");
         let log = std::fs::File::create(dir.path.join("plumb.log")).expect("log file");
-        let child = Command::new(plumb_bin())
+        let mut cmd = Command::new(plumb_bin());
+        if let Some(cg) = cgroup {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let procs = std::fs::OpenOptions::new()
+                .write(true)
+                .open(cg.join("cgroup.procs"))
+                .expect("open cgroup.procs");
+            // SAFETY: only write(2) runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&config)
@@ -245,6 +290,11 @@ impl AgentProcess {
         )
         .await;
         p
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; returns its status.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn pid(&self) -> i32 {

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod pods;
 pub mod servers;
 
 use std::future::Future;

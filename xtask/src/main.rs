@@ -4,11 +4,13 @@
 //!                                       push traffic through it and show its stats
 //!   cargo xtask test                    install test tools, fmt + clippy + every test
 //!   cargo xtask deps [--bench]          install Debian packages the tests (and benches) need
+//!   cargo xtask build-ebpf              build the eBPF object into target/bpf/plumb.bpf.o
 //!   cargo xtask bench l4 [--secs S]     Plumb vs direct vs haproxy, side by side
 //!
 //! Everything here is idempotent and targets loopback only.
 
 mod bench;
+mod ebpf;
 mod util;
 
 use anyhow::{bail, Context, Result};
@@ -23,8 +25,9 @@ fn main() {
         Some("test") => test(),
         Some("deps") => deps(args.iter().any(|a| a == "--bench")),
         Some("bench") => bench::bench(&args[1..]),
+        Some("build-ebpf") => ebpf::build().map(|_| ()),
         _ => {
-            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | bench l4 [--secs S]>");
+            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | build-ebpf | bench l4 [--secs S]>");
             std::process::exit(2);
         }
     };
@@ -53,6 +56,15 @@ fn test() -> Result<()> {
             return Err(e);
         }
         eprintln!("xtask: warning: {e:#}; tests needing these tools will be skipped");
+    }
+    // The eBPF object for the kernel end-to-end suite (needs its toolchain; see build-ebpf).
+    if let Err(e) = ebpf::build() {
+        if ci {
+            return Err(e.context("building the eBPF object"));
+        }
+        eprintln!(
+            "xtask: warning: cannot build the eBPF object ({e:#}); eBPF tests will be skipped"
+        );
     }
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
@@ -117,6 +129,11 @@ fn run_tests_with_summary(cmd: &mut Command) -> Result<()> {
 
 fn demo(args: &[String]) -> Result<()> {
     let keep = args.iter().any(|a| a == "--keep-running");
+    if let Err(e) = ebpf::build() {
+        eprintln!(
+            "xtask: warning: cannot build the eBPF object ({e:#}); the demo does not need it"
+        );
+    }
     run(cargo().args(["build", "--release", "-p", "plumb"]))?;
     let bin = root_dir().join("target/release/plumb");
     for port in [15000u16, 10000] {

@@ -54,6 +54,10 @@ pub fn ensure_debian_packages(wanted: &[(&str, &str)]) -> Result<()> {
         .filter(|(bin, _)| which(bin).is_none())
         .map(|(_, pkg)| *pkg)
         .collect();
+    install_debian(&missing)
+}
+
+fn install_debian(missing: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
@@ -67,9 +71,27 @@ pub fn ensure_debian_packages(wanted: &[(&str, &str)]) -> Result<()> {
     run(Command::new("apt-get").args(["update", "-q"]))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
+        .args(missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     Ok(())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Installs Debian packages by name unless dpkg already has them.
+pub fn ensure_debian_packages_named(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    install_debian(&missing)
 }
 
 /// A blocking HTTP/1.1 GET with `Connection: close`; returns (status, body).

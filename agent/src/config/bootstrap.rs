@@ -57,10 +57,7 @@ const BOOTSTRAP: FieldTable = &[
         I("the system resolver is used"),
     ),
     ("header_prefix", I("no HTTP filters yet")),
-    (
-        "bootstrap_extensions",
-        R("bootstrap extensions are not supported"),
-    ),
+    ("bootstrap_extensions", S),
     ("hds_config", R("health discovery service is not supported")),
     ("flags_path", I("flags directory is not read")),
     ("fatal_actions", I("fatal actions are not supported")),
@@ -151,19 +148,13 @@ const LISTENER: FieldTable = &[
     ),
     ("metadata", I("metadata is informational here")),
     ("drain_type", I("listeners always drain fully")),
-    (
-        "listener_filters",
-        R("listener filters are not supported yet"),
-    ),
+    ("listener_filters", S),
     ("listener_filters_timeout", I("no listener filters")),
     (
         "continue_on_listener_filters_timeout",
         I("no listener filters"),
     ),
-    (
-        "use_original_dst",
-        R("original-destination capture arrives with eBPF redirection"),
-    ),
+    ("use_original_dst", S),
     ("transparent", R("transparent sockets are not supported")),
     ("freebind", R("freebind sockets are not supported")),
     ("socket_options", I("socket options are not applied")),
@@ -178,7 +169,7 @@ const LISTENER: FieldTable = &[
     ),
     ("enable_reuse_port", I("one socket per listener")),
     ("access_log", I("access logs are not written yet")),
-    ("bind_to_port", R("every listener binds its port")),
+    ("bind_to_port", S),
     (
         "default_filter_chain",
         R("filter chain matching is not supported yet"),
@@ -204,6 +195,43 @@ const LISTENER: FieldTable = &[
         R("internal listeners are not supported"),
     ),
 ];
+
+const LISTENER_FILTER: FieldTable = &[
+    ("name", S),
+    ("typed_config", S),
+    (
+        "filter_disabled",
+        R("listener filter matching is not supported"),
+    ),
+    ("config_discovery", R(NO_XDS)),
+];
+
+const ORIGINAL_DST_FILTER_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+
+const TYPED_ANY: FieldTable = &[("@type", S)];
+
+const BOOTSTRAP_EXTENSION: FieldTable = &[("name", S), ("typed_config", S)];
+
+/// `@type` of Plumb's own bootstrap extension configuring eBPF redirection.
+pub const REDIRECT_TYPE: &str = "type.googleapis.com/plumb.redirect.v1.Redirect";
+
+const REDIRECT: FieldTable = &[
+    ("@type", S),
+    ("listener", S),
+    ("proxy_address", S),
+    ("proxy_address_v6", S),
+    ("cgroups", S),
+    ("capture", S),
+    ("sk_msg", S),
+    ("bpf_object", S),
+    ("pin_path", S),
+    ("required", S),
+    ("heartbeat_interval", S),
+    ("fail_open_after", S),
+];
+
+const CAPTURE_RULE: FieldTable = &[("cidr", S), ("ports", S), ("exclude", S)];
 
 const FILTER_CHAIN: FieldTable = &[
     ("name", S),
@@ -350,7 +378,7 @@ const CLUSTER: FieldTable = &[
     ("maglev_lb_config", R("MAGLEV is not supported")),
     (
         "original_dst_lb_config",
-        R("ORIGINAL_DST clusters arrive with eBPF redirection"),
+        R("HTTP-header and port-override options of ORIGINAL_DST are not supported"),
     ),
     (
         "upstream_bind_config",
@@ -414,6 +442,11 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("Listener", LISTENER),
     ("FilterChain", FILTER_CHAIN),
     ("Filter", FILTER),
+    ("ListenerFilter", LISTENER_FILTER),
+    ("OriginalDstFilter", TYPED_ANY),
+    ("BootstrapExtension", BOOTSTRAP_EXTENSION),
+    ("Redirect", REDIRECT),
+    ("CaptureRule", CAPTURE_RULE),
     ("TcpProxy", TCP_PROXY),
     ("Cluster", CLUSTER),
     ("ClusterLoadAssignment", LOAD_ASSIGNMENT),
@@ -520,6 +553,35 @@ fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> {
             }
         }
     }
+    let mut redirect = None;
+    for (epath, ev) in root.list("bootstrap_extensions", d) {
+        let Some(e) = Obj::new(ev, &epath, BOOTSTRAP_EXTENSION, d) else {
+            continue;
+        };
+        let type_url = e
+            .get("typed_config")
+            .and_then(|tc| tc.get("@type"))
+            .and_then(|t| t.as_str());
+        if type_url != Some(REDIRECT_TYPE) {
+            d.error(
+                &epath,
+                format!(
+                    "unsupported bootstrap extension \"{}\" (supported: {REDIRECT_TYPE})",
+                    type_url
+                        .or(e.get("name").and_then(|n| n.as_str()))
+                        .unwrap_or("")
+                ),
+            );
+            continue;
+        }
+        if redirect.is_some() {
+            d.error(&epath, "only one plumb.redirect extension may be given");
+            continue;
+        }
+        if let Some(tc) = e.object("typed_config", REDIRECT, d) {
+            redirect = read_redirect(&tc, &listeners, d);
+        }
+    }
     validate_unique(&clusters, |c| c.name.clone(), "name", "cluster name", d);
     validate_unique(&listeners, |l| l.name.clone(), "name", "listener name", d);
     validate_unique(
@@ -562,8 +624,156 @@ fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> {
         listeners: listeners.into_iter().map(|(_, l)| Arc::new(l)).collect(),
         clusters: clusters.into_iter().map(|(_, c)| Arc::new(c)).collect(),
         bootstrap: serde_json::to_value(value).unwrap_or(Json::Null),
+        redirect,
         warnings: Vec::new(),
     })
+}
+
+fn read_redirect(
+    r: &Obj,
+    listeners: &[(String, Listener)],
+    d: &mut Diagnostics,
+) -> Option<RedirectConfig> {
+    let listener = r.required_string("listener", d);
+    let target = listener.as_ref().and_then(|name| {
+        let found = listeners.iter().find(|(_, l)| l.name == *name).map(|(_, l)| l);
+        match found {
+            None => d.error(r.at("listener"), format!("unknown listener \"{name}\"")),
+            Some(l) if !l.use_original_dst => d.error(
+                r.at("listener"),
+                format!("listener \"{name}\" must set use_original_dst: true (or the original_dst listener filter) to receive redirected connections"),
+            ),
+            Some(l) if l.address.port() == 0 => d.error(
+                r.at("listener"),
+                format!("listener \"{name}\" needs a fixed port: connections are redirected to it"),
+            ),
+            _ => {}
+        }
+        found
+    });
+    let ip_field = |key: &str, d: &mut Diagnostics| -> Option<IpAddr> {
+        let s = r.string(key, d)?;
+        match s.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                d.error(r.at(key), format!("\"{s}\" is not an IP address"));
+                None
+            }
+        }
+    };
+    let mut proxy_v4 = None;
+    let mut proxy_v6 = None;
+    match ip_field("proxy_address", d) {
+        Some(IpAddr::V4(ip)) => proxy_v4 = Some(ip),
+        Some(IpAddr::V6(_)) => d.error(
+            r.at("proxy_address"),
+            "must be IPv4; use proxy_address_v6 for IPv6",
+        ),
+        None => {}
+    }
+    match ip_field("proxy_address_v6", d) {
+        Some(IpAddr::V6(ip)) => proxy_v6 = Some(ip),
+        Some(IpAddr::V4(_)) => d.error(r.at("proxy_address_v6"), "must be IPv6"),
+        None => {}
+    }
+    if let Some(l) = target {
+        match l.address.ip() {
+            IpAddr::V4(ip) if !ip.is_unspecified() => {
+                proxy_v4.get_or_insert(ip);
+            }
+            IpAddr::V6(ip) if !ip.is_unspecified() => {
+                proxy_v6.get_or_insert(ip);
+            }
+            _ => {}
+        }
+        if proxy_v4.is_none() && proxy_v6.is_none() {
+            d.error(
+                r.at("proxy_address"),
+                format!("listener \"{}\" binds a wildcard address: say which address workloads are redirected to", l.name),
+            );
+        }
+    }
+    let mut cgroups = Vec::new();
+    for (cpath, cv) in r.list("cgroups", d) {
+        match cv.as_str() {
+            Some(p) if p.starts_with('/') => cgroups.push(std::path::PathBuf::from(p)),
+            _ => d.error(cpath, "expected an absolute cgroup2 directory path"),
+        }
+    }
+    if cgroups.is_empty() {
+        d.error(
+            r.at("cgroups"),
+            "name at least one cgroup2 directory whose workloads are captured",
+        );
+    }
+    let mut capture = Vec::new();
+    for (rpath, rv) in r.list("capture", d) {
+        let Some(rule) = Obj::new(rv, &rpath, CAPTURE_RULE, d) else {
+            continue;
+        };
+        let Some(cidr) = rule.required_string("cidr", d) else {
+            continue;
+        };
+        let Some((net, prefix_len)) = parse_cidr(&cidr) else {
+            d.error(
+                rule.at("cidr"),
+                format!("\"{cidr}\" is not a CIDR such as 10.96.0.0/12 or fd00::/64"),
+            );
+            continue;
+        };
+        let mut ports = Vec::new();
+        for (ppath, pv) in rule.list("ports", d) {
+            match pv.as_u64() {
+                Some(p @ 1..=65535) => ports.push(p as u16),
+                _ => d.error(ppath, "expected a port in [1, 65535]"),
+            }
+        }
+        capture.push(CaptureRule {
+            net,
+            prefix_len,
+            ports,
+            exclude: rule.boolean("exclude", d).unwrap_or(false),
+        });
+    }
+    let heartbeat_interval = r
+        .duration("heartbeat_interval", d)
+        .unwrap_or(Duration::from_millis(200));
+    let fail_open_after = r
+        .duration("fail_open_after", d)
+        .unwrap_or(Duration::from_secs(1));
+    if heartbeat_interval.is_zero() || fail_open_after < heartbeat_interval * 2 {
+        d.error(
+            r.at("fail_open_after"),
+            "must be at least twice heartbeat_interval (and both above 0s)",
+        );
+    }
+    Some(RedirectConfig {
+        listener: listener?,
+        proxy_v4,
+        proxy_v6,
+        cgroups,
+        capture,
+        sk_msg: r.boolean("sk_msg", d).unwrap_or(false),
+        bpf_object: r.string("bpf_object", d).map(std::path::PathBuf::from),
+        pin_path: r
+            .string("pin_path", d)
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from("/sys/fs/bpf/plumb")),
+        required: r.boolean("required", d).unwrap_or(false),
+        heartbeat_interval,
+        fail_open_after,
+    })
+}
+
+/// `"10.96.0.0/12"` → (network, prefix length); a bare address is a full-length prefix.
+fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a.parse::<IpAddr>().ok()?, Some(l.parse::<u8>().ok()?)),
+        None => (s.parse::<IpAddr>().ok()?, None),
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(max);
+    (len <= max).then_some((addr, len))
 }
 
 fn validate_unique<T>(
@@ -672,6 +882,35 @@ fn read_listener(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Listener>
         None => None,
     };
     let stat_prefix = l.string("stat_prefix", d);
+    let mut use_original_dst = l.boolean("use_original_dst", d).unwrap_or(false);
+    for (fpath, fv) in l.list("listener_filters", d) {
+        let Some(f) = Obj::new(fv, &fpath, LISTENER_FILTER, d) else {
+            continue;
+        };
+        let name = f.string("name", d).unwrap_or_default();
+        let type_url = f
+            .get("typed_config")
+            .and_then(|tc| tc.get("@type"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string);
+        let is_original_dst = match &type_url {
+            Some(t) => t == ORIGINAL_DST_FILTER_TYPE,
+            None => name == "envoy.filters.listener.original_dst",
+        };
+        if is_original_dst {
+            let _ = f.object("typed_config", TYPED_ANY, d);
+            use_original_dst = true;
+        } else {
+            d.error(
+                &fpath,
+                format!(
+                    "unsupported listener filter \"{}\" (supported: envoy.filters.listener.original_dst)",
+                    type_url.unwrap_or(name)
+                ),
+            );
+        }
+    }
+    let bind_to_port = l.boolean("bind_to_port", d).unwrap_or(true);
     let tcp_backlog_size = l
         .uint("tcp_backlog_size", 1, u32::MAX as u64, d)
         .unwrap_or(1024) as u32;
@@ -698,12 +937,26 @@ fn read_listener(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Listener>
     }
     let address = address?;
     let name = l.string("name", d).unwrap_or_else(|| address.to_string());
+    if !bind_to_port && address.port() == 0 {
+        d.error(
+            l.at("address.socket_address.port_value"),
+            "a listener with bind_to_port: false names a destination and needs its port",
+        );
+    }
+    if !bind_to_port && use_original_dst {
+        d.error(
+            l.at("use_original_dst"),
+            "a listener that does not bind its port cannot receive redirected connections",
+        );
+    }
     Some(Listener {
         name,
         address,
         stat_prefix,
         tcp_backlog_size,
         filter_chains: chains,
+        use_original_dst,
+        bind_to_port,
     })
 }
 
@@ -807,20 +1060,15 @@ fn read_cluster(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Cluster> {
     let discovery = match c
         .enumeration(
             "type",
-            &["STATIC", "STRICT_DNS", "LOGICAL_DNS"],
-            &[
-                ("EDS", NO_XDS),
-                (
-                    "ORIGINAL_DST",
-                    "ORIGINAL_DST clusters arrive with eBPF redirection",
-                ),
-            ],
+            &["STATIC", "STRICT_DNS", "LOGICAL_DNS", "ORIGINAL_DST"],
+            &[("EDS", NO_XDS)],
             d,
         )
         .as_deref()
     {
         Some("STRICT_DNS") => DiscoveryType::StrictDns,
         Some("LOGICAL_DNS") => DiscoveryType::LogicalDns,
+        Some("ORIGINAL_DST") => DiscoveryType::OriginalDst,
         _ => DiscoveryType::Static,
     };
     let connect_timeout = c
@@ -832,14 +1080,10 @@ fn read_cluster(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Cluster> {
     let lb_policy = match c
         .enumeration(
             "lb_policy",
-            &["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"],
+            &["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "CLUSTER_PROVIDED"],
             &[
                 ("RING_HASH", "consistent hashing is not supported yet"),
                 ("MAGLEV", "consistent hashing is not supported yet"),
-                (
-                    "CLUSTER_PROVIDED",
-                    "no cluster types provide a load balancer",
-                ),
                 (
                     "LOAD_BALANCING_POLICY_CONFIG",
                     "extension LB policies are not supported",
@@ -851,7 +1095,29 @@ fn read_cluster(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Cluster> {
     {
         Some("LEAST_REQUEST") => LbPolicy::LeastRequest,
         Some("RANDOM") => LbPolicy::Random,
+        Some("CLUSTER_PROVIDED") => LbPolicy::ClusterProvided,
         _ => LbPolicy::RoundRobin,
+    };
+    match (discovery, lb_policy) {
+        (DiscoveryType::OriginalDst, LbPolicy::RoundRobin) if c.get("lb_policy").is_none() => {}
+        (DiscoveryType::OriginalDst, LbPolicy::ClusterProvided) => {}
+        (DiscoveryType::OriginalDst, other) => d.error(
+            c.at("lb_policy"),
+            format!(
+                "ORIGINAL_DST clusters take lb_policy CLUSTER_PROVIDED, not {}",
+                other.as_str()
+            ),
+        ),
+        (_, LbPolicy::ClusterProvided) => d.error(
+            c.at("lb_policy"),
+            "CLUSTER_PROVIDED is only valid with type ORIGINAL_DST",
+        ),
+        _ => {}
+    }
+    let lb_policy = if discovery == DiscoveryType::OriginalDst {
+        LbPolicy::ClusterProvided
+    } else {
+        lb_policy
     };
     let dns_refresh_rate = c
         .duration("dns_refresh_rate", d)
@@ -898,6 +1164,12 @@ fn read_cluster(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Cluster> {
                 format!("priorities must be contiguous from 0; found {priorities:?}"),
             );
         }
+    }
+    if discovery == DiscoveryType::OriginalDst && !localities.is_empty() {
+        d.error(
+            c.at("load_assignment"),
+            "ORIGINAL_DST clusters take no endpoints: the upstream is each connection's original destination",
+        );
     }
     if discovery == DiscoveryType::LogicalDns {
         let n: usize = localities.iter().map(|l| l.endpoints.len()).sum();

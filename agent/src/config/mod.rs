@@ -44,6 +44,40 @@ pub struct Snapshot {
     pub bootstrap: Json,
     /// Fields accepted but ignored on purpose.
     pub warnings: Vec<Diag>,
+    /// eBPF redirection (Plumb's `plumb.redirect` bootstrap extension), if configured.
+    pub redirect: Option<RedirectConfig>,
+}
+
+/// Where and what to capture with eBPF, and where to send it.
+#[derive(Debug, Clone)]
+pub struct RedirectConfig {
+    /// The `use_original_dst` listener that captured connections are redirected to.
+    pub listener: String,
+    /// Address connects are rewritten to (reachable from the workloads' network namespaces).
+    pub proxy_v4: Option<std::net::Ipv4Addr>,
+    pub proxy_v6: Option<std::net::Ipv6Addr>,
+    /// cgroup2 directories whose processes are captured.
+    pub cgroups: Vec<std::path::PathBuf>,
+    /// Rules beyond the destinations of `bind_to_port: false` listeners.
+    pub capture: Vec<CaptureRule>,
+    pub sk_msg: bool,
+    pub bpf_object: Option<std::path::PathBuf>,
+    pub pin_path: std::path::PathBuf,
+    /// Fail startup when redirection cannot be set up (default: proxy explicitly addressed
+    /// traffic only, and say why).
+    pub required: bool,
+    pub heartbeat_interval: Duration,
+    /// With no heartbeat for this long, captured connects go to their original destination.
+    pub fail_open_after: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureRule {
+    pub net: IpAddr,
+    pub prefix_len: u8,
+    /// Empty: every port.
+    pub ports: Vec<u16>,
+    pub exclude: bool,
 }
 
 impl Snapshot {
@@ -83,8 +117,14 @@ pub struct Listener {
     pub address: SocketAddr,
     pub stat_prefix: Option<String>,
     pub tcp_backlog_size: u32,
-    /// Exactly one today: filter chain matching arrives with original-destination capture.
+    /// Exactly one today (no filter chain matching yet).
     pub filter_chains: Vec<FilterChain>,
+    /// Hand each connection to the listener whose address is its original destination
+    /// (Envoy's `use_original_dst` / original_dst listener filter).
+    pub use_original_dst: bool,
+    /// `false`: not bound; the address names a destination that redirected connections to it
+    /// are handed to (and that eBPF captures).
+    pub bind_to_port: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +153,7 @@ pub enum DiscoveryType {
     Static,
     StrictDns,
     LogicalDns,
+    OriginalDst,
 }
 
 impl DiscoveryType {
@@ -121,6 +162,7 @@ impl DiscoveryType {
             Self::Static => "STATIC",
             Self::StrictDns => "STRICT_DNS",
             Self::LogicalDns => "LOGICAL_DNS",
+            Self::OriginalDst => "ORIGINAL_DST",
         }
     }
 }
@@ -130,6 +172,7 @@ pub enum LbPolicy {
     RoundRobin,
     LeastRequest,
     Random,
+    ClusterProvided,
 }
 
 impl LbPolicy {
@@ -138,6 +181,7 @@ impl LbPolicy {
             Self::RoundRobin => "ROUND_ROBIN",
             Self::LeastRequest => "LEAST_REQUEST",
             Self::Random => "RANDOM",
+            Self::ClusterProvided => "CLUSTER_PROVIDED",
         }
     }
 }
@@ -281,6 +325,12 @@ impl Listener {
         if let Some(p) = &self.stat_prefix {
             j["stat_prefix"] = json!(p);
         }
+        if self.use_original_dst {
+            j["use_original_dst"] = json!(true);
+        }
+        if !self.bind_to_port {
+            j["bind_to_port"] = json!(false);
+        }
         j
     }
 }
@@ -321,7 +371,10 @@ impl Cluster {
             "lb_policy": self.lb_policy.as_str(),
             "load_assignment": {"cluster_name": self.name, "endpoints": endpoints},
         });
-        if self.discovery != DiscoveryType::Static {
+        if matches!(
+            self.discovery,
+            DiscoveryType::StrictDns | DiscoveryType::LogicalDns
+        ) {
             j["dns_refresh_rate"] = json!(duration_json(self.dns_refresh_rate));
             j["dns_lookup_family"] = json!(self.dns_lookup_family.as_str());
         }

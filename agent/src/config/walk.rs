@@ -241,6 +241,19 @@ impl<'v> Obj<'v> {
         }
     }
 
+    pub fn boolean(&self, key: &str, d: &mut Diagnostics) -> Option<bool> {
+        match self.get(key)? {
+            Value::Bool(b) => Some(*b),
+            other => {
+                d.error(
+                    self.at(key),
+                    format!("expected true or false, found {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
     /// A proto3 JSON duration: `"5s"`, `"0.25s"`.
     pub fn duration(&self, key: &str, d: &mut Diagnostics) -> Option<Duration> {
         let v = self.get(key)?;

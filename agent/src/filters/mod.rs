@@ -14,9 +14,15 @@ pub enum NetworkFilter {
 
 impl NetworkFilter {
     /// Runs the terminal filter for one accepted connection.
-    pub async fn handle(&self, downstream: TcpStream, peer: SocketAddr, watch: drain::Watch) {
+    pub async fn handle(
+        &self,
+        downstream: TcpStream,
+        peer: SocketAddr,
+        original_dst: Option<SocketAddr>,
+        watch: drain::Watch,
+    ) {
         match self {
-            NetworkFilter::TcpProxy(tp) => tp.handle(downstream, peer, watch).await,
+            NetworkFilter::TcpProxy(tp) => tp.handle(downstream, peer, original_dst, watch).await,
         }
     }
 }

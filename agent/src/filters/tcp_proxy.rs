@@ -62,10 +62,13 @@ impl TcpProxy {
         }
     }
 
+    /// `original_dst`: where the client meant to connect, when it was redirected; the
+    /// upstream for ORIGINAL_DST clusters.
     pub async fn handle(
         &self,
         mut downstream: TcpStream,
         peer: SocketAddr,
+        original_dst: Option<SocketAddr>,
         mut watch: drain::Watch,
     ) {
         self.stats.downstream_cx_total.inc();
@@ -77,7 +80,7 @@ impl TcpProxy {
         let mut upstream = None;
         for attempt in 1..=attempts {
             let r = tokio::select! {
-                r = cluster.connect() => r,
+                r = cluster.connect(original_dst) => r,
                 _ = watch.closing() => return,
             };
             match r {
@@ -85,7 +88,9 @@ impl TcpProxy {
                     upstream = Some(u);
                     break;
                 }
-                Err(e @ ConnectError::NoHealthyHost(_)) => {
+                Err(
+                    e @ (ConnectError::NoHealthyHost(_) | ConnectError::NoOriginalDestination(_)),
+                ) => {
                     tracing::debug!(%peer, cluster = cluster.name(), error = %e, "no upstream");
                     return;
                 }

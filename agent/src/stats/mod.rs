@@ -71,6 +71,13 @@ impl Counter {
         self.value.fetch_add(n, Ordering::Relaxed);
         mark_used(&self.used);
     }
+    /// For counters mirrored from an external monotonic source (eBPF per-CPU counters).
+    pub fn set_total(&self, v: u64) {
+        self.value.store(v, Ordering::Relaxed);
+        if v > 0 {
+            mark_used(&self.used);
+        }
+    }
     pub fn value(&self) -> u64 {
         self.value.load(Ordering::Relaxed)
     }

@@ -118,7 +118,7 @@ impl HostSet {
             return Some(self.active[0].clone());
         }
         let i = match self.policy {
-            LbPolicy::RoundRobin => {
+            LbPolicy::RoundRobin | LbPolicy::ClusterProvided => {
                 let c = cursor.fetch_add(1, Ordering::Relaxed);
                 if self.schedule.is_empty() {
                     (c % n as u64) as usize

@@ -108,6 +108,8 @@ pub struct Cluster {
 pub enum ConnectError {
     #[error("no healthy upstream host in cluster {0}")]
     NoHealthyHost(String),
+    #[error("ORIGINAL_DST cluster {0}: the connection has no original destination")]
+    NoOriginalDestination(String),
     #[error("connect to {addr} timed out after {timeout_ms} ms")]
     Timeout { addr: SocketAddr, timeout_ms: u128 },
     #[error("connect to {addr} failed: {source}")]
@@ -194,11 +196,36 @@ impl Cluster {
         set.pick(&self.rr_cursor)
     }
 
-    /// One connect attempt: pick a host, connect within `connect_timeout`, record stats.
-    pub async fn connect(self: &Arc<Self>) -> Result<Upstream, ConnectError> {
-        let Some(host) = self.pick() else {
-            self.stats.upstream_cx_none_healthy.inc();
-            return Err(ConnectError::NoHealthyHost(self.config.name.clone()));
+    /// One connect attempt: pick a host (for ORIGINAL_DST: the connection's original
+    /// destination), connect within `connect_timeout`, record stats.
+    pub async fn connect(
+        self: &Arc<Self>,
+        original_dst: Option<SocketAddr>,
+    ) -> Result<Upstream, ConnectError> {
+        let host = if self.config.discovery == DiscoveryType::OriginalDst {
+            let Some(addr) = original_dst else {
+                self.stats.upstream_cx_none_healthy.inc();
+                return Err(ConnectError::NoOriginalDestination(
+                    self.config.name.clone(),
+                ));
+            };
+            Arc::new(Host {
+                address: addr,
+                hostname: String::new(),
+                weight: 1,
+                priority: 0,
+                locality: Locality::default(),
+                health_status: HealthStatus::Unknown,
+                stats: HostStats::default(),
+            })
+        } else {
+            match self.pick() {
+                Some(h) => h,
+                None => {
+                    self.stats.upstream_cx_none_healthy.inc();
+                    return Err(ConnectError::NoHealthyHost(self.config.name.clone()));
+                }
+            }
         };
         let s = &self.stats;
         s.upstream_cx_total.inc();
@@ -276,7 +303,12 @@ impl ClusterManager {
     pub async fn initialize(&self, shutdown: crate::drain::Watch) {
         let dns: Vec<Arc<Cluster>> = self
             .iter()
-            .filter(|c| c.config.discovery != DiscoveryType::Static)
+            .filter(|c| {
+                matches!(
+                    c.config.discovery,
+                    DiscoveryType::StrictDns | DiscoveryType::LogicalDns
+                )
+            })
             .cloned()
             .collect();
         let first = dns.iter().map(|c| dns::refresh(c.clone()));

@@ -3,6 +3,7 @@
 //!   plumb-load serve --echo ADDR --sink ADDR
 //!   plumb-load throughput --addr ADDR --streams N --secs S
 //!   plumb-load latency --addr ADDR --conns N --secs S --size BYTES
+//!   plumb-load roundtrip --addr ADDR --bytes N   (to an echo server: send, half-close, compare)
 //!
 //! Every load run is bounded in time (and in request count); results are one JSON line on stdout.
 
@@ -59,6 +60,13 @@ fn main() {
                     arg(&args, "--conns", Some(64)),
                     Duration::from_secs_f64(arg(&args, "--secs", Some(5.0))),
                     arg(&args, "--size", Some(64)),
+                )
+                .await
+            }
+            "roundtrip" => {
+                roundtrip(
+                    arg(&args, "--addr", None),
+                    arg(&args, "--bytes", Some(1000)),
                 )
                 .await
             }
@@ -188,4 +196,34 @@ async fn latency(addr: SocketAddr, conns: usize, secs: Duration, size: usize) {
             "p50_us": q(50.0), "p90_us": q(90.0), "p99_us": q(99.0), "p999_us": q(99.9),
         })
     );
+}
+
+/// One connection to an echo server: send `bytes` pattern bytes, half-close, read everything
+/// back, and report whether it matched. Bounded by a 20 s deadline.
+async fn roundtrip(addr: SocketAddr, bytes: usize) {
+    let data: Vec<u8> = (0..bytes)
+        .map(|i| (i as u64).wrapping_mul(2_654_435_761).rotate_right(13) as u8)
+        .collect();
+    let run = async {
+        let mut s = TcpStream::connect(addr).await?;
+        let local = s.local_addr()?;
+        let (mut r, mut w) = s.split();
+        let write = async {
+            w.write_all(&data).await?;
+            w.shutdown().await
+        };
+        let mut got = Vec::with_capacity(bytes);
+        let (wr, rr) = tokio::join!(write, r.read_to_end(&mut got));
+        wr?;
+        rr?;
+        Ok::<_, std::io::Error>((local, got))
+    };
+    let out = match tokio::time::timeout(Duration::from_secs(20), run).await {
+        Ok(Ok((local, got))) => serde_json::json!({
+            "ok": got == data, "sent": bytes, "received": got.len(), "local": local.to_string(),
+        }),
+        Ok(Err(e)) => serde_json::json!({"ok": false, "error": e.to_string()}),
+        Err(_) => serde_json::json!({"ok": false, "error": "timed out"}),
+    };
+    println!("{out}");
 }

@@ -1,0 +1,624 @@
+//! eBPF socket redirection: loads Plumb's programs (aya), fills their maps from the config,
+//! attaches them to the enrolled cgroups, keeps the agent's heartbeat fresh, answers
+//! original-destination lookups at accept, exports the programs' counters as stats, and
+//! detaches and unpins on a clean exit.
+//!
+//! Fail open: programs redirect only while the heartbeat is younger than `fail_open_after`;
+//! a clean exit clears it at once, and a killed agent's links close with its file
+//! descriptors, detaching the programs.
+
+use crate::config::{CaptureRule, Listener, RedirectConfig};
+use crate::stats::{Counter, Gauge, Store};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, SockHash};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps};
+use aya::{Ebpf, EbpfLoader};
+use plumb_ebpf_common::{
+    counters, maps, programs, AgentState, CaptureRule as RawRule, CaptureV4, CaptureV6, OrigDst,
+    Tuple, ACTION_EXCLUDE, ACTION_REDIRECT, AF_INET, AF_INET6, FLAG_SK_MSG,
+};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Why redirection is not running.
+#[derive(Debug, thiserror::Error)]
+pub enum RedirectError {
+    #[error("eBPF object not found (looked in: {0}); build it with `cargo xtask build-ebpf` or set bpf_object")]
+    NoObject(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> RedirectError + '_ {
+    move |e| RedirectError::Setup(format!("{what}: {e}"))
+}
+
+/// `redirect.*` stats.
+struct RedirectStats {
+    active: Arc<Gauge>,
+    kernel: Vec<Arc<Counter>>,
+    orig_dst_found: Arc<Counter>,
+    orig_dst_missing: Arc<Counter>,
+}
+
+/// Running redirection. Dropping it without `shutdown` still detaches (links close) but
+/// leaves the maps pinned.
+pub struct Redirector {
+    config: RedirectConfig,
+    ebpf: Mutex<Option<Ebpf>>,
+    orig_by_tuple: HashMap<MapData, Tuple, OrigDst>,
+    counters: PerCpuArray<MapData, u64>,
+    agent: Mutex<Array<MapData, AgentState>>,
+    state: AgentState,
+    stats: RedirectStats,
+    stop: Arc<AtomicBool>,
+    pinned: Vec<PathBuf>,
+    /// Held so its fd stays open while programs that use it load and run.
+    _sockets: Option<SockHash<MapData, Tuple>>,
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Default places to look for the object: next to the binary's target dir (development
+/// builds), then the system location of packages.
+pub fn default_object_paths() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(p) = std::env::var("PLUMB_BPF_OBJECT") {
+        v.push(PathBuf::from(p));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            v.push(dir.join("plumb.bpf.o"));
+            // target/<profile>/plumb → target/bpf/plumb.bpf.o
+            if let Some(target) = dir.parent() {
+                v.push(target.join("bpf/plumb.bpf.o"));
+            }
+        }
+    }
+    v.push(PathBuf::from("/usr/lib/plumb/plumb.bpf.o"));
+    v
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC is what bpf_ktime_get_ns reads.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Mounts bpffs at /sys/fs/bpf if nothing (or something else) is mounted there.
+fn ensure_bpffs() -> Result<(), RedirectError> {
+    let path = std::ffi::CString::new("/sys/fs/bpf").expect("static path");
+    // SAFETY: statfs with a valid path and an out-parameter struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fstype = std::ffi::CString::new("bpf").expect("static");
+    // SAFETY: mount(2) with valid C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(RedirectError::Setup(format!(
+            "bpffs is not mounted at /sys/fs/bpf and mounting it failed: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    tracing::info!("mounted bpffs at /sys/fs/bpf");
+    Ok(())
+}
+
+/// The cgroup2 mount point.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+}
+
+/// This process's cgroup2 directory.
+pub fn own_cgroup() -> Option<PathBuf> {
+    let root = cgroup2_root()?;
+    let s = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = s.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(root.join(rel.trim_start_matches('/')))
+}
+
+fn v4_bytes(ip: Ipv4Addr) -> [u8; 4] {
+    ip.octets()
+}
+
+fn tuple(peer: SocketAddr, local: SocketAddr) -> Option<Tuple> {
+    let mut t = Tuple {
+        src_port: peer.port().to_be_bytes(),
+        dst_port: local.port().to_be_bytes(),
+        ..Tuple::default()
+    };
+    match (peer.ip(), local.ip()) {
+        (IpAddr::V4(p), IpAddr::V4(l)) => {
+            t.family = AF_INET;
+            t.src_addr[..4].copy_from_slice(&p.octets());
+            t.dst_addr[..4].copy_from_slice(&l.octets());
+        }
+        (IpAddr::V6(p), IpAddr::V6(l)) => {
+            t.family = AF_INET6;
+            t.src_addr = p.octets();
+            t.dst_addr = l.octets();
+        }
+        _ => return None,
+    }
+    Some(t)
+}
+
+fn orig_to_addr(o: &OrigDst) -> Option<SocketAddr> {
+    let port = u16::from_be_bytes(o.port);
+    match o.family {
+        AF_INET => Some(SocketAddr::from((
+            [o.addr[0], o.addr[1], o.addr[2], o.addr[3]],
+            port,
+        ))),
+        AF_INET6 => Some(SocketAddr::from((Ipv6Addr::from(o.addr), port))),
+        _ => None,
+    }
+}
+
+/// Capture rules: every `bind_to_port: false` listener's exact address, then the extra rules.
+pub fn capture_rules(cfg: &RedirectConfig, listeners: &[Arc<Listener>]) -> Vec<CaptureRule> {
+    let mut rules: Vec<CaptureRule> = listeners
+        .iter()
+        .filter(|l| !l.bind_to_port)
+        .map(|l| CaptureRule {
+            net: l.address.ip(),
+            prefix_len: if l.address.is_ipv4() { 32 } else { 128 },
+            ports: vec![l.address.port()],
+            exclude: false,
+        })
+        .collect();
+    rules.extend(cfg.capture.iter().cloned());
+    rules
+}
+
+fn mask(addr: &mut [u8], prefix_len: u8) {
+    for (i, b) in addr.iter_mut().enumerate() {
+        let bits = (prefix_len as usize).saturating_sub(i * 8).min(8);
+        *b &= if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
+    }
+}
+
+impl Redirector {
+    /// Loads, fills and attaches everything. `proxy_port` is the redirect listener's port.
+    pub fn start(
+        cfg: &RedirectConfig,
+        listeners: &[Arc<Listener>],
+        proxy_port: u16,
+        store: &Store,
+    ) -> Result<Arc<Self>, RedirectError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(RedirectError::Setup(
+                "not running as root: loading eBPF programs needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN".into(),
+            ));
+        }
+        let object = match &cfg.bpf_object {
+            Some(p) => p.clone(),
+            None => {
+                let candidates = default_object_paths();
+                candidates
+                    .iter()
+                    .find(|p| p.is_file())
+                    .cloned()
+                    .ok_or_else(|| {
+                        RedirectError::NoObject(
+                            candidates
+                                .iter()
+                                .map(|p| p.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        )
+                    })?
+            }
+        };
+        let root = cgroup2_root()
+            .ok_or_else(|| RedirectError::Setup("no cgroup2 hierarchy is mounted".into()))?;
+        for cg in &cfg.cgroups {
+            if !cg.starts_with(&root) {
+                return Err(RedirectError::Setup(format!(
+                    "{} is not inside the cgroup2 hierarchy mounted at {}",
+                    cg.display(),
+                    root.display()
+                )));
+            }
+            if !cg.is_dir() {
+                return Err(RedirectError::Setup(format!(
+                    "cgroup {} does not exist",
+                    cg.display()
+                )));
+            }
+        }
+        // The agent's own connections must never be captured: it must live outside them.
+        if let Some(own) = own_cgroup() {
+            if let Some(cg) = cfg.cgroups.iter().find(|cg| own.starts_with(cg)) {
+                return Err(RedirectError::Setup(format!(
+                    "the agent runs in {}, inside enrolled cgroup {}: its own upstream connections would be captured; run it outside the enrolled cgroups",
+                    own.display(),
+                    cg.display()
+                )));
+            }
+        }
+        ensure_bpffs()?;
+        std::fs::create_dir_all(&cfg.pin_path).map_err(setup("create pin directory"))?;
+        // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: valid rlimit struct.
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&cfg.pin_path)
+            .load_file(&object)
+            .map_err(setup(&format!("load {}", object.display())))?;
+
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| RedirectError::Setup(format!("map {name} missing from the object")))
+        };
+        let mut capture4: LpmTrie<MapData, CaptureV4, RawRule> =
+            LpmTrie::try_from(take(&mut ebpf, maps::CAPTURE_V4)?).map_err(setup("capture map"))?;
+        let mut capture6: LpmTrie<MapData, CaptureV6, RawRule> =
+            LpmTrie::try_from(take(&mut ebpf, maps::CAPTURE_V6)?).map_err(setup("capture map"))?;
+        // Pinned maps outlive agents: start from a clean rule set.
+        for k in capture4.keys().filter_map(Result::ok).collect::<Vec<_>>() {
+            let _ = capture4.remove(&k);
+        }
+        for k in capture6.keys().filter_map(Result::ok).collect::<Vec<_>>() {
+            let _ = capture6.remove(&k);
+        }
+        let rules = capture_rules(cfg, listeners);
+        for r in &rules {
+            let action = RawRule {
+                action: if r.exclude {
+                    ACTION_EXCLUDE
+                } else {
+                    ACTION_REDIRECT
+                },
+            };
+            let ports: Vec<u16> = if r.ports.is_empty() {
+                vec![0]
+            } else {
+                r.ports.clone()
+            };
+            for port in ports {
+                let port_b = port.to_be_bytes();
+                match r.net {
+                    IpAddr::V4(ip) => {
+                        let mut addr = ip.octets();
+                        mask(&mut addr, r.prefix_len);
+                        let key =
+                            Key::new(16 + r.prefix_len as u32, CaptureV4 { port: port_b, addr });
+                        capture4
+                            .insert(&key, action, 0)
+                            .map_err(setup("insert capture rule"))?;
+                    }
+                    IpAddr::V6(ip) => {
+                        let mut addr = ip.octets();
+                        mask(&mut addr, r.prefix_len);
+                        let key =
+                            Key::new(16 + r.prefix_len as u32, CaptureV6 { port: port_b, addr });
+                        capture6
+                            .insert(&key, action, 0)
+                            .map_err(setup("insert capture rule"))?;
+                    }
+                }
+            }
+        }
+
+        let mut state = AgentState {
+            heartbeat_ns: monotonic_ns(),
+            max_staleness_ns: cfg.fail_open_after.as_nanos() as u64,
+            flags: if cfg.sk_msg { FLAG_SK_MSG } else { 0 },
+            ..AgentState::default()
+        };
+        if let Some(ip) = cfg.proxy_v4 {
+            state.proxy_addr4 = v4_bytes(ip);
+            state.proxy_port4 = proxy_port.to_be_bytes();
+        }
+        if let Some(ip) = cfg.proxy_v6 {
+            state.proxy_addr6 = ip.octets();
+            state.proxy_port6 = proxy_port.to_be_bytes();
+        }
+        let mut agent: Array<MapData, AgentState> =
+            Array::try_from(take(&mut ebpf, maps::AGENT)?).map_err(setup("agent map"))?;
+        agent
+            .set(0, state, 0)
+            .map_err(setup("register the agent"))?;
+        let orig_by_tuple: HashMap<MapData, Tuple, OrigDst> =
+            HashMap::try_from(take(&mut ebpf, maps::ORIG_BY_TUPLE)?)
+                .map_err(setup("original destination map"))?;
+        let counters_map: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)
+                .map_err(setup("counters map"))?;
+
+        // sk_msg must be attached to the sockhash before sockops inserts any socket.
+        let mut sockets_map = None;
+        if cfg.sk_msg {
+            let sockets: SockHash<MapData, Tuple> =
+                SockHash::try_from(take(&mut ebpf, maps::SOCKETS)?).map_err(setup("sockhash"))?;
+            let fd = sockets.fd().try_clone().map_err(setup("sockhash fd"))?;
+            let prog: &mut SkMsg = ebpf
+                .program_mut(programs::SK_MSG)
+                .ok_or_else(|| RedirectError::Setup("sk_msg program missing".into()))?
+                .try_into()
+                .map_err(setup("sk_msg program"))?;
+            prog.load().map_err(setup("load sk_msg"))?;
+            prog.attach(&fd).map_err(setup("attach sk_msg"))?;
+            sockets_map = Some(sockets);
+        }
+        let mut sockops_cgroups = cfg.cgroups.clone();
+        if cfg.sk_msg {
+            // The agent's accepted sockets join the sockhash from its own cgroup.
+            if let Some(own) = own_cgroup() {
+                sockops_cgroups.push(own);
+            }
+        }
+        for name in [programs::CONNECT4, programs::CONNECT6] {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or_else(|| RedirectError::Setup(format!("program {name} missing")))?
+                .try_into()
+                .map_err(setup(name))?;
+            prog.load().map_err(setup(&format!("load {name}")))?;
+            for cg in &cfg.cgroups {
+                let f =
+                    std::fs::File::open(cg).map_err(setup(&format!("open {}", cg.display())))?;
+                prog.attach(&f, CgroupAttachMode::Single)
+                    .map_err(setup(&format!("attach {name} to {}", cg.display())))?;
+            }
+        }
+        let prog: &mut SockOps = ebpf
+            .program_mut(programs::SOCKOPS)
+            .ok_or_else(|| RedirectError::Setup("sockops program missing".into()))?
+            .try_into()
+            .map_err(setup("sockops"))?;
+        prog.load().map_err(setup("load sockops"))?;
+        for cg in &sockops_cgroups {
+            let f = std::fs::File::open(cg).map_err(setup(&format!("open {}", cg.display())))?;
+            prog.attach(&f, CgroupAttachMode::Single)
+                .map_err(setup(&format!("attach sockops to {}", cg.display())))?;
+        }
+
+        let scope = store.root_scope("redirect");
+        let stats = RedirectStats {
+            active: scope.gauge("active"),
+            kernel: counters::NAMES.iter().map(|n| scope.counter(n)).collect(),
+            orig_dst_found: scope.counter("orig_dst_found"),
+            orig_dst_missing: scope.counter("orig_dst_missing"),
+        };
+        stats.active.set(1);
+        let pinned = [
+            maps::AGENT,
+            maps::CAPTURE_V4,
+            maps::CAPTURE_V6,
+            maps::ORIG_BY_COOKIE,
+            maps::ORIG_BY_TUPLE,
+            maps::SOCKETS,
+            maps::COUNTERS,
+        ]
+        .iter()
+        .map(|m| cfg.pin_path.join(m))
+        .collect();
+        let r = Arc::new(Self {
+            config: cfg.clone(),
+            ebpf: Mutex::new(Some(ebpf)),
+            orig_by_tuple,
+            counters: counters_map,
+            agent: Mutex::new(agent),
+            state,
+            stats,
+            stop: Arc::new(AtomicBool::new(false)),
+            pinned,
+            _sockets: sockets_map,
+        });
+        tracing::info!(
+            cgroups = ?cfg.cgroups,
+            rules = rules.len(),
+            proxy_v4 = ?cfg.proxy_v4,
+            proxy_v6 = ?cfg.proxy_v6,
+            port = proxy_port,
+            sk_msg = cfg.sk_msg,
+            object = %object.display(),
+            "eBPF redirection active"
+        );
+        let hb = r.clone();
+        std::thread::Builder::new()
+            .name("plumb-heartbeat".into())
+            .spawn(move || hb.heartbeat_loop())
+            .map_err(setup("start heartbeat thread"))?;
+        Ok(r)
+    }
+
+    fn heartbeat_loop(&self) {
+        while !self.stop.load(Ordering::Acquire) {
+            std::thread::sleep(self.config.heartbeat_interval);
+            if self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let mut st = self.state;
+            st.heartbeat_ns = monotonic_ns();
+            let mut agent = self.agent.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = agent.set(0, st, 0) {
+                tracing::warn!(error = %e, "heartbeat update failed");
+            }
+        }
+    }
+
+    /// The destination a redirected connection was meant for (recorded by sockops at
+    /// establishment). `None` when the connection was not redirected by eBPF.
+    pub fn original_dst(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr> {
+        let t = tuple(peer, local)?;
+        // No delete: the entry is keyed by the 4-tuple, rewritten by the next connection
+        // that reuses it, and the LRU map bounds memory; this keeps lookups lock-free.
+        match self.orig_by_tuple.get(&t, 0) {
+            Ok(o) => {
+                self.stats.orig_dst_found.inc();
+                orig_to_addr(&o)
+            }
+            Err(_) => {
+                self.stats.orig_dst_missing.inc();
+                None
+            }
+        }
+    }
+
+    /// Copies the programs' per-CPU counters into `redirect.*` stats.
+    pub fn sync_stats(&self) {
+        for (i, c) in self.stats.kernel.iter().enumerate() {
+            if let Ok(values) = self.counters.get(&(i as u32), 0) {
+                c.set_total(values.iter().sum());
+            }
+        }
+    }
+
+    /// Stop capturing now (new connects go to their original destinations); used when the
+    /// drain starts, so no workload connect is refused by a closing listener.
+    pub fn deregister(&self) {
+        self.stop.store(true, Ordering::Release);
+        let mut st = self.state;
+        st.heartbeat_ns = 0;
+        let mut agent = self.agent.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = agent.set(0, st, 0);
+        self.stats.active.set(0);
+        tracing::info!(
+            "eBPF redirection deregistered: captured destinations are reached directly again"
+        );
+    }
+
+    /// Deregisters, detaches every program and removes the pinned maps.
+    pub fn shutdown(&self) {
+        self.deregister();
+        self.sync_stats();
+        if let Some(ebpf) = self.ebpf.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            drop(ebpf); // links close: programs detach
+        }
+        for p in &self.pinned {
+            let _ = std::fs::remove_file(p);
+        }
+        let _ = std::fs::remove_dir(&self.config.pin_path);
+        tracing::info!(pin_path = %self.config.pin_path.display(), "eBPF programs detached, maps unpinned");
+    }
+
+    pub fn pin_path(&self) -> &Path {
+        &self.config.pin_path
+    }
+}
+
+impl std::fmt::Debug for Redirector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redirector")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `SO_ORIGINAL_DST` of an accepted socket (iptables REDIRECT / TPROXY-less NAT capture).
+pub fn so_original_dst(stream: &tokio::net::TcpStream) -> Option<SocketAddr> {
+    use std::os::fd::AsRawFd;
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    let fd = stream.as_raw_fd();
+    let local = stream.local_addr().ok()?;
+    if local.is_ipv4() {
+        // SAFETY: getsockopt with a correctly sized sockaddr_in out-parameter.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_IP,
+                SO_ORIGINAL_DST,
+                (&mut sa as *mut libc::sockaddr_in).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        let addr = SocketAddr::from((
+            Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+            u16::from_be(sa.sin_port),
+        ));
+        (addr != local).then_some(addr)
+    } else {
+        // SAFETY: as above, IPv6 (IP6T_SO_ORIGINAL_DST has the same value).
+        let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_IPV6,
+                SO_ORIGINAL_DST,
+                (&mut sa as *mut libc::sockaddr_in6).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        let addr = SocketAddr::from((
+            Ipv6Addr::from(sa.sin6_addr.s6_addr),
+            u16::from_be(sa.sin6_port),
+        ));
+        (addr != local).then_some(addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_keep_only_the_prefix() {
+        let mut a = [10, 213, 255, 255];
+        mask(&mut a, 12);
+        assert_eq!(a, [10, 208, 0, 0]);
+        let mut a = [1, 2, 3, 4];
+        mask(&mut a, 32);
+        assert_eq!(a, [1, 2, 3, 4]);
+        mask(&mut a, 0);
+        assert_eq!(a, [0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn tuples_match_what_sockops_records() {
+        let t = tuple(
+            "10.213.1.6:40000".parse().unwrap(),
+            "10.213.1.1:15001".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(t.family, AF_INET);
+        assert_eq!(&t.src_addr[..4], &[10, 213, 1, 6]);
+        assert_eq!(t.src_port, 40000u16.to_be_bytes());
+        assert_eq!(t.dst_port, 15001u16.to_be_bytes());
+        let o = OrigDst {
+            family: AF_INET,
+            port: 80u16.to_be_bytes(),
+            _pad: [0; 2],
+            addr: [10, 96, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        assert_eq!(orig_to_addr(&o), Some("10.96.0.10:80".parse().unwrap()));
+    }
+}

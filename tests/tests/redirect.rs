@@ -1,0 +1,357 @@
+//! eBPF redirection end to end on the real kernel: fake pods (netns + veth + cgroup2) whose
+//! connects are captured into Plumb, fail open when it dies, and resume when it returns.
+//! Needs root, cgroup2, bpffs and the built eBPF object (`cargo xtask build-ebpf`); without
+//! them the tests skip with the reason, or fail under PLUMB_TEST_STRICT.
+
+use plumb_tests::agent::{load_bin, plumb_cmd, AgentProcess};
+use plumb_tests::client::get;
+use plumb_tests::pods::{self, Node, Pod};
+use plumb_tests::TempDir;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const VIP: &str = "10.96.0.10";
+
+/// Why these tests cannot run here, if they cannot.
+fn unavailable() -> Option<String> {
+    if let Some(why) = pods::unavailable() {
+        return Some(why);
+    }
+    let obj = std::env::current_exe().ok().and_then(|e| {
+        e.parent()?
+            .parent()?
+            .parent()
+            .map(|t| t.join("bpf/plumb.bpf.o"))
+    });
+    match obj {
+        Some(p) if p.is_file() => None,
+        _ => Some(
+            "the eBPF object target/bpf/plumb.bpf.o is missing (run `cargo xtask build-ebpf`)"
+                .into(),
+        ),
+    }
+}
+
+macro_rules! require_kernel_env {
+    () => {
+        if let Some(why) = unavailable() {
+            plumb_tests::skip(&why);
+            return;
+        }
+    };
+}
+
+/// Echo servers inside a pod, killed on drop.
+struct PodServer(Child);
+
+impl PodServer {
+    fn start(pod: &Pod, echo_port: u16, sink_port: u16) -> Self {
+        let mut child = pod
+            .command(load_bin())
+            .args([
+                "serve",
+                "--echo",
+                &format!("{}:{echo_port}", pod.ip),
+                "--sink",
+                &format!("{}:{sink_port}", pod.ip),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start pod server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "pod server did not start");
+        Self(child)
+    }
+}
+
+impl Drop for PodServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs one echo round trip from inside `pod`; returns the tool's JSON report.
+fn roundtrip(pod: &Pod, addr: &str, bytes: usize) -> Value {
+    let out = pod
+        .command(load_bin())
+        .args(["roundtrip", "--addr", addr, "--bytes", &bytes.to_string()])
+        .output()
+        .expect("run roundtrip in pod");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "bad roundtrip output: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn tcp_proxy(name: &str, cluster: &str) -> Value {
+    json!([{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": name, "cluster": cluster}}]}])
+}
+
+/// The agent config: a redirect listener on the node's proxy address with ORIGINAL_DST
+/// passthrough, a VIP listener (bind_to_port: false) for `VIP:80` → server pod's 8080, and a
+/// capture rule for the server pod's port 8081 (passthrough).
+fn agent_config(node: &Node, server: &Pod, pin: &std::path::Path, sk_msg: bool) -> String {
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "stats_flush_interval": "0.1s",
+        "static_resources": {
+            "listeners": [
+                {"name": "outbound", "use_original_dst": true,
+                 "address": {"socket_address": {"address": node.proxy_ip.to_string(), "port_value": 15001}},
+                 "filter_chains": tcp_proxy("outbound", "passthrough")},
+                {"name": "vip", "bind_to_port": false,
+                 "address": {"socket_address": {"address": VIP, "port_value": 80}},
+                 "filter_chains": tcp_proxy("vip", "backend")},
+            ],
+            "clusters": [
+                {"name": "passthrough", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "2s"},
+                {"name": "backend", "type": "STATIC", "connect_timeout": "2s",
+                 "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": [
+                     {"endpoint": {"address": {"socket_address": {"address": server.ip.to_string(), "port_value": 8080}}}}]}]}},
+            ],
+        },
+        "bootstrap_extensions": [{"name": "plumb.redirect", "typed_config": {
+            "@type": "type.googleapis.com/plumb.redirect.v1.Redirect",
+            "listener": "outbound",
+            "cgroups": [node.cgroup.to_str().unwrap()],
+            "capture": [{"cidr": format!("{}/32", server.ip), "ports": [8081]}],
+            "pin_path": pin.to_str().unwrap(),
+            "sk_msg": sk_msg,
+            "required": true,
+            "heartbeat_interval": "0.1s",
+            "fail_open_after": "0.5s",
+        }}],
+    })
+    .to_string()
+}
+
+async fn stat(admin: SocketAddr, name: &str) -> i64 {
+    plumb_tests::client::stat(admin, name).await
+}
+
+fn pin_dir(tag: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/plumb-test-{tag}-{}",
+        std::process::id()
+    ))
+}
+
+/// Removes a pin directory a killed agent left behind.
+struct PinCleanup(std::path::PathBuf);
+
+impl Drop for PinCleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_connects_are_captured_and_reach_the_upstream_plumb_picks() {
+    require_kernel_env!();
+    let mut node = Node::new();
+    let client = node.add_pod("client");
+    let server = node.add_pod("server");
+    let _echo = PodServer::start(&server, 8080, 8090);
+    let _echo2 = PodServer::start(&server, 8081, 8091);
+    let pin = pin_dir("capture");
+    let _cleanup = PinCleanup(pin.clone());
+    let agent = AgentProcess::spawn(&agent_config(&node, &server, &pin, false), &[]).await;
+    let admin = agent.admin;
+    assert_eq!(stat(admin, "redirect.active").await, 1, "{}", agent.logs());
+
+    // A VIP that exists nowhere: only Plumb can connect it to the server pod.
+    let r = roundtrip(&client, &format!("{VIP}:80"), 100_000);
+    assert_eq!(r["ok"], true, "{r}\n{}", agent.logs());
+    assert_eq!(
+        stat(admin, "listener.10.96.0.10_80.downstream_cx_total").await,
+        1
+    );
+    assert_eq!(stat(admin, "cluster.backend.upstream_cx_total").await, 1);
+
+    // Passthrough capture: the original destination (IPv4) is recovered exactly.
+    let r = roundtrip(&client, &format!("{}:8081", server.ip), 5_000);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        stat(admin, "cluster.passthrough.upstream_cx_total").await,
+        1
+    );
+    assert_eq!(stat(admin, "redirect.orig_dst_found").await, 2);
+
+    // A destination no rule captures is untouched.
+    let r = roundtrip(&client, &format!("{}:8080", server.ip), 5_000);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(stat(admin, "cluster.backend.upstream_cx_total").await, 1);
+    assert_eq!(
+        stat(admin, "listener.10.213.0.0_0.downstream_cx_total").await,
+        0
+    );
+
+    // Exactly the two captured pod connects were redirected: the agent's own upstream
+    // connects (to a captured destination, in passthrough) were not, so nothing looped.
+    plumb_tests::wait_until("kernel counters", Duration::from_secs(5), || async move {
+        stat(admin, "redirect.connect_redirected").await == 2
+    })
+    .await;
+    assert!(stat(admin, "redirect.connect_not_captured").await >= 1);
+    let s = get(admin, "/stats?filter=%5Eredirect%5C.").await.body;
+    assert!(s.contains("redirect.orig_dst_recorded: 2\n"), "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_fails_open_and_a_restart_resumes_capture() {
+    require_kernel_env!();
+    let mut node = Node::new();
+    let client = node.add_pod("client");
+    let server = node.add_pod("server");
+    let _echo = PodServer::start(&server, 8081, 8091);
+    let _echo0 = PodServer::start(&server, 8080, 8090);
+    let pin = pin_dir("failopen");
+    let _cleanup = PinCleanup(pin.clone());
+    let config = agent_config(&node, &server, &pin, false);
+    let target = format!("{}:8081", server.ip);
+
+    let agent = AgentProcess::spawn(&config, &[]).await;
+    assert_eq!(roundtrip(&client, &target, 1000)["ok"], true);
+    assert_eq!(
+        stat(agent.admin, "cluster.passthrough.upstream_cx_total").await,
+        1
+    );
+
+    // SIGKILL: no clean-up code runs. New connects must reach the destination directly.
+    agent.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    let mut agent = agent;
+    agent
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("killed");
+    loop {
+        if roundtrip(&client, &target, 1000)["ok"] == true {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "captured connects did not fail open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("fail-open after SIGKILL took {:?}", killed.elapsed());
+    drop(agent);
+
+    // A new agent (same pin path: maps are reused) captures again.
+    let agent = AgentProcess::spawn(&config, &[]).await;
+    assert_eq!(roundtrip(&client, &target, 1000)["ok"], true);
+    assert_eq!(
+        stat(agent.admin, "cluster.passthrough.upstream_cx_total").await,
+        1
+    );
+    let r = roundtrip(&client, &format!("{VIP}:80"), 1000);
+    assert_eq!(r["ok"], true, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_detaches_unpins_and_fails_open() {
+    require_kernel_env!();
+    let mut node = Node::new();
+    let client = node.add_pod("client");
+    let server = node.add_pod("server");
+    let _echo = PodServer::start(&server, 8081, 8091);
+    let pin = pin_dir("sigterm");
+    let _cleanup = PinCleanup(pin.clone());
+    let mut agent = AgentProcess::spawn(&agent_config(&node, &server, &pin, false), &[]).await;
+    assert!(
+        pin.join("PLUMB_AGENT").exists(),
+        "maps are pinned under {}",
+        pin.display()
+    );
+    agent.signal(libc::SIGTERM);
+    let st = agent
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("exits");
+    assert_eq!(st.code(), Some(0), "{}", agent.logs());
+    assert!(!pin.exists(), "pin directory {} left behind", pin.display());
+    // Immediately direct: the programs are gone.
+    let r = roundtrip(&client, &format!("{}:8081", server.ip), 1000);
+    assert_eq!(r["ok"], true, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sk_msg_moves_bytes_between_local_sockets_intact() {
+    require_kernel_env!();
+    let mut node = Node::new();
+    let client = node.add_pod("client");
+    let server = node.add_pod("server");
+    let _echo = PodServer::start(&server, 8080, 8090);
+    let pin = pin_dir("skmsg");
+    let _cleanup = PinCleanup(pin.clone());
+    // The agent's accepted sockets join the sockhash from its own cgroup.
+    let agent_cg = pods::CgroupDir::new(node.cgroup.with_file_name(format!(
+        "{}-agent",
+        node.cgroup.file_name().unwrap().to_str().unwrap()
+    )));
+    let agent = AgentProcess::spawn_in(
+        &agent_config(&node, &server, &pin, true),
+        &[],
+        Some(&agent_cg.path),
+    )
+    .await;
+    for size in [1usize, 1000, 64 * 1024, 4 * 1024 * 1024] {
+        let r = roundtrip(&client, &format!("{VIP}:80"), size);
+        assert_eq!(r["ok"], true, "size {size}: {r}\n{}", agent.logs());
+    }
+    let admin = agent.admin;
+    plumb_tests::wait_until(
+        "sockhash insertions",
+        Duration::from_secs(5),
+        || async move { stat(admin, "redirect.sockhash_inserted").await >= 8 },
+    )
+    .await;
+    assert!(stat(admin, "redirect.sk_msg_redirected").await > 0);
+    drop(agent);
+}
+
+#[test]
+fn an_agent_inside_an_enrolled_cgroup_refuses_to_start() {
+    if let Some(why) = unavailable() {
+        plumb_tests::skip(&why);
+        return;
+    }
+    let own = plumb::redirect::own_cgroup().expect("own cgroup");
+    let dir = TempDir::new("enrolled");
+    let config = json!({
+        "static_resources": {
+            "listeners": [{"name": "outbound", "use_original_dst": true,
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": tcp_proxy("outbound", "passthrough")}],
+            "clusters": [{"name": "passthrough", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED"}],
+        },
+        "bootstrap_extensions": [{"name": "plumb.redirect", "typed_config": {
+            "@type": "type.googleapis.com/plumb.redirect.v1.Redirect",
+            "listener": "outbound", "cgroups": [own.to_str().unwrap()], "required": true,
+            "pin_path": pin_dir("enrolled").to_str().unwrap(),
+        }}],
+    });
+    let path = dir.write("c.yaml", &config.to_string());
+    let (st, _, err) = plumb_cmd(&["check-config", path.to_str().unwrap()]);
+    assert!(!st.success(), "port 0 redirect listener must be rejected");
+    assert!(err.contains("needs a fixed port"), "{err}");
+    let fixed = config
+        .to_string()
+        .replace("\"port_value\":0", "\"port_value\":15999");
+    let path = dir.write("c2.yaml", &fixed);
+    let (st, _, err) = plumb_cmd(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("inside enrolled cgroup"), "{err}");
+}
