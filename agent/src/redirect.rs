@@ -38,6 +38,7 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> RedirectError + 
 /// `redirect.*` stats.
 struct RedirectStats {
     active: Arc<Gauge>,
+    conflicting_programs: Arc<Gauge>,
     kernel: Vec<Arc<Counter>>,
     orig_dst_found: Arc<Counter>,
     orig_dst_missing: Arc<Counter>,
@@ -260,6 +261,13 @@ impl Redirector {
             }
         }
         ensure_bpffs()?;
+        let conflicts = conflicting_programs(&cfg.cgroups);
+        for c in &conflicts {
+            tracing::warn!(
+                "another {c} is in effect: it runs alongside Plumb's and may rewrite destinations first \
+                 (a CNI socket load balancer, another agent); see docs/redirection.md"
+            );
+        }
         std::fs::create_dir_all(&cfg.pin_path).map_err(setup("create pin directory"))?;
         // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
         let unlimited = libc::rlimit {
@@ -274,6 +282,14 @@ impl Redirector {
             .load_file(&object)
             .map_err(setup(&format!("load {}", object.display())))?;
 
+        // Must exist before the programs load: it owns the log ring buffer they write to.
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "eBPF log forwarding unavailable");
+                None
+            }
+        };
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| RedirectError::Setup(format!("map {name} missing from the object")))
@@ -405,11 +421,13 @@ impl Redirector {
         let scope = store.root_scope("redirect");
         let stats = RedirectStats {
             active: scope.gauge("active"),
+            conflicting_programs: scope.gauge("conflicting_programs"),
             kernel: counters::NAMES.iter().map(|n| scope.counter(n)).collect(),
             orig_dst_found: scope.counter("orig_dst_found"),
             orig_dst_missing: scope.counter("orig_dst_missing"),
         };
         stats.active.set(1);
+        stats.conflicting_programs.set(conflicts.len() as i64);
         let pinned = [
             maps::AGENT,
             maps::CAPTURE_V4,
@@ -449,6 +467,13 @@ impl Redirector {
             .name("plumb-heartbeat".into())
             .spawn(move || hb.heartbeat_loop())
             .map_err(setup("start heartbeat thread"))?;
+        if let Some(logger) = logger {
+            let stop = r.stop.clone();
+            std::thread::Builder::new()
+                .name("plumb-bpf-log".into())
+                .spawn(move || forward_logs(logger, &stop))
+                .map_err(setup("start eBPF log thread"))?;
+        }
         Ok(r)
     }
 
@@ -532,6 +557,94 @@ impl std::fmt::Debug for Redirector {
         f.debug_struct("Redirector")
             .field("config", &self.config)
             .finish_non_exhaustive()
+    }
+}
+
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+const BPF_F_QUERY_EFFECTIVE: u32 = 1;
+
+/// IDs of the programs of `attach_type` in effect for `cgroup` (attached to it or inherited).
+fn effective_programs(cgroup: &std::fs::File, attach_type: u32) -> std::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    let mut ids = [0u32; 64];
+    // union bpf_attr, query variant: target_fd, attach_type, query_flags, attach_flags,
+    // prog_ids (u64 pointer), prog_cnt; the rest must be zero.
+    let mut attr = [0u64; 16];
+    let words = attr.as_mut_ptr().cast::<u32>();
+    // SAFETY: writes inside the 128-byte zeroed buffer at the kernel's field offsets.
+    unsafe {
+        *words.add(0) = cgroup.as_raw_fd() as u32;
+        *words.add(1) = attach_type;
+        *words.add(2) = BPF_F_QUERY_EFFECTIVE;
+        attr[2] = ids.as_mut_ptr() as u64;
+        *words.add(6) = ids.len() as u32;
+    }
+    // SAFETY: bpf(2) with a valid attr buffer of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: prog_cnt was written by the kernel.
+    let n = unsafe { *words.add(6) } as usize;
+    Ok(ids[..n.min(ids.len())].to_vec())
+}
+
+/// Other connect4/connect6 programs already in effect on the enrolled cgroups (a CNI's socket
+/// load balancer, another agent): they run too and can rewrite destinations first.
+fn conflicting_programs(cgroups: &[PathBuf]) -> Vec<String> {
+    let names: std::collections::HashMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_string()))
+        .collect();
+    let mut found = Vec::new();
+    for cg in cgroups {
+        let Ok(f) = std::fs::File::open(cg) else {
+            continue;
+        };
+        for (kind, t) in [
+            ("connect4", BPF_CGROUP_INET4_CONNECT),
+            ("connect6", BPF_CGROUP_INET6_CONNECT),
+        ] {
+            match effective_programs(&f, t) {
+                Ok(ids) => found.extend(ids.iter().map(|id| {
+                    format!(
+                        "{kind} program {id} ({}) on {}",
+                        names.get(id).map(String::as_str).unwrap_or("?"),
+                        cg.display()
+                    )
+                })),
+                Err(e) => {
+                    tracing::debug!(cgroup = %cg.display(), error = %e, "cannot query attached programs")
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Forwards the programs' aya-log records (rare errors) into the agent's log until `stop`.
+fn forward_logs(mut logger: aya_log::EbpfLogger<&'static dyn log::Log>, stop: &AtomicBool) {
+    use std::os::fd::{AsFd, AsRawFd};
+    while !stop.load(Ordering::Acquire) {
+        let mut pfd = libc::pollfd {
+            fd: logger.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; a timeout bounds each wait so `stop` is seen.
+        let n = unsafe { libc::poll(&mut pfd, 1, 250) };
+        if n > 0 {
+            logger.flush();
+        }
     }
 }
 

@@ -322,6 +322,33 @@ async fn sk_msg_moves_bytes_between_local_sockets_intact() {
     drop(agent);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_connect_hooks_on_enrolled_cgroups_are_reported() {
+    require_kernel_env!();
+    let mut node = Node::new();
+    let server = node.add_pod("server");
+    let pin1 = pin_dir("conflict1");
+    let pin2 = pin_dir("conflict2");
+    let _c1 = PinCleanup(pin1.clone());
+    let _c2 = PinCleanup(pin2.clone());
+    let first = AgentProcess::spawn(&agent_config(&node, &server, &pin1, false), &[]).await;
+    assert_eq!(stat(first.admin, "redirect.conflicting_programs").await, 0);
+    // A second agent (another proxy address) on the same cgroup sees the first one's hooks.
+    let second_config = agent_config(&node, &server, &pin2, false).replace("15001", "15002");
+    let second = AgentProcess::spawn(&second_config, &[]).await;
+    assert_eq!(
+        stat(second.admin, "redirect.conflicting_programs").await,
+        2,
+        "{}",
+        second.logs()
+    );
+    assert!(
+        second.logs().contains("connect4 program"),
+        "{}",
+        second.logs()
+    );
+}
+
 #[test]
 fn an_agent_inside_an_enrolled_cgroup_refuses_to_start() {
     if let Some(why) = unavailable() {

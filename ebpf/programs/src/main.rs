@@ -10,7 +10,8 @@
 //! - `plumb_sk_msg` (sk_msg on the sockhash): moves a message straight into the peer socket's
 //!   receive queue when the peer is local, skipping the TCP/IP stack.
 //!
-//! Per-packet facts go to per-CPU counters; nothing logs on the data path.
+//! Per-packet facts go to per-CPU counters; only rare failures (a full map) log, through
+//! aya-log.
 
 #![no_std]
 #![no_main]
@@ -22,6 +23,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray, SockHash};
 use aya_ebpf::programs::{SkMsgContext, SockAddrContext, SockOpsContext};
 use aya_ebpf::EbpfContext;
+use aya_log_ebpf::error;
 use plumb_ebpf_common::{
     counters, AgentState, CaptureRule, CaptureV4, CaptureV6, OrigDst, Tuple, ACTION_EXCLUDE,
     ACTION_REDIRECT, AF_INET, AF_INET6, FLAG_SK_MSG,
@@ -118,6 +120,7 @@ fn remember(ctx: &SockAddrContext, orig: &OrigDst) -> bool {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if ORIG_BY_COOKIE.insert(&cookie, orig, 0).is_err() {
         count(counters::MAP_ERRORS);
+        error!(ctx, "plumb: cannot record an original destination; connect left unredirected");
         return false;
     }
     true
@@ -264,6 +267,7 @@ pub fn plumb_sockops(ctx: SockOpsContext) -> u32 {
         let _ = ORIG_BY_COOKIE.remove(&cookie);
         if ORIG_BY_TUPLE.insert(&t, &orig, 0).is_err() {
             count(counters::MAP_ERRORS);
+            error!(&ctx, "plumb: cannot record an original destination by 4-tuple");
             return 0;
         }
         count(counters::ORIG_RECORDED);
@@ -291,6 +295,7 @@ fn insert_socket(ctx: &SockOpsContext, mut t: Tuple) {
         count(counters::SOCKHASH_INSERTED);
     } else {
         count(counters::MAP_ERRORS);
+        error!(ctx, "plumb: cannot add a socket to the sockhash; it stays on the TCP path");
     }
 }
 
