@@ -74,13 +74,18 @@ pub fn stat_name_for(cfg: &config::Listener, bound: SocketAddr) -> String {
     }
 }
 
-/// Binds a listening socket as Envoy does (SO_REUSEADDR, configured backlog).
-pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+/// Binds a listening socket as Envoy does (SO_REUSEADDR, configured backlog). IPv6 sockets
+/// are IPv6-only unless `dual_stack`.
+pub fn bind(
+    addr: SocketAddr,
+    backlog: u32,
+    dual_stack: bool,
+) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
+        socket.set_only_v6(!dual_stack)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
@@ -158,7 +163,10 @@ impl ActiveListener {
         let Some(dispatch) = self.dispatch.get().filter(|_| self.config.use_original_dst) else {
             return self.handle(stream, peer, None, watch).await;
         };
-        let local = stream.local_addr().unwrap_or(self.local_address);
+        // Dual-stack listeners see IPv4 clients as v4-mapped IPv6: use the plain IPv4 form.
+        let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        let peer = canonical(peer);
+        let local = canonical(stream.local_addr().unwrap_or(self.local_address));
         let orig = dispatch
             .redirect
             .as_ref()

@@ -236,7 +236,7 @@ pub fn start(
 
     let admin_socket = match &snapshot.admin {
         Some(a) => Some(
-            listener::bind(a.address, 128)
+            listener::bind(a.address, 128, false)
                 .with_context(|| format!("cannot bind admin address {}", a.address))?,
         ),
         None => None,
@@ -255,7 +255,7 @@ pub fn start(
             )));
             continue;
         }
-        let sock = listener::bind(l.address, l.tcp_backlog_size)
+        let sock = listener::bind(l.address, l.tcp_backlog_size, l.ipv4_compat)
             .with_context(|| format!("listener \"{}\": cannot bind {}", l.name, l.address))?;
         let addr = sock.local_addr()?;
         bound.push((

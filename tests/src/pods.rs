@@ -4,9 +4,11 @@
 //!
 //! Addresses come from 10.213.0.0/16 only: each `Node` takes one /24 (`10.213.N.0/24`); the
 //! proxy address is `10.213.N.1` (on the host's `lo`), pod k gets the /30 `10.213.N.4k` with
-//! the host side at `.4k+1` and the pod at `.4k+2`. Everything is removed on drop.
+//! the host side at `.4k+1` and the pod at `.4k+2`. IPv6 mirrors it in `fd00:213::/32`
+//! (ULA): proxy `fd00:213:N::1`, pod k `fd00:213:N:k::2/64` behind `fd00:213:N:k::1`.
+//! Everything is removed on drop.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -54,6 +56,7 @@ static NEXT_NODE: AtomicU32 = AtomicU32::new(0);
 pub struct Node {
     pub net: u8,
     pub proxy_ip: Ipv4Addr,
+    pub proxy_ip6: Ipv6Addr,
     /// The parent cgroup of all pods: the one to enroll (like `kubepods`).
     pub cgroup: PathBuf,
     pods: Vec<PodState>,
@@ -72,6 +75,7 @@ pub struct Pod {
     pub netns: String,
     pub ip: Ipv4Addr,
     pub gateway: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     pub cgroup: PathBuf,
 }
 
@@ -84,6 +88,16 @@ impl Node {
         let tag = format!("pt{}x{}", std::process::id() % 100_000, n);
         let proxy_ip = Ipv4Addr::new(10, 213, net, 1);
         ip(&["addr", "add", &format!("{proxy_ip}/32"), "dev", "lo"]);
+        let proxy_ip6 = Ipv6Addr::new(0xfd00, 0x213, net as u16, 0, 0, 0, 0, 1);
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{proxy_ip6}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ]);
         let cgroup = cgroup2_root()
             .expect("cgroup2")
             .join(format!("plumb-test-{tag}"));
@@ -91,6 +105,7 @@ impl Node {
         Self {
             net,
             proxy_ip,
+            proxy_ip6,
             cgroup,
             pods: Vec::new(),
             tag,
@@ -135,6 +150,38 @@ impl Node {
             "via",
             &gateway.to_string(),
         ]);
+        let gateway6 = Ipv6Addr::new(0xfd00, 0x213, self.net as u16, k as u16, 0, 0, 0, 1);
+        let pod_ip6 = Ipv6Addr::new(0xfd00, 0x213, self.net as u16, k as u16, 0, 0, 0, 2);
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{gateway6}/64"),
+            "dev",
+            &host_if,
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            &netns,
+            "-6",
+            "addr",
+            "add",
+            &format!("{pod_ip6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            &netns,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &gateway6.to_string(),
+        ]);
         let cgroup = self.cgroup.join(name);
         std::fs::create_dir_all(&cgroup).expect("create pod cgroup");
         self.pods.push(PodState {
@@ -146,6 +193,7 @@ impl Node {
             netns,
             ip: pod_ip,
             gateway,
+            ip6: pod_ip6,
             cgroup,
         }
     }
@@ -200,6 +248,16 @@ impl Drop for Node {
         kill_cgroup(&self.cgroup);
         let _ = Command::new("ip")
             .args(["addr", "del", &format!("{}/32", self.proxy_ip), "dev", "lo"])
+            .output();
+        let _ = Command::new("ip")
+            .args([
+                "-6",
+                "addr",
+                "del",
+                &format!("{}/128", self.proxy_ip6),
+                "dev",
+                "lo",
+            ])
             .output();
     }
 }

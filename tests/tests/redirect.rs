@@ -382,3 +382,88 @@ fn an_agent_inside_an_enrolled_cgroup_refuses_to_start() {
     assert_eq!(st.code(), Some(1), "{err}");
     assert!(err.contains("inside enrolled cgroup"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_and_ipv4_through_one_dual_stack_listener() {
+    require_kernel_env!();
+    let mut node = Node::new();
+    let client = node.add_pod("client");
+    let server = node.add_pod("server");
+    let _echo4 = PodServer::start(&server, 8080, 8090);
+    // An IPv6 echo server (the tool takes any socket address).
+    let mut echo6 = server
+        .command(load_bin())
+        .args([
+            "serve",
+            "--echo",
+            &format!("[{}]:8081", server.ip6),
+            "--sink",
+            &format!("[{}]:8091", server.ip6),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(echo6.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let _echo6 = PodServer(echo6);
+    let pin = pin_dir("ipv6");
+    let _cleanup = PinCleanup(pin.clone());
+    let port = 20000 + node.net as u16;
+    let config = json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [
+                {"name": "outbound", "use_original_dst": true,
+                 "address": {"socket_address": {"address": "::", "port_value": port, "ipv4_compat": true}},
+                 "filter_chains": tcp_proxy("outbound", "passthrough")},
+                {"name": "vip6", "bind_to_port": false,
+                 "address": {"socket_address": {"address": "fd00:96::10", "port_value": 80}},
+                 "filter_chains": tcp_proxy("vip6", "backend")},
+            ],
+            "clusters": [
+                {"name": "passthrough", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED"},
+                {"name": "backend", "type": "STATIC",
+                 "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": [
+                     {"endpoint": {"address": {"socket_address": {"address": server.ip.to_string(), "port_value": 8080}}}}]}]}},
+            ],
+        },
+        "bootstrap_extensions": [{"name": "plumb.redirect", "typed_config": {
+            "@type": "type.googleapis.com/plumb.redirect.v1.Redirect",
+            "listener": "outbound",
+            "proxy_address": node.proxy_ip.to_string(),
+            "proxy_address_v6": node.proxy_ip6.to_string(),
+            "cgroups": [node.cgroup.to_str().unwrap()],
+            "capture": [
+                {"cidr": format!("{}/128", server.ip6), "ports": [8081]},
+                {"cidr": format!("{}/32", server.ip), "ports": [8080]},
+            ],
+            "pin_path": pin.to_str().unwrap(),
+            "required": true,
+        }}],
+    })
+    .to_string();
+    let agent = AgentProcess::spawn(&config, &[]).await;
+    let admin = agent.admin;
+    // IPv6 passthrough: the original IPv6 destination is recovered exactly.
+    let r = roundtrip(&client, &format!("[{}]:8081", server.ip6), 50_000);
+    assert_eq!(r["ok"], true, "{r}\n{}", agent.logs());
+    assert_eq!(
+        stat(admin, "cluster.passthrough.upstream_cx_total").await,
+        1
+    );
+    // An IPv6 VIP handed to its listener, which proxies to an IPv4 upstream.
+    let r = roundtrip(&client, "[fd00:96::10]:80", 50_000);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(stat(admin, "cluster.backend.upstream_cx_total").await, 1);
+    // IPv4 through the same dual-stack listener.
+    let r = roundtrip(&client, &format!("{}:8080", server.ip), 5_000);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        stat(admin, "cluster.passthrough.upstream_cx_total").await,
+        2
+    );
+    assert_eq!(stat(admin, "redirect.orig_dst_found").await, 3);
+}

@@ -881,6 +881,21 @@ fn read_listener(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Listener>
         }
         None => None,
     };
+    // Envoy's ipv4_compat: a `::` listener that also accepts IPv4 (as v4-mapped addresses).
+    let ipv4_compat = l
+        .get("address")
+        .and_then(|a| a.get("socket_address"))
+        .and_then(|sa| sa.get("ipv4_compat").or_else(|| sa.get("ipv4Compat")))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if ipv4_compat
+        && !address.is_some_and(|a| a.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
+    {
+        d.error(
+            l.at("address.socket_address.ipv4_compat"),
+            "only a listener on the IPv6 any-address \"::\" can accept IPv4 too",
+        );
+    }
     let stat_prefix = l.string("stat_prefix", d);
     let mut use_original_dst = l.boolean("use_original_dst", d).unwrap_or(false);
     for (fpath, fv) in l.list("listener_filters", d) {
@@ -957,6 +972,7 @@ fn read_listener(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Listener>
         filter_chains: chains,
         use_original_dst,
         bind_to_port,
+        ipv4_compat,
     })
 }
 

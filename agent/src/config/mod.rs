@@ -125,6 +125,8 @@ pub struct Listener {
     /// `false`: not bound; the address names a destination that redirected connections to it
     /// are handed to (and that eBPF captures).
     pub bind_to_port: bool,
+    /// On `::`: accept IPv4 too (dual-stack socket).
+    pub ipv4_compat: bool,
 }
 
 #[derive(Debug, Clone)]
