@@ -888,8 +888,7 @@ fn read_listener(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Listener>
         .and_then(|sa| sa.get("ipv4_compat").or_else(|| sa.get("ipv4Compat")))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    if ipv4_compat
-        && !address.is_some_and(|a| a.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
+    if ipv4_compat && address.is_none_or(|a| a.ip() != IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
     {
         d.error(
             l.at("address.socket_address.ipv4_compat"),
