@@ -30,7 +30,8 @@ pub fn bench(args: &[String]) -> Result<()> {
         .unwrap_or(1);
     match args.first().map(String::as_str) {
         Some("l4") => l4(secs.clamp(0.5, 60.0), threads.clamp(1, 8)),
-        _ => bail!("usage: cargo xtask bench l4 [--secs S] [--proxy-threads N]"),
+        Some("redirect") => crate::bench_redirect::bench(secs.clamp(0.5, 60.0)),
+        _ => bail!("usage: cargo xtask bench l4|redirect [--secs S] [--proxy-threads N]"),
     }
 }
 

@@ -6,10 +6,12 @@
 //!   cargo xtask deps [--bench]          install Debian packages the tests (and benches) need
 //!   cargo xtask build-ebpf              build the eBPF object into target/bpf/plumb.bpf.o
 //!   cargo xtask bench l4 [--secs S]     Plumb vs direct vs haproxy, side by side
+//!   cargo xtask bench redirect [--secs S]  pods: direct vs eBPF capture (± sk_msg) vs iptables
 //!
 //! Everything here is idempotent and targets loopback only.
 
 mod bench;
+mod bench_redirect;
 mod ebpf;
 mod util;
 
@@ -27,7 +29,7 @@ fn main() {
         Some("bench") => bench::bench(&args[1..]),
         Some("build-ebpf") => ebpf::build().map(|_| ()),
         _ => {
-            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | build-ebpf | bench l4 [--secs S]>");
+            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | build-ebpf | bench l4|redirect [--secs S]>");
             std::process::exit(2);
         }
     };

@@ -4,6 +4,8 @@
 //!   plumb-load throughput --addr ADDR --streams N --secs S
 //!   plumb-load latency --addr ADDR --conns N --secs S --size BYTES
 //!   plumb-load roundtrip --addr ADDR --bytes N   (to an echo server: send, half-close, compare)
+//!   plumb-load connrate --addr ADDR --conns N --secs S   (new connection per 64-byte exchange)
+//!   plumb-load wait-http --addr ADDR --path P --secs S    (until GET answers 200)
 //!
 //! Every load run is bounded in time (and in request count); results are one JSON line on stdout.
 
@@ -60,6 +62,22 @@ fn main() {
                     arg(&args, "--conns", Some(64)),
                     Duration::from_secs_f64(arg(&args, "--secs", Some(5.0))),
                     arg(&args, "--size", Some(64)),
+                )
+                .await
+            }
+            "connrate" => {
+                connrate(
+                    arg(&args, "--addr", None),
+                    arg(&args, "--conns", Some(16)),
+                    Duration::from_secs_f64(arg(&args, "--secs", Some(5.0))),
+                )
+                .await
+            }
+            "wait-http" => {
+                wait_http(
+                    arg(&args, "--addr", None),
+                    arg(&args, "--path", Some("/ready".to_string())),
+                    Duration::from_secs_f64(arg(&args, "--secs", Some(10.0))),
                 )
                 .await
             }
@@ -226,4 +244,81 @@ async fn roundtrip(addr: SocketAddr, bytes: usize) {
         Err(_) => serde_json::json!({"ok": false, "error": "timed out"}),
     };
     println!("{out}");
+}
+
+/// Closed-loop connection rate: each worker connects, exchanges 64 bytes with an echo server,
+/// closes (abortively, see below), and repeats until the deadline. Reports connections/s and per-connection time.
+async fn connrate(addr: SocketAddr, conns: usize, secs: Duration) {
+    let hist = Arc::new(Histogram::new(StatName {
+        full: "conn".into(),
+        extracted: "conn".into(),
+        tags: vec![],
+    }));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + secs;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..conns {
+        let (hist, done, errors) = (hist.clone(), done.clone(), errors.clone());
+        set.spawn(async move {
+            let mut buf = [0u8; 64];
+            while Instant::now() < deadline && done.load(Ordering::Relaxed) < MAX_REQUESTS {
+                let t = Instant::now();
+                let r = async {
+                    let mut s = TcpStream::connect(addr).await?;
+                    s.set_nodelay(true)?;
+                    s.write_all(&[0x42u8; 64]).await?;
+                    s.read_exact(&mut buf).await?;
+                    // Close with RST: tens of thousands of TIME_WAIT sockets would otherwise
+                    // exhaust ephemeral ports (client and proxy side) within a run.
+                    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
+                    Ok::<_, std::io::Error>(())
+                };
+                match tokio::time::timeout(Duration::from_secs(5), r).await {
+                    Ok(Ok(())) => {
+                        hist.record(t.elapsed());
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    let started = Instant::now();
+    while set.join_next().await.is_some() {}
+    let elapsed = started.elapsed().as_secs_f64();
+    let snap = hist.cumulative();
+    let q = |p: f64| snap.quantile(p).unwrap_or(f64::NAN) * 1000.0;
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        serde_json::json!({
+            "connections": n, "errors": errors.load(Ordering::Relaxed), "cps": n as f64 / elapsed,
+            "p50_us": q(50.0), "p99_us": q(99.0),
+        })
+    );
+}
+
+/// Polls `GET path` until it answers 200 or the time is up (exit status 1).
+async fn wait_http(addr: SocketAddr, path: String, secs: Duration) {
+    let deadline = Instant::now() + secs;
+    while Instant::now() < deadline {
+        let attempt = async {
+            let mut s = TcpStream::connect(addr).await?;
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await?;
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await?;
+            Ok::<_, std::io::Error>(out.starts_with(b"HTTP/1.1 200"))
+        };
+        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(1), attempt).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    die(&format!("{addr}{path} did not answer 200 within {secs:?}"));
 }
