@@ -306,7 +306,7 @@ fn clusters(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body>
     let as_json = query.get("format").map(String::as_str) == Some("json");
     let mut out = String::new();
     let mut statuses = Vec::new();
-    for c in shared.clusters.iter() {
+    for c in shared.clusters.all() {
         let name = c.name();
         let hosts = c.hosts();
         if !as_json {
@@ -383,6 +383,7 @@ fn listeners(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body
     if query.get("format").map(String::as_str) == Some("json") {
         let list: Vec<_> = shared
             .listeners
+            .all()
             .iter()
             .map(|l| {
                 json!({
@@ -397,7 +398,7 @@ fn listeners(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body
         return json_response(&json!({"listener_statuses": list}));
     }
     let mut out = String::new();
-    for l in &shared.listeners {
+    for l in shared.listeners.all().iter() {
         let _ = writeln!(out, "{}::{}", l.config.name, l.local_address);
     }
     text(StatusCode::OK, out)

@@ -52,6 +52,7 @@ pub struct Redirector {
     orig_by_tuple: HashMap<MapData, Tuple, OrigDst>,
     counters: PerCpuArray<MapData, u64>,
     agent: Mutex<Array<MapData, AgentState>>,
+    capture: Mutex<CaptureMaps>,
     state: AgentState,
     stats: RedirectStats,
     stop: Arc<AtomicBool>,
@@ -193,6 +194,84 @@ pub fn capture_rules(cfg: &RedirectConfig, listeners: &[Arc<Listener>]) -> Vec<C
     rules
 }
 
+type CaptureMaps = (
+    LpmTrie<MapData, CaptureV4, RawRule>,
+    LpmTrie<MapData, CaptureV6, RawRule>,
+);
+
+/// Makes the capture tries hold exactly `rules`: new and changed entries are written before
+/// stale ones are removed, so a destination that stays captured is never briefly uncaptured.
+fn write_rules(
+    v4: &mut LpmTrie<MapData, CaptureV4, RawRule>,
+    v6: &mut LpmTrie<MapData, CaptureV6, RawRule>,
+    rules: &[CaptureRule],
+) -> Result<(), RedirectError> {
+    let mut want4 = Vec::new();
+    let mut want6 = Vec::new();
+    for r in rules {
+        let action = RawRule {
+            action: if r.exclude {
+                ACTION_EXCLUDE
+            } else {
+                ACTION_REDIRECT
+            },
+        };
+        let ports: Vec<u16> = if r.ports.is_empty() {
+            vec![0]
+        } else {
+            r.ports.clone()
+        };
+        for port in ports {
+            let port = port.to_be_bytes();
+            match r.net {
+                IpAddr::V4(ip) => {
+                    let mut addr = ip.octets();
+                    mask(&mut addr, r.prefix_len);
+                    want4.push((16 + r.prefix_len as u32, CaptureV4 { port, addr }, action));
+                }
+                IpAddr::V6(ip) => {
+                    let mut addr = ip.octets();
+                    mask(&mut addr, r.prefix_len);
+                    want6.push((16 + r.prefix_len as u32, CaptureV6 { port, addr }, action));
+                }
+            }
+        }
+    }
+    for (len, data, action) in &want4 {
+        v4.insert(&Key::new(*len, *data), *action, 0)
+            .map_err(setup("insert capture rule"))?;
+    }
+    for (len, data, action) in &want6 {
+        v6.insert(&Key::new(*len, *data), *action, 0)
+            .map_err(setup("insert capture rule"))?;
+    }
+    let stale4: Vec<Key<CaptureV4>> = v4
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| {
+            !want4
+                .iter()
+                .any(|(l, d, _)| *l == k.prefix_len() && *d == k.data())
+        })
+        .collect();
+    for k in stale4 {
+        let _ = v4.remove(&k);
+    }
+    let stale6: Vec<Key<CaptureV6>> = v6
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| {
+            !want6
+                .iter()
+                .any(|(l, d, _)| *l == k.prefix_len() && *d == k.data())
+        })
+        .collect();
+    for k in stale6 {
+        let _ = v6.remove(&k);
+    }
+    Ok(())
+}
+
 fn mask(addr: &mut [u8], prefix_len: u8) {
     for (i, b) in addr.iter_mut().enumerate() {
         let bits = (prefix_len as usize).saturating_sub(i * 8).min(8);
@@ -298,51 +377,9 @@ impl Redirector {
             LpmTrie::try_from(take(&mut ebpf, maps::CAPTURE_V4)?).map_err(setup("capture map"))?;
         let mut capture6: LpmTrie<MapData, CaptureV6, RawRule> =
             LpmTrie::try_from(take(&mut ebpf, maps::CAPTURE_V6)?).map_err(setup("capture map"))?;
-        // Pinned maps outlive agents: start from a clean rule set.
-        for k in capture4.keys().filter_map(Result::ok).collect::<Vec<_>>() {
-            let _ = capture4.remove(&k);
-        }
-        for k in capture6.keys().filter_map(Result::ok).collect::<Vec<_>>() {
-            let _ = capture6.remove(&k);
-        }
+        // Pinned maps outlive agents: the rule set is rewritten from this config.
         let rules = capture_rules(cfg, listeners);
-        for r in &rules {
-            let action = RawRule {
-                action: if r.exclude {
-                    ACTION_EXCLUDE
-                } else {
-                    ACTION_REDIRECT
-                },
-            };
-            let ports: Vec<u16> = if r.ports.is_empty() {
-                vec![0]
-            } else {
-                r.ports.clone()
-            };
-            for port in ports {
-                let port_b = port.to_be_bytes();
-                match r.net {
-                    IpAddr::V4(ip) => {
-                        let mut addr = ip.octets();
-                        mask(&mut addr, r.prefix_len);
-                        let key =
-                            Key::new(16 + r.prefix_len as u32, CaptureV4 { port: port_b, addr });
-                        capture4
-                            .insert(&key, action, 0)
-                            .map_err(setup("insert capture rule"))?;
-                    }
-                    IpAddr::V6(ip) => {
-                        let mut addr = ip.octets();
-                        mask(&mut addr, r.prefix_len);
-                        let key =
-                            Key::new(16 + r.prefix_len as u32, CaptureV6 { port: port_b, addr });
-                        capture6
-                            .insert(&key, action, 0)
-                            .map_err(setup("insert capture rule"))?;
-                    }
-                }
-            }
-        }
+        write_rules(&mut capture4, &mut capture6, &rules)?;
 
         let mut state = AgentState {
             heartbeat_ns: monotonic_ns(),
@@ -446,6 +483,7 @@ impl Redirector {
             orig_by_tuple,
             counters: counters_map,
             agent: Mutex::new(agent),
+            capture: Mutex::new((capture4, capture6)),
             state,
             stats,
             stop: Arc::new(AtomicBool::new(false)),
@@ -507,6 +545,17 @@ impl Redirector {
                 self.stats.orig_dst_missing.inc();
                 None
             }
+        }
+    }
+
+    /// Re-derives the capture rules after the listener set changed (a `bind_to_port: false`
+    /// listener added, moved or removed).
+    pub fn set_listener_destinations(&self, listeners: &[Arc<Listener>]) {
+        let rules = capture_rules(&self.config, listeners);
+        let mut maps = self.capture.lock().unwrap_or_else(|p| p.into_inner());
+        let (v4, v6) = &mut *maps;
+        if let Err(e) = write_rules(v4, v6, &rules) {
+            tracing::error!(error = %e, "cannot update capture rules");
         }
     }
 

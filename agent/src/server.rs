@@ -5,7 +5,7 @@
 use crate::admin;
 use crate::config::Snapshot;
 use crate::drain::{Drain, Phase};
-use crate::listener::{self, ActiveListener, Dispatch};
+use crate::listener::{self, ListenerManager};
 use crate::logging::LogControl;
 use crate::redirect::Redirector;
 use crate::stats::{Gauge, Store};
@@ -77,7 +77,7 @@ pub struct Shared {
     pub snapshot: Arc<Snapshot>,
     pub store: Store,
     pub clusters: Arc<ClusterManager>,
-    pub listeners: Vec<Arc<ActiveListener>>,
+    pub listeners: Arc<ListenerManager>,
     pub drain: Drain,
     pub health_check_failed: AtomicBool,
     pub initialized: AtomicBool,
@@ -144,6 +144,7 @@ impl Shared {
         s.memory_physical_size.set(mem.physical as i64);
         s.total_connections.set(
             self.listeners
+                .all()
                 .iter()
                 .map(|l| l.stats.downstream_cx_active.value())
                 .sum(),
@@ -198,11 +199,7 @@ impl ServerHandle {
     }
 
     pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
-        self.shared
-            .listeners
-            .iter()
-            .find(|l| l.config.name == name)
-            .map(|l| l.local_address)
+        self.shared.listeners.address_of(name)
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -242,37 +239,22 @@ pub fn start(
         None => None,
     };
     let admin_address = admin_socket.as_ref().map(|s| s.local_addr()).transpose()?;
-    let mut bound = Vec::new();
-    let mut unbound = Vec::new();
+    let listeners = Arc::new(ListenerManager::new(clusters.clone(), &store));
     for l in &snapshot.listeners {
-        if !l.bind_to_port {
-            // Names a destination; receives connections handed over by original destination.
-            unbound.push(Arc::new(ActiveListener::new(
-                l.clone(),
-                l.address,
-                &clusters,
-                &store,
-            )));
-            continue;
-        }
-        let sock = listener::bind(l.address, l.tcp_backlog_size, l.ipv4_compat)
-            .with_context(|| format!("listener \"{}\": cannot bind {}", l.name, l.address))?;
-        let addr = sock.local_addr()?;
-        bound.push((
-            Arc::new(ActiveListener::new(l.clone(), addr, &clusters, &store)),
-            sock,
-        ));
+        listeners.upsert(l.clone())?;
     }
     let redirect = match &snapshot.redirect {
         None => None,
         Some(cfg) => {
-            let port = bound
-                .iter()
-                .find(|(l, _)| l.config.name == cfg.listener)
-                .map(|(l, _)| l.local_address.port())
+            let port = listeners
+                .address_of(&cfg.listener)
+                .map(|a| a.port())
                 .unwrap_or(0);
             match Redirector::start(cfg, &snapshot.listeners, port, &store) {
-                Ok(r) => Some(r),
+                Ok(r) => {
+                    listeners.set_redirect(r.clone());
+                    Some(r)
+                }
                 Err(e) if cfg.required => {
                     anyhow::bail!("eBPF redirection is required but cannot start: {e}");
                 }
@@ -287,15 +269,6 @@ pub fn start(
             }
         }
     };
-    let all: Vec<Arc<ActiveListener>> = bound
-        .iter()
-        .map(|(l, _)| l.clone())
-        .chain(unbound.iter().cloned())
-        .collect();
-    let dispatch = Arc::new(Dispatch::new(redirect.clone(), &all));
-    for l in all.iter().filter(|l| l.config.use_original_dst) {
-        let _ = l.dispatch.set(dispatch.clone());
-    }
     if let (Some(path), Some(addr)) = (&options.admin_address_path, admin_address) {
         std::fs::write(path, addr.to_string())
             .with_context(|| format!("cannot write admin address to {}", path.display()))?;
@@ -314,16 +287,13 @@ pub fn start(
     };
     let concurrency = options.concurrency.max(1);
     stats.concurrency.set(concurrency as i64);
-    let lm = store.root_scope("listener_manager");
-    lm.counter("listener_added").add(bound.len() as u64);
-    lm.gauge("total_listeners_active").set(bound.len() as i64);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
         snapshot,
         store,
         clusters,
-        listeners: all,
+        listeners,
         drain: Drain::new(),
         health_check_failed: AtomicBool::new(false),
         initialized: AtomicBool::new(false),
@@ -360,7 +330,7 @@ pub fn start(
                 .enable_all()
                 .build()
                 .context("cannot start the data-path runtime")?;
-            rt.block_on(run_data_plane(data_shared, bound, shutdown_rx));
+            rt.block_on(run_data_plane(data_shared, shutdown_rx));
             // Connection tasks left after the close grace are dropped with the runtime.
             rt.shutdown_timeout(Duration::from_millis(100));
             let _ = admin_stop_tx.send(true);
@@ -379,7 +349,6 @@ pub fn start(
 
 async fn run_data_plane(
     shared: Arc<Shared>,
-    bound: Vec<(Arc<ActiveListener>, std::net::TcpListener)>,
     mut shutdown_rx: watch::Receiver<Option<ShutdownKind>>,
 ) {
     if shared.options.handle_signals {
@@ -387,21 +356,11 @@ async fn run_data_plane(
     }
     let drain = shared.drain.clone();
     shared.clusters.initialize(drain.watch()).await;
-    for (l, sock) in bound {
-        match tokio::net::TcpListener::from_std(sock) {
-            Ok(sock) => {
-                tracing::info!(listener = %l.config.name, address = %l.local_address, "listening");
-                tokio::spawn(l.serve(sock, drain.watch()));
-            }
-            Err(e) => {
-                tracing::error!(listener = %l.config.name, error = %e, "cannot register listener")
-            }
-        }
-    }
+    shared.listeners.start(drain.watch());
     shared.initialized.store(true, Ordering::Release);
     tokio::spawn(flush_stats(shared.clone()));
     tracing::info!(
-        listeners = shared.listeners.len(),
+        listeners = shared.listeners.all().len(),
         clusters = shared.snapshot.clusters.len(),
         concurrency = shared.options.concurrency,
         "plumb is live"

@@ -1197,6 +1197,7 @@ fn read_cluster(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Cluster> {
     }
     Some(Cluster {
         name: name?,
+        eds_service_name: None,
         discovery,
         connect_timeout,
         lb_policy,

@@ -106,12 +106,12 @@ pub struct Node {
     pub locality: Locality,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     pub address: SocketAddr,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
@@ -129,18 +129,18 @@ pub struct Listener {
     pub ipv4_compat: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FilterChain {
     pub name: String,
     pub filters: Vec<NetworkFilter>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum NetworkFilter {
     TcpProxy(TcpProxy),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TcpProxy {
     pub stat_prefix: String,
     pub cluster: String,
@@ -156,6 +156,8 @@ pub enum DiscoveryType {
     StrictDns,
     LogicalDns,
     OriginalDst,
+    /// Endpoints from EDS (xDS only).
+    Eds,
 }
 
 impl DiscoveryType {
@@ -165,6 +167,7 @@ impl DiscoveryType {
             Self::StrictDns => "STRICT_DNS",
             Self::LogicalDns => "LOGICAL_DNS",
             Self::OriginalDst => "ORIGINAL_DST",
+            Self::Eds => "EDS",
         }
     }
 }
@@ -209,9 +212,12 @@ impl DnsLookupFamily {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
     pub name: String,
+    /// EDS: the name endpoints are requested under (`eds_cluster_config.service_name`, or the
+    /// cluster name).
+    pub eds_service_name: Option<String>,
     pub discovery: DiscoveryType,
     pub connect_timeout: Duration,
     pub lb_policy: LbPolicy,
@@ -220,7 +226,7 @@ pub struct Cluster {
     pub localities: Vec<LocalityEndpoints>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LocalityEndpoints {
     pub locality: Locality,
     pub priority: u32,
@@ -270,7 +276,7 @@ impl HealthStatus {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
     pub host: Host,
     pub port: u16,

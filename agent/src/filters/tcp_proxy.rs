@@ -5,7 +5,7 @@ use crate::config;
 use crate::copy::{self, DirectionStats, FlushObserver, Limits, Outcome, Side};
 use crate::drain;
 use crate::stats::{Counter, Gauge, Store};
-use crate::upstream::{Cluster, ConnectError};
+use crate::upstream::{ClusterManager, ConnectError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
@@ -37,13 +37,13 @@ impl FlushObserver for TcpProxyStats {
 #[derive(Debug)]
 pub struct TcpProxy {
     pub config: config::TcpProxy,
-    /// `None` only if the cluster vanished from a later config (xDS); counted as no route.
-    pub cluster: Option<Arc<Cluster>>,
+    /// The cluster is looked up by name per connection: clusters come and go (xDS).
+    clusters: Arc<ClusterManager>,
     pub stats: TcpProxyStats,
 }
 
 impl TcpProxy {
-    pub fn new(config: config::TcpProxy, cluster: Option<Arc<Cluster>>, store: &Store) -> Self {
+    pub fn new(config: config::TcpProxy, clusters: Arc<ClusterManager>, store: &Store) -> Self {
         let s = store.tagged_scope("tcp", "envoy_tcp_prefix", &config.stat_prefix);
         let stats = TcpProxyStats {
             downstream_cx_total: s.counter("downstream_cx_total"),
@@ -57,7 +57,7 @@ impl TcpProxy {
         };
         Self {
             config,
-            cluster,
+            clusters,
             stats,
         }
     }
@@ -72,10 +72,11 @@ impl TcpProxy {
         mut watch: drain::Watch,
     ) {
         self.stats.downstream_cx_total.inc();
-        let Some(cluster) = &self.cluster else {
+        let Some(cluster) = self.clusters.get(&self.config.cluster) else {
             self.stats.downstream_cx_no_route.inc();
             return;
         };
+        let cluster = &cluster;
         let attempts = self.config.max_connect_attempts.max(1);
         let mut upstream = None;
         for attempt in 1..=attempts {

@@ -101,7 +101,12 @@ pub(super) async fn refresh_loop(cluster: Arc<Cluster>, mut shutdown: drain::Wat
     let every = cluster.config.dns_refresh_rate;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => refresh(cluster.clone()).await,
+            _ = tokio::time::sleep(every) => {
+                if cluster.is_retired() {
+                    return;
+                }
+                refresh(cluster.clone()).await
+            }
             _ = shutdown.draining() => return,
         }
     }

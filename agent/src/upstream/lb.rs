@@ -32,8 +32,13 @@ impl HostSet {
     }
 
     pub fn from_static(c: &config::Cluster) -> Self {
+        Self::from_localities(c.lb_policy, &c.localities)
+    }
+
+    /// Hosts of IP endpoints (STATIC clusters, EDS assignments).
+    pub fn from_localities(policy: LbPolicy, localities: &[config::LocalityEndpoints]) -> Self {
         let mut hosts = Vec::new();
-        for l in &c.localities {
+        for l in localities {
             for e in &l.endpoints {
                 let CfgHost::Ip(ip) = e.host else { continue };
                 hosts.push(Arc::new(Host {
@@ -47,7 +52,7 @@ impl HostSet {
                 }));
             }
         }
-        Self::build(c.lb_policy, hosts)
+        Self::build(policy, hosts)
     }
 
     pub fn build(policy: LbPolicy, all: Vec<Arc<Host>>) -> Self {

@@ -10,10 +10,10 @@ pub use lb::HostSet;
 use crate::config::{self, DiscoveryType, HealthStatus, Locality};
 use crate::stats::{Counter, Gauge, Histogram, Store};
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 use tokio::net::TcpStream;
 
@@ -101,6 +101,10 @@ pub struct Cluster {
     pub stats: ClusterStats,
     hosts: ArcSwap<HostSet>,
     rr_cursor: AtomicU64,
+    /// EDS clusters warm until their first endpoints arrive.
+    warming: AtomicBool,
+    /// Replaced or removed: background work for it (DNS refresh) stops.
+    retired: AtomicBool,
 }
 
 /// Why no upstream connection could be made.
@@ -149,14 +153,17 @@ impl Cluster {
         let stats = ClusterStats::new(store, &config.name);
         let hosts = match config.discovery {
             DiscoveryType::Static => HostSet::from_static(&config),
-            // Filled by the first DNS resolution (`ClusterManager::initialize`).
+            // Filled by the first DNS resolution or EDS update.
             _ => HostSet::empty(config.lb_policy),
         };
+        let warming = config.discovery == DiscoveryType::Eds;
         let c = Arc::new(Self {
             config,
             stats,
             hosts: ArcSwap::from_pointee(hosts),
             rr_cursor: AtomicU64::new(0),
+            warming: AtomicBool::new(warming),
+            retired: AtomicBool::new(false),
         });
         c.publish_membership();
         c
@@ -164,6 +171,31 @@ impl Cluster {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    pub fn is_warming(&self) -> bool {
+        self.warming.load(Ordering::Acquire)
+    }
+
+    fn warm(&self) {
+        self.warming.store(false, Ordering::Release);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// Takes over a replaced cluster's hosts (same discovery type, membership from outside).
+    fn adopt_hosts(&self, old: &Cluster) {
+        let hosts = old.hosts.load();
+        self.set_hosts(HostSet::build(self.config.lb_policy, hosts.all().to_vec()));
+        if !old.is_warming() {
+            self.warm();
+        }
     }
 
     pub fn hosts(&self) -> Arc<HostSet> {
@@ -268,48 +300,179 @@ impl Cluster {
     }
 }
 
-/// All clusters of the active snapshot, by name.
-#[derive(Debug, Default)]
+/// What an upsert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    Added,
+    Modified,
+    Unchanged,
+}
+
+/// Envoy's `cluster_manager.*` stats.
+#[derive(Debug)]
+struct ManagerStats {
+    active_clusters: Arc<Gauge>,
+    warming_clusters: Arc<Gauge>,
+    cluster_added: Arc<Counter>,
+    cluster_modified: Arc<Counter>,
+    cluster_removed: Arc<Counter>,
+}
+
+/// All clusters, by name. Readers (the data path, per connection) load the map lock-free;
+/// writers (config updates) are serialized and swap in a new map.
+#[derive(Debug)]
 pub struct ClusterManager {
-    clusters: HashMap<String, Arc<Cluster>>,
-    order: Vec<String>,
+    clusters: ArcSwap<BTreeMap<String, Arc<Cluster>>>,
+    write: Mutex<()>,
+    store: Store,
+    stats: ManagerStats,
+    /// Set once the data-path runtime runs: DNS refresh for clusters added later.
+    runtime: OnceLock<(tokio::runtime::Handle, crate::drain::Watch)>,
 }
 
 impl ClusterManager {
     pub fn new(snapshot: &config::Snapshot, store: &Store) -> Self {
-        let mut clusters = HashMap::new();
-        let mut order = Vec::new();
-        for c in &snapshot.clusters {
-            order.push(c.name.clone());
-            clusters.insert(c.name.clone(), Cluster::new(c.clone(), store));
-        }
         let cm = store.root_scope("cluster_manager");
-        cm.gauge("active_clusters").set(clusters.len() as i64);
-        cm.counter("cluster_added").add(clusters.len() as u64);
-        Self { clusters, order }
+        let stats = ManagerStats {
+            active_clusters: cm.gauge("active_clusters"),
+            warming_clusters: cm.gauge("warming_clusters"),
+            cluster_added: cm.counter("cluster_added"),
+            cluster_modified: cm.counter("cluster_modified"),
+            cluster_removed: cm.counter("cluster_removed"),
+        };
+        let mut map = BTreeMap::new();
+        for c in &snapshot.clusters {
+            map.insert(c.name.clone(), Cluster::new(c.clone(), store));
+        }
+        stats.active_clusters.set(map.len() as i64);
+        stats.cluster_added.add(map.len() as u64);
+        Self {
+            clusters: ArcSwap::from_pointee(map),
+            write: Mutex::new(()),
+            store: store.clone(),
+            stats,
+            runtime: OnceLock::new(),
+        }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Cluster>> {
-        self.clusters.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<Cluster>> {
+        self.clusters.load().get(name).cloned()
     }
 
-    /// Clusters in configuration order.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Cluster>> {
-        self.order.iter().filter_map(|n| self.clusters.get(n))
+    /// Every cluster, sorted by name.
+    pub fn all(&self) -> Vec<Arc<Cluster>> {
+        self.clusters.load().values().cloned().collect()
     }
 
-    /// Resolves DNS clusters once (bounded by each cluster's `dns_refresh_rate`... and a cap),
-    /// then keeps refreshing them in the background on the current runtime.
+    fn publish(&self, map: &BTreeMap<String, Arc<Cluster>>) {
+        let warming = map.values().filter(|c| c.is_warming()).count();
+        self.stats.active_clusters.set((map.len() - warming) as i64);
+        self.stats.warming_clusters.set(warming as i64);
+    }
+
+    fn start_dns(&self, c: &Arc<Cluster>) {
+        if !matches!(
+            c.config.discovery,
+            DiscoveryType::StrictDns | DiscoveryType::LogicalDns
+        ) {
+            return;
+        }
+        if let Some((rt, watch)) = self.runtime.get() {
+            let (c1, c2, w) = (c.clone(), c.clone(), watch.clone());
+            rt.spawn(async move {
+                dns::refresh(c1).await;
+                dns::refresh_loop(c2, w).await;
+            });
+        }
+    }
+
+    /// Adds a cluster or replaces one with a different config. A replaced cluster keeps its
+    /// hosts (and their stats) when membership comes from outside the config (EDS, DNS),
+    /// and connections already using the old one finish on it.
+    pub fn upsert(&self, cfg: Arc<config::Cluster>) -> Upsert {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.clusters.load_full();
+        let old = cur.get(&cfg.name).cloned();
+        if let Some(old) = &old {
+            if *old.config == *cfg {
+                return Upsert::Unchanged;
+            }
+        }
+        let new = Cluster::new(cfg.clone(), &self.store);
+        if let Some(old) = &old {
+            old.retire();
+            if new.config.discovery == old.config.discovery
+                && new.config.discovery != DiscoveryType::Static
+            {
+                new.adopt_hosts(old);
+            }
+        }
+        let mut map = (*cur).clone();
+        map.insert(cfg.name.clone(), new.clone());
+        self.publish(&map);
+        self.clusters.store(Arc::new(map));
+        self.start_dns(&new);
+        if old.is_some() {
+            self.stats.cluster_modified.inc();
+            Upsert::Modified
+        } else {
+            self.stats.cluster_added.inc();
+            Upsert::Added
+        }
+    }
+
+    /// Removes a cluster; connections using it finish on it.
+    pub fn remove(&self, name: &str) -> bool {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.clusters.load_full();
+        let Some(old) = cur.get(name) else {
+            return false;
+        };
+        old.retire();
+        let mut map = (*cur).clone();
+        map.remove(name);
+        self.publish(&map);
+        self.clusters.store(Arc::new(map));
+        self.stats.cluster_removed.inc();
+        true
+    }
+
+    /// Installs endpoints (EDS) for the cluster, ending its warming. `false` if unknown.
+    pub fn set_endpoints(&self, name: &str, localities: Vec<config::LocalityEndpoints>) -> bool {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.clusters.load_full();
+        let Some(c) = cur.get(name) else { return false };
+        c.set_hosts(HostSet::from_localities(c.config.lb_policy, &localities));
+        c.warm();
+        self.publish(&cur);
+        true
+    }
+
+    /// Ends warming without endpoints (Envoy's `initial_fetch_timeout`).
+    pub fn end_warming(&self, name: &str) {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.clusters.load_full();
+        if let Some(c) = cur.get(name) {
+            c.warm();
+        }
+        self.publish(&cur);
+    }
+
+    /// Resolves DNS clusters once, then keeps refreshing them in the background on the
+    /// current runtime (which later additions use too).
     pub async fn initialize(&self, shutdown: crate::drain::Watch) {
+        let _ = self
+            .runtime
+            .set((tokio::runtime::Handle::current(), shutdown.clone()));
         let dns: Vec<Arc<Cluster>> = self
-            .iter()
+            .all()
+            .into_iter()
             .filter(|c| {
                 matches!(
                     c.config.discovery,
                     DiscoveryType::StrictDns | DiscoveryType::LogicalDns
                 )
             })
-            .cloned()
             .collect();
         let first = dns.iter().map(|c| dns::refresh(c.clone()));
         futures_join_all(first).await;

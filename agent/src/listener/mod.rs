@@ -1,5 +1,9 @@
 //! Listening sockets: bind, accept, hand each connection to the listener's filter chain, and
-//! stop accepting when the drain starts.
+//! stop accepting when the drain starts. `manager` adds, updates and removes listeners at run
+//! time without dropping established connections.
+
+mod manager;
+pub use manager::{ListenerManager, ListenerUpdateError};
 
 use crate::config;
 use crate::drain;
@@ -7,9 +11,10 @@ use crate::filters::{tcp_proxy::TcpProxy, NetworkFilter};
 use crate::redirect::{self, Redirector};
 use crate::stats::{Counter, Gauge, Histogram, Store};
 use crate::upstream::ClusterManager;
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Envoy's `listener.<address>.*` stats.
@@ -30,8 +35,43 @@ pub struct ActiveListener {
     pub stat_name: String,
     pub stats: ListenerStats,
     pub filter: Option<NetworkFilter>,
-    /// For `use_original_dst` listeners: where to hand connections by original destination.
-    pub dispatch: OnceLock<Arc<Dispatch>>,
+    /// Where `use_original_dst` listeners hand connections, by original destination; one
+    /// handle shared by every listener, replaced whenever the listener set changes.
+    pub dispatch: DispatchHandle,
+}
+
+pub type DispatchHandle = Arc<ArcSwap<Dispatch>>;
+
+/// Accepts until the server drains or `stop` turns true, handing each connection to the
+/// listener's current version (so an update takes effect for new connections only); the
+/// socket closes when this returns. Established connections are not affected.
+pub async fn serve(
+    current: Arc<ArcSwap<ActiveListener>>,
+    listener: tokio::net::TcpListener,
+    mut watch: drain::Watch,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = watch.draining() => break,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let l = current.load_full();
+                let conn_watch = watch.clone();
+                tokio::spawn(async move { l.accepted(stream, peer, conn_watch).await });
+            }
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
+                tracing::warn!(listener = %current.load().config.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    let l = current.load();
+    tracing::info!(listener = %l.config.name, address = %l.local_address, "listener stopped accepting");
 }
 
 /// Original-destination dispatch, shared by `use_original_dst` listeners.
@@ -97,8 +137,9 @@ impl ActiveListener {
     pub fn new(
         cfg: Arc<config::Listener>,
         bound: SocketAddr,
-        clusters: &ClusterManager,
+        clusters: &Arc<ClusterManager>,
         store: &Store,
+        dispatch: DispatchHandle,
     ) -> Self {
         let stat_name = stat_name_for(&cfg, bound);
         let s = store.tagged_scope("listener", "envoy_listener_address", &stat_name);
@@ -114,11 +155,9 @@ impl ActiveListener {
             .first()
             .and_then(|fc| fc.filters.first())
             .map(|f| match f {
-                config::NetworkFilter::TcpProxy(tp) => NetworkFilter::TcpProxy(TcpProxy::new(
-                    tp.clone(),
-                    clusters.get(&tp.cluster).cloned(),
-                    store,
-                )),
+                config::NetworkFilter::TcpProxy(tp) => {
+                    NetworkFilter::TcpProxy(TcpProxy::new(tp.clone(), clusters.clone(), store))
+                }
             });
         Self {
             config: cfg,
@@ -126,43 +165,17 @@ impl ActiveListener {
             stat_name,
             stats,
             filter,
-            dispatch: OnceLock::new(),
+            dispatch,
         }
-    }
-
-    /// Accepts until the drain starts; the socket is closed when this returns.
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: tokio::net::TcpListener,
-        mut watch: drain::Watch,
-    ) {
-        loop {
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
-                _ = watch.draining() => break,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let this = self.clone();
-                    let conn_watch = watch.clone();
-                    tokio::spawn(async move { this.accepted(stream, peer, conn_watch).await });
-                }
-                Err(e) => {
-                    // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
-                    tracing::warn!(listener = %self.config.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
-        tracing::info!(listener = %self.config.name, address = %self.local_address, "listener stopped accepting");
     }
 
     /// Recovers the original destination (eBPF map, else SO_ORIGINAL_DST) and hands the
     /// connection to the listener configured for it, or handles it here.
     async fn accepted(&self, stream: tokio::net::TcpStream, peer: SocketAddr, watch: drain::Watch) {
-        let Some(dispatch) = self.dispatch.get().filter(|_| self.config.use_original_dst) else {
+        if !self.config.use_original_dst {
             return self.handle(stream, peer, None, watch).await;
-        };
+        }
+        let dispatch = self.dispatch.load_full();
         // Dual-stack listeners see IPv4 clients as v4-mapped IPv6: use the plain IPv4 form.
         let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
         let peer = canonical(peer);

@@ -1,0 +1,291 @@
+//! The set of listeners, changeable at run time (bootstrap at start, LDS later).
+//!
+//! - Added: bound (a bind error is returned, nothing changes) and served.
+//! - Modified at the same address: the socket stays; new connections get the new filter
+//!   chain, established ones finish on the old one.
+//! - Modified to another address: the new socket is bound first, then the old one stops
+//!   accepting; its connections continue.
+//! - Removed: stops accepting; its connections continue until they end (or the server's
+//!   drain closes them).
+
+use super::{bind, serve, ActiveListener, Dispatch, DispatchHandle};
+use crate::config;
+use crate::drain;
+use crate::redirect::Redirector;
+use crate::stats::{Counter, Gauge, Store};
+use crate::upstream::{ClusterManager, Upsert};
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerUpdateError {
+    #[error("listener \"{name}\": cannot bind {address}: {source}")]
+    Bind {
+        name: String,
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug)]
+struct Stats {
+    added: Arc<Counter>,
+    modified: Arc<Counter>,
+    removed: Arc<Counter>,
+    create_failure: Arc<Counter>,
+    active: Arc<Gauge>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    config: Arc<config::Listener>,
+    current: Arc<ArcSwap<ActiveListener>>,
+    /// Bound address and the switch that stops its accept loop; `None` when not bound.
+    socket: Option<(SocketAddr, watch::Sender<bool>)>,
+}
+
+type Pending = (
+    Arc<ArcSwap<ActiveListener>>,
+    std::net::TcpListener,
+    watch::Receiver<bool>,
+);
+
+#[derive(Debug, Default)]
+struct Inner {
+    slots: BTreeMap<String, Slot>,
+    /// Bound before the runtime started; served by `start`.
+    pending: Vec<Pending>,
+}
+
+#[derive(Debug)]
+pub struct ListenerManager {
+    inner: Mutex<Inner>,
+    view: ArcSwap<Vec<Arc<ActiveListener>>>,
+    dispatch: DispatchHandle,
+    clusters: Arc<ClusterManager>,
+    store: Store,
+    redirect: OnceLock<Arc<Redirector>>,
+    runtime: OnceLock<(tokio::runtime::Handle, drain::Watch)>,
+    stats: Stats,
+}
+
+impl ListenerManager {
+    pub fn new(clusters: Arc<ClusterManager>, store: &Store) -> Self {
+        let s = store.root_scope("listener_manager");
+        Self {
+            inner: Mutex::new(Inner::default()),
+            view: ArcSwap::from_pointee(Vec::new()),
+            dispatch: Arc::new(ArcSwap::from_pointee(Dispatch::default())),
+            clusters,
+            store: store.clone(),
+            redirect: OnceLock::new(),
+            runtime: OnceLock::new(),
+            stats: Stats {
+                added: s.counter("listener_added"),
+                modified: s.counter("listener_modified"),
+                removed: s.counter("listener_removed"),
+                create_failure: s.counter("listener_create_failure"),
+                active: s.gauge("total_listeners_active"),
+            },
+        }
+    }
+
+    /// Every listener's current version, by name.
+    pub fn all(&self) -> Arc<Vec<Arc<ActiveListener>>> {
+        self.view.load_full()
+    }
+
+    /// Bound (or, when not bound, configured) address of listener `name`.
+    pub fn address_of(&self, name: &str) -> Option<SocketAddr> {
+        self.all()
+            .iter()
+            .find(|l| l.config.name == name)
+            .map(|l| l.local_address)
+    }
+
+    /// Configs of the listeners that are not bound: the destinations eBPF captures.
+    pub fn unbound_configs(&self) -> Vec<Arc<config::Listener>> {
+        self.all()
+            .iter()
+            .filter(|l| !l.config.bind_to_port)
+            .map(|l| l.config.clone())
+            .collect()
+    }
+
+    /// Connects eBPF redirection (for original-destination lookups).
+    pub fn set_redirect(&self, r: Arc<Redirector>) {
+        let _ = self.redirect.set(r);
+        self.refresh_view(&self.inner.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn build(&self, cfg: &Arc<config::Listener>, bound: SocketAddr) -> Arc<ActiveListener> {
+        Arc::new(ActiveListener::new(
+            cfg.clone(),
+            bound,
+            &self.clusters,
+            &self.store,
+            self.dispatch.clone(),
+        ))
+    }
+
+    /// Rebuilds the admin view and the original-destination dispatch after a change.
+    fn refresh_view(&self, inner: &Inner) {
+        let all: Vec<Arc<ActiveListener>> = inner
+            .slots
+            .values()
+            .map(|s| s.current.load_full())
+            .collect();
+        self.dispatch
+            .store(Arc::new(Dispatch::new(self.redirect.get().cloned(), &all)));
+        self.stats.active.set(all.len() as i64);
+        self.view.store(Arc::new(all));
+        if let Some(r) = self.redirect.get() {
+            r.set_listener_destinations(
+                &inner
+                    .slots
+                    .values()
+                    .map(|s| s.config.clone())
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+
+    fn serve_socket(
+        &self,
+        inner: &mut Inner,
+        current: Arc<ArcSwap<ActiveListener>>,
+        sock: std::net::TcpListener,
+    ) -> watch::Sender<bool> {
+        let (tx, rx) = watch::channel(false);
+        match self.runtime.get() {
+            Some((rt, watch)) => {
+                let watch = watch.clone();
+                rt.spawn(async move {
+                    match tokio::net::TcpListener::from_std(sock) {
+                        Ok(l) => serve(current, l, watch, rx).await,
+                        Err(e) => tracing::error!(error = %e, "cannot register listener socket"),
+                    }
+                });
+            }
+            None => inner.pending.push((current, sock, rx)),
+        }
+        tx
+    }
+
+    /// Adds or replaces listener `cfg.name`.
+    pub fn upsert(&self, cfg: Arc<config::Listener>) -> Result<Upsert, ListenerUpdateError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let bind_new = |cfg: &config::Listener| {
+            bind(cfg.address, cfg.tcp_backlog_size, cfg.ipv4_compat).map_err(|source| {
+                self.stats.create_failure.inc();
+                ListenerUpdateError::Bind {
+                    name: cfg.name.clone(),
+                    address: cfg.address,
+                    source,
+                }
+            })
+        };
+        let result = match inner.slots.get(&cfg.name) {
+            Some(slot) if *slot.config == *cfg => return Ok(Upsert::Unchanged),
+            Some(slot)
+                if slot.config.address == cfg.address
+                    && slot.config.bind_to_port == cfg.bind_to_port
+                    && slot.config.ipv4_compat == cfg.ipv4_compat =>
+            {
+                // Same socket, new chain for new connections.
+                let bound = slot.socket.as_ref().map(|(a, _)| *a).unwrap_or(cfg.address);
+                let new = self.build(&cfg, bound);
+                slot.current.store(new);
+                let slot = inner.slots.get_mut(&cfg.name).expect("slot exists");
+                slot.config = cfg.clone();
+                Upsert::Modified
+            }
+            existing => {
+                let replacing = existing.is_some();
+                let (current, socket) = if cfg.bind_to_port {
+                    let sock = bind_new(&cfg)?;
+                    let addr = sock
+                        .local_addr()
+                        .map_err(|source| ListenerUpdateError::Bind {
+                            name: cfg.name.clone(),
+                            address: cfg.address,
+                            source,
+                        })?;
+                    let current = Arc::new(ArcSwap::new(self.build(&cfg, addr)));
+                    let stop = self.serve_socket(&mut inner, current.clone(), sock);
+                    (current, Some((addr, stop)))
+                } else {
+                    (Arc::new(ArcSwap::new(self.build(&cfg, cfg.address))), None)
+                };
+                let old = inner.slots.insert(
+                    cfg.name.clone(),
+                    Slot {
+                        config: cfg.clone(),
+                        current,
+                        socket,
+                    },
+                );
+                if let Some(Slot {
+                    socket: Some((_, stop)),
+                    ..
+                }) = old
+                {
+                    let _ = stop.send(true);
+                }
+                if replacing {
+                    Upsert::Modified
+                } else {
+                    Upsert::Added
+                }
+            }
+        };
+        match result {
+            Upsert::Added => self.stats.added.inc(),
+            Upsert::Modified => self.stats.modified.inc(),
+            Upsert::Unchanged => {}
+        }
+        if let Some(a) = inner.slots.get(&cfg.name).and_then(|s| s.socket.as_ref()) {
+            tracing::info!(listener = %cfg.name, address = %a.0, ?result, "listener updated");
+        }
+        self.refresh_view(&inner);
+        Ok(result)
+    }
+
+    /// Stops accepting on listener `name`; its connections continue.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(slot) = inner.slots.remove(name) else {
+            return false;
+        };
+        if let Some((_, stop)) = slot.socket {
+            let _ = stop.send(true);
+        }
+        self.stats.removed.inc();
+        tracing::info!(listener = %name, "listener removed; its connections continue");
+        self.refresh_view(&inner);
+        true
+    }
+
+    /// Serves the listeners bound so far on the current runtime; later ones start at once.
+    pub fn start(&self, watch: drain::Watch) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .runtime
+            .set((tokio::runtime::Handle::current(), watch.clone()));
+        for (current, sock, rx) in inner.pending.drain(..) {
+            let watch = watch.clone();
+            match tokio::net::TcpListener::from_std(sock) {
+                Ok(l) => {
+                    let a = current.load();
+                    tracing::info!(listener = %a.config.name, address = %a.local_address, "listening");
+                    tokio::spawn(serve(current, l, watch, rx));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot register listener socket"),
+            }
+        }
+    }
+}
