@@ -430,7 +430,7 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 }
 
 fn config_dump(shared: &Shared) -> Response<Body> {
-    let snap = &shared.snapshot;
+    let snap = shared.snapshot.load_full();
     let updated = rfc3339(shared.started_wall);
     let listeners: Vec<_> = snap
         .listeners
@@ -460,7 +460,8 @@ fn config_dump(shared: &Shared) -> Response<Body> {
 }
 
 fn server_info(shared: &Shared) -> Response<Body> {
-    let node = &shared.snapshot.node;
+    let snapshot = shared.snapshot.load_full();
+    let node = &snapshot.node;
     let uptime = shared.started.elapsed().as_secs();
     json_response(&json!({
         "version": format!("plumb/{}", crate::VERSION),

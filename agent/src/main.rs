@@ -88,6 +88,7 @@ fn main() -> ExitCode {
                 handle_signals: true,
                 admin_address_path,
                 config_source: source,
+                config_path: config.clone(),
                 command_line: std::env::args().collect(),
                 ..Options::default()
             };

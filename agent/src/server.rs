@@ -11,6 +11,7 @@ use crate::redirect::Redirector;
 use crate::stats::{Gauge, Store};
 use crate::upstream::ClusterManager;
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,8 @@ pub struct Options {
     pub admin_address_path: Option<PathBuf>,
     /// Where the config came from, for `/server_info`.
     pub config_source: String,
+    /// The bootstrap file, for reloads (SIGHUP); `None` for the bundled default.
+    pub config_path: Option<PathBuf>,
     pub command_line: Vec<String>,
 }
 
@@ -46,6 +49,7 @@ impl Default for Options {
             handle_signals: false,
             admin_address_path: None,
             config_source: "<in-process>".into(),
+            config_path: None,
             command_line: Vec::new(),
         }
     }
@@ -74,7 +78,8 @@ pub struct ServerStats {
 
 /// What the admin server and the data path share.
 pub struct Shared {
-    pub snapshot: Arc<Snapshot>,
+    /// The bootstrap in force (replaced by a reload).
+    pub snapshot: ArcSwap<Snapshot>,
     pub store: Store,
     pub clusters: Arc<ClusterManager>,
     pub listeners: Arc<ListenerManager>,
@@ -118,6 +123,78 @@ impl Shared {
             ServerState::PreInitializing
         } else {
             ServerState::Live
+        }
+    }
+
+    /// Applies the listeners and clusters of `new` (a reloaded bootstrap): clusters are added
+    /// or updated first, then listeners; listeners and clusters no longer present are removed
+    /// last. Established connections are never dropped. A listener that cannot bind is
+    /// reported and left as it was; everything else still applies. Settings that need a
+    /// restart (admin, node, redirection) are reported as warnings.
+    pub fn apply(&self, new: &Snapshot) -> Vec<String> {
+        let mut problems = Vec::new();
+        let old = self.snapshot.load_full();
+        if old.admin.as_ref().map(|a| a.address) != new.admin.as_ref().map(|a| a.address) {
+            problems.push("admin address changes need a restart; kept the current one".into());
+        }
+        if old.redirect.is_some() != new.redirect.is_some()
+            || old
+                .redirect
+                .as_ref()
+                .map(|r| (&r.cgroups, &r.capture, r.sk_msg, &r.listener))
+                != new
+                    .redirect
+                    .as_ref()
+                    .map(|r| (&r.cgroups, &r.capture, r.sk_msg, &r.listener))
+        {
+            problems
+                .push("plumb.redirect changes need a restart; kept the current redirection".into());
+        }
+        for c in &new.clusters {
+            self.clusters.upsert(c.clone());
+        }
+        for l in &new.listeners {
+            if let Err(e) = self.listeners.upsert(l.clone()) {
+                problems.push(e.to_string());
+            }
+        }
+        for l in self.listeners.all().iter() {
+            if !new.listeners.iter().any(|n| n.name == l.config.name) {
+                self.listeners.remove(&l.config.name);
+            }
+        }
+        for c in self.clusters.all() {
+            if new.cluster(c.name()).is_none() {
+                self.clusters.remove(c.name());
+            }
+        }
+        let mut kept = new.clone();
+        kept.admin = old.admin.clone();
+        kept.redirect = old.redirect.clone();
+        self.snapshot.store(Arc::new(kept));
+        problems
+    }
+
+    /// Re-reads the bootstrap file and applies it (SIGHUP). An invalid file changes nothing.
+    pub fn reload(&self) {
+        let Some(path) = &self.options.config_path else {
+            tracing::warn!("reload requested, but the bundled default configuration is in use: nothing to reload");
+            return;
+        };
+        let scope = self.store.root_scope("server");
+        match crate::config::parse_bootstrap_file(path) {
+            Err(e) => {
+                scope.counter("reload_failure").inc();
+                tracing::error!(file = %path.display(), "reload rejected, the running configuration stays:\n{e}");
+            }
+            Ok(new) => {
+                let problems = self.apply(&new);
+                for p in &problems {
+                    tracing::warn!("reload: {p}");
+                }
+                scope.counter("reload_success").inc();
+                tracing::info!(file = %path.display(), listeners = new.listeners.len(), clusters = new.clusters.len(), "configuration reloaded");
+            }
         }
     }
 
@@ -227,7 +304,6 @@ pub fn start(
     options: Options,
     log: Option<LogControl>,
 ) -> anyhow::Result<ServerHandle> {
-    let snapshot = Arc::new(snapshot);
     let store = Store::new();
     let clusters = Arc::new(ClusterManager::new(&snapshot, &store));
 
@@ -290,7 +366,7 @@ pub fn start(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
-        snapshot,
+        snapshot: ArcSwap::from_pointee(snapshot),
         store,
         clusters,
         listeners,
@@ -361,7 +437,7 @@ async fn run_data_plane(
     tokio::spawn(flush_stats(shared.clone()));
     tracing::info!(
         listeners = shared.listeners.all().len(),
-        clusters = shared.snapshot.clusters.len(),
+        clusters = shared.clusters.all().len(),
         concurrency = shared.options.concurrency,
         "plumb is live"
     );
@@ -412,9 +488,10 @@ async fn run_data_plane(
 
 async fn handle_signals(shared: Arc<Shared>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers");
         return;
@@ -424,6 +501,13 @@ async fn handle_signals(shared: Arc<Shared>) {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
+            _ = hup.recv() => {
+                tracing::info!(signal = "SIGHUP", "reloading the configuration");
+                let s = shared.clone();
+                // Binding sockets and parsing happen off the async workers.
+                let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+                continue;
+            }
         };
         seen += 1;
         let kind = if seen == 1 {
@@ -437,7 +521,7 @@ async fn handle_signals(shared: Arc<Shared>) {
 }
 
 async fn flush_stats(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.snapshot.stats_flush_interval);
+    let mut tick = tokio::time::interval(shared.snapshot.load().stats_flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

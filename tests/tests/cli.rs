@@ -305,3 +305,102 @@ fn bundled_default_config_is_valid() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_listeners_and_clusters_without_dropping_connections() {
+    use plumb_tests::agent::{bootstrap, static_cluster, tcp_listener};
+    let echo = servers::start(Behavior::Echo).await;
+    let named = servers::start(Behavior::Named("b".into())).await;
+    // Fixed ports so the reloaded config names the same listener addresses.
+    let port0 = servers::closed_port().port();
+    let port1 = servers::closed_port().port();
+    let listener = |name: &str, cluster: &str, port: u16| {
+        let mut l = tcp_listener(name, cluster);
+        l["address"]["socket_address"]["port_value"] = serde_json::json!(port);
+        l
+    };
+    let config_a = bootstrap(
+        vec![listener("l0", "echo", port0)],
+        vec![
+            static_cluster("echo", &[echo.addr]),
+            static_cluster("named", &[named.addr]),
+        ],
+    );
+    let mut agent = AgentProcess::spawn(&config_a, &[]).await;
+    let path = agent.dir.path.join("bootstrap.yaml");
+    let l0: std::net::SocketAddr = format!("127.0.0.1:{port0}").parse().unwrap();
+    let mut held = tokio::net::TcpStream::connect(l0).await.unwrap();
+    held.write_all(b"one").await.unwrap();
+    let mut buf = [0u8; 3];
+    held.read_exact(&mut buf).await.unwrap();
+
+    // l0 now goes to "named", l1 appears.
+    let config_b = bootstrap(
+        vec![
+            listener("l0", "named", port0),
+            listener("l1", "echo", port1),
+        ],
+        vec![
+            static_cluster("echo", &[echo.addr]),
+            static_cluster("named", &[named.addr]),
+        ],
+    );
+    std::fs::write(&path, config_b).unwrap();
+    agent.signal(libc::SIGHUP);
+    let admin = agent.admin;
+    plumb_tests::wait_until("reload applied", Duration::from_secs(10), || async move {
+        plumb_tests::client::stat(admin, "server.reload_success").await == 1
+    })
+    .await;
+    let got = plumb_tests::client::read_all(l0, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(got, b"b", "new connections use the new chain");
+    let l1: std::net::SocketAddr = format!("127.0.0.1:{port1}").parse().unwrap();
+    assert_eq!(roundtrip(l1, b"added").await.unwrap(), b"added");
+    held.write_all(b"two").await.unwrap();
+    held.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"two", "the established connection kept its chain");
+
+    // An invalid file changes nothing.
+    std::fs::write(&path, "static_resources: { listeners: [ {name: x} ] }").unwrap();
+    agent.signal(libc::SIGHUP);
+    plumb_tests::wait_until("reload rejected", Duration::from_secs(10), || async move {
+        plumb_tests::client::stat(admin, "server.reload_failure").await == 1
+    })
+    .await;
+    assert_eq!(roundtrip(l1, b"still").await.unwrap(), b"still");
+
+    // Removing l1 closes its socket; l0 keeps working.
+    std::fs::write(
+        &path,
+        bootstrap(
+            vec![listener("l0", "named", port0)],
+            vec![static_cluster("named", &[named.addr])],
+        ),
+    )
+    .unwrap();
+    agent.signal(libc::SIGHUP);
+    plumb_tests::wait_until("l1 removed", Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(l1).await.is_err()
+    })
+    .await;
+    assert_eq!(
+        plumb_tests::client::read_all(l0, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        b"b"
+    );
+    held.write_all(b"end").await.unwrap();
+    held.read_exact(&mut buf).await.unwrap();
+    assert_eq!(
+        &buf, b"end",
+        "a removed cluster's established connection still works"
+    );
+    let st = {
+        agent.signal(libc::SIGTERM);
+        drop(held);
+        agent.wait_exit(Duration::from_secs(10)).await
+    };
+    assert_eq!(st.and_then(|s| s.code()), Some(0));
+}
