@@ -24,7 +24,7 @@ const BOOTSTRAP: FieldTable = &[
     ("static_resources", S),
     ("admin", S),
     ("stats_flush_interval", S),
-    ("dynamic_resources", R(NO_XDS)),
+    ("dynamic_resources", S),
     (
         "cluster_manager",
         I("cluster manager settings (local cluster, outlier log) have no effect yet"),
@@ -368,7 +368,7 @@ const CLUSTER: FieldTable = &[
     ("lrs_server", I("load reporting is not supported")),
     ("transport_socket", R(NO_TLS)),
     ("transport_socket_matches", R(NO_TLS)),
-    ("eds_cluster_config", R(NO_XDS)),
+    ("eds_cluster_config", S),
     ("cluster_type", R("custom cluster types are not supported")),
     (
         "lb_subset_config",
@@ -389,6 +389,82 @@ const CLUSTER: FieldTable = &[
         "load_balancing_policy",
         R("extension LB policies are not supported; use lb_policy"),
     ),
+];
+
+const EDS_CLUSTER_CONFIG: FieldTable = &[("eds_config", S), ("service_name", S)];
+
+const ONLY_ADS: &str = "Plumb takes xDS over ADS only: use {ads: {}}";
+
+const CONFIG_SOURCE: FieldTable = &[
+    ("ads", S),
+    ("resource_api_version", S),
+    ("initial_fetch_timeout", S),
+    ("api_config_source", R(ONLY_ADS)),
+    ("path", R(ONLY_ADS)),
+    ("path_config_source", R(ONLY_ADS)),
+    ("self", R(ONLY_ADS)),
+    ("authorities", I("xDS-TP authorities are not used")),
+];
+
+const DYNAMIC_RESOURCES: FieldTable = &[
+    ("ads_config", S),
+    ("cds_config", S),
+    ("lds_config", S),
+    (
+        "cds_resources_locator",
+        R("xDS-TP resource locators are not supported"),
+    ),
+    (
+        "lds_resources_locator",
+        R("xDS-TP resource locators are not supported"),
+    ),
+    ("default_config_source", I("every config source is ADS")),
+];
+
+const API_CONFIG_SOURCE: FieldTable = &[
+    ("api_type", S),
+    ("transport_api_version", S),
+    ("grpc_services", S),
+    (
+        "set_node_on_first_message_only",
+        I("the node is sent on the first message of each stream"),
+    ),
+    ("rate_limit_settings", I("requests are not rate limited")),
+    ("refresh_delay", I("only for REST, which is not supported")),
+    (
+        "request_timeout",
+        I("only for REST, which is not supported"),
+    ),
+    ("cluster_names", R("only for REST; use grpc_services")),
+    (
+        "config_validators",
+        R("config validators are not supported"),
+    ),
+];
+
+const GRPC_SERVICE: FieldTable = &[
+    ("envoy_grpc", S),
+    ("google_grpc", R("use envoy_grpc naming a static cluster")),
+    ("timeout", I("the ADS stream has no deadline")),
+    (
+        "initial_metadata",
+        R("gRPC metadata (e.g. credentials) is not sent yet"),
+    ),
+    ("retry_policy", I("the stream reconnects with backoff")),
+];
+
+const ENVOY_GRPC: FieldTable = &[
+    ("cluster_name", S),
+    (
+        "authority",
+        I("the authority is the control plane's address"),
+    ),
+    ("retry_policy", I("the stream reconnects with backoff")),
+    (
+        "max_receive_message_length",
+        I("messages up to 64 MiB are accepted"),
+    ),
+    ("skip_envoy_headers", I("no Envoy headers are sent")),
 ];
 
 const LOAD_ASSIGNMENT: FieldTable = &[
@@ -443,6 +519,12 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("FilterChain", FILTER_CHAIN),
     ("Filter", FILTER),
     ("ListenerFilter", LISTENER_FILTER),
+    ("EdsClusterConfig", EDS_CLUSTER_CONFIG),
+    ("ConfigSource", CONFIG_SOURCE),
+    ("DynamicResources", DYNAMIC_RESOURCES),
+    ("ApiConfigSource", API_CONFIG_SOURCE),
+    ("GrpcService", GRPC_SERVICE),
+    ("EnvoyGrpc", ENVOY_GRPC),
     ("OriginalDstFilter", TYPED_ANY),
     ("BootstrapExtension", BOOTSTRAP_EXTENSION),
     ("Redirect", REDIRECT),
@@ -553,6 +635,30 @@ fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> {
             }
         }
     }
+    let xds = root
+        .object("dynamic_resources", DYNAMIC_RESOURCES, d)
+        .and_then(|dr| read_dynamic_resources(&dr, d));
+    if let Some(x) = &xds {
+        match clusters.iter().find(|(_, c)| c.name == x.cluster) {
+            None => d.error(
+                "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
+                format!("unknown cluster \"{}\": the control plane must be a static cluster", x.cluster),
+            ),
+            Some((_, c)) if !matches!(c.discovery, DiscoveryType::Static | DiscoveryType::StrictDns | DiscoveryType::LogicalDns) => d.error(
+                "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
+                format!("the control plane cluster \"{}\" must be STATIC, STRICT_DNS or LOGICAL_DNS", x.cluster),
+            ),
+            _ => {}
+        }
+    }
+    for (path, c) in &clusters {
+        if c.discovery == DiscoveryType::Eds && xds.is_none() {
+            d.error(
+                format!("{path}.type"),
+                "EDS clusters need dynamic_resources.ads_config",
+            );
+        }
+    }
     let mut redirect = None;
     for (epath, ev) in root.list("bootstrap_extensions", d) {
         let Some(e) = Obj::new(ev, &epath, BOOTSTRAP_EXTENSION, d) else {
@@ -625,7 +731,105 @@ fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> {
         clusters: clusters.into_iter().map(|(_, c)| Arc::new(c)).collect(),
         bootstrap: serde_json::to_value(value).unwrap_or(Json::Null),
         redirect,
+        xds,
         warnings: Vec::new(),
+    })
+}
+
+/// A ConfigSource: must be ADS (`{ads: {}}`); returns its initial fetch timeout.
+fn read_config_source(src: &Obj, d: &mut Diagnostics) -> Option<Duration> {
+    if src.get("ads").is_none() {
+        d.error(src.at("ads"), ONLY_ADS);
+    }
+    if let Some(v) = src.enumeration(
+        "resource_api_version",
+        &["V3"],
+        &[("V2", "the v2 API is gone")],
+        d,
+    ) {
+        debug_assert_eq!(v, "V3");
+    }
+    src.duration("initial_fetch_timeout", d)
+}
+
+fn read_dynamic_resources(dr: &Obj, d: &mut Diagnostics) -> Option<XdsConfig> {
+    let Some(ads) = dr.object("ads_config", API_CONFIG_SOURCE, d) else {
+        d.error(
+            dr.at("ads_config"),
+            "missing required field: Plumb takes its dynamic configuration over ADS",
+        );
+        return None;
+    };
+    let api = match ads
+        .enumeration(
+            "api_type",
+            &[
+                "GRPC",
+                "DELTA_GRPC",
+                "AGGREGATED_GRPC",
+                "AGGREGATED_DELTA_GRPC",
+            ],
+            &[("REST", "use GRPC or DELTA_GRPC")],
+            d,
+        )
+        .as_deref()
+    {
+        Some("DELTA_GRPC") | Some("AGGREGATED_DELTA_GRPC") => XdsApi::Delta,
+        Some(_) => XdsApi::Sotw,
+        None => {
+            if ads.get("api_type").is_none() {
+                d.error(
+                    ads.at("api_type"),
+                    "missing required field (GRPC or DELTA_GRPC)",
+                );
+            }
+            return None;
+        }
+    };
+    if let Some(v) = ads.enumeration(
+        "transport_api_version",
+        &["V3"],
+        &[("V2", "the v2 API is gone")],
+        d,
+    ) {
+        debug_assert_eq!(v, "V3");
+    }
+    let services = ads.list("grpc_services", d);
+    if services.len() != 1 {
+        d.error(
+            ads.at("grpc_services"),
+            format!(
+                "expected exactly one gRPC service, found {}",
+                services.len()
+            ),
+        );
+    }
+    let mut cluster = None;
+    if let Some((gpath, gv)) = services.first() {
+        if let Some(g) = Obj::new(gv, gpath, GRPC_SERVICE, d) {
+            match g.object("envoy_grpc", ENVOY_GRPC, d) {
+                Some(e) => cluster = e.required_string("cluster_name", d),
+                None => d.error(g.at("envoy_grpc"), "missing required field"),
+            }
+        }
+    }
+    let mut initial_fetch_timeout = Duration::from_secs(15);
+    let mut cds = false;
+    let mut lds = false;
+    for (key, flag) in [("cds_config", &mut cds), ("lds_config", &mut lds)] {
+        if let Some(src) = dr.object(key, CONFIG_SOURCE, d) {
+            *flag = true;
+            if let Some(t) = read_config_source(&src, d) {
+                initial_fetch_timeout = t;
+            }
+        }
+    }
+    Some(XdsConfig {
+        api,
+        cluster: cluster?,
+        cds,
+        lds,
+        initial_fetch_timeout,
     })
 }
 
@@ -862,7 +1066,7 @@ fn is_hostname(s: &str) -> bool {
         })
 }
 
-fn read_listener(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Listener> {
+pub(crate) fn read_listener(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Listener> {
     let l = Obj::new(v, path, LISTENER, d)?;
     let address = match l.required("address", d) {
         Some(_) => l
@@ -1069,14 +1273,14 @@ fn read_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<NetworkFilt
     }))
 }
 
-fn read_cluster(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Cluster> {
+pub(crate) fn read_cluster(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Cluster> {
     let c = Obj::new(v, path, CLUSTER, d)?;
     let name = c.required_string("name", d);
     let discovery = match c
         .enumeration(
             "type",
-            &["STATIC", "STRICT_DNS", "LOGICAL_DNS", "ORIGINAL_DST"],
-            &[("EDS", NO_XDS)],
+            &["STATIC", "STRICT_DNS", "LOGICAL_DNS", "ORIGINAL_DST", "EDS"],
+            &[],
             d,
         )
         .as_deref()
@@ -1084,6 +1288,7 @@ fn read_cluster(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Cluster> {
         Some("STRICT_DNS") => DiscoveryType::StrictDns,
         Some("LOGICAL_DNS") => DiscoveryType::LogicalDns,
         Some("ORIGINAL_DST") => DiscoveryType::OriginalDst,
+        Some("EDS") => DiscoveryType::Eds,
         _ => DiscoveryType::Static,
     };
     let connect_timeout = c
@@ -1195,9 +1400,25 @@ fn read_cluster(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Cluster> {
             );
         }
     }
+    let mut eds_service_name = None;
+    if let Some(eds) = c.object("eds_cluster_config", EDS_CLUSTER_CONFIG, d) {
+        if let Some(src) = eds.object("eds_config", CONFIG_SOURCE, d) {
+            read_config_source(&src, d);
+        }
+        eds_service_name = eds.string("service_name", d).filter(|s| !s.is_empty());
+    }
+    if discovery == DiscoveryType::Eds && !localities.is_empty() {
+        d.error(
+            c.at("load_assignment"),
+            "EDS clusters get their endpoints from EDS, not load_assignment",
+        );
+    }
+    if discovery != DiscoveryType::Eds && c.get("eds_cluster_config").is_some() {
+        d.error(c.at("eds_cluster_config"), "only valid with type EDS");
+    }
     Some(Cluster {
         name: name?,
-        eds_service_name: None,
+        eds_service_name,
         discovery,
         connect_timeout,
         lb_policy,
@@ -1207,7 +1428,7 @@ fn read_cluster(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Cluster> {
     })
 }
 
-fn read_locality_endpoints(
+pub(crate) fn read_locality_endpoints(
     v: &Value,
     path: &str,
     discovery: DiscoveryType,

@@ -5,6 +5,7 @@
 
 mod bootstrap;
 mod walk;
+pub mod xds;
 
 pub use bootstrap::{parse_bootstrap, parse_bootstrap_file, DEFAULT_BOOTSTRAP};
 pub use walk::{parse_duration, Diag, Diagnostics};
@@ -46,6 +47,29 @@ pub struct Snapshot {
     pub warnings: Vec<Diag>,
     /// eBPF redirection (Plumb's `plumb.redirect` bootstrap extension), if configured.
     pub redirect: Option<RedirectConfig>,
+    /// Dynamic configuration over ADS (`dynamic_resources`), if configured.
+    pub xds: Option<XdsConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdsApi {
+    /// State of the world.
+    Sotw,
+    /// Incremental.
+    Delta,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct XdsConfig {
+    pub api: XdsApi,
+    /// The static cluster the control plane is reached through.
+    pub cluster: String,
+    /// Clusters over ADS (`cds_config: {ads: {}}`).
+    pub cds: bool,
+    /// Listeners over ADS (`lds_config: {ads: {}}`).
+    pub lds: bool,
+    /// How long a new EDS cluster waits for endpoints before it is used anyway.
+    pub initial_fetch_timeout: Duration,
 }
 
 /// Where and what to capture with eBPF, and where to send it.

@@ -1,0 +1,18 @@
+import re
+s=open('agent/src/config/bootstrap.rs').read()
+consts=dict(re.findall(r'const (\w+): &str = "((?:[^"\\]|\\.)*)";', s))
+names={'BOOTSTRAP':'Bootstrap (top level)','NODE':'node','LOCALITY':'Locality','ADMIN':'admin','STATIC_RESOURCES':'static_resources','ADDRESS':'Address','SOCKET_ADDRESS':'SocketAddress','LISTENER':'Listener','FILTER_CHAIN':'FilterChain','FILTER':'Filter (network filter)','TCP_PROXY':'TcpProxy (typed_config of envoy.filters.network.tcp_proxy)','CLUSTER':'Cluster','LOAD_ASSIGNMENT':'ClusterLoadAssignment (load_assignment)','LOCALITY_LB_ENDPOINTS':'LocalityLbEndpoints (load_assignment.endpoints[])','LB_ENDPOINT':'LbEndpoint (lb_endpoints[])','ENDPOINT':'Endpoint (lb_endpoints[].endpoint)','LISTENER_FILTER':'ListenerFilter (listener_filters[])','TYPED_ANY':'typed_config of envoy.filters.listener.original_dst','BOOTSTRAP_EXTENSION':'bootstrap_extensions[]','REDIRECT':'plumb.redirect.v1.Redirect (typed_config of the plumb.redirect bootstrap extension)','CAPTURE_RULE':'capture[] of plumb.redirect','EDS_CLUSTER_CONFIG':'eds_cluster_config','CONFIG_SOURCE':'ConfigSource (eds_config, cds_config, lds_config)','DYNAMIC_RESOURCES':'dynamic_resources','API_CONFIG_SOURCE':'ApiConfigSource (dynamic_resources.ads_config)','GRPC_SERVICE':'GrpcService (ads_config.grpc_services[])','ENVOY_GRPC':'envoy_grpc'}
+out=[]
+lit=r'("(?:[^"\\]|\\.)*"|\w+)'
+for m in re.finditer(r'const (\w+): FieldTable = &\[(.*?)\n\];', s, re.S):
+    name, body = m.group(1), m.group(2)
+    out.append(f"\n### {names[name]}\n\n| field | handling |\n| --- | --- |")
+    for fm in re.finditer(r'\(\s*"([@\w]+)",\s*(S|I\(\s*'+lit+r'\s*\)|R\(\s*'+lit+r'\s*\))\s*,?\s*\)', body, re.S):
+        f=fm.group(1); kind=fm.group(2)
+        if kind=='S': h='supported'
+        else:
+            arg=(fm.group(3) or fm.group(4)).strip()
+            txt=consts[arg] if arg in consts else arg.strip('"')
+            h=('ignored: ' if kind.startswith('I') else '**rejected**: ')+txt
+        out.append(f"| `{f}` | {h} |")
+print("\n".join(out))
