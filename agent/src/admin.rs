@@ -430,6 +430,7 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 }
 
 fn config_dump(shared: &Shared) -> Response<Body> {
+    use crate::config::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
     let snap = shared.snapshot.load_full();
     let updated = rfc3339(shared.started_wall);
     let listeners: Vec<_> = snap
@@ -442,21 +443,113 @@ fn config_dump(shared: &Shared) -> Response<Body> {
         .iter()
         .map(|c| json!({"cluster": c.to_envoy_json(), "last_updated": updated}))
         .collect();
-    json_response(&json!({"configs": [
-        {
+    let mut configs = vec![
+        json!({
             "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
             "bootstrap": snap.bootstrap,
             "last_updated": updated,
-        },
-        {
+        }),
+        json!({
             "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
             "static_clusters": clusters,
-        },
-        {
+        }),
+        json!({
             "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
             "static_listeners": listeners,
-        },
-    ]}))
+        }),
+    ];
+    if let Some(x) = &shared.xds {
+        let st = x.state();
+        let error_state = |t: &str, name: &str| {
+            st.rejected.get(&(t.to_string(), name.to_string())).map(|r| {
+                json!({"details": r.details, "version_info": r.version, "last_update_attempt": rfc3339(r.at)})
+            })
+        };
+        let mut active = Vec::new();
+        let mut warming = Vec::new();
+        for (name, e) in &st.clusters {
+            let mut j = json!({
+                "version_info": e.version,
+                "cluster": e.value.to_envoy_json(),
+                "last_updated": rfc3339(e.last_updated),
+            });
+            if let Some(err) = error_state(CLUSTER_TYPE, name) {
+                j["error_state"] = err;
+            }
+            if shared.clusters.get(name).is_some_and(|c| c.is_warming()) {
+                warming.push(j);
+            } else {
+                active.push(j);
+            }
+        }
+        for ((t, name), r) in &st.rejected {
+            if t == CLUSTER_TYPE && !st.clusters.contains_key(name) {
+                active.push(json!({"name": name, "error_state": {"details": r.details, "version_info": r.version, "last_update_attempt": rfc3339(r.at)}}));
+            }
+        }
+        configs[1]["dynamic_active_clusters"] = json!(active);
+        configs[1]["dynamic_warming_clusters"] = json!(warming);
+        configs[1]["version_info"] = json!(st.versions.get(CLUSTER_TYPE));
+        let mut dyn_listeners = Vec::new();
+        for (name, e) in &st.listeners {
+            let mut j = json!({"name": name, "active_state": {
+                "version_info": e.version,
+                "listener": e.value.to_envoy_json(),
+                "last_updated": rfc3339(e.last_updated),
+            }});
+            if let Some(err) = error_state(LISTENER_TYPE, name) {
+                j["error_state"] = err;
+            }
+            dyn_listeners.push(j);
+        }
+        for ((t, name), r) in &st.rejected {
+            if t == LISTENER_TYPE && !st.listeners.contains_key(name) {
+                dyn_listeners.push(json!({"name": name, "error_state": {"details": r.details, "version_info": r.version, "last_update_attempt": rfc3339(r.at)}}));
+            }
+        }
+        configs[2]["dynamic_listeners"] = json!(dyn_listeners);
+        configs[2]["version_info"] = json!(st.versions.get(LISTENER_TYPE));
+        let eps: Vec<_> = st
+            .endpoints
+            .iter()
+            .map(|(name, e)| {
+                let lj: Vec<_> = e
+                    .value
+                    .iter()
+                    .map(|l| {
+                        json!({"locality": l.locality.to_json(), "priority": l.priority, "lb_endpoints":
+                            l.endpoints.iter().map(|ep| json!({
+                                "endpoint": {"address": {"socket_address": {"address": ep.host.to_string(), "port_value": ep.port}}},
+                                "health_status": ep.health_status.as_str(),
+                                "load_balancing_weight": ep.weight,
+                            })).collect::<Vec<_>>()})
+                    })
+                    .collect();
+                json!({
+                    "version_info": e.version,
+                    "endpoint_config": {"cluster_name": name, "endpoints": lj},
+                    "last_updated": rfc3339(e.last_updated),
+                })
+            })
+            .collect();
+        configs.push(json!({
+            "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
+            "dynamic_endpoint_configs": eps,
+        }));
+        configs.push(json!({
+            "@type": "type.googleapis.com/plumb.admin.v1.XdsStatus",
+            "api": format!("{:?}", x.config().api),
+            "control_plane_cluster": x.config().cluster,
+            "connected": st.connected,
+            "versions": {
+                "clusters": st.versions.get(CLUSTER_TYPE),
+                "listeners": st.versions.get(LISTENER_TYPE),
+                "endpoints": st.versions.get(ENDPOINT_TYPE),
+            },
+            "last_nack": st.last_nack,
+        }));
+    }
+    json_response(&json!({ "configs": configs }))
 }
 
 fn server_info(shared: &Shared) -> Response<Body> {

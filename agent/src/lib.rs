@@ -17,5 +17,6 @@ pub mod redirect;
 pub mod server;
 pub mod stats;
 pub mod upstream;
+pub mod xds;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

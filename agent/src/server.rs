@@ -93,6 +93,8 @@ pub struct Shared {
     pub stats: ServerStats,
     /// eBPF redirection, when configured and set up.
     pub redirect: Option<Arc<Redirector>>,
+    /// The ADS client, when `dynamic_resources` is configured.
+    pub xds: Option<Arc<crate::xds::XdsClient>>,
     shutdown_tx: watch::Sender<Option<ShutdownKind>>,
 }
 
@@ -345,6 +347,9 @@ pub fn start(
             }
         }
     };
+    let xds = snapshot.xds.clone().map(|cfg| {
+        crate::xds::XdsClient::new(cfg, &snapshot, clusters.clone(), listeners.clone(), &store)
+    });
     if let (Some(path), Some(addr)) = (&options.admin_address_path, admin_address) {
         std::fs::write(path, addr.to_string())
             .with_context(|| format!("cannot write admin address to {}", path.display()))?;
@@ -379,6 +384,7 @@ pub fn start(
         log,
         stats,
         redirect,
+        xds,
         shutdown_tx,
     });
     shared.refresh_server_stats();
@@ -433,6 +439,38 @@ async fn run_data_plane(
     let drain = shared.drain.clone();
     shared.clusters.initialize(drain.watch()).await;
     shared.listeners.start(drain.watch());
+    let (xds_stop_tx, xds_stop_rx) = watch::channel(false);
+    let xds_thread = match &shared.xds {
+        Some(x) => match crate::xds::spawn(x.clone(), xds_stop_rx) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the xDS client");
+                None
+            }
+        },
+        None => None,
+    };
+    if let Some(x) = &shared.xds {
+        // Like Envoy's init manager: LIVE once the first CDS/LDS responses are applied, or
+        // when the initial fetch timeout passes (then serving whatever is there).
+        let cfg = x.config().clone();
+        let deadline = tokio::time::Instant::now() + cfg.initial_fetch_timeout;
+        loop {
+            let v = x.state().versions;
+            let ready = (!cfg.cds || v.contains_key(crate::config::xds::CLUSTER_TYPE))
+                && (!cfg.lds || v.contains_key(crate::config::xds::LISTENER_TYPE));
+            if ready {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "initial xDS fetch timed out; serving the configuration received so far"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     shared.initialized.store(true, Ordering::Release);
     tokio::spawn(flush_stats(shared.clone()));
     tracing::info!(
@@ -477,6 +515,10 @@ async fn run_data_plane(
             remaining = drain.active(),
             "drain time over; closing remaining connections"
         );
+    }
+    let _ = xds_stop_tx.send(true);
+    if let Some(t) = xds_thread {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     drain.advance(Phase::Closing);
     let _ = tokio::time::timeout(CLOSE_GRACE, drain.wait_idle()).await;

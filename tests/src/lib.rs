@@ -5,6 +5,7 @@ pub mod agent;
 pub mod client;
 pub mod pods;
 pub mod servers;
+pub mod xds;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -1,0 +1,871 @@
+//! The ADS client: listeners, clusters and endpoints from a control plane over one gRPC
+//! stream, state-of-the-world or incremental (delta), with ACK/NACK, reconnection with
+//! jittered exponential backoff and last-known-good config.
+//!
+//! Semantics follow Envoy: each resource is validated on its own; valid ones are applied,
+//! invalid ones are NACKed (error_detail names resource and field) and their previous version
+//! keeps serving. In state-of-the-world, a cluster or listener missing from a response is
+//! removed; EDS resources are only replaced. Static resources from the bootstrap are never
+//! touched. The client runs on its own thread and runtime: a slow or broken control plane
+//! never stalls the data path, which keeps serving the last good config.
+
+use crate::config::xds::{
+    cluster_from_proto, describe, endpoints_from_proto, listener_from_proto, CLUSTER_TYPE,
+    ENDPOINT_TYPE, LISTENER_TYPE,
+};
+use crate::config::{self, DiscoveryType, XdsApi, XdsConfig};
+use crate::listener::ListenerManager;
+use crate::stats::{Counter, Gauge, Scope, Store};
+use crate::upstream::ClusterManager;
+use envoy_types::pb::envoy::config::cluster::v3 as pbc;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as pbe;
+use envoy_types::pb::envoy::config::listener::v3 as pbl;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use prost::Message;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// gRPC INVALID_ARGUMENT, the code Envoy puts in a NACK's error_detail.
+const INVALID_ARGUMENT: i32 = 3;
+
+/// One applied dynamic resource.
+#[derive(Debug, Clone)]
+pub struct Entry<T> {
+    pub value: Arc<T>,
+    pub version: String,
+    pub last_updated: SystemTime,
+}
+
+/// A rejected update of one resource (shown by `/config_dump`).
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub details: String,
+    pub version: String,
+    pub at: SystemTime,
+}
+
+/// What the control plane has given us, for `/config_dump`.
+#[derive(Debug, Default, Clone)]
+pub struct XdsState {
+    pub clusters: BTreeMap<String, Entry<config::Cluster>>,
+    pub listeners: BTreeMap<String, Entry<config::Listener>>,
+    pub endpoints: BTreeMap<String, Entry<Vec<config::LocalityEndpoints>>>,
+    /// (type URL, resource name) → last rejection.
+    pub rejected: BTreeMap<(String, String), Rejected>,
+    /// Last accepted version per type (SotW `version_info`, delta `system_version_info`).
+    pub versions: BTreeMap<String, String>,
+    pub last_nack: Option<String>,
+    pub connected: bool,
+}
+
+#[derive(Debug)]
+struct TypeStats {
+    update_attempt: Arc<Counter>,
+    update_success: Arc<Counter>,
+    update_rejected: Arc<Counter>,
+    update_failure: Arc<Counter>,
+    version: Arc<Gauge>,
+}
+
+impl TypeStats {
+    fn new(s: &Scope) -> Self {
+        Self {
+            update_attempt: s.counter("update_attempt"),
+            update_success: s.counter("update_success"),
+            update_rejected: s.counter("update_rejected"),
+            update_failure: s.counter("update_failure"),
+            version: s.gauge("version"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Stats {
+    connected_state: Arc<Gauge>,
+    cds: TypeStats,
+    lds: TypeStats,
+    eds: TypeStats,
+    init_fetch_timeout: Arc<Counter>,
+}
+
+/// Envoy reports a version as a 64-bit hash in a gauge.
+fn version_hash(v: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in v.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h >> 1) as i64
+}
+
+pub struct XdsClient {
+    cfg: XdsConfig,
+    node: core::Node,
+    clusters: Arc<ClusterManager>,
+    listeners: Arc<ListenerManager>,
+    static_clusters: HashSet<String>,
+    static_listeners: HashSet<String>,
+    state: Mutex<XdsState>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for XdsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsClient")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of applying one response, for the ACK/NACK.
+struct Applied {
+    errors: Vec<String>,
+}
+
+impl Applied {
+    fn error_detail(&self) -> Option<RpcStatus> {
+        (!self.errors.is_empty()).then(|| RpcStatus {
+            code: INVALID_ARGUMENT,
+            message: self.errors.join("\n"),
+            details: Vec::new(),
+        })
+    }
+}
+
+fn decode<M: Message + Default>(any: &Any, want: &str) -> Result<M, String> {
+    if any.type_url != want {
+        return Err(format!(
+            "unexpected resource type {} (expected {want})",
+            any.type_url
+        ));
+    }
+    M::decode(any.value.as_slice()).map_err(|e| format!("cannot decode {want}: {e}"))
+}
+
+impl XdsClient {
+    pub fn new(
+        cfg: XdsConfig,
+        snapshot: &config::Snapshot,
+        clusters: Arc<ClusterManager>,
+        listeners: Arc<ListenerManager>,
+        store: &Store,
+    ) -> Arc<Self> {
+        let n = &snapshot.node;
+        let node = core::Node {
+            id: n.id.clone(),
+            cluster: n.cluster.clone(),
+            locality: Some(core::Locality {
+                region: n.locality.region.clone(),
+                zone: n.locality.zone.clone(),
+                sub_zone: n.locality.sub_zone.clone(),
+            }),
+            user_agent_name: "plumb".into(),
+            user_agent_version_type: Some(core::node::UserAgentVersionType::UserAgentVersion(
+                crate::VERSION.into(),
+            )),
+            ..Default::default()
+        };
+        let stats = Stats {
+            connected_state: store.root_scope("control_plane").gauge("connected_state"),
+            cds: TypeStats::new(&store.root_scope("cluster_manager.cds")),
+            lds: TypeStats::new(&store.root_scope("listener_manager.lds")),
+            eds: TypeStats::new(&store.root_scope("cluster_manager.eds")),
+            init_fetch_timeout: store
+                .root_scope("cluster_manager")
+                .counter("init_fetch_timeout"),
+        };
+        Arc::new(Self {
+            cfg,
+            node,
+            clusters,
+            listeners,
+            static_clusters: snapshot.clusters.iter().map(|c| c.name.clone()).collect(),
+            static_listeners: snapshot.listeners.iter().map(|l| l.name.clone()).collect(),
+            state: Mutex::new(XdsState::default()),
+            stats,
+        })
+    }
+
+    pub fn state(&self) -> XdsState {
+        self.lock().clone()
+    }
+
+    pub fn config(&self) -> &XdsConfig {
+        &self.cfg
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, XdsState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn type_stats(&self, type_url: &str) -> &TypeStats {
+        match type_url {
+            CLUSTER_TYPE => &self.stats.cds,
+            LISTENER_TYPE => &self.stats.lds,
+            _ => &self.stats.eds,
+        }
+    }
+
+    /// EDS names to subscribe to: the service names of every EDS cluster.
+    fn eds_names(&self) -> BTreeSet<String> {
+        self.clusters
+            .all()
+            .iter()
+            .filter(|c| c.config.discovery == DiscoveryType::Eds)
+            .map(|c| {
+                c.config
+                    .eds_service_name
+                    .clone()
+                    .unwrap_or_else(|| c.config.name.clone())
+            })
+            .collect()
+    }
+
+    fn record(&self, type_url: &str, version: &str, applied: &Applied) {
+        let s = self.type_stats(type_url);
+        if applied.errors.is_empty() {
+            s.update_success.inc();
+            s.version.set(version_hash(version));
+            let mut st = self.lock();
+            st.versions
+                .insert(type_url.to_string(), version.to_string());
+        } else {
+            s.update_rejected.inc();
+            let msg = applied.errors.join("; ");
+            tracing::warn!(type_url, version, "rejected xDS update (NACK): {msg}");
+            self.lock().last_nack = Some(format!("{type_url} version {version}: {msg}"));
+        }
+    }
+
+    fn reject(
+        &self,
+        type_url: &str,
+        name: &str,
+        version: &str,
+        details: String,
+        errors: &mut Vec<String>,
+    ) {
+        self.lock().rejected.insert(
+            (type_url.to_string(), name.to_string()),
+            Rejected {
+                details: details.clone(),
+                version: version.to_string(),
+                at: SystemTime::now(),
+            },
+        );
+        errors.push(details);
+    }
+
+    /// Clusters: apply each valid one; with `complete`, remove dynamic clusters not named.
+    fn apply_clusters(
+        &self,
+        version: &str,
+        resources: &[(Option<String>, Any)],
+        complete: bool,
+        removed: &[String],
+    ) -> Applied {
+        let mut errors = Vec::new();
+        let mut seen = HashSet::new();
+        for (hint, any) in resources {
+            let c = match decode::<pbc::Cluster>(any, CLUSTER_TYPE) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.reject(
+                        CLUSTER_TYPE,
+                        hint.as_deref().unwrap_or("?"),
+                        version,
+                        e,
+                        &mut errors,
+                    );
+                    continue;
+                }
+            };
+            seen.insert(c.name.clone());
+            if self.static_clusters.contains(&c.name) {
+                let msg = format!(
+                    "cluster \"{}\": a static cluster of that name exists",
+                    c.name
+                );
+                self.reject(CLUSTER_TYPE, &c.name, version, msg, &mut errors);
+                continue;
+            }
+            match cluster_from_proto(&c) {
+                Err(diags) => {
+                    let msg = describe(&format!("cluster \"{}\"", c.name), &diags);
+                    self.reject(CLUSTER_TYPE, &c.name, version, msg, &mut errors);
+                }
+                Ok((model, warnings)) => {
+                    for w in warnings {
+                        tracing::warn!(cluster = %c.name, field = %w.path, "{}", w.message);
+                    }
+                    let model = Arc::new(model);
+                    let eds = model.discovery == DiscoveryType::Eds;
+                    let outcome = self.clusters.upsert(model.clone());
+                    if eds && outcome == crate::upstream::Upsert::Added {
+                        // Reuse endpoints we already have for its service name.
+                        let service = model
+                            .eds_service_name
+                            .clone()
+                            .unwrap_or_else(|| model.name.clone());
+                        let known = self.lock().endpoints.get(&service).map(|e| e.value.clone());
+                        if let Some(eps) = known {
+                            self.clusters.set_endpoints(&model.name, (*eps).clone());
+                        } else {
+                            self.start_warming_timer(&model.name);
+                        }
+                    }
+                    let mut st = self.lock();
+                    st.rejected
+                        .remove(&(CLUSTER_TYPE.to_string(), c.name.clone()));
+                    st.clusters.insert(
+                        c.name.clone(),
+                        Entry {
+                            value: model,
+                            version: version.to_string(),
+                            last_updated: SystemTime::now(),
+                        },
+                    );
+                }
+            }
+        }
+        let mut gone: Vec<String> = removed.to_vec();
+        if complete {
+            gone.extend(
+                self.lock()
+                    .clusters
+                    .keys()
+                    .filter(|n| !seen.contains(*n))
+                    .cloned(),
+            );
+        }
+        for name in gone {
+            if self.static_clusters.contains(&name) {
+                continue;
+            }
+            self.clusters.remove(&name);
+            self.lock().clusters.remove(&name);
+        }
+        Applied { errors }
+    }
+
+    fn start_warming_timer(&self, name: &str) {
+        let timeout = self.cfg.initial_fetch_timeout;
+        if timeout.is_zero() {
+            return;
+        }
+        let (cm, name, counter) = (
+            self.clusters.clone(),
+            name.to_string(),
+            self.stats.init_fetch_timeout.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if cm.get(&name).is_some_and(|c| c.is_warming()) {
+                tracing::warn!(cluster = %name, "no endpoints within initial_fetch_timeout; using the cluster without them");
+                counter.inc();
+                cm.end_warming(&name);
+            }
+        });
+    }
+
+    fn apply_endpoints(
+        &self,
+        version: &str,
+        resources: &[(Option<String>, Any)],
+        removed: &[String],
+    ) -> Applied {
+        let mut errors = Vec::new();
+        for (hint, any) in resources {
+            let cla = match decode::<pbe::ClusterLoadAssignment>(any, ENDPOINT_TYPE) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.reject(
+                        ENDPOINT_TYPE,
+                        hint.as_deref().unwrap_or("?"),
+                        version,
+                        e,
+                        &mut errors,
+                    );
+                    continue;
+                }
+            };
+            match endpoints_from_proto(&cla) {
+                Err(diags) => {
+                    let msg = describe(&format!("endpoints \"{}\"", cla.cluster_name), &diags);
+                    self.reject(ENDPOINT_TYPE, &cla.cluster_name, version, msg, &mut errors);
+                }
+                Ok((localities, _)) => {
+                    for c in self.clusters.all() {
+                        let service = c.config.eds_service_name.as_deref().unwrap_or(c.name());
+                        if c.config.discovery == DiscoveryType::Eds && service == cla.cluster_name {
+                            self.clusters.set_endpoints(c.name(), localities.clone());
+                            c.stats.update_success.inc();
+                        }
+                    }
+                    let mut st = self.lock();
+                    st.rejected
+                        .remove(&(ENDPOINT_TYPE.to_string(), cla.cluster_name.clone()));
+                    st.endpoints.insert(
+                        cla.cluster_name.clone(),
+                        Entry {
+                            value: Arc::new(localities),
+                            version: version.to_string(),
+                            last_updated: SystemTime::now(),
+                        },
+                    );
+                }
+            }
+        }
+        for name in removed {
+            // An EDS resource removed: its clusters have no endpoints any more.
+            for c in self.clusters.all() {
+                if c.config.discovery == DiscoveryType::Eds
+                    && c.config.eds_service_name.as_deref().unwrap_or(c.name()) == name
+                {
+                    self.clusters.set_endpoints(c.name(), Vec::new());
+                }
+            }
+            self.lock().endpoints.remove(name);
+        }
+        Applied { errors }
+    }
+
+    fn apply_listeners(
+        &self,
+        version: &str,
+        resources: &[(Option<String>, Any)],
+        complete: bool,
+        removed: &[String],
+    ) -> Applied {
+        let mut errors = Vec::new();
+        let mut seen = HashSet::new();
+        for (hint, any) in resources {
+            let l = match decode::<pbl::Listener>(any, LISTENER_TYPE) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.reject(
+                        LISTENER_TYPE,
+                        hint.as_deref().unwrap_or("?"),
+                        version,
+                        e,
+                        &mut errors,
+                    );
+                    continue;
+                }
+            };
+            seen.insert(l.name.clone());
+            if self.static_listeners.contains(&l.name) {
+                let msg = format!(
+                    "listener \"{}\": a static listener of that name exists",
+                    l.name
+                );
+                self.reject(LISTENER_TYPE, &l.name, version, msg, &mut errors);
+                continue;
+            }
+            let model = match listener_from_proto(&l) {
+                Err(diags) => {
+                    let msg = describe(&format!("listener \"{}\"", l.name), &diags);
+                    self.reject(LISTENER_TYPE, &l.name, version, msg, &mut errors);
+                    continue;
+                }
+                Ok((m, _)) => Arc::new(m),
+            };
+            match self.listeners.upsert(model.clone()) {
+                Err(e) => self.reject(LISTENER_TYPE, &l.name, version, e.to_string(), &mut errors),
+                Ok(_) => {
+                    let mut st = self.lock();
+                    st.rejected
+                        .remove(&(LISTENER_TYPE.to_string(), l.name.clone()));
+                    st.listeners.insert(
+                        l.name.clone(),
+                        Entry {
+                            value: model,
+                            version: version.to_string(),
+                            last_updated: SystemTime::now(),
+                        },
+                    );
+                }
+            }
+        }
+        let mut gone: Vec<String> = removed.to_vec();
+        if complete {
+            gone.extend(
+                self.lock()
+                    .listeners
+                    .keys()
+                    .filter(|n| !seen.contains(*n))
+                    .cloned(),
+            );
+        }
+        for name in gone {
+            if self.static_listeners.contains(&name) {
+                continue;
+            }
+            self.listeners.remove(&name);
+            self.lock().listeners.remove(&name);
+        }
+        Applied { errors }
+    }
+
+    fn apply(
+        &self,
+        type_url: &str,
+        version: &str,
+        resources: &[(Option<String>, Any)],
+        complete: bool,
+        removed: &[String],
+    ) -> Applied {
+        self.type_stats(type_url).update_attempt.inc();
+        let applied = match type_url {
+            CLUSTER_TYPE => self.apply_clusters(version, resources, complete, removed),
+            LISTENER_TYPE => self.apply_listeners(version, resources, complete, removed),
+            ENDPOINT_TYPE => self.apply_endpoints(version, resources, removed),
+            other => Applied {
+                errors: vec![format!("unsupported resource type {other}")],
+            },
+        };
+        self.record(type_url, version, &applied);
+        applied
+    }
+
+    /// Runs until `stop` resolves: connect, stream, reconnect with backoff.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut attempt: u32 = 0;
+        loop {
+            let result = tokio::select! {
+                r = self.clone().session() => r,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            self.stats.connected_state.set(0);
+            self.lock().connected = false;
+            match result {
+                Ok(true) => attempt = 0,
+                Ok(false) => {}
+                Err(e) => {
+                    for t in [&self.stats.cds, &self.stats.lds] {
+                        t.update_failure.inc();
+                    }
+                    tracing::warn!(error = %e, "xDS stream failed; serving the last good configuration");
+                }
+            }
+            // Jittered exponential backoff: 50–150 % of min(max, base·2^attempt).
+            let exp = BACKOFF_BASE
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(BACKOFF_MAX);
+            let delay = exp.mul_f64(0.5 + fastrand::f64());
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// One stream to the control plane. `Ok(true)`: it delivered at least one response.
+    async fn session(self: Arc<Self>) -> Result<bool, String> {
+        let cluster = self
+            .clusters
+            .get(&self.cfg.cluster)
+            .ok_or_else(|| format!("control plane cluster \"{}\" is missing", self.cfg.cluster))?;
+        let host = cluster.pick().ok_or_else(|| {
+            format!(
+                "control plane cluster \"{}\" has no usable host",
+                self.cfg.cluster
+            )
+        })?;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", host.address))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(cluster.config.connect_timeout)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connect {}: {e}", host.address))?;
+        let client =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+        tracing::info!(control_plane = %host.address, api = ?self.cfg.api, "connected to the control plane");
+        match self.cfg.api {
+            XdsApi::Sotw => self.sotw(client).await,
+            XdsApi::Delta => self.delta(client).await,
+        }
+    }
+
+    fn connected(&self) {
+        self.stats.connected_state.set(1);
+        self.lock().connected = true;
+    }
+
+    async fn sotw(
+        self: Arc<Self>,
+        mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    ) -> Result<bool, String> {
+        let (tx, rx) = mpsc::channel::<DiscoveryRequest>(64);
+        let mut first = true;
+        let mut request = |type_url: &str,
+                           version: String,
+                           names: Vec<String>,
+                           nonce: String,
+                           error: Option<RpcStatus>| {
+            let r = DiscoveryRequest {
+                version_info: version,
+                node: first.then(|| self.node.clone()),
+                resource_names: names,
+                type_url: type_url.to_string(),
+                response_nonce: nonce,
+                error_detail: error,
+                ..Default::default()
+            };
+            first = false;
+            r
+        };
+        let versions = self.lock().versions.clone();
+        let v = |t: &str| versions.get(t).cloned().unwrap_or_default();
+        // Envoy's order: clusters first (their EDS follows), then listeners.
+        if self.cfg.cds {
+            let _ = tx
+                .send(request(
+                    CLUSTER_TYPE,
+                    v(CLUSTER_TYPE),
+                    vec![],
+                    String::new(),
+                    None,
+                ))
+                .await;
+        }
+        let mut eds_names = self.eds_names();
+        if !eds_names.is_empty() {
+            let _ = tx
+                .send(request(
+                    ENDPOINT_TYPE,
+                    v(ENDPOINT_TYPE),
+                    eds_names.iter().cloned().collect(),
+                    String::new(),
+                    None,
+                ))
+                .await;
+        }
+        if self.cfg.lds {
+            let _ = tx
+                .send(request(
+                    LISTENER_TYPE,
+                    v(LISTENER_TYPE),
+                    vec![],
+                    String::new(),
+                    None,
+                ))
+                .await;
+        }
+        let mut stream = client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .map_err(|e| format!("open ADS stream: {e}"))?
+            .into_inner();
+        self.connected();
+        let mut got_any = false;
+        let mut nonces: HashMap<String, String> = HashMap::new();
+        loop {
+            let resp: DiscoveryResponse = match stream.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(got_any),
+                Err(e) => {
+                    return if got_any {
+                        Ok(true)
+                    } else {
+                        Err(format!("ADS stream: {e}"))
+                    }
+                }
+            };
+            got_any = true;
+            let t = resp.type_url.clone();
+            let resources: Vec<(Option<String>, Any)> =
+                resp.resources.iter().map(|a| (None, a.clone())).collect();
+            let complete = t == CLUSTER_TYPE || t == LISTENER_TYPE;
+            let applied = self.apply(&t, &resp.version_info, &resources, complete, &[]);
+            nonces.insert(t.clone(), resp.nonce.clone());
+            let version = if applied.errors.is_empty() {
+                resp.version_info.clone()
+            } else {
+                self.lock().versions.get(&t).cloned().unwrap_or_default()
+            };
+            let names = if t == ENDPOINT_TYPE {
+                eds_names.iter().cloned().collect()
+            } else {
+                vec![]
+            };
+            let ack = request(
+                &t,
+                version,
+                names,
+                resp.nonce.clone(),
+                applied.error_detail(),
+            );
+            if tx.send(ack).await.is_err() {
+                return Ok(true);
+            }
+            // New or removed EDS clusters change the EDS subscription.
+            let now = self.eds_names();
+            if now != eds_names {
+                eds_names = now;
+                let version = self
+                    .lock()
+                    .versions
+                    .get(ENDPOINT_TYPE)
+                    .cloned()
+                    .unwrap_or_default();
+                let nonce = nonces.get(ENDPOINT_TYPE).cloned().unwrap_or_default();
+                let _ = tx
+                    .send(request(
+                        ENDPOINT_TYPE,
+                        version,
+                        eds_names.iter().cloned().collect(),
+                        nonce,
+                        None,
+                    ))
+                    .await;
+            }
+        }
+    }
+
+    async fn delta(
+        self: Arc<Self>,
+        mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    ) -> Result<bool, String> {
+        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
+        let mut first = true;
+        let mut request = |type_url: &str| {
+            let r = DeltaDiscoveryRequest {
+                node: first.then(|| self.node.clone()),
+                type_url: type_url.to_string(),
+                ..Default::default()
+            };
+            first = false;
+            r
+        };
+        // On reconnect, tell the server what we have so it sends only what changed.
+        let (have_clusters, have_listeners, have_endpoints) = {
+            let st = self.lock();
+            let versions =
+                |m: &BTreeMap<String, String>| m.clone().into_iter().collect::<HashMap<_, _>>();
+            (
+                versions(
+                    &st.clusters
+                        .iter()
+                        .map(|(k, e)| (k.clone(), e.version.clone()))
+                        .collect(),
+                ),
+                versions(
+                    &st.listeners
+                        .iter()
+                        .map(|(k, e)| (k.clone(), e.version.clone()))
+                        .collect(),
+                ),
+                versions(
+                    &st.endpoints
+                        .iter()
+                        .map(|(k, e)| (k.clone(), e.version.clone()))
+                        .collect(),
+                ),
+            )
+        };
+        if self.cfg.cds {
+            let mut r = request(CLUSTER_TYPE);
+            r.resource_names_subscribe = vec!["*".into()];
+            r.initial_resource_versions = have_clusters;
+            let _ = tx.send(r).await;
+        }
+        let mut eds_names = self.eds_names();
+        if !eds_names.is_empty() {
+            let mut r = request(ENDPOINT_TYPE);
+            r.resource_names_subscribe = eds_names.iter().cloned().collect();
+            r.initial_resource_versions = have_endpoints;
+            let _ = tx.send(r).await;
+        }
+        if self.cfg.lds {
+            let mut r = request(LISTENER_TYPE);
+            r.resource_names_subscribe = vec!["*".into()];
+            r.initial_resource_versions = have_listeners;
+            let _ = tx.send(r).await;
+        }
+        let mut stream = client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .map_err(|e| format!("open delta ADS stream: {e}"))?
+            .into_inner();
+        self.connected();
+        let mut got_any = false;
+        loop {
+            let resp: DeltaDiscoveryResponse = match stream.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(got_any),
+                Err(e) => {
+                    return if got_any {
+                        Ok(true)
+                    } else {
+                        Err(format!("delta ADS stream: {e}"))
+                    }
+                }
+            };
+            got_any = true;
+            let t = resp.type_url.clone();
+            let resources: Vec<(Option<String>, Any)> = resp
+                .resources
+                .iter()
+                .filter_map(|r| r.resource.clone().map(|a| (Some(r.name.clone()), a)))
+                .collect();
+            let version = if resp.system_version_info.is_empty() {
+                resp.nonce.clone()
+            } else {
+                resp.system_version_info.clone()
+            };
+            let applied = self.apply(&t, &version, &resources, false, &resp.removed_resources);
+            let mut ack = request(&t);
+            ack.response_nonce = resp.nonce.clone();
+            ack.error_detail = applied.error_detail();
+            if tx.send(ack).await.is_err() {
+                return Ok(true);
+            }
+            let now = self.eds_names();
+            if now != eds_names {
+                let mut r = request(ENDPOINT_TYPE);
+                r.resource_names_subscribe = now.difference(&eds_names).cloned().collect();
+                r.resource_names_unsubscribe = eds_names.difference(&now).cloned().collect();
+                eds_names = now;
+                let _ = tx.send(r).await;
+            }
+        }
+    }
+}
+
+/// Starts the client on its own thread and runtime; it stops when `stop` turns true.
+pub fn spawn(
+    client: Arc<XdsClient>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("plumb-xds".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the xDS runtime");
+                    return;
+                }
+            };
+            rt.block_on(client.run(stop));
+        })
+}

@@ -1,0 +1,481 @@
+//! A real gRPC ADS control plane for tests (state-of-the-world and delta), built on the same
+//! envoy-types server traits a production control plane would use. Tests set the resources;
+//! connected agents get them pushed, and every request (ACKs, NACKs with their error detail)
+//! is recorded.
+
+use envoy_types::pb::envoy::config::cluster::v3 as pbc;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as pbe;
+use envoy_types::pb::envoy::config::listener::v3 as pbl;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
+use prost::Message;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// The resources served, with one version for all of them.
+#[derive(Clone, Default)]
+pub struct Resources {
+    pub version: u64,
+    pub clusters: Vec<pbc::Cluster>,
+    pub listeners: Vec<pbl::Listener>,
+    pub endpoints: Vec<pbe::ClusterLoadAssignment>,
+}
+
+impl Resources {
+    fn of_type(&self, type_url: &str) -> Vec<(String, Any)> {
+        let pack = |name: String, type_url: &str, bytes: Vec<u8>| {
+            (
+                name,
+                Any {
+                    type_url: type_url.to_string(),
+                    value: bytes,
+                },
+            )
+        };
+        match type_url {
+            CLUSTER => self
+                .clusters
+                .iter()
+                .map(|c| pack(c.name.clone(), CLUSTER, c.encode_to_vec()))
+                .collect(),
+            LISTENER => self
+                .listeners
+                .iter()
+                .map(|l| pack(l.name.clone(), LISTENER, l.encode_to_vec()))
+                .collect(),
+            ENDPOINT => self
+                .endpoints
+                .iter()
+                .map(|e| pack(e.cluster_name.clone(), ENDPOINT, e.encode_to_vec()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A request the agent sent.
+#[derive(Clone, Debug)]
+pub struct SeenRequest {
+    pub type_url: String,
+    pub version_info: String,
+    pub nonce: String,
+    pub names: Vec<String>,
+    pub error: Option<String>,
+    pub has_node: bool,
+    pub delta: bool,
+}
+
+struct Inner {
+    resources: Mutex<Resources>,
+    changed: watch::Sender<u64>,
+    requests: Mutex<Vec<SeenRequest>>,
+    nonce: std::sync::atomic::AtomicU64,
+    streams: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn nonce(&self) -> String {
+        self.nonce
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            .to_string()
+    }
+}
+
+#[derive(Clone)]
+struct Service(Arc<Inner>);
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Service {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let inner = self.0.clone();
+        let task = tokio::spawn(async move {
+            // type → (subscribed names, version last sent, names last sent)
+            let mut subs: HashMap<String, (Vec<String>, Option<u64>, Vec<String>)> = HashMap::new();
+            let mut changed = inner.changed.subscribe();
+            loop {
+                tokio::select! {
+                    msg = incoming.message() => {
+                        let Ok(Some(r)) = msg else { break };
+                        inner.requests.lock().unwrap().push(SeenRequest {
+                            type_url: r.type_url.clone(),
+                            version_info: r.version_info.clone(),
+                            nonce: r.response_nonce.clone(),
+                            names: r.resource_names.clone(),
+                            error: r.error_detail.as_ref().map(|e| e.message.clone()),
+                            has_node: r.node.is_some(),
+                            delta: false,
+                        });
+                        let e = subs.entry(r.type_url.clone()).or_insert((vec![], None, vec![]));
+                        e.0 = r.resource_names.clone();
+                    }
+                    _ = changed.changed() => {}
+                }
+                let res = inner.resources.lock().unwrap().clone();
+                for (t, (names, sent, sent_names)) in subs.iter_mut() {
+                    if *sent == Some(res.version) && *sent_names == *names {
+                        continue;
+                    }
+                    let resources: Vec<Any> = res
+                        .of_type(t)
+                        .into_iter()
+                        .filter(|(n, _)| names.is_empty() || names.contains(n))
+                        .map(|(_, a)| a)
+                        .collect();
+                    let resp = DiscoveryResponse {
+                        version_info: res.version.to_string(),
+                        resources,
+                        type_url: t.clone(),
+                        nonce: inner.nonce(),
+                        ..Default::default()
+                    };
+                    *sent = Some(res.version);
+                    *sent_names = names.clone();
+                    if tx.send(Ok(resp)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        self.0.streams.lock().unwrap().push(task);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let inner = self.0.clone();
+        let task = tokio::spawn(async move {
+            // type → (wildcard, subscribed names, name → encoded bytes last sent)
+            let mut subs: HashMap<String, (bool, HashSet<String>, HashMap<String, Vec<u8>>)> =
+                HashMap::new();
+            let mut changed = inner.changed.subscribe();
+            loop {
+                tokio::select! {
+                    msg = incoming.message() => {
+                        let Ok(Some(r)) = msg else { break };
+                        inner.requests.lock().unwrap().push(SeenRequest {
+                            type_url: r.type_url.clone(),
+                            version_info: String::new(),
+                            nonce: r.response_nonce.clone(),
+                            names: r.resource_names_subscribe.clone(),
+                            error: r.error_detail.as_ref().map(|e| e.message.clone()),
+                            has_node: r.node.is_some(),
+                            delta: true,
+                        });
+                        let e = subs.entry(r.type_url.clone()).or_default();
+                        for n in &r.resource_names_subscribe {
+                            if n == "*" { e.0 = true } else { e.1.insert(n.clone()); }
+                        }
+                        for n in &r.resource_names_unsubscribe {
+                            e.1.remove(n);
+                        }
+                        for n in r.initial_resource_versions.keys() {
+                            // The agent has these: compare by content on the next push.
+                            e.2.entry(n.clone()).or_default();
+                        }
+                    }
+                    _ = changed.changed() => {}
+                }
+                let res = inner.resources.lock().unwrap().clone();
+                for (t, (wildcard, names, sent)) in subs.iter_mut() {
+                    let current: Vec<(String, Any)> = res
+                        .of_type(t)
+                        .into_iter()
+                        .filter(|(n, _)| *wildcard || names.contains(n))
+                        .collect();
+                    let mut changed_res = Vec::new();
+                    for (n, a) in &current {
+                        if sent.get(n) != Some(&a.value) {
+                            changed_res.push(Resource {
+                                name: n.clone(),
+                                version: res.version.to_string(),
+                                resource: Some(a.clone()),
+                                ..Default::default()
+                            });
+                            sent.insert(n.clone(), a.value.clone());
+                        }
+                    }
+                    let removed: Vec<String> = sent
+                        .keys()
+                        .filter(|n| !current.iter().any(|(c, _)| c == *n))
+                        .cloned()
+                        .collect();
+                    for n in &removed {
+                        sent.remove(n);
+                    }
+                    if changed_res.is_empty() && removed.is_empty() {
+                        continue;
+                    }
+                    let resp = DeltaDiscoveryResponse {
+                        system_version_info: res.version.to_string(),
+                        resources: changed_res,
+                        type_url: t.clone(),
+                        removed_resources: removed,
+                        nonce: inner.nonce(),
+                        ..Default::default()
+                    };
+                    if tx.send(Ok(resp)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        self.0.streams.lock().unwrap().push(task);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// A running control plane on 127.0.0.1.
+pub struct ControlPlane {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), Resources::default()).await
+    }
+
+    /// Starts on `addr` (e.g. the address of a stopped one) serving `resources`.
+    pub async fn start_on(addr: SocketAddr, resources: Resources) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind control plane");
+        let addr = listener.local_addr().unwrap();
+        let (changed, _) = watch::channel(resources.version);
+        let inner = Arc::new(Inner {
+            resources: Mutex::new(resources),
+            changed,
+            requests: Mutex::new(Vec::new()),
+            nonce: std::sync::atomic::AtomicU64::new(1),
+            streams: Mutex::new(Vec::new()),
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let svc = AggregatedDiscoveryServiceServer::new(Service(inner.clone()));
+        let server = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Self {
+            addr,
+            inner,
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    /// Replaces every resource; bumps the version and pushes to connected agents.
+    pub fn set(
+        &self,
+        clusters: Vec<pbc::Cluster>,
+        listeners: Vec<pbl::Listener>,
+        endpoints: Vec<pbe::ClusterLoadAssignment>,
+    ) -> u64 {
+        let mut r = self.inner.resources.lock().unwrap();
+        r.version += 1;
+        r.clusters = clusters;
+        r.listeners = listeners;
+        r.endpoints = endpoints;
+        let v = r.version;
+        drop(r);
+        let _ = self.inner.changed.send(v);
+        v
+    }
+
+    /// Replaces only the endpoints.
+    pub fn set_endpoints(&self, endpoints: Vec<pbe::ClusterLoadAssignment>) -> u64 {
+        let r = self.resources();
+        self.set(r.clusters, r.listeners, endpoints)
+    }
+
+    pub fn resources(&self) -> Resources {
+        self.inner.resources.lock().unwrap().clone()
+    }
+
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.inner.requests.lock().unwrap().clone()
+    }
+
+    pub fn nacks(&self) -> Vec<SeenRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.error.is_some())
+            .collect()
+    }
+
+    /// Stops serving and cuts every stream (as a crashed control plane would).
+    pub async fn stop(mut self) -> Resources {
+        for t in self.inner.streams.lock().unwrap().drain(..) {
+            t.abort();
+        }
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(s) = self.server.take() {
+            s.abort();
+            let _ = s.await;
+        }
+        self.resources()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for t in self.inner.streams.lock().unwrap().drain(..) {
+            t.abort();
+        }
+        if let Some(s) = self.server.take() {
+            s.abort();
+        }
+    }
+}
+
+// ---- resource builders ----
+
+fn sock(addr: SocketAddr) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: addr.ip().to_string(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
+                addr.port() as u32
+            )),
+            ..Default::default()
+        })),
+    }
+}
+
+/// An EDS cluster (endpoints from ADS).
+pub fn eds_cluster(name: &str) -> pbc::Cluster {
+    pbc::Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(pbc::cluster::ClusterDiscoveryType::Type(
+            pbc::cluster::DiscoveryType::Eds as i32,
+        )),
+        connect_timeout: Some(PbDuration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        eds_cluster_config: Some(pbc::cluster::EdsClusterConfig {
+            eds_config: Some(core::ConfigSource {
+                config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+                    Default::default(),
+                )),
+                resource_api_version: core::ApiVersion::V3 as i32,
+                ..Default::default()
+            }),
+            service_name: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn endpoints(cluster: &str, addrs: &[SocketAddr]) -> pbe::ClusterLoadAssignment {
+    pbe::ClusterLoadAssignment {
+        cluster_name: cluster.into(),
+        endpoints: vec![pbe::LocalityLbEndpoints {
+            lb_endpoints: addrs
+                .iter()
+                .map(|a| pbe::LbEndpoint {
+                    host_identifier: Some(pbe::lb_endpoint::HostIdentifier::Endpoint(
+                        pbe::Endpoint {
+                            address: Some(sock(*a)),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A tcp_proxy listener on `addr` to `cluster`.
+pub fn tcp_listener(name: &str, addr: SocketAddr, cluster: &str) -> pbl::Listener {
+    let tp = tcp::TcpProxy {
+        stat_prefix: name.into(),
+        cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+        ..Default::default()
+    };
+    pbl::Listener {
+        name: name.into(),
+        address: Some(sock(addr)),
+        filter_chains: vec![pbl::FilterChain {
+            filters: vec![pbl::Filter {
+                name: "envoy.filters.network.tcp_proxy".into(),
+                config_type: Some(pbl::filter::ConfigType::TypedConfig(Any {
+                    type_url:
+                        "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+                            .into(),
+                    value: tp.encode_to_vec(),
+                })),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A bootstrap with only ADS: admin on an ephemeral port, the control plane as a static
+/// cluster, CDS and LDS over ADS (`api_type` GRPC or DELTA_GRPC).
+pub fn ads_bootstrap(control_plane: SocketAddr, api_type: &str) -> String {
+    serde_json::json!({
+        "node": {"id": "test-node", "cluster": "test"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "stats_flush_interval": "0.1s",
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "5s"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {"clusters": [{
+            "name": "xds", "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {
+                    "address": control_plane.ip().to_string(), "port_value": control_plane.port()}}}}]}]},
+        }]},
+    })
+    .to_string()
+}

@@ -1,0 +1,269 @@
+//! xDS end to end: Plumb started with only an ADS bootstrap, driven by a real gRPC control
+//! plane (state-of-the-world and delta), with traffic flowing through what it sends.
+
+use plumb_tests::agent::TestAgent;
+use plumb_tests::client::{get, roundtrip};
+use plumb_tests::servers::{self, Behavior};
+use plumb_tests::xds::{
+    ads_bootstrap, eds_cluster, endpoints, tcp_listener, ControlPlane, Resources, CLUSTER,
+};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn free_addr() -> SocketAddr {
+    servers::closed_port()
+}
+
+async fn basic(api: &str) {
+    let echo = servers::start(Behavior::Echo).await;
+    let cp = ControlPlane::start().await;
+    let front = free_addr();
+    cp.set(
+        vec![eds_cluster("backend")],
+        vec![tcp_listener("front", front, "backend")],
+        vec![endpoints("backend", &[echo.addr])],
+    );
+    let agent = TestAgent::start(&ads_bootstrap(cp.addr, api)).await;
+    plumb_tests::wait_until("endpoints arrive", Duration::from_secs(10), || async {
+        agent.stat("cluster.backend.membership_total") == 1
+    })
+    .await;
+    assert_eq!(roundtrip(front, b"via xds").await.unwrap(), b"via xds");
+    assert_eq!(agent.stat("control_plane.connected_state"), 1);
+    assert!(agent.stat("cluster_manager.cds.update_success") >= 1);
+    assert!(agent.stat("listener_manager.lds.update_success") >= 1);
+    let reqs = cp.requests();
+    assert!(
+        reqs.first().is_some_and(|r| r.has_node),
+        "the node is sent first"
+    );
+    assert!(
+        reqs.iter().all(|r| r.error.is_none()),
+        "no NACKs: {:?}",
+        cp.nacks()
+    );
+    if api == "GRPC" {
+        assert!(
+            reqs.iter()
+                .any(|r| r.type_url == CLUSTER && r.version_info == "1" && !r.nonce.is_empty()),
+            "CDS was ACKed with version 1"
+        );
+    }
+    let dump = get(agent.admin(), "/config_dump").await.json();
+    let text = dump.to_string();
+    assert!(text.contains("dynamic_active_clusters"), "{text}");
+    assert!(text.contains("\"version_info\":\"1\""), "{text}");
+
+    // Removing the listener over LDS closes its socket.
+    cp.set(
+        vec![eds_cluster("backend")],
+        vec![],
+        vec![endpoints("backend", &[echo.addr])],
+    );
+    plumb_tests::wait_until("listener removed", Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(front).await.is_err()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_sotw_delivers_listeners_clusters_endpoints_and_traffic_flows() {
+    basic("GRPC").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_delta_delivers_listeners_clusters_endpoints_and_traffic_flows() {
+    basic("DELTA_GRPC").await;
+}
+
+async fn nack(api: &str) {
+    let a = servers::start(Behavior::Named("a".into())).await;
+    let cp = ControlPlane::start().await;
+    let front = free_addr();
+    cp.set(
+        vec![eds_cluster("backend")],
+        vec![tcp_listener("front", front, "backend")],
+        vec![endpoints("backend", &[a.addr])],
+    );
+    let agent = TestAgent::start(&ads_bootstrap(cp.addr, api)).await;
+    plumb_tests::wait_until("endpoints", Duration::from_secs(10), || async {
+        agent.stat("cluster.backend.membership_total") == 1
+    })
+    .await;
+    // An update that would silently drop TLS must be refused.
+    let mut bad = eds_cluster("backend");
+    bad.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: 9,
+        nanos: 0,
+    });
+    bad.transport_socket = Some(Default::default());
+    cp.set(
+        vec![bad],
+        vec![tcp_listener("front", front, "backend")],
+        vec![endpoints("backend", &[a.addr])],
+    );
+    plumb_tests::wait_until("NACK", Duration::from_secs(10), || async {
+        !cp.nacks().is_empty()
+    })
+    .await;
+    let n = &cp.nacks()[0];
+    let err = n.error.as_deref().unwrap();
+    assert!(
+        err.contains("cluster \"backend\": transport_socket: not supported"),
+        "{err}"
+    );
+    if api == "GRPC" {
+        assert_eq!(
+            n.version_info, "1",
+            "a NACK carries the last accepted version"
+        );
+    }
+    assert_eq!(agent.stat("cluster_manager.cds.update_rejected"), 1);
+    // The previous version keeps serving.
+    assert_eq!(
+        plumb_tests::client::read_all(front, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        b"a"
+    );
+    let dump = get(agent.admin(), "/config_dump").await.json().to_string();
+    assert!(dump.contains("transport_socket: not supported"), "{dump}");
+    assert!(
+        dump.contains("\"connect_timeout\":\"1s\""),
+        "the old cluster is still active: {dump}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_resources_are_nacked_and_the_old_version_serves_sotw() {
+    nack("GRPC").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_resources_are_nacked_and_the_old_version_serves_delta() {
+    nack("DELTA_GRPC").await;
+}
+
+async fn churn(api: &str) {
+    let servers = [
+        servers::start(Behavior::Echo).await,
+        servers::start(Behavior::Echo).await,
+        servers::start(Behavior::Echo).await,
+    ];
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let cp = ControlPlane::start().await;
+    let front = free_addr();
+    cp.set(
+        vec![eds_cluster("backend")],
+        vec![tcp_listener("front", front, "backend")],
+        vec![endpoints("backend", &addrs)],
+    );
+    let agent = TestAgent::start(&ads_bootstrap(cp.addr, api)).await;
+    plumb_tests::wait_until("endpoints", Duration::from_secs(10), || async {
+        agent.stat("cluster.backend.membership_total") == 3
+    })
+    .await;
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+        clients.spawn(async move {
+            let data = plumb_tests::pattern(1000 + i);
+            // Bounded: at most 10 000 connections per client.
+            for _ in 0..10_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match roundtrip(front, &data).await {
+                    Ok(got) if got == data => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        });
+    }
+    // 100 endpoint updates, every 20 ms: each a different non-empty subset of live servers.
+    let subsets: [&[usize]; 6] = [&[0], &[1, 2], &[0, 2], &[2], &[0, 1], &[0, 1, 2]];
+    for i in 0..100 {
+        let set: Vec<SocketAddr> = subsets[i % subsets.len()]
+            .iter()
+            .map(|&j| addrs[j])
+            .collect();
+        cp.set_endpoints(vec![endpoints("backend", &set)]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    while clients.join_next().await.is_some() {}
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("{api}: {ok} connections during churn, {failed} failed");
+    assert_eq!(failed, 0, "connections failed during endpoint churn");
+    assert!(ok > 100, "too little traffic to mean anything: {ok}");
+    assert!(cp.nacks().is_empty());
+    assert!(agent.stat("cluster.backend.membership_change") >= 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_churn_fails_no_connection_sotw() {
+    churn("GRPC").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_churn_fails_no_connection_delta() {
+    churn("DELTA_GRPC").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_outage_keeps_the_last_good_config_and_recovers() {
+    let a = servers::start(Behavior::Named("a".into())).await;
+    let b = servers::start(Behavior::Named("b".into())).await;
+    let cp = ControlPlane::start().await;
+    let front = free_addr();
+    cp.set(
+        vec![eds_cluster("backend")],
+        vec![tcp_listener("front", front, "backend")],
+        vec![endpoints("backend", &[a.addr])],
+    );
+    let agent = TestAgent::start(&ads_bootstrap(cp.addr, "GRPC")).await;
+    plumb_tests::wait_until("endpoints", Duration::from_secs(10), || async {
+        agent.stat("cluster.backend.membership_total") == 1
+    })
+    .await;
+    let addr = cp.addr;
+    let Resources {
+        version,
+        clusters,
+        listeners,
+        ..
+    } = cp.stop().await;
+    plumb_tests::wait_until("disconnected", Duration::from_secs(10), || async {
+        agent.stat("control_plane.connected_state") == 0
+    })
+    .await;
+    // Down: the last good config keeps serving.
+    assert_eq!(
+        plumb_tests::client::read_all(front, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        b"a"
+    );
+    // Back, with new endpoints: the agent reconnects (with backoff) and applies them.
+    let cp = ControlPlane::start_on(
+        addr,
+        Resources {
+            version,
+            clusters,
+            listeners,
+            endpoints: vec![],
+        },
+    )
+    .await;
+    cp.set_endpoints(vec![endpoints("backend", &[b.addr])]);
+    plumb_tests::wait_until("reconnected and updated", Duration::from_secs(20), || async {
+        matches!(plumb_tests::client::read_all(front, Duration::from_secs(5)).await, Ok(v) if v == b"b")
+    })
+    .await;
+    assert_eq!(agent.stat("control_plane.connected_state"), 1);
+}
