@@ -40,6 +40,10 @@ enum Command {
         /// Write the bound admin address (ip:port) to this file once listening.
         #[arg(long)]
         admin_address_path: Option<PathBuf>,
+        /// Keep the last good xDS configuration in this file and start from it, so a restart
+        /// while the control plane is down still serves.
+        #[arg(long)]
+        xds_cache: Option<PathBuf>,
     },
     /// Validate a bootstrap file: print a summary, or every error with its field path.
     CheckConfig {
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
             log_level,
             log_format,
             admin_address_path,
+            xds_cache,
         } => {
             let log = match logging::init(&log_level, log_format) {
                 Ok(l) => l,
@@ -89,6 +94,7 @@ fn main() -> ExitCode {
                 admin_address_path,
                 config_source: source,
                 config_path: config.clone(),
+                xds_cache,
                 command_line: std::env::args().collect(),
                 ..Options::default()
             };

@@ -36,6 +36,8 @@ pub struct Options {
     pub config_source: String,
     /// The bootstrap file, for reloads (SIGHUP); `None` for the bundled default.
     pub config_path: Option<PathBuf>,
+    /// Persist the last good xDS configuration here and start from it (`--xds-cache`).
+    pub xds_cache: Option<PathBuf>,
     pub command_line: Vec<String>,
 }
 
@@ -50,6 +52,7 @@ impl Default for Options {
             admin_address_path: None,
             config_source: "<in-process>".into(),
             config_path: None,
+            xds_cache: None,
             command_line: Vec::new(),
         }
     }
@@ -348,7 +351,14 @@ pub fn start(
         }
     };
     let xds = snapshot.xds.clone().map(|cfg| {
-        crate::xds::XdsClient::new(cfg, &snapshot, clusters.clone(), listeners.clone(), &store)
+        crate::xds::XdsClient::new(
+            cfg,
+            &snapshot,
+            clusters.clone(),
+            listeners.clone(),
+            &store,
+            options.xds_cache.clone(),
+        )
     });
     if let (Some(path), Some(addr)) = (&options.admin_address_path, admin_address) {
         std::fs::write(path, addr.to_string())

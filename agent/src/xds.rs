@@ -67,6 +67,9 @@ pub struct XdsState {
     pub versions: BTreeMap<String, String>,
     pub last_nack: Option<String>,
     pub connected: bool,
+    /// Accepted resources as received, per type and name, for the on-disk cache.
+    raw: BTreeMap<String, BTreeMap<String, Any>>,
+    pub loaded_from_cache: bool,
 }
 
 #[derive(Debug)]
@@ -111,6 +114,8 @@ fn version_hash(v: &str) -> i64 {
 
 pub struct XdsClient {
     cfg: XdsConfig,
+    /// Where the last good resources are persisted (`--xds-cache`).
+    cache: Option<std::path::PathBuf>,
     node: core::Node,
     clusters: Arc<ClusterManager>,
     listeners: Arc<ListenerManager>,
@@ -160,6 +165,7 @@ impl XdsClient {
         clusters: Arc<ClusterManager>,
         listeners: Arc<ListenerManager>,
         store: &Store,
+        cache: Option<std::path::PathBuf>,
     ) -> Arc<Self> {
         let n = &snapshot.node;
         let node = core::Node {
@@ -187,6 +193,7 @@ impl XdsClient {
         };
         Arc::new(Self {
             cfg,
+            cache,
             node,
             clusters,
             listeners,
@@ -536,11 +543,123 @@ impl XdsClient {
             },
         };
         self.record(type_url, version, &applied);
+        self.remember_raw(type_url, resources, complete, removed);
         applied
+    }
+
+    /// Keeps the accepted resources as received and rewrites the on-disk cache.
+    fn remember_raw(
+        &self,
+        type_url: &str,
+        resources: &[(Option<String>, Any)],
+        complete: bool,
+        removed: &[String],
+    ) {
+        let mut st = self.lock();
+        let accepted: Vec<String> = match type_url {
+            CLUSTER_TYPE => st.clusters.keys().cloned().collect(),
+            LISTENER_TYPE => st.listeners.keys().cloned().collect(),
+            _ => st.endpoints.keys().cloned().collect(),
+        };
+        let raw = st.raw.entry(type_url.to_string()).or_default();
+        if complete {
+            raw.clear();
+        }
+        for name in removed {
+            raw.remove(name);
+        }
+        for (_, any) in resources {
+            let name = match type_url {
+                CLUSTER_TYPE => pbc::Cluster::decode(any.value.as_slice())
+                    .map(|c| c.name)
+                    .ok(),
+                LISTENER_TYPE => pbl::Listener::decode(any.value.as_slice())
+                    .map(|l| l.name)
+                    .ok(),
+                _ => pbe::ClusterLoadAssignment::decode(any.value.as_slice())
+                    .map(|e| e.cluster_name)
+                    .ok(),
+            };
+            // Only what was applied: a rejected update leaves the previous copy in place.
+            if let Some(name) = name {
+                let rejected = st
+                    .rejected
+                    .contains_key(&(type_url.to_string(), name.clone()));
+                if accepted.contains(&name) && !rejected {
+                    st.raw
+                        .entry(type_url.to_string())
+                        .or_default()
+                        .insert(name, any.clone());
+                }
+            }
+        }
+        let snapshot: Vec<DiscoveryResponse> = st
+            .raw
+            .iter()
+            .map(|(t, m)| DiscoveryResponse {
+                version_info: st.versions.get(t).cloned().unwrap_or_default(),
+                resources: m.values().cloned().collect(),
+                type_url: t.clone(),
+                ..Default::default()
+            })
+            .collect();
+        drop(st);
+        if let Some(path) = &self.cache {
+            let mut buf = Vec::new();
+            for r in &snapshot {
+                let _ = r.encode_length_delimited(&mut buf);
+            }
+            let tmp = path.with_extension("tmp");
+            let written = std::fs::write(&tmp, &buf).and_then(|_| std::fs::rename(&tmp, path));
+            if let Err(e) = written {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the xDS cache");
+            }
+        }
+    }
+
+    /// Applies the resources saved by a previous run, so an agent restarted while the
+    /// control plane is unreachable still serves. Returns whether anything was loaded.
+    fn load_cache(&self) -> bool {
+        let Some(path) = &self.cache else {
+            return false;
+        };
+        let Ok(bytes) = std::fs::read(path) else {
+            return false;
+        };
+        let mut buf = bytes.as_slice();
+        let mut responses = Vec::new();
+        while !buf.is_empty() {
+            match DiscoveryResponse::decode_length_delimited(&mut buf) {
+                Ok(r) => responses.push(r),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring a corrupt xDS cache");
+                    return false;
+                }
+            }
+        }
+        // Clusters before endpoints before listeners, as on the wire.
+        responses.sort_by_key(|r| match r.type_url.as_str() {
+            CLUSTER_TYPE => 0,
+            ENDPOINT_TYPE => 1,
+            _ => 2,
+        });
+        for r in &responses {
+            let resources: Vec<(Option<String>, Any)> =
+                r.resources.iter().map(|a| (None, a.clone())).collect();
+            let complete = r.type_url != ENDPOINT_TYPE;
+            let applied = self.apply(&r.type_url, &r.version_info, &resources, complete, &[]);
+            if !applied.errors.is_empty() {
+                tracing::warn!(type_url = %r.type_url, "cached resources partly rejected: {}", applied.errors.join("; "));
+            }
+        }
+        self.lock().loaded_from_cache = true;
+        tracing::info!(path = %path.display(), types = responses.len(), "serving the cached xDS configuration until the control plane answers");
+        true
     }
 
     /// Runs until `stop` resolves: connect, stream, reconnect with backoff.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        self.load_cache();
         let mut attempt: u32 = 0;
         loop {
             let result = tokio::select! {

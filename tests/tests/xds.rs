@@ -267,3 +267,56 @@ async fn control_plane_outage_keeps_the_last_good_config_and_recovers() {
     .await;
     assert_eq!(agent.stat("control_plane.connected_state"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_while_the_control_plane_is_down_serves_the_cached_config() {
+    use plumb::server::{Options, ShutdownKind};
+    let a = servers::start(Behavior::Named("a".into())).await;
+    let cp = ControlPlane::start().await;
+    let front = free_addr();
+    cp.set(
+        vec![eds_cluster("backend")],
+        vec![tcp_listener("front", front, "backend")],
+        vec![endpoints("backend", &[a.addr])],
+    );
+    let dir = plumb_tests::TempDir::new("xds-cache");
+    let cache = dir.path.join("xds.cache");
+    let options = || Options {
+        concurrency: 2,
+        drain_time: Duration::from_secs(1),
+        xds_cache: Some(cache.clone()),
+        ..Options::default()
+    };
+    let bootstrap = ads_bootstrap(cp.addr, "GRPC");
+    let agent = TestAgent::start_with(&bootstrap, options()).await;
+    plumb_tests::wait_until("endpoints", Duration::from_secs(10), || async {
+        agent.stat("cluster.backend.membership_total") == 1
+    })
+    .await;
+    assert_eq!(
+        plumb_tests::client::read_all(front, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        b"a"
+    );
+    agent.shutdown(ShutdownKind::Immediate);
+    agent.join().await;
+    cp.stop().await;
+    assert!(cache.exists(), "the cache was written");
+
+    // The control plane is gone; the new agent comes up from the cache.
+    let agent = TestAgent::start_with(&bootstrap, options()).await;
+    assert_eq!(agent.stat("control_plane.connected_state"), 0);
+    plumb_tests::wait_until("cached endpoints", Duration::from_secs(10), || async {
+        agent.stat("cluster.backend.membership_total") == 1
+    })
+    .await;
+    assert_eq!(
+        plumb_tests::client::read_all(front, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        b"a"
+    );
+    let dump = get(agent.admin(), "/config_dump").await.json().to_string();
+    assert!(dump.contains("\"version_info\":\"1\""), "{dump}");
+}
