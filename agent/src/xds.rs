@@ -70,6 +70,8 @@ pub struct XdsState {
     /// Accepted resources as received, per type and name, for the on-disk cache.
     raw: BTreeMap<String, BTreeMap<String, Any>>,
     pub loaded_from_cache: bool,
+    /// Names of unchanged resources of the response being applied (count as present).
+    present: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -348,11 +350,11 @@ impl XdsClient {
         }
         let mut gone: Vec<String> = removed.to_vec();
         if complete {
+            let st = self.lock();
             gone.extend(
-                self.lock()
-                    .clusters
+                st.clusters
                     .keys()
-                    .filter(|n| !seen.contains(*n))
+                    .filter(|n| !seen.contains(*n) && !st.present.contains(n))
                     .cloned(),
             );
         }
@@ -507,11 +509,11 @@ impl XdsClient {
         }
         let mut gone: Vec<String> = removed.to_vec();
         if complete {
+            let st = self.lock();
             gone.extend(
-                self.lock()
-                    .listeners
+                st.listeners
                     .keys()
-                    .filter(|n| !seen.contains(*n))
+                    .filter(|n| !seen.contains(*n) && !st.present.contains(n))
                     .cloned(),
             );
         }
@@ -534,6 +536,42 @@ impl XdsClient {
         removed: &[String],
     ) -> Applied {
         self.type_stats(type_url).update_attempt.inc();
+        // State of the world resends every resource: skip the ones whose bytes are what was
+        // last applied (a 1000-cluster CDS response with one change translates one cluster).
+        // They still count as present, so a full response removes nothing it repeats.
+        let unchanged: HashSet<usize> = {
+            let st = self.lock();
+            let known: HashSet<&[u8]> = st
+                .raw
+                .get(type_url)
+                .map(|m| m.values().map(|a| a.value.as_slice()).collect())
+                .unwrap_or_default();
+            resources
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, any))| known.contains(any.value.as_slice()))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let owned: Vec<(Option<String>, Any)>;
+        let resources: &[(Option<String>, Any)] = if unchanged.is_empty() {
+            resources
+        } else {
+            let present: Vec<String> = resources
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| unchanged.contains(i))
+                .filter_map(|(_, (_, a))| resource_name(type_url, a))
+                .collect();
+            self.lock().present = present;
+            owned = resources
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !unchanged.contains(i))
+                .map(|(_, r)| r.clone())
+                .collect();
+            &owned
+        };
         let applied = match type_url {
             CLUSTER_TYPE => self.apply_clusters(version, resources, complete, removed),
             LISTENER_TYPE => self.apply_listeners(version, resources, complete, removed),
@@ -544,6 +582,16 @@ impl XdsClient {
         };
         self.record(type_url, version, &applied);
         self.remember_raw(type_url, resources, complete, removed);
+        // Translating a large update allocates transient trees (MBs for 10k endpoints);
+        // hand the freed pages back instead of keeping them in this thread's arena.
+        let bytes: usize = resources.iter().map(|(_, a)| a.value.len()).sum();
+        if bytes > 256 * 1024 {
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim has no preconditions.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
         applied
     }
 
@@ -561,9 +609,10 @@ impl XdsClient {
             LISTENER_TYPE => st.listeners.keys().cloned().collect(),
             _ => st.endpoints.keys().cloned().collect(),
         };
+        let present = std::mem::take(&mut st.present);
         let raw = st.raw.entry(type_url.to_string()).or_default();
         if complete {
-            raw.clear();
+            raw.retain(|name, _| present.contains(name));
         }
         for name in removed {
             raw.remove(name);
@@ -592,6 +641,9 @@ impl XdsClient {
                         .insert(name, any.clone());
                 }
             }
+        }
+        if self.cache.is_none() {
+            return;
         }
         let snapshot: Vec<DiscoveryResponse> = st
             .raw
@@ -964,6 +1016,20 @@ impl XdsClient {
                 let _ = tx.send(r).await;
             }
         }
+    }
+}
+
+fn resource_name(type_url: &str, any: &Any) -> Option<String> {
+    match type_url {
+        CLUSTER_TYPE => pbc::Cluster::decode(any.value.as_slice())
+            .map(|c| c.name)
+            .ok(),
+        LISTENER_TYPE => pbl::Listener::decode(any.value.as_slice())
+            .map(|l| l.name)
+            .ok(),
+        _ => pbe::ClusterLoadAssignment::decode(any.value.as_slice())
+            .map(|e| e.cluster_name)
+            .ok(),
     }
 }
 

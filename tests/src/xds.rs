@@ -116,8 +116,10 @@ impl AggregatedDiscoveryService for Service {
         let (tx, rx) = mpsc::channel(64);
         let inner = self.0.clone();
         let task = tokio::spawn(async move {
-            // type → (subscribed names, version last sent, names last sent)
-            let mut subs: HashMap<String, (Vec<String>, Option<u64>, Vec<String>)> = HashMap::new();
+            // type → (subscribed names, content last sent, names last sent). Like a real
+            // control plane, a type is resent only when its resources changed.
+            let mut subs: HashMap<String, (Vec<String>, Option<Vec<u8>>, Vec<String>)> =
+                HashMap::new();
             let mut changed = inner.changed.subscribe();
             loop {
                 tokio::select! {
@@ -139,15 +141,19 @@ impl AggregatedDiscoveryService for Service {
                 }
                 let res = inner.resources.lock().unwrap().clone();
                 for (t, (names, sent, sent_names)) in subs.iter_mut() {
-                    if *sent == Some(res.version) && *sent_names == *names {
-                        continue;
-                    }
                     let resources: Vec<Any> = res
                         .of_type(t)
                         .into_iter()
                         .filter(|(n, _)| names.is_empty() || names.contains(n))
                         .map(|(_, a)| a)
                         .collect();
+                    let content: Vec<u8> = resources
+                        .iter()
+                        .flat_map(|a| a.value.iter().copied())
+                        .collect();
+                    if sent.as_ref() == Some(&content) && *sent_names == *names {
+                        continue;
+                    }
                     let resp = DiscoveryResponse {
                         version_info: res.version.to_string(),
                         resources,
@@ -155,7 +161,7 @@ impl AggregatedDiscoveryService for Service {
                         nonce: inner.nonce(),
                         ..Default::default()
                     };
-                    *sent = Some(res.version);
+                    *sent = Some(content);
                     *sent_names = names.clone();
                     if tx.send(Ok(resp)).await.is_err() {
                         return;

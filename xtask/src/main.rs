@@ -5,6 +5,8 @@
 //!   cargo xtask test                    install test tools, fmt + clippy + every test
 //!   cargo xtask deps [--bench]          install Debian packages the tests (and benches) need
 //!   cargo xtask build-ebpf              build the eBPF object into target/bpf/plumb.bpf.o
+//!   cargo xtask demo-xds                plumb driven by a control plane: config and a live update
+//!   cargo xtask bench xds [--secs S]    config scale, update latency, memory, churn under traffic
 //!   cargo xtask bench l4 [--secs S]     Plumb vs direct vs haproxy, side by side
 //!   cargo xtask bench redirect [--secs S]  pods: direct vs eBPF capture (± sk_msg) vs iptables
 //!
@@ -28,8 +30,9 @@ fn main() {
         Some("deps") => deps(args.iter().any(|a| a == "--bench")),
         Some("bench") => bench::bench(&args[1..]),
         Some("build-ebpf") => ebpf::build().map(|_| ()),
+        Some("demo-xds") => xds_tool("demo", &[]),
         _ => {
-            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | build-ebpf | bench l4|redirect [--secs S]>");
+            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | demo-xds | build-ebpf | bench l4|redirect|xds [--secs S]>");
             std::process::exit(2);
         }
     };
@@ -207,4 +210,24 @@ fn demo(args: &[String]) -> Result<()> {
     }
     println!("plumb drained and exited cleanly ({st}).");
     Ok(())
+}
+
+/// Runs the control-plane tool (tests/src/bin/plumb-xds-bench.rs) against a release plumb.
+pub fn xds_tool(mode: &str, extra: &[&str]) -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "plumb",
+        "-p",
+        "plumb-tests",
+        "--bins",
+    ]))?;
+    let tool = util::root_dir().join("target/release/plumb-xds-bench");
+    let plumb = util::root_dir().join("target/release/plumb");
+    run(Command::new(tool)
+        .arg(mode)
+        .arg("--plumb")
+        .arg(plumb)
+        .args(extra))
 }

@@ -1457,7 +1457,7 @@ pub(crate) fn read_locality_endpoints(
     })
 }
 
-fn read_lb_endpoint(
+pub(crate) fn read_lb_endpoint(
     v: &Value,
     path: &str,
     discovery: DiscoveryType,

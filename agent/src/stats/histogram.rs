@@ -49,7 +49,9 @@ fn bucket_bounds(i: usize) -> (f64, f64) {
 #[derive(Debug)]
 pub struct Histogram {
     name: StatName,
-    buckets: Box<[AtomicU64]>,
+    /// Allocated on the first sample: most histograms of a large config (a thousand clusters)
+    /// never record, and 976 buckets are 7.8 KiB each.
+    buckets: std::sync::OnceLock<Box<[AtomicU64]>>,
     sum_us: AtomicU64,
     min_us: AtomicU64,
     max_us: AtomicU64,
@@ -77,10 +79,9 @@ pub struct HistogramSnapshot {
 
 impl Histogram {
     pub fn new(name: StatName) -> Self {
-        let buckets = (0..BUCKETS).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
         Self {
             name,
-            buckets: buckets.into_boxed_slice(),
+            buckets: std::sync::OnceLock::new(),
             sum_us: AtomicU64::new(0),
             min_us: AtomicU64::new(u64::MAX),
             max_us: AtomicU64::new(0),
@@ -94,7 +95,10 @@ impl Histogram {
 
     #[inline]
     pub fn record_us(&self, us: u64) {
-        self.buckets[bucket_index(us)].fetch_add(1, Ordering::Relaxed);
+        let buckets = self
+            .buckets
+            .get_or_init(|| (0..BUCKETS).map(|_| AtomicU64::new(0)).collect());
+        buckets[bucket_index(us)].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
         // Plain loads first: after warm-up the extremes rarely change, so no RMW is needed.
         if us < self.min_us.load(Ordering::Relaxed) {
@@ -111,10 +115,10 @@ impl Histogram {
     }
 
     fn counts(&self) -> Vec<u64> {
-        self.buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect()
+        let Some(buckets) = self.buckets.get() else {
+            return vec![0; BUCKETS];
+        };
+        buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect()
     }
 
     pub fn cumulative(&self) -> HistogramSnapshot {
@@ -155,6 +159,9 @@ impl Histogram {
     }
 
     pub fn flush_interval(&self) {
+        if self.buckets.get().is_none() {
+            return;
+        }
         let now = self.counts();
         let mut st = self.interval.lock().unwrap_or_else(|p| p.into_inner());
         let prev = std::mem::take(&mut st.at_last_flush);

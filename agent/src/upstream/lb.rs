@@ -94,10 +94,18 @@ impl HostSet {
 
     /// Reuses the `Host` (and so its stats) of hosts present in `old` with the same attributes.
     pub(crate) fn carry_stats_from(&mut self, old: &HostSet) {
+        let by_addr: std::collections::HashMap<SocketAddr, Vec<&Arc<Host>>> =
+            old.all.iter().fold(Default::default(), |mut m, h| {
+                m.entry(h.address).or_insert_with(Vec::new).push(h);
+                m
+            });
         let mut changed = false;
         for h in self.all.iter_mut() {
-            if let Some(o) = old.all.iter().find(|o| same_host(o, h)) {
-                *h = o.clone();
+            if let Some(o) = by_addr
+                .get(&h.address)
+                .and_then(|v| v.iter().find(|o| same_host(o, h)))
+            {
+                *h = (*o).clone();
                 changed = true;
             }
         }
@@ -107,11 +115,19 @@ impl HostSet {
     }
 
     pub(crate) fn same_members(&self, other: &HostSet) -> bool {
-        self.all.len() == other.all.len()
-            && self
-                .all
-                .iter()
-                .all(|h| other.all.iter().any(|o| same_host(o, h)))
+        if self.all.len() != other.all.len() {
+            return false;
+        }
+        let theirs: std::collections::HashMap<SocketAddr, Vec<&Arc<Host>>> =
+            other.all.iter().fold(Default::default(), |mut m, h| {
+                m.entry(h.address).or_insert_with(Vec::new).push(h);
+                m
+            });
+        self.all.iter().all(|h| {
+            theirs
+                .get(&h.address)
+                .is_some_and(|v| v.iter().any(|o| same_host(o, h)))
+        })
     }
 
     pub fn pick(&self, cursor: &AtomicU64) -> Option<Arc<Host>> {
