@@ -70,7 +70,7 @@ fn check_config_accepts_an_envoy_bootstrap_and_summarizes_it() {
     );
     assert!(
         out.contains(
-            "static_resources.clusters[0].circuit_breakers: ignored: accepted but not enforced yet"
+            "static_resources.clusters[0].circuit_breakers: carried into the configuration but not enforced yet"
         ),
         "{out}"
     );

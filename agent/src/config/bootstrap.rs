@@ -319,8 +319,8 @@ const CLUSTER: FieldTable = &[
         I("the system resolver is used"),
     ),
     ("use_tcp_for_dns_lookups", I("the system resolver is used")),
-    ("circuit_breakers", I(NOT_ENFORCED)),
-    ("outlier_detection", I(NOT_ENFORCED)),
+    ("circuit_breakers", S),
+    ("outlier_detection", S),
     ("health_checks", I(NOT_ENFORCED)),
     (
         "common_lb_config",
@@ -389,6 +389,51 @@ const CLUSTER: FieldTable = &[
         "load_balancing_policy",
         R("extension LB policies are not supported; use lb_policy"),
     ),
+];
+
+const CIRCUIT_BREAKERS: FieldTable = &[("thresholds", S), ("per_host_thresholds", I(NOT_ENFORCED))];
+
+const THRESHOLDS: FieldTable = &[
+    ("priority", S),
+    ("max_connections", S),
+    ("max_pending_requests", S),
+    ("max_requests", S),
+    ("max_retries", S),
+    ("track_remaining", S),
+    ("retry_budget", I(NOT_ENFORCED)),
+    ("max_connection_pools", I(NOT_ENFORCED)),
+];
+
+const OUTLIER_DETECTION: FieldTable = &[
+    ("consecutive_5xx", S),
+    ("interval", S),
+    ("base_ejection_time", S),
+    ("max_ejection_percent", S),
+    ("enforcing_consecutive_5xx", S),
+    ("consecutive_gateway_failure", S),
+    ("enforcing_consecutive_gateway_failure", S),
+    ("split_external_local_origin_errors", S),
+    ("consecutive_local_origin_failure", S),
+    ("enforcing_consecutive_local_origin_failure", S),
+    ("max_ejection_time", S),
+    ("enforcing_success_rate", I(NOT_ENFORCED)),
+    ("success_rate_minimum_hosts", I(NOT_ENFORCED)),
+    ("success_rate_request_volume", I(NOT_ENFORCED)),
+    ("success_rate_stdev_factor", I(NOT_ENFORCED)),
+    ("enforcing_local_origin_success_rate", I(NOT_ENFORCED)),
+    ("failure_percentage_threshold", I(NOT_ENFORCED)),
+    ("enforcing_failure_percentage", I(NOT_ENFORCED)),
+    ("enforcing_failure_percentage_local_origin", I(NOT_ENFORCED)),
+    ("failure_percentage_minimum_hosts", I(NOT_ENFORCED)),
+    ("failure_percentage_request_volume", I(NOT_ENFORCED)),
+    ("max_ejection_time_jitter", I(NOT_ENFORCED)),
+    (
+        "successful_active_health_check_uneject_host",
+        I(NOT_ENFORCED),
+    ),
+    ("monitors", I(NOT_ENFORCED)),
+    ("always_eject_one_host", I(NOT_ENFORCED)),
+    ("detect_degraded_hosts", I(NOT_ENFORCED)),
 ];
 
 const EDS_CLUSTER_CONFIG: FieldTable = &[("eds_config", S), ("service_name", S)];
@@ -520,6 +565,9 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("Filter", FILTER),
     ("ListenerFilter", LISTENER_FILTER),
     ("EdsClusterConfig", EDS_CLUSTER_CONFIG),
+    ("CircuitBreakers", CIRCUIT_BREAKERS),
+    ("Thresholds", THRESHOLDS),
+    ("OutlierDetection", OUTLIER_DETECTION),
     ("ConfigSource", CONFIG_SOURCE),
     ("DynamicResources", DYNAMIC_RESOURCES),
     ("ApiConfigSource", API_CONFIG_SOURCE),
@@ -1400,6 +1448,79 @@ pub(crate) fn read_cluster(v: &Value, path: &str, d: &mut Diagnostics) -> Option
             );
         }
     }
+    let circuit_breakers = c.object("circuit_breakers", CIRCUIT_BREAKERS, d).map(|cb| {
+        d.warn(
+            cb.path.clone(),
+            "carried into the configuration but not enforced yet",
+        );
+        let mut thresholds = Vec::new();
+        for (tpath, tv) in cb.list("thresholds", d) {
+            let Some(t) = Obj::new(tv, &tpath, THRESHOLDS, d) else {
+                continue;
+            };
+            let high = t
+                .enumeration("priority", &["DEFAULT", "HIGH"], &[], d)
+                .as_deref()
+                == Some("HIGH");
+            let limit = |k: &str, def: u32, d: &mut Diagnostics| {
+                t.uint(k, 0, u32::MAX as u64, d)
+                    .map(|v| v as u32)
+                    .unwrap_or(def)
+            };
+            thresholds.push(Thresholds {
+                high_priority: high,
+                max_connections: limit("max_connections", 1024, d),
+                max_pending_requests: limit("max_pending_requests", 1024, d),
+                max_requests: limit("max_requests", 1024, d),
+                max_retries: limit("max_retries", 3, d),
+                track_remaining: t.boolean("track_remaining", d).unwrap_or(false),
+            });
+        }
+        CircuitBreakers { thresholds }
+    });
+    let outlier_detection = c
+        .object("outlier_detection", OUTLIER_DETECTION, d)
+        .map(|o| {
+            d.warn(
+                o.path.clone(),
+                "carried into the configuration but not enforced yet",
+            );
+            let n = |k: &str, def: u32, d: &mut Diagnostics| {
+                o.uint(k, 0, u32::MAX as u64, d)
+                    .map(|v| v as u32)
+                    .unwrap_or(def)
+            };
+            let pct = |k: &str, def: u32, d: &mut Diagnostics| {
+                o.uint(k, 0, 100, d).map(|v| v as u32).unwrap_or(def)
+            };
+            OutlierDetection {
+                consecutive_5xx: n("consecutive_5xx", 5, d),
+                interval: o.duration("interval", d).unwrap_or(Duration::from_secs(10)),
+                base_ejection_time: o
+                    .duration("base_ejection_time", d)
+                    .unwrap_or(Duration::from_secs(30)),
+                max_ejection_time: o
+                    .duration("max_ejection_time", d)
+                    .unwrap_or(Duration::from_secs(300)),
+                max_ejection_percent: pct("max_ejection_percent", 10, d),
+                enforcing_consecutive_5xx: pct("enforcing_consecutive_5xx", 100, d),
+                consecutive_gateway_failure: n("consecutive_gateway_failure", 5, d),
+                enforcing_consecutive_gateway_failure: pct(
+                    "enforcing_consecutive_gateway_failure",
+                    0,
+                    d,
+                ),
+                split_external_local_origin_errors: o
+                    .boolean("split_external_local_origin_errors", d)
+                    .unwrap_or(false),
+                consecutive_local_origin_failure: n("consecutive_local_origin_failure", 5, d),
+                enforcing_consecutive_local_origin_failure: pct(
+                    "enforcing_consecutive_local_origin_failure",
+                    100,
+                    d,
+                ),
+            }
+        });
     let mut eds_service_name = None;
     if let Some(eds) = c.object("eds_cluster_config", EDS_CLUSTER_CONFIG, d) {
         if let Some(src) = eds.object("eds_config", CONFIG_SOURCE, d) {
@@ -1419,6 +1540,8 @@ pub(crate) fn read_cluster(v: &Value, path: &str, d: &mut Diagnostics) -> Option
     Some(Cluster {
         name: name?,
         eds_service_name,
+        circuit_breakers,
+        outlier_detection,
         discovery,
         connect_timeout,
         lb_policy,

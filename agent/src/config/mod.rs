@@ -242,12 +242,48 @@ pub struct Cluster {
     /// EDS: the name endpoints are requested under (`eds_cluster_config.service_name`, or the
     /// cluster name).
     pub eds_service_name: Option<String>,
+    /// Carried from the config (and shown by `/config_dump`); enforcement arrives with the
+    /// resilience work.
+    pub circuit_breakers: Option<CircuitBreakers>,
+    pub outlier_detection: Option<OutlierDetection>,
     pub discovery: DiscoveryType,
     pub connect_timeout: Duration,
     pub lb_policy: LbPolicy,
     pub dns_refresh_rate: Duration,
     pub dns_lookup_family: DnsLookupFamily,
     pub localities: Vec<LocalityEndpoints>,
+}
+
+/// Envoy's `circuit_breakers` (per routing priority), with Envoy's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CircuitBreakers {
+    pub thresholds: Vec<Thresholds>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    pub high_priority: bool,
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+    pub track_remaining: bool,
+}
+
+/// Envoy's `outlier_detection` (consecutive-failure detectors), with Envoy's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierDetection {
+    pub consecutive_5xx: u32,
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+    pub enforcing_consecutive_5xx: u32,
+    pub consecutive_gateway_failure: u32,
+    pub enforcing_consecutive_gateway_failure: u32,
+    pub split_external_local_origin_errors: bool,
+    pub consecutive_local_origin_failure: u32,
+    pub enforcing_consecutive_local_origin_failure: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -403,6 +439,47 @@ impl Cluster {
             "lb_policy": self.lb_policy.as_str(),
             "load_assignment": {"cluster_name": self.name, "endpoints": endpoints},
         });
+        if let Some(cb) = &self.circuit_breakers {
+            let t: Vec<Json> = cb
+                .thresholds
+                .iter()
+                .map(|t| {
+                    json!({
+                        "priority": if t.high_priority { "HIGH" } else { "DEFAULT" },
+                        "max_connections": t.max_connections,
+                        "max_pending_requests": t.max_pending_requests,
+                        "max_requests": t.max_requests,
+                        "max_retries": t.max_retries,
+                        "track_remaining": t.track_remaining,
+                    })
+                })
+                .collect();
+            j["circuit_breakers"] = json!({"thresholds": t});
+        }
+        if let Some(o) = &self.outlier_detection {
+            j["outlier_detection"] = json!({
+                "consecutive_5xx": o.consecutive_5xx,
+                "interval": duration_json(o.interval),
+                "base_ejection_time": duration_json(o.base_ejection_time),
+                "max_ejection_time": duration_json(o.max_ejection_time),
+                "max_ejection_percent": o.max_ejection_percent,
+                "enforcing_consecutive_5xx": o.enforcing_consecutive_5xx,
+                "consecutive_gateway_failure": o.consecutive_gateway_failure,
+                "enforcing_consecutive_gateway_failure": o.enforcing_consecutive_gateway_failure,
+                "split_external_local_origin_errors": o.split_external_local_origin_errors,
+                "consecutive_local_origin_failure": o.consecutive_local_origin_failure,
+                "enforcing_consecutive_local_origin_failure": o.enforcing_consecutive_local_origin_failure,
+            });
+        }
+        if self.discovery == DiscoveryType::Eds {
+            j["eds_cluster_config"] = json!({
+                "eds_config": {"ads": {}},
+                "service_name": self.eds_service_name.clone().unwrap_or_default(),
+            });
+            if let Some(o) = j.as_object_mut() {
+                o.remove("load_assignment");
+            }
+        }
         if matches!(
             self.discovery,
             DiscoveryType::StrictDns | DiscoveryType::LogicalDns

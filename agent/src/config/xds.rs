@@ -434,7 +434,51 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
         "max_requests_per_connection",
         c.max_requests_per_connection.is_some(),
     );
-    mark(&mut m, "circuit_breakers", c.circuit_breakers.is_some());
+    if let Some(cb) = &c.circuit_breakers {
+        let thresholds: Vec<Json> = cb
+            .thresholds
+            .iter()
+            .map(|t| {
+                let mut tm = Map::new();
+                if t.priority != 0 {
+                    tm.insert(
+                        "priority".into(),
+                        json!(core::RoutingPriority::try_from(t.priority)
+                            .map(|p| p.as_str_name())
+                            .unwrap_or("UNKNOWN")),
+                    );
+                }
+                for (k, v) in [
+                    ("max_connections", &t.max_connections),
+                    ("max_pending_requests", &t.max_pending_requests),
+                    ("max_requests", &t.max_requests),
+                    ("max_retries", &t.max_retries),
+                ] {
+                    if let Some(v) = v {
+                        tm.insert(k.into(), json!(v.value));
+                    }
+                }
+                if t.track_remaining {
+                    tm.insert("track_remaining".into(), json!(true));
+                }
+                mark(&mut tm, "retry_budget", t.retry_budget.is_some());
+                mark(
+                    &mut tm,
+                    "max_connection_pools",
+                    t.max_connection_pools.is_some(),
+                );
+                Json::Object(tm)
+            })
+            .collect();
+        let mut cm = Map::new();
+        cm.insert("thresholds".into(), json!(thresholds));
+        mark(
+            &mut cm,
+            "per_host_thresholds",
+            !cb.per_host_thresholds.is_empty(),
+        );
+        m.insert("circuit_breakers".into(), Json::Object(cm));
+    }
     mark(
         &mut m,
         "upstream_http_protocol_options",
@@ -479,7 +523,118 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
         "wait_for_warm_on_init",
         c.wait_for_warm_on_init.is_some(),
     );
-    mark(&mut m, "outlier_detection", c.outlier_detection.is_some());
+    if let Some(o) = &c.outlier_detection {
+        let mut om = Map::new();
+        for (k, v) in [
+            ("consecutive_5xx", &o.consecutive_5xx),
+            ("max_ejection_percent", &o.max_ejection_percent),
+            ("enforcing_consecutive_5xx", &o.enforcing_consecutive_5xx),
+            (
+                "consecutive_gateway_failure",
+                &o.consecutive_gateway_failure,
+            ),
+            (
+                "enforcing_consecutive_gateway_failure",
+                &o.enforcing_consecutive_gateway_failure,
+            ),
+            (
+                "consecutive_local_origin_failure",
+                &o.consecutive_local_origin_failure,
+            ),
+            (
+                "enforcing_consecutive_local_origin_failure",
+                &o.enforcing_consecutive_local_origin_failure,
+            ),
+        ] {
+            if let Some(v) = v {
+                om.insert(k.into(), json!(v.value));
+            }
+        }
+        for (k, v) in [
+            ("interval", &o.interval),
+            ("base_ejection_time", &o.base_ejection_time),
+            ("max_ejection_time", &o.max_ejection_time),
+        ] {
+            if let Some(v) = v {
+                om.insert(k.into(), json!(duration(v)));
+            }
+        }
+        if o.split_external_local_origin_errors {
+            om.insert("split_external_local_origin_errors".into(), json!(true));
+        }
+        mark(
+            &mut om,
+            "enforcing_success_rate",
+            o.enforcing_success_rate.is_some(),
+        );
+        mark(
+            &mut om,
+            "success_rate_minimum_hosts",
+            o.success_rate_minimum_hosts.is_some(),
+        );
+        mark(
+            &mut om,
+            "success_rate_request_volume",
+            o.success_rate_request_volume.is_some(),
+        );
+        mark(
+            &mut om,
+            "success_rate_stdev_factor",
+            o.success_rate_stdev_factor.is_some(),
+        );
+        mark(
+            &mut om,
+            "enforcing_local_origin_success_rate",
+            o.enforcing_local_origin_success_rate.is_some(),
+        );
+        mark(
+            &mut om,
+            "failure_percentage_threshold",
+            o.failure_percentage_threshold.is_some(),
+        );
+        mark(
+            &mut om,
+            "enforcing_failure_percentage",
+            o.enforcing_failure_percentage.is_some(),
+        );
+        mark(
+            &mut om,
+            "enforcing_failure_percentage_local_origin",
+            o.enforcing_failure_percentage_local_origin.is_some(),
+        );
+        mark(
+            &mut om,
+            "failure_percentage_minimum_hosts",
+            o.failure_percentage_minimum_hosts.is_some(),
+        );
+        mark(
+            &mut om,
+            "failure_percentage_request_volume",
+            o.failure_percentage_request_volume.is_some(),
+        );
+        mark(
+            &mut om,
+            "max_ejection_time_jitter",
+            o.max_ejection_time_jitter.is_some(),
+        );
+        mark(
+            &mut om,
+            "successful_active_health_check_uneject_host",
+            o.successful_active_health_check_uneject_host.is_some(),
+        );
+        mark(&mut om, "monitors", !o.monitors.is_empty());
+        mark(
+            &mut om,
+            "always_eject_one_host",
+            o.always_eject_one_host.is_some(),
+        );
+        mark(
+            &mut om,
+            "detect_degraded_hosts",
+            o.detect_degraded_hosts.is_some(),
+        );
+        m.insert("outlier_detection".into(), Json::Object(om));
+    }
     mark(&mut m, "cleanup_interval", c.cleanup_interval.is_some());
     mark(
         &mut m,
@@ -875,6 +1030,39 @@ mod tests {
             e[0].path,
             "endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"
         );
+    }
+
+    #[test]
+    fn circuit_breakers_and_outlier_detection_are_carried() {
+        let c = pbc::Cluster {
+            name: "cb".into(),
+            circuit_breakers: Some(pbc::CircuitBreakers {
+                thresholds: vec![pbc::circuit_breakers::Thresholds {
+                    max_connections: Some(UInt32Value { value: 7 }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            outlier_detection: Some(pbc::OutlierDetection {
+                consecutive_5xx: Some(UInt32Value { value: 3 }),
+                interval: Some(PbDuration {
+                    seconds: 2,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (m, warnings) = cluster_from_proto(&c).unwrap();
+        let t = &m.circuit_breakers.as_ref().unwrap().thresholds[0];
+        assert_eq!((t.max_connections, t.max_requests), (7, 1024));
+        let o = m.outlier_detection.as_ref().unwrap();
+        assert_eq!(
+            (o.consecutive_5xx, o.interval),
+            (3, std::time::Duration::from_secs(2))
+        );
+        assert_eq!(o.base_ejection_time, std::time::Duration::from_secs(30));
+        assert_eq!(warnings.len(), 2, "not enforced yet: {warnings:?}");
     }
 
     #[test]
