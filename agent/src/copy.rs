@@ -94,10 +94,23 @@ where
             return Ok(total);
         }
         activity.touch();
-        writer
-            .write_all(&buf[..n])
-            .await
-            .map_err(|source| CopyError { side: to, source })?;
+        // Written piecewise so a slow but progressing peer counts as activity (Envoy's idle
+        // timer also resets on bytes sent).
+        let mut off = 0;
+        while off < n {
+            let w = writer
+                .write(&buf[off..n])
+                .await
+                .map_err(|source| CopyError { side: to, source })?;
+            if w == 0 {
+                return Err(CopyError {
+                    side: to,
+                    source: io::Error::new(io::ErrorKind::WriteZero, "peer accepts no more data"),
+                });
+            }
+            off += w;
+            activity.touch();
+        }
         total += n as u64;
         for c in stats.counters {
             c.add(n as u64);

@@ -56,6 +56,8 @@ pub struct Redirector {
     state: AgentState,
     stats: RedirectStats,
     stop: Arc<AtomicBool>,
+    /// Set by `activate` once the proxy serves; heartbeats run only while set.
+    active: AtomicBool,
     pinned: Vec<PathBuf>,
     /// Held so its fd stays open while programs that use it load and run.
     _sockets: Option<SockHash<MapData, Tuple>>,
@@ -382,7 +384,9 @@ impl Redirector {
         write_rules(&mut capture4, &mut capture6, &rules)?;
 
         let mut state = AgentState {
-            heartbeat_ns: monotonic_ns(),
+            // Not registered until `activate`: programs attached before the proxy serves
+            // must not capture anything.
+            heartbeat_ns: 0,
             max_staleness_ns: cfg.fail_open_after.as_nanos() as u64,
             flags: if cfg.sk_msg { FLAG_SK_MSG } else { 0 },
             ..AgentState::default()
@@ -487,6 +491,7 @@ impl Redirector {
             state,
             stats,
             stop: Arc::new(AtomicBool::new(false)),
+            active: AtomicBool::new(false),
             pinned,
             _sockets: sockets_map,
         });
@@ -518,16 +523,29 @@ impl Redirector {
     fn heartbeat_loop(&self) {
         while !self.stop.load(Ordering::Acquire) {
             std::thread::sleep(self.config.heartbeat_interval);
-            if self.stop.load(Ordering::Acquire) {
-                break;
-            }
-            let mut st = self.state;
-            st.heartbeat_ns = monotonic_ns();
-            let mut agent = self.agent.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = agent.set(0, st, 0) {
-                tracing::warn!(error = %e, "heartbeat update failed");
-            }
+            self.beat();
         }
+    }
+
+    /// Refreshes the registration. `stop` is checked under the map lock, so a heartbeat can
+    /// never overwrite `deregister`'s.
+    fn beat(&self) {
+        let mut agent = self.agent.lock().unwrap_or_else(|p| p.into_inner());
+        if self.stop.load(Ordering::Acquire) || !self.active.load(Ordering::Acquire) {
+            return;
+        }
+        let mut st = self.state;
+        st.heartbeat_ns = monotonic_ns();
+        if let Err(e) = agent.set(0, st, 0) {
+            tracing::warn!(error = %e, "heartbeat update failed");
+        }
+    }
+
+    /// Starts capturing: called once listeners accept and the initial configuration is in.
+    pub fn activate(&self) {
+        self.active.store(true, Ordering::Release);
+        self.beat();
+        tracing::info!("eBPF capture active");
     }
 
     /// The destination a redirected connection was meant for (recorded by sockops at
@@ -571,10 +589,10 @@ impl Redirector {
     /// Stop capturing now (new connects go to their original destinations); used when the
     /// drain starts, so no workload connect is refused by a closing listener.
     pub fn deregister(&self) {
+        let mut agent = self.agent.lock().unwrap_or_else(|p| p.into_inner());
         self.stop.store(true, Ordering::Release);
         let mut st = self.state;
         st.heartbeat_ns = 0;
-        let mut agent = self.agent.lock().unwrap_or_else(|p| p.into_inner());
         let _ = agent.set(0, st, 0);
         self.stats.active.set(0);
         tracing::info!(

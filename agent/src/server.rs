@@ -155,27 +155,46 @@ impl Shared {
             problems
                 .push("plumb.redirect changes need a restart; kept the current redirection".into());
         }
+        // The redirect listener's address is compiled into the eBPF programs: it stays.
+        let pinned = old.redirect.as_ref().map(|r| r.listener.clone());
         for c in &new.clusters {
             self.clusters.upsert(c.clone());
         }
         for l in &new.listeners {
+            if pinned.as_deref() == Some(l.name.as_str()) {
+                if old.listeners.iter().any(|o| o.name == l.name && **o != **l) {
+                    problems.push(format!("listener \"{}\" receives redirected connections; changes to it need a restart", l.name));
+                }
+                continue;
+            }
             if let Err(e) = self.listeners.upsert(l.clone()) {
                 problems.push(e.to_string());
             }
         }
-        for l in self.listeners.all().iter() {
-            if !new.listeners.iter().any(|n| n.name == l.config.name) {
-                self.listeners.remove(&l.config.name);
+        // Only what the old bootstrap defined and the new one does not: listeners and
+        // clusters from xDS are the control plane's to remove.
+        for l in &old.listeners {
+            if pinned.as_deref() != Some(l.name.as_str())
+                && !new.listeners.iter().any(|n| n.name == l.name)
+            {
+                self.listeners.remove(&l.name);
             }
         }
-        for c in self.clusters.all() {
-            if new.cluster(c.name()).is_none() {
-                self.clusters.remove(c.name());
+        for c in &old.clusters {
+            if new.cluster(&c.name).is_none() {
+                self.clusters.remove(&c.name);
             }
         }
         let mut kept = new.clone();
         kept.admin = old.admin.clone();
         kept.redirect = old.redirect.clone();
+        kept.xds = old.xds.clone();
+        if let Some(p) = &pinned {
+            kept.listeners.retain(|l| l.name != *p);
+            if let Some(l) = old.listeners.iter().find(|l| l.name == *p) {
+                kept.listeners.push(l.clone());
+            }
+        }
         self.snapshot.store(Arc::new(kept));
         problems
     }
@@ -350,6 +369,16 @@ pub fn start(
             }
         }
     };
+    // From here on a startup error must not leave programs attached and maps pinned.
+    struct Undo(Option<Arc<Redirector>>);
+    impl Drop for Undo {
+        fn drop(&mut self) {
+            if let Some(r) = self.0.take() {
+                r.shutdown();
+            }
+        }
+    }
+    let mut undo = Undo(redirect.clone());
     let xds = snapshot.xds.clone().map(|cfg| {
         crate::xds::XdsClient::new(
             cfg,
@@ -432,6 +461,7 @@ pub fn start(
             Ok(())
         })?;
 
+    undo.0 = None;
     Ok(ServerHandle {
         shared,
         admin_address,
@@ -482,6 +512,9 @@ async fn run_data_plane(
         }
     }
     shared.initialized.store(true, Ordering::Release);
+    if let Some(r) = &shared.redirect {
+        r.activate();
+    }
     tokio::spawn(flush_stats(shared.clone()));
     tracing::info!(
         listeners = shared.listeners.all().len(),

@@ -71,7 +71,7 @@ pub struct XdsState {
     raw: BTreeMap<String, BTreeMap<String, Any>>,
     pub loaded_from_cache: bool,
     /// Names of unchanged resources of the response being applied (count as present).
-    present: Vec<String>,
+    present: HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -286,10 +286,13 @@ impl XdsClient {
     ) -> Applied {
         let mut errors = Vec::new();
         let mut seen = HashSet::new();
+        // A resource that cannot be decoded has no name: nothing may be removed then.
+        let mut undecodable = false;
         for (hint, any) in resources {
             let c = match decode::<pbc::Cluster>(any, CLUSTER_TYPE) {
                 Ok(c) => c,
                 Err(e) => {
+                    undecodable = true;
                     self.reject(
                         CLUSTER_TYPE,
                         hint.as_deref().unwrap_or("?"),
@@ -321,8 +324,15 @@ impl XdsClient {
                     let model = Arc::new(model);
                     let eds = model.discovery == DiscoveryType::Eds;
                     let outcome = self.clusters.upsert(model.clone());
-                    if eds && outcome == crate::upstream::Upsert::Added {
-                        // Reuse endpoints we already have for its service name.
+                    let needs_endpoints = eds
+                        && self
+                            .clusters
+                            .get(&model.name)
+                            .is_some_and(|c| c.is_warming())
+                        && outcome != crate::upstream::Upsert::Unchanged;
+                    if needs_endpoints {
+                        // New, or its endpoint source changed: use what we already have for
+                        // its service name, else warm until EDS delivers.
                         let service = model
                             .eds_service_name
                             .clone()
@@ -349,12 +359,12 @@ impl XdsClient {
             }
         }
         let mut gone: Vec<String> = removed.to_vec();
-        if complete {
+        if complete && !undecodable {
             let st = self.lock();
             gone.extend(
                 st.clusters
                     .keys()
-                    .filter(|n| !seen.contains(*n) && !st.present.contains(n))
+                    .filter(|n| !seen.contains(*n) && !st.present.contains(*n))
                     .cloned(),
             );
         }
@@ -459,10 +469,13 @@ impl XdsClient {
     ) -> Applied {
         let mut errors = Vec::new();
         let mut seen = HashSet::new();
+        // A resource that cannot be decoded has no name: nothing may be removed then.
+        let mut undecodable = false;
         for (hint, any) in resources {
             let l = match decode::<pbl::Listener>(any, LISTENER_TYPE) {
                 Ok(l) => l,
                 Err(e) => {
+                    undecodable = true;
                     self.reject(
                         LISTENER_TYPE,
                         hint.as_deref().unwrap_or("?"),
@@ -508,12 +521,12 @@ impl XdsClient {
             }
         }
         let mut gone: Vec<String> = removed.to_vec();
-        if complete {
+        if complete && !undecodable {
             let st = self.lock();
             gone.extend(
                 st.listeners
                     .keys()
-                    .filter(|n| !seen.contains(*n) && !st.present.contains(n))
+                    .filter(|n| !seen.contains(*n) && !st.present.contains(*n))
                     .cloned(),
             );
         }
@@ -557,7 +570,7 @@ impl XdsClient {
         let resources: &[(Option<String>, Any)] = if unchanged.is_empty() {
             resources
         } else {
-            let present: Vec<String> = resources
+            let present: HashSet<String> = resources
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| unchanged.contains(i))
@@ -604,7 +617,7 @@ impl XdsClient {
         removed: &[String],
     ) {
         let mut st = self.lock();
-        let accepted: Vec<String> = match type_url {
+        let accepted: HashSet<String> = match type_url {
             CLUSTER_TYPE => st.clusters.keys().cloned().collect(),
             LISTENER_TYPE => st.listeners.keys().cloned().collect(),
             _ => st.endpoints.keys().cloned().collect(),
@@ -612,7 +625,9 @@ impl XdsClient {
         let present = std::mem::take(&mut st.present);
         let raw = st.raw.entry(type_url.to_string()).or_default();
         if complete {
-            raw.retain(|name, _| present.contains(name));
+            // Keep what is still applied: unchanged resources, and the previous copy of any
+            // whose update was rejected (it keeps serving, so it must survive a restart too).
+            raw.retain(|name, _| present.contains(name) || accepted.contains(name));
         }
         for name in removed {
             raw.remove(name);
@@ -714,16 +729,23 @@ impl XdsClient {
         self.load_cache();
         let mut attempt: u32 = 0;
         loop {
+            let started = tokio::time::Instant::now();
             let result = tokio::select! {
                 r = self.clone().session() => r,
                 _ = stop.wait_for(|s| *s) => return,
             };
             self.stats.connected_state.set(0);
             self.lock().connected = false;
+            // Backoff restarts only after a stream that stayed up a while: a control plane
+            // that answers once and then breaks must not be hammered.
+            let healthy = started.elapsed() > Duration::from_secs(30);
             match result {
                 Ok(true) => attempt = 0,
                 Ok(false) => {}
                 Err(e) => {
+                    if healthy {
+                        attempt = 0;
+                    }
                     for t in [&self.stats.cds, &self.stats.lds] {
                         t.update_failure.inc();
                     }
@@ -755,11 +777,37 @@ impl XdsClient {
                 self.cfg.cluster
             )
         })?;
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", host.address))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(cluster.config.connect_timeout)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true);
+        let scheme = if cluster.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", host.address))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(cluster.config.connect_timeout)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(true);
+        if let Some(tls) = &cluster.config.tls {
+            // Read at each connect: rotated certificate files need no restart.
+            let ca = tls
+                .trusted_ca
+                .read()
+                .map_err(|e| format!("read trusted_ca: {e}"))?;
+            let mut cfg = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name(tls.sni.clone());
+            if let Some((chain, key)) = &tls.client_cert {
+                let chain = chain
+                    .read()
+                    .map_err(|e| format!("read certificate_chain: {e}"))?;
+                let key = key.read().map_err(|e| format!("read private_key: {e}"))?;
+                cfg = cfg.identity(tonic::transport::Identity::from_pem(chain, key));
+            }
+            endpoint = endpoint
+                .tls_config(cfg)
+                .map_err(|e| format!("TLS configuration: {e}"))?;
+        }
         let channel = endpoint
             .connect()
             .await
@@ -850,13 +898,7 @@ impl XdsClient {
             let resp: DiscoveryResponse = match stream.message().await {
                 Ok(Some(r)) => r,
                 Ok(None) => return Ok(got_any),
-                Err(e) => {
-                    return if got_any {
-                        Ok(true)
-                    } else {
-                        Err(format!("ADS stream: {e}"))
-                    }
-                }
+                Err(e) => return Err(format!("ADS stream: {e}")),
             };
             got_any = true;
             let t = resp.type_url.clone();
@@ -980,13 +1022,7 @@ impl XdsClient {
             let resp: DeltaDiscoveryResponse = match stream.message().await {
                 Ok(Some(r)) => r,
                 Ok(None) => return Ok(got_any),
-                Err(e) => {
-                    return if got_any {
-                        Ok(true)
-                    } else {
-                        Err(format!("delta ADS stream: {e}"))
-                    }
-                }
+                Err(e) => return Err(format!("delta ADS stream: {e}")),
             };
             got_any = true;
             let t = resp.type_url.clone();

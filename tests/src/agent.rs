@@ -179,11 +179,41 @@ fn built_bin(package: &str, bin: &str) -> PathBuf {
     let path = dir.join(bin);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    // Build with the same package set as the tests (`plumb` + `plumb-tests`), so Cargo unifies
+    // features the same way and reuses the test build instead of compiling a second variant.
+    let _ = package;
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "plumb",
+        "-p",
+        "plumb-tests",
+        "--bins",
+    ]);
     if dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
     // Always ask cargo: it is a no-op when the binary is fresh, and never runs stale code.
+    // The variables Cargo sets for this test process must not reach the nested build: build
+    // scripts watch some of them, and a changed value makes both builds recompile each other.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+                "CARGO_MANIFEST_LINKS",
+            ]
+            .contains(&k.as_str())
+        {
+            cmd.env_remove(&k);
+        }
+    }
     let status = cmd.status().expect("run cargo build");
     assert!(
         status.success(),

@@ -276,6 +276,24 @@ impl ControlPlane {
 
     /// Starts on `addr` (e.g. the address of a stopped one) serving `resources`.
     pub async fn start_on(addr: SocketAddr, resources: Resources) -> Self {
+        Self::start_with(addr, resources, None).await
+    }
+
+    /// Serves over TLS with this certificate and key (PEM).
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        Self::start_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Resources::default(),
+            Some((cert_pem.to_string(), key_pem.to_string())),
+        )
+        .await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        resources: Resources,
+        tls: Option<(String, String)>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind control plane");
@@ -292,7 +310,16 @@ impl ControlPlane {
         let svc = AggregatedDiscoveryServiceServer::new(Service(inner.clone()));
         let server = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
+            let mut builder = tonic::transport::Server::builder();
+            if let Some((cert, key)) = tls {
+                builder = builder
+                    .tls_config(
+                        tonic::transport::ServerTlsConfig::new()
+                            .identity(tonic::transport::Identity::from_pem(cert, key)),
+                    )
+                    .expect("server TLS config");
+            }
+            let _ = builder
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = rx.await;

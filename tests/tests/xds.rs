@@ -320,3 +320,78 @@ async fn a_restart_while_the_control_plane_is_down_serves_the_cached_config() {
     let dump = get(agent.admin(), "/config_dump").await.json().to_string();
     assert!(dump.contains("\"version_info\":\"1\""), "{dump}");
 }
+
+fn with_tls(bootstrap: &str, ca_file: &std::path::Path, sni: &str) -> String {
+    let mut b: serde_json::Value = serde_json::from_str(bootstrap).unwrap();
+    b["static_resources"]["clusters"][0]["transport_socket"] = serde_json::json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": sni,
+            "common_tls_context": {"validation_context": {"trusted_ca": {"filename": ca_file.to_str().unwrap()}}},
+        },
+    });
+    b.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_over_tls_verifies_the_control_plane() {
+    let ck = rcgen::generate_simple_self_signed(vec!["xds.test".to_string()]).unwrap();
+    let cp = ControlPlane::start_tls(&ck.cert.pem(), &ck.signing_key.serialize_pem()).await;
+    let dir = plumb_tests::TempDir::new("xds-tls");
+    let ca = dir.write("ca.pem", &ck.cert.pem());
+    let echo = servers::start(Behavior::Echo).await;
+    let front = free_addr();
+    cp.set(
+        vec![eds_cluster("backend")],
+        vec![tcp_listener("front", front, "backend")],
+        vec![endpoints("backend", &[echo.addr])],
+    );
+    let agent = TestAgent::start(&with_tls(&ads_bootstrap(cp.addr, "GRPC"), &ca, "xds.test")).await;
+    plumb_tests::wait_until("endpoints over TLS", Duration::from_secs(10), || async {
+        agent.stat("cluster.backend.membership_total") == 1
+    })
+    .await;
+    assert_eq!(roundtrip(front, b"tls").await.unwrap(), b"tls");
+    assert_eq!(agent.stat("control_plane.connected_state"), 1);
+    drop(agent);
+
+    // A certificate that does not match the name is refused: nothing is applied.
+    let other = free_addr();
+    cp.set(
+        vec![eds_cluster("backend")],
+        vec![tcp_listener("other", other, "backend")],
+        vec![endpoints("backend", &[echo.addr])],
+    );
+    let agent = TestAgent::start(&with_tls(
+        &ads_bootstrap(cp.addr, "GRPC"),
+        &ca,
+        "wrong.test",
+    ))
+    .await;
+    plumb_tests::wait_until("TLS failures counted", Duration::from_secs(10), || async {
+        agent.stat("cluster_manager.cds.update_failure") >= 1
+    })
+    .await;
+    assert_eq!(agent.stat("control_plane.connected_state"), 0);
+    assert!(tokio::net::TcpStream::connect(other).await.is_err());
+}
+
+#[test]
+fn tls_is_only_for_the_control_plane_cluster() {
+    let b = with_tls(
+        &ads_bootstrap("127.0.0.1:1".parse().unwrap(), "GRPC"),
+        std::path::Path::new("/ca.pem"),
+        "x",
+    );
+    plumb::config::parse_bootstrap(&b, "t").expect("TLS to the ADS cluster is accepted");
+    let mut v: serde_json::Value = serde_json::from_str(&b).unwrap();
+    v["static_resources"]["clusters"][0]["name"] = serde_json::json!("other");
+    let e = plumb::config::parse_bootstrap(&v.to_string(), "t")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("static_resources.clusters[0].transport_socket: not supported: TLS"),
+        "{e}"
+    );
+}

@@ -242,6 +242,8 @@ pub struct Cluster {
     /// EDS: the name endpoints are requested under (`eds_cluster_config.service_name`, or the
     /// cluster name).
     pub eds_service_name: Option<String>,
+    /// TLS origination (today only for the ADS control-plane cluster).
+    pub tls: Option<UpstreamTls>,
     /// Carried from the config (and shown by `/config_dump`); enforcement arrives with the
     /// resilience work.
     pub circuit_breakers: Option<CircuitBreakers>,
@@ -252,6 +254,31 @@ pub struct Cluster {
     pub dns_refresh_rate: Duration,
     pub dns_lookup_family: DnsLookupFamily,
     pub localities: Vec<LocalityEndpoints>,
+}
+
+/// PEM material, from a file (read at each use, so rotation needs no restart) or inline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataSource {
+    File(std::path::PathBuf),
+    Inline(String),
+}
+
+impl DataSource {
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            DataSource::File(p) => std::fs::read(p),
+            DataSource::Inline(s) => Ok(s.as_bytes().to_vec()),
+        }
+    }
+}
+
+/// An UpstreamTlsContext: verify the server against `trusted_ca` and `sni`; optionally
+/// present a client certificate (mTLS).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    pub sni: String,
+    pub trusted_ca: DataSource,
+    pub client_cert: Option<(DataSource, DataSource)>,
 }
 
 /// Envoy's `circuit_breakers` (per routing priority), with Envoy's defaults.

@@ -345,6 +345,17 @@ pub fn endpoints_from_proto(
 }
 
 pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
+    if c.transport_socket.is_some()
+        || !c.transport_socket_matches.is_empty()
+        || c.transport_socket_matcher.is_some()
+    {
+        return Err(vec![Diag {
+            path: "transport_socket".into(),
+            message:
+                "not supported: TLS is not implemented yet; refusing rather than sending plaintext"
+                    .into(),
+        }]);
+    }
     let mut m = Map::new();
     m.insert("name".into(), json!(c.name));
     match &c.cluster_discovery_type {
@@ -416,12 +427,7 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
                 .unwrap_or("UNKNOWN")),
         );
     }
-    mark(&mut m, "transport_socket", c.transport_socket.is_some());
-    mark(
-        &mut m,
-        "transport_socket_matches",
-        !c.transport_socket_matches.is_empty() || c.transport_socket_matcher.is_some(),
-    );
+
     mark(&mut m, "alt_stat_name", !c.alt_stat_name.is_empty());
     mark(
         &mut m,
@@ -695,7 +701,7 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
         }
         None => {}
     }
-    finish(Json::Object(m), |y, d| read_cluster(y, "", d))
+    finish(Json::Object(m), |y, d| read_cluster(y, "", None, d))
 }
 
 fn tcp_proxy_json(any: &Any) -> Json {

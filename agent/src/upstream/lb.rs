@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 /// Longest precomputed round-robin schedule; larger weight sums are scaled down.
 const MAX_SCHEDULE: u64 = 1 << 16;
+/// Host count above which no schedule is precomputed.
+const MAX_SCHEDULED_HOSTS: usize = 256;
 
 #[derive(Debug)]
 pub struct HostSet {
@@ -141,7 +143,12 @@ impl HostSet {
         let i = match self.policy {
             LbPolicy::RoundRobin | LbPolicy::ClusterProvided => {
                 let c = cursor.fetch_add(1, Ordering::Relaxed);
-                if self.schedule.is_empty() {
+                let total = *self.cumulative.last().unwrap_or(&0);
+                if self.schedule.is_empty() && total != n as u64 {
+                    // Unequal weights, many hosts: walk the cumulative weights.
+                    let r = c % total.max(1);
+                    self.cumulative.partition_point(|&x| x <= r)
+                } else if self.schedule.is_empty() {
                     (c % n as u64) as usize
                 } else {
                     self.schedule[(c % self.schedule.len() as u64) as usize] as usize
@@ -189,7 +196,9 @@ fn same_host(a: &Host, b: &Host) -> bool {
 /// Smooth weighted round robin (as nginx's): interleaves hosts in proportion to weight.
 /// Returns an empty schedule when weights are all equal (plain rotation is then exact).
 fn smooth_wrr_schedule(weights: &[u64]) -> Vec<u32> {
-    if weights.windows(2).all(|w| w[0] == w[1]) {
+    // Building costs O(total weight × hosts): beyond this many hosts, weighted round robin
+    // walks the cumulative weights instead (same proportions, less interleaving).
+    if weights.windows(2).all(|w| w[0] == w[1]) || weights.len() > MAX_SCHEDULED_HOSTS {
         return Vec::new();
     }
     let g = weights.iter().copied().fold(0, gcd);

@@ -401,8 +401,11 @@ impl ClusterManager {
         let new = Cluster::new(cfg.clone(), &self.store);
         if let Some(old) = &old {
             old.retire();
+            // Hosts carry over only from the same source (same discovery type and, for EDS,
+            // the same service name); otherwise the new cluster waits for its own.
             if new.config.discovery == old.config.discovery
                 && new.config.discovery != DiscoveryType::Static
+                && new.config.eds_service_name == old.config.eds_service_name
             {
                 new.adopt_hosts(old);
             }
