@@ -13,6 +13,7 @@ pub mod drain;
 pub mod filters;
 pub mod listener;
 pub mod logging;
+pub mod notify;
 pub mod redirect;
 pub mod server;
 pub mod stats;

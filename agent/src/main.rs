@@ -44,6 +44,15 @@ enum Command {
         /// while the control plane is down still serves.
         #[arg(long)]
         xds_cache: Option<PathBuf>,
+        /// Override node.id (Envoy's --service-node), e.g. from the Kubernetes downward API.
+        #[arg(long)]
+        service_node: Option<String>,
+        /// Override node.cluster (Envoy's --service-cluster).
+        #[arg(long)]
+        service_cluster: Option<String>,
+        /// Override node.locality.zone (Envoy's --service-zone).
+        #[arg(long)]
+        service_zone: Option<String>,
     },
     /// Validate a bootstrap file: print a summary, or every error with its field path.
     CheckConfig {
@@ -70,6 +79,9 @@ fn main() -> ExitCode {
             log_format,
             admin_address_path,
             xds_cache,
+            service_node,
+            service_cluster,
+            service_zone,
         } => {
             let log = match logging::init(&log_level, log_format) {
                 Ok(l) => l,
@@ -78,13 +90,22 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let (snapshot, source) = match load(config.as_deref()) {
+            let (mut snapshot, source) = match load(config.as_deref()) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::FAILURE;
                 }
             };
+            if let Some(id) = service_node {
+                snapshot.node.id = id;
+            }
+            if let Some(c) = service_cluster {
+                snapshot.node.cluster = c;
+            }
+            if let Some(z) = service_zone {
+                snapshot.node.locality.zone = z;
+            }
             for w in &snapshot.warnings {
                 tracing::warn!(field = %w.path, "{}", w.message);
             }

@@ -65,6 +65,34 @@ pub struct Redirector {
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
+/// Capabilities redirection needs that this process lacks (from /proc/self/status CapEff).
+fn missing_capabilities() -> Vec<&'static str> {
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let has = |bit: u32| eff & (1u64 << bit) != 0;
+    const NET_ADMIN: u32 = 12;
+    const SYS_ADMIN: u32 = 21;
+    const BPF: u32 = 39;
+    let mut missing = Vec::new();
+    if !has(NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if !has(SYS_ADMIN) {
+        missing.push("CAP_SYS_ADMIN");
+    }
+    // CAP_SYS_ADMIN implies what CAP_BPF grants on kernels that have CAP_BPF.
+    if !has(BPF) && !has(SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    missing
+}
+
 /// Default places to look for the object: next to the binary's target dir (development
 /// builds), then the system location of packages.
 pub fn default_object_paths() -> Vec<PathBuf> {
@@ -289,11 +317,12 @@ impl Redirector {
         proxy_port: u16,
         store: &Store,
     ) -> Result<Arc<Self>, RedirectError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(RedirectError::Setup(
-                "not running as root: loading eBPF programs needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN".into(),
-            ));
+        let missing = missing_capabilities();
+        if !missing.is_empty() {
+            return Err(RedirectError::Setup(format!(
+                "missing capabilities {}: loading eBPF programs needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN",
+                missing.join(", ")
+            )));
         }
         let object = match &cfg.bpf_object {
             Some(p) => p.clone(),

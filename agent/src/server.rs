@@ -515,6 +515,10 @@ async fn run_data_plane(
     if let Some(r) = &shared.redirect {
         r.activate();
     }
+    crate::notify::notify("READY=1\nSTATUS=serving");
+    if let Some(every) = crate::notify::watchdog_interval() {
+        tokio::spawn(crate::notify::watchdog(every));
+    }
     tokio::spawn(flush_stats(shared.clone()));
     tracing::info!(
         listeners = shared.listeners.all().len(),
@@ -537,6 +541,7 @@ async fn run_data_plane(
         active = drain.active(),
         "draining"
     );
+    crate::notify::notify("STOPPING=1\nSTATUS=draining");
     // Fail open first: workloads' new connects go straight to their destinations instead of
     // meeting a closed listener.
     if let Some(r) = &shared.redirect {
@@ -588,9 +593,11 @@ async fn handle_signals(shared: Arc<Shared>) {
             _ = int.recv() => "SIGINT",
             _ = hup.recv() => {
                 tracing::info!(signal = "SIGHUP", "reloading the configuration");
+                crate::notify::notify("RELOADING=1");
                 let s = shared.clone();
                 // Binding sockets and parsing happen off the async workers.
                 let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+                crate::notify::notify("READY=1\nSTATUS=serving");
                 continue;
             }
         };

@@ -46,12 +46,25 @@ fn main() {
 const TEST_TOOLS: &[(&str, &str)] = &[("promtool", "prometheus")];
 const BENCH_TOOLS: &[(&str, &str)] = &[("haproxy", "haproxy")];
 
+/// PyPI tools by the Python module they provide (pinned).
+const PYPI_TOOLS: &[(&str, &str)] = &[("kubernetes_validate", "kubernetes-validate==1.37.0")];
+
 pub fn deps(bench: bool) -> Result<()> {
     let mut wanted: Vec<(&str, &str)> = TEST_TOOLS.to_vec();
     if bench {
         wanted.extend_from_slice(BENCH_TOOLS);
     }
-    util::ensure_debian_packages(&wanted)
+    util::ensure_debian_packages(&wanted)?;
+    for (module, spec) in PYPI_TOOLS {
+        let present = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !present {
+            run(Command::new("python3").args(["-m", "pip", "install", "--quiet", spec]))?;
+        }
+    }
+    Ok(())
 }
 
 fn test() -> Result<()> {
