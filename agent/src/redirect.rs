@@ -360,14 +360,29 @@ impl Redirector {
                 )));
             }
         }
-        // The agent's own connections must never be captured: it must live outside them.
-        if let Some(own) = own_cgroup() {
-            if let Some(cg) = cfg.cgroups.iter().find(|cg| own.starts_with(cg)) {
+        // The agent's own connections must never be captured: the programs skip its cgroup
+        // (by id), which must therefore be its own — not shared with workloads.
+        let own = own_cgroup();
+        let agent_cgroup_id = own
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or(0);
+        if let Some(own) = &own {
+            if let Some(cg) = cfg.cgroups.iter().find(|cg| *cg == own) {
                 return Err(RedirectError::Setup(format!(
-                    "the agent runs in {}, inside enrolled cgroup {}: its own upstream connections would be captured; run it outside the enrolled cgroups",
-                    own.display(),
+                    "the agent runs in enrolled cgroup {} itself, together with the workloads it captures; run it in a cgroup of its own",
                     cg.display()
                 )));
+            }
+            if agent_cgroup_id == 0 {
+                if let Some(cg) = cfg.cgroups.iter().find(|cg| own.starts_with(cg)) {
+                    return Err(RedirectError::Setup(format!(
+                        "the agent runs in {}, inside enrolled cgroup {}, and its cgroup id is unknown: its own connections would be captured",
+                        own.display(),
+                        cg.display()
+                    )));
+                }
             }
         }
         ensure_bpffs()?;
@@ -418,6 +433,7 @@ impl Redirector {
             heartbeat_ns: 0,
             max_staleness_ns: cfg.fail_open_after.as_nanos() as u64,
             flags: if cfg.sk_msg { FLAG_SK_MSG } else { 0 },
+            agent_cgroup_id,
             ..AgentState::default()
         };
         if let Some(ip) = cfg.proxy_v4 {

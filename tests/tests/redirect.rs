@@ -380,7 +380,7 @@ fn an_agent_inside_an_enrolled_cgroup_refuses_to_start() {
     let path = dir.write("c2.yaml", &fixed);
     let (st, _, err) = plumb_cmd(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(st.code(), Some(1), "{err}");
-    assert!(err.contains("inside enrolled cgroup"), "{err}");
+    assert!(err.contains("runs in enrolled cgroup"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,4 +466,38 @@ async fn ipv6_and_ipv4_through_one_dual_stack_listener() {
         2
     );
     assert_eq!(stat(admin, "redirect.orig_dst_found").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_inside_the_enrolled_subtree_does_not_capture_itself() {
+    require_kernel_env!();
+    let mut node = Node::new();
+    let client = node.add_pod("client");
+    let server = node.add_pod("server");
+    let _echo = PodServer::start(&server, 8081, 8091);
+    let _echo0 = PodServer::start(&server, 8080, 8090);
+    let pin = pin_dir("subtree");
+    let _cleanup = PinCleanup(pin.clone());
+    // Like a DaemonSet pod under kubepods: the agent's cgroup is below the enrolled one.
+    let agent_cg = pods::CgroupDir::new(node.cgroup.join("agent"));
+    let agent = AgentProcess::spawn_in(
+        &agent_config(&node, &server, &pin, false),
+        &[],
+        Some(&agent_cg.path),
+    )
+    .await;
+    // Passthrough to a captured destination: the agent's own upstream connect to it must go
+    // out directly, or it would loop back into itself.
+    let r = roundtrip(&client, &format!("{}:8081", server.ip), 10_000);
+    assert_eq!(r["ok"], true, "{r}\n{}", agent.logs());
+    let admin = agent.admin;
+    plumb_tests::wait_until("kernel counters", Duration::from_secs(5), || async move {
+        stat(admin, "redirect.connect_redirected").await == 1
+    })
+    .await;
+    assert_eq!(
+        stat(admin, "cluster.passthrough.upstream_cx_total").await,
+        1
+    );
+    drop(agent);
 }

@@ -73,6 +73,9 @@ pub struct AgentState {
     pub proxy_addr6: [u8; 16],
     pub flags: u32,
     pub _pad: u32,
+    /// The agent's own cgroup (its cgroup2 directory inode): connects from it are never
+    /// captured, so the agent may run inside an enrolled subtree without looping.
+    pub agent_cgroup_id: u64,
 }
 
 /// An original destination.
@@ -165,7 +168,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<CaptureV4>(), 6);
         assert_eq!(size_of::<CaptureV6>(), 18);
-        assert_eq!(size_of::<AgentState>(), 48);
+        assert_eq!(size_of::<AgentState>(), 56);
         assert_eq!(size_of::<OrigDst>(), 24);
         assert_eq!(size_of::<Tuple>(), 40);
     }

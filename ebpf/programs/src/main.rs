@@ -17,7 +17,7 @@
 #![no_main]
 
 use aya_ebpf::bindings::{sk_action, BPF_F_INGRESS, BPF_NOEXIST};
-use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns};
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns};
 use aya_ebpf::macros::{cgroup_sock_addr, map, sk_msg, sock_ops};
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray, SockHash};
@@ -73,6 +73,13 @@ fn live_agent() -> Option<&'static AgentState> {
         return None;
     }
     Some(a)
+}
+
+/// Whether the connecting task is the agent itself (by cgroup).
+#[inline(always)]
+fn from_agent(agent: &AgentState) -> bool {
+    // SAFETY: helper without preconditions.
+    agent.agent_cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } == agent.agent_cgroup_id
 }
 
 #[inline(always)]
@@ -135,8 +142,8 @@ pub fn plumb_connect4(ctx: SockAddrContext) -> i32 {
     let Some(agent) = decide(capture_v4(addr, port)) else {
         return 1;
     };
-    if addr == agent.proxy_addr4 && port == agent.proxy_port4 {
-        return 1; // already addressed to the proxy: never loop
+    if addr == agent.proxy_addr4 && port == agent.proxy_port4 || from_agent(agent) {
+        return 1; // already addressed to the proxy, or the agent's own connect: never loop
     }
     let mut orig = OrigDst {
         family: AF_INET,
@@ -173,6 +180,9 @@ pub fn plumb_connect6(ctx: SockAddrContext) -> i32 {
     let Some(agent) = decide(action) else {
         return 1;
     };
+    if from_agent(agent) {
+        return 1;
+    }
     let mut orig = OrigDst {
         family: if mapped { AF_INET } else { AF_INET6 },
         port,
