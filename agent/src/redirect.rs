@@ -152,6 +152,35 @@ fn ensure_bpffs() -> Result<(), RedirectError> {
     Ok(())
 }
 
+/// Pinned maps outlive agents, and aya reuses a pin without checking its layout: maps
+/// pinned by a build with another layout (after an upgrade) are removed, to be recreated.
+fn remove_incompatible_pins(dir: &Path) {
+    let agent = dir.join(maps::AGENT);
+    let Ok(data) = MapData::from_pin(&agent) else {
+        return;
+    };
+    let compatible = data
+        .info()
+        .map(|i| i.value_size() as usize == std::mem::size_of::<AgentState>())
+        .unwrap_or(false);
+    drop(data);
+    if compatible {
+        return;
+    }
+    tracing::warn!(pin_path = %dir.display(), "pinned maps have another layout (an older Plumb?): recreating them");
+    for name in [
+        maps::AGENT,
+        maps::CAPTURE_V4,
+        maps::CAPTURE_V6,
+        maps::ORIG_BY_COOKIE,
+        maps::ORIG_BY_TUPLE,
+        maps::SOCKETS,
+        maps::COUNTERS,
+    ] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+}
+
 /// The cgroup2 mount point.
 pub fn cgroup2_root() -> Option<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
@@ -394,6 +423,7 @@ impl Redirector {
             );
         }
         std::fs::create_dir_all(&cfg.pin_path).map_err(setup("create pin directory"))?;
+        remove_incompatible_pins(&cfg.pin_path);
         // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
         let unlimited = libc::rlimit {
             rlim_cur: libc::RLIM_INFINITY,

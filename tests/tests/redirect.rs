@@ -501,3 +501,70 @@ async fn an_agent_inside_the_enrolled_subtree_does_not_capture_itself() {
     );
     drop(agent);
 }
+
+/// Creates and pins an array map (`value_size` bytes per value) with raw bpf(2) calls, as an
+/// older build with another layout would have left behind.
+fn pin_array_map(path: &std::path::Path, value_size: u32) {
+    let mut attr = [0u64; 16];
+    let w = attr.as_mut_ptr().cast::<u32>();
+    // SAFETY: BPF_MAP_CREATE attr: map_type, key_size, value_size, max_entries.
+    let fd = unsafe {
+        *w.add(0) = 2; // BPF_MAP_TYPE_ARRAY
+        *w.add(1) = 4;
+        *w.add(2) = value_size;
+        *w.add(3) = 1;
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut attr = [0u64; 16];
+    attr[0] = cpath.as_ptr() as u64;
+    // SAFETY: BPF_OBJ_PIN attr: pathname (u64 pointer), bpf_fd (u32).
+    let rc = unsafe {
+        *attr.as_mut_ptr().cast::<u32>().add(2) = fd as u32;
+        libc::syscall(
+            libc::SYS_bpf,
+            6,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: closing the fd we created; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_with_an_old_layout_are_recreated() {
+    require_kernel_env!();
+    let mut node = Node::new();
+    let client = node.add_pod("client");
+    let server = node.add_pod("server");
+    let _echo = PodServer::start(&server, 8081, 8091);
+    let _echo0 = PodServer::start(&server, 8080, 8090);
+    let pin = pin_dir("oldlayout");
+    let _cleanup = PinCleanup(pin.clone());
+    std::fs::create_dir_all(&pin).unwrap();
+    pin_array_map(&pin.join("PLUMB_AGENT"), 48);
+    let agent = AgentProcess::spawn(&agent_config(&node, &server, &pin, false), &[]).await;
+    assert!(
+        agent.logs().contains("pinned maps have another layout"),
+        "{}",
+        agent.logs()
+    );
+    let r = roundtrip(&client, &format!("{}:8081", server.ip), 1000);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        stat(agent.admin, "cluster.passthrough.upstream_cx_total").await,
+        1
+    );
+}
