@@ -93,8 +93,9 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // Build the binaries first so subprocess tests find them fresh.
-    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    // Build the binaries first so subprocess tests find them fresh — with the same package
+    // set the test harness asks for, so its own `cargo build` is a no-op.
+    run(cargo().args(["build", "-p", "plumb", "-p", "plumb-tests", "--bins"]))?;
     let mut t = cargo();
     t.args(["test", "--workspace"]);
     if ci {
