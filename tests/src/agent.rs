@@ -179,18 +179,11 @@ fn built_bin(package: &str, bin: &str) -> PathBuf {
     let path = dir.join(bin);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    // Build with the same package set as the tests (`plumb` + `plumb-tests`), so Cargo unifies
-    // features the same way and reuses the test build instead of compiling a second variant.
+    // Build exactly what `cargo test --workspace` builds (every package, with the test
+    // targets and so the dev-dependencies' features), so Cargo unifies features the same way
+    // and this is a no-op after the test build instead of a second variant of everything.
     let _ = package;
-    cmd.args([
-        "build",
-        "--quiet",
-        "-p",
-        "plumb",
-        "-p",
-        "plumb-tests",
-        "--bins",
-    ]);
+    cmd.args(["build", "--quiet", "--workspace", "--bins", "--tests"]);
     if dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }

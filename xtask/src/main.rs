@@ -93,9 +93,9 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // Build the binaries first so subprocess tests find them fresh — with the same package
-    // set the test harness asks for, so its own `cargo build` is a no-op.
-    run(cargo().args(["build", "-p", "plumb", "-p", "plumb-tests", "--bins"]))?;
+    // Build the binaries (and test targets) first so subprocess tests find them fresh — the
+    // same build the test harness asks for, so its own `cargo build` is a no-op.
+    run(cargo().args(["build", "--workspace", "--bins", "--tests"]))?;
     let mut t = cargo();
     t.args(["test", "--workspace"]);
     if ci {
