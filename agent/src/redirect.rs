@@ -168,15 +168,7 @@ fn remove_incompatible_pins(dir: &Path) {
         return;
     }
     tracing::warn!(pin_path = %dir.display(), "pinned maps have another layout (an older Plumb?): recreating them");
-    for name in [
-        maps::AGENT,
-        maps::CAPTURE_V4,
-        maps::CAPTURE_V6,
-        maps::ORIG_BY_COOKIE,
-        maps::ORIG_BY_TUPLE,
-        maps::SOCKETS,
-        maps::COUNTERS,
-    ] {
+    for name in maps::ALL {
         let _ = std::fs::remove_file(dir.join(name));
     }
 }
@@ -296,37 +288,31 @@ fn write_rules(
             }
         }
     }
-    for (len, data, action) in &want4 {
-        v4.insert(&Key::new(*len, *data), *action, 0)
+    sync_trie(v4, &want4)?;
+    sync_trie(v6, &want6)?;
+    Ok(())
+}
+
+/// Writes every wanted entry, then removes the entries not wanted.
+fn sync_trie<K: aya::Pod + PartialEq>(
+    trie: &mut LpmTrie<MapData, K, RawRule>,
+    want: &[(u32, K, RawRule)],
+) -> Result<(), RedirectError> {
+    for (len, data, action) in want {
+        trie.insert(&Key::new(*len, *data), *action, 0)
             .map_err(setup("insert capture rule"))?;
     }
-    for (len, data, action) in &want6 {
-        v6.insert(&Key::new(*len, *data), *action, 0)
-            .map_err(setup("insert capture rule"))?;
-    }
-    let stale4: Vec<Key<CaptureV4>> = v4
+    let stale: Vec<Key<K>> = trie
         .keys()
         .filter_map(Result::ok)
         .filter(|k| {
-            !want4
+            !want
                 .iter()
                 .any(|(l, d, _)| *l == k.prefix_len() && *d == k.data())
         })
         .collect();
-    for k in stale4 {
-        let _ = v4.remove(&k);
-    }
-    let stale6: Vec<Key<CaptureV6>> = v6
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| {
-            !want6
-                .iter()
-                .any(|(l, d, _)| *l == k.prefix_len() && *d == k.data())
-        })
-        .collect();
-    for k in stale6 {
-        let _ = v6.remove(&k);
+    for k in stale {
+        let _ = trie.remove(&k);
     }
     Ok(())
 }
@@ -544,18 +530,7 @@ impl Redirector {
         };
         stats.active.set(1);
         stats.conflicting_programs.set(conflicts.len() as i64);
-        let pinned = [
-            maps::AGENT,
-            maps::CAPTURE_V4,
-            maps::CAPTURE_V6,
-            maps::ORIG_BY_COOKIE,
-            maps::ORIG_BY_TUPLE,
-            maps::SOCKETS,
-            maps::COUNTERS,
-        ]
-        .iter()
-        .map(|m| cfg.pin_path.join(m))
-        .collect();
+        let pinned = maps::ALL.iter().map(|m| cfg.pin_path.join(m)).collect();
         let r = Arc::new(Self {
             config: cfg.clone(),
             ebpf: Mutex::new(Some(ebpf)),

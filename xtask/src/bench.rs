@@ -3,7 +3,7 @@
 //! latency (64 connections), plus the proxies' CPU time and memory. Loopback only; every
 //! measurement is bounded in time.
 
-use crate::util::{self, cargo, cpu_seconds, free_port, root_dir, rss_mib, run, KillOnDrop};
+use crate::util::{self, cpu_seconds, free_port, root_dir, rss_mib, KillOnDrop};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
@@ -70,15 +70,7 @@ fn wait_port(addr: &str) -> Result<()> {
 
 fn l4(secs: f64, threads: usize) -> Result<()> {
     crate::deps(true)?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "plumb",
-        "-p",
-        "plumb-tests",
-        "--bins",
-    ]))?;
+    util::build_release_bins()?;
     let dir = root_dir().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let plumb = root_dir().join("target/release/plumb");

@@ -4,7 +4,7 @@
 //! (netns + veth + cgroup2) in 10.213.250.0/24; the client runs in the enrolled cgroup. Root
 //! only. Everything created is removed at the end, also on error.
 
-use crate::util::{self, cargo, root_dir, run, KillOnDrop};
+use crate::util::{self, root_dir, KillOnDrop};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -259,15 +259,7 @@ pub fn bench(secs: f64) -> Result<()> {
     }
     util::ensure_debian_packages(&[("iptables", "iptables")])?;
     crate::ebpf::build()?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "plumb",
-        "-p",
-        "plumb-tests",
-        "--bins",
-    ]))?;
+    util::build_release_bins()?;
     let plumb = root_dir().join("target/release/plumb");
     let loadgen = root_dir().join("target/release/plumb-load");
     let dir = root_dir().join("target/bench");

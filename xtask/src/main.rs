@@ -228,15 +228,7 @@ fn demo(args: &[String]) -> Result<()> {
 
 /// Runs the control-plane tool (tests/src/bin/plumb-xds-bench.rs) against a release plumb.
 pub fn xds_tool(mode: &str, extra: &[&str]) -> Result<()> {
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "plumb",
-        "-p",
-        "plumb-tests",
-        "--bins",
-    ]))?;
+    util::build_release_bins()?;
     let tool = util::root_dir().join("target/release/plumb-xds-bench");
     let plumb = util::root_dir().join("target/release/plumb");
     run(Command::new(tool)

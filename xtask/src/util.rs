@@ -20,6 +20,19 @@ pub fn cargo() -> Command {
     c
 }
 
+/// Release builds of the agent and the test tools (load generator, control plane) for benches.
+pub fn build_release_bins() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "plumb",
+        "-p",
+        "plumb-tests",
+        "--bins",
+    ]))
+}
+
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
     let st = cmd

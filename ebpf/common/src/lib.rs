@@ -15,6 +15,16 @@ pub mod maps {
     pub const ORIG_BY_TUPLE: &str = "PLUMB_ORIG_BY_TUPLE";
     pub const SOCKETS: &str = "PLUMB_SOCKETS";
     pub const COUNTERS: &str = "PLUMB_COUNTERS";
+    /// Every map, for pinning, cleanup and layout checks.
+    pub const ALL: [&str; 7] = [
+        AGENT,
+        CAPTURE_V4,
+        CAPTURE_V6,
+        ORIG_BY_COOKIE,
+        ORIG_BY_TUPLE,
+        SOCKETS,
+        COUNTERS,
+    ];
 }
 
 /// Program names in the object.
