@@ -68,7 +68,14 @@ const ENDPOINTS: &[(&str, bool, &str)] = &[
 ];
 
 /// Serves admin requests on `socket` until `stop` turns true.
-pub fn run(socket: std::net::TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// Serves the admin API on `socket` until `stop`; while `paused` (a successor agent is
+/// taking over the same socket) it does not accept.
+pub fn run(
+    socket: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    mut paused: watch::Receiver<bool>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -91,7 +98,14 @@ pub fn run(socket: std::net::TcpListener, shared: Arc<Shared>, mut stop: watch::
             tracing::info!(address = %addr, "admin listening");
         }
         loop {
+            if *paused.borrow_and_update() {
+                tokio::select! {
+                    _ = paused.changed() => continue,
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
             let (stream, _) = tokio::select! {
+                _ = paused.changed() => continue,
                 r = listener.accept() => match r {
                     Ok(s) => s,
                     Err(e) => {

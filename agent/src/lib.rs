@@ -11,6 +11,7 @@ pub mod config;
 pub mod copy;
 pub mod drain;
 pub mod filters;
+pub mod handover;
 pub mod listener;
 pub mod logging;
 pub mod notify;

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use plumb::config::{self, Snapshot};
 use plumb::logging::{self, LogFormat};
-use plumb::server::{self, Options};
+use plumb::server::{self, AfterTakeover, Options};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -53,6 +53,18 @@ enum Command {
         /// Override node.locality.zone (Envoy's --service-zone).
         #[arg(long)]
         service_zone: Option<String>,
+        /// Unix socket through which this agent hands its listening sockets and eBPF links to
+        /// a successor started with --takeover (e.g. /run/plumb/upgrade.sock).
+        #[arg(long)]
+        upgrade_socket: Option<PathBuf>,
+        /// Take over from the agent serving --upgrade-socket: inherit its sockets and eBPF
+        /// links, then let it drain. Starts fresh when no agent serves the socket.
+        #[arg(long, requires = "upgrade_socket")]
+        takeover: bool,
+        /// After a successor took over and connections drained: exit, or wait for SIGTERM
+        /// (under supervisors that restart exited processes, such as a Kubernetes pod).
+        #[arg(long, value_enum, default_value_t = AfterTakeover::Exit)]
+        after_takeover: AfterTakeover,
     },
     /// Validate a bootstrap file: print a summary, or every error with its field path.
     CheckConfig {
@@ -82,6 +94,9 @@ fn main() -> ExitCode {
             service_node,
             service_cluster,
             service_zone,
+            upgrade_socket,
+            takeover,
+            after_takeover,
         } => {
             let log = match logging::init(&log_level, log_format) {
                 Ok(l) => l,
@@ -117,6 +132,9 @@ fn main() -> ExitCode {
                 config_path: config.clone(),
                 xds_cache,
                 command_line: std::env::args().collect(),
+                upgrade_socket,
+                takeover,
+                after_takeover,
                 ..Options::default()
             };
             if let Some(c) = concurrency {

@@ -8,10 +8,11 @@
 //! descriptors, detaching the programs.
 
 use crate::config::{CaptureRule, Listener, RedirectConfig};
+use crate::handover::OfferedLink;
 use crate::stats::{Counter, Gauge, Store};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, SockHash};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps};
+use aya::programs::SkMsg;
 use aya::{Ebpf, EbpfLoader};
 use plumb_ebpf_common::{
     counters, maps, programs, AgentState, CaptureRule as RawRule, CaptureV4, CaptureV6, OrigDst,
@@ -20,6 +21,7 @@ use plumb_ebpf_common::{
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 /// Why redirection is not running.
@@ -59,11 +61,82 @@ pub struct Redirector {
     /// Set by `activate` once the proxy serves; heartbeats run only while set.
     active: AtomicBool,
     pinned: Vec<PathBuf>,
+    /// The cgroup attachments (bpf_link fds); dropping one detaches its program unless a
+    /// successor holds a duplicate.
+    links: Mutex<Vec<CgroupLink>>,
+    /// Handed over to a successor: stop without deregistering, detaching or unpinning.
+    released: AtomicBool,
     /// Held so its fd stays open while programs that use it load and run.
     _sockets: Option<SockHash<MapData, Tuple>>,
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// One program attached to one cgroup through a bpf_link.
+#[derive(Debug)]
+struct CgroupLink {
+    program: &'static str,
+    cgroup: PathBuf,
+    fd: OwnedFd,
+    /// Received from the agent this one took over; still runs that agent's program until
+    /// `activate` swaps this one's in.
+    inherited: bool,
+}
+
+/// What a new agent takes over from the old one's redirection.
+#[derive(Debug, Default)]
+pub struct InheritedRedirect {
+    pub links: Vec<(OfferedLink, OwnedFd)>,
+    /// The old agent's cgroup id: its connects stay uncaptured while it drains.
+    pub agent_cgroup_id: u64,
+}
+
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_CGROUP_SOCK_OPS: u32 = 3;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u32; 16]) -> std::io::Result<libc::c_long> {
+    // SAFETY: bpf(2) with a zero-padded attr buffer of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Attaches `prog` to `cgroup` with a new bpf_link (exclusive: no other program of that
+/// attach type on that cgroup may be attached without BPF_F_ALLOW_MULTI).
+fn link_create(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> std::io::Result<OwnedFd> {
+    // link_create: prog_fd, target_fd, attach_type, flags.
+    let mut attr = [0u32; 16];
+    attr[0] = prog.as_raw_fd() as u32;
+    attr[1] = cgroup.as_raw_fd() as u32;
+    attr[2] = attach_type;
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Atomically replaces the program a link runs.
+fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> std::io::Result<()> {
+    // link_update: link_fd, new_prog_fd, flags, old_prog_fd.
+    let mut attr = [0u32; 16];
+    attr[0] = link.as_raw_fd() as u32;
+    attr[1] = prog.as_raw_fd() as u32;
+    bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
 
 /// Capabilities redirection needs that this process lacks (from /proc/self/status CapEff).
 fn missing_capabilities() -> Vec<&'static str> {
@@ -331,6 +404,7 @@ impl Redirector {
         listeners: &[Arc<Listener>],
         proxy_port: u16,
         store: &Store,
+        mut inherited: Option<InheritedRedirect>,
     ) -> Result<Arc<Self>, RedirectError> {
         let missing = missing_capabilities();
         if !missing.is_empty() {
@@ -450,6 +524,11 @@ impl Redirector {
             max_staleness_ns: cfg.fail_open_after.as_nanos() as u64,
             flags: if cfg.sk_msg { FLAG_SK_MSG } else { 0 },
             agent_cgroup_id,
+            prev_agent_cgroup_id: inherited
+                .as_ref()
+                .map(|i| i.agent_cgroup_id)
+                .filter(|id| *id != agent_cgroup_id)
+                .unwrap_or(0),
             ..AgentState::default()
         };
         if let Some(ip) = cfg.proxy_v4 {
@@ -462,9 +541,13 @@ impl Redirector {
         }
         let mut agent: Array<MapData, AgentState> =
             Array::try_from(take(&mut ebpf, maps::AGENT)?).map_err(setup("agent map"))?;
-        agent
-            .set(0, state, 0)
-            .map_err(setup("register the agent"))?;
+        if inherited.is_none() {
+            // Clear whatever an agent that died left in the pinned map. When taking over, the
+            // old agent's registration stays in force until `activate`.
+            agent
+                .set(0, state, 0)
+                .map_err(setup("register the agent"))?;
+        }
         let orig_by_tuple: HashMap<MapData, Tuple, OrigDst> =
             HashMap::try_from(take(&mut ebpf, maps::ORIG_BY_TUPLE)?)
                 .map_err(setup("original destination map"))?;
@@ -494,31 +577,59 @@ impl Redirector {
                 sockops_cgroups.push(own);
             }
         }
-        for name in [programs::CONNECT4, programs::CONNECT6] {
-            let prog: &mut CgroupSockAddr = ebpf
+        // Links the agent owns (raw bpf_link fds, so they can be handed to a successor).
+        // A link inherited from the agent this one takes over keeps running the old program
+        // until `activate` swaps this one in; elsewhere a new link is created now.
+        let mut inherited_links = inherited.as_mut().map(|i| std::mem::take(&mut i.links)).unwrap_or_default();
+        let mut links = Vec::new();
+        let plan = [
+            (programs::CONNECT4, BPF_CGROUP_INET4_CONNECT, &cfg.cgroups),
+            (programs::CONNECT6, BPF_CGROUP_INET6_CONNECT, &cfg.cgroups),
+            (programs::SOCKOPS, BPF_CGROUP_SOCK_OPS, &sockops_cgroups),
+        ];
+        for (name, attach_type, cgroups) in plan {
+            let prog = ebpf
                 .program_mut(name)
-                .ok_or_else(|| RedirectError::Setup(format!("program {name} missing")))?
-                .try_into()
-                .map_err(setup(name))?;
-            prog.load().map_err(setup(&format!("load {name}")))?;
-            for cg in &cfg.cgroups {
-                let f =
-                    std::fs::File::open(cg).map_err(setup(&format!("open {}", cg.display())))?;
-                prog.attach(&f, CgroupAttachMode::Single)
+                .ok_or_else(|| RedirectError::Setup(format!("program {name} missing")))?;
+            match prog {
+                aya::programs::Program::CgroupSockAddr(p) => p.load(),
+                aya::programs::Program::SockOps(p) => p.load(),
+                _ => {
+                    return Err(RedirectError::Setup(format!(
+                        "program {name} has an unexpected type"
+                    )))
+                }
+            }
+            .map_err(setup(&format!("load {name}")))?;
+            let prog_fd = prog.fd().map_err(setup(name))?;
+            for cg in cgroups.iter() {
+                if let Some(i) = inherited_links
+                    .iter()
+                    .position(|(o, _)| o.program == name && o.cgroup == *cg)
+                {
+                    let (_, fd) = inherited_links.swap_remove(i);
+                    links.push(CgroupLink {
+                        program: name,
+                        cgroup: cg.clone(),
+                        fd,
+                        inherited: true,
+                    });
+                    continue;
+                }
+                let f = std::fs::File::open(cg).map_err(setup(&format!("open {}", cg.display())))?;
+                let fd = link_create(prog_fd.as_fd(), f.as_fd(), attach_type)
                     .map_err(setup(&format!("attach {name} to {}", cg.display())))?;
+                links.push(CgroupLink {
+                    program: name,
+                    cgroup: cg.clone(),
+                    fd,
+                    inherited: false,
+                });
             }
         }
-        let prog: &mut SockOps = ebpf
-            .program_mut(programs::SOCKOPS)
-            .ok_or_else(|| RedirectError::Setup("sockops program missing".into()))?
-            .try_into()
-            .map_err(setup("sockops"))?;
-        prog.load().map_err(setup("load sockops"))?;
-        for cg in &sockops_cgroups {
-            let f = std::fs::File::open(cg).map_err(setup(&format!("open {}", cg.display())))?;
-            prog.attach(&f, CgroupAttachMode::Single)
-                .map_err(setup(&format!("attach sockops to {}", cg.display())))?;
-        }
+        // Inherited links for cgroups this configuration does not enroll close with these
+        // descriptors (and detach once the old agent closes its own).
+        drop(inherited_links);
 
         let scope = store.root_scope("redirect");
         let stats = RedirectStats {
@@ -543,6 +654,8 @@ impl Redirector {
             stop: Arc::new(AtomicBool::new(false)),
             active: AtomicBool::new(false),
             pinned,
+            links: Mutex::new(links),
+            released: AtomicBool::new(false),
             _sockets: sockets_map,
         });
         tracing::info!(
@@ -592,10 +705,61 @@ impl Redirector {
     }
 
     /// Starts capturing: called once listeners accept and the initial configuration is in.
+    /// Links inherited from the previous agent switch to this agent's programs first (each
+    /// swap is atomic: a connect runs either the old program or the new one).
     pub fn activate(&self) {
+        {
+            let ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+            let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            for l in links.iter_mut().filter(|l| l.inherited) {
+                let prog = ebpf.as_ref().and_then(|e| e.program(l.program)).map(|p| p.fd());
+                let result = match prog {
+                    Some(Ok(fd)) => link_update(l.fd.as_fd(), fd.as_fd()),
+                    _ => Err(std::io::Error::other("program not loaded")),
+                };
+                match result {
+                    Ok(()) => l.inherited = false,
+                    Err(e) => tracing::error!(program = l.program, cgroup = %l.cgroup.display(), error = %e, "cannot switch an inherited link to this agent's program; it keeps the previous one"),
+                }
+            }
+        }
         self.active.store(true, Ordering::Release);
         self.beat();
         tracing::info!("eBPF capture active");
+    }
+
+    /// Duplicates of the link descriptors, for a successor.
+    pub fn offer_links(&self) -> Vec<(OfferedLink, OwnedFd)> {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links
+            .iter()
+            .filter_map(|l| {
+                let fd = l.fd.try_clone().ok()?;
+                Some((
+                    OfferedLink {
+                        program: l.program.to_string(),
+                        cgroup: l.cgroup.clone(),
+                    },
+                    fd,
+                ))
+            })
+            .collect()
+    }
+
+    /// The cgroup id the programs treat as this agent's.
+    pub fn agent_cgroup_id(&self) -> u64 {
+        self.state.agent_cgroup_id
+    }
+
+    /// Hands capture to a successor: the heartbeat stops without clearing the registration
+    /// (the successor's first heartbeat follows within milliseconds), and `shutdown` will
+    /// neither deregister, detach nor unpin.
+    pub fn release(&self) {
+        let _agent = self.agent.lock().unwrap_or_else(|p| p.into_inner());
+        self.released.store(true, Ordering::Release);
+        self.stop.store(true, Ordering::Release);
+        self.stats.active.set(0);
+        tracing::info!("eBPF redirection handed over to the new agent");
     }
 
     /// The destination a redirected connection was meant for (recorded by sockops at
@@ -650,12 +814,21 @@ impl Redirector {
         );
     }
 
-    /// Deregisters, detaches every program and removes the pinned maps.
+    /// Deregisters, detaches every program and removes the pinned maps. After `release`,
+    /// only closes this agent's descriptors: the successor's duplicates keep everything.
     pub fn shutdown(&self) {
+        if self.released.load(Ordering::Acquire) {
+            self.stop.store(true, Ordering::Release);
+            self.links.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            self.ebpf.lock().unwrap_or_else(|p| p.into_inner()).take();
+            return;
+        }
         self.deregister();
         self.sync_stats();
+        // Links close: programs detach.
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).clear();
         if let Some(ebpf) = self.ebpf.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            drop(ebpf); // links close: programs detach
+            drop(ebpf);
         }
         for p in &self.pinned {
             let _ = std::fs::remove_file(p);

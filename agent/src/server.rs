@@ -19,6 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
+/// How long a new agent waits for the old one's offer, and for its release.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Grace given to connection tasks to finish after the drain time ends and they are told to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -39,6 +42,24 @@ pub struct Options {
     /// Persist the last good xDS configuration here and start from it (`--xds-cache`).
     pub xds_cache: Option<PathBuf>,
     pub command_line: Vec<String>,
+    /// Serve hand-overs to a successor on this unix socket, and take over from the agent
+    /// serving it when `takeover` is set (`--upgrade-socket`).
+    pub upgrade_socket: Option<PathBuf>,
+    /// Take the sockets and eBPF links of the agent serving `upgrade_socket` (`--takeover`).
+    pub takeover: bool,
+    /// What an agent does once a successor has taken over and its connections have drained.
+    pub after_takeover: AfterTakeover,
+}
+
+/// What an agent does after handing over to a successor and draining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AfterTakeover {
+    /// Exit (systemd, a shell).
+    #[default]
+    Exit,
+    /// Stay idle until SIGTERM: under a supervisor that restarts exited processes (a
+    /// Kubernetes pod), exiting would start a fresh agent that takes over back.
+    Wait,
 }
 
 impl Default for Options {
@@ -54,6 +75,9 @@ impl Default for Options {
             config_path: None,
             xds_cache: None,
             command_line: Vec::new(),
+            upgrade_socket: None,
+            takeover: false,
+            after_takeover: AfterTakeover::Exit,
         }
     }
 }
@@ -99,6 +123,16 @@ pub struct Shared {
     /// The ADS client, when `dynamic_resources` is configured.
     pub xds: Option<Arc<crate::xds::XdsClient>>,
     shutdown_tx: watch::Sender<Option<ShutdownKind>>,
+    /// The admin socket (configured address, duplicate descriptor), for a successor.
+    admin_socket: Option<(SocketAddr, std::os::fd::OwnedFd)>,
+    /// True while a successor is taking over: the admin server stops accepting.
+    admin_paused: watch::Sender<bool>,
+    /// Set when a successor has taken over: drain without deregistering redirection.
+    pub handed_over: AtomicBool,
+    /// The hand-over in progress when this agent started with `--takeover`.
+    takeover: std::sync::Mutex<Option<crate::handover::Inherited>>,
+    /// Set by SIGTERM/SIGINT.
+    signalled: watch::Sender<bool>,
 }
 
 /// Envoy's server states, as `/server_info` and `server.state` report them.
@@ -331,15 +365,59 @@ pub fn start(
     let store = Store::new();
     let clusters = Arc::new(ClusterManager::new(&snapshot, &store));
 
+    let mut inherited = None;
+    if options.takeover {
+        let path = options
+            .upgrade_socket
+            .as_deref()
+            .context("--takeover needs --upgrade-socket: the socket the running agent serves")?;
+        match crate::handover::take_over(path, TAKEOVER_TIMEOUT) {
+            Ok(i) => {
+                tracing::info!(
+                    old_pid = i.old_pid,
+                    old_version = %i.old_version,
+                    listeners = i.listeners.len(),
+                    links = i.links.len(),
+                    "taking over from the running agent"
+                );
+                inherited = Some(i);
+            }
+            Err(crate::handover::TakeoverError::NoAgent(p)) => {
+                tracing::info!(upgrade_socket = %p.display(), "no running agent to take over: starting fresh");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
     let admin_socket = match &snapshot.admin {
-        Some(a) => Some(
-            listener::bind(a.address, 128, false)
-                .with_context(|| format!("cannot bind admin address {}", a.address))?,
-        ),
+        Some(a) => {
+            let from_old = inherited
+                .as_mut()
+                .and_then(|i| i.admin.take())
+                .filter(|(o, _)| o.configured == a.address || o.bound == a.address)
+                .map(|(_, l)| l);
+            match from_old {
+                Some(l) => Some(l),
+                None => Some(
+                    listener::bind(a.address, 128, false)
+                        .with_context(|| format!("cannot bind admin address {}", a.address))?,
+                ),
+            }
+        }
         None => None,
+    };
+    let admin_dup = match (&snapshot.admin, &admin_socket) {
+        (Some(a), Some(s)) => {
+            use std::os::fd::AsFd;
+            s.as_fd().try_clone_to_owned().ok().map(|fd| (a.address, fd))
+        }
+        _ => None,
     };
     let admin_address = admin_socket.as_ref().map(|s| s.local_addr()).transpose()?;
     let listeners = Arc::new(ListenerManager::new(clusters.clone(), &store));
+    if let Some(i) = inherited.as_mut() {
+        listeners.inherit(std::mem::take(&mut i.listeners));
+    }
     for l in &snapshot.listeners {
         listeners.upsert(l.clone())?;
     }
@@ -350,7 +428,13 @@ pub fn start(
                 .address_of(&cfg.listener)
                 .map(|a| a.port())
                 .unwrap_or(0);
-            match Redirector::start(cfg, &snapshot.listeners, port, &store) {
+            let from_old = inherited
+                .as_mut()
+                .map(|i| crate::redirect::InheritedRedirect {
+                    links: std::mem::take(&mut i.links),
+                    agent_cgroup_id: i.old_cgroup_id,
+                });
+            match Redirector::start(cfg, &snapshot.listeners, port, &store, from_old) {
                 Ok(r) => {
                     listeners.set_redirect(r.clone());
                     Some(r)
@@ -425,6 +509,11 @@ pub fn start(
         redirect,
         xds,
         shutdown_tx,
+        admin_socket: admin_dup,
+        admin_paused: watch::channel(false).0,
+        handed_over: AtomicBool::new(false),
+        takeover: std::sync::Mutex::new(inherited),
+        signalled: watch::channel(false).0,
     });
     shared.refresh_server_stats();
 
@@ -435,7 +524,10 @@ pub fn start(
             Some(
                 std::thread::Builder::new()
                     .name("plumb-admin".into())
-                    .spawn(move || admin::run(sock, shared, admin_stop_rx))?,
+                    .spawn(move || {
+                        let paused = shared.admin_paused.subscribe();
+                        admin::run(sock, shared, admin_stop_rx, paused)
+                    })?,
             )
         }
         None => None,
@@ -478,7 +570,16 @@ async fn run_data_plane(
     }
     let drain = shared.drain.clone();
     shared.clusters.initialize(drain.watch()).await;
-    shared.listeners.start(drain.watch());
+    let taking_over = shared
+        .takeover
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_some();
+    // When taking over, the old agent accepts on the shared sockets until this one has its
+    // configuration and the old one has released them.
+    if !taking_over {
+        shared.listeners.start(drain.watch());
+    }
     let (xds_stop_tx, xds_stop_rx) = watch::channel(false);
     let xds_thread = match &shared.xds {
         Some(x) => match crate::xds::spawn(x.clone(), xds_stop_rx) {
@@ -511,11 +612,40 @@ async fn run_data_plane(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    if taking_over {
+        let t = shared
+            .takeover
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = t {
+            let old_pid = t.old_pid;
+            match tokio::task::spawn_blocking(move || t.finish(TAKEOVER_TIMEOUT)).await {
+                Ok(Ok(())) => tracing::info!(old_pid, "the old agent released its sockets"),
+                Ok(Err(e)) => tracing::warn!(old_pid, error = %e, "the old agent did not confirm the release; taking over anyway"),
+                Err(e) => tracing::warn!(error = %e, "hand-over task failed"),
+            }
+        }
+        shared.listeners.start(drain.watch());
+    }
+    shared.listeners.close_inherited();
     shared.initialized.store(true, Ordering::Release);
     if let Some(r) = &shared.redirect {
         r.activate();
     }
-    crate::notify::notify("READY=1\nSTATUS=serving");
+    crate::notify::notify(&format!(
+        "READY=1\nSTATUS=serving\nMAINPID={}",
+        std::process::id()
+    ));
+    if let Some(path) = shared.options.upgrade_socket.clone() {
+        let s = shared.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("plumb-handover".into())
+            .spawn(move || serve_successors(s, &path))
+        {
+            tracing::error!(error = %e, "cannot start the hand-over thread");
+        }
+    }
     if let Some(every) = crate::notify::watchdog_interval() {
         tokio::spawn(crate::notify::watchdog(every));
     }
@@ -541,11 +671,18 @@ async fn run_data_plane(
         active = drain.active(),
         "draining"
     );
-    crate::notify::notify("STOPPING=1\nSTATUS=draining");
-    // Fail open first: workloads' new connects go straight to their destinations instead of
-    // meeting a closed listener.
-    if let Some(r) = &shared.redirect {
-        r.deregister();
+    let handed_over = shared.handed_over.load(Ordering::Acquire);
+    if handed_over {
+        // The successor owns the configuration now: this agent must not bind or change
+        // anything the control plane sends.
+        let _ = xds_stop_tx.send(true);
+    } else {
+        crate::notify::notify("STOPPING=1\nSTATUS=draining");
+        // Fail open first: workloads' new connects go straight to their destinations
+        // instead of meeting a closed listener.
+        if let Some(r) = &shared.redirect {
+            r.deregister();
+        }
     }
     drain.advance(Phase::Draining);
     let escalated = async {
@@ -573,7 +710,120 @@ async fn run_data_plane(
     if let Some(r) = &shared.redirect {
         r.shutdown();
     }
+    if handed_over && shared.options.after_takeover == AfterTakeover::Wait {
+        tracing::info!("handed over and drained; waiting for SIGTERM (--after-takeover wait)");
+        let mut sig = shared.signalled.subscribe();
+        let _ = sig.wait_for(|s| *s).await;
+    }
     tracing::info!("stopped");
+}
+
+/// Serves hand-overs to successor agents on `path` until one takes over or this agent stops.
+fn serve_successors(shared: Arc<Shared>, path: &std::path::Path) {
+    let listener = match crate::handover::Listener::bind(path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(upgrade_socket = %path.display(), error = %e, "cannot serve hand-overs");
+            return;
+        }
+    };
+    tracing::info!(upgrade_socket = %path.display(), "serving hand-overs to a successor");
+    loop {
+        if shared.drain.phase() == Phase::Closing {
+            break;
+        }
+        let channel = match listener.accept(Instant::now() + Duration::from_millis(250)) {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "hand-over accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        match hand_over(&shared, &channel) {
+            Ok(true) => return, // the successor serves `path` now
+            Ok(false) => {}
+            Err(e) => {
+                let _ = shared.admin_paused.send(false);
+                tracing::warn!(error = %e, "hand-over aborted; this agent carries on");
+            }
+        }
+    }
+    if listener.still_ours() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// One hand-over: offer, then release on `Ready`. `Ok(false)`: refused or abandoned.
+fn hand_over(shared: &Shared, channel: &crate::handover::Channel) -> anyhow::Result<bool> {
+    use crate::handover::{Message, OfferedSocket, PROTOCOL};
+    use std::os::fd::AsFd;
+    let hello = channel.recv(Some(Instant::now() + Duration::from_secs(5)))?;
+    let Some((Message::Hello { protocol, pid, version }, _)) = hello else {
+        anyhow::bail!("expected a hello from the successor, got {hello:?}");
+    };
+    let refuse = |reason: String| -> anyhow::Result<bool> {
+        tracing::warn!(successor_pid = pid, "refusing hand-over: {reason}");
+        channel.send(&Message::Refused { reason }, &[])?;
+        Ok(false)
+    };
+    if protocol != PROTOCOL {
+        return refuse(format!(
+            "successor speaks hand-over protocol {protocol}, this agent {PROTOCOL}"
+        ));
+    }
+    if shared.drain.phase() != Phase::Running || shared.handed_over.load(Ordering::Acquire) {
+        return refuse("this agent is draining".into());
+    }
+    tracing::info!(successor_pid = pid, successor_version = %version, "a successor is taking over");
+    let mut sockets: Vec<(OfferedSocket, std::os::fd::OwnedFd)> = Vec::new();
+    if let Some((configured, fd)) = &shared.admin_socket {
+        let bound = std::net::TcpListener::from(fd.try_clone()?).local_addr()?;
+        sockets.push((
+            OfferedSocket {
+                name: None,
+                configured: *configured,
+                bound,
+            },
+            fd.try_clone()?,
+        ));
+    }
+    sockets.extend(shared.listeners.offer());
+    let links = shared
+        .redirect
+        .as_ref()
+        .map(|r| r.offer_links())
+        .unwrap_or_default();
+    let cgroup_id = shared
+        .redirect
+        .as_ref()
+        .map(|r| r.agent_cgroup_id())
+        .unwrap_or(0);
+    // Probes and operators see the successor from now on.
+    let _ = shared.admin_paused.send(true);
+    {
+        let sockets: Vec<_> = sockets.iter().map(|(o, f)| (o.clone(), f.as_fd())).collect();
+        let links: Vec<_> = links.iter().map(|(o, f)| (o.clone(), f.as_fd())).collect();
+        channel.send_offer(cgroup_id, &sockets, &links)?;
+    }
+    // The duplicates close here: the successor has its own.
+    drop((sockets, links));
+    // The successor loads its configuration (xDS included) before it is ready.
+    match channel.recv(None)? {
+        Some((Message::Ready, _)) => {}
+        None => anyhow::bail!("the successor went away before taking over"),
+        Some((other, _)) => anyhow::bail!("unexpected message from the successor: {other:?}"),
+    }
+    shared.listeners.stop_accepting();
+    if let Some(r) = &shared.redirect {
+        r.release();
+    }
+    shared.handed_over.store(true, Ordering::Release);
+    channel.send(&Message::Released, &[])?;
+    tracing::info!(successor_pid = pid, "handed over; draining established connections");
+    shared.request_shutdown(ShutdownKind::Graceful);
+    Ok(true)
 }
 
 async fn handle_signals(shared: Arc<Shared>) {
@@ -602,6 +852,7 @@ async fn handle_signals(shared: Arc<Shared>) {
             }
         };
         seen += 1;
+        let _ = shared.signalled.send(true);
         let kind = if seen == 1 {
             ShutdownKind::Graceful
         } else {

@@ -10,6 +10,7 @@
 
 use super::{bind, serve, ActiveListener, Dispatch, DispatchHandle};
 use crate::config;
+use crate::handover::{Inherited, OfferedSocket};
 use crate::drain;
 use crate::redirect::Redirector;
 use crate::stats::{Counter, Gauge, Store};
@@ -46,6 +47,8 @@ struct Slot {
     current: Arc<ArcSwap<ActiveListener>>,
     /// Bound address and the switch that stops its accept loop; `None` when not bound.
     socket: Option<(SocketAddr, watch::Sender<bool>)>,
+    /// A duplicate of the listening socket, to hand to a successor agent.
+    dup: Option<std::os::fd::OwnedFd>,
 }
 
 type Pending = (
@@ -59,6 +62,9 @@ struct Inner {
     slots: BTreeMap<String, Slot>,
     /// Bound before the runtime started; served by `start`.
     pending: Vec<Pending>,
+    /// Listening sockets received from the agent this one takes over, used instead of
+    /// binding when a listener matches one; the rest are closed by `close_inherited`.
+    inherited: Vec<(OfferedSocket, std::net::TcpListener)>,
 }
 
 #[derive(Debug)]
@@ -179,7 +185,14 @@ impl ListenerManager {
     /// Adds or replaces listener `cfg.name`.
     pub fn upsert(&self, cfg: Arc<config::Listener>) -> Result<Upsert, ListenerUpdateError> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inherited = Inherited::take_listener(&mut inner.inherited, &cfg.name, cfg.address);
+        if let Some(l) = &inherited {
+            tracing::info!(listener = %cfg.name, address = ?l.local_addr().ok(), "using the listening socket inherited from the previous agent");
+        }
         let bind_new = |cfg: &config::Listener| {
+            if let Some(l) = inherited {
+                return Ok(l);
+            }
             bind(cfg.address, cfg.tcp_backlog_size, cfg.ipv4_compat).map_err(|source| {
                 self.stats.create_failure.inc();
                 ListenerUpdateError::Bind {
@@ -206,8 +219,9 @@ impl ListenerManager {
             }
             existing => {
                 let replacing = existing.is_some();
-                let (current, socket) = if cfg.bind_to_port {
+                let (current, socket, dup) = if cfg.bind_to_port {
                     let sock = bind_new(&cfg)?;
+                    let dup = std::os::fd::AsFd::as_fd(&sock).try_clone_to_owned().ok();
                     let addr = sock
                         .local_addr()
                         .map_err(|source| ListenerUpdateError::Bind {
@@ -217,9 +231,13 @@ impl ListenerManager {
                         })?;
                     let current = Arc::new(ArcSwap::new(self.build(&cfg, addr)));
                     let stop = self.serve_socket(&mut inner, current.clone(), sock);
-                    (current, Some((addr, stop)))
+                    (current, Some((addr, stop)), dup)
                 } else {
-                    (Arc::new(ArcSwap::new(self.build(&cfg, cfg.address))), None)
+                    (
+                        Arc::new(ArcSwap::new(self.build(&cfg, cfg.address))),
+                        None,
+                        None,
+                    )
                 };
                 let old = inner.slots.insert(
                     cfg.name.clone(),
@@ -227,6 +245,7 @@ impl ListenerManager {
                         config: cfg.clone(),
                         current,
                         socket,
+                        dup,
                     },
                 );
                 if let Some(Slot {
@@ -268,6 +287,54 @@ impl ListenerManager {
         tracing::info!(listener = %name, "listener removed; its connections continue");
         self.refresh_view(&inner);
         true
+    }
+
+    /// Listening sockets from the agent this one takes over; call before adding listeners.
+    pub fn inherit(&self, sockets: Vec<(OfferedSocket, std::net::TcpListener)>) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .inherited = sockets;
+    }
+
+    /// Closes inherited sockets no listener took (once the initial configuration is in).
+    pub fn close_inherited(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for (o, _) in inner.inherited.drain(..) {
+            tracing::info!(listener = ?o.name, address = %o.bound, "closing an inherited listening socket no listener uses");
+        }
+    }
+
+    /// Duplicates of every listening socket, for a successor agent.
+    pub fn offer(&self) -> Vec<(OfferedSocket, std::os::fd::OwnedFd)> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .slots
+            .values()
+            .filter_map(|s| {
+                let (bound, _) = s.socket.as_ref()?;
+                let fd = s.dup.as_ref()?.try_clone().ok()?;
+                Some((
+                    OfferedSocket {
+                        name: Some(s.config.name.clone()),
+                        configured: s.config.address,
+                        bound: *bound,
+                    },
+                    fd,
+                ))
+            })
+            .collect()
+    }
+
+    /// Stops accepting on every listener (a successor accepts on the same sockets); their
+    /// connections continue.
+    pub fn stop_accepting(&self) {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for s in inner.slots.values() {
+            if let Some((_, stop)) = &s.socket {
+                let _ = stop.send(true);
+            }
+        }
     }
 
     /// Serves the listeners bound so far on the current runtime; later ones start at once.

@@ -86,6 +86,9 @@ pub struct AgentState {
     /// The agent's own cgroup (its cgroup2 directory inode): connects from it are never
     /// captured, so the agent may run inside an enrolled subtree without looping.
     pub agent_cgroup_id: u64,
+    /// The cgroup of the agent this one took over from (0: none): while it drains, its
+    /// upstream connects must not be captured either.
+    pub prev_agent_cgroup_id: u64,
 }
 
 /// An original destination.
@@ -178,7 +181,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<CaptureV4>(), 6);
         assert_eq!(size_of::<CaptureV6>(), 18);
-        assert_eq!(size_of::<AgentState>(), 56);
+        assert_eq!(size_of::<AgentState>(), 64);
         assert_eq!(size_of::<OrigDst>(), 24);
         assert_eq!(size_of::<Tuple>(), 40);
     }

@@ -75,11 +75,13 @@ fn live_agent() -> Option<&'static AgentState> {
     Some(a)
 }
 
-/// Whether the connecting task is the agent itself (by cgroup).
+/// Whether the connecting task is the agent itself, or the agent it took over from (by cgroup).
 #[inline(always)]
 fn from_agent(agent: &AgentState) -> bool {
     // SAFETY: helper without preconditions.
-    agent.agent_cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } == agent.agent_cgroup_id
+    let current = unsafe { bpf_get_current_cgroup_id() };
+    (agent.agent_cgroup_id != 0 && current == agent.agent_cgroup_id)
+        || (agent.prev_agent_cgroup_id != 0 && current == agent.prev_agent_cgroup_id)
 }
 
 #[inline(always)]

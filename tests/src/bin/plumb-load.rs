@@ -6,6 +6,9 @@
 //!   plumb-load roundtrip --addr ADDR --bytes N   (to an echo server: send, half-close, compare)
 //!   plumb-load connrate --addr ADDR --conns N --secs S   (new connection per 64-byte exchange)
 //!   plumb-load wait-http --addr ADDR --path P --secs S    (until GET answers 200)
+//!   plumb-load churn --addr ADDR --conns N --hold H --secs S [--stop-file F]
+//!       (to an echo server: N loops of connect/64-byte exchange/close, plus H connections
+//!        held open exchanging every 20 ms; counts every failure, until S or F exists)
 //!
 //! Every load run is bounded in time (and in request count); results are one JSON line on stdout.
 
@@ -78,6 +81,19 @@ fn main() {
                     arg(&args, "--addr", None),
                     arg(&args, "--path", Some("/ready".to_string())),
                     Duration::from_secs_f64(arg(&args, "--secs", Some(10.0))),
+                )
+                .await
+            }
+            "churn" => {
+                churn(
+                    arg(&args, "--addr", None),
+                    arg(&args, "--conns", Some(4)),
+                    arg(&args, "--hold", Some(2)),
+                    Duration::from_secs_f64(arg(&args, "--secs", Some(10.0))),
+                    args.iter()
+                        .position(|a| a == "--stop-file")
+                        .and_then(|i| args.get(i + 1))
+                        .map(std::path::PathBuf::from),
                 )
                 .await
             }
@@ -297,6 +313,117 @@ async fn connrate(addr: SocketAddr, conns: usize, secs: Duration) {
         serde_json::json!({
             "connections": n, "errors": errors.load(Ordering::Relaxed), "cps": n as f64 / elapsed,
             "p50_us": q(50.0), "p99_us": q(99.0),
+        })
+    );
+}
+
+/// Exchanges 64 bytes carrying `seq` with an echo server and checks the echo.
+async fn exchange(s: &mut TcpStream, seq: u64) -> std::io::Result<()> {
+    let mut msg = [0x5au8; 64];
+    msg[..8].copy_from_slice(&seq.to_be_bytes());
+    s.write_all(&msg).await?;
+    let mut back = [0u8; 64];
+    s.read_exact(&mut back).await?;
+    if back != msg {
+        return Err(std::io::Error::other("echo differs from what was sent"));
+    }
+    Ok(())
+}
+
+/// Connection churn plus long-lived connections against an echo server, counting every
+/// failure (a refused connect, a reset, a wrong echo, a 5 s stall).
+async fn churn(
+    addr: SocketAddr,
+    conns: usize,
+    hold: usize,
+    secs: Duration,
+    stop_file: Option<std::path::PathBuf>,
+) {
+    let deadline = Instant::now() + secs;
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let held_exchanges = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let fail = {
+        let (failures, errors) = (failures.clone(), errors.clone());
+        move |what: String| {
+            failures.fetch_add(1, Ordering::Relaxed);
+            let mut e = errors.lock().unwrap();
+            if e.len() < 20 {
+                e.push(what);
+            }
+        }
+    };
+    let mut set = tokio::task::JoinSet::new();
+    for h in 0..hold {
+        let (stop, n, fail) = (stop.clone(), held_exchanges.clone(), fail.clone());
+        set.spawn(async move {
+            let r = async {
+                let mut s = TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::timeout(Duration::from_secs(5), exchange(&mut s, seq))
+                        .await
+                        .map_err(|_| std::io::Error::other("held exchange stalled 5 s"))??;
+                    n.fetch_add(1, Ordering::Relaxed);
+                    seq += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                // A clean end: half-close, the echo server closes too.
+                s.shutdown().await?;
+                let mut rest = Vec::new();
+                tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+                    .await
+                    .map_err(|_| std::io::Error::other("no FIN after half-close"))??;
+                Ok::<_, std::io::Error>(())
+            };
+            if let Err(e) = r.await {
+                fail(format!("held connection {h}: {e}"));
+            }
+        });
+    }
+    for _ in 0..conns {
+        let (stop, requests, fail) = (stop.clone(), requests.clone(), fail.clone());
+        set.spawn(async move {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) && requests.load(Ordering::Relaxed) < MAX_REQUESTS {
+                let r = async {
+                    let mut s = TcpStream::connect(addr).await?;
+                    s.set_nodelay(true)?;
+                    exchange(&mut s, seq).await?;
+                    // RST close: no TIME_WAIT pile-up over a long run.
+                    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
+                    Ok::<_, std::io::Error>(())
+                };
+                match tokio::time::timeout(Duration::from_secs(5), r).await {
+                    Ok(Ok(())) => {
+                        requests.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => fail(format!("request {seq}: {e}")),
+                    Err(_) => fail(format!("request {seq}: stalled 5 s")),
+                }
+                seq += 1;
+            }
+        });
+    }
+    let started = Instant::now();
+    while Instant::now() < deadline && !stop_file.as_ref().is_some_and(|f| f.exists()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    while set.join_next().await.is_some() {}
+    let n = requests.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        serde_json::json!({
+            "requests": n,
+            "failures": failures.load(Ordering::Relaxed),
+            "held": hold,
+            "held_exchanges": held_exchanges.load(Ordering::Relaxed),
+            "rps": n as f64 / started.elapsed().as_secs_f64(),
+            "errors": *errors.lock().unwrap(),
         })
     );
 }
