@@ -117,13 +117,8 @@ fn sockaddr_un(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> 
 
 fn seqpacket() -> io::Result<OwnedFd> {
     // SAFETY: socket(2) returns a new descriptor we own, or -1.
-    let fd = cvt(unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: fd is a freshly created, owned descriptor.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -248,8 +243,7 @@ impl Channel {
         unsafe {
             let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
             while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS
-                {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
                     let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
                     let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
                     for i in 0..bytes / std::mem::size_of::<RawFd>() {
@@ -427,7 +421,9 @@ pub fn take_over(path: &Path, timeout: Duration) -> Result<Inherited, TakeoverEr
                     }
                 }
                 for l in links {
-                    inherited.links.push((l, fds.next().expect("counted above")));
+                    inherited
+                        .links
+                        .push((l, fds.next().expect("counted above")));
                 }
                 if last {
                     return Ok(inherited);
@@ -495,7 +491,13 @@ impl Listener {
         let fd = seqpacket()?;
         let (sa, len) = sockaddr_un(path)?;
         // SAFETY: valid socket and address.
-        cvt(unsafe { libc::bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_un).cast(), len) })?;
+        cvt(unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sa as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        })?;
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         let inode = std::fs::metadata(path)?.ino();
@@ -584,12 +586,33 @@ mod tests {
                 assert!(matches!(hello, Message::Hello { .. }));
                 peer.send_offer(7, &offered, &links).unwrap();
             });
-            client.send(&Message::Hello { protocol: PROTOCOL, pid: 1, version: "t".into() }, &[]).unwrap();
+            client
+                .send(
+                    &Message::Hello {
+                        protocol: PROTOCOL,
+                        pid: 1,
+                        version: "t".into(),
+                    },
+                    &[],
+                )
+                .unwrap();
             let mut got = Vec::new();
             let mut got_links = 0;
             loop {
-                let (m, fds) = client.recv(Some(Instant::now() + Duration::from_secs(5))).unwrap().unwrap();
-                let Message::Offer { sockets, links, last, agent_cgroup_id, .. } = m else { panic!("{m:?}") };
+                let (m, fds) = client
+                    .recv(Some(Instant::now() + Duration::from_secs(5)))
+                    .unwrap()
+                    .unwrap();
+                let Message::Offer {
+                    sockets,
+                    links,
+                    last,
+                    agent_cgroup_id,
+                    ..
+                } = m
+                else {
+                    panic!("{m:?}")
+                };
                 assert_eq!(agent_cgroup_id, 7);
                 assert_eq!(fds.len(), sockets.len() + links.len());
                 assert!(fds.len() <= FDS_PER_MESSAGE);

@@ -19,9 +19,9 @@ use plumb_ebpf_common::{
     Tuple, ACTION_EXCLUDE, ACTION_REDIRECT, AF_INET, AF_INET6, FLAG_SK_MSG,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 /// Why redirection is not running.
@@ -580,7 +580,10 @@ impl Redirector {
         // Links the agent owns (raw bpf_link fds, so they can be handed to a successor).
         // A link inherited from the agent this one takes over keeps running the old program
         // until `activate` swaps this one in; elsewhere a new link is created now.
-        let mut inherited_links = inherited.as_mut().map(|i| std::mem::take(&mut i.links)).unwrap_or_default();
+        let mut inherited_links = inherited
+            .as_mut()
+            .map(|i| std::mem::take(&mut i.links))
+            .unwrap_or_default();
         let mut links = Vec::new();
         let plan = [
             (programs::CONNECT4, BPF_CGROUP_INET4_CONNECT, &cfg.cgroups),
@@ -616,7 +619,8 @@ impl Redirector {
                     });
                     continue;
                 }
-                let f = std::fs::File::open(cg).map_err(setup(&format!("open {}", cg.display())))?;
+                let f =
+                    std::fs::File::open(cg).map_err(setup(&format!("open {}", cg.display())))?;
                 let fd = link_create(prog_fd.as_fd(), f.as_fd(), attach_type)
                     .map_err(setup(&format!("attach {name} to {}", cg.display())))?;
                 links.push(CgroupLink {
@@ -712,14 +716,19 @@ impl Redirector {
             let ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
             let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
             for l in links.iter_mut().filter(|l| l.inherited) {
-                let prog = ebpf.as_ref().and_then(|e| e.program(l.program)).map(|p| p.fd());
+                let prog = ebpf
+                    .as_ref()
+                    .and_then(|e| e.program(l.program))
+                    .map(|p| p.fd());
                 let result = match prog {
                     Some(Ok(fd)) => link_update(l.fd.as_fd(), fd.as_fd()),
                     _ => Err(std::io::Error::other("program not loaded")),
                 };
                 match result {
                     Ok(()) => l.inherited = false,
-                    Err(e) => tracing::error!(program = l.program, cgroup = %l.cgroup.display(), error = %e, "cannot switch an inherited link to this agent's program; it keeps the previous one"),
+                    Err(e) => {
+                        tracing::error!(program = l.program, cgroup = %l.cgroup.display(), error = %e, "cannot switch an inherited link to this agent's program; it keeps the previous one")
+                    }
                 }
             }
         }

@@ -409,7 +409,10 @@ pub fn start(
     let admin_dup = match (&snapshot.admin, &admin_socket) {
         (Some(a), Some(s)) => {
             use std::os::fd::AsFd;
-            s.as_fd().try_clone_to_owned().ok().map(|fd| (a.address, fd))
+            s.as_fd()
+                .try_clone_to_owned()
+                .ok()
+                .map(|fd| (a.address, fd))
         }
         _ => None,
     };
@@ -622,7 +625,9 @@ async fn run_data_plane(
             let old_pid = t.old_pid;
             match tokio::task::spawn_blocking(move || t.finish(TAKEOVER_TIMEOUT)).await {
                 Ok(Ok(())) => tracing::info!(old_pid, "the old agent released its sockets"),
-                Ok(Err(e)) => tracing::warn!(old_pid, error = %e, "the old agent did not confirm the release; taking over anyway"),
+                Ok(Err(e)) => {
+                    tracing::warn!(old_pid, error = %e, "the old agent did not confirm the release; taking over anyway")
+                }
                 Err(e) => tracing::warn!(error = %e, "hand-over task failed"),
             }
         }
@@ -637,15 +642,17 @@ async fn run_data_plane(
         "READY=1\nSTATUS=serving\nMAINPID={}",
         std::process::id()
     ));
-    if let Some(path) = shared.options.upgrade_socket.clone() {
-        let s = shared.clone();
-        if let Err(e) = std::thread::Builder::new()
-            .name("plumb-handover".into())
-            .spawn(move || serve_successors(s, &path))
-        {
-            tracing::error!(error = %e, "cannot start the hand-over thread");
+    let handover_thread = match shared.options.upgrade_socket.clone() {
+        Some(path) => {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("plumb-handover".into())
+                .spawn(move || serve_successors(s, &path))
+                .map_err(|e| tracing::error!(error = %e, "cannot start the hand-over thread"))
+                .ok()
         }
-    }
+        None => None,
+    };
     if let Some(every) = crate::notify::watchdog_interval() {
         tokio::spawn(crate::notify::watchdog(every));
     }
@@ -684,6 +691,7 @@ async fn run_data_plane(
             r.deregister();
         }
     }
+    shared.listeners.close_duplicates();
     drain.advance(Phase::Draining);
     let escalated = async {
         let _ = shutdown_rx
@@ -707,6 +715,14 @@ async fn run_data_plane(
     }
     drain.advance(Phase::Closing);
     let _ = tokio::time::timeout(CLOSE_GRACE, drain.wait_idle()).await;
+    if let Some(t) = handover_thread {
+        // It notices Closing within its poll interval and removes the socket file.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::task::spawn_blocking(move || t.join()),
+        )
+        .await;
+    }
     if let Some(r) = &shared.redirect {
         r.shutdown();
     }
@@ -760,7 +776,15 @@ fn hand_over(shared: &Shared, channel: &crate::handover::Channel) -> anyhow::Res
     use crate::handover::{Message, OfferedSocket, PROTOCOL};
     use std::os::fd::AsFd;
     let hello = channel.recv(Some(Instant::now() + Duration::from_secs(5)))?;
-    let Some((Message::Hello { protocol, pid, version }, _)) = hello else {
+    let Some((
+        Message::Hello {
+            protocol,
+            pid,
+            version,
+        },
+        _,
+    )) = hello
+    else {
         anyhow::bail!("expected a hello from the successor, got {hello:?}");
     };
     let refuse = |reason: String| -> anyhow::Result<bool> {
@@ -803,7 +827,10 @@ fn hand_over(shared: &Shared, channel: &crate::handover::Channel) -> anyhow::Res
     // Probes and operators see the successor from now on.
     let _ = shared.admin_paused.send(true);
     {
-        let sockets: Vec<_> = sockets.iter().map(|(o, f)| (o.clone(), f.as_fd())).collect();
+        let sockets: Vec<_> = sockets
+            .iter()
+            .map(|(o, f)| (o.clone(), f.as_fd()))
+            .collect();
         let links: Vec<_> = links.iter().map(|(o, f)| (o.clone(), f.as_fd())).collect();
         channel.send_offer(cgroup_id, &sockets, &links)?;
     }
@@ -821,7 +848,10 @@ fn hand_over(shared: &Shared, channel: &crate::handover::Channel) -> anyhow::Res
     }
     shared.handed_over.store(true, Ordering::Release);
     channel.send(&Message::Released, &[])?;
-    tracing::info!(successor_pid = pid, "handed over; draining established connections");
+    tracing::info!(
+        successor_pid = pid,
+        "handed over; draining established connections"
+    );
     shared.request_shutdown(ShutdownKind::Graceful);
     Ok(true)
 }

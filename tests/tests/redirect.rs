@@ -568,3 +568,100 @@ async fn pins_with_an_old_layout_are_recreated() {
         1
     );
 }
+
+/// Upgrades under captured load: each new agent takes the sockets and the eBPF links of the
+/// running one (`--takeover`), swaps its programs in and takes over the heartbeat. Pod
+/// connects to a VIP that exists nowhere must all succeed: a single lapse in capture, a
+/// refused connect or a broken established connection would fail the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeovers_keep_capture_continuous_and_drop_nothing() {
+    require_kernel_env!();
+    let mut node = Node::new();
+    let client = node.add_pod("client");
+    let server = node.add_pod("server");
+    let _echo = PodServer::start(&server, 8080, 8090);
+    let _echo2 = PodServer::start(&server, 8081, 8091);
+    let pin = pin_dir("takeover");
+    let _cleanup = PinCleanup(pin.clone());
+    let dir = TempDir::new("takeover");
+    let sock = dir.path.join("upgrade.sock");
+    let config = agent_config(&node, &server, &pin, false);
+    let base = [
+        "--upgrade-socket",
+        sock.to_str().unwrap(),
+        "--drain-time-s",
+        "60",
+    ];
+    let mut takeover = base.to_vec();
+    takeover.push("--takeover");
+    let vip_conns = "listener.10.96.0.10_80.downstream_cx_total";
+
+    let first = AgentProcess::spawn(&config, &base).await;
+    let stop = dir.path.join("stop-churn");
+    let churn = client
+        .command(load_bin())
+        .args(["churn", "--addr", &format!("{VIP}:80")])
+        .args(["--conns", "4", "--hold", "4", "--secs", "120"])
+        .arg("--stop-file")
+        .arg(&stop)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start churn in the client pod");
+    let admin = first.admin;
+    plumb_tests::wait_until("captured traffic", Duration::from_secs(20), || async move {
+        stat(admin, vip_conns).await > 100
+    })
+    .await;
+
+    let mut agents = vec![first];
+    for round in 0..3 {
+        let new = AgentProcess::spawn(&config, &takeover).await;
+        let a = new.admin;
+        assert_eq!(stat(a, "redirect.active").await, 1, "round {round}");
+        plumb_tests::wait_until(
+            "the new agent carries the load",
+            Duration::from_secs(20),
+            || async move { stat(a, vip_conns).await > 100 },
+        )
+        .await;
+        // Passthrough: the new agent finds original destinations in the inherited maps.
+        let r = roundtrip(&client, &format!("{}:8081", server.ip), 1000);
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(stat(a, "cluster.passthrough.upstream_cx_total").await, 1);
+        let prev = agents.last().unwrap();
+        assert!(
+            prev.logs().contains("eBPF redirection handed over"),
+            "{}",
+            prev.logs()
+        );
+        agents.push(new);
+    }
+
+    std::fs::write(&stop, b"").unwrap();
+    let out = churn.wait_with_output().unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("captured churn through 3 takeovers: {r}");
+    assert_eq!(r["failures"], 0, "{r}");
+    assert!(r["held_exchanges"].as_u64().unwrap() > 0, "{r}");
+
+    // The old agents drain and exit without detaching: capture goes on.
+    let mut current = agents.pop().unwrap();
+    for (i, mut a) in agents.into_iter().enumerate() {
+        let st = a
+            .wait_exit(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("old agent {i} still running:\n{}", a.logs()));
+        assert_eq!(st.code(), Some(0), "old agent {i}:\n{}", a.logs());
+    }
+    let r = roundtrip(&client, &format!("{VIP}:80"), 10_000);
+    assert_eq!(r["ok"], true, "{r}\n{}", current.logs());
+    assert!(pin.join("PLUMB_AGENT").exists());
+
+    // The last agent's SIGTERM detaches and unpins as usual.
+    current.signal(libc::SIGTERM);
+    let st = current.wait_exit(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(st.code(), Some(0), "{}", current.logs());
+    assert!(!pin.exists(), "pins left behind");
+    let r = roundtrip(&client, &format!("{}:8081", server.ip), 1000);
+    assert_eq!(r["ok"], true, "direct after the last agent stopped: {r}");
+}

@@ -10,8 +10,8 @@
 
 use super::{bind, serve, ActiveListener, Dispatch, DispatchHandle};
 use crate::config;
-use crate::handover::{Inherited, OfferedSocket};
 use crate::drain;
+use crate::handover::{Inherited, OfferedSocket};
 use crate::redirect::Redirector;
 use crate::stats::{Counter, Gauge, Store};
 use crate::upstream::{ClusterManager, Upsert};
@@ -324,6 +324,16 @@ impl ListenerManager {
                 ))
             })
             .collect()
+    }
+
+    /// Closes the duplicates kept for a successor, so that once the accept loops stop the
+    /// sockets really close (a draining agent refuses new connections instead of queueing
+    /// them). Called when the drain starts.
+    pub fn close_duplicates(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for s in inner.slots.values_mut() {
+            s.dup = None;
+        }
     }
 
     /// Stops accepting on every listener (a successor accepts on the same sockets); their

@@ -1,0 +1,223 @@
+//! Upgrades without drops: a new agent started with `--takeover` inherits the running agent's
+//! listening sockets (and admin socket) over the upgrade socket while traffic flows; the old
+//! agent drains its established connections. Nothing may fail: not a connect, not an
+//! exchange on a connection established before the upgrade.
+
+use plumb_tests::agent::{bootstrap, load_bin, static_cluster, tcp_listener, AgentProcess};
+use plumb_tests::servers::{self, Behavior};
+use plumb_tests::TempDir;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// `plumb-load churn` against `addr` until `stop` exists (at most 120 s).
+struct Churn {
+    child: Child,
+    stop: std::path::PathBuf,
+}
+
+impl Churn {
+    fn start(addr: SocketAddr, dir: &TempDir) -> Self {
+        let stop = dir.path.join("stop-churn");
+        let child = Command::new(load_bin())
+            .args(["churn", "--addr", &addr.to_string()])
+            .args(["--conns", "4", "--hold", "4", "--secs", "120"])
+            .arg("--stop-file")
+            .arg(&stop)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start plumb-load churn");
+        Self { child, stop }
+    }
+
+    fn finish(self) -> Value {
+        std::fs::write(&self.stop, b"").unwrap();
+        let out = self.child.wait_with_output().expect("churn output");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!("bad churn output: {}", String::from_utf8_lossy(&out.stdout))
+        })
+    }
+}
+
+fn config(echo: SocketAddr) -> String {
+    bootstrap(
+        vec![tcp_listener("l4", "echo")],
+        vec![static_cluster("echo", &[echo])],
+    )
+}
+
+async fn stat(admin: SocketAddr, name: &str) -> i64 {
+    plumb_tests::client::stat(admin, name).await
+}
+
+async fn wait_log(agent: &AgentProcess, text: &str) {
+    plumb_tests::wait_until(
+        &format!("log line {text:?}"),
+        Duration::from_secs(20),
+        || {
+            let found = agent.logs().contains(text);
+            async move { found }
+        },
+    )
+    .await;
+}
+
+fn upgrade_args(sock: &Path) -> Vec<String> {
+    vec![
+        "--upgrade-socket".into(),
+        sock.display().to_string(),
+        "--drain-time-s".into(),
+        "60".into(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_takeovers_under_load_drop_nothing() {
+    let echo = servers::start(Behavior::Echo).await;
+    let dir = TempDir::new("upgrade");
+    let sock = dir.path.join("upgrade.sock");
+    let cfg = config(echo.addr);
+    let args = upgrade_args(&sock);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut takeover_args = args.clone();
+    takeover_args.push("--takeover");
+
+    let first = AgentProcess::spawn(&cfg, &args).await;
+    let admin = first.admin;
+    let addr = first.listener("l4").await;
+    let churn = Churn::start(addr, &dir);
+    // Traffic flows through the first agent before the first upgrade.
+    let served = format!("listener.127.0.0.1_{}.downstream_cx_total", addr.port());
+    plumb_tests::wait_until("traffic", Duration::from_secs(20), || {
+        let served = served.clone();
+        async move { stat(admin, &served).await > 100 }
+    })
+    .await;
+
+    let mut old = vec![first];
+    for round in 0..3 {
+        let new = AgentProcess::spawn(&cfg, &takeover_args).await;
+        // The same sockets: same admin and listener addresses.
+        assert_eq!(new.admin, admin, "round {round}: admin address kept");
+        assert_eq!(
+            new.listener("l4").await,
+            addr,
+            "round {round}: listener kept"
+        );
+        let previous = old.last().unwrap();
+        wait_log(previous, "handed over; draining").await;
+        assert!(
+            new.logs().contains("the old agent released its sockets"),
+            "{}",
+            new.logs()
+        );
+        // The new agent serves new connections.
+        let a = new.admin;
+        plumb_tests::wait_until("new agent serves", Duration::from_secs(20), || {
+            let served = served.clone();
+            async move { stat(a, &served).await > 100 }
+        })
+        .await;
+        old.push(new);
+    }
+
+    let r = churn.finish();
+    eprintln!("churn through 3 takeovers: {r}");
+    assert_eq!(r["failures"], 0, "{r}");
+    assert!(r["requests"].as_u64().unwrap() > 400, "{r}");
+    assert!(r["held_exchanges"].as_u64().unwrap() > 0, "{r}");
+
+    // With their connections closed, the old agents finish draining and exit cleanly.
+    let mut current = old.pop().unwrap();
+    for (i, mut a) in old.into_iter().enumerate() {
+        let st = a
+            .wait_exit(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("old agent {i} still running:\n{}", a.logs()));
+        assert_eq!(st.code(), Some(0), "old agent {i}:\n{}", a.logs());
+    }
+    // The current agent owns the upgrade socket; a clean stop removes it.
+    assert!(sock.exists());
+    current.signal(libc::SIGTERM);
+    let st = current.wait_exit(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(st.code(), Some(0), "{}", current.logs());
+    assert!(!sock.exists(), "upgrade socket left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_with_no_agent_running_starts_fresh() {
+    let echo = servers::start(Behavior::Echo).await;
+    let dir = TempDir::new("fresh");
+    let sock = dir.path.join("upgrade.sock");
+    let mut args = upgrade_args(&sock);
+    args.push("--takeover".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = AgentProcess::spawn(&config(echo.addr), &args).await;
+    assert!(agent.logs().contains("no running agent to take over"));
+    let addr = agent.listener("l4").await;
+    let back = plumb_tests::client::roundtrip(addr, b"fresh")
+        .await
+        .unwrap();
+    assert_eq!(back, b"fresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_that_vanishes_before_ready_leaves_the_old_agent_serving() {
+    let echo = servers::start(Behavior::Echo).await;
+    let dir = TempDir::new("vanish");
+    let sock = dir.path.join("upgrade.sock");
+    let args = upgrade_args(&sock);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = AgentProcess::spawn(&config(echo.addr), &args).await;
+    let addr = agent.listener("l4").await;
+    wait_log(&agent, "serving hand-overs").await;
+
+    // A successor that receives the sockets and goes away without saying Ready.
+    let got = plumb::handover::take_over(&sock, Duration::from_secs(5)).expect("offer");
+    assert_eq!(got.listeners.len(), 1);
+    assert_eq!(got.listeners[0].0.bound, addr);
+    assert!(got.admin.is_some());
+    drop(got);
+    wait_log(&agent, "hand-over aborted; this agent carries on").await;
+
+    // Admin answers again and traffic still flows.
+    let admin = agent.admin;
+    plumb_tests::wait_until("admin resumes", Duration::from_secs(10), || async move {
+        matches!(plumb_tests::client::http("GET", admin, "/ready").await, Ok(r) if r.status == 200)
+    })
+    .await;
+    let back = plumb_tests::client::roundtrip(addr, b"still here")
+        .await
+        .unwrap();
+    assert_eq!(back, b"still here");
+
+    // And a real successor can still take over afterwards.
+    let mut takeover = args.clone();
+    takeover.push("--takeover");
+    let new = AgentProcess::spawn(&config(echo.addr), &takeover).await;
+    assert_eq!(new.listener("l4").await, addr);
+    wait_log(&agent, "handed over; draining").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_takeover_wait_keeps_the_old_agent_until_sigterm() {
+    let echo = servers::start(Behavior::Echo).await;
+    let dir = TempDir::new("wait");
+    let sock = dir.path.join("upgrade.sock");
+    let mut args = upgrade_args(&sock);
+    args.extend(["--after-takeover".into(), "wait".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut old = AgentProcess::spawn(&config(echo.addr), &args).await;
+    let mut takeover = args.clone();
+    takeover.push("--takeover");
+    let _new = AgentProcess::spawn(&config(echo.addr), &takeover).await;
+    wait_log(&old, "waiting for SIGTERM").await;
+    assert!(old.try_wait().is_none(), "exited without SIGTERM");
+    old.signal(libc::SIGTERM);
+    let st = old.wait_exit(Duration::from_secs(10)).await.expect("exits");
+    assert_eq!(st.code(), Some(0), "{}", old.logs());
+    // The old agent leaves the successor's upgrade socket alone.
+    assert!(sock.exists());
+}
