@@ -73,9 +73,15 @@ pub fn init(level: &str, format: LogFormat) -> anyhow::Result<LogControl> {
     let (filter, handle) = reload::Layer::new(EnvFilter::new(levels.directives()));
     let registry = tracing_subscriber::registry().with(filter);
     let writer = std::io::stderr;
+    // Colours only on a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(writer))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(writer),
+            )
             .try_init()?,
         LogFormat::Json => registry
             .with(

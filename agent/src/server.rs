@@ -734,6 +734,44 @@ async fn run_data_plane(
     tracing::info!("stopped");
 }
 
+/// SIGUSR2 (binary upgrade, as nginx does): starts the binary this agent was started as —
+/// by path, so a package upgrade's new file — with the same arguments plus `--takeover`. The
+/// successor takes over through the upgrade socket and tells systemd its PID (MAINPID=); this
+/// agent drains and exits.
+fn spawn_successor(shared: &Shared) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        shared.options.upgrade_socket.is_some(),
+        "SIGUSR2 starts a successor that takes over through --upgrade-socket, which is not set"
+    );
+    anyhow::ensure!(
+        shared.drain.phase() == Phase::Running && !shared.handed_over.load(Ordering::Acquire),
+        "this agent is draining"
+    );
+    let argv = &shared.options.command_line;
+    let program = argv.first().context("the command line is unknown")?;
+    let mut args: Vec<String> = argv[1..].to_vec();
+    if !args.iter().any(|a| a == "--takeover") {
+        args.push("--takeover".into());
+    }
+    let mut child = std::process::Command::new(program)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {program}"))?;
+    let pid = child.id();
+    tracing::info!(successor_pid = pid, program = %program, "successor started");
+    // Reap it if it fails before taking over (it outlives this agent otherwise).
+    std::thread::Builder::new()
+        .name("plumb-successor".into())
+        .spawn(move || match child.wait() {
+            Ok(st) if !st.success() => {
+                tracing::error!(successor_pid = pid, status = %st, "the successor exited")
+            }
+            _ => {}
+        })?;
+    Ok(())
+}
+
 /// Serves hand-overs to successor agents on `path` until one takes over or this agent stops.
 fn serve_successors(shared: Arc<Shared>, path: &std::path::Path) {
     let listener = match crate::handover::Listener::bind(path) {
@@ -858,10 +896,11 @@ fn hand_over(shared: &Shared, channel: &crate::handover::Channel) -> anyhow::Res
 
 async fn handle_signals(shared: Arc<Shared>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined2()),
     ) else {
         tracing::error!("cannot install signal handlers");
         return;
@@ -878,6 +917,13 @@ async fn handle_signals(shared: Arc<Shared>) {
                 // Binding sockets and parsing happen off the async workers.
                 let _ = tokio::task::spawn_blocking(move || s.reload()).await;
                 crate::notify::notify("READY=1\nSTATUS=serving");
+                continue;
+            }
+            _ = usr2.recv() => {
+                tracing::info!(signal = "SIGUSR2", "starting a successor to take over");
+                if let Err(e) = spawn_successor(&shared) {
+                    tracing::error!("cannot start a successor: {e:#}");
+                }
                 continue;
             }
         };

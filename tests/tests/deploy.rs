@@ -219,3 +219,126 @@ fn containerfile_copies_what_the_build_produces() {
     // The default ENTRYPOINT config path is where the image puts the config.
     assert!(cf.contains("/etc/plumb/plumb.yaml"));
 }
+
+/// Under systemd a SIGUSR2 upgrade changes the main PID: the successor announces itself with
+/// MAINPID= (the unit sets NotifyAccess=all for it) and READY=1; the old agent exits 0.
+#[test]
+fn a_sigusr2_successor_tells_systemd_its_pid() {
+    let tmp = TempDir::new("notify-usr2");
+    let sock_path = tmp.path.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let config = tmp.write(
+        "c.yaml",
+        r#"admin: { address: { socket_address: { address: 127.0.0.1, port_value: 0 } } }"#,
+    );
+    let mut child = Command::new(plumb_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--upgrade-socket")
+        .arg(tmp.path.join("upgrade.sock"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let next = |pred: &dyn Fn(&str) -> bool| -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 256];
+        while Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if pred(&m) {
+                    return m;
+                }
+            }
+        }
+        panic!("no matching sd_notify message");
+    };
+    let pid_of = |m: &str| -> i32 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MAINPID="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no MAINPID in {m:?}"))
+    };
+    let first = next(&|m| m.contains("READY=1"));
+    assert_eq!(pid_of(&first), child.id() as i32);
+    // Ready for hand-overs once the upgrade socket exists.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tmp.path.join("upgrade.sock").exists() {
+        assert!(Instant::now() < deadline, "no upgrade socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR2) };
+    let ready = next(&|m| m.contains("READY=1"));
+    let successor = pid_of(&ready);
+    assert_ne!(successor, child.id() as i32);
+    /// Kills the successor by PID if the test fails before it stops.
+    struct Reap(i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the successor's PID (ESRCH once it is gone).
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _reap = Reap(successor);
+    let st = child.wait().unwrap();
+    assert!(st.success());
+    // SAFETY: kill(2) on the successor our child started; it then exits by itself.
+    unsafe { libc::kill(successor, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // SAFETY: signal 0 only probes the PID.
+    while unsafe { libc::kill(successor, 0) } == 0
+        && !std::fs::read_to_string(format!("/proc/{successor}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "successor {successor} did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The command lines in the unit and the DaemonSet use flags (and values) the agent accepts.
+#[test]
+fn deployed_command_lines_parse() {
+    let unit = std::fs::read_to_string(repo().join("deploy/systemd/plumb.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart=/usr/bin/plumb "))
+        .expect("ExecStart");
+    let ds = std::fs::read_to_string(repo().join("deploy/kubernetes/daemonset.yaml")).unwrap();
+    let args_block = ds.split_once("        args:\n").unwrap().1;
+    let ds_args: Vec<String> = args_block
+        .lines()
+        .take_while(|l| l.starts_with("        - ") || l.trim_start().starts_with('#'))
+        .filter_map(|l| l.strip_prefix("        - "))
+        .map(|a| a.replace("$(NODE_NAME)", "node-1"))
+        .collect();
+    assert!(ds_args.iter().any(|a| a == "--takeover"), "{ds_args:?}");
+    for (what, args) in [
+        (
+            "ExecStart",
+            exec.split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>(),
+        ),
+        ("DaemonSet args", ds_args),
+    ] {
+        // `--help` last: clap rejects any unknown flag or bad value before it.
+        let out = Command::new(plumb_bin())
+            .args(&args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{what} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

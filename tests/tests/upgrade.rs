@@ -221,3 +221,126 @@ async fn after_takeover_wait_keeps_the_old_agent_until_sigterm() {
     // The old agent leaves the successor's upgrade socket alone.
     assert!(sock.exists());
 }
+
+/// PIDs of `pid`'s children (from /proc).
+fn children(pid: i32) -> Vec<i32> {
+    let mut v = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+                v.extend(c.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    v
+}
+
+/// A process this test did not spawn directly (a successor started by an agent): signalled
+/// by PID on drop.
+struct Adopted(i32);
+
+impl Adopted {
+    fn alive(&self) -> bool {
+        // SAFETY: signal 0 only checks that the PID exists.
+        let exists = unsafe { libc::kill(self.0, 0) } == 0;
+        let zombie = std::fs::read_to_string(format!("/proc/{}/stat", self.0))
+            .unwrap_or_default()
+            .contains(") Z ");
+        exists && !zombie
+    }
+}
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        if self.alive() {
+            // SAFETY: kill(2) on the successor this test caused to start.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+}
+
+/// SIGUSR2, as for nginx: the agent starts its own binary with `--takeover`, which takes
+/// over; the old one drains and exits. Twice in a row, under load, nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_starts_a_successor_that_takes_over_under_load() {
+    let echo = servers::start(Behavior::Echo).await;
+    let dir = TempDir::new("usr2");
+    let sock = dir.path.join("upgrade.sock");
+    let args = upgrade_args(&sock);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut first = AgentProcess::spawn(&config(echo.addr), &args).await;
+    let admin = first.admin;
+    let addr = first.listener("l4").await;
+    wait_log(&first, "serving hand-overs").await;
+    let churn = Churn::start(addr, &dir);
+    let served = format!("listener.127.0.0.1_{}.downstream_cx_total", addr.port());
+    let wait_served = |min: i64| {
+        let served = served.clone();
+        plumb_tests::wait_until(
+            "traffic through the current agent",
+            Duration::from_secs(20),
+            move || {
+                let served = served.clone();
+                async move { stat(admin, &served).await > min }
+            },
+        )
+    };
+    wait_served(100).await;
+
+    // First upgrade: the test's child starts a successor.
+    first.signal(libc::SIGUSR2);
+    let mut successor = None;
+    plumb_tests::wait_until("a successor process", Duration::from_secs(10), || {
+        let c = children(first.pid());
+        if let Some(p) = c.first() {
+            successor = Some(*p);
+        }
+        let found = !c.is_empty();
+        async move { found }
+    })
+    .await;
+    let second = Adopted(successor.unwrap());
+    wait_log(&first, "handed over; draining").await;
+    // The admin port now answers from the successor: its counters start from zero.
+    plumb_tests::wait_until("successor live", Duration::from_secs(20), || async move {
+        plumb_tests::client::http("GET", admin, "/ready")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    wait_served(100).await;
+
+    // Second upgrade, signalled to the successor.
+    // SAFETY: kill(2) on the successor's PID.
+    assert_eq!(unsafe { libc::kill(second.0, libc::SIGUSR2) }, 0);
+    let mut third_pid = None;
+    plumb_tests::wait_until("a second successor", Duration::from_secs(10), || {
+        let c = children(second.0);
+        if let Some(p) = c.first() {
+            third_pid = Some(*p);
+        }
+        let found = !c.is_empty();
+        async move { found }
+    })
+    .await;
+    let third = Adopted(third_pid.unwrap());
+    wait_log(&first, &format!("successor_pid={}", third.0)).await;
+    wait_served(100).await;
+
+    let r = churn.finish();
+    eprintln!("churn through 2 SIGUSR2 upgrades: {r}");
+    assert_eq!(r["failures"], 0, "{r}");
+    assert!(r["held_exchanges"].as_u64().unwrap() > 0, "{r}");
+
+    let st = first
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("first exits");
+    assert_eq!(st.code(), Some(0), "{}", first.logs());
+    plumb_tests::wait_until("second exits", Duration::from_secs(20), || {
+        let alive = second.alive();
+        async move { !alive }
+    })
+    .await;
+    assert!(third.alive());
+}
