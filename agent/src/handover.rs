@@ -71,8 +71,11 @@ pub enum Message {
     },
     /// Old → new: no hand-over (another one is in progress, protocol mismatch, draining).
     Refused { reason: String },
-    /// New → old: configuration in, about to take over.
-    Ready,
+    /// New → old: configuration in, about to take over. `capture`: the new agent takes over
+    /// eBPF capture; if not (its configuration has no redirection, or redirection could not
+    /// start), the old agent deregisters so captured connects go direct instead of to a
+    /// port nobody serves.
+    Ready { capture: bool },
     /// Old → new: stopped accepting and heartbeating; the sockets and links are the new
     /// agent's.
     Released,
@@ -440,8 +443,8 @@ pub fn take_over(path: &Path, timeout: Duration) -> Result<Inherited, TakeoverEr
 impl Inherited {
     /// Tells the old agent this one is ready and waits until it has stopped accepting and
     /// heartbeating.
-    pub fn finish(&self, timeout: Duration) -> io::Result<()> {
-        self.channel.send(&Message::Ready, &[])?;
+    pub fn finish(&self, capture: bool, timeout: Duration) -> io::Result<()> {
+        self.channel.send(&Message::Ready { capture }, &[])?;
         match self.channel.recv(Some(Instant::now() + timeout))? {
             Some((Message::Released, _)) => Ok(()),
             Some((other, _)) => Err(io::Error::other(format!(

@@ -623,7 +623,8 @@ async fn run_data_plane(
             .take();
         if let Some(t) = t {
             let old_pid = t.old_pid;
-            match tokio::task::spawn_blocking(move || t.finish(TAKEOVER_TIMEOUT)).await {
+            let capture = shared.redirect.is_some();
+            match tokio::task::spawn_blocking(move || t.finish(capture, TAKEOVER_TIMEOUT)).await {
                 Ok(Ok(())) => tracing::info!(old_pid, "the old agent released its sockets"),
                 Ok(Err(e)) => {
                     tracing::warn!(old_pid, error = %e, "the old agent did not confirm the release; taking over anyway")
@@ -875,14 +876,19 @@ fn hand_over(shared: &Shared, channel: &crate::handover::Channel) -> anyhow::Res
     // The duplicates close here: the successor has its own.
     drop((sockets, links));
     // The successor loads its configuration (xDS included) before it is ready.
-    match channel.recv(None)? {
-        Some((Message::Ready, _)) => {}
+    let capture = match channel.recv(None)? {
+        Some((Message::Ready { capture }, _)) => capture,
         None => anyhow::bail!("the successor went away before taking over"),
         Some((other, _)) => anyhow::bail!("unexpected message from the successor: {other:?}"),
-    }
+    };
     shared.listeners.stop_accepting();
     if let Some(r) = &shared.redirect {
-        r.release();
+        if capture {
+            r.release();
+        } else {
+            tracing::warn!("the successor does not capture: releasing eBPF capture (fail open)");
+            r.deregister();
+        }
     }
     shared.handed_over.store(true, Ordering::Release);
     channel.send(&Message::Released, &[])?;

@@ -665,3 +665,46 @@ async fn takeovers_keep_capture_continuous_and_drop_nothing() {
     let r = roundtrip(&client, &format!("{}:8081", server.ip), 1000);
     assert_eq!(r["ok"], true, "direct after the last agent stopped: {r}");
 }
+
+/// A successor whose configuration has no redirection: the old agent must fail open at the
+/// hand-over (not leave capture pointing at a port nobody serves), and clean up when it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_without_redirection_makes_the_old_agent_fail_open() {
+    require_kernel_env!();
+    let mut node = Node::new();
+    let client = node.add_pod("client");
+    let server = node.add_pod("server");
+    let _echo = PodServer::start(&server, 8081, 8091);
+    let pin = pin_dir("nocapture");
+    let _cleanup = PinCleanup(pin.clone());
+    let dir = TempDir::new("nocapture");
+    let sock = dir.path.join("upgrade.sock");
+    let base = ["--upgrade-socket", sock.to_str().unwrap()];
+    let mut old = AgentProcess::spawn(&agent_config(&node, &server, &pin, false), &base).await;
+    let target = format!("{}:8081", server.ip);
+    assert_eq!(roundtrip(&client, &target, 1000)["ok"], true);
+    assert_eq!(
+        stat(old.admin, "cluster.passthrough.upstream_cx_total").await,
+        1
+    );
+
+    // The successor: no redirect extension and no redirect listener.
+    let plain = json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+    })
+    .to_string();
+    let mut takeover = base.to_vec();
+    takeover.push("--takeover");
+    let _new = AgentProcess::spawn(&plain, &takeover).await;
+    // At once, not after fail_open_after: connects go direct.
+    let r = roundtrip(&client, &target, 1000);
+    assert_eq!(r["ok"], true, "{r}\n{}", old.logs());
+    assert!(
+        old.logs().contains("the successor does not capture"),
+        "{}",
+        old.logs()
+    );
+    let st = old.wait_exit(Duration::from_secs(20)).await.expect("exits");
+    assert_eq!(st.code(), Some(0), "{}", old.logs());
+    assert!(!pin.exists(), "the old agent unpins when nobody took capture over");
+}
