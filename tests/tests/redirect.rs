@@ -4,6 +4,7 @@
 //! them the tests skip with the reason, or fail under PLUMB_TEST_STRICT.
 
 use plumb_tests::agent::{load_bin, plumb_cmd, AgentProcess};
+use plumb_tests::churn::Churn;
 use plumb_tests::client::get;
 use plumb_tests::pods::{self, Node, Pod};
 use plumb_tests::TempDir;
@@ -597,16 +598,7 @@ async fn takeovers_keep_capture_continuous_and_drop_nothing() {
     let vip_conns = "listener.10.96.0.10_80.downstream_cx_total";
 
     let first = AgentProcess::spawn(&config, &base).await;
-    let stop = dir.path.join("stop-churn");
-    let churn = client
-        .command(load_bin())
-        .args(["churn", "--addr", &format!("{VIP}:80")])
-        .args(["--conns", "4", "--hold", "4", "--secs", "120"])
-        .arg("--stop-file")
-        .arg(&stop)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start churn in the client pod");
+    let churn = Churn::start_with(client.command(load_bin()), &format!("{VIP}:80"), &dir);
     let admin = first.admin;
     plumb_tests::wait_until("captured traffic", Duration::from_secs(20), || async move {
         stat(admin, vip_conns).await > 100
@@ -637,9 +629,7 @@ async fn takeovers_keep_capture_continuous_and_drop_nothing() {
         agents.push(new);
     }
 
-    std::fs::write(&stop, b"").unwrap();
-    let out = churn.wait_with_output().unwrap();
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = churn.finish();
     eprintln!("captured churn through 3 takeovers: {r}");
     assert_eq!(r["failures"], 0, "{r}");
     assert!(r["held_exchanges"].as_u64().unwrap() > 0, "{r}");
@@ -706,5 +696,8 @@ async fn a_successor_without_redirection_makes_the_old_agent_fail_open() {
     );
     let st = old.wait_exit(Duration::from_secs(20)).await.expect("exits");
     assert_eq!(st.code(), Some(0), "{}", old.logs());
-    assert!(!pin.exists(), "the old agent unpins when nobody took capture over");
+    assert!(
+        !pin.exists(),
+        "the old agent unpins when nobody took capture over"
+    );
 }

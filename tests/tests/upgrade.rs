@@ -3,43 +3,13 @@
 //! agent drains its established connections. Nothing may fail: not a connect, not an
 //! exchange on a connection established before the upgrade.
 
-use plumb_tests::agent::{bootstrap, load_bin, static_cluster, tcp_listener, AgentProcess};
+use plumb_tests::agent::{bootstrap, static_cluster, tcp_listener, AgentProcess};
+use plumb_tests::churn::Churn;
 use plumb_tests::servers::{self, Behavior};
 use plumb_tests::TempDir;
-use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// `plumb-load churn` against `addr` until `stop` exists (at most 120 s).
-struct Churn {
-    child: Child,
-    stop: std::path::PathBuf,
-}
-
-impl Churn {
-    fn start(addr: SocketAddr, dir: &TempDir) -> Self {
-        let stop = dir.path.join("stop-churn");
-        let child = Command::new(load_bin())
-            .args(["churn", "--addr", &addr.to_string()])
-            .args(["--conns", "4", "--hold", "4", "--secs", "120"])
-            .arg("--stop-file")
-            .arg(&stop)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start plumb-load churn");
-        Self { child, stop }
-    }
-
-    fn finish(self) -> Value {
-        std::fs::write(&self.stop, b"").unwrap();
-        let out = self.child.wait_with_output().expect("churn output");
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-            panic!("bad churn output: {}", String::from_utf8_lossy(&out.stdout))
-        })
-    }
-}
 
 fn config(echo: SocketAddr) -> String {
     bootstrap(

@@ -2,6 +2,7 @@
 //! plane (state-of-the-world and delta), with traffic flowing through what it sends.
 
 use plumb_tests::agent::TestAgent;
+use plumb_tests::churn::Churn;
 use plumb_tests::client::{get, roundtrip};
 use plumb_tests::servers::{self, Behavior};
 use plumb_tests::xds::{
@@ -394,4 +395,60 @@ fn tls_is_only_for_the_control_plane_cluster() {
         e.contains("static_resources.clusters[0].transport_socket: not supported: TLS"),
         "{e}"
     );
+}
+
+/// A takeover of an xDS-driven agent: the successor's listeners arrive over LDS and take the
+/// inherited sockets (binding fresh would fail: the old agent holds them), and it starts
+/// accepting only once its configuration is in. Traffic through the upgrade: no failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_hands_lds_listener_sockets_to_the_successor() {
+    use plumb::server::Options;
+    let echo = servers::start(Behavior::Echo).await;
+    let cp = ControlPlane::start().await;
+    let front = free_addr();
+    cp.set(
+        vec![eds_cluster("backend")],
+        vec![tcp_listener("front", front, "backend")],
+        vec![endpoints("backend", &[echo.addr])],
+    );
+    let dir = plumb_tests::TempDir::new("xds-takeover");
+    let options = |takeover: bool| Options {
+        concurrency: 2,
+        drain_time: Duration::from_secs(30),
+        upgrade_socket: Some(dir.path.join("upgrade.sock")),
+        takeover,
+        ..Options::default()
+    };
+    let bootstrap = ads_bootstrap(cp.addr, "DELTA_GRPC");
+    let old = TestAgent::start_with(&bootstrap, options(false)).await;
+    plumb_tests::wait_until("endpoints", Duration::from_secs(10), || async {
+        old.stat("cluster.backend.membership_total") == 1
+    })
+    .await;
+    let churn = Churn::start(front, &dir);
+    let served = format!(
+        "listener.{}.downstream_cx_total",
+        front.to_string().replace(':', "_")
+    );
+    plumb_tests::wait_until("traffic", Duration::from_secs(10), || async {
+        old.stat(&served) > 100
+    })
+    .await;
+    plumb_tests::wait_until("hand-overs served", Duration::from_secs(10), || async {
+        dir.path.join("upgrade.sock").exists()
+    })
+    .await;
+
+    let new = TestAgent::start_with(&bootstrap, options(true)).await;
+    plumb_tests::wait_until("the successor serves", Duration::from_secs(10), || async {
+        new.stat(&served) > 100
+    })
+    .await;
+    assert_eq!(new.stat("listener_manager.lds.update_rejected"), 0);
+    assert_eq!(new.stat("listener_manager.listener_create_failure"), 0);
+    let r = churn.finish();
+    eprintln!("churn through an xDS takeover: {r}");
+    assert_eq!(r["failures"], 0, "{r}");
+    // The old agent drained (its held connections ended with the churn) and stopped.
+    old.join().await;
 }
