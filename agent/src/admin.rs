@@ -265,7 +265,7 @@ fn route(
             text(StatusCode::OK, "OK\n")
         }
         "/drain_listeners" => {
-            shared.drain.advance(crate::drain::Phase::Draining);
+            shared.stop_listening();
             shared.refresh_server_stats();
             text(StatusCode::OK, "OK\n")
         }

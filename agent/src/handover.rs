@@ -56,6 +56,9 @@ pub enum Message {
         protocol: u32,
         pid: u32,
         version: String,
+        /// The successor's cgroup id: the old agent excludes it from capture at once, so
+        /// the successor's own connects (to its control plane) are never proxied.
+        agent_cgroup_id: u64,
     },
     /// Old → new, possibly in several parts (`last` marks the final one); the file
     /// descriptors of `sockets` then `links` are attached in order.
@@ -342,7 +345,11 @@ pub enum TakeoverError {
 }
 
 /// Connects to the agent serving `path` and receives its sockets and links.
-pub fn take_over(path: &Path, timeout: Duration) -> Result<Inherited, TakeoverError> {
+pub fn take_over(
+    path: &Path,
+    timeout: Duration,
+    agent_cgroup_id: u64,
+) -> Result<Inherited, TakeoverError> {
     let failed = |reason: String| TakeoverError::Failed {
         path: path.to_path_buf(),
         reason,
@@ -365,6 +372,7 @@ pub fn take_over(path: &Path, timeout: Duration) -> Result<Inherited, TakeoverEr
                 protocol: PROTOCOL,
                 pid: std::process::id(),
                 version: crate::VERSION.into(),
+                agent_cgroup_id,
             },
             &[],
         )
@@ -595,6 +603,7 @@ mod tests {
                         protocol: PROTOCOL,
                         pid: 1,
                         version: "t".into(),
+                        agent_cgroup_id: 0,
                     },
                     &[],
                 )
@@ -645,7 +654,7 @@ mod tests {
     fn taking_over_nothing_is_not_an_error() {
         let path = std::env::temp_dir().join(format!("plumb-none-{}.sock", std::process::id()));
         assert!(matches!(
-            take_over(&path, Duration::from_secs(1)),
+            take_over(&path, Duration::from_secs(1), 0),
             Err(TakeoverError::NoAgent(_))
         ));
     }

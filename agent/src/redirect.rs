@@ -21,7 +21,7 @@ use plumb_ebpf_common::{
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Why redirection is not running.
@@ -64,8 +64,14 @@ pub struct Redirector {
     /// The cgroup attachments (bpf_link fds); dropping one detaches its program unless a
     /// successor holds a duplicate.
     links: Mutex<Vec<CgroupLink>>,
-    /// Handed over to a successor: stop without deregistering, detaching or unpinning.
+    /// Handed over to a successor (or a takeover abandoned): stop without writing the shared
+    /// maps, deregistering, detaching or unpinning.
     released: AtomicBool,
+    /// Capture rules to write at `activate` (taking over: until then the previous agent's
+    /// rules stay in force); `None` once written directly.
+    deferred_rules: Mutex<Option<Vec<CaptureRule>>>,
+    /// A successor's cgroup, excluded from capture while it starts.
+    successor_cgroup_id: AtomicU64,
     /// Held so its fd stays open while programs that use it load and run.
     _sockets: Option<SockHash<MapData, Tuple>>,
 }
@@ -112,8 +118,8 @@ fn bpf(cmd: libc::c_long, attr: &mut [u32; 16]) -> std::io::Result<libc::c_long>
     }
 }
 
-/// Attaches `prog` to `cgroup` with a new bpf_link (exclusive: no other program of that
-/// attach type on that cgroup may be attached without BPF_F_ALLOW_MULTI).
+/// Attaches `prog` to `cgroup` with a new bpf_link (the kernel runs every link-attached program
+/// of the attach type, in attach order).
 fn link_create(
     prog: BorrowedFd<'_>,
     cgroup: BorrowedFd<'_>,
@@ -254,6 +260,15 @@ pub fn cgroup2_root() -> Option<PathBuf> {
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|f| f.len() > 2 && f[2] == "cgroup2")
         .map(|f| PathBuf::from(f[1]))
+}
+
+/// This process's cgroup id (the inode of its cgroup2 directory, what
+/// `bpf_get_current_cgroup_id` returns); 0 when unknown.
+pub fn own_cgroup_id() -> u64 {
+    own_cgroup()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap_or(0)
 }
 
 /// This process's cgroup2 directory.
@@ -452,11 +467,7 @@ impl Redirector {
         // The agent's own connections must never be captured: the programs skip its cgroup
         // (by id), which must therefore be its own — not shared with workloads.
         let own = own_cgroup();
-        let agent_cgroup_id = own
-            .as_ref()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .unwrap_or(0);
+        let agent_cgroup_id = own_cgroup_id();
         if let Some(own) = &own {
             if let Some(cg) = cfg.cgroups.iter().find(|cg| *cg == own) {
                 return Err(RedirectError::Setup(format!(
@@ -475,7 +486,16 @@ impl Redirector {
             }
         }
         ensure_bpffs()?;
-        let conflicts = conflicting_programs(&cfg.cgroups);
+        // Taking over capture: the previous agent's links (and programs) are handed to this
+        // agent; its registration and capture rules stay in force until `activate`.
+        let taking_capture = inherited.as_ref().is_some_and(|i| !i.links.is_empty());
+        // The previous agent's programs are not a conflict: their links are being handed over.
+        let ours: &[&str] = if taking_capture {
+            &[programs::CONNECT4, programs::CONNECT6]
+        } else {
+            &[]
+        };
+        let conflicts = conflicting_programs(&cfg.cgroups, ours);
         for c in &conflicts {
             tracing::warn!(
                 "another {c} is in effect: it runs alongside Plumb's and may rewrite destinations first \
@@ -515,7 +535,9 @@ impl Redirector {
             LpmTrie::try_from(take(&mut ebpf, maps::CAPTURE_V6)?).map_err(setup("capture map"))?;
         // Pinned maps outlive agents: the rule set is rewritten from this config.
         let rules = capture_rules(cfg, listeners);
-        write_rules(&mut capture4, &mut capture6, &rules)?;
+        if !taking_capture {
+            write_rules(&mut capture4, &mut capture6, &rules)?;
+        }
 
         let mut state = AgentState {
             // Not registered until `activate`: programs attached before the proxy serves
@@ -541,7 +563,7 @@ impl Redirector {
         }
         let mut agent: Array<MapData, AgentState> =
             Array::try_from(take(&mut ebpf, maps::AGENT)?).map_err(setup("agent map"))?;
-        if inherited.is_none() {
+        if !taking_capture {
             // Clear whatever an agent that died left in the pinned map. When taking over, the
             // old agent's registration stays in force until `activate`.
             agent
@@ -653,6 +675,8 @@ impl Redirector {
             counters: counters_map,
             agent: Mutex::new(agent),
             capture: Mutex::new((capture4, capture6)),
+            deferred_rules: Mutex::new(taking_capture.then(|| rules.clone())),
+            successor_cgroup_id: AtomicU64::new(0),
             state,
             stats,
             stop: Arc::new(AtomicBool::new(false)),
@@ -703,6 +727,10 @@ impl Redirector {
         }
         let mut st = self.state;
         st.heartbeat_ns = monotonic_ns();
+        let successor = self.successor_cgroup_id.load(Ordering::Acquire);
+        if successor != 0 && successor != st.agent_cgroup_id {
+            st.prev_agent_cgroup_id = successor;
+        }
         if let Err(e) = agent.set(0, st, 0) {
             tracing::warn!(error = %e, "heartbeat update failed");
         }
@@ -712,6 +740,23 @@ impl Redirector {
     /// Links inherited from the previous agent switch to this agent's programs first (each
     /// swap is atomic: a connect runs either the old program or the new one).
     pub fn activate(&self) {
+        if self.released.load(Ordering::Acquire) {
+            return;
+        }
+        {
+            // Taking over: this agent's rules replace the previous agent's now.
+            let mut deferred = self
+                .deferred_rules
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(rules) = deferred.take() {
+                let mut maps = self.capture.lock().unwrap_or_else(|p| p.into_inner());
+                let (v4, v6) = &mut *maps;
+                if let Err(e) = write_rules(v4, v6, &rules) {
+                    tracing::error!(error = %e, "cannot write capture rules");
+                }
+            }
+        }
         {
             let ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
             let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
@@ -764,11 +809,44 @@ impl Redirector {
     /// (the successor's first heartbeat follows within milliseconds), and `shutdown` will
     /// neither deregister, detach nor unpin.
     pub fn release(&self) {
-        let _agent = self.agent.lock().unwrap_or_else(|p| p.into_inner());
-        self.released.store(true, Ordering::Release);
-        self.stop.store(true, Ordering::Release);
+        {
+            let _agent = self.agent.lock().unwrap_or_else(|p| p.into_inner());
+            self.released.store(true, Ordering::Release);
+            self.stop.store(true, Ordering::Release);
+        }
+        // The successor holds duplicates: closing ours now means that, should it crash,
+        // its links close with it and capture fails open at once.
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.stats.active.set(0);
         tracing::info!("eBPF redirection handed over to the new agent");
+    }
+
+    /// Gives up a takeover before `activate` (this agent is stopping): the previous agent
+    /// keeps capture, so nothing shared is written — no registration, no rules, no unpin.
+    pub fn abandon(&self) {
+        {
+            let _agent = self.agent.lock().unwrap_or_else(|p| p.into_inner());
+            self.released.store(true, Ordering::Release);
+            self.stop.store(true, Ordering::Release);
+        }
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.stats.active.set(0);
+        tracing::info!("takeover abandoned: the running agent keeps eBPF capture");
+    }
+
+    /// Whether this agent took capture over from a previous one and has not activated yet.
+    pub fn taking_over(&self) -> bool {
+        self.deferred_rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Excludes a successor's cgroup from capture while it starts (its own connects, e.g. to
+    /// the control plane, must not be proxied by this agent, which is about to drain).
+    pub fn exclude_successor(&self, cgroup_id: u64) {
+        self.successor_cgroup_id.store(cgroup_id, Ordering::Release);
+        self.beat();
     }
 
     /// The destination a redirected connection was meant for (recorded by sockops at
@@ -793,6 +871,14 @@ impl Redirector {
     /// listener added, moved or removed).
     pub fn set_listener_destinations(&self, listeners: &[Arc<Listener>]) {
         let rules = capture_rules(&self.config, listeners);
+        let mut deferred = self
+            .deferred_rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(pending) = deferred.as_mut() {
+            *pending = rules;
+            return;
+        }
         let mut maps = self.capture.lock().unwrap_or_else(|p| p.into_inner());
         let (v4, v6) = &mut *maps;
         if let Err(e) = write_rules(v4, v6, &rules) {
@@ -813,6 +899,10 @@ impl Redirector {
     /// drain starts, so no workload connect is refused by a closing listener.
     pub fn deregister(&self) {
         let mut agent = self.agent.lock().unwrap_or_else(|p| p.into_inner());
+        if self.released.load(Ordering::Acquire) {
+            // Capture belongs to another agent now: never overwrite its registration.
+            return;
+        }
         self.stop.store(true, Ordering::Release);
         let mut st = self.state;
         st.heartbeat_ns = 0;
@@ -899,7 +989,7 @@ fn effective_programs(cgroup: &std::fs::File, attach_type: u32) -> std::io::Resu
 
 /// Other connect4/connect6 programs already in effect on the enrolled cgroups (a CNI's socket
 /// load balancer, another agent): they run too and can rewrite destinations first.
-fn conflicting_programs(cgroups: &[PathBuf]) -> Vec<String> {
+fn conflicting_programs(cgroups: &[PathBuf], ignore: &[&str]) -> Vec<String> {
     let names: std::collections::HashMap<u32, String> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_string()))
@@ -914,13 +1004,17 @@ fn conflicting_programs(cgroups: &[PathBuf]) -> Vec<String> {
             ("connect6", BPF_CGROUP_INET6_CONNECT),
         ] {
             match effective_programs(&f, t) {
-                Ok(ids) => found.extend(ids.iter().map(|id| {
-                    format!(
-                        "{kind} program {id} ({}) on {}",
-                        names.get(id).map(String::as_str).unwrap_or("?"),
-                        cg.display()
-                    )
-                })),
+                Ok(ids) => found.extend(
+                    ids.iter()
+                        .filter(|id| !names.get(id).is_some_and(|n| ignore.contains(&n.as_str())))
+                        .map(|id| {
+                            format!(
+                                "{kind} program {id} ({}) on {}",
+                                names.get(id).map(String::as_str).unwrap_or("?"),
+                                cg.display()
+                            )
+                        }),
+                ),
                 Err(e) => {
                     tracing::debug!(cgroup = %cg.display(), error = %e, "cannot query attached programs")
                 }

@@ -22,6 +22,10 @@ use tokio::sync::watch;
 /// How long a new agent waits for the old one's offer, and for its release.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a running agent waits for a successor to be ready (its configuration loaded)
+/// before it resumes on its own.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Grace given to connection tasks to finish after the drain time ends and they are told to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -256,6 +260,13 @@ impl Shared {
         }
     }
 
+    /// Starts the drain: listeners stop accepting and their sockets close (new connects are
+    /// refused); established connections continue.
+    pub fn stop_listening(&self) {
+        self.listeners.close_duplicates();
+        self.drain.advance(Phase::Draining);
+    }
+
     pub fn request_shutdown(&self, kind: ShutdownKind) {
         self.shutdown_tx.send_if_modified(|k| match (*k, kind) {
             (None, _) | (Some(ShutdownKind::Graceful), ShutdownKind::Immediate) => {
@@ -371,7 +382,7 @@ pub fn start(
             .upgrade_socket
             .as_deref()
             .context("--takeover needs --upgrade-socket: the socket the running agent serves")?;
-        match crate::handover::take_over(path, TAKEOVER_TIMEOUT) {
+        match crate::handover::take_over(path, TAKEOVER_TIMEOUT, crate::redirect::own_cgroup_id()) {
             Ok(i) => {
                 tracing::info!(
                     old_pid = i.old_pid,
@@ -461,7 +472,12 @@ pub fn start(
     impl Drop for Undo {
         fn drop(&mut self) {
             if let Some(r) = self.0.take() {
-                r.shutdown();
+                // Taking over: the running agent still owns capture; touch nothing shared.
+                if r.taking_over() {
+                    r.abandon();
+                } else {
+                    r.shutdown();
+                }
             }
         }
     }
@@ -606,6 +622,9 @@ async fn run_data_plane(
             if ready {
                 break;
             }
+            if shutdown_rx.borrow().is_some() {
+                break;
+            }
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(
                     "initial xDS fetch timed out; serving the configuration received so far"
@@ -615,7 +634,22 @@ async fn run_data_plane(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    if taking_over {
+    // Told to stop before taking over (a rollback deleting the new pod): leave everything to
+    // the running agent, which resumes when the hand-over connection closes.
+    let abandoned = taking_over && shutdown_rx.borrow().is_some();
+    if abandoned {
+        drop(
+            shared
+                .takeover
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        if let Some(r) = &shared.redirect {
+            r.abandon();
+        }
+        tracing::warn!("stopping before the takeover completed: the running agent carries on");
+    } else if taking_over {
         let t = shared
             .takeover
             .lock()
@@ -635,16 +669,18 @@ async fn run_data_plane(
         shared.listeners.start(drain.watch());
     }
     shared.listeners.close_inherited();
-    shared.initialized.store(true, Ordering::Release);
-    if let Some(r) = &shared.redirect {
-        r.activate();
+    if !abandoned {
+        shared.initialized.store(true, Ordering::Release);
+        if let Some(r) = &shared.redirect {
+            r.activate();
+        }
+        crate::notify::notify(&format!(
+            "READY=1\nSTATUS=serving\nMAINPID={}",
+            std::process::id()
+        ));
     }
-    crate::notify::notify(&format!(
-        "READY=1\nSTATUS=serving\nMAINPID={}",
-        std::process::id()
-    ));
     let handover_thread = match shared.options.upgrade_socket.clone() {
-        Some(path) => {
+        Some(path) if !abandoned => {
             let s = shared.clone();
             std::thread::Builder::new()
                 .name("plumb-handover".into())
@@ -652,7 +688,7 @@ async fn run_data_plane(
                 .map_err(|e| tracing::error!(error = %e, "cannot start the hand-over thread"))
                 .ok()
         }
-        None => None,
+        _ => None,
     };
     if let Some(every) = crate::notify::watchdog_interval() {
         tokio::spawn(crate::notify::watchdog(every));
@@ -692,8 +728,7 @@ async fn run_data_plane(
             r.deregister();
         }
     }
-    shared.listeners.close_duplicates();
-    drain.advance(Phase::Draining);
+    shared.stop_listening();
     let escalated = async {
         let _ = shutdown_rx
             .wait_for(|k| *k == Some(ShutdownKind::Immediate))
@@ -756,6 +791,8 @@ fn spawn_successor(shared: &Shared) -> anyhow::Result<()> {
     }
     let mut child = std::process::Command::new(program)
         .args(&args)
+        // systemd's watchdog follows the main PID, which the successor becomes.
+        .env_remove("WATCHDOG_PID")
         .stdin(std::process::Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {program}"))?;
@@ -820,6 +857,7 @@ fn hand_over(shared: &Shared, channel: &crate::handover::Channel) -> anyhow::Res
             protocol,
             pid,
             version,
+            agent_cgroup_id: successor_cgroup,
         },
         _,
     )) = hello
@@ -840,6 +878,9 @@ fn hand_over(shared: &Shared, channel: &crate::handover::Channel) -> anyhow::Res
         return refuse("this agent is draining".into());
     }
     tracing::info!(successor_pid = pid, successor_version = %version, "a successor is taking over");
+    if let Some(r) = &shared.redirect {
+        r.exclude_successor(successor_cgroup);
+    }
     let mut sockets: Vec<(OfferedSocket, std::os::fd::OwnedFd)> = Vec::new();
     if let Some((configured, fd)) = &shared.admin_socket {
         let bound = std::net::TcpListener::from(fd.try_clone()?).local_addr()?;
@@ -875,8 +916,9 @@ fn hand_over(shared: &Shared, channel: &crate::handover::Channel) -> anyhow::Res
     }
     // The duplicates close here: the successor has its own.
     drop((sockets, links));
-    // The successor loads its configuration (xDS included) before it is ready.
-    let capture = match channel.recv(None)? {
+    // The successor loads its configuration (xDS included) before it is ready; one that takes
+    // longer is considered hung, and this agent carries on.
+    let capture = match channel.recv(Some(Instant::now() + READY_TIMEOUT))? {
         Some((Message::Ready { capture }, _)) => capture,
         None => anyhow::bail!("the successor went away before taking over"),
         Some((other, _)) => anyhow::bail!("unexpected message from the successor: {other:?}"),
@@ -891,7 +933,13 @@ fn hand_over(shared: &Shared, channel: &crate::handover::Channel) -> anyhow::Res
         }
     }
     shared.handed_over.store(true, Ordering::Release);
-    channel.send(&Message::Released, &[])?;
+    // Under systemd the successor becomes the main process: say so before this one can exit.
+    crate::notify::notify(&format!("MAINPID={pid}"));
+    // Past this point there is no way back (this agent no longer accepts or captures): a
+    // successor that does not read the answer takes over anyway.
+    if let Err(e) = channel.send(&Message::Released, &[]) {
+        tracing::warn!(successor_pid = pid, error = %e, "cannot confirm the release to the successor");
+    }
     tracing::info!(
         successor_pid = pid,
         "handed over; draining established connections"

@@ -249,6 +249,26 @@ impl AgentProcess {
         args: &[&str],
         cgroup: Option<&std::path::Path>,
     ) -> Self {
+        let p = Self::spawn_starting(bootstrap, args, cgroup).await;
+        let admin = p.admin;
+        crate::wait_until(
+            "subprocess /ready",
+            Duration::from_secs(20),
+            || async move {
+                matches!(client::http("GET", admin, "/ready").await, Ok(r) if r.status == 200)
+            },
+        )
+        .await;
+        p
+    }
+
+    /// Starts the agent and returns once it has written its admin address, without waiting
+    /// for it to be ready.
+    pub async fn spawn_starting(
+        bootstrap: &str,
+        args: &[&str],
+        cgroup: Option<&std::path::Path>,
+    ) -> Self {
         let dir = TempDir::new("agent");
         let config = dir.write("bootstrap.yaml", bootstrap);
         let admin_file = dir.path.join("admin-address");
@@ -304,14 +324,6 @@ impl AgentProcess {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         p.admin = admin;
-        crate::wait_until(
-            "subprocess /ready",
-            Duration::from_secs(20),
-            || async move {
-                matches!(client::http("GET", admin, "/ready").await, Ok(r) if r.status == 200)
-            },
-        )
-        .await;
         p
     }
 

@@ -701,3 +701,89 @@ async fn a_successor_without_redirection_makes_the_old_agent_fail_open() {
         "the old agent unpins when nobody took capture over"
     );
 }
+
+/// A successor stopped before it is ready (a rollback deleting the new pod) must leave the
+/// running agent exactly as it was: capture rules, registration, pins and admin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_stopped_before_ready_leaves_capture_to_the_running_agent() {
+    require_kernel_env!();
+    let mut node = Node::new();
+    let client = node.add_pod("client");
+    let server = node.add_pod("server");
+    let _echo = PodServer::start(&server, 8080, 8090);
+    let pin = pin_dir("abandon");
+    let _cleanup = PinCleanup(pin.clone());
+    let dir = TempDir::new("abandon");
+    let sock = dir.path.join("upgrade.sock");
+    let base = ["--upgrade-socket", sock.to_str().unwrap()];
+    let config = agent_config(&node, &server, &pin, false);
+    let old = AgentProcess::spawn(&config, &base).await;
+    let vip = format!("{VIP}:80");
+    assert_eq!(roundtrip(&client, &vip, 1000)["ok"], true);
+
+    // The successor: without the VIP listener (its rules must not replace the running
+    // agent's early), and waiting for a control plane that never answers.
+    let mut successor: Value = serde_json::from_str(&config).unwrap();
+    successor["static_resources"]["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|l| l["name"] != "vip");
+    let dead = plumb_tests::servers::closed_port();
+    successor["dynamic_resources"] = json!({
+        "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+                       "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},
+        "cds_config": {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "60s"},
+    });
+    successor["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .push(
+            json!({"name": "xds", "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": dead.port()}}}}]}]}}),
+        );
+    let mut takeover = base.to_vec();
+    takeover.push("--takeover");
+    let mut new = AgentProcess::spawn_starting(&successor.to_string(), &takeover, None).await;
+    assert_eq!(
+        new.admin, old.admin,
+        "the admin socket moved to the successor"
+    );
+    plumb_tests::wait_until("offer sent", Duration::from_secs(10), || {
+        let sent = old.logs().contains("a successor is taking over");
+        async move { sent }
+    })
+    .await;
+    // Still the running agent's capture, rules included.
+    let r = roundtrip(&client, &vip, 1000);
+    assert_eq!(r["ok"], true, "{r}\n{}", new.logs());
+
+    new.signal(libc::SIGTERM);
+    let st = new.wait_exit(Duration::from_secs(20)).await.expect("exits");
+    assert_eq!(st.code(), Some(0), "{}", new.logs());
+    assert!(new
+        .logs()
+        .contains("stopping before the takeover completed"));
+    plumb_tests::wait_until(
+        "the running agent carries on",
+        Duration::from_secs(10),
+        || {
+            let resumed = old
+                .logs()
+                .contains("hand-over aborted; this agent carries on");
+            async move { resumed }
+        },
+    )
+    .await;
+    let admin = old.admin;
+    plumb_tests::wait_until("admin back", Duration::from_secs(10), || async move {
+        matches!(plumb_tests::client::http("GET", admin, "/ready").await, Ok(r) if r.status == 200)
+    })
+    .await;
+    assert_eq!(stat(admin, "redirect.active").await, 1);
+    assert!(pin.join("PLUMB_AGENT").exists(), "pins kept");
+    let r = roundtrip(&client, &vip, 1000);
+    assert_eq!(r["ok"], true, "{r}\n{}", old.logs());
+    assert!(!old.logs().contains("handed over"), "{}", old.logs());
+}

@@ -145,7 +145,7 @@ async fn a_successor_that_vanishes_before_ready_leaves_the_old_agent_serving() {
     wait_log(&agent, "serving hand-overs").await;
 
     // A successor that receives the sockets and goes away without saying Ready.
-    let got = plumb::handover::take_over(&sock, Duration::from_secs(5)).expect("offer");
+    let got = plumb::handover::take_over(&sock, Duration::from_secs(5), 0).expect("offer");
     assert_eq!(got.listeners.len(), 1);
     assert_eq!(got.listeners[0].0.bound, addr);
     assert!(got.admin.is_some());
