@@ -570,13 +570,23 @@ fn server_info(shared: &Shared) -> Response<Body> {
     let snapshot = shared.snapshot.load_full();
     let node = &snapshot.node;
     let uptime = shared.started.elapsed().as_secs();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let uptime_all = now_ms.saturating_sub(shared.epoch.first_started_unix_ms) / 1000;
     json_response(&json!({
         "version": format!("plumb/{}", crate::VERSION),
         "state": shared.state().as_str(),
         "uptime_current_epoch": format!("{uptime}s"),
-        "uptime_all_epochs": format!("{uptime}s"),
-        "hot_restart_version": "disabled",
+        "uptime_all_epochs": format!("{}s", uptime_all.max(uptime)),
+        "hot_restart_version": if shared.options.upgrade_socket.is_some() {
+            format!("plumb.handover.{}", crate::handover::PROTOCOL)
+        } else {
+            "disabled".to_string()
+        },
         "command_line_options": {
+            "restart_epoch": shared.epoch.generation,
             "concurrency": shared.options.concurrency,
             "drain_time": format!("{}s", shared.options.drain_time.as_secs()),
             "config_path": shared.options.config_source,

@@ -31,6 +31,15 @@ pub const PROTOCOL: u32 = 1;
 const FDS_PER_MESSAGE: usize = 200;
 const MAX_MESSAGE: usize = 1 << 20;
 
+/// Which agent in a line of hand-overs this is (Envoy's hot-restart epoch and generation).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Epoch {
+    /// 0 for an agent that started fresh; its successor's is 1, and so on.
+    pub generation: u64,
+    /// When generation 0 started (Unix milliseconds): `uptime_all_epochs`.
+    pub first_started_unix_ms: u64,
+}
+
 /// A listening socket offered by the old agent.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OfferedSocket {
@@ -68,6 +77,7 @@ pub enum Message {
         version: String,
         /// The old agent's cgroup id, excluded from capture while it drains.
         agent_cgroup_id: u64,
+        epoch: Epoch,
         sockets: Vec<OfferedSocket>,
         links: Vec<OfferedLink>,
         last: bool,
@@ -281,6 +291,7 @@ impl Channel {
     pub fn send_offer(
         &self,
         agent_cgroup_id: u64,
+        epoch: Epoch,
         sockets: &[(OfferedSocket, BorrowedFd<'_>)],
         links: &[(OfferedLink, BorrowedFd<'_>)],
     ) -> io::Result<()> {
@@ -297,6 +308,7 @@ impl Channel {
                 pid: std::process::id(),
                 version: crate::VERSION.into(),
                 agent_cgroup_id,
+                epoch,
                 sockets: sp.iter().map(|(o, _)| o.clone()).collect(),
                 links: lp.iter().map(|(o, _)| o.clone()).collect(),
                 last,
@@ -329,6 +341,7 @@ pub struct Inherited {
     pub old_pid: u32,
     pub old_version: String,
     pub old_cgroup_id: u64,
+    pub old_epoch: Epoch,
     pub admin: Option<(OfferedSocket, std::net::TcpListener)>,
     pub listeners: Vec<(OfferedSocket, std::net::TcpListener)>,
     pub links: Vec<(OfferedLink, OwnedFd)>,
@@ -383,6 +396,7 @@ pub fn take_over(
         old_pid: 0,
         old_version: String::new(),
         old_cgroup_id: 0,
+        old_epoch: Epoch::default(),
         admin: None,
         listeners: Vec::new(),
         links: Vec::new(),
@@ -399,6 +413,7 @@ pub fn take_over(
                 pid,
                 version,
                 agent_cgroup_id,
+                epoch,
                 sockets,
                 links,
                 last,
@@ -419,6 +434,7 @@ pub fn take_over(
                 inherited.old_pid = pid;
                 inherited.old_version = version;
                 inherited.old_cgroup_id = agent_cgroup_id;
+                inherited.old_epoch = epoch;
                 let mut fds = fds.into_iter();
                 for s in sockets {
                     let fd = fds.next().expect("counted above");
@@ -595,7 +611,11 @@ mod tests {
             s.spawn(|| {
                 let (hello, _) = peer.recv(None).unwrap().unwrap();
                 assert!(matches!(hello, Message::Hello { .. }));
-                peer.send_offer(7, &offered, &links).unwrap();
+                let epoch = Epoch {
+                    generation: 3,
+                    first_started_unix_ms: 1,
+                };
+                peer.send_offer(7, epoch, &offered, &links).unwrap();
             });
             client
                 .send(
@@ -620,12 +640,14 @@ mod tests {
                     links,
                     last,
                     agent_cgroup_id,
+                    epoch,
                     ..
                 } = m
                 else {
                     panic!("{m:?}")
                 };
                 assert_eq!(agent_cgroup_id, 7);
+                assert_eq!(epoch.generation, 3);
                 assert_eq!(fds.len(), sockets.len() + links.len());
                 assert!(fds.len() <= FDS_PER_MESSAGE);
                 for (o, fd) in sockets.into_iter().zip(fds) {

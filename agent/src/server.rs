@@ -119,6 +119,8 @@ pub struct Shared {
     pub initialized: AtomicBool,
     pub started: Instant,
     pub started_wall: SystemTime,
+    /// Place in a line of hand-overs (`server.hot_restart_generation`, `uptime_all_epochs`).
+    pub epoch: crate::handover::Epoch,
     pub options: Options,
     pub log: Option<LogControl>,
     pub stats: ServerStats,
@@ -400,6 +402,7 @@ pub fn start(
         }
     }
 
+    let inherited_epoch = inherited.as_ref().map(|i| i.old_epoch);
     let admin_socket = match &snapshot.admin {
         Some(a) => {
             let from_old = inherited
@@ -510,6 +513,26 @@ pub fn start(
     };
     let concurrency = options.concurrency.max(1);
     stats.concurrency.set(concurrency as i64);
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let epoch = match &inherited_epoch {
+        Some(old) => crate::handover::Epoch {
+            generation: old.generation + 1,
+            first_started_unix_ms: old.first_started_unix_ms,
+        },
+        None => crate::handover::Epoch {
+            generation: 0,
+            first_started_unix_ms: now_ms,
+        },
+    };
+    server_scope
+        .gauge("hot_restart_generation")
+        .set(epoch.generation as i64);
+    server_scope
+        .gauge("hot_restart_epoch")
+        .set(epoch.generation as i64);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
@@ -522,6 +545,7 @@ pub fn start(
         initialized: AtomicBool::new(false),
         started: Instant::now(),
         started_wall: SystemTime::now(),
+        epoch,
         options,
         log,
         stats,
@@ -912,7 +936,7 @@ fn hand_over(shared: &Shared, channel: &crate::handover::Channel) -> anyhow::Res
             .map(|(o, f)| (o.clone(), f.as_fd()))
             .collect();
         let links: Vec<_> = links.iter().map(|(o, f)| (o.clone(), f.as_fd())).collect();
-        channel.send_offer(cgroup_id, &sockets, &links)?;
+        channel.send_offer(cgroup_id, shared.epoch, &sockets, &links)?;
     }
     // The duplicates close here: the successor has its own.
     drop((sockets, links));

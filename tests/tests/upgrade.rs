@@ -76,6 +76,16 @@ async fn three_takeovers_under_load_drop_nothing() {
             addr,
             "round {round}: listener kept"
         );
+        // Envoy's hot-restart generation counts the line of agents.
+        assert_eq!(
+            stat(new.admin, "server.hot_restart_generation").await,
+            round + 1
+        );
+        let info = plumb_tests::client::get(new.admin, "/server_info")
+            .await
+            .json();
+        assert_eq!(info["command_line_options"]["restart_epoch"], round + 1);
+        assert_eq!(info["hot_restart_version"], "plumb.handover.1");
         let previous = old.last().unwrap();
         wait_log(previous, "handed over; draining").await;
         assert!(
