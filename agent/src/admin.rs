@@ -596,6 +596,7 @@ fn server_info(shared: &Shared) -> Response<Body> {
             "id": node.id,
             "cluster": node.cluster,
             "locality": node.locality.to_json(),
+            "metadata": node.metadata,
             "user_agent_name": "plumb",
         },
     }))

@@ -50,9 +50,18 @@ enum Command {
         /// Override node.cluster (Envoy's --service-cluster).
         #[arg(long)]
         service_cluster: Option<String>,
-        /// Override node.locality.zone (Envoy's --service-zone).
+        /// Override node.locality.zone (Envoy's --service-zone). Empty: leave it unset.
         #[arg(long)]
         service_zone: Option<String>,
+        /// Add a node.metadata entry sent to the control plane (repeatable), e.g.
+        /// HOST_IP=$(HOST_IP) from the Kubernetes downward API.
+        #[arg(long, value_name = "KEY=VALUE", value_parser = config::parse_metadata_entry)]
+        node_metadata: Vec<(String, String)>,
+        /// Set the address captured connects are rewritten to (the plumb.redirect extension's
+        /// proxy_address, or proxy_address_v6 for an IPv6 address; repeatable), e.g. the
+        /// node's IP from the downward API when one bootstrap serves every node.
+        #[arg(long, value_name = "IP")]
+        redirect_proxy_address: Vec<std::net::IpAddr>,
         /// Unix socket through which this agent hands its listening sockets and eBPF links to
         /// a successor started with --takeover (e.g. /run/plumb/upgrade.sock).
         #[arg(long)]
@@ -94,6 +103,8 @@ fn main() -> ExitCode {
             service_node,
             service_cluster,
             service_zone,
+            node_metadata,
+            redirect_proxy_address,
             upgrade_socket,
             takeover,
             after_takeover,
@@ -105,22 +116,20 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let (mut snapshot, source) = match load(config.as_deref()) {
+            let overrides = config::Overrides {
+                node_id: service_node,
+                node_cluster: service_cluster,
+                node_zone: service_zone,
+                node_metadata,
+                redirect_proxy_addresses: redirect_proxy_address,
+            };
+            let (snapshot, source) = match load(config.as_deref(), &overrides) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::FAILURE;
                 }
             };
-            if let Some(id) = service_node {
-                snapshot.node.id = id;
-            }
-            if let Some(c) = service_cluster {
-                snapshot.node.cluster = c;
-            }
-            if let Some(z) = service_zone {
-                snapshot.node.locality.zone = z;
-            }
             for w in &snapshot.warnings {
                 tracing::warn!(field = %w.path, "{}", w.message);
             }
@@ -135,6 +144,7 @@ fn main() -> ExitCode {
                 upgrade_socket,
                 takeover,
                 after_takeover,
+                overrides,
                 ..Options::default()
             };
             if let Some(c) = concurrency {
@@ -152,14 +162,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: Option<&Path>) -> Result<(Snapshot, String), String> {
+fn load(path: Option<&Path>, overrides: &config::Overrides) -> Result<(Snapshot, String), String> {
     match path {
-        Some(p) => config::parse_bootstrap_file(p)
+        Some(p) => config::parse_bootstrap_file_with(p, overrides)
             .map(|s| (s, p.display().to_string()))
             .map_err(|e| format_config_error(&e)),
         None => {
             tracing::info!("no --config given: using the bundled default configuration");
-            config::parse_bootstrap(config::DEFAULT_BOOTSTRAP, "<bundled default>")
+            config::parse_bootstrap_with(config::DEFAULT_BOOTSTRAP, "<bundled default>", overrides)
                 .map(|s| (s, "<bundled default>".to_string()))
                 .map_err(|e| format_config_error(&e))
         }

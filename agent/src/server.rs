@@ -53,6 +53,8 @@ pub struct Options {
     pub takeover: bool,
     /// What an agent does once a successor has taken over and its connections have drained.
     pub after_takeover: AfterTakeover,
+    /// Command-line overrides of the bootstrap, applied again on reload.
+    pub overrides: crate::config::Overrides,
 }
 
 /// What an agent does after handing over to a successor and draining.
@@ -82,6 +84,7 @@ impl Default for Options {
             upgrade_socket: None,
             takeover: false,
             after_takeover: AfterTakeover::Exit,
+            overrides: crate::config::Overrides::default(),
         }
     }
 }
@@ -246,7 +249,7 @@ impl Shared {
             return;
         };
         let scope = self.store.root_scope("server");
-        match crate::config::parse_bootstrap_file(path) {
+        match crate::config::parse_bootstrap_file_with(path, &self.options.overrides) {
             Err(e) => {
                 scope.counter("reload_failure").inc();
                 tracing::error!(file = %path.display(), "reload rejected, the running configuration stays:\n{e}");

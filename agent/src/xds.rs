@@ -178,6 +178,7 @@ impl XdsClient {
                 zone: n.locality.zone.clone(),
                 sub_zone: n.locality.sub_zone.clone(),
             }),
+            metadata: (!n.metadata.is_empty()).then(|| pb_struct(&n.metadata)),
             user_agent_name: "plumb".into(),
             user_agent_version_type: Some(core::node::UserAgentVersionType::UserAgentVersion(
                 crate::VERSION.into(),
@@ -1089,4 +1090,29 @@ pub fn spawn(
             };
             rt.block_on(client.run(stop));
         })
+}
+
+/// JSON → google.protobuf.Struct (node metadata).
+fn pb_struct(
+    m: &serde_json::Map<String, serde_json::Value>,
+) -> envoy_types::pb::google::protobuf::Struct {
+    envoy_types::pb::google::protobuf::Struct {
+        fields: m.iter().map(|(k, v)| (k.clone(), pb_value(v))).collect(),
+    }
+}
+
+fn pb_value(v: &serde_json::Value) -> envoy_types::pb::google::protobuf::Value {
+    use envoy_types::pb::google::protobuf::{value::Kind, ListValue};
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(pb_value).collect(),
+        }),
+        J::Object(o) => Kind::StructValue(pb_struct(o)),
+    };
+    envoy_types::pb::google::protobuf::Value { kind: Some(kind) }
 }

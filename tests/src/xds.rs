@@ -79,6 +79,8 @@ pub struct SeenRequest {
     pub names: Vec<String>,
     pub error: Option<String>,
     pub has_node: bool,
+    /// The node, when the request carried one (the first of a stream).
+    pub node: Option<core::Node>,
     pub delta: bool,
 }
 
@@ -132,6 +134,7 @@ impl AggregatedDiscoveryService for Service {
                             names: r.resource_names.clone(),
                             error: r.error_detail.as_ref().map(|e| e.message.clone()),
                             has_node: r.node.is_some(),
+                            node: r.node.clone(),
                             delta: false,
                         });
                         let e = subs.entry(r.type_url.clone()).or_insert((vec![], None, vec![]));
@@ -196,6 +199,7 @@ impl AggregatedDiscoveryService for Service {
                             names: r.resource_names_subscribe.clone(),
                             error: r.error_detail.as_ref().map(|e| e.message.clone()),
                             has_node: r.node.is_some(),
+                            node: r.node.clone(),
                             delta: true,
                         });
                         let e = subs.entry(r.type_url.clone()).or_default();

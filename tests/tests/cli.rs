@@ -404,3 +404,49 @@ async fn sighup_reloads_listeners_and_clusters_without_dropping_connections() {
     };
     assert_eq!(st.and_then(|s| s.code()), Some(0));
 }
+
+/// Node identity from the command line (the Kubernetes downward API fills these in): node id,
+/// cluster, zone and metadata end up in `/server_info` and in the bootstrap `/config_dump`
+/// shows (and in the xDS node, `tests/tests/xds.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_identity_and_metadata_come_from_the_command_line() {
+    let cfg = plumb_tests::agent::bootstrap(vec![], vec![]);
+    let agent = AgentProcess::spawn(
+        &cfg,
+        &[
+            "--service-node=node-7",
+            "--service-cluster=edge",
+            "--service-zone=zone-b",
+            "--node-metadata=HOST_IP=10.0.0.9",
+            "--node-metadata=ROLE=a=b",
+            "--redirect-proxy-address=10.0.0.9",
+        ],
+    )
+    .await;
+    let info = plumb_tests::client::get(agent.admin, "/server_info")
+        .await
+        .json();
+    let node = &info["node"];
+    assert_eq!(node["id"], "node-7");
+    assert_eq!(node["cluster"], "edge");
+    assert_eq!(node["locality"]["zone"], "zone-b");
+    assert_eq!(node["metadata"]["HOST_IP"], "10.0.0.9");
+    assert_eq!(node["metadata"]["ROLE"], "a=b");
+    let dump = plumb_tests::client::get(agent.admin, "/config_dump")
+        .await
+        .json()
+        .to_string();
+    assert!(dump.contains("\"HOST_IP\":\"10.0.0.9\""), "{dump}");
+    // Nothing to apply the proxy address to: said, not fatal.
+    assert!(
+        agent
+            .logs()
+            .contains("ignored: the configuration has no plumb.redirect extension"),
+        "{}",
+        agent.logs()
+    );
+
+    let (st, _, err) = plumb_tests::agent::plumb_cmd(&["run", "--node-metadata", "novalue"]);
+    assert_eq!(st.code(), Some(2), "{err}");
+    assert!(err.contains("expected KEY=VALUE"), "{err}");
+}

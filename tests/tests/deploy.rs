@@ -317,9 +317,17 @@ fn deployed_command_lines_parse() {
         .lines()
         .take_while(|l| l.starts_with("        - ") || l.trim_start().starts_with('#'))
         .filter_map(|l| l.strip_prefix("        - "))
-        .map(|a| a.replace("$(NODE_NAME)", "node-1"))
+        .map(|a| {
+            a.replace("$(NODE_NAME)", "node-1")
+                .replace("$(HOST_IP)", "10.0.0.1")
+                .replace("$(NODE_ZONE)", "zone-a")
+        })
         .collect();
     assert!(ds_args.iter().any(|a| a == "--takeover"), "{ds_args:?}");
+    assert!(
+        ds_args.iter().all(|a| !a.contains("$(")),
+        "every downward-API variable is substituted here: {ds_args:?}"
+    );
     for (what, args) in [
         (
             "ExecStart",

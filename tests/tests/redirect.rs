@@ -787,3 +787,55 @@ async fn a_successor_stopped_before_ready_leaves_capture_to_the_running_agent() 
     assert_eq!(r["ok"], true, "{r}\n{}", old.logs());
     assert!(!old.logs().contains("handed over"), "{}", old.logs());
 }
+
+/// One bootstrap for every node (a ConfigMap): the redirect listener binds the wildcard
+/// address and each node's proxy address comes from the command line (the downward API's
+/// host IP in the DaemonSet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_address_can_come_from_the_command_line() {
+    require_kernel_env!();
+    let mut node = Node::new();
+    let client = node.add_pod("client");
+    let server = node.add_pod("server");
+    let _echo = PodServer::start(&server, 8081, 8091);
+    let pin = pin_dir("proxyflag");
+    let _cleanup = PinCleanup(pin.clone());
+    let port = 21000 + node.net as u16;
+    let config = json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [
+                {"name": "outbound", "use_original_dst": true,
+                 "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+                 "filter_chains": tcp_proxy("outbound", "passthrough")},
+            ],
+            "clusters": [
+                {"name": "passthrough", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED"},
+            ],
+        },
+        "bootstrap_extensions": [{"name": "plumb.redirect", "typed_config": {
+            "@type": "type.googleapis.com/plumb.redirect.v1.Redirect",
+            "listener": "outbound",
+            "cgroups": [node.cgroup.to_str().unwrap()],
+            "capture": [{"cidr": format!("{}/32", server.ip), "ports": [8081]}],
+            "pin_path": pin.to_str().unwrap(),
+            "required": true,
+        }}],
+    })
+    .to_string();
+    // Without the flag the wildcard listener leaves the address unknown: refused up front.
+    let dir = TempDir::new("proxyflag");
+    let path = dir.write("c.yaml", &config);
+    let (st, _, err) = plumb_cmd(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("binds a wildcard address"), "{err}");
+
+    let flag = format!("--redirect-proxy-address={}", node.proxy_ip);
+    let agent = AgentProcess::spawn(&config, &[&flag]).await;
+    let r = roundtrip(&client, &format!("{}:8081", server.ip), 5_000);
+    assert_eq!(r["ok"], true, "{r}\n{}", agent.logs());
+    assert_eq!(
+        stat(agent.admin, "cluster.passthrough.upstream_cx_total").await,
+        1
+    );
+}

@@ -452,3 +452,45 @@ async fn a_takeover_hands_lds_listener_sockets_to_the_successor() {
     // The old agent drained (its held connections ended with the churn) and stopped.
     old.join().await;
 }
+
+/// The control plane sees the node as configured: id, locality and metadata (a Struct), with
+/// command-line-style overrides already applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_with_its_metadata_reaches_the_control_plane() {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let cp = ControlPlane::start().await;
+    cp.set(vec![], vec![], vec![]);
+    let mut b: serde_json::Value = serde_json::from_str(&ads_bootstrap(cp.addr, "GRPC")).unwrap();
+    b["node"]["metadata"] =
+        serde_json::json!({"team": "net", "weights": [1, 2], "nested": {"on": true}});
+    let overrides = plumb::config::Overrides {
+        node_zone: Some("zone-b".into()),
+        node_metadata: vec![("HOST_IP".into(), "10.0.0.9".into())],
+        ..Default::default()
+    };
+    let snapshot = plumb::config::parse_bootstrap_with(&b.to_string(), "test", &overrides).unwrap();
+    let handle = plumb::server::start(snapshot, plumb::server::Options::default(), None).unwrap();
+    plumb_tests::wait_until("the first request", Duration::from_secs(10), || async {
+        cp.requests().iter().any(|r| r.node.is_some())
+    })
+    .await;
+    let node = cp.requests().into_iter().find_map(|r| r.node).unwrap();
+    assert_eq!(node.id, "test-node");
+    assert_eq!(node.locality.unwrap().zone, "zone-b");
+    let md = node.metadata.expect("metadata sent").fields;
+    let s = |k: &str| match md.get(k).and_then(|v| v.kind.clone()) {
+        Some(Kind::StringValue(s)) => s,
+        other => panic!("{k}: {other:?}"),
+    };
+    assert_eq!(s("team"), "net");
+    assert_eq!(s("HOST_IP"), "10.0.0.9");
+    assert!(matches!(md["weights"].kind, Some(Kind::ListValue(ref l)) if l.values.len() == 2));
+    assert!(
+        matches!(md["nested"].kind, Some(Kind::StructValue(ref n)) if n.fields.contains_key("on"))
+    );
+    handle.shutdown(plumb::server::ShutdownKind::Immediate);
+    tokio::task::spawn_blocking(move || handle.wait())
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -4,6 +4,7 @@
 //! or rejects. `docs/configuration.md` mirrors them. All errors are collected, not just the
 //! first, and each names its full field path.
 
+use super::overrides::Overrides;
 use super::walk::{Diagnostics, Field, FieldTable, Obj};
 use super::*;
 use serde_yaml::Value;
@@ -79,11 +80,11 @@ const NODE: FieldTable = &[
     ("id", S),
     ("cluster", S),
     ("locality", S),
+    ("metadata", S),
     (
-        "metadata",
-        I("node metadata is only sent to control planes (no xDS yet)"),
+        "dynamic_parameters",
+        I("xDS-TP dynamic parameters are not sent"),
     ),
-    ("dynamic_parameters", I("no xDS yet")),
     ("user_agent_name", I("fixed to plumb")),
     ("user_agent_version", I("fixed to plumb's version")),
     ("user_agent_build_version", I("fixed to plumb's version")),
@@ -768,6 +769,14 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
 
 /// Reads and translates a bootstrap file.
 pub fn parse_bootstrap_file(path: &Path) -> Result<Snapshot, ConfigError> {
+    parse_bootstrap_file_with(path, &Overrides::default())
+}
+
+/// As `parse_bootstrap_file`, with command-line overrides applied before validation.
+pub fn parse_bootstrap_file_with(
+    path: &Path,
+    overrides: &Overrides,
+) -> Result<Snapshot, ConfigError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         source_name: name.clone(),
@@ -776,16 +785,25 @@ pub fn parse_bootstrap_file(path: &Path) -> Result<Snapshot, ConfigError> {
             message: format!("cannot read {name}: {e}"),
         }],
     })?;
-    parse_bootstrap(&text, &name)
+    parse_bootstrap_with(&text, &name, overrides)
 }
 
 /// Translates bootstrap text (YAML; JSON is YAML too). `source_name` labels errors.
 pub fn parse_bootstrap(text: &str, source_name: &str) -> Result<Snapshot, ConfigError> {
+    parse_bootstrap_with(text, source_name, &Overrides::default())
+}
+
+/// As `parse_bootstrap`, with command-line overrides applied before validation.
+pub fn parse_bootstrap_with(
+    text: &str,
+    source_name: &str,
+    overrides: &Overrides,
+) -> Result<Snapshot, ConfigError> {
     let fail = |errors| ConfigError {
         source_name: source_name.to_string(),
         errors,
     };
-    let value: Value = serde_yaml::from_str(text).map_err(|e| {
+    let mut value: Value = serde_yaml::from_str(text).map_err(|e| {
         let at = e
             .location()
             .map(|l| format!("line {} column {}", l.line(), l.column()))
@@ -795,11 +813,13 @@ pub fn parse_bootstrap(text: &str, source_name: &str) -> Result<Snapshot, Config
             message: format!("invalid YAML: {e}"),
         }])
     })?;
+    let override_warnings = overrides.apply(&mut value);
     let mut d = Diagnostics::default();
     let snapshot = translate(&value, &mut d);
     match snapshot {
         Some(mut s) if d.errors.is_empty() => {
             s.warnings = d.warnings;
+            s.warnings.extend(override_warnings);
             Ok(s)
         }
         _ => {
@@ -1239,6 +1259,17 @@ fn read_node(n: &Obj, d: &mut Diagnostics) -> Node {
             .object("locality", LOCALITY, d)
             .map(|l| read_locality(&l, d))
             .unwrap_or_default(),
+        metadata: match n.get("metadata").map(serde_json::to_value) {
+            None | Some(Ok(serde_json::Value::Null)) => serde_json::Map::new(),
+            Some(Ok(serde_json::Value::Object(m))) => m,
+            Some(_) => {
+                d.error(
+                    n.at("metadata"),
+                    "must be a map of keys to values (google.protobuf.Struct)",
+                );
+                serde_json::Map::new()
+            }
+        },
     }
 }
 

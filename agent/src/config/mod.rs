@@ -4,10 +4,15 @@
 //! Nothing downstream of this module sees YAML or protobufs.
 
 mod bootstrap;
+mod overrides;
 mod walk;
 pub mod xds;
 
-pub use bootstrap::{parse_bootstrap, parse_bootstrap_file, DEFAULT_BOOTSTRAP};
+pub use bootstrap::{
+    parse_bootstrap, parse_bootstrap_file, parse_bootstrap_file_with, parse_bootstrap_with,
+    DEFAULT_BOOTSTRAP,
+};
+pub use overrides::{parse_metadata_entry, Overrides};
 pub use walk::{parse_duration, Diag, Diagnostics};
 
 use serde_json::{json, Value as Json};
@@ -128,6 +133,8 @@ pub struct Node {
     pub id: String,
     pub cluster: String,
     pub locality: Locality,
+    /// Opaque to Plumb; sent to the control plane (a google.protobuf.Struct).
+    pub metadata: serde_json::Map<String, Json>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
