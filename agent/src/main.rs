@@ -19,62 +19,66 @@ struct Cli {
     command: Command,
 }
 
+/// `plumb run` options.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Envoy v3 bootstrap (YAML or JSON). Without it, the bundled default is used.
+    #[arg(long, short = 'c', visible_alias = "config-path")]
+    config: Option<PathBuf>,
+    /// Data-path worker threads (default: available CPUs).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Seconds established connections may continue after SIGTERM before being closed.
+    #[arg(long, default_value_t = 30)]
+    drain_time_s: u64,
+    /// Initial log level: trace, debug, info, warn, error, off.
+    #[arg(long, short = 'l', default_value = "info")]
+    log_level: String,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Write the bound admin address (ip:port) to this file once listening.
+    #[arg(long)]
+    admin_address_path: Option<PathBuf>,
+    /// Keep the last good xDS configuration in this file and start from it, so a restart
+    /// while the control plane is down still serves.
+    #[arg(long)]
+    xds_cache: Option<PathBuf>,
+    /// Override node.id (Envoy's --service-node), e.g. from the Kubernetes downward API.
+    #[arg(long)]
+    service_node: Option<String>,
+    /// Override node.cluster (Envoy's --service-cluster).
+    #[arg(long)]
+    service_cluster: Option<String>,
+    /// Override node.locality.zone (Envoy's --service-zone). Empty: leave it unset.
+    #[arg(long)]
+    service_zone: Option<String>,
+    /// Add a node.metadata entry sent to the control plane (repeatable), e.g.
+    /// HOST_IP=$(HOST_IP) from the Kubernetes downward API.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = config::parse_metadata_entry)]
+    node_metadata: Vec<(String, String)>,
+    /// Set the address captured connects are rewritten to (the plumb.redirect extension's
+    /// proxy_address, or proxy_address_v6 for an IPv6 address; repeatable), e.g. the
+    /// node's IP from the downward API when one bootstrap serves every node.
+    #[arg(long, value_name = "IP")]
+    redirect_proxy_address: Vec<std::net::IpAddr>,
+    /// Unix socket through which this agent hands its listening sockets and eBPF links to
+    /// a successor started with --takeover (e.g. /run/plumb/upgrade.sock).
+    #[arg(long)]
+    upgrade_socket: Option<PathBuf>,
+    /// Take over from the agent serving --upgrade-socket: inherit its sockets and eBPF
+    /// links, then let it drain. Starts fresh when no agent serves the socket.
+    #[arg(long, requires = "upgrade_socket")]
+    takeover: bool,
+    /// After a successor took over and connections drained: exit, or wait for SIGTERM
+    /// (under supervisors that restart exited processes, such as a Kubernetes pod).
+    #[arg(long, value_enum, default_value_t = AfterTakeover::Exit)]
+    after_takeover: AfterTakeover,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent.
-    Run {
-        /// Envoy v3 bootstrap (YAML or JSON). Without it, the bundled default is used.
-        #[arg(long, short = 'c', visible_alias = "config-path")]
-        config: Option<PathBuf>,
-        /// Data-path worker threads (default: available CPUs).
-        #[arg(long)]
-        concurrency: Option<usize>,
-        /// Seconds established connections may continue after SIGTERM before being closed.
-        #[arg(long, default_value_t = 30)]
-        drain_time_s: u64,
-        /// Initial log level: trace, debug, info, warn, error, off.
-        #[arg(long, short = 'l', default_value = "info")]
-        log_level: String,
-        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-        log_format: LogFormat,
-        /// Write the bound admin address (ip:port) to this file once listening.
-        #[arg(long)]
-        admin_address_path: Option<PathBuf>,
-        /// Keep the last good xDS configuration in this file and start from it, so a restart
-        /// while the control plane is down still serves.
-        #[arg(long)]
-        xds_cache: Option<PathBuf>,
-        /// Override node.id (Envoy's --service-node), e.g. from the Kubernetes downward API.
-        #[arg(long)]
-        service_node: Option<String>,
-        /// Override node.cluster (Envoy's --service-cluster).
-        #[arg(long)]
-        service_cluster: Option<String>,
-        /// Override node.locality.zone (Envoy's --service-zone). Empty: leave it unset.
-        #[arg(long)]
-        service_zone: Option<String>,
-        /// Add a node.metadata entry sent to the control plane (repeatable), e.g.
-        /// HOST_IP=$(HOST_IP) from the Kubernetes downward API.
-        #[arg(long, value_name = "KEY=VALUE", value_parser = config::parse_metadata_entry)]
-        node_metadata: Vec<(String, String)>,
-        /// Set the address captured connects are rewritten to (the plumb.redirect extension's
-        /// proxy_address, or proxy_address_v6 for an IPv6 address; repeatable), e.g. the
-        /// node's IP from the downward API when one bootstrap serves every node.
-        #[arg(long, value_name = "IP")]
-        redirect_proxy_address: Vec<std::net::IpAddr>,
-        /// Unix socket through which this agent hands its listening sockets and eBPF links to
-        /// a successor started with --takeover (e.g. /run/plumb/upgrade.sock).
-        #[arg(long)]
-        upgrade_socket: Option<PathBuf>,
-        /// Take over from the agent serving --upgrade-socket: inherit its sockets and eBPF
-        /// links, then let it drain. Starts fresh when no agent serves the socket.
-        #[arg(long, requires = "upgrade_socket")]
-        takeover: bool,
-        /// After a successor took over and connections drained: exit, or wait for SIGTERM
-        /// (under supervisors that restart exited processes, such as a Kubernetes pod).
-        #[arg(long, value_enum, default_value_t = AfterTakeover::Exit)]
-        after_takeover: AfterTakeover,
-    },
+    Run(Box<RunArgs>),
     /// Validate a bootstrap file: print a summary, or every error with its field path.
     CheckConfig {
         /// The file to check.
@@ -92,23 +96,24 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig { file } => check_config(&file),
-        Command::Run {
-            config,
-            concurrency,
-            drain_time_s,
-            log_level,
-            log_format,
-            admin_address_path,
-            xds_cache,
-            service_node,
-            service_cluster,
-            service_zone,
-            node_metadata,
-            redirect_proxy_address,
-            upgrade_socket,
-            takeover,
-            after_takeover,
-        } => {
+        Command::Run(args) => {
+            let RunArgs {
+                config,
+                concurrency,
+                drain_time_s,
+                log_level,
+                log_format,
+                admin_address_path,
+                xds_cache,
+                service_node,
+                service_cluster,
+                service_zone,
+                node_metadata,
+                redirect_proxy_address,
+                upgrade_socket,
+                takeover,
+                after_takeover,
+            } = *args;
             let log = match logging::init(&log_level, log_format) {
                 Ok(l) => l,
                 Err(e) => {
