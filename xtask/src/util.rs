@@ -17,6 +17,28 @@ pub fn root_dir() -> PathBuf {
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root_dir());
+    // `cargo xtask` runs this program with the variables Cargo sets for a binary
+    // (CARGO_MANIFEST_DIR=…/xtask, CARGO_PKG_*, …). Build scripts watch some of them (ring
+    // reruns when CARGO_MANIFEST_DIR changes), so passing them on would make these builds
+    // differ from a plain `cargo build` — and from the test harness's, which strips the same
+    // list — recompiling ring, rustls, tonic and Plumb each time (~45 s).
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+                "CARGO_MANIFEST_LINKS",
+            ]
+            .contains(&k.as_str())
+        {
+            c.env_remove(&k);
+        }
+    }
     c
 }
 
