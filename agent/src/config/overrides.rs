@@ -5,7 +5,7 @@
 //! result is validated as a whole, `/config_dump` shows what is in force, and a SIGHUP reload
 //! applies the same overrides again.
 
-use super::walk::Diag;
+use super::walk::{snake_case, Diag};
 use serde_yaml::{Mapping, Value};
 use std::net::IpAddr;
 
@@ -34,18 +34,36 @@ pub fn parse_metadata_entry(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// The mapping at `key` in `map`, created when absent; `None` when something else is there
-/// (left for validation to report).
+/// The key of `map` that reads as `snake` (the bootstrap accepts snake_case and
+/// lowerCamelCase alike).
+fn key_of(map: &Mapping, snake: &str) -> Option<Value> {
+    map.keys()
+        .find(|k| k.as_str().is_some_and(|k| snake_case(k) == snake))
+        .cloned()
+}
+
+/// The mapping at `key` in `map` (under either spelling), created when absent; `None` when
+/// something else is there (left for validation to report).
 fn child<'a>(map: &'a mut Mapping, key: &str) -> Option<&'a mut Mapping> {
-    let k = Value::String(key.to_string());
-    if !map.contains_key(&k) || map.get(&k).is_some_and(Value::is_null) {
+    let k = key_of(map, key).unwrap_or_else(|| Value::String(key.to_string()));
+    if map.get(&k).is_none_or(Value::is_null) {
         map.insert(k.clone(), Value::Mapping(Mapping::new()));
     }
     map.get_mut(&k).and_then(Value::as_mapping_mut)
 }
 
+/// Sets `key`, replacing it under either spelling (two spellings would be "given twice").
 fn set(map: &mut Mapping, key: &str, value: Value) {
+    while let Some(k) = key_of(map, key) {
+        map.remove(&k);
+    }
     map.insert(Value::String(key.to_string()), value);
+}
+
+/// The value at `key` under either spelling.
+fn get_mut<'a>(map: &'a mut Mapping, key: &str) -> Option<&'a mut Value> {
+    let k = key_of(map, key)?;
+    map.get_mut(&k)
 }
 
 impl Overrides {
@@ -93,14 +111,14 @@ impl Overrides {
             }
         }
         if !self.redirect_proxy_addresses.is_empty() {
-            let redirect = root
-                .get_mut(Value::String("bootstrap_extensions".into()))
+            let redirect = get_mut(root, "bootstrap_extensions")
                 .and_then(Value::as_sequence_mut)
                 .and_then(|exts| {
                     exts.iter_mut()
                         .find(|e| e.get("name").and_then(Value::as_str) == Some(REDIRECT_EXTENSION))
                 })
-                .and_then(|e| e.get_mut("typed_config"))
+                .and_then(Value::as_mapping_mut)
+                .and_then(|e| get_mut(e, "typed_config"))
                 .and_then(Value::as_mapping_mut);
             match redirect {
                 Some(tc) => {
@@ -167,6 +185,15 @@ mod tests {
         assert_eq!(tc["proxy_address"], "10.1.2.3");
         assert_eq!(tc["proxy_address_v6"], "fd00::1");
         assert!(doc["bootstrap_extensions"][0].get("typed_config").is_none());
+        // lowerCamelCase spellings are found and replaced, never duplicated.
+        let mut doc: Value = serde_yaml::from_str(
+            "bootstrapExtensions:\n- name: plumb.redirect\n  typedConfig: {listener: out, proxyAddress: 1.1.1.1}\n",
+        )
+        .unwrap();
+        assert!(o.apply(&mut doc).is_empty());
+        let tc = &doc["bootstrapExtensions"][0]["typedConfig"];
+        assert_eq!(tc["proxy_address"], "10.1.2.3");
+        assert!(tc.get("proxyAddress").is_none());
         // Without the extension: a warning, nothing changed.
         let mut doc: Value = serde_yaml::from_str("admin: {}").unwrap();
         let w = o.apply(&mut doc);

@@ -72,7 +72,7 @@ pub fn index(path: &str, i: usize) -> String {
     format!("{path}[{i}]")
 }
 
-fn snake_case(key: &str) -> String {
+pub(crate) fn snake_case(key: &str) -> String {
     if key.starts_with('@') {
         return key.to_string();
     }
