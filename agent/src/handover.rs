@@ -68,6 +68,9 @@ pub enum Message {
         /// The successor's cgroup id: the old agent excludes it from capture at once, so
         /// the successor's own connects (to its control plane) are never proxied.
         agent_cgroup_id: u64,
+        /// How long the successor may take to be ready (its initial xDS fetch timeout plus
+        /// a margin); the old agent gives up and refuses after that.
+        ready_within_ms: u64,
     },
     /// Old → new, possibly in several parts (`last` marks the final one); the file
     /// descriptors of `sockets` then `links` are attached in order.
@@ -347,6 +350,18 @@ pub struct Inherited {
     pub links: Vec<(OfferedLink, OwnedFd)>,
 }
 
+/// How a takeover ended.
+#[derive(Debug, PartialEq)]
+pub enum Finish {
+    /// The old agent stopped accepting and capturing: everything is this agent's.
+    Released,
+    /// The old agent carries on (it gave up waiting, or is draining): this agent must not
+    /// serve, and stops.
+    Refused(String),
+    /// The old agent went away (or hung) without answering: nobody else serves, take over.
+    Gone(String),
+}
+
 /// Why a takeover did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum TakeoverError {
@@ -362,6 +377,7 @@ pub fn take_over(
     path: &Path,
     timeout: Duration,
     agent_cgroup_id: u64,
+    ready_within: Duration,
 ) -> Result<Inherited, TakeoverError> {
     let failed = |reason: String| TakeoverError::Failed {
         path: path.to_path_buf(),
@@ -386,6 +402,7 @@ pub fn take_over(
                 pid: std::process::id(),
                 version: crate::VERSION.into(),
                 agent_cgroup_id,
+                ready_within_ms: ready_within.as_millis() as u64,
             },
             &[],
         )
@@ -467,16 +484,19 @@ pub fn take_over(
 impl Inherited {
     /// Tells the old agent this one is ready and waits until it has stopped accepting and
     /// heartbeating.
-    pub fn finish(&self, capture: bool, timeout: Duration) -> io::Result<()> {
-        self.channel.send(&Message::Ready { capture }, &[])?;
-        match self.channel.recv(Some(Instant::now() + timeout))? {
-            Some((Message::Released, _)) => Ok(()),
-            Some((other, _)) => Err(io::Error::other(format!(
-                "unexpected answer to ready: {other:?}"
-            ))),
-            None => Err(io::Error::other(
-                "the old agent closed the connection before releasing",
-            )),
+    pub fn finish(&self, capture: bool, timeout: Duration) -> Finish {
+        // Even if the send fails, a refusal the old agent sent before closing is still
+        // waiting to be read.
+        let sent = self.channel.send(&Message::Ready { capture }, &[]);
+        match self.channel.recv(Some(Instant::now() + timeout)) {
+            Ok(Some((Message::Released, _))) => Finish::Released,
+            Ok(Some((Message::Refused { reason }, _))) => Finish::Refused(reason),
+            Ok(Some((other, _))) => Finish::Gone(format!("unexpected answer to ready: {other:?}")),
+            Ok(None) => Finish::Gone(match sent {
+                Err(e) => format!("cannot send ready: {e}"),
+                Ok(()) => "the old agent closed the connection".into(),
+            }),
+            Err(e) => Finish::Gone(e.to_string()),
         }
     }
 
@@ -624,6 +644,7 @@ mod tests {
                         pid: 1,
                         version: "t".into(),
                         agent_cgroup_id: 0,
+                        ready_within_ms: 0,
                     },
                     &[],
                 )
@@ -676,7 +697,7 @@ mod tests {
     fn taking_over_nothing_is_not_an_error() {
         let path = std::env::temp_dir().join(format!("plumb-none-{}.sock", std::process::id()));
         assert!(matches!(
-            take_over(&path, Duration::from_secs(1), 0),
+            take_over(&path, Duration::from_secs(1), 0, Duration::ZERO),
             Err(TakeoverError::NoAgent(_))
         ));
     }

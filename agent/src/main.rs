@@ -43,24 +43,8 @@ struct RunArgs {
     /// while the control plane is down still serves.
     #[arg(long)]
     xds_cache: Option<PathBuf>,
-    /// Override node.id (Envoy's --service-node), e.g. from the Kubernetes downward API.
-    #[arg(long)]
-    service_node: Option<String>,
-    /// Override node.cluster (Envoy's --service-cluster).
-    #[arg(long)]
-    service_cluster: Option<String>,
-    /// Override node.locality.zone (Envoy's --service-zone). Empty: leave it unset.
-    #[arg(long)]
-    service_zone: Option<String>,
-    /// Add a node.metadata entry sent to the control plane (repeatable), e.g.
-    /// HOST_IP=$(HOST_IP) from the Kubernetes downward API.
-    #[arg(long, value_name = "KEY=VALUE", value_parser = config::parse_metadata_entry)]
-    node_metadata: Vec<(String, String)>,
-    /// Set the address captured connects are rewritten to (the plumb.redirect extension's
-    /// proxy_address, or proxy_address_v6 for an IPv6 address; repeatable), e.g. the
-    /// node's IP from the downward API when one bootstrap serves every node.
-    #[arg(long, value_name = "IP")]
-    redirect_proxy_address: Vec<std::net::IpAddr>,
+    #[command(flatten)]
+    overrides: OverrideArgs,
     /// Unix socket through which this agent hands its listening sockets and eBPF links to
     /// a successor started with --takeover (e.g. /run/plumb/upgrade.sock).
     #[arg(long)]
@@ -75,6 +59,41 @@ struct RunArgs {
     after_takeover: AfterTakeover,
 }
 
+/// Per-node values applied to the bootstrap before it is validated (docs/configuration.md).
+#[derive(clap::Args)]
+struct OverrideArgs {
+    /// Override node.id (Envoy's --service-node), e.g. from the Kubernetes downward API.
+    #[arg(long)]
+    service_node: Option<String>,
+    /// Override node.cluster (Envoy's --service-cluster).
+    #[arg(long)]
+    service_cluster: Option<String>,
+    /// Override node.locality.zone (Envoy's --service-zone). Empty: keep the bootstrap's.
+    #[arg(long)]
+    service_zone: Option<String>,
+    /// Add a node.metadata entry sent to the control plane (repeatable), e.g.
+    /// HOST_IP=$(HOST_IP) from the Kubernetes downward API.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = config::parse_metadata_entry)]
+    node_metadata: Vec<(String, String)>,
+    /// Set the address captured connects are rewritten to (the plumb.redirect extension's
+    /// proxy_address, or proxy_address_v6 for an IPv6 address; repeatable), e.g. the
+    /// node's IP from the downward API when one bootstrap serves every node.
+    #[arg(long, value_name = "IP")]
+    redirect_proxy_address: Vec<std::net::IpAddr>,
+}
+
+impl OverrideArgs {
+    fn into_overrides(self) -> config::Overrides {
+        config::Overrides {
+            node_id: self.service_node,
+            node_cluster: self.service_cluster,
+            node_zone: self.service_zone,
+            node_metadata: self.node_metadata,
+            redirect_proxy_addresses: self.redirect_proxy_address,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent.
@@ -83,6 +102,9 @@ enum Command {
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+        /// The same per-node overrides `run` takes, so a shared bootstrap checks as it runs.
+        #[command(flatten)]
+        overrides: OverrideArgs,
     },
     /// Print the version.
     Version,
@@ -95,7 +117,9 @@ fn main() -> ExitCode {
             println!("plumb {}", plumb::VERSION);
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { file, overrides } => {
+            check_config(&file, &overrides.into_overrides())
+        }
         Command::Run(args) => {
             let RunArgs {
                 config,
@@ -105,11 +129,7 @@ fn main() -> ExitCode {
                 log_format,
                 admin_address_path,
                 xds_cache,
-                service_node,
-                service_cluster,
-                service_zone,
-                node_metadata,
-                redirect_proxy_address,
+                overrides,
                 upgrade_socket,
                 takeover,
                 after_takeover,
@@ -121,13 +141,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let overrides = config::Overrides {
-                node_id: service_node,
-                node_cluster: service_cluster,
-                node_zone: service_zone,
-                node_metadata,
-                redirect_proxy_addresses: redirect_proxy_address,
-            };
+            let overrides = overrides.into_overrides();
             let (snapshot, source) = match load(config.as_deref(), &overrides) {
                 Ok(s) => s,
                 Err(e) => {
@@ -194,8 +208,8 @@ fn format_config_error(e: &config::ConfigError) -> String {
     s
 }
 
-fn check_config(file: &Path) -> ExitCode {
-    match config::parse_bootstrap_file(file) {
+fn check_config(file: &Path, overrides: &config::Overrides) -> ExitCode {
+    match config::parse_bootstrap_file_with(file, overrides) {
         Ok(s) => {
             println!("{}: OK", file.display());
             if let Some(a) = &s.admin {

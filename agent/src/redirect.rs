@@ -72,6 +72,9 @@ pub struct Redirector {
     deferred_rules: Mutex<Option<Vec<CaptureRule>>>,
     /// A successor's cgroup, excluded from capture while it starts.
     successor_cgroup_id: AtomicU64,
+    /// Link descriptors were offered to a successor that has not answered yet: a shutdown
+    /// meanwhile must not unpin the maps it is loading.
+    offered: AtomicBool,
     /// Held so its fd stays open while programs that use it load and run.
     _sockets: Option<SockHash<MapData, Tuple>>,
 }
@@ -271,12 +274,63 @@ pub fn own_cgroup_id() -> u64 {
         .unwrap_or(0)
 }
 
-/// This process's cgroup2 directory.
+/// This process's cgroup2 directory. `/proc/self/cgroup` names it relative to the cgroup
+/// namespace's root, which in a container (a private cgroup namespace, the default on cgroup
+/// v2) is the container's own cgroup, shown as `/`: then the mounted hierarchy is searched
+/// for the directory that lists this process.
 pub fn own_cgroup() -> Option<PathBuf> {
     let root = cgroup2_root()?;
     let s = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let rel = s.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Some(root.join(rel.trim_start_matches('/')))
+    let pid = std::process::id();
+    let named = root.join(rel.trim_start_matches('/'));
+    if lists_pid(&named, pid) {
+        return Some(named);
+    }
+    let found = find_cgroup_of(&root, pid);
+    match &found {
+        Some(p) => {
+            tracing::debug!(cgroup = %p.display(), shown_as = rel, "found this process's cgroup by search (private cgroup namespace)")
+        }
+        None => {
+            tracing::warn!(
+                shown_as = rel,
+                "cannot find this process's cgroup in the mounted hierarchy"
+            )
+        }
+    }
+    found
+}
+
+/// Whether `dir/cgroup.procs` lists `pid`.
+fn lists_pid(dir: &Path, pid: u32) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .is_ok_and(|procs| procs.lines().any(|l| l.trim().parse::<u32>() == Ok(pid)))
+}
+
+/// Breadth-first search below `root` for the cgroup listing `pid` (bounded).
+fn find_cgroup_of(root: &Path, pid: u32) -> Option<PathBuf> {
+    const MAX_DIRS: usize = 200_000;
+    let mut queue = std::collections::VecDeque::from([root.to_path_buf()]);
+    let mut seen = 0;
+    while let Some(dir) = queue.pop_front() {
+        seen += 1;
+        if seen > MAX_DIRS {
+            return None;
+        }
+        if lists_pid(&dir, pid) {
+            return Some(dir);
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                queue.push_back(e.path());
+            }
+        }
+    }
+    None
 }
 
 fn v4_bytes(ip: Ipv4Addr) -> [u8; 4] {
@@ -467,7 +521,17 @@ impl Redirector {
         // The agent's own connections must never be captured: the programs skip its cgroup
         // (by id), which must therefore be its own — not shared with workloads.
         let own = own_cgroup();
-        let agent_cgroup_id = own_cgroup_id();
+        let agent_cgroup_id = own
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or(0);
+        if own.is_none() {
+            return Err(RedirectError::Setup(format!(
+                "cannot find this agent's own cgroup under {} (from /proc/self/cgroup, or by searching for its pid): its own connects could be captured; mount the host's cgroup2 hierarchy",
+                root.display()
+            )));
+        }
         if let Some(own) = &own {
             if let Some(cg) = cfg.cgroups.iter().find(|cg| *cg == own) {
                 return Err(RedirectError::Setup(format!(
@@ -677,6 +741,7 @@ impl Redirector {
             capture: Mutex::new((capture4, capture6)),
             deferred_rules: Mutex::new(taking_capture.then(|| rules.clone())),
             successor_cgroup_id: AtomicU64::new(0),
+            offered: AtomicBool::new(false),
             state,
             stats,
             stop: Arc::new(AtomicBool::new(false)),
@@ -784,6 +849,7 @@ impl Redirector {
 
     /// Duplicates of the link descriptors, for a successor.
     pub fn offer_links(&self) -> Vec<(OfferedLink, OwnedFd)> {
+        self.offered.store(true, Ordering::Release);
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         links
             .iter()
@@ -842,6 +908,18 @@ impl Redirector {
             .is_some()
     }
 
+    /// A hand-over did not happen: the successor's exclusion ends and maps may be unpinned
+    /// again at shutdown.
+    pub fn handover_aborted(&self) {
+        self.withdraw_offer();
+        self.exclude_successor(0);
+    }
+
+    /// The successor does not use the offered links and maps: a shutdown may unpin again.
+    pub fn withdraw_offer(&self) {
+        self.offered.store(false, Ordering::Release);
+    }
+
     /// Excludes a successor's cgroup from capture while it starts (its own connects, e.g. to
     /// the control plane, must not be proxied by this agent, which is about to drain).
     pub fn exclude_successor(&self, cgroup_id: u64) {
@@ -870,6 +948,9 @@ impl Redirector {
     /// Re-derives the capture rules after the listener set changed (a `bind_to_port: false`
     /// listener added, moved or removed).
     pub fn set_listener_destinations(&self, listeners: &[Arc<Listener>]) {
+        if self.released.load(Ordering::Acquire) {
+            return; // the rules are another agent's now
+        }
         let rules = capture_rules(&self.config, listeners);
         let mut deferred = self
             .deferred_rules
@@ -928,6 +1009,13 @@ impl Redirector {
         self.links.lock().unwrap_or_else(|p| p.into_inner()).clear();
         if let Some(ebpf) = self.ebpf.lock().unwrap_or_else(|p| p.into_inner()).take() {
             drop(ebpf);
+        }
+        if self.offered.load(Ordering::Acquire) {
+            // A successor holds duplicates of the links and is loading the pinned maps.
+            tracing::info!(
+                "eBPF programs detached here; maps stay pinned for the successor taking over"
+            );
+            return;
         }
         for p in &self.pinned {
             let _ = std::fs::remove_file(p);

@@ -22,9 +22,14 @@ use tokio::sync::watch;
 /// How long a new agent waits for the old one's offer, and for its release.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a running agent waits for a successor to be ready (its configuration loaded)
-/// before it resumes on its own.
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bounds on how long a running agent waits for a successor to be ready (the successor says
+/// how long it may take: its initial xDS fetch timeout plus a margin).
+const MIN_READY_WAIT: Duration = Duration::from_secs(30);
+const MAX_READY_WAIT: Duration = Duration::from_secs(1800);
+
+/// What a successor adds to its initial fetch timeout when telling the old agent how long to
+/// wait for it.
+const READY_MARGIN: Duration = Duration::from_secs(60);
 
 /// Grace given to connection tasks to finish after the drain time ends and they are told to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -268,6 +273,13 @@ impl Shared {
     /// Starts the drain: listeners stop accepting and their sockets close (new connects are
     /// refused); established connections continue.
     pub fn stop_listening(&self) {
+        // Fail open first: captured connects go to their destinations instead of meeting a
+        // closed listener (unless a successor owns capture now).
+        if let Some(r) = &self.redirect {
+            if !self.handed_over.load(Ordering::Acquire) {
+                r.deregister();
+            }
+        }
         self.listeners.close_duplicates();
         self.drain.advance(Phase::Draining);
     }
@@ -387,7 +399,18 @@ pub fn start(
             .upgrade_socket
             .as_deref()
             .context("--takeover needs --upgrade-socket: the socket the running agent serves")?;
-        match crate::handover::take_over(path, TAKEOVER_TIMEOUT, crate::redirect::own_cgroup_id()) {
+        let ready_within = snapshot
+            .xds
+            .as_ref()
+            .map(|x| x.initial_fetch_timeout)
+            .unwrap_or_default()
+            + READY_MARGIN;
+        match crate::handover::take_over(
+            path,
+            TAKEOVER_TIMEOUT,
+            crate::redirect::own_cgroup_id(),
+            ready_within,
+        ) {
             Ok(i) => {
                 tracing::info!(
                     old_pid = i.old_pid,
@@ -589,14 +612,14 @@ pub fn start(
                 .enable_all()
                 .build()
                 .context("cannot start the data-path runtime")?;
-            rt.block_on(run_data_plane(data_shared, shutdown_rx));
+            let result = rt.block_on(run_data_plane(data_shared, shutdown_rx));
             // Connection tasks left after the close grace are dropped with the runtime.
             rt.shutdown_timeout(Duration::from_millis(100));
             let _ = admin_stop_tx.send(true);
             if let Some(t) = admin_thread {
                 let _ = t.join();
             }
-            Ok(())
+            result
         })?;
 
     undo.0 = None;
@@ -610,7 +633,7 @@ pub fn start(
 async fn run_data_plane(
     shared: Arc<Shared>,
     mut shutdown_rx: watch::Receiver<Option<ShutdownKind>>,
-) {
+) -> anyhow::Result<()> {
     if shared.options.handle_signals {
         tokio::spawn(handle_signals(shared.clone()));
     }
@@ -664,6 +687,7 @@ async fn run_data_plane(
     // Told to stop before taking over (a rollback deleting the new pod): leave everything to
     // the running agent, which resumes when the hand-over connection closes.
     let abandoned = taking_over && shutdown_rx.borrow().is_some();
+    let mut refused: Option<String> = None;
     if abandoned {
         drop(
             shared
@@ -685,16 +709,35 @@ async fn run_data_plane(
         if let Some(t) = t {
             let old_pid = t.old_pid;
             let capture = shared.redirect.is_some();
+            use crate::handover::Finish;
             match tokio::task::spawn_blocking(move || t.finish(capture, TAKEOVER_TIMEOUT)).await {
-                Ok(Ok(())) => tracing::info!(old_pid, "the old agent released its sockets"),
-                Ok(Err(e)) => {
-                    tracing::warn!(old_pid, error = %e, "the old agent did not confirm the release; taking over anyway")
+                Ok(Finish::Released) => {
+                    tracing::info!(old_pid, "the old agent released its sockets")
+                }
+                Ok(Finish::Refused(reason)) => refused = Some(reason),
+                Ok(Finish::Gone(why)) => {
+                    tracing::warn!(
+                        old_pid,
+                        why,
+                        "the old agent did not confirm the release; taking over anyway"
+                    )
                 }
                 Err(e) => tracing::warn!(error = %e, "hand-over task failed"),
             }
         }
-        shared.listeners.start(drain.watch());
+        if refused.is_none() {
+            shared.listeners.start(drain.watch());
+        }
     }
+    if let Some(reason) = &refused {
+        // The running agent carries on: this one must not touch anything shared, nor serve.
+        if let Some(r) = &shared.redirect {
+            r.abandon();
+        }
+        tracing::error!("the running agent refused the takeover: {reason}; stopping");
+        shared.request_shutdown(ShutdownKind::Immediate);
+    }
+    let abandoned = abandoned || refused.is_some();
     shared.listeners.close_inherited();
     if !abandoned {
         shared.initialized.store(true, Ordering::Release);
@@ -717,16 +760,18 @@ async fn run_data_plane(
         }
         _ => None,
     };
-    if let Some(every) = crate::notify::watchdog_interval() {
-        tokio::spawn(crate::notify::watchdog(every));
-    }
     tokio::spawn(flush_stats(shared.clone()));
-    tracing::info!(
-        listeners = shared.listeners.all().len(),
-        clusters = shared.clusters.all().len(),
-        concurrency = shared.options.concurrency,
-        "plumb is live"
-    );
+    if !abandoned {
+        if let Some(every) = crate::notify::watchdog_interval() {
+            tokio::spawn(crate::notify::watchdog(every));
+        }
+        tracing::info!(
+            listeners = shared.listeners.all().len(),
+            clusters = shared.clusters.all().len(),
+            concurrency = shared.options.concurrency,
+            "plumb is live"
+        );
+    }
 
     let kind = match shutdown_rx.wait_for(|k| k.is_some()).await {
         Ok(k) => k.unwrap_or(ShutdownKind::Immediate),
@@ -743,18 +788,14 @@ async fn run_data_plane(
         "draining"
     );
     let handed_over = shared.handed_over.load(Ordering::Acquire);
-    if handed_over {
-        // The successor owns the configuration now: this agent must not bind or change
-        // anything the control plane sends.
+    if handed_over || abandoned {
+        // Another agent owns the configuration: this one must not bind or change anything
+        // the control plane sends. (Nor, abandoned, tell systemd the unit is stopping.)
         let _ = xds_stop_tx.send(true);
     } else {
         crate::notify::notify("STOPPING=1\nSTATUS=draining");
-        // Fail open first: workloads' new connects go straight to their destinations
-        // instead of meeting a closed listener.
-        if let Some(r) = &shared.redirect {
-            r.deregister();
-        }
     }
+    // Fails open first (unless another agent owns capture), then closes the listeners.
     shared.stop_listening();
     let escalated = async {
         let _ = shutdown_rx
@@ -795,6 +836,12 @@ async fn run_data_plane(
         let _ = sig.wait_for(|s| *s).await;
     }
     tracing::info!("stopped");
+    match refused {
+        Some(reason) => Err(anyhow::anyhow!(
+            "takeover refused by the running agent: {reason}"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// SIGUSR2 (binary upgrade, as nginx does): starts the binary this agent was started as —
@@ -865,6 +912,10 @@ fn serve_successors(shared: Arc<Shared>, path: &std::path::Path) {
             Ok(false) => {}
             Err(e) => {
                 let _ = shared.admin_paused.send(false);
+                shared.listeners.freeze_binds(false);
+                if let Some(r) = &shared.redirect {
+                    r.handover_aborted();
+                }
                 tracing::warn!(error = %e, "hand-over aborted; this agent carries on");
             }
         }
@@ -885,6 +936,7 @@ fn hand_over(shared: &Shared, channel: &crate::handover::Channel) -> anyhow::Res
             pid,
             version,
             agent_cgroup_id: successor_cgroup,
+            ready_within_ms,
         },
         _,
     )) = hello
@@ -933,6 +985,9 @@ fn hand_over(shared: &Shared, channel: &crate::handover::Channel) -> anyhow::Res
         .unwrap_or(0);
     // Probes and operators see the successor from now on.
     let _ = shared.admin_paused.send(true);
+    // A socket bound from now on would not be in the offer: listener changes that need one
+    // wait for the successor (which binds it) or for an abort.
+    shared.listeners.freeze_binds(true);
     {
         let sockets: Vec<_> = sockets
             .iter()
@@ -945,7 +1000,22 @@ fn hand_over(shared: &Shared, channel: &crate::handover::Channel) -> anyhow::Res
     drop((sockets, links));
     // The successor loads its configuration (xDS included) before it is ready; one that takes
     // longer is considered hung, and this agent carries on.
-    let capture = match channel.recv(Some(Instant::now() + READY_TIMEOUT))? {
+    let ready_within = Duration::from_millis(ready_within_ms).clamp(MIN_READY_WAIT, MAX_READY_WAIT);
+    let capture = match channel.recv(Some(Instant::now() + ready_within)) {
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            // Say so before closing, so the successor stops instead of taking over.
+            let reason = format!("not ready within {ready_within:?}; the running agent carries on");
+            let _ = channel.send(
+                &Message::Refused {
+                    reason: reason.clone(),
+                },
+                &[],
+            );
+            anyhow::bail!("the successor was {reason}");
+        }
+        other => other?,
+    };
+    let capture = match capture {
         Some((Message::Ready { capture }, _)) => capture,
         None => anyhow::bail!("the successor went away before taking over"),
         Some((other, _)) => anyhow::bail!("unexpected message from the successor: {other:?}"),
@@ -957,6 +1027,7 @@ fn hand_over(shared: &Shared, channel: &crate::handover::Channel) -> anyhow::Res
         } else {
             tracing::warn!("the successor does not capture: releasing eBPF capture (fail open)");
             r.deregister();
+            r.withdraw_offer();
         }
     }
     shared.handed_over.store(true, Ordering::Release);

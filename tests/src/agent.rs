@@ -269,6 +269,35 @@ impl AgentProcess {
         args: &[&str],
         cgroup: Option<&std::path::Path>,
     ) -> Self {
+        Self::spawn_placed(bootstrap, args, cgroup, false).await
+    }
+
+    /// As `spawn_in`, and in a cgroup namespace of its own rooted at `cgroup` (as container
+    /// runtimes do on cgroup v2): `/proc/self/cgroup` then reads `0::/`.
+    pub async fn spawn_in_cgroupns(
+        bootstrap: &str,
+        args: &[&str],
+        cgroup: &std::path::Path,
+    ) -> Self {
+        let p = Self::spawn_placed(bootstrap, args, Some(cgroup), true).await;
+        let admin = p.admin;
+        crate::wait_until(
+            "subprocess /ready",
+            Duration::from_secs(20),
+            || async move {
+                matches!(client::http("GET", admin, "/ready").await, Ok(r) if r.status == 200)
+            },
+        )
+        .await;
+        p
+    }
+
+    async fn spawn_placed(
+        bootstrap: &str,
+        args: &[&str],
+        cgroup: Option<&std::path::Path>,
+        cgroupns: bool,
+    ) -> Self {
         let dir = TempDir::new("agent");
         let config = dir.write("bootstrap.yaml", bootstrap);
         let admin_file = dir.path.join("admin-address");
@@ -281,10 +310,13 @@ impl AgentProcess {
                 .write(true)
                 .open(cg.join("cgroup.procs"))
                 .expect("open cgroup.procs");
-            // SAFETY: only write(2) runs between fork and exec.
+            // SAFETY: only write(2) and unshare(2) run between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
                     if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if cgroupns && libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())

@@ -831,9 +831,70 @@ async fn the_proxy_address_can_come_from_the_command_line() {
     assert!(err.contains("binds a wildcard address"), "{err}");
 
     let flag = format!("--redirect-proxy-address={}", node.proxy_ip);
+    // check-config takes the same overrides, so the shared file checks as it will run.
+    let (st, out, err) = plumb_cmd(&["check-config", path.to_str().unwrap(), &flag]);
+    assert_eq!(st.code(), Some(0), "{out}{err}");
     let agent = AgentProcess::spawn(&config, &[&flag]).await;
     let r = roundtrip(&client, &format!("{}:8081", server.ip), 5_000);
     assert_eq!(r["ok"], true, "{r}\n{}", agent.logs());
+    assert_eq!(
+        stat(agent.admin, "cluster.passthrough.upstream_cx_total").await,
+        1
+    );
+}
+
+/// Container runtimes on cgroup v2 give a pod a cgroup namespace of its own: the agent sees
+/// its cgroup as `/`. It must still find its real cgroup (and id), or it would capture its
+/// own connects inside the enrolled subtree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_in_its_own_cgroup_namespace_still_excludes_itself() {
+    require_kernel_env!();
+    let mut node = Node::new();
+    let client = node.add_pod("client");
+    let server = node.add_pod("server");
+    let _echo = PodServer::start(&server, 8081, 8091);
+    let pin = pin_dir("cgroupns");
+    let _cleanup = PinCleanup(pin.clone());
+    let agent_cg = pods::CgroupDir::new(node.cgroup.join("agent"));
+    let agent = AgentProcess::spawn_in_cgroupns(
+        &agent_config(&node, &server, &pin, false),
+        &[],
+        &agent_cg.path,
+    )
+    .await;
+    let r = roundtrip(&client, &format!("{}:8081", server.ip), 10_000);
+    assert_eq!(r["ok"], true, "{r}\n{}", agent.logs());
+    let admin = agent.admin;
+    plumb_tests::wait_until("kernel counters", Duration::from_secs(5), || async move {
+        stat(admin, "redirect.connect_redirected").await == 1
+    })
+    .await;
+    assert_eq!(
+        stat(admin, "cluster.passthrough.upstream_cx_total").await,
+        1
+    );
+}
+
+/// `/drain_listeners` (a preStop hook's favourite) closes the listeners: captured connects must
+/// fail open first, not be refused by the closed redirect listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_listeners_fails_capture_open_first() {
+    require_kernel_env!();
+    let mut node = Node::new();
+    let client = node.add_pod("client");
+    let server = node.add_pod("server");
+    let _echo = PodServer::start(&server, 8081, 8091);
+    let pin = pin_dir("drainlisteners");
+    let _cleanup = PinCleanup(pin.clone());
+    let agent = AgentProcess::spawn(&agent_config(&node, &server, &pin, false), &[]).await;
+    let target = format!("{}:8081", server.ip);
+    assert_eq!(roundtrip(&client, &target, 1000)["ok"], true);
+    let r = plumb_tests::client::post(agent.admin, "/drain_listeners").await;
+    assert_eq!(r.status, 200);
+    // Straight away: direct, not refused.
+    let r = roundtrip(&client, &target, 1000);
+    assert_eq!(r["ok"], true, "{r}\n{}", agent.logs());
+    assert_eq!(stat(agent.admin, "redirect.active").await, 0);
     assert_eq!(
         stat(agent.admin, "cluster.passthrough.upstream_cx_total").await,
         1

@@ -155,12 +155,35 @@ async fn a_successor_that_vanishes_before_ready_leaves_the_old_agent_serving() {
     wait_log(&agent, "serving hand-overs").await;
 
     // A successor that receives the sockets and goes away without saying Ready.
-    let got = plumb::handover::take_over(&sock, Duration::from_secs(5), 0).expect("offer");
+    let got = plumb::handover::take_over(&sock, Duration::from_secs(5), 0, Duration::from_secs(60))
+        .expect("offer");
     assert_eq!(got.listeners.len(), 1);
     assert_eq!(got.listeners[0].0.bound, addr);
     assert!(got.admin.is_some());
+    // While the hand-over is open, a reload that needs a new socket must not bind it (the
+    // successor could not inherit it): it is refused, and applies after the abort.
+    let extra = servers::closed_port();
+    let with_extra = |echo: SocketAddr| {
+        let mut l = tcp_listener("extra", "echo");
+        l["address"]["socket_address"]["port_value"] = extra.port().into();
+        bootstrap(
+            vec![tcp_listener("l4", "echo"), l],
+            vec![static_cluster("echo", &[echo])],
+        )
+    };
+    std::fs::write(agent.dir.path.join("bootstrap.yaml"), with_extra(echo.addr)).unwrap();
+    agent.signal(libc::SIGHUP);
+    wait_log(&agent, "a hand-over to a successor agent is in progress").await;
+    assert!(tokio::net::TcpStream::connect(extra).await.is_err());
     drop(got);
     wait_log(&agent, "hand-over aborted; this agent carries on").await;
+    agent.signal(libc::SIGHUP);
+    plumb_tests::wait_until(
+        "extra listener bound",
+        Duration::from_secs(10),
+        || async move { tokio::net::TcpStream::connect(extra).await.is_ok() },
+    )
+    .await;
 
     // Admin answers again and traffic still flows.
     let admin = agent.admin;
@@ -323,4 +346,48 @@ async fn sigusr2_starts_a_successor_that_takes_over_under_load() {
     })
     .await;
     assert!(third.alive());
+}
+
+/// A running agent that refuses the takeover (it gave up waiting for the successor, or it is
+/// draining) makes the successor stop, serving nothing and touching nothing shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_successor_stops_with_an_error() {
+    use plumb::handover::{Epoch, Listener, Message};
+    let echo = servers::start(Behavior::Echo).await;
+    let dir = TempDir::new("refused");
+    let sock = dir.path.join("upgrade.sock");
+    // A fake running agent: offers nothing, then refuses.
+    let old = Listener::bind(&sock).unwrap();
+    let fake = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let ch = old.accept(deadline).unwrap().expect("successor connects");
+        let (hello, _) = ch.recv(Some(deadline)).unwrap().unwrap();
+        assert!(matches!(hello, Message::Hello { .. }), "{hello:?}");
+        ch.send_offer(0, Epoch::default(), &[], &[]).unwrap();
+        let (ready, _) = ch.recv(Some(deadline)).unwrap().unwrap();
+        assert!(matches!(ready, Message::Ready { .. }), "{ready:?}");
+        ch.send(
+            &Message::Refused {
+                reason: "test says no".into(),
+            },
+            &[],
+        )
+        .unwrap();
+    });
+    let mut args = upgrade_args(&sock);
+    args.push("--takeover".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut successor = AgentProcess::spawn_starting(&config(echo.addr), &args, None).await;
+    let st = successor
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("the refused successor exits");
+    fake.join().unwrap();
+    assert_eq!(st.code(), Some(1), "{}", successor.logs());
+    let logs = successor.logs();
+    assert!(
+        logs.contains("takeover refused by the running agent: test says no"),
+        "{logs}"
+    );
+    assert!(!logs.contains("plumb is live"), "{logs}");
 }

@@ -5,11 +5,13 @@
 //! result is validated as a whole, `/config_dump` shows what is in force, and a SIGHUP reload
 //! applies the same overrides again.
 
+use super::bootstrap::REDIRECT_TYPE;
 use super::walk::{snake_case, Diag};
 use serde_yaml::{Mapping, Value};
 use std::net::IpAddr;
 
-/// The name of Plumb's redirection extension in `bootstrap_extensions`.
+/// Plumb's redirection extension in `bootstrap_extensions`: found by its `@type`, as the
+/// bootstrap reader does (or by its conventional name).
 const REDIRECT_EXTENSION: &str = "plumb.redirect";
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -103,8 +105,9 @@ impl Overrides {
                 }
                 if !self.node_metadata.is_empty() {
                     if let Some(md) = child(node, "metadata") {
+                        // Metadata keys are opaque: exact, no spelling conversion.
                         for (k, v) in &self.node_metadata {
-                            set(md, k, Value::String(v.clone()));
+                            md.insert(Value::String(k.clone()), Value::String(v.clone()));
                         }
                     }
                 }
@@ -114,12 +117,17 @@ impl Overrides {
             let redirect = get_mut(root, "bootstrap_extensions")
                 .and_then(Value::as_sequence_mut)
                 .and_then(|exts| {
-                    exts.iter_mut()
-                        .find(|e| e.get("name").and_then(Value::as_str) == Some(REDIRECT_EXTENSION))
-                })
-                .and_then(Value::as_mapping_mut)
-                .and_then(|e| get_mut(e, "typed_config"))
-                .and_then(Value::as_mapping_mut);
+                    exts.iter_mut().find_map(|e| {
+                        let e = e.as_mapping_mut()?;
+                        let named = key_of(e, "name")
+                            .and_then(|k| e.get(&k))
+                            .and_then(Value::as_str)
+                            == Some(REDIRECT_EXTENSION);
+                        let tc = get_mut(e, "typed_config")?.as_mapping_mut()?;
+                        let typed = tc.get("@type").and_then(Value::as_str) == Some(REDIRECT_TYPE);
+                        (typed || named).then_some(tc)
+                    })
+                });
             match redirect {
                 Some(tc) => {
                     for ip in &self.redirect_proxy_addresses {
@@ -160,6 +168,15 @@ mod tests {
         assert_eq!(doc["node"]["id"], "n1");
         assert_eq!(doc["node"]["locality"]["zone"], "z1");
         assert_eq!(doc["node"]["metadata"]["HOST_IP"], "10.0.0.5");
+        // Metadata keys are kept exactly as given, next to similar-looking ones.
+        let mut doc: Value = serde_yaml::from_str("node: {metadata: {clusterId: a}}").unwrap();
+        let o = Overrides {
+            node_metadata: vec![("cluster_id".into(), "b".into())],
+            ..Overrides::default()
+        };
+        o.apply(&mut doc);
+        assert_eq!(doc["node"]["metadata"]["clusterId"], "a");
+        assert_eq!(doc["node"]["metadata"]["cluster_id"], "b");
         // An empty zone (an unset downward-API label) leaves the zone alone.
         let mut doc: Value = serde_yaml::from_str("admin: {}").unwrap();
         let o = Overrides {
@@ -194,6 +211,16 @@ mod tests {
         let tc = &doc["bootstrapExtensions"][0]["typedConfig"];
         assert_eq!(tc["proxy_address"], "10.1.2.3");
         assert!(tc.get("proxyAddress").is_none());
+        // Found by @type whatever its name.
+        let mut doc: Value = serde_yaml::from_str(
+            "bootstrap_extensions:\n- name: capture\n  typed_config: {\"@type\": type.googleapis.com/plumb.redirect.v1.Redirect}\n",
+        )
+        .unwrap();
+        assert!(o.apply(&mut doc).is_empty());
+        assert_eq!(
+            doc["bootstrap_extensions"][0]["typed_config"]["proxy_address"],
+            "10.1.2.3"
+        );
         // Without the extension: a warning, nothing changed.
         let mut doc: Value = serde_yaml::from_str("admin: {}").unwrap();
         let w = o.apply(&mut doc);

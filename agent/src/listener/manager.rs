@@ -23,6 +23,8 @@ use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerUpdateError {
+    #[error("listener \"{name}\": not bound now: a hand-over to a successor agent is in progress (the successor binds it)")]
+    HandoverInProgress { name: String },
     #[error("listener \"{name}\": cannot bind {address}: {source}")]
     Bind {
         name: String,
@@ -76,6 +78,8 @@ pub struct ListenerManager {
     store: Store,
     redirect: OnceLock<Arc<Redirector>>,
     runtime: OnceLock<(tokio::runtime::Handle, drain::Watch)>,
+    /// Set while a successor is taking over: a socket bound now would not be offered to it.
+    frozen: std::sync::atomic::AtomicBool,
     stats: Stats,
 }
 
@@ -90,6 +94,7 @@ impl ListenerManager {
             store: store.clone(),
             redirect: OnceLock::new(),
             runtime: OnceLock::new(),
+            frozen: std::sync::atomic::AtomicBool::new(false),
             stats: Stats {
                 added: s.counter("listener_added"),
                 modified: s.counter("listener_modified"),
@@ -193,6 +198,11 @@ impl ListenerManager {
             if let Some(l) = inherited {
                 return Ok(l);
             }
+            if self.frozen.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(ListenerUpdateError::HandoverInProgress {
+                    name: cfg.name.clone(),
+                });
+            }
             bind(cfg.address, cfg.tcp_backlog_size, cfg.ipv4_compat).map_err(|source| {
                 self.stats.create_failure.inc();
                 ListenerUpdateError::Bind {
@@ -287,6 +297,13 @@ impl ListenerManager {
         tracing::info!(listener = %name, "listener removed; its connections continue");
         self.refresh_view(&inner);
         true
+    }
+
+    /// While set, listeners that need a new socket are refused (a hand-over is offering the
+    /// current sockets to a successor, which binds new ones itself).
+    pub fn freeze_binds(&self, frozen: bool) {
+        self.frozen
+            .store(frozen, std::sync::atomic::Ordering::Release);
     }
 
     /// Listening sockets from the agent this one takes over; call before adding listeners.
