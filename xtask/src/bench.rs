@@ -31,12 +31,15 @@ pub fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("l4") => l4(secs.clamp(0.5, 60.0), threads.clamp(1, 8)),
         Some("redirect") => crate::bench_redirect::bench(secs.clamp(0.5, 60.0)),
+        Some("upgrade") => crate::bench_upgrade::bench(secs.clamp(2.0, 60.0)),
         Some("xds") => {
             let churn = format!("{}", secs.clamp(1.0, 60.0).round() as u64 * 2);
             crate::xds_tool("bench", &["--churn-secs", &churn, "--api", "GRPC"])?;
             crate::xds_tool("bench", &["--churn-secs", &churn, "--api", "DELTA_GRPC"])
         }
-        _ => bail!("usage: cargo xtask bench l4|redirect|xds [--secs S] [--proxy-threads N]"),
+        _ => {
+            bail!("usage: cargo xtask bench l4|redirect|xds|upgrade [--secs S] [--proxy-threads N]")
+        }
     }
 }
 

@@ -9,11 +9,13 @@
 //!   cargo xtask bench xds [--secs S]    config scale, update latency, memory, churn under traffic
 //!   cargo xtask bench l4 [--secs S]     Plumb vs direct vs haproxy, side by side
 //!   cargo xtask bench redirect [--secs S]  pods: direct vs eBPF capture (± sk_msg) vs iptables
+//!   cargo xtask bench upgrade [--secs S]   new connections: steady vs through 3 takeovers
 //!
 //! Everything here is idempotent and targets loopback only.
 
 mod bench;
 mod bench_redirect;
+mod bench_upgrade;
 mod ebpf;
 mod util;
 
@@ -32,7 +34,7 @@ fn main() {
         Some("build-ebpf") => ebpf::build().map(|_| ()),
         Some("demo-xds") => xds_tool("demo", &[]),
         _ => {
-            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | demo-xds | build-ebpf | bench l4|redirect|xds [--secs S]>");
+            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | demo-xds | build-ebpf | bench l4|redirect|xds|upgrade [--secs S]>");
             std::process::exit(2);
         }
     };
