@@ -227,6 +227,19 @@ impl XdsClient {
         }
     }
 
+    /// Forgets endpoints (and their cache copies and rejections) of services no cluster uses
+    /// any more: unsubscribed, they would otherwise stay in memory and in `/config_dump`
+    /// for as long as the agent runs, growing with every service that came and went.
+    fn prune_endpoints(&self, keep: &BTreeSet<String>) {
+        let mut st = self.lock();
+        st.endpoints.retain(|name, _| keep.contains(name));
+        if let Some(raw) = st.raw.get_mut(ENDPOINT_TYPE) {
+            raw.retain(|name, _| keep.contains(name));
+        }
+        st.rejected
+            .retain(|(t, name), _| t != ENDPOINT_TYPE || keep.contains(name));
+    }
+
     /// EDS names to subscribe to: the service names of every EDS cluster.
     fn eds_names(&self) -> BTreeSet<String> {
         self.clusters
@@ -931,6 +944,7 @@ impl XdsClient {
             // New or removed EDS clusters change the EDS subscription.
             let now = self.eds_names();
             if now != eds_names {
+                self.prune_endpoints(&now);
                 eds_names = now;
                 let version = self
                     .lock()
@@ -1046,6 +1060,7 @@ impl XdsClient {
             }
             let now = self.eds_names();
             if now != eds_names {
+                self.prune_endpoints(&now);
                 let mut r = request(ENDPOINT_TYPE);
                 r.resource_names_subscribe = now.difference(&eds_names).cloned().collect();
                 r.resource_names_unsubscribe = eds_names.difference(&now).cloned().collect();

@@ -494,3 +494,63 @@ async fn the_node_with_its_metadata_reaches_the_control_plane() {
         .unwrap()
         .unwrap();
 }
+
+/// Services come and go: the endpoints of a service no cluster uses any more are forgotten
+/// (not kept in memory and `/config_dump` forever), and come back with a new subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_of_removed_clusters_are_forgotten() {
+    for api in ["GRPC", "DELTA_GRPC"] {
+        let echo = servers::start(Behavior::Echo).await;
+        let cp = ControlPlane::start().await;
+        cp.set(
+            vec![eds_cluster("keep"), eds_cluster("gone")],
+            vec![],
+            vec![
+                endpoints("keep", &[echo.addr]),
+                endpoints("gone", &[echo.addr]),
+            ],
+        );
+        let agent = TestAgent::start(&ads_bootstrap(cp.addr, api)).await;
+        let admin = agent.admin();
+        let dump = || async move { get(admin, "/config_dump").await.json().to_string() };
+        plumb_tests::wait_until(
+            "both services' endpoints",
+            Duration::from_secs(10),
+            || async {
+                let d = dump().await;
+                d.contains("\"cluster_name\":\"keep\"") && d.contains("\"cluster_name\":\"gone\"")
+            },
+        )
+        .await;
+        cp.set(
+            vec![eds_cluster("keep")],
+            vec![],
+            vec![
+                endpoints("keep", &[echo.addr]),
+                endpoints("gone", &[echo.addr]),
+            ],
+        );
+        plumb_tests::wait_until(
+            &format!("{api}: endpoints of \"gone\" forgotten"),
+            Duration::from_secs(10),
+            || async { !dump().await.contains("\"cluster_name\":\"gone\"") },
+        )
+        .await;
+        assert!(dump().await.contains("\"cluster_name\":\"keep\""));
+        // Back again: subscribed anew, the endpoints return.
+        cp.set(
+            vec![eds_cluster("keep"), eds_cluster("gone")],
+            vec![],
+            vec![
+                endpoints("keep", &[echo.addr]),
+                endpoints("gone", &[echo.addr]),
+            ],
+        );
+        plumb_tests::wait_until(
+            &format!("{api}: \"gone\" back"),
+            Duration::from_secs(10),
+            || async { agent.stat("cluster.gone.membership_total") == 1 },
+        )
+        .await;
+    }
+}
