@@ -125,7 +125,14 @@ pub struct XdsClient {
     static_listeners: HashSet<String>,
     state: Mutex<XdsState>,
     stats: Stats,
+    /// Accepted resources changed since the cache file was last written.
+    cache_dirty: std::sync::atomic::AtomicBool,
+    cache_wake: tokio::sync::Notify,
 }
+
+/// The cache file is rewritten at most this often (and once more at stop): a burst of EDS
+/// updates costs one write, not one per update. A crash loses at most this much.
+const CACHE_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for XdsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -197,6 +204,8 @@ impl XdsClient {
         Arc::new(Self {
             cfg,
             cache,
+            cache_dirty: std::sync::atomic::AtomicBool::new(false),
+            cache_wake: tokio::sync::Notify::new(),
             node,
             clusters,
             listeners,
@@ -238,6 +247,12 @@ impl XdsClient {
         }
         st.rejected
             .retain(|(t, name), _| t != ENDPOINT_TYPE || keep.contains(name));
+        drop(st);
+        if self.cache.is_some() {
+            self.cache_dirty
+                .store(true, std::sync::atomic::Ordering::Release);
+            self.cache_wake.notify_one();
+        }
     }
 
     /// EDS names to subscribe to: the service names of every EDS cluster.
@@ -671,9 +686,27 @@ impl XdsClient {
                 }
             }
         }
-        if self.cache.is_none() {
+        drop(st);
+        if self.cache.is_some() {
+            self.cache_dirty
+                .store(true, std::sync::atomic::Ordering::Release);
+            self.cache_wake.notify_one();
+        }
+    }
+
+    /// Writes the accepted resources to the cache file (atomically: a temporary file, then a
+    /// rename), if they changed since the last write.
+    fn write_cache(&self) {
+        let Some(path) = &self.cache else {
+            return;
+        };
+        if !self
+            .cache_dirty
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
             return;
         }
+        let st = self.lock();
         let snapshot: Vec<DiscoveryResponse> = st
             .raw
             .iter()
@@ -685,16 +718,14 @@ impl XdsClient {
             })
             .collect();
         drop(st);
-        if let Some(path) = &self.cache {
-            let mut buf = Vec::new();
-            for r in &snapshot {
-                let _ = r.encode_length_delimited(&mut buf);
-            }
-            let tmp = path.with_extension("tmp");
-            let written = std::fs::write(&tmp, &buf).and_then(|_| std::fs::rename(&tmp, path));
-            if let Err(e) = written {
-                tracing::warn!(path = %path.display(), error = %e, "cannot write the xDS cache");
-            }
+        let mut buf = Vec::new();
+        for r in &snapshot {
+            let _ = r.encode_length_delimited(&mut buf);
+        }
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::write(&tmp, &buf).and_then(|_| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the xDS cache");
         }
     }
 
@@ -739,7 +770,25 @@ impl XdsClient {
     }
 
     /// Runs until `stop` resolves: connect, stream, reconnect with backoff.
-    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
+        let writer = self.cache.is_some().then(|| {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    me.cache_wake.notified().await;
+                    me.write_cache();
+                    tokio::time::sleep(CACHE_WRITE_INTERVAL).await;
+                }
+            })
+        });
+        self.clone().serve(stop).await;
+        if let Some(w) = writer {
+            w.abort();
+        }
+        self.write_cache();
+    }
+
+    async fn serve(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         self.load_cache();
         let mut attempt: u32 = 0;
         loop {
