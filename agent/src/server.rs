@@ -666,9 +666,8 @@ async fn run_data_plane(
         let cfg = x.config().clone();
         let deadline = tokio::time::Instant::now() + cfg.initial_fetch_timeout;
         loop {
-            let v = x.state().versions;
-            let ready = (!cfg.cds || v.contains_key(crate::config::xds::CLUSTER_TYPE))
-                && (!cfg.lds || v.contains_key(crate::config::xds::LISTENER_TYPE));
+            let ready = (!cfg.cds || x.has_version(crate::config::xds::CLUSTER_TYPE))
+                && (!cfg.lds || x.has_version(crate::config::xds::LISTENER_TYPE));
             if ready {
                 break;
             }

@@ -220,6 +220,11 @@ impl XdsClient {
         self.lock().clone()
     }
 
+    /// Whether a response of `type_url` has been accepted (cheap: no copy of the state).
+    pub fn has_version(&self, type_url: &str) -> bool {
+        self.lock().versions.contains_key(type_url)
+    }
+
     pub fn config(&self) -> &XdsConfig {
         &self.cfg
     }
