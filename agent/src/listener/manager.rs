@@ -212,6 +212,9 @@ impl ListenerManager {
                 }
             })
         };
+        // Versions replaced below stay alive until the dispatch no longer refers to them
+        // (it holds them weakly), so no connection is dispatched to nothing meanwhile.
+        let mut retired: Vec<Arc<ActiveListener>> = Vec::new();
         let result = match inner.slots.get(&cfg.name) {
             Some(slot) if *slot.config == *cfg => return Ok(Upsert::Unchanged),
             Some(slot)
@@ -222,7 +225,7 @@ impl ListenerManager {
                 // Same socket, new chain for new connections.
                 let bound = slot.socket.as_ref().map(|(a, _)| *a).unwrap_or(cfg.address);
                 let new = self.build(&cfg, bound);
-                slot.current.store(new);
+                retired.push(slot.current.swap(new));
                 let slot = inner.slots.get_mut(&cfg.name).expect("slot exists");
                 slot.config = cfg.clone();
                 Upsert::Modified
@@ -258,12 +261,11 @@ impl ListenerManager {
                         dup,
                     },
                 );
-                if let Some(Slot {
-                    socket: Some((_, stop)),
-                    ..
-                }) = old
-                {
-                    let _ = stop.send(true);
+                if let Some(old) = old {
+                    if let Some((_, stop)) = &old.socket {
+                        let _ = stop.send(true);
+                    }
+                    retired.push(old.current.load_full());
                 }
                 if replacing {
                     Upsert::Modified
@@ -281,6 +283,7 @@ impl ListenerManager {
             tracing::info!(listener = %cfg.name, address = %a.0, ?result, "listener updated");
         }
         self.refresh_view(&inner);
+        drop(retired);
         Ok(result)
     }
 

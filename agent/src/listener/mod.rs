@@ -14,7 +14,7 @@ use crate::upstream::ClusterManager;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 /// Envoy's `listener.<address>.*` stats.
@@ -74,13 +74,15 @@ pub async fn serve(
     tracing::info!(listener = %l.config.name, address = %l.local_address, "listener stopped accepting");
 }
 
-/// Original-destination dispatch, shared by `use_original_dst` listeners.
+/// Original-destination dispatch, shared by `use_original_dst` listeners. It refers to the
+/// listeners weakly: they refer to it (through the shared handle), and a cycle would keep
+/// every listener alive after its server stopped.
 #[derive(Debug, Default)]
 pub struct Dispatch {
     pub redirect: Option<Arc<Redirector>>,
     /// `bind_to_port: false` listeners by exact address, and wildcard-address ones by port.
-    pub by_addr: HashMap<SocketAddr, Arc<ActiveListener>>,
-    pub by_port: HashMap<u16, Arc<ActiveListener>>,
+    pub by_addr: HashMap<SocketAddr, Weak<ActiveListener>>,
+    pub by_port: HashMap<u16, Weak<ActiveListener>>,
 }
 
 impl Dispatch {
@@ -91,18 +93,19 @@ impl Dispatch {
         };
         for l in listeners.iter().filter(|l| !l.config.bind_to_port) {
             if l.config.address.ip().is_unspecified() {
-                d.by_port.insert(l.config.address.port(), l.clone());
+                d.by_port.insert(l.config.address.port(), Arc::downgrade(l));
             } else {
-                d.by_addr.insert(l.config.address, l.clone());
+                d.by_addr.insert(l.config.address, Arc::downgrade(l));
             }
         }
         d
     }
 
-    fn target(&self, orig: SocketAddr) -> Option<&Arc<ActiveListener>> {
+    fn target(&self, orig: SocketAddr) -> Option<Arc<ActiveListener>> {
         self.by_addr
             .get(&orig)
-            .or_else(|| self.by_port.get(&orig.port()))
+            .and_then(Weak::upgrade)
+            .or_else(|| self.by_port.get(&orig.port()).and_then(Weak::upgrade))
     }
 }
 
@@ -213,5 +216,47 @@ impl ActiveListener {
         s.downstream_cx_active.dec();
         s.downstream_cx_destroy.inc();
         s.downstream_cx_length_ms.record(started.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dispatch_does_not_keep_listeners_alive() {
+        let snap = crate::config::parse_bootstrap(
+            r#"{"static_resources": {
+                "listeners": [{"name": "vip", "bind_to_port": false,
+                    "address": {"socket_address": {"address": "10.96.0.10", "port_value": 80}},
+                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                            "stat_prefix": "vip", "cluster": "c"}}]}]}],
+                "clusters": [{"name": "c", "load_assignment": {"cluster_name": "c", "endpoints": [
+                    {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                        "address": "127.0.0.1", "port_value": 1}}}}]}]}}]}}"#,
+            "test",
+        )
+        .unwrap();
+        let store = Store::new();
+        let clusters = Arc::new(ClusterManager::new(&snap, &store));
+        let handle: DispatchHandle = Arc::new(ArcSwap::from_pointee(Dispatch::default()));
+        let cfg = snap.listeners[0].clone();
+        let l = Arc::new(ActiveListener::new(
+            cfg.clone(),
+            cfg.address,
+            &clusters,
+            &store,
+            handle.clone(),
+        ));
+        handle.store(Arc::new(Dispatch::new(None, std::slice::from_ref(&l))));
+        assert!(handle.load().target(cfg.address).is_some());
+        let weak = Arc::downgrade(&l);
+        drop(l);
+        assert!(
+            weak.upgrade().is_none(),
+            "the listener ↔ dispatch cycle would keep it alive"
+        );
+        assert!(handle.load().target(cfg.address).is_none());
     }
 }
