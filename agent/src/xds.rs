@@ -241,6 +241,32 @@ impl XdsClient {
         }
     }
 
+    /// Records per-resource versions (delta) for the resources just applied; rejected ones
+    /// keep the version of the copy still in force.
+    fn set_resource_versions<'a>(
+        &self,
+        type_url: &str,
+        versions: impl Iterator<Item = (&'a str, &'a str)>,
+    ) {
+        let mut st = self.lock();
+        for (name, version) in versions {
+            if st
+                .rejected
+                .contains_key(&(type_url.to_string(), name.to_string()))
+            {
+                continue;
+            }
+            let v = match type_url {
+                CLUSTER_TYPE => st.clusters.get_mut(name).map(|e| &mut e.version),
+                LISTENER_TYPE => st.listeners.get_mut(name).map(|e| &mut e.version),
+                _ => st.endpoints.get_mut(name).map(|e| &mut e.version),
+            };
+            if let Some(v) = v {
+                *v = version.to_string();
+            }
+        }
+    }
+
     /// Forgets endpoints (and their cache copies and rejections) of services no cluster uses
     /// any more: unsubscribed, they would otherwise stay in memory and in `/config_dump`
     /// for as long as the agent runs, growing with every service that came and went.
@@ -1106,6 +1132,15 @@ impl XdsClient {
                 resp.system_version_info.clone()
             };
             let applied = self.apply(&t, &version, &resources, false, &resp.removed_resources);
+            // Delta resources carry their own versions: keep them, so a reconnect's
+            // initial_resource_versions lets the server skip what did not change.
+            self.set_resource_versions(
+                &t,
+                resp.resources
+                    .iter()
+                    .filter(|r| !r.version.is_empty())
+                    .map(|r| (r.name.as_str(), r.version.as_str())),
+            );
             let mut ack = request(&t);
             ack.response_nonce = resp.nonce.clone();
             ack.error_detail = applied.error_detail();

@@ -90,6 +90,13 @@ struct Inner {
     requests: Mutex<Vec<SeenRequest>>,
     nonce: std::sync::atomic::AtomicU64,
     streams: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Resources sent in delta responses (to see what a reconnect re-sends).
+    delta_sent: std::sync::atomic::AtomicUsize,
+}
+
+/// A delta resource's version: a digest of its bytes, as many control planes use.
+fn content_version(bytes: &[u8]) -> String {
+    format!("{:016x}", crate::fnv1a(bytes))
 }
 
 impl Inner {
@@ -209,9 +216,19 @@ impl AggregatedDiscoveryService for Service {
                         for n in &r.resource_names_unsubscribe {
                             e.1.remove(n);
                         }
-                        for n in r.initial_resource_versions.keys() {
-                            // The agent has these: compare by content on the next push.
-                            e.2.entry(n.clone()).or_default();
+                        // The agent has these: what it has at the current version needs no
+                        // resend; anything else is compared by content on the next push.
+                        let res = inner.resources.lock().unwrap().clone();
+                        let current: HashMap<String, Any> = res.of_type(&r.type_url).into_iter().collect();
+                        for (n, v) in &r.initial_resource_versions {
+                            match current.get(n) {
+                                Some(a) if content_version(&a.value) == *v => {
+                                    e.2.insert(n.clone(), a.value.clone());
+                                }
+                                _ => {
+                                    e.2.entry(n.clone()).or_default();
+                                }
+                            }
                         }
                     }
                     _ = changed.changed() => {}
@@ -228,7 +245,7 @@ impl AggregatedDiscoveryService for Service {
                         if sent.get(n) != Some(&a.value) {
                             changed_res.push(Resource {
                                 name: n.clone(),
-                                version: res.version.to_string(),
+                                version: content_version(&a.value),
                                 resource: Some(a.clone()),
                                 ..Default::default()
                             });
@@ -246,6 +263,9 @@ impl AggregatedDiscoveryService for Service {
                     if changed_res.is_empty() && removed.is_empty() {
                         continue;
                     }
+                    inner
+                        .delta_sent
+                        .fetch_add(changed_res.len(), std::sync::atomic::Ordering::SeqCst);
                     let resp = DeltaDiscoveryResponse {
                         system_version_info: res.version.to_string(),
                         resources: changed_res,
@@ -309,6 +329,7 @@ impl ControlPlane {
             requests: Mutex::new(Vec::new()),
             nonce: std::sync::atomic::AtomicU64::new(1),
             streams: Mutex::new(Vec::new()),
+            delta_sent: std::sync::atomic::AtomicUsize::new(0),
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let svc = AggregatedDiscoveryServiceServer::new(Service(inner.clone()));
@@ -364,6 +385,13 @@ impl ControlPlane {
 
     pub fn resources(&self) -> Resources {
         self.inner.resources.lock().unwrap().clone()
+    }
+
+    /// Resources this control plane has sent in delta responses.
+    pub fn delta_resources_sent(&self) -> usize {
+        self.inner
+            .delta_sent
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<SeenRequest> {
