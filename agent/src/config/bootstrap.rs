@@ -17,7 +17,8 @@ use Field::{Ignored as I, Rejected as R, Supported as S};
 pub const DEFAULT_BOOTSTRAP: &str = include_str!("../../config/default.yaml");
 
 const NOT_ENFORCED: &str = "accepted but not enforced yet";
-const NO_XDS: &str = "dynamic configuration (xDS) is not implemented yet; use static_resources";
+const NO_ECDS: &str =
+    "extension config discovery (ECDS) is not supported; configure the filter inline";
 const NO_TLS: &str = "TLS is not implemented yet; refusing rather than sending plaintext";
 
 const BOOTSTRAP: FieldTable = &[
@@ -67,7 +68,10 @@ const BOOTSTRAP: FieldTable = &[
         R("custom socket interfaces are not supported"),
     ),
     ("certificate_provider_instances", R(NO_TLS)),
-    ("node_context_params", I("no xDS yet")),
+    (
+        "node_context_params",
+        I("xDS-TP context parameters are not sent"),
+    ),
     ("inline_headers", I("no HTTP filters yet")),
     (
         "application_log_config",
@@ -204,7 +208,7 @@ const LISTENER_FILTER: FieldTable = &[
         "filter_disabled",
         R("listener filter matching is not supported"),
     ),
-    ("config_discovery", R(NO_XDS)),
+    ("config_discovery", R(NO_ECDS)),
 ];
 
 const ORIGINAL_DST_FILTER_TYPE: &str =
@@ -246,7 +250,7 @@ const FILTER_CHAIN: FieldTable = &[
 const FILTER: FieldTable = &[
     ("name", S),
     ("typed_config", S),
-    ("config_discovery", R(NO_XDS)),
+    ("config_discovery", R(NO_ECDS)),
 ];
 
 const TCP_PROXY_TYPE: &str =
@@ -705,7 +709,10 @@ const LOCALITY_LB_ENDPOINTS: FieldTable = &[
     ("priority", S),
     ("proximity", I("proximity is not used")),
     ("metadata", I("metadata is informational here")),
-    ("leds_cluster_locality_config", R(NO_XDS)),
+    (
+        "leds_cluster_locality_config",
+        R("LEDS is not supported; use EDS (eds_cluster_config)"),
+    ),
 ];
 
 const LB_ENDPOINT: FieldTable = &[
