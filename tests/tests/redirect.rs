@@ -900,3 +900,69 @@ async fn drain_listeners_fails_capture_open_first() {
         1
     );
 }
+
+/// Both agents run inside the enrolled subtree (two DaemonSet pods during a surge) and the
+/// control plane's address is captured: the successor's own xDS connects, made while it
+/// starts, must not be captured (the old agent excludes its cgroup at Hello), nor the old
+/// agent's. The kernel counters (shared maps) show no redirected connect at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successors_own_connects_are_not_captured_during_the_hand_over() {
+    require_kernel_env!();
+    let mut node = Node::new();
+    let server = node.add_pod("server");
+    let _echo = PodServer::start(&server, 8081, 8091);
+    let cp = plumb_tests::xds::ControlPlane::start().await;
+    cp.set(vec![], vec![], vec![]);
+    let pin = pin_dir("selfcapture");
+    let _cleanup = PinCleanup(pin.clone());
+    let dir = TempDir::new("selfcapture");
+    let sock = dir.path.join("upgrade.sock");
+    let mut config: Value =
+        serde_json::from_str(&agent_config(&node, &server, &pin, false)).unwrap();
+    config["dynamic_resources"] = json!({
+        "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+                       "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},
+        "cds_config": {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "5s"},
+    });
+    config["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .push(
+            json!({"name": "xds", "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": cp.addr.port()}}}}]}]}}),
+        );
+    // Capture the control plane's address too.
+    config["bootstrap_extensions"][0]["typed_config"]["capture"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"cidr": "127.0.0.1/32", "ports": [cp.addr.port()]}));
+    let config = config.to_string();
+    let base = ["--upgrade-socket", sock.to_str().unwrap()];
+    let cg_old = pods::CgroupDir::new(node.cgroup.join("agent-old"));
+    let cg_new = pods::CgroupDir::new(node.cgroup.join("agent-new"));
+    let old = AgentProcess::spawn_in(&config, &base, Some(&cg_old.path)).await;
+    let mut takeover = base.to_vec();
+    takeover.push("--takeover");
+    let new = AgentProcess::spawn_in(&config, &takeover, Some(&cg_new.path)).await;
+    plumb_tests::wait_until("hand-over done", Duration::from_secs(10), || {
+        let done = old.logs().contains("handed over; draining");
+        async move { done }
+    })
+    .await;
+    // Both agents talked to the control plane (one stream each, at least).
+    let streams = cp.requests().iter().filter(|r| r.has_node).count();
+    assert!(streams >= 2, "{streams} streams");
+    let admin = new.admin;
+    assert_eq!(
+        stat(admin, "redirect.connect_redirected").await,
+        0,
+        "{}",
+        new.logs()
+    );
+    assert_eq!(
+        stat(admin, "cluster.passthrough.upstream_cx_total").await,
+        0
+    );
+}
