@@ -697,7 +697,7 @@ const LOAD_ASSIGNMENT: FieldTable = &[
     ("endpoints", S),
     (
         "policy",
-        I("overprovisioning and drop overloads are not applied"),
+        I("drop_overloads and a custom overprovisioning_factor are not applied (Envoy's default factor 1.4 is)"),
     ),
     ("named_endpoints", R("named endpoints are not supported")),
 ];

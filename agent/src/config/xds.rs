@@ -265,7 +265,7 @@ pub fn endpoints_from_proto(
     if cla.policy.is_some() {
         d.warn(
             "policy",
-            "ignored: overprovisioning and drop overloads are not applied",
+            "ignored: drop_overloads and a custom overprovisioning_factor are not applied (Envoy's default factor 1.4 is)",
         );
     }
     let mut out = Vec::with_capacity(cla.endpoints.len());

@@ -1,9 +1,11 @@
 //! Host sets and load-balancing policies.
 //!
 //! A `HostSet` is immutable; everything a pick needs is precomputed when it is built: the
-//! priority level in use (the lowest with routable hosts), a smooth weighted round-robin
-//! schedule, and cumulative weights for weighted random. A pick is an atomic increment or a
-//! thread-local random number: no locks on the data path.
+//! share of traffic of each priority level (Envoy's priority load with the default
+//! overprovisioning factor 1.4: a level keeps all traffic while at least 1/1.4 ≈ 71 % of its
+//! hosts are routable, and spills the rest to the next level), and per level a smooth
+//! weighted round-robin schedule and cumulative weights for weighted random. A pick is an
+//! atomic increment or a thread-local random number: no locks on the data path.
 
 use super::{Host, HostStats};
 use crate::config::{self, Host as CfgHost, LbPolicy};
@@ -16,16 +18,85 @@ const MAX_SCHEDULE: u64 = 1 << 16;
 /// Host count above which no schedule is precomputed.
 const MAX_SCHEDULED_HOSTS: usize = 256;
 
+/// Envoy's default overprovisioning factor, in percent.
+const OVERPROVISIONING: u64 = 140;
+
 #[derive(Debug)]
 pub struct HostSet {
     policy: LbPolicy,
     all: Vec<Arc<Host>>,
-    /// Routable hosts of the lowest priority that has any.
+    /// Priority levels that receive traffic, in priority order.
+    levels: Vec<Level>,
+    /// Running sum of the levels' loads (percent, the last is 100), for picking a level.
+    level_load: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct Level {
+    priority: u32,
+    /// Routable hosts of this priority.
     active: Vec<Arc<Host>>,
     /// Smooth weighted round robin over `active`; empty when all weights are equal.
     schedule: Vec<u32>,
     /// Running sum of weights of `active`, for weighted random.
     cumulative: Vec<u64>,
+}
+
+impl Level {
+    fn new(priority: u32, active: Vec<Arc<Host>>) -> Self {
+        let weights: Vec<u64> = active.iter().map(|h| h.weight.max(1) as u64).collect();
+        let schedule = smooth_wrr_schedule(&weights);
+        let mut sum = 0u64;
+        let cumulative = weights
+            .iter()
+            .map(|w| {
+                sum += w;
+                sum
+            })
+            .collect();
+        Self {
+            priority,
+            active,
+            schedule,
+            cumulative,
+        }
+    }
+}
+
+/// Envoy's priority load: each level's health is min(100 %, 1.4 × routable / total); levels
+/// take traffic in order up to their health, and when the healths sum to less than 100 %
+/// the loads are scaled up to fill it. Returns (priority, load %) for levels with load.
+fn priority_loads(all: &[Arc<Host>]) -> Vec<(u32, u32)> {
+    let mut by_level: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
+    for h in all {
+        let e = by_level.entry(h.priority).or_default();
+        e.1 += 1;
+        if h.routable() {
+            e.0 += 1;
+        }
+    }
+    let health: Vec<(u32, u64)> = by_level
+        .iter()
+        .map(|(p, (ok, total))| (*p, (OVERPROVISIONING * ok / (*total).max(1)).min(100)))
+        .collect();
+    let total_health: u64 = health.iter().map(|(_, h)| h).sum::<u64>().min(100);
+    if total_health == 0 {
+        return Vec::new();
+    }
+    let mut remaining = 100u64;
+    let mut loads: Vec<(u32, u32)> = Vec::new();
+    for (p, h) in &health {
+        let load = (h * 100 / total_health).min(remaining);
+        remaining -= load;
+        if load > 0 {
+            loads.push((*p, load as u32));
+        }
+    }
+    // Rounding leftovers go to the first level in use.
+    if let Some(first) = loads.first_mut() {
+        first.1 += remaining as u32;
+    }
+    loads
 }
 
 impl HostSet {
@@ -58,36 +129,39 @@ impl HostSet {
     }
 
     pub fn build(policy: LbPolicy, all: Vec<Arc<Host>>) -> Self {
-        let level = all
-            .iter()
-            .filter(|h| h.routable())
-            .map(|h| h.priority)
-            .min();
-        let active: Vec<Arc<Host>> = match level {
-            Some(p) => all
+        let mut levels = Vec::new();
+        let mut level_load = Vec::new();
+        let mut sum = 0;
+        for (priority, load) in priority_loads(&all) {
+            let active: Vec<Arc<Host>> = all
                 .iter()
-                .filter(|h| h.routable() && h.priority == p)
+                .filter(|h| h.routable() && h.priority == priority)
                 .cloned()
-                .collect(),
-            None => Vec::new(),
-        };
-        let weights: Vec<u64> = active.iter().map(|h| h.weight.max(1) as u64).collect();
-        let schedule = smooth_wrr_schedule(&weights);
-        let mut sum = 0u64;
-        let cumulative = weights
-            .iter()
-            .map(|w| {
-                sum += w;
-                sum
-            })
-            .collect();
+                .collect();
+            levels.push(Level::new(priority, active));
+            sum += load;
+            level_load.push(sum);
+        }
         Self {
             policy,
             all,
-            active,
-            schedule,
-            cumulative,
+            levels,
+            level_load,
         }
+    }
+
+    /// Each priority level in use and its share of traffic (percent).
+    pub fn priority_loads(&self) -> Vec<(u32, u32)> {
+        let mut prev = 0;
+        self.levels
+            .iter()
+            .zip(&self.level_load)
+            .map(|(l, c)| {
+                let load = c - prev;
+                prev = *c;
+                (l.priority, load)
+            })
+            .collect()
     }
 
     pub fn all(&self) -> &[Arc<Host>] {
@@ -133,6 +207,20 @@ impl HostSet {
     }
 
     pub fn pick(&self, cursor: &AtomicU64) -> Option<Arc<Host>> {
+        let level = match self.levels.len() {
+            0 => return None,
+            1 => &self.levels[0],
+            _ => {
+                let r = fastrand::u32(..100);
+                &self.levels[self.level_load.partition_point(|&c| c <= r)]
+            }
+        };
+        level.pick(self.policy, cursor)
+    }
+}
+
+impl Level {
+    fn pick(&self, policy: LbPolicy, cursor: &AtomicU64) -> Option<Arc<Host>> {
         let n = self.active.len();
         if n == 0 {
             return None;
@@ -140,7 +228,7 @@ impl HostSet {
         if n == 1 {
             return Some(self.active[0].clone());
         }
-        let i = match self.policy {
+        let i = match policy {
             LbPolicy::RoundRobin | LbPolicy::ClusterProvided => {
                 let c = cursor.fetch_add(1, Ordering::Relaxed);
                 let total = *self.cumulative.last().unwrap_or(&0);
@@ -278,18 +366,22 @@ mod tests {
     }
 
     #[test]
-    fn unhealthy_hosts_and_higher_priorities_are_skipped() {
+    fn unhealthy_hosts_are_skipped_and_a_healthy_priority_keeps_all_traffic() {
         let set = HostSet::build(
             LbPolicy::RoundRobin,
             vec![
                 host(1, 1, 0, HealthStatus::Unhealthy),
                 host(2, 1, 0, HealthStatus::Healthy),
-                host(3, 1, 1, HealthStatus::Healthy),
+                host(3, 1, 0, HealthStatus::Healthy),
+                host(4, 1, 0, HealthStatus::Healthy),
+                host(9, 1, 1, HealthStatus::Healthy),
             ],
         );
+        // 3 of 4 routable: 1.4 × 75 % ≥ 100 %, so P1 gets nothing.
+        assert_eq!(set.priority_loads(), vec![(0, 100)]);
         assert_eq!(
-            counts(&set, 10).keys().copied().collect::<Vec<_>>(),
-            vec![2]
+            counts(&set, 30).keys().copied().collect::<Vec<_>>(),
+            vec![2, 3, 4]
         );
         let set = HostSet::build(
             LbPolicy::RoundRobin,
@@ -298,6 +390,7 @@ mod tests {
                 host(3, 1, 1, HealthStatus::Unknown),
             ],
         );
+        assert_eq!(set.priority_loads(), vec![(1, 100)]);
         assert_eq!(
             counts(&set, 10).keys().copied().collect::<Vec<_>>(),
             vec![3]
@@ -307,6 +400,45 @@ mod tests {
                 .pick(&AtomicU64::new(0))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_degraded_priority_spills_over_like_envoy() {
+        let level = |p: u32, ok: usize, bad: usize, port0: u16| {
+            (0..ok)
+                .map(move |i| host(port0 + i as u16, 1, p, HealthStatus::Healthy))
+                .chain(
+                    (0..bad)
+                        .map(move |i| host(port0 + 100 + i as u16, 1, p, HealthStatus::Unhealthy)),
+                )
+                .collect::<Vec<_>>()
+        };
+        // Half of P0 routable: health 70 %, the other 30 % spill to P1.
+        let set = HostSet::build(
+            LbPolicy::RoundRobin,
+            [level(0, 2, 2, 1000), level(1, 2, 0, 2000)].concat(),
+        );
+        assert_eq!(set.priority_loads(), vec![(0, 70), (1, 30)]);
+        let c = counts(&set, 10_000);
+        let p1: usize = c.iter().filter(|(p, _)| **p >= 2000).map(|(_, n)| n).sum();
+        assert!((2_500..3_500).contains(&p1), "P1 got {p1} of 10000: {c:?}");
+        // Both levels at 20 %: healths 28 % + 28 % scaled up to fill 100 %.
+        let set = HostSet::build(
+            LbPolicy::Random,
+            [level(0, 1, 4, 1000), level(1, 1, 4, 2000)].concat(),
+        );
+        assert_eq!(set.priority_loads(), vec![(0, 50), (1, 50)]);
+        // Three levels: 70 %, then P1's 14 %, then the rest.
+        let set = HostSet::build(
+            LbPolicy::LeastRequest,
+            [
+                level(0, 1, 1, 1000),
+                level(1, 1, 9, 2000),
+                level(2, 1, 0, 3000),
+            ]
+            .concat(),
+        );
+        assert_eq!(set.priority_loads(), vec![(0, 70), (1, 14), (2, 16)]);
     }
 
     #[test]
