@@ -211,18 +211,35 @@ async fn pod_connects_are_captured_and_reach_the_upstream_plumb_picks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_fails_open_and_a_restart_resumes_capture() {
+    kill_9(false).await;
+}
+
+/// The same with sk_msg: sockets already in the sockhash must not keep new connects captured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_sk_msg_fails_open_and_a_restart_resumes_capture() {
+    kill_9(true).await;
+}
+
+async fn kill_9(sk_msg: bool) {
     require_kernel_env!();
     let mut node = Node::new();
     let client = node.add_pod("client");
     let server = node.add_pod("server");
     let _echo = PodServer::start(&server, 8081, 8091);
     let _echo0 = PodServer::start(&server, 8080, 8090);
-    let pin = pin_dir("failopen");
+    let pin = pin_dir(if sk_msg { "failopen-skmsg" } else { "failopen" });
     let _cleanup = PinCleanup(pin.clone());
-    let config = agent_config(&node, &server, &pin, false);
+    let config = agent_config(&node, &server, &pin, sk_msg);
     let target = format!("{}:8081", server.ip);
+    let agent_cg = sk_msg.then(|| {
+        pods::CgroupDir::new(node.cgroup.with_file_name(format!(
+            "{}-agent",
+            node.cgroup.file_name().unwrap().to_str().unwrap()
+        )))
+    });
+    let cg = agent_cg.as_ref().map(|c| c.path.as_path());
 
-    let agent = AgentProcess::spawn(&config, &[]).await;
+    let agent = AgentProcess::spawn_in(&config, &[], cg).await;
     assert_eq!(roundtrip(&client, &target, 1000)["ok"], true);
     assert_eq!(
         stat(agent.admin, "cluster.passthrough.upstream_cx_total").await,
@@ -251,7 +268,7 @@ async fn kill_9_fails_open_and_a_restart_resumes_capture() {
     drop(agent);
 
     // A new agent (same pin path: maps are reused) captures again.
-    let agent = AgentProcess::spawn(&config, &[]).await;
+    let agent = AgentProcess::spawn_in(&config, &[], cg).await;
     assert_eq!(roundtrip(&client, &target, 1000)["ok"], true);
     assert_eq!(
         stat(agent.admin, "cluster.passthrough.upstream_cx_total").await,
@@ -576,17 +593,28 @@ async fn pins_with_an_old_layout_are_recreated() {
 /// refused connect or a broken established connection would fail the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeovers_keep_capture_continuous_and_drop_nothing() {
+    takeovers_under_captured_load(false).await;
+}
+
+/// The same with sk_msg: the successor attaches its splice program to the shared sockhash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeovers_with_sk_msg_drop_nothing() {
+    takeovers_under_captured_load(true).await;
+}
+
+async fn takeovers_under_captured_load(sk_msg: bool) {
     require_kernel_env!();
     let mut node = Node::new();
     let client = node.add_pod("client");
     let server = node.add_pod("server");
     let _echo = PodServer::start(&server, 8080, 8090);
     let _echo2 = PodServer::start(&server, 8081, 8091);
-    let pin = pin_dir("takeover");
+    let tag = if sk_msg { "takeover-skmsg" } else { "takeover" };
+    let pin = pin_dir(tag);
     let _cleanup = PinCleanup(pin.clone());
-    let dir = TempDir::new("takeover");
+    let dir = TempDir::new(tag);
     let sock = dir.path.join("upgrade.sock");
-    let config = agent_config(&node, &server, &pin, false);
+    let config = agent_config(&node, &server, &pin, sk_msg);
     let base = [
         "--upgrade-socket",
         sock.to_str().unwrap(),
@@ -596,8 +624,17 @@ async fn takeovers_keep_capture_continuous_and_drop_nothing() {
     let mut takeover = base.to_vec();
     takeover.push("--takeover");
     let vip_conns = "listener.10.96.0.10_80.downstream_cx_total";
+    // With sk_msg the agents' accepted sockets join the sockhash from their own cgroup: give
+    // them one (shared by every generation, as under systemd).
+    let agent_cg = sk_msg.then(|| {
+        pods::CgroupDir::new(node.cgroup.with_file_name(format!(
+            "{}-agents",
+            node.cgroup.file_name().unwrap().to_str().unwrap()
+        )))
+    });
+    let cg = agent_cg.as_ref().map(|c| c.path.as_path());
 
-    let first = AgentProcess::spawn(&config, &base).await;
+    let first = AgentProcess::spawn_in(&config, &base, cg).await;
     let churn = Churn::start_with(client.command(load_bin()), &format!("{VIP}:80"), &dir);
     let admin = first.admin;
     plumb_tests::wait_until("captured traffic", Duration::from_secs(20), || async move {
@@ -607,7 +644,7 @@ async fn takeovers_keep_capture_continuous_and_drop_nothing() {
 
     let mut agents = vec![first];
     for round in 0..3 {
-        let new = AgentProcess::spawn(&config, &takeover).await;
+        let new = AgentProcess::spawn_in(&config, &takeover, cg).await;
         let a = new.admin;
         assert_eq!(stat(a, "redirect.active").await, 1, "round {round}");
         plumb_tests::wait_until(
@@ -636,6 +673,10 @@ async fn takeovers_keep_capture_continuous_and_drop_nothing() {
 
     // The old agents drain and exit without detaching: capture goes on.
     let mut current = agents.pop().unwrap();
+    if sk_msg {
+        // The splice really carried bytes (the counters live in the shared maps).
+        assert!(stat(current.admin, "redirect.sk_msg_redirected").await > 0);
+    }
     for (i, mut a) in agents.into_iter().enumerate() {
         let st = a
             .wait_exit(Duration::from_secs(20))
