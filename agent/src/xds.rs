@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::config::endpoint::v3 as pbe;
 use envoy_types::pb::envoy::config::listener::v3 as pbl;
 use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
-    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
@@ -129,6 +129,10 @@ pub struct XdsClient {
     cache_dirty: std::sync::atomic::AtomicBool,
     cache_wake: tokio::sync::Notify,
 }
+
+/// The cache file's first bytes (then length-delimited DeltaDiscoveryResponses, one per type,
+/// each resource with its own version). Files without it are the older format.
+const CACHE_MAGIC: &[u8] = b"plumb-xds-cache-2\n";
 
 /// The cache file is rewritten at most this often (and once more at stop): a burst of EDS
 /// updates costs one write, not one per update. A crash loses at most this much.
@@ -738,18 +742,35 @@ impl XdsClient {
             return;
         }
         let st = self.lock();
-        let snapshot: Vec<DiscoveryResponse> = st
+        // Each resource with its own version, so a delta reconnect after a restart from the
+        // cache still tells the server what it has.
+        let version_of = |t: &str, name: &str| -> Option<String> {
+            match t {
+                CLUSTER_TYPE => st.clusters.get(name).map(|e| e.version.clone()),
+                LISTENER_TYPE => st.listeners.get(name).map(|e| e.version.clone()),
+                _ => st.endpoints.get(name).map(|e| e.version.clone()),
+            }
+        };
+        let snapshot: Vec<DeltaDiscoveryResponse> = st
             .raw
             .iter()
-            .map(|(t, m)| DiscoveryResponse {
-                version_info: st.versions.get(t).cloned().unwrap_or_default(),
-                resources: m.values().cloned().collect(),
+            .map(|(t, m)| DeltaDiscoveryResponse {
+                system_version_info: st.versions.get(t).cloned().unwrap_or_default(),
+                resources: m
+                    .iter()
+                    .map(|(name, any)| Resource {
+                        name: name.clone(),
+                        version: version_of(t, name).unwrap_or_default(),
+                        resource: Some(any.clone()),
+                        ..Default::default()
+                    })
+                    .collect(),
                 type_url: t.clone(),
                 ..Default::default()
             })
             .collect();
         drop(st);
-        let mut buf = Vec::new();
+        let mut buf = CACHE_MAGIC.to_vec();
         for r in &snapshot {
             let _ = r.encode_length_delimited(&mut buf);
         }
@@ -769,31 +790,67 @@ impl XdsClient {
         let Ok(bytes) = std::fs::read(path) else {
             return false;
         };
-        let mut buf = bytes.as_slice();
-        let mut responses = Vec::new();
-        while !buf.is_empty() {
-            match DiscoveryResponse::decode_length_delimited(&mut buf) {
-                Ok(r) => responses.push(r),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "ignoring a corrupt xDS cache");
-                    return false;
+        // (type, system version, [(name, resource version, resource)])
+        type Cached = (String, String, Vec<(Option<String>, String, Any)>);
+        let mut responses: Vec<Cached> = Vec::new();
+        let corrupt = |e: prost::DecodeError| {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring a corrupt xDS cache");
+            false
+        };
+        if let Some(mut buf) = bytes.strip_prefix(CACHE_MAGIC) {
+            while !buf.is_empty() {
+                match DeltaDiscoveryResponse::decode_length_delimited(&mut buf) {
+                    Ok(r) => responses.push((
+                        r.type_url,
+                        r.system_version_info,
+                        r.resources
+                            .into_iter()
+                            .filter_map(|x| Some((Some(x.name), x.version, x.resource?)))
+                            .collect(),
+                    )),
+                    Err(e) => return corrupt(e),
+                }
+            }
+        } else {
+            // Written by an earlier version: no per-resource versions.
+            let mut buf = bytes.as_slice();
+            while !buf.is_empty() {
+                match DiscoveryResponse::decode_length_delimited(&mut buf) {
+                    Ok(r) => responses.push((
+                        r.type_url,
+                        r.version_info,
+                        r.resources
+                            .into_iter()
+                            .map(|a| (None, String::new(), a))
+                            .collect(),
+                    )),
+                    Err(e) => return corrupt(e),
                 }
             }
         }
         // Clusters before endpoints before listeners, as on the wire.
-        responses.sort_by_key(|r| match r.type_url.as_str() {
+        responses.sort_by_key(|(t, _, _)| match t.as_str() {
             CLUSTER_TYPE => 0,
             ENDPOINT_TYPE => 1,
             _ => 2,
         });
-        for r in &responses {
-            let resources: Vec<(Option<String>, Any)> =
-                r.resources.iter().map(|a| (None, a.clone())).collect();
-            let complete = r.type_url != ENDPOINT_TYPE;
-            let applied = self.apply(&r.type_url, &r.version_info, &resources, complete, &[]);
+        for (type_url, version, cached) in &responses {
+            let resources: Vec<(Option<String>, Any)> = cached
+                .iter()
+                .map(|(name, _, a)| (name.clone(), a.clone()))
+                .collect();
+            let complete = type_url != ENDPOINT_TYPE;
+            let applied = self.apply(type_url, version, &resources, complete, &[]);
             if !applied.errors.is_empty() {
-                tracing::warn!(type_url = %r.type_url, "cached resources partly rejected: {}", applied.errors.join("; "));
+                tracing::warn!(type_url = %type_url, "cached resources partly rejected: {}", applied.errors.join("; "));
             }
+            self.set_resource_versions(
+                type_url,
+                cached
+                    .iter()
+                    .filter(|(_, v, _)| !v.is_empty())
+                    .filter_map(|(n, v, _)| Some((n.as_deref()?, v.as_str()))),
+            );
         }
         self.lock().loaded_from_cache = true;
         tracing::info!(path = %path.display(), types = responses.len(), "serving the cached xDS configuration until the control plane answers");

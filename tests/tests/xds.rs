@@ -600,3 +600,52 @@ async fn a_delta_reconnect_downloads_only_what_changed() {
     let dump = get(agent.admin(), "/config_dump").await.json().to_string();
     assert!(!dump.contains("\"version_info\":\"\""), "{dump}");
 }
+
+/// The cache keeps each resource's delta version: an agent restarted from it reconnects
+/// saying what it has, and the control plane re-sends only what changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_from_the_cache_resumes_delta_without_re_downloading() {
+    use plumb::server::{Options, ShutdownKind};
+    let a = servers::start(Behavior::Named("a".into())).await;
+    let b = servers::start(Behavior::Named("b".into())).await;
+    let cp = ControlPlane::start().await;
+    let front = free_addr();
+    cp.set(
+        vec![eds_cluster("backend"), eds_cluster("other")],
+        vec![tcp_listener("front", front, "backend")],
+        vec![
+            endpoints("backend", &[a.addr]),
+            endpoints("other", &[a.addr]),
+        ],
+    );
+    let dir = plumb_tests::TempDir::new("delta-cache");
+    let cache = dir.path.join("xds.cache");
+    let options = || Options {
+        concurrency: 2,
+        drain_time: Duration::from_secs(1),
+        xds_cache: Some(cache.clone()),
+        ..Options::default()
+    };
+    let bootstrap = ads_bootstrap(cp.addr, "DELTA_GRPC");
+    let agent = TestAgent::start_with(&bootstrap, options()).await;
+    plumb_tests::wait_until("endpoints", Duration::from_secs(10), || async {
+        agent.stat("cluster.other.membership_total") == 1
+    })
+    .await;
+    agent.shutdown(ShutdownKind::Immediate);
+    agent.join().await;
+    let addr = cp.addr;
+    let resources = cp.stop().await;
+    let cp = ControlPlane::start_on(addr, resources).await;
+    let agent = TestAgent::start_with(&bootstrap, options()).await;
+    cp.set_endpoints(vec![
+        endpoints("backend", &[b.addr]),
+        endpoints("other", &[a.addr]),
+    ]);
+    plumb_tests::wait_until("updated", Duration::from_secs(20), || async {
+        matches!(plumb_tests::client::read_all(front, Duration::from_secs(5)).await, Ok(v) if v == b"b")
+    })
+    .await;
+    assert_eq!(cp.delta_resources_sent(), 1);
+    drop(agent);
+}
