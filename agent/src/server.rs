@@ -664,7 +664,9 @@ async fn run_data_plane(
         // Like Envoy's init manager: LIVE once the first CDS/LDS responses are applied, or
         // when the initial fetch timeout passes (then serving whatever is there).
         let cfg = x.config().clone();
-        let deadline = tokio::time::Instant::now() + cfg.initial_fetch_timeout;
+        // As in Envoy, an initial_fetch_timeout of 0 waits for the control plane without limit.
+        let deadline = (!cfg.initial_fetch_timeout.is_zero())
+            .then(|| tokio::time::Instant::now() + cfg.initial_fetch_timeout);
         loop {
             let ready = (!cfg.cds || x.has_version(crate::config::xds::CLUSTER_TYPE))
                 && (!cfg.lds || x.has_version(crate::config::xds::LISTENER_TYPE));
@@ -674,7 +676,7 @@ async fn run_data_plane(
             if shutdown_rx.borrow().is_some() {
                 break;
             }
-            if tokio::time::Instant::now() >= deadline {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 tracing::warn!(
                     "initial xDS fetch timed out; serving the configuration received so far"
                 );
@@ -789,7 +791,11 @@ async fn run_data_plane(
     let handed_over = shared.handed_over.load(Ordering::Acquire);
     if handed_over || abandoned {
         // Another agent owns the configuration: this one must not bind or change anything
-        // the control plane sends. (Nor, abandoned, tell systemd the unit is stopping.)
+        // the control plane sends, nor write the cache file they share. (Nor, abandoned,
+        // tell systemd the unit is stopping.)
+        if let Some(x) = &shared.xds {
+            x.freeze_cache();
+        }
         let _ = xds_stop_tx.send(true);
     } else {
         crate::notify::notify("STOPPING=1\nSTATUS=draining");

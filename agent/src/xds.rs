@@ -128,6 +128,8 @@ pub struct XdsClient {
     /// Accepted resources changed since the cache file was last written.
     cache_dirty: std::sync::atomic::AtomicBool,
     cache_wake: tokio::sync::Notify,
+    /// Set when a successor took over: the cache file (shared with it) is its to write.
+    cache_frozen: std::sync::atomic::AtomicBool,
 }
 
 /// The cache file's first bytes (then length-delimited DeltaDiscoveryResponses, one per type,
@@ -210,6 +212,7 @@ impl XdsClient {
             cache,
             cache_dirty: std::sync::atomic::AtomicBool::new(false),
             cache_wake: tokio::sync::Notify::new(),
+            cache_frozen: std::sync::atomic::AtomicBool::new(false),
             node,
             clusters,
             listeners,
@@ -222,6 +225,12 @@ impl XdsClient {
 
     pub fn state(&self) -> XdsState {
         self.lock().clone()
+    }
+
+    /// Stops writing the cache file: a successor agent owns it now.
+    pub fn freeze_cache(&self) {
+        self.cache_frozen
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Whether a response of `type_url` has been accepted (cheap: no copy of the state).
@@ -469,6 +478,9 @@ impl XdsClient {
         removed: &[String],
     ) -> Applied {
         let mut errors = Vec::new();
+        // Endpoint sets of services no cluster uses (a response in flight when the
+        // subscription shrank) are not kept: nothing would ever prune them.
+        let subscribed = self.eds_names();
         for (hint, any) in resources {
             let cla = match decode::<pbe::ClusterLoadAssignment>(any, ENDPOINT_TYPE) {
                 Ok(c) => c,
@@ -483,6 +495,10 @@ impl XdsClient {
                     continue;
                 }
             };
+            if !subscribed.contains(&cla.cluster_name) {
+                tracing::debug!(service = %cla.cluster_name, "ignoring endpoints of a service no cluster uses");
+                continue;
+            }
             match endpoints_from_proto(&cla) {
                 Err(diags) => {
                     let msg = describe(&format!("endpoints \"{}\"", cla.cluster_name), &diags);
@@ -735,6 +751,9 @@ impl XdsClient {
         let Some(path) = &self.cache else {
             return;
         };
+        if self.cache_frozen.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         if !self
             .cache_dirty
             .swap(false, std::sync::atomic::Ordering::AcqRel)
@@ -774,8 +793,19 @@ impl XdsClient {
         for r in &snapshot {
             let _ = r.encode_length_delimited(&mut buf);
         }
-        let tmp = path.with_extension("tmp");
-        let written = std::fs::write(&tmp, &buf).and_then(|_| std::fs::rename(&tmp, path));
+        // A name of its own (two agents may share the path during a hand-over), on disk
+        // before it replaces the old file.
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let written = (|| {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&buf)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
         if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the xDS cache");
         }
@@ -1015,6 +1045,8 @@ impl XdsClient {
                 .await;
         }
         let mut eds_names = self.eds_names();
+        // What a previous stream left for services no cluster uses any more.
+        self.prune_endpoints(&eds_names);
         if !eds_names.is_empty() {
             let _ = tx
                 .send(request(
@@ -1151,6 +1183,8 @@ impl XdsClient {
             let _ = tx.send(r).await;
         }
         let mut eds_names = self.eds_names();
+        // What a previous stream left for services no cluster uses any more.
+        self.prune_endpoints(&eds_names);
         if !eds_names.is_empty() {
             let mut r = request(ENDPOINT_TYPE);
             r.resource_names_subscribe = eds_names.iter().cloned().collect();

@@ -190,7 +190,14 @@ impl ActiveListener {
             .or_else(|| redirect::so_original_dst(&stream))
             // Addressed to this listener itself: no original destination (and no loop).
             .filter(|o| *o != local);
-        match orig.and_then(|o| dispatch.target(o)) {
+        // A listener replaced since this dispatch was loaded no longer upgrades: the current
+        // dispatch has its successor.
+        let target = orig.and_then(|o| {
+            dispatch
+                .target(o)
+                .or_else(|| self.dispatch.load().target(o))
+        });
+        match target {
             Some(target) => target.handle(stream, peer, orig, watch).await,
             None => self.handle(stream, peer, orig, watch).await,
         }

@@ -8,7 +8,7 @@
 //! atomic increment or a thread-local random number: no locks on the data path.
 
 use super::{Host, HostStats};
-use crate::config::{self, Host as CfgHost, LbPolicy};
+use crate::config::{self, HealthStatus, Host as CfgHost, LbPolicy};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,9 +31,11 @@ pub struct HostSet {
     level_load: Vec<u32>,
 }
 
+/// The healthy (or the degraded) routable hosts of one priority.
 #[derive(Debug)]
 struct Level {
     priority: u32,
+    degraded: bool,
     /// Routable hosts of this priority.
     active: Vec<Arc<Host>>,
     /// Smooth weighted round robin over `active`; empty when all weights are equal.
@@ -43,7 +45,7 @@ struct Level {
 }
 
 impl Level {
-    fn new(priority: u32, active: Vec<Arc<Host>>) -> Self {
+    fn new(priority: u32, degraded: bool, active: Vec<Arc<Host>>) -> Self {
         let weights: Vec<u64> = active.iter().map(|h| h.weight.max(1) as u64).collect();
         let schedule = smooth_wrr_schedule(&weights);
         let mut sum = 0u64;
@@ -56,6 +58,7 @@ impl Level {
             .collect();
         Self {
             priority,
+            degraded,
             active,
             schedule,
             cumulative,
@@ -63,38 +66,63 @@ impl Level {
     }
 }
 
-/// Envoy's priority load: each level's health is min(100 %, 1.4 × routable / total); levels
-/// take traffic in order up to their health, and when the healths sum to less than 100 %
-/// the loads are scaled up to fill it. Returns (priority, load %) for levels with load.
-fn priority_loads(all: &[Arc<Host>]) -> Vec<(u32, u32)> {
-    let mut by_level: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
+/// Envoy's priority load. Per level, healthy availability is min(100 %, 1.4 × healthy /
+/// total) and degraded availability min(100 % − healthy, 1.4 × degraded / total); healthy
+/// availability is handed out first, level by level, then degraded; when the availabilities
+/// sum to less than 100 % the loads are scaled up to fill it. Returns (priority, degraded,
+/// load %) for the host groups that get traffic. Availability that rounds to 0 while a host
+/// is usable (1 of 150) does not drop traffic: the lowest usable level then takes it all
+/// (Envoy would enter panic mode; Plumb still never picks an unusable host).
+fn priority_loads(all: &[Arc<Host>]) -> Vec<(u32, bool, u32)> {
+    #[derive(Default)]
+    struct Count {
+        healthy: u64,
+        degraded: u64,
+        total: u64,
+    }
+    let mut by_level: std::collections::BTreeMap<u32, Count> = Default::default();
     for h in all {
-        let e = by_level.entry(h.priority).or_default();
-        e.1 += 1;
-        if h.routable() {
-            e.0 += 1;
+        let c = by_level.entry(h.priority).or_default();
+        c.total += 1;
+        match h.health_status {
+            HealthStatus::Degraded => c.degraded += 1,
+            s if s.routable() => c.healthy += 1,
+            _ => {}
         }
     }
-    let health: Vec<(u32, u64)> = by_level
+    let avail: Vec<(u32, u64, u64)> = by_level
         .iter()
-        .map(|(p, (ok, total))| (*p, (OVERPROVISIONING * ok / (*total).max(1)).min(100)))
+        .map(|(p, c)| {
+            let total = c.total.max(1);
+            let healthy = (OVERPROVISIONING * c.healthy / total).min(100);
+            let degraded = (OVERPROVISIONING * c.degraded / total).min(100 - healthy);
+            (*p, healthy, degraded)
+        })
         .collect();
-    let total_health: u64 = health.iter().map(|(_, h)| h).sum::<u64>().min(100);
-    if total_health == 0 {
-        return Vec::new();
+    let total: u64 = avail.iter().map(|(_, h, d)| h + d).sum::<u64>().min(100);
+    if total == 0 {
+        let usable = by_level
+            .iter()
+            .find(|(_, c)| c.healthy + c.degraded > 0)
+            .map(|(p, c)| (*p, c.healthy == 0, 100));
+        return usable.into_iter().collect();
     }
     let mut remaining = 100u64;
-    let mut loads: Vec<(u32, u32)> = Vec::new();
-    for (p, h) in &health {
-        let load = (h * 100 / total_health).min(remaining);
+    let mut loads: Vec<(u32, bool, u32)> = Vec::new();
+    let groups = avail
+        .iter()
+        .map(|(p, h, _)| (*p, false, *h))
+        .chain(avail.iter().map(|(p, _, d)| (*p, true, *d)));
+    for (p, degraded, a) in groups {
+        let load = (a * 100 / total).min(remaining);
         remaining -= load;
         if load > 0 {
-            loads.push((*p, load as u32));
+            loads.push((p, degraded, load as u32));
         }
     }
-    // Rounding leftovers go to the first level in use.
+    // Rounding leftovers go to the first group in use.
     if let Some(first) = loads.first_mut() {
-        first.1 += remaining as u32;
+        first.2 += remaining as u32;
     }
     loads
 }
@@ -132,13 +160,17 @@ impl HostSet {
         let mut levels = Vec::new();
         let mut level_load = Vec::new();
         let mut sum = 0;
-        for (priority, load) in priority_loads(&all) {
+        for (priority, degraded, load) in priority_loads(&all) {
             let active: Vec<Arc<Host>> = all
                 .iter()
-                .filter(|h| h.routable() && h.priority == priority)
+                .filter(|h| {
+                    h.priority == priority
+                        && h.routable()
+                        && (h.health_status == HealthStatus::Degraded) == degraded
+                })
                 .cloned()
                 .collect();
-            levels.push(Level::new(priority, active));
+            levels.push(Level::new(priority, degraded, active));
             sum += load;
             level_load.push(sum);
         }
@@ -150,8 +182,8 @@ impl HostSet {
         }
     }
 
-    /// Each priority level in use and its share of traffic (percent).
-    pub fn priority_loads(&self) -> Vec<(u32, u32)> {
+    /// Each host group in use — (priority, degraded) — and its share of traffic (percent).
+    pub fn priority_loads(&self) -> Vec<(u32, bool, u32)> {
         let mut prev = 0;
         self.levels
             .iter()
@@ -159,7 +191,7 @@ impl HostSet {
             .map(|(l, c)| {
                 let load = c - prev;
                 prev = *c;
-                (l.priority, load)
+                (l.priority, l.degraded, load)
             })
             .collect()
     }
@@ -378,7 +410,7 @@ mod tests {
             ],
         );
         // 3 of 4 routable: 1.4 × 75 % ≥ 100 %, so P1 gets nothing.
-        assert_eq!(set.priority_loads(), vec![(0, 100)]);
+        assert_eq!(set.priority_loads(), vec![(0, false, 100)]);
         assert_eq!(
             counts(&set, 30).keys().copied().collect::<Vec<_>>(),
             vec![2, 3, 4]
@@ -390,7 +422,7 @@ mod tests {
                 host(3, 1, 1, HealthStatus::Unknown),
             ],
         );
-        assert_eq!(set.priority_loads(), vec![(1, 100)]);
+        assert_eq!(set.priority_loads(), vec![(1, false, 100)]);
         assert_eq!(
             counts(&set, 10).keys().copied().collect::<Vec<_>>(),
             vec![3]
@@ -418,7 +450,7 @@ mod tests {
             LbPolicy::RoundRobin,
             [level(0, 2, 2, 1000), level(1, 2, 0, 2000)].concat(),
         );
-        assert_eq!(set.priority_loads(), vec![(0, 70), (1, 30)]);
+        assert_eq!(set.priority_loads(), vec![(0, false, 70), (1, false, 30)]);
         let c = counts(&set, 10_000);
         let p1: usize = c.iter().filter(|(p, _)| **p >= 2000).map(|(_, n)| n).sum();
         assert!((2_500..3_500).contains(&p1), "P1 got {p1} of 10000: {c:?}");
@@ -427,7 +459,7 @@ mod tests {
             LbPolicy::Random,
             [level(0, 1, 4, 1000), level(1, 1, 4, 2000)].concat(),
         );
-        assert_eq!(set.priority_loads(), vec![(0, 50), (1, 50)]);
+        assert_eq!(set.priority_loads(), vec![(0, false, 50), (1, false, 50)]);
         // Three levels: 70 %, then P1's 14 %, then the rest.
         let set = HostSet::build(
             LbPolicy::LeastRequest,
@@ -438,7 +470,32 @@ mod tests {
             ]
             .concat(),
         );
-        assert_eq!(set.priority_loads(), vec![(0, 70), (1, 14), (2, 16)]);
+        assert_eq!(
+            set.priority_loads(),
+            vec![(0, false, 70), (1, false, 14), (2, false, 16)]
+        );
+        // One usable host among 150: its availability rounds to 0, traffic still flows.
+        let set = HostSet::build(LbPolicy::RoundRobin, level(0, 1, 149, 1000));
+        assert_eq!(set.priority_loads(), vec![(0, false, 100)]);
+        assert_eq!(set.pick(&AtomicU64::new(0)).unwrap().address.port(), 1000);
+        // Degraded hosts take load only after every level's healthy hosts: all-degraded P0
+        // and all-healthy P1 → P1 takes everything, as in Envoy.
+        let degraded = |p: u32, n: usize, port0: u16| {
+            (0..n)
+                .map(move |i| host(port0 + i as u16, 1, p, HealthStatus::Degraded))
+                .collect::<Vec<_>>()
+        };
+        let set = HostSet::build(
+            LbPolicy::RoundRobin,
+            [degraded(0, 2, 1000), level(1, 2, 0, 2000)].concat(),
+        );
+        assert_eq!(set.priority_loads(), vec![(1, false, 100)]);
+        // Half healthy, half degraded in P0 alone: healthy 70 %, degraded the other 30 %.
+        let set = HostSet::build(
+            LbPolicy::RoundRobin,
+            [level(0, 2, 0, 1000), degraded(0, 2, 3000)].concat(),
+        );
+        assert_eq!(set.priority_loads(), vec![(0, false, 70), (0, true, 30)]);
     }
 
     #[test]
