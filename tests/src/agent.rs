@@ -249,8 +249,15 @@ impl AgentProcess {
         args: &[&str],
         cgroup: Option<&std::path::Path>,
     ) -> Self {
-        let p = Self::spawn_starting(bootstrap, args, cgroup).await;
-        let admin = p.admin;
+        Self::spawn_starting(bootstrap, args, cgroup)
+            .await
+            .ready()
+            .await
+    }
+
+    /// Waits until `/ready` answers 200.
+    async fn ready(self) -> Self {
+        let admin = self.admin;
         crate::wait_until(
             "subprocess /ready",
             Duration::from_secs(20),
@@ -259,7 +266,7 @@ impl AgentProcess {
             },
         )
         .await;
-        p
+        self
     }
 
     /// Starts the agent and returns once it has written its admin address, without waiting
@@ -279,17 +286,10 @@ impl AgentProcess {
         args: &[&str],
         cgroup: &std::path::Path,
     ) -> Self {
-        let p = Self::spawn_placed(bootstrap, args, Some(cgroup), true).await;
-        let admin = p.admin;
-        crate::wait_until(
-            "subprocess /ready",
-            Duration::from_secs(20),
-            || async move {
-                matches!(client::http("GET", admin, "/ready").await, Ok(r) if r.status == 200)
-            },
-        )
-        .await;
-        p
+        Self::spawn_placed(bootstrap, args, Some(cgroup), true)
+            .await
+            .ready()
+            .await
     }
 
     async fn spawn_placed(

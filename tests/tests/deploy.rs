@@ -138,9 +138,9 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     );
 }
 
-#[test]
-fn sd_notify_reports_ready_watchdog_and_stopping() {
-    let tmp = TempDir::new("notify");
+/// A systemd-style notification socket in `tmp`, and a `plumb run` command (admin only)
+/// whose notifications go to it.
+fn notified_agent(tmp: &TempDir) -> (UnixDatagram, Command) {
     let sock_path = tmp.path.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200)))
@@ -149,10 +149,18 @@ fn sd_notify_reports_ready_watchdog_and_stopping() {
         "c.yaml",
         r#"admin: { address: { socket_address: { address: 127.0.0.1, port_value: 0 } } }"#,
     );
-    let mut child = Command::new(plumb_bin())
-        .args(["run", "--config"])
+    let mut cmd = Command::new(plumb_bin());
+    cmd.args(["run", "--config"])
         .arg(&config)
-        .env("NOTIFY_SOCKET", &sock_path)
+        .env("NOTIFY_SOCKET", &sock_path);
+    (sock, cmd)
+}
+
+#[test]
+fn sd_notify_reports_ready_watchdog_and_stopping() {
+    let tmp = TempDir::new("notify");
+    let (sock, mut cmd) = notified_agent(&tmp);
+    let mut child = cmd
         .env("WATCHDOG_USEC", "200000")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -225,20 +233,10 @@ fn containerfile_copies_what_the_build_produces() {
 #[test]
 fn a_sigusr2_successor_tells_systemd_its_pid() {
     let tmp = TempDir::new("notify-usr2");
-    let sock_path = tmp.path.join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let config = tmp.write(
-        "c.yaml",
-        r#"admin: { address: { socket_address: { address: 127.0.0.1, port_value: 0 } } }"#,
-    );
-    let mut child = Command::new(plumb_bin())
-        .args(["run", "--config"])
-        .arg(&config)
+    let (sock, mut cmd) = notified_agent(&tmp);
+    let mut child = cmd
         .arg("--upgrade-socket")
         .arg(tmp.path.join("upgrade.sock"))
-        .env("NOTIFY_SOCKET", &sock_path)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

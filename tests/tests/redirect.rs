@@ -141,6 +141,15 @@ async fn stat(admin: SocketAddr, name: &str) -> i64 {
     plumb_tests::client::stat(admin, name).await
 }
 
+/// A cgroup of the agent's own beside the node's enrolled one (not inside it): sk_msg attaches
+/// sockops to the agent's cgroup, which must hold nothing else.
+fn own_agent_cgroup(node: &Node) -> pods::CgroupDir {
+    pods::CgroupDir::new(node.cgroup.with_file_name(format!(
+        "{}-agent",
+        node.cgroup.file_name().unwrap().to_str().unwrap()
+    )))
+}
+
 fn pin_dir(tag: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(format!(
         "/sys/fs/bpf/plumb-test-{tag}-{}",
@@ -231,12 +240,7 @@ async fn kill_9(sk_msg: bool) {
     let _cleanup = PinCleanup(pin.clone());
     let config = agent_config(&node, &server, &pin, sk_msg);
     let target = format!("{}:8081", server.ip);
-    let agent_cg = sk_msg.then(|| {
-        pods::CgroupDir::new(node.cgroup.with_file_name(format!(
-            "{}-agent",
-            node.cgroup.file_name().unwrap().to_str().unwrap()
-        )))
-    });
+    let agent_cg = sk_msg.then(|| own_agent_cgroup(&node));
     let cg = agent_cg.as_ref().map(|c| c.path.as_path());
 
     let agent = AgentProcess::spawn_in(&config, &[], cg).await;
@@ -315,10 +319,7 @@ async fn sk_msg_moves_bytes_between_local_sockets_intact() {
     let pin = pin_dir("skmsg");
     let _cleanup = PinCleanup(pin.clone());
     // The agent's accepted sockets join the sockhash from its own cgroup.
-    let agent_cg = pods::CgroupDir::new(node.cgroup.with_file_name(format!(
-        "{}-agent",
-        node.cgroup.file_name().unwrap().to_str().unwrap()
-    )));
+    let agent_cg = own_agent_cgroup(&node);
     let agent = AgentProcess::spawn_in(
         &agent_config(&node, &server, &pin, true),
         &[],
@@ -626,12 +627,7 @@ async fn takeovers_under_captured_load(sk_msg: bool) {
     let vip_conns = "listener.10.96.0.10_80.downstream_cx_total";
     // With sk_msg the agents' accepted sockets join the sockhash from their own cgroup: give
     // them one (shared by every generation, as under systemd).
-    let agent_cg = sk_msg.then(|| {
-        pods::CgroupDir::new(node.cgroup.with_file_name(format!(
-            "{}-agents",
-            node.cgroup.file_name().unwrap().to_str().unwrap()
-        )))
-    });
+    let agent_cg = sk_msg.then(|| own_agent_cgroup(&node));
     let cg = agent_cg.as_ref().map(|c| c.path.as_path());
 
     let first = AgentProcess::spawn_in(&config, &base, cg).await;

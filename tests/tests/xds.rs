@@ -13,6 +13,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Options for an in-process agent that keeps its xDS cache in `cache`.
+fn with_cache(cache: &std::path::Path) -> plumb::server::Options {
+    plumb::server::Options {
+        concurrency: 2,
+        drain_time: Duration::from_secs(1),
+        xds_cache: Some(cache.to_path_buf()),
+        ..plumb::server::Options::default()
+    }
+}
+
 fn free_addr() -> SocketAddr {
     servers::closed_port()
 }
@@ -271,7 +281,7 @@ async fn control_plane_outage_keeps_the_last_good_config_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_while_the_control_plane_is_down_serves_the_cached_config() {
-    use plumb::server::{Options, ShutdownKind};
+    use plumb::server::ShutdownKind;
     let a = servers::start(Behavior::Named("a".into())).await;
     let cp = ControlPlane::start().await;
     let front = free_addr();
@@ -282,12 +292,7 @@ async fn a_restart_while_the_control_plane_is_down_serves_the_cached_config() {
     );
     let dir = plumb_tests::TempDir::new("xds-cache");
     let cache = dir.path.join("xds.cache");
-    let options = || Options {
-        concurrency: 2,
-        drain_time: Duration::from_secs(1),
-        xds_cache: Some(cache.clone()),
-        ..Options::default()
-    };
+    let options = || with_cache(&cache);
     let bootstrap = ads_bootstrap(cp.addr, "GRPC");
     let agent = TestAgent::start_with(&bootstrap, options()).await;
     plumb_tests::wait_until("endpoints", Duration::from_secs(10), || async {
@@ -605,7 +610,7 @@ async fn a_delta_reconnect_downloads_only_what_changed() {
 /// saying what it has, and the control plane re-sends only what changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_from_the_cache_resumes_delta_without_re_downloading() {
-    use plumb::server::{Options, ShutdownKind};
+    use plumb::server::ShutdownKind;
     let a = servers::start(Behavior::Named("a".into())).await;
     let b = servers::start(Behavior::Named("b".into())).await;
     let cp = ControlPlane::start().await;
@@ -620,12 +625,7 @@ async fn a_restart_from_the_cache_resumes_delta_without_re_downloading() {
     );
     let dir = plumb_tests::TempDir::new("delta-cache");
     let cache = dir.path.join("xds.cache");
-    let options = || Options {
-        concurrency: 2,
-        drain_time: Duration::from_secs(1),
-        xds_cache: Some(cache.clone()),
-        ..Options::default()
-    };
+    let options = || with_cache(&cache);
     let bootstrap = ads_bootstrap(cp.addr, "DELTA_GRPC");
     let agent = TestAgent::start_with(&bootstrap, options()).await;
     plumb_tests::wait_until("endpoints", Duration::from_secs(10), || async {
