@@ -141,6 +141,38 @@ async fn stat(admin: SocketAddr, name: &str) -> i64 {
     plumb_tests::client::stat(admin, name).await
 }
 
+/// The usual stage: a node with a client and a server pod, echo servers (echo, sink port
+/// pairs) in the server pod, and a pin directory removed afterwards.
+struct Scene {
+    _cleanup: PinCleanup,
+    _servers: Vec<PodServer>,
+    client: Pod,
+    server: Pod,
+    node: Node,
+    pin: std::path::PathBuf,
+}
+
+impl Scene {
+    fn new(tag: &str, echo: &[(u16, u16)]) -> Self {
+        let mut node = Node::new();
+        let client = node.add_pod("client");
+        let server = node.add_pod("server");
+        let servers = echo
+            .iter()
+            .map(|(e, s)| PodServer::start(&server, *e, *s))
+            .collect();
+        let pin = pin_dir(tag);
+        Self {
+            _cleanup: PinCleanup(pin.clone()),
+            _servers: servers,
+            client,
+            server,
+            node,
+            pin,
+        }
+    }
+}
+
 /// A cgroup of the agent's own beside the node's enrolled one (not inside it): sk_msg attaches
 /// sockops to the agent's cgroup, which must hold nothing else.
 fn own_agent_cgroup(node: &Node) -> pods::CgroupDir {
@@ -169,19 +201,14 @@ impl Drop for PinCleanup {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_connects_are_captured_and_reach_the_upstream_plumb_picks() {
     require_kernel_env!();
-    let mut node = Node::new();
-    let client = node.add_pod("client");
-    let server = node.add_pod("server");
-    let _echo = PodServer::start(&server, 8080, 8090);
-    let _echo2 = PodServer::start(&server, 8081, 8091);
-    let pin = pin_dir("capture");
-    let _cleanup = PinCleanup(pin.clone());
-    let agent = AgentProcess::spawn(&agent_config(&node, &server, &pin, false), &[]).await;
+    let scene = Scene::new("capture", &[(8080, 8090), (8081, 8091)]);
+    let (node, client, server, pin) = (&scene.node, &scene.client, &scene.server, &scene.pin);
+    let agent = AgentProcess::spawn(&agent_config(node, server, pin, false), &[]).await;
     let admin = agent.admin;
     assert_eq!(stat(admin, "redirect.active").await, 1, "{}", agent.logs());
 
     // A VIP that exists nowhere: only Plumb can connect it to the server pod.
-    let r = roundtrip(&client, &format!("{VIP}:80"), 100_000);
+    let r = roundtrip(client, &format!("{VIP}:80"), 100_000);
     assert_eq!(r["ok"], true, "{r}\n{}", agent.logs());
     assert_eq!(
         stat(admin, "listener.10.96.0.10_80.downstream_cx_total").await,
@@ -190,7 +217,7 @@ async fn pod_connects_are_captured_and_reach_the_upstream_plumb_picks() {
     assert_eq!(stat(admin, "cluster.backend.upstream_cx_total").await, 1);
 
     // Passthrough capture: the original destination (IPv4) is recovered exactly.
-    let r = roundtrip(&client, &format!("{}:8081", server.ip), 5_000);
+    let r = roundtrip(client, &format!("{}:8081", server.ip), 5_000);
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(
         stat(admin, "cluster.passthrough.upstream_cx_total").await,
@@ -199,7 +226,7 @@ async fn pod_connects_are_captured_and_reach_the_upstream_plumb_picks() {
     assert_eq!(stat(admin, "redirect.orig_dst_found").await, 2);
 
     // A destination no rule captures is untouched.
-    let r = roundtrip(&client, &format!("{}:8080", server.ip), 5_000);
+    let r = roundtrip(client, &format!("{}:8080", server.ip), 5_000);
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(stat(admin, "cluster.backend.upstream_cx_total").await, 1);
     assert_eq!(
@@ -231,20 +258,18 @@ async fn kill_9_with_sk_msg_fails_open_and_a_restart_resumes_capture() {
 
 async fn kill_9(sk_msg: bool) {
     require_kernel_env!();
-    let mut node = Node::new();
-    let client = node.add_pod("client");
-    let server = node.add_pod("server");
-    let _echo = PodServer::start(&server, 8081, 8091);
-    let _echo0 = PodServer::start(&server, 8080, 8090);
-    let pin = pin_dir(if sk_msg { "failopen-skmsg" } else { "failopen" });
-    let _cleanup = PinCleanup(pin.clone());
-    let config = agent_config(&node, &server, &pin, sk_msg);
+    let scene = Scene::new(
+        if sk_msg { "failopen-skmsg" } else { "failopen" },
+        &[(8081, 8091), (8080, 8090)],
+    );
+    let (node, client, server, pin) = (&scene.node, &scene.client, &scene.server, &scene.pin);
+    let config = agent_config(node, server, pin, sk_msg);
     let target = format!("{}:8081", server.ip);
-    let agent_cg = sk_msg.then(|| own_agent_cgroup(&node));
+    let agent_cg = sk_msg.then(|| own_agent_cgroup(node));
     let cg = agent_cg.as_ref().map(|c| c.path.as_path());
 
     let agent = AgentProcess::spawn_in(&config, &[], cg).await;
-    assert_eq!(roundtrip(&client, &target, 1000)["ok"], true);
+    assert_eq!(roundtrip(client, &target, 1000)["ok"], true);
     assert_eq!(
         stat(agent.admin, "cluster.passthrough.upstream_cx_total").await,
         1
@@ -259,7 +284,7 @@ async fn kill_9(sk_msg: bool) {
         .await
         .expect("killed");
     loop {
-        if roundtrip(&client, &target, 1000)["ok"] == true {
+        if roundtrip(client, &target, 1000)["ok"] == true {
             break;
         }
         assert!(
@@ -273,25 +298,21 @@ async fn kill_9(sk_msg: bool) {
 
     // A new agent (same pin path: maps are reused) captures again.
     let agent = AgentProcess::spawn_in(&config, &[], cg).await;
-    assert_eq!(roundtrip(&client, &target, 1000)["ok"], true);
+    assert_eq!(roundtrip(client, &target, 1000)["ok"], true);
     assert_eq!(
         stat(agent.admin, "cluster.passthrough.upstream_cx_total").await,
         1
     );
-    let r = roundtrip(&client, &format!("{VIP}:80"), 1000);
+    let r = roundtrip(client, &format!("{VIP}:80"), 1000);
     assert_eq!(r["ok"], true, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_detaches_unpins_and_fails_open() {
     require_kernel_env!();
-    let mut node = Node::new();
-    let client = node.add_pod("client");
-    let server = node.add_pod("server");
-    let _echo = PodServer::start(&server, 8081, 8091);
-    let pin = pin_dir("sigterm");
-    let _cleanup = PinCleanup(pin.clone());
-    let mut agent = AgentProcess::spawn(&agent_config(&node, &server, &pin, false), &[]).await;
+    let scene = Scene::new("sigterm", &[(8081, 8091)]);
+    let (node, client, server, pin) = (&scene.node, &scene.client, &scene.server, &scene.pin);
+    let mut agent = AgentProcess::spawn(&agent_config(node, server, pin, false), &[]).await;
     assert!(
         pin.join("PLUMB_AGENT").exists(),
         "maps are pinned under {}",
@@ -305,29 +326,25 @@ async fn sigterm_detaches_unpins_and_fails_open() {
     assert_eq!(st.code(), Some(0), "{}", agent.logs());
     assert!(!pin.exists(), "pin directory {} left behind", pin.display());
     // Immediately direct: the programs are gone.
-    let r = roundtrip(&client, &format!("{}:8081", server.ip), 1000);
+    let r = roundtrip(client, &format!("{}:8081", server.ip), 1000);
     assert_eq!(r["ok"], true, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sk_msg_moves_bytes_between_local_sockets_intact() {
     require_kernel_env!();
-    let mut node = Node::new();
-    let client = node.add_pod("client");
-    let server = node.add_pod("server");
-    let _echo = PodServer::start(&server, 8080, 8090);
-    let pin = pin_dir("skmsg");
-    let _cleanup = PinCleanup(pin.clone());
+    let scene = Scene::new("skmsg", &[(8080, 8090)]);
+    let (node, client, server, pin) = (&scene.node, &scene.client, &scene.server, &scene.pin);
     // The agent's accepted sockets join the sockhash from its own cgroup.
-    let agent_cg = own_agent_cgroup(&node);
+    let agent_cg = own_agent_cgroup(node);
     let agent = AgentProcess::spawn_in(
-        &agent_config(&node, &server, &pin, true),
+        &agent_config(node, server, pin, true),
         &[],
         Some(&agent_cg.path),
     )
     .await;
     for size in [1usize, 1000, 64 * 1024, 4 * 1024 * 1024] {
-        let r = roundtrip(&client, &format!("{VIP}:80"), size);
+        let r = roundtrip(client, &format!("{VIP}:80"), size);
         assert_eq!(r["ok"], true, "size {size}: {r}\n{}", agent.logs());
     }
     let admin = agent.admin;
@@ -490,24 +507,19 @@ async fn ipv6_and_ipv4_through_one_dual_stack_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_inside_the_enrolled_subtree_does_not_capture_itself() {
     require_kernel_env!();
-    let mut node = Node::new();
-    let client = node.add_pod("client");
-    let server = node.add_pod("server");
-    let _echo = PodServer::start(&server, 8081, 8091);
-    let _echo0 = PodServer::start(&server, 8080, 8090);
-    let pin = pin_dir("subtree");
-    let _cleanup = PinCleanup(pin.clone());
+    let scene = Scene::new("subtree", &[(8081, 8091), (8080, 8090)]);
+    let (node, client, server, pin) = (&scene.node, &scene.client, &scene.server, &scene.pin);
     // Like a DaemonSet pod under kubepods: the agent's cgroup is below the enrolled one.
     let agent_cg = pods::CgroupDir::new(node.cgroup.join("agent"));
     let agent = AgentProcess::spawn_in(
-        &agent_config(&node, &server, &pin, false),
+        &agent_config(node, server, pin, false),
         &[],
         Some(&agent_cg.path),
     )
     .await;
     // Passthrough to a captured destination: the agent's own upstream connect to it must go
     // out directly, or it would loop back into itself.
-    let r = roundtrip(&client, &format!("{}:8081", server.ip), 10_000);
+    let r = roundtrip(client, &format!("{}:8081", server.ip), 10_000);
     assert_eq!(r["ok"], true, "{r}\n{}", agent.logs());
     let admin = agent.admin;
     plumb_tests::wait_until("kernel counters", Duration::from_secs(5), || async move {
@@ -565,22 +577,17 @@ fn pin_array_map(path: &std::path::Path, value_size: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pins_with_an_old_layout_are_recreated() {
     require_kernel_env!();
-    let mut node = Node::new();
-    let client = node.add_pod("client");
-    let server = node.add_pod("server");
-    let _echo = PodServer::start(&server, 8081, 8091);
-    let _echo0 = PodServer::start(&server, 8080, 8090);
-    let pin = pin_dir("oldlayout");
-    let _cleanup = PinCleanup(pin.clone());
-    std::fs::create_dir_all(&pin).unwrap();
+    let scene = Scene::new("oldlayout", &[(8081, 8091), (8080, 8090)]);
+    let (node, client, server, pin) = (&scene.node, &scene.client, &scene.server, &scene.pin);
+    std::fs::create_dir_all(pin).unwrap();
     pin_array_map(&pin.join("PLUMB_AGENT"), 48);
-    let agent = AgentProcess::spawn(&agent_config(&node, &server, &pin, false), &[]).await;
+    let agent = AgentProcess::spawn(&agent_config(node, server, pin, false), &[]).await;
     assert!(
         agent.logs().contains("pinned maps have another layout"),
         "{}",
         agent.logs()
     );
-    let r = roundtrip(&client, &format!("{}:8081", server.ip), 1000);
+    let r = roundtrip(client, &format!("{}:8081", server.ip), 1000);
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(
         stat(agent.admin, "cluster.passthrough.upstream_cx_total").await,
@@ -605,17 +612,12 @@ async fn takeovers_with_sk_msg_drop_nothing() {
 
 async fn takeovers_under_captured_load(sk_msg: bool) {
     require_kernel_env!();
-    let mut node = Node::new();
-    let client = node.add_pod("client");
-    let server = node.add_pod("server");
-    let _echo = PodServer::start(&server, 8080, 8090);
-    let _echo2 = PodServer::start(&server, 8081, 8091);
     let tag = if sk_msg { "takeover-skmsg" } else { "takeover" };
-    let pin = pin_dir(tag);
-    let _cleanup = PinCleanup(pin.clone());
+    let scene = Scene::new(tag, &[(8080, 8090), (8081, 8091)]);
+    let (node, client, server, pin) = (&scene.node, &scene.client, &scene.server, &scene.pin);
     let dir = TempDir::new(tag);
     let sock = dir.path.join("upgrade.sock");
-    let config = agent_config(&node, &server, &pin, sk_msg);
+    let config = agent_config(node, server, pin, sk_msg);
     let base = [
         "--upgrade-socket",
         sock.to_str().unwrap(),
@@ -627,7 +629,7 @@ async fn takeovers_under_captured_load(sk_msg: bool) {
     let vip_conns = "listener.10.96.0.10_80.downstream_cx_total";
     // With sk_msg the agents' accepted sockets join the sockhash from their own cgroup: give
     // them one (shared by every generation, as under systemd).
-    let agent_cg = sk_msg.then(|| own_agent_cgroup(&node));
+    let agent_cg = sk_msg.then(|| own_agent_cgroup(node));
     let cg = agent_cg.as_ref().map(|c| c.path.as_path());
 
     let first = AgentProcess::spawn_in(&config, &base, cg).await;
@@ -650,7 +652,7 @@ async fn takeovers_under_captured_load(sk_msg: bool) {
         )
         .await;
         // Passthrough: the new agent finds original destinations in the inherited maps.
-        let r = roundtrip(&client, &format!("{}:8081", server.ip), 1000);
+        let r = roundtrip(client, &format!("{}:8081", server.ip), 1000);
         assert_eq!(r["ok"], true, "{r}");
         assert_eq!(stat(a, "cluster.passthrough.upstream_cx_total").await, 1);
         let prev = agents.last().unwrap();
@@ -680,7 +682,7 @@ async fn takeovers_under_captured_load(sk_msg: bool) {
             .unwrap_or_else(|| panic!("old agent {i} still running:\n{}", a.logs()));
         assert_eq!(st.code(), Some(0), "old agent {i}:\n{}", a.logs());
     }
-    let r = roundtrip(&client, &format!("{VIP}:80"), 10_000);
+    let r = roundtrip(client, &format!("{VIP}:80"), 10_000);
     assert_eq!(r["ok"], true, "{r}\n{}", current.logs());
     assert!(pin.join("PLUMB_AGENT").exists());
 
@@ -689,7 +691,7 @@ async fn takeovers_under_captured_load(sk_msg: bool) {
     let st = current.wait_exit(Duration::from_secs(20)).await.unwrap();
     assert_eq!(st.code(), Some(0), "{}", current.logs());
     assert!(!pin.exists(), "pins left behind");
-    let r = roundtrip(&client, &format!("{}:8081", server.ip), 1000);
+    let r = roundtrip(client, &format!("{}:8081", server.ip), 1000);
     assert_eq!(r["ok"], true, "direct after the last agent stopped: {r}");
 }
 
@@ -698,18 +700,14 @@ async fn takeovers_under_captured_load(sk_msg: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successor_without_redirection_makes_the_old_agent_fail_open() {
     require_kernel_env!();
-    let mut node = Node::new();
-    let client = node.add_pod("client");
-    let server = node.add_pod("server");
-    let _echo = PodServer::start(&server, 8081, 8091);
-    let pin = pin_dir("nocapture");
-    let _cleanup = PinCleanup(pin.clone());
+    let scene = Scene::new("nocapture", &[(8081, 8091)]);
+    let (node, client, server, pin) = (&scene.node, &scene.client, &scene.server, &scene.pin);
     let dir = TempDir::new("nocapture");
     let sock = dir.path.join("upgrade.sock");
     let base = ["--upgrade-socket", sock.to_str().unwrap()];
-    let mut old = AgentProcess::spawn(&agent_config(&node, &server, &pin, false), &base).await;
+    let mut old = AgentProcess::spawn(&agent_config(node, server, pin, false), &base).await;
     let target = format!("{}:8081", server.ip);
-    assert_eq!(roundtrip(&client, &target, 1000)["ok"], true);
+    assert_eq!(roundtrip(client, &target, 1000)["ok"], true);
     assert_eq!(
         stat(old.admin, "cluster.passthrough.upstream_cx_total").await,
         1
@@ -724,7 +722,7 @@ async fn a_successor_without_redirection_makes_the_old_agent_fail_open() {
     takeover.push("--takeover");
     let _new = AgentProcess::spawn(&plain, &takeover).await;
     // At once, not after fail_open_after: connects go direct.
-    let r = roundtrip(&client, &target, 1000);
+    let r = roundtrip(client, &target, 1000);
     assert_eq!(r["ok"], true, "{r}\n{}", old.logs());
     assert!(
         old.logs().contains("the successor does not capture"),
@@ -744,19 +742,15 @@ async fn a_successor_without_redirection_makes_the_old_agent_fail_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successor_stopped_before_ready_leaves_capture_to_the_running_agent() {
     require_kernel_env!();
-    let mut node = Node::new();
-    let client = node.add_pod("client");
-    let server = node.add_pod("server");
-    let _echo = PodServer::start(&server, 8080, 8090);
-    let pin = pin_dir("abandon");
-    let _cleanup = PinCleanup(pin.clone());
+    let scene = Scene::new("abandon", &[(8080, 8090)]);
+    let (node, client, server, pin) = (&scene.node, &scene.client, &scene.server, &scene.pin);
     let dir = TempDir::new("abandon");
     let sock = dir.path.join("upgrade.sock");
     let base = ["--upgrade-socket", sock.to_str().unwrap()];
-    let config = agent_config(&node, &server, &pin, false);
+    let config = agent_config(node, server, pin, false);
     let old = AgentProcess::spawn(&config, &base).await;
     let vip = format!("{VIP}:80");
-    assert_eq!(roundtrip(&client, &vip, 1000)["ok"], true);
+    assert_eq!(roundtrip(client, &vip, 1000)["ok"], true);
 
     // The successor: without the VIP listener (its rules must not replace the running
     // agent's early), and waiting for a control plane that never answers.
@@ -793,7 +787,7 @@ async fn a_successor_stopped_before_ready_leaves_capture_to_the_running_agent() 
     })
     .await;
     // Still the running agent's capture, rules included.
-    let r = roundtrip(&client, &vip, 1000);
+    let r = roundtrip(client, &vip, 1000);
     assert_eq!(r["ok"], true, "{r}\n{}", new.logs());
 
     new.signal(libc::SIGTERM);
@@ -820,7 +814,7 @@ async fn a_successor_stopped_before_ready_leaves_capture_to_the_running_agent() 
     .await;
     assert_eq!(stat(admin, "redirect.active").await, 1);
     assert!(pin.join("PLUMB_AGENT").exists(), "pins kept");
-    let r = roundtrip(&client, &vip, 1000);
+    let r = roundtrip(client, &vip, 1000);
     assert_eq!(r["ok"], true, "{r}\n{}", old.logs());
     assert!(!old.logs().contains("handed over"), "{}", old.logs());
 }
@@ -831,12 +825,8 @@ async fn a_successor_stopped_before_ready_leaves_capture_to_the_running_agent() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_address_can_come_from_the_command_line() {
     require_kernel_env!();
-    let mut node = Node::new();
-    let client = node.add_pod("client");
-    let server = node.add_pod("server");
-    let _echo = PodServer::start(&server, 8081, 8091);
-    let pin = pin_dir("proxyflag");
-    let _cleanup = PinCleanup(pin.clone());
+    let scene = Scene::new("proxyflag", &[(8081, 8091)]);
+    let (node, client, server, pin) = (&scene.node, &scene.client, &scene.server, &scene.pin);
     let port = 21000 + node.net as u16;
     let config = json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
@@ -872,7 +862,7 @@ async fn the_proxy_address_can_come_from_the_command_line() {
     let (st, out, err) = plumb_cmd(&["check-config", path.to_str().unwrap(), &flag]);
     assert_eq!(st.code(), Some(0), "{out}{err}");
     let agent = AgentProcess::spawn(&config, &[&flag]).await;
-    let r = roundtrip(&client, &format!("{}:8081", server.ip), 5_000);
+    let r = roundtrip(client, &format!("{}:8081", server.ip), 5_000);
     assert_eq!(r["ok"], true, "{r}\n{}", agent.logs());
     assert_eq!(
         stat(agent.admin, "cluster.passthrough.upstream_cx_total").await,
@@ -886,20 +876,16 @@ async fn the_proxy_address_can_come_from_the_command_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_in_its_own_cgroup_namespace_still_excludes_itself() {
     require_kernel_env!();
-    let mut node = Node::new();
-    let client = node.add_pod("client");
-    let server = node.add_pod("server");
-    let _echo = PodServer::start(&server, 8081, 8091);
-    let pin = pin_dir("cgroupns");
-    let _cleanup = PinCleanup(pin.clone());
+    let scene = Scene::new("cgroupns", &[(8081, 8091)]);
+    let (node, client, server, pin) = (&scene.node, &scene.client, &scene.server, &scene.pin);
     let agent_cg = pods::CgroupDir::new(node.cgroup.join("agent"));
     let agent = AgentProcess::spawn_in_cgroupns(
-        &agent_config(&node, &server, &pin, false),
+        &agent_config(node, server, pin, false),
         &[],
         &agent_cg.path,
     )
     .await;
-    let r = roundtrip(&client, &format!("{}:8081", server.ip), 10_000);
+    let r = roundtrip(client, &format!("{}:8081", server.ip), 10_000);
     assert_eq!(r["ok"], true, "{r}\n{}", agent.logs());
     let admin = agent.admin;
     plumb_tests::wait_until("kernel counters", Duration::from_secs(5), || async move {
@@ -917,19 +903,15 @@ async fn an_agent_in_its_own_cgroup_namespace_still_excludes_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_listeners_fails_capture_open_first() {
     require_kernel_env!();
-    let mut node = Node::new();
-    let client = node.add_pod("client");
-    let server = node.add_pod("server");
-    let _echo = PodServer::start(&server, 8081, 8091);
-    let pin = pin_dir("drainlisteners");
-    let _cleanup = PinCleanup(pin.clone());
-    let agent = AgentProcess::spawn(&agent_config(&node, &server, &pin, false), &[]).await;
+    let scene = Scene::new("drainlisteners", &[(8081, 8091)]);
+    let (node, client, server, pin) = (&scene.node, &scene.client, &scene.server, &scene.pin);
+    let agent = AgentProcess::spawn(&agent_config(node, server, pin, false), &[]).await;
     let target = format!("{}:8081", server.ip);
-    assert_eq!(roundtrip(&client, &target, 1000)["ok"], true);
+    assert_eq!(roundtrip(client, &target, 1000)["ok"], true);
     let r = plumb_tests::client::post(agent.admin, "/drain_listeners").await;
     assert_eq!(r.status, 200);
     // Straight away: direct, not refused.
-    let r = roundtrip(&client, &target, 1000);
+    let r = roundtrip(client, &target, 1000);
     assert_eq!(r["ok"], true, "{r}\n{}", agent.logs());
     assert_eq!(stat(agent.admin, "redirect.active").await, 0);
     assert_eq!(
