@@ -560,6 +560,15 @@ async fn endpoints_of_removed_clusters_are_forgotten() {
     }
 }
 
+/// Two EDS services, both at `addr`: "backend" behind listener "front", and "other".
+fn set_two_services(cp: &ControlPlane, front: SocketAddr, addr: SocketAddr) {
+    cp.set(
+        vec![eds_cluster("backend"), eds_cluster("other")],
+        vec![tcp_listener("front", front, "backend")],
+        vec![endpoints("backend", &[addr]), endpoints("other", &[addr])],
+    );
+}
+
 /// Delta: after a reconnect the agent reports each resource's own version
 /// (`initial_resource_versions`), so the control plane re-sends only what changed meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,14 +577,7 @@ async fn a_delta_reconnect_downloads_only_what_changed() {
     let b = servers::start(Behavior::Named("b".into())).await;
     let cp = ControlPlane::start().await;
     let front = free_addr();
-    cp.set(
-        vec![eds_cluster("backend"), eds_cluster("other")],
-        vec![tcp_listener("front", front, "backend")],
-        vec![
-            endpoints("backend", &[a.addr]),
-            endpoints("other", &[a.addr]),
-        ],
-    );
+    set_two_services(&cp, front, a.addr);
     let agent = TestAgent::start(&ads_bootstrap(cp.addr, "DELTA_GRPC")).await;
     plumb_tests::wait_until("endpoints", Duration::from_secs(10), || async {
         agent.stat("cluster.backend.membership_total") == 1
@@ -615,14 +617,7 @@ async fn a_restart_from_the_cache_resumes_delta_without_re_downloading() {
     let b = servers::start(Behavior::Named("b".into())).await;
     let cp = ControlPlane::start().await;
     let front = free_addr();
-    cp.set(
-        vec![eds_cluster("backend"), eds_cluster("other")],
-        vec![tcp_listener("front", front, "backend")],
-        vec![
-            endpoints("backend", &[a.addr]),
-            endpoints("other", &[a.addr]),
-        ],
-    );
+    set_two_services(&cp, front, a.addr);
     let dir = plumb_tests::TempDir::new("delta-cache");
     let cache = dir.path.join("xds.cache");
     let options = || with_cache(&cache);
