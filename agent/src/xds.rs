@@ -153,6 +153,15 @@ struct Applied {
     errors: Vec<String>,
 }
 
+/// CDS/LDS resources decoded by `decode_named`.
+struct Named<M> {
+    items: Vec<M>,
+    /// Every name the response carried (also rejected ones: they are not removals).
+    seen: HashSet<String>,
+    undecodable: bool,
+    errors: Vec<String>,
+}
+
 impl Applied {
     fn error_detail(&self) -> Option<RpcStatus> {
         (!self.errors.is_empty()).then(|| RpcStatus {
@@ -349,6 +358,69 @@ impl XdsClient {
         errors.push(details);
     }
 
+    /// Decodes the resources of one CDS/LDS response. Undecodable ones, and ones named like a
+    /// static resource, are rejected here; what is left is for the caller to validate.
+    fn decode_named<M: Message + Default>(
+        &self,
+        type_url: &str,
+        kind: &str,
+        version: &str,
+        resources: &[(Option<String>, Any)],
+        statics: &HashSet<String>,
+        name_of: impl Fn(&M) -> &str,
+    ) -> Named<M> {
+        let mut named = Named {
+            items: Vec::new(),
+            seen: HashSet::new(),
+            undecodable: false,
+            errors: Vec::new(),
+        };
+        for (hint, any) in resources {
+            let m = match decode::<M>(any, type_url) {
+                Ok(m) => m,
+                Err(e) => {
+                    // No name: nothing may be removed by this response then.
+                    named.undecodable = true;
+                    let hint = hint.as_deref().unwrap_or("?");
+                    self.reject(type_url, hint, version, e, &mut named.errors);
+                    continue;
+                }
+            };
+            let name = name_of(&m).to_string();
+            named.seen.insert(name.clone());
+            if statics.contains(&name) {
+                let msg = format!("{kind} \"{name}\": a static {kind} of that name exists");
+                self.reject(type_url, &name, version, msg, &mut named.errors);
+                continue;
+            }
+            named.items.push(m);
+        }
+        named
+    }
+
+    /// Names a response removes: those listed as removed, plus — for a complete (SotW)
+    /// response that decoded fully — every dynamic one it did not name. Never static ones.
+    fn removed_names(
+        &self,
+        removed: &[String],
+        complete: bool,
+        named: &Named<impl Sized>,
+        statics: &HashSet<String>,
+        known: impl Fn(&XdsState) -> Vec<String>,
+    ) -> Vec<String> {
+        let mut gone: Vec<String> = removed.to_vec();
+        if complete && !named.undecodable {
+            let st = self.lock();
+            gone.extend(
+                known(&st)
+                    .into_iter()
+                    .filter(|n| !named.seen.contains(n) && !st.present.contains(n)),
+            );
+        }
+        gone.retain(|n| !statics.contains(n));
+        gone
+    }
+
     /// Clusters: apply each valid one; with `complete`, remove dynamic clusters not named.
     fn apply_clusters(
         &self,
@@ -357,34 +429,16 @@ impl XdsClient {
         complete: bool,
         removed: &[String],
     ) -> Applied {
-        let mut errors = Vec::new();
-        let mut seen = HashSet::new();
-        // A resource that cannot be decoded has no name: nothing may be removed then.
-        let mut undecodable = false;
-        for (hint, any) in resources {
-            let c = match decode::<pbc::Cluster>(any, CLUSTER_TYPE) {
-                Ok(c) => c,
-                Err(e) => {
-                    undecodable = true;
-                    self.reject(
-                        CLUSTER_TYPE,
-                        hint.as_deref().unwrap_or("?"),
-                        version,
-                        e,
-                        &mut errors,
-                    );
-                    continue;
-                }
-            };
-            seen.insert(c.name.clone());
-            if self.static_clusters.contains(&c.name) {
-                let msg = format!(
-                    "cluster \"{}\": a static cluster of that name exists",
-                    c.name
-                );
-                self.reject(CLUSTER_TYPE, &c.name, version, msg, &mut errors);
-                continue;
-            }
+        let mut named = self.decode_named::<pbc::Cluster>(
+            CLUSTER_TYPE,
+            "cluster",
+            version,
+            resources,
+            &self.static_clusters,
+            |c| &c.name,
+        );
+        let mut errors = std::mem::take(&mut named.errors);
+        for c in std::mem::take(&mut named.items) {
             match cluster_from_proto(&c) {
                 Err(diags) => {
                     let msg = describe(&format!("cluster \"{}\"", c.name), &diags);
@@ -431,20 +485,10 @@ impl XdsClient {
                 }
             }
         }
-        let mut gone: Vec<String> = removed.to_vec();
-        if complete && !undecodable {
-            let st = self.lock();
-            gone.extend(
-                st.clusters
-                    .keys()
-                    .filter(|n| !seen.contains(*n) && !st.present.contains(*n))
-                    .cloned(),
-            );
-        }
+        let gone = self.removed_names(removed, complete, &named, &self.static_clusters, |st| {
+            st.clusters.keys().cloned().collect()
+        });
         for name in gone {
-            if self.static_clusters.contains(&name) {
-                continue;
-            }
             self.clusters.remove(&name);
             self.lock().clusters.remove(&name);
         }
@@ -547,34 +591,16 @@ impl XdsClient {
         complete: bool,
         removed: &[String],
     ) -> Applied {
-        let mut errors = Vec::new();
-        let mut seen = HashSet::new();
-        // A resource that cannot be decoded has no name: nothing may be removed then.
-        let mut undecodable = false;
-        for (hint, any) in resources {
-            let l = match decode::<pbl::Listener>(any, LISTENER_TYPE) {
-                Ok(l) => l,
-                Err(e) => {
-                    undecodable = true;
-                    self.reject(
-                        LISTENER_TYPE,
-                        hint.as_deref().unwrap_or("?"),
-                        version,
-                        e,
-                        &mut errors,
-                    );
-                    continue;
-                }
-            };
-            seen.insert(l.name.clone());
-            if self.static_listeners.contains(&l.name) {
-                let msg = format!(
-                    "listener \"{}\": a static listener of that name exists",
-                    l.name
-                );
-                self.reject(LISTENER_TYPE, &l.name, version, msg, &mut errors);
-                continue;
-            }
+        let mut named = self.decode_named::<pbl::Listener>(
+            LISTENER_TYPE,
+            "listener",
+            version,
+            resources,
+            &self.static_listeners,
+            |l| &l.name,
+        );
+        let mut errors = std::mem::take(&mut named.errors);
+        for l in std::mem::take(&mut named.items) {
             let model = match listener_from_proto(&l) {
                 Err(diags) => {
                     let msg = describe(&format!("listener \"{}\"", l.name), &diags);
@@ -600,20 +626,10 @@ impl XdsClient {
                 }
             }
         }
-        let mut gone: Vec<String> = removed.to_vec();
-        if complete && !undecodable {
-            let st = self.lock();
-            gone.extend(
-                st.listeners
-                    .keys()
-                    .filter(|n| !seen.contains(*n) && !st.present.contains(*n))
-                    .cloned(),
-            );
-        }
+        let gone = self.removed_names(removed, complete, &named, &self.static_listeners, |st| {
+            st.listeners.keys().cloned().collect()
+        });
         for name in gone {
-            if self.static_listeners.contains(&name) {
-                continue;
-            }
             self.listeners.remove(&name);
             self.lock().listeners.remove(&name);
         }
