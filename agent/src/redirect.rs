@@ -268,8 +268,12 @@ pub fn cgroup2_root() -> Option<PathBuf> {
 /// This process's cgroup id (the inode of its cgroup2 directory, what
 /// `bpf_get_current_cgroup_id` returns); 0 when unknown.
 pub fn own_cgroup_id() -> u64 {
-    own_cgroup()
-        .and_then(|p| std::fs::metadata(p).ok())
+    own_cgroup().as_deref().map(cgroup_id).unwrap_or(0)
+}
+
+/// A cgroup's id: the inode of its cgroup2 directory; 0 when it cannot be read.
+fn cgroup_id(dir: &Path) -> u64 {
+    std::fs::metadata(dir)
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
         .unwrap_or(0)
 }
@@ -521,11 +525,7 @@ impl Redirector {
         // The agent's own connections must never be captured: the programs skip its cgroup
         // (by id), which must therefore be its own — not shared with workloads.
         let own = own_cgroup();
-        let agent_cgroup_id = own
-            .as_ref()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .unwrap_or(0);
+        let agent_cgroup_id = own.as_deref().map(cgroup_id).unwrap_or(0);
         if own.is_none() {
             return Err(RedirectError::Setup(format!(
                 "cannot find this agent's own cgroup under {} (from /proc/self/cgroup, or by searching for its pid): its own connects could be captured; mount the host's cgroup2 hierarchy",

@@ -190,6 +190,7 @@ fn built_bin(package: &str, bin: &str) -> PathBuf {
     // Always ask cargo: it is a no-op when the binary is fresh, and never runs stale code.
     // The variables Cargo sets for this test process must not reach the nested build: build
     // scripts watch some of them, and a changed value makes both builds recompile each other.
+    // (xtask's `cargo()` strips the same list; xtask depends on nothing in the workspace.)
     for (k, _) in std::env::vars() {
         if k.starts_with("CARGO_PKG_")
             || k.starts_with("CARGO_BIN_")

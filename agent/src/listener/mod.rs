@@ -101,6 +101,11 @@ impl Dispatch {
         d
     }
 
+    /// Whether some listener (alive or not) is registered for `orig`.
+    fn knows(&self, orig: SocketAddr) -> bool {
+        self.by_addr.contains_key(&orig) || self.by_port.contains_key(&orig.port())
+    }
+
     fn target(&self, orig: SocketAddr) -> Option<Arc<ActiveListener>> {
         self.by_addr
             .get(&orig)
@@ -192,10 +197,11 @@ impl ActiveListener {
             .filter(|o| *o != local);
         // A listener replaced since this dispatch was loaded no longer upgrades: the current
         // dispatch has its successor.
-        let target = orig.and_then(|o| {
-            dispatch
-                .target(o)
-                .or_else(|| self.dispatch.load().target(o))
+        let target = orig.and_then(|o| match dispatch.target(o) {
+            Some(t) => Some(t),
+            // Only an entry whose listener was replaced meanwhile: not every passthrough miss.
+            None if dispatch.knows(o) => self.dispatch.load().target(o),
+            None => None,
         });
         match target {
             Some(target) => target.handle(stream, peer, orig, watch).await,
