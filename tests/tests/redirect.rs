@@ -507,16 +507,23 @@ async fn ipv6_and_ipv4_through_one_dual_stack_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_inside_the_enrolled_subtree_does_not_capture_itself() {
     require_kernel_env!();
-    let scene = Scene::new("subtree", &[(8081, 8091), (8080, 8090)]);
+    in_the_enrolled_subtree("subtree", false).await;
+}
+
+/// An agent in a cgroup below the enrolled one (placed there, and with `cgroupns` in a cgroup
+/// namespace of its own): a captured pod connect is redirected once, and the agent's own
+/// upstream connect to the same captured destination goes out directly (no loop).
+async fn in_the_enrolled_subtree(tag: &str, cgroupns: bool) {
+    let scene = Scene::new(tag, &[(8081, 8091), (8080, 8090)]);
     let (node, client, server, pin) = (&scene.node, &scene.client, &scene.server, &scene.pin);
     // Like a DaemonSet pod under kubepods: the agent's cgroup is below the enrolled one.
     let agent_cg = pods::CgroupDir::new(node.cgroup.join("agent"));
-    let agent = AgentProcess::spawn_in(
-        &agent_config(node, server, pin, false),
-        &[],
-        Some(&agent_cg.path),
-    )
-    .await;
+    let config = agent_config(node, server, pin, false);
+    let agent = if cgroupns {
+        AgentProcess::spawn_in_cgroupns(&config, &[], &agent_cg.path).await
+    } else {
+        AgentProcess::spawn_in(&config, &[], Some(&agent_cg.path)).await
+    };
     // Passthrough to a captured destination: the agent's own upstream connect to it must go
     // out directly, or it would loop back into itself.
     let r = roundtrip(client, &format!("{}:8081", server.ip), 10_000);
@@ -876,26 +883,7 @@ async fn the_proxy_address_can_come_from_the_command_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_in_its_own_cgroup_namespace_still_excludes_itself() {
     require_kernel_env!();
-    let scene = Scene::new("cgroupns", &[(8081, 8091)]);
-    let (node, client, server, pin) = (&scene.node, &scene.client, &scene.server, &scene.pin);
-    let agent_cg = pods::CgroupDir::new(node.cgroup.join("agent"));
-    let agent = AgentProcess::spawn_in_cgroupns(
-        &agent_config(node, server, pin, false),
-        &[],
-        &agent_cg.path,
-    )
-    .await;
-    let r = roundtrip(client, &format!("{}:8081", server.ip), 10_000);
-    assert_eq!(r["ok"], true, "{r}\n{}", agent.logs());
-    let admin = agent.admin;
-    plumb_tests::wait_until("kernel counters", Duration::from_secs(5), || async move {
-        stat(admin, "redirect.connect_redirected").await == 1
-    })
-    .await;
-    assert_eq!(
-        stat(admin, "cluster.passthrough.upstream_cx_total").await,
-        1
-    );
+    in_the_enrolled_subtree("cgroupns", true).await;
 }
 
 /// `/drain_listeners` (a preStop hook's favourite) closes the listeners: captured connects must
