@@ -358,6 +358,29 @@ impl XdsClient {
         errors.push(details);
     }
 
+    /// Records an accepted resource: any earlier rejection of it is over, and it is what
+    /// `/config_dump` shows.
+    fn accepted<T>(
+        &self,
+        type_url: &str,
+        name: &str,
+        version: &str,
+        value: Arc<T>,
+        map: impl FnOnce(&mut XdsState) -> &mut BTreeMap<String, Entry<T>>,
+    ) {
+        let mut st = self.lock();
+        st.rejected
+            .remove(&(type_url.to_string(), name.to_string()));
+        map(&mut st).insert(
+            name.to_string(),
+            Entry {
+                value,
+                version: version.to_string(),
+                last_updated: SystemTime::now(),
+            },
+        );
+    }
+
     /// Decodes the resources of one CDS/LDS response. Undecodable ones, and ones named like a
     /// static resource, are rejected here; what is left is for the caller to validate.
     fn decode_named<M: Message + Default>(
@@ -471,17 +494,7 @@ impl XdsClient {
                             self.start_warming_timer(&model.name);
                         }
                     }
-                    let mut st = self.lock();
-                    st.rejected
-                        .remove(&(CLUSTER_TYPE.to_string(), c.name.clone()));
-                    st.clusters.insert(
-                        c.name.clone(),
-                        Entry {
-                            value: model,
-                            version: version.to_string(),
-                            last_updated: SystemTime::now(),
-                        },
-                    );
+                    self.accepted(CLUSTER_TYPE, &c.name, version, model, |st| &mut st.clusters);
                 }
             }
         }
@@ -556,17 +569,10 @@ impl XdsClient {
                             c.stats.update_success.inc();
                         }
                     }
-                    let mut st = self.lock();
-                    st.rejected
-                        .remove(&(ENDPOINT_TYPE.to_string(), cla.cluster_name.clone()));
-                    st.endpoints.insert(
-                        cla.cluster_name.clone(),
-                        Entry {
-                            value: Arc::new(localities),
-                            version: version.to_string(),
-                            last_updated: SystemTime::now(),
-                        },
-                    );
+                    let value = Arc::new(localities);
+                    self.accepted(ENDPOINT_TYPE, &cla.cluster_name, version, value, |st| {
+                        &mut st.endpoints
+                    });
                 }
             }
         }
@@ -612,17 +618,9 @@ impl XdsClient {
             match self.listeners.upsert(model.clone()) {
                 Err(e) => self.reject(LISTENER_TYPE, &l.name, version, e.to_string(), &mut errors),
                 Ok(_) => {
-                    let mut st = self.lock();
-                    st.rejected
-                        .remove(&(LISTENER_TYPE.to_string(), l.name.clone()));
-                    st.listeners.insert(
-                        l.name.clone(),
-                        Entry {
-                            value: model,
-                            version: version.to_string(),
-                            last_updated: SystemTime::now(),
-                        },
-                    );
+                    self.accepted(LISTENER_TYPE, &l.name, version, model, |st| {
+                        &mut st.listeners
+                    });
                 }
             }
         }
