@@ -141,6 +141,26 @@ async fn stat(admin: SocketAddr, name: &str) -> i64 {
     plumb_tests::client::stat(admin, name).await
 }
 
+/// Adds ADS (state of the world, CDS only) to an agent config, to a control plane on
+/// 127.0.0.1:`port`, with that initial fetch timeout.
+fn with_ads(config: &mut Value, port: u16, initial_fetch_timeout: &str) {
+    config["dynamic_resources"] = json!({
+        "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+                       "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},
+        "cds_config": {"ads": {}, "resource_api_version": "V3",
+                       "initial_fetch_timeout": initial_fetch_timeout},
+    });
+    config["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .push(
+            json!({"name": "xds", "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": port}}}}]}]}}),
+        );
+}
+
 /// The usual stage: a node with a client and a server pod, echo servers (echo, sink port
 /// pairs) in the server pod, and a pin directory removed afterwards.
 struct Scene {
@@ -767,20 +787,7 @@ async fn a_successor_stopped_before_ready_leaves_capture_to_the_running_agent() 
         .unwrap()
         .retain(|l| l["name"] != "vip");
     let dead = plumb_tests::servers::closed_port();
-    successor["dynamic_resources"] = json!({
-        "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
-                       "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},
-        "cds_config": {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "60s"},
-    });
-    successor["static_resources"]["clusters"]
-        .as_array_mut()
-        .unwrap()
-        .push(
-            json!({"name": "xds", "type": "STATIC", "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {
-                    "address": "127.0.0.1", "port_value": dead.port()}}}}]}]}}),
-        );
+    with_ads(&mut successor, dead.port(), "60s");
     let mut takeover = base.to_vec();
     takeover.push("--takeover");
     let mut new = AgentProcess::spawn_starting(&successor.to_string(), &takeover, None).await;
@@ -926,20 +933,7 @@ async fn a_successors_own_connects_are_not_captured_during_the_hand_over() {
     let sock = dir.path.join("upgrade.sock");
     let mut config: Value =
         serde_json::from_str(&agent_config(&node, &server, &pin, false)).unwrap();
-    config["dynamic_resources"] = json!({
-        "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
-                       "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},
-        "cds_config": {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "5s"},
-    });
-    config["static_resources"]["clusters"]
-        .as_array_mut()
-        .unwrap()
-        .push(
-            json!({"name": "xds", "type": "STATIC", "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {
-                    "address": "127.0.0.1", "port_value": cp.addr.port()}}}}]}]}}),
-        );
+    with_ads(&mut config, cp.addr.port(), "5s");
     // Capture the control plane's address too.
     config["bootstrap_extensions"][0]["typed_config"]["capture"]
         .as_array_mut()

@@ -31,11 +31,7 @@ async fn basic(api: &str) {
     let echo = servers::start(Behavior::Echo).await;
     let cp = ControlPlane::start().await;
     let front = free_addr();
-    cp.set(
-        vec![eds_cluster("backend")],
-        vec![tcp_listener("front", front, "backend")],
-        vec![endpoints("backend", &[echo.addr])],
-    );
+    set_one_service(&cp, front, echo.addr);
     let agent = TestAgent::start(&ads_bootstrap(cp.addr, api)).await;
     plumb_tests::wait_until("endpoints arrive", Duration::from_secs(10), || async {
         agent.stat("cluster.backend.membership_total") == 1
@@ -93,11 +89,7 @@ async fn nack(api: &str) {
     let a = servers::start(Behavior::Named("a".into())).await;
     let cp = ControlPlane::start().await;
     let front = free_addr();
-    cp.set(
-        vec![eds_cluster("backend")],
-        vec![tcp_listener("front", front, "backend")],
-        vec![endpoints("backend", &[a.addr])],
-    );
+    set_one_service(&cp, front, a.addr);
     let agent = TestAgent::start(&ads_bootstrap(cp.addr, api)).await;
     plumb_tests::wait_until("endpoints", Duration::from_secs(10), || async {
         agent.stat("cluster.backend.membership_total") == 1
@@ -232,11 +224,7 @@ async fn control_plane_outage_keeps_the_last_good_config_and_recovers() {
     let b = servers::start(Behavior::Named("b".into())).await;
     let cp = ControlPlane::start().await;
     let front = free_addr();
-    cp.set(
-        vec![eds_cluster("backend")],
-        vec![tcp_listener("front", front, "backend")],
-        vec![endpoints("backend", &[a.addr])],
-    );
+    set_one_service(&cp, front, a.addr);
     let agent = TestAgent::start(&ads_bootstrap(cp.addr, "GRPC")).await;
     plumb_tests::wait_until("endpoints", Duration::from_secs(10), || async {
         agent.stat("cluster.backend.membership_total") == 1
@@ -285,11 +273,7 @@ async fn a_restart_while_the_control_plane_is_down_serves_the_cached_config() {
     let a = servers::start(Behavior::Named("a".into())).await;
     let cp = ControlPlane::start().await;
     let front = free_addr();
-    cp.set(
-        vec![eds_cluster("backend")],
-        vec![tcp_listener("front", front, "backend")],
-        vec![endpoints("backend", &[a.addr])],
-    );
+    set_one_service(&cp, front, a.addr);
     let dir = plumb_tests::TempDir::new("xds-cache");
     let cache = dir.path.join("xds.cache");
     let options = || with_cache(&cache);
@@ -348,11 +332,7 @@ async fn ads_over_tls_verifies_the_control_plane() {
     let ca = dir.write("ca.pem", &ck.cert.pem());
     let echo = servers::start(Behavior::Echo).await;
     let front = free_addr();
-    cp.set(
-        vec![eds_cluster("backend")],
-        vec![tcp_listener("front", front, "backend")],
-        vec![endpoints("backend", &[echo.addr])],
-    );
+    set_one_service(&cp, front, echo.addr);
     let agent = TestAgent::start(&with_tls(&ads_bootstrap(cp.addr, "GRPC"), &ca, "xds.test")).await;
     plumb_tests::wait_until("endpoints over TLS", Duration::from_secs(10), || async {
         agent.stat("cluster.backend.membership_total") == 1
@@ -411,11 +391,7 @@ async fn a_takeover_hands_lds_listener_sockets_to_the_successor() {
     let echo = servers::start(Behavior::Echo).await;
     let cp = ControlPlane::start().await;
     let front = free_addr();
-    cp.set(
-        vec![eds_cluster("backend")],
-        vec![tcp_listener("front", front, "backend")],
-        vec![endpoints("backend", &[echo.addr])],
-    );
+    set_one_service(&cp, front, echo.addr);
     let dir = plumb_tests::TempDir::new("xds-takeover");
     let options = |takeover: bool| Options {
         concurrency: 2,
@@ -558,6 +534,15 @@ async fn endpoints_of_removed_clusters_are_forgotten() {
         )
         .await;
     }
+}
+
+/// One EDS service "backend" at `addr`, behind listener "front".
+fn set_one_service(cp: &ControlPlane, front: SocketAddr, addr: SocketAddr) {
+    cp.set(
+        vec![eds_cluster("backend")],
+        vec![tcp_listener("front", front, "backend")],
+        vec![endpoints("backend", &[addr])],
+    );
 }
 
 /// Two EDS services, both at `addr`: "backend" behind listener "front", and "other".
