@@ -8,10 +8,11 @@
 
 use crate::stats::Counter;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub const INITIAL_BUF: usize = 4 * 1024;
 pub const MAX_BUF: usize = 256 * 1024;
@@ -63,66 +64,123 @@ impl Activity {
     }
 }
 
-async fn one_way<R, W>(
-    reader: &mut R,
-    writer: &mut W,
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Downstream => Side::Upstream,
+            Side::Upstream => Side::Downstream,
+        }
+    }
+}
+
+/// One direction's state: a buffer that is either being filled (empty) or drained.
+struct Pump {
     from: Side,
-    stats: DirectionStats<'_>,
-    activity: &Activity,
-) -> Result<u64, CopyError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let to = match from {
-        Side::Downstream => Side::Upstream,
-        Side::Upstream => Side::Downstream,
-    };
-    let mut buf = vec![0u8; INITIAL_BUF];
-    let mut full_reads = 0u32;
-    let mut total = 0u64;
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .await
-            .map_err(|source| CopyError { side: from, source })?;
-        if n == 0 {
-            writer
-                .shutdown()
-                .await
-                .map_err(|source| CopyError { side: to, source })?;
-            return Ok(total);
+    buf: Vec<u8>,
+    /// `buf[pos..cap]` is read but not yet written.
+    pos: usize,
+    cap: usize,
+    read_eof: bool,
+    /// Bytes were written since the last flush (a no-op for TCP; TLS buffers records).
+    need_flush: bool,
+    full_reads: u32,
+}
+
+impl Pump {
+    fn new(from: Side) -> Self {
+        Self {
+            from,
+            buf: vec![0u8; INITIAL_BUF],
+            pos: 0,
+            cap: 0,
+            read_eof: false,
+            need_flush: false,
+            full_reads: 0,
         }
-        activity.touch();
-        // Written piecewise so a slow but progressing peer counts as activity (Envoy's idle
-        // timer also resets on bytes sent).
-        let mut off = 0;
-        while off < n {
-            let w = writer
-                .write(&buf[off..n])
-                .await
-                .map_err(|source| CopyError { side: to, source })?;
-            if w == 0 {
-                return Err(CopyError {
-                    side: to,
-                    source: io::Error::new(io::ErrorKind::WriteZero, "peer accepts no more data"),
-                });
+    }
+
+    fn err(side: Side) -> impl FnOnce(io::Error) -> CopyError {
+        move |source| CopyError { side, source }
+    }
+
+    /// Moves bytes until the reader's EOF has been forwarded as a write shutdown (`Ok`), a
+    /// side fails, or neither side can make progress (`Pending`, both wakers registered).
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        stats: &DirectionStats<'_>,
+        activity: &Activity,
+    ) -> Poll<Result<(), CopyError>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let to = self.from.other();
+        loop {
+            if self.pos == self.cap && !self.read_eof {
+                let mut rb = ReadBuf::new(&mut self.buf);
+                match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                    Poll::Pending => {
+                        // Nothing more to read now: push out what a buffering writer holds.
+                        if self.need_flush {
+                            ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(Self::err(to))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(r) => r.map_err(Self::err(self.from))?,
+                }
+                let n = rb.filled().len();
+                if n == 0 {
+                    self.read_eof = true;
+                } else {
+                    activity.touch();
+                    self.pos = 0;
+                    self.cap = n;
+                }
             }
-            off += w;
-            activity.touch();
-        }
-        total += n as u64;
-        for c in stats.counters {
-            c.add(n as u64);
-        }
-        if n == buf.len() && buf.len() < MAX_BUF {
-            full_reads += 1;
-            if full_reads >= GROW_AFTER {
-                buf.resize(buf.len() * 2, 0);
-                full_reads = 0;
+            // Written piecewise so a slow but progressing peer counts as activity (Envoy's
+            // idle timer also resets on bytes sent).
+            while self.pos < self.cap {
+                let w =
+                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))
+                        .map_err(Self::err(to))?;
+                if w == 0 {
+                    return Poll::Ready(Err(CopyError {
+                        side: to,
+                        source: io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "peer accepts no more data",
+                        ),
+                    }));
+                }
+                self.pos += w;
+                self.need_flush = true;
+                activity.touch();
             }
-        } else {
-            full_reads = 0;
+            if self.cap > 0 {
+                let n = self.cap;
+                for c in stats.counters {
+                    c.add(n as u64);
+                }
+                if n == self.buf.len() && self.buf.len() < MAX_BUF {
+                    self.full_reads += 1;
+                    if self.full_reads >= GROW_AFTER {
+                        self.buf.resize(self.buf.len() * 2, 0);
+                        self.full_reads = 0;
+                    }
+                } else {
+                    self.full_reads = 0;
+                }
+                self.pos = 0;
+                self.cap = 0;
+            }
+            if self.read_eof {
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx)).map_err(Self::err(to))?;
+                return Poll::Ready(Ok(()));
+            }
         }
     }
 }
@@ -159,25 +217,30 @@ pub trait FlushObserver {
     fn flush_ended(&self);
 }
 
-/// Proxies until both directions are closed, a limit fires or `closing` resolves.
-pub async fn proxy(
-    downstream: &mut TcpStream,
-    upstream: &mut TcpStream,
+/// Proxies until both directions are closed, a limit fires or `closing` resolves. Both
+/// directions are polled from the calling task, without splitting the streams, so any
+/// `Stream` (plain, TLS, in-memory) works.
+#[allow(clippy::too_many_arguments)]
+pub async fn proxy<D, U>(
+    downstream: &mut D,
+    upstream: &mut U,
     down_to_up: DirectionStats<'_>,
     up_to_down: DirectionStats<'_>,
     limits: Limits,
     closing: impl std::future::Future<Output = ()>,
     flush: &(dyn FlushObserver + Sync),
-) -> Outcome {
+) -> Outcome
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let activity = Activity {
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
     };
-    let (mut dr, mut dw) = downstream.split();
-    let (mut ur, mut uw) = upstream.split();
-    let d2u = one_way(&mut dr, &mut uw, Side::Downstream, down_to_up, &activity);
-    let u2d = one_way(&mut ur, &mut dw, Side::Upstream, up_to_down, &activity);
-    tokio::pin!(d2u, u2d, closing);
+    let mut d2u = Pump::new(Side::Downstream);
+    let mut u2d = Pump::new(Side::Upstream);
+    tokio::pin!(closing);
     let idle_fut = idle(&activity, limits.idle_timeout);
     let max_fut = max_duration(activity.start, limits.max_duration);
     tokio::pin!(idle_fut, max_fut);
@@ -187,32 +250,43 @@ pub async fn proxy(
     let mut first_eof = None;
     let mut flushing = false;
     let outcome = loop {
-        tokio::select! {
-            r = &mut d2u, if !d2u_done => match r {
-                Ok(_) => {
-                    d2u_done = true;
-                    first_eof.get_or_insert(Side::Downstream);
+        let pumped = std::future::poll_fn(|cx| {
+            if !d2u_done {
+                if let Poll::Ready(r) = d2u.poll(cx, downstream, upstream, &down_to_up, &activity) {
+                    return Poll::Ready((Side::Downstream, r));
                 }
-                Err(e) => break Outcome::Error(e),
-            },
-            r = &mut u2d, if !u2d_done => match r {
-                Ok(_) => {
-                    u2d_done = true;
-                    first_eof.get_or_insert(Side::Upstream);
+            }
+            if !u2d_done {
+                if let Poll::Ready(r) = u2d.poll(cx, upstream, downstream, &up_to_down, &activity) {
+                    return Poll::Ready((Side::Upstream, r));
                 }
-                // The downstream is gone but data it sent may still be on its way upstream:
-                // let that direction finish (Envoy's "upstream flush").
-                Err(e) if e.side == Side::Downstream && !d2u_done => {
-                    u2d_done = true;
-                    first_eof.get_or_insert(Side::Downstream);
-                    flushing = true;
-                    flush.flush_started();
-                }
-                Err(e) => break Outcome::Error(e),
-            },
+            }
+            Poll::Pending
+        });
+        let (from, r) = tokio::select! {
+            ev = pumped => ev,
             _ = &mut idle_fut => break Outcome::IdleTimeout,
             _ = &mut max_fut => break Outcome::MaxDuration,
             _ = &mut closing => break Outcome::Drained,
+        };
+        match (from, r) {
+            (Side::Downstream, Ok(())) => {
+                d2u_done = true;
+                first_eof.get_or_insert(Side::Downstream);
+            }
+            (Side::Upstream, Ok(())) => {
+                u2d_done = true;
+                first_eof.get_or_insert(Side::Upstream);
+            }
+            // The downstream is gone but data it sent may still be on its way upstream:
+            // let that direction finish (Envoy's "upstream flush").
+            (Side::Upstream, Err(e)) if e.side == Side::Downstream && !d2u_done => {
+                u2d_done = true;
+                first_eof.get_or_insert(Side::Downstream);
+                flushing = true;
+                flush.flush_started();
+            }
+            (_, Err(e)) => break Outcome::Error(e),
         }
         if d2u_done && u2d_done {
             break Outcome::Closed {

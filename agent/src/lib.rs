@@ -18,6 +18,7 @@ pub mod notify;
 pub mod redirect;
 pub mod server;
 pub mod stats;
+pub mod transport;
 pub mod upstream;
 pub mod xds;
 

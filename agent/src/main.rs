@@ -218,13 +218,16 @@ fn check_config(file: &Path, overrides: &config::Overrides) -> ExitCode {
             println!("  listeners: {}", s.listeners.len());
             for l in &s.listeners {
                 let target = l
-                    .filter_chains
-                    .iter()
+                    .all_chains()
                     .flat_map(|fc| fc.filters.iter())
                     .map(|f| match f {
                         config::NetworkFilter::TcpProxy(tp) => {
                             format!("tcp_proxy -> cluster {}", tp.cluster)
                         }
+                        config::NetworkFilter::ConnectionLimit(cl) => {
+                            format!("connection_limit {}", cl.max_connections)
+                        }
+                        config::NetworkFilter::LocalRateLimit(_) => "local_ratelimit".to_string(),
                     })
                     .collect::<Vec<_>>()
                     .join(", ");

@@ -4,6 +4,12 @@
 //! or rejects. `docs/configuration.md` mirrors them. All errors are collected, not just the
 //! first, and each names its full field path.
 
+use super::listener::read_listener;
+#[cfg(test)]
+use super::listener::{
+    CIDR_RANGE, CONNECTION_LIMIT, FILTER, FILTER_CHAIN, FILTER_CHAIN_MATCH, LISTENER,
+    LISTENER_FILTER, LOCAL_RATELIMIT, TCP_PROXY, TOKEN_BUCKET, TYPED_ANY,
+};
 use super::overrides::Overrides;
 use super::walk::{Diagnostics, Field, FieldTable, Obj};
 use super::*;
@@ -17,9 +23,10 @@ use Field::{Ignored as I, Rejected as R, Supported as S};
 pub const DEFAULT_BOOTSTRAP: &str = include_str!("../../config/default.yaml");
 
 const NOT_ENFORCED: &str = "accepted but not enforced yet";
-const NO_ECDS: &str =
+pub(super) const NO_ECDS: &str =
     "extension config discovery (ECDS) is not supported; configure the filter inline";
-const NO_TLS: &str = "TLS is not implemented yet; refusing rather than sending plaintext";
+pub(super) const NO_TLS: &str =
+    "TLS is not implemented yet; refusing rather than sending plaintext";
 
 const BOOTSTRAP: FieldTable = &[
     ("node", S),
@@ -113,7 +120,7 @@ const ADMIN: FieldTable = &[
 
 const STATIC_RESOURCES: FieldTable = &[("listeners", S), ("clusters", S), ("secrets", R(NO_TLS))];
 
-const ADDRESS: FieldTable = &[
+pub(super) const ADDRESS: FieldTable = &[
     ("socket_address", S),
     ("pipe", R("unix domain socket addresses are not supported")),
     (
@@ -141,81 +148,6 @@ const SOCKET_ADDRESS: FieldTable = &[
     ),
 ];
 
-const LISTENER: FieldTable = &[
-    ("name", S),
-    ("address", S),
-    ("stat_prefix", S),
-    ("filter_chains", S),
-    ("tcp_backlog_size", S),
-    (
-        "per_connection_buffer_limit_bytes",
-        I("copy buffers adapt between 4 KiB and 256 KiB"),
-    ),
-    ("metadata", I("metadata is informational here")),
-    ("drain_type", I("listeners always drain fully")),
-    ("listener_filters", S),
-    ("listener_filters_timeout", I("no listener filters")),
-    (
-        "continue_on_listener_filters_timeout",
-        I("no listener filters"),
-    ),
-    ("use_original_dst", S),
-    ("transparent", R("transparent sockets are not supported")),
-    ("freebind", R("freebind sockets are not supported")),
-    ("socket_options", I("socket options are not applied")),
-    (
-        "tcp_fast_open_queue_length",
-        I("TCP fast open is not enabled"),
-    ),
-    ("traffic_direction", I("informational")),
-    (
-        "connection_balance_config",
-        I("the runtime balances accepted connections"),
-    ),
-    ("enable_reuse_port", I("one socket per listener")),
-    ("access_log", I("access logs are not written yet")),
-    ("bind_to_port", S),
-    (
-        "default_filter_chain",
-        R("filter chain matching is not supported yet"),
-    ),
-    (
-        "filter_chain_matcher",
-        R("filter chain matching is not supported yet"),
-    ),
-    ("additional_addresses", R("one address per listener")),
-    ("enable_mptcp", R("MPTCP is not supported")),
-    (
-        "ignore_global_conn_limit",
-        I("no global connection limit yet"),
-    ),
-    (
-        "max_connections_to_accept_per_socket_event",
-        I("accept batching is automatic"),
-    ),
-    ("udp_listener_config", R("UDP is not supported")),
-    ("api_listener", R("API listeners are not supported")),
-    (
-        "internal_listener",
-        R("internal listeners are not supported"),
-    ),
-];
-
-const LISTENER_FILTER: FieldTable = &[
-    ("name", S),
-    ("typed_config", S),
-    (
-        "filter_disabled",
-        R("listener filter matching is not supported"),
-    ),
-    ("config_discovery", R(NO_ECDS)),
-];
-
-const ORIGINAL_DST_FILTER_TYPE: &str =
-    "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
-
-const TYPED_ANY: FieldTable = &[("@type", S)];
-
 const BOOTSTRAP_EXTENSION: FieldTable = &[("name", S), ("typed_config", S)];
 
 /// `@type` of Plumb's own bootstrap extension configuring eBPF redirection.
@@ -237,68 +169,6 @@ const REDIRECT: FieldTable = &[
 ];
 
 const CAPTURE_RULE: FieldTable = &[("cidr", S), ("ports", S), ("exclude", S)];
-
-const FILTER_CHAIN: FieldTable = &[
-    ("name", S),
-    ("filters", S),
-    ("filter_chain_match", S),
-    ("transport_socket", R(NO_TLS)),
-    ("transport_socket_connect_timeout", I("no TLS")),
-    ("metadata", I("metadata is informational here")),
-];
-
-const FILTER: FieldTable = &[
-    ("name", S),
-    ("typed_config", S),
-    ("config_discovery", R(NO_ECDS)),
-];
-
-const TCP_PROXY_TYPE: &str =
-    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
-const TCP_PROXY_NAMES: &[&str] = &["envoy.filters.network.tcp_proxy", "envoy.tcp_proxy"];
-
-const TCP_PROXY: FieldTable = &[
-    ("@type", S),
-    ("stat_prefix", S),
-    ("cluster", S),
-    ("idle_timeout", S),
-    ("max_connect_attempts", S),
-    ("max_downstream_connection_duration", S),
-    (
-        "weighted_clusters",
-        R("weighted clusters are not supported yet; use cluster"),
-    ),
-    (
-        "metadata_match",
-        R("subset load balancing is not supported"),
-    ),
-    (
-        "hash_policy",
-        I("hash policies only matter for RING_HASH/MAGLEV, which are not supported"),
-    ),
-    ("tunneling_config", R("HTTP tunneling is not supported yet")),
-    (
-        "on_demand",
-        R("on-demand cluster discovery is not supported"),
-    ),
-    ("access_log", I("access logs are not written yet")),
-    ("access_log_options", I("access logs are not written yet")),
-    (
-        "access_log_flush_interval",
-        I("access logs are not written yet"),
-    ),
-    (
-        "flush_access_log_on_connected",
-        I("access logs are not written yet"),
-    ),
-    (
-        "backoff_options",
-        I("connect attempts are retried immediately"),
-    ),
-    ("proxy_protocol_tlvs", R("PROXY protocol is not supported")),
-    ("downstream_idle_timeout", R("use idle_timeout")),
-    ("upstream_idle_timeout", R("use idle_timeout")),
-];
 
 const CLUSTER: FieldTable = &[
     ("name", S),
@@ -767,6 +637,11 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("Redirect", REDIRECT),
     ("CaptureRule", CAPTURE_RULE),
     ("TcpProxy", TCP_PROXY),
+    ("FilterChainMatch", FILTER_CHAIN_MATCH),
+    ("CidrRange", CIDR_RANGE),
+    ("ConnectionLimit", CONNECTION_LIMIT),
+    ("LocalRateLimit", LOCAL_RATELIMIT),
+    ("TokenBucket", TOKEN_BUCKET),
     ("Cluster", CLUSTER),
     ("ClusterLoadAssignment", LOAD_ASSIGNMENT),
     ("LocalityLbEndpoints", LOCALITY_LB_ENDPOINTS),
@@ -956,12 +831,24 @@ fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> {
     );
     let cluster_names: HashSet<&str> = clusters.iter().map(|(_, c)| c.name.as_str()).collect();
     for (lpath, l) in &listeners {
-        for (ci, fc) in l.filter_chains.iter().enumerate() {
+        let chains = l
+            .filter_chains
+            .iter()
+            .enumerate()
+            .map(|(ci, fc)| (format!("{lpath}.filter_chains[{ci}]"), fc))
+            .chain(
+                l.default_filter_chain
+                    .iter()
+                    .map(|fc| (format!("{lpath}.default_filter_chain"), fc)),
+            );
+        for (cpath, fc) in chains {
             for (fi, f) in fc.filters.iter().enumerate() {
-                let NetworkFilter::TcpProxy(tp) = f;
+                let NetworkFilter::TcpProxy(tp) = f else {
+                    continue;
+                };
                 if !cluster_names.contains(tp.cluster.as_str()) {
                     d.error(
-                        format!("{lpath}.filter_chains[{ci}].filters[{fi}].typed_config.cluster"),
+                        format!("{cpath}.filters[{fi}].typed_config.cluster"),
                         format!(
                             "unknown cluster \"{}\" (defined clusters: {})",
                             tp.cluster,
@@ -1227,7 +1114,7 @@ fn read_redirect(
 }
 
 /// `"10.96.0.0/12"` → (network, prefix length); a bare address is a full-length prefix.
-fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
+pub(super) fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
     let (addr, len) = match s.split_once('/') {
         Some((a, l)) => (a.parse::<IpAddr>().ok()?, Some(l.parse::<u8>().ok()?)),
         None => (s.parse::<IpAddr>().ok()?, None),
@@ -1289,7 +1176,7 @@ fn read_locality(l: &Obj, d: &mut Diagnostics) -> Locality {
 }
 
 /// `Address` → (host, port). Hostnames are returned as `Host::Name`; callers decide if allowed.
-fn read_address(a: &Obj, d: &mut Diagnostics) -> Option<(Host, u16)> {
+pub(super) fn read_address(a: &Obj, d: &mut Diagnostics) -> Option<(Host, u16)> {
     let Some(sa) = a.object("socket_address", SOCKET_ADDRESS, d) else {
         if a.get("socket_address").is_none() {
             d.error(a.at("socket_address"), "missing required field");
@@ -1332,213 +1219,6 @@ fn is_hostname(s: &str) -> bool {
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
                 && !label.starts_with('-')
         })
-}
-
-pub(crate) fn read_listener(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Listener> {
-    let l = Obj::new(v, path, LISTENER, d)?;
-    let address = match l.required("address", d) {
-        Some(_) => l
-            .object("address", ADDRESS, d)
-            .and_then(|a| read_address(&a, d)),
-        None => None,
-    };
-    let address = match address {
-        Some((Host::Ip(ip), port)) => Some(SocketAddr::new(ip, port)),
-        Some((Host::Name(n), _)) => {
-            d.error(
-                l.at("address.socket_address.address"),
-                format!("a listener must bind an IP address, not the hostname \"{n}\""),
-            );
-            None
-        }
-        None => None,
-    };
-    // Envoy's ipv4_compat: a `::` listener that also accepts IPv4 (as v4-mapped addresses).
-    let ipv4_compat = l
-        .get("address")
-        .and_then(|a| a.get("socket_address"))
-        .and_then(|sa| sa.get("ipv4_compat").or_else(|| sa.get("ipv4Compat")))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    if ipv4_compat && address.is_none_or(|a| a.ip() != IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
-    {
-        d.error(
-            l.at("address.socket_address.ipv4_compat"),
-            "only a listener on the IPv6 any-address \"::\" can accept IPv4 too",
-        );
-    }
-    let stat_prefix = l.string("stat_prefix", d);
-    let mut use_original_dst = l.boolean("use_original_dst", d).unwrap_or(false);
-    for (fpath, fv) in l.list("listener_filters", d) {
-        let Some(f) = Obj::new(fv, &fpath, LISTENER_FILTER, d) else {
-            continue;
-        };
-        let name = f.string("name", d).unwrap_or_default();
-        let type_url = f
-            .get("typed_config")
-            .and_then(|tc| tc.get("@type"))
-            .and_then(|t| t.as_str())
-            .map(str::to_string);
-        let is_original_dst = match &type_url {
-            Some(t) => t == ORIGINAL_DST_FILTER_TYPE,
-            None => name == "envoy.filters.listener.original_dst",
-        };
-        if is_original_dst {
-            let _ = f.object("typed_config", TYPED_ANY, d);
-            use_original_dst = true;
-        } else {
-            d.error(
-                &fpath,
-                format!(
-                    "unsupported listener filter \"{}\" (supported: envoy.filters.listener.original_dst)",
-                    type_url.unwrap_or(name)
-                ),
-            );
-        }
-    }
-    let bind_to_port = l.boolean("bind_to_port", d).unwrap_or(true);
-    let tcp_backlog_size = l
-        .uint("tcp_backlog_size", 1, u32::MAX as u64, d)
-        .unwrap_or(1024) as u32;
-    let mut chains = Vec::new();
-    let chain_items = l.list("filter_chains", d);
-    if l.get("filter_chains").is_some() && chain_items.is_empty() {
-        d.error(l.at("filter_chains"), "must have at least one filter chain");
-    } else if l.get("filter_chains").is_none() {
-        d.error(l.at("filter_chains"), "missing required field");
-    }
-    for (cpath, cv) in &chain_items {
-        if let Some(fc) = read_filter_chain(cv, cpath, d) {
-            chains.push(fc);
-        }
-    }
-    if chain_items.len() > 1 {
-        d.error(
-            l.at("filter_chains"),
-            format!(
-                "{} filter chains given; without filter chain matching (not supported yet) a listener takes exactly one",
-                chain_items.len()
-            ),
-        );
-    }
-    let address = address?;
-    let name = l.string("name", d).unwrap_or_else(|| address.to_string());
-    if !bind_to_port && address.port() == 0 {
-        d.error(
-            l.at("address.socket_address.port_value"),
-            "a listener with bind_to_port: false names a destination and needs its port",
-        );
-    }
-    if !bind_to_port && use_original_dst {
-        d.error(
-            l.at("use_original_dst"),
-            "a listener that does not bind its port cannot receive redirected connections",
-        );
-    }
-    Some(Listener {
-        name,
-        address,
-        stat_prefix,
-        tcp_backlog_size,
-        filter_chains: chains,
-        use_original_dst,
-        bind_to_port,
-        ipv4_compat,
-    })
-}
-
-fn read_filter_chain(v: &Value, path: &str, d: &mut Diagnostics) -> Option<FilterChain> {
-    let fc = Obj::new(v, path, FILTER_CHAIN, d)?;
-    match fc.get("filter_chain_match") {
-        None => {}
-        Some(Value::Mapping(m)) if m.is_empty() => {}
-        Some(_) => d.error(
-            fc.at("filter_chain_match"),
-            "not supported: filter chain matching is not supported yet (an empty match is accepted)",
-        ),
-    }
-    let items = fc.list("filters", d);
-    if items.is_empty() {
-        d.error(
-            fc.at("filters"),
-            "must have at least one network filter (envoy.filters.network.tcp_proxy)",
-        );
-    }
-    let mut filters = Vec::new();
-    for (fpath, fv) in &items {
-        if let Some(f) = read_filter(fv, fpath, d) {
-            filters.push(f);
-        }
-    }
-    if filters.len() > 1 {
-        d.error(
-            fc.at("filters"),
-            "tcp_proxy is a terminal filter and must be the only filter in the chain",
-        );
-    }
-    Some(FilterChain {
-        name: fc.string("name", d).unwrap_or_default(),
-        filters,
-    })
-}
-
-fn read_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<NetworkFilter> {
-    let f = Obj::new(v, path, FILTER, d)?;
-    let name = f.required_string("name", d);
-    let type_url = f
-        .get("typed_config")
-        .and_then(|tc| tc.get("@type"))
-        .and_then(|t| t.as_str())
-        .map(str::to_string);
-    let is_tcp_proxy = match (&type_url, &name) {
-        (Some(t), _) => t == TCP_PROXY_TYPE,
-        (None, Some(n)) => TCP_PROXY_NAMES.contains(&n.as_str()),
-        (None, None) => false,
-    };
-    if !is_tcp_proxy {
-        let what = type_url.or(name).unwrap_or_default();
-        d.error(
-            path,
-            format!("unsupported network filter \"{what}\" (supported: envoy.filters.network.tcp_proxy with @type {TCP_PROXY_TYPE})"),
-        );
-        return None;
-    }
-    if f.get("typed_config").is_none() {
-        d.error(f.at("typed_config"), "missing required field");
-        return None;
-    }
-    let tc = f.object("typed_config", TCP_PROXY, d)?;
-    if tc.get("@type").is_none() {
-        d.error(
-            tc.at("@type"),
-            format!("missing required field (expected {TCP_PROXY_TYPE})"),
-        );
-    }
-    let stat_prefix = tc.required_string("stat_prefix", d);
-    let cluster = if tc.get("cluster").is_none() {
-        if tc.get("weighted_clusters").is_none() {
-            d.error(tc.at("cluster"), "missing required field");
-        }
-        None
-    } else {
-        tc.required_string("cluster", d)
-    };
-    let idle_timeout = match tc.duration("idle_timeout", d) {
-        Some(d) if d.is_zero() => None,
-        Some(d) => Some(d),
-        None => Some(Duration::from_secs(3600)),
-    };
-    let max_connect_attempts = tc.uint("max_connect_attempts", 1, 100, d).unwrap_or(1) as u32;
-    let max_downstream_connection_duration = tc
-        .duration("max_downstream_connection_duration", d)
-        .filter(|d| !d.is_zero());
-    Some(NetworkFilter::TcpProxy(TcpProxy {
-        stat_prefix: stat_prefix?,
-        cluster: cluster?,
-        idle_timeout,
-        max_connect_attempts,
-        max_downstream_connection_duration,
-    }))
 }
 
 /// `ads_cluster`: the control-plane cluster, the only one that may use TLS today.
@@ -1969,7 +1649,9 @@ static_resources:
         assert_eq!(c.connect_timeout, Duration::from_millis(500));
         assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
         assert_eq!(c.discovery, DiscoveryType::Static);
-        let NetworkFilter::TcpProxy(tp) = &s.listeners[0].filter_chains[0].filters[0];
+        let NetworkFilter::TcpProxy(tp) = &s.listeners[0].filter_chains[0].filters[0] else {
+            panic!("tcp_proxy")
+        };
         assert_eq!(tp.idle_timeout, Some(Duration::from_secs(3600)));
         assert_eq!(tp.max_connect_attempts, 1);
     }

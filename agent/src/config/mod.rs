@@ -4,6 +4,7 @@
 //! Nothing downstream of this module sees YAML or protobufs.
 
 mod bootstrap;
+mod listener;
 mod overrides;
 mod walk;
 pub mod xds;
@@ -148,8 +149,16 @@ pub struct Listener {
     pub address: SocketAddr,
     pub stat_prefix: Option<String>,
     pub tcp_backlog_size: u32,
-    /// Exactly one today (no filter chain matching yet).
+    /// Selected per connection by their `filter_chain_match` (Envoy's order and specificity).
     pub filter_chains: Vec<FilterChain>,
+    /// Used when no chain matches; without it such a connection is closed and counted.
+    pub default_filter_chain: Option<FilterChain>,
+    /// Run in order on each accepted connection, before the chain match.
+    pub listener_filters: Vec<ListenerFilter>,
+    /// `None`: no limit (Envoy's `0s`). Envoy's default is 15 s.
+    pub listener_filters_timeout: Option<Duration>,
+    /// On that timeout, match a chain with what is known instead of closing.
+    pub continue_on_listener_filters_timeout: bool,
     /// Hand each connection to the listener whose address is its original destination
     /// (Envoy's `use_original_dst` / original_dst listener filter).
     pub use_original_dst: bool,
@@ -160,15 +169,106 @@ pub struct Listener {
     pub ipv4_compat: bool,
 }
 
+/// Listener filters: they read what the connection is (original destination; SNI and ALPN
+/// once the inspectors exist) before a filter chain is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerFilter {
+    OriginalDst,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct FilterChain {
     pub name: String,
+    pub filter_chain_match: FilterChainMatch,
+    /// Non-terminal filters first, exactly one terminal filter last.
     pub filters: Vec<NetworkFilter>,
+}
+
+/// An IP prefix, normalised (host bits cleared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub net: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn new(addr: IpAddr, len: u8) -> Self {
+        let net = match addr {
+            IpAddr::V4(a) => {
+                let bits = u32::from(a);
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - len.min(32))
+                };
+                IpAddr::V4((bits & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let bits = u128::from(a);
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len.min(128))
+                };
+                IpAddr::V6((bits & mask).into())
+            }
+        };
+        Self { net, len }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match (self.net, ip) {
+            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
+                Cidr::new(ip, self.len).net == self.net
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.len)
+    }
+}
+
+/// Envoy's `FilterChainMatch.source_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SourceType {
+    #[default]
+    Any,
+    SameIpOrLoopback,
+    External,
+}
+
+/// Envoy's `FilterChainMatch`: an empty field matches anything (as the least specific choice).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
+pub struct FilterChainMatch {
+    pub destination_port: Option<u16>,
+    pub prefix_ranges: Vec<Cidr>,
+    /// Lower-cased; `*.example.com` matches any name below example.com.
+    pub server_names: Vec<String>,
+    pub transport_protocol: Option<String>,
+    pub application_protocols: Vec<String>,
+    pub direct_source_prefix_ranges: Vec<Cidr>,
+    pub source_type: SourceType,
+    pub source_prefix_ranges: Vec<Cidr>,
+    pub source_ports: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum NetworkFilter {
     TcpProxy(TcpProxy),
+    ConnectionLimit(ConnectionLimit),
+    LocalRateLimit(LocalRateLimit),
+}
+
+impl NetworkFilter {
+    /// A terminal filter ends the chain: it owns the connection from then on.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, NetworkFilter::TcpProxy(_))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -179,6 +279,24 @@ pub struct TcpProxy {
     pub idle_timeout: Option<Duration>,
     pub max_connect_attempts: u32,
     pub max_downstream_connection_duration: Option<Duration>,
+}
+
+/// `envoy.filters.network.connection_limit`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionLimit {
+    pub stat_prefix: String,
+    pub max_connections: u64,
+    /// How long a connection over the limit is held before it is closed.
+    pub delay: Option<Duration>,
+}
+
+/// `envoy.filters.network.local_ratelimit`: a token bucket on new connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalRateLimit {
+    pub stat_prefix: String,
+    pub max_tokens: u32,
+    pub tokens_per_fill: u32,
+    pub fill_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -387,54 +505,6 @@ fn duration_json(d: Duration) -> String {
     let s = format!("{:.9}", d.as_secs_f64());
     let s = s.trim_end_matches('0').trim_end_matches('.');
     format!("{s}s")
-}
-
-impl Listener {
-    /// Envoy v3 `Listener` JSON of the active (translated) config, for `/config_dump`.
-    pub fn to_envoy_json(&self) -> Json {
-        let chains: Vec<Json> = self
-            .filter_chains
-            .iter()
-            .map(|fc| {
-                let filters: Vec<Json> = fc
-                    .filters
-                    .iter()
-                    .map(|f| match f {
-                        NetworkFilter::TcpProxy(tp) => {
-                            let mut cfg = json!({
-                                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                                "stat_prefix": tp.stat_prefix,
-                                "cluster": tp.cluster,
-                                "idle_timeout": duration_json(tp.idle_timeout.unwrap_or_default()),
-                                "max_connect_attempts": tp.max_connect_attempts,
-                            });
-                            if let Some(d) = tp.max_downstream_connection_duration {
-                                cfg["max_downstream_connection_duration"] = json!(duration_json(d));
-                            }
-                            json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": cfg})
-                        }
-                    })
-                    .collect();
-                json!({"name": fc.name, "filters": filters})
-            })
-            .collect();
-        let mut j = json!({
-            "name": self.name,
-            "address": socket_address_json(&self.address.ip().to_string(), self.address.port()),
-            "filter_chains": chains,
-            "tcp_backlog_size": self.tcp_backlog_size,
-        });
-        if let Some(p) = &self.stat_prefix {
-            j["stat_prefix"] = json!(p);
-        }
-        if self.use_original_dst {
-            j["use_original_dst"] = json!(true);
-        }
-        if !self.bind_to_port {
-            j["bind_to_port"] = json!(false);
-        }
-        j
-    }
 }
 
 impl Cluster {

@@ -10,7 +10,8 @@
 // they must be read and judged like any other.
 #![allow(deprecated)]
 
-use super::bootstrap::{read_cluster, read_lb_endpoint, read_listener, read_locality_endpoints};
+use super::bootstrap::{read_cluster, read_lb_endpoint, read_locality_endpoints};
+use super::listener::read_listener;
 use super::walk::{Diag, Diagnostics};
 use super::{
     Cluster, DiscoveryType, Endpoint, HealthStatus, Host, Listener, Locality, LocalityEndpoints,
@@ -19,6 +20,8 @@ use envoy_types::pb::envoy::config::cluster::v3 as pbc;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as pbe;
 use envoy_types::pb::envoy::config::listener::v3 as pbl;
+use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3 as connection_limit;
+use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3 as local_ratelimit;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use prost::Message;
@@ -30,6 +33,10 @@ pub const ENDPOINT_TYPE: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 const TCP_PROXY_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const CONNECTION_LIMIT_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
+const LOCAL_RATELIMIT_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit";
 
 /// A translated resource, or why not (errors, with paths inside the resource).
 pub type Translated<T> = Result<(T, Vec<Diag>), Vec<Diag>>;
@@ -771,6 +778,153 @@ fn tcp_proxy_json(any: &Any) -> Json {
     Json::Object(m)
 }
 
+fn cidrs_json(v: &[core::CidrRange]) -> Json {
+    json!(v
+        .iter()
+        .map(|c| {
+            let mut j = Map::new();
+            j.insert("address_prefix".into(), json!(c.address_prefix));
+            if let Some(l) = &c.prefix_len {
+                j.insert("prefix_len".into(), json!(l.value));
+            }
+            Json::Object(j)
+        })
+        .collect::<Vec<_>>())
+}
+
+fn filter_chain_match_json(fcm: &pbl::FilterChainMatch) -> Json {
+    let mut m = Map::new();
+    if let Some(p) = &fcm.destination_port {
+        m.insert("destination_port".into(), json!(p.value));
+    }
+    if !fcm.prefix_ranges.is_empty() {
+        m.insert("prefix_ranges".into(), cidrs_json(&fcm.prefix_ranges));
+    }
+    if !fcm.server_names.is_empty() {
+        m.insert("server_names".into(), json!(fcm.server_names));
+    }
+    if !fcm.transport_protocol.is_empty() {
+        m.insert("transport_protocol".into(), json!(fcm.transport_protocol));
+    }
+    if !fcm.application_protocols.is_empty() {
+        m.insert(
+            "application_protocols".into(),
+            json!(fcm.application_protocols),
+        );
+    }
+    if !fcm.direct_source_prefix_ranges.is_empty() {
+        m.insert(
+            "direct_source_prefix_ranges".into(),
+            cidrs_json(&fcm.direct_source_prefix_ranges),
+        );
+    }
+    if fcm.source_type != 0 {
+        m.insert(
+            "source_type".into(),
+            json!(
+                pbl::filter_chain_match::ConnectionSourceType::try_from(fcm.source_type)
+                    .map(|t| t.as_str_name())
+                    .unwrap_or("UNKNOWN")
+            ),
+        );
+    }
+    if !fcm.source_prefix_ranges.is_empty() {
+        m.insert(
+            "source_prefix_ranges".into(),
+            cidrs_json(&fcm.source_prefix_ranges),
+        );
+    }
+    if !fcm.source_ports.is_empty() {
+        m.insert("source_ports".into(), json!(fcm.source_ports));
+    }
+    mark(&mut m, "address_suffix", !fcm.address_suffix.is_empty());
+    mark(&mut m, "suffix_len", fcm.suffix_len.is_some());
+    Json::Object(m)
+}
+
+fn connection_limit_json(any: &Any) -> Json {
+    let Ok(cl) = connection_limit::ConnectionLimit::decode(any.value.as_slice()) else {
+        return json!({"@type": any.type_url, "stat_prefix": {}, "undecodable": {}});
+    };
+    let mut m = Map::new();
+    m.insert("@type".into(), json!(any.type_url));
+    m.insert("stat_prefix".into(), json!(cl.stat_prefix));
+    if let Some(n) = &cl.max_connections {
+        m.insert("max_connections".into(), json!(n.value));
+    }
+    if let Some(t) = &cl.delay {
+        m.insert("delay".into(), json!(duration(t)));
+    }
+    mark(&mut m, "runtime_enabled", cl.runtime_enabled.is_some());
+    Json::Object(m)
+}
+
+fn local_ratelimit_json(any: &Any) -> Json {
+    let Ok(rl) = local_ratelimit::LocalRateLimit::decode(any.value.as_slice()) else {
+        return json!({"@type": any.type_url, "stat_prefix": {}, "undecodable": {}});
+    };
+    let mut m = Map::new();
+    m.insert("@type".into(), json!(any.type_url));
+    m.insert("stat_prefix".into(), json!(rl.stat_prefix));
+    if let Some(tb) = &rl.token_bucket {
+        let mut t = Map::new();
+        t.insert("max_tokens".into(), json!(tb.max_tokens));
+        if let Some(n) = &tb.tokens_per_fill {
+            t.insert("tokens_per_fill".into(), json!(n.value));
+        }
+        if let Some(i) = &tb.fill_interval {
+            t.insert("fill_interval".into(), json!(duration(i)));
+        }
+        m.insert("token_bucket".into(), Json::Object(t));
+    }
+    mark(&mut m, "runtime_enabled", rl.runtime_enabled.is_some());
+    mark(&mut m, "share_key", !rl.share_key.is_empty());
+    Json::Object(m)
+}
+
+fn filter_chain_json(fc: &pbl::FilterChain) -> Json {
+    let mut c = Map::new();
+    if !fc.name.is_empty() {
+        c.insert("name".into(), json!(fc.name));
+    }
+    if let Some(fcm) = &fc.filter_chain_match {
+        c.insert("filter_chain_match".into(), filter_chain_match_json(fcm));
+    }
+    let filters: Vec<Json> = fc
+        .filters
+        .iter()
+        .map(|f| {
+            let mut fj = Map::new();
+            fj.insert("name".into(), json!(f.name));
+            match &f.config_type {
+                Some(pbl::filter::ConfigType::TypedConfig(any)) => {
+                    let tc = match any.type_url.as_str() {
+                        TCP_PROXY_TYPE => tcp_proxy_json(any),
+                        CONNECTION_LIMIT_TYPE => connection_limit_json(any),
+                        LOCAL_RATELIMIT_TYPE => local_ratelimit_json(any),
+                        _ => json!({"@type": any.type_url}),
+                    };
+                    fj.insert("typed_config".into(), tc);
+                }
+                Some(pbl::filter::ConfigType::ConfigDiscovery(_)) => {
+                    mark(&mut fj, "config_discovery", true)
+                }
+                None => {}
+            }
+            Json::Object(fj)
+        })
+        .collect();
+    c.insert("filters".into(), json!(filters));
+    mark(&mut c, "transport_socket", fc.transport_socket.is_some());
+    mark(
+        &mut c,
+        "transport_socket_connect_timeout",
+        fc.transport_socket_connect_timeout.is_some(),
+    );
+    mark(&mut c, "metadata", fc.metadata.is_some());
+    Json::Object(c)
+}
+
 pub fn listener_from_proto(l: &pbl::Listener) -> Translated<Listener> {
     let mut m = Map::new();
     if !l.name.is_empty() {
@@ -782,59 +936,7 @@ pub fn listener_from_proto(l: &pbl::Listener) -> Translated<Listener> {
     if !l.stat_prefix.is_empty() {
         m.insert("stat_prefix".into(), json!(l.stat_prefix));
     }
-    let chains: Vec<Json> = l
-        .filter_chains
-        .iter()
-        .map(|fc| {
-            let mut c = Map::new();
-            if !fc.name.is_empty() {
-                c.insert("name".into(), json!(fc.name));
-            }
-            if let Some(fcm) = &fc.filter_chain_match {
-                let empty = *fcm == pbl::FilterChainMatch::default();
-                c.insert(
-                    "filter_chain_match".into(),
-                    if empty {
-                        json!({})
-                    } else {
-                        json!({"set": true})
-                    },
-                );
-            }
-            let filters: Vec<Json> = fc
-                .filters
-                .iter()
-                .map(|f| {
-                    let mut fj = Map::new();
-                    fj.insert("name".into(), json!(f.name));
-                    match &f.config_type {
-                        Some(pbl::filter::ConfigType::TypedConfig(any))
-                            if any.type_url == TCP_PROXY_TYPE =>
-                        {
-                            fj.insert("typed_config".into(), tcp_proxy_json(any));
-                        }
-                        Some(pbl::filter::ConfigType::TypedConfig(any)) => {
-                            fj.insert("typed_config".into(), json!({"@type": any.type_url}));
-                        }
-                        Some(pbl::filter::ConfigType::ConfigDiscovery(_)) => {
-                            mark(&mut fj, "config_discovery", true)
-                        }
-                        None => {}
-                    }
-                    Json::Object(fj)
-                })
-                .collect();
-            c.insert("filters".into(), json!(filters));
-            mark(&mut c, "transport_socket", fc.transport_socket.is_some());
-            mark(
-                &mut c,
-                "transport_socket_connect_timeout",
-                fc.transport_socket_connect_timeout.is_some(),
-            );
-            mark(&mut c, "metadata", fc.metadata.is_some());
-            Json::Object(c)
-        })
-        .collect();
+    let chains: Vec<Json> = l.filter_chains.iter().map(filter_chain_json).collect();
     m.insert("filter_chains".into(), json!(chains));
     if let Some(b) = &l.use_original_dst {
         m.insert("use_original_dst".into(), json!(b.value));
@@ -877,11 +979,9 @@ pub fn listener_from_proto(l: &pbl::Listener) -> Translated<Listener> {
         "filter_chain_matcher",
         l.filter_chain_matcher.is_some(),
     );
-    mark(
-        &mut m,
-        "default_filter_chain",
-        l.default_filter_chain.is_some(),
-    );
+    if let Some(fc) = &l.default_filter_chain {
+        m.insert("default_filter_chain".into(), filter_chain_json(fc));
+    }
     mark(
         &mut m,
         "per_connection_buffer_limit_bytes",
@@ -889,16 +989,12 @@ pub fn listener_from_proto(l: &pbl::Listener) -> Translated<Listener> {
     );
     mark(&mut m, "metadata", l.metadata.is_some());
     mark(&mut m, "drain_type", l.drain_type != 0);
-    mark(
-        &mut m,
-        "listener_filters_timeout",
-        l.listener_filters_timeout.is_some(),
-    );
-    mark(
-        &mut m,
-        "continue_on_listener_filters_timeout",
-        l.continue_on_listener_filters_timeout,
-    );
+    if let Some(t) = &l.listener_filters_timeout {
+        m.insert("listener_filters_timeout".into(), json!(duration(t)));
+    }
+    if l.continue_on_listener_filters_timeout {
+        m.insert("continue_on_listener_filters_timeout".into(), json!(true));
+    }
     mark(&mut m, "transparent", l.transparent.is_some());
     mark(&mut m, "freebind", l.freebind.is_some());
     mark(&mut m, "socket_options", !l.socket_options.is_empty());
@@ -1094,8 +1190,97 @@ mod tests {
             ..Default::default()
         };
         let (m, _) = listener_from_proto(&l).unwrap();
-        let super::super::NetworkFilter::TcpProxy(t) = &m.filter_chains[0].filters[0];
+        let super::super::NetworkFilter::TcpProxy(t) = &m.filter_chains[0].filters[0] else {
+            panic!("tcp_proxy")
+        };
         assert_eq!(t.cluster, "web");
         assert_eq!(m.address.port(), 10000);
+    }
+
+    #[test]
+    fn filter_chain_match_default_chain_and_filters_translate() {
+        let tp = |cluster: &str| pbl::Filter {
+            name: "envoy.filters.network.tcp_proxy".into(),
+            config_type: Some(pbl::filter::ConfigType::TypedConfig(Any {
+                type_url: TCP_PROXY_TYPE.into(),
+                value: tcp::TcpProxy {
+                    stat_prefix: cluster.into(),
+                    cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(
+                        cluster.into(),
+                    )),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            })),
+        };
+        let cl = pbl::Filter {
+            name: "envoy.filters.network.connection_limit".into(),
+            config_type: Some(pbl::filter::ConfigType::TypedConfig(Any {
+                type_url: CONNECTION_LIMIT_TYPE.into(),
+                value: connection_limit::ConnectionLimit {
+                    stat_prefix: "cl".into(),
+                    max_connections: Some(envoy_types::pb::google::protobuf::UInt64Value {
+                        value: 3,
+                    }),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            })),
+        };
+        let l = pbl::Listener {
+            name: "front".into(),
+            address: Some(sock("0.0.0.0", 10000)),
+            filter_chains: vec![pbl::FilterChain {
+                filter_chain_match: Some(pbl::FilterChainMatch {
+                    destination_port: Some(UInt32Value { value: 443 }),
+                    source_prefix_ranges: vec![core::CidrRange {
+                        address_prefix: "10.0.0.0".into(),
+                        prefix_len: Some(UInt32Value { value: 8 }),
+                    }],
+                    source_type: pbl::filter_chain_match::ConnectionSourceType::External as i32,
+                    server_names: vec!["*.example.com".into()],
+                    ..Default::default()
+                }),
+                filters: vec![cl, tp("a")],
+                ..Default::default()
+            }],
+            default_filter_chain: Some(pbl::FilterChain {
+                filters: vec![tp("b")],
+                ..Default::default()
+            }),
+            listener_filters_timeout: Some(PbDuration {
+                seconds: 2,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let (m, _) = listener_from_proto(&l).unwrap();
+        let fcm = &m.filter_chains[0].filter_chain_match;
+        assert_eq!(fcm.destination_port, Some(443));
+        assert_eq!(fcm.source_prefix_ranges[0].to_string(), "10.0.0.0/8");
+        assert_eq!(fcm.source_type, super::super::SourceType::External);
+        assert_eq!(fcm.server_names, vec!["*.example.com"]);
+        assert!(matches!(
+            m.filter_chains[0].filters[0],
+            super::super::NetworkFilter::ConnectionLimit(ref c) if c.max_connections == 3
+        ));
+        assert!(m.default_filter_chain.is_some());
+        assert_eq!(
+            m.listener_filters_timeout,
+            Some(std::time::Duration::from_secs(2))
+        );
+        // A field Plumb cannot honour is refused, with its path.
+        let mut bad = l.clone();
+        bad.filter_chains[0]
+            .filter_chain_match
+            .as_mut()
+            .unwrap()
+            .address_suffix = "x".into();
+        let e = listener_from_proto(&bad).unwrap_err();
+        assert!(
+            e[0].to_string()
+                .starts_with("filter_chains[0].filter_chain_match.address_suffix: not supported"),
+            "{e:?}"
+        );
     }
 }

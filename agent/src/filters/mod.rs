@@ -1,28 +1,77 @@
-//! L4 (network) filters, built from the config snapshot. The chain is data: one enum variant
-//! per filter kind, constructed once per config and shared by every connection.
+//! Network (L4) filters and the chains they form, built once per listener config and shared by
+//! every connection. A chain is data: non-terminal filters (connection_limit, local_ratelimit)
+//! decide whether the connection goes on, then the terminal filter (tcp_proxy; the HTTP
+//! connection manager next) owns it.
 
+pub mod connection_limit;
+pub mod local_ratelimit;
 pub mod tcp_proxy;
 
-use crate::drain;
-use std::net::SocketAddr;
-use tokio::net::TcpStream;
+use crate::config;
+use crate::stats::Store;
+use crate::transport::Downstream;
+use crate::upstream::ClusterManager;
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub enum NetworkFilter {
     TcpProxy(tcp_proxy::TcpProxy),
+    ConnectionLimit(connection_limit::ConnectionLimit),
+    LocalRateLimit(local_ratelimit::LocalRateLimit),
 }
 
 impl NetworkFilter {
-    /// Runs the terminal filter for one accepted connection.
-    pub async fn handle(
-        &self,
-        downstream: TcpStream,
-        peer: SocketAddr,
-        original_dst: Option<SocketAddr>,
-        watch: drain::Watch,
-    ) {
-        match self {
-            NetworkFilter::TcpProxy(tp) => tp.handle(downstream, peer, original_dst, watch).await,
+    pub fn new(cfg: &config::NetworkFilter, clusters: &Arc<ClusterManager>, store: &Store) -> Self {
+        match cfg {
+            config::NetworkFilter::TcpProxy(tp) => NetworkFilter::TcpProxy(
+                tcp_proxy::TcpProxy::new(tp.clone(), clusters.clone(), store),
+            ),
+            config::NetworkFilter::ConnectionLimit(cl) => {
+                NetworkFilter::ConnectionLimit(connection_limit::ConnectionLimit::new(cl, store))
+            }
+            config::NetworkFilter::LocalRateLimit(rl) => {
+                NetworkFilter::LocalRateLimit(local_ratelimit::LocalRateLimit::new(rl, store))
+            }
+        }
+    }
+}
+
+/// One built filter chain of a listener.
+#[derive(Debug)]
+pub struct FilterChain {
+    pub name: String,
+    pub filters: Vec<NetworkFilter>,
+}
+
+impl FilterChain {
+    pub fn new(cfg: &config::FilterChain, clusters: &Arc<ClusterManager>, store: &Store) -> Self {
+        Self {
+            name: cfg.name.clone(),
+            filters: cfg
+                .filters
+                .iter()
+                .map(|f| NetworkFilter::new(f, clusters, store))
+                .collect(),
+        }
+    }
+
+    /// Runs the connection through the chain. Admission tokens taken by non-terminal filters
+    /// (a connection_limit slot) are held until the connection ends.
+    pub async fn run(&self, mut ds: Downstream) {
+        let mut held: Vec<connection_limit::Slot> = Vec::new();
+        for f in &self.filters {
+            match f {
+                NetworkFilter::ConnectionLimit(cl) => match cl.admit() {
+                    Ok(slot) => held.push(slot),
+                    Err(rejected) => return rejected.close(&mut ds).await,
+                },
+                NetworkFilter::LocalRateLimit(rl) => {
+                    if !rl.admit() {
+                        return;
+                    }
+                }
+                NetworkFilter::TcpProxy(tp) => return tp.handle(ds).await,
+            }
         }
     }
 }

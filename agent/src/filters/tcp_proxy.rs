@@ -3,12 +3,10 @@
 
 use crate::config;
 use crate::copy::{self, DirectionStats, FlushObserver, Limits, Outcome, Side};
-use crate::drain;
 use crate::stats::{Counter, Gauge, Store};
+use crate::transport::Downstream;
 use crate::upstream::{ClusterManager, ConnectError};
-use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 
 /// Envoy's `tcp.<stat_prefix>.*` stats.
 #[derive(Debug)]
@@ -62,20 +60,17 @@ impl TcpProxy {
         }
     }
 
-    /// `original_dst`: where the client meant to connect, when it was redirected; the
-    /// upstream for ORIGINAL_DST clusters.
-    pub async fn handle(
-        &self,
-        mut downstream: TcpStream,
-        peer: SocketAddr,
-        original_dst: Option<SocketAddr>,
-        mut watch: drain::Watch,
-    ) {
+    /// Connects to the cluster (for ORIGINAL_DST clusters: the connection's original
+    /// destination) and proxies until both sides close, a limit fires or the drain ends.
+    pub async fn handle(&self, mut ds: Downstream) {
         self.stats.downstream_cx_total.inc();
         let Some(cluster) = self.clusters.get(&self.config.cluster) else {
             self.stats.downstream_cx_no_route.inc();
             return;
         };
+        let peer = ds.peer;
+        let original_dst = ds.original_dst;
+        let mut watch = ds.watch.clone();
         let cluster = &cluster;
         let attempts = self.config.max_connect_attempts.max(1);
         let mut upstream = None;
@@ -107,7 +102,7 @@ impl TcpProxy {
         let cs = &cluster.stats;
         let ts = &self.stats;
         let outcome = copy::proxy(
-            &mut downstream,
+            &mut ds.io,
             &mut upstream.stream,
             DirectionStats {
                 counters: [
@@ -145,10 +140,8 @@ impl TcpProxy {
             Outcome::Error(e) => {
                 tracing::debug!(%peer, side = ?e.side, error = %e.source, "connection ended with error");
                 // Abort rather than close gracefully: each peer must learn the stream is broken.
-                // Zero linger sends RST on close and never blocks.
-                let zero = Some(std::time::Duration::ZERO);
-                let _ = socket2::SockRef::from(&downstream).set_linger(zero);
-                let _ = socket2::SockRef::from(&upstream.stream).set_linger(zero);
+                ds.io.set_abort_on_close();
+                upstream.stream.set_abort_on_close();
             }
             _ => {}
         }

@@ -2,14 +2,17 @@
 //! stop accepting when the drain starts. `manager` adds, updates and removes listeners at run
 //! time without dropping established connections.
 
+mod chain;
 mod manager;
+pub use chain::{ChainSelector, ConnectionInfo};
 pub use manager::{ListenerManager, ListenerUpdateError};
 
 use crate::config;
 use crate::drain;
-use crate::filters::{tcp_proxy::TcpProxy, NetworkFilter};
+use crate::filters::FilterChain;
 use crate::redirect::{self, Redirector};
 use crate::stats::{Counter, Gauge, Histogram, Store};
+use crate::transport::{Downstream, Stream};
 use crate::upstream::ClusterManager;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -25,6 +28,7 @@ pub struct ListenerStats {
     pub downstream_cx_destroy: Arc<Counter>,
     pub downstream_cx_length_ms: Arc<Histogram>,
     pub no_filter_chain_match: Arc<Counter>,
+    pub downstream_pre_cx_timeout: Arc<Counter>,
 }
 
 /// A bound listener with its filter chain, ready to serve.
@@ -34,7 +38,8 @@ pub struct ActiveListener {
     pub local_address: SocketAddr,
     pub stat_name: String,
     pub stats: ListenerStats,
-    pub filter: Option<NetworkFilter>,
+    /// The filter chains, selected per connection by `filter_chain_match`.
+    pub chains: ChainSelector,
     /// Where `use_original_dst` listeners hand connections, by original destination; one
     /// handle shared by every listener, replaced whenever the listener set changes.
     pub dispatch: DispatchHandle,
@@ -157,75 +162,84 @@ impl ActiveListener {
             downstream_cx_destroy: s.counter("downstream_cx_destroy"),
             downstream_cx_length_ms: s.histogram("downstream_cx_length_ms"),
             no_filter_chain_match: s.counter("no_filter_chain_match"),
+            downstream_pre_cx_timeout: s.counter("downstream_pre_cx_timeout"),
         };
-        let filter = cfg
-            .filter_chains
-            .first()
-            .and_then(|fc| fc.filters.first())
-            .map(|f| match f {
-                config::NetworkFilter::TcpProxy(tp) => {
-                    NetworkFilter::TcpProxy(TcpProxy::new(tp.clone(), clusters.clone(), store))
-                }
-            });
+        let build = |fc: &config::FilterChain| Arc::new(FilterChain::new(fc, clusters, store));
+        let chains = ChainSelector::new(
+            cfg.filter_chains
+                .iter()
+                .map(|fc| (fc.filter_chain_match.clone(), build(fc)))
+                .collect(),
+            cfg.default_filter_chain.as_ref().map(build),
+        );
         Self {
             config: cfg,
             local_address: bound,
             stat_name,
             stats,
-            filter,
+            chains,
             dispatch,
         }
     }
 
-    /// Recovers the original destination (eBPF map, else SO_ORIGINAL_DST) and hands the
-    /// connection to the listener configured for it, or handles it here.
+    /// Runs the listener filters, then hands the connection to the listener configured for
+    /// its original destination (when `use_original_dst` found one) or handles it here.
     async fn accepted(&self, stream: tokio::net::TcpStream, peer: SocketAddr, watch: drain::Watch) {
-        if !self.config.use_original_dst {
-            return self.handle(stream, peer, None, watch).await;
-        }
-        let dispatch = self.dispatch.load_full();
         // Dual-stack listeners see IPv4 clients as v4-mapped IPv6: use the plain IPv4 form.
         let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
-        let peer = canonical(peer);
         let local = canonical(stream.local_addr().unwrap_or(self.local_address));
-        let orig = dispatch
-            .redirect
-            .as_ref()
-            .and_then(|r| r.original_dst(peer, local))
-            .or_else(|| redirect::so_original_dst(&stream))
-            // Addressed to this listener itself: no original destination (and no loop).
-            .filter(|o| *o != local);
+        let mut ds = Downstream::new(Stream::Tcp(stream), canonical(peer), local, watch);
+        // Every listener filter today (original_dst) completes without reading from the
+        // socket, so no listener_filters_timeout timer is armed; inspectors that wait for the
+        // client's first bytes will run under it (and count downstream_pre_cx_timeout).
+        let mut dispatch = None;
+        for f in &self.config.listener_filters {
+            match f {
+                config::ListenerFilter::OriginalDst => {
+                    let d = self.dispatch.load_full();
+                    ds.original_dst = d
+                        .redirect
+                        .as_ref()
+                        .and_then(|r| r.original_dst(ds.peer, ds.local))
+                        .or_else(|| ds.io.tcp().and_then(redirect::so_original_dst))
+                        // Addressed to this listener itself: no original destination (and no loop).
+                        .filter(|o| *o != ds.local);
+                    dispatch = Some(d);
+                }
+            }
+        }
         // A listener replaced since this dispatch was loaded no longer upgrades: the current
         // dispatch has its successor.
-        let target = orig.and_then(|o| match dispatch.target(o) {
-            Some(t) => Some(t),
-            // Only an entry whose listener was replaced meanwhile: not every passthrough miss.
-            None if dispatch.knows(o) => self.dispatch.load().target(o),
-            None => None,
-        });
+        let target = match (&dispatch, ds.original_dst) {
+            (Some(d), Some(o)) if self.config.use_original_dst => match d.target(o) {
+                Some(t) => Some(t),
+                // Only an entry whose listener was replaced meanwhile: not every passthrough miss.
+                None if d.knows(o) => self.dispatch.load().target(o),
+                None => None,
+            },
+            _ => None,
+        };
         match target {
-            Some(target) => target.handle(stream, peer, orig, watch).await,
-            None => self.handle(stream, peer, orig, watch).await,
+            Some(target) => target.handle(ds).await,
+            None => self.handle(ds).await,
         }
     }
 
-    async fn handle(
-        &self,
-        stream: tokio::net::TcpStream,
-        peer: SocketAddr,
-        original_dst: Option<SocketAddr>,
-        watch: drain::Watch,
-    ) {
-        let _guard = watch.track();
-        let started = Instant::now();
+    /// Selects the filter chain and runs the connection through it.
+    async fn handle(&self, ds: Downstream) {
         let s = &self.stats;
+        let Some(chain) = self.chains.select(&ConnectionInfo::of(&ds)) else {
+            // Envoy closes it without creating a connection (not in downstream_cx_total).
+            s.no_filter_chain_match.inc();
+            tracing::debug!(listener = %self.config.name, peer = %ds.peer, destination = %ds.destination(), "no filter chain matches");
+            return;
+        };
+        let _guard = ds.watch.track();
+        let started = Instant::now();
         s.downstream_cx_total.inc();
         s.downstream_cx_active.inc();
-        let _ = stream.set_nodelay(true);
-        match &self.filter {
-            Some(f) => f.handle(stream, peer, original_dst, watch).await,
-            None => s.no_filter_chain_match.inc(),
-        }
+        ds.io.set_nodelay();
+        chain.run(ds).await;
         s.downstream_cx_active.dec();
         s.downstream_cx_destroy.inc();
         s.downstream_cx_length_ms.record(started.elapsed());

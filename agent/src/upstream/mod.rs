@@ -9,6 +9,7 @@ pub use lb::HostSet;
 
 use crate::config::{self, DiscoveryType, HealthStatus, Locality};
 use crate::stats::{Counter, Gauge, Histogram, Store};
+use crate::transport::Stream;
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -126,7 +127,7 @@ pub enum ConnectError {
 
 /// An established upstream connection. Dropping it updates host and cluster gauges.
 pub struct Upstream {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub host: Arc<Host>,
     cluster: Arc<Cluster>,
     started: Instant,
@@ -290,7 +291,7 @@ impl Cluster {
                 s.upstream_cx_active.inc();
                 host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
                 Ok(Upstream {
-                    stream,
+                    stream: Stream::Tcp(stream),
                     host,
                     cluster: self.clone(),
                     started: Instant::now(),

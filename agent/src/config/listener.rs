@@ -1,0 +1,1142 @@
+//! The listener family of the configuration: listeners, listener filters, filter chains and
+//! their match, network filters (tcp_proxy, connection_limit, local_ratelimit). Field tables
+//! and readers shared by the bootstrap and xDS (LDS) front doors.
+
+use super::bootstrap::{read_address, ADDRESS, NO_ECDS, NO_TLS};
+use super::walk::{Diagnostics, Field, FieldTable, Obj};
+use super::*;
+use serde_yaml::Value;
+
+use Field::{Ignored as I, Rejected as R, Supported as S};
+
+pub(super) const LISTENER: FieldTable = &[
+    ("name", S),
+    ("address", S),
+    ("stat_prefix", S),
+    ("filter_chains", S),
+    ("tcp_backlog_size", S),
+    (
+        "per_connection_buffer_limit_bytes",
+        I("copy buffers adapt between 4 KiB and 256 KiB"),
+    ),
+    ("metadata", I("metadata is informational here")),
+    ("drain_type", I("listeners always drain fully")),
+    ("listener_filters", S),
+    ("listener_filters_timeout", S),
+    ("continue_on_listener_filters_timeout", S),
+    ("use_original_dst", S),
+    ("transparent", R("transparent sockets are not supported")),
+    ("freebind", R("freebind sockets are not supported")),
+    ("socket_options", I("socket options are not applied")),
+    (
+        "tcp_fast_open_queue_length",
+        I("TCP fast open is not enabled"),
+    ),
+    ("traffic_direction", I("informational")),
+    (
+        "connection_balance_config",
+        I("the runtime balances accepted connections"),
+    ),
+    ("enable_reuse_port", I("one socket per listener")),
+    ("access_log", I("access logs are not written yet")),
+    ("bind_to_port", S),
+    ("default_filter_chain", S),
+    (
+        "filter_chain_matcher",
+        R("the matcher API is not supported; use filter_chain_match"),
+    ),
+    ("additional_addresses", R("one address per listener")),
+    ("enable_mptcp", R("MPTCP is not supported")),
+    (
+        "ignore_global_conn_limit",
+        I("no global connection limit yet"),
+    ),
+    (
+        "max_connections_to_accept_per_socket_event",
+        I("accept batching is automatic"),
+    ),
+    ("udp_listener_config", R("UDP is not supported")),
+    ("api_listener", R("API listeners are not supported")),
+    (
+        "internal_listener",
+        R("internal listeners are not supported"),
+    ),
+];
+
+pub(super) const LISTENER_FILTER: FieldTable = &[
+    ("name", S),
+    ("typed_config", S),
+    (
+        "filter_disabled",
+        R("listener filter matching is not supported"),
+    ),
+    ("config_discovery", R(NO_ECDS)),
+];
+
+const ORIGINAL_DST_FILTER_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+
+pub(super) const TYPED_ANY: FieldTable = &[("@type", S)];
+
+pub(super) const FILTER_CHAIN: FieldTable = &[
+    ("name", S),
+    ("filters", S),
+    ("filter_chain_match", S),
+    ("transport_socket", R(NO_TLS)),
+    ("transport_socket_connect_timeout", I("no TLS")),
+    ("metadata", I("metadata is informational here")),
+];
+
+pub(super) const FILTER: FieldTable = &[
+    ("name", S),
+    ("typed_config", S),
+    ("config_discovery", R(NO_ECDS)),
+];
+
+const TCP_PROXY_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const TCP_PROXY_NAMES: &[&str] = &["envoy.filters.network.tcp_proxy", "envoy.tcp_proxy"];
+
+pub(super) const TCP_PROXY: FieldTable = &[
+    ("@type", S),
+    ("stat_prefix", S),
+    ("cluster", S),
+    ("idle_timeout", S),
+    ("max_connect_attempts", S),
+    ("max_downstream_connection_duration", S),
+    (
+        "weighted_clusters",
+        R("weighted clusters are not supported yet; use cluster"),
+    ),
+    (
+        "metadata_match",
+        R("subset load balancing is not supported"),
+    ),
+    (
+        "hash_policy",
+        I("hash policies only matter for RING_HASH/MAGLEV, which are not supported"),
+    ),
+    ("tunneling_config", R("HTTP tunneling is not supported yet")),
+    (
+        "on_demand",
+        R("on-demand cluster discovery is not supported"),
+    ),
+    ("access_log", I("access logs are not written yet")),
+    ("access_log_options", I("access logs are not written yet")),
+    (
+        "access_log_flush_interval",
+        I("access logs are not written yet"),
+    ),
+    (
+        "flush_access_log_on_connected",
+        I("access logs are not written yet"),
+    ),
+    (
+        "backoff_options",
+        I("connect attempts are retried immediately"),
+    ),
+    ("proxy_protocol_tlvs", R("PROXY protocol is not supported")),
+    ("downstream_idle_timeout", R("use idle_timeout")),
+    ("upstream_idle_timeout", R("use idle_timeout")),
+];
+
+pub(crate) fn read_listener(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Listener> {
+    let l = Obj::new(v, path, LISTENER, d)?;
+    let address = match l.required("address", d) {
+        Some(_) => l
+            .object("address", ADDRESS, d)
+            .and_then(|a| read_address(&a, d)),
+        None => None,
+    };
+    let address = match address {
+        Some((Host::Ip(ip), port)) => Some(SocketAddr::new(ip, port)),
+        Some((Host::Name(n), _)) => {
+            d.error(
+                l.at("address.socket_address.address"),
+                format!("a listener must bind an IP address, not the hostname \"{n}\""),
+            );
+            None
+        }
+        None => None,
+    };
+    // Envoy's ipv4_compat: a `::` listener that also accepts IPv4 (as v4-mapped addresses).
+    let ipv4_compat = l
+        .get("address")
+        .and_then(|a| a.get("socket_address"))
+        .and_then(|sa| sa.get("ipv4_compat").or_else(|| sa.get("ipv4Compat")))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if ipv4_compat && address.is_none_or(|a| a.ip() != IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
+    {
+        d.error(
+            l.at("address.socket_address.ipv4_compat"),
+            "only a listener on the IPv6 any-address \"::\" can accept IPv4 too",
+        );
+    }
+    let stat_prefix = l.string("stat_prefix", d);
+    let mut use_original_dst = l.boolean("use_original_dst", d).unwrap_or(false);
+    let mut listener_filters = Vec::new();
+    for (fpath, fv) in l.list("listener_filters", d) {
+        if let Some(f) = read_listener_filter(fv, &fpath, d) {
+            if f == ListenerFilter::OriginalDst {
+                use_original_dst = true;
+            }
+            if !listener_filters.contains(&f) {
+                listener_filters.push(f);
+            }
+        }
+    }
+    if use_original_dst && !listener_filters.contains(&ListenerFilter::OriginalDst) {
+        listener_filters.insert(0, ListenerFilter::OriginalDst);
+    }
+    let listener_filters_timeout = match l.duration("listener_filters_timeout", d) {
+        Some(t) if t.is_zero() => None,
+        Some(t) => Some(t),
+        None => Some(Duration::from_secs(15)),
+    };
+    let continue_on_listener_filters_timeout = l
+        .boolean("continue_on_listener_filters_timeout", d)
+        .unwrap_or(false);
+    let bind_to_port = l.boolean("bind_to_port", d).unwrap_or(true);
+    let tcp_backlog_size = l
+        .uint("tcp_backlog_size", 1, u32::MAX as u64, d)
+        .unwrap_or(1024) as u32;
+    let mut chains = Vec::new();
+    let chain_items = l.list("filter_chains", d);
+    for (cpath, cv) in &chain_items {
+        if let Some(fc) = read_filter_chain(cv, cpath, true, d) {
+            chains.push((cpath.clone(), fc));
+        }
+    }
+    let default_filter_chain = l
+        .get("default_filter_chain")
+        .and_then(|v| read_filter_chain(v, &l.at("default_filter_chain"), false, d));
+    if chain_items.is_empty() && l.get("default_filter_chain").is_none() {
+        d.error(
+            l.at("filter_chains"),
+            "no filter chains specified: give filter_chains or default_filter_chain",
+        );
+    }
+    validate_chain_matches(&chains, d);
+    let chains: Vec<FilterChain> = chains.into_iter().map(|(_, c)| c).collect();
+    let address = address?;
+    let name = l.string("name", d).unwrap_or_else(|| address.to_string());
+    if !bind_to_port && address.port() == 0 {
+        d.error(
+            l.at("address.socket_address.port_value"),
+            "a listener with bind_to_port: false names a destination and needs its port",
+        );
+    }
+    if !bind_to_port && use_original_dst {
+        d.error(
+            l.at("use_original_dst"),
+            "a listener that does not bind its port cannot receive redirected connections",
+        );
+    }
+    Some(Listener {
+        name,
+        address,
+        stat_prefix,
+        tcp_backlog_size,
+        filter_chains: chains,
+        default_filter_chain,
+        listener_filters,
+        listener_filters_timeout,
+        continue_on_listener_filters_timeout,
+        use_original_dst,
+        bind_to_port,
+        ipv4_compat,
+    })
+}
+
+pub(super) const FILTER_CHAIN_MATCH: FieldTable = &[
+    ("destination_port", S),
+    ("prefix_ranges", S),
+    ("server_names", S),
+    ("transport_protocol", S),
+    ("application_protocols", S),
+    ("direct_source_prefix_ranges", S),
+    ("source_type", S),
+    ("source_prefix_ranges", S),
+    ("source_ports", S),
+    (
+        "address_suffix",
+        R("not implemented (Envoy does not implement it either)"),
+    ),
+    (
+        "suffix_len",
+        R("not implemented (Envoy does not implement it either)"),
+    ),
+];
+
+pub(super) const CIDR_RANGE: FieldTable = &[("address_prefix", S), ("prefix_len", S)];
+
+const CONNECTION_LIMIT_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
+const CONNECTION_LIMIT_NAME: &str = "envoy.filters.network.connection_limit";
+
+pub(super) const CONNECTION_LIMIT: FieldTable = &[
+    ("@type", S),
+    ("stat_prefix", S),
+    ("max_connections", S),
+    ("delay", S),
+    (
+        "runtime_enabled",
+        I("no runtime: the filter is always enabled"),
+    ),
+];
+
+const LOCAL_RATELIMIT_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit";
+const LOCAL_RATELIMIT_NAME: &str = "envoy.filters.network.local_ratelimit";
+
+pub(super) const LOCAL_RATELIMIT: FieldTable = &[
+    ("@type", S),
+    ("stat_prefix", S),
+    ("token_bucket", S),
+    (
+        "runtime_enabled",
+        I("no runtime: the filter is always enabled"),
+    ),
+    (
+        "share_key",
+        R("buckets shared between filters are not supported yet"),
+    ),
+];
+
+pub(super) const TOKEN_BUCKET: FieldTable = &[
+    ("max_tokens", S),
+    ("tokens_per_fill", S),
+    ("fill_interval", S),
+];
+
+/// Most filter chains a listener may have, and most leaf combinations one chain's match may
+/// expand to when checking for overlaps: bounds on load time for hostile input.
+const MAX_FILTER_CHAINS: usize = 10_000;
+const MAX_MATCH_COMBINATIONS: usize = 100_000;
+
+fn read_listener_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<ListenerFilter> {
+    let f = Obj::new(v, path, LISTENER_FILTER, d)?;
+    let name = f.string("name", d).unwrap_or_default();
+    let type_url = f
+        .get("typed_config")
+        .and_then(|tc| tc.get("@type"))
+        .and_then(|t| t.as_str())
+        .map(str::to_string);
+    let is_original_dst = match &type_url {
+        Some(t) => t == ORIGINAL_DST_FILTER_TYPE,
+        None => name == "envoy.filters.listener.original_dst",
+    };
+    if is_original_dst {
+        let _ = f.object("typed_config", TYPED_ANY, d);
+        Some(ListenerFilter::OriginalDst)
+    } else {
+        d.error(
+            path,
+            format!(
+                "unsupported listener filter \"{}\" (supported: envoy.filters.listener.original_dst)",
+                type_url.unwrap_or(name)
+            ),
+        );
+        None
+    }
+}
+
+/// `with_match`: a chain of `filter_chains` (a `default_filter_chain`'s match is ignored, as
+/// Envoy does).
+fn read_filter_chain(
+    v: &Value,
+    path: &str,
+    with_match: bool,
+    d: &mut Diagnostics,
+) -> Option<FilterChain> {
+    let fc = Obj::new(v, path, FILTER_CHAIN, d)?;
+    let filter_chain_match = match fc.object("filter_chain_match", FILTER_CHAIN_MATCH, d) {
+        Some(m) if with_match => read_match(&m, d),
+        _ => FilterChainMatch::default(),
+    };
+    let items = fc.list("filters", d);
+    if items.is_empty() {
+        d.error(
+            fc.at("filters"),
+            "must have at least one network filter, the last one terminal (envoy.filters.network.tcp_proxy)",
+        );
+    }
+    let mut filters = Vec::new();
+    let last = items.len().saturating_sub(1);
+    for (i, (fpath, fv)) in items.iter().enumerate() {
+        let Some(f) = read_filter(fv, fpath, d) else {
+            continue;
+        };
+        if i < last && f.is_terminal() {
+            d.error(
+                fpath,
+                "a terminal filter (tcp_proxy) must be the last filter in the chain",
+            );
+        } else if i == last && !f.is_terminal() {
+            d.error(
+                fpath,
+                "the last filter in a chain must be a terminal filter (envoy.filters.network.tcp_proxy)",
+            );
+        }
+        filters.push(f);
+    }
+    Some(FilterChain {
+        name: fc.string("name", d).unwrap_or_default(),
+        filter_chain_match,
+        filters,
+    })
+}
+
+fn scalar_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn read_cidrs(m: &Obj, key: &str, d: &mut Diagnostics) -> Vec<Cidr> {
+    let mut out = Vec::new();
+    for (p, v) in m.list(key, d) {
+        let Some(c) = Obj::new(v, &p, CIDR_RANGE, d) else {
+            continue;
+        };
+        let Some(prefix) = c.required_string("address_prefix", d) else {
+            continue;
+        };
+        let Ok(ip) = prefix.trim().parse::<IpAddr>() else {
+            d.error(
+                c.at("address_prefix"),
+                format!("\"{prefix}\" is not an IP address"),
+            );
+            continue;
+        };
+        let ip = ip.to_canonical();
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len = match c.uint("prefix_len", 0, max, d) {
+            Some(l) => l as u8,
+            None if c.get("prefix_len").is_some() => continue,
+            // Envoy: an absent prefix_len is 0.
+            None => 0,
+        };
+        out.push(Cidr::new(ip, len));
+    }
+    out
+}
+
+fn read_match(m: &Obj, d: &mut Diagnostics) -> FilterChainMatch {
+    let destination_port = m.uint("destination_port", 1, 65535, d).map(|p| p as u16);
+    let mut server_names = Vec::new();
+    for (p, v) in m.list("server_names", d) {
+        let Some(name) = v.as_str() else {
+            d.error(p, "expected a string");
+            continue;
+        };
+        let name = name.to_ascii_lowercase();
+        if name.contains('*') && (!name.starts_with("*.") || name[1..].contains('*')) {
+            d.error(
+                p,
+                format!("\"{name}\": partial wildcards are not supported in server_names (only a leading \"*.\")"),
+            );
+            continue;
+        }
+        if name.is_empty() {
+            d.error(p, "must not be empty");
+            continue;
+        }
+        server_names.push(name);
+    }
+    let mut application_protocols = Vec::new();
+    for (p, v) in m.list("application_protocols", d) {
+        match v.as_str() {
+            Some(s) if !s.is_empty() => application_protocols.push(s.to_string()),
+            _ => d.error(p, "expected a non-empty string"),
+        }
+    }
+    let mut source_ports = Vec::new();
+    for (p, v) in m.list("source_ports", d) {
+        match scalar_u64(v) {
+            Some(n) if (1..=65535).contains(&n) => source_ports.push(n as u16),
+            _ => d.error(p, "expected a port in [1, 65535]"),
+        }
+    }
+    let source_type = match m
+        .enumeration(
+            "source_type",
+            &["ANY", "SAME_IP_OR_LOOPBACK", "EXTERNAL"],
+            &[],
+            d,
+        )
+        .as_deref()
+    {
+        Some("SAME_IP_OR_LOOPBACK") => SourceType::SameIpOrLoopback,
+        Some("EXTERNAL") => SourceType::External,
+        _ => SourceType::Any,
+    };
+    FilterChainMatch {
+        destination_port,
+        prefix_ranges: read_cidrs(m, "prefix_ranges", d),
+        server_names,
+        transport_protocol: m.string("transport_protocol", d).filter(|s| !s.is_empty()),
+        application_protocols,
+        direct_source_prefix_ranges: read_cidrs(m, "direct_source_prefix_ranges", d),
+        source_type,
+        source_prefix_ranges: read_cidrs(m, "source_prefix_ranges", d),
+        source_ports,
+    }
+}
+
+/// Envoy refuses a listener whose chains could both match one connection: an identical match,
+/// or the same leaf (port, prefix, name, protocol, source…) reached by two chains.
+fn validate_chain_matches(chains: &[(String, FilterChain)], d: &mut Diagnostics) {
+    if chains.len() > MAX_FILTER_CHAINS {
+        if let Some((p, _)) = chains.get(MAX_FILTER_CHAINS) {
+            d.error(
+                p,
+                format!("more than {MAX_FILTER_CHAINS} filter chains in one listener"),
+            );
+        }
+        return;
+    }
+    let mut identical: std::collections::HashMap<&FilterChainMatch, &str> = Default::default();
+    let mut leaves: std::collections::HashMap<Leaf, &str> = Default::default();
+    for (path, c) in chains {
+        let m = &c.filter_chain_match;
+        if let Some(first) = identical.get(m) {
+            d.error(
+                format!("{path}.filter_chain_match"),
+                format!("the same matching rules as {first} (filter chains must differ in what they match)"),
+            );
+            continue;
+        }
+        identical.insert(m, path);
+        let mut overlap = None;
+        for_each_leaf(m, |leaf| {
+            if overlap.is_none() {
+                if let Some(first) = leaves.get(&leaf) {
+                    overlap = Some(first.to_string());
+                } else {
+                    leaves.insert(leaf, path);
+                }
+            }
+        });
+        if let Some(first) = overlap {
+            d.error(
+                format!("{path}.filter_chain_match"),
+                format!("overlaps the matching rules of {first}: one connection could match both"),
+            );
+        }
+    }
+}
+
+type Leaf = (
+    Option<u16>,
+    Option<Cidr>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<Cidr>,
+    SourceType,
+    Option<Cidr>,
+    Option<u16>,
+);
+
+/// Calls `f` with each combination of single values a match stands for (an empty list is one
+/// "any" value), up to `MAX_MATCH_COMBINATIONS`.
+fn for_each_leaf(m: &FilterChainMatch, mut f: impl FnMut(Leaf)) {
+    fn opts<T: Clone>(v: &[T]) -> Vec<Option<T>> {
+        if v.is_empty() {
+            vec![None]
+        } else {
+            v.iter().cloned().map(Some).collect()
+        }
+    }
+    let (dst, names, alpn) = (
+        opts(&m.prefix_ranges),
+        opts(&m.server_names),
+        opts(&m.application_protocols),
+    );
+    let (direct, src, ports) = (
+        opts(&m.direct_source_prefix_ranges),
+        opts(&m.source_prefix_ranges),
+        opts(&m.source_ports),
+    );
+    let total = [
+        dst.len(),
+        names.len(),
+        alpn.len(),
+        direct.len(),
+        src.len(),
+        ports.len(),
+    ]
+    .iter()
+    .try_fold(1usize, |acc, n| acc.checked_mul(*n));
+    if total.is_none_or(|t| t > MAX_MATCH_COMBINATIONS) {
+        return;
+    }
+    for a in &dst {
+        for b in &names {
+            for c in &alpn {
+                for e in &direct {
+                    for g in &src {
+                        for h in &ports {
+                            f((
+                                m.destination_port,
+                                *a,
+                                b.clone(),
+                                m.transport_protocol.clone(),
+                                c.clone(),
+                                *e,
+                                m.source_type,
+                                *g,
+                                *h,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Which network filter a `filters[]` entry names, by `@type` (else by name).
+fn filter_kind(f: &Obj) -> Option<&'static str> {
+    let type_url = f
+        .get("typed_config")
+        .and_then(|tc| tc.get("@type"))
+        .and_then(|t| t.as_str());
+    let name = f.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+    match type_url {
+        Some(TCP_PROXY_TYPE) => Some("tcp_proxy"),
+        Some(CONNECTION_LIMIT_TYPE) => Some("connection_limit"),
+        Some(LOCAL_RATELIMIT_TYPE) => Some("local_ratelimit"),
+        Some(_) => None,
+        None if TCP_PROXY_NAMES.contains(&name) => Some("tcp_proxy"),
+        None if name == CONNECTION_LIMIT_NAME => Some("connection_limit"),
+        None if name == LOCAL_RATELIMIT_NAME => Some("local_ratelimit"),
+        None => None,
+    }
+}
+
+fn read_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<NetworkFilter> {
+    let f = Obj::new(v, path, FILTER, d)?;
+    let name = f.required_string("name", d);
+    let Some(kind) = filter_kind(&f) else {
+        let what = f
+            .get("typed_config")
+            .and_then(|tc| tc.get("@type"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+            .or(name)
+            .unwrap_or_default();
+        d.error(
+            path,
+            format!("unsupported network filter \"{what}\" (supported: envoy.filters.network.tcp_proxy, envoy.filters.network.connection_limit, envoy.filters.network.local_ratelimit)"),
+        );
+        return None;
+    };
+    if f.get("typed_config").is_none() {
+        d.error(f.at("typed_config"), "missing required field");
+        return None;
+    }
+    let (table, type_url) = match kind {
+        "tcp_proxy" => (TCP_PROXY, TCP_PROXY_TYPE),
+        "connection_limit" => (CONNECTION_LIMIT, CONNECTION_LIMIT_TYPE),
+        _ => (LOCAL_RATELIMIT, LOCAL_RATELIMIT_TYPE),
+    };
+    let tc = f.object("typed_config", table, d)?;
+    if tc.get("@type").is_none() {
+        d.error(
+            tc.at("@type"),
+            format!("missing required field (expected {type_url})"),
+        );
+    }
+    match kind {
+        "tcp_proxy" => read_tcp_proxy(&tc, d),
+        "connection_limit" => read_connection_limit(&tc, d),
+        _ => read_local_ratelimit(&tc, d),
+    }
+}
+
+fn read_tcp_proxy(tc: &Obj, d: &mut Diagnostics) -> Option<NetworkFilter> {
+    let stat_prefix = tc.required_string("stat_prefix", d);
+    let cluster = if tc.get("cluster").is_none() {
+        if tc.get("weighted_clusters").is_none() {
+            d.error(tc.at("cluster"), "missing required field");
+        }
+        None
+    } else {
+        tc.required_string("cluster", d)
+    };
+    let idle_timeout = match tc.duration("idle_timeout", d) {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => Some(Duration::from_secs(3600)),
+    };
+    let max_connect_attempts = tc.uint("max_connect_attempts", 1, 100, d).unwrap_or(1) as u32;
+    let max_downstream_connection_duration = tc
+        .duration("max_downstream_connection_duration", d)
+        .filter(|d| !d.is_zero());
+    Some(NetworkFilter::TcpProxy(TcpProxy {
+        stat_prefix: stat_prefix?,
+        cluster: cluster?,
+        idle_timeout,
+        max_connect_attempts,
+        max_downstream_connection_duration,
+    }))
+}
+
+fn read_connection_limit(tc: &Obj, d: &mut Diagnostics) -> Option<NetworkFilter> {
+    let stat_prefix = tc.required_string("stat_prefix", d);
+    let max_connections = match tc.required("max_connections", d) {
+        Some(_) => tc.uint("max_connections", 1, u64::MAX, d),
+        None => None,
+    };
+    let delay = tc.duration("delay", d).filter(|d| !d.is_zero());
+    Some(NetworkFilter::ConnectionLimit(ConnectionLimit {
+        stat_prefix: stat_prefix?,
+        max_connections: max_connections?,
+        delay,
+    }))
+}
+
+fn read_local_ratelimit(tc: &Obj, d: &mut Diagnostics) -> Option<NetworkFilter> {
+    let stat_prefix = tc.required_string("stat_prefix", d);
+    tc.required("token_bucket", d)?;
+    let tb = tc.object("token_bucket", TOKEN_BUCKET, d)?;
+    let max_tokens = match tb.required("max_tokens", d) {
+        Some(_) => tb.uint("max_tokens", 1, u32::MAX as u64, d),
+        None => None,
+    };
+    let tokens_per_fill = tb
+        .uint("tokens_per_fill", 1, u32::MAX as u64, d)
+        .unwrap_or(1) as u32;
+    let fill_interval = match tb.required("fill_interval", d) {
+        Some(_) => match tb.duration("fill_interval", d) {
+            Some(i) if i < Duration::from_millis(50) => {
+                d.error(
+                    tb.at("fill_interval"),
+                    "must be at least 50ms (as in Envoy)",
+                );
+                None
+            }
+            other => other,
+        },
+        None => None,
+    };
+    Some(NetworkFilter::LocalRateLimit(LocalRateLimit {
+        stat_prefix: stat_prefix?,
+        max_tokens: max_tokens? as u32,
+        tokens_per_fill,
+        fill_interval: fill_interval?,
+    }))
+}
+
+fn cidrs_json(v: &[Cidr]) -> Json {
+    json!(v
+        .iter()
+        .map(|c| json!({"address_prefix": c.net.to_string(), "prefix_len": c.len}))
+        .collect::<Vec<_>>())
+}
+
+impl FilterChainMatch {
+    /// Envoy v3 JSON of the set fields.
+    pub fn to_envoy_json(&self) -> Json {
+        let mut j = serde_json::Map::new();
+        if let Some(p) = self.destination_port {
+            j.insert("destination_port".into(), json!(p));
+        }
+        if !self.prefix_ranges.is_empty() {
+            j.insert("prefix_ranges".into(), cidrs_json(&self.prefix_ranges));
+        }
+        if !self.server_names.is_empty() {
+            j.insert("server_names".into(), json!(self.server_names));
+        }
+        if let Some(t) = &self.transport_protocol {
+            j.insert("transport_protocol".into(), json!(t));
+        }
+        if !self.application_protocols.is_empty() {
+            j.insert(
+                "application_protocols".into(),
+                json!(self.application_protocols),
+            );
+        }
+        if !self.direct_source_prefix_ranges.is_empty() {
+            j.insert(
+                "direct_source_prefix_ranges".into(),
+                cidrs_json(&self.direct_source_prefix_ranges),
+            );
+        }
+        match self.source_type {
+            SourceType::Any => {}
+            SourceType::SameIpOrLoopback => {
+                j.insert("source_type".into(), json!("SAME_IP_OR_LOOPBACK"));
+            }
+            SourceType::External => {
+                j.insert("source_type".into(), json!("EXTERNAL"));
+            }
+        }
+        if !self.source_prefix_ranges.is_empty() {
+            j.insert(
+                "source_prefix_ranges".into(),
+                cidrs_json(&self.source_prefix_ranges),
+            );
+        }
+        if !self.source_ports.is_empty() {
+            j.insert("source_ports".into(), json!(self.source_ports));
+        }
+        Json::Object(j)
+    }
+}
+
+impl NetworkFilter {
+    pub fn to_envoy_json(&self) -> Json {
+        match self {
+            NetworkFilter::TcpProxy(tp) => {
+                let mut cfg = json!({
+                    "@type": TCP_PROXY_TYPE,
+                    "stat_prefix": tp.stat_prefix,
+                    "cluster": tp.cluster,
+                    "idle_timeout": duration_json(tp.idle_timeout.unwrap_or_default()),
+                    "max_connect_attempts": tp.max_connect_attempts,
+                });
+                if let Some(d) = tp.max_downstream_connection_duration {
+                    cfg["max_downstream_connection_duration"] = json!(duration_json(d));
+                }
+                json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": cfg})
+            }
+            NetworkFilter::ConnectionLimit(cl) => {
+                let mut cfg = json!({
+                    "@type": CONNECTION_LIMIT_TYPE,
+                    "stat_prefix": cl.stat_prefix,
+                    "max_connections": cl.max_connections.to_string(),
+                });
+                if let Some(d) = cl.delay {
+                    cfg["delay"] = json!(duration_json(d));
+                }
+                json!({"name": CONNECTION_LIMIT_NAME, "typed_config": cfg})
+            }
+            NetworkFilter::LocalRateLimit(rl) => json!({
+                "name": LOCAL_RATELIMIT_NAME,
+                "typed_config": {
+                    "@type": LOCAL_RATELIMIT_TYPE,
+                    "stat_prefix": rl.stat_prefix,
+                    "token_bucket": {
+                        "max_tokens": rl.max_tokens,
+                        "tokens_per_fill": rl.tokens_per_fill,
+                        "fill_interval": duration_json(rl.fill_interval),
+                    },
+                },
+            }),
+        }
+    }
+}
+
+impl FilterChain {
+    pub fn to_envoy_json(&self) -> Json {
+        let mut j = json!({
+            "name": self.name,
+            "filters": self.filters.iter().map(NetworkFilter::to_envoy_json).collect::<Vec<_>>(),
+        });
+        let m = self.filter_chain_match.to_envoy_json();
+        if m.as_object().is_some_and(|o| !o.is_empty()) {
+            j["filter_chain_match"] = m;
+        }
+        j
+    }
+}
+
+impl Listener {
+    /// Envoy v3 `Listener` JSON of the active (translated) config, for `/config_dump`.
+    pub fn to_envoy_json(&self) -> Json {
+        let mut j = json!({
+            "name": self.name,
+            "address": socket_address_json(&self.address.ip().to_string(), self.address.port()),
+            "filter_chains": self.filter_chains.iter().map(FilterChain::to_envoy_json).collect::<Vec<_>>(),
+            "tcp_backlog_size": self.tcp_backlog_size,
+        });
+        if let Some(fc) = &self.default_filter_chain {
+            j["default_filter_chain"] = fc.to_envoy_json();
+        }
+        if let Some(p) = &self.stat_prefix {
+            j["stat_prefix"] = json!(p);
+        }
+        if !self.listener_filters.is_empty() {
+            j["listener_filters"] = json!(self
+                .listener_filters
+                .iter()
+                .map(|f| match f {
+                    ListenerFilter::OriginalDst => json!({
+                        "name": "envoy.filters.listener.original_dst",
+                        "typed_config": {"@type": ORIGINAL_DST_FILTER_TYPE},
+                    }),
+                })
+                .collect::<Vec<_>>());
+        }
+        j["listener_filters_timeout"] = json!(duration_json(
+            self.listener_filters_timeout.unwrap_or_default()
+        ));
+        if self.continue_on_listener_filters_timeout {
+            j["continue_on_listener_filters_timeout"] = json!(true);
+        }
+        if self.use_original_dst {
+            j["use_original_dst"] = json!(true);
+        }
+        if !self.bind_to_port {
+            j["bind_to_port"] = json!(false);
+        }
+        j
+    }
+
+    /// Every chain, the default last.
+    pub fn all_chains(&self) -> impl Iterator<Item = &FilterChain> {
+        self.filter_chains
+            .iter()
+            .chain(self.default_filter_chain.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TP: &str = r#"{name: envoy.filters.network.tcp_proxy, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, cluster: c}}"#;
+
+    /// A bootstrap whose one listener has `chains` (YAML flow list items) and `extra` fields.
+    fn with_chains(chains: &[String], extra: &str) -> String {
+        format!(
+            r#"
+static_resources:
+  listeners:
+  - name: l
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 80 }} }}
+    filter_chains: [{}]
+    {extra}
+  clusters:
+  - name: c
+    load_assignment: {{ cluster_name: c, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 9 }} }} }} }}] }}] }}
+"#,
+            chains.join(", ")
+        )
+    }
+
+    fn chain(m: &str) -> String {
+        format!("{{filter_chain_match: {m}, filters: [{TP}]}}")
+    }
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match parse_bootstrap(yaml, "t") {
+            Ok(_) => vec![],
+            Err(e) => e.errors.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_match_field_is_read() {
+        let s = parse_bootstrap(
+            &with_chains(
+                &[chain(
+                    r#"{destination_port: 443, prefix_ranges: [{address_prefix: 10.1.2.3, prefix_len: 16}],
+                        server_names: ["*.Example.com", a.b], transport_protocol: tls,
+                        application_protocols: [h2, http/1.1],
+                        direct_source_prefix_ranges: [{address_prefix: "fd00::1", prefix_len: 64}],
+                        source_type: EXTERNAL, source_prefix_ranges: [{address_prefix: 192.168.0.0}],
+                        source_ports: [1000, "2000"]}"#,
+                )],
+                "",
+            ),
+            "t",
+        )
+        .unwrap();
+        let m = &s.listeners[0].filter_chains[0].filter_chain_match;
+        assert_eq!(m.destination_port, Some(443));
+        assert_eq!(
+            m.prefix_ranges,
+            vec![Cidr::new("10.1.0.0".parse().unwrap(), 16)]
+        );
+        assert_eq!(m.server_names, vec!["*.example.com", "a.b"]);
+        assert_eq!(m.transport_protocol.as_deref(), Some("tls"));
+        assert_eq!(m.application_protocols, vec!["h2", "http/1.1"]);
+        assert_eq!(
+            m.direct_source_prefix_ranges,
+            vec![Cidr::new("fd00::".parse().unwrap(), 64)]
+        );
+        assert_eq!(m.source_type, SourceType::External);
+        assert_eq!(
+            m.source_prefix_ranges,
+            vec![Cidr::new("0.0.0.0".parse().unwrap(), 0)]
+        );
+        assert_eq!(m.source_ports, vec![1000, 2000]);
+        // And back out through /config_dump.
+        let j = s.listeners[0].to_envoy_json();
+        assert_eq!(
+            j["filter_chains"][0]["filter_chain_match"]["destination_port"],
+            443
+        );
+        assert_eq!(j["listener_filters_timeout"], "15s");
+    }
+
+    #[test]
+    fn identical_or_overlapping_matches_are_rejected_with_both_paths() {
+        let e = errors(&with_chains(
+            &[
+                chain("{destination_port: 1}"),
+                chain("{destination_port: 1}"),
+            ],
+            "",
+        ));
+        assert_eq!(
+            e,
+            vec!["static_resources.listeners[0].filter_chains[1].filter_chain_match: the same matching rules as static_resources.listeners[0].filter_chains[0] (filter chains must differ in what they match)"]
+        );
+        let e = errors(&with_chains(
+            &[
+                chain("{server_names: [a.com, b.com]}"),
+                chain("{server_names: [B.com]}"),
+            ],
+            "",
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("filter_chains[1].filter_chain_match: overlaps the matching rules of static_resources.listeners[0].filter_chains[0]"), "{e:?}");
+        // Nested but different prefixes are not an overlap.
+        assert_eq!(
+            errors(&with_chains(
+                &[
+                    chain("{prefix_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]}"),
+                    chain("{prefix_ranges: [{address_prefix: 10.1.0.0, prefix_len: 16}]}"),
+                ],
+                "",
+            )),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn bad_match_values_name_their_field() {
+        let e = errors(&with_chains(
+            &[chain(
+                r#"{server_names: ["w*.x.com"], destination_port: 0, source_type: LOCAL, address_suffix: x,
+                    prefix_ranges: [{address_prefix: nope}]}"#,
+            )],
+            "",
+        ));
+        let has = |s: &str| e.iter().any(|x| x.contains(s));
+        assert!(
+            has("filter_chain_match.server_names[0]: \"w*.x.com\": partial wildcards"),
+            "{e:?}"
+        );
+        assert!(
+            has("filter_chain_match.destination_port: 0 is out of range [1, 65535]"),
+            "{e:?}"
+        );
+        assert!(
+            has("filter_chain_match.source_type: unknown value \"LOCAL\""),
+            "{e:?}"
+        );
+        assert!(
+            has("filter_chain_match.address_suffix: not supported"),
+            "{e:?}"
+        );
+        assert!(
+            has(
+                "filter_chain_match.prefix_ranges[0].address_prefix: \"nope\" is not an IP address"
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn terminal_filter_must_come_last_and_only_last() {
+        let cl = r#"{name: envoy.filters.network.connection_limit, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit, stat_prefix: cl, max_connections: 5, delay: 1s}}"#;
+        let ok = parse_bootstrap(
+            &with_chains(&[format!("{{filters: [{cl}, {TP}]}}")], ""),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(ok.listeners[0].filter_chains[0].filters.len(), 2);
+        assert_eq!(
+            ok.listeners[0].filter_chains[0].filters[0],
+            NetworkFilter::ConnectionLimit(ConnectionLimit {
+                stat_prefix: "cl".into(),
+                max_connections: 5,
+                delay: Some(Duration::from_secs(1)),
+            })
+        );
+        let e = errors(&with_chains(&[format!("{{filters: [{TP}, {cl}]}}")], ""));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].ends_with(
+                "filters[0]: a terminal filter (tcp_proxy) must be the last filter in the chain"
+            ),
+            "{e:?}"
+        );
+        assert!(e[1].ends_with("filters[1]: the last filter in a chain must be a terminal filter (envoy.filters.network.tcp_proxy)"), "{e:?}");
+    }
+
+    #[test]
+    fn local_ratelimit_fields_and_limits() {
+        let rl = |tb: &str| {
+            format!(
+                r#"{{filters: [{{name: envoy.filters.network.local_ratelimit, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit, stat_prefix: rl, token_bucket: {tb}}}}}, {TP}]}}"#
+            )
+        };
+        let s = parse_bootstrap(
+            &with_chains(&[rl("{max_tokens: 10, fill_interval: 1s}")], ""),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            s.listeners[0].filter_chains[0].filters[0],
+            NetworkFilter::LocalRateLimit(LocalRateLimit {
+                stat_prefix: "rl".into(),
+                max_tokens: 10,
+                tokens_per_fill: 1,
+                fill_interval: Duration::from_secs(1),
+            })
+        );
+        let e = errors(&with_chains(
+            &[rl("{max_tokens: 10, fill_interval: 0.01s}")],
+            "",
+        ));
+        assert!(
+            e[0].ends_with("token_bucket.fill_interval: must be at least 50ms (as in Envoy)"),
+            "{e:?}"
+        );
+        let e = errors(&with_chains(&[rl("{fill_interval: 1s}")], ""));
+        assert!(
+            e[0].ends_with("token_bucket.max_tokens: missing required field"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn default_chain_alone_is_enough_and_its_match_is_ignored() {
+        let yaml = with_chains(&[], &format!("default_filter_chain: {{filter_chain_match: {{destination_port: 9}}, filters: [{TP}]}}"));
+        let s = parse_bootstrap(&yaml, "t").unwrap();
+        let l = &s.listeners[0];
+        assert!(l.filter_chains.is_empty());
+        assert_eq!(
+            l.default_filter_chain.as_ref().unwrap().filter_chain_match,
+            FilterChainMatch::default()
+        );
+        let e = errors(&with_chains(&[], ""));
+        assert_eq!(
+            e,
+            vec!["static_resources.listeners[0].filter_chains: no filter chains specified: give filter_chains or default_filter_chain"]
+        );
+        // The default's tcp_proxy cluster is checked like any other.
+        let e = errors(&yaml.replace("cluster: c}}]}", "cluster: nope}}]}"));
+        assert!(e[0].starts_with("static_resources.listeners[0].default_filter_chain.filters[0].typed_config.cluster: unknown cluster \"nope\""), "{e:?}");
+    }
+
+    #[test]
+    fn listener_filters_timeout_zero_disables() {
+        let s = parse_bootstrap(
+            &with_chains(&[chain("{}")], "listener_filters_timeout: 0s"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(s.listeners[0].listener_filters_timeout, None);
+    }
+}

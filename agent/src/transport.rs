@@ -1,0 +1,140 @@
+//! The byte stream of a proxied connection, on either side, whatever carries it: plain TCP
+//! today, TLS next (a `Tls` variant wrapping the TCP stream), and in-memory pipes in tests.
+//! Filters, the copy loop and the upstream connect code see only `Stream` and `Downstream`.
+
+use crate::drain;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A connection's byte stream. An enum rather than a trait object: the set is closed, and
+/// dispatch is a branch the compiler sees through.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    /// An in-memory pipe (tests, and seams that need no socket).
+    Memory(DuplexStream),
+}
+
+impl From<TcpStream> for Stream {
+    fn from(s: TcpStream) -> Self {
+        Stream::Tcp(s)
+    }
+}
+
+impl From<DuplexStream> for Stream {
+    fn from(s: DuplexStream) -> Self {
+        Stream::Memory(s)
+    }
+}
+
+impl Stream {
+    /// Makes the next close an abort (RST) so the peer learns the stream broke; never blocks.
+    pub fn set_abort_on_close(&self) {
+        if let Stream::Tcp(s) = self {
+            let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
+        }
+    }
+
+    pub fn set_nodelay(&self) {
+        if let Stream::Tcp(s) = self {
+            let _ = s.set_nodelay(true);
+        }
+    }
+
+    /// The TCP socket underneath, where there is one (original destination lookups).
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Tcp(s) => Some(s),
+            Stream::Memory(_) => None,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Memory(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Memory(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Memory(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Memory(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Envoy's transport protocol of a connection no TLS inspector has looked at.
+pub const RAW_BUFFER: &str = "raw_buffer";
+
+/// What is known about a downstream connection, handed from listener filters to the filter
+/// chain match and then to the network filters (Envoy's connection socket + stream info).
+#[derive(Debug)]
+pub struct Downstream {
+    pub io: Stream,
+    /// The client's address (IPv4 clients of a dual-stack socket in plain IPv4 form).
+    pub peer: SocketAddr,
+    /// The address the connection was accepted on.
+    pub local: SocketAddr,
+    /// Where the client meant to connect, when it was redirected (eBPF, iptables).
+    pub original_dst: Option<SocketAddr>,
+    /// SNI, once a TLS inspector has read it.
+    pub server_name: Option<String>,
+    /// `raw_buffer` until a TLS inspector says `tls`.
+    pub transport_protocol: &'static str,
+    /// ALPN offered by the client, or protocols an HTTP inspector detected (`http/1.1`, `h2c`).
+    pub application_protocols: Vec<String>,
+    pub watch: drain::Watch,
+}
+
+impl Downstream {
+    pub fn new(io: Stream, peer: SocketAddr, local: SocketAddr, watch: drain::Watch) -> Self {
+        Self {
+            io,
+            peer,
+            local,
+            original_dst: None,
+            server_name: None,
+            transport_protocol: RAW_BUFFER,
+            application_protocols: Vec::new(),
+            watch,
+        }
+    }
+
+    /// The destination the chain match and filters act on: the original destination of a
+    /// redirected connection, else the local address (Envoy restores the socket's local
+    /// address from the original destination).
+    pub fn destination(&self) -> SocketAddr {
+        self.original_dst.unwrap_or(self.local)
+    }
+}
