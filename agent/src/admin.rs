@@ -4,6 +4,7 @@
 
 use crate::server::{Shared, ShutdownKind};
 use crate::stats::{self, StatsFilter};
+use crate::upstream::health_flag;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -333,14 +334,13 @@ fn clusters(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body>
             let cx_active = h.stats.cx_active.load(Ordering::Relaxed);
             let cx_total = h.stats.cx_total.load(Ordering::Relaxed);
             let cx_connect_fail = h.stats.cx_connect_fail.load(Ordering::Relaxed);
-            let flags = if h.routable() {
-                "healthy".to_string()
-            } else {
-                format!(
-                    "/eds_status_{}",
-                    h.health_status.as_str().to_ascii_lowercase()
-                )
-            };
+            let flags = h.health_flags_string();
+            let rq = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed).to_string();
+            let (rq_success, rq_error, rq_timeout) = (
+                rq(&h.stats.rq_success),
+                rq(&h.stats.rq_error),
+                rq(&h.stats.rq_timeout),
+            );
             if as_json {
                 host_json.push(json!({
                     "address": {"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}},
@@ -348,10 +348,17 @@ fn clusters(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body>
                         {"name": "cx_active", "type": "GAUGE", "value": cx_active.to_string()},
                         {"name": "cx_total", "value": cx_total.to_string()},
                         {"name": "cx_connect_fail", "value": cx_connect_fail.to_string()},
+                        {"name": "rq_success", "value": rq_success},
+                        {"name": "rq_error", "value": rq_error},
+                        {"name": "rq_timeout", "value": rq_timeout},
                         {"name": "rq_total", "value": "0"},
                     ],
-                    "health_status": {"eds_health_status": h.health_status.as_str()},
-                    "weight": h.weight,
+                    "health_status": {
+                        "eds_health_status": h.eds_health_status().as_str(),
+                        "failed_outlier_check": h.health_flags() & health_flag::FAILED_OUTLIER_CHECK != 0,
+                        "failed_active_health_check": h.health_flags() & health_flag::FAILED_ACTIVE_HC != 0,
+                    },
+                    "weight": h.weight(),
                     "priority": h.priority,
                     "hostname": h.hostname,
                     "locality": h.locality.to_json(),
@@ -362,10 +369,13 @@ fn clusters(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body>
                     ("cx_active", cx_active.to_string()),
                     ("cx_connect_fail", cx_connect_fail.to_string()),
                     ("cx_total", cx_total.to_string()),
+                    ("rq_error", rq_error.clone()),
+                    ("rq_success", rq_success.clone()),
+                    ("rq_timeout", rq_timeout.clone()),
                     ("rq_total", "0".to_string()),
                     ("hostname", h.hostname.clone()),
                     ("health_flags", flags),
-                    ("weight", h.weight.to_string()),
+                    ("weight", h.weight().to_string()),
                     ("region", h.locality.region.clone()),
                     ("zone", h.locality.zone.clone()),
                     ("sub_zone", h.locality.sub_zone.clone()),

@@ -11,8 +11,10 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock, so paused-time tests drive the idle and duration timers.
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 pub const INITIAL_BUF: usize = 4 * 1024;
 pub const MAX_BUF: usize = 256 * 1024;
@@ -195,13 +197,13 @@ async fn idle(activity: &Activity, timeout: Option<Duration>) {
         if Instant::now() >= deadline {
             return;
         }
-        tokio::time::sleep_until(deadline.into()).await;
+        tokio::time::sleep_until(deadline).await;
     }
 }
 
 async fn max_duration(start: Instant, limit: Option<Duration>) {
     match limit {
-        Some(l) => tokio::time::sleep_until((start + l).into()).await,
+        Some(l) => tokio::time::sleep_until(start + l).await,
         None => std::future::pending().await,
     }
 }

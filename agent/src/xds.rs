@@ -16,7 +16,7 @@ use crate::config::xds::{
 use crate::config::{self, DiscoveryType, XdsApi, XdsConfig};
 use crate::listener::ListenerManager;
 use crate::stats::{Counter, Gauge, Scope, Store};
-use crate::upstream::ClusterManager;
+use crate::upstream::{ClusterManager, LbContext};
 use envoy_types::pb::envoy::config::cluster::v3 as pbc;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as pbe;
@@ -966,7 +966,7 @@ impl XdsClient {
             .clusters
             .get(&self.cfg.cluster)
             .ok_or_else(|| format!("control plane cluster \"{}\" is missing", self.cfg.cluster))?;
-        let host = cluster.pick().ok_or_else(|| {
+        let host = cluster.pick(&LbContext::default()).map_err(|_| {
             format!(
                 "control plane cluster \"{}\" has no usable host",
                 self.cfg.cluster

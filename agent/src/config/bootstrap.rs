@@ -221,7 +221,7 @@ const CLUSTER: FieldTable = &[
         "upstream_connection_options",
         I("TCP keepalive is not configured"),
     ),
-    ("cleanup_interval", I("no ORIGINAL_DST clusters")),
+    ("cleanup_interval", S),
     ("alt_stat_name", I("stats use the cluster name")),
     ("metadata", I("metadata is informational here")),
     ("track_timeout_budgets", I("no HTTP upstreams yet")),
@@ -1293,6 +1293,12 @@ pub(crate) fn read_cluster(
     } else {
         lb_policy
     };
+    let cleanup_interval = c
+        .duration("cleanup_interval", d)
+        .unwrap_or(Duration::from_secs(5));
+    if cleanup_interval < Duration::from_millis(1) {
+        d.error(c.at("cleanup_interval"), "must be at least 0.001s");
+    }
     let dns_refresh_rate = c
         .duration("dns_refresh_rate", d)
         .unwrap_or(Duration::from_secs(5));
@@ -1466,6 +1472,7 @@ pub(crate) fn read_cluster(
         connect_timeout,
         lb_policy,
         dns_refresh_rate,
+        cleanup_interval,
         dns_lookup_family,
         localities,
     })

@@ -377,6 +377,8 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     pub lb_policy: LbPolicy,
     pub dns_refresh_rate: Duration,
+    /// ORIGINAL_DST: hosts unused for this long are forgotten (Envoy's default 5 s).
+    pub cleanup_interval: Duration,
     pub dns_lookup_family: DnsLookupFamily,
     pub localities: Vec<LocalityEndpoints>,
 }
@@ -438,7 +440,7 @@ pub struct OutlierDetection {
     pub enforcing_consecutive_local_origin_failure: u32,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct LocalityEndpoints {
     pub locality: Locality,
     pub priority: u32,
@@ -590,6 +592,9 @@ impl Cluster {
         ) {
             j["dns_refresh_rate"] = json!(duration_json(self.dns_refresh_rate));
             j["dns_lookup_family"] = json!(self.dns_lookup_family.as_str());
+        }
+        if self.discovery == DiscoveryType::OriginalDst {
+            j["cleanup_interval"] = json!(duration_json(self.cleanup_interval));
         }
         j
     }

@@ -648,7 +648,9 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
         );
         m.insert("outlier_detection".into(), Json::Object(om));
     }
-    mark(&mut m, "cleanup_interval", c.cleanup_interval.is_some());
+    if let Some(i) = &c.cleanup_interval {
+        m.insert("cleanup_interval".into(), json!(duration(i)));
+    }
     mark(
         &mut m,
         "upstream_bind_config",

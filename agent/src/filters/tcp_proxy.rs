@@ -5,7 +5,7 @@ use crate::config;
 use crate::copy::{self, DirectionStats, FlushObserver, Limits, Outcome, Side};
 use crate::stats::{Counter, Gauge, Store};
 use crate::transport::Downstream;
-use crate::upstream::{ClusterManager, ConnectError};
+use crate::upstream::{ClusterManager, LbContext};
 use std::sync::Arc;
 
 /// Envoy's `tcp.<stat_prefix>.*` stats.
@@ -75,20 +75,27 @@ impl TcpProxy {
         let attempts = self.config.max_connect_attempts.max(1);
         let mut upstream = None;
         for attempt in 1..=attempts {
+            // Each attempt picks anew (Envoy's tcp_proxy does not avoid the hosts it tried).
+            let ctx = LbContext {
+                attempt,
+                original_dst,
+                ..LbContext::default()
+            };
+            let host = match cluster.pick(&ctx) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::debug!(%peer, cluster = cluster.name(), error = %e, "no upstream");
+                    return;
+                }
+            };
             let r = tokio::select! {
-                r = cluster.connect(original_dst) => r,
+                r = cluster.connect(host) => r,
                 _ = watch.closing() => return,
             };
             match r {
                 Ok(u) => {
                     upstream = Some(u);
                     break;
-                }
-                Err(
-                    e @ (ConnectError::NoHealthyHost(_) | ConnectError::NoOriginalDestination(_)),
-                ) => {
-                    tracing::debug!(%peer, cluster = cluster.name(), error = %e, "no upstream");
-                    return;
                 }
                 Err(e) => {
                     tracing::debug!(%peer, cluster = cluster.name(), attempt, error = %e, "upstream connect failed");
@@ -145,5 +152,126 @@ impl TcpProxy {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! tcp_proxy with in-memory streams and paused time: retries and timeouts without
+    //! sockets or sleeps.
+    use super::*;
+    use crate::drain;
+    use crate::transport::Stream;
+    use crate::upstream::{Connector, MemoryConnect};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const CLUSTER: &str = r#"{"static_resources": {"clusters": [{"name": "c", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}}},
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 2}}}}]}]}}]}}"#;
+
+    /// Port 1 never answers a connect; port 2 is an in-memory echo server.
+    fn connector() -> Connector {
+        Connector::Memory(Arc::new(|addr: std::net::SocketAddr| -> MemoryConnect {
+            Box::pin(async move {
+                if addr.port() == 1 {
+                    std::future::pending::<()>().await;
+                }
+                let (near, mut far) = tokio::io::duplex(1024);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = far.read(&mut buf).await {
+                        if n == 0 || far.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                Ok(Stream::Memory(near))
+            })
+        }))
+    }
+
+    fn proxy(attempts: u32, idle: Option<Duration>) -> (TcpProxy, Arc<ClusterManager>, Store) {
+        let store = Store::new();
+        let snap = crate::config::parse_bootstrap(CLUSTER, "test").unwrap();
+        let cm = Arc::new(ClusterManager::with_connector(&snap, &store, connector()));
+        let tp = TcpProxy::new(
+            config::TcpProxy {
+                stat_prefix: "t".into(),
+                cluster: "c".into(),
+                idle_timeout: idle,
+                max_connect_attempts: attempts,
+                max_downstream_connection_duration: None,
+            },
+            cm.clone(),
+            &store,
+        );
+        (tp, cm, store)
+    }
+
+    fn downstream(drain: &drain::Drain) -> (Downstream, tokio::io::DuplexStream) {
+        let (client, server) = tokio::io::duplex(1024);
+        let a = "127.0.0.1:5000".parse().unwrap();
+        (
+            Downstream::new(Stream::Memory(server), a, a, drain.watch()),
+            client,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_timeout_is_retried_on_the_next_host() {
+        let (tp, cm, _store) = proxy(2, None);
+        let drain = drain::Drain::new();
+        let (ds, mut client) = downstream(&drain);
+        let task = tokio::spawn(async move { tp.handle(ds).await });
+        client.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+        let c = cm.get("c").unwrap();
+        assert_eq!(c.stats.upstream_cx_connect_timeout.value(), 1);
+        assert_eq!(c.stats.upstream_cx_connect_attempts_exceeded.value(), 0);
+        assert_eq!(c.stats.upstream_cx_active.value(), 1);
+        drop(client);
+        task.await.unwrap();
+        assert_eq!(c.stats.upstream_cx_active.value(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_attempt_to_a_silent_host_gives_up_after_connect_timeout() {
+        let (tp, cm, _store) = proxy(1, None);
+        let drain = drain::Drain::new();
+        let (ds, mut client) = downstream(&drain);
+        let started = tokio::time::Instant::now();
+        tp.handle(ds).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "the downstream is closed");
+        let c = cm.get("c").unwrap();
+        assert_eq!(c.stats.upstream_cx_connect_fail.value(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_closes_a_quiet_connection_and_activity_defers_it() {
+        let (tp, _cm, _store) = proxy(2, Some(Duration::from_secs(10)));
+        let drain = drain::Drain::new();
+        let (ds, mut client) = downstream(&drain);
+        let stats = Arc::new(tp);
+        let tp2 = stats.clone();
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(async move { tp2.handle(ds).await });
+        // Connected after the 1 s timeout on the first host; then 8 s of quiet, a byte, and
+        // the idle timer starts over.
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        client.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        client.read_exact(&mut one).await.unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        task.await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(19));
+        assert_eq!(stats.stats.idle_timeout.value(), 1);
     }
 }

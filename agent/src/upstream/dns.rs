@@ -3,7 +3,7 @@
 //! STRICT_DNS: every address each endpoint's name resolves to is a host. LOGICAL_DNS: the
 //! one endpoint's first address is the host. A failed resolution keeps the previous hosts.
 
-use super::{Cluster, Host, HostSet, HostStats};
+use super::{Cluster, Host, HostSet};
 use crate::config::{DiscoveryType, DnsLookupFamily, Host as CfgHost};
 use crate::drain;
 use std::net::{IpAddr, SocketAddr};
@@ -81,15 +81,14 @@ pub(super) async fn refresh(cluster: Arc<Cluster>) {
                 ips.len()
             };
             for ip in ips.into_iter().take(take) {
-                hosts.push(Arc::new(Host {
-                    address: SocketAddr::new(ip, e.port),
-                    hostname: e.hostname.clone().unwrap_or_else(|| e.host.to_string()),
-                    weight: e.weight,
-                    priority: l.priority,
-                    locality: l.locality.clone(),
-                    health_status: e.health_status,
-                    stats: HostStats::default(),
-                }));
+                hosts.push(Arc::new(Host::new(
+                    SocketAddr::new(ip, e.port),
+                    e.hostname.clone().unwrap_or_else(|| e.host.to_string()),
+                    l.priority,
+                    l.locality.clone(),
+                    e.weight,
+                    e.health_status,
+                )));
             }
         }
     }

@@ -7,14 +7,18 @@
 //! weighted round-robin schedule and cumulative weights for weighted random. A pick is an
 //! atomic increment or a thread-local random number: no locks on the data path.
 
-use super::{Host, HostStats};
-use crate::config::{self, HealthStatus, Host as CfgHost, LbPolicy};
+use super::host::{Health, Host};
+use super::LbContext;
+use crate::config::{self, Host as CfgHost, LbPolicy};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Longest precomputed round-robin schedule; larger weight sums are scaled down.
 const MAX_SCHEDULE: u64 = 1 << 16;
+/// Extra picks a retry makes to avoid hosts it already tried (Envoy's
+/// host_selection_retry_max_attempts for the previous_hosts predicate).
+const HOST_SELECTION_RETRIES: usize = 3;
 /// Host count above which no schedule is precomputed.
 const MAX_SCHEDULED_HOSTS: usize = 256;
 
@@ -46,7 +50,7 @@ struct Level {
 
 impl Level {
     fn new(priority: u32, degraded: bool, active: Vec<Arc<Host>>) -> Self {
-        let weights: Vec<u64> = active.iter().map(|h| h.weight.max(1) as u64).collect();
+        let weights: Vec<u64> = active.iter().map(|h| h.weight().max(1) as u64).collect();
         let schedule = smooth_wrr_schedule(&weights);
         let mut sum = 0u64;
         let cumulative = weights
@@ -84,10 +88,10 @@ fn priority_loads(all: &[Arc<Host>]) -> Vec<(u32, bool, u32)> {
     for h in all {
         let c = by_level.entry(h.priority).or_default();
         c.total += 1;
-        match h.health_status {
-            HealthStatus::Degraded => c.degraded += 1,
-            s if s.routable() => c.healthy += 1,
-            _ => {}
+        match h.health() {
+            Health::Degraded => c.degraded += 1,
+            Health::Healthy => c.healthy += 1,
+            Health::Unhealthy => {}
         }
     }
     let avail: Vec<(u32, u64, u64)> = by_level
@@ -142,15 +146,14 @@ impl HostSet {
         for l in localities {
             for e in &l.endpoints {
                 let CfgHost::Ip(ip) = e.host else { continue };
-                hosts.push(Arc::new(Host {
-                    address: SocketAddr::new(ip, e.port),
-                    hostname: e.hostname.clone().unwrap_or_default(),
-                    weight: e.weight,
-                    priority: l.priority,
-                    locality: l.locality.clone(),
-                    health_status: e.health_status,
-                    stats: HostStats::default(),
-                }));
+                hosts.push(Arc::new(Host::new(
+                    SocketAddr::new(ip, e.port),
+                    e.hostname.clone().unwrap_or_default(),
+                    l.priority,
+                    l.locality.clone(),
+                    e.weight,
+                    e.health_status,
+                )));
             }
         }
         Self::build(policy, hosts)
@@ -164,9 +167,10 @@ impl HostSet {
             let active: Vec<Arc<Host>> = all
                 .iter()
                 .filter(|h| {
+                    let health = h.health();
                     h.priority == priority
-                        && h.routable()
-                        && (h.health_status == HealthStatus::Degraded) == degraded
+                        && health != Health::Unhealthy
+                        && (health == Health::Degraded) == degraded
                 })
                 .cloned()
                 .collect();
@@ -200,45 +204,60 @@ impl HostSet {
         &self.all
     }
 
-    /// Reuses the `Host` (and so its stats) of hosts present in `old` with the same attributes.
-    pub(crate) fn carry_stats_from(&mut self, old: &HostSet) {
-        let by_addr: std::collections::HashMap<SocketAddr, Vec<&Arc<Host>>> =
-            old.all.iter().fold(Default::default(), |mut m, h| {
-                m.entry(h.address).or_insert_with(Vec::new).push(h);
-                m
-            });
-        let mut changed = false;
+    /// Keeps the `Host` of every host already in `old` (same identity), taking the new
+    /// weight and EDS status into its live state: its stats and the flags detectors set
+    /// survive. The balancer is then rebuilt over the kept hosts.
+    pub(crate) fn adopt_hosts_from(&mut self, old: &HostSet) {
+        let by_addr = by_address(&old.all);
+        let mut kept = false;
         for h in self.all.iter_mut() {
             if let Some(o) = by_addr
                 .get(&h.address)
-                .and_then(|v| v.iter().find(|o| same_host(o, h)))
+                .and_then(|v| v.iter().find(|o| o.same_identity(h)))
             {
+                o.update_from_eds(h.weight(), h.eds_health_status());
                 *h = (*o).clone();
-                changed = true;
+                kept = true;
             }
         }
-        if changed {
-            *self = Self::build(self.policy, std::mem::take(&mut self.all));
+        if kept {
+            self.rebuild();
         }
     }
 
+    /// Recomputes priority loads and schedules from the hosts' current live state (after a
+    /// health or weight change), keeping the same `Host`s.
+    pub(crate) fn rebuild(&mut self) {
+        *self = Self::build(self.policy, std::mem::take(&mut self.all));
+    }
+
+    /// Same hosts by identity (health and weight aside): what Envoy's membership_change counts.
     pub(crate) fn same_members(&self, other: &HostSet) -> bool {
         if self.all.len() != other.all.len() {
             return false;
         }
-        let theirs: std::collections::HashMap<SocketAddr, Vec<&Arc<Host>>> =
-            other.all.iter().fold(Default::default(), |mut m, h| {
-                m.entry(h.address).or_insert_with(Vec::new).push(h);
-                m
-            });
+        let theirs = by_address(&other.all);
         self.all.iter().all(|h| {
             theirs
                 .get(&h.address)
-                .is_some_and(|v| v.iter().any(|o| same_host(o, h)))
+                .is_some_and(|v| v.iter().any(|o| o.same_identity(h)))
         })
     }
 
-    pub fn pick(&self, cursor: &AtomicU64) -> Option<Arc<Host>> {
+    /// Picks a host of the policy. A retry (`ctx.tried` not empty) re-picks a few times to
+    /// avoid hosts already tried, when there are others.
+    pub fn pick(&self, cursor: &AtomicU64, ctx: &LbContext) -> Option<Arc<Host>> {
+        let mut host = self.pick_once(cursor)?;
+        for _ in 0..HOST_SELECTION_RETRIES {
+            if !ctx.tried.iter().any(|t| Arc::ptr_eq(t, &host)) {
+                break;
+            }
+            host = self.pick_once(cursor)?;
+        }
+        Some(host)
+    }
+
+    fn pick_once(&self, cursor: &AtomicU64) -> Option<Arc<Host>> {
         let level = match self.levels.len() {
             0 => return None,
             1 => &self.levels[0],
@@ -285,7 +304,7 @@ impl Level {
                 let load = |i: usize| {
                     let h = &self.active[i];
                     (h.stats.cx_active.load(Ordering::Relaxed) + 1) as u128 * 1_000_000
-                        / h.weight.max(1) as u128
+                        / h.weight().max(1) as u128
                 };
                 if load(b) < load(a) {
                     b
@@ -304,13 +323,11 @@ impl Level {
     }
 }
 
-fn same_host(a: &Host, b: &Host) -> bool {
-    a.address == b.address
-        && a.weight == b.weight
-        && a.priority == b.priority
-        && a.hostname == b.hostname
-        && a.health_status == b.health_status
-        && a.locality == b.locality
+fn by_address(hosts: &[Arc<Host>]) -> std::collections::HashMap<SocketAddr, Vec<&Arc<Host>>> {
+    hosts.iter().fold(Default::default(), |mut m, h| {
+        m.entry(h.address).or_insert_with(Vec::new).push(h);
+        m
+    })
 }
 
 /// Smooth weighted round robin (as nginx's): interleaves hosts in proportion to weight.
@@ -361,23 +378,27 @@ mod tests {
     use crate::config::{HealthStatus, Locality};
 
     fn host(port: u16, weight: u32, priority: u32, health: HealthStatus) -> Arc<Host> {
-        Arc::new(Host {
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
-            hostname: String::new(),
-            weight,
+        Arc::new(Host::new(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            String::new(),
             priority,
-            locality: Locality::default(),
-            health_status: health,
-            stats: HostStats::default(),
-        })
+            Locality::default(),
+            weight,
+            health,
+        ))
     }
 
     fn counts(set: &HostSet, picks: usize) -> std::collections::BTreeMap<u16, usize> {
         let cursor = AtomicU64::new(0);
         let mut m = std::collections::BTreeMap::new();
         for _ in 0..picks {
-            *m.entry(set.pick(&cursor).unwrap().address.port())
-                .or_default() += 1;
+            *m.entry(
+                set.pick(&cursor, &LbContext::default())
+                    .unwrap()
+                    .address
+                    .port(),
+            )
+            .or_default() += 1;
         }
         m
     }
@@ -429,7 +450,7 @@ mod tests {
         );
         assert!(
             HostSet::build(LbPolicy::Random, vec![host(1, 1, 0, HealthStatus::Timeout)])
-                .pick(&AtomicU64::new(0))
+                .pick(&AtomicU64::new(0), &LbContext::default())
                 .is_none()
         );
     }
@@ -477,7 +498,13 @@ mod tests {
         // One usable host among 150: its availability rounds to 0, traffic still flows.
         let set = HostSet::build(LbPolicy::RoundRobin, level(0, 1, 149, 1000));
         assert_eq!(set.priority_loads(), vec![(0, false, 100)]);
-        assert_eq!(set.pick(&AtomicU64::new(0)).unwrap().address.port(), 1000);
+        assert_eq!(
+            set.pick(&AtomicU64::new(0), &LbContext::default())
+                .unwrap()
+                .address
+                .port(),
+            1000
+        );
         // Degraded hosts take load only after every level's healthy hosts: all-degraded P0
         // and all-healthy P1 → P1 takes everything, as in Envoy.
         let degraded = |p: u32, n: usize, port0: u16| {

@@ -3,11 +3,14 @@
 //! a host with atomics only; DNS refresh builds a new host set off the data path.
 
 mod dns;
+mod host;
 mod lb;
+mod original_dst;
 
+pub use host::{health_flag, Health, Host, HostStats, Outcome};
 pub use lb::HostSet;
 
-use crate::config::{self, DiscoveryType, HealthStatus, Locality};
+use crate::config::{self, DiscoveryType};
 use crate::stats::{Counter, Gauge, Histogram, Store};
 use crate::transport::Stream;
 use arc_swap::ArcSwap;
@@ -18,29 +21,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 use tokio::net::TcpStream;
 
-/// Per-host counters shown by `/clusters`.
+/// What a pick may take into account: a hash key (RING_HASH/MAGLEV), the hosts an earlier
+/// attempt of the same request or connection already tried, the attempt number, and the
+/// original destination (ORIGINAL_DST clusters).
 #[derive(Debug, Default)]
-pub struct HostStats {
-    pub cx_active: AtomicU64,
-    pub cx_total: AtomicU64,
-    pub cx_connect_fail: AtomicU64,
-}
-
-#[derive(Debug)]
-pub struct Host {
-    pub address: SocketAddr,
-    pub hostname: String,
-    pub weight: u32,
-    pub priority: u32,
-    pub locality: Locality,
-    pub health_status: HealthStatus,
-    pub stats: HostStats,
-}
-
-impl Host {
-    pub fn routable(&self) -> bool {
-        self.health_status.routable()
-    }
+pub struct LbContext<'a> {
+    pub hash_key: Option<u64>,
+    pub tried: &'a [Arc<Host>],
+    pub attempt: u32,
+    pub original_dst: Option<SocketAddr>,
 }
 
 /// Envoy's `cluster.<name>.*` stats for what the L4 core does.
@@ -102,6 +91,9 @@ pub struct Cluster {
     pub stats: ClusterStats,
     hosts: ArcSwap<HostSet>,
     rr_cursor: AtomicU64,
+    /// ORIGINAL_DST: hosts by destination, reused across connections.
+    original_dst: Option<original_dst::HostCache>,
+    connector: Connector,
     /// EDS clusters warm until their first endpoints arrive.
     warming: AtomicBool,
     /// Replaced or removed: background work for it (DNS refresh) stops.
@@ -150,7 +142,7 @@ impl Drop for Upstream {
 }
 
 impl Cluster {
-    fn new(config: Arc<config::Cluster>, store: &Store) -> Arc<Self> {
+    fn new(config: Arc<config::Cluster>, store: &Store, connector: Connector) -> Arc<Self> {
         let stats = ClusterStats::new(store, &config.name);
         let hosts = match config.discovery {
             DiscoveryType::Static => HostSet::from_static(&config),
@@ -158,11 +150,15 @@ impl Cluster {
             _ => HostSet::empty(config.lb_policy),
         };
         let warming = config.discovery == DiscoveryType::Eds;
+        let original_dst =
+            (config.discovery == DiscoveryType::OriginalDst).then(original_dst::HostCache::default);
         let c = Arc::new(Self {
             config,
             stats,
             hosts: ArcSwap::from_pointee(hosts),
             rr_cursor: AtomicU64::new(0),
+            original_dst,
+            connector,
             warming: AtomicBool::new(warming),
             retired: AtomicBool::new(false),
         });
@@ -203,10 +199,11 @@ impl Cluster {
         self.hosts.load_full()
     }
 
-    /// Replaces the host set, keeping per-host stats of hosts that stay.
+    /// Replaces the host set. Hosts that stay (same identity) keep their `Host`, so their
+    /// stats and detector flags; EDS health and weight changes update them in place.
     pub(crate) fn set_hosts(&self, mut new: HostSet) {
         let old = self.hosts.load();
-        new.carry_stats_from(&old);
+        new.adopt_hosts_from(&old);
         let changed = !new.same_members(&old);
         self.hosts.store(Arc::new(new));
         if changed {
@@ -223,63 +220,79 @@ impl Cluster {
             .set(h.all().iter().filter(|h| h.routable()).count() as i64);
     }
 
-    /// Picks a host by the cluster's LB policy.
-    pub fn pick(&self) -> Option<Arc<Host>> {
-        let set = self.hosts.load();
-        set.pick(&self.rr_cursor)
+    /// Rebuilds the balancer over the same hosts after a host's health flags changed (an
+    /// active health check or outlier detection flipped it).
+    pub fn hosts_health_changed(&self) {
+        let set = HostSet::build(self.config.lb_policy, self.hosts.load().all().to_vec());
+        self.hosts.store(Arc::new(set));
+        self.publish_membership();
     }
 
-    /// One connect attempt: pick a host (for ORIGINAL_DST: the connection's original
-    /// destination), connect within `connect_timeout`, record stats.
-    pub async fn connect(
-        self: &Arc<Self>,
-        original_dst: Option<SocketAddr>,
-    ) -> Result<Upstream, ConnectError> {
-        let host = if self.config.discovery == DiscoveryType::OriginalDst {
-            let Some(addr) = original_dst else {
+    /// Picks a host: by the LB policy, or for ORIGINAL_DST the (cached) host of the
+    /// connection's original destination. Counts `upstream_cx_none_healthy` when none.
+    pub fn pick(&self, ctx: &LbContext) -> Result<Arc<Host>, ConnectError> {
+        if let Some(cache) = &self.original_dst {
+            let Some(addr) = ctx.original_dst else {
                 self.stats.upstream_cx_none_healthy.inc();
                 return Err(ConnectError::NoOriginalDestination(
                     self.config.name.clone(),
                 ));
             };
-            Arc::new(Host {
-                address: addr,
-                hostname: String::new(),
-                weight: 1,
-                priority: 0,
-                locality: Locality::default(),
-                health_status: HealthStatus::Unknown,
-                stats: HostStats::default(),
-            })
-        } else {
-            match self.pick() {
-                Some(h) => h,
-                None => {
-                    self.stats.upstream_cx_none_healthy.inc();
-                    return Err(ConnectError::NoHealthyHost(self.config.name.clone()));
-                }
+            let (host, added) = cache.get_or_insert(addr);
+            if added {
+                self.publish_original_dst(cache);
             }
-        };
+            return Ok(host);
+        }
+        match self.hosts.load().pick(&self.rr_cursor, ctx) {
+            Some(h) => Ok(h),
+            None => {
+                self.stats.upstream_cx_none_healthy.inc();
+                Err(ConnectError::NoHealthyHost(self.config.name.clone()))
+            }
+        }
+    }
+
+    fn publish_original_dst(&self, cache: &original_dst::HostCache) {
+        let _p = cache.publish.lock().unwrap_or_else(|p| p.into_inner());
+        self.set_hosts(HostSet::build(self.config.lb_policy, cache.hosts()));
+    }
+
+    /// ORIGINAL_DST: forgets hosts unused since the last pass (Envoy's cleanup_interval).
+    fn cleanup_original_dst(&self) {
+        if let Some(cache) = &self.original_dst {
+            if cache.sweep() {
+                self.publish_original_dst(cache);
+            }
+        }
+    }
+
+    /// The one outcome hook for this cluster's hosts (tcp_proxy today, the router next):
+    /// per-host counters now, outlier detection next.
+    pub fn report(&self, host: &Host, outcome: Outcome) {
+        host.record(outcome);
+    }
+
+    /// Connects to `host` within `connect_timeout`, recording stats and the outcome.
+    pub async fn connect(self: &Arc<Self>, host: Arc<Host>) -> Result<Upstream, ConnectError> {
         let s = &self.stats;
         s.upstream_cx_total.inc();
         host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let timeout = self.config.connect_timeout;
-        let fail = |host: &Host| {
-            s.upstream_cx_connect_fail.inc();
-            host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-        };
-        match tokio::time::timeout(timeout, TcpStream::connect(host.address)).await {
+        match tokio::time::timeout(timeout, self.connector.connect(host.address)).await {
             Err(_) => {
                 s.upstream_cx_connect_timeout.inc();
-                fail(&host);
+                s.upstream_cx_connect_fail.inc();
+                self.report(&host, Outcome::ConnectFailure);
                 Err(ConnectError::Timeout {
                     addr: host.address,
                     timeout_ms: timeout.as_millis(),
                 })
             }
             Ok(Err(e)) => {
-                fail(&host);
+                s.upstream_cx_connect_fail.inc();
+                self.report(&host, Outcome::ConnectFailure);
                 Err(ConnectError::Io {
                     addr: host.address,
                     source: e,
@@ -287,16 +300,47 @@ impl Cluster {
             }
             Ok(Ok(stream)) => {
                 s.upstream_cx_connect_ms.record(started.elapsed());
-                let _ = stream.set_nodelay(true);
+                stream.set_nodelay();
                 s.upstream_cx_active.inc();
                 host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
+                self.report(&host, Outcome::ConnectSuccess);
                 Ok(Upstream {
-                    stream: Stream::Tcp(stream),
+                    stream,
                     host,
                     cluster: self.clone(),
                     started: Instant::now(),
                 })
             }
+        }
+    }
+}
+
+/// How upstream connections are made: TCP, or a function returning in-memory streams (unit
+/// tests of retries and timeouts without sockets; paused time works with it).
+#[derive(Clone, Default)]
+pub enum Connector {
+    #[default]
+    Tcp,
+    Memory(Arc<dyn Fn(SocketAddr) -> MemoryConnect + Send + Sync>),
+}
+
+pub type MemoryConnect =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Stream>> + Send>>;
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Connector::Tcp => "Tcp",
+            Connector::Memory(_) => "Memory",
+        })
+    }
+}
+
+impl Connector {
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<Stream> {
+        match self {
+            Connector::Tcp => TcpStream::connect(addr).await.map(Stream::Tcp),
+            Connector::Memory(f) => f(addr).await,
         }
     }
 }
@@ -329,10 +373,20 @@ pub struct ClusterManager {
     stats: ManagerStats,
     /// Set once the data-path runtime runs: DNS refresh for clusters added later.
     runtime: OnceLock<(tokio::runtime::Handle, crate::drain::Watch)>,
+    connector: Connector,
 }
 
 impl ClusterManager {
     pub fn new(snapshot: &config::Snapshot, store: &Store) -> Self {
+        Self::with_connector(snapshot, store, Connector::Tcp)
+    }
+
+    /// With another way to reach hosts (in-memory streams in tests).
+    pub fn with_connector(
+        snapshot: &config::Snapshot,
+        store: &Store,
+        connector: Connector,
+    ) -> Self {
         let cm = store.root_scope("cluster_manager");
         let stats = ManagerStats {
             active_clusters: cm.gauge("active_clusters"),
@@ -343,7 +397,10 @@ impl ClusterManager {
         };
         let mut map = BTreeMap::new();
         for c in &snapshot.clusters {
-            map.insert(c.name.clone(), Cluster::new(c.clone(), store));
+            map.insert(
+                c.name.clone(),
+                Cluster::new(c.clone(), store, connector.clone()),
+            );
         }
         stats.active_clusters.set(map.len() as i64);
         stats.cluster_added.add(map.len() as u64);
@@ -353,6 +410,7 @@ impl ClusterManager {
             store: store.clone(),
             stats,
             runtime: OnceLock::new(),
+            connector,
         }
     }
 
@@ -371,7 +429,13 @@ impl ClusterManager {
         self.stats.warming_clusters.set(warming as i64);
     }
 
-    fn start_dns(&self, c: &Arc<Cluster>) {
+    fn start_background(&self, c: &Arc<Cluster>) {
+        if c.original_dst.is_some() {
+            if let Some((rt, watch)) = self.runtime.get() {
+                rt.spawn(original_dst_cleanup_loop(c.clone(), watch.clone()));
+            }
+            return;
+        }
         if !matches!(
             c.config.discovery,
             DiscoveryType::StrictDns | DiscoveryType::LogicalDns
@@ -399,7 +463,7 @@ impl ClusterManager {
                 return Upsert::Unchanged;
             }
         }
-        let new = Cluster::new(cfg.clone(), &self.store);
+        let new = Cluster::new(cfg.clone(), &self.store, self.connector.clone());
         if let Some(old) = &old {
             old.retire();
             // Hosts carry over only from the same source (same discovery type and, for EDS,
@@ -415,7 +479,7 @@ impl ClusterManager {
         map.insert(cfg.name.clone(), new.clone());
         self.publish(&map);
         self.clusters.store(Arc::new(map));
-        self.start_dns(&new);
+        self.start_background(&new);
         if old.is_some() {
             self.stats.cluster_modified.inc();
             Upsert::Modified
@@ -478,10 +542,30 @@ impl ClusterManager {
                 )
             })
             .collect();
+        for c in self.all().into_iter().filter(|c| c.original_dst.is_some()) {
+            tokio::spawn(original_dst_cleanup_loop(c, shutdown.clone()));
+        }
         let first = dns.iter().map(|c| dns::refresh(c.clone()));
         futures_join_all(first).await;
         for c in dns {
             tokio::spawn(dns::refresh_loop(c, shutdown.clone()));
+        }
+    }
+}
+
+/// Sweeps an ORIGINAL_DST cluster's host cache every `cleanup_interval` until the cluster is
+/// replaced or removed.
+async fn original_dst_cleanup_loop(c: Arc<Cluster>, mut shutdown: crate::drain::Watch) {
+    let every = c.config.cleanup_interval;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {
+                if c.is_retired() {
+                    return;
+                }
+                c.cleanup_original_dst();
+            }
+            _ = shutdown.draining() => return,
         }
     }
 }
@@ -496,3 +580,6 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
     }
     while set.join_next().await.is_some() {}
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,290 @@
+//! A host: an immutable identity (address, hostname, priority, locality) and a live state
+//! (health flags, weight, counters) that EDS, and later active health checks and outlier
+//! detection, change in place. A `Host` survives health and weight changes, so its stats do
+//! too; only a change of identity makes a new one.
+
+use crate::config::{HealthStatus, Locality};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+/// Why a host is not (fully) usable, as bits (Envoy's health flags).
+pub mod health_flag {
+    /// EDS says UNHEALTHY, DRAINING or TIMEOUT.
+    pub const FAILED_EDS_HEALTH: u32 = 1 << 0;
+    /// EDS says DEGRADED.
+    pub const DEGRADED_EDS_HEALTH: u32 = 1 << 1;
+    /// Failed its active health check (health checker, next issue).
+    pub const FAILED_ACTIVE_HC: u32 = 1 << 2;
+    /// Ejected by outlier detection (next issue).
+    pub const FAILED_OUTLIER_CHECK: u32 = 1 << 3;
+    /// Gone from EDS but kept while active health checking still passes it.
+    pub const PENDING_DYNAMIC_REMOVAL: u32 = 1 << 4;
+
+    pub const FAILED: u32 = FAILED_EDS_HEALTH | FAILED_ACTIVE_HC | FAILED_OUTLIER_CHECK;
+    pub const DEGRADED: u32 = DEGRADED_EDS_HEALTH;
+}
+
+/// The coarse health the load balancer acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+/// What happened to one connection or request attempt to a host: what outlier detection and
+/// health reporting consume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A connection was established (what L4 outlier detection counts as success).
+    ConnectSuccess,
+    ConnectFailure,
+    Timeout,
+    /// The upstream reset or closed the connection abnormally.
+    Reset,
+    /// An HTTP response status (5xx count as errors).
+    HttpStatus(u16),
+}
+
+/// Per-host counters shown by `/clusters`.
+#[derive(Debug, Default)]
+pub struct HostStats {
+    pub cx_active: AtomicU64,
+    pub cx_total: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+    pub rq_success: AtomicU64,
+    pub rq_error: AtomicU64,
+    pub rq_timeout: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Host {
+    pub address: SocketAddr,
+    pub hostname: String,
+    pub priority: u32,
+    pub locality: Locality,
+    flags: AtomicU32,
+    /// The EDS status as given (for `/clusters`), a `HealthStatus` index.
+    eds_status: AtomicU8,
+    weight: AtomicU32,
+    /// Used since the last ORIGINAL_DST cleanup pass.
+    used: AtomicBool,
+    pub stats: HostStats,
+}
+
+const STATUSES: [HealthStatus; 6] = [
+    HealthStatus::Unknown,
+    HealthStatus::Healthy,
+    HealthStatus::Unhealthy,
+    HealthStatus::Draining,
+    HealthStatus::Timeout,
+    HealthStatus::Degraded,
+];
+
+fn status_index(s: HealthStatus) -> u8 {
+    STATUSES.iter().position(|x| *x == s).unwrap_or(0) as u8
+}
+
+fn eds_flags(s: HealthStatus) -> u32 {
+    match s {
+        HealthStatus::Unknown | HealthStatus::Healthy => 0,
+        HealthStatus::Degraded => health_flag::DEGRADED_EDS_HEALTH,
+        HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout => {
+            health_flag::FAILED_EDS_HEALTH
+        }
+    }
+}
+
+const EDS_FLAGS: u32 = health_flag::FAILED_EDS_HEALTH | health_flag::DEGRADED_EDS_HEALTH;
+
+impl Host {
+    pub fn new(
+        address: SocketAddr,
+        hostname: String,
+        priority: u32,
+        locality: Locality,
+        weight: u32,
+        eds: HealthStatus,
+    ) -> Self {
+        Self {
+            address,
+            hostname,
+            priority,
+            locality,
+            flags: AtomicU32::new(eds_flags(eds)),
+            eds_status: AtomicU8::new(status_index(eds)),
+            weight: AtomicU32::new(weight.max(1)),
+            used: AtomicBool::new(true),
+            stats: HostStats::default(),
+        }
+    }
+
+    /// Same identity: the same host, whatever its health or weight.
+    pub fn same_identity(&self, other: &Host) -> bool {
+        self.address == other.address
+            && self.priority == other.priority
+            && self.hostname == other.hostname
+            && self.locality == other.locality
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn eds_health_status(&self) -> HealthStatus {
+        STATUSES[self.eds_status.load(Ordering::Relaxed) as usize % STATUSES.len()]
+    }
+
+    pub fn health_flags(&self) -> u32 {
+        self.flags.load(Ordering::Acquire)
+    }
+
+    pub fn health(&self) -> Health {
+        let f = self.health_flags();
+        if f & health_flag::FAILED != 0 {
+            Health::Unhealthy
+        } else if f & health_flag::DEGRADED != 0 {
+            Health::Degraded
+        } else {
+            Health::Healthy
+        }
+    }
+
+    /// Whether the load balancer may pick it.
+    pub fn routable(&self) -> bool {
+        self.health() != Health::Unhealthy
+    }
+
+    /// Sets or clears flag bits; returns whether the coarse health changed (the cluster then
+    /// rebuilds its balancer over the same hosts).
+    pub fn set_flags(&self, bits: u32, on: bool) -> bool {
+        let before = self.health();
+        if on {
+            self.flags.fetch_or(bits, Ordering::AcqRel);
+        } else {
+            self.flags.fetch_and(!bits, Ordering::AcqRel);
+        }
+        before != self.health()
+    }
+
+    /// Takes EDS's weight and status; returns whether anything the balancer uses changed.
+    pub(crate) fn update_from_eds(&self, weight: u32, eds: HealthStatus) -> bool {
+        let weight = weight.max(1);
+        let old_weight = self.weight.swap(weight, Ordering::Relaxed);
+        let old_status = self.eds_status.swap(status_index(eds), Ordering::Relaxed);
+        let want = eds_flags(eds);
+        let old_flags = self
+            .flags
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| {
+                Some((f & !EDS_FLAGS) | want)
+            })
+            .unwrap_or_default();
+        old_weight != weight || old_status != status_index(eds) || old_flags & EDS_FLAGS != want
+    }
+
+    /// The one reporting hook: every connection or request attempt's result lands here.
+    pub fn record(&self, outcome: Outcome) {
+        let s = &self.stats;
+        match outcome {
+            // Counted by cx_total; detectors consume it.
+            Outcome::ConnectSuccess => 0,
+            Outcome::ConnectFailure => s.cx_connect_fail.fetch_add(1, Ordering::Relaxed),
+            Outcome::Timeout => {
+                s.rq_timeout.fetch_add(1, Ordering::Relaxed);
+                s.rq_error.fetch_add(1, Ordering::Relaxed)
+            }
+            Outcome::Reset => s.rq_error.fetch_add(1, Ordering::Relaxed),
+            Outcome::HttpStatus(code) if code >= 500 => s.rq_error.fetch_add(1, Ordering::Relaxed),
+            Outcome::HttpStatus(_) => s.rq_success.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    pub(crate) fn touch(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Clears the used mark; returns whether it was set.
+    pub(crate) fn take_used(&self) -> bool {
+        self.used.swap(false, Ordering::Relaxed)
+    }
+
+    /// Envoy's `/clusters` health_flags: `healthy`, or each reason as `/name`.
+    pub fn health_flags_string(&self) -> String {
+        const NAMES: [(u32, &str); 5] = [
+            (health_flag::FAILED_ACTIVE_HC, "/failed_active_hc"),
+            (health_flag::FAILED_OUTLIER_CHECK, "/failed_outlier_check"),
+            (health_flag::FAILED_EDS_HEALTH, "/failed_eds_health"),
+            (health_flag::DEGRADED_EDS_HEALTH, "/degraded_eds_health"),
+            (
+                health_flag::PENDING_DYNAMIC_REMOVAL,
+                "/pending_dynamic_removal",
+            ),
+        ];
+        let f = self.health_flags();
+        if f == 0 {
+            return "healthy".to_string();
+        }
+        NAMES
+            .iter()
+            .filter(|(bit, _)| f & bit != 0)
+            .map(|(_, n)| *n)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(status: HealthStatus) -> Host {
+        Host::new(
+            "127.0.0.1:1".parse().unwrap(),
+            String::new(),
+            0,
+            Locality::default(),
+            1,
+            status,
+        )
+    }
+
+    #[test]
+    fn eds_status_maps_to_flags_and_detector_flags_combine() {
+        let h = host(HealthStatus::Healthy);
+        assert_eq!(h.health(), Health::Healthy);
+        assert!(h.update_from_eds(1, HealthStatus::Degraded));
+        assert_eq!(h.health(), Health::Degraded);
+        assert!(h.set_flags(health_flag::FAILED_OUTLIER_CHECK, true));
+        assert_eq!(h.health(), Health::Unhealthy);
+        // EDS turning healthy does not undo an ejection.
+        h.update_from_eds(1, HealthStatus::Healthy);
+        assert_eq!(h.health(), Health::Unhealthy);
+        assert!(h.set_flags(health_flag::FAILED_OUTLIER_CHECK, false));
+        assert!(h.routable());
+        assert!(!h.update_from_eds(1, HealthStatus::Healthy), "no change");
+        assert!(h.update_from_eds(5, HealthStatus::Healthy), "weight change");
+        assert_eq!(h.weight(), 5);
+        assert_eq!(host(HealthStatus::Draining).health(), Health::Unhealthy);
+    }
+
+    #[test]
+    fn outcomes_are_counted() {
+        let h = host(HealthStatus::Unknown);
+        for o in [
+            Outcome::ConnectSuccess,
+            Outcome::HttpStatus(200),
+            Outcome::HttpStatus(503),
+            Outcome::Timeout,
+            Outcome::Reset,
+            Outcome::ConnectFailure,
+        ] {
+            h.record(o);
+        }
+        let s = &h.stats;
+        assert_eq!(s.rq_success.load(Ordering::Relaxed), 1);
+        assert_eq!(s.rq_error.load(Ordering::Relaxed), 3);
+        assert_eq!(s.rq_timeout.load(Ordering::Relaxed), 1);
+        assert_eq!(s.cx_connect_fail.load(Ordering::Relaxed), 1);
+    }
+}

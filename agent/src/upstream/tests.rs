@@ -1,0 +1,155 @@
+//! Cluster-level behaviour: host state across EDS updates, ORIGINAL_DST host reuse, picks.
+
+use super::*;
+use crate::config::{Endpoint, HealthStatus, Host as CfgHost, LocalityEndpoints};
+
+fn snapshot(cluster_type: &str) -> config::Snapshot {
+    let lb = if cluster_type == "ORIGINAL_DST" {
+        r#""lb_policy": "CLUSTER_PROVIDED""#
+    } else {
+        r#""load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}}}]}]}"#
+    };
+    config::parse_bootstrap(
+        &format!(r#"{{"static_resources": {{"clusters": [{{"name": "c", "type": "{cluster_type}", {lb}}}]}}}}"#),
+        "test",
+    )
+    .unwrap()
+}
+
+fn endpoints(hosts: &[(u16, u32, HealthStatus)]) -> Vec<LocalityEndpoints> {
+    vec![LocalityEndpoints {
+        endpoints: hosts
+            .iter()
+            .map(|&(port, weight, health_status)| Endpoint {
+                host: CfgHost::Ip("127.0.0.1".parse().unwrap()),
+                port,
+                hostname: None,
+                weight,
+                health_status,
+            })
+            .collect(),
+        ..Default::default()
+    }]
+}
+
+fn host_on(c: &Cluster, port: u16) -> Arc<Host> {
+    c.hosts()
+        .all()
+        .iter()
+        .find(|h| h.address.port() == port)
+        .cloned()
+        .expect("host")
+}
+
+#[test]
+fn an_eds_health_flip_keeps_the_host_its_stats_and_detector_flags() {
+    let store = Store::new();
+    let cm = ClusterManager::new(&snapshot("STATIC"), &store);
+    let c = cm.get("c").unwrap();
+    cm.set_endpoints(
+        "c",
+        endpoints(&[
+            (10, 1, HealthStatus::Healthy),
+            (11, 1, HealthStatus::Healthy),
+        ]),
+    );
+    let before = host_on(&c, 10);
+    before.stats.cx_total.fetch_add(7, Ordering::Relaxed);
+    before.set_flags(health_flag::FAILED_OUTLIER_CHECK, true);
+    let changes = c.stats.membership_change.value();
+
+    cm.set_endpoints(
+        "c",
+        endpoints(&[
+            (10, 3, HealthStatus::Degraded),
+            (11, 1, HealthStatus::Unhealthy),
+        ]),
+    );
+    let after = host_on(&c, 10);
+    assert!(
+        Arc::ptr_eq(&before, &after),
+        "same Host after a health and weight change"
+    );
+    assert_eq!(after.stats.cx_total.load(Ordering::Relaxed), 7);
+    assert_eq!(after.weight(), 3);
+    assert_eq!(after.eds_health_status(), HealthStatus::Degraded);
+    assert_eq!(
+        after.health_flags(),
+        health_flag::FAILED_OUTLIER_CHECK | health_flag::DEGRADED_EDS_HEALTH,
+        "the outlier ejection survives an EDS update"
+    );
+    assert_eq!(
+        c.stats.membership_change.value(),
+        changes,
+        "health is not membership"
+    );
+    assert_eq!(c.stats.membership_healthy.value(), 0);
+    // Detector clears its flag: the balancer is rebuilt over the same hosts.
+    after.set_flags(health_flag::FAILED_OUTLIER_CHECK, false);
+    c.hosts_health_changed();
+    assert_eq!(c.pick(&LbContext::default()).unwrap().address.port(), 10);
+    assert_eq!(c.stats.membership_healthy.value(), 1);
+    // A host that leaves and comes back is a new one.
+    cm.set_endpoints("c", endpoints(&[(11, 1, HealthStatus::Healthy)]));
+    cm.set_endpoints(
+        "c",
+        endpoints(&[
+            (10, 1, HealthStatus::Healthy),
+            (11, 1, HealthStatus::Healthy),
+        ]),
+    );
+    assert!(!Arc::ptr_eq(&before, &host_on(&c, 10)));
+    assert_eq!(c.stats.membership_change.value(), changes + 2);
+}
+
+#[test]
+fn original_dst_hosts_are_reused_per_destination_and_shown() {
+    let store = Store::new();
+    let cm = ClusterManager::new(&snapshot("ORIGINAL_DST"), &store);
+    let c = cm.get("c").unwrap();
+    let dst: SocketAddr = "10.213.0.7:8080".parse().unwrap();
+    let ctx = LbContext {
+        original_dst: Some(dst),
+        ..LbContext::default()
+    };
+    let a = c.pick(&ctx).unwrap();
+    let b = c.pick(&ctx).unwrap();
+    assert!(Arc::ptr_eq(&a, &b));
+    assert_eq!(a.address, dst);
+    assert_eq!(c.hosts().all().len(), 1, "/clusters lists it");
+    assert_eq!(c.stats.membership_total.value(), 1);
+    assert!(matches!(
+        c.pick(&LbContext::default()),
+        Err(ConnectError::NoOriginalDestination(_))
+    ));
+    // Two sweeps without use forget it.
+    c.cleanup_original_dst();
+    c.cleanup_original_dst();
+    assert_eq!(c.stats.membership_total.value(), 0);
+    assert!(!Arc::ptr_eq(&a, &c.pick(&ctx).unwrap()));
+}
+
+#[test]
+fn a_retry_pick_avoids_hosts_already_tried() {
+    let store = Store::new();
+    let cm = ClusterManager::new(&snapshot("STATIC"), &store);
+    let c = cm.get("c").unwrap();
+    cm.set_endpoints(
+        "c",
+        endpoints(&[
+            (10, 1, HealthStatus::Healthy),
+            (11, 1, HealthStatus::Healthy),
+        ]),
+    );
+    let first = c.pick(&LbContext::default()).unwrap();
+    for _ in 0..20 {
+        let tried = [first.clone()];
+        let ctx = LbContext {
+            tried: &tried,
+            attempt: 2,
+            ..LbContext::default()
+        };
+        assert!(!Arc::ptr_eq(&c.pick(&ctx).unwrap(), &first));
+    }
+}
