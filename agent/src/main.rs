@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use plumb::config::{self, Snapshot};
 use plumb::logging::{self, LogFormat};
-use plumb::server::{self, AfterTakeover, Options};
+use plumb::server::{self, AfterTakeover, Options, WorkerModel};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,6 +28,11 @@ struct RunArgs {
     /// Data-path worker threads (default: available CPUs).
     #[arg(long)]
     concurrency: Option<usize>,
+    /// How connections are spread over the workers: per-core (each worker accepts and runs
+    /// its own connections, Envoy's model), shared (one work-stealing pool), or auto
+    /// (per-core with one worker, shared with more: what measured best).
+    #[arg(long, value_enum, default_value_t = WorkerModel::default())]
+    worker_model: WorkerModel,
     /// Seconds established connections may continue after SIGTERM before being closed.
     #[arg(long, default_value_t = 30)]
     drain_time_s: u64,
@@ -124,6 +129,7 @@ fn main() -> ExitCode {
             let RunArgs {
                 config,
                 concurrency,
+                worker_model,
                 drain_time_s,
                 log_level,
                 log_format,
@@ -164,6 +170,7 @@ fn main() -> ExitCode {
                 takeover,
                 after_takeover,
                 overrides,
+                worker_model,
                 ..Options::default()
             };
             if let Some(c) = concurrency {

@@ -38,6 +38,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 pub struct Options {
     /// Data-path worker threads (Envoy's `--concurrency`).
     pub concurrency: usize,
+    pub worker_model: WorkerModel,
     /// How long established connections may continue after shutdown begins (`--drain-time-s`).
     pub drain_time: Duration,
     /// Handle SIGTERM/SIGINT (the binary does; in-process tests do not).
@@ -62,6 +63,32 @@ pub struct Options {
     pub overrides: crate::config::Overrides,
 }
 
+/// How the data path uses its worker threads (`--worker-model`; docs/benchmarks.md has the
+/// measurements behind the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum WorkerModel {
+    /// What measured best (docs/benchmarks.md): per-core with one worker (a single-threaded
+    /// runtime, no cross-thread wake-ups), shared with several (work stealing evens out
+    /// connections that per-core workers would keep where they were accepted).
+    #[default]
+    Auto,
+    /// Thread per core: each worker is a single-threaded runtime that accepts on every
+    /// listening socket and runs the connections it accepted, start to end (Envoy's model).
+    PerCore,
+    /// One multi-threaded work-stealing runtime for every connection.
+    Shared,
+}
+
+impl WorkerModel {
+    fn resolve(self, concurrency: usize) -> WorkerModel {
+        match self {
+            WorkerModel::Auto if concurrency <= 1 => WorkerModel::PerCore,
+            WorkerModel::Auto => WorkerModel::Shared,
+            m => m,
+        }
+    }
+}
+
 /// What an agent does after handing over to a successor and draining.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum AfterTakeover {
@@ -79,6 +106,7 @@ impl Default for Options {
             concurrency: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            worker_model: WorkerModel::default(),
             drain_time: Duration::from_secs(30),
             handle_signals: false,
             admin_address_path: None,
@@ -606,14 +634,31 @@ pub fn start(
     let main = std::thread::Builder::new()
         .name("plumb-main".into())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(concurrency)
-                .thread_name("plumb-worker")
-                .enable_all()
-                .build()
-                .context("cannot start the data-path runtime")?;
+            let (rt, workers) = match data_shared.options.worker_model.resolve(concurrency) {
+                WorkerModel::Shared | WorkerModel::Auto => (
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(concurrency)
+                        .thread_name("plumb-worker")
+                        .enable_all()
+                        .build()
+                        .context("cannot start the data-path runtime")?,
+                    Workers::default(),
+                ),
+                // This thread is worker 0; the others run their own runtimes.
+                WorkerModel::PerCore => (
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("cannot start the data-path runtime")?,
+                    Workers::start(concurrency - 1)?,
+                ),
+            };
+            let mut handles = vec![rt.handle().clone()];
+            handles.extend(workers.handles.iter().cloned());
+            data_shared.listeners.set_workers(handles);
             let result = rt.block_on(run_data_plane(data_shared, shutdown_rx));
-            // Connection tasks left after the close grace are dropped with the runtime.
+            // Connection tasks left after the close grace are dropped with the runtimes.
+            workers.stop();
             rt.shutdown_timeout(Duration::from_millis(100));
             let _ = admin_stop_tx.send(true);
             if let Some(t) = admin_thread {
@@ -628,6 +673,53 @@ pub fn start(
         admin_address,
         main: Some(main),
     })
+}
+
+/// The extra single-threaded runtimes of the per-core worker model, each on its own thread,
+/// running whatever is spawned on it (accept loops and their connections) until stopped.
+#[derive(Default)]
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    stop: Option<watch::Sender<bool>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn start(n: usize) -> anyhow::Result<Self> {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut w = Self {
+            stop: Some(stop),
+            ..Self::default()
+        };
+        for i in 1..=n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start a data-path worker runtime")?;
+            w.handles.push(rt.handle().clone());
+            let mut stop_rx = stop_rx.clone();
+            w.threads.push(
+                std::thread::Builder::new()
+                    .name(format!("plumb-worker-{i}"))
+                    .spawn(move || {
+                        rt.block_on(async {
+                            let _ = stop_rx.wait_for(|s| *s).await;
+                        });
+                        rt.shutdown_timeout(Duration::from_millis(100));
+                    })?,
+            );
+        }
+        Ok(w)
+    }
+
+    fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(true);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 async fn run_data_plane(

@@ -342,3 +342,49 @@ async fn many_concurrent_connections_all_complete() {
         .await;
     assert_eq!(agent.stat("cluster.backend.upstream_cx_active"), 0);
 }
+
+/// The per-core worker model: every worker accepts on the listening socket and runs what it
+/// accepted; traffic flows, every connection is counted once, and a graceful stop drains all
+/// workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_workers_proxy_and_drain() {
+    use plumb::server::{Options, ShutdownKind, WorkerModel};
+    let echo = servers::start(Behavior::Echo).await;
+    let agent = TestAgent::start_with(
+        &bootstrap(
+            vec![tcp_listener("front", "backend")],
+            vec![static_cluster("backend", &[echo.addr])],
+        ),
+        Options {
+            concurrency: 3,
+            worker_model: WorkerModel::PerCore,
+            drain_time: Duration::from_secs(5),
+            ..Options::default()
+        },
+    )
+    .await;
+    let front = agent.listener("front");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40usize {
+        tasks.spawn(async move {
+            let data = pattern(1000 + i);
+            roundtrip(front, &data).await.map(|got| got == data)
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        assert!(r.unwrap().expect("roundtrip"), "payload intact");
+    }
+    agent
+        .wait_stat("cluster.backend.upstream_cx_destroy", |v| v == 40)
+        .await;
+    assert_eq!(agent.stat("tcp.front.downstream_cx_total"), 40);
+    assert_eq!(agent.stat("server.concurrency"), 3);
+    // A connection held open across the stop is drained, then the server exits.
+    let mut held = TcpStream::connect(front).await.unwrap();
+    held.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    held.read_exact(&mut one).await.unwrap();
+    agent.shutdown(ShutdownKind::Graceful);
+    drop(held);
+    agent.join().await;
+}

@@ -28,9 +28,37 @@ pub fn bench(args: &[String]) -> Result<()> {
         .transpose()
         .context("--proxy-threads takes a number")?
         .unwrap_or(1);
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let baseline = flag("--baseline").map(std::path::PathBuf::from);
+    let plumb_args: Vec<String> = flag("--plumb-args")
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
     match args.first().map(String::as_str) {
-        Some("l4") => l4(secs.clamp(0.5, 60.0), threads.clamp(1, 8)),
+        Some("l4") => l4(
+            secs.clamp(0.5, 60.0),
+            threads.clamp(1, 8),
+            baseline.as_deref(),
+            &plumb_args,
+        ),
         Some("redirect") => crate::bench_redirect::bench(secs.clamp(0.5, 60.0)),
+        Some("workers") => {
+            let rounds: usize = flag("--rounds")
+                .map(|s| s.parse())
+                .transpose()
+                .context("--rounds takes a number")?
+                .unwrap_or(5);
+            crate::bench_workers::bench(
+                secs.clamp(0.5, 60.0),
+                rounds.clamp(1, 50),
+                threads.clamp(1, 8),
+                baseline.as_deref(),
+            )
+        }
         Some("upgrade") => crate::bench_upgrade::bench(secs.clamp(2.0, 60.0)),
         Some("xds") => {
             let churn = format!("{}", secs.clamp(1.0, 60.0).round() as u64 * 2);
@@ -38,13 +66,13 @@ pub fn bench(args: &[String]) -> Result<()> {
             crate::xds_tool("bench", &["--churn-secs", &churn, "--api", "DELTA_GRPC"])
         }
         _ => {
-            bail!("usage: cargo xtask bench l4|redirect|xds|upgrade [--secs S] [--proxy-threads N]")
+            bail!("usage: cargo xtask bench l4|workers|redirect|xds|upgrade [--secs S] [--rounds R] [--proxy-threads N] [--baseline PLUMB_BINARY] [--plumb-args 'ARGS']")
         }
     }
 }
 
 struct Target {
-    name: &'static str,
+    name: String,
     echo: String,
     sink: String,
     pid: Option<u32>,
@@ -71,7 +99,9 @@ fn wait_port(addr: &str) -> Result<()> {
     })
 }
 
-fn l4(secs: f64, threads: usize) -> Result<()> {
+/// `baseline`: another Plumb binary (e.g. the previous commit's) measured in the same run as
+/// `plumb-base`; `plumb_args`: extra `plumb run` arguments for the current binary.
+fn l4(secs: f64, threads: usize, baseline: Option<&Path>, plumb_args: &[String]) -> Result<()> {
     crate::deps(true)?;
     util::build_release_bins()?;
     let dir = root_dir().join("target/bench");
@@ -99,7 +129,6 @@ fn l4(secs: f64, threads: usize) -> Result<()> {
     }
 
     // Plumb with two tcp_proxy listeners.
-    let (pe, ps, pa) = (free_port()?, free_port()?, free_port()?);
     let listener = |name: &str, port: u16| {
         json!({"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
                "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
@@ -112,31 +141,46 @@ fn l4(secs: f64, threads: usize) -> Result<()> {
                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}})
     };
     let cfg = json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": pa}}},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
-            "listeners": [listener("echo", pe), listener("sink", ps)],
+            "listeners": [],
             "clusters": [cluster("echo", echo_p), cluster("sink", sink_p)],
         }
     });
-    let cfg_path = dir.join("plumb.yaml");
-    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg)?)?;
-    let plumb_log = std::fs::File::create(dir.join("plumb.log"))?;
-    let plumb_child = Command::new(&plumb)
-        .args([
-            "run",
-            "--log-level",
-            "warn",
-            "--concurrency",
-            &threads.to_string(),
-            "--config",
-        ])
-        .arg(&cfg_path)
-        .stdout(plumb_log.try_clone()?)
-        .stderr(plumb_log)
-        .spawn()
-        .context("start plumb")?;
-    let plumb_pid = plumb_child.id();
+    let start_plumb = |bin: &Path, tag: &str, extra: &[String]| -> Result<(u32, u16, u16)> {
+        let (pe, ps, pa) = (free_port()?, free_port()?, free_port()?);
+        let mut cfg = cfg.clone();
+        cfg["admin"]["address"]["socket_address"]["port_value"] = json!(pa);
+        cfg["static_resources"]["listeners"] = json!([listener("echo", pe), listener("sink", ps)]);
+        let cfg_path = dir.join(format!("{tag}.yaml"));
+        std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg)?)?;
+        let log = std::fs::File::create(dir.join(format!("{tag}.log")))?;
+        let child = Command::new(bin)
+            .args([
+                "run",
+                "--log-level",
+                "warn",
+                "--concurrency",
+                &threads.to_string(),
+            ])
+            .args(extra)
+            .arg("--config")
+            .arg(&cfg_path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        for p in [pe, ps] {
+            wait_port(&format!("127.0.0.1:{p}"))?;
+        }
+        Ok((child.id(), pe, ps))
+    };
+    let (plumb_pid, pe, ps) = start_plumb(&plumb, "plumb", plumb_args)?;
     let _plumb_guard = KillOnDrop(plumb_pid);
+    let base = baseline
+        .map(|b| start_plumb(b, "plumb-base", &[]))
+        .transpose()?;
+    let _base_guard = base.map(|(pid, _, _)| KillOnDrop(pid));
 
     let (he, hs) = (free_port()?, free_port()?);
     let haproxy_cfg = format!(
@@ -158,29 +202,40 @@ fn l4(secs: f64, threads: usize) -> Result<()> {
     let ha_pid = ha_child.id();
     let _ha_guard = KillOnDrop(ha_pid);
 
-    for p in [echo_p, sink_p, pe, ps, he, hs] {
+    for p in [echo_p, sink_p, he, hs] {
         wait_port(&format!("127.0.0.1:{p}"))?;
     }
-    let targets = [
+    let mut targets = vec![
         Target {
-            name: "direct",
+            name: "direct".into(),
             echo: format!("127.0.0.1:{echo_p}"),
             sink: format!("127.0.0.1:{sink_p}"),
             pid: None,
         },
         Target {
-            name: "plumb",
+            name: "plumb".into(),
             echo: format!("127.0.0.1:{pe}"),
             sink: format!("127.0.0.1:{ps}"),
             pid: Some(plumb_pid),
         },
         Target {
-            name: "haproxy",
+            name: "haproxy".into(),
             echo: format!("127.0.0.1:{he}"),
             sink: format!("127.0.0.1:{hs}"),
             pid: Some(ha_pid),
         },
     ];
+    if let Some((pid, e, k)) = base {
+        targets.insert(
+            2,
+            Target {
+                name: "plumb-base".into(),
+                echo: format!("127.0.0.1:{e}"),
+                sink: format!("127.0.0.1:{k}"),
+                pid: Some(pid),
+            },
+        );
+    }
     let s = format!("{secs}");
     let mut results = Vec::new();
     for t in &targets {

@@ -8,6 +8,8 @@
 //!   cargo xtask demo-xds                plumb driven by a control plane: config and a live update
 //!   cargo xtask bench xds [--secs S]    config scale, update latency, memory, churn under traffic
 //!   cargo xtask bench l4 [--secs S]     Plumb vs direct vs haproxy, side by side
+//!   cargo xtask bench workers [--proxy-threads N] [--rounds R]
+//!                                       per-core vs shared worker model vs haproxy
 //!   cargo xtask bench redirect [--secs S]  pods: direct vs eBPF capture (± sk_msg) vs iptables
 //!   cargo xtask bench upgrade [--secs S]   new connections: steady vs through 3 takeovers
 //!
@@ -16,6 +18,7 @@
 mod bench;
 mod bench_redirect;
 mod bench_upgrade;
+mod bench_workers;
 mod ebpf;
 mod util;
 

@@ -77,7 +77,10 @@ pub struct ListenerManager {
     clusters: Arc<ClusterManager>,
     store: Store,
     redirect: OnceLock<Arc<Redirector>>,
-    runtime: OnceLock<(tokio::runtime::Handle, drain::Watch)>,
+    /// The data-path runtimes each listening socket is served on: one accept loop per
+    /// worker (per-core model), or one on the shared runtime.
+    workers: OnceLock<Vec<tokio::runtime::Handle>>,
+    runtime: OnceLock<drain::Watch>,
     /// Set while a successor is taking over: a socket bound now would not be offered to it.
     frozen: std::sync::atomic::AtomicBool,
     stats: Stats,
@@ -93,6 +96,7 @@ impl ListenerManager {
             clusters,
             store: store.clone(),
             redirect: OnceLock::new(),
+            workers: OnceLock::new(),
             runtime: OnceLock::new(),
             frozen: std::sync::atomic::AtomicBool::new(false),
             stats: Stats {
@@ -165,6 +169,48 @@ impl ListenerManager {
         }
     }
 
+    /// Where accept loops run: the configured workers, else the current runtime.
+    fn worker_handles(&self) -> Vec<tokio::runtime::Handle> {
+        match self.workers.get() {
+            Some(h) if !h.is_empty() => h.clone(),
+            _ => vec![tokio::runtime::Handle::current()],
+        }
+    }
+
+    /// The runtimes listening sockets are served on (before `start`).
+    pub fn set_workers(&self, handles: Vec<tokio::runtime::Handle>) {
+        let _ = self.workers.set(handles);
+    }
+
+    /// Starts one accept loop per worker on `sock` (each on its own duplicate of the socket;
+    /// the kernel hands each connection to one of them).
+    fn spawn_accept_loops(
+        &self,
+        current: &Arc<ArcSwap<ActiveListener>>,
+        sock: std::net::TcpListener,
+        rx: &watch::Receiver<bool>,
+        watch: &drain::Watch,
+    ) {
+        let handles = self.worker_handles();
+        let last = handles.len() - 1;
+        let mut sock = Some(sock);
+        for (i, rt) in handles.iter().enumerate() {
+            let s = if i == last {
+                sock.take()
+            } else {
+                sock.as_ref().and_then(|s| s.try_clone().ok())
+            };
+            let Some(s) = s else { continue };
+            let (current, rx, watch) = (current.clone(), rx.clone(), watch.clone());
+            rt.spawn(async move {
+                match tokio::net::TcpListener::from_std(s) {
+                    Ok(l) => serve(current, l, watch, rx).await,
+                    Err(e) => tracing::error!(error = %e, "cannot register listener socket"),
+                }
+            });
+        }
+    }
+
     fn serve_socket(
         &self,
         inner: &mut Inner,
@@ -173,15 +219,7 @@ impl ListenerManager {
     ) -> watch::Sender<bool> {
         let (tx, rx) = watch::channel(false);
         match self.runtime.get() {
-            Some((rt, watch)) => {
-                let watch = watch.clone();
-                rt.spawn(async move {
-                    match tokio::net::TcpListener::from_std(sock) {
-                        Ok(l) => serve(current, l, watch, rx).await,
-                        Err(e) => tracing::error!(error = %e, "cannot register listener socket"),
-                    }
-                });
-            }
+            Some(watch) => self.spawn_accept_loops(&current, sock, &rx, watch),
             None => inner.pending.push((current, sock, rx)),
         }
         tx
@@ -367,22 +405,14 @@ impl ListenerManager {
         }
     }
 
-    /// Serves the listeners bound so far on the current runtime; later ones start at once.
+    /// Serves the listeners bound so far on the workers; later ones start at once.
     pub fn start(&self, watch: drain::Watch) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = self
-            .runtime
-            .set((tokio::runtime::Handle::current(), watch.clone()));
-        for (current, sock, rx) in inner.pending.drain(..) {
-            let watch = watch.clone();
-            match tokio::net::TcpListener::from_std(sock) {
-                Ok(l) => {
-                    let a = current.load();
-                    tracing::info!(listener = %a.config.name, address = %a.local_address, "listening");
-                    tokio::spawn(serve(current, l, watch, rx));
-                }
-                Err(e) => tracing::error!(error = %e, "cannot register listener socket"),
-            }
+        let _ = self.runtime.set(watch.clone());
+        for (current, sock, rx) in std::mem::take(&mut inner.pending) {
+            let a = current.load();
+            tracing::info!(listener = %a.config.name, address = %a.local_address, "listening");
+            self.spawn_accept_loops(&current, sock, &rx, &watch);
         }
     }
 }
