@@ -12,6 +12,7 @@ pub mod copy;
 pub mod drain;
 pub mod filters;
 pub mod handover;
+pub mod init;
 pub mod listener;
 pub mod logging;
 pub mod notify;

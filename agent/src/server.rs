@@ -164,6 +164,8 @@ pub struct Shared {
     pub redirect: Option<Arc<Redirector>>,
     /// The ADS client, when `dynamic_resources` is configured.
     pub xds: Option<Arc<crate::xds::XdsClient>>,
+    /// What must be ready before the server is (Envoy's init manager).
+    pub init: Arc<crate::init::InitManager>,
     shutdown_tx: watch::Sender<Option<ShutdownKind>>,
     /// The admin socket (configured address, duplicate descriptor), for a successor.
     admin_socket: Option<(SocketAddr, std::os::fd::OwnedFd)>,
@@ -539,6 +541,7 @@ pub fn start(
         }
     }
     let mut undo = Undo(redirect.clone());
+    let init = Arc::new(crate::init::InitManager::default());
     let xds = snapshot.xds.clone().map(|cfg| {
         crate::xds::XdsClient::new(
             cfg,
@@ -547,6 +550,7 @@ pub fn start(
             listeners.clone(),
             &store,
             options.xds_cache.clone(),
+            &init,
         )
     });
     if let (Some(path), Some(addr)) = (&options.admin_address_path, admin_address) {
@@ -605,6 +609,7 @@ pub fn start(
         stats,
         redirect,
         xds,
+        init,
         shutdown_tx,
         admin_socket: admin_dup,
         admin_paused: watch::channel(false).0,
@@ -753,28 +758,26 @@ async fn run_data_plane(
         None => None,
     };
     if let Some(x) = &shared.xds {
-        // Like Envoy's init manager: LIVE once the first CDS/LDS responses are applied, or
-        // when the initial fetch timeout passes (then serving whatever is there).
-        let cfg = x.config().clone();
-        // As in Envoy, an initial_fetch_timeout of 0 waits for the control plane without limit.
-        let deadline = (!cfg.initial_fetch_timeout.is_zero())
-            .then(|| tokio::time::Instant::now() + cfg.initial_fetch_timeout);
-        loop {
-            let ready = (!cfg.cds || x.has_version(crate::config::xds::CLUSTER_TYPE))
-                && (!cfg.lds || x.has_version(crate::config::xds::LISTENER_TYPE));
-            if ready {
-                break;
+        // Ready once every init target is (the first CDS and LDS responses applied), or when
+        // the initial fetch timeout passes (then serving whatever is there). As in Envoy, an
+        // initial_fetch_timeout of 0 waits for the control plane without limit.
+        let timeout = x.config().initial_fetch_timeout;
+        let deadline = async {
+            if timeout.is_zero() {
+                std::future::pending::<()>().await
             }
-            if shutdown_rx.borrow().is_some() {
-                break;
-            }
-            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            tokio::time::sleep(timeout).await
+        };
+        let mut stop = shutdown_rx.clone();
+        tokio::select! {
+            _ = shared.init.wait() => {}
+            _ = stop.wait_for(|s| s.is_some()) => {}
+            _ = deadline => {
                 tracing::warn!(
+                    waiting_for = ?shared.init.pending(),
                     "initial xDS fetch timed out; serving the configuration received so far"
                 );
-                break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     // Told to stop before taking over (a rollback deleting the new pod): leave everything to

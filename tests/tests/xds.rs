@@ -629,3 +629,71 @@ async fn a_restart_from_the_cache_resumes_delta_without_re_downloading() {
     assert_eq!(cp.delta_resources_sent(), 1);
     drop(agent);
 }
+
+/// Like Envoy's init manager, the agent is not ready until the EDS clusters of its initial
+/// configuration have endpoints: a server (or a takeover successor) that said ready earlier
+/// would close the connections sent to a cluster that is still empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_the_initial_eds_clusters_have_endpoints() {
+    for api in ["GRPC", "DELTA_GRPC"] {
+        let echo = servers::start(Behavior::Echo).await;
+        let cp = ControlPlane::start().await;
+        let front = free_addr();
+        // Clusters and listeners, but no endpoints yet.
+        cp.set(
+            vec![eds_cluster("backend")],
+            vec![tcp_listener("front", front, "backend")],
+            vec![],
+        );
+        let snapshot = plumb::config::parse_bootstrap(&ads_bootstrap(cp.addr, api), "t").unwrap();
+        let handle = plumb::server::start(
+            snapshot,
+            plumb::server::Options {
+                concurrency: 2,
+                drain_time: Duration::from_secs(1),
+                ..plumb::server::Options::default()
+            },
+            None,
+        )
+        .unwrap();
+        let admin = handle.admin_address().unwrap();
+        plumb_tests::wait_until(
+            &format!("{api}: CDS and LDS applied"),
+            Duration::from_secs(10),
+            || {
+                let h = &handle;
+                async move {
+                    h.shared()
+                        .store
+                        .value("listener_manager.lds.update_success")
+                        .unwrap_or(0)
+                        >= 1
+                        && h.shared()
+                            .store
+                            .value("cluster_manager.cds.update_success")
+                            .unwrap_or(0)
+                            >= 1
+                }
+            },
+        )
+        .await;
+        assert_eq!(
+            get(admin, "/ready").await.status,
+            503,
+            "{api}: ready without endpoints"
+        );
+        cp.set_endpoints(vec![endpoints("backend", &[echo.addr])]);
+        plumb_tests::wait_until(
+            &format!("{api}: ready"),
+            Duration::from_secs(10),
+            || async { get(admin, "/ready").await.status == 200 },
+        )
+        .await;
+        assert_eq!(roundtrip(front, b"warm").await.unwrap(), b"warm");
+        handle.shutdown(plumb::server::ShutdownKind::Immediate);
+        tokio::task::spawn_blocking(move || handle.wait())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

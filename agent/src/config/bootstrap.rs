@@ -151,7 +151,7 @@ const SOCKET_ADDRESS: FieldTable = &[
 const BOOTSTRAP_EXTENSION: FieldTable = &[("name", S), ("typed_config", S)];
 
 /// `@type` of Plumb's own bootstrap extension configuring eBPF redirection.
-pub const REDIRECT_TYPE: &str = "type.googleapis.com/plumb.redirect.v1.Redirect";
+pub const REDIRECT_TYPE: &str = type_urls::REDIRECT;
 
 const REDIRECT: FieldTable = &[
     ("@type", S),
@@ -313,8 +313,7 @@ const OUTLIER_DETECTION: FieldTable = &[
 
 const TRANSPORT_SOCKET: FieldTable = &[("name", S), ("typed_config", S)];
 
-const UPSTREAM_TLS_TYPE: &str =
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+const UPSTREAM_TLS_TYPE: &str = type_urls::UPSTREAM_TLS;
 
 const UPSTREAM_TLS_CONTEXT: FieldTable = &[
     ("@type", S),

@@ -3,6 +3,7 @@
 //! and readers shared by the bootstrap and xDS (LDS) front doors.
 
 use super::bootstrap::{read_address, ADDRESS, NO_ECDS, NO_TLS};
+use super::type_urls;
 use super::walk::{Diagnostics, Field, FieldTable, Obj};
 use super::*;
 use serde_yaml::Value;
@@ -73,8 +74,7 @@ pub(super) const LISTENER_FILTER: FieldTable = &[
     ("config_discovery", R(NO_ECDS)),
 ];
 
-const ORIGINAL_DST_FILTER_TYPE: &str =
-    "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+const ORIGINAL_DST_FILTER_TYPE: &str = type_urls::ORIGINAL_DST_FILTER;
 
 pub(super) const TYPED_ANY: FieldTable = &[("@type", S)];
 
@@ -93,8 +93,7 @@ pub(super) const FILTER: FieldTable = &[
     ("config_discovery", R(NO_ECDS)),
 ];
 
-const TCP_PROXY_TYPE: &str =
-    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const TCP_PROXY_TYPE: &str = type_urls::TCP_PROXY;
 const TCP_PROXY_NAMES: &[&str] = &["envoy.filters.network.tcp_proxy", "envoy.tcp_proxy"];
 
 pub(super) const TCP_PROXY: FieldTable = &[
@@ -271,8 +270,7 @@ pub(super) const FILTER_CHAIN_MATCH: FieldTable = &[
 
 pub(super) const CIDR_RANGE: FieldTable = &[("address_prefix", S), ("prefix_len", S)];
 
-const CONNECTION_LIMIT_TYPE: &str =
-    "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
+const CONNECTION_LIMIT_TYPE: &str = type_urls::CONNECTION_LIMIT;
 const CONNECTION_LIMIT_NAME: &str = "envoy.filters.network.connection_limit";
 
 pub(super) const CONNECTION_LIMIT: FieldTable = &[
@@ -286,8 +284,7 @@ pub(super) const CONNECTION_LIMIT: FieldTable = &[
     ),
 ];
 
-const LOCAL_RATELIMIT_TYPE: &str =
-    "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit";
+const LOCAL_RATELIMIT_TYPE: &str = type_urls::LOCAL_RATELIMIT;
 const LOCAL_RATELIMIT_NAME: &str = "envoy.filters.network.local_ratelimit";
 
 pub(super) const LOCAL_RATELIMIT: FieldTable = &[

@@ -6,6 +6,7 @@
 mod bootstrap;
 mod listener;
 mod overrides;
+pub mod type_urls;
 mod walk;
 pub mod xds;
 

@@ -12,6 +12,7 @@
 
 use super::bootstrap::{read_cluster, read_lb_endpoint, read_locality_endpoints};
 use super::listener::read_listener;
+use super::type_urls;
 use super::walk::{Diag, Diagnostics};
 use super::{
     Cluster, DiscoveryType, Endpoint, HealthStatus, Host, Listener, Locality, LocalityEndpoints,
@@ -27,16 +28,12 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use prost::Message;
 use serde_json::{json, Map, Value as Json};
 
-pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-pub const ENDPOINT_TYPE: &str =
-    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-const TCP_PROXY_TYPE: &str =
-    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
-const CONNECTION_LIMIT_TYPE: &str =
-    "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
-const LOCAL_RATELIMIT_TYPE: &str =
-    "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit";
+pub const CLUSTER_TYPE: &str = type_urls::CLUSTER;
+pub const LISTENER_TYPE: &str = type_urls::LISTENER;
+pub const ENDPOINT_TYPE: &str = type_urls::ENDPOINT;
+const TCP_PROXY_TYPE: &str = type_urls::TCP_PROXY;
+const CONNECTION_LIMIT_TYPE: &str = type_urls::CONNECTION_LIMIT;
+const LOCAL_RATELIMIT_TYPE: &str = type_urls::LOCAL_RATELIMIT;
 
 /// A translated resource, or why not (errors, with paths inside the resource).
 pub type Translated<T> = Result<(T, Vec<Diag>), Vec<Diag>>;

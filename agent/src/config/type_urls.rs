@@ -1,0 +1,21 @@
+//! Every type URL Plumb knows, in one place: the xDS resource types it subscribes to and the
+//! `@type` of each extension config it reads.
+
+// xDS resources, in the order Envoy requests them on an ADS stream.
+pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+
+// Extensions.
+pub const TCP_PROXY: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+pub const CONNECTION_LIMIT: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
+pub const LOCAL_RATELIMIT: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit";
+pub const ORIGINAL_DST_FILTER: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+pub const UPSTREAM_TLS: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+/// Plumb's own bootstrap extension configuring eBPF redirection.
+pub const REDIRECT: &str = "type.googleapis.com/plumb.redirect.v1.Redirect";

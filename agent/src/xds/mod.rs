@@ -1,0 +1,789 @@
+//! The ADS client: listeners, clusters and endpoints from a control plane over one gRPC
+//! stream, state-of-the-world or incremental (delta), with ACK/NACK, reconnection with
+//! jittered exponential backoff and last-known-good config.
+//!
+//! Semantics follow Envoy: each resource is validated on its own; valid ones are applied,
+//! invalid ones are NACKed (error_detail names resource and field) and their previous version
+//! keeps serving. In state-of-the-world, a cluster or listener missing from a response is
+//! removed; EDS resources are only replaced. Static resources from the bootstrap are never
+//! touched. The client runs on its own thread and runtime: a slow or broken control plane
+//! never stalls the data path, which keeps serving the last good config.
+
+mod cache;
+mod resources;
+mod session;
+
+use crate::config::{self, XdsApi, XdsConfig};
+use crate::init::{InitManager, InitTarget};
+use crate::listener::ListenerManager;
+use crate::stats::{Counter, Gauge, Scope, Store};
+use crate::upstream::{ClusterManager, LbContext};
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use prost::Message;
+use resources::{Interest, ResourceType};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// gRPC INVALID_ARGUMENT, the code Envoy puts in a NACK's error_detail.
+const INVALID_ARGUMENT: i32 = 3;
+
+/// One applied dynamic resource.
+#[derive(Debug, Clone)]
+pub struct Entry<T> {
+    pub value: Arc<T>,
+    pub version: String,
+    pub last_updated: SystemTime,
+}
+
+/// A rejected update of one resource (shown by `/config_dump`).
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub details: String,
+    pub version: String,
+    pub at: SystemTime,
+}
+
+/// What the control plane has given us, for `/config_dump`.
+#[derive(Debug, Default, Clone)]
+pub struct XdsState {
+    pub clusters: BTreeMap<String, Entry<config::Cluster>>,
+    pub listeners: BTreeMap<String, Entry<config::Listener>>,
+    pub endpoints: BTreeMap<String, Entry<Vec<config::LocalityEndpoints>>>,
+    /// (type URL, resource name) → last rejection.
+    pub rejected: BTreeMap<(String, String), Rejected>,
+    /// Last accepted version per type (SotW `version_info`, delta `system_version_info`).
+    pub versions: BTreeMap<String, String>,
+    pub last_nack: Option<String>,
+    pub connected: bool,
+    /// Accepted resources as received, per type and name, for the on-disk cache.
+    raw: BTreeMap<String, BTreeMap<String, Any>>,
+    pub loaded_from_cache: bool,
+    /// Names of unchanged resources of the response being applied (count as present).
+    present: HashSet<String>,
+}
+
+#[derive(Debug)]
+struct TypeStats {
+    update_attempt: Arc<Counter>,
+    update_success: Arc<Counter>,
+    update_rejected: Arc<Counter>,
+    update_failure: Arc<Counter>,
+    version: Arc<Gauge>,
+}
+
+impl TypeStats {
+    fn new(s: &Scope) -> Self {
+        Self {
+            update_attempt: s.counter("update_attempt"),
+            update_success: s.counter("update_success"),
+            update_rejected: s.counter("update_rejected"),
+            update_failure: s.counter("update_failure"),
+            version: s.gauge("version"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Stats {
+    connected_state: Arc<Gauge>,
+    init_fetch_timeout: Arc<Counter>,
+}
+
+/// Envoy reports a version as a 64-bit hash in a gauge.
+fn version_hash(v: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in v.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h >> 1) as i64
+}
+
+pub struct XdsClient {
+    cfg: XdsConfig,
+    /// Where the last good resources are persisted (`--xds-cache`).
+    cache: Option<std::path::PathBuf>,
+    node: core::Node,
+    clusters: Arc<ClusterManager>,
+    listeners: Arc<ListenerManager>,
+    static_clusters: HashSet<String>,
+    static_listeners: HashSet<String>,
+    state: Mutex<XdsState>,
+    stats: Stats,
+    /// One handler per resource type, in the order they are requested.
+    types: Vec<Arc<dyn ResourceType>>,
+    /// Readiness targets still pending, by key: the first accepted response of each wildcard
+    /// type (CDS, LDS, keyed by type URL), and each EDS cluster of the initial configuration
+    /// until it has endpoints or its initial_fetch_timeout passes (`cluster:<name>`), as
+    /// Envoy's init manager waits for cluster warming: a server that said ready with a cluster
+    /// still empty would close connections.
+    init_targets: Arc<Mutex<BTreeMap<String, InitTarget>>>,
+    init: Arc<InitManager>,
+    /// Accepted resources changed since the cache file was last written.
+    cache_dirty: std::sync::atomic::AtomicBool,
+    cache_wake: tokio::sync::Notify,
+    /// Set when a successor took over: the cache file (shared with it) is its to write.
+    cache_frozen: std::sync::atomic::AtomicBool,
+}
+
+/// The cache file's first bytes (then length-delimited DeltaDiscoveryResponses, one per type,
+/// each resource with its own version). Files without it are the older format.
+const CACHE_MAGIC: &[u8] = b"plumb-xds-cache-2\n";
+
+/// The cache file is rewritten at most this often (and once more at stop): a burst of EDS
+/// updates costs one write, not one per update. A crash loses at most this much.
+const CACHE_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
+impl std::fmt::Debug for XdsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsClient")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of applying one response, for the ACK/NACK.
+struct Applied {
+    errors: Vec<String>,
+}
+
+/// CDS/LDS resources decoded by `decode_named`.
+struct Named<M> {
+    items: Vec<M>,
+    /// Every name the response carried (also rejected ones: they are not removals).
+    seen: HashSet<String>,
+    undecodable: bool,
+    errors: Vec<String>,
+}
+
+impl Applied {
+    fn error_detail(&self) -> Option<RpcStatus> {
+        (!self.errors.is_empty()).then(|| RpcStatus {
+            code: INVALID_ARGUMENT,
+            message: self.errors.join("\n"),
+            details: Vec::new(),
+        })
+    }
+}
+
+fn decode<M: Message + Default>(any: &Any, want: &str) -> Result<M, String> {
+    if any.type_url != want {
+        return Err(format!(
+            "unexpected resource type {} (expected {want})",
+            any.type_url
+        ));
+    }
+    M::decode(any.value.as_slice()).map_err(|e| format!("cannot decode {want}: {e}"))
+}
+
+impl XdsClient {
+    pub fn new(
+        cfg: XdsConfig,
+        snapshot: &config::Snapshot,
+        clusters: Arc<ClusterManager>,
+        listeners: Arc<ListenerManager>,
+        store: &Store,
+        cache: Option<std::path::PathBuf>,
+        init: &Arc<InitManager>,
+    ) -> Arc<Self> {
+        let n = &snapshot.node;
+        let node = core::Node {
+            id: n.id.clone(),
+            cluster: n.cluster.clone(),
+            locality: Some(core::Locality {
+                region: n.locality.region.clone(),
+                zone: n.locality.zone.clone(),
+                sub_zone: n.locality.sub_zone.clone(),
+            }),
+            metadata: (!n.metadata.is_empty()).then(|| pb_struct(&n.metadata)),
+            user_agent_name: "plumb".into(),
+            user_agent_version_type: Some(core::node::UserAgentVersionType::UserAgentVersion(
+                crate::VERSION.into(),
+            )),
+            ..Default::default()
+        };
+        let stats = Stats {
+            connected_state: store.root_scope("control_plane").gauge("connected_state"),
+            init_fetch_timeout: store
+                .root_scope("cluster_manager")
+                .counter("init_fetch_timeout"),
+        };
+        let types = resources::registry(store);
+        let mut init_targets = BTreeMap::new();
+        // Like Envoy's init manager: the server is ready once the first CDS and LDS
+        // responses are applied (or the initial fetch timeout passes).
+        for (on, t) in [
+            (cfg.cds, crate::config::type_urls::CLUSTER),
+            (cfg.lds, crate::config::type_urls::LISTENER),
+        ] {
+            if on {
+                init_targets.insert(t.to_string(), init.register(t));
+            }
+        }
+        Arc::new(Self {
+            types,
+            init_targets: Arc::new(Mutex::new(init_targets)),
+            init: init.clone(),
+            cfg,
+            cache,
+            cache_dirty: std::sync::atomic::AtomicBool::new(false),
+            cache_wake: tokio::sync::Notify::new(),
+            cache_frozen: std::sync::atomic::AtomicBool::new(false),
+            node,
+            clusters,
+            listeners,
+            static_clusters: snapshot.clusters.iter().map(|c| c.name.clone()).collect(),
+            static_listeners: snapshot.listeners.iter().map(|l| l.name.clone()).collect(),
+            state: Mutex::new(XdsState::default()),
+            stats,
+        })
+    }
+
+    pub fn state(&self) -> XdsState {
+        self.lock().clone()
+    }
+
+    /// Stops writing the cache file: a successor agent owns it now.
+    pub fn freeze_cache(&self) {
+        self.cache_frozen
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a response of `type_url` has been accepted (cheap: no copy of the state).
+    pub fn has_version(&self, type_url: &str) -> bool {
+        self.lock().versions.contains_key(type_url)
+    }
+
+    pub fn config(&self) -> &XdsConfig {
+        &self.cfg
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, XdsState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn handler(&self, type_url: &str) -> Option<&Arc<dyn ResourceType>> {
+        self.types.iter().find(|h| h.type_url() == type_url)
+    }
+
+    /// Records per-resource versions (delta) for the resources just applied; rejected ones
+    /// keep the version of the copy still in force.
+    fn set_resource_versions<'a>(
+        &self,
+        type_url: &str,
+        versions: impl Iterator<Item = (&'a str, &'a str)>,
+    ) {
+        let Some(h) = self.handler(type_url) else {
+            return;
+        };
+        let mut st = self.lock();
+        for (name, version) in versions {
+            if st
+                .rejected
+                .contains_key(&(type_url.to_string(), name.to_string()))
+            {
+                continue;
+            }
+            if let Some(v) = h.accepted(&mut st).version_mut(name) {
+                *v = version.to_string();
+            }
+        }
+    }
+
+    /// Forgets resources of a named-interest type (and their cache copies and rejections)
+    /// that nothing refers to any more: unsubscribed, they would otherwise stay in memory
+    /// and in `/config_dump` for as long as the agent runs, growing with every service that
+    /// came and went.
+    fn prune(&self, h: &dyn ResourceType, keep: &BTreeSet<String>) {
+        let t = h.type_url();
+        let mut st = self.lock();
+        let map = h.accepted(&mut st);
+        let mut pruned = false;
+        for name in map.names() {
+            if !keep.contains(&name) {
+                map.forget(&name);
+                pruned = true;
+            }
+        }
+        if let Some(raw) = st.raw.get_mut(t) {
+            let before = raw.len();
+            raw.retain(|name, _| keep.contains(name));
+            pruned |= raw.len() != before;
+        }
+        st.rejected
+            .retain(|(rt, name), _| rt != t || keep.contains(name));
+        drop(st);
+        if pruned {
+            self.mark_cache_dirty();
+        }
+    }
+
+    fn mark_cache_dirty(&self) {
+        if self.cache.is_some() {
+            self.cache_dirty
+                .store(true, std::sync::atomic::Ordering::Release);
+            self.cache_wake.notify_one();
+        }
+    }
+
+    fn record(&self, h: &dyn ResourceType, version: &str, applied: &Applied) {
+        let (s, type_url) = (h.stats(), h.type_url());
+        if applied.errors.is_empty() {
+            s.update_success.inc();
+            s.version.set(version_hash(version));
+            let mut st = self.lock();
+            st.versions
+                .insert(type_url.to_string(), version.to_string());
+            drop(st);
+            self.init_done(type_url);
+        } else {
+            s.update_rejected.inc();
+            let msg = applied.errors.join("; ");
+            tracing::warn!(type_url, version, "rejected xDS update (NACK): {msg}");
+            self.lock().last_nack = Some(format!("{type_url} version {version}: {msg}"));
+        }
+    }
+
+    fn reject(
+        &self,
+        type_url: &str,
+        name: &str,
+        version: &str,
+        details: String,
+        errors: &mut Vec<String>,
+    ) {
+        self.lock().rejected.insert(
+            (type_url.to_string(), name.to_string()),
+            Rejected {
+                details: details.clone(),
+                version: version.to_string(),
+                at: SystemTime::now(),
+            },
+        );
+        errors.push(details);
+    }
+
+    /// Records an accepted resource: any earlier rejection of it is over, and it is what
+    /// `/config_dump` shows.
+    fn accepted<T>(
+        &self,
+        type_url: &str,
+        name: &str,
+        version: &str,
+        value: Arc<T>,
+        map: impl FnOnce(&mut XdsState) -> &mut BTreeMap<String, Entry<T>>,
+    ) {
+        let mut st = self.lock();
+        st.rejected
+            .remove(&(type_url.to_string(), name.to_string()));
+        map(&mut st).insert(
+            name.to_string(),
+            Entry {
+                value,
+                version: version.to_string(),
+                last_updated: SystemTime::now(),
+            },
+        );
+    }
+
+    /// Decodes the resources of one CDS/LDS response. Undecodable ones, and ones named like a
+    /// static resource, are rejected here; what is left is for the caller to validate.
+    fn decode_named<M: Message + Default>(
+        &self,
+        type_url: &str,
+        kind: &str,
+        version: &str,
+        resources: &[(Option<String>, Any)],
+        statics: &HashSet<String>,
+        name_of: impl Fn(&M) -> &str,
+    ) -> Named<M> {
+        let mut named = Named {
+            items: Vec::new(),
+            seen: HashSet::new(),
+            undecodable: false,
+            errors: Vec::new(),
+        };
+        for (hint, any) in resources {
+            let m = match decode::<M>(any, type_url) {
+                Ok(m) => m,
+                Err(e) => {
+                    // No name: nothing may be removed by this response then.
+                    named.undecodable = true;
+                    let hint = hint.as_deref().unwrap_or("?");
+                    self.reject(type_url, hint, version, e, &mut named.errors);
+                    continue;
+                }
+            };
+            let name = name_of(&m).to_string();
+            named.seen.insert(name.clone());
+            if statics.contains(&name) {
+                let msg = format!("{kind} \"{name}\": a static {kind} of that name exists");
+                self.reject(type_url, &name, version, msg, &mut named.errors);
+                continue;
+            }
+            named.items.push(m);
+        }
+        named
+    }
+
+    /// Names a response removes: those listed as removed, plus — for a complete (SotW)
+    /// response that decoded fully — every dynamic one it did not name. Never static ones.
+    fn removed_names(
+        &self,
+        removed: &[String],
+        complete: bool,
+        named: &Named<impl Sized>,
+        statics: &HashSet<String>,
+        known: impl Fn(&XdsState) -> Vec<String>,
+    ) -> Vec<String> {
+        let mut gone: Vec<String> = removed.to_vec();
+        if complete && !named.undecodable {
+            let st = self.lock();
+            gone.extend(
+                known(&st)
+                    .into_iter()
+                    .filter(|n| !named.seen.contains(n) && !st.present.contains(n)),
+            );
+        }
+        gone.retain(|n| !statics.contains(n));
+        gone
+    }
+
+    fn apply(
+        &self,
+        type_url: &str,
+        version: &str,
+        resources: &[(Option<String>, Any)],
+        complete: bool,
+        removed: &[String],
+    ) -> Applied {
+        let Some(h) = self.handler(type_url).cloned() else {
+            return Applied {
+                errors: vec![format!("unsupported resource type {type_url}")],
+            };
+        };
+        h.stats().update_attempt.inc();
+        // State of the world resends every resource: skip the ones whose bytes are what was
+        // last applied (a 1000-cluster CDS response with one change translates one cluster).
+        // They still count as present, so a full response removes nothing it repeats.
+        let unchanged: HashSet<usize> = {
+            let st = self.lock();
+            let known: HashSet<&[u8]> = st
+                .raw
+                .get(type_url)
+                .map(|m| m.values().map(|a| a.value.as_slice()).collect())
+                .unwrap_or_default();
+            resources
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, any))| known.contains(any.value.as_slice()))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let owned: Vec<(Option<String>, Any)>;
+        let resources: &[(Option<String>, Any)] = if unchanged.is_empty() {
+            resources
+        } else {
+            let present: HashSet<String> = resources
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| unchanged.contains(i))
+                .filter_map(|(_, (_, a))| h.name_of(a))
+                .collect();
+            self.lock().present = present;
+            owned = resources
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !unchanged.contains(i))
+                .map(|(_, r)| r.clone())
+                .collect();
+            &owned
+        };
+        let applied = h.apply(self, version, resources, complete, removed);
+        self.record(h.as_ref(), version, &applied);
+        self.remember_raw(h.as_ref(), resources, complete, removed);
+        // Translating a large update allocates transient trees (MBs for 10k endpoints);
+        // hand the freed pages back instead of keeping them in this thread's arena.
+        let bytes: usize = resources.iter().map(|(_, a)| a.value.len()).sum();
+        if bytes > 256 * 1024 {
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim has no preconditions.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+        applied
+    }
+
+    /// Keeps the accepted resources as received and rewrites the on-disk cache.
+    fn remember_raw(
+        &self,
+        h: &dyn ResourceType,
+        resources: &[(Option<String>, Any)],
+        complete: bool,
+        removed: &[String],
+    ) {
+        let type_url = h.type_url();
+        let mut st = self.lock();
+        let accepted: HashSet<String> = h.accepted(&mut st).names().into_iter().collect();
+        let present = std::mem::take(&mut st.present);
+        let raw = st.raw.entry(type_url.to_string()).or_default();
+        if complete {
+            // Keep what is still applied: unchanged resources, and the previous copy of any
+            // whose update was rejected (it keeps serving, so it must survive a restart too).
+            raw.retain(|name, _| present.contains(name) || accepted.contains(name));
+        }
+        for name in removed {
+            raw.remove(name);
+        }
+        for (_, any) in resources {
+            let name = h.name_of(any);
+            // Only what was applied: a rejected update leaves the previous copy in place.
+            if let Some(name) = name {
+                let rejected = st
+                    .rejected
+                    .contains_key(&(type_url.to_string(), name.clone()));
+                if accepted.contains(&name) && !rejected {
+                    st.raw
+                        .entry(type_url.to_string())
+                        .or_default()
+                        .insert(name, any.clone());
+                }
+            }
+        }
+        drop(st);
+        self.mark_cache_dirty();
+    }
+
+    /// Marks init target `key` ready (if it is pending).
+    fn init_done(&self, key: &str) {
+        let t = self
+            .init_targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        if let Some(t) = t {
+            t.ready();
+        }
+    }
+
+    fn cluster_init_key(name: &str) -> String {
+        format!("cluster:{name}")
+    }
+
+    /// A cluster that now has endpoints (or is gone) no longer holds up readiness.
+    fn cluster_warmed(&self, name: &str) {
+        self.init_done(&Self::cluster_init_key(name));
+    }
+
+    /// Starts warming EDS cluster `name`: while the server initialises, readiness waits for
+    /// it; after `initial_fetch_timeout` it is used without endpoints.
+    fn start_warming_timer(&self, name: &str) {
+        if !self.init.pending().is_empty() {
+            let key = Self::cluster_init_key(name);
+            let target = self.init.register(&key);
+            self.init_targets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, target);
+        }
+        let timeout = self.cfg.initial_fetch_timeout;
+        if timeout.is_zero() {
+            return;
+        }
+        let (cm, name, counter, targets) = (
+            self.clusters.clone(),
+            name.to_string(),
+            self.stats.init_fetch_timeout.clone(),
+            self.init_targets.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if cm.get(&name).is_some_and(|c| c.is_warming()) {
+                tracing::warn!(cluster = %name, "no endpoints within initial_fetch_timeout; using the cluster without them");
+                counter.inc();
+                cm.end_warming(&name);
+            }
+            let t = targets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&Self::cluster_init_key(&name));
+            drop(t);
+        });
+    }
+
+    /// Runs until `stop` resolves: connect, stream, reconnect with backoff.
+    pub async fn run(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
+        let writer = self.cache.is_some().then(|| {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    me.cache_wake.notified().await;
+                    me.write_cache();
+                    tokio::time::sleep(CACHE_WRITE_INTERVAL).await;
+                }
+            })
+        });
+        self.clone().serve(stop).await;
+        if let Some(w) = writer {
+            w.abort();
+        }
+        self.write_cache();
+    }
+
+    async fn serve(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        self.load_cache();
+        let mut attempt: u32 = 0;
+        loop {
+            let started = tokio::time::Instant::now();
+            let result = tokio::select! {
+                r = self.clone().session() => r,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            self.stats.connected_state.set(0);
+            self.lock().connected = false;
+            // Backoff restarts only after a stream that stayed up a while: a control plane
+            // that answers once and then breaks must not be hammered.
+            let healthy = started.elapsed() > Duration::from_secs(30);
+            match result {
+                Ok(true) => attempt = 0,
+                Ok(false) => {}
+                Err(e) => {
+                    if healthy {
+                        attempt = 0;
+                    }
+                    for h in &self.types {
+                        if h.interest(&self) == Interest::Wildcard {
+                            h.stats().update_failure.inc();
+                        }
+                    }
+                    tracing::warn!(error = %e, "xDS stream failed; serving the last good configuration");
+                }
+            }
+            // Jittered exponential backoff: 50–150 % of min(max, base·2^attempt).
+            let exp = BACKOFF_BASE
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(BACKOFF_MAX);
+            let delay = exp.mul_f64(0.5 + fastrand::f64());
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// One stream to the control plane. `Ok(true)`: it delivered at least one response.
+    async fn session(self: Arc<Self>) -> Result<bool, String> {
+        let cluster = self
+            .clusters
+            .get(&self.cfg.cluster)
+            .ok_or_else(|| format!("control plane cluster \"{}\" is missing", self.cfg.cluster))?;
+        let host = cluster.pick(&LbContext::default()).map_err(|_| {
+            format!(
+                "control plane cluster \"{}\" has no usable host",
+                self.cfg.cluster
+            )
+        })?;
+        let scheme = if cluster.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", host.address))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(cluster.config.connect_timeout)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(true);
+        if let Some(tls) = &cluster.config.tls {
+            // Read at each connect: rotated certificate files need no restart.
+            let ca = tls
+                .trusted_ca
+                .read()
+                .map_err(|e| format!("read trusted_ca: {e}"))?;
+            let mut cfg = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name(tls.sni.clone());
+            if let Some((chain, key)) = &tls.client_cert {
+                let chain = chain
+                    .read()
+                    .map_err(|e| format!("read certificate_chain: {e}"))?;
+                let key = key.read().map_err(|e| format!("read private_key: {e}"))?;
+                cfg = cfg.identity(tonic::transport::Identity::from_pem(chain, key));
+            }
+            endpoint = endpoint
+                .tls_config(cfg)
+                .map_err(|e| format!("TLS configuration: {e}"))?;
+        }
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connect {}: {e}", host.address))?;
+        let client =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+        tracing::info!(control_plane = %host.address, api = ?self.cfg.api, "connected to the control plane");
+        match self.cfg.api {
+            XdsApi::Sotw => self.sotw(client).await,
+            XdsApi::Delta => self.delta(client).await,
+        }
+    }
+
+    fn connected(&self) {
+        self.stats.connected_state.set(1);
+        self.lock().connected = true;
+    }
+}
+
+/// Starts the client on its own thread and runtime; it stops when `stop` turns true.
+pub fn spawn(
+    client: Arc<XdsClient>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("plumb-xds".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the xDS runtime");
+                    return;
+                }
+            };
+            rt.block_on(client.run(stop));
+        })
+}
+
+/// JSON → google.protobuf.Struct (node metadata).
+fn pb_struct(
+    m: &serde_json::Map<String, serde_json::Value>,
+) -> envoy_types::pb::google::protobuf::Struct {
+    envoy_types::pb::google::protobuf::Struct {
+        fields: m.iter().map(|(k, v)| (k.clone(), pb_value(v))).collect(),
+    }
+}
+
+fn pb_value(v: &serde_json::Value) -> envoy_types::pb::google::protobuf::Value {
+    use envoy_types::pb::google::protobuf::{value::Kind, ListValue};
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(pb_value).collect(),
+        }),
+        J::Object(o) => Kind::StructValue(pb_struct(o)),
+    };
+    envoy_types::pb::google::protobuf::Value { kind: Some(kind) }
+}

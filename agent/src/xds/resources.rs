@@ -1,0 +1,359 @@
+//! One handler per xDS resource type, registered by type URL: how to name, validate, apply
+//! and remove its resources, which names to subscribe to, where its accepted copies are kept,
+//! and its stats. The session, the cache and `/config_dump` are generic over them: RDS and
+//! SDS arrive as two more handlers, without a new `match` arm elsewhere.
+
+use super::{decode, Applied, Entry, TypeStats, XdsClient, XdsState};
+use crate::config::type_urls;
+use crate::config::xds::{cluster_from_proto, describe, endpoints_from_proto, listener_from_proto};
+use crate::config::{self, DiscoveryType};
+use crate::stats::Store;
+use envoy_types::pb::envoy::config::cluster::v3 as pbc;
+use envoy_types::pb::envoy::config::endpoint::v3 as pbe;
+use envoy_types::pb::envoy::config::listener::v3 as pbl;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// What a resource type subscribes to on the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Interest {
+    /// Not configured (e.g. no `lds_config`).
+    Off,
+    /// Every resource of the type (CDS, LDS).
+    Wildcard,
+    /// These names, because other resources refer to them (EDS from clusters; RDS and SDS
+    /// next).
+    Names(BTreeSet<String>),
+}
+
+/// The versions of the accepted resources of one type, whatever their value type.
+pub(super) trait Versions {
+    fn names(&self) -> Vec<String>;
+    fn version_mut(&mut self, name: &str) -> Option<&mut String>;
+    fn forget(&mut self, name: &str);
+}
+
+impl<T> Versions for BTreeMap<String, Entry<T>> {
+    fn names(&self) -> Vec<String> {
+        self.keys().cloned().collect()
+    }
+    fn version_mut(&mut self, name: &str) -> Option<&mut String> {
+        self.get_mut(name).map(|e| &mut e.version)
+    }
+    fn forget(&mut self, name: &str) {
+        self.remove(name);
+    }
+}
+
+pub(super) trait ResourceType: Send + Sync {
+    fn type_url(&self) -> &'static str;
+    fn stats(&self) -> &TypeStats;
+    /// The resource's name, from its encoded form.
+    fn name_of(&self, any: &Any) -> Option<String>;
+    fn interest(&self, client: &XdsClient) -> Interest;
+    /// Where accepted resources of this type are kept.
+    fn accepted<'a>(&self, st: &'a mut XdsState) -> &'a mut dyn Versions;
+    /// Validates and applies one response. `complete`: a state-of-the-world response of a
+    /// wildcard type, which removes what it does not name.
+    fn apply(
+        &self,
+        client: &XdsClient,
+        version: &str,
+        resources: &[(Option<String>, Any)],
+        complete: bool,
+        removed: &[String],
+    ) -> Applied;
+}
+
+/// The handlers, in the order Envoy requests them: clusters, their endpoints, listeners.
+pub(super) fn registry(store: &Store) -> Vec<Arc<dyn ResourceType>> {
+    vec![
+        Arc::new(Clusters {
+            stats: TypeStats::new(&store.root_scope("cluster_manager.cds")),
+        }),
+        Arc::new(Endpoints {
+            stats: TypeStats::new(&store.root_scope("cluster_manager.eds")),
+        }),
+        Arc::new(Listeners {
+            stats: TypeStats::new(&store.root_scope("listener_manager.lds")),
+        }),
+    ]
+}
+
+struct Clusters {
+    stats: TypeStats,
+}
+
+impl ResourceType for Clusters {
+    fn type_url(&self) -> &'static str {
+        type_urls::CLUSTER
+    }
+    fn stats(&self) -> &TypeStats {
+        &self.stats
+    }
+    fn name_of(&self, any: &Any) -> Option<String> {
+        pbc::Cluster::decode(any.value.as_slice())
+            .map(|c| c.name)
+            .ok()
+    }
+    fn interest(&self, client: &XdsClient) -> Interest {
+        if client.cfg.cds {
+            Interest::Wildcard
+        } else {
+            Interest::Off
+        }
+    }
+    fn accepted<'a>(&self, st: &'a mut XdsState) -> &'a mut dyn Versions {
+        &mut st.clusters
+    }
+
+    /// Applies each valid cluster; with `complete`, removes dynamic clusters not named.
+    fn apply(
+        &self,
+        client: &XdsClient,
+        version: &str,
+        resources: &[(Option<String>, Any)],
+        complete: bool,
+        removed: &[String],
+    ) -> Applied {
+        let t = type_urls::CLUSTER;
+        let mut named = client.decode_named::<pbc::Cluster>(
+            t,
+            "cluster",
+            version,
+            resources,
+            &client.static_clusters,
+            |c| &c.name,
+        );
+        let mut errors = std::mem::take(&mut named.errors);
+        for c in std::mem::take(&mut named.items) {
+            match cluster_from_proto(&c) {
+                Err(diags) => {
+                    let msg = describe(&format!("cluster \"{}\"", c.name), &diags);
+                    client.reject(t, &c.name, version, msg, &mut errors);
+                }
+                Ok((model, warnings)) => {
+                    for w in warnings {
+                        tracing::warn!(cluster = %c.name, field = %w.path, "{}", w.message);
+                    }
+                    let model = Arc::new(model);
+                    let eds = model.discovery == DiscoveryType::Eds;
+                    let outcome = client.clusters.upsert(model.clone());
+                    let needs_endpoints = eds
+                        && client
+                            .clusters
+                            .get(&model.name)
+                            .is_some_and(|c| c.is_warming())
+                        && outcome != crate::upstream::Upsert::Unchanged;
+                    if needs_endpoints {
+                        // New, or its endpoint source changed: use what we already have for
+                        // its service name, else warm until EDS delivers.
+                        let service = model
+                            .eds_service_name
+                            .clone()
+                            .unwrap_or_else(|| model.name.clone());
+                        let known = client
+                            .lock()
+                            .endpoints
+                            .get(&service)
+                            .map(|e| e.value.clone());
+                        if let Some(eps) = known {
+                            client.clusters.set_endpoints(&model.name, (*eps).clone());
+                            client.cluster_warmed(&model.name);
+                        } else {
+                            client.start_warming_timer(&model.name);
+                        }
+                    }
+                    client.accepted(t, &c.name, version, model, |st| &mut st.clusters);
+                }
+            }
+        }
+        let gone = client.removed_names(removed, complete, &named, &client.static_clusters, |st| {
+            st.clusters.keys().cloned().collect()
+        });
+        for name in gone {
+            client.clusters.remove(&name);
+            client.lock().clusters.remove(&name);
+            client.cluster_warmed(&name);
+        }
+        Applied { errors }
+    }
+}
+
+struct Endpoints {
+    stats: TypeStats,
+}
+
+impl ResourceType for Endpoints {
+    fn type_url(&self) -> &'static str {
+        type_urls::ENDPOINT
+    }
+    fn stats(&self) -> &TypeStats {
+        &self.stats
+    }
+    fn name_of(&self, any: &Any) -> Option<String> {
+        pbe::ClusterLoadAssignment::decode(any.value.as_slice())
+            .map(|e| e.cluster_name)
+            .ok()
+    }
+    /// The service names of every EDS cluster.
+    fn interest(&self, client: &XdsClient) -> Interest {
+        let names: BTreeSet<String> = client
+            .clusters
+            .all()
+            .iter()
+            .filter(|c| c.config.discovery == DiscoveryType::Eds)
+            .map(|c| {
+                c.config
+                    .eds_service_name
+                    .clone()
+                    .unwrap_or_else(|| c.config.name.clone())
+            })
+            .collect();
+        Interest::Names(names)
+    }
+    fn accepted<'a>(&self, st: &'a mut XdsState) -> &'a mut dyn Versions {
+        &mut st.endpoints
+    }
+
+    fn apply(
+        &self,
+        client: &XdsClient,
+        version: &str,
+        resources: &[(Option<String>, Any)],
+        _complete: bool,
+        removed: &[String],
+    ) -> Applied {
+        let t = type_urls::ENDPOINT;
+        let mut errors = Vec::new();
+        // Endpoint sets of services no cluster uses (a response in flight when the
+        // subscription shrank) are not kept: nothing would ever prune them.
+        let subscribed = match self.interest(client) {
+            Interest::Names(n) => n,
+            _ => BTreeSet::new(),
+        };
+        for (hint, any) in resources {
+            let cla = match decode::<pbe::ClusterLoadAssignment>(any, t) {
+                Ok(c) => c,
+                Err(e) => {
+                    let hint = hint.as_deref().unwrap_or("?");
+                    client.reject(t, hint, version, e, &mut errors);
+                    continue;
+                }
+            };
+            if !subscribed.contains(&cla.cluster_name) {
+                tracing::debug!(service = %cla.cluster_name, "ignoring endpoints of a service no cluster uses");
+                continue;
+            }
+            match endpoints_from_proto(&cla) {
+                Err(diags) => {
+                    let msg = describe(&format!("endpoints \"{}\"", cla.cluster_name), &diags);
+                    client.reject(t, &cla.cluster_name, version, msg, &mut errors);
+                }
+                Ok((localities, _)) => {
+                    set_service_endpoints(client, &cla.cluster_name, &localities, true);
+                    let value = Arc::new(localities);
+                    client.accepted(t, &cla.cluster_name, version, value, |st| &mut st.endpoints);
+                }
+            }
+        }
+        for name in removed {
+            // An EDS resource removed: its clusters have no endpoints any more.
+            set_service_endpoints(client, name, &[], false);
+            client.lock().endpoints.remove(name);
+        }
+        Applied { errors }
+    }
+}
+
+/// Installs `localities` in every EDS cluster whose service name is `service`.
+fn set_service_endpoints(
+    client: &XdsClient,
+    service: &str,
+    localities: &[config::LocalityEndpoints],
+    count: bool,
+) {
+    for c in client.clusters.all() {
+        let name = c.config.eds_service_name.as_deref().unwrap_or(c.name());
+        if c.config.discovery == DiscoveryType::Eds && name == service {
+            client.clusters.set_endpoints(c.name(), localities.to_vec());
+            client.cluster_warmed(c.name());
+            if count {
+                c.stats.update_success.inc();
+            }
+        }
+    }
+}
+
+struct Listeners {
+    stats: TypeStats,
+}
+
+impl ResourceType for Listeners {
+    fn type_url(&self) -> &'static str {
+        type_urls::LISTENER
+    }
+    fn stats(&self) -> &TypeStats {
+        &self.stats
+    }
+    fn name_of(&self, any: &Any) -> Option<String> {
+        pbl::Listener::decode(any.value.as_slice())
+            .map(|l| l.name)
+            .ok()
+    }
+    fn interest(&self, client: &XdsClient) -> Interest {
+        if client.cfg.lds {
+            Interest::Wildcard
+        } else {
+            Interest::Off
+        }
+    }
+    fn accepted<'a>(&self, st: &'a mut XdsState) -> &'a mut dyn Versions {
+        &mut st.listeners
+    }
+
+    fn apply(
+        &self,
+        client: &XdsClient,
+        version: &str,
+        resources: &[(Option<String>, Any)],
+        complete: bool,
+        removed: &[String],
+    ) -> Applied {
+        let t = type_urls::LISTENER;
+        let mut named = client.decode_named::<pbl::Listener>(
+            t,
+            "listener",
+            version,
+            resources,
+            &client.static_listeners,
+            |l| &l.name,
+        );
+        let mut errors = std::mem::take(&mut named.errors);
+        for l in std::mem::take(&mut named.items) {
+            let model = match listener_from_proto(&l) {
+                Err(diags) => {
+                    let msg = describe(&format!("listener \"{}\"", l.name), &diags);
+                    client.reject(t, &l.name, version, msg, &mut errors);
+                    continue;
+                }
+                Ok((m, _)) => Arc::new(m),
+            };
+            match client.listeners.upsert(model.clone()) {
+                Err(e) => client.reject(t, &l.name, version, e.to_string(), &mut errors),
+                Ok(_) => client.accepted(t, &l.name, version, model, |st| &mut st.listeners),
+            }
+        }
+        let gone =
+            client.removed_names(removed, complete, &named, &client.static_listeners, |st| {
+                st.listeners.keys().cloned().collect()
+            });
+        for name in gone {
+            client.listeners.remove(&name);
+            client.lock().listeners.remove(&name);
+        }
+        Applied { errors }
+    }
+}
