@@ -6,7 +6,6 @@
 use crate::util::{self, cpu_seconds, free_port, root_dir, rss_mib, KillOnDrop};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -109,24 +108,7 @@ fn l4(secs: f64, threads: usize, baseline: Option<&Path>, plumb_args: &[String])
     let plumb = root_dir().join("target/release/plumb");
     let loadgen = root_dir().join("target/release/plumb-load");
 
-    let (echo_p, sink_p) = (free_port()?, free_port()?);
-    let mut backend = Command::new(&loadgen)
-        .args([
-            "serve",
-            "--echo",
-            &format!("127.0.0.1:{echo_p}"),
-            "--sink",
-            &format!("127.0.0.1:{sink_p}"),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("start backends")?;
-    let _backend_guard = KillOnDrop(backend.id());
-    let mut line = String::new();
-    BufReader::new(backend.stdout.take().context("backend stdout")?).read_line(&mut line)?;
-    if line.trim() != "ready" {
-        bail!("backends did not start: {line:?}");
-    }
+    let (_backend_guard, echo_p, sink_p) = util::start_backends(&loadgen)?;
 
     // Plumb with two tcp_proxy listeners.
     let listener = |name: &str, port: u16| {

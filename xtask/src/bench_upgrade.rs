@@ -6,7 +6,6 @@
 use crate::util::{self, free_port, root_dir, KillOnDrop};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -70,19 +69,7 @@ pub fn bench(secs: f64) -> Result<()> {
     let plumb = root_dir().join("target/release/plumb");
     let loadgen = root_dir().join("target/release/plumb-load");
 
-    let (echo_p, sink_p) = (free_port()?, free_port()?);
-    let mut backend = Command::new(&loadgen)
-        .args(["serve", "--echo", &format!("127.0.0.1:{echo_p}")])
-        .args(["--sink", &format!("127.0.0.1:{sink_p}")])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("start backends")?;
-    let _backend = KillOnDrop(backend.id());
-    let mut line = String::new();
-    BufReader::new(backend.stdout.take().context("backend stdout")?).read_line(&mut line)?;
-    if line.trim() != "ready" {
-        bail!("backends did not start: {line:?}");
-    }
+    let (_backend_guard, echo_p, _) = util::start_backends(&loadgen)?;
 
     let (port, admin) = (free_port()?, free_port()?);
     let cfg = json!({

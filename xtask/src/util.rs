@@ -223,3 +223,23 @@ pub fn free_port() -> Result<u16> {
         .local_addr()?
         .port())
 }
+
+/// Starts `plumb-load serve` with an echo and a sink server on free loopback ports; returns the
+/// guard that stops it and the two ports.
+pub fn start_backends(loadgen: &Path) -> Result<(KillOnDrop, u16, u16)> {
+    use std::io::{BufRead, BufReader};
+    let (echo_p, sink_p) = (free_port()?, free_port()?);
+    let mut backend = Command::new(loadgen)
+        .args(["serve", "--echo", &format!("127.0.0.1:{echo_p}")])
+        .args(["--sink", &format!("127.0.0.1:{sink_p}")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("start backends")?;
+    let guard = KillOnDrop(backend.id());
+    let mut line = String::new();
+    BufReader::new(backend.stdout.take().context("backend stdout")?).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        anyhow::bail!("backends did not start: {line:?}");
+    }
+    Ok((guard, echo_p, sink_p))
+}

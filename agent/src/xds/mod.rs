@@ -401,7 +401,7 @@ impl XdsClient {
         version: &str,
         resources: &[(Option<String>, Any)],
         statics: &HashSet<String>,
-        name_of: impl Fn(&M) -> &str,
+        name_of: impl Fn(&M) -> String,
     ) -> Named<M> {
         let mut named = Named {
             items: Vec::new(),
@@ -420,7 +420,7 @@ impl XdsClient {
                     continue;
                 }
             };
-            let name = name_of(&m).to_string();
+            let name = name_of(&m);
             named.seen.insert(name.clone());
             if statics.contains(&name) {
                 let msg = format!("{kind} \"{name}\": a static {kind} of that name exists");

@@ -119,66 +119,58 @@ impl ResourceType for Clusters {
         removed: &[String],
     ) -> Applied {
         let t = type_urls::CLUSTER;
-        let mut named = client.decode_named::<pbc::Cluster>(
-            t,
-            "cluster",
-            version,
-            resources,
-            &client.static_clusters,
-            |c| &c.name,
-        );
-        let mut errors = std::mem::take(&mut named.errors);
-        for c in std::mem::take(&mut named.items) {
-            match cluster_from_proto(&c) {
-                Err(diags) => {
-                    let msg = describe(&format!("cluster \"{}\"", c.name), &diags);
-                    client.reject(t, &c.name, version, msg, &mut errors);
-                }
-                Ok((model, warnings)) => {
-                    for w in warnings {
-                        tracing::warn!(cluster = %c.name, field = %w.path, "{}", w.message);
-                    }
-                    let model = Arc::new(model);
-                    let eds = model.discovery == DiscoveryType::Eds;
-                    let outcome = client.clusters.upsert(model.clone());
-                    let needs_endpoints = eds
-                        && client
-                            .clusters
-                            .get(&model.name)
-                            .is_some_and(|c| c.is_warming())
-                        && outcome != crate::upstream::Upsert::Unchanged;
-                    if needs_endpoints {
-                        // New, or its endpoint source changed: use what we already have for
-                        // its service name, else warm until EDS delivers.
-                        let service = model
-                            .eds_service_name
-                            .clone()
-                            .unwrap_or_else(|| model.name.clone());
-                        let known = client
-                            .lock()
-                            .endpoints
-                            .get(&service)
-                            .map(|e| e.value.clone());
-                        if let Some(eps) = known {
-                            client.clusters.set_endpoints(&model.name, (*eps).clone());
-                            client.cluster_warmed(&model.name);
-                        } else {
-                            client.start_warming_timer(&model.name);
-                        }
-                    }
-                    client.accepted(t, &c.name, version, model, |st| &mut st.clusters);
+        let statics = &client.static_clusters;
+        let apply_one = |c: &pbc::Cluster| -> Result<(), String> {
+            let (model, warnings) = cluster_from_proto(c)
+                .map_err(|diags| describe(&format!("cluster \"{}\"", c.name), &diags))?;
+            for w in warnings {
+                tracing::warn!(cluster = %c.name, field = %w.path, "{}", w.message);
+            }
+            let model = Arc::new(model);
+            let eds = model.discovery == DiscoveryType::Eds;
+            let outcome = client.clusters.upsert(model.clone());
+            let needs_endpoints = eds
+                && client
+                    .clusters
+                    .get(&model.name)
+                    .is_some_and(|c| c.is_warming())
+                && outcome != crate::upstream::Upsert::Unchanged;
+            if needs_endpoints {
+                // New, or its endpoint source changed: use what we already have for its
+                // service name, else warm until EDS delivers.
+                let service = model
+                    .eds_service_name
+                    .clone()
+                    .unwrap_or_else(|| model.name.clone());
+                let known = client
+                    .lock()
+                    .endpoints
+                    .get(&service)
+                    .map(|e| e.value.clone());
+                if let Some(eps) = known {
+                    client.clusters.set_endpoints(&model.name, (*eps).clone());
+                    client.cluster_warmed(&model.name);
+                } else {
+                    client.start_warming_timer(&model.name);
                 }
             }
-        }
-        let gone = client.removed_names(removed, complete, &named, &client.static_clusters, |st| {
-            st.clusters.keys().cloned().collect()
-        });
-        for name in gone {
-            client.clusters.remove(&name);
-            client.lock().clusters.remove(&name);
-            client.cluster_warmed(&name);
-        }
-        Applied { errors }
+            client.accepted(t, &c.name, version, model, |st| &mut st.clusters);
+            Ok(())
+        };
+        let remove = |name: &str| {
+            client.clusters.remove(name);
+            client.lock().clusters.remove(name);
+            client.cluster_warmed(name);
+        };
+        let wildcard = Wildcard {
+            client,
+            type_url: t,
+            kind: "cluster",
+            statics,
+            name_of: |c: &pbc::Cluster| c.name.clone(),
+            known: |st: &XdsState| st.clusters.keys().cloned().collect(),
+        };
+        wildcard.apply(version, resources, complete, removed, apply_one, remove)
     }
 }
 
@@ -323,36 +315,82 @@ impl ResourceType for Listeners {
         removed: &[String],
     ) -> Applied {
         let t = type_urls::LISTENER;
-        let mut named = client.decode_named::<pbl::Listener>(
-            t,
-            "listener",
+        let apply_one = |l: &pbl::Listener| -> Result<(), String> {
+            let (model, _) = listener_from_proto(l)
+                .map_err(|diags| describe(&format!("listener \"{}\"", l.name), &diags))?;
+            let model = Arc::new(model);
+            client
+                .listeners
+                .upsert(model.clone())
+                .map_err(|e| e.to_string())?;
+            client.accepted(t, &l.name, version, model, |st| &mut st.listeners);
+            Ok(())
+        };
+        let remove = |name: &str| {
+            client.listeners.remove(name);
+            client.lock().listeners.remove(name);
+        };
+        let wildcard = Wildcard {
+            client,
+            type_url: t,
+            kind: "listener",
+            statics: &client.static_listeners,
+            name_of: |l: &pbl::Listener| l.name.clone(),
+            known: |st: &XdsState| st.listeners.keys().cloned().collect(),
+        };
+        wildcard.apply(version, resources, complete, removed, apply_one, remove)
+    }
+}
+
+/// The skeleton every wildcard type (CDS, LDS) shares: decode and name each resource
+/// (refusing names of static resources), translate and apply each on its own (an error
+/// rejects that one resource), then remove what the response removes.
+struct Wildcard<'a, N, K> {
+    client: &'a XdsClient,
+    type_url: &'static str,
+    kind: &'static str,
+    statics: &'a std::collections::HashSet<String>,
+    name_of: N,
+    known: K,
+}
+
+impl<N, K> Wildcard<'_, N, K> {
+    fn apply<M: Message + Default>(
+        &self,
+        version: &str,
+        resources: &[(Option<String>, Any)],
+        complete: bool,
+        removed: &[String],
+        mut apply_one: impl FnMut(&M) -> Result<(), String>,
+        remove: impl Fn(&str),
+    ) -> Applied
+    where
+        N: Fn(&M) -> String,
+        K: Fn(&XdsState) -> Vec<String>,
+    {
+        let c = self.client;
+        let mut named = c.decode_named::<M>(
+            self.type_url,
+            self.kind,
             version,
             resources,
-            &client.static_listeners,
-            |l| &l.name,
+            self.statics,
+            |m| (self.name_of)(m),
         );
         let mut errors = std::mem::take(&mut named.errors);
-        for l in std::mem::take(&mut named.items) {
-            let model = match listener_from_proto(&l) {
-                Err(diags) => {
-                    let msg = describe(&format!("listener \"{}\"", l.name), &diags);
-                    client.reject(t, &l.name, version, msg, &mut errors);
-                    continue;
-                }
-                Ok((m, _)) => Arc::new(m),
-            };
-            match client.listeners.upsert(model.clone()) {
-                Err(e) => client.reject(t, &l.name, version, e.to_string(), &mut errors),
-                Ok(_) => client.accepted(t, &l.name, version, model, |st| &mut st.listeners),
+        for m in std::mem::take(&mut named.items) {
+            if let Err(msg) = apply_one(&m) {
+                c.reject(
+                    self.type_url,
+                    &(self.name_of)(&m),
+                    version,
+                    msg,
+                    &mut errors,
+                );
             }
         }
-        let gone =
-            client.removed_names(removed, complete, &named, &client.static_listeners, |st| {
-                st.listeners.keys().cloned().collect()
-            });
-        for name in gone {
-            client.listeners.remove(&name);
-            client.lock().listeners.remove(&name);
+        for name in c.removed_names(removed, complete, &named, self.statics, &self.known) {
+            remove(&name);
         }
         Applied { errors }
     }
