@@ -2,7 +2,7 @@
 //! runtime so it answers even when the data path is saturated. Endpoints that change server
 //! state require POST, as in Envoy.
 
-use crate::server::{Shared, ShutdownKind};
+use crate::state::{Shared, ShutdownKind};
 use crate::stats::{self, StatsFilter};
 use crate::upstream::health_flag;
 use bytes::Bytes;

@@ -18,6 +18,7 @@ pub mod logging;
 pub mod notify;
 pub mod redirect;
 pub mod server;
+pub mod state;
 pub mod stats;
 pub mod transport;
 pub mod upstream;
