@@ -4,6 +4,9 @@
 //! Nothing downstream of this module sees YAML or protobufs.
 
 mod bootstrap;
+mod cluster;
+mod endpoint;
+mod extensions;
 mod listener;
 mod overrides;
 pub mod type_urls;

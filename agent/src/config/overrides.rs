@@ -5,7 +5,7 @@
 //! result is validated as a whole, `/config_dump` shows what is in force, and a SIGHUP reload
 //! applies the same overrides again.
 
-use super::bootstrap::REDIRECT_TYPE;
+use super::extensions::REDIRECT_TYPE;
 use super::walk::{snake_case, Diag};
 use serde_yaml::{Mapping, Value};
 use std::net::IpAddr;

@@ -10,7 +10,8 @@
 // they must be read and judged like any other.
 #![allow(deprecated)]
 
-use super::bootstrap::{read_cluster, read_lb_endpoint, read_locality_endpoints};
+use super::cluster::read_cluster;
+use super::endpoint::{read_lb_endpoint, read_locality_endpoints};
 use super::listener::read_listener;
 use super::type_urls;
 use super::walk::{Diag, Diagnostics};
