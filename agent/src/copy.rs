@@ -251,16 +251,25 @@ where
     let mut u2d_done = false;
     let mut first_eof = None;
     let mut flushing = false;
+    // Which direction goes first alternates, so a direction whose data is always ready cannot
+    // spend the task's whole cooperative budget and starve the other.
+    let mut upstream_first = false;
     let outcome = loop {
         let pumped = std::future::poll_fn(|cx| {
-            if !d2u_done {
-                if let Poll::Ready(r) = d2u.poll(cx, downstream, upstream, &down_to_up, &activity) {
-                    return Poll::Ready((Side::Downstream, r));
-                }
-            }
-            if !u2d_done {
-                if let Poll::Ready(r) = u2d.poll(cx, upstream, downstream, &up_to_down, &activity) {
-                    return Poll::Ready((Side::Upstream, r));
+            upstream_first = !upstream_first;
+            for side in [upstream_first, !upstream_first] {
+                if side && !u2d_done {
+                    if let Poll::Ready(r) =
+                        u2d.poll(cx, upstream, downstream, &up_to_down, &activity)
+                    {
+                        return Poll::Ready((Side::Upstream, r));
+                    }
+                } else if !side && !d2u_done {
+                    if let Poll::Ready(r) =
+                        d2u.poll(cx, downstream, upstream, &down_to_up, &activity)
+                    {
+                        return Poll::Ready((Side::Downstream, r));
+                    }
                 }
             }
             Poll::Pending

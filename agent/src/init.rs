@@ -8,16 +8,18 @@ use tokio::sync::watch;
 
 #[derive(Debug)]
 pub struct InitManager {
-    /// Targets not ready yet, by name.
-    pending: Arc<watch::Sender<Vec<String>>>,
+    /// Targets not ready yet: (unique id, name). Ids, not names, identify a target, so two
+    /// registrations under one name are two targets.
+    pending: Arc<watch::Sender<Vec<(u64, String)>>>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 /// One registered target; ready when `ready()` is called or it is dropped without it being
 /// possible any more (then the server stops waiting for it too).
 #[derive(Debug)]
 pub struct InitTarget {
-    name: String,
-    pending: Arc<watch::Sender<Vec<String>>>,
+    id: u64,
+    pending: Arc<watch::Sender<Vec<(u64, String)>>>,
 }
 
 impl InitTarget {
@@ -28,7 +30,8 @@ impl InitTarget {
 
 impl Drop for InitTarget {
     fn drop(&mut self) {
-        self.pending.send_modify(|p| p.retain(|n| *n != self.name));
+        self.pending
+            .send_modify(|p| p.retain(|(id, _)| *id != self.id));
     }
 }
 
@@ -36,22 +39,30 @@ impl Default for InitManager {
     fn default() -> Self {
         Self {
             pending: Arc::new(watch::channel(Vec::new()).0),
+            next_id: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
 
 impl InitManager {
     pub fn register(&self, name: &str) -> InitTarget {
-        self.pending.send_modify(|p| p.push(name.to_string()));
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.pending.send_modify(|p| p.push((id, name.to_string())));
         InitTarget {
-            name: name.to_string(),
+            id,
             pending: self.pending.clone(),
         }
     }
 
-    /// Targets still pending.
+    /// Names of the targets still pending.
     pub fn pending(&self) -> Vec<String> {
-        self.pending.borrow().clone()
+        self.pending
+            .borrow()
+            .iter()
+            .map(|(_, n)| n.clone())
+            .collect()
     }
 
     /// Resolves when every registered target is ready.
@@ -79,7 +90,10 @@ mod tests {
                 let _ = rx.wait_for(|p| p.is_empty()).await;
             })
         };
+        // Two targets under one name are two targets.
+        let again = init.register("lds");
         cds.ready();
+        drop(again);
         assert_eq!(init.pending(), vec!["lds".to_string()]);
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert!(!waiter.is_finished());

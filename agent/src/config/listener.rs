@@ -307,10 +307,10 @@ pub(super) const TOKEN_BUCKET: FieldTable = &[
     ("fill_interval", S),
 ];
 
-/// Most filter chains a listener may have, and most leaf combinations one chain's match may
-/// expand to when checking for overlaps: bounds on load time for hostile input.
+/// Most filter chains a listener may have, and most leaf combinations all its chains' matches
+/// may expand to when checking for overlaps: bounds on load time and memory for hostile input.
 const MAX_FILTER_CHAINS: usize = 10_000;
-const MAX_MATCH_COMBINATIONS: usize = 100_000;
+const MAX_MATCH_COMBINATIONS: usize = 200_000;
 
 fn read_listener_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<ListenerFilter> {
     let f = Obj::new(v, path, LISTENER_FILTER, d)?;
@@ -498,8 +498,18 @@ fn validate_chain_matches(chains: &[(String, FilterChain)], d: &mut Diagnostics)
     }
     let mut identical: std::collections::HashMap<&FilterChainMatch, &str> = Default::default();
     let mut leaves: std::collections::HashMap<Leaf, &str> = Default::default();
+    let mut budget = MAX_MATCH_COMBINATIONS;
     for (path, c) in chains {
         let m = &c.filter_chain_match;
+        let n = leaf_count(m);
+        if n > budget {
+            d.error(
+                format!("{path}.filter_chain_match"),
+                format!("the listener's filter chain matches expand to more than {MAX_MATCH_COMBINATIONS} combinations of ports, prefixes, names, protocols and sources; split it into several listeners"),
+            );
+            return;
+        }
+        budget -= n;
         if let Some(first) = identical.get(m) {
             d.error(
                 format!("{path}.filter_chain_match"),
@@ -539,39 +549,55 @@ type Leaf = (
     Option<u16>,
 );
 
-/// Calls `f` with each combination of single values a match stands for (an empty list is one
-/// "any" value), up to `MAX_MATCH_COMBINATIONS`.
-fn for_each_leaf(m: &FilterChainMatch, mut f: impl FnMut(Leaf)) {
-    fn opts<T: Clone>(v: &[T]) -> Vec<Option<T>> {
-        if v.is_empty() {
-            vec![None]
-        } else {
-            v.iter().cloned().map(Some).collect()
-        }
+fn opts<T: Clone>(v: &[T]) -> Vec<Option<T>> {
+    if v.is_empty() {
+        vec![None]
+    } else {
+        v.iter().cloned().map(Some).collect()
     }
+}
+
+/// IP ranges as leaves. As in Envoy, no ranges means 0.0.0.0/0 and ::/0, so a chain without
+/// ranges overlaps one with an explicit /0.
+fn cidr_opts(v: &[Cidr]) -> Vec<Option<Cidr>> {
+    if v.is_empty() {
+        let any = |ip: IpAddr| Some(Cidr::new(ip, 0));
+        return vec![
+            any(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            any(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+        ];
+    }
+    v.iter().copied().map(Some).collect()
+}
+
+/// How many leaves `for_each_leaf` visits for `m` (saturating).
+fn leaf_count(m: &FilterChainMatch) -> usize {
+    let cidrs = |v: &[Cidr]| if v.is_empty() { 2 } else { v.len() };
+    [
+        cidrs(&m.prefix_ranges),
+        m.server_names.len().max(1),
+        m.application_protocols.len().max(1),
+        cidrs(&m.direct_source_prefix_ranges),
+        cidrs(&m.source_prefix_ranges),
+        m.source_ports.len().max(1),
+    ]
+    .iter()
+    .fold(1usize, |acc, n| acc.saturating_mul(*n))
+}
+
+/// Calls `f` with each combination of single values a match stands for (an empty list is one
+/// "any" value). The caller bounds the count with `leaf_count`.
+fn for_each_leaf(m: &FilterChainMatch, mut f: impl FnMut(Leaf)) {
     let (dst, names, alpn) = (
-        opts(&m.prefix_ranges),
+        cidr_opts(&m.prefix_ranges),
         opts(&m.server_names),
         opts(&m.application_protocols),
     );
     let (direct, src, ports) = (
-        opts(&m.direct_source_prefix_ranges),
-        opts(&m.source_prefix_ranges),
+        cidr_opts(&m.direct_source_prefix_ranges),
+        cidr_opts(&m.source_prefix_ranges),
         opts(&m.source_ports),
     );
-    let total = [
-        dst.len(),
-        names.len(),
-        alpn.len(),
-        direct.len(),
-        src.len(),
-        ports.len(),
-    ]
-    .iter()
-    .try_fold(1usize, |acc, n| acc.checked_mul(*n));
-    if total.is_none_or(|t| t > MAX_MATCH_COMBINATIONS) {
-        return;
-    }
     for a in &dst {
         for b in &names {
             for c in &alpn {
@@ -1006,6 +1032,40 @@ static_resources:
                 "",
             )),
             Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn no_ranges_and_an_explicit_zero_prefix_overlap() {
+        let e = errors(&with_chains(
+            &[
+                chain("{destination_port: 1}"),
+                chain("{destination_port: 1, source_prefix_ranges: [{address_prefix: 0.0.0.0, prefix_len: 0}]}"),
+            ],
+            "",
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("filter_chains[1].filter_chain_match: overlaps"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn match_combinations_are_bounded_per_listener() {
+        // 600 names × 600 ports = 360 000 combinations in one chain: refused, with the reason.
+        let names: Vec<String> = (0..600).map(|i| format!("n{i}.example.com")).collect();
+        let ports: Vec<String> = (1..=600).map(|p| p.to_string()).collect();
+        let m = format!(
+            "{{server_names: [{}], source_ports: [{}]}}",
+            names.join(", "),
+            ports.join(", ")
+        );
+        let e = errors(&with_chains(&[chain(&m)], ""));
+        assert!(
+            e.iter()
+                .any(|x| x.contains("expand to more than 200000 combinations")),
+            "{e:?}"
         );
     }
 

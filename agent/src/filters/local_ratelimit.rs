@@ -64,11 +64,19 @@ impl LocalRateLimit {
 
     /// Takes a token for a new connection; `false`: over the limit, close it.
     pub fn admit(&self) -> bool {
+        let take = || {
+            self.tokens
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| t.checked_sub(1))
+                .is_ok()
+        };
         self.refill();
-        let ok = self
-            .tokens
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| t.checked_sub(1))
-            .is_ok();
+        // Another caller may be between crediting an interval and adding its tokens: look
+        // once more before refusing.
+        let ok = take() || {
+            std::hint::spin_loop();
+            self.refill();
+            take()
+        };
         if !ok {
             self.rate_limited.inc();
         }

@@ -41,12 +41,15 @@ impl NetworkFilter {
 pub struct FilterChain {
     pub name: String,
     pub filters: Vec<NetworkFilter>,
+    /// What it was built from: an updated listener keeps the chains whose config is equal.
+    pub config: config::FilterChain,
 }
 
 impl FilterChain {
     pub fn new(cfg: &config::FilterChain, clusters: &Arc<ClusterManager>, store: &Store) -> Self {
         Self {
             name: cfg.name.clone(),
+            config: cfg.clone(),
             filters: cfg
                 .filters
                 .iter()

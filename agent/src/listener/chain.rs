@@ -50,12 +50,12 @@ fn cidr_score(ranges: &[Cidr], ip: IpAddr) -> Score {
     if ranges.is_empty() {
         return Some(0);
     }
-    // +1 so that an explicit /0 outranks an absent list (Envoy treats them the same; the
-    // config check rejects two chains that differ only in that).
+    // An explicit /0 is the same as no ranges (Envoy's trie holds both as /0); the config
+    // check rejects two chains that differ only in that.
     ranges
         .iter()
         .filter(|c| c.contains(ip))
-        .map(|c| c.len as u32 + 1)
+        .map(|c| c.len as u32)
         .max()
 }
 
@@ -171,6 +171,11 @@ mod tests {
         Arc::new(FilterChain {
             name: name.into(),
             filters: Vec::new(),
+            config: crate::config::FilterChain {
+                name: name.into(),
+                filter_chain_match: FilterChainMatch::default(),
+                filters: Vec::new(),
+            },
         })
     }
 

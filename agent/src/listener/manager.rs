@@ -137,13 +137,22 @@ impl ListenerManager {
         self.refresh_view(&self.inner.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    fn build(&self, cfg: &Arc<config::Listener>, bound: SocketAddr) -> Arc<ActiveListener> {
+    /// `previous`: the version being replaced, whose unchanged filter chains are kept (with
+    /// their state: connection_limit counts, token buckets), as Envoy updates only the
+    /// chains that changed.
+    fn build(
+        &self,
+        cfg: &Arc<config::Listener>,
+        bound: SocketAddr,
+        previous: Option<&ActiveListener>,
+    ) -> Arc<ActiveListener> {
         Arc::new(ActiveListener::new(
             cfg.clone(),
             bound,
             &self.clusters,
             &self.store,
             self.dispatch.clone(),
+            previous,
         ))
     }
 
@@ -262,7 +271,7 @@ impl ListenerManager {
             {
                 // Same socket, new chain for new connections.
                 let bound = slot.socket.as_ref().map(|(a, _)| *a).unwrap_or(cfg.address);
-                let new = self.build(&cfg, bound);
+                let new = self.build(&cfg, bound, Some(&slot.current.load()));
                 retired.push(slot.current.swap(new));
                 let slot = inner.slots.get_mut(&cfg.name).expect("slot exists");
                 slot.config = cfg.clone();
@@ -270,6 +279,8 @@ impl ListenerManager {
             }
             existing => {
                 let replacing = existing.is_some();
+                let previous = existing.map(|s| s.current.load_full());
+                let previous = previous.as_deref();
                 let (current, socket, dup) = if cfg.bind_to_port {
                     let sock = bind_new(&cfg)?;
                     let dup = std::os::fd::AsFd::as_fd(&sock).try_clone_to_owned().ok();
@@ -280,12 +291,12 @@ impl ListenerManager {
                             address: cfg.address,
                             source,
                         })?;
-                    let current = Arc::new(ArcSwap::new(self.build(&cfg, addr)));
+                    let current = Arc::new(ArcSwap::new(self.build(&cfg, addr, previous)));
                     let stop = self.serve_socket(&mut inner, current.clone(), sock);
                     (current, Some((addr, stop)), dup)
                 } else {
                     (
-                        Arc::new(ArcSwap::new(self.build(&cfg, cfg.address))),
+                        Arc::new(ArcSwap::new(self.build(&cfg, cfg.address, previous))),
                         None,
                         None,
                     )
@@ -414,5 +425,56 @@ impl ListenerManager {
             tracing::info!(listener = %a.config.name, address = %a.local_address, "listening");
             self.spawn_accept_loops(&current, sock, &rx, &watch);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(second_cluster: &str) -> Arc<config::Listener> {
+        let tp = |c: &str| {
+            format!(
+                r#"{{"name": "envoy.filters.network.tcp_proxy", "typed_config": {{"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "stat_prefix": "{c}", "cluster": "{c}"}}}}"#
+            )
+        };
+        let cl = r#"{"name": "envoy.filters.network.connection_limit", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit", "stat_prefix": "cl", "max_connections": 1}}"#;
+        let snap = config::parse_bootstrap(
+            &format!(
+                r#"{{"static_resources": {{
+                "listeners": [{{"name": "vip", "bind_to_port": false,
+                    "address": {{"socket_address": {{"address": "10.96.0.10", "port_value": 80}}}},
+                    "filter_chains": [
+                        {{"filter_chain_match": {{"destination_port": 80}}, "filters": [{cl}, {a}]}},
+                        {{"filter_chain_match": {{"destination_port": 81}}, "filters": [{b}]}}]}}],
+                "clusters": [
+                    {{"name": "a", "load_assignment": {{"cluster_name": "a", "endpoints": []}}}},
+                    {{"name": "b", "load_assignment": {{"cluster_name": "b", "endpoints": []}}}},
+                    {{"name": "c", "load_assignment": {{"cluster_name": "c", "endpoints": []}}}}]}}}}"#,
+                a = tp("a"),
+                b = tp(second_cluster)
+            ),
+            "test",
+        )
+        .unwrap();
+        snap.listeners[0].clone()
+    }
+
+    #[test]
+    fn an_update_keeps_unchanged_chains_and_their_state() {
+        let store = Store::new();
+        let snap = config::parse_bootstrap(r#"{"static_resources": {}}"#, "t").unwrap();
+        let clusters = Arc::new(ClusterManager::new(&snap, &store));
+        let m = ListenerManager::new(clusters, &store);
+        m.upsert(listener("b")).unwrap();
+        let first = |m: &ListenerManager| m.all()[0].chains.all().next().unwrap().clone();
+        let second = |m: &ListenerManager| m.all()[0].chains.all().nth(1).unwrap().clone();
+        let (keep, change) = (first(&m), second(&m));
+        assert_eq!(m.upsert(listener("c")).unwrap(), Upsert::Modified);
+        assert!(
+            Arc::ptr_eq(&keep, &first(&m)),
+            "the unchanged chain (with its connection_limit count) is kept"
+        );
+        assert!(!Arc::ptr_eq(&change, &second(&m)), "the changed one is new");
     }
 }

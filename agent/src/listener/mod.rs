@@ -153,6 +153,7 @@ impl ActiveListener {
         clusters: &Arc<ClusterManager>,
         store: &Store,
         dispatch: DispatchHandle,
+        previous: Option<&ActiveListener>,
     ) -> Self {
         let stat_name = stat_name_for(&cfg, bound);
         let s = store.tagged_scope("listener", "envoy_listener_address", &stat_name);
@@ -164,7 +165,11 @@ impl ActiveListener {
             no_filter_chain_match: s.counter("no_filter_chain_match"),
             downstream_pre_cx_timeout: s.counter("downstream_pre_cx_timeout"),
         };
-        let build = |fc: &config::FilterChain| Arc::new(FilterChain::new(fc, clusters, store));
+        let build = |fc: &config::FilterChain| {
+            previous
+                .and_then(|p| p.chains.all().find(|c| c.config == *fc).cloned())
+                .unwrap_or_else(|| Arc::new(FilterChain::new(fc, clusters, store)))
+        };
         let chains = ChainSelector::new(
             cfg.filter_chains
                 .iter()
@@ -275,6 +280,7 @@ mod tests {
             &clusters,
             &store,
             handle.clone(),
+            None,
         ));
         handle.store(Arc::new(Dispatch::new(None, std::slice::from_ref(&l))));
         assert!(handle.load().target(cfg.address).is_some());

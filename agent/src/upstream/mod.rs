@@ -94,6 +94,8 @@ pub struct Cluster {
     /// ORIGINAL_DST: hosts by destination, reused across connections.
     original_dst: Option<original_dst::HostCache>,
     connector: Connector,
+    /// Serialises host-set replacements (EDS, DNS, health changes); readers never take it.
+    update: Mutex<()>,
     /// EDS clusters warm until their first endpoints arrive.
     warming: AtomicBool,
     /// Replaced or removed: background work for it (DNS refresh) stops.
@@ -159,6 +161,7 @@ impl Cluster {
             rr_cursor: AtomicU64::new(0),
             original_dst,
             connector,
+            update: Mutex::new(()),
             warming: AtomicBool::new(warming),
             retired: AtomicBool::new(false),
         });
@@ -202,6 +205,8 @@ impl Cluster {
     /// Replaces the host set. Hosts that stay (same identity) keep their `Host`, so their
     /// stats and detector flags; EDS health and weight changes update them in place.
     pub(crate) fn set_hosts(&self, mut new: HostSet) {
+        // Serialised with health-driven rebuilds, so neither stores a rebuild of a stale set.
+        let _u = self.update.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.hosts.load();
         new.adopt_hosts_from(&old);
         let changed = !new.same_members(&old);
@@ -223,6 +228,7 @@ impl Cluster {
     /// Rebuilds the balancer over the same hosts after a host's health flags changed (an
     /// active health check or outlier detection flipped it).
     pub fn hosts_health_changed(&self) {
+        let _u = self.update.lock().unwrap_or_else(|p| p.into_inner());
         let set = HostSet::build(self.config.lb_policy, self.hosts.load().all().to_vec());
         self.hosts.store(Arc::new(set));
         self.publish_membership();
@@ -238,11 +244,7 @@ impl Cluster {
                     self.config.name.clone(),
                 ));
             };
-            let (host, added) = cache.get_or_insert(addr);
-            if added {
-                self.publish_original_dst(cache);
-            }
-            return Ok(host);
+            return Ok(cache.get_or_insert(addr));
         }
         match self.hosts.load().pick(&self.rr_cursor, ctx) {
             Some(h) => Ok(h),

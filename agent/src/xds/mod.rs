@@ -341,13 +341,15 @@ impl XdsClient {
             st.versions
                 .insert(type_url.to_string(), version.to_string());
             drop(st);
-            self.init_done(type_url);
         } else {
             s.update_rejected.inc();
             let msg = applied.errors.join("; ");
             tracing::warn!(type_url, version, "rejected xDS update (NACK): {msg}");
             self.lock().last_nack = Some(format!("{type_url} version {version}: {msg}"));
         }
+        // As in Envoy, a first response counts for readiness whether or not it was accepted:
+        // a rejected one must not hold the server back forever.
+        self.init_done(type_url);
     }
 
     fn reject(
@@ -587,11 +589,11 @@ impl XdsClient {
     fn start_warming_timer(&self, name: &str) {
         if !self.init.pending().is_empty() {
             let key = Self::cluster_init_key(name);
-            let target = self.init.register(&key);
-            self.init_targets
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key, target);
+            let mut targets = self.init_targets.lock().unwrap_or_else(|p| p.into_inner());
+            if let std::collections::btree_map::Entry::Vacant(e) = targets.entry(key) {
+                let target = self.init.register(e.key());
+                e.insert(target);
+            }
         }
         let timeout = self.cfg.initial_fetch_timeout;
         if timeout.is_zero() {
@@ -638,7 +640,21 @@ impl XdsClient {
     }
 
     async fn serve(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        self.load_cache();
+        if self.load_cache() {
+            // The cache is the last good configuration: serve it as it is, without waiting for
+            // endpoints it did not have (the control plane may be down).
+            let clusters: Vec<String> = self
+                .init_targets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .filter(|k| k.starts_with("cluster:"))
+                .cloned()
+                .collect();
+            for k in clusters {
+                self.init_done(&k);
+            }
+        }
         let mut attempt: u32 = 0;
         loop {
             let started = tokio::time::Instant::now();

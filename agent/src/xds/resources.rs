@@ -154,6 +154,14 @@ impl ResourceType for Clusters {
                     client.start_warming_timer(&model.name);
                 }
             }
+            // Not (or no longer) warming, e.g. turned from EDS into STATIC: nothing to wait for.
+            if !client
+                .clusters
+                .get(&model.name)
+                .is_some_and(|c| c.is_warming())
+            {
+                client.cluster_warmed(&model.name);
+            }
             client.accepted(t, &c.name, version, model, |st| &mut st.clusters);
             Ok(())
         };
@@ -243,6 +251,9 @@ impl ResourceType for Endpoints {
                 Err(diags) => {
                     let msg = describe(&format!("endpoints \"{}\"", cla.cluster_name), &diags);
                     client.reject(t, &cla.cluster_name, version, msg, &mut errors);
+                    // As Envoy: a rejected first assignment ends the warming (the cluster is
+                    // used without endpoints) instead of holding readiness back.
+                    end_service_warming(client, &cla.cluster_name);
                 }
                 Ok((localities, _)) => {
                     set_service_endpoints(client, &cla.cluster_name, &localities, true);
@@ -257,6 +268,17 @@ impl ResourceType for Endpoints {
             client.lock().endpoints.remove(name);
         }
         Applied { errors }
+    }
+}
+
+/// Ends the warming of every still-warming EDS cluster of `service`.
+fn end_service_warming(client: &XdsClient, service: &str) {
+    for c in client.clusters.all() {
+        let name = c.config.eds_service_name.as_deref().unwrap_or(c.name());
+        if c.config.discovery == DiscoveryType::Eds && name == service && c.is_warming() {
+            client.clusters.end_warming(c.name());
+            client.cluster_warmed(c.name());
+        }
     }
 }
 
