@@ -428,33 +428,11 @@ fn listeners(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body
     text(StatusCode::OK, out)
 }
 
-fn rfc3339(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate for one timestamp.
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + (m <= 2) as i64;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
+use crate::xds::rfc3339;
 
+/// The bootstrap and static resources from the snapshot; the dynamic ones are the xDS
+/// client's to describe (each resource type its own section).
 fn config_dump(shared: &Shared) -> Response<Body> {
-    use crate::config::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
     let snap = shared.snapshot.load_full();
     let updated = rfc3339(shared.started_wall);
     let listeners: Vec<_> = snap
@@ -483,95 +461,10 @@ fn config_dump(shared: &Shared) -> Response<Body> {
         }),
     ];
     if let Some(x) = &shared.xds {
-        let st = x.state();
-        let error_state = |t: &str, name: &str| {
-            st.rejected.get(&(t.to_string(), name.to_string())).map(|r| {
-                json!({"details": r.details, "version_info": r.version, "last_update_attempt": rfc3339(r.at)})
-            })
-        };
-        let mut active = Vec::new();
-        let mut warming = Vec::new();
-        for (name, e) in &st.clusters {
-            let mut j = json!({
-                "version_info": e.version,
-                "cluster": e.value.to_envoy_json(),
-                "last_updated": rfc3339(e.last_updated),
-            });
-            if let Some(err) = error_state(CLUSTER_TYPE, name) {
-                j["error_state"] = err;
-            }
-            if shared.clusters.get(name).is_some_and(|c| c.is_warming()) {
-                warming.push(j);
-            } else {
-                active.push(j);
-            }
-        }
-        for ((t, name), r) in &st.rejected {
-            if t == CLUSTER_TYPE && !st.clusters.contains_key(name) {
-                active.push(json!({"name": name, "error_state": {"details": r.details, "version_info": r.version, "last_update_attempt": rfc3339(r.at)}}));
-            }
-        }
-        configs[1]["dynamic_active_clusters"] = json!(active);
-        configs[1]["dynamic_warming_clusters"] = json!(warming);
-        configs[1]["version_info"] = json!(st.versions.get(CLUSTER_TYPE));
-        let mut dyn_listeners = Vec::new();
-        for (name, e) in &st.listeners {
-            let mut j = json!({"name": name, "active_state": {
-                "version_info": e.version,
-                "listener": e.value.to_envoy_json(),
-                "last_updated": rfc3339(e.last_updated),
-            }});
-            if let Some(err) = error_state(LISTENER_TYPE, name) {
-                j["error_state"] = err;
-            }
-            dyn_listeners.push(j);
-        }
-        for ((t, name), r) in &st.rejected {
-            if t == LISTENER_TYPE && !st.listeners.contains_key(name) {
-                dyn_listeners.push(json!({"name": name, "error_state": {"details": r.details, "version_info": r.version, "last_update_attempt": rfc3339(r.at)}}));
-            }
-        }
-        configs[2]["dynamic_listeners"] = json!(dyn_listeners);
-        configs[2]["version_info"] = json!(st.versions.get(LISTENER_TYPE));
-        let eps: Vec<_> = st
-            .endpoints
-            .iter()
-            .map(|(name, e)| {
-                let lj: Vec<_> = e
-                    .value
-                    .iter()
-                    .map(|l| {
-                        json!({"locality": l.locality.to_json(), "priority": l.priority, "lb_endpoints":
-                            l.endpoints.iter().map(|ep| json!({
-                                "endpoint": {"address": {"socket_address": {"address": ep.host.to_string(), "port_value": ep.port}}},
-                                "health_status": ep.health_status.as_str(),
-                                "load_balancing_weight": ep.weight,
-                            })).collect::<Vec<_>>()})
-                    })
-                    .collect();
-                json!({
-                    "version_info": e.version,
-                    "endpoint_config": {"cluster_name": name, "endpoints": lj},
-                    "last_updated": rfc3339(e.last_updated),
-                })
-            })
-            .collect();
-        configs.push(json!({
-            "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
-            "dynamic_endpoint_configs": eps,
-        }));
-        configs.push(json!({
-            "@type": "type.googleapis.com/plumb.admin.v1.XdsStatus",
-            "api": format!("{:?}", x.config().api),
-            "control_plane_cluster": x.config().cluster,
-            "connected": st.connected,
-            "versions": {
-                "clusters": st.versions.get(CLUSTER_TYPE),
-                "listeners": st.versions.get(LISTENER_TYPE),
-                "endpoints": st.versions.get(ENDPOINT_TYPE),
-            },
-            "last_nack": st.last_nack,
-        }));
+        let (clusters, listeners) = configs.split_at_mut(2);
+        let mut extra = Vec::new();
+        x.dump(&mut clusters[1], &mut listeners[0], &mut extra);
+        configs.extend(extra);
     }
     json_response(&json!({ "configs": configs }))
 }

@@ -10,8 +10,11 @@
 //! never stalls the data path, which keeps serving the last good config.
 
 mod cache;
+mod dump;
 mod resources;
 mod session;
+
+pub use dump::rfc3339;
 
 use crate::config::{self, XdsApi, XdsConfig};
 use crate::init::{InitManager, InitTarget};

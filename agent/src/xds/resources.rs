@@ -3,6 +3,7 @@
 //! and its stats. The session, the cache and `/config_dump` are generic over them: RDS and
 //! SDS arrive as two more handlers, without a new `match` arm elsewhere.
 
+use super::dump::{error_state, rejected_only, rfc3339, Sections};
 use super::{decode, Applied, Entry, TypeStats, XdsClient, XdsState};
 use crate::config::type_urls;
 use crate::config::xds::{cluster_from_proto, describe, endpoints_from_proto, listener_from_proto};
@@ -13,6 +14,7 @@ use envoy_types::pb::envoy::config::endpoint::v3 as pbe;
 use envoy_types::pb::envoy::config::listener::v3 as pbl;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -55,6 +57,8 @@ pub(super) trait ResourceType: Send + Sync {
     fn interest(&self, client: &XdsClient) -> Interest;
     /// Where accepted resources of this type are kept.
     fn accepted<'a>(&self, st: &'a mut XdsState) -> &'a mut dyn Versions;
+    /// Adds this type's dynamic resources to its config dump section.
+    fn dump(&self, client: &XdsClient, st: &XdsState, out: &mut Sections);
     /// Validates and applies one response. `complete`: a state-of-the-world response of a
     /// wildcard type, which removes what it does not name.
     fn apply(
@@ -107,6 +111,32 @@ impl ResourceType for Clusters {
     }
     fn accepted<'a>(&self, st: &'a mut XdsState) -> &'a mut dyn Versions {
         &mut st.clusters
+    }
+
+    fn dump(&self, client: &XdsClient, st: &XdsState, out: &mut Sections) {
+        let t = type_urls::CLUSTER;
+        let (mut active, mut warming) = (Vec::new(), Vec::new());
+        for (name, e) in &st.clusters {
+            let mut j = json!({
+                "version_info": e.version,
+                "cluster": e.value.to_envoy_json(),
+                "last_updated": rfc3339(e.last_updated),
+            });
+            if let Some(r) = st.rejected.get(&(t.to_string(), name.clone())) {
+                j["error_state"] = error_state(r);
+            }
+            if client.clusters.get(name).is_some_and(|c| c.is_warming()) {
+                warming.push(j);
+            } else {
+                active.push(j);
+            }
+        }
+        for (name, r) in rejected_only(st, t, |n| st.clusters.contains_key(n)) {
+            active.push(json!({"name": name, "error_state": error_state(r)}));
+        }
+        out.clusters["dynamic_active_clusters"] = json!(active);
+        out.clusters["dynamic_warming_clusters"] = json!(warming);
+        out.clusters["version_info"] = json!(st.versions.get(t));
     }
 
     /// Applies each valid cluster; with `complete`, removes dynamic clusters not named.
@@ -218,6 +248,36 @@ impl ResourceType for Endpoints {
         &mut st.endpoints
     }
 
+    fn dump(&self, _client: &XdsClient, st: &XdsState, out: &mut Sections) {
+        let eps: Vec<_> = st
+            .endpoints
+            .iter()
+            .map(|(name, e)| {
+                let lj: Vec<_> = e
+                    .value
+                    .iter()
+                    .map(|l| {
+                        json!({"locality": l.locality.to_json(), "priority": l.priority, "lb_endpoints":
+                            l.endpoints.iter().map(|ep| json!({
+                                "endpoint": {"address": {"socket_address": {"address": ep.host.to_string(), "port_value": ep.port}}},
+                                "health_status": ep.health_status.as_str(),
+                                "load_balancing_weight": ep.weight,
+                            })).collect::<Vec<_>>()})
+                    })
+                    .collect();
+                json!({
+                    "version_info": e.version,
+                    "endpoint_config": {"cluster_name": name, "endpoints": lj},
+                    "last_updated": rfc3339(e.last_updated),
+                })
+            })
+            .collect();
+        out.extra.push(json!({
+            "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
+            "dynamic_endpoint_configs": eps,
+        }));
+    }
+
     fn apply(
         &self,
         client: &XdsClient,
@@ -326,6 +386,27 @@ impl ResourceType for Listeners {
     }
     fn accepted<'a>(&self, st: &'a mut XdsState) -> &'a mut dyn Versions {
         &mut st.listeners
+    }
+
+    fn dump(&self, _client: &XdsClient, st: &XdsState, out: &mut Sections) {
+        let t = type_urls::LISTENER;
+        let mut dynamic = Vec::new();
+        for (name, e) in &st.listeners {
+            let mut j = json!({"name": name, "active_state": {
+                "version_info": e.version,
+                "listener": e.value.to_envoy_json(),
+                "last_updated": rfc3339(e.last_updated),
+            }});
+            if let Some(r) = st.rejected.get(&(t.to_string(), name.clone())) {
+                j["error_state"] = error_state(r);
+            }
+            dynamic.push(j);
+        }
+        for (name, r) in rejected_only(st, t, |n| st.listeners.contains_key(n)) {
+            dynamic.push(json!({"name": name, "error_state": error_state(r)}));
+        }
+        out.listeners["dynamic_listeners"] = json!(dynamic);
+        out.listeners["version_info"] = json!(st.versions.get(t));
     }
 
     fn apply(
