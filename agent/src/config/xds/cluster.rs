@@ -1,0 +1,365 @@
+//! CDS: Cluster → the cluster model.
+
+use super::*;
+
+pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
+    if c.transport_socket.is_some()
+        || !c.transport_socket_matches.is_empty()
+        || c.transport_socket_matcher.is_some()
+    {
+        return Err(vec![Diag {
+            path: "transport_socket".into(),
+            message:
+                "not supported: TLS is not implemented yet; refusing rather than sending plaintext"
+                    .into(),
+        }]);
+    }
+    let mut m = Map::new();
+    m.insert("name".into(), json!(c.name));
+    match &c.cluster_discovery_type {
+        Some(pbc::cluster::ClusterDiscoveryType::Type(t)) => {
+            m.insert(
+                "type".into(),
+                json!(pbc::cluster::DiscoveryType::try_from(*t)
+                    .map(|t| t.as_str_name())
+                    .unwrap_or("UNKNOWN")),
+            );
+        }
+        Some(pbc::cluster::ClusterDiscoveryType::ClusterType(_)) => {
+            mark(&mut m, "cluster_type", true)
+        }
+        None => {}
+    }
+    if let Some(t) = &c.connect_timeout {
+        m.insert("connect_timeout".into(), json!(duration(t)));
+    }
+    m.insert(
+        "lb_policy".into(),
+        json!(pbc::cluster::LbPolicy::try_from(c.lb_policy)
+            .map(|p| p.as_str_name())
+            .unwrap_or("UNKNOWN")),
+    );
+    if let Some(cla) = &c.load_assignment {
+        m.insert("load_assignment".into(), endpoints_json(cla));
+    }
+    if let Some(eds) = &c.eds_cluster_config {
+        let mut e = Map::new();
+        if let Some(src) = &eds.eds_config {
+            let mut s = Map::new();
+            match &src.config_source_specifier {
+                Some(core::config_source::ConfigSourceSpecifier::Ads(_)) => {
+                    s.insert("ads".into(), json!({}));
+                }
+                Some(core::config_source::ConfigSourceSpecifier::ApiConfigSource(_)) => {
+                    mark(&mut s, "api_config_source", true)
+                }
+                Some(core::config_source::ConfigSourceSpecifier::Path(_)) => {
+                    mark(&mut s, "path", true)
+                }
+                Some(core::config_source::ConfigSourceSpecifier::PathConfigSource(_)) => {
+                    mark(&mut s, "path_config_source", true)
+                }
+                Some(core::config_source::ConfigSourceSpecifier::Self_(_)) => {
+                    mark(&mut s, "self", true)
+                }
+                None => {}
+            }
+            if let Some(t) = &src.initial_fetch_timeout {
+                s.insert("initial_fetch_timeout".into(), json!(duration(t)));
+            }
+            e.insert("eds_config".into(), Json::Object(s));
+        }
+        if !eds.service_name.is_empty() {
+            e.insert("service_name".into(), json!(eds.service_name));
+        }
+        m.insert("eds_cluster_config".into(), Json::Object(e));
+    }
+    if let Some(r) = &c.dns_refresh_rate {
+        m.insert("dns_refresh_rate".into(), json!(duration(r)));
+    }
+    if c.dns_lookup_family != 0 {
+        m.insert(
+            "dns_lookup_family".into(),
+            json!(pbc::cluster::DnsLookupFamily::try_from(c.dns_lookup_family)
+                .map(|f| f.as_str_name())
+                .unwrap_or("UNKNOWN")),
+        );
+    }
+
+    mark(&mut m, "alt_stat_name", !c.alt_stat_name.is_empty());
+    mark(
+        &mut m,
+        "per_connection_buffer_limit_bytes",
+        c.per_connection_buffer_limit_bytes.is_some(),
+    );
+    mark(&mut m, "health_checks", !c.health_checks.is_empty());
+    mark(
+        &mut m,
+        "max_requests_per_connection",
+        c.max_requests_per_connection.is_some(),
+    );
+    if let Some(cb) = &c.circuit_breakers {
+        let thresholds: Vec<Json> = cb
+            .thresholds
+            .iter()
+            .map(|t| {
+                let mut tm = Map::new();
+                if t.priority != 0 {
+                    tm.insert(
+                        "priority".into(),
+                        json!(core::RoutingPriority::try_from(t.priority)
+                            .map(|p| p.as_str_name())
+                            .unwrap_or("UNKNOWN")),
+                    );
+                }
+                for (k, v) in [
+                    ("max_connections", &t.max_connections),
+                    ("max_pending_requests", &t.max_pending_requests),
+                    ("max_requests", &t.max_requests),
+                    ("max_retries", &t.max_retries),
+                ] {
+                    if let Some(v) = v {
+                        tm.insert(k.into(), json!(v.value));
+                    }
+                }
+                if t.track_remaining {
+                    tm.insert("track_remaining".into(), json!(true));
+                }
+                mark(&mut tm, "retry_budget", t.retry_budget.is_some());
+                mark(
+                    &mut tm,
+                    "max_connection_pools",
+                    t.max_connection_pools.is_some(),
+                );
+                Json::Object(tm)
+            })
+            .collect();
+        let mut cm = Map::new();
+        cm.insert("thresholds".into(), json!(thresholds));
+        mark(
+            &mut cm,
+            "per_host_thresholds",
+            !cb.per_host_thresholds.is_empty(),
+        );
+        m.insert("circuit_breakers".into(), Json::Object(cm));
+    }
+    mark(
+        &mut m,
+        "upstream_http_protocol_options",
+        c.upstream_http_protocol_options.is_some(),
+    );
+    mark(
+        &mut m,
+        "common_http_protocol_options",
+        c.common_http_protocol_options.is_some(),
+    );
+    mark(
+        &mut m,
+        "http_protocol_options",
+        c.http_protocol_options.is_some(),
+    );
+    mark(
+        &mut m,
+        "typed_extension_protocol_options",
+        !c.typed_extension_protocol_options.is_empty(),
+    );
+    mark(&mut m, "dns_jitter", c.dns_jitter.is_some());
+    mark(
+        &mut m,
+        "dns_failure_refresh_rate",
+        c.dns_failure_refresh_rate.is_some(),
+    );
+    mark(&mut m, "respect_dns_ttl", c.respect_dns_ttl);
+    mark(&mut m, "dns_resolvers", !c.dns_resolvers.is_empty());
+    mark(&mut m, "use_tcp_for_dns_lookups", c.use_tcp_for_dns_lookups);
+    mark(
+        &mut m,
+        "dns_resolution_config",
+        c.dns_resolution_config.is_some(),
+    );
+    mark(
+        &mut m,
+        "typed_dns_resolver_config",
+        c.typed_dns_resolver_config.is_some(),
+    );
+    mark(
+        &mut m,
+        "wait_for_warm_on_init",
+        c.wait_for_warm_on_init.is_some(),
+    );
+    if let Some(o) = &c.outlier_detection {
+        let mut om = Map::new();
+        for (k, v) in [
+            ("consecutive_5xx", &o.consecutive_5xx),
+            ("max_ejection_percent", &o.max_ejection_percent),
+            ("enforcing_consecutive_5xx", &o.enforcing_consecutive_5xx),
+            (
+                "consecutive_gateway_failure",
+                &o.consecutive_gateway_failure,
+            ),
+            (
+                "enforcing_consecutive_gateway_failure",
+                &o.enforcing_consecutive_gateway_failure,
+            ),
+            (
+                "consecutive_local_origin_failure",
+                &o.consecutive_local_origin_failure,
+            ),
+            (
+                "enforcing_consecutive_local_origin_failure",
+                &o.enforcing_consecutive_local_origin_failure,
+            ),
+        ] {
+            if let Some(v) = v {
+                om.insert(k.into(), json!(v.value));
+            }
+        }
+        for (k, v) in [
+            ("interval", &o.interval),
+            ("base_ejection_time", &o.base_ejection_time),
+            ("max_ejection_time", &o.max_ejection_time),
+        ] {
+            if let Some(v) = v {
+                om.insert(k.into(), json!(duration(v)));
+            }
+        }
+        if o.split_external_local_origin_errors {
+            om.insert("split_external_local_origin_errors".into(), json!(true));
+        }
+        mark(
+            &mut om,
+            "enforcing_success_rate",
+            o.enforcing_success_rate.is_some(),
+        );
+        mark(
+            &mut om,
+            "success_rate_minimum_hosts",
+            o.success_rate_minimum_hosts.is_some(),
+        );
+        mark(
+            &mut om,
+            "success_rate_request_volume",
+            o.success_rate_request_volume.is_some(),
+        );
+        mark(
+            &mut om,
+            "success_rate_stdev_factor",
+            o.success_rate_stdev_factor.is_some(),
+        );
+        mark(
+            &mut om,
+            "enforcing_local_origin_success_rate",
+            o.enforcing_local_origin_success_rate.is_some(),
+        );
+        mark(
+            &mut om,
+            "failure_percentage_threshold",
+            o.failure_percentage_threshold.is_some(),
+        );
+        mark(
+            &mut om,
+            "enforcing_failure_percentage",
+            o.enforcing_failure_percentage.is_some(),
+        );
+        mark(
+            &mut om,
+            "enforcing_failure_percentage_local_origin",
+            o.enforcing_failure_percentage_local_origin.is_some(),
+        );
+        mark(
+            &mut om,
+            "failure_percentage_minimum_hosts",
+            o.failure_percentage_minimum_hosts.is_some(),
+        );
+        mark(
+            &mut om,
+            "failure_percentage_request_volume",
+            o.failure_percentage_request_volume.is_some(),
+        );
+        mark(
+            &mut om,
+            "max_ejection_time_jitter",
+            o.max_ejection_time_jitter.is_some(),
+        );
+        mark(
+            &mut om,
+            "successful_active_health_check_uneject_host",
+            o.successful_active_health_check_uneject_host.is_some(),
+        );
+        mark(&mut om, "monitors", !o.monitors.is_empty());
+        mark(
+            &mut om,
+            "always_eject_one_host",
+            o.always_eject_one_host.is_some(),
+        );
+        mark(
+            &mut om,
+            "detect_degraded_hosts",
+            o.detect_degraded_hosts.is_some(),
+        );
+        m.insert("outlier_detection".into(), Json::Object(om));
+    }
+    if let Some(i) = &c.cleanup_interval {
+        m.insert("cleanup_interval".into(), json!(duration(i)));
+    }
+    mark(
+        &mut m,
+        "upstream_bind_config",
+        c.upstream_bind_config.is_some(),
+    );
+    mark(&mut m, "lb_subset_config", c.lb_subset_config.is_some());
+    mark(&mut m, "common_lb_config", c.common_lb_config.is_some());
+    mark(&mut m, "metadata", c.metadata.is_some());
+    mark(&mut m, "protocol_selection", c.protocol_selection != 0);
+    mark(
+        &mut m,
+        "upstream_connection_options",
+        c.upstream_connection_options.is_some(),
+    );
+    mark(
+        &mut m,
+        "close_connections_on_host_health_failure",
+        c.close_connections_on_host_health_failure,
+    );
+    mark(
+        &mut m,
+        "ignore_health_on_host_removal",
+        c.ignore_health_on_host_removal,
+    );
+    mark(&mut m, "filters", !c.filters.is_empty());
+    mark(
+        &mut m,
+        "load_balancing_policy",
+        c.load_balancing_policy.is_some(),
+    );
+    mark(&mut m, "lrs_server", c.lrs_server.is_some());
+    mark(&mut m, "track_timeout_budgets", c.track_timeout_budgets);
+    mark(
+        &mut m,
+        "track_cluster_stats",
+        c.track_cluster_stats.is_some(),
+    );
+    mark(&mut m, "preconnect_policy", c.preconnect_policy.is_some());
+    mark(
+        &mut m,
+        "connection_pool_per_downstream_connection",
+        c.connection_pool_per_downstream_connection,
+    );
+    match &c.lb_config {
+        Some(pbc::cluster::LbConfig::RingHashLbConfig(_)) => {
+            mark(&mut m, "ring_hash_lb_config", true)
+        }
+        Some(pbc::cluster::LbConfig::MaglevLbConfig(_)) => mark(&mut m, "maglev_lb_config", true),
+        Some(pbc::cluster::LbConfig::OriginalDstLbConfig(_)) => {
+            mark(&mut m, "original_dst_lb_config", true)
+        }
+        Some(pbc::cluster::LbConfig::LeastRequestLbConfig(_)) => {
+            mark(&mut m, "least_request_lb_config", true)
+        }
+        Some(pbc::cluster::LbConfig::RoundRobinLbConfig(_)) => {
+            mark(&mut m, "round_robin_lb_config", true)
+        }
+        None => {}
+    }
+    finish(Json::Object(m), |y, d| read_cluster(y, "", None, d))
+}

@@ -1,0 +1,236 @@
+use super::*;
+use envoy_types::pb::google::protobuf::UInt32Value;
+
+fn sock(ip: &str, port: u32) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: ip.into(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+#[test]
+fn eds_cluster_and_assignment_translate() {
+    let c = pbc::Cluster {
+        name: "web".into(),
+        cluster_discovery_type: Some(pbc::cluster::ClusterDiscoveryType::Type(
+            pbc::cluster::DiscoveryType::Eds as i32,
+        )),
+        connect_timeout: Some(PbDuration {
+            seconds: 0,
+            nanos: 250_000_000,
+        }),
+        eds_cluster_config: Some(pbc::cluster::EdsClusterConfig {
+            eds_config: Some(core::ConfigSource {
+                config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+                    Default::default(),
+                )),
+                ..Default::default()
+            }),
+            service_name: "web-svc".into(),
+        }),
+        ..Default::default()
+    };
+    let (m, warnings) = cluster_from_proto(&c).unwrap();
+    assert!(warnings.is_empty());
+    assert_eq!(m.discovery, DiscoveryType::Eds);
+    assert_eq!(m.eds_service_name.as_deref(), Some("web-svc"));
+    assert_eq!(m.connect_timeout, std::time::Duration::from_millis(250));
+
+    let cla = pbe::ClusterLoadAssignment {
+        cluster_name: "web-svc".into(),
+        endpoints: vec![pbe::LocalityLbEndpoints {
+            lb_endpoints: vec![pbe::LbEndpoint {
+                host_identifier: Some(pbe::lb_endpoint::HostIdentifier::Endpoint(pbe::Endpoint {
+                    address: Some(sock("10.0.0.1", 8080)),
+                    ..Default::default()
+                })),
+                load_balancing_weight: Some(UInt32Value { value: 3 }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let (l, _) = endpoints_from_proto(&cla).unwrap();
+    assert_eq!(l[0].endpoints[0].weight, 3);
+}
+
+#[test]
+fn rejected_fields_are_named_in_errors() {
+    let c = pbc::Cluster {
+        name: "tls".into(),
+        transport_socket: Some(Default::default()),
+        ..Default::default()
+    };
+    let e = cluster_from_proto(&c).unwrap_err();
+    assert_eq!(e[0].path, "transport_socket");
+    assert!(e[0].message.contains("TLS"), "{e:?}");
+    let bad = pbe::ClusterLoadAssignment {
+        cluster_name: "x".into(),
+        endpoints: vec![pbe::LocalityLbEndpoints {
+            lb_endpoints: vec![pbe::LbEndpoint {
+                host_identifier: Some(pbe::lb_endpoint::HostIdentifier::Endpoint(pbe::Endpoint {
+                    address: Some(sock("not-an-ip", 80)),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let e = endpoints_from_proto(&bad).unwrap_err();
+    assert_eq!(
+        e[0].path,
+        "endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"
+    );
+}
+
+#[test]
+fn circuit_breakers_and_outlier_detection_are_carried() {
+    let c = pbc::Cluster {
+        name: "cb".into(),
+        circuit_breakers: Some(pbc::CircuitBreakers {
+            thresholds: vec![pbc::circuit_breakers::Thresholds {
+                max_connections: Some(UInt32Value { value: 7 }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        outlier_detection: Some(pbc::OutlierDetection {
+            consecutive_5xx: Some(UInt32Value { value: 3 }),
+            interval: Some(PbDuration {
+                seconds: 2,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (m, warnings) = cluster_from_proto(&c).unwrap();
+    let t = &m.circuit_breakers.as_ref().unwrap().thresholds[0];
+    assert_eq!((t.max_connections, t.max_requests), (7, 1024));
+    let o = m.outlier_detection.as_ref().unwrap();
+    assert_eq!(
+        (o.consecutive_5xx, o.interval),
+        (3, std::time::Duration::from_secs(2))
+    );
+    assert_eq!(o.base_ejection_time, std::time::Duration::from_secs(30));
+    assert_eq!(warnings.len(), 2, "not enforced yet: {warnings:?}");
+}
+
+#[test]
+fn tcp_proxy_listener_translates() {
+    let tp = tcp::TcpProxy {
+        stat_prefix: "front".into(),
+        cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster("web".into())),
+        ..Default::default()
+    };
+    let l = pbl::Listener {
+        name: "front".into(),
+        address: Some(sock("127.0.0.1", 10000)),
+        filter_chains: vec![pbl::FilterChain {
+            filters: vec![pbl::Filter {
+                name: "envoy.filters.network.tcp_proxy".into(),
+                config_type: Some(pbl::filter::ConfigType::TypedConfig(Any {
+                    type_url: TCP_PROXY_TYPE.into(),
+                    value: tp.encode_to_vec(),
+                })),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let (m, _) = listener_from_proto(&l).unwrap();
+    let super::super::NetworkFilter::TcpProxy(t) = &m.filter_chains[0].filters[0] else {
+        panic!("tcp_proxy")
+    };
+    assert_eq!(t.cluster, "web");
+    assert_eq!(m.address.port(), 10000);
+}
+
+#[test]
+fn filter_chain_match_default_chain_and_filters_translate() {
+    let tp = |cluster: &str| pbl::Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(pbl::filter::ConfigType::TypedConfig(Any {
+            type_url: TCP_PROXY_TYPE.into(),
+            value: tcp::TcpProxy {
+                stat_prefix: cluster.into(),
+                cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        })),
+    };
+    let cl = pbl::Filter {
+        name: "envoy.filters.network.connection_limit".into(),
+        config_type: Some(pbl::filter::ConfigType::TypedConfig(Any {
+            type_url: CONNECTION_LIMIT_TYPE.into(),
+            value: connection_limit::ConnectionLimit {
+                stat_prefix: "cl".into(),
+                max_connections: Some(envoy_types::pb::google::protobuf::UInt64Value { value: 3 }),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        })),
+    };
+    let l = pbl::Listener {
+        name: "front".into(),
+        address: Some(sock("0.0.0.0", 10000)),
+        filter_chains: vec![pbl::FilterChain {
+            filter_chain_match: Some(pbl::FilterChainMatch {
+                destination_port: Some(UInt32Value { value: 443 }),
+                source_prefix_ranges: vec![core::CidrRange {
+                    address_prefix: "10.0.0.0".into(),
+                    prefix_len: Some(UInt32Value { value: 8 }),
+                }],
+                source_type: pbl::filter_chain_match::ConnectionSourceType::External as i32,
+                server_names: vec!["*.example.com".into()],
+                ..Default::default()
+            }),
+            filters: vec![cl, tp("a")],
+            ..Default::default()
+        }],
+        default_filter_chain: Some(pbl::FilterChain {
+            filters: vec![tp("b")],
+            ..Default::default()
+        }),
+        listener_filters_timeout: Some(PbDuration {
+            seconds: 2,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    let (m, _) = listener_from_proto(&l).unwrap();
+    let fcm = &m.filter_chains[0].filter_chain_match;
+    assert_eq!(fcm.destination_port, Some(443));
+    assert_eq!(fcm.source_prefix_ranges[0].to_string(), "10.0.0.0/8");
+    assert_eq!(fcm.source_type, super::super::SourceType::External);
+    assert_eq!(fcm.server_names, vec!["*.example.com"]);
+    assert!(matches!(
+        m.filter_chains[0].filters[0],
+        super::super::NetworkFilter::ConnectionLimit(ref c) if c.max_connections == 3
+    ));
+    assert!(m.default_filter_chain.is_some());
+    assert_eq!(
+        m.listener_filters_timeout,
+        Some(std::time::Duration::from_secs(2))
+    );
+    // A field Plumb cannot honour is refused, with its path.
+    let mut bad = l.clone();
+    bad.filter_chains[0]
+        .filter_chain_match
+        .as_mut()
+        .unwrap()
+        .address_suffix = "x".into();
+    let e = listener_from_proto(&bad).unwrap_err();
+    assert!(
+        e[0].to_string()
+            .starts_with("filter_chains[0].filter_chain_match.address_suffix: not supported"),
+        "{e:?}"
+    );
+}
