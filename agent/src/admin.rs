@@ -239,7 +239,7 @@ fn route(
         "/config_dump" => config_dump(shared),
         "/ready" => {
             let state = shared.state();
-            let code = if state == crate::server::ServerState::Live {
+            let code = if state == crate::state::ServerState::Live {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -248,7 +248,7 @@ fn route(
         }
         "/server_info" => server_info(shared),
         "/memory" => {
-            let m = crate::server::memory_usage();
+            let m = crate::state::memory_usage();
             json_response(&json!({
                 "allocated": m.allocated.to_string(),
                 "heap_size": m.heap_size.to_string(),
