@@ -1,0 +1,177 @@
+//! Bootstrap translation: defaults, field paths in errors, the documented field tables.
+use super::*;
+
+fn errors(yaml: &str) -> Vec<String> {
+    match parse_bootstrap(yaml, "test.yaml") {
+        Ok(_) => vec![],
+        Err(e) => e.errors.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+const GOOD: &str = r#"
+admin: { address: { socket_address: { address: 127.0.0.1, port_value: 0 } } }
+static_resources:
+  listeners:
+  - name: l1
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: p
+          cluster: c1
+  clusters:
+  - name: c1
+    connect_timeout: 0.5s
+    load_assignment:
+      cluster_name: c1
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 9 } } }
+"#;
+
+#[test]
+fn every_field_table_entry_is_documented() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/configuration.md"
+    ))
+    .expect("docs/configuration.md");
+    let rows: usize = TABLES.iter().map(|(_, t)| t.len()).sum();
+    let tables = doc
+        .split_once("## Field tables")
+        .expect("a Field tables section")
+        .1;
+    let doc_rows = tables.lines().filter(|l| l.starts_with("| `")).count();
+    assert_eq!(
+        doc_rows, rows,
+        "docs/configuration.md field tables are out of date"
+    );
+    for (msg, table) in TABLES {
+        for (field, how) in table.iter() {
+            let want = match how {
+                Field::Supported => format!("| `{field}` | supported |"),
+                Field::Ignored(why) => format!("| `{field}` | ignored: {why} |"),
+                Field::Rejected(why) => format!("| `{field}` | **rejected**: {why} |"),
+            };
+            assert!(
+                doc.contains(&want),
+                "{msg}.{field} is not documented as: {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bundled_default_is_valid() {
+    let s = parse_bootstrap(DEFAULT_BOOTSTRAP, "default").expect("default config");
+    assert_eq!(s.listeners.len(), 1);
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+}
+
+#[test]
+fn minimal_tcp_proxy_bootstrap_parses_with_envoy_defaults() {
+    let s = parse_bootstrap(GOOD, "t").unwrap();
+    let c = s.cluster("c1").unwrap();
+    assert_eq!(c.connect_timeout, Duration::from_millis(500));
+    assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
+    assert_eq!(c.discovery, DiscoveryType::Static);
+    let NetworkFilter::TcpProxy(tp) = &s.listeners[0].filter_chains[0].filters[0] else {
+        panic!("tcp_proxy")
+    };
+    assert_eq!(tp.idle_timeout, Some(Duration::from_secs(3600)));
+    assert_eq!(tp.max_connect_attempts, 1);
+}
+
+#[test]
+fn unknown_cluster_reference_names_the_field_path() {
+    let e = errors(&GOOD.replace("cluster: c1", "cluster: nope"));
+    assert_eq!(
+        e,
+        vec!["static_resources.listeners[0].filter_chains[0].filters[0].typed_config.cluster: unknown cluster \"nope\" (defined clusters: c1)"]
+    );
+}
+
+#[test]
+fn port_out_of_range_is_rejected() {
+    let e = errors(&GOOD.replace("port_value: 9 ", "port_value: 70000 "));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with(
+        "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value: 70000 is out of range"
+    ), "{e:?}");
+}
+
+#[test]
+fn missing_field_and_unknown_field_are_both_reported() {
+    let y = GOOD.replace("stat_prefix: p", "bogus_field: 1");
+    let e = errors(&y);
+    assert!(e.iter().any(|m| m.starts_with(
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.bogus_field: unknown field"
+    )), "{e:?}");
+    assert!(e.contains(
+        &"static_resources.listeners[0].filter_chains[0].filters[0].typed_config.stat_prefix: missing required field".to_string()
+    ), "{e:?}");
+}
+
+#[test]
+fn bad_yaml_reports_line() {
+    let e = errors("static_resources: [\n");
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("line "), "{e:?}");
+}
+
+#[test]
+fn ignored_fields_warn_and_rejected_fields_fail() {
+    let y = GOOD.replace(
+        "connect_timeout: 0.5s",
+        "connect_timeout: 0.5s\n    alt_stat_name: x",
+    );
+    let s = parse_bootstrap(&y, "t").unwrap();
+    assert_eq!(s.warnings.len(), 1);
+    assert_eq!(
+        s.warnings[0].path,
+        "static_resources.clusters[0].alt_stat_name"
+    );
+    let y = GOOD.replace(
+        "connect_timeout: 0.5s",
+        "connect_timeout: 0.5s\n    transport_socket: {}",
+    );
+    let e = errors(&y);
+    assert!(
+        e[0].starts_with("static_resources.clusters[0].transport_socket: not supported: TLS"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn camel_case_fields_are_accepted() {
+    let y = GOOD
+        .replace("port_value: 9", "portValue: 9")
+        .replace("connect_timeout", "connectTimeout");
+    parse_bootstrap(&y, "t").unwrap();
+}
+
+#[test]
+fn static_cluster_rejects_hostnames_and_dns_accepts_them() {
+    let y = GOOD.replace(
+        "address: 127.0.0.1, port_value: 9",
+        "address: localhost, port_value: 9",
+    );
+    assert!(errors(&y)[0].contains("needs type STRICT_DNS"));
+    let y = y.replace(
+        "connect_timeout: 0.5s",
+        "connect_timeout: 0.5s\n    type: STRICT_DNS",
+    );
+    parse_bootstrap(&y, "t").unwrap();
+}
+
+#[test]
+fn duplicate_names_are_rejected() {
+    let y = GOOD.replace(
+        "  clusters:\n",
+        "  clusters:\n  - name: c1\n    load_assignment: { cluster_name: c1 }\n",
+    );
+    let e = errors(&y);
+    assert!(e.iter().any(|m| m == "static_resources.clusters[1].name: duplicate cluster name \"c1\" (first at static_resources.clusters[0])"), "{e:?}");
+}
