@@ -45,6 +45,46 @@ impl Stream {
         }
     }
 
+    /// Peeks at the bytes received so far without consuming them, waiting until there are
+    /// more than `seen` (or the buffer is full, or the peer closed: then 0 or what is there).
+    /// For listener filters that inspect the client's first bytes.
+    pub async fn peek_more(&self, buf: &mut [u8], seen: usize) -> io::Result<usize> {
+        let Stream::Tcp(s) = self else {
+            // In-memory streams cannot be peeked: nothing to inspect.
+            return Ok(0);
+        };
+        use std::os::fd::AsRawFd;
+        loop {
+            s.readable().await?;
+            let r = s.try_io(tokio::io::Interest::READABLE, || {
+                // SAFETY: `buf` is valid for `buf.len()` writable bytes for the whole call.
+                let n = unsafe {
+                    libc::recv(
+                        s.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_PEEK,
+                    )
+                };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let n = n as usize;
+                // Nothing new yet: report "would block" so the readiness is cleared and the
+                // next wait is for new bytes, not a spin.
+                if n == seen && n != 0 && n < buf.len() {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            match r {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// The TCP socket underneath, where there is one (original destination lookups).
     pub fn tcp(&self) -> Option<&TcpStream> {
         match self {

@@ -202,3 +202,94 @@ async fn connection_limit_and_local_ratelimit_run_before_tcp_proxy_in_one_chain(
     assert_eq!(agent.stat("tcp.front.downstream_cx_total"), 2);
     assert_eq!(echo.accepted(), 2);
 }
+
+/// `http_inspector` (a listener filter reading the client's first bytes) feeds the chain match
+/// its application protocol: HTTP/1.1, HTTP/2 prior knowledge and anything else reach three
+/// different clusters; the bytes it looked at are still delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_inspector_selects_chains_by_application_protocol() {
+    use plumb_tests::client::roundtrip;
+    let (h1, h2, other) = (
+        servers::start(Behavior::Echo).await,
+        servers::start(Behavior::Echo).await,
+        servers::start(Behavior::Echo).await,
+    );
+    let listener = json!({
+        "name": "front",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "listener_filters": [{"name": "envoy.filters.listener.http_inspector", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"}}],
+        "filter_chains": [
+            chain(json!({"application_protocols": ["http/1.1", "http/1.0"]}), "h1"),
+            chain(json!({"application_protocols": ["h2c"]}), "h2"),
+        ],
+        "default_filter_chain": {"filters": [tcp_proxy("other", "other")]},
+    });
+    let agent = TestAgent::start(&bootstrap(
+        vec![listener],
+        vec![
+            static_cluster("h1", &[h1.addr]),
+            static_cluster("h2", &[h2.addr]),
+            static_cluster("other", &[other.addr]),
+        ],
+    ))
+    .await;
+    let front = agent.listener("front");
+    let get = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+    assert_eq!(roundtrip(front, &get).await.unwrap(), get);
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
+    assert_eq!(roundtrip(front, &preface).await.unwrap(), preface);
+    let tls_like = b"\x16\x03\x01\x00\x05hello".to_vec();
+    assert_eq!(roundtrip(front, &tls_like).await.unwrap(), tls_like);
+    assert_eq!((h1.accepted(), h2.accepted(), other.accepted()), (1, 1, 1));
+    assert_eq!(agent.stat("http_inspector.http11_found"), 1);
+    assert_eq!(agent.stat("http_inspector.http2_found"), 1);
+    assert_eq!(agent.stat("http_inspector.http_not_found"), 1);
+}
+
+/// A client that sends nothing (a server-speaks-first protocol) is held only until
+/// `listener_filters_timeout`: then closed and counted, or — with
+/// `continue_on_listener_filters_timeout` — matched with what is known (here: the default
+/// chain), so the server can speak first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_filters_timeout_closes_or_continues() {
+    let greeter = named("greeting").await;
+    let listener = |name: &str, addr: &str, cont: bool| {
+        json!({
+            "name": name,
+            "address": {"socket_address": {"address": addr, "port_value": 0}},
+            "listener_filters": [{"name": "envoy.filters.listener.http_inspector"}],
+            "listener_filters_timeout": "0.2s",
+            "continue_on_listener_filters_timeout": cont,
+            "filter_chains": [chain(json!({"application_protocols": ["http/1.1"]}), "greeter")],
+            "default_filter_chain": {"filters": [tcp_proxy("default", "greeter")]},
+        })
+    };
+    let agent = TestAgent::start(&bootstrap(
+        vec![
+            listener("strict", "127.0.0.1", false),
+            listener("lenient", "127.0.0.2", true),
+        ],
+        vec![static_cluster("greeter", &[greeter.addr])],
+    ))
+    .await;
+    let strict = agent.listener("strict");
+    let got = read_from("127.0.0.1", strict).await;
+    assert!(
+        matches!(got, Ok(ref v) if v.is_empty()) || got.is_err(),
+        "{got:?}"
+    );
+    agent
+        .wait_stat(&listener_stat(strict, "downstream_pre_cx_timeout"), |v| {
+            v == 1
+        })
+        .await;
+    assert_eq!(agent.stat(&listener_stat(strict, "downstream_cx_total")), 0);
+    let lenient = agent.listener("lenient");
+    assert_eq!(read_from("127.0.0.1", lenient).await.unwrap(), b"greeting");
+    assert_eq!(
+        agent.stat(&listener_stat(lenient, "downstream_pre_cx_timeout")),
+        1
+    );
+    assert_eq!(greeter.accepted(), 1);
+}

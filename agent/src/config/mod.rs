@@ -178,6 +178,16 @@ pub struct Listener {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerFilter {
     OriginalDst,
+    /// Reads the client's first bytes: HTTP/1.x or HTTP/2 prior knowledge sets the
+    /// application protocol (`http/1.0`, `http/1.1`, `h2c`) for the chain match.
+    HttpInspector,
+}
+
+impl ListenerFilter {
+    /// Waits for the client's bytes (so it runs under `listener_filters_timeout`).
+    pub fn reads_data(self) -> bool {
+        matches!(self, ListenerFilter::HttpInspector)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

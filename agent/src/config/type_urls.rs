@@ -13,6 +13,8 @@ pub const CONNECTION_LIMIT: &str =
     "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
 pub const LOCAL_RATELIMIT: &str =
     "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit";
+pub const HTTP_INSPECTOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
 pub const ORIGINAL_DST_FILTER: &str =
     "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
 pub const UPSTREAM_TLS: &str =

@@ -3,6 +3,7 @@
 //! time without dropping established connections.
 
 mod chain;
+pub mod inspector;
 mod manager;
 pub use chain::{ChainSelector, ConnectionInfo};
 pub use manager::{ListenerManager, ListenerUpdateError};
@@ -40,6 +41,8 @@ pub struct ActiveListener {
     pub stats: ListenerStats,
     /// The filter chains, selected per connection by `filter_chain_match`.
     pub chains: ChainSelector,
+    /// `http_inspector`, when the listener has it.
+    http_inspector: Option<inspector::HttpInspector>,
     /// Where `use_original_dst` listeners hand connections, by original destination; one
     /// handle shared by every listener, replaced whenever the listener set changes.
     pub dispatch: DispatchHandle,
@@ -165,6 +168,10 @@ impl ActiveListener {
             no_filter_chain_match: s.counter("no_filter_chain_match"),
             downstream_pre_cx_timeout: s.counter("downstream_pre_cx_timeout"),
         };
+        let http_inspector = cfg
+            .listener_filters
+            .contains(&config::ListenerFilter::HttpInspector)
+            .then(|| inspector::HttpInspector::new(store));
         let build = |fc: &config::FilterChain| {
             previous
                 .and_then(|p| p.chains.all().find(|c| c.config == *fc).cloned())
@@ -183,6 +190,7 @@ impl ActiveListener {
             stat_name,
             stats,
             chains,
+            http_inspector,
             dispatch,
         }
     }
@@ -194,12 +202,13 @@ impl ActiveListener {
         let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
         let local = canonical(stream.local_addr().unwrap_or(self.local_address));
         let mut ds = Downstream::new(Stream::Tcp(stream), canonical(peer), local, watch);
-        // Every listener filter today (original_dst) completes without reading from the
-        // socket, so no listener_filters_timeout timer is armed; inspectors that wait for the
-        // client's first bytes will run under it (and count downstream_pre_cx_timeout).
+        // original_dst runs here, on the listener that accepted the connection; the other
+        // listener filters run on the listener that handles it (`handle`), as in Envoy, where
+        // a handed-off connection goes through its new listener's filters.
         let mut dispatch = None;
         for f in &self.config.listener_filters {
             match f {
+                config::ListenerFilter::HttpInspector => {}
                 config::ListenerFilter::OriginalDst => {
                     let d = self.dispatch.load_full();
                     ds.original_dst = d
@@ -230,8 +239,31 @@ impl ActiveListener {
         }
     }
 
-    /// Selects the filter chain and runs the connection through it.
-    async fn handle(&self, ds: Downstream) {
+    /// Runs the listener filters that read the client's bytes, under
+    /// `listener_filters_timeout`. `false`: close the connection.
+    async fn inspect(&self, ds: &mut Downstream) -> bool {
+        let Some(http) = &self.http_inspector else {
+            return true;
+        };
+        let stage = http.inspect(ds);
+        let Some(limit) = self.config.listener_filters_timeout else {
+            return stage.await;
+        };
+        match tokio::time::timeout(limit, stage).await {
+            Ok(keep) => keep,
+            Err(_) => {
+                self.stats.downstream_pre_cx_timeout.inc();
+                // Envoy: close, unless told to match a chain with what is known so far.
+                self.config.continue_on_listener_filters_timeout
+            }
+        }
+    }
+
+    /// Runs the listener filters, selects the filter chain and runs the connection through it.
+    async fn handle(&self, mut ds: Downstream) {
+        if !self.inspect(&mut ds).await {
+            return;
+        }
         let s = &self.stats;
         let Some(chain) = self.chains.select(&ConnectionInfo::of(&ds)) else {
             // Envoy closes it without creating a connection (not in downstream_cx_total).

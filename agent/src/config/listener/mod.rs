@@ -312,6 +312,8 @@ pub(super) const TOKEN_BUCKET: FieldTable = &[
 const MAX_FILTER_CHAINS: usize = 10_000;
 const MAX_MATCH_COMBINATIONS: usize = 200_000;
 
+const HTTP_INSPECTOR_NAME: &str = "envoy.filters.listener.http_inspector";
+
 fn read_listener_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<ListenerFilter> {
     let f = Obj::new(v, path, LISTENER_FILTER, d)?;
     let name = f.string("name", d).unwrap_or_default();
@@ -320,22 +322,29 @@ fn read_listener_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Li
         .and_then(|tc| tc.get("@type"))
         .and_then(|t| t.as_str())
         .map(str::to_string);
-    let is_original_dst = match &type_url {
-        Some(t) => t == ORIGINAL_DST_FILTER_TYPE,
-        None => name == "envoy.filters.listener.original_dst",
+    let kind = match type_url.as_deref() {
+        Some(ORIGINAL_DST_FILTER_TYPE) => Some(ListenerFilter::OriginalDst),
+        Some(type_urls::HTTP_INSPECTOR) => Some(ListenerFilter::HttpInspector),
+        Some(_) => None,
+        None if name == "envoy.filters.listener.original_dst" => Some(ListenerFilter::OriginalDst),
+        None if name == HTTP_INSPECTOR_NAME => Some(ListenerFilter::HttpInspector),
+        None => None,
     };
-    if is_original_dst {
-        let _ = f.object("typed_config", TYPED_ANY, d);
-        Some(ListenerFilter::OriginalDst)
-    } else {
-        d.error(
-            path,
-            format!(
-                "unsupported listener filter \"{}\" (supported: envoy.filters.listener.original_dst)",
-                type_url.unwrap_or(name)
-            ),
-        );
-        None
+    match kind {
+        Some(k) => {
+            let _ = f.object("typed_config", TYPED_ANY, d);
+            Some(k)
+        }
+        None => {
+            d.error(
+                path,
+                format!(
+                    "unsupported listener filter \"{}\" (supported: envoy.filters.listener.original_dst, {HTTP_INSPECTOR_NAME})",
+                    type_url.unwrap_or(name)
+                ),
+            );
+            None
+        }
     }
 }
 
@@ -717,6 +726,10 @@ impl Listener {
                     ListenerFilter::OriginalDst => json!({
                         "name": "envoy.filters.listener.original_dst",
                         "typed_config": {"@type": ORIGINAL_DST_FILTER_TYPE},
+                    }),
+                    ListenerFilter::HttpInspector => json!({
+                        "name": HTTP_INSPECTOR_NAME,
+                        "typed_config": {"@type": type_urls::HTTP_INSPECTOR},
                     }),
                 })
                 .collect::<Vec<_>>());
