@@ -46,16 +46,18 @@ impl Stream {
     }
 
     /// Peeks at the bytes received so far without consuming them, waiting until there are
-    /// more than `seen` (or the buffer is full, or the peer closed: then 0 or what is there).
-    /// For listener filters that inspect the client's first bytes.
-    pub async fn peek_more(&self, buf: &mut [u8], seen: usize) -> io::Result<usize> {
+    /// more than `seen`, or the buffer is full, or the peer has closed its side. Returns the
+    /// byte count and whether the peer closed (then no more will come). For listener filters
+    /// that inspect the client's first bytes.
+    pub async fn peek_more(&self, buf: &mut [u8], seen: usize) -> io::Result<(usize, bool)> {
         let Stream::Tcp(s) = self else {
             // In-memory streams cannot be peeked: nothing to inspect.
-            return Ok(0);
+            return Ok((0, true));
         };
         use std::os::fd::AsRawFd;
         loop {
-            s.readable().await?;
+            let ready = s.ready(tokio::io::Interest::READABLE).await?;
+            let closed = ready.is_read_closed();
             let r = s.try_io(tokio::io::Interest::READABLE, || {
                 // SAFETY: `buf` is valid for `buf.len()` writable bytes for the whole call.
                 let n = unsafe {
@@ -72,13 +74,13 @@ impl Stream {
                 let n = n as usize;
                 // Nothing new yet: report "would block" so the readiness is cleared and the
                 // next wait is for new bytes, not a spin.
-                if n == seen && n != 0 && n < buf.len() {
+                if n == seen && n != 0 && n < buf.len() && !closed {
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
                 Ok(n)
             });
             match r {
-                Ok(n) => return Ok(n),
+                Ok(n) => return Ok((n, closed || n == 0)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }

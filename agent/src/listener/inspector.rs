@@ -98,8 +98,8 @@ impl HttpInspector {
         let mut buf = vec![0u8; INITIAL_INSPECT];
         let mut seen = 0;
         let found = loop {
-            let n = match ds.io.peek_more(&mut buf, seen).await {
-                Ok(n) => n,
+            let (n, closed) = match ds.io.peek_more(&mut buf, seen).await {
+                Ok(r) => r,
                 Err(e) => {
                     tracing::debug!(peer = %ds.peer, error = %e, "http_inspector: read error");
                     self.read_error.inc();
@@ -107,8 +107,8 @@ impl HttpInspector {
                 }
             };
             match detect(&buf[..n]) {
-                // EOF, or no more room: not HTTP as far as we can tell.
-                Detected::NeedMore if n == 0 => break Detected::NotHttp,
+                // The client closed, or no more room: not HTTP as far as we can tell.
+                Detected::NeedMore if closed => break Detected::NotHttp,
                 Detected::NeedMore if n == buf.len() && buf.len() >= MAX_INSPECT => {
                     break Detected::NotHttp
                 }
