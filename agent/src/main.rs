@@ -9,11 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(
-    name = "plumb",
-    about = "Per-node proxy agent",
-    disable_version_flag = true
-)]
+#[command(name = "plumb", about = "Per-node proxy agent", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,8 +22,8 @@ struct RunArgs {
     #[arg(long, short = 'c', visible_alias = "config-path")]
     config: Option<PathBuf>,
     /// Data-path worker threads (default: available CPUs).
-    #[arg(long)]
-    concurrency: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    concurrency: Option<u16>,
     /// How connections are spread over the workers: per-core (each worker accepts and runs
     /// its own connections, Envoy's model), shared (one work-stealing pool), or auto
     /// (per-core with one worker, shared with more: what measured best).
@@ -117,6 +113,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // A command that prints (check-config, version) behaves like any CLI tool when its
+        // reader goes away (`| head -1`): it stops quietly instead of panicking on EPIPE. The
+        // agent itself (`run`) keeps SIGPIPE ignored: a peer closing a socket is no signal.
+        // SAFETY: restoring the default disposition before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Command::Version => {
             println!("plumb {}", plumb::VERSION);
@@ -174,7 +179,7 @@ fn main() -> ExitCode {
                 ..Options::default()
             };
             if let Some(c) = concurrency {
-                options.concurrency = c.max(1);
+                options.concurrency = c as usize;
             }
             match server::start(snapshot, options, Some(log)).and_then(|h| h.wait()) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -450,3 +450,60 @@ async fn node_identity_and_metadata_come_from_the_command_line() {
     assert_eq!(st.code(), Some(2), "{err}");
     assert!(err.contains("expected KEY=VALUE"), "{err}");
 }
+
+#[test]
+fn version_flag_and_subcommand_both_print_the_version() {
+    for args in [&["--version"][..], &["version"][..]] {
+        let (st, out, err) = plumb_cmd(args);
+        assert!(st.success(), "{args:?}: {err}");
+        assert!(out.starts_with("plumb 0."), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn concurrency_zero_is_an_error_not_silently_one() {
+    let (st, _, err) = plumb_cmd(&["run", "--concurrency", "0"]);
+    assert_eq!(st.code(), Some(2), "{err}");
+    assert!(err.contains("'--concurrency"), "{err}");
+    assert!(err.contains("0 is not in 1..=1024"), "{err}");
+}
+
+/// `plumb check-config big.yaml | head -1`: the reader goes away; plumb stops quietly (as any
+/// CLI tool does on SIGPIPE) instead of panicking with exit code 101.
+#[test]
+fn check_config_into_a_closed_pipe_stops_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new("epipe");
+    let clusters: Vec<String> = (0..20_000)
+        .map(|i| {
+            format!(
+                r#"{{"name": "c{i}", "load_assignment": {{"cluster_name": "c{i}", "endpoints": []}}}}"#
+            )
+        })
+        .collect();
+    let path = dir.write(
+        "big.json",
+        &format!(
+            r#"{{"static_resources": {{"clusters": [{}]}}}}"#,
+            clusters.join(",")
+        ),
+    );
+    let mut child = Command::new(plumb_tests::agent::plumb_bin())
+        .arg("check-config")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.ends_with("OK\n"), "{first}");
+    // The read end is closed here (dropped with the reader).
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}

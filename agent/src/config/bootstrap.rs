@@ -352,6 +352,14 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
             d.error(a.at("address"), "missing required field");
         }
         let (host, port) = read_address(&addr?, d)?;
+        if let Host::Ip(ip) = host {
+            if !ip.to_canonical().is_loopback() {
+                d.warn(
+                    a.at("address"),
+                    format!("admin listens on {ip}, not loopback: whoever reaches it can stop the proxy (/quitquitquit), fail its health checks or change its logging; prefer 127.0.0.1"),
+                );
+            }
+        }
         match host {
             Host::Ip(ip) => Some(Admin {
                 address: SocketAddr::new(ip, port),
@@ -575,7 +583,7 @@ pub(super) fn read_dynamic_resources(dr: &Obj, d: &mut Diagnostics) -> Option<Xd
     if let Some((gpath, gv)) = services.first() {
         if let Some(g) = Obj::new(gv, gpath, GRPC_SERVICE, d) {
             match g.object("envoy_grpc", ENVOY_GRPC, d) {
-                Some(e) => cluster = e.required_string("cluster_name", d),
+                Some(e) => cluster = e.required_name("cluster_name", d),
                 None => d.error(g.at("envoy_grpc"), "missing required field"),
             }
         }

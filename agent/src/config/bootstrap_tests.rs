@@ -175,3 +175,41 @@ fn duplicate_names_are_rejected() {
     let e = errors(&y);
     assert!(e.iter().any(|m| m == "static_resources.clusters[1].name: duplicate cluster name \"c1\" (first at static_resources.clusters[0])"), "{e:?}");
 }
+
+#[test]
+fn names_with_control_characters_or_too_long_are_refused() {
+    let e = errors(&GOOD.replace("name: c1", "name: \"c\\n1\""));
+    assert!(
+        e.iter().any(|x| x
+            .contains("static_resources.clusters[0].name: contains the control character '\\n'")),
+        "{e:?}"
+    );
+    let long = "x".repeat(2000);
+    let e = errors(&GOOD.replace("stat_prefix: p", &format!("stat_prefix: {long}")));
+    assert!(
+        e.iter()
+            .any(|x| x
+                .ends_with("typed_config.stat_prefix: 2000 bytes long; names are limited to 1024")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn an_admin_address_off_loopback_is_warned_about() {
+    let s = parse_bootstrap(
+        &GOOD.replace(
+            "address: 127.0.0.1, port_value: 0 } } }",
+            "address: 0.0.0.0, port_value: 0 } } }",
+        ),
+        "t",
+    )
+    .unwrap();
+    assert!(
+        s.warnings.iter().any(|w| w
+            .to_string()
+            .starts_with("admin.address: admin listens on 0.0.0.0, not loopback")),
+        "{:?}",
+        s.warnings
+    );
+    assert!(parse_bootstrap(GOOD, "t").unwrap().warnings.is_empty());
+}

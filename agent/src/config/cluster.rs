@@ -339,7 +339,7 @@ pub(crate) fn read_cluster(
     d: &mut Diagnostics,
 ) -> Option<Cluster> {
     let c = Obj::new(v, path, CLUSTER, d)?;
-    let name = c.required_string("name", d);
+    let name = c.required_name("name", d);
     let discovery = match c
         .enumeration(
             "type",
@@ -432,7 +432,7 @@ pub(crate) fn read_cluster(
     };
     let mut localities = Vec::new();
     if let Some(la) = c.object("load_assignment", LOAD_ASSIGNMENT, d) {
-        if let (Some(cn), Some(n)) = (la.string("cluster_name", d), &name) {
+        if let (Some(cn), Some(n)) = (la.name("cluster_name", d), &name) {
             if cn != *n {
                 d.warn(
                     la.at("cluster_name"),
@@ -561,7 +561,7 @@ pub(crate) fn read_cluster(
         if let Some(src) = eds.object("eds_config", CONFIG_SOURCE, d) {
             read_config_source(&src, d);
         }
-        eds_service_name = eds.string("service_name", d).filter(|s| !s.is_empty());
+        eds_service_name = eds.name("service_name", d).filter(|s| !s.is_empty());
     }
     if discovery == DiscoveryType::Eds && !localities.is_empty() {
         d.error(

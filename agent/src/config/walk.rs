@@ -100,6 +100,9 @@ pub fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// Longest name or stat prefix accepted (bytes).
+pub const MAX_NAME_LEN: usize = 1024;
+
 /// A mapping being read, with its path and its fields normalized to snake_case.
 pub struct Obj<'v> {
     pub path: String,
@@ -201,6 +204,39 @@ impl<'v> Obj<'v> {
                 None
             }
         }
+    }
+
+    /// A name or stat prefix: a string of at most `MAX_NAME_LEN` bytes without control
+    /// characters (which would split `/stats`, `/clusters` and log lines).
+    pub fn name(&self, key: &str, d: &mut Diagnostics) -> Option<String> {
+        let s = self.string(key, d)?;
+        if s.len() > MAX_NAME_LEN {
+            d.error(
+                self.at(key),
+                format!(
+                    "{} bytes long; names are limited to {MAX_NAME_LEN}",
+                    s.len()
+                ),
+            );
+            return None;
+        }
+        if let Some(c) = s.chars().find(|c| c.is_control()) {
+            d.error(
+                self.at(key),
+                format!(
+                    "contains the control character {:?}; names must be printable",
+                    c
+                ),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    /// `name`, required and not empty.
+    pub fn required_name(&self, key: &str, d: &mut Diagnostics) -> Option<String> {
+        self.required_string(key, d)?;
+        self.name(key, d)
     }
 
     pub fn required_string(&self, key: &str, d: &mut Diagnostics) -> Option<String> {

@@ -63,14 +63,14 @@ pub(super) fn read_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<
 }
 
 pub(super) fn read_tcp_proxy(tc: &Obj, d: &mut Diagnostics) -> Option<NetworkFilter> {
-    let stat_prefix = tc.required_string("stat_prefix", d);
+    let stat_prefix = tc.required_name("stat_prefix", d);
     let cluster = if tc.get("cluster").is_none() {
         if tc.get("weighted_clusters").is_none() {
             d.error(tc.at("cluster"), "missing required field");
         }
         None
     } else {
-        tc.required_string("cluster", d)
+        tc.required_name("cluster", d)
     };
     let idle_timeout = match tc.duration("idle_timeout", d) {
         Some(d) if d.is_zero() => None,
@@ -91,7 +91,7 @@ pub(super) fn read_tcp_proxy(tc: &Obj, d: &mut Diagnostics) -> Option<NetworkFil
 }
 
 pub(super) fn read_connection_limit(tc: &Obj, d: &mut Diagnostics) -> Option<NetworkFilter> {
-    let stat_prefix = tc.required_string("stat_prefix", d);
+    let stat_prefix = tc.required_name("stat_prefix", d);
     let max_connections = match tc.required("max_connections", d) {
         Some(_) => tc.uint("max_connections", 1, u64::MAX, d),
         None => None,
@@ -105,7 +105,7 @@ pub(super) fn read_connection_limit(tc: &Obj, d: &mut Diagnostics) -> Option<Net
 }
 
 pub(super) fn read_local_ratelimit(tc: &Obj, d: &mut Diagnostics) -> Option<NetworkFilter> {
-    let stat_prefix = tc.required_string("stat_prefix", d);
+    let stat_prefix = tc.required_name("stat_prefix", d);
     tc.required("token_bucket", d)?;
     let tb = tc.object("token_bucket", TOKEN_BUCKET, d)?;
     let max_tokens = match tb.required("max_tokens", d) {

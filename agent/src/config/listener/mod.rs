@@ -172,7 +172,7 @@ pub(crate) fn read_listener(v: &Value, path: &str, d: &mut Diagnostics) -> Optio
             "only a listener on the IPv6 any-address \"::\" can accept IPv4 too",
         );
     }
-    let stat_prefix = l.string("stat_prefix", d);
+    let stat_prefix = l.name("stat_prefix", d);
     let mut use_original_dst = l.boolean("use_original_dst", d).unwrap_or(false);
     let mut listener_filters = Vec::new();
     for (fpath, fv) in l.list("listener_filters", d) {
@@ -219,7 +219,7 @@ pub(crate) fn read_listener(v: &Value, path: &str, d: &mut Diagnostics) -> Optio
     validate_chain_matches(&chains, d);
     let chains: Vec<FilterChain> = chains.into_iter().map(|(_, c)| c).collect();
     let address = address?;
-    let name = l.string("name", d).unwrap_or_else(|| address.to_string());
+    let name = l.name("name", d).unwrap_or_else(|| address.to_string());
     if !bind_to_port && address.port() == 0 {
         d.error(
             l.at("address.socket_address.port_value"),
@@ -388,7 +388,7 @@ fn read_filter_chain(
         filters.push(f);
     }
     Some(FilterChain {
-        name: fc.string("name", d).unwrap_or_default(),
+        name: fc.name("name", d).unwrap_or_default(),
         filter_chain_match,
         filters,
     })
