@@ -184,8 +184,13 @@ fn main() -> ExitCode {
             match server::start(snapshot, options, Some(log)).and_then(|h| h.wait()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("error: {e:#}");
+                    // Once: through the log when it shows errors (it writes to stderr too),
+                    // else plainly.
+                    if tracing::enabled!(tracing::Level::ERROR) {
+                        tracing::error!("{e:#}");
+                    } else {
+                        eprintln!("error: {e:#}");
+                    }
                     ExitCode::FAILURE
                 }
             }

@@ -229,7 +229,7 @@ impl Shared {
                 continue;
             }
             if let Err(e) = self.listeners.upsert(l.clone()) {
-                problems.push(e.to_string());
+                problems.push(format!("{:#}", anyhow::Error::from(e)));
             }
         }
         // Only what the old bootstrap defined and the new one does not: listeners and

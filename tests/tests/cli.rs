@@ -507,3 +507,25 @@ fn check_config_into_a_closed_pipe_stops_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert_ne!(out.status.code(), Some(101), "{err}");
 }
+
+/// A port already taken: one clear error, the OS reason once, exit code 1.
+#[test]
+fn a_bind_error_is_reported_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = TempDir::new("bind-error");
+    let cfg = envoy_yaml(1).replacen("port_value: 0 }", &format!("port_value: {port} }}"), 2);
+    // The first `port_value: 0` is admin's; make it ephemeral again.
+    let cfg = cfg.replacen(&format!("port_value: {port} }}"), "port_value: 0 }", 1);
+    let path = dir.write("bootstrap.yaml", &cfg);
+    let (st, _, err) = plumb_cmd(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "listener \"listener_0\": cannot bind 127.0.0.1:{port}"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    drop(taken);
+}

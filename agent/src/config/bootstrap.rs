@@ -313,9 +313,19 @@ pub fn parse_bootstrap_with(
             .location()
             .map(|l| format!("line {} column {}", l.line(), l.column()))
             .unwrap_or_default();
+        let mut msg = e.to_string();
+        // serde_yaml's words for an integer beyond 64 bits ("invalid type: integer `…` as
+        // u128, expected any YAML value") do not say what is wrong.
+        if msg.contains("as u128") || msg.contains("as i128") {
+            msg = format!(
+                "{}: integer out of range (the largest accepted is {})",
+                msg.split(": invalid type").next().unwrap_or_default(),
+                u64::MAX
+            );
+        }
         fail(vec![Diag {
             path: at,
-            message: format!("invalid YAML: {e}"),
+            message: format!("invalid YAML: {msg}"),
         }])
     })?;
     let override_warnings = overrides.apply(&mut value);
@@ -460,6 +470,7 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
         "listener address",
         d,
     );
+    validate_wildcard_overlaps(&listeners, d);
     let cluster_names: HashSet<&str> = clusters.iter().map(|(_, c)| c.name.as_str()).collect();
     for (lpath, l) in &listeners {
         let chains = l
@@ -606,6 +617,39 @@ pub(super) fn read_dynamic_resources(dr: &Obj, d: &mut Diagnostics) -> Option<Xd
         lds,
         initial_fetch_timeout,
     })
+}
+
+/// A listener bound to the any-address and another bound to a specific address of the same
+/// family on the same port cannot both bind (EADDRINUSE at run): say so at check time. A
+/// dual-stack `::` (ipv4_compat) covers IPv4 too.
+fn validate_wildcard_overlaps(listeners: &[(String, Listener)], d: &mut Diagnostics) {
+    let bound: Vec<&(String, Listener)> = listeners
+        .iter()
+        .filter(|(_, l)| l.bind_to_port && l.address.port() != 0)
+        .collect();
+    for (i, (path, l)) in bound.iter().enumerate() {
+        for (other_path, o) in &bound[..i] {
+            if l.address.port() != o.address.port() || l.address == o.address {
+                continue;
+            }
+            let covers = |w: &Listener, s: &Listener| {
+                w.address.ip().is_unspecified()
+                    && (w.address.is_ipv4() == s.address.is_ipv4()
+                        || (w.ipv4_compat && s.address.is_ipv4()))
+            };
+            if covers(l, o) || covers(o, l) {
+                d.error(
+                    format!("{path}.address"),
+                    format!(
+                        "{} overlaps {} of {other_path}: the two cannot both bind port {}",
+                        l.address,
+                        o.address,
+                        l.address.port()
+                    ),
+                );
+            }
+        }
+    }
 }
 
 pub(super) fn validate_unique<T>(

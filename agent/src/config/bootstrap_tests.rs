@@ -213,3 +213,43 @@ fn an_admin_address_off_loopback_is_warned_about() {
     );
     assert!(parse_bootstrap(GOOD, "t").unwrap().warnings.is_empty());
 }
+
+#[test]
+fn out_of_range_values_say_what_is_wrong() {
+    let e = errors(&GOOD.replace("connect_timeout: 0.5s", "connect_timeout: -5s"));
+    assert!(e.iter().any(|x| x.ends_with("connect_timeout: invalid duration \"-5s\": must not be negative")), "{e:?}");
+    let e = errors(&GOOD.replace(
+        "connect_timeout: 0.5s",
+        "connect_timeout: 99999999999999999999s",
+    ));
+    assert!(
+        e.iter()
+            .any(|x| x.contains("larger than the maximum, 315576000000s")),
+        "{e:?}"
+    );
+    let e = errors(&GOOD.replace(
+        "connect_timeout: 0.5s",
+        "dns_refresh_rate: 99999999999999999999999",
+    ));
+    assert!(
+        e.iter().any(|x| x.contains(
+            "dns_refresh_rate: integer out of range (the largest accepted is 18446744073709551615)"
+        )),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_wildcard_listener_overlapping_a_specific_one_on_the_same_port_is_refused() {
+    let tp = r#"filter_chains: [{filters: [{name: envoy.filters.network.tcp_proxy, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, cluster: c}}]}]"#;
+    let yaml = |a: &str, b: &str, compat: bool| {
+        format!(
+            "static_resources:\n  listeners:\n  - name: a\n    address: {{ socket_address: {{ address: \"{a}\", port_value: 9000, ipv4_compat: {compat} }} }}\n    {tp}\n  - name: b\n    address: {{ socket_address: {{ address: \"{b}\", port_value: 9000 }} }}\n    {tp}\n  clusters:\n  - name: c\n    load_assignment: {{ cluster_name: c, endpoints: [] }}\n"
+        )
+    };
+    let e = errors(&yaml("0.0.0.0", "127.0.0.1", false));
+    assert_eq!(e, vec!["static_resources.listeners[1].address: 127.0.0.1:9000 overlaps 0.0.0.0:9000 of static_resources.listeners[0]: the two cannot both bind port 9000"]);
+    // Different families do not overlap, unless the IPv6 one is dual-stack.
+    assert!(errors(&yaml("::", "127.0.0.1", false)).is_empty());
+    assert_eq!(errors(&yaml("::", "127.0.0.1", true)).len(), 1);
+}

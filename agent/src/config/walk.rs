@@ -371,12 +371,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         format!("invalid duration \"{s}\": expected seconds with an \"s\" suffix, e.g. \"5s\" or \"0.25s\"")
     };
     let num = s.trim().strip_suffix('s').ok_or_else(err)?;
-    if num.is_empty() || num.starts_with('-') || num.starts_with('+') {
+    if num.starts_with('-') {
+        return Err(format!("invalid duration \"{s}\": must not be negative"));
+    }
+    if num.is_empty() || num.starts_with('+') {
         return Err(err());
     }
     let secs: f64 = num.parse().map_err(|_| err())?;
+    // proto3's limit (10 000 years).
     if !secs.is_finite() || secs > 315_576_000_000.0 {
-        return Err(err());
+        return Err(format!(
+            "invalid duration \"{s}\": larger than the maximum, 315576000000s (10 000 years)"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }

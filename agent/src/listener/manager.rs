@@ -25,7 +25,8 @@ use tokio::sync::watch;
 pub enum ListenerUpdateError {
     #[error("listener \"{name}\": not bound now: a hand-over to a successor agent is in progress (the successor binds it)")]
     HandoverInProgress { name: String },
-    #[error("listener \"{name}\": cannot bind {address}: {source}")]
+    // The OS error is the source: `{:#}` (anyhow) and `error_chain` print it once.
+    #[error("listener \"{name}\": cannot bind {address}")]
     Bind {
         name: String,
         address: SocketAddr,

@@ -425,7 +425,7 @@ impl ResourceType for Listeners {
             client
                 .listeners
                 .upsert(model.clone())
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| error_chain(&e))?;
             client.accepted(t, &l.name, version, model, |st| &mut st.listeners);
             Ok(())
         };
@@ -497,4 +497,15 @@ impl<N, K> Wildcard<'_, N, K> {
         }
         Applied { errors }
     }
+}
+
+/// An error with its sources, `outer: inner: …` (a NACK's message must say why).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
 }
