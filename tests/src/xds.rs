@@ -92,6 +92,8 @@ struct Inner {
     streams: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Resources sent in delta responses (to see what a reconnect re-sends).
     delta_sent: std::sync::atomic::AtomicUsize,
+    /// Misbehave: end each SotW stream right after its first response.
+    end_after_first_response: std::sync::atomic::AtomicBool,
 }
 
 /// A delta resource's version: a digest of its bytes, as many control planes use.
@@ -174,6 +176,12 @@ impl AggregatedDiscoveryService for Service {
                     *sent = Some(content);
                     *sent_names = names.clone();
                     if tx.send(Ok(resp)).await.is_err() {
+                        return;
+                    }
+                    if inner
+                        .end_after_first_response
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                    {
                         return;
                     }
                 }
@@ -330,6 +338,7 @@ impl ControlPlane {
             nonce: std::sync::atomic::AtomicU64::new(1),
             streams: Mutex::new(Vec::new()),
             delta_sent: std::sync::atomic::AtomicUsize::new(0),
+            end_after_first_response: std::sync::atomic::AtomicBool::new(false),
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let svc = AggregatedDiscoveryServiceServer::new(Service(inner.clone()));
@@ -396,6 +405,13 @@ impl ControlPlane {
 
     pub fn requests(&self) -> Vec<SeenRequest> {
         self.inner.requests.lock().unwrap().clone()
+    }
+
+    /// Makes every SotW stream end right after its first response (a flapping control plane).
+    pub fn end_streams_after_first_response(&self) {
+        self.inner
+            .end_after_first_response
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn nacks(&self) -> Vec<SeenRequest> {

@@ -697,3 +697,44 @@ async fn not_ready_until_the_initial_eds_clusters_have_endpoints() {
             .unwrap();
     }
 }
+
+/// A control plane that answers once and then drops every stream is retried with a growing
+/// delay (0.5 s doubling, jittered), not hammered about twice a second: the backoff resets only
+/// after a stream stayed up 30 s. Over 6 s that allows at most 5 streams (the delays sum to at
+/// least 0.25 + 0.5 + 1 + 2 + 4 s); resetting after each response would open 8 or more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_that_drops_streams_after_one_response_is_backed_off() {
+    let echo = servers::start(Behavior::Echo).await;
+    let cp = ControlPlane::start().await;
+    set_one_service(&cp, free_addr(), echo.addr);
+    cp.end_streams_after_first_response();
+    let snapshot = plumb::config::parse_bootstrap(&ads_bootstrap(cp.addr, "GRPC"), "t").unwrap();
+    let handle = plumb::server::start(
+        snapshot,
+        plumb::server::Options {
+            concurrency: 1,
+            drain_time: Duration::from_secs(1),
+            ..plumb::server::Options::default()
+        },
+        None,
+    )
+    .unwrap();
+    let streams = || cp.requests().iter().filter(|r| r.has_node).count();
+    plumb_tests::wait_until("the first stream", Duration::from_secs(10), || async {
+        streams() >= 1
+    })
+    .await;
+    // Observing a rate needs a window of time; no state to wait on instead.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let n = streams();
+    assert!(
+        n <= 5,
+        "{n} streams in 6 s: the backoff was reset after each one-response stream"
+    );
+    assert!(n >= 2, "the client did reconnect ({n})");
+    handle.shutdown(plumb::server::ShutdownKind::Immediate);
+    tokio::task::spawn_blocking(move || handle.wait())
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -131,6 +131,8 @@ pub struct XdsClient {
     /// Accepted resources changed since the cache file was last written.
     cache_dirty: std::sync::atomic::AtomicBool,
     cache_wake: tokio::sync::Notify,
+    /// The current stream delivered at least one response (for the backoff decision).
+    delivered: std::sync::atomic::AtomicBool,
     /// Set when a successor took over: the cache file (shared with it) is its to write.
     cache_frozen: std::sync::atomic::AtomicBool,
 }
@@ -238,6 +240,7 @@ impl XdsClient {
             cache_dirty: std::sync::atomic::AtomicBool::new(false),
             cache_wake: tokio::sync::Notify::new(),
             cache_frozen: std::sync::atomic::AtomicBool::new(false),
+            delivered: std::sync::atomic::AtomicBool::new(false),
             node,
             clusters,
             listeners,
@@ -661,22 +664,21 @@ impl XdsClient {
         let mut attempt: u32 = 0;
         loop {
             let started = tokio::time::Instant::now();
+            self.delivered
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             let result = tokio::select! {
                 r = self.clone().session() => r,
                 _ = stop.wait_for(|s| *s) => return,
             };
             self.stats.connected_state.set(0);
             self.lock().connected = false;
-            // Backoff restarts only after a stream that stayed up a while: a control plane
-            // that answers once and then breaks must not be hammered.
-            let healthy = started.elapsed() > Duration::from_secs(30);
+            let delivered = self.delivered.load(std::sync::atomic::Ordering::Relaxed);
+            if resets_backoff(delivered, started.elapsed()) {
+                attempt = 0;
+            }
             match result {
-                Ok(true) => attempt = 0,
-                Ok(false) => {}
+                Ok(_) => {}
                 Err(e) => {
-                    if healthy {
-                        attempt = 0;
-                    }
                     for h in &self.types {
                         if h.interest(&self) == Interest::Wildcard {
                             h.stats().update_failure.inc();
@@ -760,6 +762,17 @@ impl XdsClient {
     }
 }
 
+/// How long a stream must have stayed up (having delivered a response) before its end resets
+/// the reconnect backoff.
+const HEALTHY_STREAM: Duration = Duration::from_secs(30);
+
+/// Whether a finished stream resets the backoff: only one that delivered a response and stayed
+/// up `HEALTHY_STREAM`. A control plane that answers once and then drops the stream (or fails
+/// at once) is retried with a growing delay, not twice a second forever.
+fn resets_backoff(delivered: bool, lived: Duration) -> bool {
+    delivered && lived >= HEALTHY_STREAM
+}
+
 /// Starts the client on its own thread and runtime; it stops when `stop` turns true.
 pub fn spawn(
     client: Arc<XdsClient>,
@@ -805,4 +818,24 @@ fn pb_value(v: &serde_json::Value) -> envoy_types::pb::google::protobuf::Value {
         J::Object(o) => Kind::StructValue(pb_struct(o)),
     };
     envoy_types::pb::google::protobuf::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_stream_that_stayed_up_and_delivered_resets_the_backoff() {
+        let s = Duration::from_secs;
+        assert!(
+            !resets_backoff(true, s(1)),
+            "one response, then dropped at once"
+        );
+        assert!(
+            !resets_backoff(false, s(120)),
+            "up for long, but never answered"
+        );
+        assert!(resets_backoff(true, s(30)));
+        assert!(resets_backoff(true, s(3600)));
+    }
 }

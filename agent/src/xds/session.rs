@@ -90,6 +90,8 @@ impl XdsClient {
                 Err(e) => return Err(format!("ADS stream: {e}")),
             };
             got_any = true;
+            self.delivered
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             let t = resp.type_url.clone();
             let resources: Vec<(Option<String>, Any)> =
                 resp.resources.iter().map(|a| (None, a.clone())).collect();
@@ -193,6 +195,8 @@ impl XdsClient {
                 Err(e) => return Err(format!("delta ADS stream: {e}")),
             };
             got_any = true;
+            self.delivered
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             let t = resp.type_url.clone();
             let resources: Vec<(Option<String>, Any)> = resp
                 .resources
