@@ -11,6 +11,7 @@
 
 mod cache;
 mod dump;
+mod log_limit;
 mod resources;
 mod session;
 
@@ -131,6 +132,8 @@ pub struct XdsClient {
     /// Accepted resources changed since the cache file was last written.
     cache_dirty: std::sync::atomic::AtomicBool,
     cache_wake: tokio::sync::Notify,
+    /// NACK warnings, rate limited per resource type.
+    nack_log: Mutex<std::collections::HashMap<&'static str, log_limit::LogLimit>>,
     /// The current stream delivered at least one response (for the backoff decision).
     delivered: std::sync::atomic::AtomicBool,
     /// Set when a successor took over: the cache file (shared with it) is its to write.
@@ -241,6 +244,7 @@ impl XdsClient {
             cache_wake: tokio::sync::Notify::new(),
             cache_frozen: std::sync::atomic::AtomicBool::new(false),
             delivered: std::sync::atomic::AtomicBool::new(false),
+            nack_log: Mutex::new(Default::default()),
             node,
             clusters,
             listeners,
@@ -350,7 +354,21 @@ impl XdsClient {
         } else {
             s.update_rejected.inc();
             let msg = applied.errors.join("; ");
-            tracing::warn!(type_url, version, "rejected xDS update (NACK): {msg}");
+            let allowed = self
+                .nack_log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(type_url)
+                .or_default()
+                .allow(tokio::time::Instant::now());
+            if let Some(suppressed) = allowed {
+                tracing::warn!(
+                    type_url,
+                    version,
+                    suppressed,
+                    "rejected xDS update (NACK): {msg}"
+                );
+            }
             self.lock().last_nack = Some(format!("{type_url} version {version}: {msg}"));
         }
         // As in Envoy, a first response counts for readiness whether or not it was accepted:
@@ -662,6 +680,7 @@ impl XdsClient {
             }
         }
         let mut attempt: u32 = 0;
+        let mut stream_log = log_limit::LogLimit::default();
         loop {
             let started = tokio::time::Instant::now();
             self.delivered
@@ -684,7 +703,9 @@ impl XdsClient {
                             h.stats().update_failure.inc();
                         }
                     }
-                    tracing::warn!(error = %e, "xDS stream failed; serving the last good configuration");
+                    if let Some(suppressed) = stream_log.allow(tokio::time::Instant::now()) {
+                        tracing::warn!(error = %e, suppressed, "xDS stream failed; serving the last good configuration");
+                    }
                 }
             }
             // Jittered exponential backoff: 50–150 % of min(max, base·2^attempt).
