@@ -98,6 +98,12 @@ pub fn run(
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(address = %addr, "admin listening");
         }
+        let limits = shared.options.admin_limits;
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        let overflow = shared
+            .store
+            .tagged_scope("http", "envoy_http_conn_manager_prefix", "admin")
+            .counter("downstream_cx_overflow");
         loop {
             if *paused.borrow_and_update() {
                 tokio::select! {
@@ -117,18 +123,30 @@ pub fn run(
                 },
                 _ = stop.wait_for(|s| *s) => break,
             };
+            // A bounded number of connections, each with a header deadline and a bounded
+            // life: idle or slow clients (a neighbour's, or many) cannot pile up here and
+            // take the file descriptors the data path needs.
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                overflow.inc();
+                drop(stream);
+                continue;
+            };
             let shared = shared.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let svc = hyper::service::service_fn(move |req| {
                     let shared = shared.clone();
                     async move { Ok::<_, std::convert::Infallible>(handle(req, &shared)) }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await
-                {
-                    tracing::debug!(error = %e, "admin connection error");
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout)
+                    .serve_connection(io, svc);
+                match tokio::time::timeout(limits.max_connection_age, conn).await {
+                    Ok(Err(e)) => tracing::debug!(error = %e, "admin connection error"),
+                    Err(_) => tracing::debug!("admin connection closed: reached its maximum age"),
+                    Ok(Ok(())) => {}
                 }
             });
         }

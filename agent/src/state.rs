@@ -44,6 +44,29 @@ pub struct Options {
     pub after_takeover: AfterTakeover,
     /// Command-line overrides of the bootstrap, applied again on reload.
     pub overrides: crate::config::Overrides,
+    pub admin_limits: AdminLimits,
+}
+
+/// Bounds on the admin server's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminLimits {
+    /// Connections served at once; more are closed at once and counted in
+    /// `http.admin.downstream_cx_overflow`.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this.
+    pub header_read_timeout: Duration,
+    /// An admin connection is closed after this long, idle or not.
+    pub max_connection_age: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(60),
+        }
+    }
 }
 
 /// How the data path uses its worker threads (`--worker-model`; docs/benchmarks.md has the
@@ -101,6 +124,7 @@ impl Default for Options {
             takeover: false,
             after_takeover: AfterTakeover::Exit,
             overrides: crate::config::Overrides::default(),
+            admin_limits: AdminLimits::default(),
         }
     }
 }

@@ -320,3 +320,43 @@ async fn logging_without_global_logger_says_so() {
     // In-process agents do not own the global logger; the subprocess test covers changes.
     assert_eq!(get(agent.admin(), "/logging").await.status, 503);
 }
+
+/// Idle or slow admin clients cannot pile up: beyond `max_connections` a connection is closed
+/// at once (and counted), and one that does not send its request headers in time is closed;
+/// the admin API keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_are_capped_and_slow_clients_timed_out() {
+    use plumb::server::{AdminLimits, Options};
+    use tokio::io::AsyncReadExt;
+    let agent = TestAgent::start_with(
+        &plumb_tests::agent::bootstrap(vec![], vec![]),
+        Options {
+            concurrency: 1,
+            admin_limits: AdminLimits {
+                max_connections: 4,
+                header_read_timeout: Duration::from_millis(300),
+                max_connection_age: Duration::from_secs(60),
+            },
+            ..Options::default()
+        },
+    )
+    .await;
+    let admin = agent.admin();
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    agent
+        .wait_stat("http.admin.downstream_cx_overflow", |v| v == 6)
+        .await;
+    // Every one of them ends: six at once, four at their header deadline.
+    for mut s in idle {
+        let mut buf = [0u8; 64];
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        assert!(
+            r.is_ok(),
+            "an idle admin connection is closed (or answered), not held"
+        );
+    }
+    assert_eq!(get(admin, "/ready").await.status, 200);
+}

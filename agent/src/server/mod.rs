@@ -29,8 +29,8 @@ use signals::handle_signals;
 use upgrade::{serve_successors, spawn_successor};
 
 pub use crate::state::{
-    memory_usage, AfterTakeover, MemoryUsage, Options, ServerState, ServerStats, Shared,
-    ShutdownKind, WorkerModel,
+    memory_usage, AdminLimits, AfterTakeover, MemoryUsage, Options, ServerState, ServerStats,
+    Shared, ShutdownKind, WorkerModel,
 };
 
 /// How long a new agent waits for the old one's offer, and for its release.
