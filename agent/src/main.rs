@@ -181,6 +181,7 @@ fn main() -> ExitCode {
             if let Some(c) = concurrency {
                 options.concurrency = c as usize;
             }
+            raise_open_files_limit();
             match server::start(snapshot, options, Some(log)).and_then(|h| h.wait()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -274,5 +275,31 @@ fn check_config(file: &Path, overrides: &config::Overrides) -> ExitCode {
             eprint!("{}", format_config_error(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (capped at 1M): a node proxy holds
+/// two descriptors per proxied connection, and the usual soft default (1024) is far too low.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let target = lim.rlim_max.min(1 << 20);
+    if lim.rlim_cur >= target {
+        tracing::info!(open_files = lim.rlim_cur, "open files limit");
+        return;
+    }
+    let from = lim.rlim_cur;
+    lim.rlim_cur = target;
+    // SAFETY: raising the soft limit up to the hard limit needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+        tracing::info!(from, to = target, "raised the open files limit");
+    } else {
+        tracing::warn!(open_files = from, "cannot raise the open files limit");
     }
 }

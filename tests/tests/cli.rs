@@ -529,3 +529,56 @@ fn a_bind_error_is_reported_once() {
     assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
     drop(taken);
 }
+
+/// `plumb run` raises its soft open-files limit to the hard one (each proxied connection
+/// holds two descriptors) and says so.
+#[test]
+fn run_raises_the_open_files_limit() {
+    let dir = TempDir::new("nofile");
+    let cfg = dir.write("bootstrap.yaml", &envoy_yaml(1));
+    let addr_file = dir.path.join("admin-address");
+    let plumb = plumb_tests::agent::plumb_bin();
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -S -n 256 && ulimit -H -n 4096 && exec {} run --config {} --admin-address-path {}",
+            plumb.display(),
+            cfg.display(),
+            addr_file.display()
+        ))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Ends the agent (by PID) however the test ends.
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: signalling the child this test started, by PID.
+            unsafe {
+                libc::kill(self.0 as i32, libc::SIGKILL);
+            }
+        }
+    }
+    let kill = Kill(pid);
+    plumb_tests::wait_until_blocking("agent started", Duration::from_secs(20), || {
+        addr_file.exists()
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    drop(kill);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&fields[3..5], &["4096", "4096"], "{line}");
+    assert!(
+        err.contains("raised the open files limit")
+            && err.contains("from=256")
+            && err.contains("to=4096"),
+        "{err}"
+    );
+}
