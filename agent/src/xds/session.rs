@@ -1,9 +1,12 @@
-//! One ADS stream, state of the world (`sotw`) or incremental (`delta`): the first requests in
-//! the registry's order, ACK/NACK of each response, and re-subscription when the names a type
-//! needs change (EDS follows the clusters).
+//! The ADS stream's life: connect to the control plane (TLS if configured), reconnect with
+//! jittered backoff, and one stream, state of the world (`sotw`) or incremental (`delta`): the
+//! first requests in the registry's order, ACK/NACK of each response, and re-subscription when
+//! the names a type needs change (EDS follows the clusters).
 
 use super::resources::{Interest, ResourceType};
-use super::XdsClient;
+use super::{log_limit, XdsClient, CACHE_WRITE_INTERVAL};
+use crate::config::XdsApi;
+use crate::upstream::LbContext;
 use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
     DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -12,9 +15,12 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
 impl XdsClient {
     /// What each type subscribes to now, in registry order. Resources of named types that are
     /// no longer wanted are forgotten here (what a previous stream or response left).
@@ -239,5 +245,174 @@ impl XdsClient {
             }
             interests = now;
         }
+    }
+
+    /// Runs until `stop` resolves: connect, stream, reconnect with backoff.
+    pub async fn run(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
+        let writer = self.cache.is_some().then(|| {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    me.cache_wake.notified().await;
+                    me.write_cache();
+                    tokio::time::sleep(CACHE_WRITE_INTERVAL).await;
+                }
+            })
+        });
+        self.clone().serve(stop).await;
+        if let Some(w) = writer {
+            w.abort();
+        }
+        self.write_cache();
+    }
+
+    async fn serve(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        if self.load_cache() {
+            // The cache is the last good configuration: serve it as it is, without waiting for
+            // endpoints it did not have (the control plane may be down).
+            let clusters: Vec<String> = self
+                .init_targets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .filter(|k| k.starts_with("cluster:"))
+                .cloned()
+                .collect();
+            for k in clusters {
+                self.init_done(&k);
+            }
+        }
+        let mut attempt: u32 = 0;
+        let mut stream_log = log_limit::LogLimit::default();
+        loop {
+            let started = tokio::time::Instant::now();
+            self.delivered
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            let result = tokio::select! {
+                r = self.clone().session() => r,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            self.stats.connected_state.set(0);
+            self.lock().connected = false;
+            let delivered = self.delivered.load(std::sync::atomic::Ordering::Relaxed);
+            if resets_backoff(delivered, started.elapsed()) {
+                attempt = 0;
+            }
+            match result {
+                Ok(_) => {}
+                Err(e) => {
+                    for h in &self.types {
+                        if h.interest(&self) == Interest::Wildcard {
+                            h.stats().update_failure.inc();
+                        }
+                    }
+                    if let Some(suppressed) = stream_log.allow(tokio::time::Instant::now()) {
+                        tracing::warn!(error = %e, suppressed, "xDS stream failed; serving the last good configuration");
+                    }
+                }
+            }
+            // Jittered exponential backoff: 50–150 % of min(max, base·2^attempt).
+            let exp = BACKOFF_BASE
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(BACKOFF_MAX);
+            let delay = exp.mul_f64(0.5 + fastrand::f64());
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// One stream to the control plane. `Ok(true)`: it delivered at least one response.
+    async fn session(self: Arc<Self>) -> Result<bool, String> {
+        let cluster = self
+            .clusters
+            .get(&self.cfg.cluster)
+            .ok_or_else(|| format!("control plane cluster \"{}\" is missing", self.cfg.cluster))?;
+        let host = cluster.pick(&LbContext::default()).map_err(|_| {
+            format!(
+                "control plane cluster \"{}\" has no usable host",
+                self.cfg.cluster
+            )
+        })?;
+        let scheme = if cluster.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", host.address))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(cluster.config.connect_timeout)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(true);
+        if let Some(tls) = &cluster.config.tls {
+            // Read at each connect: rotated certificate files need no restart.
+            let ca = tls
+                .trusted_ca
+                .read()
+                .map_err(|e| format!("read trusted_ca: {e}"))?;
+            let mut cfg = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name(tls.sni.clone());
+            if let Some((chain, key)) = &tls.client_cert {
+                let chain = chain
+                    .read()
+                    .map_err(|e| format!("read certificate_chain: {e}"))?;
+                let key = key.read().map_err(|e| format!("read private_key: {e}"))?;
+                cfg = cfg.identity(tonic::transport::Identity::from_pem(chain, key));
+            }
+            endpoint = endpoint
+                .tls_config(cfg)
+                .map_err(|e| format!("TLS configuration: {e}"))?;
+        }
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connect {}: {e}", host.address))?;
+        let client =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+        tracing::info!(control_plane = %host.address, api = ?self.cfg.api, "connected to the control plane");
+        match self.cfg.api {
+            XdsApi::Sotw => self.sotw(client).await,
+            XdsApi::Delta => self.delta(client).await,
+        }
+    }
+
+    fn connected(&self) {
+        self.stats.connected_state.set(1);
+        self.lock().connected = true;
+    }
+}
+
+/// How long a stream must have stayed up (having delivered a response) before its end resets
+/// the reconnect backoff.
+const HEALTHY_STREAM: Duration = Duration::from_secs(30);
+
+/// Whether a finished stream resets the backoff: only one that delivered a response and stayed
+/// up `HEALTHY_STREAM`. A control plane that answers once and then drops the stream (or fails
+/// at once) is retried with a growing delay, not twice a second forever.
+fn resets_backoff(delivered: bool, lived: Duration) -> bool {
+    delivered && lived >= HEALTHY_STREAM
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_stream_that_stayed_up_and_delivered_resets_the_backoff() {
+        let s = Duration::from_secs;
+        assert!(
+            !resets_backoff(true, s(1)),
+            "one response, then dropped at once"
+        );
+        assert!(
+            !resets_backoff(false, s(120)),
+            "up for long, but never answered"
+        );
+        assert!(resets_backoff(true, s(30)));
+        assert!(resets_backoff(true, s(3600)));
     }
 }
