@@ -56,6 +56,11 @@ impl InitManager {
         }
     }
 
+    /// Whether no target is pending (the server is, or may be, ready).
+    pub fn all_ready(&self) -> bool {
+        self.pending.borrow().is_empty()
+    }
+
     /// Names of the targets still pending.
     pub fn pending(&self) -> Vec<String> {
         self.pending

@@ -82,18 +82,23 @@ impl TestAgent {
     }
 
     pub async fn start_with(bootstrap: &str, options: Options) -> Self {
-        let snapshot = plumb::config::parse_bootstrap(bootstrap, "test bootstrap")
-            .unwrap_or_else(|e| panic!("test bootstrap is invalid:\n{e}\n{bootstrap}"));
-        let handle = server::start(snapshot, options, None).expect("start plumb");
-        let agent = Self {
-            handle: Some(handle),
-        };
+        let agent = Self::start_unready(bootstrap, options);
         let admin = agent.admin();
         crate::wait_until("agent /ready", Duration::from_secs(10), || async move {
             matches!(client::http("GET", admin, "/ready").await, Ok(r) if r.status == 200)
         })
         .await;
         agent
+    }
+
+    /// Starts without waiting for `/ready` (for tests of readiness and of start-up itself).
+    pub fn start_unready(bootstrap: &str, options: Options) -> Self {
+        let snapshot = plumb::config::parse_bootstrap(bootstrap, "test bootstrap")
+            .unwrap_or_else(|e| panic!("test bootstrap is invalid:\n{e}\n{bootstrap}"));
+        let handle = server::start(snapshot, options, None).expect("start plumb");
+        Self {
+            handle: Some(handle),
+        }
     }
 
     fn handle(&self) -> &ServerHandle {

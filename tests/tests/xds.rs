@@ -645,38 +645,14 @@ async fn not_ready_until_the_initial_eds_clusters_have_endpoints() {
             vec![tcp_listener("front", front, "backend")],
             vec![],
         );
-        let snapshot = plumb::config::parse_bootstrap(&ads_bootstrap(cp.addr, api), "t").unwrap();
-        let handle = plumb::server::start(
-            snapshot,
-            plumb::server::Options {
-                concurrency: 2,
-                drain_time: Duration::from_secs(1),
-                ..plumb::server::Options::default()
-            },
-            None,
-        )
-        .unwrap();
-        let admin = handle.admin_address().unwrap();
-        plumb_tests::wait_until(
-            &format!("{api}: CDS and LDS applied"),
-            Duration::from_secs(10),
-            || {
-                let h = &handle;
-                async move {
-                    h.shared()
-                        .store
-                        .value("listener_manager.lds.update_success")
-                        .unwrap_or(0)
-                        >= 1
-                        && h.shared()
-                            .store
-                            .value("cluster_manager.cds.update_success")
-                            .unwrap_or(0)
-                            >= 1
-                }
-            },
-        )
-        .await;
+        let agent = TestAgent::start_unready(&ads_bootstrap(cp.addr, api), quick_stop(2));
+        let admin = agent.admin();
+        agent
+            .wait_stat("listener_manager.lds.update_success", |v| v >= 1)
+            .await;
+        agent
+            .wait_stat("cluster_manager.cds.update_success", |v| v >= 1)
+            .await;
         assert_eq!(
             get(admin, "/ready").await.status,
             503,
@@ -690,11 +666,15 @@ async fn not_ready_until_the_initial_eds_clusters_have_endpoints() {
         )
         .await;
         assert_eq!(roundtrip(front, b"warm").await.unwrap(), b"warm");
-        handle.shutdown(plumb::server::ShutdownKind::Immediate);
-        tokio::task::spawn_blocking(move || handle.wait())
-            .await
-            .unwrap()
-            .unwrap();
+    }
+}
+
+/// Options for an in-process agent that tests start without waiting for `/ready`.
+fn quick_stop(concurrency: usize) -> plumb::server::Options {
+    plumb::server::Options {
+        concurrency,
+        drain_time: Duration::from_secs(1),
+        ..plumb::server::Options::default()
     }
 }
 
@@ -708,17 +688,7 @@ async fn a_control_plane_that_drops_streams_after_one_response_is_backed_off() {
     let cp = ControlPlane::start().await;
     set_one_service(&cp, free_addr(), echo.addr);
     cp.end_streams_after_first_response();
-    let snapshot = plumb::config::parse_bootstrap(&ads_bootstrap(cp.addr, "GRPC"), "t").unwrap();
-    let handle = plumb::server::start(
-        snapshot,
-        plumb::server::Options {
-            concurrency: 1,
-            drain_time: Duration::from_secs(1),
-            ..plumb::server::Options::default()
-        },
-        None,
-    )
-    .unwrap();
+    let _agent = TestAgent::start_unready(&ads_bootstrap(cp.addr, "GRPC"), quick_stop(1));
     let streams = || cp.requests().iter().filter(|r| r.has_node).count();
     plumb_tests::wait_until("the first stream", Duration::from_secs(10), || async {
         streams() >= 1
@@ -732,9 +702,4 @@ async fn a_control_plane_that_drops_streams_after_one_response_is_backed_off() {
         "{n} streams in 6 s: the backoff was reset after each one-response stream"
     );
     assert!(n >= 2, "the client did reconnect ({n})");
-    handle.shutdown(plumb::server::ShutdownKind::Immediate);
-    tokio::task::spawn_blocking(move || handle.wait())
-        .await
-        .unwrap()
-        .unwrap();
 }

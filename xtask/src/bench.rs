@@ -111,29 +111,9 @@ fn l4(secs: f64, threads: usize, baseline: Option<&Path>, plumb_args: &[String])
     let (_backend_guard, echo_p, sink_p) = util::start_backends(&loadgen)?;
 
     // Plumb with two tcp_proxy listeners.
-    let listener = |name: &str, port: u16| {
-        json!({"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-               "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
-                   "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                   "stat_prefix": name, "cluster": name}}]}]})
-    };
-    let cluster = |name: &str, port: u16| {
-        json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
-               "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-                   {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}})
-    };
-    let cfg = json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {
-            "listeners": [],
-            "clusters": [cluster("echo", echo_p), cluster("sink", sink_p)],
-        }
-    });
     let start_plumb = |bin: &Path, tag: &str, extra: &[String]| -> Result<(u32, u16, u16)> {
         let (pe, ps, pa) = (free_port()?, free_port()?, free_port()?);
-        let mut cfg = cfg.clone();
-        cfg["admin"]["address"]["socket_address"]["port_value"] = json!(pa);
-        cfg["static_resources"]["listeners"] = json!([listener("echo", pe), listener("sink", ps)]);
+        let cfg = util::tcp_proxy_bootstrap(pa, &[("echo", pe, echo_p), ("sink", ps, sink_p)]);
         let cfg_path = dir.join(format!("{tag}.yaml"));
         std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg)?)?;
         let log = std::fs::File::create(dir.join(format!("{tag}.log")))?;

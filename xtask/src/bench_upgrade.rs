@@ -5,7 +5,7 @@
 
 use crate::util::{self, free_port, root_dir, KillOnDrop};
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -72,18 +72,7 @@ pub fn bench(secs: f64) -> Result<()> {
     let (_backend_guard, echo_p, _) = util::start_backends(&loadgen)?;
 
     let (port, admin) = (free_port()?, free_port()?);
-    let cfg = json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {
-            "listeners": [{"name": "echo", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                    "stat_prefix": "echo", "cluster": "echo"}}]}]}],
-            "clusters": [{"name": "echo", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": echo_p}}}}]}]}}],
-        }
-    });
+    let cfg = util::tcp_proxy_bootstrap(admin, &[("echo", port, echo_p)]);
     let cfg_path = dir.join("plumb.yaml");
     std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg)?)?;
     let sock = dir.join("upgrade.sock");

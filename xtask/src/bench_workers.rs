@@ -29,18 +29,7 @@ fn start_plumb(
     dir: &Path,
 ) -> Result<Target> {
     let (port, admin) = (free_port()?, free_port()?);
-    let cfg = json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {
-            "listeners": [{"name": "echo", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                    "stat_prefix": "echo", "cluster": "echo"}}]}]}],
-            "clusters": [{"name": "echo", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": backend}}}}]}]}}],
-        }
-    });
+    let cfg = util::tcp_proxy_bootstrap(admin, &[("echo", port, backend)]);
     let path = dir.join(format!("{tag}.yaml"));
     std::fs::write(&path, serde_json::to_string_pretty(&cfg)?)?;
     let log = std::fs::File::create(dir.join(format!("{tag}.log")))?;

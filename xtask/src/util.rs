@@ -243,3 +243,31 @@ pub fn start_backends(loadgen: &Path) -> Result<(KillOnDrop, u16, u16)> {
     }
     Ok((guard, echo_p, sink_p))
 }
+
+/// A bootstrap with admin on `admin_port` and, per `(name, listen_port, backend_port)`, a
+/// loopback tcp_proxy listener `name` to a STATIC cluster `name` (the benches' proxy config).
+pub fn tcp_proxy_bootstrap(admin_port: u16, routes: &[(&str, u16, u16)]) -> serde_json::Value {
+    use serde_json::json;
+    let sock = |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+    let listeners: Vec<_> = routes
+        .iter()
+        .map(|(name, listen, _)| {
+            json!({"name": name, "address": sock(*listen),
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": name, "cluster": name}}]}]})
+        })
+        .collect();
+    let clusters: Vec<_> = routes
+        .iter()
+        .map(|(name, _, backend)| {
+            json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": sock(*backend)}}]}]}})
+        })
+        .collect();
+    json!({
+        "admin": {"address": sock(admin_port)},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    })
+}

@@ -200,7 +200,13 @@ impl ActiveListener {
     async fn accepted(&self, stream: tokio::net::TcpStream, peer: SocketAddr, watch: drain::Watch) {
         // Dual-stack listeners see IPv4 clients as v4-mapped IPv6: use the plain IPv4 form.
         let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
-        let local = canonical(stream.local_addr().unwrap_or(self.local_address));
+        // A listener bound to one address knows its local address; only a wildcard-bound one
+        // asks the socket (a system call per connection).
+        let local = if self.local_address.ip().is_unspecified() {
+            canonical(stream.local_addr().unwrap_or(self.local_address))
+        } else {
+            canonical(self.local_address)
+        };
         let mut ds = Downstream::new(Stream::Tcp(stream), canonical(peer), local, watch);
         // original_dst runs here, on the listener that accepted the connection; the other
         // listener filters run on the listener that handles it (`handle`), as in Envoy, where

@@ -608,7 +608,7 @@ impl XdsClient {
     /// Starts warming EDS cluster `name`: while the server initialises, readiness waits for
     /// it; after `initial_fetch_timeout` it is used without endpoints.
     fn start_warming_timer(&self, name: &str) {
-        if !self.init.pending().is_empty() {
+        if !self.init.all_ready() {
             let key = Self::cluster_init_key(name);
             let mut targets = self.init_targets.lock().unwrap_or_else(|p| p.into_inner());
             if let std::collections::btree_map::Entry::Vacant(e) = targets.entry(key) {

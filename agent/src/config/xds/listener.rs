@@ -2,9 +2,14 @@
 
 use super::*;
 
+/// A typed_config whose bytes do not decode: the reader then reports the field.
+fn undecodable(any: &Any) -> Json {
+    json!({"@type": any.type_url, "stat_prefix": {}, "undecodable": {}})
+}
+
 pub(super) fn tcp_proxy_json(any: &Any) -> Json {
     let Ok(tp) = tcp::TcpProxy::decode(any.value.as_slice()) else {
-        return json!({"@type": any.type_url, "stat_prefix": {}, "undecodable": {}});
+        return undecodable(any);
     };
     let mut m = Map::new();
     m.insert("@type".into(), json!(TCP_PROXY_TYPE));
@@ -135,7 +140,7 @@ pub(super) fn filter_chain_match_json(fcm: &pbl::FilterChainMatch) -> Json {
 
 pub(super) fn connection_limit_json(any: &Any) -> Json {
     let Ok(cl) = connection_limit::ConnectionLimit::decode(any.value.as_slice()) else {
-        return json!({"@type": any.type_url, "stat_prefix": {}, "undecodable": {}});
+        return undecodable(any);
     };
     let mut m = Map::new();
     m.insert("@type".into(), json!(any.type_url));
@@ -152,7 +157,7 @@ pub(super) fn connection_limit_json(any: &Any) -> Json {
 
 pub(super) fn local_ratelimit_json(any: &Any) -> Json {
     let Ok(rl) = local_ratelimit::LocalRateLimit::decode(any.value.as_slice()) else {
-        return json!({"@type": any.type_url, "stat_prefix": {}, "undecodable": {}});
+        return undecodable(any);
     };
     let mut m = Map::new();
     m.insert("@type".into(), json!(any.type_url));
