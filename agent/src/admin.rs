@@ -466,7 +466,7 @@ fn config_dump(shared: &Shared) -> Response<Body> {
     let mut configs = vec![
         json!({
             "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
-            "bootstrap": snap.bootstrap,
+            "bootstrap": snap.bootstrap.to_json(),
             "last_updated": updated,
         }),
         json!({

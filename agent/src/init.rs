@@ -3,6 +3,7 @@
 //! target ready when it is. The server waits for all of them (or a deadline) instead of
 //! polling.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -10,7 +11,7 @@ use tokio::sync::watch;
 pub struct InitManager {
     /// Targets not ready yet: (unique id, name). Ids, not names, identify a target, so two
     /// registrations under one name are two targets.
-    pending: Arc<watch::Sender<Vec<(u64, String)>>>,
+    pending: Arc<watch::Sender<BTreeMap<u64, String>>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -19,7 +20,7 @@ pub struct InitManager {
 #[derive(Debug)]
 pub struct InitTarget {
     id: u64,
-    pending: Arc<watch::Sender<Vec<(u64, String)>>>,
+    pending: Arc<watch::Sender<BTreeMap<u64, String>>>,
 }
 
 impl InitTarget {
@@ -31,14 +32,14 @@ impl InitTarget {
 impl Drop for InitTarget {
     fn drop(&mut self) {
         self.pending
-            .send_modify(|p| p.retain(|(id, _)| *id != self.id));
+            .send_if_modified(|p| p.remove(&self.id).is_some());
     }
 }
 
 impl Default for InitManager {
     fn default() -> Self {
         Self {
-            pending: Arc::new(watch::channel(Vec::new()).0),
+            pending: Arc::new(watch::channel(BTreeMap::new()).0),
             next_id: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -49,7 +50,9 @@ impl InitManager {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.pending.send_modify(|p| p.push((id, name.to_string())));
+        self.pending.send_modify(|p| {
+            p.insert(id, name.to_string());
+        });
         InitTarget {
             id,
             pending: self.pending.clone(),
@@ -63,11 +66,7 @@ impl InitManager {
 
     /// Names of the targets still pending.
     pub fn pending(&self) -> Vec<String> {
-        self.pending
-            .borrow()
-            .iter()
-            .map(|(_, n)| n.clone())
-            .collect()
+        self.pending.borrow().values().cloned().collect()
     }
 
     /// Resolves when every registered target is ready.

@@ -10,6 +10,7 @@ use crate::redirect::Redirector;
 use crate::stats::{Gauge, Store};
 use crate::upstream::ClusterManager;
 use arc_swap::ArcSwap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -242,9 +243,14 @@ impl Shared {
         }
         // The redirect listener's address is compiled into the eBPF programs: it stays.
         let pinned = old.redirect.as_ref().map(|r| r.listener.clone());
+        let new_clusters: HashSet<&str> = new.clusters.iter().map(|c| c.name.as_str()).collect();
+        let new_listeners: HashSet<&str> = new.listeners.iter().map(|l| l.name.as_str()).collect();
+        // One batch: the cluster map is copied and published once, however many change.
+        let mut batch = self.clusters.batch();
         for c in &new.clusters {
-            self.clusters.upsert(c.clone());
+            batch.upsert(c.clone());
         }
+        drop(batch);
         for l in &new.listeners {
             if pinned.as_deref() == Some(l.name.as_str()) {
                 if old.listeners.iter().any(|o| o.name == l.name && **o != **l) {
@@ -260,16 +266,18 @@ impl Shared {
         // clusters from xDS are the control plane's to remove.
         for l in &old.listeners {
             if pinned.as_deref() != Some(l.name.as_str())
-                && !new.listeners.iter().any(|n| n.name == l.name)
+                && !new_listeners.contains(l.name.as_str())
             {
                 self.listeners.remove(&l.name);
             }
         }
+        let mut batch = self.clusters.batch();
         for c in &old.clusters {
-            if new.cluster(&c.name).is_none() {
-                self.clusters.remove(&c.name);
+            if !new_clusters.contains(c.name.as_str()) {
+                batch.remove(&c.name);
             }
         }
+        drop(batch);
         let mut kept = new.clone();
         kept.admin = old.admin.clone();
         kept.redirect = old.redirect.clone();
@@ -362,16 +370,41 @@ pub struct MemoryUsage {
     pub physical: u64,
 }
 
-/// Heap figures from glibc's allocator (no hot-path accounting) and RSS from /proc.
-pub fn memory_usage() -> MemoryUsage {
-    let mut m = MemoryUsage::default();
+/// Hands free heap memory back to the system when there is a lot of it: after a thousand
+/// clusters are removed, their memory is free inside the allocator's arenas but still counted
+/// in RSS. Trims when the free part exceeds 8 MiB and a quarter of what is allocated, so an
+/// agent's RSS follows what is configured now rather than its history's peak.
+pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value.
-        let mi = unsafe { libc::mallinfo2() };
-        m.allocated = (mi.uordblks + mi.hblkhd) as u64;
-        m.heap_size = (mi.arena + mi.hblkhd) as u64;
+        let m = memory_usage_heap();
+        let free = m.heap_size.saturating_sub(m.allocated);
+        if free > 8 << 20 && free > m.allocated / 4 {
+            // SAFETY: malloc_trim only walks glibc's own arenas, under their locks.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
     }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn memory_usage_heap() -> MemoryUsage {
+    // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value.
+    let mi = unsafe { libc::mallinfo2() };
+    MemoryUsage {
+        allocated: (mi.uordblks + mi.hblkhd) as u64,
+        heap_size: (mi.arena + mi.hblkhd) as u64,
+        physical: 0,
+    }
+}
+
+/// Heap figures from glibc's allocator (no hot-path accounting) and RSS from /proc.
+pub fn memory_usage() -> MemoryUsage {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    let mut m = memory_usage_heap();
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let mut m = MemoryUsage::default();
     if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
         if let Some(pages) = statm
             .split_whitespace()

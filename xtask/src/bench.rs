@@ -58,6 +58,7 @@ pub fn bench(args: &[String]) -> Result<()> {
                 baseline.as_deref(),
             )
         }
+        Some("config") => crate::bench_config::bench(),
         Some("upgrade") => crate::bench_upgrade::bench(secs.clamp(2.0, 60.0)),
         Some("xds") => {
             let churn = format!("{}", secs.clamp(1.0, 60.0).round() as u64 * 2);
@@ -65,7 +66,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             crate::xds_tool("bench", &["--churn-secs", &churn, "--api", "DELTA_GRPC"])
         }
         _ => {
-            bail!("usage: cargo xtask bench l4|workers|redirect|xds|upgrade [--secs S] [--rounds R] [--proxy-threads N] [--baseline PLUMB_BINARY] [--plumb-args 'ARGS']")
+            bail!("usage: cargo xtask bench l4|workers|redirect|xds|upgrade|config [--secs S] [--rounds R] [--proxy-threads N] [--baseline PLUMB_BINARY] [--plumb-args 'ARGS']")
         }
     }
 }

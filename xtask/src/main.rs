@@ -16,6 +16,7 @@
 //! Everything here is idempotent and targets loopback only.
 
 mod bench;
+mod bench_config;
 mod bench_redirect;
 mod bench_upgrade;
 mod bench_workers;

@@ -17,7 +17,7 @@ use super::walk::{Diagnostics, Field, FieldTable, Obj};
 use super::*;
 use super::{cluster::*, extensions::*};
 use serde_yaml::Value;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use Field::{Ignored as I, Rejected as R, Supported as S};
@@ -331,8 +331,10 @@ pub fn parse_bootstrap_with(
     let override_warnings = overrides.apply(&mut value);
     let mut d = Diagnostics::default();
     let snapshot = translate(&value, &mut d);
+    drop(value);
     match snapshot {
         Some(mut s) if d.errors.is_empty() => {
+            s.bootstrap = BootstrapSource::new(text, overrides);
             s.warnings = d.warnings;
             s.warnings.extend(override_warnings);
             Ok(s)
@@ -472,6 +474,7 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
     );
     validate_wildcard_overlaps(&listeners, d);
     let cluster_names: HashSet<&str> = clusters.iter().map(|(_, c)| c.name.as_str()).collect();
+    let mut defined: Option<String> = None;
     for (lpath, l) in &listeners {
         let chains = l
             .filter_chains
@@ -494,15 +497,7 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
                         format!(
                             "unknown cluster \"{}\" (defined clusters: {})",
                             tp.cluster,
-                            {
-                                let mut names: Vec<&str> = cluster_names.iter().copied().collect();
-                                names.sort_unstable();
-                                if names.is_empty() {
-                                    "none".to_string()
-                                } else {
-                                    names.join(", ")
-                                }
-                            }
+                            defined.get_or_insert_with(|| some_names(&cluster_names))
                         ),
                     );
                 }
@@ -515,7 +510,7 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
         stats_flush_interval,
         listeners: listeners.into_iter().map(|(_, l)| Arc::new(l)).collect(),
         clusters: clusters.into_iter().map(|(_, c)| Arc::new(c)).collect(),
-        bootstrap: serde_json::to_value(value).unwrap_or(Json::Null),
+        bootstrap: BootstrapSource::default(),
         redirect,
         xds,
         warnings: Vec::new(),
@@ -652,6 +647,20 @@ fn validate_wildcard_overlaps(listeners: &[(String, Listener)], d: &mut Diagnost
     }
 }
 
+/// Up to ten of `names`, sorted, for an error message ("a, b, … and 9990 more").
+fn some_names(names: &HashSet<&str>) -> String {
+    if names.is_empty() {
+        return "none".to_string();
+    }
+    let mut sorted: Vec<&str> = names.iter().copied().collect();
+    sorted.sort_unstable();
+    let mut out = sorted[..sorted.len().min(10)].join(", ");
+    if sorted.len() > 10 {
+        out.push_str(&format!(", … and {} more", sorted.len() - 10));
+    }
+    out
+}
+
 pub(super) fn validate_unique<T>(
     items: &[(String, T)],
     key: impl Fn(&T) -> String,
@@ -659,16 +668,20 @@ pub(super) fn validate_unique<T>(
     what: &str,
     d: &mut Diagnostics,
 ) {
-    let mut seen: Vec<(String, &str)> = Vec::new();
+    let mut seen: HashMap<String, &str> = HashMap::with_capacity(items.len());
     for (path, item) in items {
-        let k = key(item);
-        if let Some((_, first)) = seen.iter().find(|(s, _)| *s == k) {
-            d.error(
+        match seen.entry(key(item)) {
+            std::collections::hash_map::Entry::Occupied(first) => d.error(
                 format!("{path}.{field}"),
-                format!("duplicate {what} \"{k}\" (first at {first})"),
-            );
-        } else {
-            seen.push((k, path));
+                format!(
+                    "duplicate {what} \"{}\" (first at {})",
+                    first.key(),
+                    first.get()
+                ),
+            ),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(path);
+            }
         }
     }
 }

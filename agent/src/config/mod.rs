@@ -44,6 +44,33 @@ fn render_errors(errors: &[Diag]) -> String {
     s
 }
 
+/// A bootstrap's text and the command-line overrides applied to it.
+#[derive(Debug, Clone, Default)]
+pub struct BootstrapSource {
+    text: Arc<str>,
+    overrides: Overrides,
+}
+
+impl BootstrapSource {
+    pub fn new(text: &str, overrides: &Overrides) -> Self {
+        Self {
+            text: text.into(),
+            overrides: overrides.clone(),
+        }
+    }
+
+    /// The bootstrap as JSON, with the overrides applied (as it was validated).
+    pub fn to_json(&self) -> Json {
+        match serde_yaml::from_str::<serde_yaml::Value>(&self.text) {
+            Ok(mut v) => {
+                self.overrides.apply(&mut v);
+                serde_json::to_value(v).unwrap_or(Json::Null)
+            }
+            Err(_) => Json::Null,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub node: Node,
@@ -51,8 +78,9 @@ pub struct Snapshot {
     pub stats_flush_interval: Duration,
     pub listeners: Vec<Arc<Listener>>,
     pub clusters: Vec<Arc<Cluster>>,
-    /// The bootstrap as given (after YAML parsing), for `/config_dump`.
-    pub bootstrap: Json,
+    /// The bootstrap as given, for `/config_dump`: kept as text (a fraction of the memory
+    /// of its parsed form) and parsed again when dumped.
+    pub bootstrap: BootstrapSource,
     /// Fields accepted but ignored on purpose.
     pub warnings: Vec<Diag>,
     /// eBPF redirection (Plumb's `plumb.redirect` bootstrap extension), if configured.

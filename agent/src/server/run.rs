@@ -270,9 +270,17 @@ pub(super) async fn run_data_plane(
 pub(super) async fn flush_stats(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.snapshot.load().stats_flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_trim = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         shared.refresh_server_stats();
         shared.store.flush_intervals();
+        // Stats of removed clusters and listeners go once nothing uses them; free heap is
+        // handed back at most once a second.
+        shared.store.sweep();
+        if last_trim.elapsed() >= std::time::Duration::from_secs(1) {
+            last_trim = tokio::time::Instant::now();
+            crate::state::release_free_memory();
+        }
     }
 }

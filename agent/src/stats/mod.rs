@@ -222,6 +222,34 @@ impl Store {
         }
     }
 
+    /// Frees the stats of removed clusters, listeners and filters: tagged stats (those of a
+    /// `tagged_scope`) that nothing but the store refers to any more, as Envoy frees a scope's
+    /// stats with the scope. A cluster or listener that is replaced keeps its stats (the new
+    /// one looks them up by name before the old one is dropped); one still used by
+    /// connections keeps them until they finish. Untagged stats (`server.*`, `cluster_manager.*`)
+    /// are fixed in number and stay. Returns how many were freed.
+    pub fn sweep(&self) -> usize {
+        fn retain<T>(m: &mut BTreeMap<String, Arc<T>>, tagged: impl Fn(&T) -> bool) -> usize {
+            let before = m.len();
+            m.retain(|_, v| Arc::strong_count(v) > 1 || !tagged(v));
+            before - m.len()
+        }
+        let mut reg = self.lock();
+        retain(&mut reg.counters, |c| !c.name.tags.is_empty())
+            + retain(&mut reg.gauges, |g| !g.name.tags.is_empty())
+            + retain(&mut reg.histograms, |h| !h.name().tags.is_empty())
+    }
+
+    /// How many stats the store holds (tests, churn checks).
+    pub fn len(&self) -> usize {
+        let reg = self.lock();
+        reg.counters.len() + reg.gauges.len() + reg.histograms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// A consistent list of all stats, sorted by name, for rendering.
     pub fn snapshot(&self) -> StatsSnapshot {
         let reg = self.lock();
@@ -266,6 +294,32 @@ mod tests {
             a.name().tags,
             vec![("envoy_cluster_name".to_string(), "backend".to_string())]
         );
+    }
+
+    #[test]
+    fn sweep_frees_tagged_stats_nobody_holds() {
+        let store = Store::new();
+        let server = store.root_scope("server").counter("transient");
+        drop(server);
+        let kept = store
+            .tagged_scope("cluster", "envoy_cluster_name", "kept")
+            .counter("upstream_cx_total");
+        {
+            let gone = store.tagged_scope("cluster", "envoy_cluster_name", "gone");
+            let _c = gone.counter("upstream_cx_total");
+            let _g = gone.gauge("membership_healthy");
+            let _h = gone.histogram("upstream_cx_length_ms");
+            assert_eq!(store.sweep(), 0, "held stats stay");
+        }
+        assert_eq!(store.len(), 5);
+        assert_eq!(store.sweep(), 3);
+        assert_eq!(store.value("cluster.gone.membership_healthy"), None);
+        assert!(
+            store.value("server.transient").is_some(),
+            "untagged stats stay"
+        );
+        kept.inc();
+        assert_eq!(store.value("cluster.kept.upstream_cx_total"), Some(1));
     }
 
     #[test]

@@ -14,10 +14,9 @@ use crate::config::{self, DiscoveryType};
 use crate::stats::{Counter, Gauge, Histogram, Store};
 use crate::transport::Stream;
 use arc_swap::ArcSwap;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::net::TcpStream;
 
@@ -347,231 +346,6 @@ impl Connector {
     }
 }
 
-/// What an upsert did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Upsert {
-    Added,
-    Modified,
-    Unchanged,
-}
-
-/// Envoy's `cluster_manager.*` stats.
-#[derive(Debug)]
-struct ManagerStats {
-    active_clusters: Arc<Gauge>,
-    warming_clusters: Arc<Gauge>,
-    cluster_added: Arc<Counter>,
-    cluster_modified: Arc<Counter>,
-    cluster_removed: Arc<Counter>,
-}
-
-/// All clusters, by name. Readers (the data path, per connection) load the map lock-free;
-/// writers (config updates) are serialized and swap in a new map.
-#[derive(Debug)]
-pub struct ClusterManager {
-    clusters: ArcSwap<BTreeMap<String, Arc<Cluster>>>,
-    write: Mutex<()>,
-    store: Store,
-    stats: ManagerStats,
-    /// Set once the data-path runtime runs: DNS refresh for clusters added later.
-    runtime: OnceLock<(tokio::runtime::Handle, crate::drain::Watch)>,
-    connector: Connector,
-}
-
-impl ClusterManager {
-    pub fn new(snapshot: &config::Snapshot, store: &Store) -> Self {
-        Self::with_connector(snapshot, store, Connector::Tcp)
-    }
-
-    /// With another way to reach hosts (in-memory streams in tests).
-    pub fn with_connector(
-        snapshot: &config::Snapshot,
-        store: &Store,
-        connector: Connector,
-    ) -> Self {
-        let cm = store.root_scope("cluster_manager");
-        let stats = ManagerStats {
-            active_clusters: cm.gauge("active_clusters"),
-            warming_clusters: cm.gauge("warming_clusters"),
-            cluster_added: cm.counter("cluster_added"),
-            cluster_modified: cm.counter("cluster_modified"),
-            cluster_removed: cm.counter("cluster_removed"),
-        };
-        let mut map = BTreeMap::new();
-        for c in &snapshot.clusters {
-            map.insert(
-                c.name.clone(),
-                Cluster::new(c.clone(), store, connector.clone()),
-            );
-        }
-        stats.active_clusters.set(map.len() as i64);
-        stats.cluster_added.add(map.len() as u64);
-        Self {
-            clusters: ArcSwap::from_pointee(map),
-            write: Mutex::new(()),
-            store: store.clone(),
-            stats,
-            runtime: OnceLock::new(),
-            connector,
-        }
-    }
-
-    pub fn get(&self, name: &str) -> Option<Arc<Cluster>> {
-        self.clusters.load().get(name).cloned()
-    }
-
-    /// Every cluster, sorted by name.
-    pub fn all(&self) -> Vec<Arc<Cluster>> {
-        self.clusters.load().values().cloned().collect()
-    }
-
-    fn publish(&self, map: &BTreeMap<String, Arc<Cluster>>) {
-        let warming = map.values().filter(|c| c.is_warming()).count();
-        self.stats.active_clusters.set((map.len() - warming) as i64);
-        self.stats.warming_clusters.set(warming as i64);
-    }
-
-    fn start_background(&self, c: &Arc<Cluster>) {
-        if c.original_dst.is_some() {
-            if let Some((rt, watch)) = self.runtime.get() {
-                rt.spawn(original_dst_cleanup_loop(c.clone(), watch.clone()));
-            }
-            return;
-        }
-        if !matches!(
-            c.config.discovery,
-            DiscoveryType::StrictDns | DiscoveryType::LogicalDns
-        ) {
-            return;
-        }
-        if let Some((rt, watch)) = self.runtime.get() {
-            let (c1, c2, w) = (c.clone(), c.clone(), watch.clone());
-            rt.spawn(async move {
-                dns::refresh(c1).await;
-                dns::refresh_loop(c2, w).await;
-            });
-        }
-    }
-
-    /// Adds a cluster or replaces one with a different config. A replaced cluster keeps its
-    /// hosts (and their stats) when membership comes from outside the config (EDS, DNS),
-    /// and connections already using the old one finish on it.
-    pub fn upsert(&self, cfg: Arc<config::Cluster>) -> Upsert {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let cur = self.clusters.load_full();
-        let old = cur.get(&cfg.name).cloned();
-        if let Some(old) = &old {
-            if *old.config == *cfg {
-                return Upsert::Unchanged;
-            }
-        }
-        let new = Cluster::new(cfg.clone(), &self.store, self.connector.clone());
-        if let Some(old) = &old {
-            old.retire();
-            // Hosts carry over only from the same source (same discovery type and, for EDS,
-            // the same service name); otherwise the new cluster waits for its own.
-            if new.config.discovery == old.config.discovery
-                && new.config.discovery != DiscoveryType::Static
-                && new.config.eds_service_name == old.config.eds_service_name
-            {
-                new.adopt_hosts(old);
-            }
-        }
-        let mut map = (*cur).clone();
-        map.insert(cfg.name.clone(), new.clone());
-        self.publish(&map);
-        self.clusters.store(Arc::new(map));
-        self.start_background(&new);
-        if old.is_some() {
-            self.stats.cluster_modified.inc();
-            Upsert::Modified
-        } else {
-            self.stats.cluster_added.inc();
-            Upsert::Added
-        }
-    }
-
-    /// Removes a cluster; connections using it finish on it.
-    pub fn remove(&self, name: &str) -> bool {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let cur = self.clusters.load_full();
-        let Some(old) = cur.get(name) else {
-            return false;
-        };
-        old.retire();
-        let mut map = (*cur).clone();
-        map.remove(name);
-        self.publish(&map);
-        self.clusters.store(Arc::new(map));
-        self.stats.cluster_removed.inc();
-        true
-    }
-
-    /// Installs endpoints (EDS) for the cluster, ending its warming. `false` if unknown.
-    pub fn set_endpoints(&self, name: &str, localities: Vec<config::LocalityEndpoints>) -> bool {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let cur = self.clusters.load_full();
-        let Some(c) = cur.get(name) else { return false };
-        c.set_hosts(HostSet::from_localities(c.config.lb_policy, &localities));
-        c.warm();
-        self.publish(&cur);
-        true
-    }
-
-    /// Ends warming without endpoints (Envoy's `initial_fetch_timeout`).
-    pub fn end_warming(&self, name: &str) {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let cur = self.clusters.load_full();
-        if let Some(c) = cur.get(name) {
-            c.warm();
-        }
-        self.publish(&cur);
-    }
-
-    /// Resolves DNS clusters once, then keeps refreshing them in the background on the
-    /// current runtime (which later additions use too).
-    pub async fn initialize(&self, shutdown: crate::drain::Watch) {
-        let _ = self
-            .runtime
-            .set((tokio::runtime::Handle::current(), shutdown.clone()));
-        let dns: Vec<Arc<Cluster>> = self
-            .all()
-            .into_iter()
-            .filter(|c| {
-                matches!(
-                    c.config.discovery,
-                    DiscoveryType::StrictDns | DiscoveryType::LogicalDns
-                )
-            })
-            .collect();
-        for c in self.all().into_iter().filter(|c| c.original_dst.is_some()) {
-            tokio::spawn(original_dst_cleanup_loop(c, shutdown.clone()));
-        }
-        let first = dns.iter().map(|c| dns::refresh(c.clone()));
-        futures_join_all(first).await;
-        for c in dns {
-            tokio::spawn(dns::refresh_loop(c, shutdown.clone()));
-        }
-    }
-}
-
-/// Sweeps an ORIGINAL_DST cluster's host cache every `cleanup_interval` until the cluster is
-/// replaced or removed.
-async fn original_dst_cleanup_loop(c: Arc<Cluster>, mut shutdown: crate::drain::Watch) {
-    let every = c.config.cleanup_interval;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {
-                if c.is_retired() {
-                    return;
-                }
-                c.cleanup_original_dst();
-            }
-            _ = shutdown.draining() => return,
-        }
-    }
-}
-
 /// Awaits all futures concurrently without pulling in the `futures` crate.
 async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
     futs: impl Iterator<Item = F>,
@@ -582,6 +356,9 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
     }
     while set.join_next().await.is_some() {}
 }
+
+mod manager;
+pub use manager::{ClusterBatch, ClusterManager, Upsert};
 
 #[cfg(test)]
 mod tests;

@@ -150,6 +150,8 @@ impl ResourceType for Clusters {
     ) -> Applied {
         let t = type_urls::CLUSTER;
         let statics = &client.static_clusters;
+        // One copy of the cluster map for the whole response, published at the end.
+        let batch = std::cell::RefCell::new(client.clusters.batch());
         let apply_one = |c: &pbc::Cluster| -> Result<(), String> {
             let (model, warnings) = cluster_from_proto(c)
                 .map_err(|diags| describe(&format!("cluster \"{}\"", c.name), &diags))?;
@@ -158,14 +160,12 @@ impl ResourceType for Clusters {
             }
             let model = Arc::new(model);
             let eds = model.discovery == DiscoveryType::Eds;
-            let outcome = client.clusters.upsert(model.clone());
-            let needs_endpoints = eds
-                && client
-                    .clusters
-                    .get(&model.name)
-                    .is_some_and(|c| c.is_warming())
-                && outcome != crate::upstream::Upsert::Unchanged;
-            if needs_endpoints {
+            let mut b = batch.borrow_mut();
+            let outcome = b.upsert(model.clone());
+            let warming = |b: &crate::upstream::ClusterBatch| {
+                b.get(&model.name).is_some_and(|c| c.is_warming())
+            };
+            if eds && warming(&b) && outcome != crate::upstream::Upsert::Unchanged {
                 // New, or its endpoint source changed: use what we already have for its
                 // service name, else warm until EDS delivers.
                 let service = model
@@ -178,25 +178,21 @@ impl ResourceType for Clusters {
                     .get(&service)
                     .map(|e| e.value.clone());
                 if let Some(eps) = known {
-                    client.clusters.set_endpoints(&model.name, (*eps).clone());
+                    b.set_endpoints(&model.name, &eps);
                     client.cluster_warmed(&model.name);
                 } else {
                     client.start_warming_timer(&model.name);
                 }
             }
             // Not (or no longer) warming, e.g. turned from EDS into STATIC: nothing to wait for.
-            if !client
-                .clusters
-                .get(&model.name)
-                .is_some_and(|c| c.is_warming())
-            {
+            if !warming(&b) {
                 client.cluster_warmed(&model.name);
             }
             client.accepted(t, &c.name, version, model, |st| &mut st.clusters);
             Ok(())
         };
         let remove = |name: &str| {
-            client.clusters.remove(name);
+            batch.borrow_mut().remove(name);
             client.lock().clusters.remove(name);
             client.cluster_warmed(name);
         };
@@ -294,6 +290,8 @@ impl ResourceType for Endpoints {
             Interest::Names(n) => n,
             _ => BTreeSet::new(),
         };
+        let mut batch = client.clusters.batch();
+        let by_service = eds_clusters_by_service(&batch);
         for (hint, any) in resources {
             let cla = match decode::<pbe::ClusterLoadAssignment>(any, t) {
                 Ok(c) => c,
@@ -313,10 +311,26 @@ impl ResourceType for Endpoints {
                     client.reject(t, &cla.cluster_name, version, msg, &mut errors);
                     // As Envoy: a rejected first assignment ends the warming (the cluster is
                     // used without endpoints) instead of holding readiness back.
-                    end_service_warming(client, &cla.cluster_name);
+                    for name in by_service
+                        .get(cla.cluster_name.as_str())
+                        .into_iter()
+                        .flatten()
+                    {
+                        if batch.get(name).is_some_and(|c| c.is_warming()) {
+                            batch.end_warming(name);
+                            client.cluster_warmed(name);
+                        }
+                    }
                 }
                 Ok((localities, _)) => {
-                    set_service_endpoints(client, &cla.cluster_name, &localities, true);
+                    set_service_endpoints(
+                        client,
+                        &mut batch,
+                        &by_service,
+                        &cla.cluster_name,
+                        &localities,
+                        true,
+                    );
                     let value = Arc::new(localities);
                     client.accepted(t, &cla.cluster_name, version, value, |st| &mut st.endpoints);
                 }
@@ -324,37 +338,44 @@ impl ResourceType for Endpoints {
         }
         for name in removed {
             // An EDS resource removed: its clusters have no endpoints any more.
-            set_service_endpoints(client, name, &[], false);
+            set_service_endpoints(client, &mut batch, &by_service, name, &[], false);
             client.lock().endpoints.remove(name);
         }
         Applied { errors }
     }
 }
 
-/// Ends the warming of every still-warming EDS cluster of `service`.
-fn end_service_warming(client: &XdsClient, service: &str) {
-    for c in client.clusters.all() {
-        let name = c.config.eds_service_name.as_deref().unwrap_or(c.name());
-        if c.config.discovery == DiscoveryType::Eds && name == service && c.is_warming() {
-            client.clusters.end_warming(c.name());
-            client.cluster_warmed(c.name());
+/// The EDS clusters of each service name: built once per response, so each assignment
+/// finds its clusters without a scan of every cluster.
+fn eds_clusters_by_service(
+    batch: &crate::upstream::ClusterBatch,
+) -> std::collections::HashMap<String, Vec<String>> {
+    let mut m: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for c in batch.iter() {
+        if c.config.discovery == DiscoveryType::Eds {
+            let service = c.config.eds_service_name.as_deref().unwrap_or(c.name());
+            m.entry(service.to_string())
+                .or_default()
+                .push(c.name().to_string());
         }
     }
+    m
 }
 
 /// Installs `localities` in every EDS cluster whose service name is `service`.
 fn set_service_endpoints(
     client: &XdsClient,
+    batch: &mut crate::upstream::ClusterBatch,
+    by_service: &std::collections::HashMap<String, Vec<String>>,
     service: &str,
     localities: &[config::LocalityEndpoints],
     count: bool,
 ) {
-    for c in client.clusters.all() {
-        let name = c.config.eds_service_name.as_deref().unwrap_or(c.name());
-        if c.config.discovery == DiscoveryType::Eds && name == service {
-            client.clusters.set_endpoints(c.name(), localities.to_vec());
-            client.cluster_warmed(c.name());
-            if count {
+    for name in by_service.get(service).into_iter().flatten() {
+        batch.set_endpoints(name, localities);
+        client.cluster_warmed(name);
+        if count {
+            if let Some(c) = batch.get(name) {
                 c.stats.update_success.inc();
             }
         }
