@@ -251,6 +251,7 @@ impl Shared {
             batch.upsert(c.clone());
         }
         drop(batch);
+        let listener_batch = self.listeners.batch();
         for l in &new.listeners {
             if pinned.as_deref() == Some(l.name.as_str()) {
                 if old.listeners.iter().any(|o| o.name == l.name && **o != **l) {
@@ -271,6 +272,7 @@ impl Shared {
                 self.listeners.remove(&l.name);
             }
         }
+        drop(listener_batch);
         let mut batch = self.clusters.batch();
         for c in &old.clusters {
             if !new_clusters.contains(c.name.as_str()) {

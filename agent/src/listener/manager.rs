@@ -68,6 +68,27 @@ struct Inner {
     /// Listening sockets received from the agent this one takes over, used instead of
     /// binding when a listener matches one; the rest are closed by `close_inherited`.
     inherited: Vec<(OfferedSocket, std::net::TcpListener)>,
+    /// Open batches: while above zero, the view and dispatch are rebuilt once at the end
+    /// instead of after every change.
+    batches: usize,
+    /// Versions replaced or removed during a batch, kept alive until the dispatch that may
+    /// still refer to them is rebuilt.
+    retired: Vec<Arc<ActiveListener>>,
+}
+
+/// Changes made while it lives are published together (one rebuild of the view, the
+/// dispatch and the capture destinations) when it is dropped.
+pub struct ListenerBatch<'a>(&'a ListenerManager);
+
+impl Drop for ListenerBatch<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock();
+        inner.batches -= 1;
+        if inner.batches == 0 {
+            self.0.refresh_view(&inner);
+            inner.retired.clear();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -155,6 +176,27 @@ impl ListenerManager {
             self.dispatch.clone(),
             previous,
         ))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a set of changes, published together when the batch is dropped (an xDS
+    /// response or a reload naming many listeners costs one rebuild, not one per listener).
+    pub fn batch(&self) -> ListenerBatch<'_> {
+        self.lock().batches += 1;
+        ListenerBatch(self)
+    }
+
+    /// After a change: rebuilds the view now, or at the end of the open batch.
+    fn changed(&self, inner: &mut Inner, retired: Vec<Arc<ActiveListener>>) {
+        if inner.batches > 0 {
+            inner.retired.extend(retired);
+        } else {
+            self.refresh_view(inner);
+            drop(retired);
+        }
     }
 
     /// Rebuilds the admin view and the original-destination dispatch after a change.
@@ -332,8 +374,7 @@ impl ListenerManager {
         if let Some(a) = inner.slots.get(&cfg.name).and_then(|s| s.socket.as_ref()) {
             tracing::info!(listener = %cfg.name, address = %a.0, ?result, "listener updated");
         }
-        self.refresh_view(&inner);
-        drop(retired);
+        self.changed(&mut inner, retired);
         Ok(result)
     }
 
@@ -348,7 +389,7 @@ impl ListenerManager {
         }
         self.stats.removed.inc();
         tracing::info!(listener = %name, "listener removed; its connections continue");
-        self.refresh_view(&inner);
+        self.changed(&mut inner, vec![slot.current.load_full()]);
         true
     }
 

@@ -439,6 +439,7 @@ impl ResourceType for Listeners {
         removed: &[String],
     ) -> Applied {
         let t = type_urls::LISTENER;
+        let _batch = client.listeners.batch();
         let apply_one = |l: &pbl::Listener| -> Result<(), String> {
             let (model, _) = listener_from_proto(l)
                 .map_err(|diags| describe(&format!("listener \"{}\"", l.name), &diags))?;
