@@ -7,7 +7,6 @@ use crate::stats::{self, StatsFilter};
 use crate::upstream::health_flag;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -142,6 +141,9 @@ pub fn run(
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(limits.header_read_timeout)
+                    // Request head at most 16 KiB (431 beyond), 64 headers.
+                    .max_buf_size(MAX_ADMIN_HEAD_BYTES)
+                    .max_headers(MAX_ADMIN_HEADERS)
                     .serve_connection(io, svc);
                 match tokio::time::timeout(limits.max_connection_age, conn).await {
                     Ok(Err(e)) => tracing::debug!(error = %e, "admin connection error"),
@@ -223,11 +225,74 @@ fn endpoint_list() -> String {
     s
 }
 
+/// The longest request target (path and query) the admin server reads.
+pub const MAX_ADMIN_URI_BYTES: usize = 4096;
+/// The largest request head (request line and headers) the admin server reads.
+pub const MAX_ADMIN_HEAD_BYTES: usize = 16 * 1024;
+/// The most request headers the admin server reads.
+pub const MAX_ADMIN_HEADERS: usize = 64;
+
 /// Handles one admin request.
-pub fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+pub fn handle<B>(req: Request<B>, shared: &Shared) -> Response<Body> {
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > MAX_ADMIN_URI_BYTES {
+        return text(
+            StatusCode::URI_TOO_LONG,
+            format!("the request target is {target} bytes, longer than the limit of {MAX_ADMIN_URI_BYTES}\n"),
+        );
+    }
     let path = req.uri().path().to_string();
+    let mutates = ENDPOINTS.iter().any(|(p, m, _)| *p == path && *m);
+    if mutates {
+        if let Some(why) = cross_site(req.headers()) {
+            return text(
+                StatusCode::FORBIDDEN,
+                format!("{path} refused: {why}; state-changing admin requests are not accepted from web pages\n"),
+            );
+        }
+    }
     let query = parse_query(req.uri().query());
     route(req.method(), &path, &query, shared)
+}
+
+/// Why a request looks as if a web page in a browser sent it to another site (a page on the
+/// node must not be able to drain or stop the proxy): `Sec-Fetch-Site` other than
+/// `same-origin`/`none`, or an `Origin` whose host and port differ from `Host`. Tools such as
+/// curl send neither header.
+fn cross_site(headers: &hyper::HeaderMap) -> Option<String> {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        let site = site.to_str().unwrap_or("?");
+        if site != "same-origin" && site != "none" {
+            return Some(format!("Sec-Fetch-Site is {site}"));
+        }
+    }
+    let origin = headers.get(hyper::header::ORIGIN)?;
+    let origin = origin.to_str().unwrap_or("null");
+    let host = headers
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    match origin_host {
+        // Same origin, and addressed by IP or as localhost: a page that reached this port
+        // through a DNS name it controls (DNS rebinding) is same-origin with it too.
+        Some(o) if !host.is_empty() && o.eq_ignore_ascii_case(host) && literal_host(host) => None,
+        _ => Some(format!(
+            "Origin {origin} is not this server addressed by IP or localhost (Host {host})"
+        )),
+    }
+}
+
+/// `127.0.0.1:9901`, `[::1]:9901`, `localhost:9901` (with or without the port).
+fn literal_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 fn route(
@@ -573,6 +638,49 @@ mod tests {
         assert_eq!(q["usedonly"], "");
         assert_eq!(q["a"], "b c");
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn cross_site_requests_are_recognised() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = hyper::HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, v.parse().unwrap());
+            }
+            cross_site(&m)
+        };
+        assert_eq!(h(&[("host", "127.0.0.1:9901")]), None, "curl");
+        assert_eq!(
+            h(&[
+                ("host", "127.0.0.1:9901"),
+                ("origin", "http://127.0.0.1:9901")
+            ]),
+            None
+        );
+        assert_eq!(
+            h(&[("host", "[::1]:9901"), ("origin", "http://[::1]:9901")]),
+            None
+        );
+        assert_eq!(
+            h(&[
+                ("host", "localhost:9901"),
+                ("origin", "http://localhost:9901/")
+            ]),
+            None
+        );
+        assert!(h(&[("host", "127.0.0.1:9901"), ("origin", "http://a.example")]).is_some());
+        // DNS rebinding: same origin, but through a name the page controls.
+        assert!(h(&[
+            ("host", "a.example:9901"),
+            ("origin", "http://a.example:9901")
+        ])
+        .is_some());
+        assert!(h(&[("host", "127.0.0.1:9901"), ("sec-fetch-site", "cross-site")]).is_some());
+        assert_eq!(
+            h(&[("host", "127.0.0.1:9901"), ("sec-fetch-site", "none")]),
+            None
+        );
+        assert!(literal_host("::1") && literal_host("10.0.0.1") && !literal_host("node-1:9901"));
     }
 
     #[test]

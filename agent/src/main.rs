@@ -46,6 +46,9 @@ struct RunArgs {
     xds_cache: Option<PathBuf>,
     #[command(flatten)]
     overrides: OverrideArgs,
+    /// Refuse a bootstrap file larger than this many bytes (also on reload).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CONFIG_BYTES, value_name = "BYTES")]
+    max_config_bytes: u64,
     /// Unix socket through which this agent hands its listening sockets and eBPF links to
     /// a successor started with --takeover (e.g. /run/plumb/upgrade.sock).
     #[arg(long)]
@@ -106,6 +109,9 @@ enum Command {
         /// The same per-node overrides `run` takes, so a shared bootstrap checks as it runs.
         #[command(flatten)]
         overrides: OverrideArgs,
+        /// Refuse a file larger than this many bytes.
+        #[arg(long, default_value_t = config::DEFAULT_MAX_CONFIG_BYTES, value_name = "BYTES")]
+        max_config_bytes: u64,
     },
     /// Print the version.
     Version,
@@ -127,9 +133,11 @@ fn main() -> ExitCode {
             println!("plumb {}", plumb::VERSION);
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { file, overrides } => {
-            check_config(&file, &overrides.into_overrides())
-        }
+        Command::CheckConfig {
+            file,
+            overrides,
+            max_config_bytes,
+        } => check_config(&file, &overrides.into_overrides(), max_config_bytes),
         Command::Run(args) => {
             let RunArgs {
                 config,
@@ -141,6 +149,7 @@ fn main() -> ExitCode {
                 admin_address_path,
                 xds_cache,
                 overrides,
+                max_config_bytes,
                 upgrade_socket,
                 takeover,
                 after_takeover,
@@ -153,7 +162,7 @@ fn main() -> ExitCode {
                 }
             };
             let overrides = overrides.into_overrides();
-            let (snapshot, source) = match load(config.as_deref(), &overrides) {
+            let (snapshot, source) = match load(config.as_deref(), &overrides, max_config_bytes) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("{e}");
@@ -175,6 +184,7 @@ fn main() -> ExitCode {
                 takeover,
                 after_takeover,
                 overrides,
+                max_config_bytes,
                 worker_model,
                 ..Options::default()
             };
@@ -199,9 +209,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: Option<&Path>, overrides: &config::Overrides) -> Result<(Snapshot, String), String> {
+fn load(
+    path: Option<&Path>,
+    overrides: &config::Overrides,
+    max_bytes: u64,
+) -> Result<(Snapshot, String), String> {
     match path {
-        Some(p) => config::parse_bootstrap_file_with(p, overrides)
+        Some(p) => config::parse_bootstrap_file_limited(p, overrides, max_bytes)
             .map(|s| (s, p.display().to_string()))
             .map_err(|e| format_config_error(&e)),
         None => {
@@ -226,8 +240,8 @@ fn format_config_error(e: &config::ConfigError) -> String {
     s
 }
 
-fn check_config(file: &Path, overrides: &config::Overrides) -> ExitCode {
-    match config::parse_bootstrap_file_with(file, overrides) {
+fn check_config(file: &Path, overrides: &config::Overrides, max_bytes: u64) -> ExitCode {
+    match config::parse_bootstrap_file_limited(file, overrides, max_bytes) {
         Ok(s) => {
             println!("{}: OK", file.display());
             if let Some(a) = &s.admin {

@@ -45,6 +45,8 @@ pub struct Options {
     pub after_takeover: AfterTakeover,
     /// Command-line overrides of the bootstrap, applied again on reload.
     pub overrides: crate::config::Overrides,
+    /// Bootstrap files larger than this are refused, on reload too (`--max-config-bytes`).
+    pub max_config_bytes: u64,
     pub admin_limits: AdminLimits,
 }
 
@@ -125,6 +127,7 @@ impl Default for Options {
             takeover: false,
             after_takeover: AfterTakeover::Exit,
             overrides: crate::config::Overrides::default(),
+            max_config_bytes: crate::config::DEFAULT_MAX_CONFIG_BYTES,
             admin_limits: AdminLimits::default(),
         }
     }
@@ -301,7 +304,11 @@ impl Shared {
             return;
         };
         let scope = self.store.root_scope("server");
-        match crate::config::parse_bootstrap_file_with(path, &self.options.overrides) {
+        match crate::config::parse_bootstrap_file_limited(
+            path,
+            &self.options.overrides,
+            self.options.max_config_bytes,
+        ) {
             Err(e) => {
                 scope.counter("reload_failure").inc();
                 tracing::error!(file = %path.display(), "reload rejected, the running configuration stays:\n{e}");

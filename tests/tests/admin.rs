@@ -360,3 +360,48 @@ async fn admin_connections_are_capped_and_slow_clients_timed_out() {
     }
     assert_eq!(get(admin, "/ready").await.status, 200);
 }
+
+/// Issue 11, items 3 and 5: the admin server bounds what it reads (request target 4 KiB →
+/// 414, request head 16 KiB → 431) and refuses state-changing requests a web page could
+/// send (cross-site `Origin`, `Sec-Fetch-Site`, or a DNS name as Host with an Origin), while
+/// tools without those headers and same-origin requests by IP work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_bounds_requests_and_refuses_cross_site_mutations() {
+    use plumb_tests::client::http_with;
+    let (agent, _echo) = agent_with_traffic().await;
+    let admin = agent.admin();
+    let long = format!("/stats?filter={}", "a".repeat(5000));
+    assert_eq!(get(admin, &long).await.status, 414);
+    let big = "b".repeat(20 * 1024);
+    let r = http_with("GET", admin, "/ready", &[("x-big", &big)])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 431);
+
+    let fail = "/healthcheck/fail";
+    let own = format!("http://{admin}");
+    for headers in [
+        vec![("Origin", "http://evil.example")],
+        vec![("Origin", "null")],
+        vec![("Sec-Fetch-Site", "cross-site")],
+        vec![("Origin", own.as_str()), ("Sec-Fetch-Site", "same-site")],
+    ] {
+        let r = http_with("POST", admin, fail, &headers).await.unwrap();
+        assert_eq!(r.status, 403, "{headers:?}: {}", r.body);
+        assert!(r.body.contains("not accepted from web pages"), "{}", r.body);
+    }
+    assert_eq!(
+        get(admin, "/ready").await.status,
+        200,
+        "nothing was changed"
+    );
+    // Reads are not refused: a dashboard may show /stats.
+    let r = http_with("GET", admin, "/ready", &[("Origin", "http://evil.example")]).await;
+    assert_eq!(r.unwrap().status, 200);
+    // Same origin, by IP: a browser on the admin page itself.
+    let r = http_with("POST", admin, fail, &[("Origin", &own)])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(post(admin, "/healthcheck/ok").await.status, 200);
+}

@@ -582,3 +582,55 @@ fn run_raises_the_open_files_limit() {
         "{err}"
     );
 }
+
+/// Issue 11, item 3: a bootstrap larger than `--max-config-bytes` (default 64 MiB) is refused
+/// without being read further, with the limit named; `/dev/zero` ends at once.
+#[test]
+fn oversized_bootstrap_files_are_refused_with_the_limit() {
+    let dir = TempDir::new("cli-size");
+    let path = dir.write("plumb.yaml", &envoy_yaml(9));
+    let file = path.to_str().unwrap();
+    let (st, _, err) = plumb_cmd(&["check-config", "--max-config-bytes", "100", file]);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(
+        err.contains("larger than the limit of 100 bytes (--max-config-bytes)"),
+        "{err}"
+    );
+    let (st, _, err) = plumb_cmd(&["check-config", "--max-config-bytes", "100000", file]);
+    assert!(st.success(), "{err}");
+    let (st, _, err) = plumb_cmd(&["check-config", "/dev/zero"]);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("limit of 67108864 bytes"), "{err}");
+    let (st, _, err) = plumb_cmd(&["run", "--max-config-bytes", "100", "--config", file]);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("--max-config-bytes"), "{err}");
+}
+
+/// Issue 11, item 3: nesting deeper than 128 levels is refused at once with its position,
+/// in flow style (which the YAML parser would read in full first, for minutes) and in block
+/// style.
+#[test]
+fn deeply_nested_yaml_is_refused_quickly() {
+    let (st, _, err) = check(&format!(
+        "node: {}1{}\n",
+        "{a: ".repeat(100_000),
+        "}".repeat(100_000)
+    ));
+    assert_eq!(st, 1, "{err}");
+    assert!(
+        err.contains("line 1 column 519: nesting deeper than 128 levels (the limit)"),
+        "{err}"
+    );
+    let block: String = (1..200).map(|i| format!("{}a:\n", " ".repeat(i))).collect();
+    let (st, _, err) = check(&format!("node:\n{block}{}1\n", " ".repeat(200)));
+    assert_eq!(st, 1, "{err}");
+    assert!(err.contains("nesting deeper than 128 levels"), "{err}");
+    // Brackets in quoted strings and comments do not count.
+    let (st, _, err) = check(&format!(
+        "node: {{id: \"{}\", cluster: '{}'}} # {}\nadmin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}\n",
+        "[".repeat(500),
+        "{".repeat(500),
+        "[".repeat(500),
+    ));
+    assert_eq!(st, 0, "{err}");
+}

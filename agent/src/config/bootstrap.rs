@@ -282,13 +282,46 @@ pub fn parse_bootstrap_file_with(
     path: &Path,
     overrides: &Overrides,
 ) -> Result<Snapshot, ConfigError> {
+    parse_bootstrap_file_limited(path, overrides, DEFAULT_MAX_CONFIG_BYTES)
+}
+
+/// The default bound on a bootstrap file's size (`--max-config-bytes`).
+pub const DEFAULT_MAX_CONFIG_BYTES: u64 = 64 << 20;
+
+/// The deepest nesting of mappings and lists a bootstrap may have.
+pub const MAX_YAML_DEPTH: usize = 128;
+
+/// As `parse_bootstrap_file_with`, refusing files larger than `max_bytes` (read no further
+/// than that, so `/dev/zero` or a runaway generator cannot exhaust memory).
+pub fn parse_bootstrap_file_limited(
+    path: &Path,
+    overrides: &Overrides,
+    max_bytes: u64,
+) -> Result<Snapshot, ConfigError> {
+    use std::io::Read;
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let fail = |message: String| ConfigError {
         source_name: name.clone(),
         errors: vec![Diag {
             path: String::new(),
-            message: format!("cannot read {name}: {e}"),
+            message,
         }],
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read {name}: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot read {name}: {e}")))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(fail(format!(
+            "the file is larger than the limit of {max_bytes} bytes (--max-config-bytes)"
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        fail(format!(
+            "cannot read {name}: not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
     })?;
     parse_bootstrap_with(&text, &name, overrides)
 }
@@ -308,12 +341,24 @@ pub fn parse_bootstrap_with(
         source_name: source_name.to_string(),
         errors,
     };
+    if let Some(at) = flow_depth_exceeded(text, MAX_YAML_DEPTH) {
+        return Err(fail(vec![Diag {
+            path: at,
+            message: format!("nesting deeper than {MAX_YAML_DEPTH} levels (the limit)"),
+        }]));
+    }
     let mut value: Value = serde_yaml::from_str(text).map_err(|e| {
         let at = e
             .location()
             .map(|l| format!("line {} column {}", l.line(), l.column()))
             .unwrap_or_default();
         let mut msg = e.to_string();
+        if msg.starts_with("recursion limit exceeded") {
+            return fail(vec![Diag {
+                path: at.clone(),
+                message: format!("nesting deeper than {MAX_YAML_DEPTH} levels (the limit)"),
+            }]);
+        }
         // serde_yaml's words for an integer beyond 64 bits ("invalid type: integer `…` as
         // u128, expected any YAML value") do not say what is wrong.
         if msg.contains("as u128") || msg.contains("as i128") {
@@ -346,6 +391,67 @@ pub fn parse_bootstrap_with(
             Err(fail(d.errors))
         }
     }
+}
+
+/// Where `{`/`[` nesting first goes deeper than `limit`, as "line L column C". A cheap scan
+/// before the YAML parser, which reads a whole document before its own depth check and
+/// takes minutes on a 100,000-deep flow mapping. Quoted strings and comments are skipped;
+/// brackets inside plain scalars count, which only matters for more than `limit` unclosed
+/// ones.
+fn flow_depth_exceeded(text: &str, limit: usize) -> Option<String> {
+    let (mut depth, mut line, mut col) = (0usize, 1usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut comment = false;
+    let mut escaped = false;
+    let mut prev = '\n';
+    for c in text.chars() {
+        col += 1;
+        if c == '\n' {
+            line += 1;
+            col = 0;
+            comment = false;
+            prev = c;
+            continue;
+        }
+        if comment {
+            continue;
+        }
+        match quote {
+            Some('"') => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    quote = None;
+                }
+            }
+            Some(_) => {
+                if c == '\'' {
+                    quote = None;
+                }
+            }
+            None => match c {
+                // A quote opens a quoted scalar only where one can start (`it's` is plain).
+                '"' | '\''
+                    if prev.is_whitespace() || matches!(prev, '[' | '{' | ',' | ':' | '\'') =>
+                {
+                    quote = Some(c)
+                }
+                '#' if prev.is_whitespace() => comment = true,
+                '{' | '[' => {
+                    depth += 1;
+                    if depth > limit {
+                        return Some(format!("line {line} column {col}"));
+                    }
+                }
+                '}' | ']' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        prev = c;
+    }
+    None
 }
 
 pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> {

@@ -14,8 +14,8 @@ mod walk;
 pub mod xds;
 
 pub use bootstrap::{
-    parse_bootstrap, parse_bootstrap_file, parse_bootstrap_file_with, parse_bootstrap_with,
-    DEFAULT_BOOTSTRAP,
+    parse_bootstrap, parse_bootstrap_file, parse_bootstrap_file_limited, parse_bootstrap_file_with,
+    parse_bootstrap_with, DEFAULT_BOOTSTRAP, DEFAULT_MAX_CONFIG_BYTES, MAX_YAML_DEPTH,
 };
 pub use overrides::{parse_metadata_entry, Overrides};
 pub use walk::{parse_duration, Diag, Diagnostics};

@@ -90,7 +90,7 @@ impl XdsClient {
         let mut got_any = false;
         let mut nonces: HashMap<String, String> = HashMap::new();
         loop {
-            let resp: DiscoveryResponse = match stream.message().await {
+            let mut resp: DiscoveryResponse = match stream.message().await {
                 Ok(Some(r)) => r,
                 Ok(None) => return Ok(got_any),
                 Err(e) => return Err(format!("ADS stream: {e}")),
@@ -99,8 +99,11 @@ impl XdsClient {
             self.delivered
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             let t = resp.type_url.clone();
-            let resources: Vec<(Option<String>, Any)> =
-                resp.resources.iter().map(|a| (None, a.clone())).collect();
+            // Moved, not copied: a large response is held once.
+            let resources: Vec<(Option<String>, Any)> = std::mem::take(&mut resp.resources)
+                .into_iter()
+                .map(|a| (None, a))
+                .collect();
             let complete = self
                 .handler(&t)
                 .is_some_and(|h| h.interest(&self) == Interest::Wildcard);
@@ -195,7 +198,7 @@ impl XdsClient {
         self.connected();
         let mut got_any = false;
         loop {
-            let resp: DeltaDiscoveryResponse = match stream.message().await {
+            let mut resp: DeltaDiscoveryResponse = match stream.message().await {
                 Ok(Some(r)) => r,
                 Ok(None) => return Ok(got_any),
                 Err(e) => return Err(format!("delta ADS stream: {e}")),
@@ -206,8 +209,8 @@ impl XdsClient {
             let t = resp.type_url.clone();
             let resources: Vec<(Option<String>, Any)> = resp
                 .resources
-                .iter()
-                .filter_map(|r| r.resource.clone().map(|a| (Some(r.name.clone()), a)))
+                .iter_mut()
+                .filter_map(|r| r.resource.take().map(|a| (Some(r.name.clone()), a)))
                 .collect();
             let version = if resp.system_version_info.is_empty() {
                 resp.nonce.clone()
