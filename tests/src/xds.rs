@@ -94,6 +94,7 @@ struct Inner {
     delta_sent: std::sync::atomic::AtomicUsize,
     /// Misbehave: end each SotW stream right after its first response.
     end_after_first_response: std::sync::atomic::AtomicBool,
+    resend_on_nack: std::sync::atomic::AtomicBool,
 }
 
 /// A delta resource's version: a digest of its bytes, as many control planes use.
@@ -148,6 +149,12 @@ impl AggregatedDiscoveryService for Service {
                         });
                         let e = subs.entry(r.type_url.clone()).or_insert((vec![], None, vec![]));
                         e.0 = r.resource_names.clone();
+                        if r.error_detail.is_some()
+                            && inner.resend_on_nack.load(std::sync::atomic::Ordering::Relaxed)
+                        {
+                            // Answer the NACK with the same resources again.
+                            e.1 = None;
+                        }
                     }
                     _ = changed.changed() => {}
                 }
@@ -339,6 +346,7 @@ impl ControlPlane {
             streams: Mutex::new(Vec::new()),
             delta_sent: std::sync::atomic::AtomicUsize::new(0),
             end_after_first_response: std::sync::atomic::AtomicBool::new(false),
+            resend_on_nack: std::sync::atomic::AtomicBool::new(false),
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let svc = AggregatedDiscoveryServiceServer::new(Service(inner.clone()));
@@ -412,6 +420,14 @@ impl ControlPlane {
         self.inner
             .end_after_first_response
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// While set, every SotW NACK is answered with the same resources again (a control plane
+    /// stuck in a NACK loop).
+    pub fn resend_on_nack(&self, on: bool) {
+        self.inner
+            .resend_on_nack
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn nacks(&self) -> Vec<SeenRequest> {

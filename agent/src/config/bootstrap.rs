@@ -180,6 +180,8 @@ pub(super) const DYNAMIC_RESOURCES: FieldTable = &[
     ("default_config_source", I("every config source is ADS")),
 ];
 
+pub(super) const RATE_LIMIT_SETTINGS: FieldTable = &[("max_tokens", S), ("fill_rate", S)];
+
 pub(super) const API_CONFIG_SOURCE: FieldTable = &[
     ("api_type", S),
     ("transport_api_version", S),
@@ -188,7 +190,7 @@ pub(super) const API_CONFIG_SOURCE: FieldTable = &[
         "set_node_on_first_message_only",
         I("the node is sent on the first message of each stream"),
     ),
-    ("rate_limit_settings", I("requests are not rate limited")),
+    ("rate_limit_settings", S),
     ("refresh_delay", I("only for REST, which is not supported")),
     (
         "request_timeout",
@@ -253,6 +255,7 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("ConfigSource", CONFIG_SOURCE),
     ("DynamicResources", DYNAMIC_RESOURCES),
     ("ApiConfigSource", API_CONFIG_SOURCE),
+    ("RateLimitSettings", RATE_LIMIT_SETTINGS),
     ("GrpcService", GRPC_SERVICE),
     ("EnvoyGrpc", ENVOY_GRPC),
     ("OriginalDstFilter", TYPED_ANY),
@@ -700,6 +703,9 @@ pub(super) fn read_dynamic_resources(dr: &Obj, d: &mut Diagnostics) -> Option<Xd
             }
         }
     }
+    let rate_limit = ads
+        .object("rate_limit_settings", RATE_LIMIT_SETTINGS, d)
+        .map(|r| read_rate_limit(&r, d));
     let mut initial_fetch_timeout = Duration::from_secs(15);
     let mut cds = false;
     let mut lds = false;
@@ -717,7 +723,46 @@ pub(super) fn read_dynamic_resources(dr: &Obj, d: &mut Diagnostics) -> Option<Xd
         cds,
         lds,
         initial_fetch_timeout,
+        rate_limit,
     })
+}
+
+/// `rate_limit_settings` with Envoy's defaults; `fill_rate` must be a positive number.
+fn read_rate_limit(r: &Obj, d: &mut Diagnostics) -> XdsRateLimit {
+    let max_tokens = r
+        .uint("max_tokens", 1, u32::MAX as u64, d)
+        .map_or(100, |v| v as u32);
+    let fill_rate = match r.get("fill_rate") {
+        None => 10.0,
+        Some(v) => {
+            let n = match v {
+                Value::Number(n) => n.as_f64(),
+                Value::String(s) => s.trim().parse::<f64>().ok(),
+                _ => None,
+            };
+            match n {
+                Some(n) if n.is_finite() && n > 0.0 => n,
+                _ => {
+                    d.error(
+                        r.at("fill_rate"),
+                        format!(
+                            "expected a positive number of requests per second, got {}",
+                            match v {
+                                Value::Number(n) => n.to_string(),
+                                Value::String(s) => format!("\"{s}\""),
+                                _ => super::walk::kind(v).to_string(),
+                            }
+                        ),
+                    );
+                    10.0
+                }
+            }
+        }
+    };
+    XdsRateLimit {
+        max_tokens,
+        fill_rate,
+    }
 }
 
 /// A listener bound to the any-address and another bound to a specific address of the same

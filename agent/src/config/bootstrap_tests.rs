@@ -253,3 +253,56 @@ fn a_wildcard_listener_overlapping_a_specific_one_on_the_same_port_is_refused() 
     assert!(errors(&yaml("::", "127.0.0.1", false)).is_empty());
     assert_eq!(errors(&yaml("::", "127.0.0.1", true)).len(), 1);
 }
+
+#[test]
+fn ads_rate_limit_settings_take_envoys_defaults_and_refuse_bad_rates() {
+    let with = |settings: &str| {
+        format!(
+            r#"
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
+    {settings}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 9 }} }} }}
+"#
+        )
+    };
+    let limit = |settings: &str| {
+        parse_bootstrap(&with(settings), "t.yaml")
+            .unwrap()
+            .xds
+            .unwrap()
+            .rate_limit
+    };
+    assert_eq!(limit(""), None);
+    assert_eq!(
+        limit("rate_limit_settings: {}"),
+        Some(XdsRateLimit {
+            max_tokens: 100,
+            fill_rate: 10.0
+        })
+    );
+    assert_eq!(
+        limit("rate_limit_settings: {max_tokens: 5, fill_rate: 0.5}"),
+        Some(XdsRateLimit {
+            max_tokens: 5,
+            fill_rate: 0.5
+        })
+    );
+    let e = errors(&with("rate_limit_settings: {fill_rate: -1}"));
+    assert_eq!(
+        e,
+        vec!["dynamic_resources.ads_config.rate_limit_settings.fill_rate: expected a positive number of requests per second, got -1"]
+    );
+}

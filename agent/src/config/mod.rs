@@ -108,6 +108,17 @@ pub struct XdsConfig {
     pub lds: bool,
     /// How long a new EDS cluster waits for endpoints before it is used anyway.
     pub initial_fetch_timeout: Duration,
+    /// `ads_config.rate_limit_settings`: requests to the control plane through a token
+    /// bucket. `None`: not limited (Envoy's default).
+    pub rate_limit: Option<XdsRateLimit>,
+}
+
+/// Envoy's `RateLimitSettings`: a bucket of `max_tokens` (default 100) refilled at
+/// `fill_rate` per second (default 10).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct XdsRateLimit {
+    pub max_tokens: u32,
+    pub fill_rate: f64,
 }
 
 /// Where and what to capture with eBPF, and where to send it.

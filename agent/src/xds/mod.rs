@@ -12,6 +12,7 @@
 mod cache;
 mod dump;
 mod log_limit;
+mod rate_limit;
 mod resources;
 mod session;
 
@@ -27,7 +28,7 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use prost::Message;
 use resources::ResourceType;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -72,6 +73,9 @@ pub struct XdsState {
     pub loaded_from_cache: bool,
     /// Names of unchanged resources of the response being applied (count as present).
     present: HashSet<String>,
+    /// Per type, the bytes of resources rejected and still in error → (name, message): an
+    /// identical re-send is rejected again without being translated.
+    rejected_raw: BTreeMap<String, HashMap<Vec<u8>, (String, String)>>,
 }
 
 #[derive(Debug)]
@@ -79,6 +83,8 @@ struct TypeStats {
     update_attempt: Arc<Counter>,
     update_success: Arc<Counter>,
     update_rejected: Arc<Counter>,
+    /// Resources rejected again, unchanged, without re-validation (Plumb's).
+    update_rejected_repeat: Arc<Counter>,
     update_failure: Arc<Counter>,
     version: Arc<Gauge>,
 }
@@ -89,6 +95,7 @@ impl TypeStats {
             update_attempt: s.counter("update_attempt"),
             update_success: s.counter("update_success"),
             update_rejected: s.counter("update_rejected"),
+            update_rejected_repeat: s.counter("update_rejected_repeat"),
             update_failure: s.counter("update_failure"),
             version: s.gauge("version"),
         }
@@ -98,6 +105,8 @@ impl TypeStats {
 #[derive(Debug)]
 struct Stats {
     connected_state: Arc<Gauge>,
+    rate_limit_enforced: Arc<Counter>,
+    pending_requests: Arc<Gauge>,
     init_fetch_timeout: Arc<Counter>,
 }
 
@@ -220,6 +229,10 @@ impl XdsClient {
         };
         let stats = Stats {
             connected_state: store.root_scope("control_plane").gauge("connected_state"),
+            rate_limit_enforced: store
+                .root_scope("control_plane")
+                .counter("rate_limit_enforced"),
+            pending_requests: store.root_scope("control_plane").gauge("pending_requests"),
             init_fetch_timeout: store
                 .root_scope("cluster_manager")
                 .counter("init_fetch_timeout"),
@@ -512,40 +525,62 @@ impl XdsClient {
         // State of the world resends every resource: skip the ones whose bytes are what was
         // last applied (a 1000-cluster CDS response with one change translates one cluster).
         // They still count as present, so a full response removes nothing it repeats.
-        let unchanged: HashSet<usize> = {
+        // Likewise a resource whose bytes were rejected before is rejected again with the
+        // same message, without translating it again (a control plane answering each NACK
+        // with the same bad resource costs a lookup, not a validation).
+        let mut skipped: HashSet<usize> = HashSet::new();
+        let mut present: HashSet<String> = HashSet::new();
+        let mut repeated: Vec<(String, String)> = Vec::new();
+        {
             let st = self.lock();
             let known: HashSet<&[u8]> = st
                 .raw
                 .get(type_url)
                 .map(|m| m.values().map(|a| a.value.as_slice()).collect())
                 .unwrap_or_default();
-            resources
-                .iter()
-                .enumerate()
-                .filter(|(_, (_, any))| known.contains(any.value.as_slice()))
-                .map(|(i, _)| i)
-                .collect()
-        };
+            let bad = st.rejected_raw.get(type_url);
+            for (i, (_, any)) in resources.iter().enumerate() {
+                if known.contains(any.value.as_slice()) {
+                    skipped.insert(i);
+                    if let Some(name) = h.name_of(any) {
+                        present.insert(name);
+                    }
+                } else if let Some((name, details)) = bad.and_then(|b| b.get(&any.value)) {
+                    skipped.insert(i);
+                    present.insert(name.clone());
+                    repeated.push((name.clone(), details.clone()));
+                }
+            }
+        }
         let owned: Vec<(Option<String>, Any)>;
-        let resources: &[(Option<String>, Any)] = if unchanged.is_empty() {
+        let resources: &[(Option<String>, Any)] = if skipped.is_empty() {
             resources
         } else {
-            let present: HashSet<String> = resources
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| unchanged.contains(i))
-                .filter_map(|(_, (_, a))| h.name_of(a))
-                .collect();
-            self.lock().present = present;
+            self.lock().present = present.clone();
             owned = resources
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| !unchanged.contains(i))
+                .filter(|(i, _)| !skipped.contains(i))
                 .map(|(_, r)| r.clone())
                 .collect();
             &owned
         };
-        let applied = h.apply(self, version, resources, complete, removed);
+        let mut applied = h.apply(self, version, resources, complete, removed);
+        if !repeated.is_empty() {
+            h.stats().update_rejected_repeat.add(repeated.len() as u64);
+            let mut st = self.lock();
+            for (name, details) in repeated {
+                if let Some(r) = st.rejected.get_mut(&(type_url.to_string(), name)) {
+                    r.version = version.to_string();
+                    r.at = SystemTime::now();
+                }
+                applied.errors.push(details);
+            }
+        }
+        self.forget_rejected(type_url, version, complete.then_some(&present), removed);
+        if !applied.errors.is_empty() {
+            self.remember_rejected(h.as_ref(), version, resources);
+        }
         self.record(h.as_ref(), version, &applied);
         self.remember_raw(h.as_ref(), resources, complete, removed);
         // Translating a large update allocates transient trees (MBs for 10k endpoints);
@@ -559,6 +594,74 @@ impl XdsClient {
             }
         }
         applied
+    }
+
+    /// Forgets rejections of resources the control plane no longer sends: with a complete
+    /// (state-of-the-world) response, those neither rejected in it (`version`) nor repeated
+    /// or unchanged in it (`present`); with delta, those it removes. Bounded by what is sent
+    /// now, however many bad names came and went.
+    fn forget_rejected(
+        &self,
+        type_url: &str,
+        version: &str,
+        present: Option<&HashSet<String>>,
+        removed: &[String],
+    ) {
+        let mut st = self.lock();
+        if let Some(present) = present {
+            st.rejected.retain(|(t, name), r| {
+                t != type_url || r.version == version || present.contains(name)
+            });
+        }
+        for name in removed {
+            st.rejected.remove(&(type_url.to_string(), name.clone()));
+        }
+        let XdsState {
+            rejected,
+            rejected_raw,
+            ..
+        } = &mut *st;
+        if let Some(bad) = rejected_raw.get_mut(type_url) {
+            bad.retain(|_, (name, _)| rejected.contains_key(&(type_url.to_string(), name.clone())));
+        }
+    }
+
+    /// Remembers the bytes of each resource of this response that was rejected, with its
+    /// message, and forgets those no longer rejected (accepted since, or rejected for another
+    /// reason): at most one remembered copy per resource in error.
+    fn remember_rejected(
+        &self,
+        h: &dyn ResourceType,
+        version: &str,
+        resources: &[(Option<String>, Any)],
+    ) {
+        let type_url = h.type_url();
+        let mut st = self.lock();
+        let mut fresh = Vec::new();
+        for (hint, any) in resources {
+            let Some(name) = hint.clone().or_else(|| h.name_of(any)) else {
+                continue;
+            };
+            if let Some(r) = st.rejected.get(&(type_url.to_string(), name.clone())) {
+                if r.version == version {
+                    fresh.push((any.value.clone(), name, r.details.clone()));
+                }
+            }
+        }
+        let XdsState {
+            rejected,
+            rejected_raw,
+            ..
+        } = &mut *st;
+        let bad = rejected_raw.entry(type_url.to_string()).or_default();
+        for (bytes, name, details) in fresh {
+            bad.insert(bytes, (name, details));
+        }
+        bad.retain(|_, (name, details)| {
+            rejected
+                .get(&(type_url.to_string(), name.clone()))
+                .is_some_and(|r| r.details == *details)
+        });
     }
 
     /// Keeps the accepted resources as received and rewrites the on-disk cache.

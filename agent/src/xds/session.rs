@@ -49,6 +49,7 @@ impl XdsClient {
         mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
     ) -> Result<bool, String> {
         let (tx, rx) = mpsc::channel::<DiscoveryRequest>(64);
+        let mut limiter = self.limiter();
         let mut first = true;
         let mut request = |type_url: &str,
                            version: String,
@@ -79,6 +80,7 @@ impl XdsClient {
                 Interest::Names(n) => n.iter().cloned().collect(),
             };
             let t = h.type_url();
+            limiter.admit().await;
             let _ = tx.send(request(t, v(t), names, String::new(), None)).await;
         }
         let mut stream = client
@@ -86,7 +88,6 @@ impl XdsClient {
             .await
             .map_err(|e| format!("open ADS stream: {e}"))?
             .into_inner();
-        self.connected();
         let mut got_any = false;
         let mut nonces: HashMap<String, String> = HashMap::new();
         loop {
@@ -131,6 +132,7 @@ impl XdsClient {
                 resp.nonce.clone(),
                 applied.error_detail(),
             );
+            limiter.admit().await;
             if tx.send(ack).await.is_err() {
                 return Ok(true);
             }
@@ -147,6 +149,7 @@ impl XdsClient {
                 let t = h.type_url();
                 let version = self.lock().versions.get(t).cloned().unwrap_or_default();
                 let nonce = nonces.get(t).cloned().unwrap_or_default();
+                limiter.admit().await;
                 let _ = tx
                     .send(request(
                         t,
@@ -166,6 +169,7 @@ impl XdsClient {
         mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
     ) -> Result<bool, String> {
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
+        let mut limiter = self.limiter();
         let mut first = true;
         let mut request = |type_url: &str| {
             let r = DeltaDiscoveryRequest {
@@ -188,6 +192,7 @@ impl XdsClient {
             r.resource_names_subscribe = names;
             // On reconnect, tell the server what we have so it sends only what changed.
             r.initial_resource_versions = self.resource_versions(h.as_ref());
+            limiter.admit().await;
             let _ = tx.send(r).await;
         }
         let mut stream = client
@@ -195,7 +200,6 @@ impl XdsClient {
             .await
             .map_err(|e| format!("open delta ADS stream: {e}"))?
             .into_inner();
-        self.connected();
         let mut got_any = false;
         loop {
             let mut resp: DeltaDiscoveryResponse = match stream.message().await {
@@ -230,6 +234,7 @@ impl XdsClient {
             let mut ack = request(&t);
             ack.response_nonce = resp.nonce.clone();
             ack.error_detail = applied.error_detail();
+            limiter.admit().await;
             if tx.send(ack).await.is_err() {
                 return Ok(true);
             }
@@ -244,6 +249,7 @@ impl XdsClient {
                 let mut r = request(h.type_url());
                 r.resource_names_subscribe = new.difference(old).cloned().collect();
                 r.resource_names_unsubscribe = old.difference(new).cloned().collect();
+                limiter.admit().await;
                 let _ = tx.send(r).await;
             }
             interests = now;
@@ -377,10 +383,22 @@ impl XdsClient {
         let client =
             AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
         tracing::info!(control_plane = %host.address, api = ?self.cfg.api, "connected to the control plane");
+        // Connected as soon as the stream can be opened, as Envoy counts it: a server (grpcio,
+        // for one) may send no response headers until it has something to say, and a delta
+        // server with nothing new would otherwise look disconnected.
+        self.connected();
         match self.cfg.api {
             XdsApi::Sotw => self.sotw(client).await,
             XdsApi::Delta => self.delta(client).await,
         }
+    }
+
+    fn limiter(&self) -> super::rate_limit::RequestLimiter {
+        super::rate_limit::RequestLimiter::new(
+            self.cfg.rate_limit,
+            self.stats.rate_limit_enforced.clone(),
+            self.stats.pending_requests.clone(),
+        )
     }
 
     fn connected(&self) {
