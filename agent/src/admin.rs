@@ -367,6 +367,16 @@ fn stats_endpoint(
     shared: &Shared,
     format: Option<&str>,
 ) -> Response<Body> {
+    shared.refresh_server_stats();
+    stats_of(query, &shared.store, format)
+}
+
+/// `/stats` of `store` with the query's filter and format.
+fn stats_of(
+    query: &BTreeMap<String, String>,
+    store: &stats::Store,
+    format: Option<&str>,
+) -> Response<Body> {
     let regex = match query.get("filter").filter(|f| !f.is_empty()) {
         Some(f) => match regex::Regex::new(f) {
             Ok(r) => Some(r),
@@ -383,8 +393,7 @@ fn stats_endpoint(
         regex,
         used_only: query.contains_key("usedonly"),
     };
-    shared.refresh_server_stats();
-    let snap = shared.store.snapshot();
+    let snap = store.snapshot();
     match format {
         None | Some("text") => text(StatusCode::OK, stats::render_text(&snap, &filter)),
         Some("json") => json_response(&stats::render_json(&snap, &filter)),
@@ -625,6 +634,51 @@ fn logging(method: &Method, query: &BTreeMap<String, String>, shared: &Shared) -
         Ok(()) => text(StatusCode::OK, log.describe()),
         Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n{}", log.describe())),
     }
+}
+
+/// Fuzzing entry (`fuzz/fuzz_targets/admin_request.rs`): `data` is a request target, a
+/// newline, then header lines. Runs what the admin server does with outside input before it
+/// touches server state: the cross-site check, the query parser, and `/stats` with the
+/// query's filter and format over a store holding every kind of stat.
+#[doc(hidden)]
+pub fn fuzz_request(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (target, header_lines) = text.split_once('\n').unwrap_or((&text, ""));
+    let mut headers = hyper::HeaderMap::new();
+    for line in header_lines.lines().take(MAX_ADMIN_HEADERS) {
+        if let Some((k, v)) = line.split_once(':') {
+            if let (Ok(k), Ok(v)) = (
+                hyper::header::HeaderName::from_bytes(k.trim().as_bytes()),
+                hyper::header::HeaderValue::from_str(v.trim()),
+            ) {
+                headers.append(k, v);
+            }
+        }
+    }
+    let _ = cross_site(&headers);
+    if target.len() > MAX_ADMIN_URI_BYTES {
+        return;
+    }
+    let Ok(uri) = target.parse::<hyper::Uri>() else {
+        return;
+    };
+    let query = parse_query(uri.query());
+    thread_local! {
+        static STORE: stats::Store = {
+            let store = stats::Store::new();
+            let c = store.tagged_scope("cluster", "envoy_cluster_name", "a\"b");
+            c.counter("upstream_cx_total").add(3);
+            c.gauge("membership_healthy").set(-1);
+            c.histogram("upstream_cx_connect_ms")
+                .record(std::time::Duration::from_millis(7));
+            store.root_scope("server").counter("unused");
+            store.flush_intervals();
+            store
+        };
+    }
+    STORE.with(|store| {
+        let _ = stats_of(&query, store, query.get("format").map(String::as_str));
+    });
 }
 
 #[cfg(test)]

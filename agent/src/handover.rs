@@ -586,6 +586,20 @@ impl Listener {
     }
 }
 
+/// Fuzzing entry (`fuzz/fuzz_targets/handover_message.rs`): a message body as received on the
+/// upgrade socket. What decodes must encode and decode back to itself.
+#[doc(hidden)]
+pub fn fuzz_message(data: &[u8]) {
+    if data.len() > MAX_MESSAGE {
+        return;
+    }
+    if let Ok(msg) = serde_json::from_slice::<Message>(data) {
+        let again = serde_json::to_vec(&msg).expect("a decoded message encodes");
+        let back: Message = serde_json::from_slice(&again).expect("an encoded message decodes");
+        assert_eq!(back, msg);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

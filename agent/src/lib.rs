@@ -11,6 +11,8 @@ pub mod config;
 pub mod copy;
 pub mod drain;
 pub mod filters;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handover;
 pub mod init;
 pub mod listener;

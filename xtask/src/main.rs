@@ -21,6 +21,7 @@ mod bench_redirect;
 mod bench_upgrade;
 mod bench_workers;
 mod ebpf;
+mod fuzz;
 mod util;
 
 use anyhow::{bail, Context, Result};
@@ -36,9 +37,10 @@ fn main() {
         Some("deps") => deps(args.iter().any(|a| a == "--bench")),
         Some("bench") => bench::bench(&args[1..]),
         Some("build-ebpf") => ebpf::build().map(|_| ()),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("demo-xds") => xds_tool("demo", &[]),
         _ => {
-            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | demo-xds | build-ebpf | bench l4|redirect|xds|upgrade [--secs S]>");
+            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | demo-xds | build-ebpf | bench l4|workers|redirect|xds|upgrade|config [--secs S] | fuzz <target>|all [--secs N] [--runs N]>");
             std::process::exit(2);
         }
     };
@@ -108,7 +110,23 @@ fn test() -> Result<()> {
         // Under CI a test that would skip for a missing tool or privilege fails instead.
         t.env("PLUMB_TEST_STRICT", "1");
     }
-    run_tests_with_summary(&mut t)
+    run_tests_with_summary(&mut t)?;
+    // Every fuzz target for a short while: a parser change that crashes on the corpus or
+    // on what a few seconds of mutation find fails the run.
+    let secs = if ci { 30 } else { 10 };
+    match fuzz::build() {
+        Ok(()) => {
+            for target in fuzz::TARGETS {
+                fuzz::run_target(target, secs, None)?;
+            }
+            Ok(())
+        }
+        Err(e) if !ci => {
+            eprintln!("xtask: warning: cannot build the fuzz targets ({e:#}); fuzzing skipped");
+            Ok(())
+        }
+        Err(e) => Err(e.context("building the fuzz targets")),
+    }
 }
 
 /// Runs `cargo test`, passing its output through, and ends with one total line

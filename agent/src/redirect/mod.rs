@@ -631,7 +631,7 @@ impl Redirector {
     pub fn sync_stats(&self) {
         for (i, c) in self.stats.kernel.iter().enumerate() {
             if let Ok(values) = self.counters.get(&(i as u32), 0) {
-                c.set_total(values.iter().sum());
+                c.set_total(per_cpu_total(&values));
             }
         }
     }
@@ -695,6 +695,40 @@ impl std::fmt::Debug for Redirector {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// Fuzzing entry (`fuzz/fuzz_targets/ebpf_values.rs`): the map values the agent reads back
+/// from the kernel — original destinations and the registration record — from arbitrary
+/// bytes, as a corrupted or foreign pinned map could hold them.
+#[doc(hidden)]
+pub fn fuzz_map_values(data: &[u8]) {
+    fn read<T: Copy + Default>(data: &[u8]) -> T {
+        let mut v = T::default();
+        let n = data.len().min(std::mem::size_of::<T>());
+        // SAFETY: T is a plain-old-data map value (integers and byte arrays, any bit pattern
+        // valid); at most size_of::<T>() bytes are copied into it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), (&mut v as *mut T).cast::<u8>(), n);
+        }
+        v
+    }
+    let o: OrigDst = read(data);
+    let _ = rules::orig_to_addr(&o);
+    let per_cpu: Vec<u64> = data
+        .chunks(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            u64::from_ne_bytes(b)
+        })
+        .collect();
+    let _ = per_cpu_total(&per_cpu);
+}
+
+/// The total of a per-CPU counter (wrapping, as the kernel's own counters do: a corrupted
+/// value must not stop the agent).
+fn per_cpu_total(values: &[u64]) -> u64 {
+    values.iter().fold(0u64, |a, v| a.wrapping_add(*v))
 }
 
 #[cfg(test)]
