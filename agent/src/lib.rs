@@ -18,6 +18,7 @@ pub mod init;
 pub mod listener;
 pub mod logging;
 pub mod notify;
+pub mod overload;
 pub mod redirect;
 pub mod server;
 pub mod state;

@@ -244,6 +244,12 @@ impl Shared {
             problems
                 .push("plumb.redirect changes need a restart; kept the current redirection".into());
         }
+        if old.overload != new.overload || old.runtime != new.runtime {
+            problems.push(
+                "overload_manager and layered_runtime changes need a restart; kept the current ones"
+                    .into(),
+            );
+        }
         // The redirect listener's address is compiled into the eBPF programs: it stays.
         let pinned = old.redirect.as_ref().map(|r| r.listener.clone());
         let new_clusters: HashSet<&str> = new.clusters.iter().map(|c| c.name.as_str()).collect();
@@ -287,6 +293,8 @@ impl Shared {
         kept.admin = old.admin.clone();
         kept.redirect = old.redirect.clone();
         kept.xds = old.xds.clone();
+        kept.overload = old.overload.clone();
+        kept.runtime = old.runtime.clone();
         if let Some(p) = &pinned {
             kept.listeners.retain(|l| l.name != *p);
             if let Some(l) = old.listeners.iter().find(|l| l.name == *p) {
@@ -389,11 +397,29 @@ pub fn release_free_memory() {
         let m = memory_usage_heap();
         let free = m.heap_size.saturating_sub(m.allocated);
         if free > 8 << 20 && free > m.allocated / 4 {
-            // SAFETY: malloc_trim only walks glibc's own arenas, under their locks.
-            unsafe {
-                libc::malloc_trim(0);
-            }
+            trim_heap();
         }
+    }
+}
+
+/// Hands every free heap page back to the system (the overload manager's `shrink_heap`).
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas, under their locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Bytes the heap holds from the system (the `fixed_heap` monitor's measure).
+pub fn heap_size() -> u64 {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        memory_usage_heap().heap_size
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        0
     }
 }
 

@@ -424,3 +424,15 @@ impl Drop for AgentProcess {
         }
     }
 }
+
+/// Kills a child process by PID when dropped (however the test ends).
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: signalling a child this test started, by its PID.
+        unsafe {
+            libc::kill(self.0 as i32, libc::SIGKILL);
+        }
+    }
+}

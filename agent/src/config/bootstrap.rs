@@ -15,7 +15,7 @@ use super::listener::{
 use super::overrides::Overrides;
 use super::walk::{Diagnostics, Field, FieldTable, Obj};
 use super::*;
-use super::{cluster::*, extensions::*};
+use super::{cluster::*, extensions::*, overload::*};
 use serde_yaml::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -50,11 +50,8 @@ pub(super) const BOOTSTRAP: FieldTable = &[
         "stats_flush_on_admin",
         I("histogram intervals are flushed on a timer"),
     ),
-    ("layered_runtime", I("runtime overrides are not read")),
-    (
-        "overload_manager",
-        I("overload actions are not implemented"),
-    ),
+    ("layered_runtime", S),
+    ("overload_manager", S),
     ("watchdog", I("watchdog is not implemented")),
     ("watchdogs", I("watchdog is not implemented")),
     ("tracing", I("tracing is not implemented")),
@@ -256,6 +253,16 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("DynamicResources", DYNAMIC_RESOURCES),
     ("ApiConfigSource", API_CONFIG_SOURCE),
     ("RateLimitSettings", RATE_LIMIT_SETTINGS),
+    ("OverloadManager", OVERLOAD_MANAGER),
+    ("ResourceMonitor", RESOURCE_MONITOR),
+    ("DownstreamConnectionsConfig", DOWNSTREAM_CONNECTIONS),
+    ("FixedHeapConfig", FIXED_HEAP),
+    ("OverloadAction", OVERLOAD_ACTION),
+    ("Trigger", TRIGGER),
+    ("ThresholdTrigger", THRESHOLD_TRIGGER),
+    ("ScaledTrigger", SCALED_TRIGGER),
+    ("LayeredRuntime", LAYERED_RUNTIME),
+    ("RuntimeLayer", RUNTIME_LAYER),
     ("GrpcService", GRPC_SERVICE),
     ("EnvoyGrpc", ENVOY_GRPC),
     ("OriginalDstFilter", TYPED_ANY),
@@ -613,10 +620,19 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
             }
         }
     }
+    let overload = root
+        .object("overload_manager", OVERLOAD_MANAGER, d)
+        .map(|o| read_overload_manager(&o, d));
+    let runtime = root
+        .object("layered_runtime", LAYERED_RUNTIME, d)
+        .map(|r| read_layered_runtime(&r, d))
+        .unwrap_or_default();
     Some(Snapshot {
         node,
         admin,
         stats_flush_interval,
+        overload,
+        runtime,
         listeners: listeners.into_iter().map(|(_, l)| Arc::new(l)).collect(),
         clusters: clusters.into_iter().map(|(_, c)| Arc::new(c)).collect(),
         bootstrap: BootstrapSource::default(),

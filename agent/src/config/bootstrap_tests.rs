@@ -306,3 +306,80 @@ static_resources:
         vec!["dynamic_resources.ads_config.rate_limit_settings.fill_rate: expected a positive number of requests per second, got -1"]
     );
 }
+
+#[test]
+fn overload_manager_and_runtime_limits_are_read_with_field_paths() {
+    let yaml = format!(
+        "{GOOD}{}",
+        r#"
+overload_manager:
+  refresh_interval: 0.25s
+  resource_monitors:
+  - name: envoy.resource_monitors.global_downstream_max_connections
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
+      max_active_downstream_connections: 1000
+  - name: envoy.resource_monitors.fixed_heap
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
+      max_heap_size_bytes: 1073741824
+  actions:
+  - name: envoy.overload_actions.shrink_heap
+    triggers: [{name: envoy.resource_monitors.fixed_heap, threshold: {value: 0.9}}]
+  - name: envoy.overload_actions.reject_incoming_connections
+    triggers:
+    - name: envoy.resource_monitors.global_downstream_max_connections
+      scaled: {scaling_threshold: 0.8, saturation_threshold: 0.95}
+layered_runtime:
+  layers:
+  - name: static
+    static_layer:
+      envoy.resource_limits.listener.l1.connection_limit: 10
+      envoy: {resource_limits: {listener: {l2: {connection_limit: "20"}}}}
+      some.other.key: true
+"#
+    );
+    let s = parse_bootstrap(&yaml, "t.yaml").unwrap();
+    let o = s.overload.unwrap();
+    assert_eq!(o.refresh_interval, Duration::from_millis(250));
+    assert_eq!(o.max_downstream_connections, Some(1000));
+    assert_eq!(o.max_heap_bytes, Some(1 << 30));
+    assert_eq!(o.actions.len(), 2);
+    assert_eq!(o.actions[1].kind, ActionKind::RejectIncomingConnections);
+    assert_eq!(
+        o.actions[1].triggers[0].kind,
+        TriggerKind::Scaled {
+            scaling: 0.8,
+            saturation: 0.95
+        }
+    );
+    assert_eq!(s.runtime.listener_connections.get("l1"), Some(&10));
+    assert_eq!(s.runtime.listener_connections.get("l2"), Some(&20));
+    assert!(s
+        .warnings
+        .iter()
+        .any(|w| w.path == "layered_runtime.layers[0].static_layer.some.other.key"));
+
+    let bad = format!(
+        "{GOOD}{}",
+        r#"
+overload_manager:
+  resource_monitors:
+  - name: envoy.resource_monitors.cgroup_memory
+  - name: envoy.resource_monitors.global_downstream_max_connections
+    typed_config: {max_active_downstream_connections: 10}
+  actions:
+  - name: envoy.overload_actions.stop_accepting_connections
+    triggers: [{name: envoy.resource_monitors.fixed_heap, threshold: {value: 0.9}}]
+  - name: envoy.overload_actions.reject_incoming_connections
+    triggers: [{name: envoy.resource_monitors.global_downstream_max_connections, scaled: {scaling_threshold: 0.9, saturation_threshold: 0.5}}]
+  - name: envoy.overload_actions.nope
+    triggers: []
+"#
+    );
+    let e = errors(&bad).join("\n");
+    assert!(e.contains("overload_manager.resource_monitors[0].name: unsupported resource monitor \"envoy.resource_monitors.cgroup_memory\""), "{e}");
+    assert!(e.contains("overload_manager.actions[0].triggers[0].name: no resource monitor \"envoy.resource_monitors.fixed_heap\" is configured"), "{e}");
+    assert!(e.contains("overload_manager.actions[1].triggers[0].scaled.scaling_threshold: must be below saturation_threshold"), "{e}");
+    assert!(e.contains("overload_manager.actions[2].name: unknown overload action \"envoy.overload_actions.nope\""), "{e}");
+}

@@ -8,6 +8,7 @@ mod cluster;
 mod endpoint;
 mod extensions;
 mod listener;
+mod overload;
 mod overrides;
 pub mod type_urls;
 mod walk;
@@ -16,6 +17,9 @@ pub mod xds;
 pub use bootstrap::{
     parse_bootstrap, parse_bootstrap_file, parse_bootstrap_file_limited, parse_bootstrap_file_with,
     parse_bootstrap_with, DEFAULT_BOOTSTRAP, DEFAULT_MAX_CONFIG_BYTES, MAX_YAML_DEPTH,
+};
+pub use overload::{
+    ActionKind, Monitor, OverloadAction, OverloadConfig, RuntimeLimits, Trigger, TriggerKind,
 };
 pub use overrides::{parse_metadata_entry, Overrides};
 pub use walk::{parse_duration, Diag, Diagnostics};
@@ -76,6 +80,10 @@ pub struct Snapshot {
     pub node: Node,
     pub admin: Option<Admin>,
     pub stats_flush_interval: Duration,
+    /// `overload_manager`, if configured.
+    pub overload: Option<OverloadConfig>,
+    /// Connection limits from `layered_runtime` static layers.
+    pub runtime: RuntimeLimits,
     pub listeners: Vec<Arc<Listener>>,
     pub clusters: Vec<Arc<Cluster>>,
     /// The bootstrap as given, for `/config_dump`: kept as text (a fraction of the memory

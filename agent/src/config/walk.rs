@@ -277,6 +277,30 @@ impl<'v> Obj<'v> {
         }
     }
 
+    /// A number in `[min, max]`; numbers may be given as strings (proto3 JSON).
+    pub fn float(&self, key: &str, min: f64, max: f64, d: &mut Diagnostics) -> Option<f64> {
+        let v = self.get(key)?;
+        let n = match v {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        match n {
+            Some(n) if n.is_finite() && (min..=max).contains(&n) => Some(n),
+            Some(n) => {
+                d.error(self.at(key), format!("{n} is out of range [{min}, {max}]"));
+                None
+            }
+            None => {
+                d.error(
+                    self.at(key),
+                    format!("expected a number in [{min}, {max}], found {}", kind(v)),
+                );
+                None
+            }
+        }
+    }
+
     pub fn boolean(&self, key: &str, d: &mut Diagnostics) -> Option<bool> {
         match self.get(key)? {
             Value::Bool(b) => Some(*b),

@@ -12,6 +12,7 @@ use super::{bind, serve, ActiveListener, Dispatch, DispatchHandle};
 use crate::config;
 use crate::drain;
 use crate::handover::{Inherited, OfferedSocket};
+use crate::overload::Overload;
 use crate::redirect::Redirector;
 use crate::stats::{Counter, Gauge, Store};
 use crate::upstream::{ClusterManager, Upsert};
@@ -106,10 +107,20 @@ pub struct ListenerManager {
     /// Set while a successor is taking over: a socket bound now would not be offered to it.
     frozen: std::sync::atomic::AtomicBool,
     stats: Stats,
+    overload: Arc<Overload>,
 }
 
 impl ListenerManager {
     pub fn new(clusters: Arc<ClusterManager>, store: &Store) -> Self {
+        Self::with_overload(clusters, store, Overload::unlimited(store))
+    }
+
+    /// With the overload manager whose limits and actions the accept loops follow.
+    pub fn with_overload(
+        clusters: Arc<ClusterManager>,
+        store: &Store,
+        overload: Arc<Overload>,
+    ) -> Self {
         let s = store.root_scope("listener_manager");
         Self {
             inner: Mutex::new(Inner::default()),
@@ -121,6 +132,7 @@ impl ListenerManager {
             workers: OnceLock::new(),
             runtime: OnceLock::new(),
             frozen: std::sync::atomic::AtomicBool::new(false),
+            overload,
             stats: Stats {
                 added: s.counter("listener_added"),
                 modified: s.counter("listener_modified"),
@@ -129,6 +141,11 @@ impl ListenerManager {
                 active: s.gauge("total_listeners_active"),
             },
         }
+    }
+
+    /// The overload manager the accept loops follow.
+    pub fn overload(&self) -> &Arc<Overload> {
+        &self.overload
     }
 
     /// Every listener's current version, by name.
@@ -175,6 +192,7 @@ impl ListenerManager {
             &self.store,
             self.dispatch.clone(),
             previous,
+            &self.overload,
         ))
     }
 
@@ -254,9 +272,10 @@ impl ListenerManager {
             };
             let Some(s) = s else { continue };
             let (current, rx, watch) = (current.clone(), rx.clone(), watch.clone());
+            let overload = self.overload.clone();
             rt.spawn(async move {
                 match tokio::net::TcpListener::from_std(s) {
-                    Ok(l) => serve(current, l, watch, rx).await,
+                    Ok(l) => serve(current, l, watch, rx, overload).await,
                     Err(e) => tracing::error!(error = %e, "cannot register listener socket"),
                 }
             });

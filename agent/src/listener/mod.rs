@@ -11,6 +11,7 @@ pub use manager::{ListenerManager, ListenerUpdateError};
 use crate::config;
 use crate::drain;
 use crate::filters::FilterChain;
+use crate::overload::Overload;
 use crate::redirect::{self, Redirector};
 use crate::stats::{Counter, Gauge, Histogram, Store};
 use crate::transport::{Downstream, Stream};
@@ -30,6 +31,43 @@ pub struct ListenerStats {
     pub downstream_cx_length_ms: Arc<Histogram>,
     pub no_filter_chain_match: Arc<Counter>,
     pub downstream_pre_cx_timeout: Arc<Counter>,
+    /// Closed at accept: the global connection limit (overload manager) was reached.
+    pub downstream_global_cx_overflow: Arc<Counter>,
+    /// Closed: the listener's own connection limit (runtime) was reached.
+    pub downstream_cx_overflow: Arc<Counter>,
+    /// Closed at accept by `reject_incoming_connections`.
+    pub downstream_cx_overload_reject: Arc<Counter>,
+}
+
+/// A listener's connection limit (`envoy.resource_limits.listener.<name>.connection_limit`)
+/// and its count, shared by the listener's versions so an update does not reset it.
+#[derive(Debug, Default)]
+pub struct ListenerLimit {
+    active: std::sync::atomic::AtomicU64,
+    max: std::sync::atomic::AtomicU64,
+}
+
+/// A connection counted against its listener's limit until dropped.
+struct LimitSlot<'a>(&'a ListenerLimit);
+
+impl Drop for LimitSlot<'_> {
+    fn drop(&mut self) {
+        self.0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl ListenerLimit {
+    fn admit(&self) -> Option<LimitSlot<'_>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self.active.fetch_add(1, Relaxed);
+        if before >= self.max.load(Relaxed) {
+            self.active.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(LimitSlot(self))
+    }
 }
 
 /// A bound listener with its filter chain, ready to serve.
@@ -46,6 +84,8 @@ pub struct ActiveListener {
     /// Where `use_original_dst` listeners hand connections, by original destination; one
     /// handle shared by every listener, replaced whenever the listener set changes.
     pub dispatch: DispatchHandle,
+    /// The runtime connection limit, if one is set for this listener's name.
+    limit: Option<Arc<ListenerLimit>>,
 }
 
 pub type DispatchHandle = Arc<ArcSwap<Dispatch>>;
@@ -53,23 +93,51 @@ pub type DispatchHandle = Arc<ArcSwap<Dispatch>>;
 /// Accepts until the server drains or `stop` turns true, handing each connection to the
 /// listener's current version (so an update takes effect for new connections only); the
 /// socket closes when this returns. Established connections are not affected.
+///
+/// The overload manager is consulted here: while `stop_accepting_connections` is active the
+/// loop waits (connections queue in the kernel); a connection beyond the global limit, or
+/// while `reject_incoming_connections` is active, is reset at once.
 pub async fn serve(
     current: Arc<ArcSwap<ActiveListener>>,
     listener: tokio::net::TcpListener,
     mut watch: drain::Watch,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    overload: Arc<Overload>,
 ) {
+    let mut paused = overload.paused();
     loop {
+        if *paused.borrow() {
+            tokio::select! {
+                _ = paused.wait_for(|p| !*p) => {}
+                _ = watch.draining() => break,
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = watch.draining() => break,
             _ = stop.wait_for(|s| *s) => break,
+            // Stop accepting at once when the overload action starts.
+            _ = paused.wait_for(|p| *p) => continue,
         };
         match accepted {
             Ok((stream, peer)) => {
                 let l = current.load_full();
+                if overload.rejecting() {
+                    l.stats.downstream_cx_overload_reject.inc();
+                    reset(stream);
+                    continue;
+                }
+                let Some(slot) = overload.admit() else {
+                    l.stats.downstream_global_cx_overflow.inc();
+                    reset(stream);
+                    continue;
+                };
                 let conn_watch = watch.clone();
-                tokio::spawn(async move { l.accepted(stream, peer, conn_watch).await });
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    l.accepted(stream, peer, conn_watch).await
+                });
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
@@ -80,6 +148,13 @@ pub async fn serve(
     }
     let l = current.load();
     tracing::info!(listener = %l.config.name, address = %l.local_address, "listener stopped accepting");
+}
+
+/// Closes a connection with a reset (SO_LINGER 0), as Envoy closes one it refuses: the
+/// client learns at once, and no TIME_WAIT is left behind.
+fn reset(stream: tokio::net::TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
 }
 
 /// Original-destination dispatch, shared by `use_original_dst` listeners. It refers to the
@@ -157,6 +232,7 @@ impl ActiveListener {
         store: &Store,
         dispatch: DispatchHandle,
         previous: Option<&ActiveListener>,
+        overload: &Overload,
     ) -> Self {
         let stat_name = stat_name_for(&cfg, bound);
         let s = store.tagged_scope("listener", "envoy_listener_address", &stat_name);
@@ -167,7 +243,15 @@ impl ActiveListener {
             downstream_cx_length_ms: s.histogram("downstream_cx_length_ms"),
             no_filter_chain_match: s.counter("no_filter_chain_match"),
             downstream_pre_cx_timeout: s.counter("downstream_pre_cx_timeout"),
+            downstream_global_cx_overflow: s.counter("downstream_global_cx_overflow"),
+            downstream_cx_overflow: s.counter("downstream_cx_overflow"),
+            downstream_cx_overload_reject: s.counter("downstream_cx_overload_reject"),
         };
+        let limit = overload.listener_limit(&cfg.name).map(|max| {
+            let l = previous.and_then(|p| p.limit.clone()).unwrap_or_default();
+            l.max.store(max, std::sync::atomic::Ordering::Relaxed);
+            l
+        });
         let http_inspector = cfg
             .listener_filters
             .contains(&config::ListenerFilter::HttpInspector)
@@ -192,6 +276,7 @@ impl ActiveListener {
             chains,
             http_inspector,
             dispatch,
+            limit,
         }
     }
 
@@ -267,6 +352,19 @@ impl ActiveListener {
 
     /// Runs the listener filters, selects the filter chain and runs the connection through it.
     async fn handle(&self, mut ds: Downstream) {
+        let _limit = match &self.limit {
+            Some(l) => match l.admit() {
+                Some(slot) => Some(slot),
+                None => {
+                    self.stats.downstream_cx_overflow.inc();
+                    if let Some(tcp) = ds.io.tcp() {
+                        let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+                    }
+                    return;
+                }
+            },
+            None => None,
+        };
         if !self.inspect(&mut ds).await {
             return;
         }
@@ -319,6 +417,7 @@ mod tests {
             &store,
             handle.clone(),
             None,
+            &Overload::unlimited(&store),
         ));
         handle.store(Arc::new(Dispatch::new(None, std::slice::from_ref(&l))));
         assert!(handle.load().target(cfg.address).is_some());

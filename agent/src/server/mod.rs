@@ -156,7 +156,27 @@ pub fn start(
         _ => None,
     };
     let admin_address = admin_socket.as_ref().map(|s| s.local_addr()).transpose()?;
-    let listeners = Arc::new(ListenerManager::new(clusters.clone(), &store));
+    let overload = crate::overload::Overload::new(
+        snapshot.overload.as_ref(),
+        &snapshot.runtime,
+        open_files_limit(),
+        &store,
+    );
+    match overload.max_connections() {
+        (max, crate::overload::LimitSource::Configured) => {
+            tracing::info!(max, "data-path connections limited by the overload manager")
+        }
+        (max, crate::overload::LimitSource::OpenFiles) => tracing::info!(
+            max,
+            reserve = crate::overload::FD_RESERVE,
+            "data-path connections limited to half the open-files limit minus a reserve for admin, xDS and DNS (set overload_manager's global_downstream_max_connections to choose)"
+        ),
+    }
+    let listeners = Arc::new(ListenerManager::with_overload(
+        clusters.clone(),
+        &store,
+        overload,
+    ));
     if let Some(i) = inherited.as_mut() {
         listeners.inherit(std::mem::take(&mut i.listeners));
     }
@@ -347,4 +367,17 @@ pub fn start(
         admin_address,
         main: Some(main),
     })
+}
+
+/// The soft RLIMIT_NOFILE (after `plumb run` raised it).
+fn open_files_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 1024;
+    }
+    r.rlim_cur
 }

@@ -180,6 +180,13 @@ pub(super) async fn run_data_plane(
         _ => None,
     };
     tokio::spawn(flush_stats(shared.clone()));
+    tokio::spawn(
+        shared
+            .listeners
+            .overload()
+            .clone()
+            .run(shared.drain.watch()),
+    );
     if !abandoned {
         if let Some(every) = crate::notify::watchdog_interval() {
             tokio::spawn(crate::notify::watchdog(every));
