@@ -526,17 +526,50 @@ use crate::xds::rfc3339;
 /// client's to describe (each resource type its own section).
 fn config_dump(shared: &Shared) -> Response<Body> {
     let snap = shared.snapshot.load_full();
-    let updated = rfc3339(shared.started_wall);
-    let listeners: Vec<_> = snap
+    let started = rfc3339(shared.started_wall);
+    let status = shared
+        .static_status
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let updated = |kind: &'static str, name: &str| {
+        status
+            .last_updated
+            .get(&(kind, name.to_string()))
+            .map_or_else(|| started.clone(), |t| rfc3339(*t))
+    };
+    let error_state = |f: &crate::state::FailedUpdate| {
+        json!({
+            "failed_configuration": f.config,
+            "last_update_attempt": rfc3339(f.at),
+            "details": f.details,
+        })
+    };
+    let mut listeners: Vec<_> = snap
         .listeners
         .iter()
-        .map(|l| json!({"listener": l.to_envoy_json(), "last_updated": updated}))
+        .map(|l| {
+            let mut j = json!({"listener": l.to_envoy_json(), "last_updated": updated("listener", &l.name)});
+            if let Some(f) = status.failed_listeners.get(&l.name) {
+                j["error_state"] = error_state(f);
+            }
+            j
+        })
         .collect();
+    // A new listener the reload could not start: only its failure.
+    for (name, f) in &status.failed_listeners {
+        if !snap.listeners.iter().any(|l| l.name == *name) {
+            listeners.push(json!({"name": name, "error_state": error_state(f)}));
+        }
+    }
     let clusters: Vec<_> = snap
         .clusters
         .iter()
-        .map(|c| json!({"cluster": c.to_envoy_json(), "last_updated": updated}))
+        .map(|c| json!({"cluster": c.to_envoy_json(), "last_updated": updated("cluster", &c.name)}))
         .collect();
+    let updated = status
+        .bootstrap_updated
+        .map_or_else(|| started.clone(), rfc3339);
+    drop(status);
     let mut configs = vec![
         json!({
             "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",

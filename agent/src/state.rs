@@ -188,6 +188,29 @@ pub struct Shared {
     pub(crate) takeover: std::sync::Mutex<Option<crate::handover::Inherited>>,
     /// Set by SIGTERM/SIGINT.
     pub(crate) signalled: watch::Sender<bool>,
+    /// When each bootstrap listener and cluster last changed, and reload failures.
+    pub static_status: std::sync::Mutex<StaticStatus>,
+}
+
+/// What `/config_dump` reports about the bootstrap's own resources beyond their config: when
+/// each was last changed by a reload, and the reload's failures (the resource keeps serving
+/// its previous version, or is not serving at all if it is new).
+#[derive(Debug, Default)]
+pub struct StaticStatus {
+    /// ("listener" | "cluster", name) → last change; absent: since start-up.
+    pub last_updated: std::collections::HashMap<(&'static str, String), SystemTime>,
+    /// Listener name → the rejected update.
+    pub failed_listeners: std::collections::BTreeMap<String, FailedUpdate>,
+    /// When the bootstrap was last (re)loaded.
+    pub bootstrap_updated: Option<SystemTime>,
+}
+
+/// A listener update a reload could not apply (Envoy's `UpdateFailureState`).
+#[derive(Debug, Clone)]
+pub struct FailedUpdate {
+    pub config: serde_json::Value,
+    pub details: String,
+    pub at: SystemTime,
 }
 
 /// Envoy's server states, as `/server_info` and `server.state` report them.
@@ -254,12 +277,19 @@ impl Shared {
         let pinned = old.redirect.as_ref().map(|r| r.listener.clone());
         let new_clusters: HashSet<&str> = new.clusters.iter().map(|c| c.name.as_str()).collect();
         let new_listeners: HashSet<&str> = new.listeners.iter().map(|l| l.name.as_str()).collect();
+        let now = SystemTime::now();
+        let mut changed: Vec<(&'static str, String)> = Vec::new();
         // One batch: the cluster map is copied and published once, however many change.
         let mut batch = self.clusters.batch();
         for c in &new.clusters {
-            batch.upsert(c.clone());
+            if batch.upsert(c.clone()) != crate::upstream::Upsert::Unchanged {
+                changed.push(("cluster", c.name.clone()));
+            }
         }
         drop(batch);
+        // Listeners that could not be updated keep serving their old version (or, if new,
+        // are not serving): the snapshot shows what serves, and `/config_dump` the failure.
+        let mut failed: Vec<(String, FailedUpdate)> = Vec::new();
         let listener_batch = self.listeners.batch();
         for l in &new.listeners {
             if pinned.as_deref() == Some(l.name.as_str()) {
@@ -268,8 +298,21 @@ impl Shared {
                 }
                 continue;
             }
-            if let Err(e) = self.listeners.upsert(l.clone()) {
-                problems.push(format!("{:#}", anyhow::Error::from(e)));
+            match self.listeners.upsert(l.clone()) {
+                Ok(crate::upstream::Upsert::Unchanged) => {}
+                Ok(_) => changed.push(("listener", l.name.clone())),
+                Err(e) => {
+                    let details = format!("{:#}", anyhow::Error::from(e));
+                    problems.push(details.clone());
+                    failed.push((
+                        l.name.clone(),
+                        FailedUpdate {
+                            config: l.to_envoy_json(),
+                            details,
+                            at: now,
+                        },
+                    ));
+                }
             }
         }
         // Only what the old bootstrap defined and the new one does not: listeners and
@@ -295,11 +338,43 @@ impl Shared {
         kept.xds = old.xds.clone();
         kept.overload = old.overload.clone();
         kept.runtime = old.runtime.clone();
-        if let Some(p) = &pinned {
-            kept.listeners.retain(|l| l.name != *p);
-            if let Some(l) = old.listeners.iter().find(|l| l.name == *p) {
-                kept.listeners.push(l.clone());
+        // The bootstrap shown is the new file with the sections that need a restart as they
+        // are in force.
+        kept.bootstrap = new.bootstrap.with_sections_from(
+            &old.bootstrap,
+            &[
+                "admin",
+                "bootstrap_extensions",
+                "dynamic_resources",
+                "overload_manager",
+                "layered_runtime",
+            ],
+        );
+        let failed_names: HashSet<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
+        let mut pinned_or_failed = pinned.iter().map(String::as_str).collect::<HashSet<_>>();
+        pinned_or_failed.extend(failed_names.iter().copied());
+        kept.listeners
+            .retain(|l| !pinned_or_failed.contains(l.name.as_str()));
+        kept.listeners.extend(
+            old.listeners
+                .iter()
+                .filter(|l| pinned_or_failed.contains(l.name.as_str()))
+                .cloned(),
+        );
+        {
+            let mut st = self.static_status.lock().unwrap_or_else(|p| p.into_inner());
+            for key in changed {
+                st.failed_listeners.remove(&key.1);
+                st.last_updated.insert(key, now);
             }
+            st.failed_listeners
+                .retain(|name, _| new_listeners.contains(name.as_str()));
+            st.last_updated.retain(|(kind, name), _| match *kind {
+                "listener" => new_listeners.contains(name.as_str()),
+                _ => new_clusters.contains(name.as_str()),
+            });
+            st.failed_listeners.extend(failed);
+            st.bootstrap_updated = Some(now);
         }
         self.snapshot.store(Arc::new(kept));
         problems

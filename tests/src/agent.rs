@@ -115,6 +115,13 @@ impl TestAgent {
             .unwrap_or_else(|| panic!("no listener named {name}"))
     }
 
+    /// Applies `bootstrap` as a reload (SIGHUP) does; returns the problems it reports.
+    pub fn reload(&self, bootstrap: &str) -> Vec<String> {
+        let snapshot = plumb::config::parse_bootstrap(bootstrap, "reloaded bootstrap")
+            .unwrap_or_else(|e| panic!("reloaded bootstrap is invalid:\n{e}"));
+        self.handle().shared().apply(&snapshot)
+    }
+
     /// A counter or gauge by its full Envoy name, read directly from the store.
     pub fn stat(&self, name: &str) -> i64 {
         self.handle().shared().store.value(name).unwrap_or(0)

@@ -405,3 +405,112 @@ async fn admin_bounds_requests_and_refuses_cross_site_mutations() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(post(admin, "/healthcheck/ok").await.status, 200);
 }
+
+/// Issue 11, item 7: after a reload that applies only in part, `/config_dump` describes what
+/// serves: a listener that could not move keeps its old address there (as in `/listeners`)
+/// with an `error_state`; a new listener that could not bind shows only its failure; a
+/// changed admin address is refused with a message and not shown; `last_updated` changes only
+/// for what changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_dump_describes_what_serves_after_a_partial_reload() {
+    use plumb_tests::agent::{bootstrap, static_cluster, tcp_listener};
+    let echo = servers::start(Behavior::Echo).await;
+    let at = |name: &str, port: u16| {
+        let mut l = tcp_listener(name, "echo");
+        l["address"]["socket_address"]["port_value"] = serde_json::json!(port);
+        l
+    };
+    let (p1, p2) = (servers::closed_port().port(), servers::closed_port().port());
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let p3 = busy.local_addr().unwrap().port();
+    let busy2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let p4 = busy2.local_addr().unwrap().port();
+    let first = bootstrap(
+        vec![at("moved", p1), at("same", p2)],
+        vec![static_cluster("echo", &[echo.addr])],
+    );
+    let agent = TestAgent::start(&first).await;
+    let admin = agent.admin();
+    let before = get(admin, "/config_dump").await.json();
+    let mut second: serde_json::Value = serde_json::from_str(&bootstrap(
+        vec![at("moved", p3), at("same", p2), at("new", p4)],
+        vec![{
+            let mut c = static_cluster("echo", &[echo.addr]);
+            c["connect_timeout"] = serde_json::json!("2s");
+            c
+        }],
+    ))
+    .unwrap();
+    second["admin"]["address"]["socket_address"]["port_value"] = serde_json::json!(p1);
+    let problems = agent.reload(&second.to_string());
+    let all = problems.join("\n");
+    assert!(
+        all.contains("admin address changes need a restart"),
+        "{all}"
+    );
+    assert!(
+        all.contains("\"moved\"") && all.contains("\"new\""),
+        "{all}"
+    );
+
+    let listeners = get(admin, "/listeners").await.body;
+    assert!(
+        listeners.contains(&format!("moved::127.0.0.1:{p1}")),
+        "{listeners}"
+    );
+    assert!(!listeners.contains("new::"), "{listeners}");
+    let dump = get(admin, "/config_dump").await.json();
+    let section = |d: &serde_json::Value, t: &str| {
+        d["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["@type"].as_str().unwrap().ends_with(t))
+            .cloned()
+            .unwrap()
+    };
+    let statics = section(&dump, "ListenersConfigDump")["static_listeners"].clone();
+    let entry = |name: &str| {
+        statics
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["listener"]["name"] == name || l["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {statics}"))
+    };
+    let moved = entry("moved");
+    assert_eq!(
+        moved["listener"]["address"]["socket_address"]["port_value"], p1,
+        "the address that serves"
+    );
+    assert_eq!(
+        moved["error_state"]["failed_configuration"]["address"]["socket_address"]["port_value"],
+        p3
+    );
+    let details = moved["error_state"]["details"].as_str().unwrap();
+    assert!(details.contains("in use"), "{details}");
+    let new = entry("new");
+    assert!(
+        new.get("listener").is_none() && new["error_state"].is_object(),
+        "{new}"
+    );
+    let old_same = section(&before, "ListenersConfigDump")["static_listeners"][1].clone();
+    assert_eq!(
+        entry("same")["last_updated"],
+        old_same["last_updated"],
+        "unchanged"
+    );
+    let cluster = &section(&dump, "ClustersConfigDump")["static_clusters"][0];
+    assert_eq!(cluster["cluster"]["connect_timeout"], "2s");
+    assert_ne!(
+        cluster["last_updated"],
+        section(&before, "ClustersConfigDump")["static_clusters"][0]["last_updated"]
+    );
+    let boot = &section(&dump, "BootstrapConfigDump")["bootstrap"];
+    assert_eq!(
+        boot["admin"]["address"]["socket_address"]["port_value"], 0,
+        "the admin address in force, not the refused one"
+    );
+    drop((busy, busy2));
+}

@@ -53,6 +53,8 @@ fn render_errors(errors: &[Diag]) -> String {
 pub struct BootstrapSource {
     text: Arc<str>,
     overrides: Overrides,
+    /// Top-level sections shown from another bootstrap (the one in force), `None` = absent.
+    sections: Vec<(String, Option<Json>)>,
 }
 
 impl BootstrapSource {
@@ -60,7 +62,20 @@ impl BootstrapSource {
         Self {
             text: text.into(),
             overrides: overrides.clone(),
+            sections: Vec::new(),
         }
+    }
+
+    /// This bootstrap, shown with `keys` (top-level sections) as `other` has them: a reload
+    /// keeps sections that need a restart as they are in force.
+    pub fn with_sections_from(&self, other: &BootstrapSource, keys: &[&str]) -> Self {
+        let theirs = other.to_json();
+        let mut out = self.clone();
+        out.sections = keys
+            .iter()
+            .map(|k| (k.to_string(), theirs.get(*k).cloned()))
+            .collect();
+        out
     }
 
     /// The bootstrap as JSON, with the overrides applied (as it was validated).
@@ -68,7 +83,16 @@ impl BootstrapSource {
         match serde_yaml::from_str::<serde_yaml::Value>(&self.text) {
             Ok(mut v) => {
                 self.overrides.apply(&mut v);
-                serde_json::to_value(v).unwrap_or(Json::Null)
+                let mut j = serde_json::to_value(v).unwrap_or(Json::Null);
+                if let Json::Object(m) = &mut j {
+                    for (k, v) in &self.sections {
+                        match v {
+                            Some(v) => m.insert(k.clone(), v.clone()),
+                            None => m.remove(k),
+                        };
+                    }
+                }
+                j
             }
             Err(_) => Json::Null,
         }

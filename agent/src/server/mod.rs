@@ -292,6 +292,7 @@ pub fn start(
         initialized: AtomicBool::new(false),
         started: Instant::now(),
         started_wall: SystemTime::now(),
+        static_status: Default::default(),
         epoch,
         options,
         log,

@@ -60,10 +60,8 @@ impl XdsClient {
 
 /// An RFC 3339 UTC timestamp, as Envoy prints `last_updated`.
 pub fn rfc3339(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (secs, millis) = (since.as_secs(), since.subsec_millis());
     // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate for one timestamp.
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
@@ -76,8 +74,14 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + (m <= 2) as i64;
+    // Protobuf's JSON form: fractional seconds only when there are some.
+    let frac = if millis == 0 {
+        String::new()
+    } else {
+        format!(".{millis:03}")
+    };
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z",
         rem / 3600,
         (rem % 3600) / 60,
         rem % 60
