@@ -443,3 +443,12 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// A program on PATH (or in /usr/sbin, /sbin), if installed.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}

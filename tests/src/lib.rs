@@ -2,6 +2,7 @@
 //! subprocess, and waiting on conditions with deadlines (never sleeping to synchronise).
 
 pub mod agent;
+pub mod capture;
 pub mod churn;
 pub mod client;
 pub mod pods;

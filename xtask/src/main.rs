@@ -22,6 +22,7 @@ mod bench_upgrade;
 mod bench_workers;
 mod ebpf;
 mod fuzz;
+mod image;
 mod util;
 
 use anyhow::{bail, Context, Result};
@@ -38,9 +39,10 @@ fn main() {
         Some("bench") => bench::bench(&args[1..]),
         Some("build-ebpf") => ebpf::build().map(|_| ()),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("image") => image::build(args.iter().any(|a| a == "--release")).map(|_| ()),
         Some("demo-xds") => xds_tool("demo", &[]),
         _ => {
-            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | demo-xds | build-ebpf | bench l4|workers|redirect|xds|upgrade|config [--secs S] | fuzz <target>|all [--secs N] [--runs N]>");
+            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | demo-xds | build-ebpf | bench l4|workers|redirect|xds|upgrade|config [--secs S] | fuzz <target>|all [--secs N] [--runs N] | image [--release]>");
             std::process::exit(2);
         }
     };
@@ -51,7 +53,12 @@ fn main() {
 }
 
 /// Debian packages by the command they provide.
-const TEST_TOOLS: &[(&str, &str)] = &[("promtool", "prometheus")];
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("promtool", "prometheus"),
+    // The agent image is built and run for real (tests/tests/container.rs).
+    ("podman", "podman"),
+    ("runc", "runc"),
+];
 const BENCH_TOOLS: &[(&str, &str)] = &[("haproxy", "haproxy")];
 
 /// PyPI tools by the Python module they provide (pinned).
@@ -104,6 +111,13 @@ fn test() -> Result<()> {
     // Build the binaries (and test targets) first so subprocess tests find them fresh — the
     // same build the test harness asks for, so its own `cargo build` is a no-op.
     run(cargo().args(["build", "--workspace", "--bins", "--tests"]))?;
+    // The container image the container test runs (from the binary just built).
+    if let Err(e) = image::build(false) {
+        if ci {
+            return Err(e.context("building the agent image"));
+        }
+        eprintln!("xtask: warning: cannot build the agent image ({e:#}); the container test will be skipped");
+    }
     let mut t = cargo();
     t.args(["test", "--workspace"]);
     if ci {
