@@ -32,7 +32,7 @@ struct ManagerStats {
 /// writers (config updates) are serialized and swap in a new map.
 #[derive(Debug)]
 pub struct ClusterManager {
-    clusters: ArcSwap<BTreeMap<String, Arc<Cluster>>>,
+    pub(super) clusters: ArcSwap<BTreeMap<String, Arc<Cluster>>>,
     write: Mutex<()>,
     store: Store,
     stats: ManagerStats,

@@ -154,3 +154,39 @@ fn a_retry_pick_avoids_hosts_already_tried() {
         assert!(!Arc::ptr_eq(&c.pick(&ctx).unwrap(), &first));
     }
 }
+
+/// Issue 11, item 2: a batch of many changes copies the cluster map once and publishes it
+/// once (one copy per change made reloads quadratic): readers see the old map until the
+/// batch ends, then every change at once; the gauges are right.
+#[test]
+fn a_batch_publishes_once() {
+    let store = Store::new();
+    let cm = ClusterManager::new(&snapshot("STATIC"), &store);
+    let before = cm.clusters.load_full();
+    let mut batch = cm.batch();
+    for i in 0..1000 {
+        let mut cfg = (*cm.get("c").unwrap().config).clone();
+        cfg.name = format!("c{i}");
+        assert_eq!(batch.upsert(Arc::new(cfg)), Upsert::Added);
+        assert!(
+            batch.get(&format!("c{i}")).is_some(),
+            "the batch sees its own changes"
+        );
+    }
+    assert!(batch.remove("c"));
+    assert!(
+        Arc::ptr_eq(&before, &cm.clusters.load_full()),
+        "nothing published before the batch ends"
+    );
+    assert!(cm.get("c0").is_none() && cm.get("c").is_some());
+    drop(batch);
+    assert_eq!(cm.all().len(), 1000);
+    assert!(cm.get("c").is_none());
+    assert_eq!(store.value("cluster_manager.active_clusters"), Some(1000));
+    assert_eq!(store.value("cluster_manager.cluster_added"), Some(1001));
+    assert_eq!(store.value("cluster_manager.cluster_removed"), Some(1));
+    // A batch without changes publishes nothing.
+    let now = cm.clusters.load_full();
+    drop(cm.batch());
+    assert!(Arc::ptr_eq(&now, &cm.clusters.load_full()));
+}
