@@ -152,21 +152,31 @@ mod tests {
         );
     }
 
-    /// Writes the seed corpora under `fuzz/corpus/` (run by hand when the seeds change:
-    /// `cargo test -p plumb write_seed_corpus -- --ignored`).
+    /// The seed corpora: each seed runs through its target here; with
+    /// `PLUMB_WRITE_FUZZ_SEEDS=1` they are (re)written under `fuzz/corpus/` (when the seeds
+    /// change: `PLUMB_WRITE_FUZZ_SEEDS=1 cargo test -p plumb fuzz_seeds`).
     #[test]
-    #[ignore]
-    fn write_seed_corpus() {
+    fn fuzz_seeds() {
+        let write_files = std::env::var("PLUMB_WRITE_FUZZ_SEEDS").is_ok_and(|v| v == "1");
         use envoy_types::pb::envoy::service::discovery::v3::{
             DeltaDiscoveryResponse, DiscoveryResponse, Resource,
         };
         use prost::Message as _;
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
         let write = |target: &str, name: &str, data: &[u8]| {
-            let dir = root.join(target);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(name), data).unwrap();
+            let run = super::TARGETS.iter().find(|(t, _)| *t == target).unwrap().1;
+            run(data);
+            if write_files {
+                let dir = root.join(target);
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join(name), data).unwrap();
+            }
         };
+        // Every bootstrap seed but the deliberately odd last one is a valid configuration.
+        let n = super::seeds::BOOTSTRAPS.len();
+        for yaml in &super::seeds::BOOTSTRAPS[..n - 1] {
+            crate::config::parse_bootstrap(yaml, "seed").unwrap();
+        }
         for (i, yaml) in super::seeds::BOOTSTRAPS.iter().enumerate() {
             write("bootstrap", &format!("seed-{i}.yaml"), yaml.as_bytes());
         }
