@@ -339,17 +339,25 @@ impl Shared {
         kept.overload = old.overload.clone();
         kept.runtime = old.runtime.clone();
         // The bootstrap shown is the new file with the sections that need a restart as they
-        // are in force.
-        kept.bootstrap = new.bootstrap.with_sections_from(
-            &old.bootstrap,
-            &[
-                "admin",
-                "bootstrap_extensions",
-                "dynamic_resources",
-                "overload_manager",
-                "layered_runtime",
-            ],
-        );
+        // are in force (parsing the old text only when one of them changed).
+        let restart_sections_changed = old.admin != new.admin
+            || old.xds != new.xds
+            || old.overload != new.overload
+            || old.runtime != new.runtime
+            || old.redirect.is_some() != new.redirect.is_some()
+            || format!("{:?}", old.redirect) != format!("{:?}", new.redirect);
+        if restart_sections_changed {
+            kept.bootstrap = new.bootstrap.with_sections_from(
+                &old.bootstrap,
+                &[
+                    "admin",
+                    "bootstrap_extensions",
+                    "dynamic_resources",
+                    "overload_manager",
+                    "layered_runtime",
+                ],
+            );
+        }
         let failed_names: HashSet<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
         let mut pinned_or_failed = pinned.iter().map(String::as_str).collect::<HashSet<_>>();
         pinned_or_failed.extend(failed_names.iter().copied());

@@ -14,9 +14,9 @@ use super::listener::{
 };
 use super::overrides::Overrides;
 use super::walk::{Diagnostics, Field, FieldTable, Obj};
+use super::yaml::Value;
 use super::*;
 use super::{cluster::*, extensions::*, overload::*};
-use serde_yaml::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
@@ -357,32 +357,33 @@ pub fn parse_bootstrap_with(
             message: format!("nesting deeper than {MAX_YAML_DEPTH} levels (the limit)"),
         }]));
     }
-    let mut value: Value = serde_yaml::from_str(text).map_err(|e| {
-        let at = e
-            .location()
-            .map(|l| format!("line {} column {}", l.line(), l.column()))
-            .unwrap_or_default();
-        let mut msg = e.to_string();
-        if msg.starts_with("recursion limit exceeded") {
-            return fail(vec![Diag {
-                path: at.clone(),
-                message: format!("nesting deeper than {MAX_YAML_DEPTH} levels (the limit)"),
-            }]);
-        }
-        // serde_yaml's words for an integer beyond 64 bits ("invalid type: integer `…` as
-        // u128, expected any YAML value") do not say what is wrong.
-        if msg.contains("as u128") || msg.contains("as i128") {
-            msg = format!(
-                "{}: integer out of range (the largest accepted is {})",
-                msg.split(": invalid type").next().unwrap_or_default(),
-                u64::MAX
-            );
-        }
+    let mut value: Value = super::yaml::parse(text, MAX_YAML_DEPTH).map_err(|e| {
+        let message = if e.message.starts_with("nesting deeper") {
+            e.message.clone()
+        } else {
+            format!("invalid YAML: {e}")
+        };
         fail(vec![Diag {
-            path: at,
-            message: format!("invalid YAML: {msg}"),
+            path: format!("line {} column {}", e.line, e.column),
+            message,
         }])
     })?;
+    // Integers beyond 64 bits: say where, and what is accepted.
+    let too_big = too_big_numbers(&value);
+    if !too_big.is_empty() {
+        return Err(fail(
+            too_big
+                .into_iter()
+                .map(|path| Diag {
+                    path,
+                    message: format!(
+                        "integer out of range (the largest accepted is {})",
+                        u64::MAX
+                    ),
+                })
+                .collect(),
+        ));
+    }
     let override_warnings = overrides.apply(&mut value);
     let mut d = Diagnostics::default();
     let snapshot = translate(&value, &mut d);
@@ -462,6 +463,40 @@ fn flow_depth_exceeded(text: &str, limit: usize) -> Option<String> {
         prev = c;
     }
     None
+}
+
+/// Paths of the integers in `value` too large for 64 bits.
+fn too_big_numbers(value: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo: Vec<(String, &Value)> = vec![(String::new(), value)];
+    while let Some((path, v)) = todo.pop() {
+        match v {
+            Value::Number(n) if n.is_too_big() => out.push(path),
+            Value::Sequence(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if matches!(
+                        item,
+                        Value::Sequence(_) | Value::Mapping(_) | Value::Number(_)
+                    ) {
+                        todo.push((super::walk::index(&path, i), item));
+                    }
+                }
+            }
+            Value::Mapping(m) => {
+                for (k, item) in m.iter() {
+                    if matches!(
+                        item,
+                        Value::Sequence(_) | Value::Mapping(_) | Value::Number(_)
+                    ) {
+                        todo.push((super::walk::join(&path, &k.to_string()), item));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out.sort();
+    out
 }
 
 pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> {
@@ -861,9 +896,9 @@ pub(super) fn read_node(n: &Obj, d: &mut Diagnostics) -> Node {
             .object("locality", LOCALITY, d)
             .map(|l| read_locality(&l, d))
             .unwrap_or_default(),
-        metadata: match n.get("metadata").map(serde_json::to_value) {
-            None | Some(Ok(serde_json::Value::Null)) => serde_json::Map::new(),
-            Some(Ok(serde_json::Value::Object(m))) => m,
+        metadata: match n.get("metadata").map(Value::to_json) {
+            None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+            Some(serde_json::Value::Object(m)) => m,
             Some(_) => {
                 d.error(
                     n.at("metadata"),

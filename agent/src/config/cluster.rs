@@ -4,10 +4,10 @@
 
 use super::bootstrap::*;
 use super::walk::{Diagnostics, Field, FieldTable, Obj};
+use super::yaml::Value;
 use super::*;
 #[allow(unused_imports)]
 use super::{endpoint::*, extensions::*};
-use serde_yaml::Value;
 use std::collections::BTreeSet;
 
 #[allow(unused_imports)]

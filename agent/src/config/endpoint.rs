@@ -3,10 +3,10 @@
 
 use super::bootstrap::*;
 use super::walk::{Diagnostics, Field, FieldTable, Obj};
+use super::yaml::Value;
 use super::*;
 #[allow(unused_imports)]
 use super::{cluster::*, extensions::*};
-use serde_yaml::Value;
 
 #[allow(unused_imports)]
 use Field::{Ignored as I, Rejected as R, Supported as S};

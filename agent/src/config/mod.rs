@@ -13,6 +13,7 @@ mod overrides;
 pub mod type_urls;
 mod walk;
 pub mod xds;
+pub mod yaml;
 
 pub use bootstrap::{
     parse_bootstrap, parse_bootstrap_file, parse_bootstrap_file_limited, parse_bootstrap_file_with,
@@ -80,10 +81,10 @@ impl BootstrapSource {
 
     /// The bootstrap as JSON, with the overrides applied (as it was validated).
     pub fn to_json(&self) -> Json {
-        match serde_yaml::from_str::<serde_yaml::Value>(&self.text) {
+        match yaml::parse(&self.text, MAX_YAML_DEPTH) {
             Ok(mut v) => {
                 self.overrides.apply(&mut v);
-                let mut j = serde_json::to_value(v).unwrap_or(Json::Null);
+                let mut j = v.to_json();
                 if let Json::Object(m) = &mut j {
                     for (k, v) in &self.sections {
                         match v {

@@ -2,8 +2,8 @@
 //! `layered_runtime` keys Plumb reads (connection limits): field tables and readers.
 
 use super::walk::{Diagnostics, Field, FieldTable, Obj};
+use super::yaml::Value;
 use super::*;
-use serde_yaml::Value;
 
 #[allow(unused_imports)]
 use Field::{Ignored as I, Rejected as R, Supported as S};
@@ -392,10 +392,7 @@ fn flatten<'v>(prefix: &str, v: &'v Value, out: &mut Vec<(String, &'v Value)>, d
             for (k, v) in m {
                 let k = match k {
                     Value::String(s) => s.clone(),
-                    other => serde_yaml::to_string(other)
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string(),
+                    other => other.to_string(),
                 };
                 let key = if prefix.is_empty() {
                     k

@@ -7,7 +7,7 @@
 
 use super::extensions::REDIRECT_TYPE;
 use super::walk::{snake_case, Diag};
-use serde_yaml::{Mapping, Value};
+use super::yaml::{Mapping, Value};
 use std::net::IpAddr;
 
 /// Plumb's redirection extension in `bootstrap_extensions`: found by its `@type`, as the
@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn node_fields_are_set_and_created() {
-        let mut doc: Value = serde_yaml::from_str("node: {id: a}\nadmin: {}").unwrap();
+        let mut doc: Value = super::super::yaml::parse_test("node: {id: a}\nadmin: {}").unwrap();
         let o = Overrides {
             node_id: Some("n1".into()),
             node_zone: Some("z1".into()),
@@ -169,7 +169,8 @@ mod tests {
         assert_eq!(doc["node"]["locality"]["zone"], "z1");
         assert_eq!(doc["node"]["metadata"]["HOST_IP"], "10.0.0.5");
         // Metadata keys are kept exactly as given, next to similar-looking ones.
-        let mut doc: Value = serde_yaml::from_str("node: {metadata: {clusterId: a}}").unwrap();
+        let mut doc: Value =
+            super::super::yaml::parse_test("node: {metadata: {clusterId: a}}").unwrap();
         let o = Overrides {
             node_metadata: vec![("cluster_id".into(), "b".into())],
             ..Overrides::default()
@@ -178,7 +179,7 @@ mod tests {
         assert_eq!(doc["node"]["metadata"]["clusterId"], "a");
         assert_eq!(doc["node"]["metadata"]["cluster_id"], "b");
         // An empty zone (an unset downward-API label) leaves the zone alone.
-        let mut doc: Value = serde_yaml::from_str("admin: {}").unwrap();
+        let mut doc: Value = super::super::yaml::parse_test("admin: {}").unwrap();
         let o = Overrides {
             node_zone: Some(String::new()),
             ..Overrides::default()
@@ -189,7 +190,7 @@ mod tests {
 
     #[test]
     fn redirect_proxy_addresses_go_to_the_extension_by_family() {
-        let mut doc: Value = serde_yaml::from_str(
+        let mut doc: Value = super::super::yaml::parse_test(
             "bootstrap_extensions:\n- name: other\n- name: plumb.redirect\n  typed_config: {listener: out}\n",
         )
         .unwrap();
@@ -203,7 +204,7 @@ mod tests {
         assert_eq!(tc["proxy_address_v6"], "fd00::1");
         assert!(doc["bootstrap_extensions"][0].get("typed_config").is_none());
         // lowerCamelCase spellings are found and replaced, never duplicated.
-        let mut doc: Value = serde_yaml::from_str(
+        let mut doc: Value = super::super::yaml::parse_test(
             "bootstrapExtensions:\n- name: plumb.redirect\n  typedConfig: {listener: out, proxyAddress: 1.1.1.1}\n",
         )
         .unwrap();
@@ -212,7 +213,7 @@ mod tests {
         assert_eq!(tc["proxy_address"], "10.1.2.3");
         assert!(tc.get("proxyAddress").is_none());
         // Found by @type whatever its name.
-        let mut doc: Value = serde_yaml::from_str(
+        let mut doc: Value = super::super::yaml::parse_test(
             "bootstrap_extensions:\n- name: capture\n  typed_config: {\"@type\": type.googleapis.com/plumb.redirect.v1.Redirect}\n",
         )
         .unwrap();
@@ -222,7 +223,7 @@ mod tests {
             "10.1.2.3"
         );
         // Without the extension: a warning, nothing changed.
-        let mut doc: Value = serde_yaml::from_str("admin: {}").unwrap();
+        let mut doc: Value = super::super::yaml::parse_test("admin: {}").unwrap();
         let w = o.apply(&mut doc);
         assert_eq!(w.len(), 1);
         assert!(w[0].message.contains("no plumb.redirect"));

@@ -5,7 +5,7 @@
 //! change behaviour in a way Plumb cannot honour). Fields not in the table are errors, as in
 //! Envoy. Keys are accepted in snake_case and lowerCamelCase, like proto3 JSON.
 
-use serde_yaml::Value;
+use super::yaml::Value;
 use std::fmt;
 use std::time::Duration;
 
@@ -264,7 +264,7 @@ impl<'v> Obj<'v> {
                 None
             }
             None => {
-                let shown = serde_yaml::to_string(v).unwrap_or_default();
+                let shown = v.to_string();
                 d.error(
                     self.at(key),
                     format!(

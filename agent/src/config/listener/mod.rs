@@ -6,7 +6,7 @@ use super::bootstrap::{read_address, ADDRESS, NO_ECDS, NO_TLS};
 use super::type_urls;
 use super::walk::{Diagnostics, Field, FieldTable, Obj};
 use super::*;
-use serde_yaml::Value;
+use crate::config::yaml::Value;
 
 use Field::{Ignored as I, Rejected as R, Supported as S};
 

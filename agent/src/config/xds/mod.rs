@@ -53,17 +53,9 @@ pub type Translated<T> = Result<(T, Vec<Diag>), Vec<Diag>>;
 
 fn finish<T>(
     v: Json,
-    read: impl FnOnce(&serde_yaml::Value, &mut Diagnostics) -> Option<T>,
+    read: impl FnOnce(&super::yaml::Value, &mut Diagnostics) -> Option<T>,
 ) -> Translated<T> {
-    let y: serde_yaml::Value = match serde_yaml::to_value(&v) {
-        Ok(y) => y,
-        Err(e) => {
-            return Err(vec![Diag {
-                path: String::new(),
-                message: format!("cannot render resource: {e}"),
-            }])
-        }
-    };
+    let y = super::yaml::Value::from_json(&v);
     let mut d = Diagnostics::default();
     match read(&y, &mut d) {
         Some(t) if d.errors.is_empty() => Ok((t, d.warnings)),
