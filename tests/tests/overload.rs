@@ -57,6 +57,20 @@ async fn refused(addr: SocketAddr) {
     }
 }
 
+/// Whether a new connection is served (echoed); until a slot frees, the connect itself may
+/// be reset.
+async fn served(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let _ = s.write_all(b"hi").await;
+    let mut buf = [0u8; 2];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf)).await,
+        Ok(Ok(_))
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_global_connection_limit_closes_connections_beyond_it() {
     let echo = servers::start(Behavior::Echo).await;
@@ -77,19 +91,7 @@ async fn the_global_connection_limit_closes_connections_beyond_it() {
     agent.wait_stat(&name, |v| v == 1).await;
     drop(a);
     // The slot frees when the proxied connection ends.
-    plumb_tests::wait_until("a slot frees", Duration::from_secs(5), || async {
-        // Until the slot frees, the connect itself may be reset.
-        let Ok(mut s) = TcpStream::connect(front).await else {
-            return false;
-        };
-        let _ = s.write_all(b"hi").await;
-        let mut buf = [0u8; 2];
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf)).await,
-            Ok(Ok(_))
-        )
-    })
-    .await;
+    plumb_tests::wait_until("a slot frees", Duration::from_secs(5), || served(front)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,18 +116,7 @@ async fn a_listener_runtime_connection_limit_is_enforced() {
     plumb_tests::wait_until(
         "the listener has room again",
         Duration::from_secs(5),
-        || async {
-            // Until the slot frees, the connect itself may be reset.
-            let Ok(mut s) = TcpStream::connect(front).await else {
-                return false;
-            };
-            let _ = s.write_all(b"hi").await;
-            let mut buf = [0u8; 2];
-            matches!(
-                tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf)).await,
-                Ok(Ok(_))
-            )
-        },
+        || served(front),
     )
     .await;
 }

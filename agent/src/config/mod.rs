@@ -10,19 +10,21 @@ mod extensions;
 mod listener;
 mod overload;
 mod overrides;
+mod read;
 pub mod type_urls;
 mod walk;
 pub mod xds;
 pub mod yaml;
 
-pub use bootstrap::{
-    parse_bootstrap, parse_bootstrap_file, parse_bootstrap_file_limited, parse_bootstrap_file_with,
-    parse_bootstrap_with, DEFAULT_BOOTSTRAP, DEFAULT_MAX_CONFIG_BYTES, MAX_YAML_DEPTH,
-};
+pub use bootstrap::DEFAULT_BOOTSTRAP;
 pub use overload::{
     ActionKind, Monitor, OverloadAction, OverloadConfig, RuntimeLimits, Trigger, TriggerKind,
 };
 pub use overrides::{parse_metadata_entry, Overrides};
+pub use read::{
+    parse_bootstrap, parse_bootstrap_file, parse_bootstrap_file_limited, parse_bootstrap_file_with,
+    parse_bootstrap_with, DEFAULT_MAX_CONFIG_BYTES, MAX_YAML_DEPTH,
+};
 pub use walk::{parse_duration, Diag, Diagnostics};
 
 use serde_json::{json, Value as Json};
