@@ -371,6 +371,12 @@ fn stats_endpoint(
     stats_of(query, &shared.store, format)
 }
 
+/// Bytes a compiled `/stats?filter=` regex may take (the regex crate's
+/// default is 10 MiB): a filter is a few words, and a 4 KiB URI could
+/// otherwise spend tens of milliseconds of the admin thread compiling
+/// `\w{100}`-style blow-ups.
+const FILTER_REGEX_SIZE_LIMIT: usize = 1 << 20;
+
 /// `/stats` of `store` with the query's filter and format.
 fn stats_of(
     query: &BTreeMap<String, String>,
@@ -378,7 +384,11 @@ fn stats_of(
     format: Option<&str>,
 ) -> Response<Body> {
     let regex = match query.get("filter").filter(|f| !f.is_empty()) {
-        Some(f) => match regex::Regex::new(f) {
+        Some(f) => match regex::RegexBuilder::new(f)
+            .size_limit(FILTER_REGEX_SIZE_LIMIT)
+            .dfa_size_limit(FILTER_REGEX_SIZE_LIMIT)
+            .build()
+        {
             Ok(r) => Some(r),
             Err(e) => {
                 return text(
@@ -768,6 +778,18 @@ mod tests {
             None
         );
         assert!(literal_host("::1") && literal_host("10.0.0.1") && !literal_host("node-1:9901"));
+    }
+
+    #[test]
+    fn stats_filters_have_a_compile_budget() {
+        let store = stats::Store::new();
+        store.root_scope("server").counter("live").inc();
+        let q = |f: &str| parse_query(Some(&format!("filter={f}")));
+        let ok = stats_of(&q("live"), &store, None);
+        assert_eq!(ok.status(), StatusCode::OK);
+        // Compiles under the regex crate's 10 MiB default, not under 1 MiB.
+        let big = stats_of(&q("%5Cw%7B100%7D"), &store, None);
+        assert_eq!(big.status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]
