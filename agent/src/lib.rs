@@ -2,7 +2,8 @@
 //! node, configured with Envoy's bootstrap (and later xDS), observed through Envoy's admin API.
 //!
 //! Modules, one per concern: `config` (the validated model and its front doors), `listener`
-//! (sockets, accept, drain), `filters` (L4 filters such as tcp_proxy), `copy` (the byte pump),
+//! (sockets, accept, drain), `filters` (L4 filters such as tcp_proxy), `http` (the HTTP
+//! connection manager, routing, the router), `copy` (the byte pump),
 //! `upstream` (clusters, hosts, load balancing), `redirect` (eBPF capture), `stats`, `admin`,
 //! `drain`, `logging`, `server`.
 
@@ -14,6 +15,7 @@ pub mod filters;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handover;
+pub mod http;
 pub mod init;
 pub mod listener;
 pub mod logging;

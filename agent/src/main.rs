@@ -256,6 +256,13 @@ fn check_config(file: &Path, overrides: &config::Overrides, max_bytes: u64) -> E
                         config::NetworkFilter::TcpProxy(tp) => {
                             format!("tcp_proxy -> cluster {}", tp.cluster)
                         }
+                        config::NetworkFilter::HttpConnectionManager(h) => {
+                            format!(
+                                "http_connection_manager {} ({} virtual hosts)",
+                                h.stat_prefix,
+                                h.route_config.virtual_hosts.len()
+                            )
+                        }
                         config::NetworkFilter::ConnectionLimit(cl) => {
                             format!("connection_limit {}", cl.max_connections)
                         }

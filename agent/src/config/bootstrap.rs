@@ -420,6 +420,23 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
             );
         for (cpath, fc) in chains {
             for (fi, f) in fc.filters.iter().enumerate() {
+                if let NetworkFilter::HttpConnectionManager(h) = f {
+                    if !h.route_config.validate_clusters {
+                        continue;
+                    }
+                    for (at, name) in h.route_config.cluster_refs() {
+                        if !cluster_names.contains(name) {
+                            d.error(
+                                format!("{cpath}.filters[{fi}].typed_config.route_config.{at}"),
+                                format!(
+                                    "unknown cluster \"{name}\" (defined clusters: {}; set validate_clusters: false to allow it)",
+                                    defined.get_or_insert_with(|| some_names(&cluster_names))
+                                ),
+                            );
+                        }
+                    }
+                    continue;
+                }
                 let NetworkFilter::TcpProxy(tp) = f else {
                     continue;
                 };

@@ -50,16 +50,16 @@ pub(super) const CLUSTER: FieldTable = &[
         "per_connection_buffer_limit_bytes",
         I("copy buffers adapt between 4 KiB and 256 KiB"),
     ),
+    ("typed_extension_protocol_options", S),
+    ("http_protocol_options", S),
+    ("http2_protocol_options", S),
+    ("common_http_protocol_options", S),
     (
-        "typed_extension_protocol_options",
-        I("no HTTP upstreams yet"),
+        "upstream_http_protocol_options",
+        I("auto SNI and SAN validation arrive with TLS"),
     ),
-    ("http_protocol_options", I("no HTTP upstreams yet")),
-    ("http2_protocol_options", I("no HTTP upstreams yet")),
-    ("common_http_protocol_options", I("no HTTP upstreams yet")),
-    ("upstream_http_protocol_options", I("no HTTP upstreams yet")),
-    ("protocol_selection", I("no HTTP upstreams yet")),
-    ("max_requests_per_connection", I("no HTTP upstreams yet")),
+    ("protocol_selection", S),
+    ("max_requests_per_connection", S),
     (
         "upstream_connection_options",
         I("TCP keepalive is not configured"),
@@ -403,6 +403,7 @@ pub(crate) fn read_cluster(
     } else {
         lb_policy
     };
+    let http = super::http::read_upstream_http(&c, d);
     let cleanup_interval = c
         .duration("cleanup_interval", d)
         .unwrap_or(Duration::from_secs(5));
@@ -585,5 +586,6 @@ pub(crate) fn read_cluster(
         cleanup_interval,
         dns_lookup_family,
         localities,
+        http,
     })
 }

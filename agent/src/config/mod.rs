@@ -7,6 +7,7 @@ mod bootstrap;
 mod cluster;
 mod endpoint;
 mod extensions;
+pub mod http;
 mod listener;
 mod overload;
 mod overrides;
@@ -348,6 +349,7 @@ pub struct FilterChainMatch {
 #[derive(Debug, Clone, PartialEq)]
 pub enum NetworkFilter {
     TcpProxy(TcpProxy),
+    HttpConnectionManager(Box<http::HttpConnectionManager>),
     ConnectionLimit(ConnectionLimit),
     LocalRateLimit(LocalRateLimit),
 }
@@ -355,7 +357,10 @@ pub enum NetworkFilter {
 impl NetworkFilter {
     /// A terminal filter ends the chain: it owns the connection from then on.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, NetworkFilter::TcpProxy(_))
+        matches!(
+            self,
+            NetworkFilter::TcpProxy(_) | NetworkFilter::HttpConnectionManager(_)
+        )
     }
 }
 
@@ -468,6 +473,8 @@ pub struct Cluster {
     /// ORIGINAL_DST: hosts unused for this long are forgotten (Envoy's default 5 s).
     pub cleanup_interval: Duration,
     pub dns_lookup_family: DnsLookupFamily,
+    /// How HTTP routes speak to the hosts.
+    pub http: http::UpstreamHttp,
     pub localities: Vec<LocalityEndpoints>,
 }
 

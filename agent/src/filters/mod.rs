@@ -1,7 +1,7 @@
 //! Network (L4) filters and the chains they form, built once per listener config and shared by
 //! every connection. A chain is data: non-terminal filters (connection_limit, local_ratelimit)
-//! decide whether the connection goes on, then the terminal filter (tcp_proxy; the HTTP
-//! connection manager next) owns it.
+//! decide whether the connection goes on, then the terminal filter (tcp_proxy or the HTTP
+//! connection manager) owns it.
 
 pub mod connection_limit;
 pub mod local_ratelimit;
@@ -16,6 +16,7 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub enum NetworkFilter {
     TcpProxy(tcp_proxy::TcpProxy),
+    Http(Arc<crate::http::ConnectionManager>),
     ConnectionLimit(connection_limit::ConnectionLimit),
     LocalRateLimit(local_ratelimit::LocalRateLimit),
 }
@@ -25,6 +26,9 @@ impl NetworkFilter {
         match cfg {
             config::NetworkFilter::TcpProxy(tp) => NetworkFilter::TcpProxy(
                 tcp_proxy::TcpProxy::new(tp.clone(), clusters.clone(), store),
+            ),
+            config::NetworkFilter::HttpConnectionManager(h) => NetworkFilter::Http(
+                crate::http::ConnectionManager::new(h, clusters.clone(), store),
             ),
             config::NetworkFilter::ConnectionLimit(cl) => {
                 NetworkFilter::ConnectionLimit(connection_limit::ConnectionLimit::new(cl, store))
@@ -74,6 +78,7 @@ impl FilterChain {
                     }
                 }
                 NetworkFilter::TcpProxy(tp) => return tp.handle(ds).await,
+                NetworkFilter::Http(h) => return h.handle(ds).await,
             }
         }
     }

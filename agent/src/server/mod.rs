@@ -329,11 +329,15 @@ pub fn start(
     let main = std::thread::Builder::new()
         .name("plumb-main".into())
         .spawn(move || {
+            // HTTP connection pools keep one slot per worker.
+            crate::upstream::pool::set_workers(concurrency);
+            crate::upstream::pool::set_worker_index(0);
             let (rt, workers) = match data_shared.options.worker_model.resolve(concurrency) {
                 WorkerModel::Shared | WorkerModel::Auto => (
                     tokio::runtime::Builder::new_multi_thread()
                         .worker_threads(concurrency)
                         .thread_name("plumb-worker")
+                        .on_thread_start(crate::upstream::pool::assign_worker_index)
                         .enable_all()
                         .build()
                         .context("cannot start the data-path runtime")?,

@@ -30,6 +30,7 @@ impl Workers {
                 std::thread::Builder::new()
                     .name(format!("plumb-worker-{i}"))
                     .spawn(move || {
+                        crate::upstream::pool::set_worker_index(i);
                         rt.block_on(async {
                             let _ = stop_rx.wait_for(|s| *s).await;
                         });

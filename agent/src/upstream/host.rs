@@ -55,6 +55,9 @@ pub struct HostStats {
     pub rq_success: AtomicU64,
     pub rq_error: AtomicU64,
     pub rq_timeout: AtomicU64,
+    /// HTTP requests sent to the host (and in flight).
+    pub rq_total: AtomicU64,
+    pub rq_active: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -69,7 +72,10 @@ pub struct Host {
     weight: AtomicU32,
     /// Used since the last ORIGINAL_DST cleanup pass.
     used: AtomicBool,
-    pub stats: HostStats,
+    /// Shared with the host's connections, which must not keep the host itself alive.
+    pub stats: std::sync::Arc<HostStats>,
+    /// Pooled HTTP connections to this host, per worker.
+    pub(crate) pool: super::pool::HostPool,
 }
 
 const STATUSES: [HealthStatus; 6] = [
@@ -115,7 +121,8 @@ impl Host {
             eds_status: AtomicU8::new(status_index(eds)),
             weight: AtomicU32::new(weight.max(1)),
             used: AtomicBool::new(true),
-            stats: HostStats::default(),
+            stats: Default::default(),
+            pool: Default::default(),
         }
     }
 

@@ -6,6 +6,7 @@ mod dns;
 mod host;
 mod lb;
 mod original_dst;
+pub mod pool;
 
 pub use host::{health_flag, Health, Host, HostStats, Outcome};
 pub use lb::HostSet;
@@ -34,6 +35,7 @@ pub struct LbContext<'a> {
 /// Envoy's `cluster.<name>.*` stats for what the L4 core does.
 #[derive(Debug)]
 pub struct ClusterStats {
+    scope: crate::stats::Scope,
     pub upstream_cx_total: Arc<Counter>,
     pub upstream_cx_active: Arc<Gauge>,
     pub upstream_cx_connect_fail: Arc<Counter>,
@@ -59,6 +61,7 @@ impl ClusterStats {
     fn new(store: &Store, name: &str) -> Self {
         let s = store.tagged_scope("cluster", "envoy_cluster_name", name);
         Self {
+            scope: s.clone(),
             upstream_cx_total: s.counter("upstream_cx_total"),
             upstream_cx_active: s.gauge("upstream_cx_active"),
             upstream_cx_connect_fail: s.counter("upstream_cx_connect_fail"),
@@ -99,6 +102,8 @@ pub struct Cluster {
     warming: AtomicBool,
     /// Replaced or removed: background work for it (DNS refresh) stops.
     retired: AtomicBool,
+    /// HTTP request stats, created when an HTTP route first sends here.
+    http_stats: std::sync::OnceLock<crate::http::stats::ClusterHttpStats>,
 }
 
 /// Why no upstream connection could be made.
@@ -118,27 +123,30 @@ pub enum ConnectError {
     },
 }
 
-/// An established upstream connection. Dropping it updates host and cluster gauges.
+/// An established upstream connection.
 pub struct Upstream {
     pub stream: Stream,
     pub host: Arc<Host>,
-    cluster: Arc<Cluster>,
+    pub guard: ConnGuard,
+}
+
+/// The bookkeeping of one upstream connection: dropping it updates the host and cluster
+/// gauges. It holds the counters, not the host or cluster, so a pooled connection does not
+/// keep either alive (the pool lives in the host).
+pub struct ConnGuard {
+    host: Arc<HostStats>,
+    active: Arc<Gauge>,
+    destroy: Arc<Counter>,
+    length: Arc<Histogram>,
     started: Instant,
 }
 
-impl Upstream {
-    pub fn cluster(&self) -> &Arc<Cluster> {
-        &self.cluster
-    }
-}
-
-impl Drop for Upstream {
+impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
-        let s = &self.cluster.stats;
-        s.upstream_cx_active.dec();
-        s.upstream_cx_destroy.inc();
-        s.upstream_cx_length_ms.record(self.started.elapsed());
+        self.host.cx_active.fetch_sub(1, Ordering::Relaxed);
+        self.active.dec();
+        self.destroy.inc();
+        self.length.record(self.started.elapsed());
     }
 }
 
@@ -163,6 +171,7 @@ impl Cluster {
             update: Mutex::new(()),
             warming: AtomicBool::new(warming),
             retired: AtomicBool::new(false),
+            http_stats: std::sync::OnceLock::new(),
         });
         c.publish_membership();
         c
@@ -170,6 +179,12 @@ impl Cluster {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The cluster's `upstream_rq_*` stats (created on first use).
+    pub fn http_stats(&self) -> &crate::http::stats::ClusterHttpStats {
+        self.http_stats
+            .get_or_init(|| crate::http::stats::ClusterHttpStats::new(&self.stats.scope))
     }
 
     pub fn is_warming(&self) -> bool {
@@ -307,9 +322,14 @@ impl Cluster {
                 self.report(&host, Outcome::ConnectSuccess);
                 Ok(Upstream {
                     stream,
+                    guard: ConnGuard {
+                        host: host.stats.clone(),
+                        active: s.upstream_cx_active.clone(),
+                        destroy: s.upstream_cx_destroy.clone(),
+                        length: s.upstream_cx_length_ms.clone(),
+                        started: Instant::now(),
+                    },
                     host,
-                    cluster: self.clone(),
-                    started: Instant::now(),
                 })
             }
         }

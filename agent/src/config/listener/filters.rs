@@ -12,10 +12,12 @@ pub(super) fn filter_kind(f: &Obj) -> Option<&'static str> {
     let name = f.get("name").and_then(|n| n.as_str()).unwrap_or_default();
     match type_url {
         Some(TCP_PROXY_TYPE) => Some("tcp_proxy"),
+        Some(HCM_TYPE) => Some("http_connection_manager"),
         Some(CONNECTION_LIMIT_TYPE) => Some("connection_limit"),
         Some(LOCAL_RATELIMIT_TYPE) => Some("local_ratelimit"),
         Some(_) => None,
         None if TCP_PROXY_NAMES.contains(&name) => Some("tcp_proxy"),
+        None if HCM_NAMES.contains(&name) => Some("http_connection_manager"),
         None if name == CONNECTION_LIMIT_NAME => Some("connection_limit"),
         None if name == LOCAL_RATELIMIT_NAME => Some("local_ratelimit"),
         None => None,
@@ -35,7 +37,7 @@ pub(super) fn read_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<
             .unwrap_or_default();
         d.error(
             path,
-            format!("unsupported network filter \"{what}\" (supported: envoy.filters.network.tcp_proxy, envoy.filters.network.connection_limit, envoy.filters.network.local_ratelimit)"),
+            format!("unsupported network filter \"{what}\" (supported: envoy.filters.network.tcp_proxy, envoy.filters.network.http_connection_manager, envoy.filters.network.connection_limit, envoy.filters.network.local_ratelimit)"),
         );
         return None;
     };
@@ -45,6 +47,7 @@ pub(super) fn read_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<
     }
     let (table, type_url) = match kind {
         "tcp_proxy" => (TCP_PROXY, TCP_PROXY_TYPE),
+        "http_connection_manager" => (http::HCM_TABLE, HCM_TYPE),
         "connection_limit" => (CONNECTION_LIMIT, CONNECTION_LIMIT_TYPE),
         _ => (LOCAL_RATELIMIT, LOCAL_RATELIMIT_TYPE),
     };
@@ -57,6 +60,14 @@ pub(super) fn read_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<
     }
     match kind {
         "tcp_proxy" => read_tcp_proxy(&tc, d),
+        "http_connection_manager" => {
+            let mut hcm = http::read_hcm(&tc, d)?;
+            hcm.source = f
+                .get("typed_config")
+                .map(|v| v.to_json())
+                .unwrap_or_default();
+            Some(NetworkFilter::HttpConnectionManager(Box::new(hcm)))
+        }
         "connection_limit" => read_connection_limit(&tc, d),
         _ => read_local_ratelimit(&tc, d),
     }
@@ -151,6 +162,13 @@ impl NetworkFilter {
                     cfg["max_downstream_connection_duration"] = json!(duration_json(d));
                 }
                 json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": cfg})
+            }
+            NetworkFilter::HttpConnectionManager(hcm) => {
+                let mut cfg = hcm.source.clone();
+                if let Some(m) = cfg.as_object_mut() {
+                    m.insert("@type".into(), json!(HCM_TYPE));
+                }
+                json!({"name": HCM_NAMES[0], "typed_config": cfg})
             }
             NetworkFilter::ConnectionLimit(cl) => {
                 let mut cfg = json!({

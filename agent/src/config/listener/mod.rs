@@ -95,6 +95,11 @@ pub(super) const FILTER: FieldTable = &[
 
 const TCP_PROXY_TYPE: &str = type_urls::TCP_PROXY;
 const TCP_PROXY_NAMES: &[&str] = &["envoy.filters.network.tcp_proxy", "envoy.tcp_proxy"];
+const HCM_TYPE: &str = type_urls::HTTP_CONNECTION_MANAGER;
+const HCM_NAMES: &[&str] = &[
+    "envoy.filters.network.http_connection_manager",
+    "envoy.http_connection_manager",
+];
 
 pub(super) const TCP_PROXY: FieldTable = &[
     ("@type", S),
@@ -365,7 +370,7 @@ fn read_filter_chain(
     if items.is_empty() {
         d.error(
             fc.at("filters"),
-            "must have at least one network filter, the last one terminal (envoy.filters.network.tcp_proxy)",
+            "must have at least one network filter, the last one terminal (envoy.filters.network.tcp_proxy or envoy.filters.network.http_connection_manager)",
         );
     }
     let mut filters = Vec::new();
@@ -377,12 +382,12 @@ fn read_filter_chain(
         if i < last && f.is_terminal() {
             d.error(
                 fpath,
-                "a terminal filter (tcp_proxy) must be the last filter in the chain",
+                "a terminal filter (tcp_proxy, http_connection_manager) must be the last filter in the chain",
             );
         } else if i == last && !f.is_terminal() {
             d.error(
                 fpath,
-                "the last filter in a chain must be a terminal filter (envoy.filters.network.tcp_proxy)",
+                "the last filter in a chain must be a terminal filter (envoy.filters.network.tcp_proxy or envoy.filters.network.http_connection_manager)",
             );
         }
         filters.push(f);

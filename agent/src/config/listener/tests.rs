@@ -199,11 +199,11 @@ fn terminal_filter_must_come_last_and_only_last() {
     assert_eq!(e.len(), 2, "{e:?}");
     assert!(
         e[0].ends_with(
-            "filters[0]: a terminal filter (tcp_proxy) must be the last filter in the chain"
+            "filters[0]: a terminal filter (tcp_proxy, http_connection_manager) must be the last filter in the chain"
         ),
         "{e:?}"
     );
-    assert!(e[1].ends_with("filters[1]: the last filter in a chain must be a terminal filter (envoy.filters.network.tcp_proxy)"), "{e:?}");
+    assert!(e[1].ends_with("filters[1]: the last filter in a chain must be a terminal filter (envoy.filters.network.tcp_proxy or envoy.filters.network.http_connection_manager)"), "{e:?}");
 }
 
 #[test]

@@ -93,11 +93,6 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
         c.per_connection_buffer_limit_bytes.is_some(),
     );
     mark(&mut m, "health_checks", !c.health_checks.is_empty());
-    mark(
-        &mut m,
-        "max_requests_per_connection",
-        c.max_requests_per_connection.is_some(),
-    );
     if let Some(cb) = &c.circuit_breakers {
         let thresholds: Vec<Json> = cb
             .thresholds
@@ -147,21 +142,6 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
         &mut m,
         "upstream_http_protocol_options",
         c.upstream_http_protocol_options.is_some(),
-    );
-    mark(
-        &mut m,
-        "common_http_protocol_options",
-        c.common_http_protocol_options.is_some(),
-    );
-    mark(
-        &mut m,
-        "http_protocol_options",
-        c.http_protocol_options.is_some(),
-    );
-    mark(
-        &mut m,
-        "typed_extension_protocol_options",
-        !c.typed_extension_protocol_options.is_empty(),
     );
     mark(&mut m, "dns_jitter", c.dns_jitter.is_some());
     mark(
@@ -310,7 +290,7 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
     mark(&mut m, "lb_subset_config", c.lb_subset_config.is_some());
     mark(&mut m, "common_lb_config", c.common_lb_config.is_some());
     mark(&mut m, "metadata", c.metadata.is_some());
-    mark(&mut m, "protocol_selection", c.protocol_selection != 0);
+    super::http::cluster_http_json(c, &mut m);
     mark(
         &mut m,
         "upstream_connection_options",

@@ -12,6 +12,7 @@
 
 mod cluster;
 mod endpoint;
+mod http;
 mod listener;
 #[cfg(test)]
 mod tests;

@@ -234,3 +234,65 @@ fn filter_chain_match_default_chain_and_filters_translate() {
         "{e:?}"
     );
 }
+
+#[test]
+fn cds_http_protocol_options_choose_the_upstream_protocol() {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3 as uhttp;
+    use uhttp::http_protocol_options as hpo;
+    let options = |u: hpo::UpstreamProtocolOptions, max_requests: Option<u32>| {
+        let po = uhttp::HttpProtocolOptions {
+            upstream_protocol_options: Some(u),
+            common_http_protocol_options: max_requests.map(|n| core::HttpProtocolOptions {
+                max_requests_per_connection: Some(UInt32Value { value: n }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        pbc::Cluster {
+            name: "h".into(),
+            typed_extension_protocol_options: [(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+                Any {
+                    type_url: type_urls::HTTP_PROTOCOL_OPTIONS.into(),
+                    value: po.encode_to_vec(),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        }
+    };
+    let h2 = options(
+        hpo::UpstreamProtocolOptions::ExplicitHttpConfig(hpo::ExplicitHttpConfig {
+            protocol_config: Some(
+                hpo::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                    core::Http2ProtocolOptions {
+                        max_concurrent_streams: Some(UInt32Value { value: 9 }),
+                        ..Default::default()
+                    },
+                ),
+            ),
+        }),
+        Some(5),
+    );
+    let (c, _) = cluster_from_proto(&h2).unwrap();
+    assert_eq!(c.http.protocol, super::super::http::UpstreamProtocol::Http2);
+    assert_eq!(c.http.max_concurrent_streams, 9);
+    assert_eq!(c.http.max_requests_per_connection, Some(5));
+    let auto = options(
+        hpo::UpstreamProtocolOptions::AutoConfig(Default::default()),
+        None,
+    );
+    let e = cluster_from_proto(&auto).unwrap_err();
+    assert!(
+        describe("c", &e).contains("typed_extension_protocol_options.envoy.extensions.upstreams.http.v3.HttpProtocolOptions.auto_config: not supported"),
+        "{}",
+        describe("c", &e)
+    );
+    let legacy = pbc::Cluster {
+        name: "l".into(),
+        http2_protocol_options: Some(Default::default()),
+        ..Default::default()
+    };
+    let (c, _) = cluster_from_proto(&legacy).unwrap();
+    assert_eq!(c.http.protocol, super::super::http::UpstreamProtocol::Http2);
+}

@@ -1,0 +1,381 @@
+//! The HTTP family of the configuration: the HTTP connection manager
+//! (`envoy.filters.network.http_connection_manager`), its HTTP filters, and route
+//! configurations (virtual hosts, routes, matches, actions). Field tables and readers are
+//! shared by the bootstrap and xDS front doors; everything a request needs at run time
+//! (regexes included) is compiled here, once per config.
+
+mod hcm;
+mod route;
+#[cfg(test)]
+mod tests;
+mod upstream;
+
+pub(super) use hcm::{read_hcm, HCM_TABLE};
+pub use route::read_route_configuration;
+pub(super) use upstream::read_upstream_http;
+pub use upstream::{UpstreamHttp, UpstreamProtocol};
+#[cfg(test)]
+pub(crate) use {
+    hcm::TABLES as HCM_TABLES, route::TABLES as ROUTE_TABLES, upstream::TABLES as UPSTREAM_TABLES,
+};
+
+use serde_json::Value as Json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Envoy's `HttpConnectionManager.CodecType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecType {
+    /// HTTP/2 when the client opens with the prior-knowledge preface, else HTTP/1.1.
+    Auto,
+    Http1,
+    Http2,
+}
+
+/// Envoy's `headers_with_underscores_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnderscoresAction {
+    Allow,
+    RejectRequest,
+    DropHeader,
+}
+
+/// The HTTP/2 settings Plumb applies (`http2_protocol_options`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Options {
+    pub max_concurrent_streams: u32,
+    pub initial_stream_window_size: u32,
+    pub initial_connection_window_size: u32,
+}
+
+impl Default for Http2Options {
+    /// Envoy's defaults.
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 2_147_483_647,
+            initial_stream_window_size: 268_435_456,
+            initial_connection_window_size: 268_435_456,
+        }
+    }
+}
+
+/// `envoy.filters.network.http_connection_manager`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConnectionManager {
+    pub stat_prefix: String,
+    pub codec_type: CodecType,
+    /// Inline `route_config` (RDS arrives with its issue step).
+    pub route_config: Arc<RouteConfiguration>,
+    /// The `server` header of responses.
+    pub server_name: String,
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    pub skip_xff_append: bool,
+    /// Bytes of the request line and headers (Envoy's `max_request_headers_kb`, default 60).
+    pub max_request_headers_bytes: usize,
+    pub max_headers_count: usize,
+    /// Connection idle timeout (`common_http_protocol_options.idle_timeout`, default 1 h).
+    pub idle_timeout: Option<Duration>,
+    pub max_stream_duration: Option<Duration>,
+    pub headers_with_underscores_action: UnderscoresAction,
+    pub http2: Http2Options,
+    /// Default 5 minutes; `None` when disabled (`0s`).
+    pub stream_idle_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+    pub request_headers_timeout: Option<Duration>,
+    /// How long HTTP/2 clients get between the first GOAWAY and the last (default 5 s).
+    pub drain_timeout: Duration,
+    pub generate_request_id: bool,
+    pub preserve_external_request_id: bool,
+    pub always_set_request_id_in_response: bool,
+    /// Allow `Upgrade: websocket` (Envoy's `upgrade_configs` with `upgrade_type: websocket`).
+    pub websocket: bool,
+    /// The config as given, for `/config_dump`.
+    pub source: Json,
+}
+
+/// A compiled regular expression; equal when the source is.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    pub source: String,
+    pub regex: regex::Regex,
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Pattern {
+    /// Envoy's `safe_regex` (RE2 syntax) matches the whole value.
+    pub fn full_match(&self, s: &str) -> bool {
+        self.regex
+            .find(s)
+            .is_some_and(|m| m.start() == 0 && m.end() == s.len())
+    }
+}
+
+/// `envoy.type.matcher.v3.StringMatcher`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    Regex(Pattern),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StringMatcher {
+    pub kind: StringMatch,
+    /// Patterns are stored lower-cased when set (not for regexes).
+    pub ignore_case: bool,
+}
+
+impl StringMatcher {
+    pub fn matches(&self, value: &str) -> bool {
+        let lowered;
+        let v = if self.ignore_case && !matches!(self.kind, StringMatch::Regex(_)) {
+            lowered = value.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            value
+        };
+        match &self.kind {
+            StringMatch::Exact(s) => v == s,
+            StringMatch::Prefix(s) => v.starts_with(s.as_str()),
+            StringMatch::Suffix(s) => v.ends_with(s.as_str()),
+            StringMatch::Contains(s) => v.contains(s.as_str()),
+            StringMatch::Regex(p) => p.full_match(v),
+        }
+    }
+}
+
+/// What a header matcher checks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeaderCheck {
+    String(StringMatcher),
+    Present(bool),
+    /// `[start, end)` of the value as a signed integer.
+    Range(i64, i64),
+}
+
+/// `envoy.config.route.v3.HeaderMatcher`. Several values of one header are matched as
+/// Envoy does: joined with `,`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderMatcher {
+    /// Lower-cased.
+    pub name: String,
+    pub check: HeaderCheck,
+    pub invert: bool,
+    pub treat_missing_as_empty: bool,
+}
+
+/// `envoy.config.route.v3.QueryParameterMatcher`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryParameterMatcher {
+    pub name: String,
+    /// `None`: present.
+    pub value: Option<StringMatcher>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathMatch {
+    Prefix(String),
+    Path(String),
+    Regex(Pattern),
+    /// `/api` matches `/api`, `/api/…`, `/api?…`, not `/apiv2`.
+    SeparatedPrefix(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    pub case_sensitive: bool,
+    pub headers: Vec<HeaderMatcher>,
+    pub query_parameters: Vec<QueryParameterMatcher>,
+    /// Only gRPC requests (`content-type: application/grpc…`).
+    pub grpc: bool,
+    /// Matches this fraction of requests (parts per million).
+    pub runtime_fraction: Option<u32>,
+}
+
+/// One header to add (`HeaderValueOption`), with `%VAR%` values expanded per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderToAdd {
+    /// Lower-cased and valid as an HTTP header name.
+    pub name: String,
+    pub value: HeaderFormat,
+    pub append: AppendAction,
+    pub keep_empty_value: bool,
+}
+
+/// Envoy's `HeaderValueOption.HeaderAppendAction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendAction {
+    AppendIfExistsOrAdd,
+    AddIfAbsent,
+    OverwriteIfExistsOrAdd,
+    OverwriteIfExists,
+}
+
+/// A header value with Envoy's `%VARIABLE%` substitutions, parsed once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderFormat {
+    pub parts: Vec<FormatPart>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FormatPart {
+    Literal(String),
+    DownstreamRemoteAddress,
+    DownstreamRemoteAddressWithoutPort,
+    DownstreamLocalAddress,
+    DownstreamLocalAddressWithoutPort,
+    DownstreamLocalPort,
+    Protocol,
+    UpstreamRemoteAddress,
+    Hostname,
+    StartTime,
+    RequestHeader(String),
+}
+
+/// Header mutations of one level (route, virtual host, route configuration, weighted cluster).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HeaderMutations {
+    pub request_add: Vec<HeaderToAdd>,
+    pub request_remove: Vec<String>,
+    pub response_add: Vec<HeaderToAdd>,
+    pub response_remove: Vec<String>,
+}
+
+impl HeaderMutations {
+    pub fn is_empty(&self) -> bool {
+        self.request_add.is_empty()
+            && self.request_remove.is_empty()
+            && self.response_add.is_empty()
+            && self.response_remove.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightedCluster {
+    pub name: String,
+    pub weight: u32,
+    pub headers: HeaderMutations,
+    pub host_rewrite_literal: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterSpecifier {
+    Cluster(String),
+    /// The cluster named by a request header.
+    Header(String),
+    Weighted {
+        clusters: Vec<WeightedCluster>,
+        total: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostRewrite {
+    None,
+    Literal(String),
+    /// The upstream host's hostname (STRICT_DNS/LOGICAL_DNS clusters), else its address.
+    Auto,
+}
+
+/// `RouteAction`: forward to a cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forward {
+    pub cluster: ClusterSpecifier,
+    /// 503 or 404 when the cluster does not exist (`cluster_not_found_response_code`).
+    pub cluster_not_found_status: u16,
+    /// Route timeout: the whole exchange up to the end of the response headers (default
+    /// 15 s; `None`: disabled).
+    pub timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<(Pattern, String)>,
+    pub host_rewrite: HostRewrite,
+}
+
+/// `RedirectAction`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    pub status: u16,
+    pub strip_query: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Forward(Forward),
+    Redirect(Redirect),
+    DirectResponse { status: u16, body: Option<String> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub action: Action,
+    pub headers: HeaderMutations,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VirtualHost {
+    pub name: String,
+    /// Lower-cased.
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+    pub headers: HeaderMutations,
+}
+
+impl RouteConfiguration {
+    /// Every cluster a route names, with the path of the field inside the configuration.
+    pub fn cluster_refs(&self) -> impl Iterator<Item = (String, &str)> {
+        self.virtual_hosts.iter().enumerate().flat_map(|(vi, vh)| {
+            vh.routes.iter().enumerate().flat_map(move |(ri, r)| {
+                let at = format!("virtual_hosts[{vi}].routes[{ri}].route");
+                let names: Vec<(String, &str)> = match &r.action {
+                    Action::Forward(f) => match &f.cluster {
+                        ClusterSpecifier::Cluster(c) => vec![(format!("{at}.cluster"), c.as_str())],
+                        ClusterSpecifier::Weighted { clusters, .. } => clusters
+                            .iter()
+                            .enumerate()
+                            .map(|(i, w)| {
+                                (
+                                    format!("{at}.weighted_clusters.clusters[{i}].name"),
+                                    w.name.as_str(),
+                                )
+                            })
+                            .collect(),
+                        ClusterSpecifier::Header(_) => vec![],
+                    },
+                    _ => vec![],
+                };
+                names
+            })
+        })
+    }
+}
+
+/// `envoy.config.route.v3.RouteConfiguration`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfiguration {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+    pub headers: HeaderMutations,
+    pub ignore_port_in_host_matching: bool,
+    /// Refuse the configuration when a route names a cluster that does not exist (else
+    /// such a route answers `cluster_not_found_response_code`).
+    pub validate_clusters: bool,
+    /// The config as given, for `/config_dump`.
+    pub source: Json,
+}

@@ -1,0 +1,1129 @@
+//! `RouteConfiguration`: virtual hosts, routes, matches and actions, read against Envoy's
+//! field tables and compiled once (regexes, header formats).
+
+use super::super::walk::{Diagnostics, Field, FieldTable, Obj, MAX_NAME_LEN};
+use super::*;
+use crate::config::yaml::Value;
+use std::collections::HashMap;
+
+use Field::{Ignored as I, Rejected as R, Supported as S};
+
+const LATER_RETRY: &str = "retry policies arrive with the retry step of the HTTP issue";
+const LATER_MIRROR: &str = "request mirroring arrives with the mirroring step of the HTTP issue";
+const NO_RATE_LIMIT_SERVICE: &str = "the global rate limit service is not supported";
+const NO_CORS: &str = "CORS is not supported";
+const NO_HEDGE: &str = "request hedging is not supported";
+
+const ROUTE_CONFIGURATION: FieldTable = &[
+    ("name", S),
+    ("virtual_hosts", S),
+    ("vhds", R("VHDS is not supported")),
+    (
+        "internal_only_headers",
+        I("internal-only headers are not stripped"),
+    ),
+    ("response_headers_to_add", S),
+    ("response_headers_to_remove", S),
+    ("request_headers_to_add", S),
+    ("request_headers_to_remove", S),
+    (
+        "most_specific_header_mutations_wins",
+        R("header mutations apply from route to route configuration"),
+    ),
+    ("validate_clusters", S),
+    (
+        "max_direct_response_body_size_bytes",
+        I("direct response bodies are limited to 4 KiB inline"),
+    ),
+    (
+        "cluster_specifier_plugins",
+        R("cluster specifier plugins are not supported"),
+    ),
+    ("request_mirror_policies", R(LATER_MIRROR)),
+    ("ignore_port_in_host_matching", S),
+    ("vhost_header", R("virtual hosts are chosen by :authority")),
+    (
+        "ignore_path_parameters_in_path_matching",
+        R("path parameters are matched as part of the path"),
+    ),
+    ("metadata", I("metadata is informational here")),
+    ("route_specifiers", R("route specifiers are not supported")),
+];
+
+const VIRTUAL_HOST: FieldTable = &[
+    ("name", S),
+    ("domains", S),
+    ("routes", S),
+    ("matcher", R("the matcher API is not supported; use routes")),
+    ("require_tls", R("no TLS yet")),
+    ("virtual_clusters", I("virtual cluster stats are not kept")),
+    ("rate_limits", R(NO_RATE_LIMIT_SERVICE)),
+    ("request_headers_to_add", S),
+    ("request_headers_to_remove", S),
+    ("response_headers_to_add", S),
+    ("response_headers_to_remove", S),
+    ("cors", R(NO_CORS)),
+    (
+        "typed_per_filter_config",
+        I("no per-route filter config yet"),
+    ),
+    (
+        "include_request_attempt_count",
+        R("x-envoy-attempt-count arrives with retries"),
+    ),
+    (
+        "include_attempt_count_in_response",
+        R("x-envoy-attempt-count arrives with retries"),
+    ),
+    ("retry_policy", R(LATER_RETRY)),
+    ("retry_policy_typed_config", R(LATER_RETRY)),
+    ("hedge_policy", R(NO_HEDGE)),
+    ("include_is_timeout_retry_header", R(LATER_RETRY)),
+    (
+        "per_request_buffer_limit_bytes",
+        I("request bodies are streamed"),
+    ),
+    (
+        "request_body_buffer_limit",
+        I("request bodies are streamed"),
+    ),
+    ("request_mirror_policies", R(LATER_MIRROR)),
+    ("metadata", I("metadata is informational here")),
+    ("route_specifiers", R("route specifiers are not supported")),
+];
+
+const ROUTE: FieldTable = &[
+    ("name", S),
+    ("match", S),
+    ("route", S),
+    ("redirect", S),
+    ("direct_response", S),
+    ("filter_action", R("filter actions are not supported")),
+    (
+        "non_forwarding_action",
+        R("non-forwarding actions are not supported"),
+    ),
+    ("metadata", I("metadata is informational here")),
+    ("decorator", I("tracing is not supported")),
+    (
+        "typed_per_filter_config",
+        I("no per-route filter config yet"),
+    ),
+    ("request_headers_to_add", S),
+    ("request_headers_to_remove", S),
+    ("response_headers_to_add", S),
+    ("response_headers_to_remove", S),
+    ("tracing", I("tracing is not supported")),
+    (
+        "per_request_buffer_limit_bytes",
+        I("request bodies are streamed"),
+    ),
+    (
+        "request_body_buffer_limit",
+        I("request bodies are streamed"),
+    ),
+    ("stat_prefix", I("per-route stats are not kept yet")),
+    ("route_specifiers", R("route specifiers are not supported")),
+];
+
+const ROUTE_MATCH: FieldTable = &[
+    ("prefix", S),
+    ("path", S),
+    ("safe_regex", S),
+    ("connect_matcher", R("CONNECT is not supported")),
+    ("path_separated_prefix", S),
+    (
+        "path_match_policy",
+        R("path match policies are not supported"),
+    ),
+    ("case_sensitive", S),
+    ("runtime_fraction", S),
+    ("headers", S),
+    ("query_parameters", S),
+    ("cookies", R("cookie matching is not supported")),
+    ("grpc", S),
+    ("tls_context", R("no TLS yet")),
+    ("dynamic_metadata", R("dynamic metadata is not supported")),
+    ("filter_state", R("filter state is not supported")),
+];
+
+const EMPTY: FieldTable = &[];
+
+const RUNTIME_FRACTION: FieldTable = &[
+    ("default_value", S),
+    (
+        "runtime_key",
+        I("runtime overrides are not supported; default_value applies"),
+    ),
+];
+
+const FRACTIONAL_PERCENT: FieldTable = &[("numerator", S), ("denominator", S)];
+
+const ROUTE_ACTION: FieldTable = &[
+    ("cluster", S),
+    ("cluster_header", S),
+    ("weighted_clusters", S),
+    (
+        "cluster_specifier_plugin",
+        R("cluster specifier plugins are not supported"),
+    ),
+    (
+        "inline_cluster_specifier_plugin",
+        R("cluster specifier plugins are not supported"),
+    ),
+    ("cluster_not_found_response_code", S),
+    ("metadata_match", R("subset load balancing is not supported")),
+    ("prefix_rewrite", S),
+    ("regex_rewrite", S),
+    ("path_rewrite_policy", R("path rewrite policies are not supported")),
+    ("path_rewrite", R("path_rewrite is not supported; use prefix_rewrite or regex_rewrite")),
+    ("host_rewrite_literal", S),
+    ("auto_host_rewrite", S),
+    ("host_rewrite_header", R("host_rewrite_header is not supported")),
+    ("host_rewrite_path_regex", R("host_rewrite_path_regex is not supported")),
+    ("host_rewrite", R("host_rewrite is not supported")),
+    ("append_x_forwarded_host", R("x-forwarded-host is not supported")),
+    ("timeout", S),
+    ("idle_timeout", S),
+    ("flush_timeout", I("streams are bounded by idle_timeout")),
+    ("early_data_policy", I("no early data")),
+    ("retry_policy", R(LATER_RETRY)),
+    ("retry_policy_typed_config", R(LATER_RETRY)),
+    ("request_mirror_policies", R(LATER_MIRROR)),
+    ("priority", R("routing priorities are not supported")),
+    ("rate_limits", R(NO_RATE_LIMIT_SERVICE)),
+    ("include_vh_rate_limits", I(NO_RATE_LIMIT_SERVICE)),
+    (
+        "hash_policy",
+        I("hash policies only matter for RING_HASH/MAGLEV, which arrive with the cluster manager issue"),
+    ),
+    ("cors", R(NO_CORS)),
+    ("max_grpc_timeout", R("grpc-timeout arrives with the gRPC step of the HTTP issue")),
+    ("grpc_timeout_offset", R("grpc-timeout arrives with the gRPC step of the HTTP issue")),
+    ("upgrade_configs", R("per-route upgrade configs are not supported")),
+    ("internal_redirect_policy", R("internal redirects are not supported")),
+    ("internal_redirect_action", R("internal redirects are not supported")),
+    ("max_internal_redirects", R("internal redirects are not supported")),
+    ("hedge_policy", R(NO_HEDGE)),
+    ("max_stream_duration", R("per-route max_stream_duration is not supported yet")),
+];
+
+const WEIGHTED_CLUSTER: FieldTable = &[
+    ("clusters", S),
+    ("total_weight", S),
+    (
+        "runtime_key_prefix",
+        I("runtime overrides are not supported; weights apply"),
+    ),
+    (
+        "header_name",
+        R("weighted cluster selection by header is not supported"),
+    ),
+    (
+        "use_hash_policy",
+        R("weighted cluster selection by hash is not supported"),
+    ),
+];
+
+const CLUSTER_WEIGHT: FieldTable = &[
+    ("name", S),
+    (
+        "cluster_header",
+        R("cluster_header in weighted clusters is not supported"),
+    ),
+    ("weight", S),
+    (
+        "metadata_match",
+        R("subset load balancing is not supported"),
+    ),
+    ("request_headers_to_add", S),
+    ("request_headers_to_remove", S),
+    ("response_headers_to_add", S),
+    ("response_headers_to_remove", S),
+    ("host_rewrite_literal", S),
+    (
+        "typed_per_filter_config",
+        I("no per-route filter config yet"),
+    ),
+];
+
+const REDIRECT: FieldTable = &[
+    ("https_redirect", S),
+    ("scheme_redirect", S),
+    ("host_redirect", S),
+    ("port_redirect", S),
+    ("path_redirect", S),
+    ("prefix_rewrite", S),
+    (
+        "regex_rewrite",
+        R("regex_rewrite in redirects is not supported"),
+    ),
+    ("path_rewrite", R("path_rewrite is not supported")),
+    ("response_code", S),
+    ("strip_query", S),
+];
+
+const DIRECT_RESPONSE: FieldTable = &[
+    ("status", S),
+    ("body", S),
+    ("body_format", R("body formats are not supported")),
+];
+
+const DATA_SOURCE: FieldTable = &[
+    ("inline_string", S),
+    ("inline_bytes", R("use inline_string")),
+    (
+        "filename",
+        R("direct response bodies from files are not supported"),
+    ),
+    ("environment_variable", R("use inline_string")),
+    ("watched_directory", R("use inline_string")),
+];
+
+const HEADER_MATCHER: FieldTable = &[
+    ("name", S),
+    ("exact_match", S),
+    ("safe_regex_match", S),
+    ("range_match", S),
+    ("present_match", S),
+    ("prefix_match", S),
+    ("suffix_match", S),
+    ("contains_match", S),
+    ("string_match", S),
+    ("invert_match", S),
+    ("treat_missing_header_as_empty", S),
+];
+
+const STRING_MATCHER: FieldTable = &[
+    ("exact", S),
+    ("prefix", S),
+    ("suffix", S),
+    ("safe_regex", S),
+    ("contains", S),
+    ("custom", R("custom matchers are not supported")),
+    ("ignore_case", S),
+];
+
+const REGEX_MATCHER: FieldTable = &[
+    ("regex", S),
+    (
+        "google_re2",
+        I("RE2 limits are replaced by a 1 MiB compiled-size limit"),
+    ),
+];
+
+const REGEX_REWRITE: FieldTable = &[("pattern", S), ("substitution", S)];
+
+const INT64_RANGE: FieldTable = &[("start", S), ("end", S)];
+
+const QUERY_PARAMETER_MATCHER: FieldTable =
+    &[("name", S), ("string_match", S), ("present_match", S)];
+
+const HEADER_VALUE_OPTION: FieldTable = &[
+    ("header", S),
+    ("append", S),
+    ("append_action", S),
+    ("keep_empty_value", S),
+];
+
+const HEADER_VALUE: FieldTable = &[("key", S), ("value", S), ("raw_value", R("use value"))];
+
+/// Compiled size a route regex may take (as the admin's stats filter).
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Longest inline direct-response body (Envoy's default `max_direct_response_body_size_bytes`).
+const MAX_DIRECT_BODY: usize = 4096;
+
+/// Reads a route configuration from RDS or a bootstrap (the name is required).
+pub fn read_route_configuration(v: &Value, d: &mut Diagnostics) -> Option<RouteConfiguration> {
+    read_route_configuration_obj(v, "", true, d)
+}
+
+pub(super) fn read_route_configuration_obj(
+    v: &Value,
+    path: &str,
+    name_required: bool,
+    d: &mut Diagnostics,
+) -> Option<RouteConfiguration> {
+    let rc = Obj::new(v, path, ROUTE_CONFIGURATION, d)?;
+    let name = if name_required {
+        rc.required_name("name", d)
+    } else {
+        Some(rc.name("name", d).unwrap_or_default())
+    };
+    let mut virtual_hosts = Vec::new();
+    // Each domain may appear once across the virtual hosts (as in Envoy).
+    let mut domains: HashMap<String, String> = HashMap::new();
+    for (vpath, vv) in rc.list("virtual_hosts", d) {
+        if let Some(vh) = read_virtual_host(vv, &vpath, &mut domains, d) {
+            virtual_hosts.push(vh);
+        }
+    }
+    let headers = read_header_mutations(&rc, d);
+    Some(RouteConfiguration {
+        name: name?,
+        virtual_hosts,
+        headers,
+        ignore_port_in_host_matching: rc
+            .boolean("ignore_port_in_host_matching", d)
+            .unwrap_or(false),
+        // Envoy's default: checked for inline route configurations, not for RDS.
+        validate_clusters: rc.boolean("validate_clusters", d).unwrap_or(!name_required),
+        source: v.to_json(),
+    })
+}
+
+fn read_virtual_host(
+    v: &Value,
+    path: &str,
+    seen: &mut HashMap<String, String>,
+    d: &mut Diagnostics,
+) -> Option<VirtualHost> {
+    let vh = Obj::new(v, path, VIRTUAL_HOST, d)?;
+    let name = vh.required_name("name", d);
+    let mut domains = Vec::new();
+    let list = vh.list("domains", d);
+    if list.is_empty() {
+        d.error(vh.at("domains"), "at least one domain is required");
+    }
+    for (dpath, dv) in list {
+        let Some(dom) = dv.as_str() else {
+            d.error(dpath, "expected a string");
+            continue;
+        };
+        let dom = dom.to_ascii_lowercase();
+        let stars = dom.matches('*').count();
+        let valid = !dom.is_empty()
+            && dom.len() <= MAX_NAME_LEN
+            && !dom.chars().any(|c| c.is_control() || c.is_whitespace())
+            && (stars == 0
+                || dom == "*"
+                || (stars == 1 && (dom.starts_with('*') || dom.ends_with('*'))));
+        if !valid {
+            d.error(
+                &dpath,
+                format!("invalid domain \"{dom}\": a host name, optionally with one * at its start or end"),
+            );
+            continue;
+        }
+        if let Some(other) = seen.get(&dom) {
+            d.error(
+                &dpath,
+                format!("domain \"{dom}\" is also in virtual host \"{other}\" (each domain may appear once)"),
+            );
+            continue;
+        }
+        seen.insert(dom.clone(), name.clone().unwrap_or_default());
+        domains.push(dom);
+    }
+    let mut routes = Vec::new();
+    for (rpath, rv) in vh.list("routes", d) {
+        if let Some(r) = read_route(rv, &rpath, d) {
+            routes.push(r);
+        }
+    }
+    let headers = read_header_mutations(&vh, d);
+    Some(VirtualHost {
+        name: name?,
+        domains,
+        routes,
+        headers,
+    })
+}
+
+fn read_route(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Route> {
+    let r = Obj::new(v, path, ROUTE, d)?;
+    let name = r.name("name", d).unwrap_or_default();
+    let matcher = match r.required("match", d) {
+        Some(_) => read_route_match(&r.object("match", ROUTE_MATCH, d)?, d),
+        None => None,
+    };
+    let actions = ["route", "redirect", "direct_response"]
+        .iter()
+        .filter(|k| r.get(k).is_some())
+        .count();
+    if actions != 1 {
+        d.error(
+            path,
+            "exactly one of route, redirect or direct_response is required",
+        );
+        return None;
+    }
+    let action = if let Some(a) = r.object("route", ROUTE_ACTION, d) {
+        read_forward(&a, d).map(Action::Forward)
+    } else if let Some(a) = r.object("redirect", REDIRECT, d) {
+        read_redirect(&a, d).map(Action::Redirect)
+    } else if let Some(a) = r.object("direct_response", DIRECT_RESPONSE, d) {
+        read_direct_response(&a, d)
+    } else {
+        None
+    };
+    let headers = read_header_mutations(&r, d);
+    Some(Route {
+        name,
+        matcher: matcher?,
+        action: action?,
+        headers,
+    })
+}
+
+fn pattern(o: &Obj, key: &str, d: &mut Diagnostics) -> Option<Pattern> {
+    let m = o.object(key, REGEX_MATCHER, d)?;
+    let source = m.required_string("regex", d)?;
+    match regex::RegexBuilder::new(&source)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+    {
+        Ok(regex) => Some(Pattern { source, regex }),
+        Err(e) => {
+            d.error(m.at("regex"), format!("invalid regex: {e}"));
+            None
+        }
+    }
+}
+
+fn read_route_match(m: &Obj, d: &mut Diagnostics) -> Option<RouteMatch> {
+    let specifiers = ["prefix", "path", "safe_regex", "path_separated_prefix"];
+    let given: Vec<&str> = specifiers
+        .iter()
+        .copied()
+        .filter(|k| m.get(k).is_some())
+        .collect();
+    if given.len() != 1 {
+        d.error(
+            &m.path,
+            "exactly one of prefix, path, safe_regex or path_separated_prefix is required",
+        );
+        return None;
+    }
+    let case_sensitive = m.boolean("case_sensitive", d).unwrap_or(true);
+    let fold = |s: String| {
+        if case_sensitive {
+            s
+        } else {
+            s.to_ascii_lowercase()
+        }
+    };
+    let path = match given[0] {
+        "prefix" => PathMatch::Prefix(fold(m.string("prefix", d)?)),
+        "path" => PathMatch::Path(fold(m.string("path", d)?)),
+        "safe_regex" => PathMatch::Regex(pattern(m, "safe_regex", d)?),
+        _ => {
+            let p = m.string("path_separated_prefix", d)?;
+            if !p.starts_with('/') || (p.len() > 1 && p.ends_with('/')) || p.contains(['?', '#']) {
+                d.error(
+                    m.at("path_separated_prefix"),
+                    "must start with / and not end with / nor contain ? or #",
+                );
+                return None;
+            }
+            PathMatch::SeparatedPrefix(fold(p))
+        }
+    };
+    let mut headers = Vec::new();
+    for (hpath, hv) in m.list("headers", d) {
+        if let Some(h) = read_header_matcher(hv, &hpath, d) {
+            headers.push(h);
+        }
+    }
+    let mut query_parameters = Vec::new();
+    for (qpath, qv) in m.list("query_parameters", d) {
+        let Some(q) = Obj::new(qv, &qpath, QUERY_PARAMETER_MATCHER, d) else {
+            continue;
+        };
+        let Some(name) = q.required_string("name", d) else {
+            continue;
+        };
+        let value = match q.object("string_match", STRING_MATCHER, d) {
+            Some(s) => Some(read_string_matcher(&s, d)?),
+            None => None,
+        };
+        query_parameters.push(QueryParameterMatcher { name, value });
+    }
+    if m.get("grpc").is_some() {
+        let _ = m.object("grpc", EMPTY, d);
+    }
+    let runtime_fraction = match m.object("runtime_fraction", RUNTIME_FRACTION, d) {
+        Some(rf) => rf
+            .object("default_value", FRACTIONAL_PERCENT, d)
+            .and_then(|fp| fractional_percent(&fp, d)),
+        None => None,
+    };
+    Some(RouteMatch {
+        path,
+        case_sensitive,
+        headers,
+        query_parameters,
+        grpc: m.get("grpc").is_some(),
+        runtime_fraction,
+    })
+}
+
+/// A `FractionalPercent` as parts per million.
+fn fractional_percent(fp: &Obj, d: &mut Diagnostics) -> Option<u32> {
+    let numerator = fp.uint("numerator", 0, u32::MAX as u64, d).unwrap_or(0);
+    let scale = match fp
+        .enumeration(
+            "denominator",
+            &["HUNDRED", "TEN_THOUSAND", "MILLION"],
+            &[],
+            d,
+        )
+        .as_deref()
+    {
+        Some("TEN_THOUSAND") => 100,
+        Some("MILLION") => 1,
+        _ => 10_000,
+    };
+    Some((numerator.saturating_mul(scale)).min(1_000_000) as u32)
+}
+
+fn read_string_matcher(s: &Obj, d: &mut Diagnostics) -> Option<StringMatcher> {
+    let ignore_case = s.boolean("ignore_case", d).unwrap_or(false);
+    let fold = |v: String| {
+        if ignore_case {
+            v.to_ascii_lowercase()
+        } else {
+            v
+        }
+    };
+    let kinds = ["exact", "prefix", "suffix", "safe_regex", "contains"];
+    let given: Vec<&str> = kinds
+        .iter()
+        .copied()
+        .filter(|k| s.get(k).is_some())
+        .collect();
+    if given.len() != 1 {
+        d.error(
+            &s.path,
+            "exactly one of exact, prefix, suffix, safe_regex or contains is required",
+        );
+        return None;
+    }
+    let kind = match given[0] {
+        "exact" => StringMatch::Exact(fold(s.string("exact", d)?)),
+        "prefix" => StringMatch::Prefix(fold(s.string("prefix", d)?)),
+        "suffix" => StringMatch::Suffix(fold(s.string("suffix", d)?)),
+        "contains" => StringMatch::Contains(fold(s.string("contains", d)?)),
+        _ => StringMatch::Regex(pattern(s, "safe_regex", d)?),
+    };
+    Some(StringMatcher { kind, ignore_case })
+}
+
+fn read_header_matcher(v: &Value, path: &str, d: &mut Diagnostics) -> Option<HeaderMatcher> {
+    let h = Obj::new(v, path, HEADER_MATCHER, d)?;
+    let name = h.required_string("name", d)?.to_ascii_lowercase();
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        d.error(
+            h.at("name"),
+            format!("\"{name}\" is not a valid header name"),
+        );
+        return None;
+    }
+    let specs = [
+        "exact_match",
+        "safe_regex_match",
+        "range_match",
+        "present_match",
+        "prefix_match",
+        "suffix_match",
+        "contains_match",
+        "string_match",
+    ];
+    let given: Vec<&str> = specs
+        .iter()
+        .copied()
+        .filter(|k| h.get(k).is_some())
+        .collect();
+    if given.len() > 1 {
+        d.error(
+            path,
+            format!("at most one of {} may be given", specs.join(", ")),
+        );
+        return None;
+    }
+    let plain = |kind| {
+        HeaderCheck::String(StringMatcher {
+            kind,
+            ignore_case: false,
+        })
+    };
+    let check = match given.first().copied() {
+        // No specifier: the header must be present.
+        None => HeaderCheck::Present(true),
+        Some("exact_match") => plain(StringMatch::Exact(h.string("exact_match", d)?)),
+        Some("prefix_match") => plain(StringMatch::Prefix(h.string("prefix_match", d)?)),
+        Some("suffix_match") => plain(StringMatch::Suffix(h.string("suffix_match", d)?)),
+        Some("contains_match") => plain(StringMatch::Contains(h.string("contains_match", d)?)),
+        Some("safe_regex_match") => plain(StringMatch::Regex(pattern(&h, "safe_regex_match", d)?)),
+        Some("present_match") => HeaderCheck::Present(h.boolean("present_match", d)?),
+        Some("range_match") => {
+            let r = h.object("range_match", INT64_RANGE, d)?;
+            let int = |k: &str, d: &mut Diagnostics| -> Option<i64> {
+                let v = r.get(k)?;
+                let n = match v {
+                    Value::Number(n) => n.as_i64(),
+                    Value::String(s) => s.trim().parse().ok(),
+                    _ => None,
+                };
+                if n.is_none() {
+                    d.error(r.at(k), "expected a 64-bit integer");
+                }
+                n
+            };
+            let start = int("start", d).unwrap_or(0);
+            let end = int("end", d).unwrap_or(0);
+            if end <= start {
+                d.error(r.at("end"), "must be greater than start");
+                return None;
+            }
+            HeaderCheck::Range(start, end)
+        }
+        _ => HeaderCheck::String(read_string_matcher(
+            &h.object("string_match", STRING_MATCHER, d)?,
+            d,
+        )?),
+    };
+    Some(HeaderMatcher {
+        name,
+        check,
+        invert: h.boolean("invert_match", d).unwrap_or(false),
+        treat_missing_as_empty: h
+            .boolean("treat_missing_header_as_empty", d)
+            .unwrap_or(false),
+    })
+}
+
+fn optional_timeout(
+    o: &Obj,
+    key: &str,
+    default: Option<Duration>,
+    d: &mut Diagnostics,
+) -> Option<Duration> {
+    match o.duration(key, d) {
+        Some(t) if t.is_zero() => None,
+        Some(t) => Some(t),
+        None => default,
+    }
+}
+
+fn read_forward(a: &Obj, d: &mut Diagnostics) -> Option<Forward> {
+    let specs = ["cluster", "cluster_header", "weighted_clusters"];
+    let given: Vec<&str> = specs
+        .iter()
+        .copied()
+        .filter(|k| a.get(k).is_some())
+        .collect();
+    if given.len() != 1 {
+        d.error(
+            &a.path,
+            "exactly one of cluster, cluster_header or weighted_clusters is required",
+        );
+        return None;
+    }
+    let cluster = match given[0] {
+        "cluster" => ClusterSpecifier::Cluster(a.required_name("cluster", d)?),
+        "cluster_header" => {
+            let h = a.string("cluster_header", d)?.to_ascii_lowercase();
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                d.error(
+                    a.at("cluster_header"),
+                    format!("\"{h}\" is not a valid header name"),
+                );
+                return None;
+            }
+            ClusterSpecifier::Header(h)
+        }
+        _ => read_weighted_clusters(&a.object("weighted_clusters", WEIGHTED_CLUSTER, d)?, d)?,
+    };
+    let cluster_not_found_status = match a
+        .enumeration(
+            "cluster_not_found_response_code",
+            &["SERVICE_UNAVAILABLE", "NOT_FOUND", "INTERNAL_SERVER_ERROR"],
+            &[],
+            d,
+        )
+        .as_deref()
+    {
+        Some("NOT_FOUND") => 404,
+        Some("INTERNAL_SERVER_ERROR") => 500,
+        _ => 503,
+    };
+    let regex_rewrite = match a.object("regex_rewrite", REGEX_REWRITE, d) {
+        Some(rr) => {
+            let p = pattern(&rr, "pattern", d)?;
+            let sub = rr.string("substitution", d).unwrap_or_default();
+            Some((p, re2_substitution(&sub)))
+        }
+        None => None,
+    };
+    let prefix_rewrite = a.string("prefix_rewrite", d);
+    if prefix_rewrite.is_some() && regex_rewrite.is_some() {
+        d.error(
+            &a.path,
+            "prefix_rewrite and regex_rewrite are mutually exclusive",
+        );
+    }
+    let host_rewrite = match (
+        a.string("host_rewrite_literal", d),
+        a.boolean("auto_host_rewrite", d),
+    ) {
+        (Some(_), Some(true)) => {
+            d.error(
+                &a.path,
+                "host_rewrite_literal and auto_host_rewrite are mutually exclusive",
+            );
+            return None;
+        }
+        (Some(h), _) => HostRewrite::Literal(valid_host(a, "host_rewrite_literal", h, d)?),
+        (None, Some(true)) => HostRewrite::Auto,
+        _ => HostRewrite::None,
+    };
+    Some(Forward {
+        cluster,
+        cluster_not_found_status,
+        timeout: optional_timeout(a, "timeout", Some(Duration::from_secs(15)), d),
+        idle_timeout: optional_timeout(a, "idle_timeout", None, d),
+        prefix_rewrite,
+        regex_rewrite,
+        host_rewrite,
+    })
+}
+
+/// RE2's substitution syntax (`\1`, `\\`) in the regex crate's (`${1}`, `$$`).
+pub(super) fn re2_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => out.push_str("$$"),
+            '\\' => match chars.peek() {
+                Some(d) if d.is_ascii_digit() => {
+                    out.push_str(&format!("${{{d}}}"));
+                    chars.next();
+                }
+                Some('\\') => {
+                    out.push('\\');
+                    chars.next();
+                }
+                _ => out.push('\\'),
+            },
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn valid_host(o: &Obj, key: &str, h: String, d: &mut Diagnostics) -> Option<String> {
+    if h.is_empty() || http::HeaderValue::from_str(&h).is_err() || h.contains([' ', '/']) {
+        d.error(o.at(key), format!("\"{h}\" is not a valid host"));
+        return None;
+    }
+    Some(h)
+}
+
+fn read_weighted_clusters(w: &Obj, d: &mut Diagnostics) -> Option<ClusterSpecifier> {
+    let mut clusters = Vec::new();
+    for (cpath, cv) in w.list("clusters", d) {
+        let Some(c) = Obj::new(cv, &cpath, CLUSTER_WEIGHT, d) else {
+            continue;
+        };
+        let Some(name) = c.required_name("name", d) else {
+            continue;
+        };
+        let weight = c.uint("weight", 0, u32::MAX as u64, d).unwrap_or(0) as u32;
+        let host_rewrite_literal = match c.string("host_rewrite_literal", d) {
+            Some(h) => Some(valid_host(&c, "host_rewrite_literal", h, d)?),
+            None => None,
+        };
+        clusters.push(WeightedCluster {
+            name,
+            weight,
+            headers: read_header_mutations(&c, d),
+            host_rewrite_literal,
+        });
+    }
+    if clusters.is_empty() {
+        d.error(w.at("clusters"), "at least one cluster is required");
+        return None;
+    }
+    let sum: u64 = clusters.iter().map(|c| c.weight as u64).sum();
+    let total = match w.uint("total_weight", 1, u32::MAX as u64, d) {
+        Some(t) if t != sum => {
+            d.error(
+                w.at("total_weight"),
+                format!("{t} is not the sum of the cluster weights ({sum})"),
+            );
+            return None;
+        }
+        _ => sum,
+    };
+    if total == 0 {
+        d.error(w.at("clusters"), "the weights must not all be 0");
+        return None;
+    }
+    Some(ClusterSpecifier::Weighted { clusters, total })
+}
+
+fn read_redirect(r: &Obj, d: &mut Diagnostics) -> Option<Redirect> {
+    let https = r.boolean("https_redirect", d).unwrap_or(false);
+    let scheme = if https {
+        Some("https".to_string())
+    } else {
+        r.string("scheme_redirect", d)
+            .map(|s| s.to_ascii_lowercase())
+    };
+    let path = r.string("path_redirect", d);
+    let prefix_rewrite = r.string("prefix_rewrite", d);
+    if path.is_some() && prefix_rewrite.is_some() {
+        d.error(
+            &r.path,
+            "path_redirect and prefix_rewrite are mutually exclusive",
+        );
+    }
+    let status = match r
+        .enumeration(
+            "response_code",
+            &[
+                "MOVED_PERMANENTLY",
+                "FOUND",
+                "SEE_OTHER",
+                "TEMPORARY_REDIRECT",
+                "PERMANENT_REDIRECT",
+            ],
+            &[],
+            d,
+        )
+        .as_deref()
+    {
+        Some("FOUND") => 302,
+        Some("SEE_OTHER") => 303,
+        Some("TEMPORARY_REDIRECT") => 307,
+        Some("PERMANENT_REDIRECT") => 308,
+        _ => 301,
+    };
+    let host = match r.string("host_redirect", d) {
+        Some(h) => Some(valid_host(r, "host_redirect", h, d)?),
+        None => None,
+    };
+    Some(Redirect {
+        scheme,
+        host,
+        port: r.uint("port_redirect", 1, 65535, d).map(|p| p as u16),
+        path,
+        prefix_rewrite,
+        status,
+        strip_query: r.boolean("strip_query", d).unwrap_or(false),
+    })
+}
+
+fn read_direct_response(a: &Obj, d: &mut Diagnostics) -> Option<Action> {
+    let status = match a.required("status", d) {
+        Some(_) => a.uint("status", 200, 599, d)? as u16,
+        None => return None,
+    };
+    let body = match a.object("body", DATA_SOURCE, d) {
+        Some(b) => {
+            let s = b.string("inline_string", d).unwrap_or_default();
+            if s.len() > MAX_DIRECT_BODY {
+                d.error(
+                    b.at("inline_string"),
+                    format!(
+                        "{} bytes is more than the {MAX_DIRECT_BODY} allowed",
+                        s.len()
+                    ),
+                );
+                return None;
+            }
+            Some(s)
+        }
+        None => None,
+    };
+    Some(Action::DirectResponse { status, body })
+}
+
+fn read_header_mutations(o: &Obj, d: &mut Diagnostics) -> HeaderMutations {
+    HeaderMutations {
+        request_add: read_headers_to_add(o, "request_headers_to_add", d),
+        request_remove: read_headers_to_remove(o, "request_headers_to_remove", d),
+        response_add: read_headers_to_add(o, "response_headers_to_add", d),
+        response_remove: read_headers_to_remove(o, "response_headers_to_remove", d),
+    }
+}
+
+fn read_headers_to_remove(o: &Obj, key: &str, d: &mut Diagnostics) -> Vec<String> {
+    let mut out = Vec::new();
+    for (path, v) in o.list(key, d) {
+        match v.as_str().map(str::to_ascii_lowercase) {
+            Some(h)
+                if http::HeaderName::from_bytes(h.as_bytes()).is_ok()
+                    && !h.starts_with(':')
+                    && h != "host" =>
+            {
+                out.push(h)
+            }
+            Some(h) => d.error(path, format!("\"{h}\" is not a header that can be removed")),
+            None => d.error(path, "expected a header name"),
+        }
+    }
+    out
+}
+
+fn read_headers_to_add(o: &Obj, key: &str, d: &mut Diagnostics) -> Vec<HeaderToAdd> {
+    let mut out = Vec::new();
+    for (path, v) in o.list(key, d) {
+        let Some(opt) = Obj::new(v, &path, HEADER_VALUE_OPTION, d) else {
+            continue;
+        };
+        let Some(h) = opt.object("header", HEADER_VALUE, d) else {
+            d.error(opt.at("header"), "missing required field");
+            continue;
+        };
+        let Some(name) = h.required_string("key", d).map(|k| k.to_ascii_lowercase()) else {
+            continue;
+        };
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || name.starts_with(':')
+            || name == "host"
+        {
+            d.error(
+                h.at("key"),
+                format!("\"{name}\" is not a header that can be added"),
+            );
+            continue;
+        }
+        let raw = h.string("value", d).unwrap_or_default();
+        let Some(value) = parse_header_format(&raw, &h.at("value"), d) else {
+            continue;
+        };
+        let append = match (opt.boolean("append", d), opt.get("append_action")) {
+            (Some(_), Some(_)) => {
+                d.error(&path, "append and append_action are mutually exclusive");
+                continue;
+            }
+            (Some(true), None) => AppendAction::AppendIfExistsOrAdd,
+            (Some(false), None) => AppendAction::OverwriteIfExistsOrAdd,
+            _ => match opt
+                .enumeration(
+                    "append_action",
+                    &[
+                        "APPEND_IF_EXISTS_OR_ADD",
+                        "ADD_IF_ABSENT",
+                        "OVERWRITE_IF_EXISTS_OR_ADD",
+                        "OVERWRITE_IF_EXISTS",
+                    ],
+                    &[],
+                    d,
+                )
+                .as_deref()
+            {
+                Some("ADD_IF_ABSENT") => AppendAction::AddIfAbsent,
+                Some("OVERWRITE_IF_EXISTS_OR_ADD") => AppendAction::OverwriteIfExistsOrAdd,
+                Some("OVERWRITE_IF_EXISTS") => AppendAction::OverwriteIfExists,
+                _ => AppendAction::AppendIfExistsOrAdd,
+            },
+        };
+        out.push(HeaderToAdd {
+            name,
+            value,
+            append,
+            keep_empty_value: opt.boolean("keep_empty_value", d).unwrap_or(false),
+        });
+    }
+    out
+}
+
+/// Parses Envoy's `%VARIABLE%` header formats (`%%` is a literal `%`).
+pub(super) fn parse_header_format(
+    s: &str,
+    path: &str,
+    d: &mut Diagnostics,
+) -> Option<HeaderFormat> {
+    if s.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
+        d.error(path, "header values must not contain CR, LF or NUL");
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut lit = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('%') {
+        lit.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        if let Some(r) = rest.strip_prefix('%') {
+            lit.push('%');
+            rest = r;
+            continue;
+        }
+        let Some(end) = rest.find('%') else {
+            d.error(path, format!("unterminated %VARIABLE% in \"{s}\""));
+            return None;
+        };
+        let var = &rest[..end];
+        rest = &rest[end + 1..];
+        let part = match var {
+            "DOWNSTREAM_REMOTE_ADDRESS" => FormatPart::DownstreamRemoteAddress,
+            "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => {
+                FormatPart::DownstreamRemoteAddressWithoutPort
+            }
+            "DOWNSTREAM_LOCAL_ADDRESS" => FormatPart::DownstreamLocalAddress,
+            "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => {
+                FormatPart::DownstreamLocalAddressWithoutPort
+            }
+            "DOWNSTREAM_LOCAL_PORT" => FormatPart::DownstreamLocalPort,
+            "PROTOCOL" => FormatPart::Protocol,
+            "UPSTREAM_REMOTE_ADDRESS" => FormatPart::UpstreamRemoteAddress,
+            "HOSTNAME" => FormatPart::Hostname,
+            "START_TIME" => FormatPart::StartTime,
+            v if v.starts_with("REQ(") && v.ends_with(')') => {
+                let h = v[4..v.len() - 1].to_ascii_lowercase();
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    d.error(path, format!("%{v}%: \"{h}\" is not a header name"));
+                    return None;
+                }
+                FormatPart::RequestHeader(h)
+            }
+            other => {
+                d.error(
+                    path,
+                    format!("unsupported variable %{other}% (supported: DOWNSTREAM_REMOTE_ADDRESS[_WITHOUT_PORT], DOWNSTREAM_LOCAL_ADDRESS[_WITHOUT_PORT], DOWNSTREAM_LOCAL_PORT, PROTOCOL, UPSTREAM_REMOTE_ADDRESS, HOSTNAME, START_TIME, REQ(header))"),
+                );
+                return None;
+            }
+        };
+        if !lit.is_empty() {
+            parts.push(FormatPart::Literal(std::mem::take(&mut lit)));
+        }
+        parts.push(part);
+    }
+    lit.push_str(rest);
+    if !lit.is_empty() {
+        parts.push(FormatPart::Literal(lit));
+    }
+    Some(HeaderFormat { parts })
+}
+
+#[cfg(test)]
+pub(crate) const TABLES: &[(&str, FieldTable)] = &[
+    ("RouteConfiguration", ROUTE_CONFIGURATION),
+    ("VirtualHost", VIRTUAL_HOST),
+    ("Route", ROUTE),
+    ("RouteMatch", ROUTE_MATCH),
+    ("GrpcRouteMatchOptions", EMPTY),
+    ("RuntimeFractionalPercent", RUNTIME_FRACTION),
+    ("FractionalPercent", FRACTIONAL_PERCENT),
+    ("RouteAction", ROUTE_ACTION),
+    ("WeightedCluster", WEIGHTED_CLUSTER),
+    ("ClusterWeight", CLUSTER_WEIGHT),
+    ("RedirectAction", REDIRECT),
+    ("DirectResponseAction", DIRECT_RESPONSE),
+    ("DataSource", DATA_SOURCE),
+    ("HeaderMatcher", HEADER_MATCHER),
+    ("StringMatcher", STRING_MATCHER),
+    ("RegexMatcher", REGEX_MATCHER),
+    ("RegexMatchAndSubstitute", REGEX_REWRITE),
+    ("Int64Range", INT64_RANGE),
+    ("QueryParameterMatcher", QUERY_PARAMETER_MATCHER),
+    ("HeaderValueOption", HEADER_VALUE_OPTION),
+    ("HeaderValue", HEADER_VALUE),
+];

@@ -1,0 +1,298 @@
+//! The HTTP readers: what is supported, what is refused (with the field path), and what the
+//! compiled model holds.
+
+use crate::config::http::*;
+use crate::config::{parse_bootstrap, NetworkFilter};
+
+fn boot(hcm: &str, clusters: &str) -> String {
+    format!(
+        r#"{{"static_resources": {{"listeners": [{{"name": "l",
+        "address": {{"socket_address": {{"address": "127.0.0.1", "port_value": 0}}}},
+        "filter_chains": [{{"filters": [{{"name": "envoy.filters.network.http_connection_manager",
+          "typed_config": {hcm}}}]}}]}}],
+        "clusters": [{clusters}]}}}}"#
+    )
+}
+
+const CLUSTER: &str = r#"{"name": "c", "connect_timeout": "1s", "load_assignment": {"cluster_name": "c",
+    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}}}]}]}}"#;
+
+fn hcm(routes: &str) -> String {
+    format!(
+        r#"{{"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "in", "route_config": {{"name": "r", "virtual_hosts": [{{"name": "v", "domains": ["*"], "routes": {routes}}}]}},
+        "http_filters": [{{"name": "envoy.filters.http.router", "typed_config": {{"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}}}]}}"#
+    )
+}
+
+fn read(hcm: &str) -> Result<HttpConnectionManager, String> {
+    match parse_bootstrap(&boot(hcm, CLUSTER), "t") {
+        Ok(s) => match &s.listeners[0].filter_chains[0].filters[0] {
+            NetworkFilter::HttpConnectionManager(h) => Ok((**h).clone()),
+            other => panic!("{other:?}"),
+        },
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[test]
+fn a_connection_manager_with_routes_is_read_with_envoy_defaults() {
+    let h = read(&hcm(
+        r#"[{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]"#,
+    ))
+    .unwrap();
+    assert_eq!(h.stat_prefix, "in");
+    assert_eq!(h.codec_type, CodecType::Auto);
+    assert_eq!(h.max_request_headers_bytes, 60 * 1024);
+    assert_eq!(
+        h.stream_idle_timeout,
+        Some(std::time::Duration::from_secs(300))
+    );
+    assert_eq!(h.idle_timeout, Some(std::time::Duration::from_secs(3600)));
+    assert!(h.generate_request_id);
+    let r = &h.route_config.virtual_hosts[0].routes[0];
+    let Action::Forward(f) = &r.action else {
+        panic!()
+    };
+    assert_eq!(f.cluster, ClusterSpecifier::Cluster("c".into()));
+    assert_eq!(f.timeout, Some(std::time::Duration::from_secs(15)));
+    assert_eq!(h.source["stat_prefix"], "in");
+}
+
+#[test]
+fn unknown_clusters_are_refused_in_a_static_route_unless_validation_is_off() {
+    let e = read(&hcm(
+        r#"[{"match": {"prefix": "/"}, "route": {"cluster": "nope"}}]"#,
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains(
+            "route_config.virtual_hosts[0].routes[0].route.cluster: unknown cluster \"nope\""
+        ),
+        "{e}"
+    );
+    let off = hcm(r#"[{"match": {"prefix": "/"}, "route": {"cluster": "nope"}}]"#).replace(
+        r#""name": "r","#,
+        r#""name": "r", "validate_clusters": false,"#,
+    );
+    assert!(read(&off).is_ok());
+}
+
+#[test]
+fn bad_routes_name_the_field() {
+    let cases = [
+        (
+            r#"[{"match": {"prefix": "/", "path": "/x"}, "route": {"cluster": "c"}}]"#,
+            "routes[0].match: exactly one of prefix",
+        ),
+        (
+            r#"[{"match": {"safe_regex": {"regex": "("}}, "route": {"cluster": "c"}}]"#,
+            "routes[0].match.safe_regex.regex: invalid regex",
+        ),
+        (
+            r#"[{"match": {"safe_regex": {"regex": "\\w{100}"}}, "route": {"cluster": "c"}}]"#,
+            "routes[0].match.safe_regex.regex: invalid regex",
+        ),
+        (
+            r#"[{"match": {"prefix": "/"}}]"#,
+            "routes[0]: exactly one of route, redirect or direct_response",
+        ),
+        (
+            r#"[{"match": {"prefix": "/"}, "route": {"cluster": "c", "retry_policy": {}}}]"#,
+            "routes[0].route.retry_policy: not supported",
+        ),
+        (
+            r#"[{"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [{"name": "c", "weight": 0}]}}}]"#,
+            "weights must not all be 0",
+        ),
+        (
+            r#"[{"match": {"prefix": "/"}, "route": {"weighted_clusters": {"total_weight": 5, "clusters": [{"name": "c", "weight": 3}]}}}]"#,
+            "total_weight: 5 is not the sum",
+        ),
+        (
+            r#"[{"match": {"prefix": "/", "headers": [{"name": "a b", "exact_match": "x"}]}, "route": {"cluster": "c"}}]"#,
+            "headers[0].name: \"a b\" is not a valid header name",
+        ),
+        (
+            r#"[{"match": {"prefix": "/"}, "direct_response": {"status": 99}}]"#,
+            "direct_response.status: 99 is out of range",
+        ),
+        (
+            r#"[{"match": {"prefix": "/"}, "route": {"cluster": "c"}, "request_headers_to_add": [{"header": {"key": "x", "value": "%NOPE%"}}]}]"#,
+            "request_headers_to_add[0].header.value: unsupported variable %NOPE%",
+        ),
+        (
+            r#"[{"match": {"prefix": "/"}, "route": {"cluster": "c"}, "request_headers_to_add": [{"header": {"key": ":path", "value": "x"}}]}]"#,
+            "is not a header that can be added",
+        ),
+        (
+            r#"[{"match": {"path_separated_prefix": "/a/"}, "route": {"cluster": "c"}}]"#,
+            "path_separated_prefix: must start with /",
+        ),
+    ];
+    for (routes, want) in cases {
+        let e = read(&hcm(routes)).unwrap_err();
+        assert!(e.contains(want), "{routes}\nwant: {want}\ngot: {e}");
+    }
+}
+
+#[test]
+fn domains_are_unique_and_wildcards_only_at_an_end() {
+    let two = r#"{"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "in", "route_config": {"virtual_hosts": [
+          {"name": "a", "domains": ["x.com", "*.y.com"], "routes": []},
+          {"name": "b", "domains": ["X.com", "a*b"], "routes": []}]},
+        "http_filters": [{"name": "envoy.filters.http.router"}]}"#;
+    let e = read(two).unwrap_err();
+    assert!(
+        e.contains("virtual_hosts[1].domains[0]: domain \"x.com\" is also in virtual host \"a\""),
+        "{e}"
+    );
+    assert!(
+        e.contains("virtual_hosts[1].domains[1]: invalid domain \"a*b\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn http_filters_other_than_the_router_are_refused_unless_optional() {
+    let with = |filters: &str| {
+        hcm(r#"[{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]"#).replace(
+            r#""http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]"#,
+            &format!(r#""http_filters": {filters}"#),
+        )
+    };
+    let e = read(&with(
+        r#"[{"name": "envoy.filters.http.cors"}, {"name": "envoy.filters.http.router"}]"#,
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("http_filters[0]: unsupported HTTP filter \"envoy.filters.http.cors\""),
+        "{e}"
+    );
+    assert!(read(&with(r#"[{"name": "envoy.filters.http.cors", "is_optional": true}, {"name": "envoy.filters.http.router"}]"#)).is_ok());
+    let e = read(&with(r#"[{"name": "envoy.filters.http.router"}, {"name": "envoy.filters.http.cors", "is_optional": true}]"#)).unwrap_err();
+    assert!(
+        e.contains("http_filters[0]: the router must be the last HTTP filter"),
+        "{e}"
+    );
+    let e = read(&with("[]")).unwrap_err();
+    assert!(e.contains("http_filters: missing required field"), "{e}");
+}
+
+#[test]
+fn rds_is_refused_until_it_lands() {
+    let e = read(
+        r#"{"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "in", "rds": {"route_config_name": "r", "config_source": {"ads": {}}},
+        "http_filters": [{"name": "envoy.filters.http.router"}]}"#,
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("typed_config.rds: not supported: RDS is not supported yet"),
+        "{e}"
+    );
+}
+
+#[test]
+fn header_formats_are_parsed_once() {
+    let mut d = crate::config::walk::Diagnostics::default();
+    let f = super::route::parse_header_format(
+        "a %DOWNSTREAM_REMOTE_ADDRESS% 100%% %REQ(X-Y)%",
+        "p",
+        &mut d,
+    )
+    .unwrap();
+    assert!(d.errors.is_empty());
+    assert_eq!(
+        f.parts,
+        vec![
+            FormatPart::Literal("a ".into()),
+            FormatPart::DownstreamRemoteAddress,
+            FormatPart::Literal(" 100% ".into()),
+            FormatPart::RequestHeader("x-y".into()),
+        ]
+    );
+    assert!(super::route::parse_header_format("%UNCLOSED", "p", &mut d).is_none());
+}
+
+#[test]
+fn cluster_protocol_options_choose_the_upstream_protocol() {
+    let cluster = |extra: &str| {
+        let c = CLUSTER.replacen(r#""name": "c","#, &format!(r#""name": "c", {extra}"#), 1);
+        let s = parse_bootstrap(
+            &boot(
+                &hcm(r#"[{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]"#),
+                &c,
+            ),
+            "t",
+        );
+        s.map(|s| s.clusters[0].http).map_err(|e| e.to_string())
+    };
+    assert_eq!(cluster("").unwrap().protocol, UpstreamProtocol::Http1);
+    assert_eq!(
+        cluster(r#""http2_protocol_options": {},"#)
+            .unwrap()
+            .protocol,
+        UpstreamProtocol::Http2
+    );
+    let typed = r#""typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "common_http_protocol_options": {"max_requests_per_connection": 3},
+        "explicit_http_config": {"http2_protocol_options": {"max_concurrent_streams": 7}}}},"#;
+    let h = cluster(typed).unwrap();
+    assert_eq!(h.protocol, UpstreamProtocol::Http2);
+    assert_eq!(h.max_requests_per_connection, Some(3));
+    assert_eq!(h.max_concurrent_streams, 7);
+    let down = r#""typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "use_downstream_protocol_config": {}}},"#;
+    assert_eq!(
+        cluster(down).unwrap().protocol,
+        UpstreamProtocol::Downstream
+    );
+    let auto = r#""typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "auto_config": {}}},"#;
+    assert!(cluster(auto)
+        .unwrap_err()
+        .contains("auto_config: not supported"));
+}
+
+#[test]
+fn re2_substitutions_become_the_regex_crates() {
+    assert_eq!(
+        super::route::re2_substitution(r"/v2/\1/\\x$"),
+        "/v2/${1}/\\x$$"
+    );
+}
+
+#[test]
+fn every_http_field_table_entry_is_documented() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/http.md"))
+        .expect("docs/http.md");
+    let all = || HCM_TABLES.iter().chain(ROUTE_TABLES).chain(UPSTREAM_TABLES);
+    let rows: usize = all().map(|(_, t)| t.len()).sum();
+    let tables = doc
+        .split_once("## Field tables")
+        .expect("a Field tables section")
+        .1;
+    let doc_rows = tables.lines().filter(|l| l.starts_with("| `")).count();
+    assert_eq!(doc_rows, rows, "docs/http.md field tables are out of date (python3 xtask/scripts/gen-field-tables.py http)");
+    for (msg, table) in all() {
+        for (field, how) in table.iter() {
+            let want = match how {
+                crate::config::walk::Field::Supported => format!("| `{field}` | supported |"),
+                crate::config::walk::Field::Ignored(why) => {
+                    format!("| `{field}` | ignored: {why} |")
+                }
+                crate::config::walk::Field::Rejected(why) => {
+                    format!("| `{field}` | **rejected**: {why} |")
+                }
+            };
+            assert!(
+                tables.contains(&want),
+                "{msg}.{field} is not documented as: {want}"
+            );
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Header work of the connection manager and router: hop-by-hop headers, header mutations
+//! with `%VARIABLE%` values, `x-forwarded-for`, request IDs.
+
+use crate::config::http::{AppendAction, FormatPart, HeaderMutations, HeaderToAdd};
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+/// Headers that describe one hop's connection and are never forwarded.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+    "te",
+];
+
+/// Removes hop-by-hop headers, and the headers `Connection` names. `te: trailers` is kept
+/// (gRPC needs it); `upgrade` is kept when the exchange is an upgrade.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    if let Some(c) = h.get(http::header::CONNECTION) {
+        let named: Vec<HeaderName> = c
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && n == http::header::UPGRADE))
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+    }
+    let trailers = h
+        .get(http::header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    for name in HOP_BY_HOP {
+        if keep_upgrade && (name == "upgrade" || name == "connection") {
+            continue;
+        }
+        h.remove(name);
+    }
+    if trailers {
+        h.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// What `%VARIABLE%`s expand to for one request.
+pub struct FormatContext<'a> {
+    pub downstream_remote: SocketAddr,
+    pub downstream_local: SocketAddr,
+    pub protocol: &'a str,
+    pub upstream_remote: Option<SocketAddr>,
+    pub request_headers: Option<&'a HeaderMap>,
+    pub start: std::time::SystemTime,
+}
+
+fn hostname() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: `buf` is valid for its length; gethostname NUL-terminates on success.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        if rc != 0 {
+            return String::new();
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    })
+}
+
+/// `own`: the map being changed, read for `%REQ(…)%` when the context has no request.
+fn expand(h: &HeaderToAdd, cx: &FormatContext, own: &HeaderMap, out: &mut String) {
+    for p in &h.value.parts {
+        match p {
+            FormatPart::Literal(s) => out.push_str(s),
+            FormatPart::DownstreamRemoteAddress => {
+                let _ = write!(out, "{}", cx.downstream_remote);
+            }
+            FormatPart::DownstreamRemoteAddressWithoutPort => {
+                let _ = write!(out, "{}", cx.downstream_remote.ip());
+            }
+            FormatPart::DownstreamLocalAddress => {
+                let _ = write!(out, "{}", cx.downstream_local);
+            }
+            FormatPart::DownstreamLocalAddressWithoutPort => {
+                let _ = write!(out, "{}", cx.downstream_local.ip());
+            }
+            FormatPart::DownstreamLocalPort => {
+                let _ = write!(out, "{}", cx.downstream_local.port());
+            }
+            FormatPart::Protocol => out.push_str(cx.protocol),
+            FormatPart::UpstreamRemoteAddress => {
+                if let Some(a) = cx.upstream_remote {
+                    let _ = write!(out, "{a}");
+                }
+            }
+            FormatPart::Hostname => out.push_str(hostname()),
+            FormatPart::StartTime => out.push_str(&crate::xds::rfc3339(cx.start)),
+            FormatPart::RequestHeader(name) => {
+                if let Some(v) = cx
+                    .request_headers
+                    .unwrap_or(own)
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok())
+                {
+                    out.push_str(v);
+                }
+            }
+        }
+    }
+}
+
+fn add(headers: &mut HeaderMap, list: &[HeaderToAdd], cx: &FormatContext) {
+    let mut buf = String::new();
+    for h in list {
+        buf.clear();
+        expand(h, cx, headers, &mut buf);
+        if buf.is_empty() && !h.keep_empty_value {
+            continue;
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_str(&buf),
+        ) else {
+            continue;
+        };
+        match h.append {
+            AppendAction::AppendIfExistsOrAdd => {
+                headers.append(name, value);
+            }
+            AppendAction::AddIfAbsent => {
+                if !headers.contains_key(&name) {
+                    headers.insert(name, value);
+                }
+            }
+            AppendAction::OverwriteIfExistsOrAdd => {
+                headers.insert(name, value);
+            }
+            AppendAction::OverwriteIfExists => {
+                if headers.contains_key(&name) {
+                    headers.insert(name, value);
+                }
+            }
+        }
+    }
+}
+
+/// Applies the request mutations of each level, most specific first.
+pub fn mutate_request(headers: &mut HeaderMap, levels: &[&HeaderMutations], cx: &FormatContext) {
+    for m in levels {
+        for r in &m.request_remove {
+            headers.remove(r.as_str());
+        }
+        add(headers, &m.request_add, cx);
+    }
+}
+
+/// Applies the response mutations of each level, most specific first.
+pub fn mutate_response(headers: &mut HeaderMap, levels: &[&HeaderMutations], cx: &FormatContext) {
+    for m in levels {
+        for r in &m.response_remove {
+            headers.remove(r.as_str());
+        }
+        add(headers, &m.response_add, cx);
+    }
+}
+
+/// A random (version 4) UUID, as Envoy's request IDs.
+pub fn uuid4() -> HeaderValue {
+    let mut b = fastrand::u128(..).to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let mut s = String::with_capacity(36);
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        let _ = write!(s, "{byte:02x}");
+    }
+    HeaderValue::from_str(&s).expect("hex and dashes are a valid header value")
+}
+
+/// Appends `ip` to `x-forwarded-for`.
+pub fn append_xff(headers: &mut HeaderMap, ip: std::net::IpAddr) {
+    let ip = ip.to_canonical();
+    let v = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        headers.insert("x-forwarded-for", v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers, deflate"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["te"], "trailers");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn uuids_are_version_4() {
+        let u = uuid4();
+        let s = u.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"));
+        assert_ne!(uuid4(), u);
+    }
+
+    #[test]
+    fn xff_is_appended() {
+        let mut h = HeaderMap::new();
+        append_xff(&mut h, "10.0.0.1".parse().unwrap());
+        append_xff(&mut h, "::ffff:10.0.0.2".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2");
+    }
+}

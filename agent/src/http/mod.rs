@@ -1,0 +1,210 @@
+//! The HTTP connection manager (`envoy.filters.network.http_connection_manager`): a
+//! terminal network filter that serves HTTP/1.1 and HTTP/2 (prior knowledge) on a
+//! downstream connection with hyper, routes each request (`route`) and forwards it through
+//! the router (`router`) to pooled upstream connections (`upstream::pool`).
+//!
+//! Per connection: one task runs the codec; HTTP/2 streams run as their own tasks. The
+//! connection closes after `idle_timeout` without requests, and on drain (listener removal,
+//! SIGTERM, hand-over) HTTP/1.1 answers its in-flight request with `Connection: close` and
+//! HTTP/2 sends GOAWAY; in-flight requests finish until the drain's close phase.
+
+pub mod body;
+pub mod headers;
+pub mod route;
+pub mod router;
+pub mod stats;
+
+use crate::config;
+use crate::stats::Store;
+use crate::transport::Downstream;
+use crate::upstream::ClusterManager;
+use arc_swap::ArcSwap;
+use body::Body;
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use route::RouteTable;
+use stats::HttpStats;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// hyper's smallest read buffer limit; the header size limit is also checked per request.
+const MIN_BUF: usize = 8192;
+
+pub struct ConnectionManager {
+    pub config: Box<config::http::HttpConnectionManager>,
+    routes: ArcSwap<RouteTable>,
+    clusters: Arc<ClusterManager>,
+    pub stats: HttpStats,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl std::fmt::Debug for ConnectionManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionManager")
+            .field("stat_prefix", &self.config.stat_prefix)
+            .finish()
+    }
+}
+
+/// What the requests of one connection share.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub original_dst: Option<SocketAddr>,
+    started: Instant,
+    active: AtomicUsize,
+    /// When the last request ended, in ms since `started`.
+    last_end_ms: AtomicU64,
+    counted: AtomicBool,
+    http2: AtomicBool,
+}
+
+impl ConnInfo {
+    fn request_started(&self, v: Version, s: &HttpStats) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        if v == Version::HTTP_2 {
+            s.downstream_rq_http2_total.inc();
+        } else {
+            s.downstream_rq_http1_total.inc();
+        }
+        // The codec is known from the first request.
+        if !self.counted.swap(true, Ordering::Relaxed) {
+            if v == Version::HTTP_2 {
+                self.http2.store(true, Ordering::Relaxed);
+                s.downstream_cx_http2_total.inc();
+                s.downstream_cx_http2_active.inc();
+            } else {
+                s.downstream_cx_http1_total.inc();
+                s.downstream_cx_http1_active.inc();
+            }
+        }
+    }
+
+    fn request_ended(&self) {
+        self.last_end_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// When the connection has been idle long enough to close, or `None` while busy.
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        if self.active.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
+        Some(self.started + last + timeout)
+    }
+}
+
+impl ConnectionManager {
+    pub fn new(
+        cfg: &config::http::HttpConnectionManager,
+        clusters: Arc<ClusterManager>,
+        store: &Store,
+    ) -> Arc<Self> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        match cfg.codec_type {
+            config::http::CodecType::Http1 => builder = builder.http1_only(),
+            config::http::CodecType::Http2 => builder = builder.http2_only(),
+            config::http::CodecType::Auto => {}
+        }
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .max_buf_size(cfg.max_request_headers_bytes.max(MIN_BUF))
+            .max_headers(cfg.max_headers_count)
+            .header_read_timeout(cfg.request_headers_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(cfg.http2.max_concurrent_streams)
+            .initial_stream_window_size(cfg.http2.initial_stream_window_size)
+            .initial_connection_window_size(cfg.http2.initial_connection_window_size)
+            .max_header_list_size(cfg.max_request_headers_bytes as u32);
+        Arc::new(Self {
+            routes: ArcSwap::from_pointee(RouteTable::new(cfg.route_config.clone())),
+            config: Box::new(cfg.clone()),
+            clusters,
+            stats: HttpStats::new(store, &cfg.stat_prefix),
+            builder,
+        })
+    }
+
+    /// Serves the connection until the client closes it, it idles out, or the drain ends.
+    pub async fn handle(self: &Arc<Self>, ds: Downstream) {
+        let s = &self.stats;
+        s.downstream_cx_total.inc();
+        s.downstream_cx_active.inc();
+        let conn = Arc::new(ConnInfo {
+            peer: ds.peer,
+            local: ds.local,
+            original_dst: ds.original_dst,
+            started: Instant::now(),
+            active: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+            counted: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
+        });
+        let mut draining = ds.watch.clone();
+        let mut closing = ds.watch.clone();
+        ds.io.set_nodelay();
+        let hcm = self.clone();
+        let info = conn.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let hcm = hcm.clone();
+            let info = info.clone();
+            async move { Ok::<Response<Body>, Infallible>(hcm.serve(&info, req).await) }
+        });
+        let served = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(ds.io), svc);
+        tokio::pin!(served);
+        let idle = self.config.idle_timeout;
+        let mut shutting_down = false;
+        loop {
+            let wake = idle
+                .map(|t| conn.idle_deadline(t).unwrap_or_else(|| Instant::now() + t))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            tokio::select! {
+                r = served.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(target: "http", peer = %conn.peer, error = %e, "connection ended with error");
+                        s.downstream_cx_protocol_error.inc();
+                    }
+                    break;
+                }
+                _ = draining.draining(), if !shutting_down => {
+                    s.downstream_cx_drain_close.inc();
+                    served.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
+                _ = closing.closing() => break,
+                _ = tokio::time::sleep_until(wake.into()), if idle.is_some() && !shutting_down => {
+                    let t = idle.unwrap_or_default();
+                    if conn.idle_deadline(t).is_some_and(|d| d <= Instant::now()) {
+                        s.downstream_cx_idle_timeout.inc();
+                        served.as_mut().graceful_shutdown();
+                        shutting_down = true;
+                    }
+                }
+            }
+        }
+        s.downstream_cx_active.dec();
+        s.downstream_cx_destroy.inc();
+        s.downstream_cx_length_ms.record(conn.started.elapsed());
+        if conn.counted.load(Ordering::Relaxed) {
+            if conn.http2.load(Ordering::Relaxed) {
+                s.downstream_cx_http2_active.dec();
+            } else {
+                s.downstream_cx_http1_active.dec();
+            }
+        }
+    }
+}

@@ -1,0 +1,798 @@
+//! The router: one request from route match to upstream response. Picks the cluster (named,
+//! from a header, or weighted), the host (`Cluster::pick`), a pooled connection of the
+//! cluster's protocol, and sends; local replies carry Envoy's texts and response flags.
+
+use super::body::{Body, OnEnd};
+use super::headers::{self, FormatContext};
+use super::route::{is_grpc, RequestView};
+use super::{ConnInfo, ConnectionManager};
+use crate::config::http::{
+    Action, ClusterSpecifier, Forward, HeaderMutations, HostRewrite, Redirect, UnderscoresAction,
+    UpstreamProtocol,
+};
+use crate::upstream::pool::{H2Conn, Pooled1};
+use crate::upstream::{Cluster, Host, LbContext, Outcome};
+use http::header::{HeaderValue, HOST};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Envoy's response flags for what Plumb answered itself or why an exchange failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flag {
+    /// No route (NR).
+    NoRoute,
+    /// The route's cluster does not exist (NC).
+    NoCluster,
+    /// No healthy upstream host (UH).
+    NoHealthyUpstream,
+    /// Upstream connection failure (UF).
+    UpstreamConnectionFailure,
+    /// Upstream request timeout (UT).
+    UpstreamRequestTimeout,
+    /// Upstream connection termination (UC).
+    UpstreamConnectionTermination,
+    /// Invalid request headers (DPE, downstream protocol error).
+    DownstreamProtocolError,
+}
+
+impl Flag {
+    pub fn short(self) -> &'static str {
+        match self {
+            Flag::NoRoute => "NR",
+            Flag::NoCluster => "NC",
+            Flag::NoHealthyUpstream => "UH",
+            Flag::UpstreamConnectionFailure => "UF",
+            Flag::UpstreamRequestTimeout => "UT",
+            Flag::UpstreamConnectionTermination => "UC",
+            Flag::DownstreamProtocolError => "DPE",
+        }
+    }
+}
+
+/// The books of one request, closed when its response body ends (or is dropped).
+pub(super) struct Exchange {
+    hcm: Arc<ConnectionManager>,
+    conn: Arc<ConnInfo>,
+    start: Instant,
+    upstream: Option<UpstreamBooks>,
+}
+
+struct UpstreamBooks {
+    cluster: Arc<Cluster>,
+    host: Arc<Host>,
+    sent: Instant,
+    release: Release,
+}
+
+enum Release {
+    H1 {
+        tx: http1::SendRequest<Body>,
+        served: u32,
+        reusable: bool,
+    },
+    H2(H2Conn),
+}
+
+impl OnEnd for Exchange {
+    fn ended(&mut self, complete: bool) {
+        let s = &self.hcm.stats;
+        s.downstream_rq_active.dec();
+        s.downstream_rq_completed.inc();
+        s.downstream_rq_time.record(self.start.elapsed());
+        if !complete {
+            s.downstream_rq_rx_reset.inc();
+        }
+        self.conn.request_ended();
+        if let Some(u) = self.upstream.take() {
+            let hs = u.cluster.http_stats();
+            hs.upstream_rq_active.dec();
+            hs.upstream_rq_completed.inc();
+            hs.upstream_rq_time.record(u.sent.elapsed());
+            u.host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+            match u.release {
+                Release::H1 {
+                    tx,
+                    served,
+                    reusable,
+                } => {
+                    if complete && reusable {
+                        u.host.pool.put_h1(tx, served);
+                    }
+                }
+                Release::H2(c) => {
+                    c.streams.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Envoy's local reply: a short text body, or for gRPC requests a trailers-only gRPC
+/// status.
+fn local_reply(
+    status: StatusCode,
+    text: &str,
+    grpc: bool,
+    grpc_status: Option<u32>,
+) -> Response<Body> {
+    let mut r = if grpc {
+        let code = grpc_status.unwrap_or(match status.as_u16() {
+            400 => 13,
+            401 => 16,
+            403 => 7,
+            404 => 12,
+            429 | 502 | 503 | 504 => 14,
+            _ => 2,
+        });
+        let mut r = Response::new(Body::empty());
+        let h = r.headers_mut();
+        h.insert("content-type", HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(code));
+        if let Ok(v) = HeaderValue::from_str(text) {
+            h.insert("grpc-message", v);
+        }
+        r
+    } else {
+        let mut r = Response::new(Body::full(text.to_string()));
+        *r.status_mut() = status;
+        if !text.is_empty() {
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("text/plain"));
+        }
+        r
+    };
+    if !text.is_empty() && !grpc {
+        r.headers_mut()
+            .insert("content-length", HeaderValue::from(text.len()));
+    }
+    r
+}
+
+/// What an upstream attempt ended with, when it did not produce a response.
+enum Failure {
+    NoHealthy,
+    Connect(String),
+    Reset(String),
+    Timeout,
+}
+
+impl ConnectionManager {
+    /// Serves one request: the connection manager's checks, then the route's action.
+    pub(super) async fn serve(
+        self: &Arc<Self>,
+        conn: &Arc<ConnInfo>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let s = &self.stats;
+        let start = Instant::now();
+        let started_at = SystemTime::now();
+        conn.request_started(req.version(), s);
+        s.downstream_rq_total.inc();
+        s.downstream_rq_active.inc();
+        s.rq_total.inc();
+        let mut exchange = Exchange {
+            hcm: self.clone(),
+            conn: conn.clone(),
+            start,
+            upstream: None,
+        };
+        let (mut parts, body) = req.into_parts();
+        let grpc = is_grpc(&parts.headers);
+        let reply = |ex: Exchange,
+                     status: StatusCode,
+                     text: &str,
+                     flag: Flag,
+                     grpc_status: Option<u32>| {
+            tracing::debug!(target: "http", peer = %ex.conn.peer, status = status.as_u16(), flag = flag.short(), "local reply: {text}");
+            self.finish(local_reply(status, text, grpc, grpc_status), ex, None)
+        };
+        if let Err((status, why)) = self.check_request(&mut parts.headers) {
+            return reply(exchange, status, why, Flag::DownstreamProtocolError, None);
+        }
+        let authority = match parts.uri.authority() {
+            Some(a) => a.as_str().to_string(),
+            None => match parts.headers.get(HOST).and_then(|h| h.to_str().ok()) {
+                Some(h) => h.to_string(),
+                None => {
+                    return reply(
+                        exchange,
+                        StatusCode::BAD_REQUEST,
+                        "missing host header",
+                        Flag::DownstreamProtocolError,
+                        None,
+                    )
+                }
+            },
+        };
+        let request_id = self.request_id(&mut parts.headers);
+        let routes = self.routes.load();
+        let view = RequestView {
+            authority: &authority,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+        };
+        let Some((vh, route)) = routes.route(&view) else {
+            s.no_route.inc();
+            return reply(exchange, StatusCode::NOT_FOUND, "", Flag::NoRoute, None);
+        };
+        let rc = &routes.config;
+        let fcx = FormatContext {
+            downstream_remote: conn.peer,
+            downstream_local: conn.local,
+            protocol: protocol_name(parts.version),
+            upstream_remote: None,
+            request_headers: None,
+            start: started_at,
+        };
+        let mut resp_levels: Vec<&HeaderMutations> = Vec::with_capacity(4);
+        let forward = match &route.action {
+            Action::DirectResponse { status, body } => {
+                s.rq_direct_response.inc();
+                let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+                let mut r = Response::new(match body {
+                    Some(b) => Body::full(b.clone()),
+                    None => Body::empty(),
+                });
+                *r.status_mut() = status;
+                if let Some(b) = body {
+                    r.headers_mut()
+                        .insert("content-length", HeaderValue::from(b.len()));
+                    r.headers_mut()
+                        .insert("content-type", HeaderValue::from_static("text/plain"));
+                }
+                headers::mutate_response(
+                    r.headers_mut(),
+                    &[&route.headers, &vh.headers, &rc.headers],
+                    &fcx,
+                );
+                return self.finish(r, exchange, request_id);
+            }
+            Action::Redirect(rd) => {
+                s.rq_redirect.inc();
+                let r = redirect(rd, &parts.uri, &authority, route);
+                let mut r = r;
+                headers::mutate_response(
+                    r.headers_mut(),
+                    &[&route.headers, &vh.headers, &rc.headers],
+                    &fcx,
+                );
+                return self.finish(r, exchange, request_id);
+            }
+            Action::Forward(f) => f,
+        };
+        // The cluster: named, from a request header, or one of the weighted clusters.
+        let (cluster_name, weighted) = match &forward.cluster {
+            ClusterSpecifier::Cluster(c) => (c.clone(), None),
+            ClusterSpecifier::Header(h) => (
+                parts
+                    .headers
+                    .get(h.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string(),
+                None,
+            ),
+            ClusterSpecifier::Weighted { clusters, total } => {
+                let mut r = fastrand::u64(..*total);
+                let w = clusters
+                    .iter()
+                    .find(|c| {
+                        if r < c.weight as u64 {
+                            true
+                        } else {
+                            r -= c.weight as u64;
+                            false
+                        }
+                    })
+                    .unwrap_or(&clusters[clusters.len() - 1]);
+                (w.name.clone(), Some(w))
+            }
+        };
+        let Some(cluster) = self.clusters.get(&cluster_name) else {
+            s.no_cluster.inc();
+            let status = StatusCode::from_u16(forward.cluster_not_found_status)
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return reply(exchange, status, "", Flag::NoCluster, None);
+        };
+        // The upstream request.
+        let mut levels: Vec<&HeaderMutations> = Vec::with_capacity(4);
+        levels.push(&route.headers);
+        if let Some(w) = weighted {
+            levels.push(&w.headers);
+        }
+        levels.push(&vh.headers);
+        levels.push(&rc.headers);
+        resp_levels.extend(levels.iter().copied());
+        let upgrade = self.upgrade_requested(&parts.headers);
+        let mut uh = std::mem::take(&mut parts.headers);
+        headers::mutate_request(&mut uh, &levels, &fcx);
+        headers::strip_hop_by_hop(&mut uh, upgrade);
+        uh.remove(http::header::EXPECT);
+        if self.config.use_remote_address && !self.config.skip_xff_append {
+            headers::append_xff(&mut uh, conn.peer.ip());
+        }
+        if self.config.use_remote_address || !uh.contains_key("x-forwarded-proto") {
+            uh.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        }
+        if let Some(id) = &request_id {
+            uh.insert("x-request-id", id.clone());
+        }
+        let path_and_query = rewrite_path(forward, route, &parts.uri, &mut uh);
+        let host_rewrite = weighted
+            .and_then(|w| w.host_rewrite_literal.clone())
+            .map(HostRewrite::Literal)
+            .unwrap_or_else(|| forward.host_rewrite.clone());
+        let hs = cluster.http_stats();
+        hs.upstream_rq_total.inc();
+        // A pick; the host's books open once a connection is had.
+        let ctx = LbContext {
+            attempt: 1,
+            original_dst: conn.original_dst,
+            ..LbContext::default()
+        };
+        let host = match cluster.pick(&ctx) {
+            Ok(h) => h,
+            Err(_) => return self.upstream_failure(exchange, Failure::NoHealthy, grpc, &cluster),
+        };
+        let upstream_authority = match &host_rewrite {
+            HostRewrite::None => authority.clone(),
+            HostRewrite::Literal(h) => h.clone(),
+            HostRewrite::Auto if !host.hostname.is_empty() => host.hostname.clone(),
+            HostRewrite::Auto => host.address.to_string(),
+        };
+        let protocol = match cluster.config.http.protocol {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::Http2 => Version::HTTP_2,
+            UpstreamProtocol::Downstream if parts.version == Version::HTTP_2 => Version::HTTP_2,
+            UpstreamProtocol::Downstream => Version::HTTP_11,
+        };
+        let uri = if protocol == Version::HTTP_2 {
+            uh.remove(HOST);
+            Uri::builder()
+                .scheme("http")
+                .authority(upstream_authority.as_str())
+                .path_and_query(path_and_query.as_str())
+                .build()
+        } else {
+            if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
+                uh.insert(HOST, v);
+            }
+            path_and_query.parse::<Uri>().map_err(Into::into)
+        };
+        let Ok(uri) = uri else {
+            return reply(
+                exchange,
+                StatusCode::BAD_REQUEST,
+                "invalid request target",
+                Flag::DownstreamProtocolError,
+                None,
+            );
+        };
+        let mut ureq = Request::new(Body::incoming(body));
+        *ureq.method_mut() = parts.method.clone();
+        *ureq.uri_mut() = uri;
+        *ureq.version_mut() = protocol;
+        *ureq.headers_mut() = uh;
+        let sent = Instant::now();
+        let timeout = forward.timeout;
+        let attempt = self.send(&cluster, &host, ureq, protocol);
+        let result = match timeout {
+            Some(t) => match tokio::time::timeout(t, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(Failure::Timeout),
+            },
+            None => attempt.await,
+        };
+        let (resp, release) = match result {
+            Ok(r) => r,
+            Err(f) => {
+                cluster.report(
+                    &host,
+                    match f {
+                        Failure::Timeout => Outcome::Timeout,
+                        Failure::Connect(_) => Outcome::ConnectFailure,
+                        _ => Outcome::Reset,
+                    },
+                );
+                return self.upstream_failure(exchange, f, grpc, &cluster);
+            }
+        };
+        let status = resp.status();
+        hs.upstream_rq_active.inc();
+        hs.record_status(status.as_u16());
+        host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
+        host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
+        cluster.report(&host, Outcome::HttpStatus(status.as_u16()));
+        let (mut rparts, rbody) = resp.into_parts();
+        let reusable = !connection_close(&rparts.headers);
+        let release = match release {
+            Sent::H1(p) => Release::H1 {
+                tx: p.tx,
+                served: p.served + 1,
+                reusable: reusable
+                    && cluster
+                        .config
+                        .http
+                        .max_requests_per_connection
+                        .is_none_or(|m| p.served + 1 < m),
+            },
+            Sent::H2(c) => Release::H2(c),
+        };
+        exchange.upstream = Some(UpstreamBooks {
+            cluster: cluster.clone(),
+            host: host.clone(),
+            sent,
+            release,
+        });
+        headers::strip_hop_by_hop(&mut rparts.headers, false);
+        let fcx = FormatContext {
+            upstream_remote: Some(host.address),
+            ..fcx
+        };
+        headers::mutate_response(&mut rparts.headers, &resp_levels, &fcx);
+        rparts.version = Version::HTTP_11;
+        let r = Response::from_parts(rparts, Body::incoming(rbody));
+        self.finish(r, exchange, request_id)
+    }
+
+    /// Adds the connection manager's response headers, counts the status and hooks the books
+    /// to the end of the body.
+    fn finish(
+        &self,
+        mut r: Response<Body>,
+        ex: Exchange,
+        request_id: Option<HeaderValue>,
+    ) -> Response<Body> {
+        self.stats.downstream_rq_xx.record(r.status().as_u16());
+        if let Ok(v) = HeaderValue::from_str(&self.config.server_name) {
+            r.headers_mut().insert(http::header::SERVER, v);
+        }
+        if self.config.always_set_request_id_in_response {
+            if let Some(id) = request_id {
+                r.headers_mut().insert("x-request-id", id);
+            }
+        }
+        let (parts, body) = r.into_parts();
+        Response::from_parts(parts, body.with_on_end(Box::new(ex)))
+    }
+
+    fn upstream_failure(
+        &self,
+        ex: Exchange,
+        f: Failure,
+        grpc: bool,
+        cluster: &Cluster,
+    ) -> Response<Body> {
+        let hs = cluster.http_stats();
+        let (status, text, flag, grpc_status) = match f {
+            Failure::NoHealthy => (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream".to_string(), Flag::NoHealthyUpstream, None),
+            Failure::Connect(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {why}"),
+                Flag::UpstreamConnectionFailure,
+                None,
+            ),
+            Failure::Reset(why) => {
+                hs.upstream_rq_rx_reset.inc();
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("upstream connect error or disconnect/reset before headers. reset reason: connection termination ({why})"),
+                    Flag::UpstreamConnectionTermination,
+                    None,
+                )
+            }
+            Failure::Timeout => {
+                hs.upstream_rq_timeout.inc();
+                (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout".to_string(), Flag::UpstreamRequestTimeout, Some(4))
+            }
+        };
+        hs.record_status(status.as_u16());
+        tracing::debug!(target: "http", peer = %ex.conn.peer, cluster = cluster.name(), status = status.as_u16(), flag = flag.short(), "{text}");
+        let r = local_reply(status, &text, grpc, grpc_status);
+        self.finish(r, ex, None)
+    }
+
+    /// Checks what the codec does not: header count (HTTP/2), size, underscores.
+    fn check_request(&self, h: &mut HeaderMap) -> Result<(), (StatusCode, &'static str)> {
+        let c = &self.config;
+        if h.len() > c.max_headers_count {
+            self.stats.downstream_rq_too_large.inc();
+            return Err((
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too many headers",
+            ));
+        }
+        let size: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        if size > c.max_request_headers_bytes {
+            self.stats.downstream_rq_too_large.inc();
+            return Err((
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request headers too large",
+            ));
+        }
+        match c.headers_with_underscores_action {
+            UnderscoresAction::Allow => {}
+            UnderscoresAction::RejectRequest => {
+                if h.keys().any(|k| k.as_str().contains('_')) {
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        "header names with underscores are not allowed",
+                    ));
+                }
+            }
+            UnderscoresAction::DropHeader => {
+                let drop: Vec<_> = h
+                    .keys()
+                    .filter(|k| k.as_str().contains('_'))
+                    .cloned()
+                    .collect();
+                for k in drop {
+                    h.remove(k);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The request's `x-request-id`: kept, or generated (Envoy's rules: an edge proxy,
+    /// `use_remote_address`, replaces a client's ID unless told to preserve it).
+    fn request_id(&self, h: &mut HeaderMap) -> Option<HeaderValue> {
+        let c = &self.config;
+        let existing = h.get("x-request-id").filter(|v| !v.is_empty()).cloned();
+        match existing {
+            Some(id) if !c.use_remote_address || c.preserve_external_request_id => Some(id),
+            _ if c.generate_request_id => {
+                let id = headers::uuid4();
+                h.insert("x-request-id", id.clone());
+                Some(id)
+            }
+            other => other,
+        }
+    }
+
+    fn upgrade_requested(&self, h: &HeaderMap) -> bool {
+        self.config.websocket
+            && h.get(http::header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    }
+
+    /// Sends on a pooled or new connection of `protocol` to `host`.
+    async fn send(
+        &self,
+        cluster: &Arc<Cluster>,
+        host: &Arc<Host>,
+        req: Request<Body>,
+        protocol: Version,
+    ) -> Result<(Response<Incoming>, Sent), Failure> {
+        if protocol == Version::HTTP_2 {
+            return self.send_h2(cluster, host, req).await;
+        }
+        let idle = cluster.config.http.idle_timeout;
+        let mut req = req;
+        // A reused connection may turn out closed before the request was written: then the
+        // request comes back untouched and goes on a new connection.
+        while let Some(mut p) = host.pool.take_h1(idle) {
+            if p.tx.ready().await.is_err() {
+                continue;
+            }
+            match p.tx.try_send_request(req).await {
+                Ok(r) => return Ok((r, Sent::H1(p))),
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(Failure::Reset(e.into_error().to_string())),
+                },
+            }
+        }
+        let (tx, _) = self.connect_h1(cluster, host).await?;
+        let mut p = Pooled1 { tx, served: 0 };
+        match p.tx.send_request(req).await {
+            Ok(r) => Ok((r, Sent::H1(p))),
+            Err(e) => Err(Failure::Reset(e.to_string())),
+        }
+    }
+
+    async fn connect_h1(
+        &self,
+        cluster: &Arc<Cluster>,
+        host: &Arc<Host>,
+    ) -> Result<(http1::SendRequest<Body>, ()), Failure> {
+        let up = cluster
+            .connect(host.clone())
+            .await
+            .map_err(|e| Failure::Connect(e.to_string()))?;
+        cluster.http_stats().upstream_cx_http1_total.inc();
+        let guard = up.guard;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(up.stream))
+            .await
+            .map_err(|e| Failure::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            let _guard = guard;
+            let _ = conn.with_upgrades().await;
+        });
+        Ok((tx, ()))
+    }
+
+    async fn send_h2(
+        &self,
+        cluster: &Arc<Cluster>,
+        host: &Arc<Host>,
+        req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Sent), Failure> {
+        let max = cluster.config.http.max_concurrent_streams as usize;
+        let c = match host.pool.take_h2(max) {
+            Some(c) => c,
+            None => {
+                let up = cluster
+                    .connect(host.clone())
+                    .await
+                    .map_err(|e| Failure::Connect(e.to_string()))?;
+                cluster.http_stats().upstream_cx_http2_total.inc();
+                let guard = up.guard;
+                let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(TokioIo::new(up.stream))
+                    .await
+                    .map_err(|e| Failure::Connect(e.to_string()))?;
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let _ = conn.await;
+                });
+                let c = H2Conn {
+                    tx,
+                    streams: Arc::new(1.into()),
+                    served: Arc::new(0.into()),
+                };
+                host.pool.put_h2(&c);
+                c
+            }
+        };
+        let served = c.served.fetch_add(1, Ordering::Relaxed) as u32 + 1;
+        if cluster
+            .config
+            .http
+            .max_requests_per_connection
+            .is_some_and(|m| served >= m)
+        {
+            host.pool.retire_h2(&c);
+        }
+        let mut tx = c.tx.clone();
+        match tx.send_request(req).await {
+            Ok(r) => Ok((r, Sent::H2(c))),
+            Err(e) => {
+                c.streams.fetch_sub(1, Ordering::Relaxed);
+                Err(Failure::Reset(e.to_string()))
+            }
+        }
+    }
+}
+
+enum Sent {
+    H1(Pooled1),
+    H2(H2Conn),
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn connection_close(h: &HeaderMap) -> bool {
+    h.get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+}
+
+/// The upstream path: `prefix_rewrite` or `regex_rewrite` applied (the original kept in
+/// `x-envoy-original-path`).
+fn rewrite_path(
+    f: &Forward,
+    route: &crate::config::http::Route,
+    uri: &Uri,
+    h: &mut HeaderMap,
+) -> String {
+    let path = uri.path();
+    let query = uri.query();
+    let rewritten = if let Some(p) = &f.prefix_rewrite {
+        let matched = match &route.matcher.path {
+            crate::config::http::PathMatch::Prefix(m)
+            | crate::config::http::PathMatch::SeparatedPrefix(m)
+            | crate::config::http::PathMatch::Path(m) => m.len(),
+            crate::config::http::PathMatch::Regex(_) => path.len(),
+        };
+        Some(format!("{p}{}", path.get(matched..).unwrap_or("")))
+    } else {
+        f.regex_rewrite
+            .as_ref()
+            .map(|(re, sub)| re.regex.replace_all(path, sub.as_str()).into_owned())
+    };
+    let path = match rewritten {
+        Some(p) => {
+            if let Ok(v) =
+                HeaderValue::from_str(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+            {
+                h.insert("x-envoy-original-path", v);
+            }
+            if p.is_empty() {
+                "/".to_string()
+            } else {
+                p
+            }
+        }
+        None => path.to_string(),
+    };
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None if path.is_empty() => "/".to_string(),
+        None => path,
+    }
+}
+
+fn redirect(
+    rd: &Redirect,
+    uri: &Uri,
+    authority: &str,
+    route: &crate::config::http::Route,
+) -> Response<Body> {
+    let scheme = rd.scheme.as_deref().unwrap_or("http");
+    let (host, port) = match (&rd.host, rd.port) {
+        (Some(h), Some(p)) => (h.clone(), Some(p)),
+        (Some(h), None) => (h.clone(), None),
+        (None, p) => {
+            let bare = super::route::strip_port(authority).to_string();
+            let kept = if rd.scheme.is_none() {
+                authority
+                    .strip_prefix(&bare)
+                    .and_then(|r| r.strip_prefix(':'))
+                    .and_then(|p| p.parse().ok())
+            } else {
+                None
+            };
+            (bare, p.or(kept))
+        }
+    };
+    let path = if let Some(p) = &rd.path {
+        p.clone()
+    } else if let Some(p) = &rd.prefix_rewrite {
+        let matched = match &route.matcher.path {
+            crate::config::http::PathMatch::Prefix(m)
+            | crate::config::http::PathMatch::SeparatedPrefix(m)
+            | crate::config::http::PathMatch::Path(m) => m.len(),
+            crate::config::http::PathMatch::Regex(_) => uri.path().len(),
+        };
+        format!("{p}{}", uri.path().get(matched..).unwrap_or(""))
+    } else {
+        uri.path().to_string()
+    };
+    let mut location = format!("{scheme}://{host}");
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    if let Some(p) = port.filter(|p| *p != default_port) {
+        location.push_str(&format!(":{p}"));
+    }
+    location.push_str(&path);
+    if !rd.strip_query && !path.contains('?') {
+        if let Some(q) = uri.query() {
+            location.push('?');
+            location.push_str(q);
+        }
+    }
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::from_u16(rd.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(http::header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert("content-length", HeaderValue::from_static("0"));
+    r
+}

@@ -1,0 +1,162 @@
+//! HTTP connection pools: per host, per worker. A host keeps one slot per data-path worker;
+//! a worker only ever touches its own slot, so the slot's lock is never contended (one
+//! uncontended lock per checkout and per return). The pool lives in the `Host`: when a host
+//! leaves its cluster (EDS, DNS, cluster removal), its idle connections close with it.
+//! Connections hold only counters (`ConnGuard`), never the host, so there is no cycle.
+//!
+//! HTTP/1.1: idle connections are reused most-recently-used first; a connection is handed
+//! back when the response body has been read to its end. HTTP/2: one multiplexed connection
+//! per slot, shared by the worker's requests, with a cap on streams; a full connection
+//! makes way for another.
+
+use crate::http::body::Body;
+use hyper::client::conn::{http1, http2};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Number of data-path workers (slots per host pool).
+static WORKERS: AtomicUsize = AtomicUsize::new(1);
+static NEXT_SHARED_WORKER: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Sets the number of workers (before any pool is used).
+pub fn set_workers(n: usize) {
+    WORKERS.store(n.max(1), Ordering::Relaxed);
+}
+
+/// Called on each data-path thread: which slot it uses.
+pub fn set_worker_index(i: usize) {
+    WORKER.with(|w| w.set(i));
+}
+
+/// For threads of the shared runtime: takes the next index.
+pub fn assign_worker_index() {
+    let i = NEXT_SHARED_WORKER.fetch_add(1, Ordering::Relaxed);
+    set_worker_index(i % WORKERS.load(Ordering::Relaxed));
+}
+
+fn worker() -> usize {
+    WORKER.with(|w| w.get())
+}
+
+struct Idle1 {
+    tx: http1::SendRequest<Body>,
+    since: Instant,
+    served: u32,
+}
+
+/// A shared HTTP/2 connection and the streams open on it.
+#[derive(Clone)]
+pub struct H2Conn {
+    pub tx: http2::SendRequest<Body>,
+    pub streams: Arc<AtomicUsize>,
+    pub served: Arc<AtomicUsize>,
+}
+
+#[derive(Default)]
+struct Slot {
+    h1: Vec<Idle1>,
+    h2: Vec<H2Conn>,
+}
+
+/// At most this many idle HTTP/1.1 connections per host and worker.
+const MAX_IDLE_H1: usize = 1024;
+
+#[derive(Default)]
+pub struct HostPool {
+    slots: OnceLock<Box<[Mutex<Slot>]>>,
+}
+
+impl std::fmt::Debug for HostPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostPool")
+    }
+}
+
+/// An HTTP/1.1 connection taken from the pool, with the requests it has served.
+pub struct Pooled1 {
+    pub tx: http1::SendRequest<Body>,
+    pub served: u32,
+}
+
+impl HostPool {
+    fn slot(&self) -> &Mutex<Slot> {
+        let slots = self.slots.get_or_init(|| {
+            (0..WORKERS.load(Ordering::Relaxed))
+                .map(|_| Mutex::new(Slot::default()))
+                .collect()
+        });
+        &slots[worker() % slots.len()]
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot().lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An idle HTTP/1.1 connection that is still open and not idle longer than `idle`. The
+    /// caller awaits its readiness (it may still be finishing the previous exchange).
+    pub fn take_h1(&self, idle: Option<Duration>) -> Option<Pooled1> {
+        let mut slot = self.lock();
+        while let Some(c) = slot.h1.pop() {
+            let expired = idle.is_some_and(|t| c.since.elapsed() >= t);
+            if !expired && !c.tx.is_closed() {
+                return Some(Pooled1 {
+                    tx: c.tx,
+                    served: c.served,
+                });
+            }
+        }
+        None
+    }
+
+    /// Hands back an HTTP/1.1 connection whose exchange has ended.
+    pub fn put_h1(&self, tx: http1::SendRequest<Body>, served: u32) {
+        if tx.is_closed() {
+            return;
+        }
+        let mut slot = self.lock();
+        if slot.h1.len() < MAX_IDLE_H1 {
+            slot.h1.push(Idle1 {
+                tx,
+                since: Instant::now(),
+                served,
+            });
+        }
+    }
+
+    /// An HTTP/2 connection with a free stream (counted as taken), if any.
+    pub fn take_h2(&self, max_streams: usize) -> Option<H2Conn> {
+        let mut slot = self.lock();
+        slot.h2.retain(|c| !c.tx.is_closed());
+        for c in &slot.h2 {
+            if c.streams.load(Ordering::Relaxed) < max_streams {
+                c.streams.fetch_add(1, Ordering::Relaxed);
+                return Some(c.clone());
+            }
+        }
+        None
+    }
+
+    /// Adds a new HTTP/2 connection (its first stream counted as taken).
+    pub fn put_h2(&self, c: &H2Conn) {
+        self.lock().h2.push(c.clone());
+    }
+
+    /// Forgets an HTTP/2 connection (at its request limit).
+    pub fn retire_h2(&self, c: &H2Conn) {
+        self.lock()
+            .h2
+            .retain(|x| !Arc::ptr_eq(&x.streams, &c.streams));
+    }
+
+    /// Idle HTTP/1.1 and live HTTP/2 connections in this worker's slot (tests, admin).
+    pub fn idle_counts(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.h1.len(), s.h2.len())
+    }
+}
