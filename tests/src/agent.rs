@@ -28,6 +28,30 @@ pub fn tcp_listener(name: &str, cluster: &str) -> Value {
     })
 }
 
+/// A listener on 127.0.0.1 with an ephemeral port and an HTTP connection manager whose
+/// inline route configuration has `virtual_hosts`.
+pub fn http_listener(name: &str, virtual_hosts: Value) -> Value {
+    json!({
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "route_config": {"name": name, "virtual_hosts": virtual_hosts},
+                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            }
+        }]}]
+    })
+}
+
+/// One virtual host for every domain, with `routes`.
+pub fn any_host(routes: Value) -> Value {
+    json!([{"name": "any", "domains": ["*"], "routes": routes}])
+}
+
 /// The tcp_proxy `typed_config` of a listener built by `tcp_listener`, for tweaking.
 pub fn tcp_proxy_of(listener: &mut Value) -> &mut Value {
     &mut listener["filter_chains"][0]["filters"][0]["typed_config"]

@@ -5,6 +5,8 @@ pub mod agent;
 pub mod capture;
 pub mod churn;
 pub mod client;
+pub mod http_client;
+pub mod http_upstream;
 pub mod pods;
 pub mod servers;
 pub mod xds;

@@ -55,6 +55,9 @@ fn main() {
 /// Debian packages by the command they provide.
 const TEST_TOOLS: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
+    // Real HTTP clients through the connection manager (tests/tests/http.rs).
+    ("curl", "curl"),
+    ("h2load", "nghttp2-client"),
     // The agent image is built and run for real (tests/tests/container.rs).
     ("podman", "podman"),
     ("runc", "runc"),

@@ -10,7 +10,7 @@ use crate::config::http::{
     Action, ClusterSpecifier, Forward, HeaderMutations, HostRewrite, Redirect, UnderscoresAction,
     UpstreamProtocol,
 };
-use crate::upstream::pool::{H2Conn, Pooled1};
+use crate::upstream::pool::{H2Conn, H2Take, H2Ticket, Pooled1};
 use crate::upstream::{Cluster, Host, LbContext, Outcome};
 use http::header::{HeaderValue, HOST};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
@@ -620,40 +620,74 @@ impl ConnectionManager {
         Ok((tx, ()))
     }
 
+    /// A new HTTP/2 connection to `host`.
+    async fn connect_h2(&self, cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H2Conn, String> {
+        let up = cluster
+            .connect(host.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        cluster.http_stats().upstream_cx_http2_total.inc();
+        let guard = up.guard;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(up.stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _guard = guard;
+            let _ = conn.await;
+        });
+        Ok(H2Conn {
+            tx,
+            streams: Arc::new(1.into()),
+            served: Arc::new(0.into()),
+        })
+    }
+
+    /// An HTTP/2 connection with a stream taken for this request: pooled, awaited while
+    /// another request connects, or new.
+    async fn h2_conn(&self, cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H2Conn, Failure> {
+        let max = cluster.config.http.max_concurrent_streams as usize;
+        loop {
+            match host.pool.take_h2(max) {
+                H2Take::Ready(c) => return Ok(c),
+                H2Take::Wait(mut rx) => {
+                    if let Ok(o) = rx.wait_for(|o| o.is_some()).await {
+                        if let Some(Err(e)) = &*o {
+                            return Err(Failure::Connect(e.clone()));
+                        }
+                    }
+                    // Connected (take a stream like any other request), or the connecting
+                    // request went away (connect anew).
+                }
+                H2Take::Connect(ticket) => {
+                    // Cleared if this request goes away while connecting.
+                    struct Abandon<'a>(&'a Host, Option<H2Ticket>);
+                    impl Drop for Abandon<'_> {
+                        fn drop(&mut self) {
+                            if let Some(t) = &self.1 {
+                                self.0.pool.abandon_h2(t);
+                            }
+                        }
+                    }
+                    let mut guard = Abandon(host, Some(ticket));
+                    let outcome = self.connect_h2(cluster, host).await;
+                    if let Some(t) = guard.1.take() {
+                        host.pool.finish_h2(t, outcome.clone());
+                    }
+                    return outcome.map_err(Failure::Connect);
+                }
+            }
+        }
+    }
+
     async fn send_h2(
         &self,
         cluster: &Arc<Cluster>,
         host: &Arc<Host>,
         req: Request<Body>,
     ) -> Result<(Response<Incoming>, Sent), Failure> {
-        let max = cluster.config.http.max_concurrent_streams as usize;
-        let c = match host.pool.take_h2(max) {
-            Some(c) => c,
-            None => {
-                let up = cluster
-                    .connect(host.clone())
-                    .await
-                    .map_err(|e| Failure::Connect(e.to_string()))?;
-                cluster.http_stats().upstream_cx_http2_total.inc();
-                let guard = up.guard;
-                let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(TokioIo::new(up.stream))
-                    .await
-                    .map_err(|e| Failure::Connect(e.to_string()))?;
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    let _ = conn.await;
-                });
-                let c = H2Conn {
-                    tx,
-                    streams: Arc::new(1.into()),
-                    served: Arc::new(0.into()),
-                };
-                host.pool.put_h2(&c);
-                c
-            }
-        };
+        let c = self.h2_conn(cluster, host).await?;
         let served = c.served.fetch_add(1, Ordering::Relaxed) as u32 + 1;
         if cluster
             .config

@@ -58,10 +58,33 @@ pub struct H2Conn {
     pub served: Arc<AtomicUsize>,
 }
 
+/// The outcome of an HTTP/2 connect, shared with the requests that waited for it.
+pub type H2Outcome = Option<Result<H2Conn, String>>;
+
 #[derive(Default)]
 struct Slot {
     h1: Vec<Idle1>,
     h2: Vec<H2Conn>,
+    /// An HTTP/2 connect in progress: requests arriving meanwhile wait for it rather than
+    /// each opening a connection (Envoy's pending requests).
+    h2_connecting: Option<tokio::sync::watch::Receiver<H2Outcome>>,
+}
+
+/// What a request does for an HTTP/2 connection.
+pub enum H2Take {
+    /// A connection with a free stream (counted as taken).
+    Ready(H2Conn),
+    /// Another request is connecting: wait for its outcome.
+    Wait(tokio::sync::watch::Receiver<H2Outcome>),
+    /// Connect, then report with `finish_h2` (or `abandon_h2` when giving up).
+    Connect(H2Ticket),
+}
+
+/// The job of connecting for one slot. The request's task may move to another thread while
+/// it connects, so the ticket remembers the slot.
+pub struct H2Ticket {
+    slot: usize,
+    tx: tokio::sync::watch::Sender<H2Outcome>,
 }
 
 /// At most this many idle HTTP/1.1 connections per host and worker.
@@ -85,17 +108,25 @@ pub struct Pooled1 {
 }
 
 impl HostPool {
-    fn slot(&self) -> &Mutex<Slot> {
-        let slots = self.slots.get_or_init(|| {
+    fn slots(&self) -> &[Mutex<Slot>] {
+        self.slots.get_or_init(|| {
             (0..WORKERS.load(Ordering::Relaxed))
                 .map(|_| Mutex::new(Slot::default()))
                 .collect()
-        });
-        &slots[worker() % slots.len()]
+        })
+    }
+
+    /// This worker's slot index.
+    fn index(&self) -> usize {
+        worker() % self.slots().len()
+    }
+
+    fn lock_at(&self, i: usize) -> std::sync::MutexGuard<'_, Slot> {
+        self.slots()[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
-        self.slot().lock().unwrap_or_else(|p| p.into_inner())
+        self.lock_at(self.index())
     }
 
     /// An idle HTTP/1.1 connection that is still open and not idle longer than `idle`. The
@@ -129,29 +160,50 @@ impl HostPool {
         }
     }
 
-    /// An HTTP/2 connection with a free stream (counted as taken), if any.
-    pub fn take_h2(&self, max_streams: usize) -> Option<H2Conn> {
-        let mut slot = self.lock();
+    /// An HTTP/2 connection with a free stream, a connect to wait for, or the job of
+    /// connecting.
+    pub fn take_h2(&self, max_streams: usize) -> H2Take {
+        let index = self.index();
+        let mut slot = self.lock_at(index);
         slot.h2.retain(|c| !c.tx.is_closed());
         for c in &slot.h2 {
             if c.streams.load(Ordering::Relaxed) < max_streams {
                 c.streams.fetch_add(1, Ordering::Relaxed);
-                return Some(c.clone());
+                return H2Take::Ready(c.clone());
             }
         }
-        None
+        if let Some(rx) = &slot.h2_connecting {
+            return H2Take::Wait(rx.clone());
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        slot.h2_connecting = Some(rx);
+        H2Take::Connect(H2Ticket { slot: index, tx })
     }
 
-    /// Adds a new HTTP/2 connection (its first stream counted as taken).
-    pub fn put_h2(&self, c: &H2Conn) {
-        self.lock().h2.push(c.clone());
+    /// Publishes the outcome of this slot's HTTP/2 connect: the new connection (its first
+    /// stream counted as taken by the connecting request) or why it failed.
+    pub fn finish_h2(&self, ticket: H2Ticket, outcome: Result<H2Conn, String>) {
+        let mut slot = self.lock_at(ticket.slot);
+        slot.h2_connecting = None;
+        if let Ok(c) = &outcome {
+            slot.h2.push(c.clone());
+        }
+        drop(slot);
+        let _ = ticket.tx.send(Some(outcome));
     }
 
-    /// Forgets an HTTP/2 connection (at its request limit).
+    /// The connecting request went away before finishing: the next one connects.
+    pub fn abandon_h2(&self, ticket: &H2Ticket) {
+        self.lock_at(ticket.slot).h2_connecting = None;
+    }
+
+    /// Forgets an HTTP/2 connection (at its request limit), in whichever slot holds it.
     pub fn retire_h2(&self, c: &H2Conn) {
-        self.lock()
-            .h2
-            .retain(|x| !Arc::ptr_eq(&x.streams, &c.streams));
+        for i in 0..self.slots().len() {
+            self.lock_at(i)
+                .h2
+                .retain(|x| !Arc::ptr_eq(&x.streams, &c.streams));
+        }
     }
 
     /// Idle HTTP/1.1 and live HTTP/2 connections in this worker's slot (tests, admin).

@@ -183,7 +183,10 @@ const HTTP1_OPTIONS: FieldTable = &[
         R("HTTP/1.0 requests need a Host header"),
     ),
     ("header_key_format", R("header case is not preserved")),
-    ("enable_trailers", I("HTTP/1.1 trailers are forwarded")),
+    (
+        "enable_trailers",
+        I("HTTP/1.1 trailers are forwarded when the response declares them in a Trailer header"),
+    ),
     (
         "allow_chunked_length",
         R("Content-Length with chunked is refused"),

@@ -125,7 +125,10 @@ const HTTP1: FieldTable = &[
         I("upstream requests are HTTP/1.1"),
     ),
     ("header_key_format", R("header case is not preserved")),
-    ("enable_trailers", I("trailers are forwarded")),
+    (
+        "enable_trailers",
+        I("HTTP/1.1 trailers are forwarded when the response declares them in a Trailer header"),
+    ),
     ("allow_chunked_length", I("responses with both are refused")),
     (
         "override_stream_error_on_invalid_http_message",

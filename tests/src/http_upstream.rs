@@ -1,0 +1,179 @@
+//! A fake HTTP upstream on loopback speaking real HTTP/1.1 and HTTP/2 (hyper, auto-detected):
+//! it answers every request with a JSON description of what it received, and lets the
+//! request steer the answer through headers:
+//! - `x-status: N`: answer with status N;
+//! - `x-delay-ms: N`: wait N ms first;
+//! - `x-close: 1`: answer with `Connection: close`;
+//! - `x-body-bytes: N`: answer with N bytes instead of the JSON;
+//! - `x-trailer: value`: end the body with a trailer `x-trailer: value`.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A running fake HTTP upstream; stops on drop.
+pub struct HttpUpstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    connections: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl HttpUpstream {
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HttpUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct OpenGuard(Arc<AtomicUsize>);
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn answer(name: Arc<str>, conn: usize, req: Request<Incoming>) -> Response<Body> {
+    let h = |k: &str| {
+        req.headers()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    if let Some(ms) = h("x-delay-ms").and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let status = h("x-status").and_then(|v| v.parse().ok()).unwrap_or(200u16);
+    let close = h("x-close").is_some();
+    let trailer = h("x-trailer");
+    let body_bytes: Option<usize> = h("x-body-bytes").and_then(|v| v.parse().ok());
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+        .collect();
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let version = format!("{:?}", req.version());
+    let received = req.into_body().collect().await;
+    let (len, req_trailers) = match received {
+        Ok(c) => {
+            let t = c.trailers().cloned();
+            (c.to_bytes().len(), t)
+        }
+        Err(_) => (0, None),
+    };
+    let payload: Bytes = match body_bytes {
+        Some(n) => Bytes::from(vec![b'x'; n]),
+        None => Bytes::from(
+            json!({
+                "server": &*name,
+                "conn": conn,
+                "method": method,
+                "uri": uri,
+                "path": path,
+                "version": version,
+                "headers": headers,
+                "body_len": len,
+                "trailers": req_trailers.map(|t| t.iter().map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or(""))).collect::<Vec<_>>()),
+            })
+            .to_string(),
+        ),
+    };
+    let body: Body = match trailer {
+        Some(t) => {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-trailer", t.parse().expect("trailer value"));
+            let frames = vec![
+                Ok::<_, Infallible>(Frame::data(payload)),
+                Ok(Frame::trailers(trailers)),
+            ];
+            StreamBody::new(futures_stream(frames)).boxed()
+        }
+        None => Full::new(payload).boxed(),
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    r.headers_mut()
+        .insert("x-upstream", name.parse().expect("name is a header value"));
+    if close {
+        r.headers_mut()
+            .insert("connection", http::HeaderValue::from_static("close"));
+    }
+    r
+}
+
+fn futures_stream<T: Send + 'static>(items: Vec<T>) -> tokio_stream::Iter<std::vec::IntoIter<T>> {
+    tokio_stream::iter(items)
+}
+
+/// Starts a fake HTTP upstream named `name` on an ephemeral loopback port.
+pub async fn start(name: &str) -> HttpUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let name_arc: Arc<str> = Arc::from(name);
+    let (c, o, r) = (connections.clone(), open.clone(), requests.clone());
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let conn = c.fetch_add(1, Ordering::SeqCst) + 1;
+            o.fetch_add(1, Ordering::SeqCst);
+            let guard = OpenGuard(o.clone());
+            let name = name_arc.clone();
+            let r = r.clone();
+            tokio::spawn(async move {
+                let _guard = guard;
+                let svc = hyper::service::service_fn(move |req| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let name = name.clone();
+                    async move { Ok::<_, Infallible>(answer(name, conn, req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    HttpUpstream {
+        addr,
+        name: name.to_string(),
+        connections,
+        open,
+        requests,
+        task,
+    }
+}

@@ -1,0 +1,579 @@
+//! The HTTP connection manager end to end (issue 12): real HTTP/1.1 and HTTP/2 clients and
+//! upstreams on loopback, through Plumb's listener, routes and router.
+
+use plumb_tests::agent::{any_host, bootstrap, http_listener, static_cluster, TestAgent};
+use plumb_tests::http_client::{self, request, H1, H2};
+use plumb_tests::http_upstream;
+use plumb_tests::servers::{self, Behavior};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn h2_cluster(name: &str, endpoints: &[SocketAddr]) -> Value {
+    let mut c = static_cluster(name, endpoints);
+    c["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}});
+    c
+}
+
+fn route(prefix: &str, cluster: &str) -> Value {
+    json!({"match": {"prefix": prefix}, "route": {"cluster": cluster}})
+}
+
+async fn agent_for(routes: Value, clusters: Vec<Value>) -> (TestAgent, SocketAddr) {
+    let agent = TestAgent::start(&bootstrap(
+        vec![http_listener("in", any_host(routes))],
+        clusters,
+    ))
+    .await;
+    let addr = agent.listener("in");
+    (agent, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_requests_reuse_one_upstream_connection_and_bridge_protocols() {
+    let h1 = http_upstream::start("h1").await;
+    let h2 = http_upstream::start("h2").await;
+    let (agent, addr) = agent_for(
+        json!([route("/two", "h2"), route("/", "h1")]),
+        vec![
+            static_cluster("h1", &[h1.addr]),
+            h2_cluster("h2", &[h2.addr]),
+        ],
+    )
+    .await;
+
+    // HTTP/1.1 downstream, HTTP/1.1 upstream: one pooled connection for five requests.
+    let mut c = H1::connect(addr).await;
+    for i in 0..5 {
+        let r = c
+            .send(request("POST", "svc", &format!("/x?i={i}"), &[], b"hello"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        let j = r.json();
+        assert_eq!(j["path"], format!("/x?i={i}"));
+        assert_eq!(j["version"], "HTTP/1.1");
+        assert_eq!(j["body_len"], 5);
+        assert_eq!(j["headers"]["host"], "svc");
+        assert!(j["headers"]["x-request-id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 36));
+        assert_eq!(r.header("server"), Some("plumb"));
+    }
+    assert_eq!(h1.connections(), 1, "the upstream connection is reused");
+    assert_eq!(agent.stat("cluster.h1.upstream_cx_http1_total"), 1);
+    assert_eq!(agent.stat("cluster.h1.upstream_rq_200"), 5);
+    assert_eq!(agent.stat("cluster.h1.upstream_rq_2xx"), 5);
+
+    // HTTP/2 downstream (prior knowledge), 20 concurrent streams, to HTTP/1.1 and HTTP/2.
+    let c2 = H2::connect(addr).await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut c2 = c2.clone();
+        let path = if i % 2 == 0 {
+            format!("/two/{i}")
+        } else {
+            format!("/one/{i}")
+        };
+        tasks.push(tokio::spawn(async move {
+            let r = c2
+                .send(request("GET", "svc", &path, &[], b""))
+                .await
+                .unwrap();
+            (path, r)
+        }));
+    }
+    for t in tasks {
+        let (path, r) = t.await.unwrap();
+        assert_eq!(r.status, 200, "{path}");
+        let j = r.json();
+        assert_eq!(j["path"], path);
+        let want = if path.starts_with("/two") {
+            "HTTP/2.0"
+        } else {
+            "HTTP/1.1"
+        };
+        assert_eq!(j["version"], want, "{path}");
+        assert_eq!(
+            j["server"],
+            if path.starts_with("/two") { "h2" } else { "h1" }
+        );
+    }
+    // One multiplexed connection per worker (the agent runs two), not one per stream.
+    let h2_conns = agent.stat("cluster.h2.upstream_cx_http2_total");
+    assert!((1..=2).contains(&h2_conns), "{h2_conns} HTTP/2 connections");
+    assert_eq!(h2.connections() as i64, h2_conns);
+    // HTTP/1.1 downstream to the HTTP/2 upstream.
+    let r = c
+        .send(request("GET", "svc", "/two/x", &[], b""))
+        .await
+        .unwrap();
+    assert_eq!(r.json()["version"], "HTTP/2.0");
+    assert_eq!(
+        r.json()["headers"]["host"],
+        serde_json::Value::Null,
+        "authority, not host, on HTTP/2"
+    );
+    assert_eq!(agent.stat("http.in.downstream_rq_2xx"), 26);
+    assert_eq!(agent.stat("http.in.downstream_cx_http1_total"), 1);
+    assert_eq!(agent.stat("http.in.downstream_cx_http2_total"), 1);
+    assert_eq!(agent.stat("http.in.downstream_rq_http2_total"), 20);
+    agent
+        .wait_stat("http.in.downstream_rq_active", |v| v == 0)
+        .await;
+    agent
+        .wait_stat("cluster.h1.upstream_rq_active", |v| v == 0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_hosts_routes_rewrites_and_header_mutations() {
+    let a = http_upstream::start("a").await;
+    let b = http_upstream::start("b").await;
+    let vhosts = json!([
+        {"name": "api", "domains": ["api.example.com", "api.example.com:8080"],
+         "request_headers_to_add": [{"header": {"key": "x-vhost", "value": "api"}}],
+         "response_headers_to_add": [{"header": {"key": "x-served-by", "value": "%UPSTREAM_REMOTE_ADDRESS%"}}],
+         "routes": [
+            {"match": {"prefix": "/v1/"}, "route": {"cluster": "a", "prefix_rewrite": "/internal/"},
+             "request_headers_to_add": [
+                {"header": {"key": "x-client", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}},
+                {"header": {"key": "x-copy", "value": "%REQ(x-orig)%"}}],
+             "request_headers_to_remove": ["x-secret"]},
+            {"match": {"safe_regex": {"regex": "/items/([0-9]+)"}},
+             "route": {"cluster": "b", "regex_rewrite": {"pattern": {"regex": "/items/([0-9]+)"}, "substitution": "/item?id=\\1"}}},
+            {"match": {"prefix": "/", "headers": [{"name": "x-canary", "exact_match": "yes"}]}, "route": {"cluster": "b", "host_rewrite_literal": "canary.internal"}},
+            {"match": {"prefix": "/old"}, "redirect": {"path_redirect": "/new", "response_code": "PERMANENT_REDIRECT"}},
+            {"match": {"path": "/healthz"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "a"}},
+         ]},
+        {"name": "wild", "domains": ["*.example.com"], "routes": [route("/", "b")]},
+    ]);
+    let agent = TestAgent::start(&bootstrap(
+        vec![http_listener("in", vhosts)],
+        vec![
+            static_cluster("a", &[a.addr]),
+            static_cluster("b", &[b.addr]),
+        ],
+    ))
+    .await;
+    let addr = agent.listener("in");
+    let get =
+        |host: &'static str, path: &'static str, h: &'static [(&'static str, &'static str)]| {
+            http_client::get(addr, host, path, h)
+        };
+
+    let r = get(
+        "api.example.com",
+        "/v1/users?x=1",
+        &[("x-orig", "o"), ("x-secret", "s")],
+    )
+    .await;
+    let j = r.json();
+    assert_eq!(j["server"], "a");
+    assert_eq!(j["path"], "/internal/users?x=1");
+    assert_eq!(j["headers"]["x-envoy-original-path"], "/v1/users?x=1");
+    assert_eq!(j["headers"]["x-vhost"], "api");
+    assert_eq!(j["headers"]["x-client"], "127.0.0.1");
+    assert_eq!(j["headers"]["x-copy"], "o");
+    assert!(j["headers"].get("x-secret").is_none());
+    assert_eq!(r.header("x-served-by"), Some(a.addr.to_string().as_str()));
+
+    let j = get("API.example.com:8080", "/items/42", &[]).await.json();
+    assert_eq!(
+        (j["server"].as_str(), j["path"].as_str()),
+        (Some("b"), Some("/item?id=42"))
+    );
+
+    let j = get("api.example.com", "/anything", &[("x-canary", "yes")])
+        .await
+        .json();
+    assert_eq!(
+        (j["server"].as_str(), j["headers"]["host"].as_str()),
+        (Some("b"), Some("canary.internal"))
+    );
+
+    let r = get("api.example.com", "/old/page?q=1", &[]).await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some("http://api.example.com/new?q=1"));
+
+    let r = get("api.example.com", "/healthz", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+
+    assert_eq!(get("www.example.com", "/", &[]).await.json()["server"], "b");
+    // No virtual host: 404 with no body, counted as no_route.
+    let r = get("other.org", "/", &[]).await;
+    assert_eq!((r.status, r.body.len()), (404, 0));
+    assert_eq!(agent.stat("http.in.no_route"), 1);
+    assert_eq!(agent.stat("http.in.rq_redirect"), 1);
+    assert_eq!(agent.stat("http.in.rq_direct_response"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_replies_carry_envoys_statuses_texts_and_grpc_codes() {
+    let slow = http_upstream::start("slow").await;
+    let closes = servers::start(Behavior::CloseImmediately).await;
+    // A port with nothing listening: bind, learn the port, close.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut none_healthy = static_cluster("empty", &[]);
+    none_healthy["load_assignment"]["endpoints"] = json!([]);
+    let routes = json!([
+        {"match": {"prefix": "/slow"}, "route": {"cluster": "slow", "timeout": "0.2s"}},
+        route("/refused", "refused"),
+        route("/closes", "closes"),
+        route("/empty", "empty"),
+        {"match": {"prefix": "/gone"}, "route": {"cluster": "gone"}},
+    ]);
+    let mut listener = http_listener("in", any_host(routes));
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+        ["validate_clusters"] = json!(false);
+    let agent = TestAgent::start(&bootstrap(
+        vec![listener],
+        vec![
+            static_cluster("slow", &[slow.addr]),
+            static_cluster("refused", &[refused]),
+            static_cluster("closes", &[closes.addr]),
+            none_healthy,
+        ],
+    ))
+    .await;
+    let addr = agent.listener("in");
+    let cases: [(&str, u16, &str, &str); 5] = [
+        ("/slow", 504, "upstream request timeout", "cluster.slow.upstream_rq_timeout"),
+        ("/refused", 503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure", "cluster.refused.upstream_cx_connect_fail"),
+        ("/closes", 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination", "cluster.closes.upstream_rq_rx_reset"),
+        ("/empty", 503, "no healthy upstream", "cluster.empty.upstream_cx_none_healthy"),
+        ("/gone", 503, "", "http.in.no_cluster"),
+    ];
+    for (path, status, text, stat) in cases {
+        let r = http_client::get(addr, "x", path, &[("x-delay-ms", "2000")]).await;
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        assert!(r.text().starts_with(text), "{path}: {}", r.text());
+        assert_eq!(agent.stat(stat), 1, "{path}: {stat}");
+    }
+    assert_eq!(agent.stat("cluster.slow.upstream_rq_504"), 1);
+    // gRPC clients get a gRPC status instead.
+    let mut c2 = H2::connect(addr).await;
+    for (path, code) in [("/slow", "4"), ("/empty", "14"), ("/nothing-here", "14")] {
+        let r = c2
+            .send(request(
+                "POST",
+                "x",
+                path,
+                &[("content-type", "application/grpc"), ("x-delay-ms", "2000")],
+                b"",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(
+            r.header("grpc-status"),
+            Some(if path == "/nothing-here" { "12" } else { code }),
+            "{path}"
+        );
+    }
+    assert_eq!(agent.stat("http.in.downstream_rq_5xx"), 5);
+    assert_eq!(agent.stat("http.in.downstream_rq_4xx"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_clusters_split_traffic_in_proportion() {
+    let stable = http_upstream::start("stable").await;
+    let canary = http_upstream::start("canary").await;
+    let routes = json!([{"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [
+        {"name": "stable", "weight": 90},
+        {"name": "canary", "weight": 10, "request_headers_to_add": [{"header": {"key": "x-canary", "value": "1"}}]}]}}}]);
+    let (_agent, addr) = agent_for(
+        routes,
+        vec![
+            static_cluster("stable", &[stable.addr]),
+            static_cluster("canary", &[canary.addr]),
+        ],
+    )
+    .await;
+    let mut c = H1::connect(addr).await;
+    let mut to_canary = 0;
+    for _ in 0..2000 {
+        let j = c
+            .send(request("GET", "x", "/", &[], b""))
+            .await
+            .unwrap()
+            .json();
+        if j["server"] == "canary" {
+            assert_eq!(j["headers"]["x-canary"], "1");
+            to_canary += 1;
+        }
+    }
+    // 200 expected; the binomial standard deviation is ~13.4: allow 5 either side.
+    assert!(
+        (133..=267).contains(&to_canary),
+        "{to_canary} of 2000 went to the canary"
+    );
+}
+
+/// Sends raw bytes on a new connection and returns what comes back until close or timeout.
+async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_smuggling_payloads_are_refused_and_pipelining_keeps_order() {
+    let up = http_upstream::start("up").await;
+    let (agent, addr) = agent_for(
+        json!([route("/", "up")]),
+        vec![static_cluster("up", &[up.addr])],
+    )
+    .await;
+    // Both framings: read as chunked (RFC 9112 6.3), Content-Length dropped, and the
+    // connection closed after one response, so what follows is never read as a request.
+    let both: [(&str, &[u8], u64); 2] = [
+        ("CL.TE", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 13\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 0),
+        ("TE.CL", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 8),
+    ];
+    for (name, payload, body_len) in both {
+        let out = raw(addr, payload).await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{name}: {out:?}");
+        assert_eq!(
+            out.matches("HTTP/1.1 ").count(),
+            1,
+            "{name}: one response: {out:?}"
+        );
+        assert!(
+            out.contains(&format!("\"body_len\":{body_len},")),
+            "{name}: {out:?}"
+        );
+        assert!(out.contains("\r\nconnection: close\r\n"), "{name}: {out:?}");
+        assert!(
+            !out.contains("content-length\":"),
+            "{name}: no Content-Length upstream: {out:?}"
+        );
+    }
+    assert_eq!(up.requests(), 2, "nothing smuggled reached the upstream");
+    let smuggling: [(&str, &[u8]); 3] = [
+        ("TE.TE", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: cow\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        ("obs-fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n"),
+        ("two lengths", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+    ];
+    let before = up.requests();
+    for (name, payload) in smuggling {
+        let out = raw(addr, payload).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{name}: {out:?}");
+        assert!(
+            !out.contains("SMUGGLED") && out.matches("HTTP/1.1").count() == 1,
+            "{name}: {out:?}"
+        );
+    }
+    assert_eq!(up.requests(), before, "nothing reached the upstream");
+    // Pipelined requests are answered in order.
+    let out = raw(
+        addr,
+        b"GET /1 HTTP/1.1\r\nHost: x\r\nx-delay-ms: 100\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let order: Vec<usize> = ["\"path\":\"/1\"", "\"path\":\"/2\"", "\"path\":\"/3\""]
+        .iter()
+        .map(|p| out.find(p).unwrap_or_else(|| panic!("{p} missing: {out}")))
+        .collect();
+    assert!(order[0] < order[1] && order[1] < order[2], "{out}");
+    // A header section beyond max_request_headers_kb (60) is refused with 431.
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let out = raw(addr, big.as_bytes()).await;
+    assert!(
+        out.starts_with("HTTP/1.1 431"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
+    let _ = agent;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_and_bodies_pass_end_to_end_over_http2() {
+    let up = http_upstream::start("up").await;
+    let (_agent, addr) = agent_for(
+        json!([route("/", "up")]),
+        vec![h2_cluster("up", &[up.addr])],
+    )
+    .await;
+    let mut c = H2::connect(addr).await;
+    let r = c
+        .send(request(
+            "POST",
+            "x",
+            "/t",
+            &[
+                ("x-trailer", "done"),
+                ("x-body-bytes", "100000"),
+                ("te", "trailers"),
+            ],
+            &[7u8; 50_000],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 100_000);
+    assert_eq!(
+        r.trailers
+            .as_ref()
+            .and_then(|t| t.get("x-trailer"))
+            .and_then(|v| v.to_str().ok()),
+        Some("done")
+    );
+    // Request trailers reach the upstream too.
+    let mut c = H2::connect(addr).await;
+    let r = c.send(request("GET", "x", "/t", &[], b"")).await.unwrap();
+    assert_eq!(r.json()["version"], "HTTP/2.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_cluster_closes_its_pooled_connections() {
+    let up = http_upstream::start("up").await;
+    let boot = |with: bool| {
+        let (routes, clusters) = if with {
+            (
+                json!([route("/", "up")]),
+                vec![static_cluster("up", &[up.addr])],
+            )
+        } else {
+            (
+                json!([{"match": {"prefix": "/"}, "direct_response": {"status": 204}}]),
+                vec![],
+            )
+        };
+        bootstrap(vec![http_listener("in", any_host(routes))], clusters)
+    };
+    let agent = TestAgent::start(&boot(true)).await;
+    let addr = agent.listener("in");
+    for _ in 0..3 {
+        assert_eq!(http_client::get(addr, "x", "/", &[]).await.status, 200);
+    }
+    plumb_tests::wait_until(
+        "a pooled upstream connection",
+        Duration::from_secs(5),
+        || async { up.open() >= 1 },
+    )
+    .await;
+    assert!(agent.reload(&boot(false)).is_empty());
+    plumb_tests::wait_until(
+        "the pool to close with its cluster",
+        Duration::from_secs(10),
+        || async { up.open() == 0 },
+    )
+    .await;
+    assert_eq!(http_client::get(addr, "x", "/", &[]).await.status, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_answers_in_flight_requests_with_connection_close() {
+    let up = http_upstream::start("up").await;
+    let (agent, addr) = agent_for(
+        json!([route("/", "up")]),
+        vec![static_cluster("up", &[up.addr])],
+    )
+    .await;
+    let mut c = H1::connect(addr).await;
+    assert_eq!(
+        c.send(request("GET", "x", "/", &[], b""))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let in_flight = tokio::spawn(async move {
+        let r = c
+            .send(request("GET", "x", "/", &[("x-delay-ms", "300")], b""))
+            .await
+            .unwrap();
+        (r, c)
+    });
+    plumb_tests::wait_until(
+        "the slow request at the upstream",
+        Duration::from_secs(5),
+        || async { up.requests() == 2 },
+    )
+    .await;
+    agent.shutdown(plumb::server::ShutdownKind::Graceful);
+    let (r, c) = in_flight.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    plumb_tests::wait_until(
+        "the client connection to close",
+        Duration::from_secs(5),
+        || async { c.is_closed() },
+    )
+    .await;
+    agent.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_and_h2load_speak_http1_and_h2c_through_plumb() {
+    let (Some(curl), Some(h2load)) = (
+        plumb_tests::agent::which("curl"),
+        plumb_tests::agent::which("h2load"),
+    ) else {
+        return plumb_tests::skip("curl or h2load not installed (cargo xtask deps installs them)");
+    };
+    let up = http_upstream::start("up").await;
+    let (agent, addr) = agent_for(
+        json!([route("/", "up")]),
+        vec![static_cluster("up", &[up.addr])],
+    )
+    .await;
+    let url = format!("http://{addr}/hello?x=1");
+    for args in [
+        vec!["--http1.1"],
+        vec!["--http2-prior-knowledge"],
+        vec!["--http2"],
+    ] {
+        let out = tokio::process::Command::new(&curl)
+            .args(["-sS", "--max-time", "10", "-D", "-", "-H", "x-from: curl"])
+            .args(&args)
+            .arg(&url)
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want = if args[0] == "--http2-prior-knowledge" {
+            "HTTP/2 200"
+        } else {
+            "HTTP/1.1 200"
+        };
+        assert!(text.starts_with(want), "{args:?}: {text}");
+        assert!(
+            text.contains("\"x-from\":\"curl\"") && text.contains("\"path\":\"/hello?x=1\""),
+            "{args:?}: {text}"
+        );
+    }
+    // h2load: 2,000 requests, 4 connections x 25 streams, all answered 2xx.
+    let out = tokio::process::Command::new(&h2load)
+        .args(["-n", "2000", "-c", "4", "-m", "25", "-T", "10"])
+        .arg(format!("http://{addr}/load"))
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("2000 succeeded") && text.contains("2000 2xx"),
+        "{text}"
+    );
+    assert_eq!(agent.stat("http.in.downstream_rq_http2_total"), 2001);
+}
