@@ -14,6 +14,7 @@ mod cluster;
 mod endpoint;
 mod http;
 mod listener;
+pub mod reflect;
 #[cfg(test)]
 mod tests;
 
@@ -46,6 +47,7 @@ pub const CLUSTER_TYPE: &str = type_urls::CLUSTER;
 pub const LISTENER_TYPE: &str = type_urls::LISTENER;
 pub const ENDPOINT_TYPE: &str = type_urls::ENDPOINT;
 const TCP_PROXY_TYPE: &str = type_urls::TCP_PROXY;
+const HCM_TYPE: &str = type_urls::HTTP_CONNECTION_MANAGER;
 const CONNECTION_LIMIT_TYPE: &str = type_urls::CONNECTION_LIMIT;
 const LOCAL_RATELIMIT_TYPE: &str = type_urls::LOCAL_RATELIMIT;
 

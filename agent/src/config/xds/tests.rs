@@ -296,3 +296,127 @@ fn cds_http_protocol_options_choose_the_upstream_protocol() {
     let (c, _) = cluster_from_proto(&legacy).unwrap();
     assert_eq!(c.http.protocol, super::super::http::UpstreamProtocol::Http2);
 }
+
+/// A listener whose one chain is an HTTP connection manager with `hcm` (the router added).
+fn hcm_listener(
+    mut hcm: envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager,
+) -> pbl::Listener {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as h;
+    hcm.http_filters.push(h::HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(h::http_filter::ConfigType::TypedConfig(Any {
+            type_url: type_urls::ROUTER.into(),
+            value: vec![],
+        })),
+        ..Default::default()
+    });
+    pbl::Listener {
+        name: "web".into(),
+        address: Some(sock("127.0.0.1", 8080)),
+        filter_chains: vec![pbl::FilterChain {
+            filters: vec![pbl::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(pbl::filter::ConfigType::TypedConfig(Any {
+                    type_url: type_urls::HTTP_CONNECTION_MANAGER.into(),
+                    value: hcm.encode_to_vec(),
+                })),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn lds_http_connection_manager_translates_by_reflection() {
+    use envoy_types::pb::envoy::config::route::v3 as r;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as h;
+    let route = r::Route {
+        name: "api".into(),
+        r#match: Some(r::RouteMatch {
+            path_specifier: Some(r::route_match::PathSpecifier::Prefix("/api".into())),
+            headers: vec![r::HeaderMatcher {
+                name: "x-canary".into(),
+                header_match_specifier: Some(
+                    r::header_matcher::HeaderMatchSpecifier::PresentMatch(true),
+                ),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        action: Some(r::route::Action::Route(r::RouteAction {
+            cluster_specifier: Some(r::route_action::ClusterSpecifier::Cluster("web".into())),
+            timeout: Some(PbDuration {
+                seconds: 2,
+                nanos: 500_000_000,
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let hcm = h::HttpConnectionManager {
+        stat_prefix: "ingress".into(),
+        codec_type: h::http_connection_manager::CodecType::Http1 as i32,
+        route_specifier: Some(h::http_connection_manager::RouteSpecifier::RouteConfig(
+            r::RouteConfiguration {
+                name: "local".into(),
+                virtual_hosts: vec![r::VirtualHost {
+                    name: "all".into(),
+                    domains: vec!["*".into()],
+                    routes: vec![route],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )),
+        use_remote_address: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
+        ..Default::default()
+    };
+    let (m, warnings) = listener_from_proto(&hcm_listener(hcm.clone())).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let super::super::NetworkFilter::HttpConnectionManager(h) = &m.filter_chains[0].filters[0]
+    else {
+        panic!("an HTTP connection manager")
+    };
+    assert_eq!(h.stat_prefix, "ingress");
+    assert_eq!(h.codec_type, super::super::http::CodecType::Http1);
+    assert!(h.use_remote_address);
+    let r = &h.route_config.virtual_hosts[0].routes[0];
+    assert_eq!(r.matcher.headers[0].name, "x-canary");
+    let super::super::http::Action::Forward(f) = &r.action else {
+        panic!()
+    };
+    assert_eq!(f.timeout, Some(std::time::Duration::from_millis(2500)));
+    // Routes from LDS are not checked against clusters (they may arrive later over CDS).
+    assert_eq!(
+        h.source["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"],
+        "web"
+    );
+
+    // An unsupported field is refused with its path inside the listener.
+    let mut rds = hcm.clone();
+    rds.route_specifier = Some(h::http_connection_manager::RouteSpecifier::Rds(h::Rds {
+        route_config_name: "r".into(),
+        ..Default::default()
+    }));
+    let e = describe("l", &listener_from_proto(&hcm_listener(rds)).unwrap_err());
+    assert!(
+        e.contains("filter_chains[0].filters[0].typed_config.rds: not supported"),
+        "{e}"
+    );
+    // An HTTP filter of a type Plumb does not know is named.
+    let mut unknown = hcm;
+    unknown.http_filters.push(h::HttpFilter {
+        name: "acme.auth".into(),
+        config_type: Some(h::http_filter::ConfigType::TypedConfig(Any {
+            type_url: "type.googleapis.com/acme.Auth".into(),
+            value: vec![1, 2, 3],
+        })),
+        ..Default::default()
+    });
+    let e = describe(
+        "l",
+        &listener_from_proto(&hcm_listener(unknown)).unwrap_err(),
+    );
+    assert!(e.contains("\"type.googleapis.com/acme.Auth\""), "{e}");
+}

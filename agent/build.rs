@@ -1,0 +1,74 @@
+//! Compiles the descriptors of the Envoy API messages Plumb reads by reflection (the HTTP
+//! connection manager, route configurations and the HTTP filters inside them) from the
+//! `.proto` files that ship with the `envoy-types` crate, into `$OUT_DIR/envoy.bin`.
+//! Nothing is generated as code: `config::xds::reflect` renders these messages as the JSON
+//! Envoy would print, for the same readers and field tables as the bootstrap.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The messages read by reflection, by file; their imports come along.
+const FILES: &[&str] = &[
+    "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
+    "envoy/config/route/v3/route.proto",
+    "envoy/extensions/filters/http/router/v3/router.proto",
+    "envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto",
+    "envoy/extensions/filters/http/fault/v3/fault.proto",
+    "envoy/extensions/filters/http/health_check/v3/health_check.proto",
+    "envoy/extensions/filters/http/grpc_stats/v3/config.proto",
+    "envoy/extensions/access_loggers/file/v3/file.proto",
+    "envoy/extensions/access_loggers/stream/v3/stream.proto",
+];
+
+/// Where the `envoy-types` package (and its `proto/` tree) is, from `cargo metadata`.
+fn envoy_types_dir() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("Cargo.toml");
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
+    let pkg = meta["packages"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "envoy-types"))
+        .expect("envoy-types in the dependency graph");
+    PathBuf::from(pkg["manifest_path"].as_str().expect("manifest path"))
+        .parent()
+        .expect("package dir")
+        .to_path_buf()
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    let proto = envoy_types_dir().join("proto");
+    let includes = [
+        "data-plane-api",
+        "xds",
+        "googleapis",
+        "protoc-gen-validate",
+        "cel-spec/proto",
+        "opentelemetry-proto",
+        "client_model",
+    ]
+    .map(|d| proto.join(d));
+    let mut compiler = protox::Compiler::new(includes).expect("proto include paths");
+    compiler.include_imports(true).include_source_info(false);
+    compiler
+        .open_files(FILES)
+        .expect("compile the Envoy API descriptors");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("envoy.bin");
+    std::fs::write(out, compiler.encode_file_descriptor_set()).expect("write descriptors");
+}
