@@ -256,13 +256,17 @@ fn check_config(file: &Path, overrides: &config::Overrides, max_bytes: u64) -> E
                         config::NetworkFilter::TcpProxy(tp) => {
                             format!("tcp_proxy -> cluster {}", tp.cluster)
                         }
-                        config::NetworkFilter::HttpConnectionManager(h) => {
-                            format!(
+                        config::NetworkFilter::HttpConnectionManager(h) => match &h.routes {
+                            config::http::Routes::Inline(rc) => format!(
                                 "http_connection_manager {} ({} virtual hosts)",
                                 h.stat_prefix,
-                                h.route_config.virtual_hosts.len()
-                            )
-                        }
+                                rc.virtual_hosts.len()
+                            ),
+                            config::http::Routes::Rds { name, .. } => format!(
+                                "http_connection_manager {} (routes \"{name}\" over RDS)",
+                                h.stat_prefix
+                            ),
+                        },
                         config::NetworkFilter::ConnectionLimit(cl) => {
                             format!("connection_limit {}", cl.max_connections)
                         }

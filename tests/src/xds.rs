@@ -7,6 +7,8 @@ use envoy_types::pb::envoy::config::cluster::v3 as pbc;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as pbe;
 use envoy_types::pb::envoy::config::listener::v3 as pbl;
+use envoy_types::pb::envoy::config::route::v3 as pbr;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -28,6 +30,7 @@ use tonic::{Request, Response, Status, Streaming};
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 
 /// The resources served, with one version for all of them.
 #[derive(Clone, Default)]
@@ -36,6 +39,7 @@ pub struct Resources {
     pub clusters: Vec<pbc::Cluster>,
     pub listeners: Vec<pbl::Listener>,
     pub endpoints: Vec<pbe::ClusterLoadAssignment>,
+    pub routes: Vec<pbr::RouteConfiguration>,
 }
 
 impl Resources {
@@ -64,6 +68,11 @@ impl Resources {
                 .endpoints
                 .iter()
                 .map(|e| pack(e.cluster_name.clone(), ENDPOINT, e.encode_to_vec()))
+                .collect(),
+            ROUTE => self
+                .routes
+                .iter()
+                .map(|r| pack(r.name.clone(), ROUTE, r.encode_to_vec()))
                 .collect(),
             _ => Vec::new(),
         }
@@ -394,6 +403,17 @@ impl ControlPlane {
         v
     }
 
+    /// Replaces only the route configurations (RDS).
+    pub fn set_routes(&self, routes: Vec<pbr::RouteConfiguration>) -> u64 {
+        let mut r = self.inner.resources.lock().unwrap();
+        r.version += 1;
+        r.routes = routes;
+        let v = r.version;
+        drop(r);
+        let _ = self.inner.changed.send(v);
+        v
+    }
+
     /// Replaces only the endpoints.
     pub fn set_endpoints(&self, endpoints: Vec<pbe::ClusterLoadAssignment>) -> u64 {
         let r = self.resources();
@@ -544,6 +564,102 @@ pub fn tcp_listener(name: &str, addr: SocketAddr, cluster: &str) -> pbl::Listene
                             .into(),
                     value: tp.encode_to_vec(),
                 })),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A STATIC cluster with one endpoint.
+pub fn static_cluster(name: &str, addr: SocketAddr) -> pbc::Cluster {
+    pbc::Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(pbc::cluster::ClusterDiscoveryType::Type(
+            pbc::cluster::DiscoveryType::Static as i32,
+        )),
+        connect_timeout: Some(PbDuration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        load_assignment: Some(endpoints(name, &[addr])),
+        ..Default::default()
+    }
+}
+
+/// A listener on `addr` with an HTTP connection manager whose routes come over RDS as
+/// `route_config`.
+pub fn http_rds_listener(name: &str, addr: SocketAddr, route_config: &str) -> pbl::Listener {
+    let h = hcm::HttpConnectionManager {
+        stat_prefix: name.into(),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                route_config_name: route_config.into(),
+                config_source: Some(core::ConfigSource {
+                    config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+                        Default::default(),
+                    )),
+                    resource_api_version: core::ApiVersion::V3 as i32,
+                    ..Default::default()
+                }),
+            },
+        )),
+        http_filters: vec![hcm::HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(Any {
+                type_url: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                    .into(),
+                value: vec![],
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    pbl::Listener {
+        name: name.into(),
+        address: Some(sock(addr)),
+        filter_chains: vec![pbl::FilterChain {
+            filters: vec![pbl::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(pbl::filter::ConfigType::TypedConfig(Any {
+                    type_url: "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager".into(),
+                    value: h.encode_to_vec(),
+                })),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A route configuration sending every request for any host to `cluster`, adding header
+/// `x-route: <tag>`.
+pub fn route_to(name: &str, cluster: &str, tag: &str) -> pbr::RouteConfiguration {
+    pbr::RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![pbr::VirtualHost {
+            name: "all".into(),
+            domains: vec!["*".into()],
+            routes: vec![pbr::Route {
+                r#match: Some(pbr::RouteMatch {
+                    path_specifier: Some(pbr::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(pbr::route::Action::Route(pbr::RouteAction {
+                    cluster_specifier: Some(pbr::route_action::ClusterSpecifier::Cluster(
+                        cluster.into(),
+                    )),
+                    ..Default::default()
+                })),
+                request_headers_to_add: vec![core::HeaderValueOption {
+                    header: Some(core::HeaderValue {
+                        key: "x-route".into(),
+                        value: tag.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
             }],
             ..Default::default()
         }],

@@ -256,6 +256,7 @@ async fn control_plane_outage_keeps_the_last_good_config_and_recovers() {
             clusters,
             listeners,
             endpoints: vec![],
+            routes: vec![],
         },
     )
     .await;

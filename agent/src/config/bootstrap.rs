@@ -421,10 +421,19 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
         for (cpath, fc) in chains {
             for (fi, f) in fc.filters.iter().enumerate() {
                 if let NetworkFilter::HttpConnectionManager(h) = f {
-                    if !h.route_config.validate_clusters {
+                    let crate::config::http::Routes::Inline(rc) = &h.routes else {
+                        if xds.is_none() {
+                            d.error(
+                                format!("{cpath}.filters[{fi}].typed_config.rds"),
+                                "RDS needs an ADS control plane (dynamic_resources.ads_config)",
+                            );
+                        }
+                        continue;
+                    };
+                    if !rc.validate_clusters {
                         continue;
                     }
-                    for (at, name) in h.route_config.cluster_refs() {
+                    for (at, name) in rc.cluster_refs() {
                         if !cluster_names.contains(name) {
                             d.error(
                                 format!("{cpath}.filters[{fi}].typed_config.route_config.{at}"),

@@ -8,10 +8,20 @@ pub mod local_ratelimit;
 pub mod tcp_proxy;
 
 use crate::config;
+use crate::http::rds::RouteRegistry;
 use crate::stats::Store;
 use crate::transport::Downstream;
 use crate::upstream::ClusterManager;
 use std::sync::Arc;
+
+/// What building filter chains needs: the clusters filters send to, the route
+/// configurations connection managers read (RDS), and the stats store.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    pub clusters: Arc<ClusterManager>,
+    pub routes: Arc<RouteRegistry>,
+    pub store: Store,
+}
 
 #[derive(Debug)]
 pub enum NetworkFilter {
@@ -22,13 +32,14 @@ pub enum NetworkFilter {
 }
 
 impl NetworkFilter {
-    pub fn new(cfg: &config::NetworkFilter, clusters: &Arc<ClusterManager>, store: &Store) -> Self {
+    pub fn new(cfg: &config::NetworkFilter, ctx: &BuildContext) -> Self {
+        let (clusters, routes, store) = (&ctx.clusters, &ctx.routes, &ctx.store);
         match cfg {
             config::NetworkFilter::TcpProxy(tp) => NetworkFilter::TcpProxy(
                 tcp_proxy::TcpProxy::new(tp.clone(), clusters.clone(), store),
             ),
             config::NetworkFilter::HttpConnectionManager(h) => NetworkFilter::Http(
-                crate::http::ConnectionManager::new(h, clusters.clone(), store),
+                crate::http::ConnectionManager::new(h, clusters.clone(), routes, store),
             ),
             config::NetworkFilter::ConnectionLimit(cl) => {
                 NetworkFilter::ConnectionLimit(connection_limit::ConnectionLimit::new(cl, store))
@@ -50,14 +61,14 @@ pub struct FilterChain {
 }
 
 impl FilterChain {
-    pub fn new(cfg: &config::FilterChain, clusters: &Arc<ClusterManager>, store: &Store) -> Self {
+    pub fn new(cfg: &config::FilterChain, ctx: &BuildContext) -> Self {
         Self {
             name: cfg.name.clone(),
             config: cfg.clone(),
             filters: cfg
                 .filters
                 .iter()
-                .map(|f| NetworkFilter::new(f, clusters, store))
+                .map(|f| NetworkFilter::new(f, ctx))
                 .collect(),
         }
     }

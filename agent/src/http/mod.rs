@@ -10,6 +10,7 @@
 
 pub mod body;
 pub mod headers;
+pub mod rds;
 pub mod route;
 pub mod router;
 pub mod stats;
@@ -18,7 +19,6 @@ use crate::config;
 use crate::stats::Store;
 use crate::transport::Downstream;
 use crate::upstream::ClusterManager;
-use arc_swap::ArcSwap;
 use body::Body;
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
@@ -36,9 +36,16 @@ use std::time::{Duration, Instant};
 /// hyper's smallest read buffer limit; the header size limit is also checked per request.
 const MIN_BUF: usize = 8192;
 
+/// Where a connection manager finds its route table for each request.
+enum RouteSource {
+    Inline(Arc<RouteTable>),
+    /// The slot RDS fills (held, so RDS keeps the name subscribed), and its stats.
+    Rds(Arc<rds::RouteSlot>, #[allow(dead_code)] Arc<rds::RdsStats>),
+}
+
 pub struct ConnectionManager {
     pub config: Box<config::http::HttpConnectionManager>,
-    routes: ArcSwap<RouteTable>,
+    routes: RouteSource,
     clusters: Arc<ClusterManager>,
     pub stats: HttpStats,
     builder: auto::Builder<TokioExecutor>,
@@ -106,6 +113,7 @@ impl ConnectionManager {
     pub fn new(
         cfg: &config::http::HttpConnectionManager,
         clusters: Arc<ClusterManager>,
+        registry: &rds::RouteRegistry,
         store: &Store,
     ) -> Arc<Self> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -129,12 +137,29 @@ impl ConnectionManager {
             .initial_connection_window_size(cfg.http2.initial_connection_window_size)
             .max_header_list_size(cfg.max_request_headers_bytes as u32);
         Arc::new(Self {
-            routes: ArcSwap::from_pointee(RouteTable::new(cfg.route_config.clone())),
+            routes: match &cfg.routes {
+                config::http::Routes::Inline(rc) => {
+                    RouteSource::Inline(Arc::new(RouteTable::new(rc.clone())))
+                }
+                config::http::Routes::Rds { name, .. } => {
+                    let slot = registry.slot(name);
+                    let stats = slot.watch(store, &cfg.stat_prefix);
+                    RouteSource::Rds(slot, stats)
+                }
+            },
             config: Box::new(cfg.clone()),
             clusters,
             stats: HttpStats::new(store, &cfg.stat_prefix),
             builder,
         })
+    }
+
+    /// The route table for a request: fixed, or RDS's current one (`None` before it came).
+    fn route_table(&self) -> Option<Arc<RouteTable>> {
+        match &self.routes {
+            RouteSource::Inline(t) => Some(t.clone()),
+            RouteSource::Rds(slot, _) => slot.table(),
+        }
     }
 
     /// Serves the connection until the client closes it, it idles out, or the drain ends.

@@ -210,7 +210,10 @@ impl ConnectionManager {
             },
         };
         let request_id = self.request_id(&mut parts.headers);
-        let routes = self.routes.load();
+        let Some(routes) = self.route_table() else {
+            s.no_route.inc();
+            return reply(exchange, StatusCode::NOT_FOUND, "", Flag::NoRoute, None);
+        };
         let view = RequestView {
             authority: &authority,
             path: parts.uri.path(),

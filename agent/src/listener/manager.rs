@@ -98,6 +98,8 @@ pub struct ListenerManager {
     view: ArcSwap<Vec<Arc<ActiveListener>>>,
     dispatch: DispatchHandle,
     clusters: Arc<ClusterManager>,
+    /// Route configurations by name, for connection managers that use RDS.
+    pub routes: Arc<crate::http::rds::RouteRegistry>,
     store: Store,
     redirect: OnceLock<Arc<Redirector>>,
     /// The data-path runtimes each listening socket is served on: one accept loop per
@@ -127,6 +129,7 @@ impl ListenerManager {
             view: ArcSwap::from_pointee(Vec::new()),
             dispatch: Arc::new(ArcSwap::from_pointee(Dispatch::default())),
             clusters,
+            routes: Default::default(),
             store: store.clone(),
             redirect: OnceLock::new(),
             workers: OnceLock::new(),
@@ -188,8 +191,11 @@ impl ListenerManager {
         Arc::new(ActiveListener::new(
             cfg.clone(),
             bound,
-            &self.clusters,
-            &self.store,
+            &crate::filters::BuildContext {
+                clusters: self.clusters.clone(),
+                routes: self.routes.clone(),
+                store: self.store.clone(),
+            },
             self.dispatch.clone(),
             previous,
             &self.overload,

@@ -13,9 +13,8 @@ use crate::drain;
 use crate::filters::FilterChain;
 use crate::overload::Overload;
 use crate::redirect::{self, Redirector};
-use crate::stats::{Counter, Gauge, Histogram, Store};
+use crate::stats::{Counter, Gauge, Histogram};
 use crate::transport::{Downstream, Stream};
-use crate::upstream::ClusterManager;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -228,12 +227,12 @@ impl ActiveListener {
     pub fn new(
         cfg: Arc<config::Listener>,
         bound: SocketAddr,
-        clusters: &Arc<ClusterManager>,
-        store: &Store,
+        ctx: &crate::filters::BuildContext,
         dispatch: DispatchHandle,
         previous: Option<&ActiveListener>,
         overload: &Overload,
     ) -> Self {
+        let store = &ctx.store;
         let stat_name = stat_name_for(&cfg, bound);
         let s = store.tagged_scope("listener", "envoy_listener_address", &stat_name);
         let stats = ListenerStats {
@@ -259,7 +258,7 @@ impl ActiveListener {
         let build = |fc: &config::FilterChain| {
             previous
                 .and_then(|p| p.chains.all().find(|c| c.config == *fc).cloned())
-                .unwrap_or_else(|| Arc::new(FilterChain::new(fc, clusters, store)))
+                .unwrap_or_else(|| Arc::new(FilterChain::new(fc, ctx)))
         };
         let chains = ChainSelector::new(
             cfg.filter_chains
@@ -390,6 +389,8 @@ impl ActiveListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::Store;
+    use crate::upstream::ClusterManager;
 
     #[test]
     fn the_dispatch_does_not_keep_listeners_alive() {
@@ -413,8 +414,11 @@ mod tests {
         let l = Arc::new(ActiveListener::new(
             cfg.clone(),
             cfg.address,
-            &clusters,
-            &store,
+            &crate::filters::BuildContext {
+                clusters: clusters.clone(),
+                routes: Default::default(),
+                store: store.clone(),
+            },
             handle.clone(),
             None,
             &Overload::unlimited(&store),

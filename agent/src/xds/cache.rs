@@ -9,6 +9,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 impl XdsClient {
     /// Writes the accepted resources to the cache file (atomically: a temporary file, then a
@@ -87,7 +88,7 @@ impl XdsClient {
 
     /// Applies the resources saved by a previous run, so an agent restarted while the
     /// control plane is unreachable still serves. Returns whether anything was loaded.
-    pub(super) fn load_cache(&self) -> bool {
+    pub(super) fn load_cache(self: &Arc<Self>) -> bool {
         let Some(path) = &self.cache else {
             return false;
         };

@@ -15,6 +15,7 @@ mod log_limit;
 mod rate_limit;
 mod rejected;
 mod resources;
+mod routes;
 mod session;
 
 pub use dump::rfc3339;
@@ -63,6 +64,9 @@ pub struct XdsState {
     pub clusters: BTreeMap<String, Entry<config::Cluster>>,
     pub listeners: BTreeMap<String, Entry<config::Listener>>,
     pub endpoints: BTreeMap<String, Entry<Vec<config::LocalityEndpoints>>>,
+    pub routes: BTreeMap<String, Entry<config::http::RouteConfiguration>>,
+    /// LDS listeners held back until the route configurations they name arrive.
+    pub warming_listeners: BTreeMap<String, routes::Warming>,
     /// (type URL, resource name) → last rejection.
     pub rejected: BTreeMap<(String, String), Rejected>,
     /// Last accepted version per type (SotW `version_info`, delta `system_version_info`).
@@ -248,6 +252,14 @@ impl XdsClient {
         ] {
             if on {
                 init_targets.insert(t.to_string(), init.register(t));
+            }
+        }
+        // Static listeners whose routes come over RDS wait for them too.
+        for l in &snapshot.listeners {
+            for (name, _) in routes::rds_names(l) {
+                let key = routes::route_init_key(&name);
+                let target = init.register(&key);
+                init_targets.entry(key).or_insert(target);
             }
         }
         Arc::new(Self {
@@ -500,7 +512,7 @@ impl XdsClient {
     /// Validates and applies one response of `type_url`; a response with more resources than
     /// [`MAX_RESOURCES_PER_RESPONSE`] is refused whole.
     fn apply(
-        &self,
+        self: &Arc<Self>,
         type_url: &str,
         version: &str,
         resources: &[(Option<String>, Any)],

@@ -63,7 +63,7 @@ pub(super) trait ResourceType: Send + Sync {
     /// wildcard type, which removes what it does not name.
     fn apply(
         &self,
-        client: &XdsClient,
+        client: &Arc<XdsClient>,
         version: &str,
         resources: &[(Option<String>, Any)],
         complete: bool,
@@ -82,6 +82,11 @@ pub(super) fn registry(store: &Store) -> Vec<Arc<dyn ResourceType>> {
         }),
         Arc::new(Listeners {
             stats: TypeStats::new(&store.root_scope("listener_manager.lds")),
+        }),
+        Arc::new(super::routes::Routes {
+            // Plumb's aggregate of every RDS update (Envoy keeps these per connection manager,
+            // which Plumb does too: http.<prefix>.rds.<name>.*).
+            stats: TypeStats::new(&store.root_scope("plumb.rds")),
         }),
     ]
 }
@@ -142,7 +147,7 @@ impl ResourceType for Clusters {
     /// Applies each valid cluster; with `complete`, removes dynamic clusters not named.
     fn apply(
         &self,
-        client: &XdsClient,
+        client: &Arc<XdsClient>,
         version: &str,
         resources: &[(Option<String>, Any)],
         complete: bool,
@@ -276,7 +281,7 @@ impl ResourceType for Endpoints {
 
     fn apply(
         &self,
-        client: &XdsClient,
+        client: &Arc<XdsClient>,
         version: &str,
         resources: &[(Option<String>, Any)],
         _complete: bool,
@@ -423,7 +428,20 @@ impl ResourceType for Listeners {
             }
             dynamic.push(j);
         }
-        for (name, r) in rejected_only(st, t, |n| st.listeners.contains_key(n)) {
+        for (name, w) in &st.warming_listeners {
+            let state = json!({
+                "version_info": w.version,
+                "listener": w.value.to_envoy_json(),
+                "last_updated": rfc3339(w.since),
+            });
+            match dynamic.iter_mut().find(|j| j["name"] == json!(name)) {
+                Some(j) => j["warming_state"] = state,
+                None => dynamic.push(json!({"name": name, "warming_state": state})),
+            }
+        }
+        for (name, r) in rejected_only(st, t, |n| {
+            st.listeners.contains_key(n) || st.warming_listeners.contains_key(n)
+        }) {
             dynamic.push(json!({"name": name, "error_state": error_state(r)}));
         }
         out.listeners["dynamic_listeners"] = json!(dynamic);
@@ -432,7 +450,7 @@ impl ResourceType for Listeners {
 
     fn apply(
         &self,
-        client: &XdsClient,
+        client: &Arc<XdsClient>,
         version: &str,
         resources: &[(Option<String>, Any)],
         complete: bool,
@@ -443,17 +461,13 @@ impl ResourceType for Listeners {
         let apply_one = |l: &pbl::Listener| -> Result<(), String> {
             let (model, _) = listener_from_proto(l)
                 .map_err(|diags| describe(&format!("listener \"{}\"", l.name), &diags))?;
-            let model = Arc::new(model);
-            client
-                .listeners
-                .upsert(model.clone())
-                .map_err(|e| error_chain(&e))?;
-            client.accepted(t, &l.name, version, model, |st| &mut st.listeners);
-            Ok(())
+            client.upsert_or_warm(Arc::new(model), version)
         };
         let remove = |name: &str| {
             client.listeners.remove(name);
-            client.lock().listeners.remove(name);
+            let mut st = client.lock();
+            st.listeners.remove(name);
+            st.warming_listeners.remove(name);
         };
         let wildcard = Wildcard {
             client,
@@ -461,7 +475,13 @@ impl ResourceType for Listeners {
             kind: "listener",
             statics: &client.static_listeners,
             name_of: |l: &pbl::Listener| l.name.clone(),
-            known: |st: &XdsState| st.listeners.keys().cloned().collect(),
+            known: |st: &XdsState| {
+                st.listeners
+                    .keys()
+                    .chain(st.warming_listeners.keys())
+                    .cloned()
+                    .collect()
+            },
         };
         wildcard.apply(version, resources, complete, removed, apply_one, remove)
     }
@@ -522,7 +542,7 @@ impl<N, K> Wildcard<'_, N, K> {
 }
 
 /// An error with its sources, `outer: inner: …` (a NACK's message must say why).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(s) = cur {

@@ -91,50 +91,57 @@ impl XdsClient {
         let mut got_any = false;
         let mut nonces: HashMap<String, String> = HashMap::new();
         loop {
-            let mut resp: DiscoveryResponse = match stream.message().await {
-                Ok(Some(r)) => r,
-                Ok(None) => return Ok(got_any),
-                Err(e) => return Err(format!("ADS stream: {e}")),
+            let next = tokio::select! {
+                m = stream.message() => Some(m),
+                // A route configuration no connection manager uses any more: unsubscribe.
+                _ = self.listeners.routes.released() => None,
             };
-            got_any = true;
-            self.delivered
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            let t = resp.type_url.clone();
-            // Moved, not copied: a large response is held once.
-            let resources: Vec<(Option<String>, Any)> = std::mem::take(&mut resp.resources)
-                .into_iter()
-                .map(|a| (None, a))
-                .collect();
-            let complete = self
-                .handler(&t)
-                .is_some_and(|h| h.interest(&self) == Interest::Wildcard);
-            let applied = self.apply(&t, &resp.version_info, &resources, complete, &[]);
-            nonces.insert(t.clone(), resp.nonce.clone());
-            let version = if applied.errors.is_empty() {
-                resp.version_info.clone()
-            } else {
-                self.lock().versions.get(&t).cloned().unwrap_or_default()
-            };
-            let names = self
-                .types
-                .iter()
-                .zip(&interests)
-                .find(|(h, _)| h.type_url() == t)
-                .and_then(|(_, i)| match i {
-                    Interest::Names(n) => Some(n.iter().cloned().collect()),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            let ack = request(
-                &t,
-                version,
-                names,
-                resp.nonce.clone(),
-                applied.error_detail(),
-            );
-            limiter.admit().await;
-            if tx.send(ack).await.is_err() {
-                return Ok(true);
+            if let Some(m) = next {
+                let mut resp: DiscoveryResponse = match m {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Ok(got_any),
+                    Err(e) => return Err(format!("ADS stream: {e}")),
+                };
+                got_any = true;
+                self.delivered
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                let t = resp.type_url.clone();
+                // Moved, not copied: a large response is held once.
+                let resources: Vec<(Option<String>, Any)> = std::mem::take(&mut resp.resources)
+                    .into_iter()
+                    .map(|a| (None, a))
+                    .collect();
+                let complete = self
+                    .handler(&t)
+                    .is_some_and(|h| h.interest(&self) == Interest::Wildcard);
+                let applied = self.apply(&t, &resp.version_info, &resources, complete, &[]);
+                nonces.insert(t.clone(), resp.nonce.clone());
+                let version = if applied.errors.is_empty() {
+                    resp.version_info.clone()
+                } else {
+                    self.lock().versions.get(&t).cloned().unwrap_or_default()
+                };
+                let names = self
+                    .types
+                    .iter()
+                    .zip(&interests)
+                    .find(|(h, _)| h.type_url() == t)
+                    .and_then(|(_, i)| match i {
+                        Interest::Names(n) => Some(n.iter().cloned().collect()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                let ack = request(
+                    &t,
+                    version,
+                    names,
+                    resp.nonce.clone(),
+                    applied.error_detail(),
+                );
+                limiter.admit().await;
+                if tx.send(ack).await.is_err() {
+                    return Ok(true);
+                }
             }
             // New or removed clusters change the EDS subscription (routes will change RDS's,
             // and so on): re-request every named type whose names changed.
@@ -202,41 +209,47 @@ impl XdsClient {
             .into_inner();
         let mut got_any = false;
         loop {
-            let mut resp: DeltaDiscoveryResponse = match stream.message().await {
-                Ok(Some(r)) => r,
-                Ok(None) => return Ok(got_any),
-                Err(e) => return Err(format!("delta ADS stream: {e}")),
+            let next = tokio::select! {
+                m = stream.message() => Some(m),
+                _ = self.listeners.routes.released() => None,
             };
-            got_any = true;
-            self.delivered
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            let t = resp.type_url.clone();
-            let resources: Vec<(Option<String>, Any)> = resp
-                .resources
-                .iter_mut()
-                .filter_map(|r| r.resource.take().map(|a| (Some(r.name.clone()), a)))
-                .collect();
-            let version = if resp.system_version_info.is_empty() {
-                resp.nonce.clone()
-            } else {
-                resp.system_version_info.clone()
-            };
-            let applied = self.apply(&t, &version, &resources, false, &resp.removed_resources);
-            // Delta resources carry their own versions: keep them, so a reconnect's
-            // initial_resource_versions lets the server skip what did not change.
-            self.set_resource_versions(
-                &t,
-                resp.resources
-                    .iter()
-                    .filter(|r| !r.version.is_empty())
-                    .map(|r| (r.name.as_str(), r.version.as_str())),
-            );
-            let mut ack = request(&t);
-            ack.response_nonce = resp.nonce.clone();
-            ack.error_detail = applied.error_detail();
-            limiter.admit().await;
-            if tx.send(ack).await.is_err() {
-                return Ok(true);
+            if let Some(m) = next {
+                let mut resp: DeltaDiscoveryResponse = match m {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Ok(got_any),
+                    Err(e) => return Err(format!("delta ADS stream: {e}")),
+                };
+                got_any = true;
+                self.delivered
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                let t = resp.type_url.clone();
+                let resources: Vec<(Option<String>, Any)> = resp
+                    .resources
+                    .iter_mut()
+                    .filter_map(|r| r.resource.take().map(|a| (Some(r.name.clone()), a)))
+                    .collect();
+                let version = if resp.system_version_info.is_empty() {
+                    resp.nonce.clone()
+                } else {
+                    resp.system_version_info.clone()
+                };
+                let applied = self.apply(&t, &version, &resources, false, &resp.removed_resources);
+                // Delta resources carry their own versions: keep them, so a reconnect's
+                // initial_resource_versions lets the server skip what did not change.
+                self.set_resource_versions(
+                    &t,
+                    resp.resources
+                        .iter()
+                        .filter(|r| !r.version.is_empty())
+                        .map(|r| (r.name.as_str(), r.version.as_str())),
+                );
+                let mut ack = request(&t);
+                ack.response_nonce = resp.nonce.clone();
+                ack.error_detail = applied.error_detail();
+                limiter.admit().await;
+                if tx.send(ack).await.is_err() {
+                    return Ok(true);
+                }
             }
             let now = self.interests();
             for ((h, before), after) in self.types.iter().zip(&interests).zip(&now) {

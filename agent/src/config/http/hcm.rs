@@ -18,10 +18,7 @@ pub(in crate::config) const HCM_TABLE: FieldTable = &[
     ("codec_type", S),
     ("stat_prefix", S),
     ("route_config", S),
-    (
-        "rds",
-        R("RDS is not supported yet: give the routes inline in route_config"),
-    ),
+    ("rds", S),
     ("scoped_routes", R("scoped routes are not supported")),
     ("http_filters", S),
     ("add_user_agent", I("user agent headers are not added")),
@@ -271,6 +268,8 @@ const HTTP2_OPTIONS: FieldTable = &[
     ),
 ];
 
+const RDS: FieldTable = &[("config_source", S), ("route_config_name", S)];
+
 const UPGRADE_CONFIG: FieldTable = &[
     ("upgrade_type", S),
     ("filters", R("per-upgrade filter chains are not supported")),
@@ -352,10 +351,28 @@ pub(in crate::config) fn read_hcm(tc: &Obj, d: &mut Diagnostics) -> Option<HttpC
         Some("HTTP2") => CodecType::Http2,
         _ => CodecType::Auto,
     };
-    let route_config = match tc.get("route_config") {
-        Some(v) => read_route_configuration_obj(v, &tc.at("route_config"), false, d).map(Arc::new),
-        None => {
-            if tc.get("rds").is_none() && tc.get("scoped_routes").is_none() {
+    let routes = match (tc.get("route_config"), tc.object("rds", RDS, d)) {
+        (Some(_), Some(_)) => {
+            d.error(&tc.path, "route_config and rds are mutually exclusive");
+            None
+        }
+        (Some(v), None) => read_route_configuration_obj(v, &tc.at("route_config"), false, d)
+            .map(|rc| Routes::Inline(Arc::new(rc))),
+        (None, Some(rds)) => {
+            let name = rds.required_name("route_config_name", d);
+            let timeout = match rds.required("config_source", d) {
+                Some(_) => rds
+                    .object("config_source", super::super::bootstrap::CONFIG_SOURCE, d)
+                    .and_then(|cs| super::super::bootstrap::read_config_source(&cs, d)),
+                None => None,
+            };
+            name.map(|name| Routes::Rds {
+                name,
+                initial_fetch_timeout: timeout.unwrap_or(Duration::from_secs(15)),
+            })
+        }
+        (None, None) => {
+            if tc.get("scoped_routes").is_none() {
                 d.error(
                     tc.at("route_config"),
                     "missing required field (one of route_config or rds)",
@@ -429,7 +446,7 @@ pub(in crate::config) fn read_hcm(tc: &Obj, d: &mut Diagnostics) -> Option<HttpC
     let hcm = HttpConnectionManager {
         stat_prefix: stat_prefix?,
         codec_type,
-        route_config: route_config?,
+        routes: routes?,
         server_name,
         use_remote_address: tc.boolean("use_remote_address", d).unwrap_or(false),
         xff_num_trusted_hops: tc.uint("xff_num_trusted_hops", 0, 64, d).unwrap_or(0) as u32,
@@ -527,6 +544,7 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("Http1ProtocolOptions", HTTP1_OPTIONS),
     ("Http2ProtocolOptions", HTTP2_OPTIONS),
     ("UpgradeConfig", UPGRADE_CONFIG),
+    ("Rds", RDS),
     ("HttpFilter", HTTP_FILTER),
     ("Router", ROUTER),
 ];

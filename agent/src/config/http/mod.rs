@@ -64,8 +64,8 @@ impl Default for Http2Options {
 pub struct HttpConnectionManager {
     pub stat_prefix: String,
     pub codec_type: CodecType,
-    /// Inline `route_config` (RDS arrives with its issue step).
-    pub route_config: Arc<RouteConfiguration>,
+    /// Inline `route_config`, or the name of a route configuration to fetch over RDS.
+    pub routes: Routes,
     /// The `server` header of responses.
     pub server_name: String,
     pub use_remote_address: bool,
@@ -92,6 +92,28 @@ pub struct HttpConnectionManager {
     pub websocket: bool,
     /// The config as given, for `/config_dump`.
     pub source: Json,
+}
+
+/// Where a connection manager's routes come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Routes {
+    Inline(Arc<RouteConfiguration>),
+    /// Fetched over ADS by name; a listener naming it warms until it arrives or
+    /// `initial_fetch_timeout` (0: no limit) passes.
+    Rds {
+        name: String,
+        initial_fetch_timeout: Duration,
+    },
+}
+
+impl HttpConnectionManager {
+    /// The RDS route configuration this connection manager names, if any.
+    pub fn rds_name(&self) -> Option<&str> {
+        match &self.routes {
+            Routes::Rds { name, .. } => Some(name),
+            Routes::Inline(_) => None,
+        }
+    }
 }
 
 /// A compiled regular expression; equal when the source is.

@@ -50,7 +50,10 @@ fn a_connection_manager_with_routes_is_read_with_envoy_defaults() {
     );
     assert_eq!(h.idle_timeout, Some(std::time::Duration::from_secs(3600)));
     assert!(h.generate_request_id);
-    let r = &h.route_config.virtual_hosts[0].routes[0];
+    let Routes::Inline(rc) = &h.routes else {
+        panic!()
+    };
+    let r = &rc.virtual_hosts[0].routes[0];
     let Action::Forward(f) = &r.action else {
         panic!()
     };
@@ -181,15 +184,29 @@ fn http_filters_other_than_the_router_are_refused_unless_optional() {
 }
 
 #[test]
-fn rds_is_refused_until_it_lands() {
-    let e = read(
-        r#"{"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "in", "rds": {"route_config_name": "r", "config_source": {"ads": {}}},
-        "http_filters": [{"name": "envoy.filters.http.router"}]}"#,
-    )
+fn rds_names_a_route_configuration_over_ads() {
+    let rds = |source: &str| {
+        format!(
+            r#"{{"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "in", "rds": {{"route_config_name": "r", "config_source": {source}}},
+            "http_filters": [{{"name": "envoy.filters.http.router"}}]}}"#
+        )
+    };
+    // Without a control plane there is nothing to fetch the routes from.
+    let e = read(&rds(r#"{"ads": {}}"#)).unwrap_err();
+    assert!(
+        e.contains("typed_config.rds: RDS needs an ADS control plane"),
+        "{e}"
+    );
+    let e = read(&rds(r#"{"path": "/etc/routes.yaml"}"#)).unwrap_err();
+    assert!(e.contains("rds.config_source.path: not supported"), "{e}");
+    let e = read(&rds(r#"{"ads": {}}"#).replace(
+        r#""stat_prefix": "in","#,
+        r#""stat_prefix": "in", "route_config": {"virtual_hosts": []},"#,
+    ))
     .unwrap_err();
     assert!(
-        e.contains("typed_config.rds: not supported: RDS is not supported yet"),
+        e.contains("route_config and rds are mutually exclusive"),
         "{e}"
     );
 }

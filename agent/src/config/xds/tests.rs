@@ -381,7 +381,10 @@ fn lds_http_connection_manager_translates_by_reflection() {
     assert_eq!(h.stat_prefix, "ingress");
     assert_eq!(h.codec_type, super::super::http::CodecType::Http1);
     assert!(h.use_remote_address);
-    let r = &h.route_config.virtual_hosts[0].routes[0];
+    let super::super::http::Routes::Inline(rc) = &h.routes else {
+        panic!()
+    };
+    let r = &rc.virtual_hosts[0].routes[0];
     assert_eq!(r.matcher.headers[0].name, "x-canary");
     let super::super::http::Action::Forward(f) = &r.action else {
         panic!()
@@ -393,7 +396,7 @@ fn lds_http_connection_manager_translates_by_reflection() {
         "web"
     );
 
-    // An unsupported field is refused with its path inside the listener.
+    // RDS needs a config source: without one the field is named.
     let mut rds = hcm.clone();
     rds.route_specifier = Some(h::http_connection_manager::RouteSpecifier::Rds(h::Rds {
         route_config_name: "r".into(),
@@ -401,7 +404,9 @@ fn lds_http_connection_manager_translates_by_reflection() {
     }));
     let e = describe("l", &listener_from_proto(&hcm_listener(rds)).unwrap_err());
     assert!(
-        e.contains("filter_chains[0].filters[0].typed_config.rds: not supported"),
+        e.contains(
+            "filter_chains[0].filters[0].typed_config.rds.config_source: missing required field"
+        ),
         "{e}"
     );
     // An HTTP filter of a type Plumb does not know is named.
