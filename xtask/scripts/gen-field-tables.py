@@ -3,7 +3,7 @@ import re, sys
 # those of docs/http.md.
 HTTP = sys.argv[1:] == ['http']
 if HTTP:
-    files = [f'agent/src/config/http/{f}.rs' for f in ('hcm', 'route', 'upstream')]
+    files = [f'agent/src/config/http/{f}.rs' for f in ('hcm', 'route', 'matchers', 'headers', 'upstream')]
 else:
     files = [f'agent/src/config/{f}.rs' if f != 'listener' else 'agent/src/config/listener/mod.rs' for f in ('bootstrap','extensions','overload','cluster','endpoint','listener')]
 s=''.join(open(f).read() for f in files)

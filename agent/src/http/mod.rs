@@ -14,6 +14,7 @@ pub mod rds;
 pub mod route;
 pub mod router;
 pub mod stats;
+mod upstream;
 
 use crate::config;
 use crate::stats::Store;

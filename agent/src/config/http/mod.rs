@@ -5,6 +5,8 @@
 //! (regexes included) is compiled here, once per config.
 
 mod hcm;
+mod headers;
+mod matchers;
 mod route;
 #[cfg(test)]
 mod tests;

@@ -214,7 +214,7 @@ fn rds_names_a_route_configuration_over_ads() {
 #[test]
 fn header_formats_are_parsed_once() {
     let mut d = crate::config::walk::Diagnostics::default();
-    let f = super::route::parse_header_format(
+    let f = super::headers::parse_header_format(
         "a %DOWNSTREAM_REMOTE_ADDRESS% 100%% %REQ(X-Y)%",
         "p",
         &mut d,
@@ -230,7 +230,7 @@ fn header_formats_are_parsed_once() {
             FormatPart::RequestHeader("x-y".into()),
         ]
     );
-    assert!(super::route::parse_header_format("%UNCLOSED", "p", &mut d).is_none());
+    assert!(super::headers::parse_header_format("%UNCLOSED", "p", &mut d).is_none());
 }
 
 #[test]

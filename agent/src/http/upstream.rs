@@ -1,0 +1,166 @@
+//! The upstream side of the router: pooled or new HTTP/1.1 and HTTP/2 connections to a
+//! host (`upstream::pool`), and sending one request attempt on them.
+
+use super::body::Body;
+use super::router::Failure;
+use super::ConnectionManager;
+use crate::upstream::pool::{H2Conn, H2Take, H2Ticket, Pooled1};
+use crate::upstream::{Cluster, Host};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// How an attempt was sent: the connection to release when its response ends.
+pub(super) enum Sent {
+    H1(Pooled1),
+    H2(H2Conn),
+}
+
+impl ConnectionManager {
+    /// Sends on a pooled or new connection of `protocol` to `host`.
+    pub(super) async fn send(
+        &self,
+        cluster: &Arc<Cluster>,
+        host: &Arc<Host>,
+        req: Request<Body>,
+        protocol: Version,
+    ) -> Result<(Response<Incoming>, Sent), Failure> {
+        if protocol == Version::HTTP_2 {
+            return self.send_h2(cluster, host, req).await;
+        }
+        let idle = cluster.config.http.idle_timeout;
+        let mut req = req;
+        // A reused connection may turn out closed before the request was written: then the
+        // request comes back untouched and goes on a new connection.
+        while let Some(mut p) = host.pool.take_h1(idle) {
+            if p.tx.ready().await.is_err() {
+                continue;
+            }
+            match p.tx.try_send_request(req).await {
+                Ok(r) => return Ok((r, Sent::H1(p))),
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(Failure::Reset(e.into_error().to_string())),
+                },
+            }
+        }
+        let (tx, _) = self.connect_h1(cluster, host).await?;
+        let mut p = Pooled1 { tx, served: 0 };
+        match p.tx.send_request(req).await {
+            Ok(r) => Ok((r, Sent::H1(p))),
+            Err(e) => Err(Failure::Reset(e.to_string())),
+        }
+    }
+
+    async fn connect_h1(
+        &self,
+        cluster: &Arc<Cluster>,
+        host: &Arc<Host>,
+    ) -> Result<(http1::SendRequest<Body>, ()), Failure> {
+        let up = cluster
+            .connect(host.clone())
+            .await
+            .map_err(|e| Failure::Connect(e.to_string()))?;
+        cluster.http_stats().upstream_cx_http1_total.inc();
+        let guard = up.guard;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(up.stream))
+            .await
+            .map_err(|e| Failure::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            let _guard = guard;
+            let _ = conn.with_upgrades().await;
+        });
+        Ok((tx, ()))
+    }
+
+    /// A new HTTP/2 connection to `host`.
+    async fn connect_h2(&self, cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H2Conn, String> {
+        let up = cluster
+            .connect(host.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        cluster.http_stats().upstream_cx_http2_total.inc();
+        let guard = up.guard;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(up.stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _guard = guard;
+            let _ = conn.await;
+        });
+        Ok(H2Conn {
+            tx,
+            streams: Arc::new(1.into()),
+            served: Arc::new(0.into()),
+        })
+    }
+
+    /// An HTTP/2 connection with a stream taken for this request: pooled, awaited while
+    /// another request connects, or new.
+    async fn h2_conn(&self, cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H2Conn, Failure> {
+        let max = cluster.config.http.max_concurrent_streams as usize;
+        loop {
+            match host.pool.take_h2(max) {
+                H2Take::Ready(c) => return Ok(c),
+                H2Take::Wait(mut rx) => {
+                    if let Ok(o) = rx.wait_for(|o| o.is_some()).await {
+                        if let Some(Err(e)) = &*o {
+                            return Err(Failure::Connect(e.clone()));
+                        }
+                    }
+                    // Connected (take a stream like any other request), or the connecting
+                    // request went away (connect anew).
+                }
+                H2Take::Connect(ticket) => {
+                    // Cleared if this request goes away while connecting.
+                    struct Abandon<'a>(&'a Host, Option<H2Ticket>);
+                    impl Drop for Abandon<'_> {
+                        fn drop(&mut self) {
+                            if let Some(t) = &self.1 {
+                                self.0.pool.abandon_h2(t);
+                            }
+                        }
+                    }
+                    let mut guard = Abandon(host, Some(ticket));
+                    let outcome = self.connect_h2(cluster, host).await;
+                    if let Some(t) = guard.1.take() {
+                        host.pool.finish_h2(t, outcome.clone());
+                    }
+                    return outcome.map_err(Failure::Connect);
+                }
+            }
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        cluster: &Arc<Cluster>,
+        host: &Arc<Host>,
+        req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Sent), Failure> {
+        let c = self.h2_conn(cluster, host).await?;
+        let served = c.served.fetch_add(1, Ordering::Relaxed) as u32 + 1;
+        if cluster
+            .config
+            .http
+            .max_requests_per_connection
+            .is_some_and(|m| served >= m)
+        {
+            host.pool.retire_h2(&c);
+        }
+        let mut tx = c.tx.clone();
+        match tx.send_request(req).await {
+            Ok(r) => Ok((r, Sent::H2(c))),
+            Err(e) => {
+                c.streams.fetch_sub(1, Ordering::Relaxed);
+                Err(Failure::Reset(e.to_string()))
+            }
+        }
+    }
+}
