@@ -5,7 +5,10 @@
 //! - `x-delay-ms: N`: wait N ms first;
 //! - `x-close: 1`: answer with `Connection: close`;
 //! - `x-body-bytes: N`: answer with N bytes instead of the JSON;
-//! - `x-trailer: value`: end the body with a trailer `x-trailer: value`.
+//! - `x-trailer: value`: end the body with a trailer `x-trailer: value`;
+//! - `x-fail-key: k` with `x-fail-times: n`: the first n requests with key k fail, with
+//!   `x-fail-status` (default 503), or by closing the connection without an answer when
+//!   `x-fail-status: reset`.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -58,6 +61,26 @@ impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+type Failures = Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>;
+
+/// The failure this request must produce, if any: `Some(None)` is a reset.
+fn failure(fails: &Failures, req: &Request<Incoming>) -> Option<Option<u16>> {
+    let h = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok());
+    let key = h("x-fail-key")?;
+    let times: u32 = h("x-fail-times")?.parse().ok()?;
+    let mut m = fails.lock().unwrap();
+    let n = m.entry(key.to_string()).or_insert(0);
+    if *n >= times {
+        return None;
+    }
+    *n += 1;
+    Some(match h("x-fail-status") {
+        Some("reset") => None,
+        Some(s) => s.parse().ok(),
+        None => Some(503),
+    })
 }
 
 async fn answer(name: Arc<str>, conn: usize, req: Request<Incoming>) -> Response<Body> {
@@ -148,6 +171,7 @@ pub async fn start(name: &str) -> HttpUpstream {
     let requests = Arc::new(AtomicUsize::new(0));
     let name_arc: Arc<str> = Arc::from(name);
     let (c, o, r) = (connections.clone(), open.clone(), requests.clone());
+    let fails: Failures = Default::default();
     let task = tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             let conn = c.fetch_add(1, Ordering::SeqCst) + 1;
@@ -155,12 +179,27 @@ pub async fn start(name: &str) -> HttpUpstream {
             let guard = OpenGuard(o.clone());
             let name = name_arc.clone();
             let r = r.clone();
+            let fails = fails.clone();
             tokio::spawn(async move {
                 let _guard = guard;
                 let svc = hyper::service::service_fn(move |req| {
                     r.fetch_add(1, Ordering::SeqCst);
                     let name = name.clone();
-                    async move { Ok::<_, Infallible>(answer(name, conn, req).await) }
+                    let fail = failure(&fails, &req);
+                    async move {
+                        match fail {
+                            // An error from the service: hyper closes without an answer.
+                            Some(None) => Err("reset on request".to_string()),
+                            Some(Some(status)) => {
+                                let mut r =
+                                    Response::new(Full::new(Bytes::from("failing")).boxed());
+                                *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                                r.headers_mut().insert("x-upstream", name.parse().unwrap());
+                                Ok(r)
+                            }
+                            None => Ok(answer(name, conn, req).await),
+                        }
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(s), svc)

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 /// Called once when the body ended cleanly (`true`) or was dropped before its end (`false`).
@@ -25,6 +26,141 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
+    /// One attempt's view of a request body kept for replay.
+    Replay(Arc<Replay>, Cursor),
+}
+
+/// A request body read once and kept (up to a limit) so a retry can send it again: each
+/// attempt replays the chunks read so far, then goes on reading the original. Chunks are
+/// shared (`Bytes`), not copied. A new attempt retires the previous one's body (it ends),
+/// so only the current attempt reads the original.
+pub struct Replay {
+    state: Mutex<ReplayState>,
+    limit: usize,
+    hint: SizeHint,
+}
+
+struct ReplayState {
+    source: Option<Incoming>,
+    chunks: Vec<Bytes>,
+    size: usize,
+    trailers: Option<http::HeaderMap>,
+    /// More than `limit` bytes came (or the read failed): it can no longer be replayed.
+    overflowed: bool,
+    /// The current attempt.
+    generation: u32,
+}
+
+/// Where one attempt is in a replayed body.
+#[derive(Debug, Clone, Copy)]
+pub struct Cursor {
+    generation: u32,
+    pos: usize,
+    done: bool,
+}
+
+impl Replay {
+    pub fn new(body: Incoming, limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            hint: body.size_hint(),
+            state: Mutex::new(ReplayState {
+                source: Some(body),
+                chunks: Vec::new(),
+                size: 0,
+                trailers: None,
+                overflowed: false,
+                generation: 0,
+            }),
+            limit,
+        })
+    }
+
+    /// Whether another attempt can send the whole body again.
+    pub fn replayable(&self) -> bool {
+        !self.lock().overflowed
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReplayState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The body of the next attempt.
+    pub fn attempt(self: &Arc<Self>) -> Body {
+        let mut st = self.lock();
+        st.generation += 1;
+        let generation = st.generation;
+        drop(st);
+        Body {
+            kind: Kind::Replay(
+                self.clone(),
+                Cursor {
+                    generation,
+                    pos: 0,
+                    done: false,
+                },
+            ),
+            on_end: None,
+            bytes: 0,
+        }
+    }
+
+    fn poll_at(
+        &self,
+        at: &mut Cursor,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut st = self.lock();
+        if at.done || at.generation != st.generation {
+            at.done = true;
+            return Poll::Ready(None);
+        }
+        if let Some(c) = st.chunks.get(at.pos) {
+            at.pos += 1;
+            return Poll::Ready(Some(Ok(Frame::data(c.clone()))));
+        }
+        let Some(src) = st.source.as_mut() else {
+            at.done = true;
+            return Poll::Ready(st.trailers.clone().map(|t| Ok(Frame::trailers(t))));
+        };
+        match Pin::new(src).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                st.source = None;
+                at.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                st.source = None;
+                st.overflowed = true;
+                at.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    if !st.overflowed {
+                        st.size += d.len();
+                        if st.size > self.limit {
+                            st.overflowed = true;
+                            st.chunks = Vec::new();
+                        } else {
+                            st.chunks.push(d.clone());
+                            at.pos += 1;
+                        }
+                    }
+                } else if let Some(t) = f.trailers_ref() {
+                    st.trailers = Some(t.clone());
+                    st.source = None;
+                    at.done = true;
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+        }
+    }
+
+    fn at_end(&self, at: &Cursor) -> bool {
+        let st = self.lock();
+        at.done || (st.source.is_none() && at.pos >= st.chunks.len() && st.trailers.is_none())
+    }
 }
 
 impl std::fmt::Debug for Body {
@@ -33,6 +169,7 @@ impl std::fmt::Debug for Body {
             Kind::Empty => "Body::Empty",
             Kind::Full(_) => "Body::Full",
             Kind::Incoming(_) => "Body::Incoming",
+            Kind::Replay(..) => "Body::Replay",
         })
     }
 }
@@ -86,6 +223,7 @@ impl Drop for Body {
             Kind::Empty | Kind::Full(None) => true,
             Kind::Full(Some(_)) => false,
             Kind::Incoming(b) => b.is_end_stream(),
+            Kind::Replay(r, at) => r.at_end(at),
         };
         self.finish(complete);
     }
@@ -104,6 +242,7 @@ impl HttpBody for Body {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Incoming(b) => Pin::new(b).poll_frame(cx),
+            Kind::Replay(r, at) => r.poll_at(at, cx),
         };
         match &r {
             Poll::Ready(None) => this.finish(true),
@@ -126,6 +265,7 @@ impl HttpBody for Body {
             Kind::Empty | Kind::Full(None) => true,
             Kind::Full(Some(_)) => false,
             Kind::Incoming(b) => b.is_end_stream(),
+            Kind::Replay(r, at) => r.at_end(at),
         }
     }
 
@@ -134,6 +274,7 @@ impl HttpBody for Body {
             Kind::Empty | Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Incoming(b) => b.size_hint(),
+            Kind::Replay(r, _) => r.hint,
         }
     }
 }

@@ -11,6 +11,7 @@
 pub mod body;
 pub mod headers;
 pub mod rds;
+mod retry;
 pub mod route;
 pub mod router;
 pub mod stats;

@@ -2,8 +2,10 @@
 //! from a header, or weighted), the host (`Cluster::pick`), a pooled connection of the
 //! cluster's protocol, and sends; local replies carry Envoy's texts and response flags.
 
+use super::body::Replay;
 use super::body::{Body, OnEnd};
 use super::headers::{self, FormatContext};
+use super::retry;
 use super::route::{is_grpc, RequestView};
 use super::upstream::Sent;
 use super::{ConnInfo, ConnectionManager};
@@ -38,6 +40,8 @@ pub enum Flag {
     UpstreamConnectionTermination,
     /// Invalid request headers (DPE, downstream protocol error).
     DownstreamProtocolError,
+    /// Retries exhausted on a retriable outcome (URX).
+    UpstreamRetryLimitExceeded,
 }
 
 impl Flag {
@@ -50,6 +54,7 @@ impl Flag {
             Flag::UpstreamRequestTimeout => "UT",
             Flag::UpstreamConnectionTermination => "UC",
             Flag::DownstreamProtocolError => "DPE",
+            Flag::UpstreamRetryLimitExceeded => "URX",
         }
     }
 }
@@ -60,6 +65,8 @@ pub(super) struct Exchange {
     conn: Arc<ConnInfo>,
     start: Instant,
     upstream: Option<UpstreamBooks>,
+    /// Why the exchange did not go as asked (for access logs).
+    flag: Option<Flag>,
 }
 
 struct UpstreamBooks {
@@ -158,7 +165,10 @@ pub(super) enum Failure {
     NoHealthy,
     Connect(String),
     Reset(String),
+    /// The route's timeout.
     Timeout,
+    /// The retry policy's per-try timeout.
+    PerTryTimeout,
 }
 
 impl ConnectionManager {
@@ -180,6 +190,7 @@ impl ConnectionManager {
             conn: conn.clone(),
             start,
             upstream: None,
+            flag: None,
         };
         let (mut parts, body) = req.into_parts();
         let grpc = is_grpc(&parts.headers);
@@ -332,22 +343,21 @@ impl ConnectionManager {
             .map(HostRewrite::Literal)
             .unwrap_or_else(|| forward.host_rewrite.clone());
         let hs = cluster.http_stats();
-        hs.upstream_rq_total.inc();
-        // A pick; the host's books open once a connection is had.
-        let ctx = LbContext {
-            attempt: 1,
-            original_dst: conn.original_dst,
-            ..LbContext::default()
-        };
-        let host = match cluster.pick(&ctx) {
-            Ok(h) => h,
-            Err(_) => return self.upstream_failure(exchange, Failure::NoHealthy, grpc, &cluster),
-        };
-        let upstream_authority = match &host_rewrite {
-            HostRewrite::None => authority.clone(),
-            HostRewrite::Literal(h) => h.clone(),
-            HostRewrite::Auto if !host.hostname.is_empty() => host.hostname.clone(),
-            HostRewrite::Auto => host.address.to_string(),
+        // Retries: the route's policy, adjusted by x-envoy-* headers of internal clients.
+        let internal = retry::is_internal(conn.peer.ip());
+        let (policy, overrides) =
+            retry::effective(forward.retry_policy.as_ref(), &mut uh, internal);
+        let timeout = overrides.timeout.unwrap_or(forward.timeout);
+        let per_try = overrides
+            .per_try_timeout
+            .or(policy.as_ref().and_then(|p| p.per_try_timeout));
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut body = match &policy {
+            Some(_) => Source::Replay(Replay::new(
+                body,
+                route.buffer_limit.unwrap_or(DEFAULT_BUFFER_LIMIT) as usize,
+            )),
+            None => Source::Once(Some(body)),
         };
         let protocol = match cluster.config.http.protocol {
             UpstreamProtocol::Http1 => Version::HTTP_11,
@@ -355,58 +365,125 @@ impl ConnectionManager {
             UpstreamProtocol::Downstream if parts.version == Version::HTTP_2 => Version::HTTP_2,
             UpstreamProtocol::Downstream => Version::HTTP_11,
         };
-        let uri = if protocol == Version::HTTP_2 {
+        if protocol == Version::HTTP_2 {
             uh.remove(HOST);
-            Uri::builder()
-                .scheme("http")
-                .authority(upstream_authority.as_str())
-                .path_and_query(path_and_query.as_str())
-                .build()
-        } else {
-            if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
-                uh.insert(HOST, v);
+        }
+        let mut tried: Vec<Arc<crate::upstream::Host>> = Vec::new();
+        let mut attempt = 0u32;
+        let (host, resp, release, sent) = loop {
+            attempt += 1;
+            hs.upstream_rq_total.inc();
+            let Some(host) = pick(&cluster, conn, policy.as_ref(), &tried, attempt) else {
+                return self.upstream_failure(exchange, Failure::NoHealthy, grpc, &cluster);
+            };
+            let upstream_authority = match &host_rewrite {
+                HostRewrite::None => authority.clone(),
+                HostRewrite::Literal(h) => h.clone(),
+                HostRewrite::Auto if !host.hostname.is_empty() => host.hostname.clone(),
+                HostRewrite::Auto => host.address.to_string(),
+            };
+            let uri = if protocol == Version::HTTP_2 {
+                Uri::builder()
+                    .scheme("http")
+                    .authority(upstream_authority.as_str())
+                    .path_and_query(path_and_query.as_str())
+                    .build()
+            } else {
+                if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
+                    uh.insert(HOST, v);
+                }
+                path_and_query.parse::<Uri>().map_err(Into::into)
+            };
+            let Ok(uri) = uri else {
+                return reply(
+                    exchange,
+                    StatusCode::BAD_REQUEST,
+                    "invalid request target",
+                    Flag::DownstreamProtocolError,
+                    None,
+                );
+            };
+            let mut headers = if policy.is_some() {
+                uh.clone()
+            } else {
+                std::mem::take(&mut uh)
+            };
+            if vh.include_request_attempt_count {
+                headers.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
             }
-            path_and_query.parse::<Uri>().map_err(Into::into)
-        };
-        let Ok(uri) = uri else {
-            return reply(
-                exchange,
-                StatusCode::BAD_REQUEST,
-                "invalid request target",
-                Flag::DownstreamProtocolError,
-                None,
-            );
-        };
-        let mut ureq = Request::new(Body::incoming(body));
-        *ureq.method_mut() = parts.method.clone();
-        *ureq.uri_mut() = uri;
-        *ureq.version_mut() = protocol;
-        *ureq.headers_mut() = uh;
-        let sent = Instant::now();
-        let timeout = forward.timeout;
-        let attempt = self.send(&cluster, &host, ureq, protocol);
-        let result = match timeout {
-            Some(t) => match tokio::time::timeout(t, attempt).await {
-                Ok(r) => r,
-                Err(_) => Err(Failure::Timeout),
-            },
-            None => attempt.await,
-        };
-        let (resp, release) = match result {
-            Ok(r) => r,
-            Err(f) => {
+            let mut ureq = Request::new(body.attempt());
+            *ureq.method_mut() = parts.method.clone();
+            *ureq.uri_mut() = uri;
+            *ureq.version_mut() = protocol;
+            *ureq.headers_mut() = headers;
+            let sent = Instant::now();
+            // This attempt's bound: the per-try timeout or what is left of the route's.
+            let left = deadline.map(|d| d.saturating_duration_since(sent));
+            let (bound, per_try_bound) = match (per_try, left) {
+                (Some(p), Some(l)) if p < l => (Some(p), true),
+                (Some(p), None) => (Some(p), true),
+                (_, l) => (l, false),
+            };
+            let send = self.send(&cluster, &host, ureq, protocol);
+            let result = match bound {
+                Some(t) => match tokio::time::timeout(t, send).await {
+                    Ok(r) => r,
+                    Err(_) if per_try_bound => {
+                        hs.upstream_rq_per_try_timeout.inc();
+                        Err(Failure::PerTryTimeout)
+                    }
+                    Err(_) => Err(Failure::Timeout),
+                },
+                None => send.await,
+            };
+            let retriable = match (&policy, &result) {
+                (Some(p), Ok((r, _))) => retry::retriable_response(p, r),
+                (Some(p), Err(f)) => retry::retriable_failure(p, f),
+                (None, _) => false,
+            };
+            if let Err(f) = &result {
                 cluster.report(
                     &host,
                     match f {
-                        Failure::Timeout => Outcome::Timeout,
+                        Failure::Timeout | Failure::PerTryTimeout => Outcome::Timeout,
                         Failure::Connect(_) => Outcome::ConnectFailure,
                         _ => Outcome::Reset,
                     },
                 );
-                return self.upstream_failure(exchange, f, grpc, &cluster);
+            }
+            let retries = policy.as_ref().map_or(0, |p| p.num_retries);
+            if retriable && attempt > retries {
+                hs.upstream_rq_retry_limit_exceeded.inc();
+                exchange.flag = Some(Flag::UpstreamRetryLimitExceeded);
+            }
+            let wait = policy
+                .as_ref()
+                .map(|p| retry::back_off(p, attempt))
+                .unwrap_or_default();
+            let time_left = deadline.is_none_or(|d| Instant::now() + wait < d);
+            if retriable && attempt <= retries && body.replayable() && time_left {
+                if let Ok((r, _)) = &result {
+                    hs.record_status(r.status().as_u16());
+                    cluster.report(&host, Outcome::HttpStatus(r.status().as_u16()));
+                }
+                hs.upstream_rq_retry.inc();
+                drop(result);
+                tried.push(host);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            if retriable && attempt <= retries && !body.replayable() {
+                hs.retry_or_shadow_abandoned.inc();
+            }
+            match result {
+                Ok((r, release)) => break (host, r, release, sent),
+                Err(f) => return self.upstream_failure(exchange, f, grpc, &cluster),
             }
         };
         let status = resp.status();
+        if attempt > 1 && status.as_u16() < 500 {
+            hs.upstream_rq_retry_success.inc();
+        }
         hs.upstream_rq_active.inc();
         hs.record_status(status.as_u16());
         host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
@@ -439,6 +516,17 @@ impl ConnectionManager {
             ..fcx
         };
         headers::mutate_response(&mut rparts.headers, &resp_levels, &fcx);
+        if !self.config.suppress_envoy_headers {
+            rparts.headers.insert(
+                "x-envoy-upstream-service-time",
+                HeaderValue::from(sent.elapsed().as_millis() as u64),
+            );
+        }
+        if vh.include_attempt_count_in_response {
+            rparts
+                .headers
+                .insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+        }
         rparts.version = Version::HTTP_11;
         let r = Response::from_parts(rparts, Body::incoming(rbody));
         self.finish(r, exchange, request_id)
@@ -490,7 +578,7 @@ impl ConnectionManager {
                     None,
                 )
             }
-            Failure::Timeout => {
+            Failure::Timeout | Failure::PerTryTimeout => {
                 hs.upstream_rq_timeout.inc();
                 (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout".to_string(), Flag::UpstreamRequestTimeout, Some(4))
             }
@@ -683,4 +771,56 @@ fn redirect(
     r.headers_mut()
         .insert("content-length", HeaderValue::from_static("0"));
     r
+}
+
+/// Request bytes kept for replay on a retry when the route does not say (Envoy's default).
+const DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
+
+/// The request body of each attempt: the original once, or replayed.
+enum Source {
+    Once(Option<Incoming>),
+    Replay(Arc<Replay>),
+}
+
+impl Source {
+    fn attempt(&mut self) -> Body {
+        match self {
+            Source::Once(b) => b.take().map(Body::incoming).unwrap_or_else(Body::empty),
+            Source::Replay(r) => r.attempt(),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        match self {
+            Source::Once(_) => false,
+            Source::Replay(r) => r.replayable(),
+        }
+    }
+}
+
+/// Picks a host for an attempt; a retry with `previous_hosts` re-picks (up to
+/// `host_selection_retry_max_attempts` times) to avoid the hosts already tried.
+fn pick(
+    cluster: &Cluster,
+    conn: &ConnInfo,
+    policy: Option<&crate::config::http::RetryPolicy>,
+    tried: &[Arc<crate::upstream::Host>],
+    attempt: u32,
+) -> Option<Arc<crate::upstream::Host>> {
+    let ctx = LbContext {
+        attempt,
+        original_dst: conn.original_dst,
+        tried,
+        ..LbContext::default()
+    };
+    let mut host = cluster.pick(&ctx).ok()?;
+    if let Some(p) = policy.filter(|p| p.avoid_previous_hosts) {
+        for _ in 0..p.host_selection_retry_max_attempts {
+            if !tried.iter().any(|t| Arc::ptr_eq(t, &host)) {
+                break;
+            }
+            host = cluster.pick(&ctx).ok()?;
+        }
+    }
+    Some(host)
 }

@@ -293,10 +293,7 @@ const ROUTER: FieldTable = &[
     ("start_child_span", I(NO_TRACING)),
     ("upstream_log", R(NO_ACCESS_LOG)),
     ("upstream_log_options", I(NO_ACCESS_LOG)),
-    (
-        "suppress_envoy_headers",
-        I("Plumb adds no x-envoy-* response headers yet"),
-    ),
+    ("suppress_envoy_headers", S),
     (
         "strict_check_headers",
         I("x-envoy-* request headers are not read yet"),
@@ -442,7 +439,7 @@ pub(in crate::config) fn read_hcm(tc: &Obj, d: &mut Diagnostics) -> Option<HttpC
             );
         }
     }
-    read_http_filters(tc, d);
+    let suppress_envoy_headers = read_http_filters(tc, d);
     let hcm = HttpConnectionManager {
         stat_prefix: stat_prefix?,
         codec_type,
@@ -476,6 +473,7 @@ pub(in crate::config) fn read_hcm(tc: &Obj, d: &mut Diagnostics) -> Option<HttpC
             .boolean("always_set_request_id_in_response", d)
             .unwrap_or(false),
         websocket,
+        suppress_envoy_headers,
         source: serde_json::Value::Null,
     };
     Some(hcm)
@@ -484,14 +482,16 @@ pub(in crate::config) fn read_hcm(tc: &Obj, d: &mut Diagnostics) -> Option<HttpC
 /// The HTTP filter chain: the router, last. Other filters arrive with the filters step of the
 /// HTTP issue; until then a filter marked `is_optional` is skipped with a warning and any
 /// other is refused.
-fn read_http_filters(tc: &Obj, d: &mut Diagnostics) {
+/// Returns the router's `suppress_envoy_headers`.
+fn read_http_filters(tc: &Obj, d: &mut Diagnostics) -> bool {
+    let mut suppress = false;
     let filters = tc.list("http_filters", d);
     if filters.is_empty() {
         d.error(
             tc.at("http_filters"),
             "missing required field: the last filter must be envoy.filters.http.router",
         );
-        return;
+        return suppress;
     }
     let last = filters.len() - 1;
     for (i, (path, v)) in filters.iter().enumerate() {
@@ -509,8 +509,8 @@ fn read_http_filters(tc: &Obj, d: &mut Diagnostics) {
             None => ROUTER_NAMES.contains(&name.as_str()),
         };
         if is_router {
-            if f.get("typed_config").is_some() {
-                let _ = f.object("typed_config", ROUTER, d);
+            if let Some(r) = f.object("typed_config", ROUTER, d) {
+                suppress = r.boolean("suppress_envoy_headers", d).unwrap_or(false);
             }
             if i != last {
                 d.error(path, "the router must be the last HTTP filter");
@@ -535,6 +535,7 @@ fn read_http_filters(tc: &Obj, d: &mut Diagnostics) {
             );
         }
     }
+    suppress
 }
 
 #[cfg(test)]

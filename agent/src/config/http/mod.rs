@@ -7,12 +7,16 @@
 mod hcm;
 mod headers;
 mod matchers;
+mod retry;
 mod route;
 #[cfg(test)]
 mod tests;
 mod upstream;
 
 pub(super) use hcm::{read_hcm, HCM_TABLE};
+#[cfg(test)]
+pub(crate) use retry::TABLES as RETRY_TABLES;
+pub use retry::{parse_retry_on, retry_on, RetryPolicy};
 pub use route::read_route_configuration;
 pub(super) use upstream::read_upstream_http;
 pub use upstream::{UpstreamHttp, UpstreamProtocol};
@@ -92,6 +96,8 @@ pub struct HttpConnectionManager {
     pub always_set_request_id_in_response: bool,
     /// Allow `Upgrade: websocket` (Envoy's `upgrade_configs` with `upgrade_type: websocket`).
     pub websocket: bool,
+    /// The router's `suppress_envoy_headers`: no `x-envoy-upstream-service-time`.
+    pub suppress_envoy_headers: bool,
     /// The config as given, for `/config_dump`.
     pub source: Json,
 }
@@ -323,6 +329,8 @@ pub struct Forward {
     pub prefix_rewrite: Option<String>,
     pub regex_rewrite: Option<(Pattern, String)>,
     pub host_rewrite: HostRewrite,
+    /// The route's retry policy, else its virtual host's.
+    pub retry_policy: Option<RetryPolicy>,
 }
 
 /// `RedirectAction`.
@@ -339,7 +347,7 @@ pub struct Redirect {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Forward(Forward),
+    Forward(Box<Forward>),
     Redirect(Redirect),
     DirectResponse { status: u16, body: Option<String> },
 }
@@ -350,6 +358,9 @@ pub struct Route {
     pub matcher: RouteMatch,
     pub action: Action,
     pub headers: HeaderMutations,
+    /// Request bytes kept for replay on a retry (`per_request_buffer_limit_bytes`, from the
+    /// route or its virtual host; default 1 MiB).
+    pub buffer_limit: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -359,6 +370,9 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     pub routes: Vec<Route>,
     pub headers: HeaderMutations,
+    /// Send `x-envoy-attempt-count` upstream / in the response.
+    pub include_request_attempt_count: bool,
+    pub include_attempt_count_in_response: bool,
 }
 
 impl RouteConfiguration {

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 
 use super::headers::*;
 use super::matchers::*;
+use super::retry::{read_retry_policy, RETRY_POLICY};
 use Field::{Ignored as I, Rejected as R, Supported as S};
 
-const LATER_RETRY: &str = "retry policies arrive with the retry step of the HTTP issue";
+const TYPED_RETRY: &str = "use retry_policy";
 const LATER_MIRROR: &str = "request mirroring arrives with the mirroring step of the HTTP issue";
 const NO_RATE_LIMIT_SERVICE: &str = "the global rate limit service is not supported";
 const NO_CORS: &str = "CORS is not supported";
@@ -69,25 +70,19 @@ const VIRTUAL_HOST: FieldTable = &[
         "typed_per_filter_config",
         I("no per-route filter config yet"),
     ),
-    (
-        "include_request_attempt_count",
-        R("x-envoy-attempt-count arrives with retries"),
-    ),
-    (
-        "include_attempt_count_in_response",
-        R("x-envoy-attempt-count arrives with retries"),
-    ),
-    ("retry_policy", R(LATER_RETRY)),
-    ("retry_policy_typed_config", R(LATER_RETRY)),
+    ("include_request_attempt_count", S),
+    ("include_attempt_count_in_response", S),
+    ("retry_policy", S),
+    ("retry_policy_typed_config", R(TYPED_RETRY)),
     ("hedge_policy", R(NO_HEDGE)),
-    ("include_is_timeout_retry_header", R(LATER_RETRY)),
     (
-        "per_request_buffer_limit_bytes",
-        I("request bodies are streamed"),
+        "include_is_timeout_retry_header",
+        R("x-envoy-is-timeout-retry is not sent"),
     ),
+    ("per_request_buffer_limit_bytes", S),
     (
         "request_body_buffer_limit",
-        I("request bodies are streamed"),
+        R("use per_request_buffer_limit_bytes"),
     ),
     ("request_mirror_policies", R(LATER_MIRROR)),
     ("metadata", I("metadata is informational here")),
@@ -116,13 +111,10 @@ const ROUTE: FieldTable = &[
     ("response_headers_to_add", S),
     ("response_headers_to_remove", S),
     ("tracing", I("tracing is not supported")),
-    (
-        "per_request_buffer_limit_bytes",
-        I("request bodies are streamed"),
-    ),
+    ("per_request_buffer_limit_bytes", S),
     (
         "request_body_buffer_limit",
-        I("request bodies are streamed"),
+        R("use per_request_buffer_limit_bytes"),
     ),
     ("stat_prefix", I("per-route stats are not kept yet")),
     ("route_specifiers", R("route specifiers are not supported")),
@@ -189,8 +181,8 @@ const ROUTE_ACTION: FieldTable = &[
     ("idle_timeout", S),
     ("flush_timeout", I("streams are bounded by idle_timeout")),
     ("early_data_policy", I("no early data")),
-    ("retry_policy", R(LATER_RETRY)),
-    ("retry_policy_typed_config", R(LATER_RETRY)),
+    ("retry_policy", S),
+    ("retry_policy_typed_config", R(TYPED_RETRY)),
     ("request_mirror_policies", R(LATER_MIRROR)),
     ("priority", R("routing priorities are not supported")),
     ("rate_limits", R(NO_RATE_LIMIT_SERVICE)),
@@ -367,9 +359,22 @@ fn read_virtual_host(
         seen.insert(dom.clone(), name.clone().unwrap_or_default());
         domains.push(dom);
     }
+    // The virtual host's retry policy and buffer limit apply to routes without their own.
+    let retry = vh
+        .object("retry_policy", RETRY_POLICY, d)
+        .and_then(|p| read_retry_policy(&p, d));
+    let limit = vh.uint("per_request_buffer_limit_bytes", 0, u32::MAX as u64, d);
     let mut routes = Vec::new();
     for (rpath, rv) in vh.list("routes", d) {
-        if let Some(r) = read_route(rv, &rpath, d) {
+        if let Some(mut r) = read_route(rv, &rpath, d) {
+            if let Action::Forward(f) = &mut r.action {
+                if f.retry_policy.is_none() {
+                    f.retry_policy = retry.clone();
+                }
+            }
+            if r.buffer_limit.is_none() {
+                r.buffer_limit = limit.map(|l| l as u32);
+            }
             routes.push(r);
         }
     }
@@ -379,6 +384,12 @@ fn read_virtual_host(
         domains,
         routes,
         headers,
+        include_request_attempt_count: vh
+            .boolean("include_request_attempt_count", d)
+            .unwrap_or(false),
+        include_attempt_count_in_response: vh
+            .boolean("include_attempt_count_in_response", d)
+            .unwrap_or(false),
     })
 }
 
@@ -401,7 +412,7 @@ fn read_route(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Route> {
         return None;
     }
     let action = if let Some(a) = r.object("route", ROUTE_ACTION, d) {
-        read_forward(&a, d).map(Action::Forward)
+        read_forward(&a, d).map(|f| Action::Forward(Box::new(f)))
     } else if let Some(a) = r.object("redirect", REDIRECT, d) {
         read_redirect(&a, d).map(Action::Redirect)
     } else if let Some(a) = r.object("direct_response", DIRECT_RESPONSE, d) {
@@ -415,6 +426,9 @@ fn read_route(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Route> {
         matcher: matcher?,
         action: action?,
         headers,
+        buffer_limit: r
+            .uint("per_request_buffer_limit_bytes", 0, u32::MAX as u64, d)
+            .map(|l| l as u32),
     })
 }
 
@@ -607,6 +621,9 @@ fn read_forward(a: &Obj, d: &mut Diagnostics) -> Option<Forward> {
         prefix_rewrite,
         regex_rewrite,
         host_rewrite,
+        retry_policy: a
+            .object("retry_policy", RETRY_POLICY, d)
+            .and_then(|p| read_retry_policy(&p, d)),
     })
 }
 

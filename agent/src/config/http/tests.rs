@@ -101,8 +101,8 @@ fn bad_routes_name_the_field() {
             "routes[0]: exactly one of route, redirect or direct_response",
         ),
         (
-            r#"[{"match": {"prefix": "/"}, "route": {"cluster": "c", "retry_policy": {}}}]"#,
-            "routes[0].route.retry_policy: not supported",
+            r#"[{"match": {"prefix": "/"}, "route": {"cluster": "c", "retry_policy": {"retry_on": "5xx,sometimes"}}}]"#,
+            "routes[0].route.retry_policy.retry_on: unknown retry_on condition \"sometimes\"",
         ),
         (
             r#"[{"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [{"name": "c", "weight": 0}]}}}]"#,
@@ -133,7 +133,17 @@ fn bad_routes_name_the_field() {
             "path_separated_prefix: must start with /",
         ),
     ];
-    for (routes, want) in cases {
+    let more = [
+        (
+            r#"[{"match": {"prefix": "/"}, "route": {"cluster": "c", "retry_policy": {"retry_host_predicate": [{"name": "envoy.retry_host_predicates.omit_canary_hosts"}]}}}]"#,
+            "retry_host_predicate[0]: unsupported retry host predicate",
+        ),
+        (
+            r#"[{"match": {"prefix": "/"}, "route": {"cluster": "c", "retry_policy": {"retry_back_off": {"base_interval": "1s", "max_interval": "0.5s"}}}}]"#,
+            "retry_back_off.max_interval: must not be less than base_interval",
+        ),
+    ];
+    for (routes, want) in cases.into_iter().chain(more) {
         let e = read(&hcm(routes)).unwrap_err();
         assert!(e.contains(want), "{routes}\nwant: {want}\ngot: {e}");
     }
@@ -287,7 +297,13 @@ fn re2_substitutions_become_the_regex_crates() {
 fn every_http_field_table_entry_is_documented() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/http.md"))
         .expect("docs/http.md");
-    let all = || HCM_TABLES.iter().chain(ROUTE_TABLES).chain(UPSTREAM_TABLES);
+    let all = || {
+        HCM_TABLES
+            .iter()
+            .chain(ROUTE_TABLES)
+            .chain(RETRY_TABLES)
+            .chain(UPSTREAM_TABLES)
+    };
     let rows: usize = all().map(|(_, t)| t.len()).sum();
     let tables = doc
         .split_once("## Field tables")
