@@ -78,6 +78,11 @@ pub fn xds_response(data: &[u8]) {
                     }
                 }
             }
+            type_urls::ROUTE => {
+                if let Ok((rc, _)) = crate::config::xds::route_from_proto(any) {
+                    let _ = crate::http::route::RouteTable::new(Arc::new(rc));
+                }
+            }
             type_urls::LISTENER => {
                 if let Ok(l) = pbl::Listener::decode(any.value.as_slice()) {
                     if let Ok((model, _)) = listener_from_proto(&l) {
@@ -96,6 +101,12 @@ pub fn xds_response(data: &[u8]) {
 
 fn empty_snapshot() -> config::Snapshot {
     config::parse_bootstrap("{}", "empty").expect("an empty bootstrap is valid")
+}
+
+/// One downstream HTTP connection's bytes at a connection manager (see
+/// `http::fuzz_connection`).
+pub fn http_request(data: &[u8]) {
+    crate::http::fuzz_connection(data);
 }
 
 /// A hand-over message from the agent on the other end of the upgrade socket.
@@ -121,6 +132,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("bootstrap", bootstrap),
     ("xds_response", xds_response),
     ("admin_request", admin_request),
+    ("http_request", http_request),
     ("handover_message", handover_message),
     ("ebpf_values", ebpf_values),
 ];
@@ -232,6 +244,20 @@ mod tests {
         .enumerate()
         {
             write("admin_request", &format!("seed-{i}"), r.as_bytes());
+        }
+        for (i, r) in [
+            "GET /direct HTTP/1.1\r\nHost: a.example\r\n\r\n".to_string(),
+            "GET /rest?q=Xy&z HTTP/1.1\r\nHost: x.b.example\r\nX_Drop: 1\r\n\r\nGET /v1/a HTTP/1.1\r\nHost: c.d\r\nx-h: 12\r\n\r\n".to_string(),
+            "POST /api/x HTTP/1.1\r\nHost: a.example\r\nx-cluster: none\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_string(),
+            "POST / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabc".to_string(),
+            "GET / HTTP/1.1\r\nHost: other\r\nContent-Type: application/grpc\r\nx-envoy-retry-on: 5xx\r\n\r\n".to_string(),
+            // HTTP/2 prior knowledge preface, then a SETTINGS frame.
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_string(),
+        ]
+        .iter()
+        .enumerate()
+        {
+            write("http_request", &format!("seed-{i}"), r.as_bytes());
         }
         use crate::handover::{Epoch, Message, OfferedLink, OfferedSocket};
         let msgs = [
@@ -452,10 +478,70 @@ static_resources:
             }],
             ..Default::default()
         };
+        use envoy_types::pb::envoy::config::route::v3 as r;
+        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as h;
+        let routes = r::RouteConfiguration {
+            name: "routes".into(),
+            virtual_hosts: vec![r::VirtualHost {
+                name: "all".into(),
+                domains: vec!["*".into(), "a.example:8080".into()],
+                routes: vec![r::Route {
+                    r#match: Some(r::RouteMatch {
+                        path_specifier: Some(r::route_match::PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(r::route::Action::Route(r::RouteAction {
+                        cluster_specifier: Some(r::route_action::ClusterSpecifier::Cluster(
+                            "backend".into(),
+                        )),
+                        timeout: Some(Duration {
+                            seconds: 1,
+                            nanos: 5,
+                        }),
+                        retry_policy: Some(r::RetryPolicy {
+                            retry_on: "5xx".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let hcm = h::HttpConnectionManager {
+            stat_prefix: "web".into(),
+            route_specifier: Some(h::http_connection_manager::RouteSpecifier::RouteConfig(
+                routes.clone(),
+            )),
+            http_filters: vec![h::HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let web = pbl::Listener {
+            name: "web".into(),
+            address: Some(addr("127.0.0.1", 15080)),
+            filter_chains: vec![pbl::FilterChain {
+                filters: vec![pbl::Filter {
+                    name: "envoy.filters.network.http_connection_manager".into(),
+                    config_type: Some(pbl::filter::ConfigType::TypedConfig(any(
+                        super::type_urls::HTTP_CONNECTION_MANAGER,
+                        &hcm,
+                    ))),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
         vec![
             any(super::type_urls::CLUSTER, &eds),
             any(super::type_urls::ENDPOINT, &cla),
             any(super::type_urls::LISTENER, &listener),
+            any(super::type_urls::LISTENER, &web),
+            any(super::type_urls::ROUTE, &routes),
         ]
     }
 }

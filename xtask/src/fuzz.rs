@@ -14,6 +14,7 @@ pub const TARGETS: &[&str] = &[
     "bootstrap",
     "xds_response",
     "admin_request",
+    "http_request",
     "handover_message",
     "ebpf_values",
 ];

@@ -235,3 +235,88 @@ impl ConnectionManager {
         }
     }
 }
+
+/// Fuzzing entry: `data` arrives as one downstream connection's bytes (then EOF) at a
+/// connection manager with routes of every kind; the connection must end, without a panic,
+/// within 10 s. Upstream clusters have no hosts, so nothing leaves the process.
+#[doc(hidden)]
+pub fn fuzz_connection(data: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BOOTSTRAP: &str = r#"{"static_resources": {
+        "listeners": [{"name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+          "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+              "stat_prefix": "fuzz", "max_request_headers_kb": 8,
+              "common_http_protocol_options": {"max_headers_count": 50, "headers_with_underscores_action": "DROP_HEADER"},
+              "route_config": {"virtual_hosts": [
+                {"name": "a", "domains": ["a.example", "*.b.example", "c.*"],
+                 "request_headers_to_add": [{"header": {"key": "x-v", "value": "%REQ(x-in)% %DOWNSTREAM_REMOTE_ADDRESS%"}}],
+                 "routes": [
+                  {"match": {"path": "/direct"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}},
+                  {"match": {"prefix": "/r", "query_parameters": [{"name": "q", "string_match": {"prefix": "x", "ignore_case": true}}]},
+                   "redirect": {"prefix_rewrite": "/s", "response_code": "FOUND"}},
+                  {"match": {"safe_regex": {"regex": "/v[0-9]+/(.*)"}, "headers": [{"name": "x-h", "range_match": {"start": 1, "end": 9}, "invert_match": true}]},
+                   "route": {"cluster": "none", "regex_rewrite": {"pattern": {"regex": "/v([0-9]+)/"}, "substitution": "/\\1/"}}},
+                  {"match": {"prefix": "/", "grpc": {}}, "route": {"cluster": "missing", "cluster_not_found_response_code": "NOT_FOUND"}},
+                  {"match": {"path_separated_prefix": "/api"}, "route": {"cluster_header": "x-cluster"}},
+                  {"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [{"name": "none", "weight": 1}, {"name": "missing", "weight": 1}]},
+                   "retry_policy": {"retry_on": "5xx,reset", "num_retries": 2, "retry_back_off": {"base_interval": "0.001s"}}}}]},
+                {"name": "any", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "none", "timeout": "1s"}}]}],
+               "validate_clusters": false},
+              "http_filters": [{"name": "envoy.filters.http.router"}]}}]}]}],
+        "clusters": [{"name": "none", "connect_timeout": "1s", "load_assignment": {"cluster_name": "none", "endpoints": []}}]}}"#;
+    thread_local! {
+        static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        static HCM: Arc<ConnectionManager> = {
+            let snap = config::parse_bootstrap(BOOTSTRAP, "fuzz").expect("the fuzz bootstrap is valid");
+            let store = Store::new();
+            let clusters = Arc::new(ClusterManager::new(&snap, &store));
+            let config::NetworkFilter::HttpConnectionManager(h) = &snap.listeners[0].filter_chains[0].filters[0] else {
+                unreachable!("the fuzz bootstrap has a connection manager")
+            };
+            ConnectionManager::new(h, clusters, &rds::RouteRegistry::default(), &store)
+        };
+    }
+    let hcm = HCM.with(|h| h.clone());
+    let data = data.to_vec();
+    RT.with(|rt| {
+        rt.block_on(async move {
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let drain = crate::drain::Drain::new();
+            let addr: SocketAddr = "127.0.0.1:1".parse().expect("an address");
+            let ds = Downstream::new(
+                crate::transport::Stream::Memory(server),
+                addr,
+                addr,
+                drain.watch(),
+            );
+            let served = tokio::spawn(async move { hcm.handle(ds).await });
+            let (mut rd, mut wr) = tokio::io::split(&mut client);
+            let write = async {
+                let _ = wr.write_all(&data).await;
+                let _ = wr.shutdown().await;
+            };
+            let read = async {
+                let mut sink = [0u8; 16 * 1024];
+                while let Ok(n) = rd.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            };
+            let all = async {
+                tokio::join!(write, read);
+                let _ = served.await;
+            };
+            if tokio::time::timeout(Duration::from_secs(10), all)
+                .await
+                .is_err()
+            {
+                panic!("the connection did not end within 10 s of EOF");
+            }
+        })
+    });
+}

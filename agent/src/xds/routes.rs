@@ -11,9 +11,9 @@
 use super::dump::{error_state, rejected_only, rfc3339, Sections};
 use super::resources::{Interest, ResourceType, Versions};
 use super::{decode, Applied, TypeStats, XdsClient, XdsState};
-use crate::config::http::{read_route_configuration, RouteConfiguration, Routes as RouteSpec};
-use crate::config::xds::{describe, reflect};
-use crate::config::{type_urls, Diag, Diagnostics, Listener, NetworkFilter};
+use crate::config::http::Routes as RouteSpec;
+use crate::config::xds::{describe, route_from_proto};
+use crate::config::{type_urls, Listener, NetworkFilter};
 use crate::http::rds::RouteSlot;
 use crate::http::route::RouteTable;
 use envoy_types::pb::envoy::config::route::v3 as pbr;
@@ -59,24 +59,6 @@ pub(super) fn route_init_key(name: &str) -> String {
 
 fn listener_init_key(name: &str) -> String {
     format!("listener:{name}")
-}
-
-/// Translates one RDS resource.
-fn route_from_proto(any: &Any) -> Result<(RouteConfiguration, Vec<Diag>), Vec<Diag>> {
-    let j = reflect::decode_json("envoy.config.route.v3.RouteConfiguration", &any.value).map_err(
-        |e| {
-            vec![Diag {
-                path: String::new(),
-                message: format!("undecodable: {e}"),
-            }]
-        },
-    )?;
-    let y = crate::config::yaml::Value::from_json(&j);
-    let mut d = Diagnostics::default();
-    match read_route_configuration(&y, &mut d) {
-        Some(rc) if d.errors.is_empty() => Ok((rc, d.warnings)),
-        _ => Err(d.errors),
-    }
 }
 
 impl XdsClient {

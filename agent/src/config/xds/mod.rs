@@ -128,6 +128,19 @@ fn address(a: &core::Address) -> Json {
     }
 }
 
+/// RDS: a RouteConfiguration, printed by reflection and read by the route readers.
+pub fn route_from_proto(any: &Any) -> Translated<super::http::RouteConfiguration> {
+    let j = reflect::decode_json("envoy.config.route.v3.RouteConfiguration", &any.value).map_err(
+        |e| {
+            vec![Diag {
+                path: String::new(),
+                message: format!("undecodable: {e}"),
+            }]
+        },
+    )?;
+    finish(j, super::http::read_route_configuration)
+}
+
 /// Renders diagnostics as one line for a NACK's error_detail.
 pub fn describe(what: &str, errors: &[Diag]) -> String {
     let parts: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
