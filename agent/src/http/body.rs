@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 
 /// Called once when the body ended cleanly (`true`) or was dropped before its end (`false`).
 pub trait OnEnd: Send + Sync + 'static {
-    fn ended(&mut self, complete: bool);
+    fn ended(&mut self, complete: bool, bytes: u64);
 }
 
 pub struct Body {
@@ -20,6 +20,8 @@ pub struct Body {
     on_end: Option<Box<dyn OnEnd>>,
     /// Data bytes read so far.
     pub(crate) bytes: u64,
+    /// Also counts the data bytes here (a request body, for access logs).
+    counter: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 enum Kind {
@@ -75,6 +77,11 @@ impl Replay {
         })
     }
 
+    /// Bytes read from the original body.
+    pub fn received(&self) -> u64 {
+        self.lock().size as u64
+    }
+
     /// Whether another attempt can send the whole body again.
     pub fn replayable(&self) -> bool {
         !self.lock().overflowed
@@ -101,6 +108,7 @@ impl Replay {
             ),
             on_end: None,
             bytes: 0,
+            counter: None,
         }
     }
 
@@ -137,8 +145,8 @@ impl Replay {
             }
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
+                    st.size += d.len();
                     if !st.overflowed {
-                        st.size += d.len();
                         if st.size > self.limit {
                             st.overflowed = true;
                             st.chunks = Vec::new();
@@ -180,6 +188,7 @@ impl Body {
             kind: Kind::Empty,
             on_end: None,
             bytes: 0,
+            counter: None,
         }
     }
 
@@ -193,6 +202,7 @@ impl Body {
             },
             on_end: None,
             bytes: 0,
+            counter: None,
         }
     }
 
@@ -201,7 +211,14 @@ impl Body {
             kind: Kind::Incoming(b),
             on_end: None,
             bytes: 0,
+            counter: None,
         }
+    }
+
+    /// Counts this body's data bytes into `c` too.
+    pub fn with_counter(mut self, c: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.counter = Some(c);
+        self
     }
 
     /// Runs `hook` when this body ends (or is dropped).
@@ -212,7 +229,7 @@ impl Body {
 
     fn finish(&mut self, complete: bool) {
         if let Some(mut h) = self.on_end.take() {
-            h.ended(complete);
+            h.ended(complete, self.bytes);
         }
     }
 }
@@ -249,6 +266,9 @@ impl HttpBody for Body {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     this.bytes += d.len() as u64;
+                    if let Some(c) = &this.counter {
+                        c.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
                 if this.is_end_stream() {
                     this.finish(true);

@@ -61,7 +61,7 @@ pub struct FormatContext<'a> {
     pub start: std::time::SystemTime,
 }
 
-fn hostname() -> &'static str {
+pub(super) fn hostname() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {
         let mut buf = [0u8; 256];

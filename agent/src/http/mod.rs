@@ -8,6 +8,7 @@
 //! SIGTERM, hand-over) HTTP/1.1 answers its in-flight request with `Connection: close` and
 //! HTTP/2 sends GOAWAY; in-flight requests finish until the drain's close phase.
 
+pub mod access_log;
 pub mod body;
 pub mod headers;
 pub mod rds;
@@ -51,6 +52,7 @@ pub struct ConnectionManager {
     clusters: Arc<ClusterManager>,
     pub stats: HttpStats,
     builder: auto::Builder<TokioExecutor>,
+    loggers: Vec<access_log::AccessLogger>,
 }
 
 impl std::fmt::Debug for ConnectionManager {
@@ -63,6 +65,8 @@ impl std::fmt::Debug for ConnectionManager {
 
 /// What the requests of one connection share.
 pub struct ConnInfo {
+    /// Unique per connection (`%CONNECTION_ID%`).
+    pub id: u64,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub original_dst: Option<SocketAddr>,
@@ -153,6 +157,11 @@ impl ConnectionManager {
             clusters,
             stats: HttpStats::new(store, &cfg.stat_prefix),
             builder,
+            loggers: cfg
+                .access_logs
+                .iter()
+                .map(|l| access_log::AccessLogger::new(l, store))
+                .collect(),
         })
     }
 
@@ -169,7 +178,9 @@ impl ConnectionManager {
         let s = &self.stats;
         s.downstream_cx_total.inc();
         s.downstream_cx_active.inc();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let conn = Arc::new(ConnInfo {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             peer: ds.peer,
             local: ds.local,
             original_dst: ds.original_dst,

@@ -45,6 +45,24 @@ pub enum Flag {
 }
 
 impl Flag {
+    /// Envoy's response code details for a local reply with this flag.
+    pub fn details(self) -> &'static str {
+        match self {
+            Flag::NoRoute => "route_not_found",
+            Flag::NoCluster => "cluster_not_found",
+            Flag::NoHealthyUpstream => "no_healthy_upstream",
+            Flag::UpstreamConnectionFailure => {
+                "upstream_reset_before_response_started{connection_failure}"
+            }
+            Flag::UpstreamRequestTimeout => "upstream_response_timeout",
+            Flag::UpstreamConnectionTermination => {
+                "upstream_reset_before_response_started{connection_termination}"
+            }
+            Flag::DownstreamProtocolError => "protocol_error",
+            Flag::UpstreamRetryLimitExceeded => "via_upstream",
+        }
+    }
+
     pub fn short(self) -> &'static str {
         match self {
             Flag::NoRoute => "NR",
@@ -67,6 +85,43 @@ pub(super) struct Exchange {
     upstream: Option<UpstreamBooks>,
     /// Why the exchange did not go as asked (for access logs).
     flag: Option<Flag>,
+    /// What access logs need (only when the connection manager has some).
+    log: Option<Box<LogInfo>>,
+}
+
+/// What an access log line needs beyond the exchange's books.
+pub(super) struct LogInfo {
+    method: http::Method,
+    path: String,
+    authority: String,
+    protocol: &'static str,
+    request_headers: HeaderMap,
+    response_headers: Option<HeaderMap>,
+    status: u16,
+    details: &'static str,
+    start: SystemTime,
+    response_after: Option<std::time::Duration>,
+    route_name: String,
+    upstream_host: Option<std::net::SocketAddr>,
+    upstream_cluster: Option<String>,
+    failure_reason: Option<String>,
+    attempts: u32,
+    received: Received,
+}
+
+/// Where the request's body bytes are counted.
+enum Received {
+    Counter(Arc<std::sync::atomic::AtomicU64>),
+    Replay(Arc<Replay>),
+}
+
+impl Received {
+    fn get(&self) -> u64 {
+        match self {
+            Received::Counter(c) => c.load(Ordering::Relaxed),
+            Received::Replay(r) => r.received(),
+        }
+    }
 }
 
 struct UpstreamBooks {
@@ -85,8 +140,43 @@ enum Release {
     H2(H2Conn),
 }
 
+impl Exchange {
+    fn write_logs(&self, bytes_sent: u64) {
+        let Some(l) = &self.log else { return };
+        let flags: Vec<&'static str> = self.flag.iter().map(|f| f.short()).collect();
+        let e = super::access_log::Entry {
+            start: l.start,
+            duration: self.start.elapsed(),
+            response_duration: l.response_after,
+            method: l.method.as_str(),
+            path: &l.path,
+            authority: &l.authority,
+            protocol: l.protocol,
+            request_headers: &l.request_headers,
+            status: l.status,
+            response_headers: l.response_headers.as_ref(),
+            flags: &flags,
+            details: l.details,
+            bytes_received: l.received.get(),
+            bytes_sent,
+            upstream_host: l.upstream_host,
+            upstream_cluster: l.upstream_cluster.as_deref(),
+            failure_reason: l.failure_reason.as_deref(),
+            attempts: l.attempts,
+            peer: self.conn.peer,
+            local: self.conn.local,
+            route_name: &l.route_name,
+            connection_id: self.conn.id,
+        };
+        for logger in &self.hcm.loggers {
+            logger.log(&e);
+        }
+    }
+}
+
 impl OnEnd for Exchange {
-    fn ended(&mut self, complete: bool) {
+    fn ended(&mut self, complete: bool, bytes: u64) {
+        self.write_logs(bytes);
         let s = &self.hcm.stats;
         s.downstream_rq_active.dec();
         s.downstream_rq_completed.inc();
@@ -191,15 +281,51 @@ impl ConnectionManager {
             start,
             upstream: None,
             flag: None,
+            log: None,
         };
         let (mut parts, body) = req.into_parts();
         let grpc = is_grpc(&parts.headers);
-        let reply = |ex: Exchange,
+        if !self.loggers.is_empty() {
+            let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            exchange.log = Some(Box::new(LogInfo {
+                method: parts.method.clone(),
+                path: parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_default(),
+                authority: parts
+                    .uri
+                    .authority()
+                    .map(|a| a.as_str())
+                    .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()))
+                    .unwrap_or_default()
+                    .to_string(),
+                protocol: protocol_name(parts.version),
+                request_headers: parts.headers.clone(),
+                response_headers: None,
+                status: 0,
+                details: "",
+                start: started_at,
+                response_after: None,
+                route_name: String::new(),
+                upstream_host: None,
+                upstream_cluster: None,
+                failure_reason: None,
+                attempts: 0,
+                received: Received::Counter(counter),
+            }));
+        }
+        let reply = |mut ex: Exchange,
                      status: StatusCode,
                      text: &str,
                      flag: Flag,
                      grpc_status: Option<u32>| {
             tracing::debug!(target: "http", peer = %ex.conn.peer, status = status.as_u16(), flag = flag.short(), "local reply: {text}");
+            ex.flag = Some(flag);
+            if let Some(l) = ex.log.as_mut() {
+                l.details = flag.details();
+            }
             self.finish(local_reply(status, text, grpc, grpc_status), ex, None)
         };
         if let Err((status, why)) = self.check_request(&mut parts.headers) {
@@ -236,6 +362,9 @@ impl ConnectionManager {
             return reply(exchange, StatusCode::NOT_FOUND, "", Flag::NoRoute, None);
         };
         let rc = &routes.config;
+        if let Some(l) = exchange.log.as_mut() {
+            l.route_name = route.name.clone();
+        }
         let fcx = FormatContext {
             downstream_remote: conn.peer,
             downstream_local: conn.local,
@@ -248,6 +377,9 @@ impl ConnectionManager {
         let forward = match &route.action {
             Action::DirectResponse { status, body } => {
                 s.rq_direct_response.inc();
+                if let Some(l) = exchange.log.as_mut() {
+                    l.details = "direct_response";
+                }
                 let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
                 let mut r = Response::new(match body {
                     Some(b) => Body::full(b.clone()),
@@ -269,6 +401,9 @@ impl ConnectionManager {
             }
             Action::Redirect(rd) => {
                 s.rq_redirect.inc();
+                if let Some(l) = exchange.log.as_mut() {
+                    l.details = "direct_response";
+                }
                 let r = redirect(rd, &parts.uri, &authority, route);
                 let mut r = r;
                 headers::mutate_response(
@@ -353,12 +488,27 @@ impl ConnectionManager {
             .or(policy.as_ref().and_then(|p| p.per_try_timeout));
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut body = match &policy {
-            Some(_) => Source::Replay(Replay::new(
-                body,
-                route.buffer_limit.unwrap_or(DEFAULT_BUFFER_LIMIT) as usize,
-            )),
-            None => Source::Once(Some(body)),
+            Some(_) => {
+                let r = Replay::new(
+                    body,
+                    route.buffer_limit.unwrap_or(DEFAULT_BUFFER_LIMIT) as usize,
+                );
+                if let Some(l) = exchange.log.as_mut() {
+                    l.received = Received::Replay(r.clone());
+                }
+                Source::Replay(r)
+            }
+            None => Source::Once(
+                Some(body),
+                exchange.log.as_ref().and_then(|l| match &l.received {
+                    Received::Counter(c) => Some(c.clone()),
+                    Received::Replay(_) => None,
+                }),
+            ),
         };
+        if let Some(l) = exchange.log.as_mut() {
+            l.upstream_cluster = Some(cluster_name.clone());
+        }
         let protocol = match cluster.config.http.protocol {
             UpstreamProtocol::Http1 => Version::HTTP_11,
             UpstreamProtocol::Http2 => Version::HTTP_2,
@@ -477,9 +627,20 @@ impl ConnectionManager {
             }
             match result {
                 Ok((r, release)) => break (host, r, release, sent),
-                Err(f) => return self.upstream_failure(exchange, f, grpc, &cluster),
+                Err(f) => {
+                    if let Some(l) = exchange.log.as_mut() {
+                        l.upstream_host = Some(host.address);
+                        l.attempts = attempt;
+                    }
+                    return self.upstream_failure(exchange, f, grpc, &cluster);
+                }
             }
         };
+        if let Some(l) = exchange.log.as_mut() {
+            l.upstream_host = Some(host.address);
+            l.attempts = attempt;
+            l.details = "via_upstream";
+        }
         let status = resp.status();
         if attempt > 1 && status.as_u16() < 500 {
             hs.upstream_rq_retry_success.inc();
@@ -541,6 +702,11 @@ impl ConnectionManager {
         request_id: Option<HeaderValue>,
     ) -> Response<Body> {
         self.stats.downstream_rq_xx.record(r.status().as_u16());
+        let mut ex = ex;
+        if let Some(l) = ex.log.as_mut() {
+            l.status = r.status().as_u16();
+            l.response_after = Some(ex.start.elapsed());
+        }
         if let Ok(v) = HeaderValue::from_str(&self.config.server_name) {
             r.headers_mut().insert(http::header::SERVER, v);
         }
@@ -549,18 +715,25 @@ impl ConnectionManager {
                 r.headers_mut().insert("x-request-id", id);
             }
         }
+        if let Some(l) = ex.log.as_mut() {
+            l.response_headers = Some(r.headers().clone());
+        }
         let (parts, body) = r.into_parts();
         Response::from_parts(parts, body.with_on_end(Box::new(ex)))
     }
 
     fn upstream_failure(
         &self,
-        ex: Exchange,
+        mut ex: Exchange,
         f: Failure,
         grpc: bool,
         cluster: &Cluster,
     ) -> Response<Body> {
         let hs = cluster.http_stats();
+        let reason = match &f {
+            Failure::Connect(why) | Failure::Reset(why) => Some(why.clone()),
+            _ => None,
+        };
         let (status, text, flag, grpc_status) = match f {
             Failure::NoHealthy => (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream".to_string(), Flag::NoHealthyUpstream, None),
             Failure::Connect(why) => (
@@ -583,6 +756,11 @@ impl ConnectionManager {
                 (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout".to_string(), Flag::UpstreamRequestTimeout, Some(4))
             }
         };
+        ex.flag = Some(flag);
+        if let Some(l) = ex.log.as_mut() {
+            l.details = flag.details();
+            l.failure_reason = reason;
+        }
         hs.record_status(status.as_u16());
         tracing::debug!(target: "http", peer = %ex.conn.peer, cluster = cluster.name(), status = status.as_u16(), flag = flag.short(), "{text}");
         let r = local_reply(status, &text, grpc, grpc_status);
@@ -778,21 +956,25 @@ const DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
 
 /// The request body of each attempt: the original once, or replayed.
 enum Source {
-    Once(Option<Incoming>),
+    Once(Option<Incoming>, Option<Arc<std::sync::atomic::AtomicU64>>),
     Replay(Arc<Replay>),
 }
 
 impl Source {
     fn attempt(&mut self) -> Body {
         match self {
-            Source::Once(b) => b.take().map(Body::incoming).unwrap_or_else(Body::empty),
+            Source::Once(b, counter) => match (b.take(), counter) {
+                (Some(b), Some(c)) => Body::incoming(b).with_counter(c.clone()),
+                (Some(b), None) => Body::incoming(b),
+                (None, _) => Body::empty(),
+            },
             Source::Replay(r) => r.attempt(),
         }
     }
 
     fn replayable(&self) -> bool {
         match self {
-            Source::Once(_) => false,
+            Source::Once(..) => false,
             Source::Replay(r) => r.replayable(),
         }
     }

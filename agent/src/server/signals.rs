@@ -1,13 +1,15 @@
-//! Signals: SIGTERM/SIGINT drain and stop, SIGHUP reloads, SIGUSR2 starts a successor.
+//! Signals: SIGTERM/SIGINT drain and stop, SIGHUP reloads, SIGUSR1 reopens the access logs,
+//! SIGUSR2 starts a successor.
 
 use super::*;
 
 pub(super) async fn handle_signals(shared: Arc<Shared>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
         signal(SignalKind::user_defined2()),
     ) else {
         tracing::error!("cannot install signal handlers");
@@ -25,6 +27,11 @@ pub(super) async fn handle_signals(shared: Arc<Shared>) {
                 // Binding sockets and parsing happen off the async workers.
                 let _ = tokio::task::spawn_blocking(move || s.reload()).await;
                 crate::notify::notify("READY=1\nSTATUS=serving");
+                continue;
+            }
+            _ = usr1.recv() => {
+                tracing::info!(signal = "SIGUSR1", "reopening the access logs");
+                crate::http::access_log::reopen_all();
                 continue;
             }
             _ = usr2.recv() => {

@@ -8,7 +8,8 @@ use super::*;
 
 use Field::{Ignored as I, Rejected as R, Supported as S};
 
-const NO_ACCESS_LOG: &str = "HTTP access logs arrive with the access log step of the HTTP issue";
+const NO_ACCESS_LOG: &str = "upstream access logs are not written";
+const FLUSH: &str = "lines are written as they come and flushed at least once a second";
 const NO_TRACING: &str = "tracing is not supported";
 const NO_ECDS: &str =
     "extension config discovery (ECDS) is not supported; configure the filter inline";
@@ -54,10 +55,10 @@ pub(in crate::config) const HCM_TABLE: FieldTable = &[
         "delayed_close_timeout",
         I("a connection closes once its last response is written"),
     ),
-    ("access_log", R(NO_ACCESS_LOG)),
-    ("access_log_flush_interval", I(NO_ACCESS_LOG)),
-    ("flush_access_log_on_new_request", I(NO_ACCESS_LOG)),
-    ("access_log_options", I(NO_ACCESS_LOG)),
+    ("access_log", S),
+    ("access_log_flush_interval", I(FLUSH)),
+    ("flush_access_log_on_new_request", I(FLUSH)),
+    ("access_log_options", I(FLUSH)),
     ("use_remote_address", S),
     ("xff_num_trusted_hops", S),
     (
@@ -474,6 +475,7 @@ pub(in crate::config) fn read_hcm(tc: &Obj, d: &mut Diagnostics) -> Option<HttpC
             .unwrap_or(false),
         websocket,
         suppress_envoy_headers,
+        access_logs: super::access_log::read_access_logs(tc, d),
         source: serde_json::Value::Null,
     };
     Some(hcm)

@@ -4,6 +4,7 @@
 //! shared by the bootstrap and xDS front doors; everything a request needs at run time
 //! (regexes included) is compiled here, once per config.
 
+pub mod access_log;
 mod hcm;
 mod headers;
 mod matchers;
@@ -14,12 +15,12 @@ mod tests;
 mod upstream;
 
 pub(super) use hcm::{read_hcm, HCM_TABLE};
-#[cfg(test)]
-pub(crate) use retry::TABLES as RETRY_TABLES;
 pub use retry::{parse_retry_on, retry_on, RetryPolicy};
 pub use route::read_route_configuration;
 pub(super) use upstream::read_upstream_http;
 pub use upstream::{UpstreamHttp, UpstreamProtocol};
+#[cfg(test)]
+pub(crate) use {access_log::TABLES as LOG_TABLES, retry::TABLES as RETRY_TABLES};
 #[cfg(test)]
 pub(crate) use {
     hcm::TABLES as HCM_TABLES, route::TABLES as ROUTE_TABLES, upstream::TABLES as UPSTREAM_TABLES,
@@ -98,6 +99,7 @@ pub struct HttpConnectionManager {
     pub websocket: bool,
     /// The router's `suppress_envoy_headers`: no `x-envoy-upstream-service-time`.
     pub suppress_envoy_headers: bool,
+    pub access_logs: Vec<access_log::AccessLog>,
     /// The config as given, for `/config_dump`.
     pub source: Json,
 }

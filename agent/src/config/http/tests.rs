@@ -302,6 +302,7 @@ fn every_http_field_table_entry_is_documented() {
             .iter()
             .chain(ROUTE_TABLES)
             .chain(RETRY_TABLES)
+            .chain(LOG_TABLES)
             .chain(UPSTREAM_TABLES)
     };
     let rows: usize = all().map(|(_, t)| t.len()).sum();
@@ -328,4 +329,61 @@ fn every_http_field_table_entry_is_documented() {
             );
         }
     }
+}
+
+#[test]
+fn access_logs_are_read_and_bad_ones_named() {
+    let with = |logs: &str| {
+        hcm(r#"[{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]"#).replace(
+            r#""stat_prefix": "in","#,
+            &format!(r#""stat_prefix": "in", "access_log": {logs},"#),
+        )
+    };
+    let file = |extra: &str| {
+        format!(
+            r#"[{{"name": "envoy.access_loggers.file", "typed_config": {{"@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", "path": "/tmp/x.log"{extra}}}}}]"#
+        )
+    };
+    let h = read(&with(&file(""))).unwrap();
+    assert_eq!(h.access_logs.len(), 1);
+    assert!(matches!(&h.access_logs[0].format, access_log::LogFormat::Text(t) if t.len() > 20));
+    let cases = [
+        (file(r#", "log_format": {"text_format": "%NOPE%"}"#), "unsupported command operator %NOPE%"),
+        (file(r#", "log_format": {"text_format": "%REQ(a b)%"}"#), "\"a b\" is not a header name"),
+        (file(r#", "log_format": {"text_format": "%RESPONSE_CODE"}"#), "unterminated command operator"),
+        (file(r#", "log_format": {"text_format": "%START_TIME(%Y-%m-%d)%"}"#), "custom time formats are not supported"),
+        (
+            r#"[{"name": "envoy.access_loggers.http_grpc", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"}}]"#.to_string(),
+            "access_log[0]: unsupported access logger",
+        ),
+        (
+            format!(r#"[{{"filter": {{"response_flag_filter": {{"flags": ["XX"]}}}}, {}"#, &file("")[2..]),
+            "filter.response_flag_filter.flags[0]: unknown response flag",
+        ),
+    ];
+    for (logs, want) in cases {
+        let e = read(&with(&logs)).unwrap_err();
+        assert!(e.contains(want), "{logs}\nwant: {want}\ngot: {e}");
+    }
+    let mut d = crate::config::Diagnostics::default();
+    let t =
+        access_log::parse_log_format("a%%b %REQ(X-Y?:PATH):3%c%PROTOCOL%", "p", &mut d).unwrap();
+    assert_eq!(
+        t,
+        vec![
+            access_log::LogToken::Literal("a%b ".into()),
+            access_log::LogToken::Op(access_log::LogOp::RequestHeader(
+                "x-y".into(),
+                Some(":path".into()),
+                Some(3)
+            )),
+            access_log::LogToken::Literal("c".into()),
+            access_log::LogToken::Op(access_log::LogOp::Protocol),
+        ]
+    );
+    let json = read(&with(&file(
+        r#", "log_format": {"json_format": {"a": "%RESPONSE_CODE%", "b": {"c": "x %PROTOCOL%"}}}"#,
+    )))
+    .unwrap();
+    assert!(matches!(&json.access_logs[0].format, access_log::LogFormat::Json(f) if f.len() == 2));
 }

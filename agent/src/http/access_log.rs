@@ -1,0 +1,376 @@
+//! Access logs, written off the request path: a request formats its line when it ends and
+//! hands it to a bounded queue (never waiting: a full queue drops the line and counts it);
+//! one writer thread per file drains the queue, writes in batches and flushes at least once
+//! a second. SIGUSR1 makes every writer reopen its file (log rotation). A writer lives as long
+//! as some connection manager logs to its file: a removed configuration ends its thread.
+
+use crate::config::http::access_log::{
+    AccessLog, JsonField, LogFilter, LogFormat, LogOp, LogSink, LogToken,
+};
+use crate::stats::{Counter, Store};
+use http::HeaderMap;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, SystemTime};
+
+/// Lines queued per file before new ones are dropped.
+const QUEUE: usize = 16 * 1024;
+
+/// Bumped by SIGUSR1: writers reopen their files.
+static REOPEN: AtomicU64 = AtomicU64::new(0);
+
+/// Reopens every access log file (after a rotation moved them away).
+pub fn reopen_all() {
+    REOPEN.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Plumb's `access_log.*` stats.
+#[derive(Debug)]
+struct LogStats {
+    written: Arc<Counter>,
+    dropped: Arc<Counter>,
+    write_failed: Arc<Counter>,
+    reopen_failed: Arc<Counter>,
+}
+
+/// One file's queue; its thread ends when the last `Writer` goes.
+#[derive(Debug)]
+struct Writer {
+    tx: SyncSender<String>,
+    stats: Arc<LogStats>,
+}
+
+fn registry() -> &'static Mutex<HashMap<LogSink, Weak<Writer>>> {
+    static R: OnceLock<Mutex<HashMap<LogSink, Weak<Writer>>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+fn open(sink: &LogSink) -> std::io::Result<Box<dyn std::io::Write + Send>> {
+    Ok(match sink {
+        LogSink::Stdout => Box::new(std::io::stdout()),
+        LogSink::Stderr => Box::new(std::io::stderr()),
+        LogSink::File(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ),
+    })
+}
+
+fn writer_for(sink: &LogSink, store: &Store) -> Arc<Writer> {
+    let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+    reg.retain(|_, w| w.strong_count() > 0);
+    if let Some(w) = reg.get(sink).and_then(Weak::upgrade) {
+        return w;
+    }
+    let s = store.root_scope("access_log");
+    let stats = Arc::new(LogStats {
+        written: s.counter("written"),
+        dropped: s.counter("dropped"),
+        write_failed: s.counter("write_failed"),
+        reopen_failed: s.counter("reopen_failed"),
+    });
+    let (tx, rx) = sync_channel(QUEUE);
+    let w = Arc::new(Writer {
+        tx,
+        stats: stats.clone(),
+    });
+    let sink2 = sink.clone();
+    if let Err(e) = std::thread::Builder::new()
+        .name("plumb-access-log".into())
+        .spawn(move || write_loop(sink2, rx, stats))
+    {
+        tracing::error!(error = %e, "cannot start the access log writer");
+    }
+    reg.insert(sink.clone(), Arc::downgrade(&w));
+    w
+}
+
+fn write_loop(sink: LogSink, rx: Receiver<String>, stats: Arc<LogStats>) {
+    let mut out = match open(&sink) {
+        Ok(o) => Some(std::io::BufWriter::with_capacity(64 * 1024, o)),
+        Err(e) => {
+            tracing::error!(?sink, error = %e, "cannot open the access log");
+            stats.reopen_failed.inc();
+            None
+        }
+    };
+    let mut generation = REOPEN.load(Ordering::Relaxed);
+    loop {
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(l) => Some(l),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let write =
+            |line: String, out: &mut Option<std::io::BufWriter<Box<dyn std::io::Write + Send>>>| {
+                match out.as_mut().map(|o| o.write_all(line.as_bytes())) {
+                    Some(Ok(())) => stats.written.inc(),
+                    _ => stats.write_failed.inc(),
+                }
+            };
+        if let Some(l) = first {
+            write(l, &mut out);
+            // Whatever else is queued goes in the same batch.
+            for l in rx.try_iter().take(QUEUE) {
+                write(l, &mut out);
+            }
+        }
+        if let Some(o) = out.as_mut() {
+            if o.flush().is_err() {
+                stats.write_failed.inc();
+            }
+        }
+        let now = REOPEN.load(Ordering::Relaxed);
+        if now != generation {
+            generation = now;
+            match open(&sink) {
+                Ok(o) => out = Some(std::io::BufWriter::with_capacity(64 * 1024, o)),
+                Err(e) => {
+                    tracing::error!(?sink, error = %e, "cannot reopen the access log");
+                    stats.reopen_failed.inc();
+                }
+            }
+        }
+    }
+    if let Some(mut o) = out {
+        let _ = o.flush();
+    }
+}
+
+/// What a log line may say about one request.
+pub struct Entry<'a> {
+    pub start: SystemTime,
+    pub duration: Duration,
+    pub response_duration: Option<Duration>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub authority: &'a str,
+    pub protocol: &'a str,
+    pub request_headers: &'a HeaderMap,
+    pub status: u16,
+    pub response_headers: Option<&'a HeaderMap>,
+    pub flags: &'a [&'static str],
+    pub details: &'a str,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_cluster: Option<&'a str>,
+    pub failure_reason: Option<&'a str>,
+    pub attempts: u32,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub route_name: &'a str,
+    pub connection_id: u64,
+}
+
+/// A configured access log.
+#[derive(Debug)]
+pub struct AccessLogger {
+    format: LogFormat,
+    filter: Option<LogFilter>,
+    writer: Arc<Writer>,
+}
+
+impl AccessLogger {
+    pub fn new(cfg: &AccessLog, store: &Store) -> Self {
+        Self {
+            format: cfg.format.clone(),
+            filter: cfg.filter.clone(),
+            writer: writer_for(&cfg.sink, store),
+        }
+    }
+
+    /// Formats and queues the line of `e`, if the filter takes it. Never blocks.
+    pub fn log(&self, e: &Entry) {
+        if let Some(f) = &self.filter {
+            if !passes(f, e) {
+                return;
+            }
+        }
+        let mut line = String::with_capacity(256);
+        match &self.format {
+            LogFormat::Text(tokens) => render(tokens, e, &mut line),
+            LogFormat::Json(fields) => {
+                line.push_str(&json_object(fields, e).to_string());
+                line.push('\n');
+            }
+        }
+        match self.writer.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.writer.stats.dropped.inc()
+            }
+        }
+    }
+}
+
+fn passes(f: &LogFilter, e: &Entry) -> bool {
+    match f {
+        LogFilter::StatusCode(op, v) => op.holds(e.status as u64, *v),
+        LogFilter::Duration(op, v) => op.holds(e.duration.as_millis() as u64, *v),
+        LogFilter::ResponseFlags(want) => {
+            if want.is_empty() {
+                !e.flags.is_empty()
+            } else {
+                e.flags.iter().any(|f| want.iter().any(|w| w == f))
+            }
+        }
+        LogFilter::NotHealthCheck => true,
+        LogFilter::And(fs) => fs.iter().all(|f| passes(f, e)),
+        LogFilter::Or(fs) => fs.iter().any(|f| passes(f, e)),
+    }
+}
+
+fn header<'h>(h: Option<&'h HeaderMap>, e: &'h Entry, name: &str) -> Option<&'h str> {
+    match name {
+        ":method" => Some(e.method),
+        ":path" => Some(e.path),
+        ":authority" => Some(e.authority),
+        ":scheme" => Some("http"),
+        _ => h?.get(name)?.to_str().ok(),
+    }
+}
+
+fn header_op(
+    h: Option<&HeaderMap>,
+    e: &Entry,
+    main: &str,
+    alt: &Option<String>,
+    max: &Option<usize>,
+    out: &mut String,
+) {
+    let v = header(h, e, main).or_else(|| alt.as_deref().and_then(|a| header(h, e, a)));
+    match v {
+        Some(v) => {
+            let v = match max {
+                Some(n) => &v[..v.len().min(*n)],
+                None => v,
+            };
+            out.push_str(v);
+        }
+        None => out.push('-'),
+    }
+}
+
+fn op(o: &LogOp, e: &Entry, out: &mut String) {
+    let dash = |out: &mut String| out.push('-');
+    match o {
+        LogOp::StartTime => out.push_str(&crate::xds::rfc3339(e.start)),
+        LogOp::RequestHeader(m, a, n) => header_op(Some(e.request_headers), e, m, a, n, out),
+        LogOp::ResponseHeader(m, a, n) => header_op(e.response_headers, e, m, a, n, out),
+        LogOp::ResponseTrailer(..) => dash(out),
+        LogOp::ResponseCode => {
+            let _ = write!(out, "{}", e.status);
+        }
+        LogOp::ResponseFlags => {
+            if e.flags.is_empty() {
+                dash(out)
+            } else {
+                out.push_str(&e.flags.join(","));
+            }
+        }
+        LogOp::ResponseCodeDetails => {
+            out.push_str(if e.details.is_empty() { "-" } else { e.details })
+        }
+        LogOp::BytesReceived => {
+            let _ = write!(out, "{}", e.bytes_received);
+        }
+        LogOp::BytesSent => {
+            let _ = write!(out, "{}", e.bytes_sent);
+        }
+        LogOp::Duration => {
+            let _ = write!(out, "{}", e.duration.as_millis());
+        }
+        LogOp::ResponseDuration => match e.response_duration {
+            Some(d) => {
+                let _ = write!(out, "{}", d.as_millis());
+            }
+            None => dash(out),
+        },
+        LogOp::UpstreamHost => match e.upstream_host {
+            Some(h) => {
+                let _ = write!(out, "{h}");
+            }
+            None => dash(out),
+        },
+        LogOp::UpstreamCluster => out.push_str(e.upstream_cluster.unwrap_or("-")),
+        LogOp::UpstreamTransportFailureReason => out.push_str(e.failure_reason.unwrap_or("-")),
+        LogOp::UpstreamRequestAttemptCount => {
+            let _ = write!(out, "{}", e.attempts);
+        }
+        LogOp::DownstreamRemoteAddress => {
+            let _ = write!(out, "{}", e.peer);
+        }
+        LogOp::DownstreamRemoteAddressWithoutPort => {
+            let _ = write!(out, "{}", e.peer.ip());
+        }
+        LogOp::DownstreamLocalAddress => {
+            let _ = write!(out, "{}", e.local);
+        }
+        LogOp::DownstreamLocalAddressWithoutPort => {
+            let _ = write!(out, "{}", e.local.ip());
+        }
+        LogOp::DownstreamLocalPort => {
+            let _ = write!(out, "{}", e.local.port());
+        }
+        LogOp::Protocol => out.push_str(e.protocol),
+        LogOp::RouteName => out.push_str(if e.route_name.is_empty() {
+            "-"
+        } else {
+            e.route_name
+        }),
+        LogOp::Hostname => out.push_str(super::headers::hostname()),
+        LogOp::ConnectionId => {
+            let _ = write!(out, "{}", e.connection_id);
+        }
+    }
+}
+
+fn render(tokens: &[LogToken], e: &Entry, out: &mut String) {
+    for t in tokens {
+        match t {
+            LogToken::Literal(s) => out.push_str(s),
+            LogToken::Op(o) => op(o, e, out),
+        }
+    }
+}
+
+fn json_object(fields: &[(String, JsonField)], e: &Entry) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (k, f) in fields {
+        let v = match f {
+            JsonField::Object(inner) => json_object(inner, e),
+            // A lone operator keeps its type, as in Envoy: numbers stay numbers.
+            JsonField::Format(tokens) => {
+                let mut s = String::new();
+                render(tokens, e, &mut s);
+                match tokens.as_slice() {
+                    [LogToken::Op(
+                        LogOp::ResponseCode
+                        | LogOp::BytesReceived
+                        | LogOp::BytesSent
+                        | LogOp::Duration
+                        | LogOp::ResponseDuration
+                        | LogOp::UpstreamRequestAttemptCount
+                        | LogOp::DownstreamLocalPort
+                        | LogOp::ConnectionId,
+                    )] => s
+                        .parse::<u64>()
+                        .map(serde_json::Value::from)
+                        .unwrap_or(serde_json::Value::Null),
+                    _ if s == "-" => serde_json::Value::Null,
+                    _ => serde_json::Value::String(s),
+                }
+            }
+        };
+        m.insert(k.clone(), v);
+    }
+    serde_json::Value::Object(m)
+}
