@@ -304,6 +304,10 @@ fn bundled_default_config_is_valid() {
         out.contains("demo 127.0.0.1:10000 tcp_proxy -> cluster admin_loopback"),
         "{out}"
     );
+    assert!(
+        out.contains("http 127.0.0.1:10001 http_connection_manager http_demo (1 virtual hosts)"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -196,9 +196,9 @@ fn demo(args: &[String]) -> Result<()> {
     }
     run(cargo().args(["build", "--release", "-p", "plumb"]))?;
     let bin = root_dir().join("target/release/plumb");
-    for port in [15000u16, 10000] {
+    for port in [15000u16, 10000, 10001] {
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-            bail!("127.0.0.1:{port} is in use; the bundled default config needs ports 15000 (admin) and 10000 (demo listener)");
+            bail!("127.0.0.1:{port} is in use; the bundled default config needs ports 15000 (admin), 10000 (TCP demo listener) and 10001 (HTTP demo listener)");
         }
     }
     let log_path = root_dir().join("target/plumb-demo.log");
@@ -219,7 +219,8 @@ fn demo(args: &[String]) -> Result<()> {
         log_path.display()
     );
     println!("  admin           http://127.0.0.1:15000/");
-    println!("  listener demo   127.0.0.1:10000 --tcp_proxy--> cluster admin_loopback (127.0.0.1:15000)\n");
+    println!("  listener demo   127.0.0.1:10000 --tcp_proxy--> cluster admin_loopback (127.0.0.1:15000)");
+    println!("  listener http   127.0.0.1:10001 --HTTP routes--> /hello: answered by plumb; /admin/*: cluster admin_loopback\n");
 
     let proxied = "127.0.0.1:10000";
     let n = 20;
@@ -236,6 +237,40 @@ fn demo(args: &[String]) -> Result<()> {
             log_path.display()
         );
     }
+    // HTTP: routed requests, each written to the access log (stdout, here the demo log).
+    let http = "127.0.0.1:10001";
+    let (code, hello) = http_get(http, "/hello")?;
+    println!("GET {http}/hello -> {code} {:?} (a direct response from the route table)", hello.trim());
+    let mut routed = 0;
+    for _ in 0..n {
+        if let Ok((200, _)) = http_get(http, "/admin/server_info") {
+            routed += 1;
+        }
+    }
+    let (missing, _) = http_get(http, "/nowhere")?;
+    println!("GET {http}/admin/server_info x{n} -> {routed} answered 200 (prefix rewritten to /server_info, sent to the admin cluster)");
+    println!("GET {http}/nowhere -> {missing} (no route: flag NR)\n");
+    if code != 200 || routed != n || missing != 404 {
+        bail!("the HTTP listener did not answer as expected; see {}", log_path.display());
+    }
+    let filter = "%5Ehttp%5C.http_demo%5C.%28downstream_rq_%5B0-9%5Dxx%7Cdownstream_rq_total%7Cno_route%7Crq_direct_response%29%7C%5Ecluster%5C.admin_loopback%5C.upstream_rq_200";
+    let (_, stats) = http_get(admin, &format!("/stats?usedonly&filter={filter}"))?;
+    println!("HTTP stats (GET {admin}/stats?usedonly&filter=...):\n");
+    for line in stats.lines() {
+        println!("  {line}");
+    }
+    wait_for("access log lines", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("\"GET /nowhere HTTP/1.1\" 404 NR"))
+    })?;
+    let logged = std::fs::read_to_string(&log_path)?;
+    println!("\naccess log lines (stdout of plumb, in {}):\n", log_path.display());
+    for line in logged.lines().filter(|l| l.starts_with('[')).take(2) {
+        println!("  {line}");
+    }
+    if let Some(l) = logged.lines().find(|l| l.contains("/nowhere")) {
+        println!("  {l}");
+    }
+    println!();
     let filter = "%5E%28listener%5C.127%5C.0%5C.0%5C.1_10000%7Ccluster%5C.admin_loopback%7Ctcp%5C.demo%29%5C.";
     let (_, stats) = http_get(proxied, &format!("/stats?usedonly&filter={filter}"))?;
     println!("its stats, fetched through the proxy itself (GET 127.0.0.1:10000/stats?usedonly&filter=...):\n");
@@ -246,6 +281,7 @@ fn demo(args: &[String]) -> Result<()> {
         "\ntry: curl -s 127.0.0.1:10000/stats | less     curl -s 127.0.0.1:15000/stats/prometheus"
     );
     println!("     curl -s 127.0.0.1:15000/clusters          curl -s 127.0.0.1:15000/config_dump");
+    println!("     curl -s 127.0.0.1:10001/hello             curl -s --http2-prior-knowledge 127.0.0.1:10001/admin/ready");
     if keep {
         println!(
             "\nplumb keeps running (pid {}); Ctrl-C drains and stops it.",

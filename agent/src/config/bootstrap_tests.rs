@@ -66,7 +66,7 @@ fn every_field_table_entry_is_documented() {
 #[test]
 fn bundled_default_is_valid() {
     let s = parse_bootstrap(DEFAULT_BOOTSTRAP, "default").expect("default config");
-    assert_eq!(s.listeners.len(), 1);
+    assert_eq!(s.listeners.len(), 2);
     assert!(s.warnings.is_empty(), "{:?}", s.warnings);
 }
 

@@ -347,6 +347,9 @@ impl ConnectionManager {
             },
         };
         let request_id = self.request_id(&mut parts.headers);
+        if let (Some(l), Some(id)) = (exchange.log.as_mut(), &request_id) {
+            l.request_headers.insert("x-request-id", id.clone());
+        }
         let Some(routes) = self.route_table() else {
             s.no_route.inc();
             return reply(exchange, StatusCode::NOT_FOUND, "", Flag::NoRoute, None);
