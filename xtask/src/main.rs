@@ -219,7 +219,9 @@ fn demo(args: &[String]) -> Result<()> {
         log_path.display()
     );
     println!("  admin           http://127.0.0.1:15000/");
-    println!("  listener demo   127.0.0.1:10000 --tcp_proxy--> cluster admin_loopback (127.0.0.1:15000)");
+    println!(
+        "  listener demo   127.0.0.1:10000 --tcp_proxy--> cluster admin_loopback (127.0.0.1:15000)"
+    );
     println!("  listener http   127.0.0.1:10001 --HTTP routes--> /hello: answered by plumb; /admin/*: cluster admin_loopback\n");
 
     let proxied = "127.0.0.1:10000";
@@ -240,7 +242,10 @@ fn demo(args: &[String]) -> Result<()> {
     // HTTP: routed requests, each written to the access log (stdout, here the demo log).
     let http = "127.0.0.1:10001";
     let (code, hello) = http_get(http, "/hello")?;
-    println!("GET {http}/hello -> {code} {:?} (a direct response from the route table)", hello.trim());
+    println!(
+        "GET {http}/hello -> {code} {:?} (a direct response from the route table)",
+        hello.trim()
+    );
     let mut routed = 0;
     for _ in 0..n {
         if let Ok((200, _)) = http_get(http, "/admin/server_info") {
@@ -251,7 +256,10 @@ fn demo(args: &[String]) -> Result<()> {
     println!("GET {http}/admin/server_info x{n} -> {routed} answered 200 (prefix rewritten to /server_info, sent to the admin cluster)");
     println!("GET {http}/nowhere -> {missing} (no route: flag NR)\n");
     if code != 200 || routed != n || missing != 404 {
-        bail!("the HTTP listener did not answer as expected; see {}", log_path.display());
+        bail!(
+            "the HTTP listener did not answer as expected; see {}",
+            log_path.display()
+        );
     }
     let filter = "%5Ehttp%5C.http_demo%5C.%28downstream_rq_%5B0-9%5Dxx%7Cdownstream_rq_total%7Cno_route%7Crq_direct_response%29%7C%5Ecluster%5C.admin_loopback%5C.upstream_rq_200";
     let (_, stats) = http_get(admin, &format!("/stats?usedonly&filter={filter}"))?;
@@ -260,10 +268,14 @@ fn demo(args: &[String]) -> Result<()> {
         println!("  {line}");
     }
     wait_for("access log lines", Duration::from_secs(5), || {
-        std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("\"GET /nowhere HTTP/1.1\" 404 NR"))
+        std::fs::read_to_string(&log_path)
+            .is_ok_and(|l| l.contains("\"GET /nowhere HTTP/1.1\" 404 NR"))
     })?;
     let logged = std::fs::read_to_string(&log_path)?;
-    println!("\naccess log lines (stdout of plumb, in {}):\n", log_path.display());
+    println!(
+        "\naccess log lines (stdout of plumb, in {}):\n",
+        log_path.display()
+    );
     for line in logged.lines().filter(|l| l.starts_with('[')).take(2) {
         println!("  {line}");
     }
