@@ -65,7 +65,11 @@ const TEST_TOOLS: &[(&str, &str)] = &[
 const BENCH_TOOLS: &[(&str, &str)] = &[("haproxy", "haproxy")];
 
 /// PyPI tools by the Python module they provide (pinned).
-const PYPI_TOOLS: &[(&str, &str)] = &[("kubernetes_validate", "kubernetes-validate==1.37.0")];
+const PYPI_TOOLS: &[(&str, &str)] = &[
+    ("kubernetes_validate", "kubernetes-validate==1.37.0"),
+    // gRPC clients and servers through the connection manager (tests/tests/grpc.rs).
+    ("grpc", "grpcio==1.76.0"),
+];
 
 pub fn deps(bench: bool) -> Result<()> {
     let mut wanted: Vec<(&str, &str)> = TEST_TOOLS.to_vec();

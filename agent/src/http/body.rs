@@ -12,7 +12,18 @@ use std::task::{Context, Poll};
 
 /// Called once when the body ended cleanly (`true`) or was dropped before its end (`false`).
 pub trait OnEnd: Send + Sync + 'static {
-    fn ended(&mut self, complete: bool, bytes: u64);
+    fn ended(&mut self, end: End);
+}
+
+/// How a body ended.
+#[derive(Debug, Clone, Copy)]
+pub struct End {
+    /// Read to its end (else dropped before).
+    pub complete: bool,
+    /// Data bytes read.
+    pub bytes: u64,
+    /// The `grpc-status` of its trailers, if any.
+    pub grpc_status: Option<u32>,
 }
 
 pub struct Body {
@@ -22,6 +33,8 @@ pub struct Body {
     pub(crate) bytes: u64,
     /// Also counts the data bytes here (a request body, for access logs).
     counter: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The `grpc-status` of the trailers that went through.
+    grpc_status: Option<u32>,
 }
 
 enum Kind {
@@ -109,6 +122,7 @@ impl Replay {
             on_end: None,
             bytes: 0,
             counter: None,
+            grpc_status: None,
         }
     }
 
@@ -189,6 +203,7 @@ impl Body {
             on_end: None,
             bytes: 0,
             counter: None,
+            grpc_status: None,
         }
     }
 
@@ -203,6 +218,7 @@ impl Body {
             on_end: None,
             bytes: 0,
             counter: None,
+            grpc_status: None,
         }
     }
 
@@ -212,6 +228,7 @@ impl Body {
             on_end: None,
             bytes: 0,
             counter: None,
+            grpc_status: None,
         }
     }
 
@@ -229,7 +246,11 @@ impl Body {
 
     fn finish(&mut self, complete: bool) {
         if let Some(mut h) = self.on_end.take() {
-            h.ended(complete, self.bytes);
+            h.ended(End {
+                complete,
+                bytes: self.bytes,
+                grpc_status: self.grpc_status,
+            });
         }
     }
 }
@@ -269,6 +290,11 @@ impl HttpBody for Body {
                     if let Some(c) = &this.counter {
                         c.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     }
+                } else if let Some(t) = f.trailers_ref() {
+                    this.grpc_status = t
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
                 }
                 if this.is_end_stream() {
                     this.finish(true);

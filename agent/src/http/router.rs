@@ -3,7 +3,7 @@
 //! cluster's protocol, and sends; local replies carry Envoy's texts and response flags.
 
 use super::body::Replay;
-use super::body::{Body, OnEnd};
+use super::body::{Body, End, OnEnd};
 use super::headers::{self, FormatContext};
 use super::retry;
 use super::route::{is_grpc, RequestView};
@@ -87,6 +87,9 @@ pub(super) struct Exchange {
     flag: Option<Flag>,
     /// What access logs need (only when the connection manager has some).
     log: Option<Box<LogInfo>>,
+    /// A gRPC call counted by the grpc_stats filter: its `service.method` stat infix (or the
+    /// aggregate), and a `grpc-status` seen in the response headers (trailers-only).
+    grpc_call: Option<(Option<String>, Option<u32>)>,
 }
 
 /// What an access log line needs beyond the exchange's books.
@@ -175,8 +178,18 @@ impl Exchange {
 }
 
 impl OnEnd for Exchange {
-    fn ended(&mut self, complete: bool, bytes: u64) {
+    fn ended(&mut self, end: End) {
+        let (complete, bytes) = (end.complete, end.bytes);
         self.write_logs(bytes);
+        if let (Some((infix, header_status)), Some(u)) = (&self.grpc_call, &self.upstream) {
+            let c = u.cluster.http_stats().grpc(infix.as_deref());
+            c.total.inc();
+            if end.grpc_status.or(*header_status) == Some(0) {
+                c.success.inc();
+            } else {
+                c.failure.inc();
+            }
+        }
         let s = &self.hcm.stats;
         s.downstream_rq_active.dec();
         s.downstream_rq_completed.inc();
@@ -282,9 +295,15 @@ impl ConnectionManager {
             upstream: None,
             flag: None,
             log: None,
+            grpc_call: None,
         };
         let (mut parts, body) = req.into_parts();
         let grpc = is_grpc(&parts.headers);
+        if grpc {
+            if let Some(g) = &self.config.grpc_stats {
+                exchange.grpc_call = Some((g.infix(parts.uri.path()), None));
+            }
+        }
         if !self.loggers.is_empty() {
             let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
             exchange.log = Some(Box::new(LogInfo {
@@ -485,7 +504,23 @@ impl ConnectionManager {
         let internal = retry::is_internal(conn.peer.ip());
         let (policy, overrides) =
             retry::effective(forward.retry_policy.as_ref(), &mut uh, internal);
-        let timeout = overrides.timeout.unwrap_or(forward.timeout);
+        let timeout = overrides.timeout.unwrap_or(match forward.max_grpc_timeout {
+            // gRPC: the client's deadline (none: no timeout), capped, less the offset.
+            Some(max) if grpc => {
+                let cap = (!max.is_zero()).then_some(max);
+                match (grpc_timeout(&uh), cap) {
+                    (Some(t), cap) => {
+                        let t = cap.map_or(t, |c| t.min(c));
+                        Some(match forward.grpc_timeout_offset {
+                            Some(o) if o < t => t - o,
+                            _ => t,
+                        })
+                    }
+                    (None, cap) => cap,
+                }
+            }
+            _ => forward.timeout,
+        });
         let per_try = overrides
             .per_try_timeout
             .or(policy.as_ref().and_then(|p| p.per_try_timeout));
@@ -720,6 +755,13 @@ impl ConnectionManager {
         }
         if let Some(l) = ex.log.as_mut() {
             l.response_headers = Some(r.headers().clone());
+        }
+        if let Some((_, status)) = ex.grpc_call.as_mut() {
+            *status = r
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
         }
         let (parts, body) = r.into_parts();
         Response::from_parts(parts, body.with_on_end(Box::new(ex)))
@@ -1008,4 +1050,45 @@ fn pick(
         }
     }
     Some(host)
+}
+
+/// A request's `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+pub(super) fn grpc_timeout(h: &HeaderMap) -> Option<std::time::Duration> {
+    let v = h.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (n, unit) = v.split_at(v.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    use std::time::Duration as D;
+    Some(match unit {
+        "H" => D::from_secs(n.checked_mul(3600)?),
+        "M" => D::from_secs(n.checked_mul(60)?),
+        "S" => D::from_secs(n),
+        "m" => D::from_millis(n),
+        "u" => D::from_micros(n),
+        "n" => D::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let t = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&h)
+        };
+        assert_eq!(t("100m"), Some(std::time::Duration::from_millis(100)));
+        assert_eq!(t("2S"), Some(std::time::Duration::from_secs(2)));
+        assert_eq!(t("1H"), Some(std::time::Duration::from_secs(3600)));
+        assert_eq!(t("5n"), Some(std::time::Duration::from_nanos(5)));
+        for bad in ["", "m", "123456789S", "10x", "-1S", "1.5S"] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
+    }
 }

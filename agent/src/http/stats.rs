@@ -129,6 +129,16 @@ pub struct ClusterHttpStats {
     pub upstream_cx_protocol_error: Arc<Counter>,
     pub upstream_cx_max_requests: Arc<Counter>,
     pub upstream_cx_idle_timeout: Arc<Counter>,
+    /// `grpc.<service>.<method>.*` (and the aggregate `grpc.*` under ""), created on use.
+    grpc: std::sync::Mutex<std::collections::HashMap<String, Arc<GrpcCounters>>>,
+}
+
+/// `envoy.filters.http.grpc_stats`'s counters of one service and method (or all calls).
+#[derive(Debug)]
+pub struct GrpcCounters {
+    pub success: Arc<Counter>,
+    pub failure: Arc<Counter>,
+    pub total: Arc<Counter>,
 }
 
 impl ClusterHttpStats {
@@ -158,7 +168,29 @@ impl ClusterHttpStats {
             upstream_cx_protocol_error: s.counter("upstream_cx_protocol_error"),
             upstream_cx_max_requests: s.counter("upstream_cx_max_requests"),
             upstream_cx_idle_timeout: s.counter("upstream_cx_idle_timeout"),
+            grpc: Default::default(),
         }
+    }
+
+    /// The gRPC counters of `infix` (`service.method`), or of all calls.
+    pub fn grpc(&self, infix: Option<&str>) -> Arc<GrpcCounters> {
+        let key = infix.unwrap_or("");
+        let mut m = self.grpc.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = m.get(key) {
+            return c.clone();
+        }
+        let prefix = if key.is_empty() {
+            "grpc.".to_string()
+        } else {
+            format!("grpc.{key}.")
+        };
+        let c = Arc::new(GrpcCounters {
+            success: self.scope.counter(&format!("{prefix}success")),
+            failure: self.scope.counter(&format!("{prefix}failure")),
+            total: self.scope.counter(&format!("{prefix}total")),
+        });
+        m.insert(key.to_string(), c.clone());
+        c
     }
 
     /// Counts a response status: `upstream_rq_<code>` and `upstream_rq_<N>xx`.

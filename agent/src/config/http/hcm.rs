@@ -316,6 +316,54 @@ const ROUTER: FieldTable = &[
 
 const ROUTER_NAMES: &[&str] = &["envoy.filters.http.router", "envoy.router"];
 
+const GRPC_STATS_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig";
+const GRPC_STATS_NAMES: &[&str] = &["envoy.filters.http.grpc_stats", "envoy.grpc_stats"];
+
+const GRPC_STATS: FieldTable = &[
+    ("@type", S),
+    ("emit_filter_state", I("filter state is not kept")),
+    ("individual_method_stats_allowlist", S),
+    ("stats_for_all_methods", S),
+    (
+        "enable_upstream_stats",
+        I("upstream gRPC timing is in cluster.<name>.upstream_rq_time"),
+    ),
+    ("replace_dots_in_grpc_service_name", S),
+];
+
+const GRPC_METHOD_LIST: FieldTable = &[("services", S)];
+const GRPC_SERVICE_METHODS: FieldTable = &[("name", S), ("method_names", S)];
+
+fn read_grpc_stats(f: &Obj, d: &mut Diagnostics) -> GrpcStatsConfig {
+    let mut c = GrpcStatsConfig::default();
+    let Some(tc) = f.object("typed_config", GRPC_STATS, d) else {
+        return c;
+    };
+    c.all_methods = tc.boolean("stats_for_all_methods", d).unwrap_or(false);
+    c.replace_dots = tc
+        .boolean("replace_dots_in_grpc_service_name", d)
+        .unwrap_or(false);
+    if let Some(l) = tc.object("individual_method_stats_allowlist", GRPC_METHOD_LIST, d) {
+        for (p, v) in l.list("services", d) {
+            let Some(s) = Obj::new(v, &p, GRPC_SERVICE_METHODS, d) else {
+                continue;
+            };
+            let Some(name) = s.required_string("name", d) else {
+                continue;
+            };
+            let methods = s
+                .list("method_names", d)
+                .into_iter()
+                .filter_map(|(_, m)| m.as_str().map(str::to_string))
+                .collect();
+            c.allowlist.push((name, methods));
+        }
+        c.has_allowlist = true;
+    }
+    c
+}
+
 /// Kilobytes of request headers: Envoy's default and maximum.
 const DEFAULT_MAX_HEADERS_KB: u64 = 60;
 const MAX_HEADERS_KB: u64 = 8192;
@@ -440,7 +488,7 @@ pub(in crate::config) fn read_hcm(tc: &Obj, d: &mut Diagnostics) -> Option<HttpC
             );
         }
     }
-    let suppress_envoy_headers = read_http_filters(tc, d);
+    let (suppress_envoy_headers, grpc_stats) = read_http_filters(tc, d);
     let hcm = HttpConnectionManager {
         stat_prefix: stat_prefix?,
         codec_type,
@@ -475,6 +523,7 @@ pub(in crate::config) fn read_hcm(tc: &Obj, d: &mut Diagnostics) -> Option<HttpC
             .unwrap_or(false),
         websocket,
         suppress_envoy_headers,
+        grpc_stats,
         access_logs: super::access_log::read_access_logs(tc, d),
         source: serde_json::Value::Null,
     };
@@ -484,16 +533,17 @@ pub(in crate::config) fn read_hcm(tc: &Obj, d: &mut Diagnostics) -> Option<HttpC
 /// The HTTP filter chain: the router, last. Other filters arrive with the filters step of the
 /// HTTP issue; until then a filter marked `is_optional` is skipped with a warning and any
 /// other is refused.
-/// Returns the router's `suppress_envoy_headers`.
-fn read_http_filters(tc: &Obj, d: &mut Diagnostics) -> bool {
+/// Returns the router's `suppress_envoy_headers` and the grpc_stats filter's config.
+fn read_http_filters(tc: &Obj, d: &mut Diagnostics) -> (bool, Option<GrpcStatsConfig>) {
     let mut suppress = false;
+    let mut grpc_stats = None;
     let filters = tc.list("http_filters", d);
     if filters.is_empty() {
         d.error(
             tc.at("http_filters"),
             "missing required field: the last filter must be envoy.filters.http.router",
         );
-        return suppress;
+        return (suppress, grpc_stats);
     }
     let last = filters.len() - 1;
     for (i, (path, v)) in filters.iter().enumerate() {
@@ -519,6 +569,14 @@ fn read_http_filters(tc: &Obj, d: &mut Diagnostics) -> bool {
             }
             continue;
         }
+        let is_grpc_stats = match &type_url {
+            Some(t) => t == GRPC_STATS_TYPE,
+            None => GRPC_STATS_NAMES.contains(&name.as_str()),
+        };
+        if is_grpc_stats && i != last {
+            grpc_stats = Some(read_grpc_stats(&f, d));
+            continue;
+        }
         let what = type_url.unwrap_or(name);
         if f.boolean("is_optional", d).unwrap_or(false) {
             d.warn(
@@ -533,11 +591,11 @@ fn read_http_filters(tc: &Obj, d: &mut Diagnostics) -> bool {
         } else {
             d.error(
                 path,
-                format!("unsupported HTTP filter \"{what}\" (supported: envoy.filters.http.router; mark a filter is_optional to skip it)"),
+                format!("unsupported HTTP filter \"{what}\" (supported: envoy.filters.http.grpc_stats, envoy.filters.http.router; mark a filter is_optional to skip it)"),
             );
         }
     }
-    suppress
+    (suppress, grpc_stats)
 }
 
 #[cfg(test)]
@@ -550,4 +608,7 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("Rds", RDS),
     ("HttpFilter", HTTP_FILTER),
     ("Router", ROUTER),
+    ("GrpcStats", GRPC_STATS),
+    ("GrpcMethodList", GRPC_METHOD_LIST),
+    ("GrpcMethodList.Service", GRPC_SERVICE_METHODS),
 ];

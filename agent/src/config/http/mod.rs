@@ -99,9 +99,49 @@ pub struct HttpConnectionManager {
     pub websocket: bool,
     /// The router's `suppress_envoy_headers`: no `x-envoy-upstream-service-time`.
     pub suppress_envoy_headers: bool,
+    /// `envoy.filters.http.grpc_stats`, when in the filter chain.
+    pub grpc_stats: Option<GrpcStatsConfig>,
     pub access_logs: Vec<access_log::AccessLog>,
     /// The config as given, for `/config_dump`.
     pub source: Json,
+}
+
+/// `envoy.filters.http.grpc_stats`: which gRPC calls get their own stats.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GrpcStatsConfig {
+    /// Stats per service and method for every call (only safe with trusted clients).
+    pub all_methods: bool,
+    /// Services (and their methods) with their own stats; other calls count together.
+    pub allowlist: Vec<(String, Vec<String>)>,
+    pub has_allowlist: bool,
+    pub replace_dots: bool,
+}
+
+impl GrpcStatsConfig {
+    /// The stat infix for a call to `/service/method`: `service.method`, or `None` when it
+    /// counts in the aggregate (`cluster.<name>.grpc.*`).
+    pub fn infix(&self, path: &str) -> Option<String> {
+        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+        if service.is_empty() || method.is_empty() || method.contains('/') {
+            return None;
+        }
+        let named = if self.has_allowlist {
+            self.allowlist
+                .iter()
+                .any(|(s, ms)| s == service && ms.iter().any(|m| m == method))
+        } else {
+            self.all_methods
+        };
+        if !named {
+            return None;
+        }
+        let service = if self.replace_dots {
+            service.replace('.', "_")
+        } else {
+            service.to_string()
+        };
+        Some(format!("{service}.{method}"))
+    }
 }
 
 /// Where a connection manager's routes come from.
@@ -328,6 +368,11 @@ pub struct Forward {
     /// 15 s; `None`: disabled).
     pub timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+    /// When set, a gRPC request's `grpc-timeout` becomes its timeout, capped by this value
+    /// (`0s`: no cap).
+    pub max_grpc_timeout: Option<Duration>,
+    /// Taken off `grpc-timeout` (for the time the response takes back to the client).
+    pub grpc_timeout_offset: Option<Duration>,
     pub prefix_rewrite: Option<String>,
     pub regex_rewrite: Option<(Pattern, String)>,
     pub host_rewrite: HostRewrite,

@@ -192,8 +192,8 @@ const ROUTE_ACTION: FieldTable = &[
         I("hash policies only matter for RING_HASH/MAGLEV, which arrive with the cluster manager issue"),
     ),
     ("cors", R(NO_CORS)),
-    ("max_grpc_timeout", R("grpc-timeout arrives with the gRPC step of the HTTP issue")),
-    ("grpc_timeout_offset", R("grpc-timeout arrives with the gRPC step of the HTTP issue")),
+    ("max_grpc_timeout", S),
+    ("grpc_timeout_offset", S),
     ("upgrade_configs", R("per-route upgrade configs are not supported")),
     ("internal_redirect_policy", R("internal redirects are not supported")),
     ("internal_redirect_action", R("internal redirects are not supported")),
@@ -618,6 +618,10 @@ fn read_forward(a: &Obj, d: &mut Diagnostics) -> Option<Forward> {
         cluster_not_found_status,
         timeout: optional_timeout(a, "timeout", Some(Duration::from_secs(15)), d),
         idle_timeout: optional_timeout(a, "idle_timeout", None, d),
+        max_grpc_timeout: a.duration("max_grpc_timeout", d),
+        grpc_timeout_offset: a
+            .duration("grpc_timeout_offset", d)
+            .filter(|t| !t.is_zero()),
         prefix_rewrite,
         regex_rewrite,
         host_rewrite,
