@@ -83,7 +83,33 @@ fn failure(fails: &Failures, req: &Request<Incoming>) -> Option<Option<u16>> {
     })
 }
 
+/// `Upgrade: websocket`: answers 101, then echoes every byte on the upgraded connection.
+fn websocket(mut req: Request<Incoming>) -> Response<Body> {
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(up) = on.await {
+            let mut io = TokioIo::new(up);
+            let (mut r, mut w) = tokio::io::split(&mut io);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut()
+        .insert("upgrade", http::HeaderValue::from_static("websocket"));
+    r.headers_mut()
+        .insert("connection", http::HeaderValue::from_static("upgrade"));
+    r
+}
+
 async fn answer(name: Arc<str>, conn: usize, req: Request<Incoming>) -> Response<Body> {
+    if req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v == "websocket")
+    {
+        return websocket(req);
+    }
     let h = |k: &str| {
         req.headers()
             .get(k)
@@ -202,7 +228,7 @@ pub async fn start(name: &str) -> HttpUpstream {
                     }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
                     .await;
             });
         }

@@ -577,3 +577,49 @@ async fn curl_and_h2load_speak_http1_and_h2c_through_plumb() {
     );
     assert_eq!(agent.stat("http.in.downstream_rq_http2_total"), 2001);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_are_tunnelled_when_allowed_and_refused_otherwise() {
+    let up = http_upstream::start("ws").await;
+    let mut l = http_listener("in", any_host(json!([route("/", "ws")])));
+    l["filter_chains"][0]["filters"][0]["typed_config"]["upgrade_configs"] =
+        json!([{"upgrade_type": "websocket"}]);
+    let mut plain = http_listener("plain", any_host(json!([route("/", "ws")])));
+    plain["address"]["socket_address"]["address"] = json!("127.0.0.2");
+    let agent = TestAgent::start(&bootstrap(
+        vec![l, plain],
+        vec![static_cluster("ws", &[up.addr])],
+    ))
+    .await;
+    let handshake = b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let mut s = TcpStream::connect(agent.listener("in")).await.unwrap();
+    s.write_all(handshake).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    // The tunnel carries bytes both ways (frames are opaque to it).
+    for msg in [
+        &b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"[..],
+        &[7u8; 20_000][..],
+    ] {
+        s.write_all(msg).await.unwrap();
+        let mut echo = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo, msg);
+    }
+    // Without upgrade_configs: 403.
+    let refused = String::from_utf8_lossy(handshake)
+        .replace("Connection: Upgrade", "Connection: Upgrade, close");
+    let out = raw(agent.listener("plain"), refused.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert_eq!(agent.stat("http.plain.downstream_rq_ws_on_non_ws_route"), 1);
+}

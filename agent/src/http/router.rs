@@ -19,6 +19,7 @@ use http::header::{HeaderValue, HOST};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -350,6 +351,23 @@ impl ConnectionManager {
         if let Err((status, why)) = self.check_request(&mut parts.headers) {
             return reply(exchange, status, why, Flag::DownstreamProtocolError, None);
         }
+        // A WebSocket upgrade: tunnelled when upgrade_configs allows it, else refused (403).
+        let upgrade = parts.version == Version::HTTP_11 && websocket_requested(&parts.headers);
+        if upgrade && !self.config.websocket {
+            s.downstream_rq_ws_on_non_ws_route.inc();
+            return reply(
+                exchange,
+                StatusCode::FORBIDDEN,
+                "upgrade failed",
+                Flag::DownstreamProtocolError,
+                None,
+            );
+        }
+        let downstream_upgrade = if upgrade {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
         let authority = match parts.uri.authority() {
             Some(a) => a.as_str().to_string(),
             None => match parts.headers.get(HOST).and_then(|h| h.to_str().ok()) {
@@ -480,7 +498,6 @@ impl ConnectionManager {
         levels.push(&vh.headers);
         levels.push(&rc.headers);
         resp_levels.extend(levels.iter().copied());
-        let upgrade = self.upgrade_requested(&parts.headers);
         let mut uh = std::mem::take(&mut parts.headers);
         headers::mutate_request(&mut uh, &levels, &fcx);
         headers::strip_hop_by_hop(&mut uh, upgrade);
@@ -502,8 +519,12 @@ impl ConnectionManager {
         let hs = cluster.http_stats();
         // Retries: the route's policy, adjusted by x-envoy-* headers of internal clients.
         let internal = retry::is_internal(conn.peer.ip());
-        let (policy, overrides) =
+        let (mut policy, overrides) =
             retry::effective(forward.retry_policy.as_ref(), &mut uh, internal);
+        if upgrade {
+            // A tunnel is not replayed.
+            policy = None;
+        }
         let timeout = overrides.timeout.unwrap_or(match forward.max_grpc_timeout {
             // gRPC: the client's deadline (none: no timeout), capped, less the offset.
             Some(max) if grpc => {
@@ -548,6 +569,8 @@ impl ConnectionManager {
             l.upstream_cluster = Some(cluster_name.clone());
         }
         let protocol = match cluster.config.http.protocol {
+            // A WebSocket upgrade goes upstream as HTTP/1.1.
+            _ if upgrade => Version::HTTP_11,
             UpstreamProtocol::Http1 => Version::HTTP_11,
             UpstreamProtocol::Http2 => Version::HTTP_2,
             UpstreamProtocol::Downstream if parts.version == Version::HTTP_2 => Version::HTTP_2,
@@ -688,8 +711,23 @@ impl ConnectionManager {
         host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
         host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
         cluster.report(&host, Outcome::HttpStatus(status.as_u16()));
+        let mut resp = resp;
+        let tunnel = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if tunnel {
+            // Both ends hand over their connections once the 101 is out: splice them.
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            if let Some(down) = downstream_upgrade {
+                tokio::spawn(async move {
+                    if let (Ok(d), Ok(u)) = tokio::join!(down, upstream_upgrade) {
+                        let mut d = TokioIo::new(d);
+                        let mut u = TokioIo::new(u);
+                        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                    }
+                });
+            }
+        }
         let (mut rparts, rbody) = resp.into_parts();
-        let reusable = !connection_close(&rparts.headers);
+        let reusable = !connection_close(&rparts.headers) && !tunnel;
         let release = match release {
             Sent::H1(p) => Release::H1 {
                 tx: p.tx,
@@ -709,7 +747,7 @@ impl ConnectionManager {
             sent,
             release,
         });
-        headers::strip_hop_by_hop(&mut rparts.headers, false);
+        headers::strip_hop_by_hop(&mut rparts.headers, tunnel);
         let fcx = FormatContext {
             upstream_remote: Some(host.address),
             ..fcx
@@ -869,13 +907,13 @@ impl ConnectionManager {
             other => other,
         }
     }
+}
 
-    fn upgrade_requested(&self, h: &HeaderMap) -> bool {
-        self.config.websocket
-            && h.get(http::header::UPGRADE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-    }
+/// Whether the request asks for a WebSocket upgrade (HTTP/1.1).
+fn websocket_requested(h: &HeaderMap) -> bool {
+    h.get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 fn protocol_name(v: Version) -> &'static str {
