@@ -6,6 +6,7 @@
 //! - `x-close: 1`: answer with `Connection: close`;
 //! - `x-body-bytes: N`: answer with N bytes instead of the JSON;
 //! - `x-trailer: value`: end the body with a trailer `x-trailer: value`;
+//! - `x-drip: n,ms`: answer with n chunks of 10 bytes, each ms after the previous;
 //! - `x-fail-key: k` with `x-fail-times: n`: the first n requests with key k fail, with
 //!   `x-fail-status` (default 503), or by closing the connection without an answer when
 //!   `x-fail-status: reset`.
@@ -109,6 +110,29 @@ async fn answer(name: Arc<str>, conn: usize, req: Request<Incoming>) -> Response
         .is_some_and(|v| v == "websocket")
     {
         return websocket(req);
+    }
+    let drip = req
+        .headers()
+        .get("x-drip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(','))
+        .and_then(|(n, ms)| Some((n.parse::<usize>().ok()?, ms.parse::<u64>().ok()?)));
+    if let Some((n, ms)) = drip {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        tokio::spawn(async move {
+            for _ in 0..n {
+                if tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"0123456789"))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+        });
+        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+        return Response::new(body);
     }
     let h = |k: &str| {
         req.headers()

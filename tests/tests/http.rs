@@ -623,3 +623,47 @@ async fn websocket_upgrades_are_tunnelled_when_allowed_and_refused_otherwise() {
     assert!(out.starts_with("HTTP/1.1 403"), "{out}");
     assert_eq!(agent.stat("http.plain.downstream_rq_ws_on_non_ws_route"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_idle_timeout_and_max_stream_duration_cut_stalled_responses() {
+    let up = http_upstream::start("up").await;
+    let routes = json!([
+        {"match": {"prefix": "/idle"}, "route": {"cluster": "up", "idle_timeout": "0.2s"}},
+        route("/", "up"),
+    ]);
+    let mut l = http_listener("in", any_host(routes));
+    l["filter_chains"][0]["filters"][0]["typed_config"]["common_http_protocol_options"] =
+        json!({"max_stream_duration": "1s"});
+    let agent = TestAgent::start(&bootstrap(vec![l], vec![static_cluster("up", &[up.addr])])).await;
+    let addr = agent.listener("in");
+    // Chunks every 50 ms are within the idle timeout; one after 500 ms is not.
+    let mut c = H1::connect(addr).await;
+    let r = c
+        .send(request("GET", "x", "/idle", &[("x-drip", "4,50")], b""))
+        .await
+        .unwrap();
+    assert_eq!(r.body.len(), 40);
+    let mut c = H1::connect(addr).await;
+    assert!(c
+        .send(request("GET", "x", "/idle", &[("x-drip", "3,500")], b""))
+        .await
+        .is_err());
+    agent
+        .wait_stat("http.in.downstream_rq_idle_timeout", |v| v == 1)
+        .await;
+    // 20 chunks at 100 ms each outlast the 1 s max_stream_duration.
+    let mut c = H2::connect(addr).await;
+    let started = std::time::Instant::now();
+    assert!(c
+        .send(request("GET", "x", "/long", &[("x-drip", "20,100")], b""))
+        .await
+        .is_err());
+    assert!(
+        started.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        started.elapsed()
+    );
+    agent
+        .wait_stat("http.in.downstream_rq_max_duration_reached", |v| v == 1)
+        .await;
+}

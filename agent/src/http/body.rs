@@ -6,9 +6,11 @@
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 /// Called once when the body ended cleanly (`true`) or was dropped before its end (`false`).
 pub trait OnEnd: Send + Sync + 'static {
@@ -35,6 +37,8 @@ pub struct Body {
     counter: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// The `grpc-status` of the trailers that went through.
     grpc_status: Option<u32>,
+    /// Idle and overall bounds (a streamed response).
+    timer: Option<Box<Timer>>,
 }
 
 enum Kind {
@@ -123,6 +127,7 @@ impl Replay {
             bytes: 0,
             counter: None,
             grpc_status: None,
+            timer: None,
         }
     }
 
@@ -204,6 +209,7 @@ impl Body {
             bytes: 0,
             counter: None,
             grpc_status: None,
+            timer: None,
         }
     }
 
@@ -219,6 +225,7 @@ impl Body {
             bytes: 0,
             counter: None,
             grpc_status: None,
+            timer: None,
         }
     }
 
@@ -229,7 +236,16 @@ impl Body {
             bytes: 0,
             counter: None,
             grpc_status: None,
+            timer: None,
         }
+    }
+
+    /// Bounds this body in time.
+    pub fn with_timer(mut self, t: Timer) -> Self {
+        if t.idle.is_some() || t.deadline.is_some() {
+            self.timer = Some(Box::new(t));
+        }
+        self
     }
 
     /// Counts this body's data bytes into `c` too.
@@ -267,20 +283,116 @@ impl Drop for Body {
     }
 }
 
+/// Why a body stopped.
+#[derive(Debug)]
+pub enum BodyError {
+    Hyper(hyper::Error),
+    /// `stream_idle_timeout` (or the route's `idle_timeout`) passed without a frame.
+    IdleTimeout,
+    /// `max_stream_duration` passed.
+    MaxDuration,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Hyper(e) => e.fmt(f),
+            BodyError::IdleTimeout => f.write_str("stream idle timeout"),
+            BodyError::MaxDuration => f.write_str("max stream duration reached"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// Bounds on a streamed body: time without a frame, and an overall deadline. The timer is
+/// armed only when the body has to wait, so a body that is ready at once costs nothing.
+pub struct Timer {
+    pub idle: Option<Duration>,
+    pub deadline: Option<Instant>,
+    pub on_idle: Arc<crate::stats::Counter>,
+    pub on_deadline: Arc<crate::stats::Counter>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Timer {
+    pub fn new(
+        idle: Option<Duration>,
+        deadline: Option<Instant>,
+        on_idle: Arc<crate::stats::Counter>,
+        on_deadline: Arc<crate::stats::Counter>,
+    ) -> Self {
+        Self {
+            idle,
+            deadline,
+            on_idle,
+            on_deadline,
+            sleep: None,
+        }
+    }
+
+    fn next_deadline(&self) -> Option<(Instant, bool)> {
+        let idle = self.idle.map(|t| Instant::now() + t);
+        match (idle, self.deadline) {
+            (Some(i), Some(d)) if d <= i => Some((d, true)),
+            (Some(i), _) => Some((i, false)),
+            (None, Some(d)) => Some((d, true)),
+            (None, None) => None,
+        }
+    }
+
+    /// Polled when the body is waiting: `Some` when a bound has passed.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Option<BodyError> {
+        let (at, overall) = self.next_deadline()?;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+        if sleep.as_mut().poll(cx).is_ready() {
+            self.sleep = None;
+            // Which one: the overall deadline if it has passed, else the idle bound.
+            if overall || self.deadline.is_some_and(|d| d <= Instant::now()) {
+                self.on_deadline.inc();
+                return Some(BodyError::MaxDuration);
+            }
+            self.on_idle.inc();
+            return Some(BodyError::IdleTimeout);
+        }
+        None
+    }
+
+    /// A frame came: the idle bound starts over.
+    fn activity(&mut self) {
+        if self.idle.is_some() {
+            self.sleep = None;
+        }
+    }
+}
+
 impl HttpBody for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let r = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Incoming(b) => Pin::new(b).poll_frame(cx),
-            Kind::Replay(r, at) => r.poll_at(at, cx),
+            Kind::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Hyper),
+            Kind::Replay(r, at) => r.poll_at(at, cx).map_err(BodyError::Hyper),
+        };
+        let r = match (r, this.timer.as_mut()) {
+            (Poll::Pending, Some(t)) => match t.poll_expired(cx) {
+                Some(e) => Poll::Ready(Some(Err(e))),
+                None => Poll::Pending,
+            },
+            (Poll::Ready(x), Some(t)) => {
+                t.activity();
+                Poll::Ready(x)
+            }
+            (r, None) => r,
         };
         match &r {
             Poll::Ready(None) => this.finish(true),

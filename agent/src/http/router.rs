@@ -3,7 +3,7 @@
 //! cluster's protocol, and sends; local replies carry Envoy's texts and response flags.
 
 use super::body::Replay;
-use super::body::{Body, End, OnEnd};
+use super::body::{Body, End, OnEnd, Timer};
 use super::headers::{self, FormatContext};
 use super::retry;
 use super::route::{is_grpc, RequestView};
@@ -545,7 +545,14 @@ impl ConnectionManager {
         let per_try = overrides
             .per_try_timeout
             .or(policy.as_ref().and_then(|p| p.per_try_timeout));
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // The route timeout, within what max_stream_duration leaves.
+        let stream_deadline = self.config.max_stream_duration.map(|d| start + d);
+        let deadline = match (timeout.map(|t| Instant::now() + t), stream_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // request_timeout bounds reading the request body.
+        let request_deadline = self.config.request_timeout.map(|t| start + t);
         let mut body = match &policy {
             Some(_) => {
                 let r = Replay::new(
@@ -622,7 +629,12 @@ impl ConnectionManager {
             if vh.include_request_attempt_count {
                 headers.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
             }
-            let mut ureq = Request::new(body.attempt());
+            let mut ureq = Request::new(body.attempt().with_timer(Timer::new(
+                None,
+                request_deadline,
+                s.downstream_rq_idle_timeout.clone(),
+                s.downstream_rq_timeout.clone(),
+            )));
             *ureq.method_mut() = parts.method.clone();
             *ureq.uri_mut() = uri;
             *ureq.version_mut() = protocol;
@@ -765,7 +777,14 @@ impl ConnectionManager {
                 .insert("x-envoy-attempt-count", HeaderValue::from(attempt));
         }
         rparts.version = Version::HTTP_11;
-        let r = Response::from_parts(rparts, Body::incoming(rbody));
+        // The response streams within the stream's idle timeout and max duration.
+        let timer = Timer::new(
+            forward.idle_timeout.or(self.config.stream_idle_timeout),
+            stream_deadline,
+            s.downstream_rq_idle_timeout.clone(),
+            s.downstream_rq_max_duration_reached.clone(),
+        );
+        let r = Response::from_parts(rparts, Body::incoming(rbody).with_timer(timer));
         self.finish(r, exchange, request_id)
     }
 
