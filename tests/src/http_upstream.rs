@@ -34,8 +34,12 @@ pub struct HttpUpstream {
     connections: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    seen: Seen,
     task: JoinHandle<()>,
 }
+
+/// The JSON description of every request answered, in order.
+type Seen = Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
 
 impl HttpUpstream {
     /// Connections accepted so far.
@@ -46,6 +50,11 @@ impl HttpUpstream {
     pub fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
     }
+    /// What the requests answered so far looked like (the JSON each answer describes).
+    pub fn seen(&self) -> Vec<serde_json::Value> {
+        self.seen.lock().unwrap().clone()
+    }
+
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
@@ -103,7 +112,7 @@ fn websocket(mut req: Request<Incoming>) -> Response<Body> {
     r
 }
 
-async fn answer(name: Arc<str>, conn: usize, req: Request<Incoming>) -> Response<Body> {
+async fn answer(name: Arc<str>, conn: usize, seen: Seen, req: Request<Incoming>) -> Response<Body> {
     if req
         .headers()
         .get("upgrade")
@@ -168,22 +177,21 @@ async fn answer(name: Arc<str>, conn: usize, req: Request<Incoming>) -> Response
         }
         Err(_) => (0, None),
     };
+    let description = json!({
+        "server": &*name,
+        "conn": conn,
+        "method": method,
+        "uri": uri,
+        "path": path,
+        "version": version,
+        "headers": headers,
+        "body_len": len,
+        "trailers": req_trailers.map(|t| t.iter().map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or(""))).collect::<Vec<_>>()),
+    });
+    seen.lock().unwrap().push(description.clone());
     let payload: Bytes = match body_bytes {
         Some(n) => Bytes::from(vec![b'x'; n]),
-        None => Bytes::from(
-            json!({
-                "server": &*name,
-                "conn": conn,
-                "method": method,
-                "uri": uri,
-                "path": path,
-                "version": version,
-                "headers": headers,
-                "body_len": len,
-                "trailers": req_trailers.map(|t| t.iter().map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or(""))).collect::<Vec<_>>()),
-            })
-            .to_string(),
-        ),
+        None => Bytes::from(description.to_string()),
     };
     let body: Body = match trailer {
         Some(t) => {
@@ -222,6 +230,8 @@ pub async fn start(name: &str) -> HttpUpstream {
     let name_arc: Arc<str> = Arc::from(name);
     let (c, o, r) = (connections.clone(), open.clone(), requests.clone());
     let fails: Failures = Default::default();
+    let seen: Seen = Default::default();
+    let seen2 = seen.clone();
     let task = tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             let conn = c.fetch_add(1, Ordering::SeqCst) + 1;
@@ -230,11 +240,13 @@ pub async fn start(name: &str) -> HttpUpstream {
             let name = name_arc.clone();
             let r = r.clone();
             let fails = fails.clone();
+            let seen = seen2.clone();
             tokio::spawn(async move {
                 let _guard = guard;
                 let svc = hyper::service::service_fn(move |req| {
                     r.fetch_add(1, Ordering::SeqCst);
                     let name = name.clone();
+                    let seen = seen.clone();
                     let fail = failure(&fails, &req);
                     async move {
                         match fail {
@@ -247,7 +259,7 @@ pub async fn start(name: &str) -> HttpUpstream {
                                 r.headers_mut().insert("x-upstream", name.parse().unwrap());
                                 Ok(r)
                             }
-                            None => Ok(answer(name, conn, req).await),
+                            None => Ok(answer(name, conn, seen, req).await),
                         }
                     }
                 });
@@ -263,6 +275,7 @@ pub async fn start(name: &str) -> HttpUpstream {
         connections,
         open,
         requests,
+        seen,
         task,
     }
 }

@@ -667,3 +667,70 @@ async fn stream_idle_timeout_and_max_stream_duration_cut_stalled_responses() {
         .wait_stat("http.in.downstream_rq_max_duration_reached", |v| v == 1)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_get_a_copy_with_a_shadow_host_and_never_hold_the_request_back() {
+    let main = http_upstream::start("main").await;
+    let shadow = http_upstream::start("shadow").await;
+    // The shadow cluster's second endpoint refuses connections: mirrors that fail do not
+    // touch the main request.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "main",
+        "request_mirror_policies": [{"cluster": "shadow"}, {"cluster": "dead"}]}}]);
+    let (agent, addr) = agent_for(
+        routes,
+        vec![
+            static_cluster("main", &[main.addr]),
+            static_cluster("shadow", &[shadow.addr]),
+            static_cluster("dead", &[refused]),
+        ],
+    )
+    .await;
+    let mut c = H1::connect(addr).await;
+    for i in 0..10 {
+        let r = c
+            .send(request(
+                "POST",
+                "api.example:8080",
+                &format!("/m/{i}"),
+                &[],
+                b"mirrored body",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["server"], "main");
+    }
+    plumb_tests::wait_until("10 mirrored requests", Duration::from_secs(10), || async {
+        shadow.requests() == 10
+    })
+    .await;
+    assert_eq!(main.requests(), 10);
+    // What the shadow saw: the same request, to the -shadow host, with the body.
+    let seen = shadow.seen();
+    assert!(
+        seen.iter()
+            .all(|j| j["headers"]["host"] == "api.example-shadow:8080"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|j| j["body_len"] == 13 && j["method"] == "POST"),
+        "{seen:?}"
+    );
+    let paths: std::collections::BTreeSet<String> = seen
+        .iter()
+        .map(|j| j["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(paths.len(), 10);
+    agent
+        .wait_stat("cluster.shadow.upstream_rq_200", |v| v == 10)
+        .await;
+    agent
+        .wait_stat("cluster.dead.upstream_cx_connect_fail", |v| v == 10)
+        .await;
+    assert_eq!(agent.stat("cluster.main.upstream_rq_200"), 10);
+}

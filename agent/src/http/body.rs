@@ -94,6 +94,20 @@ impl Replay {
         })
     }
 
+    /// The whole body, when it has been read to its end and kept (for a mirror).
+    pub fn snapshot(&self) -> Option<Body> {
+        let st = self.lock();
+        let read_all = st.source.as_ref().is_none_or(|s| s.is_end_stream());
+        if !read_all || st.overflowed {
+            return None;
+        }
+        let mut all = bytes::BytesMut::with_capacity(st.size);
+        for c in &st.chunks {
+            all.extend_from_slice(c);
+        }
+        Some(Body::full(all.freeze()))
+    }
+
     /// Bytes read from the original body.
     pub fn received(&self) -> u64 {
         self.lock().size as u64

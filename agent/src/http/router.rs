@@ -10,8 +10,8 @@ use super::route::{is_grpc, RequestView};
 use super::upstream::Sent;
 use super::{ConnInfo, ConnectionManager};
 use crate::config::http::{
-    Action, ClusterSpecifier, Forward, HeaderMutations, HostRewrite, Redirect, UnderscoresAction,
-    UpstreamProtocol,
+    Action, ClusterSpecifier, Forward, HeaderMutations, HostRewrite, MirrorPolicy, Redirect,
+    UnderscoresAction, UpstreamProtocol,
 };
 use crate::upstream::pool::H2Conn;
 use crate::upstream::{Cluster, Host, LbContext, Outcome};
@@ -553,8 +553,29 @@ impl ConnectionManager {
         };
         // request_timeout bounds reading the request body.
         let request_deadline = self.config.request_timeout.map(|t| start + t);
-        let mut body = match &policy {
-            Some(_) => {
+        // Mirrors of this request (sampled now), sent when the main exchange has its answer.
+        let mirrors: Vec<&MirrorPolicy> = if upgrade {
+            Vec::new()
+        } else {
+            forward
+                .mirrors
+                .iter()
+                .filter(|m| {
+                    m.fraction
+                        .is_none_or(|ppm| fastrand::u32(..1_000_000) < ppm)
+                })
+                .collect()
+        };
+        let mirror_headers = (!mirrors.is_empty()).then(|| uh.clone());
+        let mut body = match (&policy, mirrors.is_empty()) {
+            (None, true) => Source::Once(
+                Some(body),
+                exchange.log.as_ref().and_then(|l| match &l.received {
+                    Received::Counter(c) => Some(c.clone()),
+                    Received::Replay(_) => None,
+                }),
+            ),
+            _ => {
                 let r = Replay::new(
                     body,
                     route.buffer_limit.unwrap_or(DEFAULT_BUFFER_LIMIT) as usize,
@@ -564,13 +585,6 @@ impl ConnectionManager {
                 }
                 Source::Replay(r)
             }
-            None => Source::Once(
-                Some(body),
-                exchange.log.as_ref().and_then(|l| match &l.received {
-                    Received::Counter(c) => Some(c.clone()),
-                    Received::Replay(_) => None,
-                }),
-            ),
         };
         if let Some(l) = exchange.log.as_mut() {
             l.upstream_cluster = Some(cluster_name.clone());
@@ -705,10 +719,16 @@ impl ConnectionManager {
                         l.upstream_host = Some(host.address);
                         l.attempts = attempt;
                     }
+                    if let Some(h) = mirror_headers {
+                        self.mirror(&mirrors, &parts, &path_and_query, &authority, h, &body);
+                    }
                     return self.upstream_failure(exchange, f, grpc, &cluster);
                 }
             }
         };
+        if let Some(h) = mirror_headers {
+            self.mirror(&mirrors, &parts, &path_and_query, &authority, h, &body);
+        }
         if let Some(l) = exchange.log.as_mut() {
             l.upstream_host = Some(host.address);
             l.attempts = attempt;
@@ -924,6 +944,104 @@ impl ConnectionManager {
                 Some(id)
             }
             other => other,
+        }
+    }
+}
+
+impl ConnectionManager {
+    /// Sends a copy of the request to each mirror's cluster, fire and forget: the main
+    /// exchange never waits for, nor fails because of, a mirror. The host gets `-shadow`
+    /// appended (unless disabled). A body is copied only when it was read whole and kept;
+    /// otherwise the mirror is skipped (`retry_or_shadow_abandoned`).
+    fn mirror(
+        self: &Arc<Self>,
+        mirrors: &[&MirrorPolicy],
+        parts: &http::request::Parts,
+        path_and_query: &str,
+        authority: &str,
+        headers: HeaderMap,
+        body: &Source,
+    ) {
+        for m in mirrors {
+            let name = match &m.cluster {
+                ClusterSpecifier::Cluster(c) => c.clone(),
+                ClusterSpecifier::Header(h) => {
+                    match headers.get(h.as_str()).and_then(|v| v.to_str().ok()) {
+                        Some(v) => v.to_string(),
+                        None => continue,
+                    }
+                }
+                ClusterSpecifier::Weighted { .. } => continue,
+            };
+            let Some(cluster) = self.clusters.get(&name) else {
+                continue;
+            };
+            let mbody = match body {
+                Source::Replay(r) => r.snapshot(),
+                Source::Once(..) => None,
+            };
+            let Some(mbody) = mbody else {
+                cluster.http_stats().retry_or_shadow_abandoned.inc();
+                continue;
+            };
+            let mut host = m
+                .host_rewrite_literal
+                .clone()
+                .unwrap_or_else(|| authority.to_string());
+            if m.shadow_suffix {
+                // Before any port: `a.example:8080` → `a.example-shadow:8080`.
+                let bare = super::route::strip_port(&host).len();
+                host = format!("{}-shadow{}", &host[..bare], &host[bare..]);
+            }
+            let mut headers = headers.clone();
+            let h2 = cluster.config.http.protocol == UpstreamProtocol::Http2;
+            let uri = if h2 {
+                headers.remove(HOST);
+                Uri::builder()
+                    .scheme("http")
+                    .authority(host.as_str())
+                    .path_and_query(path_and_query)
+                    .build()
+                    .ok()
+            } else {
+                let Ok(hv) = HeaderValue::from_str(&host) else {
+                    continue;
+                };
+                headers.insert(HOST, hv);
+                path_and_query.parse::<Uri>().ok()
+            };
+            let Some(uri) = uri else { continue };
+            let version = if h2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
+            let mut req = Request::new(mbody);
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = uri;
+            *req.headers_mut() = headers;
+            *req.version_mut() = version;
+            let hcm = self.clone();
+            tokio::spawn(async move {
+                let hs = cluster.http_stats();
+                hs.upstream_rq_total.inc();
+                let ctx = LbContext::default();
+                let Ok(host) = cluster.pick(&ctx) else { return };
+                // Bounded: a mirror that does not answer in 15 s is dropped.
+                let sent = tokio::time::timeout(
+                    std::time::Duration::from_secs(15),
+                    hcm.send(&cluster, &host, req, version),
+                )
+                .await;
+                match sent {
+                    Ok(Ok((r, _))) => {
+                        hs.record_status(r.status().as_u16());
+                        cluster.report(&host, Outcome::HttpStatus(r.status().as_u16()));
+                    }
+                    Ok(Err(_)) => cluster.report(&host, Outcome::Reset),
+                    Err(_) => hs.upstream_rq_timeout.inc(),
+                }
+            });
         }
     }
 }

@@ -378,6 +378,20 @@ pub struct Forward {
     pub host_rewrite: HostRewrite,
     /// The route's retry policy, else its virtual host's.
     pub retry_policy: Option<RetryPolicy>,
+    /// Copies of each request sent, fire and forget, to shadow clusters.
+    pub mirrors: Vec<MirrorPolicy>,
+}
+
+/// `RequestMirrorPolicy`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorPolicy {
+    /// A named cluster, or one named by a request header.
+    pub cluster: ClusterSpecifier,
+    /// Mirrors this fraction of requests (parts per million; `None`: all).
+    pub fraction: Option<u32>,
+    /// Append `-shadow` to the host (Envoy's default).
+    pub shadow_suffix: bool,
+    pub host_rewrite_literal: Option<String>,
 }
 
 /// `RedirectAction`.
@@ -428,7 +442,7 @@ impl RouteConfiguration {
         self.virtual_hosts.iter().enumerate().flat_map(|(vi, vh)| {
             vh.routes.iter().enumerate().flat_map(move |(ri, r)| {
                 let at = format!("virtual_hosts[{vi}].routes[{ri}].route");
-                let names: Vec<(String, &str)> = match &r.action {
+                let mut names: Vec<(String, &str)> = match &r.action {
                     Action::Forward(f) => match &f.cluster {
                         ClusterSpecifier::Cluster(c) => vec![(format!("{at}.cluster"), c.as_str())],
                         ClusterSpecifier::Weighted { clusters, .. } => clusters
@@ -445,6 +459,16 @@ impl RouteConfiguration {
                     },
                     _ => vec![],
                 };
+                if let Action::Forward(f) = &r.action {
+                    for (mi, m) in f.mirrors.iter().enumerate() {
+                        if let ClusterSpecifier::Cluster(c) = &m.cluster {
+                            names.push((
+                                format!("{at}.request_mirror_policies[{mi}].cluster"),
+                                c.as_str(),
+                            ));
+                        }
+                    }
+                }
                 names
             })
         })

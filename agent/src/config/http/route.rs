@@ -12,7 +12,8 @@ use super::retry::{read_retry_policy, RETRY_POLICY};
 use Field::{Ignored as I, Rejected as R, Supported as S};
 
 const TYPED_RETRY: &str = "use retry_policy";
-const LATER_MIRROR: &str = "request mirroring arrives with the mirroring step of the HTTP issue";
+const LATER_MIRROR: &str =
+    "request mirroring is configured on the route (route.request_mirror_policies)";
 const NO_RATE_LIMIT_SERVICE: &str = "the global rate limit service is not supported";
 const NO_CORS: &str = "CORS is not supported";
 const NO_HEDGE: &str = "request hedging is not supported";
@@ -183,7 +184,7 @@ const ROUTE_ACTION: FieldTable = &[
     ("early_data_policy", I("no early data")),
     ("retry_policy", S),
     ("retry_policy_typed_config", R(TYPED_RETRY)),
-    ("request_mirror_policies", R(LATER_MIRROR)),
+    ("request_mirror_policies", S),
     ("priority", R("routing priorities are not supported")),
     ("rate_limits", R(NO_RATE_LIMIT_SERVICE)),
     ("include_vh_rate_limits", I(NO_RATE_LIMIT_SERVICE)),
@@ -280,6 +281,45 @@ const MAX_DIRECT_BODY: usize = 4096;
 /// Reads a route configuration from RDS or a bootstrap (the name is required).
 pub fn read_route_configuration(v: &Value, d: &mut Diagnostics) -> Option<RouteConfiguration> {
     read_route_configuration_obj(v, "", true, d)
+}
+
+const MIRROR_POLICY: FieldTable = &[
+    ("cluster", S),
+    ("cluster_header", S),
+    ("runtime_fraction", S),
+    ("trace_sampled", I("tracing is not supported")),
+    ("disable_shadow_host_suffix_append", S),
+    (
+        "request_headers_mutations",
+        R("mirror header mutations are not supported"),
+    ),
+    ("host_rewrite_literal", S),
+];
+
+fn read_mirror(v: &Value, path: &str, d: &mut Diagnostics) -> Option<MirrorPolicy> {
+    let m = Obj::new(v, path, MIRROR_POLICY, d)?;
+    let cluster = match (m.name("cluster", d), m.string("cluster_header", d)) {
+        (Some(c), None) => ClusterSpecifier::Cluster(c),
+        (None, Some(h)) => ClusterSpecifier::Header(h.to_ascii_lowercase()),
+        _ => {
+            d.error(path, "exactly one of cluster or cluster_header is required");
+            return None;
+        }
+    };
+    let fraction = match m.object("runtime_fraction", RUNTIME_FRACTION, d) {
+        Some(rf) => rf
+            .object("default_value", FRACTIONAL_PERCENT, d)
+            .and_then(|fp| fractional_percent(&fp, d)),
+        None => None,
+    };
+    Some(MirrorPolicy {
+        cluster,
+        fraction,
+        shadow_suffix: !m
+            .boolean("disable_shadow_host_suffix_append", d)
+            .unwrap_or(false),
+        host_rewrite_literal: m.string("host_rewrite_literal", d),
+    })
 }
 
 pub(super) fn read_route_configuration_obj(
@@ -628,6 +668,11 @@ fn read_forward(a: &Obj, d: &mut Diagnostics) -> Option<Forward> {
         retry_policy: a
             .object("retry_policy", RETRY_POLICY, d)
             .and_then(|p| read_retry_policy(&p, d)),
+        mirrors: a
+            .list("request_mirror_policies", d)
+            .into_iter()
+            .filter_map(|(p, v)| read_mirror(v, &p, d))
+            .collect(),
     })
 }
 
@@ -793,6 +838,7 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("RuntimeFractionalPercent", RUNTIME_FRACTION),
     ("FractionalPercent", FRACTIONAL_PERCENT),
     ("RouteAction", ROUTE_ACTION),
+    ("RequestMirrorPolicy", MIRROR_POLICY),
     ("WeightedCluster", WEIGHTED_CLUSTER),
     ("ClusterWeight", CLUSTER_WEIGHT),
     ("RedirectAction", REDIRECT),
