@@ -734,3 +734,46 @@ async fn mirrors_get_a_copy_with_a_shadow_host_and_never_hold_the_request_back()
         .await;
     assert_eq!(agent.stat("cluster.main.upstream_rq_200"), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_rate_limit_and_fault_filters_act_before_the_router() {
+    let up = http_upstream::start("up").await;
+    let mut l = http_listener("in", any_host(json!([route("/", "up")])));
+    l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"] = json!([
+        {"name": "envoy.filters.http.fault", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "abort": {"header_abort": {}, "percentage": {"numerator": 100}},
+            "delay": {"header_delay": {}, "percentage": {"numerator": 100}}}},
+        {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "edge",
+            "token_bucket": {"max_tokens": 3, "tokens_per_fill": 1, "fill_interval": "60s"},
+            "filter_enabled": {"default_value": {"numerator": 100}},
+            "filter_enforced": {"default_value": {"numerator": 100}},
+            "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+            "response_headers_to_add": [{"header": {"key": "x-limited", "value": "yes"}}]}},
+        {"name": "envoy.filters.http.router"}]);
+    let agent = TestAgent::start(&bootstrap(vec![l], vec![static_cluster("up", &[up.addr])])).await;
+    let addr = agent.listener("in");
+    // A fault the request asks for: aborted before any token is taken.
+    let r = http_client::get(addr, "x", "/", &[("x-envoy-fault-abort-request", "503")]).await;
+    assert_eq!((r.status, r.text().as_str()), (503, "fault filter abort"));
+    assert_eq!(up.requests(), 0);
+    let started = std::time::Instant::now();
+    let r = http_client::get(addr, "x", "/", &[("x-envoy-fault-delay-request", "200")]).await;
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(r.header("x-ratelimit-limit"), Some("3"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("2"));
+    for _ in 0..2 {
+        assert_eq!(http_client::get(addr, "x", "/", &[]).await.status, 200);
+    }
+    let r = http_client::get(addr, "x", "/", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (429, "local_rate_limited"));
+    assert_eq!(r.header("x-limited"), Some("yes"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(agent.stat("edge.http_local_rate_limit.rate_limited"), 1);
+    assert_eq!(agent.stat("http.in.fault.aborts_injected"), 1);
+    assert_eq!(agent.stat("http.in.fault.delays_injected"), 1);
+    assert_eq!(up.requests(), 3);
+}

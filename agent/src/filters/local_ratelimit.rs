@@ -12,6 +12,15 @@ use tokio::time::Instant;
 
 #[derive(Debug)]
 pub struct LocalRateLimit {
+    bucket: TokenBucket,
+    /// Envoy's name (its code says `local_rate_limit.`, some of its docs `local_ratelimit.`).
+    rate_limited: Arc<Counter>,
+}
+
+/// A token bucket filled lazily on use with two atomics (shared with the HTTP local rate
+/// limit filter).
+#[derive(Debug)]
+pub struct TokenBucket {
     tokens: AtomicU64,
     /// Fill intervals since `start` already credited.
     filled: AtomicU64,
@@ -19,8 +28,6 @@ pub struct LocalRateLimit {
     max_tokens: u64,
     tokens_per_fill: u64,
     fill_interval: Duration,
-    /// Envoy's name (its code says `local_rate_limit.`, some of its docs `local_ratelimit.`).
-    rate_limited: Arc<Counter>,
 }
 
 impl LocalRateLimit {
@@ -31,14 +38,49 @@ impl LocalRateLimit {
             &cfg.stat_prefix,
         );
         Self {
-            tokens: AtomicU64::new(cfg.max_tokens as u64),
-            filled: AtomicU64::new(0),
-            start: Instant::now(),
-            max_tokens: cfg.max_tokens as u64,
-            tokens_per_fill: cfg.tokens_per_fill as u64,
-            fill_interval: cfg.fill_interval,
+            bucket: TokenBucket::new(cfg.max_tokens, cfg.tokens_per_fill, cfg.fill_interval),
             rate_limited: s.counter("rate_limited"),
         }
+    }
+
+    /// Takes a token for a new connection; `false`: over the limit, close it.
+    pub fn admit(&self) -> bool {
+        let ok = self.bucket.try_take();
+        if !ok {
+            self.rate_limited.inc();
+        }
+        ok
+    }
+}
+
+impl TokenBucket {
+    /// Starts full.
+    pub fn new(max_tokens: u32, tokens_per_fill: u32, fill_interval: Duration) -> Self {
+        Self {
+            tokens: AtomicU64::new(max_tokens as u64),
+            filled: AtomicU64::new(0),
+            start: Instant::now(),
+            max_tokens: max_tokens as u64,
+            tokens_per_fill: tokens_per_fill as u64,
+            fill_interval,
+        }
+    }
+
+    /// Tokens left now (after crediting the intervals passed).
+    pub fn remaining(&self) -> u64 {
+        self.refill();
+        self.tokens.load(Ordering::Acquire)
+    }
+
+    pub fn max_tokens(&self) -> u64 {
+        self.max_tokens
+    }
+
+    /// Time until the next fill.
+    pub fn until_refill(&self) -> Duration {
+        let i = self.fill_interval.as_nanos().max(1);
+        let e = self.start.elapsed().as_nanos();
+        Duration::from_nanos((i - e % i) as u64)
     }
 
     fn refill(&self) {
@@ -62,8 +104,8 @@ impl LocalRateLimit {
         }
     }
 
-    /// Takes a token for a new connection; `false`: over the limit, close it.
-    pub fn admit(&self) -> bool {
+    /// Takes a token; `false`: none left.
+    pub fn try_take(&self) -> bool {
         let take = || {
             self.tokens
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| t.checked_sub(1))
@@ -72,15 +114,11 @@ impl LocalRateLimit {
         self.refill();
         // Another caller may be between crediting an interval and adding its tokens: look
         // once more before refusing.
-        let ok = take() || {
+        take() || {
             std::hint::spin_loop();
             self.refill();
             take()
-        };
-        if !ok {
-            self.rate_limited.inc();
         }
-        ok
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod access_log;
 pub mod body;
+pub mod filters;
 pub mod headers;
 pub mod rds;
 mod retry;
@@ -53,6 +54,8 @@ pub struct ConnectionManager {
     pub stats: HttpStats,
     builder: auto::Builder<TokioExecutor>,
     loggers: Vec<access_log::AccessLogger>,
+    /// The HTTP filters before the router.
+    filters: Vec<Box<dyn filters::HttpFilter>>,
 }
 
 impl std::fmt::Debug for ConnectionManager {
@@ -157,6 +160,7 @@ impl ConnectionManager {
             clusters,
             stats: HttpStats::new(store, &cfg.stat_prefix),
             builder,
+            filters: filters::build(&cfg.http_filters, store, &cfg.stat_prefix),
             loggers: cfg
                 .access_logs
                 .iter()

@@ -4,6 +4,7 @@
 
 use super::body::Replay;
 use super::body::{Body, End, OnEnd, Timer};
+use super::filters::Verdict;
 use super::headers::{self, FormatContext};
 use super::retry;
 use super::route::{is_grpc, RequestView};
@@ -43,6 +44,10 @@ pub enum Flag {
     DownstreamProtocolError,
     /// Retries exhausted on a retriable outcome (URX).
     UpstreamRetryLimitExceeded,
+    /// Refused by the local rate limit (RL).
+    RateLimited,
+    /// Aborted by the fault filter (FI).
+    FaultInjected,
 }
 
 impl Flag {
@@ -61,6 +66,8 @@ impl Flag {
             }
             Flag::DownstreamProtocolError => "protocol_error",
             Flag::UpstreamRetryLimitExceeded => "via_upstream",
+            Flag::RateLimited => "local_rate_limited",
+            Flag::FaultInjected => "fault_filter_abort",
         }
     }
 
@@ -74,6 +81,8 @@ impl Flag {
             Flag::UpstreamConnectionTermination => "UC",
             Flag::DownstreamProtocolError => "DPE",
             Flag::UpstreamRetryLimitExceeded => "URX",
+            Flag::RateLimited => "RL",
+            Flag::FaultInjected => "FI",
         }
     }
 }
@@ -88,6 +97,8 @@ pub(super) struct Exchange {
     flag: Option<Flag>,
     /// What access logs need (only when the connection manager has some).
     log: Option<Box<LogInfo>>,
+    /// Response headers the HTTP filters add.
+    extra_headers: Vec<(http::header::HeaderName, HeaderValue)>,
     /// A gRPC call counted by the grpc_stats filter: its `service.method` stat infix (or the
     /// aggregate), and a `grpc-status` seen in the response headers (trailers-only).
     grpc_call: Option<(Option<String>, Option<u32>)>,
@@ -297,6 +308,7 @@ impl ConnectionManager {
             flag: None,
             log: None,
             grpc_call: None,
+            extra_headers: Vec::new(),
         };
         let (mut parts, body) = req.into_parts();
         let grpc = is_grpc(&parts.headers);
@@ -368,6 +380,22 @@ impl ConnectionManager {
         } else {
             None
         };
+        // The HTTP filters before the router, in order.
+        for f in &self.filters {
+            match f.on_request(&parts.headers, grpc) {
+                Verdict::Continue(h) => exchange.extra_headers.extend(h),
+                Verdict::Delay(t, active) => {
+                    tokio::time::sleep(t).await;
+                    drop(active);
+                }
+                Verdict::Reply(r) => {
+                    let status =
+                        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    exchange.extra_headers.extend(r.headers);
+                    return reply(exchange, status, r.text, r.flag, r.grpc_status);
+                }
+            }
+        }
         let authority = match parts.uri.authority() {
             Some(a) => a.as_str().to_string(),
             None => match parts.headers.get(HOST).and_then(|h| h.to_str().ok()) {
@@ -818,6 +846,9 @@ impl ConnectionManager {
     ) -> Response<Body> {
         self.stats.downstream_rq_xx.record(r.status().as_u16());
         let mut ex = ex;
+        for (k, v) in ex.extra_headers.drain(..) {
+            r.headers_mut().insert(k, v);
+        }
         if let Some(l) = ex.log.as_mut() {
             l.status = r.status().as_u16();
             l.response_after = Some(ex.start.elapsed());

@@ -488,7 +488,7 @@ pub(in crate::config) fn read_hcm(tc: &Obj, d: &mut Diagnostics) -> Option<HttpC
             );
         }
     }
-    let (suppress_envoy_headers, grpc_stats) = read_http_filters(tc, d);
+    let (suppress_envoy_headers, grpc_stats, http_filters) = read_http_filters(tc, d);
     let hcm = HttpConnectionManager {
         stat_prefix: stat_prefix?,
         codec_type,
@@ -524,6 +524,7 @@ pub(in crate::config) fn read_hcm(tc: &Obj, d: &mut Diagnostics) -> Option<HttpC
         websocket,
         suppress_envoy_headers,
         grpc_stats,
+        http_filters,
         access_logs: super::access_log::read_access_logs(tc, d),
         source: serde_json::Value::Null,
     };
@@ -533,17 +534,27 @@ pub(in crate::config) fn read_hcm(tc: &Obj, d: &mut Diagnostics) -> Option<HttpC
 /// The HTTP filter chain: the router, last. Other filters arrive with the filters step of the
 /// HTTP issue; until then a filter marked `is_optional` is skipped with a warning and any
 /// other is refused.
-/// Returns the router's `suppress_envoy_headers` and the grpc_stats filter's config.
-fn read_http_filters(tc: &Obj, d: &mut Diagnostics) -> (bool, Option<GrpcStatsConfig>) {
+/// Returns the router's `suppress_envoy_headers`, the grpc_stats filter's config and the
+/// other filters.
+fn read_http_filters(
+    tc: &Obj,
+    d: &mut Diagnostics,
+) -> (
+    bool,
+    Option<GrpcStatsConfig>,
+    Vec<super::filters::HttpFilterConfig>,
+) {
+    use super::filters as hf;
     let mut suppress = false;
     let mut grpc_stats = None;
+    let mut chain = Vec::new();
     let filters = tc.list("http_filters", d);
     if filters.is_empty() {
         d.error(
             tc.at("http_filters"),
             "missing required field: the last filter must be envoy.filters.http.router",
         );
-        return (suppress, grpc_stats);
+        return (suppress, grpc_stats, chain);
     }
     let last = filters.len() - 1;
     for (i, (path, v)) in filters.iter().enumerate() {
@@ -577,6 +588,29 @@ fn read_http_filters(tc: &Obj, d: &mut Diagnostics) -> (bool, Option<GrpcStatsCo
             grpc_stats = Some(read_grpc_stats(&f, d));
             continue;
         }
+        let kind = match type_url.as_deref() {
+            Some(hf::LOCAL_RATELIMIT_TYPE) => Some(true),
+            Some(hf::FAULT_TYPE) => Some(false),
+            Some(_) => None,
+            None if hf::LOCAL_RATELIMIT_NAMES.contains(&name.as_str()) => Some(true),
+            None if hf::FAULT_NAMES.contains(&name.as_str()) => Some(false),
+            None => None,
+        };
+        if let (Some(rl), true) = (kind, i != last) {
+            let table = if rl { hf::LOCAL_RATELIMIT } else { hf::FAULT };
+            match f.object("typed_config", table, d) {
+                Some(tc) => {
+                    let built = if rl {
+                        hf::read_local_ratelimit(&tc, d).map(hf::HttpFilterConfig::LocalRateLimit)
+                    } else {
+                        hf::read_fault(&tc, d).map(hf::HttpFilterConfig::Fault)
+                    };
+                    chain.extend(built);
+                }
+                None => d.error(f.at("typed_config"), "missing required field"),
+            }
+            continue;
+        }
         let what = type_url.unwrap_or(name);
         if f.boolean("is_optional", d).unwrap_or(false) {
             d.warn(
@@ -591,11 +625,11 @@ fn read_http_filters(tc: &Obj, d: &mut Diagnostics) -> (bool, Option<GrpcStatsCo
         } else {
             d.error(
                 path,
-                format!("unsupported HTTP filter \"{what}\" (supported: envoy.filters.http.grpc_stats, envoy.filters.http.router; mark a filter is_optional to skip it)"),
+                format!("unsupported HTTP filter \"{what}\" (supported: envoy.filters.http.local_ratelimit, envoy.filters.http.fault, envoy.filters.http.grpc_stats, envoy.filters.http.router; mark a filter is_optional to skip it)"),
             );
         }
     }
-    (suppress, grpc_stats)
+    (suppress, grpc_stats, chain)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! (regexes included) is compiled here, once per config.
 
 pub mod access_log;
+pub mod filters;
 mod hcm;
 mod headers;
 mod matchers;
@@ -20,7 +21,10 @@ pub use route::read_route_configuration;
 pub(super) use upstream::read_upstream_http;
 pub use upstream::{UpstreamHttp, UpstreamProtocol};
 #[cfg(test)]
-pub(crate) use {access_log::TABLES as LOG_TABLES, retry::TABLES as RETRY_TABLES};
+pub(crate) use {
+    access_log::TABLES as LOG_TABLES, filters::TABLES as FILTER_TABLES,
+    retry::TABLES as RETRY_TABLES,
+};
 #[cfg(test)]
 pub(crate) use {
     hcm::TABLES as HCM_TABLES, route::TABLES as ROUTE_TABLES, upstream::TABLES as UPSTREAM_TABLES,
@@ -101,6 +105,8 @@ pub struct HttpConnectionManager {
     pub suppress_envoy_headers: bool,
     /// `envoy.filters.http.grpc_stats`, when in the filter chain.
     pub grpc_stats: Option<GrpcStatsConfig>,
+    /// The other HTTP filters before the router, in order.
+    pub http_filters: Vec<filters::HttpFilterConfig>,
     pub access_logs: Vec<access_log::AccessLog>,
     /// The config as given, for `/config_dump`.
     pub source: Json,

@@ -303,6 +303,7 @@ fn every_http_field_table_entry_is_documented() {
             .chain(ROUTE_TABLES)
             .chain(RETRY_TABLES)
             .chain(LOG_TABLES)
+            .chain(FILTER_TABLES)
             .chain(UPSTREAM_TABLES)
     };
     let rows: usize = all().map(|(_, t)| t.len()).sum();
