@@ -162,7 +162,8 @@ pub struct Shared {
     pub clusters: Arc<ClusterManager>,
     pub listeners: Arc<ListenerManager>,
     pub drain: Drain,
-    pub health_check_failed: AtomicBool,
+    /// Set by `POST /healthcheck/fail`; shared with the HTTP health check filters.
+    pub health_check_failed: Arc<AtomicBool>,
     pub initialized: AtomicBool,
     pub started: Instant,
     pub started_wall: SystemTime,

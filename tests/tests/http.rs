@@ -777,3 +777,42 @@ async fn local_rate_limit_and_fault_filters_act_before_the_router() {
     assert_eq!(agent.stat("http.in.fault.delays_injected"), 1);
     assert_eq!(up.requests(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_check_filter_answers_probes_and_follows_healthcheck_fail() {
+    let up = http_upstream::start("up").await;
+    let mut l = http_listener("in", any_host(json!([route("/", "up")])));
+    l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"] = json!([
+        {"name": "envoy.filters.http.health_check", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
+            "pass_through_mode": false,
+            "headers": [{"name": ":path", "string_match": {"exact": "/healthz"}}]}},
+        {"name": "envoy.filters.http.router"}]);
+    let agent = TestAgent::start(&bootstrap(vec![l], vec![static_cluster("up", &[up.addr])])).await;
+    let addr = agent.listener("in");
+    assert_eq!(
+        http_client::get(addr, "x", "/healthz", &[]).await.status,
+        200
+    );
+    assert_eq!(
+        http_client::get(addr, "x", "/other", &[]).await.json()["server"],
+        "up"
+    );
+    assert_eq!(up.requests(), 1, "probes are not passed through");
+    let r = plumb_tests::client::post(agent.admin(), "/healthcheck/fail").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        http_client::get(addr, "x", "/healthz", &[]).await.status,
+        503
+    );
+    assert_eq!(
+        http_client::get(addr, "x", "/other", &[]).await.status,
+        200,
+        "traffic still flows"
+    );
+    plumb_tests::client::post(agent.admin(), "/healthcheck/ok").await;
+    assert_eq!(
+        http_client::get(addr, "x", "/healthz", &[]).await.status,
+        200
+    );
+}

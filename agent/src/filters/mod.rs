@@ -20,6 +20,8 @@ use std::sync::Arc;
 pub struct BuildContext {
     pub clusters: Arc<ClusterManager>,
     pub routes: Arc<RouteRegistry>,
+    /// `POST /healthcheck/fail` (the HTTP health check filter answers 503 then).
+    pub health_check_failed: Arc<std::sync::atomic::AtomicBool>,
     pub store: Store,
 }
 
@@ -33,14 +35,14 @@ pub enum NetworkFilter {
 
 impl NetworkFilter {
     pub fn new(cfg: &config::NetworkFilter, ctx: &BuildContext) -> Self {
-        let (clusters, routes, store) = (&ctx.clusters, &ctx.routes, &ctx.store);
+        let (clusters, store) = (&ctx.clusters, &ctx.store);
         match cfg {
             config::NetworkFilter::TcpProxy(tp) => NetworkFilter::TcpProxy(
                 tcp_proxy::TcpProxy::new(tp.clone(), clusters.clone(), store),
             ),
-            config::NetworkFilter::HttpConnectionManager(h) => NetworkFilter::Http(
-                crate::http::ConnectionManager::new(h, clusters.clone(), routes, store),
-            ),
+            config::NetworkFilter::HttpConnectionManager(h) => {
+                NetworkFilter::Http(crate::http::ConnectionManager::new(h, ctx))
+            }
             config::NetworkFilter::ConnectionLimit(cl) => {
                 NetworkFilter::ConnectionLimit(connection_limit::ConnectionLimit::new(cl, store))
             }

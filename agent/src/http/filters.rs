@@ -35,10 +35,21 @@ pub struct LocalReply {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+/// What a filter sees of a request.
+pub struct RequestHead<'a> {
+    pub headers: &'a HeaderMap,
+    pub method: &'a str,
+    /// The path with its query (`:path`).
+    pub path: &'a str,
+    pub grpc: bool,
+    /// The server (or this connection's listener) is draining.
+    pub draining: bool,
+}
+
 /// One HTTP filter.
 pub trait HttpFilter: Send + Sync + std::fmt::Debug {
-    /// Sees the request's headers before routing.
-    fn on_request(&self, headers: &HeaderMap, grpc: bool) -> Verdict;
+    /// Sees the request's head before routing.
+    fn on_request(&self, req: &RequestHead) -> Verdict;
 }
 
 /// Builds the filters of a connection manager.
@@ -46,6 +57,7 @@ pub fn build(
     configs: &[HttpFilterConfig],
     store: &Store,
     prefix: &str,
+    health_check_failed: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<Box<dyn HttpFilter>> {
     configs
         .iter()
@@ -53,6 +65,10 @@ pub fn build(
             match c {
                 HttpFilterConfig::LocalRateLimit(rl) => Box::new(LocalRateLimit::new(rl, store)),
                 HttpFilterConfig::Fault(f) => Box::new(FaultFilter::new(f, store, prefix)),
+                HttpFilterConfig::HealthCheck(h) => Box::new(HealthCheckFilter {
+                    headers: h.headers.clone(),
+                    failed: health_check_failed.clone(),
+                }),
             }
         })
         .collect()
@@ -109,7 +125,7 @@ impl LocalRateLimit {
 }
 
 impl HttpFilter for LocalRateLimit {
-    fn on_request(&self, _headers: &HeaderMap, _grpc: bool) -> Verdict {
+    fn on_request(&self, _req: &RequestHead) -> Verdict {
         let Some(bucket) = &self.bucket else {
             return Verdict::Continue(Vec::new());
         };
@@ -211,7 +227,8 @@ impl FaultFilter {
 }
 
 impl HttpFilter for FaultFilter {
-    fn on_request(&self, headers: &HeaderMap, grpc: bool) -> Verdict {
+    fn on_request(&self, req: &RequestHead) -> Verdict {
+        let (headers, grpc) = (req.headers, req.grpc);
         if !self
             .cfg
             .headers
@@ -264,6 +281,38 @@ impl HttpFilter for FaultFilter {
     }
 }
 
+/// `envoy.filters.http.health_check`: answers the matching requests itself.
+#[derive(Debug)]
+pub struct HealthCheckFilter {
+    headers: Vec<crate::config::http::HeaderMatcher>,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HttpFilter for HealthCheckFilter {
+    fn on_request(&self, req: &RequestHead) -> Verdict {
+        let pseudo = super::route::Pseudo {
+            method: req.method,
+            path: req.path,
+            authority: "",
+        };
+        let matches = self
+            .headers
+            .iter()
+            .all(|m| super::route::header_matches_with(m, req.headers, Some(pseudo)));
+        if !matches {
+            return Verdict::Continue(Vec::new());
+        }
+        let healthy = !req.draining && !self.failed.load(Ordering::Relaxed);
+        Verdict::Reply(LocalReply {
+            status: if healthy { 200 } else { 503 },
+            text: "",
+            grpc_status: None,
+            flag: Flag::HealthCheck,
+            headers: Vec::new(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Each filter against a fake next stage: the chain's verdicts as the connection manager
@@ -278,8 +327,15 @@ mod tests {
         grpc: bool,
     ) -> Result<usize, String> {
         let mut extra = 0;
+        let head = RequestHead {
+            headers,
+            method: "GET",
+            path: "/",
+            grpc,
+            draining: false,
+        };
         for f in chain {
-            match f.on_request(headers, grpc) {
+            match f.on_request(&head) {
                 Verdict::Continue(h) => extra += h.len(),
                 Verdict::Delay(t, _) => return Err(format!("delay {}ms", t.as_millis())),
                 Verdict::Reply(r) => {
@@ -311,6 +367,7 @@ mod tests {
             &[HttpFilterConfig::LocalRateLimit(cfg.clone())],
             &store,
             "in",
+            &Default::default(),
         );
         let h = HeaderMap::new();
         assert_eq!(run(&chain, &h, false), Ok(3));
@@ -332,6 +389,7 @@ mod tests {
             })],
             &Store::new(),
             "in",
+            &Default::default(),
         );
         for _ in 0..5 {
             assert_eq!(run(&shadow, &h, false), Ok(0));
@@ -352,7 +410,12 @@ mod tests {
         let h = HeaderMap::new();
         assert_eq!(
             run(
-                &build(&[always(FaultAbort::Http(503))], &store, "a"),
+                &build(
+                    &[always(FaultAbort::Http(503))],
+                    &store,
+                    "a",
+                    &Default::default()
+                ),
                 &h,
                 false
             ),
@@ -360,13 +423,23 @@ mod tests {
         );
         assert_eq!(
             run(
-                &build(&[always(FaultAbort::Grpc(14))], &store, "b"),
+                &build(
+                    &[always(FaultAbort::Grpc(14))],
+                    &store,
+                    "b",
+                    &Default::default()
+                ),
                 &h,
                 true
             ),
             Err("200 FI 14".into())
         );
-        let by_header = build(&[always(FaultAbort::Header)], &store, "c");
+        let by_header = build(
+            &[always(FaultAbort::Header)],
+            &store,
+            "c",
+            &Default::default(),
+        );
         assert_eq!(run(&by_header, &h, false), Ok(0), "no header, no fault");
         let mut asked = HeaderMap::new();
         asked.insert("x-envoy-fault-abort-request", "418".parse().unwrap());
@@ -380,8 +453,15 @@ mod tests {
             })],
             &store,
             "d",
+            &Default::default(),
         );
-        let first = delay[0].on_request(&h, false);
+        let first = delay[0].on_request(&RequestHead {
+            headers: &h,
+            method: "GET",
+            path: "/",
+            grpc: false,
+            draining: false,
+        });
         assert!(matches!(first, Verdict::Delay(t, Some(_)) if t == Duration::from_millis(250)));
         // The first delay is still active: the limit of one leaves the next untouched.
         assert_eq!(run(&delay, &h, false), Ok(0));

@@ -70,6 +70,8 @@ impl std::fmt::Debug for ConnectionManager {
 pub struct ConnInfo {
     /// Unique per connection (`%CONNECTION_ID%`).
     pub id: u64,
+    /// The drain this connection follows (the health check filter answers 503 once it drains).
+    pub watch: crate::drain::Watch,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub original_dst: Option<SocketAddr>,
@@ -121,10 +123,9 @@ impl ConnInfo {
 impl ConnectionManager {
     pub fn new(
         cfg: &config::http::HttpConnectionManager,
-        clusters: Arc<ClusterManager>,
-        registry: &rds::RouteRegistry,
-        store: &Store,
+        ctx: &crate::filters::BuildContext,
     ) -> Arc<Self> {
+        let (clusters, registry, store) = (ctx.clusters.clone(), &ctx.routes, &ctx.store);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         match cfg.codec_type {
             config::http::CodecType::Http1 => builder = builder.http1_only(),
@@ -160,7 +161,12 @@ impl ConnectionManager {
             clusters,
             stats: HttpStats::new(store, &cfg.stat_prefix),
             builder,
-            filters: filters::build(&cfg.http_filters, store, &cfg.stat_prefix),
+            filters: filters::build(
+                &cfg.http_filters,
+                store,
+                &cfg.stat_prefix,
+                &ctx.health_check_failed,
+            ),
             loggers: cfg
                 .access_logs
                 .iter()
@@ -185,6 +191,7 @@ impl ConnectionManager {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let conn = Arc::new(ConnInfo {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            watch: ds.watch.clone(),
             peer: ds.peer,
             local: ds.local,
             original_dst: ds.original_dst,
@@ -292,7 +299,15 @@ pub fn fuzz_connection(data: &[u8]) {
             let config::NetworkFilter::HttpConnectionManager(h) = &snap.listeners[0].filter_chains[0].filters[0] else {
                 unreachable!("the fuzz bootstrap has a connection manager")
             };
-            ConnectionManager::new(h, clusters, &rds::RouteRegistry::default(), &store)
+            ConnectionManager::new(
+                h,
+                &crate::filters::BuildContext {
+                    clusters,
+                    routes: Default::default(),
+                    health_check_failed: Default::default(),
+                    store,
+                },
+            )
         };
     }
     let hcm = HCM.with(|h| h.clone());

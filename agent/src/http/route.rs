@@ -30,6 +30,9 @@ fn by_length(m: HashMap<usize, HashMap<String, usize>>) -> Vec<(usize, HashMap<S
 
 /// What a request is matched on.
 pub struct RequestView<'a> {
+    pub method: &'a str,
+    /// The path with its query (`:path`).
+    pub path_and_query: &'a str,
     pub authority: &'a str,
     /// The path without the query string.
     pub path: &'a str,
@@ -175,9 +178,31 @@ fn header_value<'h>(headers: &'h HeaderMap, name: &str, joined: &'h mut String) 
     Some(joined.as_str())
 }
 
+/// The request's pseudo-headers, for header matchers that name them.
+#[derive(Debug, Clone, Copy)]
+pub struct Pseudo<'a> {
+    pub method: &'a str,
+    /// The path with its query, as `:path` is.
+    pub path: &'a str,
+    pub authority: &'a str,
+}
+
 pub fn header_matches(h: &HeaderMatcher, headers: &HeaderMap) -> bool {
+    header_matches_with(h, headers, None)
+}
+
+/// As `header_matches`, with `:method`, `:path`, `:authority` and `:scheme` read from
+/// `pseudo` (without it, they are absent).
+pub fn header_matches_with(h: &HeaderMatcher, headers: &HeaderMap, pseudo: Option<Pseudo>) -> bool {
     let mut joined = String::new();
-    let value = header_value(headers, &h.name, &mut joined);
+    let value = match (h.name.as_str(), pseudo) {
+        (":method", Some(p)) => Some(p.method),
+        (":path", Some(p)) => Some(p.path),
+        (":authority", Some(p)) => Some(p.authority),
+        (":scheme", Some(_)) => Some("http"),
+        (n, _) if n.starts_with(':') => None,
+        _ => header_value(headers, &h.name, &mut joined),
+    };
     if let HeaderCheck::Present(p) = h.check {
         return (value.is_some() == p) != h.invert;
     }
@@ -250,7 +275,16 @@ fn matches(m: &RouteMatch, req: &RequestView, query: &mut Option<Vec<(String, St
     if m.grpc && !is_grpc(req.headers) {
         return false;
     }
-    if !m.headers.iter().all(|h| header_matches(h, req.headers)) {
+    let pseudo = Pseudo {
+        method: req.method,
+        path: req.path_and_query,
+        authority: req.authority,
+    };
+    if !m
+        .headers
+        .iter()
+        .all(|h| header_matches_with(h, req.headers, Some(pseudo)))
+    {
         return false;
     }
     if !m.query_parameters.is_empty() {
@@ -367,6 +401,8 @@ mod tests {
             None => (path_and_query, None),
         };
         let view = RequestView {
+            method: "GET",
+            path_and_query,
             authority: "x",
             path,
             query,

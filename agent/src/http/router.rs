@@ -48,6 +48,8 @@ pub enum Flag {
     RateLimited,
     /// Aborted by the fault filter (FI).
     FaultInjected,
+    /// Answered by the health check filter (not a failure; no flag in logs).
+    HealthCheck,
 }
 
 impl Flag {
@@ -68,6 +70,7 @@ impl Flag {
             Flag::UpstreamRetryLimitExceeded => "via_upstream",
             Flag::RateLimited => "local_rate_limited",
             Flag::FaultInjected => "fault_filter_abort",
+            Flag::HealthCheck => "health_check",
         }
     }
 
@@ -83,6 +86,7 @@ impl Flag {
             Flag::UpstreamRetryLimitExceeded => "URX",
             Flag::RateLimited => "RL",
             Flag::FaultInjected => "FI",
+            Flag::HealthCheck => "-",
         }
     }
 }
@@ -381,8 +385,19 @@ impl ConnectionManager {
             None
         };
         // The HTTP filters before the router, in order.
+        let head = super::filters::RequestHead {
+            headers: &parts.headers,
+            method: parts.method.as_str(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/"),
+            grpc,
+            draining: conn.watch.phase() != crate::drain::Phase::Running,
+        };
         for f in &self.filters {
-            match f.on_request(&parts.headers, grpc) {
+            match f.on_request(&head) {
                 Verdict::Continue(h) => exchange.extra_headers.extend(h),
                 Verdict::Delay(t, active) => {
                     tokio::time::sleep(t).await;
@@ -420,6 +435,12 @@ impl ConnectionManager {
             return reply(exchange, StatusCode::NOT_FOUND, "", Flag::NoRoute, None);
         };
         let view = RequestView {
+            method: parts.method.as_str(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/"),
             authority: &authority,
             path: parts.uri.path(),
             query: parts.uri.query(),

@@ -100,6 +100,8 @@ pub struct ListenerManager {
     clusters: Arc<ClusterManager>,
     /// Route configurations by name, for connection managers that use RDS.
     pub routes: Arc<crate::http::rds::RouteRegistry>,
+    /// `POST /healthcheck/fail`, for the HTTP health check filters.
+    pub health_check_failed: Arc<std::sync::atomic::AtomicBool>,
     store: Store,
     redirect: OnceLock<Arc<Redirector>>,
     /// The data-path runtimes each listening socket is served on: one accept loop per
@@ -130,6 +132,7 @@ impl ListenerManager {
             dispatch: Arc::new(ArcSwap::from_pointee(Dispatch::default())),
             clusters,
             routes: Default::default(),
+            health_check_failed: Default::default(),
             store: store.clone(),
             redirect: OnceLock::new(),
             workers: OnceLock::new(),
@@ -194,6 +197,7 @@ impl ListenerManager {
             &crate::filters::BuildContext {
                 clusters: self.clusters.clone(),
                 routes: self.routes.clone(),
+                health_check_failed: self.health_check_failed.clone(),
                 store: self.store.clone(),
             },
             self.dispatch.clone(),

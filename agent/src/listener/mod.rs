@@ -417,6 +417,7 @@ mod tests {
             &crate::filters::BuildContext {
                 clusters: clusters.clone(),
                 routes: Default::default(),
+                health_check_failed: Default::default(),
                 store: store.clone(),
             },
             handle.clone(),

@@ -282,13 +282,14 @@ pub fn start(
         .set(epoch.generation as i64);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(None);
+    let health_check_failed = listeners.health_check_failed.clone();
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
         store,
         clusters,
         listeners,
         drain: Drain::new(),
-        health_check_failed: AtomicBool::new(false),
+        health_check_failed,
         initialized: AtomicBool::new(false),
         started: Instant::now(),
         started_wall: SystemTime::now(),

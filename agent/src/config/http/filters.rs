@@ -12,6 +12,9 @@ use Field::{Ignored as I, Rejected as R, Supported as S};
 pub const LOCAL_RATELIMIT_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
 pub const FAULT_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+pub const HEALTH_CHECK_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck";
+pub const HEALTH_CHECK_NAMES: &[&str] = &["envoy.filters.http.health_check", "envoy.health_check"];
 pub const LOCAL_RATELIMIT_NAMES: &[&str] = &["envoy.filters.http.local_ratelimit"];
 pub const FAULT_NAMES: &[&str] = &["envoy.filters.http.fault", "envoy.fault"];
 
@@ -55,11 +58,55 @@ pub struct Fault {
     pub max_active_faults: Option<u32>,
 }
 
+/// `envoy.filters.http.health_check` (not pass-through): answers the requests matching
+/// `headers` itself, 200 while the server is healthy, 503 once it drains or
+/// `/healthcheck/fail` was posted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub headers: Vec<HeaderMatcher>,
+}
+
 /// The HTTP filters of a connection manager, in order, before the router.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HttpFilterConfig {
     LocalRateLimit(HttpLocalRateLimit),
     Fault(Fault),
+    HealthCheck(HealthCheck),
+}
+
+pub(super) const HEALTH_CHECK: FieldTable = &[
+    ("@type", S),
+    ("pass_through_mode", S),
+    ("headers", S),
+    ("cache_time", I("answers are not cached; each is computed")),
+    (
+        "cluster_min_healthy_percentages",
+        R("cluster health percentages are not supported"),
+    ),
+];
+
+pub(super) fn read_health_check(tc: &Obj, d: &mut Diagnostics) -> Option<HealthCheck> {
+    if tc.boolean("pass_through_mode", d) == Some(true) {
+        d.error(
+            tc.at("pass_through_mode"),
+            "pass-through health checks are not supported (the filter answers itself)",
+        );
+        return None;
+    }
+    let mut headers = Vec::new();
+    for (p, v) in tc.list("headers", d) {
+        if let Some(h) = read_header_matcher(v, &p, d) {
+            headers.push(h);
+        }
+    }
+    if headers.is_empty() {
+        d.error(
+            tc.at("headers"),
+            "at least one header matcher (e.g. :path) is required",
+        );
+        return None;
+    }
+    Some(HealthCheck { headers })
 }
 
 pub(super) const LOCAL_RATELIMIT: FieldTable = &[
@@ -331,4 +378,5 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("FaultDelay", FAULT_DELAY),
     ("FaultAbort", FAULT_ABORT),
     ("HeaderDelay / HeaderAbort", EMPTY_FAULT),
+    ("HealthCheck", HEALTH_CHECK),
 ];

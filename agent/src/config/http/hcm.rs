@@ -589,21 +589,24 @@ fn read_http_filters(
             continue;
         }
         let kind = match type_url.as_deref() {
-            Some(hf::LOCAL_RATELIMIT_TYPE) => Some(true),
-            Some(hf::FAULT_TYPE) => Some(false),
+            Some(hf::LOCAL_RATELIMIT_TYPE) => Some(0),
+            Some(hf::FAULT_TYPE) => Some(1),
+            Some(hf::HEALTH_CHECK_TYPE) => Some(2),
             Some(_) => None,
-            None if hf::LOCAL_RATELIMIT_NAMES.contains(&name.as_str()) => Some(true),
-            None if hf::FAULT_NAMES.contains(&name.as_str()) => Some(false),
+            None if hf::LOCAL_RATELIMIT_NAMES.contains(&name.as_str()) => Some(0),
+            None if hf::FAULT_NAMES.contains(&name.as_str()) => Some(1),
+            None if hf::HEALTH_CHECK_NAMES.contains(&name.as_str()) => Some(2),
             None => None,
         };
-        if let (Some(rl), true) = (kind, i != last) {
-            let table = if rl { hf::LOCAL_RATELIMIT } else { hf::FAULT };
+        if let (Some(k), true) = (kind, i != last) {
+            let table = [hf::LOCAL_RATELIMIT, hf::FAULT, hf::HEALTH_CHECK][k];
             match f.object("typed_config", table, d) {
                 Some(tc) => {
-                    let built = if rl {
-                        hf::read_local_ratelimit(&tc, d).map(hf::HttpFilterConfig::LocalRateLimit)
-                    } else {
-                        hf::read_fault(&tc, d).map(hf::HttpFilterConfig::Fault)
+                    let built = match k {
+                        0 => hf::read_local_ratelimit(&tc, d)
+                            .map(hf::HttpFilterConfig::LocalRateLimit),
+                        1 => hf::read_fault(&tc, d).map(hf::HttpFilterConfig::Fault),
+                        _ => hf::read_health_check(&tc, d).map(hf::HttpFilterConfig::HealthCheck),
                     };
                     chain.extend(built);
                 }
@@ -625,7 +628,7 @@ fn read_http_filters(
         } else {
             d.error(
                 path,
-                format!("unsupported HTTP filter \"{what}\" (supported: envoy.filters.http.local_ratelimit, envoy.filters.http.fault, envoy.filters.http.grpc_stats, envoy.filters.http.router; mark a filter is_optional to skip it)"),
+                format!("unsupported HTTP filter \"{what}\" (supported: envoy.filters.http.local_ratelimit, envoy.filters.http.fault, envoy.filters.http.health_check, envoy.filters.http.grpc_stats, envoy.filters.http.router; mark a filter is_optional to skip it)"),
             );
         }
     }

@@ -104,7 +104,11 @@ pub(super) fn read_header_matcher(
 ) -> Option<HeaderMatcher> {
     let h = Obj::new(v, path, HEADER_MATCHER, d)?;
     let name = h.required_string("name", d)?.to_ascii_lowercase();
-    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+    let pseudo = matches!(
+        name.as_str(),
+        ":path" | ":method" | ":authority" | ":scheme"
+    );
+    if !pseudo && http::HeaderName::from_bytes(name.as_bytes()).is_err() {
         d.error(
             h.at("name"),
             format!("\"{name}\" is not a valid header name"),
