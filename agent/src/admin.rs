@@ -438,10 +438,12 @@ fn clusters(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body>
             let cx_connect_fail = h.stats.cx_connect_fail.load(Ordering::Relaxed);
             let flags = h.health_flags_string();
             let rq = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed).to_string();
-            let (rq_success, rq_error, rq_timeout) = (
+            let (rq_success, rq_error, rq_timeout, rq_total, rq_active) = (
                 rq(&h.stats.rq_success),
                 rq(&h.stats.rq_error),
                 rq(&h.stats.rq_timeout),
+                rq(&h.stats.rq_total),
+                rq(&h.stats.rq_active),
             );
             if as_json {
                 host_json.push(json!({
@@ -453,7 +455,8 @@ fn clusters(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body>
                         {"name": "rq_success", "value": rq_success},
                         {"name": "rq_error", "value": rq_error},
                         {"name": "rq_timeout", "value": rq_timeout},
-                        {"name": "rq_total", "value": "0"},
+                        {"name": "rq_total", "value": rq_total},
+                        {"name": "rq_active", "type": "GAUGE", "value": rq_active},
                     ],
                     "health_status": {
                         "eds_health_status": h.eds_health_status().as_str(),
@@ -474,7 +477,8 @@ fn clusters(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body>
                     ("rq_error", rq_error.clone()),
                     ("rq_success", rq_success.clone()),
                     ("rq_timeout", rq_timeout.clone()),
-                    ("rq_total", "0".to_string()),
+                    ("rq_total", rq_total.clone()),
+                    ("rq_active", rq_active.clone()),
                     ("hostname", h.hostname.clone()),
                     ("health_flags", flags),
                     ("weight", h.weight().to_string()),

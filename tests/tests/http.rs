@@ -129,6 +129,21 @@ async fn keep_alive_requests_reuse_one_upstream_connection_and_bridge_protocols(
     agent
         .wait_stat("cluster.h1.upstream_rq_active", |v| v == 0)
         .await;
+    // Per host in /clusters: 5 HTTP/1.1 and 10 HTTP/2 requests went to h1.
+    let clusters = plumb_tests::client::get(agent.admin(), "/clusters")
+        .await
+        .body;
+    for l in [
+        "rq_total::15",
+        "rq_success::15",
+        "rq_error::0",
+        "rq_active::0",
+    ] {
+        assert!(
+            clusters.contains(&format!("h1::{}::{l}\n", h1.addr)),
+            "{l}: {clusters}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -789,7 +789,6 @@ impl ConnectionManager {
         }
         hs.upstream_rq_active.inc();
         hs.record_status(status.as_u16());
-        host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
         host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
         cluster.report(&host, Outcome::HttpStatus(status.as_u16()));
         let mut resp = resp;

@@ -192,6 +192,13 @@ impl Host {
     /// The one reporting hook: every connection or request attempt's result lands here.
     pub fn record(&self, outcome: Outcome) {
         let s = &self.stats;
+        // Every request attempt (HTTP) counts in rq_total, answered or not.
+        if matches!(
+            outcome,
+            Outcome::Timeout | Outcome::Reset | Outcome::HttpStatus(_)
+        ) {
+            s.rq_total.fetch_add(1, Ordering::Relaxed);
+        }
         match outcome {
             // Counted by cx_total; detectors consume it.
             Outcome::ConnectSuccess => 0,
