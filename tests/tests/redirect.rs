@@ -800,3 +800,128 @@ async fn a_successors_own_connects_are_not_captured_during_the_hand_over() {
         0
     );
 }
+
+/// `curl` from inside `pod`: the body.
+fn pod_get(pod: &pods::Pod, url: &str) -> String {
+    let out = pod
+        .command("curl")
+        .args(["-s", "--max-time", "5", url])
+        .output()
+        .expect("run curl in the pod");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `curl` from inside `pod`: the status code, or 0 when nothing answered.
+fn pod_curl(pod: &pods::Pod, url: &str) -> u16 {
+    let out = pod
+        .command("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            url,
+        ])
+        .output()
+        .expect("run curl in the pod");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Captured HTTP (issue 12, item 2): a pod's requests to a VIP reach a `bind_to_port: false`
+/// listener with an HTTP connection manager; captured passthrough traffic that the HTTP
+/// inspector recognises goes through a connection manager to its original destination
+/// (ORIGINAL_DST), while other captured traffic stays TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_http_is_routed_by_the_connection_manager() {
+    require_kernel_env!();
+    if plumb_tests::agent::which("curl").is_none() {
+        return plumb_tests::skip("curl is not installed (cargo xtask deps installs it)");
+    }
+    let scene = Scene::new("http-capture", &[]);
+    let (node, client, server, pin) = (&scene.node, &scene.client, &scene.server, &scene.pin);
+    // In the server pod: HTTP on 8080 and 8081, echo on 8082.
+    let ip = server.ip.to_string();
+    let mut child = server
+        .command(load_bin())
+        .args([
+            "serve",
+            "--echo",
+            &format!("{ip}:8082"),
+            "--sink",
+            &format!("{ip}:8092"),
+        ])
+        .args([
+            "--http",
+            &format!("{ip}:8080"),
+            "--http",
+            &format!("{ip}:8081"),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the pod servers");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let servers = PodServer(child);
+    let mut config: Value = serde_json::from_str(&agent_config(node, server, pin, false)).unwrap();
+    let hcm = |prefix: &str, cluster: &str| {
+        json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": prefix,
+            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/"}, "route": {"cluster": cluster},
+                 "request_headers_to_add": [{"header": {"key": "x-via", "value": "plumb"}}]}]}]},
+            "http_filters": [{"name": "envoy.filters.http.router"}]}})
+    };
+    let listeners = config["static_resources"]["listeners"]
+        .as_array_mut()
+        .unwrap();
+    // outbound: the HTTP inspector picks the connection manager for HTTP, tcp_proxy otherwise.
+    listeners[0]["listener_filters"] = json!([{"name": "envoy.filters.listener.http_inspector",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"}}]);
+    let tcp = listeners[0]["filter_chains"][0].clone();
+    listeners[0]["filter_chains"] = json!([
+        {"filter_chain_match": {"application_protocols": ["http/1.1", "h2c"]}, "filters": [hcm("outbound_http", "passthrough")]},
+        tcp,
+    ]);
+    // The VIP: HTTP only.
+    listeners[1]["filter_chains"] = json!([{"filters": [hcm("vip_http", "backend")]}]);
+    config["bootstrap_extensions"][0]["typed_config"]["capture"] =
+        json!([{"cidr": format!("{}/32", server.ip), "ports": [8081, 8082]}]);
+    let agent = AgentProcess::spawn(&config.to_string(), &[]).await;
+    let admin = agent.admin;
+    assert_eq!(stat(admin, "redirect.active").await, 1, "{}", agent.logs());
+
+    // The VIP exists nowhere: only the connection manager can route it to the server pod.
+    assert_eq!(
+        pod_curl(client, "http://10.96.0.10/"),
+        200,
+        "{}",
+        agent.logs()
+    );
+    let body = pod_get(client, "http://10.96.0.10/");
+    assert_eq!(body, "port=8080 host=10.96.0.10 via=plumb\n");
+    assert_eq!(stat(admin, "http.vip_http.downstream_rq_2xx").await, 2);
+    assert_eq!(stat(admin, "cluster.backend.upstream_rq_200").await, 2);
+    // Captured passthrough HTTP: routed to its original destination.
+    let body = pod_get(client, &format!("http://{}:8081/", server.ip));
+    assert_eq!(
+        body,
+        format!("port=8081 host={}:8081 via=plumb\n", server.ip)
+    );
+    assert_eq!(stat(admin, "http.outbound_http.downstream_rq_2xx").await, 1);
+    assert_eq!(stat(admin, "cluster.passthrough.upstream_rq_200").await, 1);
+    // Captured non-HTTP traffic stays TCP (echo).
+    let r = roundtrip(client, &format!("{}:8082", server.ip), 10_000);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(stat(admin, "tcp.outbound.downstream_cx_total").await, 1);
+    drop(servers);
+}

@@ -50,7 +50,15 @@ fn main() {
         .expect("runtime");
     rt.block_on(async move {
         match cmd.as_str() {
-            "serve" => serve(arg(&args, "--echo", None), arg(&args, "--sink", None)).await,
+            "serve" => {
+                // Each `--http ADDR`: a minimal HTTP/1.1 server on ADDR.
+                let http: Vec<SocketAddr> = args
+                    .windows(2)
+                    .filter(|w| w[0] == "--http")
+                    .filter_map(|w| w[1].parse().ok())
+                    .collect();
+                serve(arg(&args, "--echo", None), arg(&args, "--sink", None), http).await
+            }
             "throughput" => {
                 throughput(
                     arg(&args, "--addr", None),
@@ -109,9 +117,64 @@ fn main() {
     });
 }
 
-async fn serve(echo: SocketAddr, sink: SocketAddr) {
+/// A minimal HTTP/1.1 server: answers each request (no body expected) with 200 and a body
+/// naming the port and the request's `host` and `x-via` headers; keep-alive until EOF.
+async fn http_serve(l: TcpListener) {
+    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+    loop {
+        let Ok((mut s, _)) = l.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(4096);
+            let mut chunk = [0u8; 4096];
+            loop {
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    if buf.len() > 64 * 1024 {
+                        return;
+                    }
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                buf.drain(..end + 4);
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.trim()
+                                .eq_ignore_ascii_case(name)
+                                .then(|| v.trim().to_string())
+                        })
+                        .unwrap_or_else(|| "-".into())
+                };
+                let body = format!(
+                    "port={port} host={} via={}\n",
+                    header("host"),
+                    header("x-via")
+                );
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if s.write_all(resp.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+async fn serve(echo: SocketAddr, sink: SocketAddr, http: Vec<SocketAddr>) {
     let echo_l = TcpListener::bind(echo).await.expect("bind echo");
     let sink_l = TcpListener::bind(sink).await.expect("bind sink");
+    for addr in http {
+        let l = TcpListener::bind(addr).await.expect("bind http");
+        tokio::spawn(http_serve(l));
+    }
     println!("ready");
     let echo_task = tokio::spawn(async move {
         loop {
