@@ -508,6 +508,15 @@ async fn drain_answers_in_flight_requests_with_connection_close() {
             .status,
         200
     );
+    // A second keep-alive connection, idle when the drain starts.
+    let mut idle = H1::connect(addr).await;
+    assert_eq!(
+        idle.send(request("GET", "x", "/", &[], b""))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     let in_flight = tokio::spawn(async move {
         let r = c
             .send(request("GET", "x", "/", &[("x-delay-ms", "300")], b""))
@@ -518,13 +527,17 @@ async fn drain_answers_in_flight_requests_with_connection_close() {
     plumb_tests::wait_until(
         "the slow request at the upstream",
         Duration::from_secs(5),
-        || async { up.requests() == 2 },
+        || async { up.requests() == 3 },
     )
     .await;
     agent.shutdown(plumb::server::ShutdownKind::Graceful);
     let (r, c) = in_flight.await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("connection"), Some("close"));
+    // The idle connection is not closed under its client: its next request is answered,
+    // with Connection: close.
+    let r = idle.send(request("GET", "x", "/", &[], b"")).await.unwrap();
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
     plumb_tests::wait_until(
         "the client connection to close",
         Duration::from_secs(5),

@@ -81,6 +81,8 @@ pub struct ConnInfo {
     last_end_ms: AtomicU64,
     counted: AtomicBool,
     http2: AtomicBool,
+    /// The drain began: HTTP/1.1 responses say `Connection: close`.
+    pub draining: AtomicBool,
 }
 
 impl ConnInfo {
@@ -102,6 +104,10 @@ impl ConnInfo {
                 s.downstream_cx_http1_active.inc();
             }
         }
+    }
+
+    pub(super) fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
     }
 
     fn request_ended(&self) {
@@ -200,6 +206,7 @@ impl ConnectionManager {
             last_end_ms: AtomicU64::new(0),
             counted: AtomicBool::new(false),
             http2: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         });
         let mut draining = ds.watch.clone();
         let mut closing = ds.watch.clone();
@@ -217,10 +224,16 @@ impl ConnectionManager {
         tokio::pin!(served);
         let idle = self.config.idle_timeout;
         let mut shutting_down = false;
+        // HTTP/1.1 in a drain: the next response says `Connection: close` (so a client never
+        // sends on a connection closed under it); an idle connection closes after
+        // drain_timeout. HTTP/2 gets GOAWAY at once.
+        let mut drain_deadline: Option<Instant> = None;
         loop {
             let wake = idle
                 .map(|t| conn.idle_deadline(t).unwrap_or_else(|| Instant::now() + t))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            let drain_wake =
+                drain_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
             tokio::select! {
                 r = served.as_mut() => {
                     if let Err(e) = r {
@@ -229,8 +242,17 @@ impl ConnectionManager {
                     }
                     break;
                 }
-                _ = draining.draining(), if !shutting_down => {
+                _ = draining.draining(), if !shutting_down && drain_deadline.is_none() => {
                     s.downstream_cx_drain_close.inc();
+                    conn.draining.store(true, Ordering::Relaxed);
+                    if conn.http2.load(Ordering::Relaxed) {
+                        served.as_mut().graceful_shutdown();
+                        shutting_down = true;
+                    } else {
+                        drain_deadline = Some(Instant::now() + self.config.drain_timeout);
+                    }
+                }
+                _ = tokio::time::sleep_until(drain_wake.into()), if drain_deadline.is_some() && !shutting_down => {
                     served.as_mut().graceful_shutdown();
                     shutting_down = true;
                 }

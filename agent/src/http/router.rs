@@ -866,6 +866,13 @@ impl ConnectionManager {
     ) -> Response<Body> {
         self.stats.downstream_rq_xx.record(r.status().as_u16());
         let mut ex = ex;
+        if ex.conn.draining.load(Ordering::Relaxed)
+            && !ex.conn.is_http2()
+            && r.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            r.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         for (k, v) in ex.extra_headers.drain(..) {
             r.headers_mut().insert(k, v);
         }
