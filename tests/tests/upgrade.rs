@@ -391,3 +391,113 @@ async fn a_refused_successor_stops_with_an_error() {
     );
     assert!(!logs.contains("plumb is live"), "{logs}");
 }
+
+/// Issue 12: a hand-over under HTTP keep-alive load fails no request. The old agent's
+/// connections answer their next request with `Connection: close`; clients then reconnect and
+/// reach the new agent through the inherited listening socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_under_http_keep_alive_load_fails_no_request() {
+    use plumb_tests::agent::{any_host, http_listener};
+    use plumb_tests::http_client::{request, H1};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let up = plumb_tests::http_upstream::start("up").await;
+    let dir = TempDir::new("upgrade-http");
+    let sock = dir.path.join("upgrade.sock");
+    let routes = serde_json::json!([{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]);
+    let cfg = bootstrap(
+        vec![http_listener("web", any_host(routes))],
+        vec![static_cluster("up", &[up.addr])],
+    );
+    let args = upgrade_args(&sock);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut takeover_args = args.clone();
+    takeover_args.push("--takeover");
+    let first = AgentProcess::spawn(&cfg, &args).await;
+    let addr = first.listener("web").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, reconnects) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, reconnects) =
+            (stop.clone(), ok.clone(), failed.clone(), reconnects.clone());
+        clients.push(tokio::spawn(async move {
+            let mut c = H1::connect(addr).await;
+            // Bounded: at most 200,000 requests per client.
+            for _ in 0..200_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if c.is_closed() {
+                    c = H1::connect(addr).await;
+                    reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                match c.send(request("GET", "x", "/", &[], b"")).await {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        if r.header("connection") == Some("close") {
+                            c = H1::connect(addr).await;
+                            reconnects.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        c = H1::connect(addr).await;
+                    }
+                }
+            }
+        }));
+    }
+    plumb_tests::wait_until(
+        "load through the first agent",
+        Duration::from_secs(20),
+        || {
+            let ok = ok.clone();
+            async move { ok.load(Ordering::Relaxed) > 200 }
+        },
+    )
+    .await;
+    let new = AgentProcess::spawn(&cfg, &takeover_args).await;
+    wait_log(&first, "handed over; draining").await;
+    let a = new.admin;
+    plumb_tests::wait_until(
+        "the new agent serves HTTP",
+        Duration::from_secs(20),
+        || async move { stat(a, "http.web.downstream_rq_total").await > 200 },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let (ok, failed, reconnects) = (
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        reconnects.load(Ordering::Relaxed),
+    );
+    eprintln!("HTTP through a takeover: {ok} ok, {failed} failed, {reconnects} reconnects");
+    assert_eq!(failed, 0);
+    assert!(
+        reconnects >= 4,
+        "every client moved to the new agent: {reconnects}"
+    );
+    let mut first = first;
+    let st = first
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("the old agent exits");
+    assert_eq!(st.code(), Some(0), "{}", first.logs());
+    let mut new = new;
+    new.signal(libc::SIGTERM);
+    assert_eq!(
+        new.wait_exit(Duration::from_secs(20))
+            .await
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+}
