@@ -45,6 +45,14 @@ pub fn bench(args: &[String]) -> Result<()> {
             &plumb_args,
         ),
         Some("redirect") => crate::bench_redirect::bench(secs.clamp(0.5, 60.0)),
+        Some("http") => {
+            let rounds: usize = flag("--rounds")
+                .map(|s| s.parse())
+                .transpose()
+                .context("--rounds takes a number")?
+                .unwrap_or(2);
+            crate::bench_http::bench(secs.clamp(1.0, 60.0), rounds.clamp(1, 10))
+        }
         Some("workers") => {
             let rounds: usize = flag("--rounds")
                 .map(|s| s.parse())

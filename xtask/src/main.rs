@@ -17,6 +17,7 @@
 
 mod bench;
 mod bench_config;
+mod bench_http;
 mod bench_redirect;
 mod bench_upgrade;
 mod bench_workers;
@@ -42,7 +43,7 @@ fn main() {
         Some("image") => image::build(args.iter().any(|a| a == "--release")).map(|_| ()),
         Some("demo-xds") => xds_tool("demo", &[]),
         _ => {
-            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | demo-xds | build-ebpf | bench l4|workers|redirect|xds|upgrade|config [--secs S] | fuzz <target>|all [--secs N] [--runs N] | image [--release]>");
+            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | demo-xds | build-ebpf | bench l4|workers|redirect|xds|upgrade|config|http [--secs S] | fuzz <target>|all [--secs N] [--runs N] | image [--release]>");
             std::process::exit(2);
         }
     };
@@ -62,7 +63,11 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("podman", "podman"),
     ("runc", "runc"),
 ];
-const BENCH_TOOLS: &[(&str, &str)] = &[("haproxy", "haproxy")];
+const BENCH_TOOLS: &[(&str, &str)] = &[
+    ("haproxy", "haproxy"),
+    ("nginx", "nginx-light"),
+    ("wrk", "wrk"),
+];
 
 /// PyPI tools by the Python module they provide (pinned).
 const PYPI_TOOLS: &[(&str, &str)] = &[
