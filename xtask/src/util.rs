@@ -199,6 +199,58 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The direct children of a process (from /proc/<pid>/stat's ppid field).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.rsplit_once(')')?.1.to_string();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Kills a process and its direct children (nginx's workers outlive a killed master).
+pub struct KillTreeOnDrop(pub u32);
+
+impl Drop for KillTreeOnDrop {
+    fn drop(&mut self) {
+        let mut pids = children(self.0);
+        pids.push(self.0);
+        for p in pids {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(p.to_string())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// CPU seconds of a process and its direct children (see `cpu_seconds`).
+pub fn cpu_seconds_tree(pid: u32) -> Option<f64> {
+    let own = cpu_seconds(pid)?;
+    Some(
+        own + children(pid)
+            .into_iter()
+            .filter_map(cpu_seconds)
+            .sum::<f64>(),
+    )
+}
+
+/// Resident memory of a process and its direct children in MiB (see `rss_mib`).
+pub fn rss_mib_tree(pid: u32) -> Option<f64> {
+    let own = rss_mib(pid)?;
+    Some(own + children(pid).into_iter().filter_map(rss_mib).sum::<f64>())
+}
+
 /// User+system CPU seconds a process has used so far (from /proc/<pid>/stat).
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -418,7 +418,7 @@ impl HttpBody for Body {
                     }
                 } else if let Some(t) = f.trailers_ref() {
                     this.grpc_status = t
-                        .get("grpc-status")
+                        .get(super::headers::names::GRPC_STATUS)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok());
                 }

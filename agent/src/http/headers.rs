@@ -7,27 +7,57 @@ use http::HeaderMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
 
+/// Header names the data path looks up, parsed once (a `&str` name is parsed and hashed at
+/// every lookup).
+pub mod names {
+    use http::header::HeaderName;
+    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    pub const X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+    pub const X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+    pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+    pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+    pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    pub const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    pub const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+}
+
 /// Headers that describe one hop's connection and are never forwarded.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
-    "te",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    http::header::CONNECTION,
+    names::KEEP_ALIVE,
+    names::PROXY_CONNECTION,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    names::HTTP2_SETTINGS,
+    http::header::TE,
 ];
 
 /// Removes hop-by-hop headers, and the headers `Connection` names. `te: trailers` is kept
 /// (gRPC needs it); `upgrade` is kept when the exchange is an upgrade.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one scan of the names, no hashing.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if let Some(c) = h.get(http::header::CONNECTION) {
+        // `close`, `keep-alive` and the like name no header to remove (beyond the fixed
+        // ones): no parse, no allocation for them.
         let named: Vec<HeaderName> = c
             .to_str()
             .unwrap_or("")
             .split(',')
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .filter(|n| !(keep_upgrade && n == http::header::UPGRADE))
+            .map(str::trim)
+            .filter(|n| {
+                !(n.eq_ignore_ascii_case("close")
+                    || n.eq_ignore_ascii_case("keep-alive")
+                    || n.eq_ignore_ascii_case("upgrade")
+                    || n.eq_ignore_ascii_case("te")
+                    || n.is_empty())
+            })
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for n in named {
             h.remove(n);
@@ -40,8 +70,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    for name in HOP_BY_HOP {
-        if keep_upgrade && (name == "upgrade" || name == "connection") {
+    for name in &HOP_BY_HOP {
+        if keep_upgrade && (name == http::header::UPGRADE || name == http::header::CONNECTION) {
             continue;
         }
         h.remove(name);
@@ -190,12 +220,15 @@ pub fn uuid4() -> HeaderValue {
 /// Appends `ip` to `x-forwarded-for`.
 pub fn append_xff(headers: &mut HeaderMap, ip: std::net::IpAddr) {
     let ip = ip.to_canonical();
-    let v = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let v = match headers
+        .get(names::X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
         _ => ip.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&v) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(names::X_FORWARDED_FOR, v);
     }
 }
 

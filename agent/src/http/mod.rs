@@ -56,6 +56,8 @@ pub struct ConnectionManager {
     loggers: Vec<access_log::AccessLogger>,
     /// The HTTP filters before the router.
     filters: Vec<Box<dyn filters::HttpFilter>>,
+    /// `server_name` as a header value, made once (`None`: not a valid value).
+    server_header: Option<http::HeaderValue>,
 }
 
 impl std::fmt::Debug for ConnectionManager {
@@ -164,6 +166,7 @@ impl ConnectionManager {
                 }
             },
             config: Box::new(cfg.clone()),
+            server_header: http::HeaderValue::from_str(&cfg.server_name).ok(),
             clusters,
             stats: HttpStats::new(store, &cfg.stat_prefix),
             builder,

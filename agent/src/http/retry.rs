@@ -50,7 +50,9 @@ pub fn effective(
 ) -> (Option<RetryPolicy>, HeaderOverrides) {
     let mut policy = route.cloned();
     let mut o = HeaderOverrides::default();
-    if internal {
+    // Most requests carry no x-envoy-* header: one scan of the names, no hashing.
+    let any_control = h.keys().any(|k| k.as_str().starts_with("x-envoy-"));
+    if internal && any_control {
         let mut bits = 0;
         for name in ["x-envoy-retry-on", "x-envoy-retry-grpc-on"] {
             if let Some(v) = h.get(name).and_then(|v| v.to_str().ok()) {
@@ -73,8 +75,10 @@ pub fn effective(
             o.per_try_timeout = (ms > 0).then(|| Duration::from_millis(ms));
         }
     }
-    for name in CONTROL_HEADERS {
-        h.remove(name);
+    if any_control {
+        for name in CONTROL_HEADERS {
+            h.remove(name);
+        }
     }
     if let Some(p) = &policy {
         if !p.retriable_request_headers.is_empty()
@@ -91,7 +95,11 @@ pub fn effective(
 
 /// The gRPC status of a trailers-only response.
 fn grpc_status(h: &HeaderMap) -> Option<u32> {
-    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+    h.get(super::headers::names::GRPC_STATUS)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Whether `resp` is one `p` retries.

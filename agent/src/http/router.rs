@@ -5,7 +5,7 @@
 use super::body::Replay;
 use super::body::{Body, End, OnEnd, Timer};
 use super::filters::Verdict;
-use super::headers::{self, FormatContext};
+use super::headers::{self, names, FormatContext};
 use super::retry;
 use super::route::{is_grpc, RequestView};
 use super::upstream::Sent;
@@ -17,6 +17,7 @@ use crate::config::http::{
 use crate::upstream::pool::H2Conn;
 use crate::upstream::{Cluster, Host, LbContext, Outcome};
 use http::header::{HeaderValue, HOST};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -258,9 +259,9 @@ fn local_reply(
         let mut r = Response::new(Body::empty());
         let h = r.headers_mut();
         h.insert("content-type", HeaderValue::from_static("application/grpc"));
-        h.insert("grpc-status", HeaderValue::from(code));
+        h.insert(names::GRPC_STATUS, HeaderValue::from(code));
         if let Ok(v) = HeaderValue::from_str(text) {
-            h.insert("grpc-message", v);
+            h.insert(names::GRPC_MESSAGE, v);
         }
         r
     } else {
@@ -428,7 +429,7 @@ impl ConnectionManager {
         };
         let request_id = self.request_id(&mut parts.headers);
         if let (Some(l), Some(id)) = (exchange.log.as_mut(), &request_id) {
-            l.request_headers.insert("x-request-id", id.clone());
+            l.request_headers.insert(names::X_REQUEST_ID, id.clone());
         }
         let Some(routes) = self.route_table() else {
             s.no_route.inc();
@@ -462,7 +463,6 @@ impl ConnectionManager {
             request_headers: None,
             start: started_at,
         };
-        let mut resp_levels: Vec<&HeaderMutations> = Vec::with_capacity(4);
         let forward = match &route.action {
             Action::DirectResponse { status, body } => {
                 s.rq_direct_response.inc();
@@ -505,15 +505,16 @@ impl ConnectionManager {
             Action::Forward(f) => f,
         };
         // The cluster: named, from a request header, or one of the weighted clusters.
-        let (cluster_name, weighted) = match &forward.cluster {
-            ClusterSpecifier::Cluster(c) => (c.clone(), None),
+        let (cluster_name, weighted): (std::borrow::Cow<'_, str>, _) = match &forward.cluster {
+            ClusterSpecifier::Cluster(c) => (c.as_str().into(), None),
             ClusterSpecifier::Header(h) => (
                 parts
                     .headers
                     .get(h.as_str())
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
-                    .to_string(),
+                    .to_string()
+                    .into(),
                 None,
             ),
             ClusterSpecifier::Weighted { clusters, total } => {
@@ -529,7 +530,7 @@ impl ConnectionManager {
                         }
                     })
                     .unwrap_or(&clusters[clusters.len() - 1]);
-                (w.name.clone(), Some(w))
+                (w.name.as_str().into(), Some(w))
             }
         };
         let Some(cluster) = self.clusters.get(&cluster_name) else {
@@ -539,28 +540,49 @@ impl ConnectionManager {
             return reply(exchange, status, "", Flag::NoCluster, None);
         };
         // The upstream request.
-        let mut levels: Vec<&HeaderMutations> = Vec::with_capacity(4);
-        levels.push(&route.headers);
-        if let Some(w) = weighted {
-            levels.push(&w.headers);
-        }
-        levels.push(&vh.headers);
-        levels.push(&rc.headers);
-        resp_levels.extend(levels.iter().copied());
+        let (with_weighted, without);
+        let levels: &[&HeaderMutations] = match weighted {
+            Some(w) => {
+                with_weighted = [&route.headers, &w.headers, &vh.headers, &rc.headers];
+                &with_weighted
+            }
+            None => {
+                without = [&route.headers, &vh.headers, &rc.headers];
+                &without
+            }
+        };
         let mut uh = std::mem::take(&mut parts.headers);
-        headers::mutate_request(&mut uh, &levels, &fcx);
+        headers::mutate_request(&mut uh, levels, &fcx);
         headers::strip_hop_by_hop(&mut uh, upgrade);
         uh.remove(http::header::EXPECT);
         if self.config.use_remote_address && !self.config.skip_xff_append {
             headers::append_xff(&mut uh, conn.peer.ip());
         }
-        if self.config.use_remote_address || !uh.contains_key("x-forwarded-proto") {
-            uh.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if self.config.use_remote_address || !uh.contains_key(names::X_FORWARDED_PROTO) {
+            uh.insert(names::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
         if let Some(id) = &request_id {
-            uh.insert("x-request-id", id.clone());
+            uh.insert(names::X_REQUEST_ID, id.clone());
         }
-        let path_and_query = rewrite_path(forward, route, &parts.uri, &mut uh);
+        let path_and_query = match rewrite_path(forward, route, &parts.uri, &mut uh)
+            .map(|p| p.parse::<PathAndQuery>())
+        {
+            None => parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            Some(Ok(p)) => p,
+            Some(Err(_)) => {
+                return reply(
+                    exchange,
+                    StatusCode::BAD_REQUEST,
+                    "invalid request target",
+                    Flag::DownstreamProtocolError,
+                    None,
+                )
+            }
+        };
         let host_rewrite = weighted
             .and_then(|w| w.host_rewrite_literal.clone())
             .map(HostRewrite::Literal)
@@ -636,7 +658,7 @@ impl ConnectionManager {
             }
         };
         if let Some(l) = exchange.log.as_mut() {
-            l.upstream_cluster = Some(cluster_name.clone());
+            l.upstream_cluster = Some(cluster_name.to_string());
         }
         let protocol = match cluster.config.http.protocol {
             // A WebSocket upgrade goes upstream as HTTP/1.1.
@@ -657,23 +679,27 @@ impl ConnectionManager {
             let Some(host) = pick(&cluster, conn, policy.as_ref(), &tried, attempt) else {
                 return self.upstream_failure(exchange, Failure::NoHealthy, grpc, &cluster);
             };
-            let upstream_authority = match &host_rewrite {
-                HostRewrite::None => authority.clone(),
-                HostRewrite::Literal(h) => h.clone(),
-                HostRewrite::Auto if !host.hostname.is_empty() => host.hostname.clone(),
-                HostRewrite::Auto => host.address.to_string(),
+            let upstream_authority: std::borrow::Cow<'_, str> = match &host_rewrite {
+                HostRewrite::None => authority.as_str().into(),
+                HostRewrite::Literal(h) => h.as_str().into(),
+                HostRewrite::Auto if !host.hostname.is_empty() => host.hostname.as_str().into(),
+                HostRewrite::Auto => host.address.to_string().into(),
             };
             let uri = if protocol == Version::HTTP_2 {
                 Uri::builder()
                     .scheme("http")
-                    .authority(upstream_authority.as_str())
-                    .path_and_query(path_and_query.as_str())
+                    .authority(upstream_authority.as_ref())
+                    .path_and_query(path_and_query.clone())
                     .build()
             } else {
-                if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
-                    uh.insert(HOST, v);
+                // The client's own Host header goes on as it is.
+                let keep = matches!(host_rewrite, HostRewrite::None) && uh.contains_key(HOST);
+                if !keep {
+                    if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
+                        uh.insert(HOST, v);
+                    }
                 }
-                path_and_query.parse::<Uri>().map_err(Into::into)
+                Ok(Uri::from(path_and_query.clone()))
             };
             let Ok(uri) = uri else {
                 return reply(
@@ -690,7 +716,7 @@ impl ConnectionManager {
                 std::mem::take(&mut uh)
             };
             if vh.include_request_attempt_count {
-                headers.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+                headers.insert(names::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
             }
             let mut ureq = Request::new(body.attempt().with_timer(Timer::new(
                 None,
@@ -769,14 +795,28 @@ impl ConnectionManager {
                         l.attempts = attempt;
                     }
                     if let Some(h) = mirror_headers {
-                        self.mirror(&mirrors, &parts, &path_and_query, &authority, h, &body);
+                        self.mirror(
+                            &mirrors,
+                            &parts,
+                            path_and_query.as_str(),
+                            &authority,
+                            h,
+                            &body,
+                        );
                     }
                     return self.upstream_failure(exchange, f, grpc, &cluster);
                 }
             }
         };
         if let Some(h) = mirror_headers {
-            self.mirror(&mirrors, &parts, &path_and_query, &authority, h, &body);
+            self.mirror(
+                &mirrors,
+                &parts,
+                path_and_query.as_str(),
+                &authority,
+                h,
+                &body,
+            );
         }
         if let Some(l) = exchange.log.as_mut() {
             l.upstream_host = Some(host.address);
@@ -832,7 +872,7 @@ impl ConnectionManager {
             upstream_remote: Some(host.address),
             ..fcx
         };
-        headers::mutate_response(&mut rparts.headers, &resp_levels, &fcx);
+        headers::mutate_response(&mut rparts.headers, levels, &fcx);
         if !self.config.suppress_envoy_headers {
             rparts.headers.insert(
                 "x-envoy-upstream-service-time",
@@ -842,7 +882,7 @@ impl ConnectionManager {
         if vh.include_attempt_count_in_response {
             rparts
                 .headers
-                .insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+                .insert(names::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
         }
         rparts.version = Version::HTTP_11;
         // The response streams within the stream's idle timeout and max duration.
@@ -880,12 +920,12 @@ impl ConnectionManager {
             l.status = r.status().as_u16();
             l.response_after = Some(ex.start.elapsed());
         }
-        if let Ok(v) = HeaderValue::from_str(&self.config.server_name) {
-            r.headers_mut().insert(http::header::SERVER, v);
+        if let Some(v) = &self.server_header {
+            r.headers_mut().insert(http::header::SERVER, v.clone());
         }
         if self.config.always_set_request_id_in_response {
             if let Some(id) = request_id {
-                r.headers_mut().insert("x-request-id", id);
+                r.headers_mut().insert(names::X_REQUEST_ID, id);
             }
         }
         if let Some(l) = ex.log.as_mut() {
@@ -894,7 +934,7 @@ impl ConnectionManager {
         if let Some((_, status)) = ex.grpc_call.as_mut() {
             *status = r
                 .headers()
-                .get("grpc-status")
+                .get(names::GRPC_STATUS)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
         }
@@ -993,12 +1033,15 @@ impl ConnectionManager {
     /// `use_remote_address`, replaces a client's ID unless told to preserve it).
     fn request_id(&self, h: &mut HeaderMap) -> Option<HeaderValue> {
         let c = &self.config;
-        let existing = h.get("x-request-id").filter(|v| !v.is_empty()).cloned();
+        let existing = h
+            .get(names::X_REQUEST_ID)
+            .filter(|v| !v.is_empty())
+            .cloned();
         match existing {
             Some(id) if !c.use_remote_address || c.preserve_external_request_id => Some(id),
             _ if c.generate_request_id => {
                 let id = headers::uuid4();
-                h.insert("x-request-id", id.clone());
+                h.insert(names::X_REQUEST_ID, id.clone());
                 Some(id)
             }
             other => other,
@@ -1133,7 +1176,7 @@ fn rewrite_path(
     route: &crate::config::http::Route,
     uri: &Uri,
     h: &mut HeaderMap,
-) -> String {
+) -> Option<String> {
     let path = uri.path();
     let query = uri.query();
     let rewritten = if let Some(p) = &f.prefix_rewrite {
@@ -1143,32 +1186,23 @@ fn rewrite_path(
             | crate::config::http::PathMatch::Path(m) => m.len(),
             crate::config::http::PathMatch::Regex(_) => path.len(),
         };
-        Some(format!("{p}{}", path.get(matched..).unwrap_or("")))
+        format!("{p}{}", path.get(matched..).unwrap_or(""))
     } else {
-        f.regex_rewrite
-            .as_ref()
-            .map(|(re, sub)| re.regex.replace_all(path, sub.as_str()).into_owned())
+        let (re, sub) = f.regex_rewrite.as_ref()?;
+        re.regex.replace_all(path, sub.as_str()).into_owned()
     };
-    let path = match rewritten {
-        Some(p) => {
-            if let Ok(v) =
-                HeaderValue::from_str(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-            {
-                h.insert("x-envoy-original-path", v);
-            }
-            if p.is_empty() {
-                "/".to_string()
-            } else {
-                p
-            }
-        }
-        None => path.to_string(),
-    };
-    match query {
-        Some(q) => format!("{path}?{q}"),
-        None if path.is_empty() => "/".to_string(),
-        None => path,
+    if let Ok(v) = HeaderValue::from_str(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")) {
+        h.insert(names::X_ENVOY_ORIGINAL_PATH, v);
     }
+    let path = if rewritten.is_empty() {
+        "/".to_string()
+    } else {
+        rewritten
+    };
+    Some(match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    })
 }
 
 fn redirect(
@@ -1287,7 +1321,7 @@ fn pick(
 
 /// A request's `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
 pub(super) fn grpc_timeout(h: &HeaderMap) -> Option<std::time::Duration> {
-    let v = h.get("grpc-timeout")?.to_str().ok()?;
+    let v = h.get(names::GRPC_TIMEOUT)?.to_str().ok()?;
     if v.len() < 2 || v.len() > 9 {
         return None;
     }
