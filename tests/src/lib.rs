@@ -5,6 +5,7 @@ pub mod agent;
 pub mod capture;
 pub mod churn;
 pub mod client;
+pub mod grpc;
 pub mod http_client;
 pub mod http_upstream;
 pub mod pods;

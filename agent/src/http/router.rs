@@ -98,6 +98,9 @@ pub(super) struct Exchange {
     conn: Arc<ConnInfo>,
     start: Instant,
     upstream: Option<UpstreamBooks>,
+    /// The gRPC counters of a call Plumb answered itself after routing it to a cluster
+    /// (a timeout, no healthy host...): counted as a failure, as Envoy's grpc_stats does.
+    grpc_local: Option<Arc<super::stats::GrpcCounters>>,
     /// Why the exchange did not go as asked (for access logs).
     flag: Option<Flag>,
     /// What access logs need (only when the connection manager has some).
@@ -198,7 +201,10 @@ impl OnEnd for Exchange {
     fn ended(&mut self, end: End) {
         let (complete, bytes) = (end.complete, end.bytes);
         self.write_logs(bytes);
-        if let (Some((infix, header_status)), Some(u)) = (&self.grpc_call, &self.upstream) {
+        if let Some(c) = self.grpc_local.take() {
+            c.total.inc();
+            c.failure.inc();
+        } else if let (Some((infix, header_status)), Some(u)) = (&self.grpc_call, &self.upstream) {
             let c = u.cluster.http_stats().grpc(infix.as_deref());
             c.total.inc();
             if end.grpc_status.or(*header_status) == Some(0) {
@@ -313,6 +319,7 @@ impl ConnectionManager {
             flag: None,
             log: None,
             grpc_call: None,
+            grpc_local: None,
             extra_headers: Vec::new(),
         };
         let (mut parts, body) = req.into_parts();
@@ -950,6 +957,9 @@ impl ConnectionManager {
         cluster: &Cluster,
     ) -> Response<Body> {
         let hs = cluster.http_stats();
+        if let Some((infix, _)) = &ex.grpc_call {
+            ex.grpc_local = Some(hs.grpc(infix.as_deref()));
+        }
         let reason = match &f {
             Failure::Connect(why) | Failure::Reset(why) => Some(why.clone()),
             _ => None,
