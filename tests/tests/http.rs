@@ -844,3 +844,80 @@ async fn the_health_check_filter_answers_probes_and_follows_healthcheck_fail() {
         200
     );
 }
+
+/// Reads `n` whole responses (Content-Length framed) from `s`; returns their status lines.
+async fn responses(s: &mut TcpStream, n: usize) -> Vec<String> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while out.len() < n {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                out.push(head.lines().next().unwrap_or("").to_string());
+                buf.drain(..end + 4 + len);
+                continue;
+            }
+        }
+        let k = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .expect("responses within 10 s")
+            .unwrap();
+        assert!(k > 0, "closed after {} responses", out.len());
+        buf.extend_from_slice(&chunk[..k]);
+    }
+    out
+}
+
+/// An idle HTTP/1.1 keep-alive connection gives its codec buffers back (parks) and is served
+/// again when its next request comes, whole, split across writes, or pipelined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_parks_and_serves_what_comes_next() {
+    let up = http_upstream::start("up").await;
+    let (agent, addr) = agent_for(
+        json!([route("/", "up")]),
+        vec![static_cluster("up", &[up.addr])],
+    )
+    .await;
+    let parked = || agent.stat("http.in.downstream_cx_http1_parked");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let get = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    s.write_all(get).await.unwrap();
+    assert_eq!(responses(&mut s, 1).await, ["HTTP/1.1 200 OK"]);
+    plumb_tests::wait_until("parked", Duration::from_secs(5), || async { parked() == 1 }).await;
+    // The next request in two writes: the first wakes the connection with half a request.
+    s.write_all(&get[..10]).await.unwrap();
+    plumb_tests::wait_until("awake", Duration::from_secs(5), || async { parked() == 0 }).await;
+    s.write_all(&get[10..]).await.unwrap();
+    assert_eq!(responses(&mut s, 1).await, ["HTTP/1.1 200 OK"]);
+    plumb_tests::wait_until("parked again", Duration::from_secs(5), || async {
+        parked() == 1
+    })
+    .await;
+    // Three pipelined requests at once, answered in order.
+    let three = [&get[..], &get[..], &get[..]].concat();
+    s.write_all(&three).await.unwrap();
+    assert_eq!(responses(&mut s, 3).await.len(), 3);
+    assert_eq!(agent.stat("http.in.downstream_cx_total"), 1);
+    assert_eq!(agent.stat("http.in.downstream_rq_2xx"), 5);
+    plumb_tests::wait_until("parked at the end", Duration::from_secs(5), || async {
+        parked() == 1
+    })
+    .await;
+    // The client closes a parked connection: it ends, and nothing stays counted.
+    drop(s);
+    plumb_tests::wait_until("closed", Duration::from_secs(5), || async {
+        parked() == 0 && agent.stat("http.in.downstream_cx_active") == 0
+    })
+    .await;
+}

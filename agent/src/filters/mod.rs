@@ -83,15 +83,17 @@ impl FilterChain {
             match f {
                 NetworkFilter::ConnectionLimit(cl) => match cl.admit() {
                     Ok(slot) => held.push(slot),
-                    Err(rejected) => return rejected.close(&mut ds).await,
+                    Err(rejected) => return Box::pin(rejected.close(&mut ds)).await,
                 },
                 NetworkFilter::LocalRateLimit(rl) => {
                     if !rl.admit() {
                         return;
                     }
                 }
-                NetworkFilter::TcpProxy(tp) => return tp.handle(ds).await,
-                NetworkFilter::Http(h) => return h.handle(ds).await,
+                // Boxed: the connection's task then holds only the terminal filter it runs,
+                // not room for the largest of them (an idle connection costs less).
+                NetworkFilter::TcpProxy(tp) => return Box::pin(tp.handle(ds)).await,
+                NetworkFilter::Http(h) => return Box::pin(h.handle(ds)).await,
             }
         }
     }

@@ -24,11 +24,12 @@ use crate::stats::Store;
 use crate::transport::Downstream;
 use crate::upstream::ClusterManager;
 use body::Body;
+use bytes::Bytes;
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use route::RouteTable;
 use stats::HttpStats;
 use std::convert::Infallible;
@@ -39,6 +40,20 @@ use std::time::{Duration, Instant};
 
 /// hyper's smallest read buffer limit; the header size limit is also checked per request.
 const MIN_BUF: usize = 8192;
+
+/// An HTTP/1.1 connection idle this long gives its codec buffers back (about 16 KiB of hyper
+/// state) and waits for its next request with none: 10,000 idle keep-alive connections cost
+/// their sockets, not their buffers.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// With more than PARK_SOON_ABOVE HTTP/1.1 connections open on a connection manager, idle
+/// ones park after PARK_SOON: a burst of thousands of new keep-alive connections then never
+/// holds thousands of codec buffers at once (which would also leave the heap fragmented).
+const PARK_SOON: Duration = Duration::from_millis(20);
+const PARK_SOON_ABOVE: i64 = 1000;
+
+/// The HTTP/2 connection preface: what `codec_type: AUTO` tells HTTP/2 by.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Where a connection manager finds its route table for each request.
 enum RouteSource {
@@ -52,7 +67,8 @@ pub struct ConnectionManager {
     routes: RouteSource,
     clusters: Arc<ClusterManager>,
     pub stats: HttpStats,
-    builder: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
     loggers: Vec<access_log::AccessLogger>,
     /// The HTTP filters before the router.
     filters: Vec<Box<dyn filters::HttpFilter>>,
@@ -85,6 +101,8 @@ pub struct ConnInfo {
     http2: AtomicBool,
     /// The drain began: HTTP/1.1 responses say `Connection: close`.
     pub draining: AtomicBool,
+    /// A WebSocket upgrade answered 101: the connection, once hyper hands it back, goes here.
+    upgrade: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Prefixed>>>,
 }
 
 impl ConnInfo {
@@ -118,6 +136,13 @@ impl ConnInfo {
         self.active.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Where the downstream connection of a WebSocket upgrade will arrive, once its 101 is out.
+    pub(super) fn expect_upgrade(&self) -> tokio::sync::oneshot::Receiver<Prefixed> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+
     /// When the connection has been idle long enough to close, or `None` while busy.
     fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
         if self.active.load(Ordering::Relaxed) > 0 {
@@ -134,22 +159,14 @@ impl ConnectionManager {
         ctx: &crate::filters::BuildContext,
     ) -> Arc<Self> {
         let (clusters, registry, store) = (ctx.clusters.clone(), &ctx.routes, &ctx.store);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        match cfg.codec_type {
-            config::http::CodecType::Http1 => builder = builder.http1_only(),
-            config::http::CodecType::Http2 => builder = builder.http2_only(),
-            config::http::CodecType::Auto => {}
-        }
-        builder
-            .http1()
-            .timer(TokioTimer::new())
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
             .keep_alive(true)
             .max_buf_size(cfg.max_request_headers_bytes.max(MIN_BUF))
             .max_headers(cfg.max_headers_count)
             .header_read_timeout(cfg.request_headers_timeout);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .max_concurrent_streams(cfg.http2.max_concurrent_streams)
             .initial_stream_window_size(cfg.http2.initial_stream_window_size)
             .initial_connection_window_size(cfg.http2.initial_connection_window_size)
@@ -169,7 +186,8 @@ impl ConnectionManager {
             server_header: http::HeaderValue::from_str(&cfg.server_name).ok(),
             clusters,
             stats: HttpStats::new(store, &cfg.stat_prefix),
-            builder,
+            h1,
+            h2,
             filters: filters::build(
                 &cfg.http_filters,
                 store,
@@ -209,67 +227,329 @@ impl ConnectionManager {
             last_end_ms: AtomicU64::new(0),
             counted: AtomicBool::new(false),
             http2: AtomicBool::new(false),
+            upgrade: std::sync::Mutex::new(None),
             draining: AtomicBool::new(false),
         });
-        let mut draining = ds.watch.clone();
-        let mut closing = ds.watch.clone();
         ds.io.set_nodelay();
         let hcm = self.clone();
         let info = conn.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let hcm = hcm.clone();
             let info = info.clone();
-            async move { Ok::<Response<Body>, Infallible>(hcm.serve(&info, req).await) }
+            // Boxed: hyper keeps a slot for the service future for the life of the connection,
+            // so an idle keep-alive connection holds 16 bytes for it, not the whole exchange.
+            let fut: std::pin::Pin<
+                Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>,
+            > = Box::pin(async move { Ok(hcm.serve(&info, req).await) });
+            fut
         });
-        let served = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(ds.io), svc);
-        tokio::pin!(served);
-        let idle = self.config.idle_timeout;
-        let mut shutting_down = false;
-        // HTTP/1.1 in a drain: the next response says `Connection: close` (so a client never
-        // sends on a connection closed under it); an idle connection closes after
-        // drain_timeout. HTTP/2 gets GOAWAY at once.
-        let mut drain_deadline: Option<Instant> = None;
+        let mut d = Driver {
+            hcm: self,
+            conn: &conn,
+            draining: ds.watch.clone(),
+            closing: ds.watch.clone(),
+            drain_deadline: None,
+            shutting_down: false,
+        };
+        let mut io = Prefixed::new(Bytes::new(), ds.io);
+        let h2 = match self.config.codec_type {
+            config::http::CodecType::Http1 => false,
+            config::http::CodecType::Http2 => true,
+            config::http::CodecType::Auto => match Box::pin(d.sniff(&mut io)).await {
+                Some(h2) => h2,
+                None => return d.ended(),
+            },
+        };
+        if h2 {
+            // Boxed: an HTTP/1.1 connection's task keeps no room for HTTP/2's codec.
+            let mut served = Box::pin(self.h2.serve_connection(TokioIo::new(io), svc));
+            let _ = d.drive(served.as_mut(), |c| c.graceful_shutdown()).await;
+        } else {
+            d.serve_h1(io, svc).await;
+        }
+        d.ended();
+    }
+}
+
+/// What ended one hyper HTTP/1.1 codec run.
+enum Ran {
+    /// The client closed, an error, keep-alive off, a drain or idle close: the connection ends.
+    Done,
+    /// Idle for PARK_AFTER: hyper gave the connection back, buffers freed.
+    Parked,
+}
+
+/// Drives one downstream connection's codec with the connection manager's timers: idle
+/// timeout, drain (HTTP/1.1 `Connection: close` then close after drain_timeout; HTTP/2 GOAWAY),
+/// the drain's close phase, and parking idle HTTP/1.1 connections.
+struct Driver<'a> {
+    hcm: &'a Arc<ConnectionManager>,
+    conn: &'a Arc<ConnInfo>,
+    draining: crate::drain::Watch,
+    closing: crate::drain::Watch,
+    drain_deadline: Option<Instant>,
+    shutting_down: bool,
+}
+
+impl Driver<'_> {
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(86_400)
+    }
+
+    /// Reads until the HTTP/2 preface is seen or ruled out (`codec_type: AUTO`); `None` when
+    /// the connection ends first.
+    async fn sniff(&mut self, io: &mut Prefixed) -> Option<bool> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::with_capacity(H2_PREFACE.len());
+        let idle = self.hcm.config.idle_timeout;
+        let wake = Instant::now() + idle.unwrap_or(Duration::from_secs(86_400));
+        loop {
+            let n = buf.len();
+            if n > 0 && !H2_PREFACE.starts_with(&buf) {
+                io.prefix = buf.into();
+                return Some(false);
+            }
+            if n == H2_PREFACE.len() {
+                io.prefix = buf.into();
+                return Some(true);
+            }
+            let mut chunk = [0u8; 24];
+            tokio::select! {
+                r = io.read(&mut chunk[..H2_PREFACE.len() - n]) => match r {
+                    Ok(0) | Err(_) => return None,
+                    Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                },
+                _ = self.closing.closing() => return None,
+                _ = self.draining.draining() => {
+                    // Nothing was asked yet: nothing to answer.
+                    self.hcm.stats.downstream_cx_drain_close.inc();
+                    return None;
+                }
+                _ = tokio::time::sleep_until(wake.into()), if idle.is_some() => {
+                    self.hcm.stats.downstream_cx_idle_timeout.inc();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Serves HTTP/1.1 on `io`: hyper's codec while requests come, none while the connection
+    /// idles (parked), until it ends.
+    async fn serve_h1<S>(&mut self, mut io: Prefixed, svc: S)
+    where
+        S: hyper::service::HttpService<Incoming, ResBody = Body> + Clone + Unpin + Send + 'static,
+        S::Future: Unpin + Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // In-memory streams (tests, fuzzing) cannot wait for readability without reading.
+        let can_park = matches!(io.io, crate::transport::Stream::Tcp(_));
+        loop {
+            // Boxed: freed while the connection is parked.
+            let mut c = Box::new(self.hcm.h1.serve_connection(TokioIo::new(io), svc.clone()));
+            let ran = Box::pin(self.run(&mut c, can_park)).await;
+            let parts = (*c).into_parts();
+            let mut back = parts.io.into_inner();
+            back.unread(parts.read_buf);
+            // A 101 went out: the connection belongs to the tunnel now.
+            let tunnel = self
+                .conn
+                .upgrade
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .filter(|tx| !tx.is_closed());
+            if let Some(tx) = tunnel {
+                let _ = tx.send(back);
+                return;
+            }
+            match ran {
+                Ran::Parked => {
+                    io = back;
+                    let parked = &self.hcm.stats.downstream_cx_http1_parked;
+                    parked.inc();
+                    let more = Box::pin(self.park(&mut io)).await;
+                    parked.dec();
+                    if !more {
+                        return;
+                    }
+                }
+                Ran::Done => {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = Box::pin(tokio::time::timeout(
+                        Duration::from_secs(1),
+                        back.shutdown(),
+                    ))
+                    .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits, holding no codec state, until the parked connection has bytes to read (`true`)
+    /// or must end: the client closed, idle timeout, drain timeout, the drain's close phase.
+    async fn park(&mut self, io: &mut Prefixed) -> bool {
+        if !io.prefix.is_empty() {
+            return true;
+        }
+        let crate::transport::Stream::Tcp(tcp) = &io.io else {
+            return true;
+        };
+        let idle = self.hcm.config.idle_timeout;
         loop {
             let wake = idle
-                .map(|t| conn.idle_deadline(t).unwrap_or_else(|| Instant::now() + t))
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
-            let drain_wake =
-                drain_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+                .map(|t| {
+                    self.conn
+                        .idle_deadline(t)
+                        .unwrap_or_else(|| Instant::now() + t)
+                })
+                .unwrap_or_else(Self::far);
+            let drain_wake = self.drain_deadline.unwrap_or_else(Self::far);
+            tokio::select! {
+                r = tcp.readable() => return r.is_ok(),
+                _ = self.closing.closing() => return false,
+                _ = self.draining.draining(), if self.drain_deadline.is_none() => self.start_drain(),
+                _ = tokio::time::sleep_until(drain_wake.into()), if self.drain_deadline.is_some() => return false,
+                _ = tokio::time::sleep_until(wake.into()), if idle.is_some() => {
+                    self.hcm.stats.downstream_cx_idle_timeout.inc();
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn start_drain(&mut self) {
+        self.hcm.stats.downstream_cx_drain_close.inc();
+        self.conn.draining.store(true, Ordering::Relaxed);
+        self.drain_deadline = Some(Instant::now() + self.hcm.config.drain_timeout);
+    }
+
+    /// HTTP/2: hyper's codec until the connection ends.
+    async fn drive<F>(
+        &mut self,
+        mut served: std::pin::Pin<&mut F>,
+        mut graceful: impl FnMut(std::pin::Pin<&mut F>),
+    ) -> Ran
+    where
+        F: std::future::Future<Output = hyper::Result<()>>,
+    {
+        // The same loop as HTTP/1.1, without parking; GOAWAY at drain start.
+        let s = &self.hcm.stats;
+        let idle = self.hcm.config.idle_timeout;
+        loop {
+            let wake = idle
+                .map(|t| {
+                    self.conn
+                        .idle_deadline(t)
+                        .unwrap_or_else(|| Instant::now() + t)
+                })
+                .unwrap_or_else(Self::far);
             tokio::select! {
                 r = served.as_mut() => {
                     if let Err(e) = r {
-                        tracing::debug!(target: "http", peer = %conn.peer, error = %e, "connection ended with error");
+                        tracing::debug!(target: "http", peer = %self.conn.peer, error = %e, "connection ended with error");
                         s.downstream_cx_protocol_error.inc();
                     }
-                    break;
+                    return Ran::Done;
                 }
-                _ = draining.draining(), if !shutting_down && drain_deadline.is_none() => {
+                _ = self.draining.draining(), if !self.shutting_down => {
                     s.downstream_cx_drain_close.inc();
-                    conn.draining.store(true, Ordering::Relaxed);
-                    if conn.http2.load(Ordering::Relaxed) {
-                        served.as_mut().graceful_shutdown();
-                        shutting_down = true;
-                    } else {
-                        drain_deadline = Some(Instant::now() + self.config.drain_timeout);
-                    }
+                    self.conn.draining.store(true, Ordering::Relaxed);
+                    graceful(served.as_mut());
+                    self.shutting_down = true;
                 }
-                _ = tokio::time::sleep_until(drain_wake.into()), if drain_deadline.is_some() && !shutting_down => {
-                    served.as_mut().graceful_shutdown();
-                    shutting_down = true;
-                }
-                _ = closing.closing() => break,
-                _ = tokio::time::sleep_until(wake.into()), if idle.is_some() && !shutting_down => {
+                _ = self.closing.closing() => return Ran::Done,
+                _ = tokio::time::sleep_until(wake.into()), if idle.is_some() && !self.shutting_down => {
                     let t = idle.unwrap_or_default();
-                    if conn.idle_deadline(t).is_some_and(|d| d <= Instant::now()) {
+                    if self.conn.idle_deadline(t).is_some_and(|d| d <= Instant::now()) {
                         s.downstream_cx_idle_timeout.inc();
-                        served.as_mut().graceful_shutdown();
-                        shutting_down = true;
+                        graceful(served.as_mut());
+                        self.shutting_down = true;
                     }
                 }
             }
         }
+    }
+
+    /// HTTP/1.1: hyper's codec until the connection ends or parks.
+    async fn run<S>(
+        &mut self,
+        c: &mut http1::Connection<TokioIo<Prefixed>, S>,
+        can_park: bool,
+    ) -> Ran
+    where
+        S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin,
+        S::Future: Unpin,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let s = &self.hcm.stats;
+        let idle = self.hcm.config.idle_timeout;
+        let mut parking = false;
+        loop {
+            let wake = idle
+                .map(|t| {
+                    self.conn
+                        .idle_deadline(t)
+                        .unwrap_or_else(|| Instant::now() + t)
+                })
+                .unwrap_or_else(Self::far);
+            let park_after = if s.downstream_cx_http1_active.value() > PARK_SOON_ABOVE {
+                PARK_SOON
+            } else {
+                PARK_AFTER
+            };
+            let park_wake = self
+                .conn
+                .idle_deadline(park_after)
+                .unwrap_or_else(|| Instant::now() + park_after);
+            let drain_wake = self.drain_deadline.unwrap_or_else(Self::far);
+            tokio::select! {
+                // Polled afresh each round (select! drops it before a handler runs, so the
+                // handlers may reach `c` too).
+                r = std::future::poll_fn(|cx| c.poll_without_shutdown(cx)) => {
+                    if let Err(e) = r {
+                        tracing::debug!(target: "http", peer = %self.conn.peer, error = %e, "connection ended with error");
+                        s.downstream_cx_protocol_error.inc();
+                        return Ran::Done;
+                    }
+                    return if parking { Ran::Parked } else { Ran::Done };
+                }
+                // HTTP/1.1 in a drain: the next response says `Connection: close` (so a client
+                // never sends on a connection closed under it); an idle connection closes
+                // after drain_timeout.
+                _ = self.draining.draining(), if !self.shutting_down && self.drain_deadline.is_none() => {
+                    self.start_drain();
+                }
+                _ = tokio::time::sleep_until(drain_wake.into()), if self.drain_deadline.is_some() && !self.shutting_down => {
+                    parking = false;
+                    std::pin::Pin::new(&mut *c).graceful_shutdown();
+                    self.shutting_down = true;
+                }
+                _ = self.closing.closing() => return Ran::Done,
+                _ = tokio::time::sleep_until(wake.into()), if idle.is_some() && !self.shutting_down => {
+                    let t = idle.unwrap_or_default();
+                    if self.conn.idle_deadline(t).is_some_and(|d| d <= Instant::now()) {
+                        s.downstream_cx_idle_timeout.inc();
+                        parking = false;
+                        std::pin::Pin::new(&mut *c).graceful_shutdown();
+                        self.shutting_down = true;
+                    }
+                }
+                _ = tokio::time::sleep_until(park_wake.into()), if can_park && !parking && !self.shutting_down => {
+                    // Idle (no request in flight, none half-read: hyper closes only an idle
+                    // codec; a partial request stays in its buffer and comes back to us).
+                    if self.conn.idle_deadline(park_after).is_some_and(|d| d <= Instant::now()) {
+                        parking = true;
+                        std::pin::Pin::new(&mut *c).graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+
+    fn ended(&self) {
+        let s = &self.hcm.stats;
+        let conn = self.conn;
         s.downstream_cx_active.dec();
         s.downstream_cx_destroy.inc();
         s.downstream_cx_length_ms.record(conn.started.elapsed());
@@ -374,4 +654,72 @@ pub fn fuzz_connection(data: &[u8]) {
             }
         })
     });
+}
+
+/// A downstream stream with bytes already read from it in front (the preface sniffed for
+/// `codec_type: AUTO`, or what hyper had read past its last request when it parked).
+pub struct Prefixed {
+    prefix: Bytes,
+    io: crate::transport::Stream,
+}
+
+impl Prefixed {
+    fn new(prefix: Bytes, io: crate::transport::Stream) -> Self {
+        Self { prefix, io }
+    }
+
+    /// Puts `b` back in front of what is still unread.
+    fn unread(&mut self, b: Bytes) {
+        if b.is_empty() {
+            return;
+        }
+        if self.prefix.is_empty() {
+            self.prefix = b;
+        } else {
+            let mut v = Vec::with_capacity(b.len() + self.prefix.len());
+            v.extend_from_slice(&b);
+            v.extend_from_slice(&self.prefix);
+            self.prefix = v.into();
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }

@@ -387,11 +387,8 @@ impl ConnectionManager {
                 None,
             );
         }
-        let downstream_upgrade = if upgrade {
-            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
-        } else {
-            None
-        };
+        // The connection comes back from the codec once the 101 is out (see `serve_h1`).
+        let downstream_upgrade = upgrade.then(|| conn.expect_upgrade());
         // The HTTP filters before the router, in order.
         let head = super::filters::RequestHead {
             headers: &parts.headers,
@@ -845,8 +842,7 @@ impl ConnectionManager {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             if let Some(down) = downstream_upgrade {
                 tokio::spawn(async move {
-                    if let (Ok(d), Ok(u)) = tokio::join!(down, upstream_upgrade) {
-                        let mut d = TokioIo::new(d);
+                    if let (Ok(mut d), Ok(u)) = tokio::join!(down, upstream_upgrade) {
                         let mut u = TokioIo::new(u);
                         let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
                     }

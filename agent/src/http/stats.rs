@@ -34,6 +34,8 @@ pub struct HttpStats {
     pub downstream_cx_http2_active: Arc<Gauge>,
     pub downstream_cx_destroy: Arc<Counter>,
     pub downstream_cx_idle_timeout: Arc<Counter>,
+    /// Plumb's own: idle HTTP/1.1 connections holding no codec buffers right now.
+    pub downstream_cx_http1_parked: Arc<Gauge>,
     pub downstream_cx_drain_close: Arc<Counter>,
     pub downstream_cx_protocol_error: Arc<Counter>,
     pub downstream_cx_length_ms: Arc<Histogram>,
@@ -72,6 +74,7 @@ impl HttpStats {
             downstream_cx_http2_active: s.gauge("downstream_cx_http2_active"),
             downstream_cx_destroy: s.counter("downstream_cx_destroy"),
             downstream_cx_idle_timeout: s.counter("downstream_cx_idle_timeout"),
+            downstream_cx_http1_parked: s.gauge("downstream_cx_http1_parked"),
             downstream_cx_drain_close: s.counter("downstream_cx_drain_close"),
             downstream_cx_protocol_error: s.counter("downstream_cx_protocol_error"),
             downstream_cx_length_ms: s.histogram("downstream_cx_length_ms"),

@@ -364,7 +364,9 @@ impl ActiveListener {
             },
             None => None,
         };
-        if !self.inspect(&mut ds).await {
+        // Boxed, as the terminal filters are: a connection's task keeps room only for what
+        // it is doing now.
+        if !Box::pin(self.inspect(&mut ds)).await {
             return;
         }
         let s = &self.stats;

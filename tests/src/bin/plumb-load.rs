@@ -10,6 +10,16 @@
 //!       (to an echo server: N loops of connect/64-byte exchange/close, plus H connections
 //!        held open exchanging every 20 ms; counts every failure, until S or F exists)
 //!
+//!   plumb-load http-rate --addr ADDR --rate R --conns C --secs S [--path P]
+//!       (HTTP/1.1 GETs paced at R per second in all over C keep-alive connections; the
+//!        latency each request saw, for the latency a proxy adds at a fixed rate)
+//!   plumb-load hold --addr ADDR --conns N --secs S
+//!       (N keep-alive connections, one GET each, then held idle: prints a JSON line once
+//!        they are open, then waits until S has passed)
+//!   plumb-load grpc --addr ADDR --conns C --streams M --secs S
+//!       (tonic unary calls to test.Echo, M in flight on each of C connections)
+//!   plumb-load serve --grpc ADDR   (the tonic test.Echo server; also with --echo/--sink)
+//!
 //! Every load run is bounded in time (and in request count); results are one JSON line on stdout.
 
 use plumb::stats::{Histogram, StatName};
@@ -57,6 +67,21 @@ fn main() {
                     .filter(|w| w[0] == "--http")
                     .filter_map(|w| w[1].parse().ok())
                     .collect();
+                let grpc: Vec<SocketAddr> = args
+                    .windows(2)
+                    .filter(|w| w[0] == "--grpc")
+                    .filter_map(|w| w[1].parse().ok())
+                    .collect();
+                for a in grpc {
+                    let l = TcpListener::bind(a)
+                        .await
+                        .unwrap_or_else(|e| die(&format!("bind {a}: {e}")));
+                    plumb_tests::grpc::serve_on(l).await;
+                }
+                if !args.iter().any(|a| a == "--echo") {
+                    // gRPC only: serve until killed.
+                    std::future::pending::<()>().await;
+                }
                 serve(arg(&args, "--echo", None), arg(&args, "--sink", None), http).await
             }
             "throughput" => {
@@ -102,6 +127,33 @@ fn main() {
                         .position(|a| a == "--stop-file")
                         .and_then(|i| args.get(i + 1))
                         .map(std::path::PathBuf::from),
+                )
+                .await
+            }
+            "http-rate" => {
+                http_rate(
+                    arg(&args, "--addr", None),
+                    arg(&args, "--rate", Some(2000.0)),
+                    arg(&args, "--conns", Some(16)),
+                    Duration::from_secs_f64(arg(&args, "--secs", Some(5.0))),
+                    arg(&args, "--path", Some("/".to_string())),
+                )
+                .await
+            }
+            "hold" => {
+                hold(
+                    arg(&args, "--addr", None),
+                    arg(&args, "--conns", Some(1000)),
+                    Duration::from_secs_f64(arg(&args, "--secs", Some(30.0))),
+                )
+                .await
+            }
+            "grpc" => {
+                grpc(
+                    arg(&args, "--addr", None),
+                    arg(&args, "--conns", Some(4)),
+                    arg(&args, "--streams", Some(25)),
+                    Duration::from_secs_f64(arg(&args, "--secs", Some(5.0))),
                 )
                 .await
             }
@@ -511,4 +563,222 @@ async fn wait_http(addr: SocketAddr, path: String, secs: Duration) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     die(&format!("{addr}{path} did not answer 200 within {secs:?}"));
+}
+
+fn histogram(name: &str) -> Arc<Histogram> {
+    Arc::new(Histogram::new(StatName {
+        full: name.into(),
+        extracted: name.into(),
+        tags: vec![],
+    }))
+}
+
+/// One HTTP/1.1 GET on a keep-alive connection; reads the whole response (Content-Length or
+/// chunked bodies are not expected: the benchmark upstreams send Content-Length).
+async fn get(s: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> std::io::Result<()> {
+    s.write_all(req).await?;
+    buf.clear();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            if !head.starts_with("http/1.1 200") {
+                return Err(std::io::Error::other(format!(
+                    "status: {}",
+                    head.lines().next().unwrap_or("")
+                )));
+            }
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| std::io::Error::other("no content-length"))?;
+            let want = end + 4 + len;
+            while buf.len() < want {
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok(());
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(std::io::Error::other("header section too large"));
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Paced GETs: connection i sends at start + (k*conns + i)/rate; a response slower than the
+/// pace delays that connection's next request (counted as `late`). Latency is measured from
+/// the moment each request is written.
+async fn http_rate(addr: SocketAddr, rate: f64, conns: usize, secs: Duration, path: String) {
+    let hist = histogram("rate");
+    let (done, errors, late) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let rate = rate.clamp(1.0, 1_000_000.0);
+    let conns = conns.clamp(1, 10_000);
+    let interval = Duration::from_secs_f64(conns as f64 / rate);
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let deadline = start + secs;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..conns {
+        let (hist, done, errors, late, req) = (
+            hist.clone(),
+            done.clone(),
+            errors.clone(),
+            late.clone(),
+            req.clone(),
+        );
+        set.spawn(async move {
+            let Ok(mut s) = TcpStream::connect(addr).await else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let _ = s.set_nodelay(true);
+            let mut buf = Vec::with_capacity(32 * 1024);
+            let mut next = start + interval.mul_f64(i as f64 / conns as f64);
+            while next < deadline && done.load(Ordering::Relaxed) < MAX_REQUESTS {
+                tokio::time::sleep_until(next).await;
+                let t = Instant::now();
+                if get(&mut s, &req, &mut buf).await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                hist.record(t.elapsed());
+                done.fetch_add(1, Ordering::Relaxed);
+                next += interval;
+                if tokio::time::Instant::now() > next {
+                    late.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+    let snap = hist.cumulative();
+    let q = |p: f64| snap.quantile(p).unwrap_or(f64::NAN) * 1000.0;
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        serde_json::json!({
+            "requests": n,
+            "errors": errors.load(Ordering::Relaxed),
+            "late": late.load(Ordering::Relaxed),
+            "rps": n as f64 / secs.as_secs_f64(),
+            "p50_us": q(50.0), "p99_us": q(99.0), "p999_us": q(99.9),
+        })
+    );
+}
+
+/// Opens `conns` keep-alive connections (64 at a time), one GET on each, then holds them idle.
+async fn hold(addr: SocketAddr, conns: usize, secs: Duration) {
+    raise_nofile();
+    let deadline = Instant::now() + secs;
+    let conns = conns.min(100_000);
+    let req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n".to_vec();
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..conns {
+        let (sem, req) = (sem.clone(), req.clone());
+        set.spawn(async move {
+            let permit = sem.acquire_owned().await.ok()?;
+            let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+                .await
+                .ok()?
+                .ok()?;
+            let mut buf = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), get(&mut s, &req, &mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            drop(permit);
+            Some(s)
+        });
+    }
+    let mut held = Vec::with_capacity(conns);
+    let mut failed = 0;
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Some(s)) => held.push(s),
+            _ => failed += 1,
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"open": held.len(), "failed": failed})
+    );
+    tokio::time::sleep_until(deadline.into()).await;
+    drop(held);
+}
+
+/// Raises the soft open-files limit to the hard one (10,000 held connections need it).
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// tonic unary calls: `streams` loops on each of `conns` connections.
+async fn grpc(addr: SocketAddr, conns: usize, streams: usize, secs: Duration) {
+    let hist = histogram("grpc");
+    let (done, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let deadline = Instant::now() + secs;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..conns.clamp(1, 1000) {
+        let Ok(client) = plumb_tests::grpc::Client::connect(addr).await else {
+            errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        for _ in 0..streams.clamp(1, 1000) {
+            let (hist, done, errors, mut c) =
+                (hist.clone(), done.clone(), errors.clone(), client.clone());
+            set.spawn(async move {
+                while Instant::now() < deadline && done.load(Ordering::Relaxed) < MAX_REQUESTS {
+                    let t = Instant::now();
+                    match c.unary("ping", None).await {
+                        Ok(r) if r == "echo:ping" => {
+                            hist.record(t.elapsed());
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }
+    let started = Instant::now();
+    while set.join_next().await.is_some() {}
+    let elapsed = started.elapsed().as_secs_f64();
+    let snap = hist.cumulative();
+    let q = |p: f64| snap.quantile(p).unwrap_or(f64::NAN) * 1000.0;
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        serde_json::json!({
+            "requests": n,
+            "errors": errors.load(Ordering::Relaxed),
+            "rps": n as f64 / elapsed,
+            "p50_us": q(50.0), "p99_us": q(99.0), "p999_us": q(99.9),
+        })
+    );
 }
