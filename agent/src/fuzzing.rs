@@ -80,7 +80,10 @@ pub fn xds_response(data: &[u8]) {
             }
             type_urls::ROUTE => {
                 if let Ok((rc, _)) = crate::config::xds::route_from_proto(any) {
-                    let _ = crate::http::route::RouteTable::new(Arc::new(rc));
+                    let _ = crate::http::route::RouteTable::new(
+                        Arc::new(rc),
+                        &crate::stats::Store::new(),
+                    );
                 }
             }
             type_urls::LISTENER => {

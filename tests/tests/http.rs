@@ -921,3 +921,56 @@ async fn an_idle_keep_alive_connection_parks_and_serves_what_comes_next() {
     })
     .await;
 }
+
+/// Per-route local rate limits (`typed_per_filter_config`): a route's own bucket, a virtual
+/// host's bucket shared by its routes, a route that disables the filter, and the connection
+/// manager's filter (no bucket of its own) letting everything else through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_rate_limits_per_route_and_per_virtual_host() {
+    let up = http_upstream::start("up").await;
+    let rl = |prefix: &str, tokens: u32| {
+        json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": prefix,
+            "token_bucket": {"max_tokens": tokens, "tokens_per_fill": 1, "fill_interval": "3600s"},
+            "filter_enabled": {"default_value": {"numerator": 100}},
+            "filter_enforced": {"default_value": {"numerator": 100}}})
+    };
+    let mut own = route("/own", "up");
+    own["typed_per_filter_config"] = json!({"envoy.filters.http.local_ratelimit": rl("own", 1)});
+    let mut off = route("/off", "up");
+    off["typed_per_filter_config"] = json!({"envoy.filters.http.local_ratelimit": {
+        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": true}});
+    let vhosts = json!([
+        {"name": "limited", "domains": ["limited"], "routes": [own, off, route("/", "up")],
+         "typed_per_filter_config": {"envoy.filters.http.local_ratelimit": {
+            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+            "config": rl("vhost", 2)}}},
+        {"name": "free", "domains": ["*"], "routes": [route("/", "up")]}]);
+    let mut l = http_listener("in", vhosts);
+    l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"] = json!([
+        {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "hcm"}},
+        {"name": "envoy.filters.http.router"}]);
+    let agent = TestAgent::start(&bootstrap(vec![l], vec![static_cluster("up", &[up.addr])])).await;
+    let addr = agent.listener("in");
+    let status = |host: &'static str, path: &'static str| async move {
+        http_client::get(addr, host, path, &[]).await.status
+    };
+    // The route's own bucket: one token.
+    assert_eq!(status("limited", "/own").await, 200);
+    assert_eq!(status("limited", "/own").await, 429);
+    // The virtual host's bucket (two tokens) covers its other routes together.
+    assert_eq!(status("limited", "/a").await, 200);
+    assert_eq!(status("limited", "/b").await, 200);
+    assert_eq!(status("limited", "/c").await, 429);
+    // Disabled on this route; and the connection manager's filter has no bucket.
+    for _ in 0..5 {
+        assert_eq!(status("limited", "/off").await, 200);
+        assert_eq!(status("other", "/").await, 200);
+    }
+    assert_eq!(agent.stat("own.http_local_rate_limit.rate_limited"), 1);
+    assert_eq!(agent.stat("vhost.http_local_rate_limit.rate_limited"), 1);
+    assert_eq!(agent.stat("vhost.http_local_rate_limit.ok"), 2);
+    assert_eq!(agent.stat("http.in.downstream_rq_4xx"), 2);
+}

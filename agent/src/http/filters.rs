@@ -54,22 +54,23 @@ pub trait HttpFilter: Send + Sync + std::fmt::Debug {
 
 /// Builds the filters of a connection manager.
 pub fn build(
-    configs: &[HttpFilterConfig],
+    configs: &[(String, HttpFilterConfig)],
     store: &Store,
     prefix: &str,
     health_check_failed: &Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<Box<dyn HttpFilter>> {
+) -> Vec<(String, Box<dyn HttpFilter>)> {
     configs
         .iter()
-        .map(|c| -> Box<dyn HttpFilter> {
-            match c {
+        .map(|(name, c)| -> (String, Box<dyn HttpFilter>) {
+            let f: Box<dyn HttpFilter> = match c {
                 HttpFilterConfig::LocalRateLimit(rl) => Box::new(LocalRateLimit::new(rl, store)),
                 HttpFilterConfig::Fault(f) => Box::new(FaultFilter::new(f, store, prefix)),
                 HttpFilterConfig::HealthCheck(h) => Box::new(HealthCheckFilter {
                     headers: h.headers.clone(),
                     failed: health_check_failed.clone(),
                 }),
-            }
+            };
+            (name.clone(), f)
         })
         .collect()
 }
@@ -322,7 +323,7 @@ mod tests {
     /// The fake next stage: runs the chain like the connection manager and reports what
     /// reached the "router" (`Ok(extra response headers)`) or the reply/delay instead.
     fn run(
-        chain: &[Box<dyn HttpFilter>],
+        chain: &[(String, Box<dyn HttpFilter>)],
         headers: &HeaderMap,
         grpc: bool,
     ) -> Result<usize, String> {
@@ -334,7 +335,7 @@ mod tests {
             grpc,
             draining: false,
         };
-        for f in chain {
+        for (_, f) in chain {
             match f.on_request(&head) {
                 Verdict::Continue(h) => extra += h.len(),
                 Verdict::Delay(t, _) => return Err(format!("delay {}ms", t.as_millis())),
@@ -364,7 +365,7 @@ mod tests {
             x_ratelimit_headers: true,
         };
         let chain = build(
-            &[HttpFilterConfig::LocalRateLimit(cfg.clone())],
+            &[("rl".into(), HttpFilterConfig::LocalRateLimit(cfg.clone()))],
             &store,
             "in",
             &Default::default(),
@@ -382,11 +383,14 @@ mod tests {
         assert_eq!(store.value("rl.http_local_rate_limit.ok"), Some(3));
         // Enabled but not enforced: counted, not refused.
         let shadow = build(
-            &[HttpFilterConfig::LocalRateLimit(HttpLocalRateLimit {
-                enforced: 0,
-                x_ratelimit_headers: false,
-                ..cfg
-            })],
+            &[(
+                "rl".into(),
+                HttpFilterConfig::LocalRateLimit(HttpLocalRateLimit {
+                    enforced: 0,
+                    x_ratelimit_headers: false,
+                    ..cfg
+                }),
+            )],
             &Store::new(),
             "in",
             &Default::default(),
@@ -411,7 +415,7 @@ mod tests {
         assert_eq!(
             run(
                 &build(
-                    &[always(FaultAbort::Http(503))],
+                    &[("f".into(), always(FaultAbort::Http(503)))],
                     &store,
                     "a",
                     &Default::default()
@@ -424,7 +428,7 @@ mod tests {
         assert_eq!(
             run(
                 &build(
-                    &[always(FaultAbort::Grpc(14))],
+                    &[("f".into(), always(FaultAbort::Grpc(14)))],
                     &store,
                     "b",
                     &Default::default()
@@ -435,7 +439,7 @@ mod tests {
             Err("200 FI 14".into())
         );
         let by_header = build(
-            &[always(FaultAbort::Header)],
+            &[("f".into(), always(FaultAbort::Header))],
             &store,
             "c",
             &Default::default(),
@@ -445,17 +449,20 @@ mod tests {
         asked.insert("x-envoy-fault-abort-request", "418".parse().unwrap());
         assert_eq!(run(&by_header, &asked, false), Err("418 FI 99".into()));
         let delay = build(
-            &[HttpFilterConfig::Fault(Fault {
-                delay: Some((FaultDelay::Fixed(Duration::from_millis(250)), 1_000_000)),
-                abort: None,
-                headers: Vec::new(),
-                max_active_faults: Some(1),
-            })],
+            &[(
+                "fault".into(),
+                HttpFilterConfig::Fault(Fault {
+                    delay: Some((FaultDelay::Fixed(Duration::from_millis(250)), 1_000_000)),
+                    abort: None,
+                    headers: Vec::new(),
+                    max_active_faults: Some(1),
+                }),
+            )],
             &store,
             "d",
             &Default::default(),
         );
-        let first = delay[0].on_request(&RequestHead {
+        let first = delay[0].1.on_request(&RequestHead {
             headers: &h,
             method: "GET",
             path: "/",

@@ -71,7 +71,7 @@ pub struct ConnectionManager {
     h2: http2::Builder<TokioExecutor>,
     loggers: Vec<access_log::AccessLogger>,
     /// The HTTP filters before the router.
-    filters: Vec<Box<dyn filters::HttpFilter>>,
+    filters: Vec<(String, Box<dyn filters::HttpFilter>)>,
     /// `server_name` as a header value, made once (`None`: not a valid value).
     server_header: Option<http::HeaderValue>,
 }
@@ -174,7 +174,7 @@ impl ConnectionManager {
         Arc::new(Self {
             routes: match &cfg.routes {
                 config::http::Routes::Inline(rc) => {
-                    RouteSource::Inline(Arc::new(RouteTable::new(rc.clone())))
+                    RouteSource::Inline(Arc::new(RouteTable::new(rc.clone(), store)))
                 }
                 config::http::Routes::Rds { name, .. } => {
                     let slot = registry.slot(name);

@@ -204,18 +204,23 @@ mod tests {
             name: "a".into(),
             virtual_hosts: vec![],
             headers: Default::default(),
+            per_filter: vec![],
             ignore_port_in_host_matching: false,
             validate_clusters: false,
             source: serde_json::Value::Null,
         };
-        assert!(r.set("a", RouteTable::new(Arc::new(cfg.clone())), "1"));
+        assert!(r.set(
+            "a",
+            RouteTable::new(Arc::new(cfg.clone()), &Store::new()),
+            "1"
+        ));
         assert!(a.has_table());
         assert_eq!(stats.config_reload.value(), 1);
         assert_eq!(stats.update_empty.value(), 1);
         assert!(store.value("http.in.rds.a.update_success").is_some());
         drop((a, a2));
         assert!(
-            !r.set("a", RouteTable::new(Arc::new(cfg)), "2"),
+            !r.set("a", RouteTable::new(Arc::new(cfg), &Store::new()), "2"),
             "nobody uses it"
         );
         assert!(r.names().is_empty());

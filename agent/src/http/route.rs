@@ -20,6 +20,48 @@ pub struct RouteTable {
     /// (prefix length, prefix → virtual host), longest first.
     prefixes: Vec<(usize, HashMap<String, usize>)>,
     default: Option<usize>,
+    /// The per-route HTTP filter settings in force for each route that has any
+    /// (`typed_per_filter_config` of the route, else its virtual host, else the route
+    /// configuration), by (virtual host, route) index.
+    per_route: HashMap<(usize, usize), Arc<RouteFilters>>,
+}
+
+/// What one route says to the connection manager's HTTP filters, by filter name.
+#[derive(Debug, Default)]
+pub struct RouteFilters(Vec<(String, RouteFilter)>);
+
+impl RouteFilters {
+    pub fn get(&self, filter: &str) -> Option<&RouteFilter> {
+        self.0.iter().find(|(n, _)| n == filter).map(|(_, f)| f)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteFilter {
+    /// Skip the filter for this route.
+    Disabled,
+    /// Run this instead of the connection manager's filter (its own bucket and stats).
+    Replace(Arc<dyn super::filters::HttpFilter>),
+}
+
+/// Builds one level's per-filter settings (each level's rate limiter is shared by the
+/// requests of all the routes it covers, as in Envoy).
+fn build_level(
+    cfg: &[(String, crate::config::http::PerFilterConfig)],
+    store: &crate::stats::Store,
+) -> Vec<(String, RouteFilter)> {
+    use crate::config::http::PerFilterConfig as P;
+    cfg.iter()
+        .map(|(name, c)| {
+            let f = match c {
+                P::Disabled => RouteFilter::Disabled,
+                P::LocalRateLimit(rl) => {
+                    RouteFilter::Replace(Arc::new(super::filters::LocalRateLimit::new(rl, store)))
+                }
+            };
+            (name.clone(), f)
+        })
+        .collect()
 }
 
 fn by_length(m: HashMap<usize, HashMap<String, usize>>) -> Vec<(usize, HashMap<String, usize>)> {
@@ -41,7 +83,7 @@ pub struct RequestView<'a> {
 }
 
 impl RouteTable {
-    pub fn new(config: Arc<RouteConfiguration>) -> Self {
+    pub fn new(config: Arc<RouteConfiguration>, store: &crate::stats::Store) -> Self {
         let mut exact = HashMap::new();
         let mut suffixes: HashMap<usize, HashMap<String, usize>> = HashMap::new();
         let mut prefixes: HashMap<usize, HashMap<String, usize>> = HashMap::new();
@@ -67,7 +109,26 @@ impl RouteTable {
                 }
             }
         }
+        // Per-route filter settings: built once per level, then each route gets the most
+        // specific one for each filter name.
+        let mut per_route = HashMap::new();
+        let top = build_level(&config.per_filter, store);
+        for (vi, vh) in config.virtual_hosts.iter().enumerate() {
+            let mid = build_level(&vh.per_filter, store);
+            for (ri, r) in vh.routes.iter().enumerate() {
+                let mut merged = build_level(&r.per_filter, store);
+                for (name, f) in mid.iter().chain(top.iter()) {
+                    if !merged.iter().any(|(n, _)| n == name) {
+                        merged.push((name.clone(), f.clone()));
+                    }
+                }
+                if !merged.is_empty() {
+                    per_route.insert((vi, ri), Arc::new(RouteFilters(merged)));
+                }
+            }
+        }
         Self {
+            per_route,
             exact,
             suffixes: by_length(suffixes),
             prefixes: by_length(prefixes),
@@ -78,6 +139,12 @@ impl RouteTable {
 
     /// The virtual host for `authority` (lower-cased by the caller when needed).
     pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        self.config
+            .virtual_hosts
+            .get(self.virtual_host_index(authority)?)
+    }
+
+    fn virtual_host_index(&self, authority: &str) -> Option<usize> {
         let mut host = authority;
         if self.config.ignore_port_in_host_matching {
             host = strip_port(host);
@@ -105,18 +172,32 @@ impl RouteTable {
             })
             .copied()
             .or(self.default)?;
-        self.config.virtual_hosts.get(i)
+        Some(i)
     }
 
     /// The virtual host and the first of its routes that matches the request.
     pub fn route(&self, req: &RequestView) -> Option<(&VirtualHost, &Route)> {
-        let vh = self.virtual_host(req.authority)?;
+        self.route_with_filters(req).map(|(vh, r, _)| (vh, r))
+    }
+
+    /// The virtual host, the route, and what the route says to the HTTP filters.
+    pub fn route_with_filters(
+        &self,
+        req: &RequestView,
+    ) -> Option<(&VirtualHost, &Route, Option<&RouteFilters>)> {
+        let vi = self.virtual_host_index(req.authority)?;
+        let vh = self.config.virtual_hosts.get(vi)?;
         let mut query: Option<Vec<(String, String)>> = None;
-        let route = vh
+        let ri = vh
             .routes
             .iter()
-            .find(|r| matches(&r.matcher, req, &mut query))?;
-        Some((vh, route))
+            .position(|r| matches(&r.matcher, req, &mut query))?;
+        let filters = if self.per_route.is_empty() {
+            None
+        } else {
+            self.per_route.get(&(vi, ri)).map(|f| &**f)
+        };
+        Some((vh, &vh.routes[ri], filters))
     }
 }
 
@@ -325,7 +406,7 @@ mod tests {
         let rc = crate::config::http::read_route_configuration(&v, &mut d)
             .unwrap_or_else(|| panic!("{:?}", d.errors));
         assert!(d.errors.is_empty(), "{:?}", d.errors);
-        RouteTable::new(Arc::new(rc))
+        RouteTable::new(Arc::new(rc), &crate::stats::Store::new())
     }
 
     fn vh(name: &str, domains: &str) -> String {
@@ -373,9 +454,10 @@ mod tests {
         );
         let v = crate::config::yaml::parse_test(&text).unwrap();
         let mut d = crate::config::Diagnostics::default();
-        let t = RouteTable::new(Arc::new(
-            crate::config::http::read_route_configuration(&v, &mut d).unwrap(),
-        ));
+        let t = RouteTable::new(
+            Arc::new(crate::config::http::read_route_configuration(&v, &mut d).unwrap()),
+            &crate::stats::Store::new(),
+        );
         assert!(t.virtual_host("a.com:9000").is_some());
         assert!(t.virtual_host("[::1]:9000").is_none());
         assert_eq!(strip_port("[::1]:9000"), "[::1]");

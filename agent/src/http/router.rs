@@ -389,6 +389,37 @@ impl ConnectionManager {
         }
         // The connection comes back from the codec once the 101 is out (see `serve_h1`).
         let downstream_upgrade = upgrade.then(|| conn.expect_upgrade());
+        let authority: Option<String> = match parts.uri.authority() {
+            Some(a) => Some(a.as_str().to_string()),
+            None => parts
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string),
+        };
+        let request_id = self.request_id(&mut parts.headers);
+        if let (Some(l), Some(id)) = (exchange.log.as_mut(), &request_id) {
+            l.request_headers.insert(names::X_REQUEST_ID, id.clone());
+        }
+        // The route is chosen before the HTTP filters run: they follow its
+        // `typed_per_filter_config`. Its absence is answered after them (a health check
+        // probe needs no route).
+        let routes = self.route_table();
+        let matched = match (&routes, &authority) {
+            (Some(t), Some(a)) => t.route_with_filters(&RequestView {
+                method: parts.method.as_str(),
+                path_and_query: parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/"),
+                authority: a,
+                path: parts.uri.path(),
+                query: parts.uri.query(),
+                headers: &parts.headers,
+            }),
+            _ => None,
+        };
         // The HTTP filters before the router, in order.
         let head = super::filters::RequestHead {
             headers: &parts.headers,
@@ -401,8 +432,14 @@ impl ConnectionManager {
             grpc,
             draining: conn.watch.phase() != crate::drain::Phase::Running,
         };
-        for f in &self.filters {
-            match f.on_request(&head) {
+        let per_route = matched.and_then(|m| m.2);
+        for (name, f) in &self.filters {
+            let verdict = match per_route.and_then(|p| p.get(name)) {
+                Some(super::route::RouteFilter::Disabled) => continue,
+                Some(super::route::RouteFilter::Replace(own)) => own.on_request(&head),
+                None => f.on_request(&head),
+            };
+            match verdict {
                 Verdict::Continue(h) => exchange.extra_headers.extend(h),
                 Verdict::Delay(t, active) => {
                     tokio::time::sleep(t).await;
@@ -416,42 +453,16 @@ impl ConnectionManager {
                 }
             }
         }
-        let authority = match parts.uri.authority() {
-            Some(a) => a.as_str().to_string(),
-            None => match parts.headers.get(HOST).and_then(|h| h.to_str().ok()) {
-                Some(h) => h.to_string(),
-                None => {
-                    return reply(
-                        exchange,
-                        StatusCode::BAD_REQUEST,
-                        "missing host header",
-                        Flag::DownstreamProtocolError,
-                        None,
-                    )
-                }
-            },
+        let Some(authority) = authority else {
+            return reply(
+                exchange,
+                StatusCode::BAD_REQUEST,
+                "missing host header",
+                Flag::DownstreamProtocolError,
+                None,
+            );
         };
-        let request_id = self.request_id(&mut parts.headers);
-        if let (Some(l), Some(id)) = (exchange.log.as_mut(), &request_id) {
-            l.request_headers.insert(names::X_REQUEST_ID, id.clone());
-        }
-        let Some(routes) = self.route_table() else {
-            s.no_route.inc();
-            return reply(exchange, StatusCode::NOT_FOUND, "", Flag::NoRoute, None);
-        };
-        let view = RequestView {
-            method: parts.method.as_str(),
-            path_and_query: parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/"),
-            authority: &authority,
-            path: parts.uri.path(),
-            query: parts.uri.query(),
-            headers: &parts.headers,
-        };
-        let Some((vh, route)) = routes.route(&view) else {
+        let (Some(routes), Some((vh, route, _))) = (&routes, matched) else {
             s.no_route.inc();
             return reply(exchange, StatusCode::NOT_FOUND, "", Flag::NoRoute, None);
         };

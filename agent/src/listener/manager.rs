@@ -115,6 +115,11 @@ pub struct ListenerManager {
 }
 
 impl ListenerManager {
+    /// The stats store (route tables from RDS register their filters' stats in it).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn new(clusters: Arc<ClusterManager>, store: &Store) -> Self {
         Self::with_overload(clusters, store, Overload::unlimited(store))
     }

@@ -253,7 +253,11 @@ impl ResourceType for Routes {
                         tracing::warn!(route = %rc.name, field = %w.path, "{}", w.message);
                     }
                     let model = Arc::new(model);
-                    registry.set(&rc.name, RouteTable::new(model.clone()), version);
+                    registry.set(
+                        &rc.name,
+                        RouteTable::new(model.clone(), client.listeners.store()),
+                        version,
+                    );
                     client.accepted(t, &rc.name, version, model, |st| &mut st.routes);
                     client.init_done(&route_init_key(&rc.name));
                 }

@@ -542,7 +542,7 @@ fn read_http_filters(
 ) -> (
     bool,
     Option<GrpcStatsConfig>,
-    Vec<super::filters::HttpFilterConfig>,
+    Vec<(String, super::filters::HttpFilterConfig)>,
 ) {
     use super::filters as hf;
     let mut suppress = false;
@@ -608,7 +608,7 @@ fn read_http_filters(
                         1 => hf::read_fault(&tc, d).map(hf::HttpFilterConfig::Fault),
                         _ => hf::read_health_check(&tc, d).map(hf::HttpFilterConfig::HealthCheck),
                     };
-                    chain.extend(built);
+                    chain.extend(built.map(|b| (name.clone(), b)));
                 }
                 None => d.error(f.at("typed_config"), "missing required field"),
             }

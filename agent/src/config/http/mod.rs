@@ -106,7 +106,7 @@ pub struct HttpConnectionManager {
     /// `envoy.filters.http.grpc_stats`, when in the filter chain.
     pub grpc_stats: Option<GrpcStatsConfig>,
     /// The other HTTP filters before the router, in order.
-    pub http_filters: Vec<filters::HttpFilterConfig>,
+    pub http_filters: Vec<(String, filters::HttpFilterConfig)>,
     pub access_logs: Vec<access_log::AccessLog>,
     /// The config as given, for `/config_dump`.
     pub source: Json,
@@ -425,6 +425,8 @@ pub struct Route {
     pub matcher: RouteMatch,
     pub action: Action,
     pub headers: HeaderMutations,
+    /// `typed_per_filter_config`, by HTTP filter name.
+    pub per_filter: Vec<(String, PerFilterConfig)>,
     /// Request bytes kept for replay on a retry (`per_request_buffer_limit_bytes`, from the
     /// route or its virtual host; default 1 MiB).
     pub buffer_limit: Option<u32>,
@@ -440,6 +442,19 @@ pub struct VirtualHost {
     /// Send `x-envoy-attempt-count` upstream / in the response.
     pub include_request_attempt_count: bool,
     pub include_attempt_count_in_response: bool,
+    /// `typed_per_filter_config`, by HTTP filter name.
+    pub per_filter: Vec<(String, PerFilterConfig)>,
+}
+
+/// What a route, virtual host or route configuration says to one of the connection manager's
+/// HTTP filters (`typed_per_filter_config`); the most specific level wins.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PerFilterConfig {
+    /// `envoy.config.route.v3.FilterConfig` with `disabled: true`: the filter is skipped.
+    Disabled,
+    /// A `LocalRateLimit` of its own: its own token bucket, shared by the requests of that
+    /// level (route, virtual host or route configuration).
+    LocalRateLimit(filters::HttpLocalRateLimit),
 }
 
 impl RouteConfiguration {
@@ -487,6 +502,8 @@ pub struct RouteConfiguration {
     pub name: String,
     pub virtual_hosts: Vec<VirtualHost>,
     pub headers: HeaderMutations,
+    /// `typed_per_filter_config`, by HTTP filter name.
+    pub per_filter: Vec<(String, PerFilterConfig)>,
     pub ignore_port_in_host_matching: bool,
     /// Refuse the configuration when a route names a cluster that does not exist (else
     /// such a route answers `cluster_not_found_response_code`).

@@ -67,10 +67,7 @@ const VIRTUAL_HOST: FieldTable = &[
     ("response_headers_to_add", S),
     ("response_headers_to_remove", S),
     ("cors", R(NO_CORS)),
-    (
-        "typed_per_filter_config",
-        I("no per-route filter config yet"),
-    ),
+    ("typed_per_filter_config", S),
     ("include_request_attempt_count", S),
     ("include_attempt_count_in_response", S),
     ("retry_policy", S),
@@ -103,10 +100,7 @@ const ROUTE: FieldTable = &[
     ),
     ("metadata", I("metadata is informational here")),
     ("decorator", I("tracing is not supported")),
-    (
-        "typed_per_filter_config",
-        I("no per-route filter config yet"),
-    ),
+    ("typed_per_filter_config", S),
     ("request_headers_to_add", S),
     ("request_headers_to_remove", S),
     ("response_headers_to_add", S),
@@ -236,10 +230,7 @@ const CLUSTER_WEIGHT: FieldTable = &[
     ("response_headers_to_add", S),
     ("response_headers_to_remove", S),
     ("host_rewrite_literal", S),
-    (
-        "typed_per_filter_config",
-        I("no per-route filter config yet"),
-    ),
+    ("typed_per_filter_config", S),
 ];
 
 const REDIRECT: FieldTable = &[
@@ -343,10 +334,12 @@ pub(super) fn read_route_configuration_obj(
         }
     }
     let headers = read_header_mutations(&rc, d);
+    let per_filter = read_per_filter(&rc, d);
     Some(RouteConfiguration {
         name: name?,
         virtual_hosts,
         headers,
+        per_filter,
         ignore_port_in_host_matching: rc
             .boolean("ignore_port_in_host_matching", d)
             .unwrap_or(false),
@@ -419,11 +412,13 @@ fn read_virtual_host(
         }
     }
     let headers = read_header_mutations(&vh, d);
+    let per_filter = read_per_filter(&vh, d);
     Some(VirtualHost {
         name: name?,
         domains,
         routes,
         headers,
+        per_filter,
         include_request_attempt_count: vh
             .boolean("include_request_attempt_count", d)
             .unwrap_or(false),
@@ -461,11 +456,13 @@ fn read_route(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Route> {
         None
     };
     let headers = read_header_mutations(&r, d);
+    let per_filter = read_per_filter(&r, d);
     Some(Route {
         name,
         matcher: matcher?,
         action: action?,
         headers,
+        per_filter,
         buffer_limit: r
             .uint("per_request_buffer_limit_bytes", 0, u32::MAX as u64, d)
             .map(|l| l as u32),
@@ -852,4 +849,84 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("QueryParameterMatcher", QUERY_PARAMETER_MATCHER),
     ("HeaderValueOption", HEADER_VALUE_OPTION),
     ("HeaderValue", HEADER_VALUE),
+    ("FilterConfig", FILTER_CONFIG),
 ];
+
+pub(crate) const FILTER_CONFIG_TYPE: &str =
+    "type.googleapis.com/envoy.config.route.v3.FilterConfig";
+
+pub(super) const FILTER_CONFIG: FieldTable = &[
+    ("@type", S),
+    ("config", S),
+    ("is_optional", S),
+    ("disabled", S),
+];
+
+/// `typed_per_filter_config`: settings for the connection manager's HTTP filters by filter
+/// name. A `LocalRateLimit` (bare or in a `FilterConfig`) and `FilterConfig { disabled: true }`
+/// are supported; a per-route fault is refused (its settings would be lost); other types are
+/// ignored with a warning (their filters are not supported, so nothing of theirs runs).
+fn read_per_filter(o: &Obj, d: &mut Diagnostics) -> Vec<(String, PerFilterConfig)> {
+    use super::filters as hf;
+    let mut out = Vec::new();
+    let Some(v) = o.get("typed_per_filter_config") else {
+        return out;
+    };
+    let path = o.at("typed_per_filter_config");
+    let Value::Mapping(map) = v else {
+        d.error(
+            path,
+            "expected a mapping from HTTP filter names to configurations",
+        );
+        return out;
+    };
+    for (k, v) in map.iter() {
+        let Value::String(name) = k else {
+            d.error(&path, "filter names must be strings");
+            continue;
+        };
+        let fpath = super::super::walk::join(&path, name);
+        let type_of = |v: &Value| v.get("@type").and_then(|t| t.as_str()).map(str::to_string);
+        let mut config = v;
+        let mut config_path = fpath.clone();
+        let mut optional = false;
+        if type_of(v).as_deref() == Some(FILTER_CONFIG_TYPE) {
+            let Some(fc) = Obj::new(v, &fpath, FILTER_CONFIG, d) else {
+                continue;
+            };
+            optional = fc.boolean("is_optional", d).unwrap_or(false);
+            if fc.boolean("disabled", d).unwrap_or(false) {
+                out.push((name.clone(), PerFilterConfig::Disabled));
+                continue;
+            }
+            let Some(inner) = fc.get("config") else {
+                d.error(
+                    fc.at("config"),
+                    "missing required field (or disabled: true)",
+                );
+                continue;
+            };
+            config = inner;
+            config_path = fc.at("config");
+        }
+        match type_of(config).as_deref() {
+            Some(hf::LOCAL_RATELIMIT_TYPE) => {
+                if let Some(rl) = Obj::new(config, &config_path, hf::LOCAL_RATELIMIT, d)
+                    .and_then(|tc| hf::read_local_ratelimit(&tc, d))
+                {
+                    out.push((name.clone(), PerFilterConfig::LocalRateLimit(rl)));
+                }
+            }
+            Some(hf::FAULT_TYPE) if !optional => d.error(
+                config_path,
+                "not supported: per-route fault settings (the connection manager's fault filter applies to every route)",
+            ),
+            Some(t) => d.warn(
+                config_path,
+                format!("ignored: per-route configuration of type {t} (that filter is not supported)"),
+            ),
+            None => d.error(config_path, "missing @type"),
+        }
+    }
+    out
+}

@@ -388,3 +388,53 @@ fn access_logs_are_read_and_bad_ones_named() {
     .unwrap();
     assert!(matches!(&json.access_logs[0].format, access_log::LogFormat::Json(f) if f.len() == 2));
 }
+
+#[test]
+fn typed_per_filter_config_takes_local_rate_limits_and_disabled_and_refuses_faults() {
+    let rl = r#"{"@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "r", "token_bucket": {"max_tokens": 2, "fill_interval": "1s"}}"#;
+    let h = read(&hcm(&format!(
+        r#"[{{"match": {{"prefix": "/a"}}, "route": {{"cluster": "c"}},
+             "typed_per_filter_config": {{"envoy.filters.http.local_ratelimit": {rl}}}}},
+            {{"match": {{"prefix": "/b"}}, "route": {{"cluster": "c"}},
+             "typed_per_filter_config": {{"x": {{"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": true}}}}}}]"#
+    )))
+    .unwrap();
+    let Routes::Inline(rc) = &h.routes else {
+        panic!("inline routes expected")
+    };
+    let routes = &rc.virtual_hosts[0].routes;
+    assert!(matches!(
+        &routes[0].per_filter[..],
+        [(n, PerFilterConfig::LocalRateLimit(l))] if n == "envoy.filters.http.local_ratelimit" && l.bucket.is_some()
+    ));
+    assert_eq!(
+        routes[1].per_filter,
+        vec![("x".to_string(), PerFilterConfig::Disabled)]
+    );
+    // A per-route fault would be lost: refused with its path.
+    let e = read(&hcm(
+        r#"[{"match": {"prefix": "/"}, "route": {"cluster": "c"},
+            "typed_per_filter_config": {"envoy.filters.http.fault": {
+              "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}}}]"#,
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("routes[0].typed_per_filter_config.envoy.filters.http.fault: not supported: per-route fault"),
+        "{e}"
+    );
+    // A bad bucket inside a FilterConfig names the inner path.
+    let e = read(&hcm(
+        r#"[{"match": {"prefix": "/"}, "route": {"cluster": "c"},
+            "typed_per_filter_config": {"rl": {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+              "config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                "stat_prefix": "r", "token_bucket": {"max_tokens": 2, "fill_interval": "0.001s"}}}}}]"#,
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains(
+            "typed_per_filter_config.rl.config.token_bucket.fill_interval: must be at least 50ms"
+        ),
+        "{e}"
+    );
+}
