@@ -566,6 +566,17 @@ impl ConnectionManager {
                 &without
             }
         };
+        // For hashing load balancers (carried in the pick; the cluster's policy uses it).
+        let hash_key = if forward.hash_policy.is_empty() {
+            None
+        } else {
+            request_hash(
+                &forward.hash_policy,
+                &parts.headers,
+                &parts.uri,
+                conn.peer.ip(),
+            )
+        };
         let mut uh = std::mem::take(&mut parts.headers);
         headers::mutate_request(&mut uh, levels, &fcx);
         headers::strip_hop_by_hop(&mut uh, upgrade);
@@ -691,7 +702,8 @@ impl ConnectionManager {
         let (host, resp, release, sent) = loop {
             attempt += 1;
             hs.upstream_rq_total.inc();
-            let Some(host) = pick(&cluster, conn, policy.as_ref(), &tried, attempt) else {
+            let Some(host) = pick(&cluster, conn, policy.as_ref(), &tried, attempt, hash_key)
+            else {
                 return self.upstream_failure(exchange, Failure::NoHealthy, grpc, &cluster);
             };
             let upstream_authority: std::borrow::Cow<'_, str> = match &host_rewrite {
@@ -1311,18 +1323,83 @@ impl Source {
 
 /// Picks a host for an attempt; a retry with `previous_hosts` re-picks (up to
 /// `host_selection_retry_max_attempts` times) to avoid the hosts already tried.
+/// FNV-1a, 64 bits: a hash that stays the same across restarts and hand-overs, so hashing
+/// load balancers keep their picks.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in *p {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The request's hash from the route's `hash_policy` (Envoy's combination: each new hash
+/// folded into the previous one rotated by a bit; a `terminal` policy that produced one ends
+/// the list). `None` when no policy produced a hash.
+pub(super) fn request_hash(
+    policies: &[crate::config::http::HashPolicy],
+    headers: &HeaderMap,
+    uri: &Uri,
+    peer: std::net::IpAddr,
+) -> Option<u64> {
+    use crate::config::http::HashOn;
+    let mut acc: Option<u64> = None;
+    for p in policies {
+        let new = match &p.on {
+            HashOn::Header(name) => {
+                let values: Vec<&[u8]> = headers
+                    .get_all(name.as_str())
+                    .iter()
+                    .map(|v| v.as_bytes())
+                    .collect();
+                (!values.is_empty()).then(|| fnv1a(&values))
+            }
+            HashOn::Cookie(name) => headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|c| {
+                    let (k, v) = c.trim().split_once('=')?;
+                    (k == name).then(|| fnv1a(&[v.as_bytes()]))
+                }),
+            HashOn::SourceIp => Some(match peer.to_canonical() {
+                std::net::IpAddr::V4(a) => fnv1a(&[&a.octets()]),
+                std::net::IpAddr::V6(a) => fnv1a(&[&a.octets()]),
+            }),
+            HashOn::QueryParameter(name) => uri.query().and_then(|q| {
+                q.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k == name).then(|| fnv1a(&[v.as_bytes()]))
+                })
+            }),
+        };
+        if let Some(x) = new {
+            acc = Some(acc.map_or(x, |a| a.rotate_left(1) ^ x));
+            if p.terminal {
+                break;
+            }
+        }
+    }
+    acc
+}
+
 fn pick(
     cluster: &Cluster,
     conn: &ConnInfo,
     policy: Option<&crate::config::http::RetryPolicy>,
     tried: &[Arc<crate::upstream::Host>],
     attempt: u32,
+    hash_key: Option<u64>,
 ) -> Option<Arc<crate::upstream::Host>> {
     let ctx = LbContext {
+        hash_key,
         attempt,
         original_dst: conn.original_dst,
         tried,
-        ..LbContext::default()
     };
     let mut host = cluster.pick(&ctx).ok()?;
     if let Some(p) = policy.filter(|p| p.avoid_previous_hosts) {
@@ -1374,5 +1451,55 @@ mod tests {
         for bad in ["", "m", "123456789S", "10x", "-1S", "1.5S"] {
             assert_eq!(t(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn hash_policies_hash_what_they_name_and_stop_at_a_terminal_one() {
+        use crate::config::http::{HashOn, HashPolicy};
+        let p = |on: HashOn, terminal: bool| HashPolicy { on, terminal };
+        let mut h = HeaderMap::new();
+        h.insert("x-user", "alice".parse().unwrap());
+        h.insert(http::header::COOKIE, "a=1; session=s42".parse().unwrap());
+        let uri: Uri = "/p?id=7&x".parse().unwrap();
+        let ip: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let one = |on: HashOn| request_hash(&[p(on, false)], &h, &uri, ip);
+        // The same input hashes the same; what is absent gives nothing.
+        assert_eq!(
+            one(HashOn::Header("x-user".into())),
+            Some(fnv1a(&[b"alice"]))
+        );
+        assert_eq!(
+            one(HashOn::Cookie("session".into())),
+            Some(fnv1a(&[b"s42"]))
+        );
+        assert_eq!(
+            one(HashOn::QueryParameter("id".into())),
+            Some(fnv1a(&[b"7"]))
+        );
+        assert_eq!(one(HashOn::SourceIp), Some(fnv1a(&[&[10, 0, 0, 1]])));
+        assert_eq!(one(HashOn::Header("x-none".into())), None);
+        assert_eq!(one(HashOn::Cookie("none".into())), None);
+        // Two policies fold together; a terminal one that hashed ends the list; a missing
+        // terminal one does not.
+        let a = fnv1a(&[b"alice"]);
+        let b = fnv1a(&[&[10, 0, 0, 1]]);
+        let both = [
+            p(HashOn::Header("x-user".into()), false),
+            p(HashOn::SourceIp, false),
+        ];
+        assert_eq!(
+            request_hash(&both, &h, &uri, ip),
+            Some(a.rotate_left(1) ^ b)
+        );
+        let stop = [
+            p(HashOn::Header("x-user".into()), true),
+            p(HashOn::SourceIp, false),
+        ];
+        assert_eq!(request_hash(&stop, &h, &uri, ip), Some(a));
+        let skip = [
+            p(HashOn::Header("x-none".into()), true),
+            p(HashOn::SourceIp, false),
+        ];
+        assert_eq!(request_hash(&skip, &h, &uri, ip), Some(b));
     }
 }

@@ -386,6 +386,28 @@ pub struct Forward {
     pub retry_policy: Option<RetryPolicy>,
     /// Copies of each request sent, fire and forget, to shadow clusters.
     pub mirrors: Vec<MirrorPolicy>,
+    /// What a request's hash for hashing load balancers is made of (`hash_policy`).
+    pub hash_policy: Vec<HashPolicy>,
+}
+
+/// One `hash_policy` entry of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashPolicy {
+    pub on: HashOn,
+    /// Stop at this policy when it produced a hash.
+    pub terminal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HashOn {
+    /// A request header (lower-cased name); every value counts.
+    Header(String),
+    /// A cookie the client sends.
+    Cookie(String),
+    /// The downstream address's IP.
+    SourceIp,
+    /// A query parameter's first value.
+    QueryParameter(String),
 }
 
 /// `RequestMirrorPolicy`.

@@ -161,17 +161,35 @@ const ROUTE_ACTION: FieldTable = &[
         R("cluster specifier plugins are not supported"),
     ),
     ("cluster_not_found_response_code", S),
-    ("metadata_match", R("subset load balancing is not supported")),
+    (
+        "metadata_match",
+        R("subset load balancing is not supported"),
+    ),
     ("prefix_rewrite", S),
     ("regex_rewrite", S),
-    ("path_rewrite_policy", R("path rewrite policies are not supported")),
-    ("path_rewrite", R("path_rewrite is not supported; use prefix_rewrite or regex_rewrite")),
+    (
+        "path_rewrite_policy",
+        R("path rewrite policies are not supported"),
+    ),
+    (
+        "path_rewrite",
+        R("path_rewrite is not supported; use prefix_rewrite or regex_rewrite"),
+    ),
     ("host_rewrite_literal", S),
     ("auto_host_rewrite", S),
-    ("host_rewrite_header", R("host_rewrite_header is not supported")),
-    ("host_rewrite_path_regex", R("host_rewrite_path_regex is not supported")),
+    (
+        "host_rewrite_header",
+        R("host_rewrite_header is not supported"),
+    ),
+    (
+        "host_rewrite_path_regex",
+        R("host_rewrite_path_regex is not supported"),
+    ),
     ("host_rewrite", R("host_rewrite is not supported")),
-    ("append_x_forwarded_host", R("x-forwarded-host is not supported")),
+    (
+        "append_x_forwarded_host",
+        R("x-forwarded-host is not supported"),
+    ),
     ("timeout", S),
     ("idle_timeout", S),
     ("flush_timeout", I("streams are bounded by idle_timeout")),
@@ -182,19 +200,31 @@ const ROUTE_ACTION: FieldTable = &[
     ("priority", R("routing priorities are not supported")),
     ("rate_limits", R(NO_RATE_LIMIT_SERVICE)),
     ("include_vh_rate_limits", I(NO_RATE_LIMIT_SERVICE)),
-    (
-        "hash_policy",
-        I("hash policies only matter for RING_HASH/MAGLEV, which arrive with the cluster manager issue"),
-    ),
+    ("hash_policy", S),
     ("cors", R(NO_CORS)),
     ("max_grpc_timeout", S),
     ("grpc_timeout_offset", S),
-    ("upgrade_configs", R("per-route upgrade configs are not supported")),
-    ("internal_redirect_policy", R("internal redirects are not supported")),
-    ("internal_redirect_action", R("internal redirects are not supported")),
-    ("max_internal_redirects", R("internal redirects are not supported")),
+    (
+        "upgrade_configs",
+        R("per-route upgrade configs are not supported"),
+    ),
+    (
+        "internal_redirect_policy",
+        R("internal redirects are not supported"),
+    ),
+    (
+        "internal_redirect_action",
+        R("internal redirects are not supported"),
+    ),
+    (
+        "max_internal_redirects",
+        R("internal redirects are not supported"),
+    ),
     ("hedge_policy", R(NO_HEDGE)),
-    ("max_stream_duration", R("per-route max_stream_duration is not supported yet")),
+    (
+        "max_stream_duration",
+        R("per-route max_stream_duration is not supported yet"),
+    ),
 ];
 
 const WEIGHTED_CLUSTER: FieldTable = &[
@@ -670,6 +700,82 @@ fn read_forward(a: &Obj, d: &mut Diagnostics) -> Option<Forward> {
             .into_iter()
             .filter_map(|(p, v)| read_mirror(v, &p, d))
             .collect(),
+        hash_policy: a
+            .list("hash_policy", d)
+            .into_iter()
+            .filter_map(|(p, v)| read_hash_policy(v, &p, d))
+            .collect(),
+    })
+}
+
+pub(super) const HASH_POLICY: FieldTable = &[
+    ("header", S),
+    ("cookie", S),
+    ("connection_properties", S),
+    ("query_parameter", S),
+    ("filter_state", R("filter state is not supported")),
+    ("terminal", S),
+];
+
+const HASH_HEADER: FieldTable = &[
+    ("header_name", S),
+    (
+        "regex_rewrite",
+        R("rewriting the hashed header value is not supported"),
+    ),
+];
+
+const HASH_COOKIE: FieldTable = &[
+    ("name", S),
+    (
+        "ttl",
+        R("generating the cookie (ttl) is not supported: hash on a cookie the client sends"),
+    ),
+    ("path", I("only used when generating the cookie")),
+    ("attributes", I("only used when generating the cookie")),
+];
+
+const HASH_CONNECTION: FieldTable = &[("source_ip", S)];
+
+const HASH_QUERY: FieldTable = &[("name", S)];
+
+/// One `hash_policy` entry: exactly one of its kinds.
+fn read_hash_policy(v: &Value, path: &str, d: &mut Diagnostics) -> Option<HashPolicy> {
+    let o = Obj::new(v, path, HASH_POLICY, d)?;
+    let kinds = [
+        "header",
+        "cookie",
+        "connection_properties",
+        "query_parameter",
+    ];
+    if kinds.iter().filter(|k| o.get(k).is_some()).count() != 1 {
+        d.error(
+            path,
+            "exactly one of header, cookie, connection_properties or query_parameter is required",
+        );
+        return None;
+    }
+    let name = |t: FieldTable, key: &str, field: &str, d: &mut Diagnostics| {
+        o.object(key, t, d).and_then(|x| x.required_name(field, d))
+    };
+    let kind = if o.get("header").is_some() {
+        let n = name(HASH_HEADER, "header", "header_name", d)?;
+        HashOn::Header(n.to_ascii_lowercase())
+    } else if o.get("cookie").is_some() {
+        HashOn::Cookie(name(HASH_COOKIE, "cookie", "name", d)?)
+    } else if o.get("query_parameter").is_some() {
+        HashOn::QueryParameter(name(HASH_QUERY, "query_parameter", "name", d)?)
+    } else {
+        let c = o.object("connection_properties", HASH_CONNECTION, d)?;
+        if !c.boolean("source_ip", d).unwrap_or(false) {
+            d.error(c.at("source_ip"), "must be true (nothing else to hash on)");
+            return None;
+        }
+        HashOn::SourceIp
+    };
+    Some(HashPolicy {
+        on: kind,
+        terminal: o.boolean("terminal", d).unwrap_or(false),
     })
 }
 
@@ -850,6 +956,14 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("HeaderValueOption", HEADER_VALUE_OPTION),
     ("HeaderValue", HEADER_VALUE),
     ("FilterConfig", FILTER_CONFIG),
+    ("HashPolicy", HASH_POLICY),
+    ("Header (hash_policy.header)", HASH_HEADER),
+    ("Cookie (hash_policy.cookie)", HASH_COOKIE),
+    (
+        "ConnectionProperties (hash_policy.connection_properties)",
+        HASH_CONNECTION,
+    ),
+    ("QueryParameter (hash_policy.query_parameter)", HASH_QUERY),
 ];
 
 pub(crate) const FILTER_CONFIG_TYPE: &str =

@@ -438,3 +438,54 @@ fn typed_per_filter_config_takes_local_rate_limits_and_disabled_and_refuses_faul
         "{e}"
     );
 }
+
+#[test]
+fn hash_policies_are_read_and_bad_ones_named() {
+    let h = read(&hcm(
+        r#"[{"match": {"prefix": "/"}, "route": {"cluster": "c", "hash_policy": [
+            {"header": {"header_name": "X-User"}},
+            {"cookie": {"name": "session"}, "terminal": true},
+            {"connection_properties": {"source_ip": true}},
+            {"query_parameter": {"name": "id"}}]}}]"#,
+    ))
+    .unwrap();
+    let Routes::Inline(rc) = &h.routes else {
+        panic!("inline routes expected")
+    };
+    let Action::Forward(f) = &rc.virtual_hosts[0].routes[0].action else {
+        panic!("a forward route expected")
+    };
+    assert_eq!(
+        f.hash_policy
+            .iter()
+            .map(|p| (&p.on, p.terminal))
+            .collect::<Vec<_>>(),
+        vec![
+            (&HashOn::Header("x-user".into()), false),
+            (&HashOn::Cookie("session".into()), true),
+            (&HashOn::SourceIp, false),
+            (&HashOn::QueryParameter("id".into()), false),
+        ]
+    );
+    for (policy, want) in [
+        (
+            r#"{"cookie": {"name": "s", "ttl": "1s"}}"#,
+            "hash_policy[0].cookie.ttl: not supported",
+        ),
+        (
+            r#"{"filter_state": {"key": "k"}}"#,
+            "hash_policy[0].filter_state: not supported",
+        ),
+        (r#"{}"#, "hash_policy[0]: exactly one of header, cookie"),
+        (
+            r#"{"connection_properties": {}}"#,
+            "connection_properties.source_ip: must be true",
+        ),
+    ] {
+        let e = read(&hcm(&format!(
+            r#"[{{"match": {{"prefix": "/"}}, "route": {{"cluster": "c", "hash_policy": [{policy}]}}}}]"#
+        )))
+        .unwrap_err();
+        assert!(e.contains(want), "{policy}: {e}");
+    }
+}
