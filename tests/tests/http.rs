@@ -974,3 +974,52 @@ async fn local_rate_limits_per_route_and_per_virtual_host() {
     assert_eq!(agent.stat("vhost.http_local_rate_limit.ok"), 2);
     assert_eq!(agent.stat("http.in.downstream_rq_4xx"), 2);
 }
+
+/// A WebSocket tunnel counts for the drain: it keeps running while the agent drains, and
+/// ends at the drain's close phase (the drain time), so the agent stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_tunnel_lasts_through_the_drain_and_ends_at_its_close() {
+    use plumb::server::ShutdownKind;
+    let up = http_upstream::start("ws").await;
+    let mut l = http_listener("in", any_host(json!([route("/", "ws")])));
+    l["filter_chains"][0]["filters"][0]["typed_config"]["upgrade_configs"] =
+        json!([{"upgrade_type": "websocket"}]);
+    let agent = TestAgent::start_with(
+        &bootstrap(vec![l], vec![static_cluster("ws", &[up.addr])]),
+        plumb::server::Options {
+            concurrency: 1,
+            drain_time: Duration::from_millis(1500),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut s = TcpStream::connect(agent.listener("in")).await.unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let started = std::time::Instant::now();
+    agent.shutdown(ShutdownKind::Graceful);
+    // Still tunnelling while the agent drains.
+    let mut echo = [0u8; 3];
+    s.write_all(b"abc").await.unwrap();
+    s.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"abc");
+    // Closed at the end of the drain time.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("the tunnel closes at the drain's end")
+        .ok();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "closed early"
+    );
+    tokio::time::timeout(Duration::from_secs(10), agent.join())
+        .await
+        .expect("the agent stops");
+}

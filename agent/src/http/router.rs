@@ -864,10 +864,18 @@ impl ConnectionManager {
             // Both ends hand over their connections once the 101 is out: splice them.
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             if let Some(down) = downstream_upgrade {
+                // The tunnel counts as a connection for the drain (which waits for it up to
+                // the drain time) and ends at the drain's close phase.
+                let mut closing = conn.watch.clone();
+                let guard = conn.watch.track();
                 tokio::spawn(async move {
+                    let _guard = guard;
                     if let (Ok(mut d), Ok(u)) = tokio::join!(down, upstream_upgrade) {
                         let mut u = TokioIo::new(u);
-                        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut d, &mut u) => {}
+                            _ = closing.closing() => {}
+                        }
                     }
                 });
             }
