@@ -24,6 +24,8 @@ const GROW_AFTER: u32 = 2;
 /// Counters a direction adds to for every chunk it moves.
 pub struct DirectionStats<'a> {
     pub counters: [&'a Counter; 2],
+    /// This connection's own count (for its access log line).
+    pub bytes: &'a std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +169,9 @@ impl Pump {
                 for c in stats.counters {
                     c.add(n as u64);
                 }
+                stats
+                    .bytes
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 if n == self.buf.len() && self.buf.len() < MAX_BUF {
                     self.full_reads += 1;
                     if self.full_reads >= GROW_AFTER {

@@ -191,3 +191,76 @@ async fn sigusr1_reopens_the_file_after_rotation() {
     agent.signal(libc::SIGTERM);
     assert!(agent.wait_exit(Duration::from_secs(10)).await.is_some());
 }
+
+/// The TCP proxy writes access log lines too (issue 12, item 8): the same formats, HTTP fields
+/// as `-`, bytes each way, the upstream, and the flags of connections that failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_proxy_connections_are_logged_with_bytes_upstream_and_flags() {
+    use plumb_tests::agent::tcp_listener;
+    use plumb_tests::servers::{self, Behavior};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = servers::start(Behavior::Echo).await;
+    let dir = TempDir::new("tcp-access-log");
+    let text = dir.path.join("tcp.log");
+    let json_path = dir.path.join("tcp.json");
+    let logs = json!([
+        file_log(&text, None, None),
+        file_log(
+            &json_path,
+            Some(json!({"json_format": {
+            "flags": "%RESPONSE_FLAGS%", "rx": "%BYTES_RECEIVED%", "tx": "%BYTES_SENT%",
+            "upstream": "%UPSTREAM_HOST%", "cluster": "%UPSTREAM_CLUSTER%",
+            "code": "%RESPONSE_CODE%", "method": "%REQ(:METHOD)%"}})),
+            None
+        ),
+    ]);
+    let mut ok = tcp_listener("ok", "echo");
+    ok["filter_chains"][0]["filters"][0]["typed_config"]["access_log"] = logs.clone();
+    let mut refused = tcp_listener("refused", "refused");
+    refused["filter_chains"][0]["filters"][0]["typed_config"]["access_log"] = logs;
+    refused["address"]["socket_address"]["address"] = json!("127.0.0.2");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let agent = TestAgent::start(&bootstrap(
+        vec![ok, refused],
+        vec![
+            static_cluster("echo", &[echo.addr]),
+            static_cluster("refused", &[closed]),
+        ],
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(agent.listener("ok"))
+        .await
+        .unwrap();
+    s.write_all(b"hello plumb").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"hello plumb");
+    let j = lines(&json_path, 1).await;
+    let first: Value = serde_json::from_str(&j[0]).unwrap();
+    assert_eq!(
+        first,
+        json!({"flags": null, "rx": 11, "tx": 11, "upstream": echo.addr.to_string(),
+               "cluster": "echo", "code": 0, "method": null})
+    );
+    let t = lines(&text, 1).await;
+    assert!(
+        t[0].contains("\"- - -\" 0 - 11 11 ") && t[0].contains(&format!("\"{}\"", echo.addr)),
+        "{}",
+        t[0]
+    );
+    // A connect failure: UF, no bytes.
+    let mut s = tokio::net::TcpStream::connect(agent.listener("refused"))
+        .await
+        .unwrap();
+    let mut none = Vec::new();
+    let _ = s.read_to_end(&mut none).await;
+    let j = lines(&json_path, 2).await;
+    let second: Value = serde_json::from_str(&j[1]).unwrap();
+    assert_eq!(second["flags"], "UF");
+    assert_eq!(second["rx"], 0);
+    assert_eq!(second["upstream"], closed.to_string());
+}

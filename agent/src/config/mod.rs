@@ -372,6 +372,8 @@ pub struct TcpProxy {
     pub idle_timeout: Option<Duration>,
     pub max_connect_attempts: u32,
     pub max_downstream_connection_duration: Option<Duration>,
+    /// Written when each connection ends (the HTTP access loggers and formats).
+    pub access_logs: Vec<http::access_log::AccessLog>,
 }
 
 /// `envoy.filters.network.connection_limit`.

@@ -38,6 +38,18 @@ pub struct TcpProxy {
     /// The cluster is looked up by name per connection: clusters come and go (xDS).
     clusters: Arc<ClusterManager>,
     pub stats: TcpProxyStats,
+    loggers: Vec<crate::http::access_log::AccessLogger>,
+}
+
+/// What a connection's access log line says beyond its addresses and times.
+#[derive(Default)]
+struct Report {
+    flag: Option<&'static str>,
+    upstream_host: Option<std::net::SocketAddr>,
+    failure_reason: Option<String>,
+    attempts: u32,
+    rx: std::sync::atomic::AtomicU64,
+    tx: std::sync::atomic::AtomicU64,
 }
 
 impl TcpProxy {
@@ -53,19 +65,67 @@ impl TcpProxy {
             upstream_flush_total: s.counter("upstream_flush_total"),
             upstream_flush_active: s.gauge("upstream_flush_active"),
         };
+        let loggers = config
+            .access_logs
+            .iter()
+            .map(|l| crate::http::access_log::AccessLogger::new(l, store))
+            .collect();
         Self {
             config,
             clusters,
             stats,
+            loggers,
+        }
+    }
+
+    /// Proxies the connection, then writes its access log lines (Envoy's fields; the HTTP
+    /// ones are `-`, the response code 0).
+    pub async fn handle(&self, mut ds: Downstream) {
+        let start = std::time::SystemTime::now();
+        let began = std::time::Instant::now();
+        let mut report = Report::default();
+        self.proxy(&mut ds, &mut report).await;
+        if self.loggers.is_empty() {
+            return;
+        }
+        let headers = http::HeaderMap::new();
+        let flags: Vec<&'static str> = report.flag.into_iter().collect();
+        let entry = crate::http::access_log::Entry {
+            start,
+            duration: began.elapsed(),
+            response_duration: None,
+            method: "",
+            path: "",
+            authority: "",
+            protocol: "-",
+            request_headers: &headers,
+            status: 0,
+            response_headers: None,
+            flags: &flags,
+            details: "",
+            bytes_received: report.rx.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_sent: report.tx.load(std::sync::atomic::Ordering::Relaxed),
+            upstream_host: report.upstream_host,
+            upstream_cluster: Some(&self.config.cluster),
+            failure_reason: report.failure_reason.as_deref(),
+            attempts: report.attempts,
+            peer: ds.peer,
+            local: ds.local,
+            route_name: "",
+            connection_id: crate::http::next_connection_id(),
+        };
+        for l in &self.loggers {
+            l.log(&entry);
         }
     }
 
     /// Connects to the cluster (for ORIGINAL_DST clusters: the connection's original
     /// destination) and proxies until both sides close, a limit fires or the drain ends.
-    pub async fn handle(&self, mut ds: Downstream) {
+    async fn proxy(&self, ds: &mut Downstream, report: &mut Report) {
         self.stats.downstream_cx_total.inc();
         let Some(cluster) = self.clusters.get(&self.config.cluster) else {
             self.stats.downstream_cx_no_route.inc();
+            report.flag = Some("NC");
             return;
         };
         let peer = ds.peer;
@@ -81,13 +141,16 @@ impl TcpProxy {
                 original_dst,
                 ..LbContext::default()
             };
+            report.attempts = attempt;
             let host = match cluster.pick(&ctx) {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::debug!(%peer, cluster = cluster.name(), error = %e, "no upstream");
+                    report.flag = Some("UH");
                     return;
                 }
             };
+            report.upstream_host = Some(host.address);
             let r = tokio::select! {
                 r = cluster.connect(host) => r,
                 _ = watch.closing() => return,
@@ -99,13 +162,18 @@ impl TcpProxy {
                 }
                 Err(e) => {
                     tracing::debug!(%peer, cluster = cluster.name(), attempt, error = %e, "upstream connect failed");
+                    report.failure_reason = Some(e.to_string());
                     if attempt == attempts && attempts > 1 {
                         cluster.stats.upstream_cx_connect_attempts_exceeded.inc();
                     }
                 }
             }
         }
-        let Some(mut upstream) = upstream else { return };
+        let Some(mut upstream) = upstream else {
+            report.flag = Some("UF");
+            return;
+        };
+        report.failure_reason = None;
         let cs = &cluster.stats;
         let ts = &self.stats;
         let outcome = copy::proxy(
@@ -116,12 +184,14 @@ impl TcpProxy {
                     &ts.downstream_cx_rx_bytes_total,
                     &cs.upstream_cx_tx_bytes_total,
                 ],
+                bytes: &report.rx,
             },
             DirectionStats {
                 counters: [
                     &cs.upstream_cx_rx_bytes_total,
                     &ts.downstream_cx_tx_bytes_total,
                 ],
+                bytes: &report.tx,
             },
             Limits {
                 idle_timeout: self.config.idle_timeout,
@@ -142,10 +212,17 @@ impl TcpProxy {
             cs.upstream_cx_destroy_local.inc();
         }
         match outcome {
-            Outcome::IdleTimeout => ts.idle_timeout.inc(),
+            Outcome::IdleTimeout => {
+                ts.idle_timeout.inc();
+                // Envoy's flag for a TCP idle timeout: stream idle timeout.
+                report.flag = Some("SI");
+            }
             Outcome::MaxDuration => ts.max_downstream_connection_duration.inc(),
             Outcome::Error(e) => {
                 tracing::debug!(%peer, side = ?e.side, error = %e.source, "connection ended with error");
+                if e.side == Side::Upstream {
+                    report.flag = Some("UC");
+                }
                 // Abort rather than close gracefully: each peer must learn the stream is broken.
                 ds.io.set_abort_on_close();
                 upstream.stream.set_abort_on_close();
@@ -203,6 +280,7 @@ mod tests {
                 idle_timeout: idle,
                 max_connect_attempts: attempts,
                 max_downstream_connection_duration: None,
+                access_logs: vec![],
             },
             cm.clone(),
             &store,

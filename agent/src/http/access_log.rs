@@ -230,10 +230,11 @@ fn passes(f: &LogFilter, e: &Entry) -> bool {
 
 fn header<'h>(h: Option<&'h HeaderMap>, e: &'h Entry, name: &str) -> Option<&'h str> {
     match name {
-        ":method" => Some(e.method),
-        ":path" => Some(e.path),
-        ":authority" => Some(e.authority),
-        ":scheme" => Some("http"),
+        // Empty for a TCP connection's line: printed as "-".
+        ":method" => Some(e.method).filter(|v| !v.is_empty()),
+        ":path" => Some(e.path).filter(|v| !v.is_empty()),
+        ":authority" => Some(e.authority).filter(|v| !v.is_empty()),
+        ":scheme" => (!e.method.is_empty()).then_some("http"),
         _ => h?.get(name)?.to_str().ok(),
     }
 }

@@ -84,6 +84,12 @@ impl std::fmt::Debug for ConnectionManager {
     }
 }
 
+/// A connection's `%CONNECTION_ID%`: unique across the agent's HTTP and TCP connections.
+pub fn next_connection_id() -> u64 {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// What the requests of one connection share.
 pub struct ConnInfo {
     /// Unique per connection (`%CONNECTION_ID%`).
@@ -215,9 +221,8 @@ impl ConnectionManager {
         let s = &self.stats;
         s.downstream_cx_total.inc();
         s.downstream_cx_active.inc();
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let conn = Arc::new(ConnInfo {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: next_connection_id(),
             watch: ds.watch.clone(),
             peer: ds.peer,
             local: ds.local,

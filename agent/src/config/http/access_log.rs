@@ -449,7 +449,7 @@ fn read_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<LogFilter> 
 }
 
 /// Reads `access_log` entries of a connection manager.
-pub(super) fn read_access_logs(o: &Obj, d: &mut Diagnostics) -> Vec<AccessLog> {
+pub fn read_access_logs(o: &Obj, d: &mut Diagnostics) -> Vec<AccessLog> {
     let mut out = Vec::new();
     for (path, v) in o.list("access_log", d) {
         let Some(a) = Obj::new(v, &path, ACCESS_LOG, d) else {

@@ -15,6 +15,7 @@ mod route;
 mod tests;
 mod upstream;
 
+pub use access_log::read_access_logs;
 pub(super) use hcm::{read_hcm, HCM_TABLE};
 pub use retry::{parse_retry_on, retry_on, RetryPolicy};
 pub use route::read_route_configuration;

@@ -98,6 +98,7 @@ pub(super) fn read_tcp_proxy(tc: &Obj, d: &mut Diagnostics) -> Option<NetworkFil
         idle_timeout,
         max_connect_attempts,
         max_downstream_connection_duration,
+        access_logs: crate::config::http::read_access_logs(tc, d),
     }))
 }
 

@@ -125,15 +125,18 @@ pub(super) const TCP_PROXY: FieldTable = &[
         "on_demand",
         R("on-demand cluster discovery is not supported"),
     ),
-    ("access_log", I("access logs are not written yet")),
-    ("access_log_options", I("access logs are not written yet")),
+    ("access_log", S),
+    (
+        "access_log_options",
+        I("lines are written when each connection ends"),
+    ),
     (
         "access_log_flush_interval",
-        I("access logs are not written yet"),
+        I("lines are written when each connection ends"),
     ),
     (
         "flush_access_log_on_connected",
-        I("access logs are not written yet"),
+        I("lines are written when each connection ends"),
     ),
     (
         "backoff_options",
