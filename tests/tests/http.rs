@@ -653,10 +653,11 @@ async fn websocket_upgrades_are_tunnelled_when_allowed_and_refused_otherwise() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_idle_timeout_and_max_stream_duration_cut_stalled_responses() {
+async fn stream_idle_timeout_max_stream_duration_and_route_timeout_cut_stalled_responses() {
     let up = http_upstream::start("up").await;
     let routes = json!([
         {"match": {"prefix": "/idle"}, "route": {"cluster": "up", "idle_timeout": "0.2s"}},
+        {"match": {"prefix": "/short"}, "route": {"cluster": "up", "timeout": "0.5s"}},
         route("/", "up"),
     ]);
     let mut l = http_listener("in", any_host(routes));
@@ -693,6 +694,18 @@ async fn stream_idle_timeout_and_max_stream_duration_cut_stalled_responses() {
     );
     agent
         .wait_stat("http.in.downstream_rq_max_duration_reached", |v| v == 1)
+        .await;
+    // The route timeout covers the whole response, as in Envoy: headers at once, then a
+    // body that drips past the route's 0.5 s is cut (and counted as the route's timeout).
+    let mut c = H1::connect(addr).await;
+    let started = std::time::Instant::now();
+    assert!(c
+        .send(request("GET", "x", "/short", &[("x-drip", "10,100")], b""))
+        .await
+        .is_err());
+    assert!(started.elapsed() < Duration::from_millis(950));
+    agent
+        .wait_stat("cluster.up.upstream_rq_timeout", |v| v == 1)
         .await;
 }
 

@@ -919,12 +919,23 @@ impl ConnectionManager {
                 .insert(names::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
         }
         rparts.version = Version::HTTP_11;
-        // The response streams within the stream's idle timeout and max duration.
+        // The response streams within the stream's idle timeout, and within the route timeout
+        // (which, as in Envoy, covers the whole response) or the max stream duration,
+        // whichever ends first; each counts its own stat when it cuts the body.
+        let route_cuts = match (deadline, stream_deadline) {
+            (Some(d), Some(m)) => d < m,
+            (Some(_), None) => true,
+            _ => false,
+        };
         let timer = Timer::new(
             forward.idle_timeout.or(self.config.stream_idle_timeout),
-            stream_deadline,
+            deadline,
             s.downstream_rq_idle_timeout.clone(),
-            s.downstream_rq_max_duration_reached.clone(),
+            if route_cuts {
+                hs.upstream_rq_timeout.clone()
+            } else {
+                s.downstream_rq_max_duration_reached.clone()
+            },
         );
         let r = Response::from_parts(rparts, Body::incoming(rbody).with_timer(timer));
         self.finish(r, exchange, request_id)
