@@ -77,7 +77,7 @@ impl FilterChain {
 
     /// Runs the connection through the chain. Admission tokens taken by non-terminal filters
     /// (a connection_limit slot) are held until the connection ends.
-    pub async fn run(&self, mut ds: Downstream) {
+    pub async fn run(&self, mut ds: Box<Downstream>) {
         let mut held: Vec<connection_limit::Slot> = Vec::new();
         for f in &self.filters {
             match f {
@@ -92,8 +92,8 @@ impl FilterChain {
                 }
                 // Boxed: the connection's task then holds only the terminal filter it runs,
                 // not room for the largest of them (an idle connection costs less).
-                NetworkFilter::TcpProxy(tp) => return Box::pin(tp.handle(ds)).await,
-                NetworkFilter::Http(h) => return Box::pin(h.handle(ds)).await,
+                NetworkFilter::TcpProxy(tp) => return Box::pin(tp.handle(*ds)).await,
+                NetworkFilter::Http(h) => return Box::pin(h.handle(*ds)).await,
             }
         }
     }

@@ -402,22 +402,26 @@ impl Driver<'_> {
         };
         let idle = self.hcm.config.idle_timeout;
         loop {
-            let wake = idle
-                .map(|t| {
-                    self.conn
-                        .idle_deadline(t)
-                        .unwrap_or_else(|| Instant::now() + t)
-                })
-                .unwrap_or_else(Self::far);
-            let drain_wake = self.drain_deadline.unwrap_or_else(Self::far);
+            // One timer for both ends a parked connection may reach (it lives as long as the
+            // connection idles).
+            let idle_at = idle.and_then(|t| self.conn.idle_deadline(t));
+            let wake = match (idle_at, self.drain_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 r = tcp.readable() => return r.is_ok(),
                 _ = self.closing.closing() => return false,
                 _ = self.draining.draining(), if self.drain_deadline.is_none() => self.start_drain(),
-                _ = tokio::time::sleep_until(drain_wake.into()), if self.drain_deadline.is_some() => return false,
-                _ = tokio::time::sleep_until(wake.into()), if idle.is_some() => {
-                    self.hcm.stats.downstream_cx_idle_timeout.inc();
-                    return false;
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Self::far).into()), if wake.is_some() => {
+                    let now = Instant::now();
+                    if self.drain_deadline.is_some_and(|d| d <= now) {
+                        return false;
+                    }
+                    if idle_at.is_some_and(|d| d <= now) {
+                        self.hcm.stats.downstream_cx_idle_timeout.inc();
+                        return false;
+                    }
                 }
             }
         }

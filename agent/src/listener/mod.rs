@@ -291,7 +291,14 @@ impl ActiveListener {
         } else {
             canonical(self.local_address)
         };
-        let mut ds = Downstream::new(Stream::Tcp(stream), canonical(peer), local, watch);
+        // Boxed: each stage's future then holds a pointer, not its own 200-byte copy, for the
+        // connection's life.
+        let mut ds = Box::new(Downstream::new(
+            Stream::Tcp(stream),
+            canonical(peer),
+            local,
+            watch,
+        ));
         // original_dst runs here, on the listener that accepted the connection; the other
         // listener filters run on the listener that handles it (`handle`), as in Envoy, where
         // a handed-off connection goes through its new listener's filters.
@@ -350,7 +357,7 @@ impl ActiveListener {
     }
 
     /// Runs the listener filters, selects the filter chain and runs the connection through it.
-    async fn handle(&self, mut ds: Downstream) {
+    async fn handle(&self, mut ds: Box<Downstream>) {
         let _limit = match &self.limit {
             Some(l) => match l.admit() {
                 Some(slot) => Some(slot),
