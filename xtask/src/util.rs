@@ -222,9 +222,10 @@ pub struct KillTreeOnDrop(pub u32);
 
 impl Drop for KillTreeOnDrop {
     fn drop(&mut self) {
-        let mut pids = children(self.0);
-        pids.push(self.0);
-        for p in pids {
+        // The master first (a live nginx master respawns a killed worker), then the workers
+        // it had.
+        let workers = children(self.0);
+        for p in std::iter::once(self.0).chain(workers) {
             let _ = Command::new("kill")
                 .arg("-KILL")
                 .arg(p.to_string())
