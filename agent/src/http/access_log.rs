@@ -8,18 +8,22 @@ use crate::config::http::access_log::{
     AccessLog, JsonField, LogFilter, LogFormat, LogOp, LogSink, LogToken,
 };
 use crate::stats::{Counter, Store};
+use http::header::HeaderName;
 use http::HeaderMap;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 /// Lines queued per file before new ones are dropped.
 const QUEUE: usize = 16 * 1024;
+
+/// How often a file's writer takes the queued lines, writes and flushes them.
+const BATCH_PERIOD: Duration = Duration::from_millis(20);
 
 /// Bumped by SIGUSR1: writers reopen their files.
 static REOPEN: AtomicU64 = AtomicU64::new(0);
@@ -102,12 +106,12 @@ fn write_loop(sink: LogSink, rx: Receiver<String>, stats: Arc<LogStats>) {
         }
     };
     let mut generation = REOPEN.load(Ordering::Relaxed);
-    loop {
-        let first = match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(l) => Some(l),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
+    let mut open_senders = true;
+    while open_senders {
+        // Sleep, then take what is queued: a request never finds the writer waiting, so its
+        // line costs it no wake-up (a futex call and a context switch on a busy machine).
+        // The queue holds far more than a batch period's lines.
+        std::thread::sleep(BATCH_PERIOD);
         let write =
             |line: String, out: &mut Option<std::io::BufWriter<Box<dyn std::io::Write + Send>>>| {
                 match out.as_mut().map(|o| o.write_all(line.as_bytes())) {
@@ -115,16 +119,25 @@ fn write_loop(sink: LogSink, rx: Receiver<String>, stats: Arc<LogStats>) {
                     _ => stats.write_failed.inc(),
                 }
             };
-        if let Some(l) = first {
-            write(l, &mut out);
-            // Whatever else is queued goes in the same batch.
-            for l in rx.try_iter().take(QUEUE) {
-                write(l, &mut out);
+        let mut wrote = false;
+        for _ in 0..QUEUE {
+            match rx.try_recv() {
+                Ok(l) => {
+                    write(l, &mut out);
+                    wrote = true;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    open_senders = false;
+                    break;
+                }
             }
         }
-        if let Some(o) = out.as_mut() {
-            if o.flush().is_err() {
-                stats.write_failed.inc();
+        if wrote {
+            if let Some(o) = out.as_mut() {
+                if o.flush().is_err() {
+                    stats.write_failed.inc();
+                }
             }
         }
         let now = REOPEN.load(Ordering::Relaxed);
@@ -209,6 +222,54 @@ impl AccessLogger {
             }
         }
     }
+}
+
+/// The request and response header names the loggers' formats read (`%REQ(..)%`,
+/// `%RESP(..)%`, pseudo-headers aside): a request keeps a copy of only these for its line.
+pub fn referenced_headers(loggers: &[AccessLogger]) -> (Vec<HeaderName>, Vec<HeaderName>) {
+    fn walk(tokens: &[LogToken], req: &mut Vec<HeaderName>, resp: &mut Vec<HeaderName>) {
+        for t in tokens {
+            let (names, list) = match t {
+                LogToken::Op(LogOp::RequestHeader(m, a, _)) => ([Some(m), a.as_ref()], &mut *req),
+                LogToken::Op(LogOp::ResponseHeader(m, a, _)) => ([Some(m), a.as_ref()], &mut *resp),
+                _ => continue,
+            };
+            for n in names.into_iter().flatten() {
+                if let Ok(h) = HeaderName::from_bytes(n.as_bytes()) {
+                    if !list.contains(&h) {
+                        list.push(h);
+                    }
+                }
+            }
+        }
+    }
+    fn json(fields: &[(String, JsonField)], req: &mut Vec<HeaderName>, resp: &mut Vec<HeaderName>) {
+        for (_, f) in fields {
+            match f {
+                JsonField::Format(t) => walk(t, req, resp),
+                JsonField::Object(inner) => json(inner, req, resp),
+            }
+        }
+    }
+    let (mut req, mut resp) = (Vec::new(), Vec::new());
+    for l in loggers {
+        match &l.format {
+            LogFormat::Text(t) => walk(t, &mut req, &mut resp),
+            LogFormat::Json(f) => json(f, &mut req, &mut resp),
+        }
+    }
+    (req, resp)
+}
+
+/// The headers of `h` named in `names` (all their values).
+pub fn select_headers(h: &HeaderMap, names: &[HeaderName]) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for n in names {
+        for v in h.get_all(n) {
+            out.append(n.clone(), v.clone());
+        }
+    }
+    out
 }
 
 fn passes(f: &LogFilter, e: &Entry) -> bool {

@@ -74,6 +74,8 @@ pub struct ConnectionManager {
     filters: Vec<(String, Box<dyn filters::HttpFilter>)>,
     /// `server_name` as a header value, made once (`None`: not a valid value).
     server_header: Option<http::HeaderValue>,
+    /// The request and response headers the access logs read (a request keeps only these).
+    log_headers: (Vec<http::HeaderName>, Vec<http::HeaderName>),
 }
 
 impl std::fmt::Debug for ConnectionManager {
@@ -177,6 +179,12 @@ impl ConnectionManager {
             .initial_stream_window_size(cfg.http2.initial_stream_window_size)
             .initial_connection_window_size(cfg.http2.initial_connection_window_size)
             .max_header_list_size(cfg.max_request_headers_bytes as u32);
+        let loggers: Vec<access_log::AccessLogger> = cfg
+            .access_logs
+            .iter()
+            .map(|l| access_log::AccessLogger::new(l, store))
+            .collect();
+        let log_headers = access_log::referenced_headers(&loggers);
         Arc::new(Self {
             routes: match &cfg.routes {
                 config::http::Routes::Inline(rc) => {
@@ -190,6 +198,8 @@ impl ConnectionManager {
             },
             config: Box::new(cfg.clone()),
             server_header: http::HeaderValue::from_str(&cfg.server_name).ok(),
+            loggers,
+            log_headers,
             clusters,
             stats: HttpStats::new(store, &cfg.stat_prefix),
             h1,
@@ -200,11 +210,6 @@ impl ConnectionManager {
                 &cfg.stat_prefix,
                 &ctx.health_check_failed,
             ),
-            loggers: cfg
-                .access_logs
-                .iter()
-                .map(|l| access_log::AccessLogger::new(l, store))
-                .collect(),
         })
     }
 

@@ -346,7 +346,10 @@ impl ConnectionManager {
                     .unwrap_or_default()
                     .to_string(),
                 protocol: protocol_name(parts.version),
-                request_headers: parts.headers.clone(),
+                request_headers: super::access_log::select_headers(
+                    &parts.headers,
+                    &self.log_headers.0,
+                ),
                 response_headers: None,
                 status: 0,
                 details: "",
@@ -974,7 +977,10 @@ impl ConnectionManager {
             }
         }
         if let Some(l) = ex.log.as_mut() {
-            l.response_headers = Some(r.headers().clone());
+            l.response_headers = Some(super::access_log::select_headers(
+                r.headers(),
+                &self.log_headers.1,
+            ));
         }
         if let Some((_, status)) = ex.grpc_call.as_mut() {
             *status = r
