@@ -607,6 +607,67 @@ async fn curl_and_h2load_speak_http1_and_h2c_through_plumb() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_httpx_speaks_http1_and_h2c_through_plumb() {
+    let has_httpx = std::process::Command::new("python3")
+        .args(["-c", "import httpx, h2"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_httpx {
+        return plumb_tests::skip(
+            "python3 httpx/h2 is not installed (cargo xtask deps installs it)",
+        );
+    }
+    let up = http_upstream::start("up").await;
+    let routes = json!([route("/h1/", "up"), route("/h2/", "up")]);
+    let (agent, addr) = agent_for(routes, vec![static_cluster("up", &[up.addr])]).await;
+    let out = tokio::process::Command::new("python3")
+        .arg(format!(
+            "{}/scripts/httpx_client.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(addr.to_string())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (tag, version) in [("h1", "HTTP/1.1"), ("h2", "HTTP/2")] {
+        let s = &r[if tag == "h1" { "http1" } else { "http2" }];
+        for (i, g) in s["gets"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(g["status"], 200, "{g}");
+            assert_eq!(g["version"], version, "{g}");
+            assert_eq!(g["path"], format!("/{tag}/{i}?q=1"), "{g}");
+            assert_eq!((&g["server"], &g["method"]), (&json!("up"), &json!("GET")));
+            // Plumb generated a request ID and kept the authority as the Host.
+            assert_eq!(g["request_id"], true, "{g}");
+            assert_eq!(g["host"], addr.to_string(), "{g}");
+        }
+        assert_eq!(
+            (&s["post"]["status"], &s["post"]["body_len"]),
+            (&json!(200), &json!(100_000))
+        );
+        // A body of unknown length (chunked from httpx over HTTP/1.1, DATA frames over
+        // HTTP/2) arrives whole; the HTTP/1.1 upstream gets it chunked.
+        let st = &s["streamed"];
+        assert_eq!(
+            (&st["status"], &st["body_len"]),
+            (&json!(200), &json!(10_000))
+        );
+        assert_eq!(st["te"], "chunked", "{st}");
+        assert_eq!(s["missing"], json!([404, version, ""]));
+    }
+    assert_eq!(up.requests(), 14);
+    assert_eq!(agent.stat("http.in.downstream_cx_http2_total"), 1);
+    assert!(agent.stat("http.in.downstream_cx_http1_total") >= 1);
+    assert_eq!(agent.stat("http.in.no_route"), 2);
+    assert_eq!(agent.stat("cluster.up.upstream_rq_200"), 14);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrades_are_tunnelled_when_allowed_and_refused_otherwise() {
     let up = http_upstream::start("ws").await;
     let mut l = http_listener("in", any_host(json!([route("/", "ws")])));

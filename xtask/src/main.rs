@@ -74,6 +74,9 @@ const PYPI_TOOLS: &[(&str, &str)] = &[
     ("kubernetes_validate", "kubernetes-validate==1.37.0"),
     // gRPC clients and servers through the connection manager (tests/tests/grpc.rs).
     ("grpc", "grpcio==1.76.0"),
+    // A Python HTTP/1.1 and h2c client through the connection manager (tests/tests/http.rs).
+    ("httpx", "httpx==0.28.1"),
+    ("h2", "h2==4.3.0"),
 ];
 
 pub fn deps(bench: bool) -> Result<()> {
