@@ -62,6 +62,11 @@ pub struct FilterChain {
     pub config: config::FilterChain,
 }
 
+/// The value, with its box freed now.
+fn unbox<T>(b: Box<T>) -> T {
+    *b
+}
+
 impl FilterChain {
     pub fn new(cfg: &config::FilterChain, ctx: &BuildContext) -> Self {
         Self {
@@ -92,8 +97,10 @@ impl FilterChain {
                 }
                 // Boxed: the connection's task then holds only the terminal filter it runs,
                 // not room for the largest of them (an idle connection costs less).
-                NetworkFilter::TcpProxy(tp) => return Box::pin(tp.handle(*ds)).await,
-                NetworkFilter::Http(h) => return Box::pin(h.handle(*ds)).await,
+                // `unbox`: moving out with `*ds` would keep the box's allocation until this
+                // function returns, that is for the connection's life.
+                NetworkFilter::TcpProxy(tp) => return Box::pin(tp.handle(unbox(ds))).await,
+                NetworkFilter::Http(h) => return Box::pin(h.handle(unbox(ds))).await,
             }
         }
     }

@@ -354,10 +354,13 @@ impl Driver<'_> {
         // In-memory streams (tests, fuzzing) cannot wait for readability without reading.
         let can_park = matches!(io.io, crate::transport::Stream::Tcp(_));
         loop {
-            // Boxed: freed while the connection is parked.
-            let mut c = Box::new(self.hcm.h1.serve_connection(TokioIo::new(io), svc.clone()));
-            let ran = Box::pin(self.run(&mut c, can_park)).await;
-            let parts = (*c).into_parts();
+            // Boxed, in a block of its own: the box is freed before the connection parks
+            // (moving out with `*c` keeps the allocation until the box goes out of scope).
+            let (ran, parts) = {
+                let mut c = Box::new(self.hcm.h1.serve_connection(TokioIo::new(io), svc.clone()));
+                let ran = Box::pin(self.run(&mut c, can_park)).await;
+                (ran, (*c).into_parts())
+            };
             let mut back = parts.io.into_inner();
             back.unread(parts.read_buf);
             // A 101 went out: the connection belongs to the tunnel now.
