@@ -161,6 +161,9 @@ impl ConnInfo {
     }
 }
 
+/// hyper's HTTP/1.1 header count limit when none is set.
+const HYPER_MAX_HEADERS: usize = 100;
+
 impl ConnectionManager {
     pub fn new(
         cfg: &config::http::HttpConnectionManager,
@@ -171,8 +174,12 @@ impl ConnectionManager {
         h1.timer(TokioTimer::new())
             .keep_alive(true)
             .max_buf_size(cfg.max_request_headers_bytes.max(MIN_BUF))
-            .max_headers(cfg.max_headers_count)
             .header_read_timeout(cfg.request_headers_timeout);
+        // hyper's own limit is Envoy's default, 100, and setting it (even to 100) makes hyper
+        // fill a header array per request instead of using its inline one.
+        if cfg.max_headers_count != HYPER_MAX_HEADERS {
+            h1.max_headers(cfg.max_headers_count);
+        }
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(cfg.http2.max_concurrent_streams)

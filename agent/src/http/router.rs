@@ -766,17 +766,21 @@ impl ConnectionManager {
                 (Some(p), None) => (Some(p), true),
                 (_, l) => (l, false),
             };
-            let send = self.send(&cluster, &host, ureq, protocol);
+            // No named local for the send future: it would be kept next to the timeout's copy
+            // of it in this (per request, moved) future.
             let result = match bound {
-                Some(t) => match tokio::time::timeout(t, send).await {
-                    Ok(r) => r,
-                    Err(_) if per_try_bound => {
-                        hs.upstream_rq_per_try_timeout.inc();
-                        Err(Failure::PerTryTimeout)
+                Some(t) => {
+                    match tokio::time::timeout(t, self.send(&cluster, &host, ureq, protocol)).await
+                    {
+                        Ok(r) => r,
+                        Err(_) if per_try_bound => {
+                            hs.upstream_rq_per_try_timeout.inc();
+                            Err(Failure::PerTryTimeout)
+                        }
+                        Err(_) => Err(Failure::Timeout),
                     }
-                    Err(_) => Err(Failure::Timeout),
-                },
-                None => send.await,
+                }
+                None => self.send(&cluster, &host, ureq, protocol).await,
             };
             let retriable = match (&policy, &result) {
                 (Some(p), Ok((r, _))) => retry::retriable_response(p, r),

@@ -29,7 +29,10 @@ impl ConnectionManager {
         protocol: Version,
     ) -> Result<(Response<Incoming>, Sent), Failure> {
         if protocol == Version::HTTP_2 {
-            return self.send_h2(cluster, host, req).await;
+            // Boxed, as connecting is below: a request's future is moved and kept per request,
+            // so it holds room only for the common path (a pooled HTTP/1.1 connection).
+            let h2 = Box::pin(self.send_h2(cluster, host, req));
+            return h2.await;
         }
         let idle = cluster.config.http.idle_timeout;
         let mut req = req;
@@ -47,7 +50,8 @@ impl ConnectionManager {
                 },
             }
         }
-        let (tx, _) = self.connect_h1(cluster, host).await?;
+        let connecting = Box::pin(self.connect_h1(cluster, host));
+        let (tx, _) = connecting.await?;
         let mut p = Pooled1 { tx, served: 0 };
         match p.tx.send_request(req).await {
             Ok(r) => Ok((r, Sent::H1(p))),
