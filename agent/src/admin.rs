@@ -427,6 +427,10 @@ fn clusters(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body>
         let name = c.name();
         let hosts = c.hosts();
         if !as_json {
+            // Envoy prints the circuit breakers' thresholds first.
+            for (priority, key, max) in c.breakers.thresholds() {
+                let _ = writeln!(out, "{name}::{priority}::{key}::{max}");
+            }
             let _ = writeln!(out, "{name}::observability_name::{name}");
             let _ = writeln!(out, "{name}::added_via_api::false");
         }
@@ -494,10 +498,24 @@ fn clusters(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body>
             }
         }
         if as_json {
+            let thresholds: Vec<_> = ["default_priority", "high_priority"]
+                .iter()
+                .map(|p| {
+                    let mut t =
+                        json!({"priority": if *p == "high_priority" { "HIGH" } else { "DEFAULT" }});
+                    for (priority, key, max) in c.breakers.thresholds() {
+                        if priority == *p {
+                            t[key] = json!(max);
+                        }
+                    }
+                    t
+                })
+                .collect();
             statuses.push(json!({
                 "name": name,
                 "observability_name": name,
                 "added_via_api": false,
+                "circuit_breakers": {"thresholds": thresholds},
                 "host_statuses": host_json,
             }));
         }

@@ -246,6 +246,11 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("DataSource", DATA_SOURCE),
     ("CircuitBreakers", CIRCUIT_BREAKERS),
     ("Thresholds", THRESHOLDS),
+    (
+        "RetryBudget (circuit_breakers.thresholds.retry_budget)",
+        RETRY_BUDGET,
+    ),
+    ("Percent (retry_budget.budget_percent)", PERCENT),
     ("OutlierDetection", OUTLIER_DETECTION),
     ("ConfigSource", CONFIG_SOURCE),
     ("DynamicResources", DYNAMIC_RESOURCES),

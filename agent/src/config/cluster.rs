@@ -119,9 +119,13 @@ pub(super) const THRESHOLDS: FieldTable = &[
     ("max_requests", S),
     ("max_retries", S),
     ("track_remaining", S),
-    ("retry_budget", I(NOT_ENFORCED)),
+    ("retry_budget", S),
     ("max_connection_pools", I(NOT_ENFORCED)),
 ];
+
+pub(super) const RETRY_BUDGET: FieldTable = &[("budget_percent", S), ("min_retry_concurrency", S)];
+
+pub(super) const PERCENT: FieldTable = &[("value", S)];
 
 pub(super) const OUTLIER_DETECTION: FieldTable = &[
     ("consecutive_5xx", S),
@@ -485,11 +489,7 @@ pub(crate) fn read_cluster(
         }
     };
     let circuit_breakers = c.object("circuit_breakers", CIRCUIT_BREAKERS, d).map(|cb| {
-        d.warn(
-            cb.path.clone(),
-            "carried into the configuration but not enforced yet",
-        );
-        let mut thresholds = Vec::new();
+        let mut thresholds: Vec<Thresholds> = Vec::new();
         for (tpath, tv) in cb.list("thresholds", d) {
             let Some(t) = Obj::new(tv, &tpath, THRESHOLDS, d) else {
                 continue;
@@ -503,6 +503,28 @@ pub(crate) fn read_cluster(
                     .map(|v| v as u32)
                     .unwrap_or(def)
             };
+            let retry_budget = t
+                .object("retry_budget", RETRY_BUDGET, d)
+                .map(|b| RetryBudget {
+                    budget_percent: b
+                        .object("budget_percent", PERCENT, d)
+                        .and_then(|p| p.float("value", 0.0, 100.0, d))
+                        .unwrap_or(20.0),
+                    min_retry_concurrency: b
+                        .uint("min_retry_concurrency", 0, u32::MAX as u64, d)
+                        .map(|v| v as u32)
+                        .unwrap_or(3),
+                });
+            if thresholds.iter().any(|x| x.high_priority == high) {
+                d.error(
+                    t.at("priority"),
+                    format!(
+                        "a second set of thresholds for priority {}",
+                        if high { "HIGH" } else { "DEFAULT" }
+                    ),
+                );
+                continue;
+            }
             thresholds.push(Thresholds {
                 high_priority: high,
                 max_connections: limit("max_connections", 1024, d),
@@ -510,6 +532,7 @@ pub(crate) fn read_cluster(
                 max_requests: limit("max_requests", 1024, d),
                 max_retries: limit("max_retries", 3, d),
                 track_remaining: t.boolean("track_remaining", d).unwrap_or(false),
+                retry_budget,
             });
         }
         CircuitBreakers { thresholds }

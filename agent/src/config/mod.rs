@@ -519,6 +519,31 @@ pub struct Thresholds {
     pub max_requests: u32,
     pub max_retries: u32,
     pub track_remaining: bool,
+    /// Concurrent retries as a share of the requests in flight (replaces `max_retries`).
+    pub retry_budget: Option<RetryBudget>,
+}
+
+impl Thresholds {
+    /// Envoy's defaults: 1,024 connections, pending requests and requests; 3 retries.
+    pub fn defaults(high_priority: bool) -> Self {
+        Self {
+            high_priority,
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+            track_remaining: false,
+            retry_budget: None,
+        }
+    }
+}
+
+/// Envoy's `retry_budget`: at most `budget_percent` % of the active and pending requests may
+/// be retries, and at least `min_retry_concurrency`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    pub budget_percent: f64,
+    pub min_retry_concurrency: u32,
 }
 
 /// Envoy's `outlier_detection` (consecutive-failure detectors), with Envoy's defaults.
@@ -654,6 +679,10 @@ impl Cluster {
                         "max_requests": t.max_requests,
                         "max_retries": t.max_retries,
                         "track_remaining": t.track_remaining,
+                        "retry_budget": t.retry_budget.map(|b| json!({
+                            "budget_percent": {"value": b.budget_percent},
+                            "min_retry_concurrency": b.min_retry_concurrency,
+                        })),
                     })
                 })
                 .collect();

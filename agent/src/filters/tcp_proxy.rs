@@ -5,7 +5,7 @@ use crate::config;
 use crate::copy::{self, DirectionStats, FlushObserver, Limits, Outcome, Side};
 use crate::stats::{Counter, Gauge, Store};
 use crate::transport::Downstream;
-use crate::upstream::{ClusterManager, LbContext};
+use crate::upstream::{ClusterManager, ConnectError, LbContext};
 use std::sync::Arc;
 
 /// Envoy's `tcp.<stat_prefix>.*` stats.
@@ -159,6 +159,14 @@ impl TcpProxy {
                 Ok(u) => {
                     upstream = Some(u);
                     break;
+                }
+                // The circuit breaker: the connection is closed at once (Envoy's UO), no
+                // other attempt.
+                Err(e @ ConnectError::Overflow(_)) => {
+                    tracing::debug!(%peer, cluster = cluster.name(), error = %e, "upstream overflow");
+                    report.flag = Some("UO");
+                    report.failure_reason = Some(e.to_string());
+                    return;
                 }
                 Err(e) => {
                     tracing::debug!(%peer, cluster = cluster.name(), attempt, error = %e, "upstream connect failed");

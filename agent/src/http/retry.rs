@@ -145,7 +145,7 @@ pub fn retriable_failure(p: &RetryPolicy, f: &Failure) -> bool {
             on & (broad | retry_on::CONNECT_FAILURE | retry_on::RESET_BEFORE_REQUEST) != 0
         }
         Failure::Reset(_) | Failure::PerTryTimeout => on & broad != 0,
-        Failure::NoHealthy | Failure::Timeout => false,
+        Failure::NoHealthy | Failure::Timeout | Failure::Overflow => false,
     }
 }
 

@@ -15,7 +15,7 @@ use crate::config::http::{
     UnderscoresAction, UpstreamProtocol,
 };
 use crate::upstream::pool::H2Conn;
-use crate::upstream::{Cluster, Host, LbContext, Outcome};
+use crate::upstream::{Cluster, Host, LbContext, Outcome, Priority, Resource, Slot};
 use http::header::{HeaderValue, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
@@ -51,6 +51,8 @@ pub enum Flag {
     FaultInjected,
     /// Answered by the health check filter (not a failure; no flag in logs).
     HealthCheck,
+    /// Refused by a circuit breaker (UO).
+    UpstreamOverflow,
 }
 
 impl Flag {
@@ -72,6 +74,7 @@ impl Flag {
             Flag::RateLimited => "local_rate_limited",
             Flag::FaultInjected => "fault_filter_abort",
             Flag::HealthCheck => "health_check",
+            Flag::UpstreamOverflow => "upstream_reset_before_response_started{overflow}",
         }
     }
 
@@ -88,6 +91,7 @@ impl Flag {
             Flag::RateLimited => "RL",
             Flag::FaultInjected => "FI",
             Flag::HealthCheck => "-",
+            Flag::UpstreamOverflow => "UO",
         }
     }
 }
@@ -152,6 +156,8 @@ struct UpstreamBooks {
     host: Arc<Host>,
     sent: Instant,
     release: Release,
+    /// The circuit breaker's request slot, given back when the response ends.
+    _rq_slot: Option<Slot>,
 }
 
 enum Release {
@@ -235,6 +241,8 @@ impl OnEnd for Exchange {
                 } => {
                     if complete && reusable {
                         u.host.pool.put_h1(tx, served);
+                        // A request waiting for a connection may take this one.
+                        u.cluster.breakers.connection_idle();
                     }
                 }
                 Release::H2(c) => {
@@ -295,6 +303,8 @@ pub(super) enum Failure {
     Timeout,
     /// The retry policy's per-try timeout.
     PerTryTimeout,
+    /// A circuit breaker's limit (max_requests, max_pending_requests).
+    Overflow,
 }
 
 impl ConnectionManager {
@@ -617,6 +627,11 @@ impl ConnectionManager {
             .map(HostRewrite::Literal)
             .unwrap_or_else(|| forward.host_rewrite.clone());
         let hs = cluster.http_stats();
+        let priority = if forward.high_priority {
+            Priority::High
+        } else {
+            Priority::Default
+        };
         // Retries: the route's policy, adjusted by x-envoy-* headers of internal clients.
         let internal = retry::is_internal(conn.peer.ip());
         let (mut policy, overrides) =
@@ -702,7 +717,9 @@ impl ConnectionManager {
         }
         let mut tried: Vec<Arc<crate::upstream::Host>> = Vec::new();
         let mut attempt = 0u32;
-        let (host, resp, release, sent) = loop {
+        // The circuit breaker's retry slot, held through the retried attempt.
+        let mut retry_slot: Option<Slot> = None;
+        let (host, resp, release, sent, rq_slot) = loop {
             attempt += 1;
             hs.upstream_rq_total.inc();
             let Some(host) = pick(&cluster, conn, policy.as_ref(), &tried, attempt, hash_key)
@@ -766,11 +783,22 @@ impl ConnectionManager {
                 (Some(p), None) => (Some(p), true),
                 (_, l) => (l, false),
             };
+            // The circuit breaker's max_requests: one slot per attempt, held until its
+            // response ends.
+            let rq_slot = cluster.breakers.try_acquire(priority, Resource::Requests);
             // No named local for the send future: it would be kept next to the timeout's copy
             // of it in this (per request, moved) future.
-            let result = match bound {
-                Some(t) => {
-                    match tokio::time::timeout(t, self.send(&cluster, &host, ureq, protocol)).await
+            let result = match (bound, &rq_slot) {
+                (_, None) => {
+                    hs.upstream_rq_pending_overflow.inc();
+                    Err(Failure::Overflow)
+                }
+                (Some(t), Some(_)) => {
+                    match tokio::time::timeout(
+                        t,
+                        self.send(&cluster, &host, ureq, protocol, priority),
+                    )
+                    .await
                     {
                         Ok(r) => r,
                         Err(_) if per_try_bound => {
@@ -780,22 +808,22 @@ impl ConnectionManager {
                         Err(_) => Err(Failure::Timeout),
                     }
                 }
-                None => self.send(&cluster, &host, ureq, protocol).await,
+                (None, Some(_)) => self.send(&cluster, &host, ureq, protocol, priority).await,
             };
             let retriable = match (&policy, &result) {
                 (Some(p), Ok((r, _))) => retry::retriable_response(p, r),
                 (Some(p), Err(f)) => retry::retriable_failure(p, f),
                 (None, _) => false,
             };
-            if let Err(f) = &result {
-                cluster.report(
-                    &host,
-                    match f {
-                        Failure::Timeout | Failure::PerTryTimeout => Outcome::Timeout,
-                        Failure::Connect(_) => Outcome::ConnectFailure,
-                        _ => Outcome::Reset,
-                    },
-                );
+            // A breaker's refusal says nothing about the host.
+            let outcome = match &result {
+                Ok(_) | Err(Failure::Overflow) => None,
+                Err(Failure::Timeout | Failure::PerTryTimeout) => Some(Outcome::Timeout),
+                Err(Failure::Connect(_)) => Some(Outcome::ConnectFailure),
+                Err(_) => Some(Outcome::Reset),
+            };
+            if let Some(o) = outcome {
+                cluster.report(&host, o);
             }
             let retries = policy.as_ref().map_or(0, |p| p.num_retries);
             if retriable && attempt > retries {
@@ -807,7 +835,21 @@ impl ConnectionManager {
                 .map(|p| retry::back_off(p, attempt))
                 .unwrap_or_default();
             let time_left = deadline.is_none_or(|d| Instant::now() + wait < d);
-            if retriable && attempt <= retries && body.replayable() && time_left {
+            let may_retry = retriable && attempt <= retries && body.replayable() && time_left;
+            // The circuit breaker's max_retries (or retry budget): a retry it does not allow
+            // is not made, and the outcome goes back as it is.
+            let may_retry = may_retry
+                && match cluster.breakers.try_acquire(priority, Resource::Retries) {
+                    Some(s) => {
+                        retry_slot = Some(s);
+                        true
+                    }
+                    None => {
+                        hs.upstream_rq_retry_overflow.inc();
+                        false
+                    }
+                };
+            if may_retry {
                 if let Ok((r, _)) = &result {
                     hs.record_status(r.status().as_u16());
                     cluster.report(&host, Outcome::HttpStatus(r.status().as_u16()));
@@ -822,7 +864,7 @@ impl ConnectionManager {
                 hs.retry_or_shadow_abandoned.inc();
             }
             match result {
-                Ok((r, release)) => break (host, r, release, sent),
+                Ok((r, release)) => break (host, r, release, sent, rq_slot),
                 Err(f) => {
                     if let Some(l) = exchange.log.as_mut() {
                         l.upstream_host = Some(host.address);
@@ -902,11 +944,13 @@ impl ConnectionManager {
             },
             Sent::H2(c) => Release::H2(c),
         };
+        drop(retry_slot);
         exchange.upstream = Some(UpstreamBooks {
             cluster: cluster.clone(),
             host: host.clone(),
             sent,
             release,
+            _rq_slot: rq_slot,
         });
         headers::strip_hop_by_hop(&mut rparts.headers, tunnel);
         let fcx = FormatContext {
@@ -1032,6 +1076,18 @@ impl ConnectionManager {
             Failure::Timeout | Failure::PerTryTimeout => {
                 hs.upstream_rq_timeout.inc();
                 (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout".to_string(), Flag::UpstreamRequestTimeout, Some(4))
+            }
+            Failure::Overflow => {
+                ex.extra_headers.push((
+                    http::header::HeaderName::from_static("x-envoy-overloaded"),
+                    HeaderValue::from_static("true"),
+                ));
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow".to_string(),
+                    Flag::UpstreamOverflow,
+                    None,
+                )
             }
         };
         ex.flag = Some(flag);
@@ -1189,7 +1245,7 @@ impl ConnectionManager {
                 // Bounded: a mirror that does not answer in 15 s is dropped.
                 let sent = tokio::time::timeout(
                     std::time::Duration::from_secs(15),
-                    hcm.send(&cluster, &host, req, version),
+                    hcm.send(&cluster, &host, req, version, Priority::Default),
                 )
                 .await;
                 match sent {

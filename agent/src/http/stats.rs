@@ -126,6 +126,8 @@ pub struct ClusterHttpStats {
     pub upstream_rq_tx_reset: Arc<Counter>,
     pub upstream_rq_pending_total: Arc<Counter>,
     pub upstream_rq_pending_active: Arc<Gauge>,
+    /// Refused by the circuit breaker (`max_pending_requests` or `max_requests`).
+    pub upstream_rq_pending_overflow: Arc<Counter>,
     pub upstream_rq_pending_failure_eject: Arc<Counter>,
     pub upstream_cx_http1_total: Arc<Counter>,
     pub upstream_cx_http2_total: Arc<Counter>,
@@ -165,6 +167,7 @@ impl ClusterHttpStats {
             upstream_rq_tx_reset: s.counter("upstream_rq_tx_reset"),
             upstream_rq_pending_total: s.counter("upstream_rq_pending_total"),
             upstream_rq_pending_active: s.gauge("upstream_rq_pending_active"),
+            upstream_rq_pending_overflow: s.counter("upstream_rq_pending_overflow"),
             upstream_rq_pending_failure_eject: s.counter("upstream_rq_pending_failure_eject"),
             upstream_cx_http1_total: s.counter("upstream_cx_http1_total"),
             upstream_cx_http2_total: s.counter("upstream_cx_http2_total"),

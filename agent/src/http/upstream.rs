@@ -5,7 +5,7 @@ use super::body::Body;
 use super::router::Failure;
 use super::ConnectionManager;
 use crate::upstream::pool::{H2Conn, H2Take, H2Ticket, Pooled1};
-use crate::upstream::{Cluster, Host};
+use crate::upstream::{Cluster, Host, Priority, Resource, Slot};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -19,43 +19,105 @@ pub(super) enum Sent {
     H2(H2Conn),
 }
 
+/// A request waiting for a connection (Envoy's pending request): it holds the circuit
+/// breaker's pending slot and `upstream_rq_pending_active` until it has one.
+struct Pending {
+    _slot: Slot,
+    active: Arc<crate::stats::Gauge>,
+    /// `upstream_cx_overflow` counted for this request already.
+    overflowed: bool,
+}
+
+impl Pending {
+    fn enter(cluster: &Cluster, priority: Priority) -> Result<Self, Failure> {
+        let hs = cluster.http_stats();
+        let Some(slot) = cluster.breakers.try_acquire(priority, Resource::Pending) else {
+            hs.upstream_rq_pending_overflow.inc();
+            return Err(Failure::Overflow);
+        };
+        hs.upstream_rq_pending_total.inc();
+        hs.upstream_rq_pending_active.inc();
+        Ok(Self {
+            _slot: slot,
+            active: hs.upstream_rq_pending_active.clone(),
+            overflowed: false,
+        })
+    }
+
+    /// A connection slot, or `None` (counted once per request) when `max_connections` is
+    /// reached.
+    fn connection_slot(&mut self, cluster: &Cluster, priority: Priority) -> Option<Slot> {
+        let slot = cluster
+            .breakers
+            .try_acquire(priority, Resource::Connections);
+        if slot.is_none() && !self.overflowed {
+            self.overflowed = true;
+            cluster.stats.upstream_cx_overflow.inc();
+        }
+        slot
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
 impl ConnectionManager {
-    /// Sends on a pooled or new connection of `protocol` to `host`.
+    /// Sends on a pooled or new connection of `protocol` to `host`. Without an idle
+    /// connection the request is pending: it connects when the circuit breaker allows
+    /// another connection, else waits for one to idle or close (bounded by the caller's
+    /// timeout and by `max_pending_requests`).
     pub(super) async fn send(
         &self,
         cluster: &Arc<Cluster>,
         host: &Arc<Host>,
         req: Request<Body>,
         protocol: Version,
+        priority: Priority,
     ) -> Result<(Response<Incoming>, Sent), Failure> {
         if protocol == Version::HTTP_2 {
             // Boxed, as connecting is below: a request's future is moved and kept per request,
             // so it holds room only for the common path (a pooled HTTP/1.1 connection).
-            let h2 = Box::pin(self.send_h2(cluster, host, req));
+            let h2 = Box::pin(self.send_h2(cluster, host, req, priority));
             return h2.await;
         }
         let idle = cluster.config.http.idle_timeout;
         let mut req = req;
-        // A reused connection may turn out closed before the request was written: then the
-        // request comes back untouched and goes on a new connection.
-        while let Some(mut p) = host.pool.take_h1(idle) {
-            if p.tx.ready().await.is_err() {
-                continue;
+        let mut pending: Option<Pending> = None;
+        loop {
+            // A reused connection may turn out closed before the request was written: then
+            // the request comes back untouched and goes on another connection.
+            while let Some(mut p) = host.pool.take_h1(idle) {
+                if p.tx.ready().await.is_err() {
+                    continue;
+                }
+                match p.tx.try_send_request(req).await {
+                    Ok(r) => return Ok((r, Sent::H1(p))),
+                    Err(mut e) => match e.take_message() {
+                        Some(back) => req = back,
+                        None => return Err(Failure::Reset(e.into_error().to_string())),
+                    },
+                }
             }
-            match p.tx.try_send_request(req).await {
-                Ok(r) => return Ok((r, Sent::H1(p))),
-                Err(mut e) => match e.take_message() {
-                    Some(back) => req = back,
-                    None => return Err(Failure::Reset(e.into_error().to_string())),
-                },
+            let waiting = match pending.as_mut() {
+                Some(p) => p,
+                None => pending.insert(Pending::enter(cluster, priority)?),
+            };
+            // Created before the check, so a slot given back in between is not missed.
+            let available = cluster.breakers.available();
+            if let Some(slot) = waiting.connection_slot(cluster, priority) {
+                let connecting = Box::pin(self.connect_h1(cluster, host, slot));
+                let tx = connecting.await?;
+                drop(pending);
+                let mut p = Pooled1 { tx, served: 0 };
+                return match p.tx.send_request(req).await {
+                    Ok(r) => Ok((r, Sent::H1(p))),
+                    Err(e) => Err(Failure::Reset(e.to_string())),
+                };
             }
-        }
-        let connecting = Box::pin(self.connect_h1(cluster, host));
-        let (tx, _) = connecting.await?;
-        let mut p = Pooled1 { tx, served: 0 };
-        match p.tx.send_request(req).await {
-            Ok(r) => Ok((r, Sent::H1(p))),
-            Err(e) => Err(Failure::Reset(e.to_string())),
+            available.await;
         }
     }
 
@@ -63,9 +125,10 @@ impl ConnectionManager {
         &self,
         cluster: &Arc<Cluster>,
         host: &Arc<Host>,
-    ) -> Result<(http1::SendRequest<Body>, ()), Failure> {
+        slot: Slot,
+    ) -> Result<http1::SendRequest<Body>, Failure> {
         let up = cluster
-            .connect(host.clone())
+            .connect_with(host.clone(), slot)
             .await
             .map_err(|e| Failure::Connect(e.to_string()))?;
         cluster.http_stats().upstream_cx_http1_total.inc();
@@ -78,13 +141,18 @@ impl ConnectionManager {
             let _guard = guard;
             let _ = conn.with_upgrades().await;
         });
-        Ok((tx, ()))
+        Ok(tx)
     }
 
     /// A new HTTP/2 connection to `host`.
-    async fn connect_h2(&self, cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H2Conn, String> {
+    async fn connect_h2(
+        &self,
+        cluster: &Arc<Cluster>,
+        host: &Arc<Host>,
+        slot: Slot,
+    ) -> Result<H2Conn, String> {
         let up = cluster
-            .connect(host.clone())
+            .connect_with(host.clone(), slot)
             .await
             .map_err(|e| e.to_string())?;
         cluster.http_stats().upstream_cx_http2_total.inc();
@@ -106,13 +174,22 @@ impl ConnectionManager {
     }
 
     /// An HTTP/2 connection with a stream taken for this request: pooled, awaited while
-    /// another request connects, or new.
-    async fn h2_conn(&self, cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H2Conn, Failure> {
+    /// another request connects, or new (pending, as for HTTP/1.1, until it has one).
+    async fn h2_conn(
+        &self,
+        cluster: &Arc<Cluster>,
+        host: &Arc<Host>,
+        priority: Priority,
+    ) -> Result<H2Conn, Failure> {
         let max = cluster.config.http.max_concurrent_streams as usize;
+        let mut pending: Option<Pending> = None;
         loop {
             match host.pool.take_h2(max) {
                 H2Take::Ready(c) => return Ok(c),
                 H2Take::Wait(mut rx) => {
+                    if pending.is_none() {
+                        pending = Some(Pending::enter(cluster, priority)?);
+                    }
                     if let Ok(o) = rx.wait_for(|o| o.is_some()).await {
                         if let Some(Err(e)) = &*o {
                             return Err(Failure::Connect(e.clone()));
@@ -122,6 +199,19 @@ impl ConnectionManager {
                     // request went away (connect anew).
                 }
                 H2Take::Connect(ticket) => {
+                    let waiting = match pending.as_mut() {
+                        Some(p) => p,
+                        None => pending.insert(Pending::enter(cluster, priority)?),
+                    };
+                    let available = cluster.breakers.available();
+                    let Some(slot) = waiting.connection_slot(cluster, priority) else {
+                        // max_connections reached: let another request try, and wait for a
+                        // connection to close.
+                        host.pool.abandon_h2(&ticket);
+                        drop(ticket);
+                        available.await;
+                        continue;
+                    };
                     // Cleared if this request goes away while connecting.
                     struct Abandon<'a>(&'a Host, Option<H2Ticket>);
                     impl Drop for Abandon<'_> {
@@ -132,7 +222,7 @@ impl ConnectionManager {
                         }
                     }
                     let mut guard = Abandon(host, Some(ticket));
-                    let outcome = self.connect_h2(cluster, host).await;
+                    let outcome = self.connect_h2(cluster, host, slot).await;
                     if let Some(t) = guard.1.take() {
                         host.pool.finish_h2(t, outcome.clone());
                     }
@@ -147,8 +237,9 @@ impl ConnectionManager {
         cluster: &Arc<Cluster>,
         host: &Arc<Host>,
         req: Request<Body>,
+        priority: Priority,
     ) -> Result<(Response<Incoming>, Sent), Failure> {
-        let c = self.h2_conn(cluster, host).await?;
+        let c = self.h2_conn(cluster, host, priority).await?;
         let served = c.served.fetch_add(1, Ordering::Relaxed) as u32 + 1;
         if cluster
             .config

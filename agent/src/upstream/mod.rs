@@ -2,12 +2,14 @@
 //! timeouts and stats. The data path reads a cluster's host set through an `ArcSwap` and picks
 //! a host with atomics only; DNS refresh builds a new host set off the data path.
 
+pub mod breaker;
 mod dns;
 mod host;
 mod lb;
 mod original_dst;
 pub mod pool;
 
+pub use breaker::{Breakers, Priority, Resource, Slot};
 pub use host::{health_flag, Health, Host, HostStats, Outcome};
 pub use lb::HostSet;
 
@@ -42,6 +44,8 @@ pub struct ClusterStats {
     pub upstream_cx_connect_timeout: Arc<Counter>,
     pub upstream_cx_connect_attempts_exceeded: Arc<Counter>,
     pub upstream_cx_none_healthy: Arc<Counter>,
+    /// A connection the circuit breaker's `max_connections` did not allow.
+    pub upstream_cx_overflow: Arc<Counter>,
     pub upstream_cx_destroy: Arc<Counter>,
     pub upstream_cx_destroy_local: Arc<Counter>,
     pub upstream_cx_destroy_remote: Arc<Counter>,
@@ -69,6 +73,7 @@ impl ClusterStats {
             upstream_cx_connect_attempts_exceeded: s
                 .counter("upstream_cx_connect_attempts_exceeded"),
             upstream_cx_none_healthy: s.counter("upstream_cx_none_healthy"),
+            upstream_cx_overflow: s.counter("upstream_cx_overflow"),
             upstream_cx_destroy: s.counter("upstream_cx_destroy"),
             upstream_cx_destroy_local: s.counter("upstream_cx_destroy_local"),
             upstream_cx_destroy_remote: s.counter("upstream_cx_destroy_remote"),
@@ -91,6 +96,8 @@ impl ClusterStats {
 pub struct Cluster {
     pub config: Arc<config::Cluster>,
     pub stats: ClusterStats,
+    /// Circuit breakers (Envoy's defaults when not configured).
+    pub breakers: Arc<Breakers>,
     hosts: ArcSwap<HostSet>,
     rr_cursor: AtomicU64,
     /// ORIGINAL_DST: hosts by destination, reused across connections.
@@ -111,6 +118,8 @@ pub struct Cluster {
 pub enum ConnectError {
     #[error("no healthy upstream host in cluster {0}")]
     NoHealthyHost(String),
+    #[error("cluster {0}: the circuit breaker's max_connections is reached")]
+    Overflow(String),
     #[error("ORIGINAL_DST cluster {0}: the connection has no original destination")]
     NoOriginalDestination(String),
     #[error("connect to {addr} timed out after {timeout_ms} ms")]
@@ -134,6 +143,8 @@ pub struct Upstream {
 /// gauges. It holds the counters, not the host or cluster, so a pooled connection does not
 /// keep either alive (the pool lives in the host).
 pub struct ConnGuard {
+    /// The circuit breaker's connection slot, given back when the connection closes.
+    _slot: Slot,
     host: Arc<HostStats>,
     active: Arc<Gauge>,
     destroy: Arc<Counter>,
@@ -153,6 +164,7 @@ impl Drop for ConnGuard {
 impl Cluster {
     fn new(config: Arc<config::Cluster>, store: &Store, connector: Connector) -> Arc<Self> {
         let stats = ClusterStats::new(store, &config.name);
+        let breakers = Breakers::new(config.circuit_breakers.as_ref(), &stats.scope);
         let hosts = match config.discovery {
             DiscoveryType::Static => HostSet::from_static(&config),
             // Filled by the first DNS resolution or EDS update.
@@ -164,6 +176,7 @@ impl Cluster {
         let c = Arc::new(Self {
             config,
             stats,
+            breakers,
             hosts: ArcSwap::from_pointee(hosts),
             rr_cursor: AtomicU64::new(0),
             original_dst,
@@ -289,8 +302,25 @@ impl Cluster {
         host.record(outcome);
     }
 
-    /// Connects to `host` within `connect_timeout`, recording stats and the outcome.
+    /// Connects to `host` within `connect_timeout` if the circuit breaker allows another
+    /// connection (default priority), recording stats and the outcome.
     pub async fn connect(self: &Arc<Self>, host: Arc<Host>) -> Result<Upstream, ConnectError> {
+        let Some(slot) = self
+            .breakers
+            .try_acquire(Priority::Default, Resource::Connections)
+        else {
+            self.stats.upstream_cx_overflow.inc();
+            return Err(ConnectError::Overflow(self.config.name.clone()));
+        };
+        self.connect_with(host, slot).await
+    }
+
+    /// Connects to `host` with a connection slot already taken.
+    pub async fn connect_with(
+        self: &Arc<Self>,
+        host: Arc<Host>,
+        slot: Slot,
+    ) -> Result<Upstream, ConnectError> {
         let s = &self.stats;
         s.upstream_cx_total.inc();
         host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
@@ -323,6 +353,7 @@ impl Cluster {
                 Ok(Upstream {
                     stream,
                     guard: ConnGuard {
+                        _slot: slot,
                         host: host.stats.clone(),
                         active: s.upstream_cx_active.clone(),
                         destroy: s.upstream_cx_destroy.clone(),

@@ -389,6 +389,8 @@ pub struct Forward {
     pub mirrors: Vec<MirrorPolicy>,
     /// What a request's hash for hashing load balancers is made of (`hash_policy`).
     pub hash_policy: Vec<HashPolicy>,
+    /// `priority: HIGH`: the cluster's high-priority circuit breaker thresholds apply.
+    pub high_priority: bool,
 }
 
 /// One `hash_policy` entry of a route.

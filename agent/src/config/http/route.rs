@@ -197,7 +197,7 @@ const ROUTE_ACTION: FieldTable = &[
     ("retry_policy", S),
     ("retry_policy_typed_config", R(TYPED_RETRY)),
     ("request_mirror_policies", S),
-    ("priority", R("routing priorities are not supported")),
+    ("priority", S),
     ("rate_limits", R(NO_RATE_LIMIT_SERVICE)),
     ("include_vh_rate_limits", I(NO_RATE_LIMIT_SERVICE)),
     ("hash_policy", S),
@@ -705,6 +705,10 @@ fn read_forward(a: &Obj, d: &mut Diagnostics) -> Option<Forward> {
             .into_iter()
             .filter_map(|(p, v)| read_hash_policy(v, &p, d))
             .collect(),
+        high_priority: a
+            .enumeration("priority", &["DEFAULT", "HIGH"], &[], d)
+            .as_deref()
+            == Some("HIGH"),
     })
 }
 
