@@ -68,12 +68,8 @@ fn check_config_accepts_an_envoy_bootstrap_and_summarizes_it() {
         out.contains("cluster_0 STATIC ROUND_ROBIN endpoints=1"),
         "{out}"
     );
-    assert!(
-        out.contains(
-            "static_resources.clusters[0].circuit_breakers: carried into the configuration but not enforced yet"
-        ),
-        "{out}"
-    );
+    // Circuit breakers are enforced now: no warning about them.
+    assert!(!out.contains("circuit_breakers"), "{out}");
 }
 
 #[test]
