@@ -423,8 +423,13 @@ fn clusters(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body>
     let as_json = query.get("format").map(String::as_str) == Some("json");
     let mut out = String::new();
     let mut statuses = Vec::new();
+    // Clusters of the bootstrap are static; the others came over CDS.
+    let snap = shared.snapshot.load_full();
+    let statics: std::collections::HashSet<&str> =
+        snap.clusters.iter().map(|c| c.name.as_str()).collect();
     for c in shared.clusters.all() {
         let name = c.name();
+        let via_api = !statics.contains(name);
         let hosts = c.hosts();
         if !as_json {
             // Envoy prints the circuit breakers' thresholds first.
@@ -432,7 +437,7 @@ fn clusters(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body>
                 let _ = writeln!(out, "{name}::{priority}::{key}::{max}");
             }
             let _ = writeln!(out, "{name}::observability_name::{name}");
-            let _ = writeln!(out, "{name}::added_via_api::false");
+            let _ = writeln!(out, "{name}::added_via_api::{via_api}");
         }
         let mut host_json = Vec::new();
         for h in hosts.all() {
@@ -514,7 +519,7 @@ fn clusters(query: &BTreeMap<String, String>, shared: &Shared) -> Response<Body>
             statuses.push(json!({
                 "name": name,
                 "observability_name": name,
-                "added_via_api": false,
+                "added_via_api": via_api,
                 "circuit_breakers": {"thresholds": thresholds},
                 "host_statuses": host_json,
             }));

@@ -202,6 +202,7 @@ async fn a_high_priority_route_uses_the_high_thresholds() {
         clusters.contains("up::high_priority::max_retries::3"),
         "{clusters}"
     );
+    assert!(clusters.contains("up::added_via_api::false"), "{clusters}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

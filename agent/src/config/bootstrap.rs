@@ -10,7 +10,7 @@ use super::listener::read_listener;
 #[cfg(test)]
 use super::listener::{
     CIDR_RANGE, CONNECTION_LIMIT, FILTER, FILTER_CHAIN, FILTER_CHAIN_MATCH, LISTENER,
-    LISTENER_FILTER, LOCAL_RATELIMIT, TCP_PROXY, TOKEN_BUCKET, TYPED_ANY,
+    LISTENER_FILTER, LOCAL_RATELIMIT, TCP_HASH_POLICY, TCP_PROXY, TOKEN_BUCKET, TYPED_ANY,
 };
 use super::walk::{Diagnostics, Field, FieldTable, Obj};
 use super::yaml::Value;
@@ -251,6 +251,11 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
         RETRY_BUDGET,
     ),
     ("Percent (retry_budget.budget_percent)", PERCENT),
+    (
+        "RingHashLbConfig (ring_hash_lb_config)",
+        RING_HASH_LB_CONFIG,
+    ),
+    ("MaglevLbConfig (maglev_lb_config)", MAGLEV_LB_CONFIG),
     ("OutlierDetection", OUTLIER_DETECTION),
     ("ConfigSource", CONFIG_SOURCE),
     ("DynamicResources", DYNAMIC_RESOURCES),
@@ -273,6 +278,7 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("Redirect", REDIRECT),
     ("CaptureRule", CAPTURE_RULE),
     ("TcpProxy", TCP_PROXY),
+    ("HashPolicy (tcp_proxy hash_policy[])", TCP_HASH_POLICY),
     ("FilterChainMatch", FILTER_CHAIN_MATCH),
     ("CidrRange", CIDR_RANGE),
     ("ConnectionLimit", CONNECTION_LIMIT),

@@ -383,3 +383,54 @@ overload_manager:
     assert!(e.contains("overload_manager.actions[1].triggers[0].scaled.scaling_threshold: must be below saturation_threshold"), "{e}");
     assert!(e.contains("overload_manager.actions[2].name: unknown overload action \"envoy.overload_actions.nope\""), "{e}");
 }
+
+#[test]
+fn hashing_policies_are_read_and_bad_settings_named() {
+    // GOOD's cluster c1, with lines added after its connect_timeout.
+    let with = |extra: &str| {
+        GOOD.replace(
+            "    connect_timeout: 0.5s\n",
+            &format!("    connect_timeout: 0.5s\n{extra}"),
+        )
+    };
+    let snap = parse_bootstrap(
+        &with("    lb_policy: RING_HASH\n    ring_hash_lb_config: {minimum_ring_size: 64, maximum_ring_size: 4096}\n"),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(
+        snap.clusters[0].lb_policy,
+        LbPolicy::RingHash {
+            min_ring_size: 64,
+            max_ring_size: 4096
+        }
+    );
+    let snap = parse_bootstrap(&with("    lb_policy: MAGLEV\n"), "t").unwrap();
+    assert_eq!(
+        snap.clusters[0].lb_policy,
+        LbPolicy::Maglev { table_size: 65537 }
+    );
+    let p = "static_resources.clusters[0]";
+    assert_eq!(
+        errors(&with(
+            "    lb_policy: MAGLEV\n    maglev_lb_config: {table_size: 1000}\n"
+        )),
+        vec![format!(
+            "{p}.maglev_lb_config.table_size: 1000 is not a prime number"
+        )]
+    );
+    assert_eq!(
+        errors(&with("    lb_policy: RING_HASH\n    ring_hash_lb_config: {hash_function: MURMUR_HASH_2}\n")),
+        vec![format!("{p}.ring_hash_lb_config.hash_function: MURMUR_HASH_2 is not supported: only XX_HASH is supported")]
+    );
+    assert_eq!(
+        errors(&with("    lb_policy: RING_HASH\n    ring_hash_lb_config: {minimum_ring_size: 100, maximum_ring_size: 10}\n")),
+        vec![format!("{p}.ring_hash_lb_config.minimum_ring_size: 100 is above maximum_ring_size 10")]
+    );
+    assert_eq!(
+        errors(&with("    maglev_lb_config: {table_size: 65537}\n")),
+        vec![format!(
+            "{p}.maglev_lb_config: only valid with lb_policy MAGLEV"
+        )]
+    );
+}

@@ -92,8 +92,8 @@ pub(super) const CLUSTER: FieldTable = &[
         "lb_subset_config",
         R("subset load balancing is not supported"),
     ),
-    ("ring_hash_lb_config", R("RING_HASH is not supported")),
-    ("maglev_lb_config", R("MAGLEV is not supported")),
+    ("ring_hash_lb_config", S),
+    ("maglev_lb_config", S),
     (
         "original_dst_lb_config",
         R("HTTP-header and port-override options of ORIGINAL_DST are not supported"),
@@ -122,6 +122,22 @@ pub(super) const THRESHOLDS: FieldTable = &[
     ("retry_budget", S),
     ("max_connection_pools", I(NOT_ENFORCED)),
 ];
+
+pub(super) const RING_HASH_LB_CONFIG: FieldTable = &[
+    ("minimum_ring_size", S),
+    ("maximum_ring_size", S),
+    ("hash_function", S),
+];
+
+pub(super) const MAGLEV_LB_CONFIG: FieldTable = &[("table_size", S)];
+
+/// Envoy's bounds: rings of at most 8M entries; Maglev tables of a prime size up to 5,000,011.
+const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
+const MAX_MAGLEV_TABLE: u64 = 5_000_011;
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|i| i * i <= n).all(|i| n % i != 0)
+}
 
 pub(super) const RETRY_BUDGET: FieldTable = &[("budget_percent", S), ("min_retry_concurrency", S)];
 
@@ -155,7 +171,10 @@ pub(super) const OUTLIER_DETECTION: FieldTable = &[
         I(NOT_ENFORCED),
     ),
     ("monitors", I(NOT_ENFORCED)),
-    ("always_eject_one_host", I(NOT_ENFORCED)),
+    (
+        "always_eject_one_host",
+        I("always on: one host may be ejected whatever max_ejection_percent says"),
+    ),
     ("detect_degraded_hosts", I(NOT_ENFORCED)),
 ];
 
@@ -368,15 +387,18 @@ pub(crate) fn read_cluster(
     let lb_policy = match c
         .enumeration(
             "lb_policy",
-            &["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "CLUSTER_PROVIDED"],
             &[
-                ("RING_HASH", "consistent hashing is not supported yet"),
-                ("MAGLEV", "consistent hashing is not supported yet"),
-                (
-                    "LOAD_BALANCING_POLICY_CONFIG",
-                    "extension LB policies are not supported",
-                ),
+                "ROUND_ROBIN",
+                "LEAST_REQUEST",
+                "RANDOM",
+                "CLUSTER_PROVIDED",
+                "RING_HASH",
+                "MAGLEV",
             ],
+            &[(
+                "LOAD_BALANCING_POLICY_CONFIG",
+                "extension LB policies are not supported",
+            )],
             d,
         )
         .as_deref()
@@ -384,8 +406,58 @@ pub(crate) fn read_cluster(
         Some("LEAST_REQUEST") => LbPolicy::LeastRequest,
         Some("RANDOM") => LbPolicy::Random,
         Some("CLUSTER_PROVIDED") => LbPolicy::ClusterProvided,
+        Some("RING_HASH") => {
+            let cfg = c.object("ring_hash_lb_config", RING_HASH_LB_CONFIG, d);
+            let size = |k: &str, def: u64, d: &mut Diagnostics| {
+                cfg.as_ref()
+                    .and_then(|r| r.uint(k, 1, MAX_RING_SIZE, d))
+                    .unwrap_or(def)
+            };
+            let min_ring_size = size("minimum_ring_size", 1024, d);
+            let max_ring_size = size("maximum_ring_size", MAX_RING_SIZE, d);
+            if let Some(r) = &cfg {
+                r.enumeration(
+                    "hash_function",
+                    &["XX_HASH"],
+                    &[("MURMUR_HASH_2", "only XX_HASH is supported")],
+                    d,
+                );
+                if min_ring_size > max_ring_size {
+                    d.error(
+                        r.at("minimum_ring_size"),
+                        format!("{min_ring_size} is above maximum_ring_size {max_ring_size}"),
+                    );
+                }
+            }
+            LbPolicy::RingHash {
+                min_ring_size,
+                max_ring_size,
+            }
+        }
+        Some("MAGLEV") => {
+            let table_size = c
+                .object("maglev_lb_config", MAGLEV_LB_CONFIG, d)
+                .and_then(|m| {
+                    let n = m.uint("table_size", 2, MAX_MAGLEV_TABLE, d)?;
+                    if !is_prime(n) {
+                        d.error(m.at("table_size"), format!("{n} is not a prime number"));
+                        return None;
+                    }
+                    Some(n)
+                })
+                .unwrap_or(65_537);
+            LbPolicy::Maglev { table_size }
+        }
         _ => LbPolicy::RoundRobin,
     };
+    for (key, wanted) in [
+        ("ring_hash_lb_config", "RING_HASH"),
+        ("maglev_lb_config", "MAGLEV"),
+    ] {
+        if c.get(key).is_some() && lb_policy.as_str() != wanted {
+            d.error(c.at(key), format!("only valid with lb_policy {wanted}"));
+        }
+    }
     match (discovery, lb_policy) {
         (DiscoveryType::OriginalDst, LbPolicy::RoundRobin) if c.get("lb_policy").is_none() => {}
         (DiscoveryType::OriginalDst, LbPolicy::ClusterProvided) => {}
@@ -540,10 +612,6 @@ pub(crate) fn read_cluster(
     let outlier_detection = c
         .object("outlier_detection", OUTLIER_DETECTION, d)
         .map(|o| {
-            d.warn(
-                o.path.clone(),
-                "carried into the configuration but not enforced yet",
-            );
             let n = |k: &str, def: u32, d: &mut Diagnostics| {
                 o.uint(k, 0, u32::MAX as u64, d)
                     .map(|v| v as u32)

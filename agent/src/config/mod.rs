@@ -374,6 +374,8 @@ pub struct TcpProxy {
     pub max_downstream_connection_duration: Option<Duration>,
     /// Written when each connection ends (the HTTP access loggers and formats).
     pub access_logs: Vec<http::access_log::AccessLog>,
+    /// `hash_policy: [{source_ip: {}}]`: the client's IP is the key of hashing balancers.
+    pub hash_source_ip: bool,
 }
 
 /// `envoy.filters.network.connection_limit`.
@@ -422,6 +424,15 @@ pub enum LbPolicy {
     LeastRequest,
     Random,
     ClusterProvided,
+    /// Envoy's ring hash (`ring_hash_lb_config`; xxHash).
+    RingHash {
+        min_ring_size: u64,
+        max_ring_size: u64,
+    },
+    /// Envoy's Maglev (`maglev_lb_config`).
+    Maglev {
+        table_size: u64,
+    },
 }
 
 impl LbPolicy {
@@ -431,6 +442,8 @@ impl LbPolicy {
             Self::LeastRequest => "LEAST_REQUEST",
             Self::Random => "RANDOM",
             Self::ClusterProvided => "CLUSTER_PROVIDED",
+            Self::RingHash { .. } => "RING_HASH",
+            Self::Maglev { .. } => "MAGLEV",
         }
     }
 }
@@ -667,6 +680,22 @@ impl Cluster {
             "lb_policy": self.lb_policy.as_str(),
             "load_assignment": {"cluster_name": self.name, "endpoints": endpoints},
         });
+        match self.lb_policy {
+            LbPolicy::RingHash {
+                min_ring_size,
+                max_ring_size,
+            } => {
+                j["ring_hash_lb_config"] = json!({
+                    "minimum_ring_size": min_ring_size,
+                    "maximum_ring_size": max_ring_size,
+                    "hash_function": "XX_HASH",
+                });
+            }
+            LbPolicy::Maglev { table_size } => {
+                j["maglev_lb_config"] = json!({"table_size": table_size});
+            }
+            _ => {}
+        }
         if let Some(cb) = &self.circuit_breakers {
             let t: Vec<Json> = cb
                 .thresholds

@@ -133,12 +133,18 @@ impl TcpProxy {
         let mut watch = ds.watch.clone();
         let cluster = &cluster;
         let attempts = self.config.max_connect_attempts.max(1);
+        // RING_HASH / MAGLEV: the client's IP as text, xxHash64, as Envoy hashes it.
+        let hash_key = self
+            .config
+            .hash_source_ip
+            .then(|| xxhash_rust::xxh64::xxh64(peer.ip().to_canonical().to_string().as_bytes(), 0));
         let mut upstream = None;
         for attempt in 1..=attempts {
             // Each attempt picks anew (Envoy's tcp_proxy does not avoid the hosts it tried).
             let ctx = LbContext {
                 attempt,
                 original_dst,
+                hash_key,
                 ..LbContext::default()
             };
             report.attempts = attempt;
@@ -157,6 +163,8 @@ impl TcpProxy {
             };
             match r {
                 Ok(u) => {
+                    // For a TCP proxy the connection is the outcome (outlier detection).
+                    cluster.report(&u.host, crate::upstream::Outcome::ConnectSuccessFinal);
                     upstream = Some(u);
                     break;
                 }
@@ -289,6 +297,7 @@ mod tests {
                 max_connect_attempts: attempts,
                 max_downstream_connection_duration: None,
                 access_logs: vec![],
+                hash_source_ip: false,
             },
             cm.clone(),
             &store,

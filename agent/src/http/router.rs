@@ -1406,19 +1406,14 @@ impl Source {
     }
 }
 
-/// Picks a host for an attempt; a retry with `previous_hosts` re-picks (up to
-/// `host_selection_retry_max_attempts` times) to avoid the hosts already tried.
-/// FNV-1a, 64 bits: a hash that stays the same across restarts and hand-overs, so hashing
-/// load balancers keep their picks.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+/// xxHash64 (seed 0) over the parts in order, as Envoy hashes `hash_policy` inputs: the
+/// same hash across restarts, hand-overs and Envoy itself, so hashing balancers agree.
+fn xxhash(parts: &[&[u8]]) -> u64 {
+    let mut h = xxhash_rust::xxh64::Xxh64::new(0);
     for p in parts {
-        for b in *p {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        h.update(p);
     }
-    h
+    h.digest()
 }
 
 /// The request's hash from the route's `hash_policy` (Envoy's combination: each new hash
@@ -1435,12 +1430,14 @@ pub(super) fn request_hash(
     for p in policies {
         let new = match &p.on {
             HashOn::Header(name) => {
-                let values: Vec<&[u8]> = headers
+                // Sorted, as Envoy sorts them: the same values in any order hash alike.
+                let mut values: Vec<&[u8]> = headers
                     .get_all(name.as_str())
                     .iter()
                     .map(|v| v.as_bytes())
                     .collect();
-                (!values.is_empty()).then(|| fnv1a(&values))
+                values.sort_unstable();
+                (!values.is_empty()).then(|| xxhash(&values))
             }
             HashOn::Cookie(name) => headers
                 .get_all(http::header::COOKIE)
@@ -1449,16 +1446,14 @@ pub(super) fn request_hash(
                 .flat_map(|v| v.split(';'))
                 .find_map(|c| {
                     let (k, v) = c.trim().split_once('=')?;
-                    (k == name).then(|| fnv1a(&[v.as_bytes()]))
+                    (k == name).then(|| xxhash(&[v.as_bytes()]))
                 }),
-            HashOn::SourceIp => Some(match peer.to_canonical() {
-                std::net::IpAddr::V4(a) => fnv1a(&[&a.octets()]),
-                std::net::IpAddr::V6(a) => fnv1a(&[&a.octets()]),
-            }),
+            // Envoy hashes the address as text.
+            HashOn::SourceIp => Some(xxhash(&[peer.to_canonical().to_string().as_bytes()])),
             HashOn::QueryParameter(name) => uri.query().and_then(|q| {
                 q.split('&').find_map(|kv| {
                     let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    (k == name).then(|| fnv1a(&[v.as_bytes()]))
+                    (k == name).then(|| xxhash(&[v.as_bytes()]))
                 })
             }),
         };
@@ -1472,6 +1467,8 @@ pub(super) fn request_hash(
     acc
 }
 
+/// Picks a host for an attempt; a retry with `previous_hosts` re-picks (up to
+/// `host_selection_retry_max_attempts` times) to avoid the hosts already tried.
 fn pick(
     cluster: &Cluster,
     conn: &ConnInfo,
@@ -1551,23 +1548,23 @@ mod tests {
         // The same input hashes the same; what is absent gives nothing.
         assert_eq!(
             one(HashOn::Header("x-user".into())),
-            Some(fnv1a(&[b"alice"]))
+            Some(xxhash(&[b"alice"]))
         );
         assert_eq!(
             one(HashOn::Cookie("session".into())),
-            Some(fnv1a(&[b"s42"]))
+            Some(xxhash(&[b"s42"]))
         );
         assert_eq!(
             one(HashOn::QueryParameter("id".into())),
-            Some(fnv1a(&[b"7"]))
+            Some(xxhash(&[b"7"]))
         );
-        assert_eq!(one(HashOn::SourceIp), Some(fnv1a(&[&[10, 0, 0, 1]])));
+        assert_eq!(one(HashOn::SourceIp), Some(xxhash(&[b"10.0.0.1"])));
         assert_eq!(one(HashOn::Header("x-none".into())), None);
         assert_eq!(one(HashOn::Cookie("none".into())), None);
         // Two policies fold together; a terminal one that hashed ends the list; a missing
         // terminal one does not.
-        let a = fnv1a(&[b"alice"]);
-        let b = fnv1a(&[&[10, 0, 0, 1]]);
+        let a = xxhash(&[b"alice"]);
+        let b = xxhash(&[b"10.0.0.1"]);
         let both = [
             p(HashOn::Header("x-user".into()), false),
             p(HashOn::SourceIp, false),

@@ -36,8 +36,11 @@ pub enum Health {
 /// health reporting consume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// A connection was established (what L4 outlier detection counts as success).
+    /// A connection was established (for HTTP, the response says how the request went).
     ConnectSuccess,
+    /// A TCP proxy's connection was established: for it, the final outcome (outlier
+    /// detection counts it as a success).
+    ConnectSuccessFinal,
     ConnectFailure,
     Timeout,
     /// The upstream reset or closed the connection abnormally.
@@ -76,6 +79,8 @@ pub struct Host {
     pub stats: std::sync::Arc<HostStats>,
     /// Pooled HTTP connections to this host, per worker.
     pub(crate) pool: super::pool::HostPool,
+    /// Outlier detection's counters and ejection state.
+    pub(crate) outlier: super::outlier::HostOutlier,
 }
 
 const STATUSES: [HealthStatus; 6] = [
@@ -123,6 +128,7 @@ impl Host {
             used: AtomicBool::new(true),
             stats: Default::default(),
             pool: Default::default(),
+            outlier: Default::default(),
         }
     }
 
@@ -201,7 +207,7 @@ impl Host {
         }
         match outcome {
             // Counted by cx_total; detectors consume it.
-            Outcome::ConnectSuccess => 0,
+            Outcome::ConnectSuccess | Outcome::ConnectSuccessFinal => 0,
             Outcome::ConnectFailure => s.cx_connect_fail.fetch_add(1, Ordering::Relaxed),
             Outcome::Timeout => {
                 s.rq_timeout.fetch_add(1, Ordering::Relaxed);

@@ -46,12 +46,19 @@ struct Level {
     schedule: Vec<u32>,
     /// Running sum of weights of `active`, for weighted random.
     cumulative: Vec<u64>,
+    /// RING_HASH and MAGLEV: the hash table over `active`, built with the level.
+    hashed: Option<super::hash_lb::Table>,
 }
 
 impl Level {
-    fn new(priority: u32, degraded: bool, active: Vec<Arc<Host>>) -> Self {
+    fn new(policy: LbPolicy, priority: u32, degraded: bool, active: Vec<Arc<Host>>) -> Self {
         let weights: Vec<u64> = active.iter().map(|h| h.weight().max(1) as u64).collect();
-        let schedule = smooth_wrr_schedule(&weights);
+        let hashed = super::hash_lb::Table::build(policy, &active, &weights);
+        let schedule = if hashed.is_some() {
+            Vec::new()
+        } else {
+            smooth_wrr_schedule(&weights)
+        };
         let mut sum = 0u64;
         let cumulative = weights
             .iter()
@@ -66,6 +73,7 @@ impl Level {
             active,
             schedule,
             cumulative,
+            hashed,
         }
     }
 }
@@ -174,7 +182,7 @@ impl HostSet {
                 })
                 .cloned()
                 .collect();
-            levels.push(Level::new(priority, degraded, active));
+            levels.push(Level::new(policy, priority, degraded, active));
             sum += load;
             level_load.push(sum);
         }
@@ -247,17 +255,21 @@ impl HostSet {
     /// Picks a host of the policy. A retry (`ctx.tried` not empty) re-picks a few times to
     /// avoid hosts already tried, when there are others.
     pub fn pick(&self, cursor: &AtomicU64, ctx: &LbContext) -> Option<Arc<Host>> {
-        let mut host = self.pick_once(cursor)?;
+        // Hashing policies: the request's hash, or a random one without a hash policy
+        // (Envoy); a re-pick moves the hash on.
+        let mut hash = ctx.hash_key.unwrap_or_else(|| fastrand::u64(..));
+        let mut host = self.pick_once(cursor, hash)?;
         for _ in 0..HOST_SELECTION_RETRIES {
             if !ctx.tried.iter().any(|t| Arc::ptr_eq(t, &host)) {
                 break;
             }
-            host = self.pick_once(cursor)?;
+            hash = hash.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
+            host = self.pick_once(cursor, hash)?;
         }
         Some(host)
     }
 
-    fn pick_once(&self, cursor: &AtomicU64) -> Option<Arc<Host>> {
+    fn pick_once(&self, cursor: &AtomicU64, hash: u64) -> Option<Arc<Host>> {
         let level = match self.levels.len() {
             0 => return None,
             1 => &self.levels[0],
@@ -266,12 +278,12 @@ impl HostSet {
                 &self.levels[self.level_load.partition_point(|&c| c <= r)]
             }
         };
-        level.pick(self.policy, cursor)
+        level.pick(self.policy, cursor, hash)
     }
 }
 
 impl Level {
-    fn pick(&self, policy: LbPolicy, cursor: &AtomicU64) -> Option<Arc<Host>> {
+    fn pick(&self, policy: LbPolicy, cursor: &AtomicU64, hash: u64) -> Option<Arc<Host>> {
         let n = self.active.len();
         if n == 0 {
             return None;
@@ -280,6 +292,10 @@ impl Level {
             return Some(self.active[0].clone());
         }
         let i = match policy {
+            LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => match &self.hashed {
+                Some(t) => t.pick(hash),
+                None => self.weighted_random(),
+            },
             LbPolicy::RoundRobin | LbPolicy::ClusterProvided => {
                 let c = cursor.fetch_add(1, Ordering::Relaxed);
                 let total = *self.cumulative.last().unwrap_or(&0);

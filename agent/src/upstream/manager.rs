@@ -143,6 +143,13 @@ impl ClusterManager {
     }
 
     fn start_background(&self, c: &Arc<Cluster>) {
+        if let (Some(d), Some((rt, watch))) = (&c.outlier, self.runtime.get()) {
+            rt.spawn(super::outlier::run(
+                Arc::downgrade(c),
+                d.interval(),
+                watch.clone(),
+            ));
+        }
         if c.original_dst.is_some() {
             if let Some((rt, watch)) = self.runtime.get() {
                 rt.spawn(original_dst_cleanup_loop(c.clone(), watch.clone()));
@@ -182,6 +189,15 @@ impl ClusterManager {
             .collect();
         for c in self.all().into_iter().filter(|c| c.original_dst.is_some()) {
             tokio::spawn(original_dst_cleanup_loop(c, shutdown.clone()));
+        }
+        for c in self.all() {
+            if let Some(d) = &c.outlier {
+                tokio::spawn(super::outlier::run(
+                    Arc::downgrade(&c),
+                    d.interval(),
+                    shutdown.clone(),
+                ));
+            }
         }
         let first = dns.iter().map(|c| dns::refresh(c.clone()));
         futures_join_all(first).await;

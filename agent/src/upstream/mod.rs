@@ -4,9 +4,11 @@
 
 pub mod breaker;
 mod dns;
+mod hash_lb;
 mod host;
 mod lb;
 mod original_dst;
+pub mod outlier;
 pub mod pool;
 
 pub use breaker::{Breakers, Priority, Resource, Slot};
@@ -98,6 +100,8 @@ pub struct Cluster {
     pub stats: ClusterStats,
     /// Circuit breakers (Envoy's defaults when not configured).
     pub breakers: Arc<Breakers>,
+    /// Outlier detection, when configured.
+    pub(crate) outlier: Option<outlier::Detector>,
     hosts: ArcSwap<HostSet>,
     rr_cursor: AtomicU64,
     /// ORIGINAL_DST: hosts by destination, reused across connections.
@@ -165,6 +169,10 @@ impl Cluster {
     fn new(config: Arc<config::Cluster>, store: &Store, connector: Connector) -> Arc<Self> {
         let stats = ClusterStats::new(store, &config.name);
         let breakers = Breakers::new(config.circuit_breakers.as_ref(), &stats.scope);
+        let outlier = config
+            .outlier_detection
+            .as_ref()
+            .map(|o| outlier::Detector::new(o, &stats.scope));
         let hosts = match config.discovery {
             DiscoveryType::Static => HostSet::from_static(&config),
             // Filled by the first DNS resolution or EDS update.
@@ -177,6 +185,7 @@ impl Cluster {
             config,
             stats,
             breakers,
+            outlier,
             hosts: ArcSwap::from_pointee(hosts),
             rr_cursor: AtomicU64::new(0),
             original_dst,
@@ -219,6 +228,10 @@ impl Cluster {
     /// Takes over a replaced cluster's hosts (same discovery type, membership from outside).
     fn adopt_hosts(&self, old: &Cluster) {
         let hosts = old.hosts.load();
+        if self.outlier.is_none() {
+            // Nothing here would bring an ejected host back.
+            hosts.all().iter().for_each(|h| outlier::forget(h));
+        }
         self.set_hosts(HostSet::build(self.config.lb_policy, hosts.all().to_vec()));
         if !old.is_warming() {
             self.warm();
@@ -296,10 +309,15 @@ impl Cluster {
         }
     }
 
-    /// The one outcome hook for this cluster's hosts (tcp_proxy today, the router next):
-    /// per-host counters now, outlier detection next.
+    /// The one outcome hook for this cluster's hosts (the TCP proxy and the router):
+    /// per-host counters, and outlier detection (which may eject the host).
     pub fn report(&self, host: &Host, outcome: Outcome) {
         host.record(outcome);
+        if let Some(d) = &self.outlier {
+            for kind in d.put(host, outcome).into_iter().flatten() {
+                d.eject(self, host, kind);
+            }
+        }
     }
 
     /// Connects to `host` within `connect_timeout` if the circuit breaker allows another

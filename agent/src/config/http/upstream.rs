@@ -72,7 +72,7 @@ const HTTP_PROTOCOL_OPTIONS: FieldTable = &[
     ),
     (
         "hash_policy",
-        I("hash policies arrive with the cluster manager issue"),
+        I("cluster-level hash policies are not read; use the route's hash_policy"),
     ),
     (
         "retry_policy",

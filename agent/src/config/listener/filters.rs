@@ -92,6 +92,18 @@ pub(super) fn read_tcp_proxy(tc: &Obj, d: &mut Diagnostics) -> Option<NetworkFil
     let max_downstream_connection_duration = tc
         .duration("max_downstream_connection_duration", d)
         .filter(|d| !d.is_zero());
+    // Envoy's type.v3.HashPolicy: source_ip (the only kind a TCP proxy can hash here).
+    let mut hash_source_ip = false;
+    for (path, v) in tc.list("hash_policy", d) {
+        let Some(p) = Obj::new(v, &path, TCP_HASH_POLICY, d) else {
+            continue;
+        };
+        if p.get("source_ip").is_some() {
+            hash_source_ip = true;
+        } else {
+            d.error(path, "expected source_ip");
+        }
+    }
     Some(NetworkFilter::TcpProxy(TcpProxy {
         stat_prefix: stat_prefix?,
         cluster: cluster?,
@@ -99,6 +111,7 @@ pub(super) fn read_tcp_proxy(tc: &Obj, d: &mut Diagnostics) -> Option<NetworkFil
         max_connect_attempts,
         max_downstream_connection_duration,
         access_logs: crate::config::http::read_access_logs(tc, d),
+        hash_source_ip,
     }))
 }
 

@@ -101,6 +101,14 @@ const HCM_NAMES: &[&str] = &[
     "envoy.http_connection_manager",
 ];
 
+pub(super) const TCP_HASH_POLICY: FieldTable = &[
+    ("source_ip", S),
+    (
+        "filter_state",
+        R("filter state is not supported; use source_ip"),
+    ),
+];
+
 pub(super) const TCP_PROXY: FieldTable = &[
     ("@type", S),
     ("stat_prefix", S),
@@ -116,10 +124,7 @@ pub(super) const TCP_PROXY: FieldTable = &[
         "metadata_match",
         R("subset load balancing is not supported"),
     ),
-    (
-        "hash_policy",
-        I("hash policies only matter for RING_HASH/MAGLEV, which are not supported"),
-    ),
+    ("hash_policy", S),
     ("tunneling_config", R("HTTP tunneling is not supported yet")),
     (
         "on_demand",

@@ -119,8 +119,8 @@ fn circuit_breakers_and_outlier_detection_are_carried() {
         (3, std::time::Duration::from_secs(2))
     );
     assert_eq!(o.base_ejection_time, std::time::Duration::from_secs(30));
-    // Circuit breakers are enforced; outlier detection not yet.
-    assert_eq!(warnings.len(), 1, "not enforced yet: {warnings:?}");
+    // Both are enforced: nothing to warn about.
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
 
 #[test]
