@@ -82,10 +82,12 @@ async fn connected_state_is_one_while_a_silent_server_holds_the_stream() {
     }
 }
 
-/// A cluster Plumb refuses (RING_HASH is not supported yet).
+/// A cluster Plumb refuses (extension LB policies are not supported).
 fn bad_cluster(name: &str) -> envoy_types::pb::envoy::config::cluster::v3::Cluster {
     let mut c = eds_cluster(name);
-    c.lb_policy = envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy::RingHash as i32;
+    c.lb_policy =
+        envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy::LoadBalancingPolicyConfig
+            as i32;
     c
 }
 
@@ -152,7 +154,11 @@ async fn rejected_resources_are_remembered_then_forgotten() {
     cp.resend_on_nack(false);
     let nacks = cp.nacks();
     assert!(nacks.len() > 50);
-    assert!(nacks[0].error.as_deref().unwrap().contains("RING_HASH"));
+    assert!(nacks[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("LOAD_BALANCING_POLICY_CONFIG"));
     assert!(
         nacks.iter().all(|n| n.error == nacks[0].error),
         "the same message each time"
