@@ -67,6 +67,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             )
         }
         Some("config") => crate::bench_config::bench(),
+        Some("lb") => crate::bench_lb::bench(),
         Some("upgrade") => crate::bench_upgrade::bench(secs.clamp(2.0, 60.0)),
         Some("xds") => {
             let churn = format!("{}", secs.clamp(1.0, 60.0).round() as u64 * 2);
@@ -74,7 +75,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             crate::xds_tool("bench", &["--churn-secs", &churn, "--api", "DELTA_GRPC"])
         }
         _ => {
-            bail!("usage: cargo xtask bench l4|workers|redirect|xds|upgrade|config [--secs S] [--rounds R] [--proxy-threads N] [--baseline PLUMB_BINARY] [--plumb-args 'ARGS']")
+            bail!("usage: cargo xtask bench l4|workers|redirect|xds|upgrade|config|http|lb [--secs S] [--rounds R] [--proxy-threads N] [--baseline PLUMB_BINARY] [--plumb-args 'ARGS']")
         }
     }
 }

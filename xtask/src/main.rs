@@ -12,12 +12,15 @@
 //!                                       per-core vs shared worker model vs haproxy
 //!   cargo xtask bench redirect [--secs S]  pods: direct vs eBPF capture (± sk_msg) vs iptables
 //!   cargo xtask bench upgrade [--secs S]   new connections: steady vs through 3 takeovers
+//!   cargo xtask bench lb                 ns per pick and build time of each balancer, a
+//!                                        circuit breaker tripping, an outlier ejected
 //!
 //! Everything here is idempotent and targets loopback only.
 
 mod bench;
 mod bench_config;
 mod bench_http;
+mod bench_lb;
 mod bench_redirect;
 mod bench_upgrade;
 mod bench_workers;
@@ -43,7 +46,7 @@ fn main() {
         Some("image") => image::build(args.iter().any(|a| a == "--release")).map(|_| ()),
         Some("demo-xds") => xds_tool("demo", &[]),
         _ => {
-            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | demo-xds | build-ebpf | bench l4|workers|redirect|xds|upgrade|config|http [--secs S] | fuzz <target>|all [--secs N] [--runs N] | image [--release]>");
+            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | demo-xds | build-ebpf | bench l4|workers|redirect|xds|upgrade|config|http|lb [--secs S] | fuzz <target>|all [--secs N] [--runs N] | image [--release]>");
             std::process::exit(2);
         }
     };
