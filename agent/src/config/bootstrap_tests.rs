@@ -434,3 +434,61 @@ fn hashing_policies_are_read_and_bad_settings_named() {
         )]
     );
 }
+
+#[test]
+fn health_checks_are_read_and_bad_ones_named() {
+    let with = |extra: &str| {
+        GOOD.replace(
+            "    connect_timeout: 0.5s\n",
+            &format!("    connect_timeout: 0.5s\n{extra}"),
+        )
+    };
+    let snap = parse_bootstrap(
+        &with("    health_checks:\n    - {timeout: 1s, interval: 5s, unhealthy_threshold: 3, healthy_threshold: 2, http_health_check: {path: /healthz, expected_statuses: [{start: 200, end: 300}]}}\n"),
+        "t",
+    )
+    .unwrap();
+    let h = snap.clusters[0].health_check.as_ref().unwrap();
+    assert_eq!(
+        (
+            h.timeout,
+            h.interval,
+            h.unhealthy_threshold,
+            h.healthy_threshold
+        ),
+        (
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(5),
+            3,
+            2
+        )
+    );
+    assert_eq!(
+        h.kind,
+        HealthCheckKind::Http {
+            host: None,
+            path: "/healthz".into(),
+            expected: vec![(200, 300)],
+            headers: vec![]
+        }
+    );
+    let p = "static_resources.clusters[0].health_checks[0]";
+    assert_eq!(
+        errors(&with("    health_checks:\n    - {interval: 5s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}\n")),
+        vec![format!("{p}.timeout: missing required field")]
+    );
+    let e = errors(&with("    health_checks:\n    - {timeout: 1s, interval: 5s, unhealthy_threshold: 1, healthy_threshold: 1, grpc_health_check: {}}\n"));
+    assert!(
+        e[0].starts_with(&format!("{p}.grpc_health_check: not supported")),
+        "{e:?}"
+    );
+    assert_eq!(
+        errors(&with("    health_checks:\n    - {timeout: 1s, interval: 5s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {send: {text: zz}}}\n")),
+        vec![format!("{p}.tcp_health_check.send.text: expected hexadecimal bytes")]
+    );
+    let two = "    - {timeout: 1s, interval: 5s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}\n";
+    assert_eq!(
+        errors(&with(&format!("    health_checks:\n{two}{two}"))),
+        vec!["static_resources.clusters[0].health_checks: only one health check per cluster is supported".to_string()]
+    );
+}

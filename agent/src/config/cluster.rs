@@ -39,7 +39,7 @@ pub(super) const CLUSTER: FieldTable = &[
     ("use_tcp_for_dns_lookups", I("the system resolver is used")),
     ("circuit_breakers", S),
     ("outlier_detection", S),
-    ("health_checks", I(NOT_ENFORCED)),
+    ("health_checks", S),
     (
         "common_lb_config",
         I("panic threshold and locality-weighted LB are not applied yet"),
@@ -78,7 +78,10 @@ pub(super) const CLUSTER: FieldTable = &[
         "close_connections_on_host_health_failure",
         I("no health checks yet"),
     ),
-    ("ignore_health_on_host_removal", I("no health checks yet")),
+    (
+        "ignore_health_on_host_removal",
+        I("a host removed by EDS goes at once, whatever its health checks say"),
+    ),
     (
         "wait_for_warm_on_init",
         I("static clusters are warm at start"),
@@ -122,6 +125,208 @@ pub(super) const THRESHOLDS: FieldTable = &[
     ("retry_budget", S),
     ("max_connection_pools", I(NOT_ENFORCED)),
 ];
+
+pub(super) const HEALTH_CHECK: FieldTable = &[
+    ("timeout", S),
+    ("interval", S),
+    ("initial_jitter", S),
+    ("interval_jitter", S),
+    ("interval_jitter_percent", S),
+    ("unhealthy_threshold", S),
+    ("healthy_threshold", S),
+    ("alt_port", R("checking another port is not supported")),
+    ("reuse_connection", I("each check uses a new connection")),
+    (
+        "no_traffic_interval",
+        I("checks run every interval whether or not the cluster has traffic"),
+    ),
+    (
+        "no_traffic_healthy_interval",
+        I("checks run every interval whether or not the cluster has traffic"),
+    ),
+    ("unhealthy_interval", I("checks run every interval")),
+    ("unhealthy_edge_interval", I("checks run every interval")),
+    ("healthy_edge_interval", I("checks run every interval")),
+    ("event_log_path", I("health check events go to the log")),
+    ("event_logger", I("health check events go to the log")),
+    ("always_log_health_check_failures", S),
+    ("tls_options", R(NO_TLS)),
+    ("transport_socket_match_criteria", R(NO_TLS)),
+    ("http_health_check", S),
+    ("tcp_health_check", S),
+    (
+        "grpc_health_check",
+        R("gRPC health checks are not supported yet; use http_health_check or tcp_health_check"),
+    ),
+    (
+        "custom_health_check",
+        R("custom health checkers are not supported"),
+    ),
+    ("event_service", I("health check events go to the log")),
+];
+
+pub(super) const HTTP_HEALTH_CHECK: FieldTable = &[
+    ("host", S),
+    ("path", S),
+    ("request_headers_to_add", S),
+    ("expected_statuses", S),
+    ("codec_client_type", S),
+    (
+        "send",
+        R("request bodies are not supported; checks are GET"),
+    ),
+    ("receive", R("response body matching is not supported")),
+    ("response_buffer_size", I("the body is not read")),
+    (
+        "request_headers_to_remove",
+        R("header removal is not supported"),
+    ),
+    (
+        "retriable_statuses",
+        R("retriable statuses are not supported"),
+    ),
+    (
+        "service_name_matcher",
+        R("service name matching is not supported"),
+    ),
+    ("method", S),
+];
+
+pub(super) const TCP_HEALTH_CHECK: FieldTable = &[("send", S), ("receive", S)];
+
+pub(super) const HC_PAYLOAD: FieldTable = &[
+    ("text", S),
+    (
+        "binary",
+        R("binary payloads are not supported; use text (hex)"),
+    ),
+];
+
+pub(super) const HC_HEADER_OPTION: FieldTable = &[
+    ("header", S),
+    ("append_action", I("headers are added")),
+    ("append", I("headers are added")),
+    ("keep_empty_value", I("headers are added")),
+];
+
+pub(super) const HC_HEADER: FieldTable = &[("key", S), ("value", S)];
+
+pub(super) const INT64_RANGE: FieldTable = &[("start", S), ("end", S)];
+
+fn hex_payload(p: &Obj, d: &mut Diagnostics) -> Option<Vec<u8>> {
+    let t = p.string("text", d)?;
+    let t: String = t.chars().filter(|c| !c.is_whitespace()).collect();
+    if t.len() % 2 != 0 || !t.chars().all(|c| c.is_ascii_hexdigit()) {
+        d.error(p.at("text"), "expected hexadecimal bytes");
+        return None;
+    }
+    Some(
+        (0..t.len())
+            .step_by(2)
+            .filter_map(|i| u8::from_str_radix(&t[i..i + 2], 16).ok())
+            .collect(),
+    )
+}
+
+fn read_health_check(h: &Obj, d: &mut Diagnostics) -> Option<HealthCheck> {
+    let timeout = h.duration("timeout", d);
+    let interval = h.duration("interval", d);
+    for (k, v) in [("timeout", &timeout), ("interval", &interval)] {
+        match v {
+            None if h.get(k).is_none() => d.error(h.at(k), "missing required field"),
+            Some(t) if t.is_zero() => d.error(h.at(k), "must be greater than 0s"),
+            _ => {}
+        }
+    }
+    let threshold = |k: &str, d: &mut Diagnostics| {
+        if h.get(k).is_none() {
+            d.error(h.at(k), "missing required field");
+        }
+        h.uint(k, 1, 1_000_000, d).map(|v| v as u32)
+    };
+    let unhealthy_threshold = threshold("unhealthy_threshold", d);
+    let healthy_threshold = threshold("healthy_threshold", d);
+    let kind = if let Some(t) = h.object("tcp_health_check", TCP_HEALTH_CHECK, d) {
+        let send = t
+            .object("send", HC_PAYLOAD, d)
+            .and_then(|p| hex_payload(&p, d));
+        let mut receive = Vec::new();
+        for (path, v) in t.list("receive", d) {
+            if let Some(b) = Obj::new(v, &path, HC_PAYLOAD, d).and_then(|p| hex_payload(&p, d)) {
+                receive.push(b);
+            }
+        }
+        Some(HealthCheckKind::Tcp { send, receive })
+    } else if let Some(x) = h.object("http_health_check", HTTP_HEALTH_CHECK, d) {
+        x.enumeration(
+            "codec_client_type",
+            &["HTTP1"],
+            &[
+                ("HTTP2", "HTTP/2 health checks are not supported yet"),
+                ("HTTP3", "HTTP/3 is not supported"),
+            ],
+            d,
+        );
+        x.enumeration("method", &["GET", "METHOD_UNSPECIFIED"], &[], d);
+        let path = x.string("path", d);
+        match &path {
+            None => d.error(x.at("path"), "missing required field"),
+            Some(p) if !p.starts_with('/') => d.error(x.at("path"), "must start with /"),
+            _ => {}
+        }
+        let mut expected: Vec<(u16, u16)> = Vec::new();
+        for (path, v) in x.list("expected_statuses", d) {
+            let Some(r) = Obj::new(v, &path, INT64_RANGE, d) else {
+                continue;
+            };
+            let (lo, hi) = (r.uint("start", 100, 599, d), r.uint("end", 101, 600, d));
+            match (lo, hi) {
+                (Some(lo), Some(hi)) if lo < hi => expected.push((lo as u16, hi as u16)),
+                (Some(_), Some(_)) => d.error(path, "start must be below end"),
+                _ => {}
+            }
+        }
+        if expected.is_empty() {
+            expected.push((200, 201));
+        }
+        let mut headers = Vec::new();
+        for (path, v) in x.list("request_headers_to_add", d) {
+            let Some(o) = Obj::new(v, &path, HC_HEADER_OPTION, d) else {
+                continue;
+            };
+            if let Some(hv) = o.object("header", HC_HEADER, d) {
+                if let Some(k) = hv.string("key", d) {
+                    headers.push((k, hv.string("value", d).unwrap_or_default()));
+                }
+            }
+        }
+        Some(HealthCheckKind::Http {
+            host: x.string("host", d).filter(|s| !s.is_empty()),
+            path: path.unwrap_or_default(),
+            expected,
+            headers,
+        })
+    } else {
+        d.error(
+            h.path.clone(),
+            "one of tcp_health_check or http_health_check is required",
+        );
+        None
+    };
+    Some(HealthCheck {
+        timeout: timeout?,
+        interval: interval?,
+        initial_jitter: h.duration("initial_jitter", d).unwrap_or_default(),
+        interval_jitter: h.duration("interval_jitter", d).unwrap_or_default(),
+        interval_jitter_percent: h.uint("interval_jitter_percent", 0, 100, d).unwrap_or(0) as u32,
+        unhealthy_threshold: unhealthy_threshold?,
+        healthy_threshold: healthy_threshold?,
+        always_log_health_check_failures: h
+            .boolean("always_log_health_check_failures", d)
+            .unwrap_or(false),
+        kind: kind?,
+    })
+}
 
 pub(super) const RING_HASH_LB_CONFIG: FieldTable = &[
     ("minimum_ring_size", S),
@@ -609,6 +814,17 @@ pub(crate) fn read_cluster(
         }
         CircuitBreakers { thresholds }
     });
+    let checks = c.list("health_checks", d);
+    if checks.len() > 1 {
+        d.error(
+            c.at("health_checks"),
+            "only one health check per cluster is supported",
+        );
+    }
+    let health_check = checks
+        .first()
+        .and_then(|(path, v)| Obj::new(v, path, HEALTH_CHECK, d))
+        .and_then(|h| read_health_check(&h, d));
     let outlier_detection = c
         .object("outlier_detection", OUTLIER_DETECTION, d)
         .map(|o| {
@@ -669,6 +885,7 @@ pub(crate) fn read_cluster(
         tls,
         eds_service_name,
         circuit_breakers,
+        health_check,
         outlier_detection,
         discovery,
         connect_timeout,

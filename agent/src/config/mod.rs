@@ -480,6 +480,7 @@ pub struct Cluster {
     /// Carried from the config (and shown by `/config_dump`); enforcement arrives with the
     /// resilience work.
     pub circuit_breakers: Option<CircuitBreakers>,
+    pub health_check: Option<HealthCheck>,
     pub outlier_detection: Option<OutlierDetection>,
     pub discovery: DiscoveryType,
     pub connect_timeout: Duration,
@@ -549,6 +550,36 @@ impl Thresholds {
             retry_budget: None,
         }
     }
+}
+
+/// One of a cluster's `health_checks` (Envoy's core.v3.HealthCheck), with Envoy's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub timeout: Duration,
+    pub interval: Duration,
+    pub initial_jitter: Duration,
+    pub interval_jitter: Duration,
+    pub interval_jitter_percent: u32,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    pub always_log_health_check_failures: bool,
+    pub kind: HealthCheckKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthCheckKind {
+    /// Connect; then optionally send bytes and expect blocks back (in order).
+    Tcp {
+        send: Option<Vec<u8>>,
+        receive: Vec<Vec<u8>>,
+    },
+    /// `GET path` over HTTP/1.1; healthy when the status is in one of the [start, end) ranges.
+    Http {
+        host: Option<String>,
+        path: String,
+        expected: Vec<(u16, u16)>,
+        headers: Vec<(String, String)>,
+    },
 }
 
 /// Envoy's `retry_budget`: at most `budget_percent` % of the active and pending requests may
@@ -695,6 +726,36 @@ impl Cluster {
                 j["maglev_lb_config"] = json!({"table_size": table_size});
             }
             _ => {}
+        }
+        if let Some(h) = &self.health_check {
+            let mut hc = json!({
+                "timeout": duration_json(h.timeout),
+                "interval": duration_json(h.interval),
+                "unhealthy_threshold": h.unhealthy_threshold,
+                "healthy_threshold": h.healthy_threshold,
+            });
+            match &h.kind {
+                HealthCheckKind::Tcp { send, receive } => {
+                    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02X}")).collect::<String>();
+                    hc["tcp_health_check"] = json!({
+                        "send": send.as_deref().map(|s| json!({"text": hex(s)})),
+                        "receive": receive.iter().map(|r| json!({"text": hex(r)})).collect::<Vec<_>>(),
+                    });
+                }
+                HealthCheckKind::Http {
+                    host,
+                    path,
+                    expected,
+                    ..
+                } => {
+                    hc["http_health_check"] = json!({
+                        "host": host,
+                        "path": path,
+                        "expected_statuses": expected.iter().map(|(s, e)| json!({"start": s, "end": e})).collect::<Vec<_>>(),
+                    });
+                }
+            }
+            j["health_checks"] = json!([hc]);
         }
         if let Some(cb) = &self.circuit_breakers {
             let t: Vec<Json> = cb

@@ -19,6 +19,8 @@ pub mod health_flag {
     pub const FAILED_OUTLIER_CHECK: u32 = 1 << 3;
     /// Gone from EDS but kept while active health checking still passes it.
     pub const PENDING_DYNAMIC_REMOVAL: u32 = 1 << 4;
+    /// New to a health-checked cluster: its first check has not run yet.
+    pub const PENDING_ACTIVE_HC: u32 = 1 << 5;
 
     pub const FAILED: u32 = FAILED_EDS_HEALTH | FAILED_ACTIVE_HC | FAILED_OUTLIER_CHECK;
     pub const DEGRADED: u32 = DEGRADED_EDS_HEALTH;
@@ -81,6 +83,8 @@ pub struct Host {
     pub(crate) pool: super::pool::HostPool,
     /// Outlier detection's counters and ejection state.
     pub(crate) outlier: super::outlier::HostOutlier,
+    /// The health checker's counts.
+    pub(crate) health: super::health::HostHealth,
 }
 
 const STATUSES: [HealthStatus; 6] = [
@@ -129,6 +133,7 @@ impl Host {
             stats: Default::default(),
             pool: Default::default(),
             outlier: Default::default(),
+            health: Default::default(),
         }
     }
 
@@ -232,8 +237,9 @@ impl Host {
 
     /// Envoy's `/clusters` health_flags: `healthy`, or each reason as `/name`.
     pub fn health_flags_string(&self) -> String {
-        const NAMES: [(u32, &str); 5] = [
+        const NAMES: [(u32, &str); 6] = [
             (health_flag::FAILED_ACTIVE_HC, "/failed_active_hc"),
+            (health_flag::PENDING_ACTIVE_HC, "/pending_active_hc"),
             (health_flag::FAILED_OUTLIER_CHECK, "/failed_outlier_check"),
             (health_flag::FAILED_EDS_HEALTH, "/failed_eds_health"),
             (health_flag::DEGRADED_EDS_HEALTH, "/degraded_eds_health"),

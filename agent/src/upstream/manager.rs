@@ -143,6 +143,13 @@ impl ClusterManager {
     }
 
     fn start_background(&self, c: &Arc<Cluster>) {
+        if let (Some(h), Some((rt, watch))) = (&c.config.health_check, self.runtime.get()) {
+            rt.spawn(super::health::run(
+                Arc::downgrade(c),
+                h.initial_jitter,
+                watch.clone(),
+            ));
+        }
         if let (Some(d), Some((rt, watch))) = (&c.outlier, self.runtime.get()) {
             rt.spawn(super::outlier::run(
                 Arc::downgrade(c),
@@ -191,6 +198,13 @@ impl ClusterManager {
             tokio::spawn(original_dst_cleanup_loop(c, shutdown.clone()));
         }
         for c in self.all() {
+            if let Some(h) = &c.config.health_check {
+                tokio::spawn(super::health::run(
+                    Arc::downgrade(&c),
+                    h.initial_jitter,
+                    shutdown.clone(),
+                ));
+            }
             if let Some(d) = &c.outlier {
                 tokio::spawn(super::outlier::run(
                     Arc::downgrade(&c),

@@ -5,6 +5,7 @@
 pub mod breaker;
 mod dns;
 mod hash_lb;
+pub mod health;
 mod host;
 mod lb;
 mod original_dst;
@@ -102,6 +103,8 @@ pub struct Cluster {
     pub breakers: Arc<Breakers>,
     /// Outlier detection, when configured.
     pub(crate) outlier: Option<outlier::Detector>,
+    /// Active health checking, when configured.
+    pub(crate) health: Option<health::Checker>,
     hosts: ArcSwap<HostSet>,
     rr_cursor: AtomicU64,
     /// ORIGINAL_DST: hosts by destination, reused across connections.
@@ -173,11 +176,20 @@ impl Cluster {
             .outlier_detection
             .as_ref()
             .map(|o| outlier::Detector::new(o, &stats.scope));
-        let hosts = match config.discovery {
+        let health = config
+            .health_check
+            .as_ref()
+            .map(|h| health::Checker::new(h, &stats.scope));
+        let mut hosts = match config.discovery {
             DiscoveryType::Static => HostSet::from_static(&config),
             // Filled by the first DNS resolution or EDS update.
             _ => HostSet::empty(config.lb_policy),
         };
+        if let Some(h) = &health {
+            // Not routed until their first check passes.
+            hosts.all().iter().for_each(|host| h.new_host(host));
+            hosts.rebuild();
+        }
         let warming = config.discovery == DiscoveryType::Eds;
         let original_dst =
             (config.discovery == DiscoveryType::OriginalDst).then(original_dst::HostCache::default);
@@ -186,6 +198,7 @@ impl Cluster {
             stats,
             breakers,
             outlier,
+            health,
             hosts: ArcSwap::from_pointee(hosts),
             rr_cursor: AtomicU64::new(0),
             original_dst,
@@ -228,6 +241,14 @@ impl Cluster {
     /// Takes over a replaced cluster's hosts (same discovery type, membership from outside).
     fn adopt_hosts(&self, old: &Cluster) {
         let hosts = old.hosts.load();
+        if self.health.is_none() {
+            hosts.all().iter().for_each(|h| {
+                h.set_flags(
+                    health_flag::FAILED_ACTIVE_HC | health_flag::PENDING_ACTIVE_HC,
+                    false,
+                );
+            });
+        }
         if self.outlier.is_none() {
             // Nothing here would bring an ejected host back.
             hosts.all().iter().for_each(|h| outlier::forget(h));
@@ -249,6 +270,21 @@ impl Cluster {
         let _u = self.update.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.hosts.load();
         new.adopt_hosts_from(&old);
+        if let Some(h) = &self.health {
+            // Hosts new to the cluster wait for their first check.
+            let mut fresh = false;
+            let kept: std::collections::HashSet<*const Host> =
+                old.all().iter().map(Arc::as_ptr).collect();
+            for host in new.all() {
+                if !kept.contains(&Arc::as_ptr(host)) {
+                    h.new_host(host);
+                    fresh = true;
+                }
+            }
+            if fresh {
+                new.rebuild();
+            }
+        }
         let changed = !new.same_members(&old);
         self.hosts.store(Arc::new(new));
         if changed {

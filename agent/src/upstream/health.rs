@@ -1,0 +1,327 @@
+//! Active health checking (Envoy's `health_checks`): TCP (connect, optional send/receive
+//! payloads) and HTTP/1.1 (`GET path`, expected statuses). One task per cluster runs a round
+//! every `interval` (plus jitter), spreading the round's checks evenly over the interval so a
+//! thousand hosts arriving at once do not make a thousand checks at once.
+//!
+//! A host added to a cluster with health checking starts `/failed_active_hc` and
+//! `/pending_active_hc` (not routed) until its first check passes; after that it turns
+//! unhealthy after `unhealthy_threshold` failures in a row, and healthy again after
+//! `healthy_threshold` successes in a row. An HTTP answer outside `expected_statuses` turns it
+//! unhealthy at once, as in Envoy.
+
+use super::{health_flag, Cluster, Host};
+use crate::config::{HealthCheck, HealthCheckKind};
+use crate::stats::{Counter, Gauge, Scope};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// A host's checker state (in the host, so it survives EDS updates with the host).
+#[derive(Debug, Default)]
+pub struct HostHealth {
+    successes: AtomicU32,
+    failures: AtomicU32,
+}
+
+/// Why a check failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckFailure {
+    /// No connection, or no answer within the timeout (`network_failure`).
+    Network(String),
+    /// An answer, but not the expected one.
+    Answer(String),
+    /// An HTTP status outside `expected_statuses`: unhealthy at once.
+    Status(u16),
+}
+
+#[derive(Debug)]
+struct Stats {
+    attempt: Arc<Counter>,
+    success: Arc<Counter>,
+    failure: Arc<Counter>,
+    network_failure: Arc<Counter>,
+    passive_failure: Arc<Counter>,
+    verify_cluster: Arc<Counter>,
+    healthy: Arc<Gauge>,
+}
+
+/// One cluster's health checker.
+#[derive(Debug)]
+pub struct Checker {
+    cfg: HealthCheck,
+    stats: Stats,
+}
+
+/// At most this much of an answer is read.
+const MAX_ANSWER: usize = 64 * 1024;
+
+impl Checker {
+    pub fn new(cfg: &HealthCheck, scope: &Scope) -> Self {
+        let c = |n: &str| scope.counter(&format!("health_check.{n}"));
+        let stats = Stats {
+            attempt: c("attempt"),
+            success: c("success"),
+            failure: c("failure"),
+            network_failure: c("network_failure"),
+            passive_failure: c("passive_failure"),
+            verify_cluster: c("verify_cluster"),
+            healthy: scope.gauge("health_check.healthy"),
+        };
+        // Created at zero, as Envoy shows them.
+        let _ = (&stats.passive_failure, &stats.verify_cluster);
+        Self {
+            cfg: cfg.clone(),
+            stats,
+        }
+    }
+
+    /// Flags a host new to the cluster: not routed until its first check passes.
+    pub fn new_host(&self, host: &Host) {
+        host.set_flags(
+            health_flag::FAILED_ACTIVE_HC | health_flag::PENDING_ACTIVE_HC,
+            true,
+        );
+    }
+
+    /// The time until the next round: the interval plus its jitter.
+    fn next_round(&self) -> Duration {
+        let c = &self.cfg;
+        let mut d = c.interval;
+        if !c.interval_jitter.is_zero() {
+            d += Duration::from_micros(fastrand::u64(..=c.interval_jitter.as_micros() as u64));
+        }
+        if c.interval_jitter_percent > 0 {
+            let max = c.interval.as_micros() as u64 * u64::from(c.interval_jitter_percent) / 100;
+            d += Duration::from_micros(fastrand::u64(..=max));
+        }
+        d
+    }
+
+    /// Runs one check of `host` (bounded by the timeout).
+    pub async fn check(&self, cluster: &Cluster, host: &Host) -> Result<(), CheckFailure> {
+        let timeout = self.cfg.timeout;
+        match tokio::time::timeout(timeout, self.check_inner(cluster, host)).await {
+            Ok(r) => r,
+            Err(_) => Err(CheckFailure::Network(format!(
+                "no answer within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn check_inner(&self, cluster: &Cluster, host: &Host) -> Result<(), CheckFailure> {
+        let mut s = cluster
+            .connector
+            .connect(host.address)
+            .await
+            .map_err(|e| CheckFailure::Network(e.to_string()))?;
+        match &self.cfg.kind {
+            HealthCheckKind::Tcp { send, receive } => {
+                if let Some(p) = send {
+                    s.write_all(p)
+                        .await
+                        .map_err(|e| CheckFailure::Network(e.to_string()))?;
+                }
+                if receive.is_empty() {
+                    return Ok(());
+                }
+                // Each block must appear, in order, not necessarily contiguous (Envoy).
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    if contains_in_order(&got, receive) {
+                        return Ok(());
+                    }
+                    let n = s
+                        .read(&mut buf)
+                        .await
+                        .map_err(|e| CheckFailure::Network(e.to_string()))?;
+                    if n == 0 || got.len() + n > MAX_ANSWER {
+                        return Err(CheckFailure::Answer(
+                            "the expected payload did not arrive".into(),
+                        ));
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+            HealthCheckKind::Http {
+                host: authority,
+                path,
+                expected,
+                headers,
+            } => {
+                let authority = authority.as_deref().unwrap_or(&cluster.config.name);
+                let mut req = format!(
+                    "GET {path} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: Envoy/HC\r\nconnection: close\r\n"
+                );
+                for (k, v) in headers {
+                    req.push_str(&format!("{k}: {v}\r\n"));
+                }
+                req.push_str("\r\n");
+                s.write_all(req.as_bytes())
+                    .await
+                    .map_err(|e| CheckFailure::Network(e.to_string()))?;
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let line_end = loop {
+                    if let Some(i) = got.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    let n = s
+                        .read(&mut buf)
+                        .await
+                        .map_err(|e| CheckFailure::Network(e.to_string()))?;
+                    if n == 0 || got.len() + n > MAX_ANSWER {
+                        return Err(CheckFailure::Answer("no HTTP status line".into()));
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                };
+                let line = String::from_utf8_lossy(&got[..line_end]).to_string();
+                let status = line
+                    .strip_prefix("HTTP/1.")
+                    .and_then(|r| r.get(2..5))
+                    .and_then(|c| c.parse::<u16>().ok())
+                    .ok_or_else(|| {
+                        CheckFailure::Answer(format!("not an HTTP status line: {line:?}"))
+                    })?;
+                if expected.iter().any(|(lo, hi)| (*lo..*hi).contains(&status)) {
+                    Ok(())
+                } else {
+                    Err(CheckFailure::Status(status))
+                }
+            }
+        }
+    }
+
+    /// Applies one check's result to the host; returns whether its health flipped.
+    pub fn record(&self, cluster: &Cluster, host: &Host, result: Result<(), CheckFailure>) -> bool {
+        let s = &self.stats;
+        let h = &host.health;
+        s.attempt.inc();
+        let flags = host.health_flags();
+        let failed = flags & health_flag::FAILED_ACTIVE_HC != 0;
+        let pending = flags & health_flag::PENDING_ACTIVE_HC != 0;
+        match result {
+            Ok(()) => {
+                s.success.inc();
+                h.failures.store(0, Ordering::Relaxed);
+                let n = h.successes.fetch_add(1, Ordering::Relaxed) + 1;
+                // The first check of a new host needs one success (Envoy).
+                if failed && (pending || n >= self.cfg.healthy_threshold) {
+                    host.set_flags(
+                        health_flag::FAILED_ACTIVE_HC | health_flag::PENDING_ACTIVE_HC,
+                        false,
+                    );
+                    tracing::info!(cluster = cluster.name(), host = %host.address, "health check: host healthy");
+                    true
+                } else {
+                    false
+                }
+            }
+            Err(why) => {
+                s.failure.inc();
+                if matches!(why, CheckFailure::Network(_)) {
+                    s.network_failure.inc();
+                }
+                h.successes.store(0, Ordering::Relaxed);
+                let n = h.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if pending {
+                    host.set_flags(health_flag::PENDING_ACTIVE_HC, false);
+                }
+                let now_unhealthy = !failed
+                    && (n >= self.cfg.unhealthy_threshold
+                        || matches!(why, CheckFailure::Status(_)));
+                if now_unhealthy {
+                    host.set_flags(health_flag::FAILED_ACTIVE_HC, true);
+                    tracing::warn!(cluster = cluster.name(), host = %host.address, reason = ?why, "health check: host unhealthy");
+                } else if self.cfg.always_log_health_check_failures {
+                    tracing::warn!(cluster = cluster.name(), host = %host.address, reason = ?why, "health check failed");
+                }
+                now_unhealthy
+            }
+        }
+    }
+
+    fn publish(&self, cluster: &Cluster) {
+        let healthy = cluster
+            .hosts()
+            .all()
+            .iter()
+            .filter(|h| h.health_flags() & health_flag::FAILED_ACTIVE_HC == 0)
+            .count();
+        self.stats.healthy.set(healthy as i64);
+    }
+}
+
+fn contains_in_order(haystack: &[u8], blocks: &[Vec<u8>]) -> bool {
+    let mut rest = haystack;
+    for b in blocks {
+        if b.is_empty() {
+            continue;
+        }
+        match rest.windows(b.len()).position(|w| w == b.as_slice()) {
+            Some(i) => rest = &rest[i + b.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The checker task of one cluster: a round every interval, the round's checks spread over
+/// it. Holds the cluster weakly between rounds; ends when it is removed or replaced, or at
+/// shutdown.
+pub async fn run(
+    cluster: Weak<Cluster>,
+    initial_jitter: Duration,
+    mut shutdown: crate::drain::Watch,
+) {
+    if !initial_jitter.is_zero() {
+        let wait = Duration::from_micros(fastrand::u64(..=initial_jitter.as_micros() as u64));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.draining() => return,
+        }
+    }
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        if c.is_retired() {
+            return;
+        }
+        let Some(checker) = c.health.as_ref() else {
+            return;
+        };
+        let started = Instant::now();
+        let round = checker.next_round();
+        let hosts: Vec<Arc<Host>> = c.hosts().all().to_vec();
+        let n = hosts.len().max(1) as u32;
+        let mut checks = tokio::task::JoinSet::new();
+        for (i, h) in hosts.into_iter().enumerate() {
+            let c = c.clone();
+            let offset = round * i as u32 / n;
+            checks.spawn(async move {
+                tokio::time::sleep(offset).await;
+                let Some(checker) = c.health.as_ref() else {
+                    return;
+                };
+                let r = checker.check(&c, &h).await;
+                if checker.record(&c, &h, r) {
+                    // Rebuilt at once: an unhealthy host gets no more picks.
+                    c.hosts_health_changed();
+                }
+                checker.publish(&c);
+            });
+        }
+        drop(c);
+        let all = async { while checks.join_next().await.is_some() {} };
+        tokio::select! {
+            _ = all => {}
+            _ = shutdown.draining() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(started + round) => {}
+            _ = shutdown.draining() => return,
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Active health checking (issue 13, item 3) on real sockets: an HTTP check keeps a host
+//! answering 503 out of rotation from the start; a TCP check takes a host whose server went
+//! away out, and back in once it listens again; send/receive payloads decide health.
+
+use plumb_tests::agent::{
+    any_host, bootstrap, http_listener, static_cluster, tcp_listener, TestAgent,
+};
+use plumb_tests::http_client::{request, H1};
+use plumb_tests::http_upstream;
+use plumb_tests::servers::{self, Behavior};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An HTTP/1.1 upstream answering every request with a 503; counts connections.
+async fn always_503() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let _ = s
+                            .write_all(
+                                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
+                            )
+                            .await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+fn with_check(mut cluster: Value, check: Value) -> Value {
+    cluster["health_checks"] = json!([check]);
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_check_keeps_a_failing_host_out_from_the_start() {
+    let (a, b) = (
+        http_upstream::start("a").await,
+        http_upstream::start("b").await,
+    );
+    let (bad, _) = always_503().await;
+    let cluster = with_check(
+        static_cluster("up", &[a.addr, b.addr, bad]),
+        json!({"timeout": "1s", "interval": "0.1s", "unhealthy_threshold": 2, "healthy_threshold": 2,
+               "http_health_check": {"path": "/healthz", "host": "hc.local"}}),
+    );
+    let agent = TestAgent::start(&bootstrap(
+        vec![http_listener(
+            "in",
+            any_host(json!([{"match": {"prefix": "/"}, "route": {"cluster": "up"}}])),
+        )],
+        vec![cluster],
+    ))
+    .await;
+    agent
+        .wait_stat("cluster.up.health_check.healthy", |v| v == 2)
+        .await;
+    let mut c = H1::connect(agent.listener("in")).await;
+    for _ in 0..20 {
+        let r = c.send(request("GET", "x", "/", &[], b"")).await.unwrap();
+        assert_eq!(r.status, 200, "the failing host is never picked");
+    }
+    // The checks went to the path, with the Host asked for.
+    let seen = a.seen();
+    let check = seen
+        .iter()
+        .find(|j| j["path"] == "/healthz")
+        .expect("a health check request");
+    assert_eq!(check["headers"]["host"], "hc.local");
+    assert_eq!(check["headers"]["user-agent"], "Envoy/HC");
+    // The failing host's first check has run: failed, no longer pending.
+    agent
+        .wait_stat("cluster.up.health_check.failure", |v| v >= 1)
+        .await;
+    let clusters = plumb_tests::client::get(agent.admin(), "/clusters")
+        .await
+        .body;
+    assert!(
+        clusters.contains(&format!("up::{bad}::health_flags::/failed_active_hc\n")),
+        "{clusters}"
+    );
+    assert!(agent.stat("cluster.up.health_check.attempt") >= 3);
+    assert_eq!(agent.stat("cluster.up.health_check.network_failure"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_check_takes_a_host_out_and_back_in() {
+    let keep = servers::start(Behavior::Echo).await;
+    let flaky = servers::start(Behavior::Echo).await;
+    let flaky_addr = flaky.addr;
+    let cluster = with_check(
+        static_cluster("echo", &[keep.addr, flaky_addr]),
+        json!({"timeout": "0.5s", "interval": "0.1s", "unhealthy_threshold": 2, "healthy_threshold": 2,
+               "tcp_health_check": {}}),
+    );
+    let agent = TestAgent::start(&bootstrap(vec![tcp_listener("in", "echo")], vec![cluster])).await;
+    let addr = agent.listener("in");
+    agent
+        .wait_stat("cluster.echo.health_check.healthy", |v| v == 2)
+        .await;
+    // The server goes away: after two failed checks the host is out.
+    drop(flaky);
+    agent
+        .wait_stat("cluster.echo.health_check.healthy", |v| v == 1)
+        .await;
+    assert!(agent.stat("cluster.echo.health_check.network_failure") >= 2);
+    let before = keep.accepted();
+    for _ in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"hi").await.unwrap();
+        let mut buf = [0u8; 2];
+        s.read_exact(&mut buf).await.unwrap();
+    }
+    // All ten went to the healthy host (health check connections come on top).
+    assert!(keep.accepted() >= before + 10);
+    // It listens again on the same address: two good checks bring it back.
+    let back = tokio::net::TcpListener::bind(flaky_addr).await.unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let a2 = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = back.accept().await {
+            a2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    agent
+        .wait_stat("cluster.echo.health_check.healthy", |v| v == 2)
+        .await;
+    // (A check passes at the kernel's handshake; the accept loop counts a moment later.)
+    plumb_tests::wait_until(
+        "two checks at the new listener",
+        std::time::Duration::from_secs(5),
+        || async { accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2 },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_payloads_decide_health() {
+    let echo = servers::start(Behavior::Echo).await;
+    let other = servers::start(Behavior::Echo).await;
+    // "ping" sent; the echo server answers "ping": healthy when "ping" is expected...
+    let ok = with_check(
+        static_cluster("ok", &[echo.addr]),
+        json!({"timeout": "0.5s", "interval": "0.1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+               "tcp_health_check": {"send": {"text": "70696E67"}, "receive": [{"text": "7069"}, {"text": "6E67"}]}}),
+    );
+    // ...and not when "pong" is.
+    let bad = with_check(
+        static_cluster("bad", &[other.addr]),
+        json!({"timeout": "0.5s", "interval": "0.1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+               "tcp_health_check": {"send": {"text": "70696E67"}, "receive": [{"text": "706F6E67"}]}}),
+    );
+    let agent = TestAgent::start(&bootstrap(vec![tcp_listener("a", "ok")], vec![ok, bad])).await;
+    agent
+        .wait_stat("cluster.ok.health_check.healthy", |v| v == 1)
+        .await;
+    agent
+        .wait_stat("cluster.bad.health_check.failure", |v| v >= 2)
+        .await;
+    assert_eq!(agent.stat("cluster.bad.health_check.healthy"), 0);
+    assert_eq!(agent.stat("cluster.bad.health_check.success"), 0);
+}
