@@ -256,6 +256,11 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
         RING_HASH_LB_CONFIG,
     ),
     ("MaglevLbConfig (maglev_lb_config)", MAGLEV_LB_CONFIG),
+    (
+        "LeastRequestLbConfig (least_request_lb_config)",
+        LEAST_REQUEST_LB_CONFIG,
+    ),
+    ("RuntimeDouble (active_request_bias)", RUNTIME_DOUBLE),
     ("HealthCheck (health_checks[])", HEALTH_CHECK),
     ("HttpHealthCheck (http_health_check)", HTTP_HEALTH_CHECK),
     ("TcpHealthCheck (tcp_health_check)", TCP_HEALTH_CHECK),

@@ -45,7 +45,7 @@ pub(super) const CLUSTER: FieldTable = &[
         I("panic threshold and locality-weighted LB are not applied yet"),
     ),
     ("round_robin_lb_config", I("slow start is not applied")),
-    ("least_request_lb_config", I("choice count is fixed at 2")),
+    ("least_request_lb_config", S),
     (
         "per_connection_buffer_limit_bytes",
         I("copy buffers adapt between 4 KiB and 256 KiB"),
@@ -336,6 +336,22 @@ pub(super) const RING_HASH_LB_CONFIG: FieldTable = &[
 
 pub(super) const MAGLEV_LB_CONFIG: FieldTable = &[("table_size", S)];
 
+pub(super) const LEAST_REQUEST_LB_CONFIG: FieldTable = &[
+    ("choice_count", S),
+    ("active_request_bias", S),
+    ("slow_start_config", I("slow start is not applied")),
+    (
+        "locality_lb_config",
+        I("locality-weighted LB is not applied yet"),
+    ),
+    ("selection_method", I("the fewest of the choices is taken")),
+];
+
+pub(super) const RUNTIME_DOUBLE: FieldTable = &[
+    ("default_value", S),
+    ("runtime_key", I("runtime overrides are not read")),
+];
+
 /// Envoy's bounds: rings of at most 8M entries; Maglev tables of a prime size up to 5,000,011.
 const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
 const MAX_MAGLEV_TABLE: u64 = 5_000_011;
@@ -608,7 +624,22 @@ pub(crate) fn read_cluster(
         )
         .as_deref()
     {
-        Some("LEAST_REQUEST") => LbPolicy::LeastRequest,
+        Some("LEAST_REQUEST") => {
+            let cfg = c.object("least_request_lb_config", LEAST_REQUEST_LB_CONFIG, d);
+            let choice_count = cfg
+                .as_ref()
+                .and_then(|l| l.uint("choice_count", 2, 100, d))
+                .unwrap_or(2) as u32;
+            let bias = cfg
+                .as_ref()
+                .and_then(|l| l.object("active_request_bias", RUNTIME_DOUBLE, d))
+                .and_then(|b| b.float("default_value", 0.0, 100.0, d))
+                .unwrap_or(1.0);
+            LbPolicy::LeastRequest {
+                choice_count,
+                bias_milli: (bias * 1000.0).round() as u32,
+            }
+        }
         Some("RANDOM") => LbPolicy::Random,
         Some("CLUSTER_PROVIDED") => LbPolicy::ClusterProvided,
         Some("RING_HASH") => {
@@ -658,6 +689,7 @@ pub(crate) fn read_cluster(
     for (key, wanted) in [
         ("ring_hash_lb_config", "RING_HASH"),
         ("maglev_lb_config", "MAGLEV"),
+        ("least_request_lb_config", "LEAST_REQUEST"),
     ] {
         if c.get(key).is_some() && lb_policy.as_str() != wanted {
             d.error(c.at(key), format!("only valid with lb_policy {wanted}"));

@@ -421,7 +421,12 @@ impl DiscoveryType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LbPolicy {
     RoundRobin,
-    LeastRequest,
+    /// `choice_count` hosts drawn at random, the least loaded taken; with unequal weights the
+    /// load is (active requests + 1) ^ `active_request_bias` / weight (bias in thousandths).
+    LeastRequest {
+        choice_count: u32,
+        bias_milli: u32,
+    },
     Random,
     ClusterProvided,
     /// Envoy's ring hash (`ring_hash_lb_config`; xxHash).
@@ -436,10 +441,18 @@ pub enum LbPolicy {
 }
 
 impl LbPolicy {
+    /// LEAST_REQUEST with Envoy's defaults: two choices, a bias of 1.0.
+    pub const fn least_request() -> Self {
+        Self::LeastRequest {
+            choice_count: 2,
+            bias_milli: 1000,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RoundRobin => "ROUND_ROBIN",
-            Self::LeastRequest => "LEAST_REQUEST",
+            Self::LeastRequest { .. } => "LEAST_REQUEST",
             Self::Random => "RANDOM",
             Self::ClusterProvided => "CLUSTER_PROVIDED",
             Self::RingHash { .. } => "RING_HASH",
@@ -724,6 +737,15 @@ impl Cluster {
             }
             LbPolicy::Maglev { table_size } => {
                 j["maglev_lb_config"] = json!({"table_size": table_size});
+            }
+            LbPolicy::LeastRequest {
+                choice_count,
+                bias_milli,
+            } => {
+                j["least_request_lb_config"] = json!({
+                    "choice_count": choice_count,
+                    "active_request_bias": {"default_value": f64::from(bias_milli) / 1000.0},
+                });
             }
             _ => {}
         }

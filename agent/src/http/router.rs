@@ -786,6 +786,10 @@ impl ConnectionManager {
             // The circuit breaker's max_requests: one slot per attempt, held until its
             // response ends.
             let rq_slot = cluster.breakers.try_acquire(priority, Resource::Requests);
+            // In flight from the send (least request counts it), until the response ends.
+            if rq_slot.is_some() {
+                host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
+            }
             // No named local for the send future: it would be kept next to the timeout's copy
             // of it in this (per request, moved) future.
             let result = match (bound, &rq_slot) {
@@ -815,6 +819,9 @@ impl ConnectionManager {
                 (Some(p), Err(f)) => retry::retriable_failure(p, f),
                 (None, _) => false,
             };
+            if rq_slot.is_some() && result.is_err() {
+                host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+            }
             // A breaker's refusal says nothing about the host.
             let outcome = match &result {
                 Ok(_) | Err(Failure::Overflow) => None,
@@ -855,6 +862,9 @@ impl ConnectionManager {
                     cluster.report(&host, Outcome::HttpStatus(r.status().as_u16()));
                 }
                 hs.upstream_rq_retry.inc();
+                if result.is_ok() {
+                    host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+                }
                 drop(result);
                 tried.push(host);
                 tokio::time::sleep(wait).await;
@@ -905,7 +915,6 @@ impl ConnectionManager {
         }
         hs.upstream_rq_active.inc();
         hs.record_status(status.as_u16());
-        host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
         cluster.report(&host, Outcome::HttpStatus(status.as_u16()));
         let mut resp = resp;
         let tunnel = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;

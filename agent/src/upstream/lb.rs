@@ -310,23 +310,64 @@ impl Level {
                 }
             }
             LbPolicy::Random => self.weighted_random(),
-            LbPolicy::LeastRequest => {
-                // Power of two choices, comparing active connections relative to weight.
-                let a = fastrand::usize(..n);
-                let mut b = fastrand::usize(..n - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let load = |i: usize| {
-                    let h = &self.active[i];
-                    (h.stats.cx_active.load(Ordering::Relaxed) + 1) as u128 * 1_000_000
-                        / h.weight().max(1) as u128
+            LbPolicy::LeastRequest {
+                choice_count,
+                bias_milli,
+            } => {
+                // Requests in flight (HTTP); for hosts that never had one (TCP proxy),
+                // connections.
+                let active = |h: &Host| {
+                    let s = &h.stats;
+                    if s.rq_total.load(Ordering::Relaxed) == 0 {
+                        s.cx_active.load(Ordering::Relaxed)
+                    } else {
+                        s.rq_active.load(Ordering::Relaxed)
+                    }
                 };
-                if load(b) < load(a) {
-                    b
+                let equal = *self.cumulative.last().unwrap_or(&0) == n as u64;
+                let score = |i: usize| -> f64 {
+                    let h = &self.active[i];
+                    let a = active(h) as f64;
+                    if equal {
+                        a
+                    } else {
+                        (a + 1.0).powf(f64::from(bias_milli) / 1000.0)
+                            / f64::from(h.weight().max(1))
+                    }
+                };
+                let k = choice_count.max(2) as usize;
+                let mut best = fastrand::usize(..n);
+                let mut best_score = score(best);
+                if n <= k {
+                    // As many choices as hosts: all of them.
+                    for c in 0..n {
+                        let sc = score(c);
+                        if sc < best_score {
+                            (best, best_score) = (c, sc);
+                        }
+                    }
                 } else {
-                    a
+                    // k distinct hosts (a few redraws at most; k is small next to n).
+                    let mut seen = [best; 8];
+                    let mut drawn = 1;
+                    let mut tries = 0;
+                    while drawn < k && tries < 4 * k {
+                        tries += 1;
+                        let c = fastrand::usize(..n);
+                        if seen[..drawn.min(8)].contains(&c) {
+                            continue;
+                        }
+                        if drawn < 8 {
+                            seen[drawn] = c;
+                        }
+                        drawn += 1;
+                        let sc = score(c);
+                        if sc < best_score {
+                            (best, best_score) = (c, sc);
+                        }
+                    }
                 }
+                best
             }
         };
         Some(self.active[i].clone())
@@ -499,7 +540,7 @@ mod tests {
         assert_eq!(set.priority_loads(), vec![(0, false, 50), (1, false, 50)]);
         // Three levels: 70 %, then P1's 14 %, then the rest.
         let set = HostSet::build(
-            LbPolicy::LeastRequest,
+            LbPolicy::least_request(),
             [
                 level(0, 1, 1, 1000),
                 level(1, 1, 9, 2000),
@@ -547,7 +588,7 @@ mod tests {
             host(1, 1, 0, HealthStatus::Unknown),
             host(2, 1, 0, HealthStatus::Unknown),
         ];
-        for policy in [LbPolicy::Random, LbPolicy::LeastRequest] {
+        for policy in [LbPolicy::Random, LbPolicy::least_request()] {
             let c = counts(&HostSet::build(policy, hosts.clone()), 1000);
             assert!(c[&1] > 300 && c[&2] > 300, "{policy:?}: {c:?}");
         }
@@ -558,7 +599,7 @@ mod tests {
         let busy = host(1, 1, 0, HealthStatus::Unknown);
         busy.stats.cx_active.store(100, Ordering::Relaxed);
         let set = HostSet::build(
-            LbPolicy::LeastRequest,
+            LbPolicy::least_request(),
             vec![busy, host(2, 1, 0, HealthStatus::Unknown)],
         );
         assert_eq!(counts(&set, 100)[&2], 100);

@@ -106,7 +106,8 @@ pub struct Cluster {
     /// Active health checking, when configured.
     pub(crate) health: Option<health::Checker>,
     hosts: ArcSwap<HostSet>,
-    rr_cursor: AtomicU64,
+    /// Round-robin cursors, one per worker (own cache line): no shared hot atomic.
+    rr_cursors: Box<[Cursor]>,
     /// ORIGINAL_DST: hosts by destination, reused across connections.
     original_dst: Option<original_dst::HostCache>,
     connector: Connector,
@@ -119,6 +120,11 @@ pub struct Cluster {
     /// HTTP request stats, created when an HTTP route first sends here.
     http_stats: std::sync::OnceLock<crate::http::stats::ClusterHttpStats>,
 }
+
+/// A round-robin cursor on a cache line of its own.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Cursor(AtomicU64);
 
 /// Why no upstream connection could be made.
 #[derive(Debug, thiserror::Error)]
@@ -200,7 +206,10 @@ impl Cluster {
             outlier,
             health,
             hosts: ArcSwap::from_pointee(hosts),
-            rr_cursor: AtomicU64::new(0),
+            // Worker i starts at host i: the workers do not all begin on the same host.
+            rr_cursors: (0..pool::worker_slot().1.max(1))
+                .map(|i| Cursor(AtomicU64::new(i as u64)))
+                .collect(),
             original_dst,
             connector,
             update: Mutex::new(()),
@@ -322,7 +331,9 @@ impl Cluster {
             };
             return Ok(cache.get_or_insert(addr));
         }
-        match self.hosts.load().pick(&self.rr_cursor, ctx) {
+        let (worker, _) = pool::worker_slot();
+        let cursor = &self.rr_cursors[worker % self.rr_cursors.len()].0;
+        match self.hosts.load().pick(cursor, ctx) {
             Some(h) => Ok(h),
             None => {
                 self.stats.upstream_cx_none_healthy.inc();

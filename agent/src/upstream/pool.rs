@@ -44,6 +44,11 @@ fn worker() -> usize {
     WORKER.with(|w| w.get())
 }
 
+/// This thread's data-path worker index, and how many there are (per-worker state).
+pub(crate) fn worker_slot() -> (usize, usize) {
+    (worker(), WORKERS.load(Ordering::Relaxed))
+}
+
 struct Idle1 {
     tx: http1::SendRequest<Body>,
     since: Instant,

@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const POLICIES: [(&str, LbPolicy); 5] = [
     ("ROUND_ROBIN", LbPolicy::RoundRobin),
-    ("LEAST_REQUEST", LbPolicy::LeastRequest),
+    ("LEAST_REQUEST", LbPolicy::least_request()),
     ("RANDOM", LbPolicy::Random),
     (
         "RING_HASH",
