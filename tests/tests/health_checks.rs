@@ -178,3 +178,61 @@ async fn tcp_payloads_decide_health() {
     assert_eq!(agent.stat("cluster.bad.health_check.healthy"), 0);
     assert_eq!(agent.stat("cluster.bad.health_check.success"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passing_health_check_brings_an_ejected_host_back_unless_told_not_to() {
+    for uneject in [true, false] {
+        let (a, b) = (
+            http_upstream::start("a").await,
+            http_upstream::start("b").await,
+        );
+        let mut cluster = static_cluster("up", &[a.addr, b.addr]);
+        // Ejections would last a minute: only a health check can end one in this test.
+        cluster["outlier_detection"] = json!({"consecutive_5xx": 2, "base_ejection_time": "60s",
+            "max_ejection_percent": 50, "successful_active_health_check_uneject_host": uneject});
+        cluster["health_checks"] = json!([{"timeout": "1s", "interval": "0.1s",
+            "unhealthy_threshold": 3, "healthy_threshold": 1,
+            "http_health_check": {"path": "/healthz"}}]);
+        let agent = TestAgent::start(&bootstrap(
+            vec![http_listener(
+                "in",
+                any_host(json!([{"match": {"prefix": "/"}, "route": {"cluster": "up"}}])),
+            )],
+            vec![cluster],
+        ))
+        .await;
+        agent
+            .wait_stat("cluster.up.health_check.healthy", |v| v == 2)
+            .await;
+        // Traffic fails (the upstreams answer 503 when asked to); health checks pass.
+        let mut c = H1::connect(agent.listener("in")).await;
+        for _ in 0..4 {
+            let r = c
+                .send(request("GET", "x", "/", &[("x-status", "503")], b""))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 503);
+        }
+        agent
+            .wait_stat(
+                "cluster.up.outlier_detection.ejections_enforced_total",
+                |v| v >= 1,
+            )
+            .await;
+        if uneject {
+            agent
+                .wait_stat("cluster.up.outlier_detection.ejections_active", |v| v == 0)
+                .await;
+        } else {
+            let attempts = agent.stat("cluster.up.health_check.attempt");
+            agent
+                .wait_stat("cluster.up.health_check.attempt", |v| v >= attempts + 6)
+                .await;
+            assert_eq!(
+                agent.stat("cluster.up.outlier_detection.ejections_active"),
+                1,
+                "passing checks do not end the ejection when told not to"
+            );
+        }
+    }
+}

@@ -387,10 +387,7 @@ pub(super) const OUTLIER_DETECTION: FieldTable = &[
     ("failure_percentage_minimum_hosts", I(NOT_ENFORCED)),
     ("failure_percentage_request_volume", I(NOT_ENFORCED)),
     ("max_ejection_time_jitter", I(NOT_ENFORCED)),
-    (
-        "successful_active_health_check_uneject_host",
-        I(NOT_ENFORCED),
-    ),
+    ("successful_active_health_check_uneject_host", S),
     ("monitors", I(NOT_ENFORCED)),
     (
         "always_eject_one_host",
@@ -894,6 +891,9 @@ pub(crate) fn read_cluster(
                     100,
                     d,
                 ),
+                successful_active_health_check_uneject_host: o
+                    .boolean("successful_active_health_check_uneject_host", d)
+                    .unwrap_or(true),
             }
         });
     let mut eds_service_name = None;

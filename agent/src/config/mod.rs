@@ -617,6 +617,8 @@ pub struct OutlierDetection {
     pub split_external_local_origin_errors: bool,
     pub consecutive_local_origin_failure: u32,
     pub enforcing_consecutive_local_origin_failure: u32,
+    /// A passing active health check brings an ejected host back (Envoy's default: yes).
+    pub successful_active_health_check_uneject_host: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -206,6 +206,10 @@ impl Checker {
         match result {
             Ok(()) => {
                 s.success.inc();
+                let unejected = cluster
+                    .outlier
+                    .as_ref()
+                    .is_some_and(|d| d.health_check_passed(cluster, host));
                 h.failures.store(0, Ordering::Relaxed);
                 let n = h.successes.fetch_add(1, Ordering::Relaxed) + 1;
                 // The first check of a new host needs one success (Envoy).
@@ -217,7 +221,7 @@ impl Checker {
                     tracing::info!(cluster = cluster.name(), host = %host.address, "health check: host healthy");
                     true
                 } else {
-                    false
+                    unejected
                 }
             }
             Err(why) => {

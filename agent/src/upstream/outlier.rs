@@ -256,6 +256,31 @@ fn ejected_count(hosts: &[Arc<Host>]) -> usize {
         .count()
 }
 
+impl Detector {
+    /// A passing active health check: with `successful_active_health_check_uneject_host`
+    /// (Envoy's default), an ejected host comes back at once. `true` when it did.
+    pub fn health_check_passed(&self, cluster: &Cluster, host: &Host) -> bool {
+        if !self.cfg.successful_active_health_check_uneject_host
+            || host.outlier.ejected_at.swap(0, Ordering::AcqRel) == 0
+        {
+            return false;
+        }
+        host.outlier.consecutive_5xx.store(0, Ordering::Release);
+        host.outlier.consecutive_gateway.store(0, Ordering::Release);
+        host.outlier.consecutive_local.store(0, Ordering::Release);
+        host.set_flags(health_flag::FAILED_OUTLIER_CHECK, false);
+        tracing::info!(
+            cluster = cluster.name(),
+            host = %host.address,
+            "outlier detection: host unejected by a passing health check"
+        );
+        self.stats
+            .ejections_active
+            .set(ejected_count(cluster.hosts().all()) as i64);
+        true
+    }
+}
+
 /// Clears an ejection a host carries from a cluster version with outlier detection into one
 /// without it (nothing would ever bring it back).
 pub fn forget(host: &Host) {
