@@ -11,6 +11,8 @@ use std::process::Command;
 const FILES: &[&str] = &[
     "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
     "envoy/config/route/v3/route.proto",
+    // Clusters' health checks, balancer settings and retry budgets (CDS), by reflection.
+    "envoy/config/cluster/v3/cluster.proto",
     "envoy/extensions/filters/http/router/v3/router.proto",
     "envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto",
     "envoy/extensions/filters/http/fault/v3/fault.proto",

@@ -360,7 +360,14 @@ fn is_prime(n: u64) -> bool {
     n >= 2 && (2..).take_while(|i| i * i <= n).all(|i| n % i != 0)
 }
 
-pub(super) const RETRY_BUDGET: FieldTable = &[("budget_percent", S), ("min_retry_concurrency", S)];
+pub(super) const RETRY_BUDGET: FieldTable = &[
+    ("budget_percent", S),
+    ("min_retry_concurrency", S),
+    (
+        "budget_interval",
+        I("the budget follows the requests in flight at each retry"),
+    ),
+];
 
 pub(super) const PERCENT: FieldTable = &[("value", S)];
 

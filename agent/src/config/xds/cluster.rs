@@ -2,6 +2,12 @@
 
 use super::*;
 
+/// A nested message rendered by reflection (as Envoy prints it), so the bootstrap's reader
+/// judges every field of it; a message that does not render becomes a presence marker.
+fn by_reflection(full_name: &str, m: &impl prost::Message) -> Json {
+    super::reflect::decode_json(full_name, &m.encode_to_vec()).unwrap_or_else(|_| json!({}))
+}
+
 pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
     if c.transport_socket.is_some()
         || !c.transport_socket_matches.is_empty()
@@ -92,7 +98,14 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
         "per_connection_buffer_limit_bytes",
         c.per_connection_buffer_limit_bytes.is_some(),
     );
-    mark(&mut m, "health_checks", !c.health_checks.is_empty());
+    if !c.health_checks.is_empty() {
+        let checks: Vec<Json> = c
+            .health_checks
+            .iter()
+            .map(|h| by_reflection("envoy.config.core.v3.HealthCheck", h))
+            .collect();
+        m.insert("health_checks".into(), json!(checks));
+    }
     if let Some(cb) = &c.circuit_breakers {
         let thresholds: Vec<Json> = cb
             .thresholds
@@ -120,7 +133,15 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
                 if t.track_remaining {
                     tm.insert("track_remaining".into(), json!(true));
                 }
-                mark(&mut tm, "retry_budget", t.retry_budget.is_some());
+                if let Some(b) = &t.retry_budget {
+                    tm.insert(
+                        "retry_budget".into(),
+                        by_reflection(
+                            "envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget",
+                            b,
+                        ),
+                    );
+                }
                 mark(
                     &mut tm,
                     "max_connection_pools",
@@ -261,11 +282,12 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
             "max_ejection_time_jitter",
             o.max_ejection_time_jitter.is_some(),
         );
-        mark(
-            &mut om,
-            "successful_active_health_check_uneject_host",
-            o.successful_active_health_check_uneject_host.is_some(),
-        );
+        if let Some(v) = &o.successful_active_health_check_uneject_host {
+            om.insert(
+                "successful_active_health_check_uneject_host".into(),
+                json!(v.value),
+            );
+        }
         mark(&mut om, "monitors", !o.monitors.is_empty());
         mark(
             &mut om,
@@ -326,15 +348,26 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
         c.connection_pool_per_downstream_connection,
     );
     match &c.lb_config {
-        Some(pbc::cluster::LbConfig::RingHashLbConfig(_)) => {
-            mark(&mut m, "ring_hash_lb_config", true)
+        Some(pbc::cluster::LbConfig::RingHashLbConfig(r)) => {
+            m.insert(
+                "ring_hash_lb_config".into(),
+                by_reflection("envoy.config.cluster.v3.Cluster.RingHashLbConfig", r),
+            );
         }
-        Some(pbc::cluster::LbConfig::MaglevLbConfig(_)) => mark(&mut m, "maglev_lb_config", true),
+        Some(pbc::cluster::LbConfig::MaglevLbConfig(r)) => {
+            m.insert(
+                "maglev_lb_config".into(),
+                by_reflection("envoy.config.cluster.v3.Cluster.MaglevLbConfig", r),
+            );
+        }
         Some(pbc::cluster::LbConfig::OriginalDstLbConfig(_)) => {
             mark(&mut m, "original_dst_lb_config", true)
         }
-        Some(pbc::cluster::LbConfig::LeastRequestLbConfig(_)) => {
-            mark(&mut m, "least_request_lb_config", true)
+        Some(pbc::cluster::LbConfig::LeastRequestLbConfig(r)) => {
+            m.insert(
+                "least_request_lb_config".into(),
+                by_reflection("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", r),
+            );
         }
         Some(pbc::cluster::LbConfig::RoundRobinLbConfig(_)) => {
             mark(&mut m, "round_robin_lb_config", true)

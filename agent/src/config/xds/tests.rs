@@ -426,3 +426,79 @@ fn lds_http_connection_manager_translates_by_reflection() {
     );
     assert!(e.contains("\"type.googleapis.com/acme.Auth\""), "{e}");
 }
+
+#[test]
+fn cds_health_checks_balancer_settings_and_retry_budgets_translate() {
+    use envoy_types::pb::google::protobuf::{BoolValue, Duration as PbDuration, UInt64Value};
+    let secs = |s: i64| {
+        Some(PbDuration {
+            seconds: s,
+            nanos: 0,
+        })
+    };
+    let c = pbc::Cluster {
+        name: "hc".into(),
+        lb_policy: pbc::cluster::LbPolicy::RingHash as i32,
+        lb_config: Some(pbc::cluster::LbConfig::RingHashLbConfig(
+            pbc::cluster::RingHashLbConfig {
+                minimum_ring_size: Some(UInt64Value { value: 64 }),
+                ..Default::default()
+            },
+        )),
+        health_checks: vec![core::HealthCheck {
+            timeout: secs(1),
+            interval: secs(5),
+            unhealthy_threshold: Some(UInt32Value { value: 3 }),
+            healthy_threshold: Some(UInt32Value { value: 2 }),
+            health_checker: Some(core::health_check::HealthChecker::HttpHealthCheck(
+                core::health_check::HttpHealthCheck {
+                    path: "/ready".into(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }],
+        circuit_breakers: Some(pbc::CircuitBreakers {
+            thresholds: vec![pbc::circuit_breakers::Thresholds {
+                retry_budget: Some(pbc::circuit_breakers::thresholds::RetryBudget {
+                    budget_percent: Some(envoy_types::pb::envoy::r#type::v3::Percent {
+                        value: 30.0,
+                    }),
+                    min_retry_concurrency: Some(UInt32Value { value: 5 }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        outlier_detection: Some(pbc::OutlierDetection {
+            successful_active_health_check_uneject_host: Some(BoolValue { value: false }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (m, warnings) = cluster_from_proto(&c).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        m.lb_policy,
+        crate::config::LbPolicy::RingHash {
+            min_ring_size: 64,
+            max_ring_size: 8 * 1024 * 1024
+        }
+    );
+    let h = m.health_check.as_ref().unwrap();
+    assert_eq!((h.unhealthy_threshold, h.healthy_threshold), (3, 2));
+    assert!(
+        matches!(&h.kind, crate::config::HealthCheckKind::Http { path, .. } if path == "/ready")
+    );
+    let b = m.circuit_breakers.as_ref().unwrap().thresholds[0]
+        .retry_budget
+        .unwrap();
+    assert_eq!((b.budget_percent, b.min_retry_concurrency), (30.0, 5));
+    assert!(
+        !m.outlier_detection
+            .as_ref()
+            .unwrap()
+            .successful_active_health_check_uneject_host
+    );
+}
