@@ -92,11 +92,15 @@ async fn round_robin_spreads_connections_evenly() {
         let got = read_all(front, Duration::from_secs(5)).await.expect("read");
         *seen.entry(String::from_utf8(got).unwrap()).or_default() += 1;
     }
-    let want: BTreeMap<String, usize> = [("a", 10), ("b", 10), ("c", 10)]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    assert_eq!(seen, want);
+    // Each of the agent's two workers round-robins with its own cursor (no atomic shared
+    // between workers, as Envoy): every worker's share is exact, so a host's total is within
+    // one per worker of a third.
+    assert_eq!(
+        seen.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+    assert_eq!(seen.values().sum::<usize>(), 30);
+    assert!(seen.values().all(|n| (8..=12).contains(n)), "{seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,8 +142,10 @@ async fn refused_endpoint_falls_through_to_the_next_attempt() {
             .expect("roundtrip");
         assert_eq!(got, b"ping", "connection {i}");
     }
-    // Round robin alternates: each connection's first attempt hits the dead endpoint.
-    assert_eq!(agent.stat("cluster.backend.upstream_cx_connect_fail"), 10);
+    // Each worker's round robin alternates, so most connections' first attempt hits the
+    // dead endpoint (a worker whose cursor starts on the live one skips it once).
+    let fails = agent.stat("cluster.backend.upstream_cx_connect_fail");
+    assert!((1..=10).contains(&fails), "{fails} connect failures");
     assert_eq!(
         agent.stat("cluster.backend.upstream_cx_connect_attempts_exceeded"),
         0
