@@ -158,6 +158,25 @@ struct UpstreamBooks {
     release: Release,
     /// The circuit breaker's request slot, given back when the response ends.
     _rq_slot: Option<Slot>,
+    /// The host's request in flight, ended with the response.
+    _in_flight: InFlight,
+}
+
+/// One request in flight to a host (`rq_active`, what LEAST_REQUEST compares), from the
+/// send until the guard is dropped: with the response, a failure, a retry or a cancel.
+struct InFlight(Arc<crate::upstream::HostStats>);
+
+impl InFlight {
+    fn new(host: &Host) -> Self {
+        host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
+        Self(host.stats.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.rq_active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 enum Release {
@@ -232,7 +251,6 @@ impl OnEnd for Exchange {
             hs.upstream_rq_active.dec();
             hs.upstream_rq_completed.inc();
             hs.upstream_rq_time.record(u.sent.elapsed());
-            u.host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
             match u.release {
                 Release::H1 {
                     tx,
@@ -247,6 +265,8 @@ impl OnEnd for Exchange {
                 }
                 Release::H2(c) => {
                     c.streams.fetch_sub(1, Ordering::Relaxed);
+                    // A request waiting for a stream may take this one.
+                    u.cluster.breakers.connection_idle();
                 }
             }
         }
@@ -719,7 +739,7 @@ impl ConnectionManager {
         let mut attempt = 0u32;
         // The circuit breaker's retry slot, held through the retried attempt.
         let mut retry_slot: Option<Slot> = None;
-        let (host, resp, release, sent, rq_slot) = loop {
+        let (host, resp, release, sent, rq_slot, in_flight) = loop {
             attempt += 1;
             hs.upstream_rq_total.inc();
             let Some(host) = pick(&cluster, conn, policy.as_ref(), &tried, attempt, hash_key)
@@ -787,9 +807,7 @@ impl ConnectionManager {
             // response ends.
             let rq_slot = cluster.breakers.try_acquire(priority, Resource::Requests);
             // In flight from the send (least request counts it), until the response ends.
-            if rq_slot.is_some() {
-                host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
-            }
+            let in_flight = rq_slot.is_some().then(|| InFlight::new(&host));
             // No named local for the send future: it would be kept next to the timeout's copy
             // of it in this (per request, moved) future.
             let result = match (bound, &rq_slot) {
@@ -819,14 +837,11 @@ impl ConnectionManager {
                 (Some(p), Err(f)) => retry::retriable_failure(p, f),
                 (None, _) => false,
             };
-            if rq_slot.is_some() && result.is_err() {
-                host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
-            }
-            // A breaker's refusal says nothing about the host.
+            // A breaker's refusal says nothing about the host; a connect failure was
+            // reported by the connect itself.
             let outcome = match &result {
-                Ok(_) | Err(Failure::Overflow) => None,
+                Ok(_) | Err(Failure::Overflow | Failure::Connect(_)) => None,
                 Err(Failure::Timeout | Failure::PerTryTimeout) => Some(Outcome::Timeout),
-                Err(Failure::Connect(_)) => Some(Outcome::ConnectFailure),
                 Err(_) => Some(Outcome::Reset),
             };
             if let Some(o) = outcome {
@@ -862,8 +877,9 @@ impl ConnectionManager {
                     cluster.report(&host, Outcome::HttpStatus(r.status().as_u16()));
                 }
                 hs.upstream_rq_retry.inc();
-                if result.is_ok() {
-                    host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+                // The retried attempt's HTTP/2 stream is given back with its response.
+                if let Ok((_, Sent::H2(c))) = &result {
+                    c.streams.fetch_sub(1, Ordering::Relaxed);
                 }
                 drop(result);
                 tried.push(host);
@@ -874,7 +890,7 @@ impl ConnectionManager {
                 hs.retry_or_shadow_abandoned.inc();
             }
             match result {
-                Ok((r, release)) => break (host, r, release, sent, rq_slot),
+                Ok((r, release)) => break (host, r, release, sent, rq_slot, in_flight),
                 Err(f) => {
                     if let Some(l) = exchange.log.as_mut() {
                         l.upstream_host = Some(host.address);
@@ -960,6 +976,7 @@ impl ConnectionManager {
             sent,
             release,
             _rq_slot: rq_slot,
+            _in_flight: in_flight.unwrap_or_else(|| InFlight::new(&host)),
         });
         headers::strip_hop_by_hop(&mut rparts.headers, tunnel);
         let fcx = FormatContext {

@@ -105,8 +105,10 @@ impl ConnectionManager {
                 Some(p) => p,
                 None => pending.insert(Pending::enter(cluster, priority)?),
             };
-            // Created before the check, so a slot given back in between is not missed.
+            // Registered before the check, so a slot given back in between is not missed.
             let available = cluster.breakers.available();
+            tokio::pin!(available);
+            available.as_mut().enable();
             if let Some(slot) = waiting.connection_slot(cluster, priority) {
                 let connecting = Box::pin(self.connect_h1(cluster, host, slot));
                 let tx = connecting.await?;
@@ -204,6 +206,8 @@ impl ConnectionManager {
                         None => pending.insert(Pending::enter(cluster, priority)?),
                     };
                     let available = cluster.breakers.available();
+                    tokio::pin!(available);
+                    available.as_mut().enable();
                     let Some(slot) = waiting.connection_slot(cluster, priority) else {
                         // max_connections reached: let another request try, and wait for a
                         // connection to close.

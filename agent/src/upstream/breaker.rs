@@ -223,7 +223,9 @@ impl Breakers {
         let used = limit.used.fetch_sub(1, Ordering::AcqRel) - 1;
         limit.publish(used, self.max(p, r));
         if r == Resource::Connections {
-            self.available.notify_one();
+            // Every waiter looks again: what was freed may suit only some of them (a host,
+            // a worker's pool).
+            self.available.notify_waiters();
         }
     }
 
@@ -234,11 +236,11 @@ impl Breakers {
 
     /// A pooled connection became idle: one waiting request may take it.
     pub fn connection_idle(&self) {
-        self.available.notify_one();
+        self.available.notify_waiters();
     }
 
-    /// Resolves when a connection slot was given back or a pooled connection became idle
-    /// (create it before checking, so no notification is missed).
+    /// Resolves when a connection slot was given back or a pooled connection became idle.
+    /// Pin it and `enable` it before checking, so no notification is missed.
     pub fn available(&self) -> tokio::sync::futures::Notified<'_> {
         self.available.notified()
     }

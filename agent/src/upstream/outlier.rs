@@ -173,6 +173,18 @@ impl Detector {
         if host.health_flags() & health_flag::FAILED_OUTLIER_CHECK != 0 {
             return false;
         }
+        // As Envoy: the detector's count starts again whether or not the ejection is
+        // enforced, so the next bout of failures is detected too.
+        let o = &host.outlier;
+        match kind {
+            Ejection::Consecutive5xx => o.consecutive_5xx.store(0, Ordering::Release),
+            Ejection::ConsecutiveGatewayFailure => {
+                o.consecutive_gateway.store(0, Ordering::Release)
+            }
+            Ejection::ConsecutiveLocalOriginFailure => {
+                o.consecutive_local.store(0, Ordering::Release)
+            }
+        }
         let hosts = cluster.hosts();
         let total = hosts.all().len().max(1) as f64;
         let active = ejected_count(hosts.all());
@@ -185,9 +197,14 @@ impl Detector {
         if fastrand::u32(0..100) >= self.enforcing(kind) {
             return false;
         }
-        let o = &host.outlier;
+        // One ejection per host even when workers detect at once.
+        if o.ejected_at
+            .compare_exchange(0, now_mark(), Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
         o.backoff.fetch_add(1, Ordering::AcqRel);
-        o.ejected_at.store(now_mark(), Ordering::Release);
         self.stats.enforced[i].inc();
         self.stats.ejections_enforced_total.inc();
         host.set_flags(health_flag::FAILED_OUTLIER_CHECK, true);
@@ -443,6 +460,21 @@ mod tests {
         c.report(&b, Outcome::HttpStatus(500));
         assert!(!ejected(&b));
         assert_eq!(stat(&store, "ejections_overflow"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_detection_not_enforced_starts_the_count_again() {
+        let (_cm, c, store) = cluster(
+            4,
+            r#"{"consecutive_5xx": 2, "enforcing_consecutive_5xx": 0}"#,
+        );
+        let a = host(&c, 10);
+        for _ in 0..5 {
+            c.report(&a, Outcome::HttpStatus(500));
+        }
+        // Detected at the 2nd and the 4th failure (Envoy resets the count each time).
+        assert_eq!(stat(&store, "ejections_detected_consecutive_5xx"), 2);
+        assert!(!ejected(&a));
     }
 
     #[tokio::test(start_paused = true)]
