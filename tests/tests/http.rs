@@ -1100,3 +1100,35 @@ async fn a_websocket_tunnel_lasts_through_the_drain_and_ends_at_its_close() {
         .await
         .expect("the agent stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_cut_by_the_route_timeout_is_given_back() {
+    let up = http_upstream::start("h2").await;
+    let mut cluster = h2_cluster("up", &[up.addr]);
+    // One stream per connection: a stream never given back would force a second connection.
+    cluster["typed_extension_protocol_options"]
+        ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+        ["http2_protocol_options"] = json!({"max_concurrent_streams": 1});
+    let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "up", "timeout": "0.2s"}}]);
+    // One worker: pools are per worker, so this one connection is the only one.
+    let agent = TestAgent::start_with(
+        &bootstrap(vec![http_listener("in", any_host(routes))], vec![cluster]),
+        plumb::server::Options {
+            concurrency: 1,
+            ..plumb::server::Options::default()
+        },
+    )
+    .await;
+    let addr = agent.listener("in");
+    let mut c = H1::connect(addr).await;
+    let r = c
+        .send(request("GET", "x", "/slow", &[("x-delay-ms", "1000")], b""))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 504);
+    for _ in 0..3 {
+        let r = c.send(request("GET", "x", "/", &[], b"")).await.unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(up.connections(), 1, "the cut stream was given back");
+}

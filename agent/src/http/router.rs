@@ -14,7 +14,6 @@ use crate::config::http::{
     Action, ClusterSpecifier, Forward, HeaderMutations, HostRewrite, MirrorPolicy, Redirect,
     UnderscoresAction, UpstreamProtocol,
 };
-use crate::upstream::pool::H2Conn;
 use crate::upstream::{Cluster, Host, LbContext, Outcome, Priority, Resource, Slot};
 use http::header::{HeaderValue, HOST};
 use http::uri::PathAndQuery;
@@ -185,7 +184,7 @@ enum Release {
         served: u32,
         reusable: bool,
     },
-    H2(H2Conn),
+    H2(super::upstream::Stream),
 }
 
 impl Exchange {
@@ -263,8 +262,8 @@ impl OnEnd for Exchange {
                         u.cluster.breakers.connection_idle();
                     }
                 }
-                Release::H2(c) => {
-                    c.streams.fetch_sub(1, Ordering::Relaxed);
+                Release::H2(stream) => {
+                    drop(stream);
                     // A request waiting for a stream may take this one.
                     u.cluster.breakers.connection_idle();
                 }
@@ -877,10 +876,7 @@ impl ConnectionManager {
                     cluster.report(&host, Outcome::HttpStatus(r.status().as_u16()));
                 }
                 hs.upstream_rq_retry.inc();
-                // The retried attempt's HTTP/2 stream is given back with its response.
-                if let Ok((_, Sent::H2(c))) = &result {
-                    c.streams.fetch_sub(1, Ordering::Relaxed);
-                }
+                // (A retried attempt's HTTP/2 stream is given back as its result drops.)
                 drop(result);
                 tried.push(host);
                 tokio::time::sleep(wait).await;
@@ -967,7 +963,7 @@ impl ConnectionManager {
                         .max_requests_per_connection
                         .is_none_or(|m| p.served + 1 < m),
             },
-            Sent::H2(c) => Release::H2(c),
+            Sent::H2(stream) => Release::H2(stream),
         };
         drop(retry_slot);
         exchange.upstream = Some(UpstreamBooks {

@@ -16,7 +16,17 @@ use std::sync::Arc;
 /// How an attempt was sent: the connection to release when its response ends.
 pub(super) enum Sent {
     H1(Pooled1),
-    H2(H2Conn),
+    H2(Stream),
+}
+
+/// One stream taken on a shared HTTP/2 connection, given back when dropped: with the
+/// response's end, a failed or retried attempt, a timeout or a cancelled request alike.
+pub(super) struct Stream(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A request waiting for a connection (Envoy's pending request): it holds the circuit
@@ -244,6 +254,8 @@ impl ConnectionManager {
         priority: Priority,
     ) -> Result<(Response<Incoming>, Sent), Failure> {
         let c = self.h2_conn(cluster, host, priority).await?;
+        // The stream the pool counted for this request, given back however it ends.
+        let stream = Stream(c.streams.clone());
         let served = c.served.fetch_add(1, Ordering::Relaxed) as u32 + 1;
         if cluster
             .config
@@ -255,11 +267,8 @@ impl ConnectionManager {
         }
         let mut tx = c.tx.clone();
         match tx.send_request(req).await {
-            Ok(r) => Ok((r, Sent::H2(c))),
-            Err(e) => {
-                c.streams.fetch_sub(1, Ordering::Relaxed);
-                Err(Failure::Reset(e.to_string()))
-            }
+            Ok(r) => Ok((r, Sent::H2(stream))),
+            Err(e) => Err(Failure::Reset(e.to_string())),
         }
     }
 }
