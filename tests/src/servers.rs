@@ -175,3 +175,50 @@ impl Default for Blackhole {
         Self::new()
     }
 }
+
+/// A bare HTTP/1.1 upstream (keep-alive) answering every request with `status` and the body
+/// `{"server":"<name>"}` after `delay`: a host that fails, or a slow one. Returns its address
+/// and the count of requests it answered; it serves until the runtime ends.
+pub async fn raw_http(
+    name: &'static str,
+    status: u16,
+    delay: Duration,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind raw HTTP server");
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let body = format!(r#"{{"server":"{name}"}}"#);
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        c.fetch_add(1, Ordering::SeqCst);
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        if s.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}

@@ -9,40 +9,7 @@ use plumb_tests::http_client::{request, H1};
 use plumb_tests::http_upstream;
 use plumb_tests::servers::{self, Behavior};
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// An HTTP/1.1 upstream answering every request with a 503; counts connections.
-async fn always_503() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let c = count.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let _ = s
-                            .write_all(
-                                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
-                            )
-                            .await;
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, count)
-}
 
 fn with_check(mut cluster: Value, check: Value) -> Value {
     cluster["health_checks"] = json!([check]);
@@ -55,7 +22,7 @@ async fn an_http_check_keeps_a_failing_host_out_from_the_start() {
         http_upstream::start("a").await,
         http_upstream::start("b").await,
     );
-    let (bad, _) = always_503().await;
+    let (bad, _) = servers::raw_http("bad", 503, std::time::Duration::ZERO).await;
     let cluster = with_check(
         static_cluster("up", &[a.addr, b.addr, bad]),
         json!({"timeout": "1s", "interval": "0.1s", "unhealthy_threshold": 2, "healthy_threshold": 2,

@@ -3,54 +3,15 @@
 use plumb_tests::agent::{any_host, bootstrap, http_listener, static_cluster, TestAgent};
 use plumb_tests::http_client::{request, H1};
 use plumb_tests::http_upstream;
+use plumb_tests::servers;
 use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// An HTTP/1.1 upstream answering every request after 100 ms (keep-alive); counts requests.
-async fn slow_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let c = c.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        c.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        let body = br#"{"server":"slow"}"#;
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                            body.len()
-                        );
-                        if s.write_all(head.as_bytes()).await.is_err()
-                            || s.write_all(body).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, count)
-}
+use std::sync::atomic::Ordering;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_request_sends_less_to_a_slow_host() {
     let fast = http_upstream::start("fast").await;
-    let (slow, slow_count) = slow_upstream().await;
+    let (slow, slow_count) =
+        servers::raw_http("slow", 200, std::time::Duration::from_millis(100)).await;
     let mut cluster = static_cluster("up", &[fast.addr, slow]);
     cluster["lb_policy"] = json!("LEAST_REQUEST");
     cluster["least_request_lb_config"] = json!({"choice_count": 2});

@@ -9,41 +9,8 @@ use plumb_tests::http_client::{request, H1};
 use plumb_tests::http_upstream;
 use plumb_tests::servers::{self, Behavior};
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// An HTTP/1.1 upstream answering every request with a 503 (keep-alive).
-async fn always_503() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                loop {
-                    let Ok(n) = s.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        let reply =
-                            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
-                        if s.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, task)
-}
 
 fn with_outlier(mut cluster: Value, outlier: Value) -> Value {
     cluster["outlier_detection"] = outlier;
@@ -56,7 +23,7 @@ async fn a_host_answering_5xx_is_ejected_after_consecutive_5xx() {
         http_upstream::start("a").await,
         http_upstream::start("b").await,
     );
-    let (bad, _bad_task) = always_503().await;
+    let (bad, _) = servers::raw_http("bad", 503, Duration::ZERO).await;
     let cluster = with_outlier(
         static_cluster("up", &[a.addr, b.addr, bad]),
         json!({"consecutive_5xx": 3, "base_ejection_time": "30s", "max_ejection_percent": 50}),

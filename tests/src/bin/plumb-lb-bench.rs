@@ -19,7 +19,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const POLICIES: [(&str, LbPolicy); 5] = [
     ("ROUND_ROBIN", LbPolicy::RoundRobin),
@@ -142,35 +141,6 @@ async fn breaker(clients: usize, max: u32, delay_ms: u64, secs: u64) -> Value {
     })
 }
 
-/// An upstream answering every request with a 503.
-async fn always_503() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        let reply =
-                            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
-                        if s.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// Ten hosts, one answering 503: the share of requests failed in each block of `block`.
 async fn outlier(requests: usize, block: usize) -> Value {
     let mut good = Vec::new();
@@ -178,7 +148,11 @@ async fn outlier(requests: usize, block: usize) -> Value {
         good.push(http_upstream::start(&format!("h{i}")).await);
     }
     let mut addrs: Vec<SocketAddr> = good.iter().map(|u| u.addr).collect();
-    addrs.push(always_503().await);
+    addrs.push(
+        plumb_tests::servers::raw_http("bad", 503, Duration::ZERO)
+            .await
+            .0,
+    );
     let mut cluster = static_cluster("up", &addrs);
     cluster["outlier_detection"] =
         json!({"consecutive_5xx": 5, "base_ejection_time": "30s", "max_ejection_percent": 20});
