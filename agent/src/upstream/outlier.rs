@@ -17,7 +17,7 @@ use super::{health_flag, Cluster, Host, Outcome};
 use crate::config::OutlierDetection;
 use crate::stats::{Counter, Gauge, Scope};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -67,15 +67,8 @@ struct Stats {
 pub struct Detector {
     cfg: OutlierDetection,
     stats: Stats,
-}
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_mark() -> u64 {
-    epoch().elapsed().as_millis() as u64 + 1
+    /// What ejection times count from (this detector's clock: paused time in unit tests).
+    epoch: Instant,
 }
 
 const KINDS: [Ejection; 3] = [
@@ -89,6 +82,7 @@ impl Detector {
         let c = |n: &str| scope.counter(&format!("outlier_detection.{n}"));
         Self {
             cfg: cfg.clone(),
+            epoch: Instant::now(),
             stats: Stats {
                 ejections_active: scope.gauge("outlier_detection.ejections_active"),
                 ejections_enforced_total: c("ejections_enforced_total"),
@@ -97,6 +91,11 @@ impl Detector {
                 enforced: KINDS.map(|k| c(&format!("ejections_enforced_{}", k.name()))),
             },
         }
+    }
+
+    /// Now, in ms since `epoch`, plus one (0 means "not ejected").
+    fn now_mark(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
     }
 
     pub fn interval(&self) -> Duration {
@@ -199,7 +198,7 @@ impl Detector {
         }
         // One ejection per host even when workers detect at once.
         if o.ejected_at
-            .compare_exchange(0, now_mark(), Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(0, self.now_mark(), Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
             return false;
@@ -225,7 +224,7 @@ impl Detector {
     /// One interval: brings back hosts whose ejection time is over, and lowers the
     /// multiplier of hosts that stayed in. Returns how many came back.
     pub fn tick(&self, cluster: &Cluster) -> usize {
-        let now = now_mark();
+        let now = self.now_mark();
         let base = self.cfg.base_ejection_time;
         let cap = self.cfg.max_ejection_time.max(base);
         let mut back = 0;
