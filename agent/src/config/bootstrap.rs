@@ -5,6 +5,8 @@
 //! first, and each names its full field path.
 
 #[cfg(test)]
+use super::cluster_health::*;
+#[cfg(test)]
 use super::endpoint::*;
 use super::listener::read_listener;
 #[cfg(test)]

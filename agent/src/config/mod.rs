@@ -5,6 +5,7 @@
 
 mod bootstrap;
 mod cluster;
+mod cluster_health;
 mod endpoint;
 mod extensions;
 pub mod http;
