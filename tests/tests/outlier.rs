@@ -1,6 +1,7 @@
 //! Outlier detection (issue 13, item 4) through real sockets: a host answering 5xx is ejected
-//! after `consecutive_5xx` and gets no more requests; an L4 host refusing connections is
-//! ejected after its connect failures and comes back after the ejection time.
+//! after `consecutive_5xx` and gets no more requests; a slow failing host among ten is
+//! ejected by the success-rate detector; an L4 host refusing connections is ejected after its
+//! connect failures and comes back after the ejection time.
 
 use plumb_tests::agent::{
     any_host, bootstrap, http_listener, static_cluster, tcp_listener, TestAgent,
@@ -115,4 +116,79 @@ async fn an_l4_host_refusing_connections_is_ejected_and_comes_back() {
     }
     assert_eq!(failed_again, 2);
     assert_eq!(s("ejections_enforced_total"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_rate_ejects_one_slow_failing_host_among_ten() {
+    let mut good = Vec::new();
+    for _ in 0..9 {
+        good.push(http_upstream::start("good").await);
+    }
+    let (bad, bad_count) = servers::raw_http("bad", 500, Duration::from_millis(5)).await;
+    let mut addrs: Vec<_> = good.iter().map(|u| u.addr).collect();
+    addrs.push(bad);
+    // The consecutive detectors are out of the way: only the success rate can eject.
+    let cluster = with_outlier(
+        static_cluster("up", &addrs),
+        json!({"interval": "2s", "success_rate_request_volume": 5, "consecutive_5xx": 100000,
+               "consecutive_gateway_failure": 100000, "base_ejection_time": "60s"}),
+    );
+    let agent = TestAgent::start(&bootstrap(
+        vec![http_listener(
+            "in",
+            any_host(json!([{"match": {"prefix": "/"}, "route": {"cluster": "up"}}])),
+        )],
+        vec![cluster],
+    ))
+    .await;
+    let ejected = "cluster.up.outlier_detection.ejections_enforced_success_rate";
+    let mut c = H1::connect(agent.listener("in")).await;
+    // Rounds of 60 requests (six per host) until an interval has seen them all: bounded.
+    for _ in 0..40 {
+        if agent.stat(ejected) > 0 {
+            break;
+        }
+        for _ in 0..60 {
+            c.send(request("GET", "x", "/", &[], b"")).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.wait_stat(ejected, |v| v == 1).await;
+    // The interval that ejected it measured every host: its figures stay until the next
+    // one, two seconds later.
+    let clusters = plumb_tests::client::get(agent.admin(), "/clusters")
+        .await
+        .body;
+    assert!(
+        clusters.contains(&format!("up::{bad}::health_flags::/failed_outlier_check")),
+        "{clusters}"
+    );
+    assert!(
+        clusters.contains(&format!("up::{bad}::success_rate::0\n")),
+        "{clusters}"
+    );
+    assert!(
+        clusters.contains(&format!("up::{}::success_rate::100\n", good[0].addr)),
+        "{clusters}"
+    );
+    // Nine at 100 %, one at 0 %: mean 90, threshold 90 - 1.9 × 30 = 33.
+    assert!(
+        clusters.contains("up::outlier::success_rate_average::90\n"),
+        "{clusters}"
+    );
+    assert!(
+        clusters.contains("up::outlier::success_rate_ejection_threshold::33"),
+        "{clusters}"
+    );
+    assert_eq!(
+        agent.stat("cluster.up.outlier_detection.ejections_enforced_consecutive_5xx"),
+        0
+    );
+    // Ejected: no more requests reach it.
+    let before = bad_count.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..50 {
+        let r = c.send(request("GET", "x", "/", &[], b"")).await.unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(bad_count.load(std::sync::atomic::Ordering::Relaxed), before);
 }

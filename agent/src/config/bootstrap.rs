@@ -4,7 +4,6 @@
 //! or rejects. `docs/configuration.md` mirrors them. All errors are collected, not just the
 //! first, and each names its full field path.
 
-#[cfg(test)]
 use super::cluster_health::*;
 #[cfg(test)]
 use super::endpoint::*;
@@ -37,10 +36,7 @@ pub(super) const BOOTSTRAP: FieldTable = &[
     ("admin", S),
     ("stats_flush_interval", S),
     ("dynamic_resources", S),
-    (
-        "cluster_manager",
-        I("cluster manager settings (local cluster, outlier log) have no effect yet"),
-    ),
+    ("cluster_manager", S),
     (
         "stats_config",
         I("custom tag extraction and stats matchers are not applied"),
@@ -274,6 +270,8 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("HeaderValue (header)", HC_HEADER),
     ("Int64Range (expected_statuses[])", INT64_RANGE),
     ("OutlierDetection", OUTLIER_DETECTION),
+    ("ClusterManager", CLUSTER_MANAGER),
+    ("ClusterManager.OutlierDetection", CM_OUTLIER_DETECTION),
     ("ConfigSource", CONFIG_SOURCE),
     ("DynamicResources", DYNAMIC_RESOURCES),
     ("ApiConfigSource", API_CONFIG_SOURCE),
@@ -497,9 +495,14 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
         .object("layered_runtime", LAYERED_RUNTIME, d)
         .map(|r| read_layered_runtime(&r, d))
         .unwrap_or_default();
+    let cluster_manager = root
+        .object("cluster_manager", CLUSTER_MANAGER, d)
+        .map(|o| read_cluster_manager(&o, d))
+        .unwrap_or_default();
     Some(Snapshot {
         node,
         admin,
+        cluster_manager,
         stats_flush_interval,
         overload,
         runtime,

@@ -1,6 +1,6 @@
 //! Health of a cluster's hosts in the configuration: active health checks
 //! (`health_checks`) and outlier detection (`outlier_detection`), their field tables and
-//! readers, shared by the bootstrap and CDS.
+//! readers, shared by the bootstrap and CDS; and the bootstrap's `cluster_manager`.
 
 use super::bootstrap::*;
 use super::walk::{Diagnostics, Field, FieldTable, Obj};
@@ -223,27 +223,37 @@ pub(super) const OUTLIER_DETECTION: FieldTable = &[
     ("consecutive_local_origin_failure", S),
     ("enforcing_consecutive_local_origin_failure", S),
     ("max_ejection_time", S),
-    ("enforcing_success_rate", I(NOT_ENFORCED)),
-    ("success_rate_minimum_hosts", I(NOT_ENFORCED)),
-    ("success_rate_request_volume", I(NOT_ENFORCED)),
-    ("success_rate_stdev_factor", I(NOT_ENFORCED)),
-    ("enforcing_local_origin_success_rate", I(NOT_ENFORCED)),
-    ("failure_percentage_threshold", I(NOT_ENFORCED)),
-    ("enforcing_failure_percentage", I(NOT_ENFORCED)),
-    ("enforcing_failure_percentage_local_origin", I(NOT_ENFORCED)),
-    ("failure_percentage_minimum_hosts", I(NOT_ENFORCED)),
-    ("failure_percentage_request_volume", I(NOT_ENFORCED)),
-    ("max_ejection_time_jitter", I(NOT_ENFORCED)),
+    ("enforcing_success_rate", S),
+    ("success_rate_minimum_hosts", S),
+    ("success_rate_request_volume", S),
+    ("success_rate_stdev_factor", S),
+    ("enforcing_local_origin_success_rate", S),
+    ("failure_percentage_threshold", S),
+    ("enforcing_failure_percentage", S),
+    ("enforcing_failure_percentage_local_origin", S),
+    ("failure_percentage_minimum_hosts", S),
+    ("failure_percentage_request_volume", S),
+    ("max_ejection_time_jitter", S),
     ("successful_active_health_check_uneject_host", S),
-    ("monitors", I(NOT_ENFORCED)),
+    (
+        "monitors",
+        R("outlier detection monitor extensions are not supported; use the built-in detectors"),
+    ),
     (
         "always_eject_one_host",
         I("always on: one host may be ejected whatever max_ejection_percent says"),
     ),
-    ("detect_degraded_hosts", I(NOT_ENFORCED)),
+    // Only `false` (the default) is accepted: see read_outlier_detection.
+    ("detect_degraded_hosts", S),
 ];
 
 pub(super) fn read_outlier_detection(o: &Obj, d: &mut Diagnostics) -> OutlierDetection {
+    if o.boolean("detect_degraded_hosts", d) == Some(true) {
+        d.error(
+            o.at("detect_degraded_hosts"),
+            "degraded hosts (x-envoy-degraded) are not detected",
+        );
+    }
     let n = |k: &str, def: u32, d: &mut Diagnostics| {
         o.uint(k, 0, u32::MAX as u64, d)
             .map(|v| v as u32)
@@ -277,5 +287,58 @@ pub(super) fn read_outlier_detection(o: &Obj, d: &mut Diagnostics) -> OutlierDet
         successful_active_health_check_uneject_host: o
             .boolean("successful_active_health_check_uneject_host", d)
             .unwrap_or(true),
+        success_rate_minimum_hosts: n("success_rate_minimum_hosts", 5, d),
+        success_rate_request_volume: n("success_rate_request_volume", 100, d),
+        success_rate_stdev_factor: n("success_rate_stdev_factor", 1900, d),
+        enforcing_success_rate: pct("enforcing_success_rate", 100, d),
+        enforcing_local_origin_success_rate: pct("enforcing_local_origin_success_rate", 100, d),
+        failure_percentage_threshold: pct("failure_percentage_threshold", 85, d),
+        failure_percentage_minimum_hosts: n("failure_percentage_minimum_hosts", 5, d),
+        failure_percentage_request_volume: n("failure_percentage_request_volume", 50, d),
+        enforcing_failure_percentage: pct("enforcing_failure_percentage", 0, d),
+        enforcing_failure_percentage_local_origin: pct(
+            "enforcing_failure_percentage_local_origin",
+            0,
+            d,
+        ),
+        max_ejection_time_jitter: o
+            .duration("max_ejection_time_jitter", d)
+            .unwrap_or_default(),
     }
+}
+
+pub(super) const CLUSTER_MANAGER: FieldTable = &[
+    (
+        "local_cluster_name",
+        I("zone-aware routing is not applied yet"),
+    ),
+    ("outlier_detection", S),
+    (
+        "upstream_bind_config",
+        R("binding upstream source addresses is not supported"),
+    ),
+    ("load_stats_config", I("load reporting is not supported")),
+    (
+        "enable_deferred_cluster_creation",
+        I("clusters are created when configured"),
+    ),
+];
+
+pub(super) const CM_OUTLIER_DETECTION: FieldTable = &[
+    ("event_log_path", S),
+    ("event_service", I("events are written to event_log_path")),
+];
+
+pub(super) fn read_cluster_manager(o: &Obj, d: &mut Diagnostics) -> ClusterManagerConfig {
+    let outlier_log_path = o
+        .object("outlier_detection", CM_OUTLIER_DETECTION, d)
+        .and_then(|od| {
+            let p = od.string("event_log_path", d)?;
+            if p.is_empty() {
+                d.error(od.at("event_log_path"), "must not be empty");
+                return None;
+            }
+            Some(std::path::PathBuf::from(p))
+        });
+    ClusterManagerConfig { outlier_log_path }
 }

@@ -124,6 +124,15 @@ pub struct Snapshot {
     pub redirect: Option<RedirectConfig>,
     /// Dynamic configuration over ADS (`dynamic_resources`), if configured.
     pub xds: Option<XdsConfig>,
+    /// The bootstrap's `cluster_manager`.
+    pub cluster_manager: ClusterManagerConfig,
+}
+
+/// The bootstrap's `cluster_manager`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterManagerConfig {
+    /// `outlier_detection.event_log_path`: ejection events as JSON lines.
+    pub outlier_log_path: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -604,7 +613,7 @@ pub struct RetryBudget {
     pub min_retry_concurrency: u32,
 }
 
-/// Envoy's `outlier_detection` (consecutive-failure detectors), with Envoy's defaults.
+/// Envoy's `outlier_detection`, with Envoy's defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutlierDetection {
     pub consecutive_5xx: u32,
@@ -620,6 +629,19 @@ pub struct OutlierDetection {
     pub enforcing_consecutive_local_origin_failure: u32,
     /// A passing active health check brings an ejected host back (Envoy's default: yes).
     pub successful_active_health_check_uneject_host: bool,
+    pub success_rate_minimum_hosts: u32,
+    pub success_rate_request_volume: u32,
+    /// Thousandths: 1900 means 1.9 standard deviations.
+    pub success_rate_stdev_factor: u32,
+    pub enforcing_success_rate: u32,
+    pub enforcing_local_origin_success_rate: u32,
+    pub failure_percentage_threshold: u32,
+    pub failure_percentage_minimum_hosts: u32,
+    pub failure_percentage_request_volume: u32,
+    pub enforcing_failure_percentage: u32,
+    pub enforcing_failure_percentage_local_origin: u32,
+    /// A random part of up to this much is added to each ejection.
+    pub max_ejection_time_jitter: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

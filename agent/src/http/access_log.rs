@@ -224,6 +224,27 @@ impl AccessLogger {
     }
 }
 
+/// A file of JSON event lines (outlier detection's `outlier_log_path`, a health check's
+/// `event_log_path`), written by the same writer threads as access logs, with the same
+/// bounded queue: an event never waits for the disk.
+#[derive(Debug, Clone)]
+pub struct EventLog(Arc<Writer>);
+
+impl EventLog {
+    pub fn open(path: &std::path::Path, store: &Store) -> Self {
+        Self(writer_for(&LogSink::File(path.to_path_buf()), store))
+    }
+
+    /// Queues one event (a line of JSON).
+    pub fn write(&self, event: &serde_json::Value) {
+        let mut line = event.to_string();
+        line.push('\n');
+        if self.0.tx.try_send(line).is_err() {
+            self.0.stats.dropped.inc();
+        }
+    }
+}
+
 /// The request and response header names the loggers' formats read (`%REQ(..)%`,
 /// `%RESP(..)%`, pseudo-headers aside): a request keeps a copy of only these for its line.
 pub fn referenced_headers(loggers: &[AccessLogger]) -> (Vec<HeaderName>, Vec<HeaderName>) {

@@ -5,6 +5,7 @@
 
 use super::{dns, futures_join_all, Cluster, Connector, HostSet};
 use crate::config::{self, DiscoveryType};
+use crate::http::access_log::EventLog;
 use crate::stats::{Counter, Gauge, Store};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
@@ -39,6 +40,8 @@ pub struct ClusterManager {
     /// Set once the data-path runtime runs: DNS refresh for clusters added later.
     runtime: OnceLock<(tokio::runtime::Handle, crate::drain::Watch)>,
     connector: Connector,
+    /// `cluster_manager.outlier_detection.event_log_path`, shared by every cluster.
+    outlier_log: Option<EventLog>,
 }
 
 /// Changes to the clusters, published together when the batch is dropped. Holds the
@@ -75,11 +78,16 @@ impl ClusterManager {
             cluster_modified: cm.counter("cluster_modified"),
             cluster_removed: cm.counter("cluster_removed"),
         };
+        let outlier_log = snapshot
+            .cluster_manager
+            .outlier_log_path
+            .as_deref()
+            .map(|p| EventLog::open(p, store));
         let mut map = BTreeMap::new();
         for c in &snapshot.clusters {
             map.insert(
                 c.name.clone(),
-                Cluster::new(c.clone(), store, connector.clone()),
+                Cluster::new(c.clone(), store, connector.clone(), outlier_log.clone()),
             );
         }
         stats.active_clusters.set(map.len() as i64);
@@ -91,6 +99,7 @@ impl ClusterManager {
             stats,
             runtime: OnceLock::new(),
             connector,
+            outlier_log,
         }
     }
 
@@ -252,7 +261,12 @@ impl ClusterBatch<'_> {
             }
         }
         let cm = self.cm;
-        let new = Cluster::new(cfg.clone(), &cm.store, cm.connector.clone());
+        let new = Cluster::new(
+            cfg.clone(),
+            &cm.store,
+            cm.connector.clone(),
+            cm.outlier_log.clone(),
+        );
         if let Some(old) = &old {
             old.retire();
             // Hosts carry over only from the same source (same discovery type and, for EDS,

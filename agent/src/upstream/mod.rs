@@ -175,13 +175,18 @@ impl Drop for ConnGuard {
 }
 
 impl Cluster {
-    fn new(config: Arc<config::Cluster>, store: &Store, connector: Connector) -> Arc<Self> {
+    fn new(
+        config: Arc<config::Cluster>,
+        store: &Store,
+        connector: Connector,
+        outlier_log: Option<crate::http::access_log::EventLog>,
+    ) -> Arc<Self> {
         let stats = ClusterStats::new(store, &config.name);
         let breakers = Breakers::new(config.circuit_breakers.as_ref(), &stats.scope);
         let outlier = config
             .outlier_detection
             .as_ref()
-            .map(|o| outlier::Detector::new(o, &stats.scope));
+            .map(|o| outlier::Detector::new(o, &stats.scope, outlier_log));
         let health = config
             .health_check
             .as_ref()
