@@ -249,6 +249,9 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
         RETRY_BUDGET,
     ),
     ("Percent (retry_budget.budget_percent)", PERCENT),
+    ("CommonLbConfig", COMMON_LB_CONFIG),
+    ("ZoneAwareLbConfig", ZONE_AWARE_LB_CONFIG),
+    ("LocalityWeightedLbConfig", LOCALITY_WEIGHTED_LB_CONFIG),
     (
         "RingHashLbConfig (ring_hash_lb_config)",
         RING_HASH_LB_CONFIG,
@@ -499,6 +502,15 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
         .object("cluster_manager", CLUSTER_MANAGER, d)
         .map(|o| read_cluster_manager(&o, d))
         .unwrap_or_default();
+    if let Some(local) = &cluster_manager.local_cluster_name {
+        // As Envoy: the local cluster is a static one.
+        if !cluster_names.contains(local.as_str()) {
+            d.error(
+                "cluster_manager.local_cluster_name",
+                format!("\"{local}\" is not a cluster of static_resources"),
+            );
+        }
+    }
     Some(Snapshot {
         node,
         admin,

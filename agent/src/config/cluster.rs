@@ -40,10 +40,7 @@ pub(super) const CLUSTER: FieldTable = &[
     ("circuit_breakers", S),
     ("outlier_detection", S),
     ("health_checks", S),
-    (
-        "common_lb_config",
-        I("panic threshold and locality-weighted LB are not applied yet"),
-    ),
+    ("common_lb_config", S),
     ("round_robin_lb_config", I("slow start is not applied")),
     ("least_request_lb_config", S),
     (
@@ -168,6 +165,102 @@ pub(super) const RETRY_BUDGET: FieldTable = &[
 ];
 
 pub(super) const PERCENT: FieldTable = &[("value", S)];
+
+pub(super) const COMMON_LB_CONFIG: FieldTable = &[
+    ("healthy_panic_threshold", S),
+    ("zone_aware_lb_config", S),
+    ("locality_weighted_lb_config", S),
+    (
+        "update_merge_window",
+        I("host changes are applied as they come"),
+    ),
+    (
+        "ignore_new_hosts_until_first_hc",
+        I("with health checks, new hosts always wait for their first check"),
+    ),
+    (
+        "close_connections_on_host_set_change",
+        R("closing connections on host set changes is not supported"),
+    ),
+    (
+        "consistent_hashing_lb_config",
+        R("use_hostname_for_hashing and hash_balance_factor are not supported"),
+    ),
+    (
+        "override_host_status",
+        R("host overrides are not supported"),
+    ),
+];
+
+pub(super) const ZONE_AWARE_LB_CONFIG: FieldTable = &[
+    ("routing_enabled", S),
+    ("min_cluster_size", S),
+    ("fail_traffic_on_panic", S),
+    (
+        "force_local_zone",
+        R("forcing the local zone is not supported"),
+    ),
+    // Only HEALTHY_HOSTS_NUM, the default.
+    ("locality_basis", S),
+];
+
+pub(super) const LOCALITY_WEIGHTED_LB_CONFIG: FieldTable = &[];
+
+fn read_common_lb(o: &Obj, policy: LbPolicy, d: &mut Diagnostics) -> CommonLb {
+    let percent = |o: &Obj, k: &str, def: f64, d: &mut Diagnostics| {
+        o.object(k, PERCENT, d)
+            .and_then(|p| p.float("value", 0.0, 100.0, d))
+            .unwrap_or(def)
+    };
+    let healthy_panic_threshold = percent(o, "healthy_panic_threshold", 50.0, d);
+    let zone = o.object("zone_aware_lb_config", ZONE_AWARE_LB_CONFIG, d);
+    let weighted = o.object(
+        "locality_weighted_lb_config",
+        LOCALITY_WEIGHTED_LB_CONFIG,
+        d,
+    );
+    let mut fail_traffic_on_panic = false;
+    let locality = match (zone, weighted) {
+        (Some(_), Some(_)) => {
+            d.error(
+                o.at("locality_weighted_lb_config"),
+                "zone_aware_lb_config and locality_weighted_lb_config are exclusive",
+            );
+            LocalityLb::None
+        }
+        (Some(z), None) => {
+            z.enumeration(
+                "locality_basis",
+                &["HEALTHY_HOSTS_NUM"],
+                &[(
+                    "HEALTHY_HOSTS_WEIGHT",
+                    "only HEALTHY_HOSTS_NUM is supported",
+                )],
+                d,
+            );
+            fail_traffic_on_panic = z.boolean("fail_traffic_on_panic", d).unwrap_or(false);
+            LocalityLb::ZoneAware {
+                routing_enabled: percent(&z, "routing_enabled", 100.0, d),
+                min_cluster_size: z.uint("min_cluster_size", 0, u64::MAX, d).unwrap_or(6),
+            }
+        }
+        (None, Some(_)) => LocalityLb::Weighted,
+        (None, None) => LocalityLb::None,
+    };
+    if locality != LocalityLb::None
+        && matches!(policy, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
+    {
+        d.error(
+            o.path.clone(),
+            "locality-weighted and zone-aware balancing are not supported with RING_HASH or MAGLEV",
+        );
+    }
+    CommonLb {
+        healthy_panic_threshold,
+        fail_traffic_on_panic,
+        locality,
+    }
+}
 
 pub(super) const TRANSPORT_SOCKET: FieldTable = &[("name", S), ("typed_config", S)];
 
@@ -465,6 +558,10 @@ pub(crate) fn read_cluster(
             d.error(c.at(key), format!("only valid with lb_policy {wanted}"));
         }
     }
+    let common_lb = c
+        .object("common_lb_config", COMMON_LB_CONFIG, d)
+        .map(|o| read_common_lb(&o, lb_policy, d))
+        .unwrap_or_default();
     match (discovery, lb_policy) {
         (DiscoveryType::OriginalDst, LbPolicy::RoundRobin) if c.get("lb_policy").is_none() => {}
         (DiscoveryType::OriginalDst, LbPolicy::ClusterProvided) => {}
@@ -656,6 +753,7 @@ pub(crate) fn read_cluster(
         discovery,
         connect_timeout,
         lb_policy,
+        common_lb,
         dns_refresh_rate,
         cleanup_interval,
         dns_lookup_family,

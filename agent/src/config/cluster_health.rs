@@ -308,10 +308,7 @@ pub(super) fn read_outlier_detection(o: &Obj, d: &mut Diagnostics) -> OutlierDet
 }
 
 pub(super) const CLUSTER_MANAGER: FieldTable = &[
-    (
-        "local_cluster_name",
-        I("zone-aware routing is not applied yet"),
-    ),
+    ("local_cluster_name", S),
     ("outlier_detection", S),
     (
         "upstream_bind_config",
@@ -340,5 +337,9 @@ pub(super) fn read_cluster_manager(o: &Obj, d: &mut Diagnostics) -> ClusterManag
             }
             Some(std::path::PathBuf::from(p))
         });
-    ClusterManagerConfig { outlier_log_path }
+    let local_cluster_name = o.string("local_cluster_name", d).filter(|n| !n.is_empty());
+    ClusterManagerConfig {
+        outlier_log_path,
+        local_cluster_name,
+    }
 }

@@ -133,6 +133,9 @@ pub struct Snapshot {
 pub struct ClusterManagerConfig {
     /// `outlier_detection.event_log_path`: ejection events as JSON lines.
     pub outlier_log_path: Option<std::path::PathBuf>,
+    /// `local_cluster_name`: the cluster whose hosts, by locality, say how big the local
+    /// zone is for zone-aware routing.
+    pub local_cluster_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -508,6 +511,8 @@ pub struct Cluster {
     pub discovery: DiscoveryType,
     pub connect_timeout: Duration,
     pub lb_policy: LbPolicy,
+    /// `common_lb_config`: panic threshold, locality-weighted or zone-aware balancing.
+    pub common_lb: CommonLb,
     pub dns_refresh_rate: Duration,
     /// ORIGINAL_DST: hosts unused for this long are forgotten (Envoy's default 5 s).
     pub cleanup_interval: Duration,
@@ -515,6 +520,44 @@ pub struct Cluster {
     /// How HTTP routes speak to the hosts.
     pub http: http::UpstreamHttp,
     pub localities: Vec<LocalityEndpoints>,
+}
+
+/// A cluster's `common_lb_config`, with Envoy's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommonLb {
+    /// `healthy_panic_threshold` (percent, default 50; 0 turns panic mode off): below this
+    /// share of usable hosts, a priority level balances over all its hosts.
+    pub healthy_panic_threshold: f64,
+    /// `zone_aware_lb_config.fail_traffic_on_panic`: in panic, no host instead of all.
+    pub fail_traffic_on_panic: bool,
+    pub locality: LocalityLb,
+}
+
+impl Default for CommonLb {
+    fn default() -> Self {
+        Self {
+            healthy_panic_threshold: 50.0,
+            fail_traffic_on_panic: false,
+            locality: LocalityLb::None,
+        }
+    }
+}
+
+/// How a priority level's traffic is shared between its localities.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LocalityLb {
+    /// Over all the level's hosts, whatever their locality.
+    None,
+    /// `locality_weighted_lb_config`: by the localities' `load_balancing_weight` scaled by
+    /// their share of usable hosts.
+    Weighted,
+    /// `zone_aware_lb_config`: as much as possible to the local zone (Envoy's algorithm).
+    ZoneAware {
+        /// Percent of requests zone-aware routing applies to (default 100).
+        routing_enabled: f64,
+        /// Fewer usable hosts than this: no zone-aware routing (default 6).
+        min_cluster_size: u64,
+    },
 }
 
 /// PEM material, from a file (read at each use, so rotation needs no restart) or inline.

@@ -92,7 +92,7 @@ pub(super) async fn refresh(cluster: Arc<Cluster>) {
             }
         }
     }
-    cluster.set_hosts(HostSet::build(cfg.lb_policy, hosts));
+    cluster.set_hosts(HostSet::build(cluster.balancing(), hosts));
     cluster.stats.update_success.inc();
 }
 

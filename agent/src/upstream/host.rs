@@ -75,6 +75,8 @@ pub struct Host {
     /// The EDS status as given (for `/clusters`), a `HealthStatus` index.
     eds_status: AtomicU8,
     weight: AtomicU32,
+    /// Its locality's `load_balancing_weight` (0: none given).
+    locality_weight: AtomicU32,
     /// Used since the last ORIGINAL_DST cleanup pass.
     used: AtomicBool,
     /// Shared with the host's connections, which must not keep the host itself alive.
@@ -129,6 +131,7 @@ impl Host {
             flags: AtomicU32::new(eds_flags(eds)),
             eds_status: AtomicU8::new(status_index(eds)),
             weight: AtomicU32::new(weight.max(1)),
+            locality_weight: AtomicU32::new(0),
             used: AtomicBool::new(true),
             stats: Default::default(),
             pool: Default::default(),
@@ -147,6 +150,18 @@ impl Host {
 
     pub fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
+    }
+
+    /// With its locality's `load_balancing_weight` (EDS or `load_assignment`).
+    pub fn with_locality_weight(self, w: Option<u32>) -> Self {
+        self.locality_weight
+            .store(w.unwrap_or(0), Ordering::Relaxed);
+        self
+    }
+
+    /// Its locality's `load_balancing_weight`; 0 when none was given.
+    pub fn locality_weight(&self) -> u32 {
+        self.locality_weight.load(Ordering::Relaxed)
     }
 
     pub fn eds_health_status(&self) -> HealthStatus {
@@ -168,6 +183,14 @@ impl Host {
         }
     }
 
+    /// Left out of balancing altogether, even in panic, and not counted in a level's size:
+    /// draining by EDS (as Envoy), or waiting for its first active health check (Envoy's
+    /// `ignore_new_hosts_until_first_hc`, always on here).
+    pub fn excluded(&self) -> bool {
+        self.health_flags() & health_flag::PENDING_ACTIVE_HC != 0
+            || self.eds_health_status() == HealthStatus::Draining
+    }
+
     /// Whether the load balancer may pick it.
     pub fn routable(&self) -> bool {
         self.health() != Health::Unhealthy
@@ -186,8 +209,16 @@ impl Host {
     }
 
     /// Takes EDS's weight and status; returns whether anything the balancer uses changed.
-    pub(crate) fn update_from_eds(&self, weight: u32, eds: HealthStatus) -> bool {
+    pub(crate) fn update_from_eds(
+        &self,
+        weight: u32,
+        locality_weight: u32,
+        eds: HealthStatus,
+    ) -> bool {
         let weight = weight.max(1);
+        let old_locality_weight = self
+            .locality_weight
+            .swap(locality_weight, Ordering::Relaxed);
         let old_weight = self.weight.swap(weight, Ordering::Relaxed);
         let old_status = self.eds_status.swap(status_index(eds), Ordering::Relaxed);
         let want = eds_flags(eds);
@@ -197,7 +228,10 @@ impl Host {
                 Some((f & !EDS_FLAGS) | want)
             })
             .unwrap_or_default();
-        old_weight != weight || old_status != status_index(eds) || old_flags & EDS_FLAGS != want
+        old_weight != weight
+            || old_locality_weight != locality_weight
+            || old_status != status_index(eds)
+            || old_flags & EDS_FLAGS != want
     }
 
     /// The one reporting hook: every connection or request attempt's result lands here.
@@ -279,17 +313,20 @@ mod tests {
     fn eds_status_maps_to_flags_and_detector_flags_combine() {
         let h = host(HealthStatus::Healthy);
         assert_eq!(h.health(), Health::Healthy);
-        assert!(h.update_from_eds(1, HealthStatus::Degraded));
+        assert!(h.update_from_eds(1, 0, HealthStatus::Degraded));
         assert_eq!(h.health(), Health::Degraded);
         assert!(h.set_flags(health_flag::FAILED_OUTLIER_CHECK, true));
         assert_eq!(h.health(), Health::Unhealthy);
         // EDS turning healthy does not undo an ejection.
-        h.update_from_eds(1, HealthStatus::Healthy);
+        h.update_from_eds(1, 0, HealthStatus::Healthy);
         assert_eq!(h.health(), Health::Unhealthy);
         assert!(h.set_flags(health_flag::FAILED_OUTLIER_CHECK, false));
         assert!(h.routable());
-        assert!(!h.update_from_eds(1, HealthStatus::Healthy), "no change");
-        assert!(h.update_from_eds(5, HealthStatus::Healthy), "weight change");
+        assert!(!h.update_from_eds(1, 0, HealthStatus::Healthy), "no change");
+        assert!(
+            h.update_from_eds(5, 0, HealthStatus::Healthy),
+            "weight change"
+        );
         assert_eq!(h.weight(), 5);
         assert_eq!(host(HealthStatus::Draining).health(), Health::Unhealthy);
     }

@@ -4,10 +4,13 @@
 //! share of traffic of each priority level (Envoy's priority load with the default
 //! overprovisioning factor 1.4: a level keeps all traffic while at least 1/1.4 ≈ 71 % of its
 //! hosts are routable, and spills the rest to the next level), and per level a smooth
-//! weighted round-robin schedule and cumulative weights for weighted random. A pick is an
+//! weighted round-robin schedule and cumulative weights for weighted random, and how the
+//! level spreads over its localities (`locality.rs`). A level with too few usable hosts is in
+//! panic (`healthy_panic_threshold`) and balances over all its hosts, as Envoy. A pick is an
 //! atomic increment or a thread-local random number: no locks on the data path.
 
 use super::host::{Health, Host};
+use super::locality::{Balancing, LbStats, Spread};
 use super::LbContext;
 use crate::config::{self, Host as CfgHost, LbPolicy};
 use std::net::SocketAddr;
@@ -27,7 +30,7 @@ const OVERPROVISIONING: u64 = 140;
 
 #[derive(Debug)]
 pub struct HostSet {
-    policy: LbPolicy,
+    balancing: Arc<Balancing>,
     all: Vec<Arc<Host>>,
     /// Priority levels that receive traffic, in priority order.
     levels: Vec<Level>,
@@ -35,12 +38,20 @@ pub struct HostSet {
     level_load: Vec<u32>,
 }
 
-/// The healthy (or the degraded) routable hosts of one priority.
+/// The healthy (or the degraded) routable hosts of one priority; in panic, all its hosts.
 #[derive(Debug)]
 struct Level {
     priority: u32,
     degraded: bool,
-    /// Routable hosts of this priority.
+    /// Too few usable hosts: balances over all of them (`lb_healthy_panic`).
+    panic: bool,
+    group: Group,
+    spread: Spread,
+}
+
+/// Hosts and what a pick over them needs, precomputed.
+#[derive(Debug)]
+pub struct Group {
     active: Vec<Arc<Host>>,
     /// Smooth weighted round robin over `active`; empty when all weights are equal.
     schedule: Vec<u32>,
@@ -50,8 +61,8 @@ struct Level {
     hashed: Option<super::hash_lb::Table>,
 }
 
-impl Level {
-    fn new(policy: LbPolicy, priority: u32, degraded: bool, active: Vec<Arc<Host>>) -> Self {
+impl Group {
+    pub fn new(policy: LbPolicy, active: Vec<Arc<Host>>) -> Self {
         let weights: Vec<u64> = active.iter().map(|h| h.weight().max(1) as u64).collect();
         let hashed = super::hash_lb::Table::build(policy, &active, &weights);
         let schedule = if hashed.is_some() {
@@ -68,8 +79,6 @@ impl Level {
             })
             .collect();
         Self {
-            priority,
-            degraded,
             active,
             schedule,
             cumulative,
@@ -81,11 +90,13 @@ impl Level {
 /// Envoy's priority load. Per level, healthy availability is min(100 %, 1.4 × healthy /
 /// total) and degraded availability min(100 % − healthy, 1.4 × degraded / total); healthy
 /// availability is handed out first, level by level, then degraded; when the availabilities
-/// sum to less than 100 % the loads are scaled up to fill it. Returns (priority, degraded,
-/// load %) for the host groups that get traffic. Availability that rounds to 0 while a host
-/// is usable (1 of 150) does not drop traffic: the lowest usable level then takes it all
-/// (Envoy would enter panic mode; Plumb still never picks an unusable host).
-fn priority_loads(all: &[Arc<Host>]) -> Vec<(u32, bool, u32)> {
+/// sum to less than 100 % the loads are scaled up to fill it, and a level whose usable share
+/// is below `panic_threshold` (percent; 0: never) is in panic: its load goes to all its hosts.
+/// When every level is in panic (or none has a usable host), the load follows the levels'
+/// host counts. Returns (priority, degraded, load %, panic) for the host groups that get
+/// traffic. With panic mode off, availability that rounds to 0 while a host is usable (1 of
+/// 150) does not drop traffic: the lowest usable level then takes it all.
+fn priority_loads(all: &[&Arc<Host>], panic_threshold: f64) -> Vec<(u32, bool, u32, bool)> {
     #[derive(Default)]
     struct Count {
         healthy: u64,
@@ -112,15 +123,41 @@ fn priority_loads(all: &[Arc<Host>]) -> Vec<(u32, bool, u32)> {
         })
         .collect();
     let total: u64 = avail.iter().map(|(_, h, d)| h + d).sum::<u64>().min(100);
+    let in_panic = |c: &Count| {
+        panic_threshold > 0.0
+            && ((c.healthy + c.degraded) as f64 * 100.0 / c.total.max(1) as f64) < panic_threshold
+    };
+    if panic_threshold > 0.0
+        && !all.is_empty()
+        && (total == 0 || (total < 100 && by_level.values().all(in_panic)))
+    {
+        // Total panic: each level's share of the hosts.
+        let n = all.len() as u64;
+        let mut remaining = 100u64;
+        let mut loads: Vec<(u32, bool, u32, bool)> = Vec::new();
+        for (p, c) in &by_level {
+            let load = (c.total * 100 / n).min(remaining);
+            remaining -= load;
+            if load > 0 {
+                loads.push((*p, false, load as u32, true));
+            }
+        }
+        if let Some(first) = loads.first_mut() {
+            first.2 += remaining as u32;
+        } else if let Some((p, _)) = by_level.iter().next() {
+            loads.push((*p, false, 100, true));
+        }
+        return loads;
+    }
     if total == 0 {
         let usable = by_level
             .iter()
             .find(|(_, c)| c.healthy + c.degraded > 0)
-            .map(|(p, c)| (*p, c.healthy == 0, 100));
+            .map(|(p, c)| (*p, c.healthy == 0, 100, false));
         return usable.into_iter().collect();
     }
     let mut remaining = 100u64;
-    let mut loads: Vec<(u32, bool, u32)> = Vec::new();
+    let mut loads: Vec<(u32, bool, u32, bool)> = Vec::new();
     let groups = avail
         .iter()
         .map(|(p, h, _)| (*p, false, *h))
@@ -128,8 +165,19 @@ fn priority_loads(all: &[Arc<Host>]) -> Vec<(u32, bool, u32)> {
     for (p, degraded, a) in groups {
         let load = (a * 100 / total).min(remaining);
         remaining -= load;
-        if load > 0 {
-            loads.push((p, degraded, load as u32));
+        if load == 0 {
+            continue;
+        }
+        let panic = total < 100 && by_level.get(&p).is_some_and(in_panic);
+        if panic {
+            // A level in panic is one group of all its hosts.
+            if let Some(l) = loads.iter_mut().find(|l| l.0 == p) {
+                l.2 += load as u32;
+                continue;
+            }
+            loads.push((p, false, load as u32, true));
+        } else {
+            loads.push((p, degraded, load as u32, false));
         }
     }
     // Rounding leftovers go to the first group in use.
@@ -140,54 +188,80 @@ fn priority_loads(all: &[Arc<Host>]) -> Vec<(u32, bool, u32)> {
 }
 
 impl HostSet {
-    pub fn empty(policy: LbPolicy) -> Self {
-        Self::build(policy, Vec::new())
-    }
-
-    pub fn from_static(c: &config::Cluster) -> Self {
-        Self::from_localities(c.lb_policy, &c.localities)
+    pub fn empty(balancing: Arc<Balancing>) -> Self {
+        Self::build(balancing, Vec::new())
     }
 
     /// Hosts of IP endpoints (STATIC clusters, EDS assignments).
-    pub fn from_localities(policy: LbPolicy, localities: &[config::LocalityEndpoints]) -> Self {
+    pub fn from_localities(
+        balancing: Arc<Balancing>,
+        localities: &[config::LocalityEndpoints],
+    ) -> Self {
         let mut hosts = Vec::new();
         for l in localities {
             for e in &l.endpoints {
                 let CfgHost::Ip(ip) = e.host else { continue };
-                hosts.push(Arc::new(Host::new(
-                    SocketAddr::new(ip, e.port),
-                    e.hostname.clone().unwrap_or_default(),
-                    l.priority,
-                    l.locality.clone(),
-                    e.weight,
-                    e.health_status,
-                )));
+                hosts.push(Arc::new(
+                    Host::new(
+                        SocketAddr::new(ip, e.port),
+                        e.hostname.clone().unwrap_or_default(),
+                        l.priority,
+                        l.locality.clone(),
+                        e.weight,
+                        e.health_status,
+                    )
+                    .with_locality_weight(l.load_balancing_weight),
+                ));
             }
         }
-        Self::build(policy, hosts)
+        Self::build(balancing, hosts)
     }
 
-    pub fn build(policy: LbPolicy, all: Vec<Arc<Host>>) -> Self {
+    pub fn build(balancing: Arc<Balancing>, all: Vec<Arc<Host>>) -> Self {
+        let b = &*balancing;
         let mut levels = Vec::new();
         let mut level_load = Vec::new();
         let mut sum = 0;
-        for (priority, degraded, load) in priority_loads(&all) {
-            let active: Vec<Arc<Host>> = all
+        let eligible: Vec<&Arc<Host>> = all.iter().filter(|h| !h.excluded()).collect();
+        for (priority, degraded, load, panic) in
+            priority_loads(&eligible, b.common.healthy_panic_threshold)
+        {
+            let level: Vec<&Arc<Host>> = eligible
                 .iter()
-                .filter(|h| {
-                    let health = h.health();
-                    h.priority == priority
-                        && health != Health::Unhealthy
-                        && (health == Health::Degraded) == degraded
-                })
-                .cloned()
+                .filter(|h| h.priority == priority)
+                .copied()
                 .collect();
-            levels.push(Level::new(policy, priority, degraded, active));
+            let active: Vec<Arc<Host>> = if panic && b.common.fail_traffic_on_panic {
+                Vec::new()
+            } else if panic {
+                level.iter().map(|h| (*h).clone()).collect()
+            } else {
+                level
+                    .iter()
+                    .filter(|h| {
+                        let health = h.health();
+                        health != Health::Unhealthy && (health == Health::Degraded) == degraded
+                    })
+                    .map(|h| (*h).clone())
+                    .collect()
+            };
+            let spread = if panic {
+                Spread::Flat
+            } else {
+                super::locality::spread(b, priority, &active, &level)
+            };
+            levels.push(Level {
+                priority,
+                degraded,
+                panic,
+                group: Group::new(b.policy, active),
+                spread,
+            });
             sum += load;
             level_load.push(sum);
         }
         Self {
-            policy,
+            balancing,
             all,
             levels,
             level_load,
@@ -223,7 +297,7 @@ impl HostSet {
                 .get(&h.address)
                 .and_then(|v| v.iter().find(|o| o.same_identity(h)))
             {
-                o.update_from_eds(h.weight(), h.eds_health_status());
+                o.update_from_eds(h.weight(), h.locality_weight(), h.eds_health_status());
                 *h = (*o).clone();
                 kept = true;
             }
@@ -236,7 +310,7 @@ impl HostSet {
     /// Recomputes priority loads and schedules from the hosts' current live state (after a
     /// health or weight change), keeping the same `Host`s.
     pub(crate) fn rebuild(&mut self) {
-        *self = Self::build(self.policy, std::mem::take(&mut self.all));
+        *self = Self::build(self.balancing.clone(), std::mem::take(&mut self.all));
     }
 
     /// Same hosts by identity (health and weight aside): what Envoy's membership_change counts.
@@ -254,22 +328,22 @@ impl HostSet {
 
     /// Picks a host of the policy. A retry (`ctx.tried` not empty) re-picks a few times to
     /// avoid hosts already tried, when there are others.
-    pub fn pick(&self, cursor: &AtomicU64, ctx: &LbContext) -> Option<Arc<Host>> {
+    pub fn pick(&self, cursor: &AtomicU64, ctx: &LbContext, stats: &LbStats) -> Option<Arc<Host>> {
         // Hashing policies: the request's hash, or a random one without a hash policy
         // (Envoy); a re-pick moves the hash on.
         let mut hash = ctx.hash_key.unwrap_or_else(|| fastrand::u64(..));
-        let mut host = self.pick_once(cursor, hash)?;
+        let mut host = self.pick_once(cursor, hash, stats)?;
         for _ in 0..HOST_SELECTION_RETRIES {
             if !ctx.tried.iter().any(|t| Arc::ptr_eq(t, &host)) {
                 break;
             }
             hash = hash.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
-            host = self.pick_once(cursor, hash)?;
+            host = self.pick_once(cursor, hash, stats)?;
         }
         Some(host)
     }
 
-    fn pick_once(&self, cursor: &AtomicU64, hash: u64) -> Option<Arc<Host>> {
+    fn pick_once(&self, cursor: &AtomicU64, hash: u64, stats: &LbStats) -> Option<Arc<Host>> {
         let level = match self.levels.len() {
             0 => return None,
             1 => &self.levels[0],
@@ -278,11 +352,15 @@ impl HostSet {
                 &self.levels[self.level_load.partition_point(|&c| c <= r)]
             }
         };
-        level.pick(self.policy, cursor, hash)
+        if level.panic {
+            stats.healthy_panic.inc();
+        }
+        let group = level.spread.choose(&level.group, stats);
+        group.pick(self.balancing.policy, cursor, hash)
     }
 }
 
-impl Level {
+impl Group {
     fn pick(&self, policy: LbPolicy, cursor: &AtomicU64, hash: u64) -> Option<Arc<Host>> {
         let n = self.active.len();
         if n == 0 {
@@ -445,12 +523,17 @@ mod tests {
         ))
     }
 
+    fn build(policy: LbPolicy, hosts: Vec<Arc<Host>>) -> HostSet {
+        HostSet::build(Balancing::of(policy), hosts)
+    }
+
     fn counts(set: &HostSet, picks: usize) -> std::collections::BTreeMap<u16, usize> {
+        let stats = LbStats::detached();
         let cursor = AtomicU64::new(0);
         let mut m = std::collections::BTreeMap::new();
         for _ in 0..picks {
             *m.entry(
-                set.pick(&cursor, &LbContext::default())
+                set.pick(&cursor, &LbContext::default(), &stats)
                     .unwrap()
                     .address
                     .port(),
@@ -462,7 +545,7 @@ mod tests {
 
     #[test]
     fn round_robin_follows_weights_exactly_and_interleaves() {
-        let set = HostSet::build(
+        let set = build(
             LbPolicy::RoundRobin,
             vec![
                 host(1, 3, 0, HealthStatus::Unknown),
@@ -477,7 +560,7 @@ mod tests {
 
     #[test]
     fn unhealthy_hosts_are_skipped_and_a_healthy_priority_keeps_all_traffic() {
-        let set = HostSet::build(
+        let set = build(
             LbPolicy::RoundRobin,
             vec![
                 host(1, 1, 0, HealthStatus::Unhealthy),
@@ -493,7 +576,7 @@ mod tests {
             counts(&set, 30).keys().copied().collect::<Vec<_>>(),
             vec![2, 3, 4]
         );
-        let set = HostSet::build(
+        let set = build(
             LbPolicy::RoundRobin,
             vec![
                 host(1, 1, 0, HealthStatus::Draining),
@@ -505,11 +588,17 @@ mod tests {
             counts(&set, 10).keys().copied().collect::<Vec<_>>(),
             vec![3]
         );
-        assert!(
-            HostSet::build(LbPolicy::Random, vec![host(1, 1, 0, HealthStatus::Timeout)])
-                .pick(&AtomicU64::new(0), &LbContext::default())
-                .is_none()
-        );
+        // No usable host: in panic (the default threshold, 50 %), the unusable one is
+        // picked, as Envoy; with panic mode off, none.
+        let stats = LbStats::detached();
+        let only = vec![host(1, 1, 0, HealthStatus::Timeout)];
+        assert!(build(LbPolicy::Random, only.clone())
+            .pick(&AtomicU64::new(0), &LbContext::default(), &stats)
+            .is_some());
+        assert_eq!(stats.healthy_panic.value(), 1);
+        assert!(HostSet::build(no_panic(LbPolicy::Random), only)
+            .pick(&AtomicU64::new(0), &LbContext::default(), &stats)
+            .is_none());
     }
 
     #[test]
@@ -524,7 +613,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         // Half of P0 routable: health 70 %, the other 30 % spill to P1.
-        let set = HostSet::build(
+        let set = build(
             LbPolicy::RoundRobin,
             [level(0, 2, 2, 1000), level(1, 2, 0, 2000)].concat(),
         );
@@ -533,13 +622,13 @@ mod tests {
         let p1: usize = c.iter().filter(|(p, _)| **p >= 2000).map(|(_, n)| n).sum();
         assert!((2_500..3_500).contains(&p1), "P1 got {p1} of 10000: {c:?}");
         // Both levels at 20 %: healths 28 % + 28 % scaled up to fill 100 %.
-        let set = HostSet::build(
+        let set = build(
             LbPolicy::Random,
             [level(0, 1, 4, 1000), level(1, 1, 4, 2000)].concat(),
         );
         assert_eq!(set.priority_loads(), vec![(0, false, 50), (1, false, 50)]);
         // Three levels: 70 %, then P1's 14 %, then the rest.
-        let set = HostSet::build(
+        let set = build(
             LbPolicy::least_request(),
             [
                 level(0, 1, 1, 1000),
@@ -552,14 +641,19 @@ mod tests {
             set.priority_loads(),
             vec![(0, false, 70), (1, false, 14), (2, false, 16)]
         );
-        // One usable host among 150: its availability rounds to 0, traffic still flows.
-        let set = HostSet::build(LbPolicy::RoundRobin, level(0, 1, 149, 1000));
+        // One usable host among 150, panic mode off: its availability rounds to 0, traffic
+        // still flows to it.
+        let set = HostSet::build(no_panic(LbPolicy::RoundRobin), level(0, 1, 149, 1000));
         assert_eq!(set.priority_loads(), vec![(0, false, 100)]);
         assert_eq!(
-            set.pick(&AtomicU64::new(0), &LbContext::default())
-                .unwrap()
-                .address
-                .port(),
+            set.pick(
+                &AtomicU64::new(0),
+                &LbContext::default(),
+                &LbStats::detached()
+            )
+            .unwrap()
+            .address
+            .port(),
             1000
         );
         // Degraded hosts take load only after every level's healthy hosts: all-degraded P0
@@ -569,17 +663,23 @@ mod tests {
                 .map(move |i| host(port0 + i as u16, 1, p, HealthStatus::Degraded))
                 .collect::<Vec<_>>()
         };
-        let set = HostSet::build(
+        let set = build(
             LbPolicy::RoundRobin,
             [degraded(0, 2, 1000), level(1, 2, 0, 2000)].concat(),
         );
         assert_eq!(set.priority_loads(), vec![(1, false, 100)]);
         // Half healthy, half degraded in P0 alone: healthy 70 %, degraded the other 30 %.
-        let set = HostSet::build(
+        let set = build(
             LbPolicy::RoundRobin,
             [level(0, 2, 0, 1000), degraded(0, 2, 3000)].concat(),
         );
         assert_eq!(set.priority_loads(), vec![(0, false, 70), (0, true, 30)]);
+    }
+
+    fn no_panic(policy: LbPolicy) -> Arc<Balancing> {
+        let mut b = (*Balancing::of(policy)).clone();
+        b.common.healthy_panic_threshold = 0.0;
+        Arc::new(b)
     }
 
     #[test]
@@ -589,7 +689,7 @@ mod tests {
             host(2, 1, 0, HealthStatus::Unknown),
         ];
         for policy in [LbPolicy::Random, LbPolicy::least_request()] {
-            let c = counts(&HostSet::build(policy, hosts.clone()), 1000);
+            let c = counts(&build(policy, hosts.clone()), 1000);
             assert!(c[&1] > 300 && c[&2] > 300, "{policy:?}: {c:?}");
         }
     }
@@ -598,7 +698,7 @@ mod tests {
     fn least_request_prefers_idle_host() {
         let busy = host(1, 1, 0, HealthStatus::Unknown);
         busy.stats.cx_active.store(100, Ordering::Relaxed);
-        let set = HostSet::build(
+        let set = build(
             LbPolicy::least_request(),
             vec![busy, host(2, 1, 0, HealthStatus::Unknown)],
         );

@@ -3,7 +3,7 @@
 //! additions, replacements, removals and endpoint updates, and publishes the result once —
 //! so a response or reload naming 20,000 clusters costs one copy, not one per cluster.
 
-use super::{dns, futures_join_all, Cluster, Connector, HostSet};
+use super::{dns, futures_join_all, Cluster, Connector, HostSet, Zones};
 use crate::config::{self, DiscoveryType};
 use crate::http::access_log::EventLog;
 use crate::stats::{Counter, Gauge, Store};
@@ -35,13 +35,21 @@ struct ManagerStats {
 pub struct ClusterManager {
     pub(super) clusters: ArcSwap<BTreeMap<String, Arc<Cluster>>>,
     write: Mutex<()>,
-    store: Store,
     stats: ManagerStats,
     /// Set once the data-path runtime runs: DNS refresh for clusters added later.
     runtime: OnceLock<(tokio::runtime::Handle, crate::drain::Watch)>,
-    connector: Connector,
-    /// `cluster_manager.outlier_detection.event_log_path`, shared by every cluster.
-    outlier_log: Option<EventLog>,
+    env: Env,
+}
+
+/// What every cluster of the manager shares.
+#[derive(Debug)]
+pub(super) struct Env {
+    pub store: Store,
+    pub connector: Connector,
+    /// `cluster_manager.outlier_detection.event_log_path`.
+    pub outlier_log: Option<EventLog>,
+    /// The node's zone and `cluster_manager.local_cluster_name`.
+    pub zones: Arc<Zones>,
 }
 
 /// Changes to the clusters, published together when the batch is dropped. Holds the
@@ -78,28 +86,35 @@ impl ClusterManager {
             cluster_modified: cm.counter("cluster_modified"),
             cluster_removed: cm.counter("cluster_removed"),
         };
-        let outlier_log = snapshot
-            .cluster_manager
-            .outlier_log_path
-            .as_deref()
-            .map(|p| EventLog::open(p, store));
+        let env = Env {
+            store: store.clone(),
+            connector,
+            outlier_log: snapshot
+                .cluster_manager
+                .outlier_log_path
+                .as_deref()
+                .map(|p| EventLog::open(p, store)),
+            zones: Arc::new(Zones::new(
+                snapshot.node.locality.clone(),
+                snapshot.cluster_manager.local_cluster_name.clone(),
+            )),
+        };
         let mut map = BTreeMap::new();
         for c in &snapshot.clusters {
-            map.insert(
-                c.name.clone(),
-                Cluster::new(c.clone(), store, connector.clone(), outlier_log.clone()),
-            );
+            map.insert(c.name.clone(), Cluster::new(c.clone(), &env));
+        }
+        // The zone-aware clusters exist now: the local cluster tells them its zones.
+        if let Some(local) = env.zones.local_cluster().and_then(|n| map.get(n)) {
+            local.tell_zones();
         }
         stats.active_clusters.set(map.len() as i64);
         stats.cluster_added.add(map.len() as u64);
         Self {
             clusters: ArcSwap::from_pointee(map),
             write: Mutex::new(()),
-            store: store.clone(),
             stats,
             runtime: OnceLock::new(),
-            connector,
-            outlier_log,
+            env,
         }
     }
 
@@ -261,12 +276,7 @@ impl ClusterBatch<'_> {
             }
         }
         let cm = self.cm;
-        let new = Cluster::new(
-            cfg.clone(),
-            &cm.store,
-            cm.connector.clone(),
-            cm.outlier_log.clone(),
-        );
+        let new = Cluster::new(cfg.clone(), &cm.env);
         if let Some(old) = &old {
             old.retire();
             // Hosts carry over only from the same source (same discovery type and, for EDS,
@@ -308,7 +318,7 @@ impl ClusterBatch<'_> {
         let Some(c) = self.get(name) else {
             return false;
         };
-        c.set_hosts(HostSet::from_localities(c.config.lb_policy, localities));
+        c.set_hosts(HostSet::from_localities(c.balancing(), localities));
         c.warm();
         self.touched = true;
         true

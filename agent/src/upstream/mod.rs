@@ -8,6 +8,7 @@ mod hash_lb;
 pub mod health;
 mod host;
 mod lb;
+pub mod locality;
 mod original_dst;
 pub mod outlier;
 pub mod pool;
@@ -15,6 +16,7 @@ pub mod pool;
 pub use breaker::{Breakers, Priority, Resource, Slot};
 pub use host::{health_flag, Health, Host, HostStats, Outcome};
 pub use lb::HostSet;
+pub use locality::{Balancing, LbStats, Zones};
 
 use crate::config::{self, DiscoveryType};
 use crate::stats::{Counter, Gauge, Histogram, Store};
@@ -62,6 +64,8 @@ pub struct ClusterStats {
     pub update_attempt: Arc<Counter>,
     pub update_success: Arc<Counter>,
     pub update_failure: Arc<Counter>,
+    /// `lb_healthy_panic`, `lb_zone_*`, `lb_local_cluster_not_ok`.
+    pub lb: LbStats,
 }
 
 impl ClusterStats {
@@ -90,8 +94,21 @@ impl ClusterStats {
             update_attempt: s.counter("update_attempt"),
             update_success: s.counter("update_success"),
             update_failure: s.counter("update_failure"),
+            lb: LbStats::new(&s),
         }
     }
+}
+
+fn balancing(config: &config::Cluster, zones: &Zones) -> Arc<Balancing> {
+    let zone_aware = matches!(
+        config.common_lb.locality,
+        config::LocalityLb::ZoneAware { .. }
+    );
+    Arc::new(Balancing {
+        policy: config.lb_policy,
+        common: config.common_lb.clone(),
+        local: zone_aware.then(|| zones.current()).flatten(),
+    })
 }
 
 /// One cluster: its config, current hosts and stats.
@@ -111,6 +128,8 @@ pub struct Cluster {
     /// ORIGINAL_DST: hosts by destination, reused across connections.
     original_dst: Option<original_dst::HostCache>,
     connector: Connector,
+    /// The node's zone and the local cluster, for zone-aware balancing.
+    zones: Arc<Zones>,
     /// Serialises host-set replacements (EDS, DNS, health changes); readers never take it.
     update: Mutex<()>,
     /// EDS clusters warm until their first endpoints arrive.
@@ -175,12 +194,9 @@ impl Drop for ConnGuard {
 }
 
 impl Cluster {
-    fn new(
-        config: Arc<config::Cluster>,
-        store: &Store,
-        connector: Connector,
-        outlier_log: Option<crate::http::access_log::EventLog>,
-    ) -> Arc<Self> {
+    fn new(config: Arc<config::Cluster>, env: &manager::Env) -> Arc<Self> {
+        let (store, connector) = (&env.store, env.connector.clone());
+        let outlier_log = env.outlier_log.clone();
         let stats = ClusterStats::new(store, &config.name);
         let breakers = Breakers::new(config.circuit_breakers.as_ref(), &stats.scope);
         let outlier = config
@@ -191,10 +207,11 @@ impl Cluster {
             .health_check
             .as_ref()
             .map(|h| health::Checker::new(h, &stats.scope));
+        let balancing = balancing(&config, &env.zones);
         let mut hosts = match config.discovery {
-            DiscoveryType::Static => HostSet::from_static(&config),
+            DiscoveryType::Static => HostSet::from_localities(balancing, &config.localities),
             // Filled by the first DNS resolution or EDS update.
-            _ => HostSet::empty(config.lb_policy),
+            _ => HostSet::empty(balancing),
         };
         if let Some(h) = &health {
             // Not routed until their first check passes.
@@ -217,13 +234,25 @@ impl Cluster {
                 .collect(),
             original_dst,
             connector,
+            zones: env.zones.clone(),
             update: Mutex::new(()),
             warming: AtomicBool::new(warming),
             retired: AtomicBool::new(false),
             http_stats: std::sync::OnceLock::new(),
         });
         c.publish_membership();
+        if matches!(
+            c.config.common_lb.locality,
+            config::LocalityLb::ZoneAware { .. }
+        ) {
+            c.zones.subscribe(&c);
+        }
         c
+    }
+
+    /// What a host set of this cluster is balanced by now.
+    pub(crate) fn balancing(&self) -> Arc<Balancing> {
+        balancing(&self.config, &self.zones)
     }
 
     pub fn name(&self) -> &str {
@@ -267,7 +296,7 @@ impl Cluster {
             // Nothing here would bring an ejected host back.
             hosts.all().iter().for_each(|h| outlier::forget(h));
         }
-        self.set_hosts(HostSet::build(self.config.lb_policy, hosts.all().to_vec()));
+        self.set_hosts(HostSet::build(self.balancing(), hosts.all().to_vec()));
         if !old.is_warming() {
             self.warm();
         }
@@ -305,6 +334,8 @@ impl Cluster {
             self.stats.membership_change.inc();
         }
         self.publish_membership();
+        drop(_u);
+        self.tell_zones();
     }
 
     fn publish_membership(&self) {
@@ -319,9 +350,19 @@ impl Cluster {
     /// active health check or outlier detection flipped it).
     pub fn hosts_health_changed(&self) {
         let _u = self.update.lock().unwrap_or_else(|p| p.into_inner());
-        let set = HostSet::build(self.config.lb_policy, self.hosts.load().all().to_vec());
+        let set = HostSet::build(self.balancing(), self.hosts.load().all().to_vec());
         self.hosts.store(Arc::new(set));
         self.publish_membership();
+        drop(_u);
+        self.tell_zones();
+    }
+
+    /// The local cluster (`cluster_manager.local_cluster_name`) tells the zone-aware
+    /// clusters what it looks like now.
+    fn tell_zones(&self) {
+        if self.zones.is_local_cluster(self.name()) && !self.is_retired() {
+            self.zones.local_hosts_changed(self.hosts.load().all());
+        }
     }
 
     /// Picks a host: by the LB policy, or for ORIGINAL_DST the (cached) host of the
@@ -338,7 +379,7 @@ impl Cluster {
         }
         let (worker, _) = pool::worker_slot();
         let cursor = &self.rr_cursors[worker % self.rr_cursors.len()].0;
-        match self.hosts.load().pick(cursor, ctx) {
+        match self.hosts.load().pick(cursor, ctx, &self.stats.lb) {
             Some(h) => Ok(h),
             None => {
                 self.stats.upstream_cx_none_healthy.inc();
@@ -349,7 +390,7 @@ impl Cluster {
 
     fn publish_original_dst(&self, cache: &original_dst::HostCache) {
         let _p = cache.publish.lock().unwrap_or_else(|p| p.into_inner());
-        self.set_hosts(HostSet::build(self.config.lb_policy, cache.hosts()));
+        self.set_hosts(HostSet::build(self.balancing(), cache.hosts()));
     }
 
     /// ORIGINAL_DST: forgets hosts unused since the last pass (Envoy's cleanup_interval).

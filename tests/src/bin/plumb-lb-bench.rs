@@ -10,7 +10,7 @@
 
 use plumb::config::{HealthStatus, LbPolicy, Locality};
 use plumb::stats::{Histogram, StatName};
-use plumb::upstream::{Host, HostSet, LbContext};
+use plumb::upstream::{Balancing, Host, HostSet, LbContext, LbStats};
 use plumb_tests::agent::{any_host, bootstrap, http_listener, static_cluster, TestAgent};
 use plumb_tests::http_client::{request, H1};
 use plumb_tests::http_upstream;
@@ -59,12 +59,13 @@ fn pick_cost(policy: LbPolicy, n: usize, picks: u64) -> (f64, f64) {
     let mut set = None;
     for _ in 0..3 {
         let t = Instant::now();
-        let s = HostSet::build(policy, all.clone());
+        let s = HostSet::build(Balancing::of(policy), all.clone());
         build_ms = build_ms.min(t.elapsed().as_secs_f64() * 1e3);
         set = Some(s);
     }
     let set = set.unwrap();
     let cursor = AtomicU64::new(0);
+    let stats = LbStats::detached();
     let mut best = f64::MAX;
     for _ in 0..3 {
         let t = Instant::now();
@@ -75,7 +76,7 @@ fn pick_cost(policy: LbPolicy, n: usize, picks: u64) -> (f64, f64) {
                 hash_key: Some(key),
                 ..LbContext::default()
             };
-            std::hint::black_box(set.pick(&cursor, &ctx));
+            std::hint::black_box(set.pick(&cursor, &ctx, &stats));
         }
         best = best.min(t.elapsed().as_nanos() as f64 / picks as f64);
     }
