@@ -1,6 +1,7 @@
 //! Active health checking (issue 13, item 3) on real sockets: an HTTP check keeps a host
 //! answering 503 out of rotation from the start; a TCP check takes a host whose server went
-//! away out, and back in once it listens again; send/receive payloads decide health.
+//! away out, and back in once it listens again; send/receive payloads decide health; HTTP/2
+//! checks; gRPC checks against real `grpc.health.v1` servers move hosts out and back in.
 
 use plumb_tests::agent::{
     any_host, bootstrap, http_listener, static_cluster, tcp_listener, TestAgent,
@@ -202,4 +203,129 @@ async fn a_passing_health_check_brings_an_ejected_host_back_unless_told_not_to()
             );
         }
     }
+}
+
+/// Whether `/clusters` shows `host` failing its active health check.
+async fn failing(agent: &TestAgent, cluster: &str, host: std::net::SocketAddr) -> bool {
+    plumb_tests::client::get(agent.admin(), "/clusters")
+        .await
+        .body
+        .contains(&format!(
+            "{cluster}::{host}::health_flags::/failed_active_hc"
+        ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_check_speaks_http2_and_judges_the_status() {
+    let (good, bad) = (
+        http_upstream::start("good").await,
+        http_upstream::start("bad").await,
+    );
+    // The bad host answers checks that carry its failure key with 503 (the fake upstream's
+    // x-fail-* headers), so the check's own headers decide: each host gets its own cluster.
+    let check = |fail: bool| {
+        let mut headers = vec![json!({"header": {"key": "x-check", "value": "yes"}})];
+        if fail {
+            for (k, v) in [
+                ("x-fail-key", "hc"),
+                ("x-fail-times", "1000000"),
+                ("x-fail-status", "503"),
+            ] {
+                headers.push(json!({"header": {"key": k, "value": v}}));
+            }
+        }
+        json!({"timeout": "1s", "interval": "0.1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+               "http_health_check": {"path": "/healthz", "codec_client_type": "HTTP2",
+                                     "request_headers_to_add": headers}})
+    };
+    let agent = TestAgent::start(&bootstrap(
+        vec![],
+        vec![
+            with_check(static_cluster("good", &[good.addr]), check(false)),
+            with_check(static_cluster("bad", &[bad.addr]), check(true)),
+        ],
+    ))
+    .await;
+    agent
+        .wait_stat("cluster.good.health_check.healthy", |v| v == 1)
+        .await;
+    agent
+        .wait_stat("cluster.bad.health_check.failure", |v| v >= 1)
+        .await;
+    assert_eq!(agent.stat("cluster.bad.health_check.healthy"), 0);
+    assert!(failing(&agent, "bad", bad.addr).await);
+    let seen = good.seen();
+    let check = seen
+        .iter()
+        .find(|j| j["path"] == "/healthz")
+        .expect("a check");
+    assert_eq!(check["version"], "HTTP/2.0", "{check}");
+    assert_eq!(check["headers"]["x-check"], "yes");
+    assert_eq!(check["headers"]["user-agent"], "Envoy/HC");
+}
+
+/// A gRPC server with the standard health service; the overall status ("") is SERVING.
+async fn grpc_health_server() -> (std::net::SocketAddr, tonic_health::server::HealthReporter) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    (addr, reporter)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_checks_follow_the_servers_serving_status() {
+    use tonic_health::ServingStatus::{NotServing, Serving};
+    let (a, ra) = grpc_health_server().await;
+    let (b, rb) = grpc_health_server().await;
+    ra.set_service_status("plumb.Svc", Serving).await;
+    rb.set_service_status("plumb.Svc", NotServing).await;
+    let cluster = with_check(
+        static_cluster("g", &[a, b]),
+        json!({"timeout": "1s", "interval": "0.1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+               "grpc_health_check": {"service_name": "plumb.Svc", "authority": "health.local",
+                                     "initial_metadata": [{"header": {"key": "x-token", "value": "t"}}]}}),
+    );
+    let agent = TestAgent::start(&bootstrap(vec![], vec![cluster])).await;
+    agent
+        .wait_stat("cluster.g.health_check.healthy", |v| v == 1)
+        .await;
+    agent
+        .wait_stat("cluster.g.health_check.failure", |v| v >= 1)
+        .await;
+    assert!(!failing(&agent, "g", a).await);
+    assert!(failing(&agent, "g", b).await);
+    // The servers change their minds: b comes in, a goes out.
+    rb.set_service_status("plumb.Svc", Serving).await;
+    ra.set_service_status("plumb.Svc", NotServing).await;
+    plumb_tests::wait_until(
+        "b in, a out",
+        std::time::Duration::from_secs(10),
+        || async { failing(&agent, "g", a).await && !failing(&agent, "g", b).await },
+    )
+    .await;
+    // A service the server does not know is a failure (NOT_FOUND), not a pass.
+    let unknown = with_check(
+        static_cluster("u", &[a]),
+        json!({"timeout": "1s", "interval": "0.1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+               "grpc_health_check": {"service_name": "no.Such"}}),
+    );
+    let overall = with_check(
+        static_cluster("o", &[a]),
+        json!({"timeout": "1s", "interval": "0.1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+               "grpc_health_check": {}}),
+    );
+    let agent = TestAgent::start(&bootstrap(vec![], vec![unknown, overall])).await;
+    agent
+        .wait_stat("cluster.o.health_check.healthy", |v| v == 1)
+        .await;
+    agent
+        .wait_stat("cluster.u.health_check.failure", |v| v >= 1)
+        .await;
+    assert_eq!(agent.stat("cluster.u.health_check.healthy"), 0);
+    assert_eq!(agent.stat("cluster.u.health_check.network_failure"), 0);
 }

@@ -265,6 +265,7 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("HealthCheck (health_checks[])", HEALTH_CHECK),
     ("HttpHealthCheck (http_health_check)", HTTP_HEALTH_CHECK),
     ("TcpHealthCheck (tcp_health_check)", TCP_HEALTH_CHECK),
+    ("GrpcHealthCheck (grpc_health_check)", GRPC_HEALTH_CHECK),
     ("Payload (send, receive[])", HC_PAYLOAD),
     (
         "HeaderValueOption (request_headers_to_add[])",

@@ -469,7 +469,8 @@ fn health_checks_are_read_and_bad_ones_named() {
             host: None,
             path: "/healthz".into(),
             expected: vec![(200, 300)],
-            headers: vec![]
+            headers: vec![],
+            http2: false,
         }
     );
     let p = "static_resources.clusters[0].health_checks[0]";
@@ -477,10 +478,10 @@ fn health_checks_are_read_and_bad_ones_named() {
         errors(&with("    health_checks:\n    - {interval: 5s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}\n")),
         vec![format!("{p}.timeout: missing required field")]
     );
-    let e = errors(&with("    health_checks:\n    - {timeout: 1s, interval: 5s, unhealthy_threshold: 1, healthy_threshold: 1, grpc_health_check: {}}\n"));
-    assert!(
-        e[0].starts_with(&format!("{p}.grpc_health_check: not supported")),
-        "{e:?}"
+    let e = errors(&with("    health_checks:\n    - {timeout: 1s, interval: 5s, unhealthy_threshold: 1, healthy_threshold: 1, grpc_health_check: {initial_metadata: [{header: {key: 'bad key', value: x}}]}}\n"));
+    assert_eq!(
+        e,
+        vec![format!("{p}.grpc_health_check.initial_metadata[0].header.key: \"bad key\" is not a valid header name")]
     );
     assert_eq!(
         errors(&with("    health_checks:\n    - {timeout: 1s, interval: 5s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {send: {text: zz}}}\n")),

@@ -37,10 +37,7 @@ pub(super) const HEALTH_CHECK: FieldTable = &[
     ("transport_socket_match_criteria", R(NO_TLS)),
     ("http_health_check", S),
     ("tcp_health_check", S),
-    (
-        "grpc_health_check",
-        R("gRPC health checks are not supported yet; use http_health_check or tcp_health_check"),
-    ),
+    ("grpc_health_check", S),
     (
         "custom_health_check",
         R("custom health checkers are not supported"),
@@ -73,6 +70,12 @@ pub(super) const HTTP_HEALTH_CHECK: FieldTable = &[
         R("service name matching is not supported"),
     ),
     ("method", S),
+];
+
+pub(super) const GRPC_HEALTH_CHECK: FieldTable = &[
+    ("service_name", S),
+    ("authority", S),
+    ("initial_metadata", S),
 ];
 
 pub(super) const TCP_HEALTH_CHECK: FieldTable = &[("send", S), ("receive", S)];
@@ -111,6 +114,32 @@ fn hex_payload(p: &Obj, d: &mut Diagnostics) -> Option<Vec<u8>> {
     )
 }
 
+/// Header options (`request_headers_to_add`, `initial_metadata`): names and values that make
+/// a valid HTTP header.
+fn hc_headers(o: &Obj, key: &str, d: &mut Diagnostics) -> Vec<(String, String)> {
+    let mut headers = Vec::new();
+    for (path, v) in o.list(key, d) {
+        let Some(opt) = Obj::new(v, &path, HC_HEADER_OPTION, d) else {
+            continue;
+        };
+        let Some(hv) = opt.object("header", HC_HEADER, d) else {
+            continue;
+        };
+        let Some(k) = hv.string("key", d) else {
+            continue;
+        };
+        let v = hv.string("value", d).unwrap_or_default();
+        if ::http::HeaderName::from_bytes(k.as_bytes()).is_err() || k.starts_with(':') {
+            d.error(hv.at("key"), format!("{k:?} is not a valid header name"));
+        } else if ::http::HeaderValue::from_str(&v).is_err() {
+            d.error(hv.at("value"), "not a valid header value");
+        } else {
+            headers.push((k.to_ascii_lowercase(), v));
+        }
+    }
+    headers
+}
+
 pub(super) fn read_health_check(h: &Obj, d: &mut Diagnostics) -> Option<HealthCheck> {
     let timeout = h.duration("timeout", d);
     let interval = h.duration("interval", d);
@@ -141,15 +170,12 @@ pub(super) fn read_health_check(h: &Obj, d: &mut Diagnostics) -> Option<HealthCh
         }
         Some(HealthCheckKind::Tcp { send, receive })
     } else if let Some(x) = h.object("http_health_check", HTTP_HEALTH_CHECK, d) {
-        x.enumeration(
+        let http2 = x.enumeration(
             "codec_client_type",
-            &["HTTP1"],
-            &[
-                ("HTTP2", "HTTP/2 health checks are not supported yet"),
-                ("HTTP3", "HTTP/3 is not supported"),
-            ],
+            &["HTTP1", "HTTP2"],
+            &[("HTTP3", "HTTP/3 is not supported")],
             d,
-        );
+        ) == Some("HTTP2".to_string());
         x.enumeration("method", &["GET", "METHOD_UNSPECIFIED"], &[], d);
         let path = x.string("path", d);
         match &path {
@@ -172,27 +198,23 @@ pub(super) fn read_health_check(h: &Obj, d: &mut Diagnostics) -> Option<HealthCh
         if expected.is_empty() {
             expected.push((200, 201));
         }
-        let mut headers = Vec::new();
-        for (path, v) in x.list("request_headers_to_add", d) {
-            let Some(o) = Obj::new(v, &path, HC_HEADER_OPTION, d) else {
-                continue;
-            };
-            if let Some(hv) = o.object("header", HC_HEADER, d) {
-                if let Some(k) = hv.string("key", d) {
-                    headers.push((k, hv.string("value", d).unwrap_or_default()));
-                }
-            }
-        }
         Some(HealthCheckKind::Http {
             host: x.string("host", d).filter(|s| !s.is_empty()),
             path: path.unwrap_or_default(),
             expected,
-            headers,
+            headers: hc_headers(&x, "request_headers_to_add", d),
+            http2,
+        })
+    } else if let Some(g) = h.object("grpc_health_check", GRPC_HEALTH_CHECK, d) {
+        Some(HealthCheckKind::Grpc {
+            service_name: g.string("service_name", d).unwrap_or_default(),
+            authority: g.string("authority", d).filter(|s| !s.is_empty()),
+            metadata: hc_headers(&g, "initial_metadata", d),
         })
     } else {
         d.error(
             h.path.clone(),
-            "one of tcp_health_check or http_health_check is required",
+            "one of tcp_health_check, http_health_check or grpc_health_check is required",
         );
         None
     };

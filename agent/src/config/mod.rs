@@ -639,12 +639,20 @@ pub enum HealthCheckKind {
         send: Option<Vec<u8>>,
         receive: Vec<Vec<u8>>,
     },
-    /// `GET path` over HTTP/1.1; healthy when the status is in one of the [start, end) ranges.
+    /// `GET path` over HTTP/1.1 (or HTTP/2, prior knowledge); healthy when the status is in
+    /// one of the [start, end) ranges.
     Http {
         host: Option<String>,
         path: String,
         expected: Vec<(u16, u16)>,
         headers: Vec<(String, String)>,
+        http2: bool,
+    },
+    /// `grpc.health.v1.Health/Check` over HTTP/2; healthy when the answer is SERVING.
+    Grpc {
+        service_name: String,
+        authority: Option<String>,
+        metadata: Vec<(String, String)>,
     },
 }
 
@@ -836,12 +844,24 @@ impl Cluster {
                     host,
                     path,
                     expected,
+                    http2,
                     ..
                 } => {
                     hc["http_health_check"] = json!({
                         "host": host,
                         "path": path,
                         "expected_statuses": expected.iter().map(|(s, e)| json!({"start": s, "end": e})).collect::<Vec<_>>(),
+                        "codec_client_type": if *http2 { "HTTP2" } else { "HTTP1" },
+                    });
+                }
+                HealthCheckKind::Grpc {
+                    service_name,
+                    authority,
+                    ..
+                } => {
+                    hc["grpc_health_check"] = json!({
+                        "service_name": service_name,
+                        "authority": authority,
                     });
                 }
             }

@@ -1,5 +1,6 @@
 //! Active health checking (Envoy's `health_checks`): TCP (connect, optional send/receive
-//! payloads) and HTTP/1.1 (`GET path`, expected statuses). One task per cluster runs a round
+//! payloads), HTTP/1.1 or HTTP/2 (`GET path`, expected statuses) and gRPC
+//! (`grpc.health.v1.Health/Check`, SERVING). One task per cluster runs a round
 //! every `interval` (plus jitter), spreading the round's checks evenly over the interval so a
 //! thousand hosts arriving at once do not make a thousand checks at once.
 //!
@@ -12,6 +13,9 @@
 use super::{health_flag, Cluster, Host};
 use crate::config::{HealthCheck, HealthCheckKind};
 use crate::stats::{Counter, Gauge, Scope};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -151,6 +155,73 @@ impl Checker {
                 path,
                 expected,
                 headers,
+                http2: true,
+            } => {
+                let authority = authority.as_deref().unwrap_or(&cluster.config.name);
+                let mut b = http::Request::get(format!("http://{authority}{path}"))
+                    .header("user-agent", "Envoy/HC");
+                for (k, v) in headers {
+                    b = b.header(k.as_str(), v.as_str());
+                }
+                let req = b
+                    .body(Full::new(Bytes::new()))
+                    .map_err(|e| CheckFailure::Answer(e.to_string()))?;
+                let (parts, _, _) = h2_exchange(s, req).await?;
+                let status = parts.status.as_u16();
+                if expected.iter().any(|(lo, hi)| (*lo..*hi).contains(&status)) {
+                    Ok(())
+                } else {
+                    Err(CheckFailure::Status(status))
+                }
+            }
+            HealthCheckKind::Grpc {
+                service_name,
+                authority,
+                metadata,
+            } => {
+                let authority = authority.as_deref().unwrap_or(&cluster.config.name);
+                let mut b =
+                    http::Request::post(format!("http://{authority}/grpc.health.v1.Health/Check"))
+                        .header("content-type", "application/grpc")
+                        .header("te", "trailers")
+                        .header("user-agent", "Envoy/HC");
+                for (k, v) in metadata {
+                    b = b.header(k.as_str(), v.as_str());
+                }
+                let req = b
+                    .body(Full::new(grpc_check_request(service_name)))
+                    .map_err(|e| CheckFailure::Answer(e.to_string()))?;
+                let (parts, body, trailers) = h2_exchange(s, req).await?;
+                if parts.status != http::StatusCode::OK {
+                    return Err(CheckFailure::Answer(format!(
+                        "HTTP status {}",
+                        parts.status.as_u16()
+                    )));
+                }
+                // grpc-status in the trailers, or in the headers of a trailers-only answer.
+                let grpc_status = trailers
+                    .as_ref()
+                    .and_then(|t| t.get("grpc-status"))
+                    .or_else(|| parts.headers.get("grpc-status"))
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if grpc_status != "0" {
+                    return Err(CheckFailure::Answer(format!("grpc-status {grpc_status:?}")));
+                }
+                match grpc_serving_status(&body) {
+                    Some(SERVING) => Ok(()),
+                    Some(n) => Err(CheckFailure::Answer(format!("serving status {n}"))),
+                    None => Err(CheckFailure::Answer(
+                        "not a grpc.health.v1.HealthCheckResponse".into(),
+                    )),
+                }
+            }
+            HealthCheckKind::Http {
+                host: authority,
+                path,
+                expected,
+                headers,
+                http2: false,
             } => {
                 let authority = authority.as_deref().unwrap_or(&cluster.config.name);
                 let mut req = format!(
@@ -259,6 +330,114 @@ impl Checker {
     }
 }
 
+/// `grpc.health.v1.HealthCheckResponse.ServingStatus.SERVING`.
+const SERVING: u64 = 1;
+
+/// A length-prefixed gRPC message: `HealthCheckRequest { service: name }`.
+fn grpc_check_request(service: &str) -> Bytes {
+    let mut msg = Vec::with_capacity(service.len() + 8);
+    if !service.is_empty() {
+        msg.push(0x0a); // field 1, length-delimited
+        put_varint(&mut msg, service.len() as u64);
+        msg.extend_from_slice(service.as_bytes());
+    }
+    let mut out = Vec::with_capacity(5 + msg.len());
+    out.push(0); // not compressed
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(&msg);
+    out.into()
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&x, rest) = b.split_first()?;
+        *b = rest;
+        v |= u64::from(x & 0x7f) << shift;
+        if x & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The `status` of the first gRPC message of `body` (a `HealthCheckResponse`; a missing
+/// field is 0, UNKNOWN); `None` when the body is not one uncompressed message.
+fn grpc_serving_status(body: &[u8]) -> Option<u64> {
+    let (&flag, rest) = body.split_first()?;
+    if flag != 0 || rest.len() < 4 {
+        return None;
+    }
+    let len = u32::from_be_bytes(rest[..4].try_into().ok()?) as usize;
+    let mut msg = rest.get(4..4 + len)?;
+    let mut status = 0;
+    while !msg.is_empty() {
+        let tag = get_varint(&mut msg)?;
+        match (tag >> 3, tag & 7) {
+            (1, 0) => status = get_varint(&mut msg)?,
+            (_, 0) => {
+                get_varint(&mut msg)?;
+            }
+            (_, 1) => msg = msg.get(8..)?,
+            (_, 2) => {
+                let n = get_varint(&mut msg)? as usize;
+                msg = msg.get(n..)?;
+            }
+            (_, 5) => msg = msg.get(4..)?,
+            _ => return None,
+        }
+    }
+    Some(status)
+}
+
+/// One HTTP/2 exchange (prior knowledge) on a new connection: the answer's head, body (at
+/// most `MAX_ANSWER`) and trailers.
+async fn h2_exchange(
+    s: crate::transport::Stream,
+    req: http::Request<Full<Bytes>>,
+) -> Result<(http::response::Parts, Bytes, Option<http::HeaderMap>), CheckFailure> {
+    use http_body_util::BodyExt;
+    let net = |e: hyper::Error| CheckFailure::Network(e.to_string());
+    let (mut tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(s))
+        .await
+        .map_err(net)?;
+    let exchange = async {
+        let resp = tx.send_request(req).await.map_err(net)?;
+        let (parts, mut body) = resp.into_parts();
+        let mut data = bytes::BytesMut::new();
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            match frame.map_err(net)?.into_data() {
+                Ok(d) => {
+                    if data.len() + d.len() > MAX_ANSWER {
+                        return Err(CheckFailure::Answer("the answer is too large".into()));
+                    }
+                    data.extend_from_slice(&d);
+                }
+                Err(f) => trailers = f.into_trailers().ok(),
+            }
+        }
+        Ok((parts, data.freeze(), trailers))
+    };
+    tokio::select! {
+        r = exchange => r,
+        r = conn => Err(CheckFailure::Network(match r {
+            Ok(()) => "the connection closed".into(),
+            Err(e) => e.to_string(),
+        })),
+    }
+}
+
 fn contains_in_order(haystack: &[u8], blocks: &[Vec<u8>]) -> bool {
     let mut rest = haystack;
     for b in blocks {
@@ -327,5 +506,34 @@ pub async fn run(
             _ = tokio::time::sleep_until(started + round) => {}
             _ = shutdown.draining() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_health_messages_are_encoded_and_decoded() {
+        assert_eq!(&grpc_check_request("")[..], &[0, 0, 0, 0, 0]);
+        assert_eq!(
+            &grpc_check_request("svc")[..],
+            &[0, 0, 0, 0, 5, 0x0a, 3, b's', b'v', b'c']
+        );
+        // status SERVING, with an unknown field before it.
+        assert_eq!(
+            grpc_serving_status(&[0, 0, 0, 0, 5, 0x10, 0x96, 0x01, 0x08, 1]),
+            Some(1)
+        );
+        assert_eq!(grpc_serving_status(&[0, 0, 0, 0, 2, 0x08, 2]), Some(2));
+        assert_eq!(grpc_serving_status(&[0, 0, 0, 0, 0]), Some(0), "UNKNOWN");
+        assert_eq!(grpc_serving_status(&[1, 0, 0, 0, 0]), None, "compressed");
+        assert_eq!(grpc_serving_status(&[0, 0, 0, 0, 9, 0x08]), None, "short");
+        assert_eq!(
+            grpc_serving_status(&[0, 0, 0, 0, 1, 0x08]),
+            None,
+            "cut varint"
+        );
+        assert_eq!(grpc_serving_status(&[]), None);
     }
 }
