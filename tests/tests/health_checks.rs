@@ -12,7 +12,13 @@ use plumb_tests::servers::{self, Behavior};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn with_check(mut cluster: Value, check: Value) -> Value {
+/// The check on the cluster. Until a cluster has had a connection Envoy (and Plumb) check
+/// every `no_traffic_interval` (60 s by default): these tests check at `interval` from the
+/// start unless they say otherwise.
+fn with_check(mut cluster: Value, mut check: Value) -> Value {
+    if check.get("no_traffic_interval").is_none() {
+        check["no_traffic_interval"] = check["interval"].clone();
+    }
     cluster["health_checks"] = json!([check]);
     cluster
 }
@@ -159,7 +165,7 @@ async fn a_passing_health_check_brings_an_ejected_host_back_unless_told_not_to()
         cluster["outlier_detection"] = json!({"consecutive_5xx": 2, "base_ejection_time": "60s",
             "max_ejection_percent": 50, "successful_active_health_check_uneject_host": uneject});
         cluster["health_checks"] = json!([{"timeout": "1s", "interval": "0.1s",
-            "unhealthy_threshold": 3, "healthy_threshold": 1,
+            "no_traffic_interval": "0.1s", "unhealthy_threshold": 3, "healthy_threshold": 1,
             "http_health_check": {"path": "/healthz"}}]);
         let agent = TestAgent::start(&bootstrap(
             vec![http_listener(
@@ -328,4 +334,85 @@ async fn grpc_checks_follow_the_servers_serving_status() {
         .await;
     assert_eq!(agent.stat("cluster.u.health_check.healthy"), 0);
     assert_eq!(agent.stat("cluster.u.health_check.network_failure"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_traffic_checks_wait_the_no_traffic_interval() {
+    let s = servers::start(Behavior::Echo).await;
+    let cluster = with_check(
+        static_cluster("quiet", &[s.addr]),
+        json!({"timeout": "1s", "interval": "0.05s", "no_traffic_interval": "1.5s",
+               "unhealthy_threshold": 1, "healthy_threshold": 1, "tcp_health_check": {}}),
+    );
+    let agent = TestAgent::start(&bootstrap(vec![], vec![cluster])).await;
+    agent
+        .wait_stat("cluster.quiet.health_check.attempt", |v| v >= 1)
+        .await;
+    let first = std::time::Instant::now();
+    agent
+        .wait_stat("cluster.quiet.health_check.attempt", |v| v >= 2)
+        .await;
+    // Not every 50 ms: the cluster never had a connection.
+    assert!(
+        first.elapsed() >= std::time::Duration::from_millis(1200),
+        "{:?}",
+        first.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_events_go_to_the_event_log() {
+    let keep = servers::start(Behavior::Echo).await;
+    let flaky = servers::start(Behavior::Echo).await;
+    let flaky_addr = flaky.addr;
+    let dir = std::env::temp_dir().join(format!("plumb-hc-events-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("hc.log");
+    let cluster = with_check(
+        static_cluster("ev", &[keep.addr, flaky_addr]),
+        json!({"timeout": "0.5s", "interval": "0.1s", "unhealthy_threshold": 1,
+               "healthy_threshold": 1, "tcp_health_check": {},
+               "event_log_path": log.display().to_string()}),
+    );
+    let agent = TestAgent::start(&bootstrap(vec![], vec![cluster])).await;
+    agent
+        .wait_stat("cluster.ev.health_check.healthy", |v| v == 2)
+        .await;
+    drop(flaky);
+    agent
+        .wait_stat("cluster.ev.health_check.healthy", |v| v == 1)
+        .await;
+    let events = |log: std::path::PathBuf| async move {
+        let mut out: Vec<Value> = Vec::new();
+        plumb_tests::wait_until("three events", std::time::Duration::from_secs(10), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            out = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            let n = out.len();
+            async move { n >= 3 }
+        })
+        .await;
+        out
+    };
+    let ev = events(log).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let added: Vec<&Value> = ev
+        .iter()
+        .filter(|e| e.get("add_healthy_event").is_some())
+        .collect();
+    assert_eq!(added.len(), 2, "{ev:?}");
+    assert_eq!(added[0]["add_healthy_event"]["first_check"], true);
+    assert_eq!(added[0]["health_checker_type"], "TCP");
+    assert_eq!(added[0]["cluster_name"], "ev");
+    let out = ev
+        .iter()
+        .find(|e| e.get("eject_unhealthy_event").is_some())
+        .expect("an unhealthy event");
+    assert_eq!(out["eject_unhealthy_event"]["failure_type"], "NETWORK");
+    assert_eq!(
+        out["host"]["socket_address"]["port_value"],
+        flaky_addr.port()
+    );
 }

@@ -19,19 +19,13 @@ pub(super) const HEALTH_CHECK: FieldTable = &[
     ("healthy_threshold", S),
     ("alt_port", R("checking another port is not supported")),
     ("reuse_connection", I("each check uses a new connection")),
-    (
-        "no_traffic_interval",
-        I("checks run every interval whether or not the cluster has traffic"),
-    ),
-    (
-        "no_traffic_healthy_interval",
-        I("checks run every interval whether or not the cluster has traffic"),
-    ),
-    ("unhealthy_interval", I("checks run every interval")),
-    ("unhealthy_edge_interval", I("checks run every interval")),
-    ("healthy_edge_interval", I("checks run every interval")),
-    ("event_log_path", I("health check events go to the log")),
-    ("event_logger", I("health check events go to the log")),
+    ("no_traffic_interval", S),
+    ("no_traffic_healthy_interval", S),
+    ("unhealthy_interval", S),
+    ("unhealthy_edge_interval", S),
+    ("healthy_edge_interval", S),
+    ("event_log_path", S),
+    ("event_logger", I("events are written to event_log_path")),
     ("always_log_health_check_failures", S),
     ("tls_options", R(NO_TLS)),
     ("transport_socket_match_criteria", R(NO_TLS)),
@@ -42,7 +36,7 @@ pub(super) const HEALTH_CHECK: FieldTable = &[
         "custom_health_check",
         R("custom health checkers are not supported"),
     ),
-    ("event_service", I("health check events go to the log")),
+    ("event_service", I("events are written to event_log_path")),
 ];
 
 pub(super) const HTTP_HEALTH_CHECK: FieldTable = &[
@@ -218,7 +212,33 @@ pub(super) fn read_health_check(h: &Obj, d: &mut Diagnostics) -> Option<HealthCh
         );
         None
     };
+    let positive = |k: &str, d: &mut Diagnostics| {
+        let v = h.duration(k, d);
+        if v.is_some_and(|v| v.is_zero()) {
+            d.error(h.at(k), "must be greater than 0s");
+            return None;
+        }
+        v
+    };
+    let no_traffic_interval = positive("no_traffic_interval", d).unwrap_or(Duration::from_secs(60));
+    let no_traffic_healthy_interval =
+        positive("no_traffic_healthy_interval", d).unwrap_or(no_traffic_interval);
+    let every = interval.unwrap_or(Duration::from_secs(1));
+    let unhealthy_interval = positive("unhealthy_interval", d).unwrap_or(every);
+    let unhealthy_edge_interval =
+        positive("unhealthy_edge_interval", d).unwrap_or(unhealthy_interval);
+    let healthy_edge_interval = positive("healthy_edge_interval", d).unwrap_or(every);
+    let event_log_path = h
+        .string("event_log_path", d)
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from);
     Some(HealthCheck {
+        no_traffic_interval,
+        no_traffic_healthy_interval,
+        unhealthy_interval,
+        unhealthy_edge_interval,
+        healthy_edge_interval,
+        event_log_path,
         timeout: timeout?,
         interval: interval?,
         initial_jitter: h.duration("initial_jitter", d).unwrap_or_default(),

@@ -629,6 +629,17 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
     pub healthy_threshold: u32,
     pub always_log_health_check_failures: bool,
+    /// Until the cluster has had a connection: `no_traffic_interval` (default 60 s), and for
+    /// a healthy host `no_traffic_healthy_interval` (default: `no_traffic_interval`).
+    pub no_traffic_interval: Duration,
+    pub no_traffic_healthy_interval: Duration,
+    /// An unhealthy host's interval (default: `interval`), and the first one right after a
+    /// host turned unhealthy (default: `unhealthy_interval`) or healthy (default: `interval`).
+    pub unhealthy_interval: Duration,
+    pub unhealthy_edge_interval: Duration,
+    pub healthy_edge_interval: Duration,
+    /// `event_log_path`: health events as JSON lines.
+    pub event_log_path: Option<std::path::PathBuf>,
     pub kind: HealthCheckKind,
 }
 

@@ -1,8 +1,12 @@
 //! Active health checking (Envoy's `health_checks`): TCP (connect, optional send/receive
 //! payloads), HTTP/1.1 or HTTP/2 (`GET path`, expected statuses) and gRPC
-//! (`grpc.health.v1.Health/Check`, SERVING). One task per cluster runs a round
-//! every `interval` (plus jitter), spreading the round's checks evenly over the interval so a
-//! thousand hosts arriving at once do not make a thousand checks at once.
+//! (`grpc.health.v1.Health/Check`, SERVING). One task per cluster keeps each host's next
+//! check in a queue: a host is checked again an interval after its last check ended, the
+//! interval chosen by its state as Envoy chooses it (`interval`, `unhealthy_interval`, the
+//! edge intervals right after a change, `no_traffic_interval` until the cluster has had a
+//! connection), plus jitter. Hosts arriving together (at start, or a large EDS update) have
+//! their first checks spread over an interval, so a thousand hosts do not make a thousand
+//! checks at once.
 //!
 //! A host added to a cluster with health checking starts `/failed_active_hc` and
 //! `/pending_active_hc` (not routed) until its first check passes; after that it turns
@@ -12,10 +16,12 @@
 
 use super::{health_flag, Cluster, Host};
 use crate::config::{HealthCheck, HealthCheckKind};
-use crate::stats::{Counter, Gauge, Scope};
+use crate::http::access_log::EventLog;
+use crate::stats::{Counter, Gauge, Scope, Store};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::json;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -56,13 +62,24 @@ struct Stats {
 pub struct Checker {
     cfg: HealthCheck,
     stats: Stats,
+    events: Option<EventLog>,
+}
+
+/// What one check did to a host's health (Envoy's `HealthTransition`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Unchanged,
+    /// Healthy or unhealthy now, from the other state.
+    Changed,
+    /// Toward the other state, under its threshold yet.
+    ChangePending,
 }
 
 /// At most this much of an answer is read.
 const MAX_ANSWER: usize = 64 * 1024;
 
 impl Checker {
-    pub fn new(cfg: &HealthCheck, scope: &Scope) -> Self {
+    pub fn new(cfg: &HealthCheck, scope: &Scope, store: &Store) -> Self {
         let c = |n: &str| scope.counter(&format!("health_check.{n}"));
         let stats = Stats {
             attempt: c("attempt"),
@@ -78,7 +95,75 @@ impl Checker {
         Self {
             cfg: cfg.clone(),
             stats,
+            events: cfg
+                .event_log_path
+                .as_deref()
+                .map(|p| EventLog::open(p, store)),
         }
+    }
+
+    /// How long after a check of a host the next one runs: Envoy's choice by the host's
+    /// state and the check's transition, plus jitter.
+    pub fn next_interval(&self, had_traffic: bool, healthy: bool, t: Transition) -> Duration {
+        let c = &self.cfg;
+        let base = if !had_traffic {
+            if healthy && t != Transition::ChangePending {
+                c.no_traffic_healthy_interval
+            } else {
+                c.no_traffic_interval
+            }
+        } else if healthy {
+            if t == Transition::Changed {
+                c.healthy_edge_interval
+            } else {
+                c.interval
+            }
+        } else if t == Transition::Changed {
+            c.unhealthy_edge_interval
+        } else {
+            c.unhealthy_interval
+        };
+        base + self.jitter(base)
+    }
+
+    /// Envoy's jitter: up to `interval_jitter`, plus up to `interval_jitter_percent` of the
+    /// interval.
+    fn jitter(&self, base: Duration) -> Duration {
+        let c = &self.cfg;
+        let mut d = Duration::ZERO;
+        if !c.interval_jitter.is_zero() {
+            d += Duration::from_micros(fastrand::u64(..=c.interval_jitter.as_micros() as u64));
+        }
+        if c.interval_jitter_percent > 0 {
+            let max = base.as_micros() as u64 * u64::from(c.interval_jitter_percent) / 100;
+            d += Duration::from_micros(fastrand::u64(..=max));
+        }
+        d
+    }
+
+    fn checker_type(&self) -> &'static str {
+        match self.cfg.kind {
+            HealthCheckKind::Tcp { .. } => "TCP",
+            HealthCheckKind::Http { .. } => "HTTP",
+            HealthCheckKind::Grpc { .. } => "GRPC",
+        }
+    }
+
+    /// Writes one of Envoy's `HealthCheckEvent`s to `event_log_path`.
+    fn log_event(&self, cluster: &Cluster, host: &Host, key: &str, body: serde_json::Value) {
+        let Some(log) = &self.events else { return };
+        let mut e = json!({
+            "health_checker_type": self.checker_type(),
+            "host": {"socket_address": {
+                "protocol": "TCP",
+                "address": host.address.ip().to_string(),
+                "port_value": host.address.port(),
+            }},
+            "cluster_name": cluster.name(),
+            "timestamp": crate::xds::rfc3339(std::time::SystemTime::now()),
+        });
+        e[key] = body;
+        log.write(&e);
     }
 
     /// Flags a host new to the cluster: not routed until its first check passes.
@@ -87,20 +172,6 @@ impl Checker {
             health_flag::FAILED_ACTIVE_HC | health_flag::PENDING_ACTIVE_HC,
             true,
         );
-    }
-
-    /// The time until the next round: the interval plus its jitter.
-    fn next_round(&self) -> Duration {
-        let c = &self.cfg;
-        let mut d = c.interval;
-        if !c.interval_jitter.is_zero() {
-            d += Duration::from_micros(fastrand::u64(..=c.interval_jitter.as_micros() as u64));
-        }
-        if c.interval_jitter_percent > 0 {
-            let max = c.interval.as_micros() as u64 * u64::from(c.interval_jitter_percent) / 100;
-            d += Duration::from_micros(fastrand::u64(..=max));
-        }
-        d
     }
 
     /// Runs one check of `host` (bounded by the timeout).
@@ -266,8 +337,14 @@ impl Checker {
         }
     }
 
-    /// Applies one check's result to the host; returns whether its health flipped.
-    pub fn record(&self, cluster: &Cluster, host: &Host, result: Result<(), CheckFailure>) -> bool {
+    /// Applies one check's result to the host: whether the balancer must be rebuilt (its
+    /// health flipped, or the check ended an outlier ejection) and the transition.
+    pub fn record(
+        &self,
+        cluster: &Cluster,
+        host: &Host,
+        result: Result<(), CheckFailure>,
+    ) -> (bool, Transition) {
         let s = &self.stats;
         let h = &host.health;
         s.attempt.inc();
@@ -283,21 +360,31 @@ impl Checker {
                     .is_some_and(|d| d.health_check_passed(cluster, host));
                 h.failures.store(0, Ordering::Relaxed);
                 let n = h.successes.fetch_add(1, Ordering::Relaxed) + 1;
+                if !failed {
+                    return (unejected, Transition::Unchanged);
+                }
                 // The first check of a new host needs one success (Envoy).
-                if failed && (pending || n >= self.cfg.healthy_threshold) {
+                if pending || n >= self.cfg.healthy_threshold {
                     host.set_flags(
                         health_flag::FAILED_ACTIVE_HC | health_flag::PENDING_ACTIVE_HC,
                         false,
                     );
                     tracing::info!(cluster = cluster.name(), host = %host.address, "health check: host healthy");
-                    true
+                    self.log_event(
+                        cluster,
+                        host,
+                        "add_healthy_event",
+                        json!({"first_check": pending}),
+                    );
+                    (true, Transition::Changed)
                 } else {
-                    unejected
+                    (unejected, Transition::ChangePending)
                 }
             }
             Err(why) => {
                 s.failure.inc();
-                if matches!(why, CheckFailure::Network(_)) {
+                let network = matches!(why, CheckFailure::Network(_));
+                if network {
                     s.network_failure.inc();
                 }
                 h.successes.store(0, Ordering::Relaxed);
@@ -305,16 +392,42 @@ impl Checker {
                 if pending {
                     host.set_flags(health_flag::PENDING_ACTIVE_HC, false);
                 }
-                let now_unhealthy = !failed
-                    && (n >= self.cfg.unhealthy_threshold
-                        || matches!(why, CheckFailure::Status(_)));
-                if now_unhealthy {
+                let failure_type = if network { "NETWORK" } else { "ACTIVE" };
+                if failed {
+                    if self.cfg.always_log_health_check_failures {
+                        tracing::warn!(cluster = cluster.name(), host = %host.address, reason = ?why, "health check failed");
+                        self.log_event(
+                            cluster,
+                            host,
+                            "health_check_failure_event",
+                            json!({"failure_type": failure_type, "first_check": pending}),
+                        );
+                    }
+                    // A pending host leaves the excluded set: the balancer counts it now.
+                    return (pending, Transition::Unchanged);
+                }
+                if n >= self.cfg.unhealthy_threshold || matches!(why, CheckFailure::Status(_)) {
                     host.set_flags(health_flag::FAILED_ACTIVE_HC, true);
                     tracing::warn!(cluster = cluster.name(), host = %host.address, reason = ?why, "health check: host unhealthy");
-                } else if self.cfg.always_log_health_check_failures {
-                    tracing::warn!(cluster = cluster.name(), host = %host.address, reason = ?why, "health check failed");
+                    self.log_event(
+                        cluster,
+                        host,
+                        "eject_unhealthy_event",
+                        json!({"failure_type": failure_type}),
+                    );
+                    (true, Transition::Changed)
+                } else {
+                    if self.cfg.always_log_health_check_failures {
+                        tracing::warn!(cluster = cluster.name(), host = %host.address, reason = ?why, "health check failed");
+                        self.log_event(
+                            cluster,
+                            host,
+                            "health_check_failure_event",
+                            json!({"failure_type": failure_type, "first_check": false}),
+                        );
+                    }
+                    (false, Transition::ChangePending)
                 }
-                now_unhealthy
             }
         }
     }
@@ -452,21 +565,26 @@ fn contains_in_order(haystack: &[u8], blocks: &[Vec<u8>]) -> bool {
     true
 }
 
-/// The checker task of one cluster: a round every interval, the round's checks spread over
-/// it. Holds the cluster weakly between rounds; ends when it is removed or replaced, or at
-/// shutdown.
+/// The checker task of one cluster: each host's next check in a queue, due an interval after
+/// its last check ended. Holds the cluster weakly while it waits; ends when the cluster is
+/// removed or replaced, or at shutdown.
 pub async fn run(
     cluster: Weak<Cluster>,
     initial_jitter: Duration,
     mut shutdown: crate::drain::Watch,
 ) {
-    if !initial_jitter.is_zero() {
-        let wait = Duration::from_micros(fastrand::u64(..=initial_jitter.as_micros() as u64));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.draining() => return,
-        }
-    }
+    use std::cmp::Reverse;
+    use std::collections::{BinaryHeap, HashMap};
+    // The cluster's hosts by address in memory, each with the generation of its schedule:
+    // a queued entry or a finished check of another generation (a host that left, or one
+    // that reuses a departed host's memory) is dropped. Memory follows the current hosts.
+    let mut hosts: HashMap<usize, (Arc<Host>, u64)> = HashMap::new();
+    // (due, generation, host key); generations are unique, so entries never tie.
+    let mut queue: BinaryHeap<Reverse<(Instant, u64, usize)>> = BinaryHeap::new();
+    let mut set_seen = 0usize;
+    let mut generation = 0u64;
+    let mut checks: tokio::task::JoinSet<(usize, u64, Transition)> = tokio::task::JoinSet::new();
+    let mut first = true;
     loop {
         let Some(c) = cluster.upgrade() else { return };
         if c.is_retired() {
@@ -475,35 +593,81 @@ pub async fn run(
         let Some(checker) = c.health.as_ref() else {
             return;
         };
-        let started = Instant::now();
-        let round = checker.next_round();
-        let hosts: Vec<Arc<Host>> = c.hosts().all().to_vec();
-        let n = hosts.len().max(1) as u32;
-        let mut checks = tokio::task::JoinSet::new();
-        for (i, h) in hosts.into_iter().enumerate() {
-            let c = c.clone();
-            let offset = round * i as u32 / n;
+        let set = c.hosts();
+        if Arc::as_ptr(&set) as usize != set_seen {
+            set_seen = Arc::as_ptr(&set) as usize;
+            let key = |h: &Arc<Host>| Arc::as_ptr(h) as usize;
+            let current: std::collections::HashSet<usize> = set.all().iter().map(key).collect();
+            hosts.retain(|k, _| current.contains(k));
+            // Hosts new to the set get their first check, spread over an interval (the
+            // very first batch after `initial_jitter`).
+            let fresh: Vec<&Arc<Host>> = set
+                .all()
+                .iter()
+                .filter(|h| !hosts.contains_key(&key(h)))
+                .collect();
+            let now = Instant::now();
+            let n = fresh.len().max(1) as u32;
+            let spread = checker.cfg.interval.min(Duration::from_secs(60));
+            for (i, h) in fresh.into_iter().enumerate() {
+                let mut due = now + spread * i as u32 / n;
+                if first && !initial_jitter.is_zero() {
+                    due +=
+                        Duration::from_micros(fastrand::u64(..=initial_jitter.as_micros() as u64));
+                }
+                generation += 1;
+                hosts.insert(key(h), (h.clone(), generation));
+                queue.push(Reverse((due, generation, key(h))));
+            }
+            first = false;
+        }
+        // Due checks start now.
+        let now = Instant::now();
+        while let Some(Reverse((due, g, k))) = queue.peek().copied() {
+            if due > now {
+                break;
+            }
+            queue.pop();
+            let Some((h, _)) = hosts.get(&k).filter(|(_, hg)| *hg == g) else {
+                continue;
+            };
+            let (h, c) = (h.clone(), c.clone());
             checks.spawn(async move {
-                tokio::time::sleep(offset).await;
                 let Some(checker) = c.health.as_ref() else {
-                    return;
+                    return (k, g, Transition::Unchanged);
                 };
                 let r = checker.check(&c, &h).await;
-                if checker.record(&c, &h, r) {
+                let (rebuild, t) = checker.record(&c, &h, r);
+                if rebuild {
                     // Rebuilt at once: an unhealthy host gets no more picks.
                     c.hosts_health_changed();
                 }
                 checker.publish(&c);
+                (k, g, t)
             });
         }
-        drop(c);
-        let all = async { while checks.join_next().await.is_some() {} };
-        tokio::select! {
-            _ = all => {}
-            _ = shutdown.draining() => return,
+        // Bounded by the hosts: one entry per host, stale ones dropped as they come due.
+        if queue.len() > 2 * hosts.len() + 64 {
+            queue.retain(|Reverse((_, g, k))| hosts.get(k).is_some_and(|(_, hg)| hg == g));
         }
+        let next = queue.peek().map(|Reverse((due, _, _))| *due);
+        drop((set, c));
+        // Wait for the next due check, a check to end, or (at most a second) for the
+        // cluster's hosts to change.
+        let limit = Instant::now() + Duration::from_secs(1);
+        let wake = next.map_or(limit, |n| n.min(limit));
         tokio::select! {
-            _ = tokio::time::sleep_until(started + round) => {}
+            _ = tokio::time::sleep_until(wake) => {}
+            Some(done) = checks.join_next(), if !checks.is_empty() => {
+                let Ok((k, g, t)) = done else { continue };
+                let Some((h, _)) = hosts.get(&k).filter(|(_, hg)| *hg == g) else { continue };
+                let Some(c) = cluster.upgrade() else { return };
+                let Some(checker) = c.health.as_ref() else { return };
+                let healthy = h.health_flags() & health_flag::FAILED_ACTIVE_HC == 0;
+                let had_traffic = c.stats.upstream_cx_total.value() > 0;
+                let due = Instant::now() + checker.next_interval(had_traffic, healthy, t);
+                queue.push(Reverse((due, g, k)));
+            }
             _ = shutdown.draining() => return,
         }
     }
@@ -512,6 +676,59 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_check_waits_as_envoy_chooses() {
+        let s = |ms: u64| Duration::from_millis(ms);
+        let cfg = HealthCheck {
+            timeout: s(1000),
+            interval: s(10),
+            initial_jitter: Duration::ZERO,
+            interval_jitter: Duration::ZERO,
+            interval_jitter_percent: 0,
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
+            always_log_health_check_failures: false,
+            no_traffic_interval: s(60),
+            no_traffic_healthy_interval: s(70),
+            unhealthy_interval: s(20),
+            unhealthy_edge_interval: s(30),
+            healthy_edge_interval: s(40),
+            event_log_path: None,
+            kind: HealthCheckKind::Tcp {
+                send: None,
+                receive: vec![],
+            },
+        };
+        let store = Store::new();
+        let c = Checker::new(&cfg, &store.root_scope("t"), &store);
+        use Transition::*;
+        // No traffic yet: the no-traffic intervals.
+        assert_eq!(c.next_interval(false, true, Unchanged), s(70));
+        assert_eq!(c.next_interval(false, true, ChangePending), s(60));
+        assert_eq!(c.next_interval(false, false, Changed), s(60));
+        // With traffic: by state, the edge intervals right after a change.
+        assert_eq!(c.next_interval(true, true, Unchanged), s(10));
+        assert_eq!(c.next_interval(true, true, ChangePending), s(10));
+        assert_eq!(c.next_interval(true, true, Changed), s(40));
+        assert_eq!(c.next_interval(true, false, Unchanged), s(20));
+        assert_eq!(c.next_interval(true, false, ChangePending), s(20));
+        assert_eq!(c.next_interval(true, false, Changed), s(30));
+        // Jitter: up to interval_jitter plus a percentage of the interval.
+        let c = Checker::new(
+            &HealthCheck {
+                interval_jitter: s(5),
+                interval_jitter_percent: 50,
+                ..cfg
+            },
+            &store.root_scope("t"),
+            &store,
+        );
+        for _ in 0..100 {
+            let d = c.next_interval(true, true, Unchanged);
+            assert!(d >= s(10) && d <= s(20), "{d:?}");
+        }
+    }
 
     #[test]
     fn grpc_health_messages_are_encoded_and_decoded() {

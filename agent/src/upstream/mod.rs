@@ -206,7 +206,7 @@ impl Cluster {
         let health = config
             .health_check
             .as_ref()
-            .map(|h| health::Checker::new(h, &stats.scope));
+            .map(|h| health::Checker::new(h, &stats.scope, store));
         let balancing = balancing(&config, &env.zones);
         let mut hosts = match config.discovery {
             DiscoveryType::Static => HostSet::from_localities(balancing, &config.localities),
