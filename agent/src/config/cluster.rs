@@ -71,14 +71,8 @@ pub(super) const CLUSTER: FieldTable = &[
         "connection_pool_per_downstream_connection",
         I("no connection pools yet"),
     ),
-    (
-        "close_connections_on_host_health_failure",
-        I("no health checks yet"),
-    ),
-    (
-        "ignore_health_on_host_removal",
-        I("a host removed by EDS goes at once, whatever its health checks say"),
-    ),
+    ("close_connections_on_host_health_failure", S),
+    ("ignore_health_on_host_removal", S),
     (
         "wait_for_warm_on_init",
         I("static clusters are warm at start"),
@@ -558,6 +552,12 @@ pub(crate) fn read_cluster(
             d.error(c.at(key), format!("only valid with lb_policy {wanted}"));
         }
     }
+    let close_connections_on_host_health_failure = c
+        .boolean("close_connections_on_host_health_failure", d)
+        .unwrap_or(false);
+    let ignore_health_on_host_removal = c
+        .boolean("ignore_health_on_host_removal", d)
+        .unwrap_or(false);
     let common_lb = c
         .object("common_lb_config", COMMON_LB_CONFIG, d)
         .map(|o| read_common_lb(&o, lb_policy, d))
@@ -754,6 +754,8 @@ pub(crate) fn read_cluster(
         connect_timeout,
         lb_policy,
         common_lb,
+        ignore_health_on_host_removal,
+        close_connections_on_host_health_failure,
         dns_refresh_rate,
         cleanup_interval,
         dns_lookup_family,

@@ -513,6 +513,12 @@ pub struct Cluster {
     pub lb_policy: LbPolicy,
     /// `common_lb_config`: panic threshold, locality-weighted or zone-aware balancing.
     pub common_lb: CommonLb,
+    /// A host discovery removes goes at once, even while it passes its health checks
+    /// (otherwise it stays, flagged `/pending_dynamic_removal`, until it fails one).
+    pub ignore_health_on_host_removal: bool,
+    /// A host that fails its active health check has its connections closed (TCP proxy
+    /// connections at once, pooled HTTP ones as they finish).
+    pub close_connections_on_host_health_failure: bool,
     pub dns_refresh_rate: Duration,
     /// ORIGINAL_DST: hosts unused for this long are forgotten (Envoy's default 5 s).
     pub cleanup_interval: Duration,

@@ -190,6 +190,7 @@ impl TcpProxy {
             return;
         };
         report.failure_reason = None;
+        let host = upstream.host.clone();
         let cs = &cluster.stats;
         let ts = &self.stats;
         let outcome = copy::proxy(
@@ -213,7 +214,18 @@ impl TcpProxy {
                 idle_timeout: self.config.idle_timeout,
                 max_duration: self.config.max_downstream_connection_duration,
             },
-            watch.closing(),
+            async {
+                // With close_connections_on_host_health_failure, a failed health check
+                // closes the connection as a drain does.
+                if cluster.config.close_connections_on_host_health_failure {
+                    tokio::select! {
+                        _ = watch.closing() => {}
+                        _ = host.closing() => {}
+                    }
+                } else {
+                    watch.closing().await
+                }
+            },
             ts,
         )
         .await;

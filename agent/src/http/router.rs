@@ -183,6 +183,7 @@ enum Release {
         tx: http1::SendRequest<Body>,
         served: u32,
         reusable: bool,
+        epoch: u64,
     },
     H2(super::upstream::Stream),
 }
@@ -255,9 +256,10 @@ impl OnEnd for Exchange {
                     tx,
                     served,
                     reusable,
+                    epoch,
                 } => {
                     if complete && reusable {
-                        u.host.pool.put_h1(tx, served);
+                        u.host.pool.put_h1(tx, served, epoch);
                         // A request waiting for a connection may take this one.
                         u.cluster.breakers.connection_idle();
                     }
@@ -955,6 +957,7 @@ impl ConnectionManager {
         let release = match release {
             Sent::H1(p) => Release::H1 {
                 tx: p.tx,
+                epoch: p.epoch,
                 served: p.served + 1,
                 reusable: reusable
                     && cluster

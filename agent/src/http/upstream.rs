@@ -120,10 +120,15 @@ impl ConnectionManager {
             tokio::pin!(available);
             available.as_mut().enable();
             if let Some(slot) = waiting.connection_slot(cluster, priority) {
+                let epoch = host.pool.epoch();
                 let connecting = Box::pin(self.connect_h1(cluster, host, slot));
                 let tx = connecting.await?;
                 drop(pending);
-                let mut p = Pooled1 { tx, served: 0 };
+                let mut p = Pooled1 {
+                    tx,
+                    served: 0,
+                    epoch,
+                };
                 return match p.tx.send_request(req).await {
                     Ok(r) => Ok((r, Sent::H1(p))),
                     Err(e) => Err(Failure::Reset(e.to_string())),

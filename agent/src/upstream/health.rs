@@ -638,9 +638,21 @@ pub async fn run(
                 };
                 let r = checker.check(&c, &h).await;
                 let (rebuild, t) = checker.record(&c, &h, r);
-                if rebuild {
+                let flags = h.health_flags();
+                if flags & health_flag::PENDING_DYNAMIC_REMOVAL != 0
+                    && flags & health_flag::FAILED_ACTIVE_HC != 0
+                {
+                    // Discovery dropped it and now it fails: it goes.
+                    c.remove_pending_host(&h);
+                } else if rebuild {
                     // Rebuilt at once: an unhealthy host gets no more picks.
                     c.hosts_health_changed();
+                }
+                if t == Transition::Changed
+                    && flags & health_flag::FAILED_ACTIVE_HC != 0
+                    && c.config.close_connections_on_host_health_failure
+                {
+                    h.close_connections();
                 }
                 checker.publish(&c);
                 (k, g, t)

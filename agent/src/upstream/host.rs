@@ -87,6 +87,9 @@ pub struct Host {
     pub(crate) outlier: super::outlier::HostOutlier,
     /// The health checker's counts.
     pub(crate) health: super::health::HostHealth,
+    /// Wakes the TCP proxy connections to this host that must close
+    /// (`close_connections_on_host_health_failure`).
+    close_all: tokio::sync::Notify,
 }
 
 const STATUSES: [HealthStatus; 6] = [
@@ -137,7 +140,20 @@ impl Host {
             pool: Default::default(),
             outlier: Default::default(),
             health: Default::default(),
+            close_all: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Closes the host's connections: TCP proxy connections at once, pooled HTTP ones
+    /// gracefully (`HostPool::drain`).
+    pub fn close_connections(&self) {
+        self.pool.drain();
+        self.close_all.notify_waiters();
+    }
+
+    /// Resolves when `close_connections` is called (after this future is first polled).
+    pub async fn closing(&self) {
+        self.close_all.notified().await
     }
 
     /// Same identity: the same host, whatever its health or weight.

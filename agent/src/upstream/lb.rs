@@ -307,6 +307,12 @@ impl HostSet {
         }
     }
 
+    /// Adds hosts (kept from an earlier set) and rebuilds.
+    pub(crate) fn extend_hosts(&mut self, hosts: Vec<Arc<Host>>) {
+        self.all.extend(hosts);
+        self.rebuild();
+    }
+
     /// Recomputes priority loads and schedules from the hosts' current live state (after a
     /// health or weight change), keeping the same `Host`s.
     pub(crate) fn rebuild(&mut self) {

@@ -313,6 +313,9 @@ impl Cluster {
         let _u = self.update.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.hosts.load();
         new.adopt_hosts_from(&old);
+        if self.health.is_some() && !self.config.ignore_health_on_host_removal {
+            self.keep_removed_healthy_hosts(&old, &mut new);
+        }
         if let Some(h) = &self.health {
             // Hosts new to the cluster wait for their first check.
             let mut fresh = false;
@@ -329,10 +332,62 @@ impl Cluster {
             }
         }
         let changed = !new.same_members(&old);
+        if changed {
+            // Hosts that left: no new picks (they are not in the new set) and their pooled
+            // connections drain; TCP proxy connections to them keep flowing.
+            let staying: std::collections::HashSet<*const Host> =
+                new.all().iter().map(Arc::as_ptr).collect();
+            old.all()
+                .iter()
+                .filter(|h| !staying.contains(&Arc::as_ptr(h)))
+                .for_each(|h| h.pool.drain());
+        }
         self.hosts.store(Arc::new(new));
         if changed {
             self.stats.membership_change.inc();
         }
+        self.publish_membership();
+        drop(_u);
+        self.tell_zones();
+    }
+
+    /// Envoy's eventual consistency between discovery and health checking: a host that
+    /// discovery dropped but that passes its checks stays (routed, flagged
+    /// `/pending_dynamic_removal`) until it fails one. One that comes back loses the flag.
+    fn keep_removed_healthy_hosts(&self, old: &HostSet, new: &mut HostSet) {
+        let present: std::collections::HashSet<*const Host> =
+            new.all().iter().map(Arc::as_ptr).collect();
+        let mut kept = Vec::new();
+        for h in old.all() {
+            if present.contains(&Arc::as_ptr(h)) {
+                h.set_flags(health_flag::PENDING_DYNAMIC_REMOVAL, false);
+            } else if h.health_flags() & health_flag::FAILED_ACTIVE_HC == 0 {
+                h.set_flags(health_flag::PENDING_DYNAMIC_REMOVAL, true);
+                kept.push(h.clone());
+            }
+        }
+        if !kept.is_empty() {
+            new.extend_hosts(kept);
+        }
+    }
+
+    /// A host pending removal failed its health check: it goes now.
+    pub(crate) fn remove_pending_host(&self, host: &Host) {
+        let _u = self.update.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.hosts.load();
+        let rest: Vec<Arc<Host>> = current
+            .all()
+            .iter()
+            .filter(|h| !std::ptr::eq(Arc::as_ptr(h), host))
+            .cloned()
+            .collect();
+        if rest.len() == current.all().len() {
+            return;
+        }
+        host.pool.drain();
+        self.hosts
+            .store(Arc::new(HostSet::build(self.balancing(), rest)));
+        self.stats.membership_change.inc();
         self.publish_membership();
         drop(_u);
         self.tell_zones();

@@ -12,7 +12,7 @@
 use crate::http::body::Body;
 use hyper::client::conn::{http1, http2};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,8 @@ const MAX_IDLE_H1: usize = 1024;
 #[derive(Default)]
 pub struct HostPool {
     slots: OnceLock<Box<[Mutex<Slot>]>>,
+    /// Bumped by `drain`: a connection taken out before is not taken back.
+    epoch: AtomicU64,
 }
 
 impl std::fmt::Debug for HostPool {
@@ -106,10 +108,12 @@ impl std::fmt::Debug for HostPool {
     }
 }
 
-/// An HTTP/1.1 connection taken from the pool, with the requests it has served.
+/// An HTTP/1.1 connection taken from the pool, with the requests it has served and the
+/// pool's epoch when it was taken (or connected).
 pub struct Pooled1 {
     pub tx: http1::SendRequest<Body>,
     pub served: u32,
+    pub epoch: u64,
 }
 
 impl HostPool {
@@ -144,15 +148,39 @@ impl HostPool {
                 return Some(Pooled1 {
                     tx: c.tx,
                     served: c.served,
+                    epoch: self.epoch(),
                 });
             }
         }
         None
     }
 
-    /// Hands back an HTTP/1.1 connection whose exchange has ended.
-    pub fn put_h1(&self, tx: http1::SendRequest<Body>, served: u32) {
-        if tx.is_closed() {
+    /// The pool's epoch (see `drain`).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Closes the pool's connections gracefully: idle HTTP/1.1 connections at once, busy
+    /// ones when their exchange ends (they are not taken back), HTTP/2 connections when
+    /// their last stream ends (no new streams; hyper then says GOAWAY). For a host that left
+    /// its cluster, or failed its health check with
+    /// `close_connections_on_host_health_failure`.
+    pub fn drain(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let Some(slots) = self.slots.get() else {
+            return;
+        };
+        for slot in slots.iter() {
+            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+            s.h1.clear();
+            s.h2.clear();
+        }
+    }
+
+    /// Hands back an HTTP/1.1 connection whose exchange has ended (closed instead when the
+    /// pool was drained since it was taken).
+    pub fn put_h1(&self, tx: http1::SendRequest<Body>, served: u32, epoch: u64) {
+        if tx.is_closed() || epoch != self.epoch() {
             return;
         }
         let mut slot = self.lock();

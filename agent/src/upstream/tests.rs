@@ -190,3 +190,70 @@ fn a_batch_publishes_once() {
     drop(cm.batch());
     assert!(Arc::ptr_eq(&now, &cm.clusters.load_full()));
 }
+
+/// A STATIC cluster `c` with a TCP health check (`extra`: more cluster fields).
+fn checked(extra: &str) -> (ClusterManager, Arc<Cluster>) {
+    let snap = config::parse_bootstrap(
+        &format!(
+            r#"{{"static_resources": {{"clusters": [{{"name": "c", "type": "STATIC", {extra}
+                "load_assignment": {{"cluster_name": "c", "endpoints": []}},
+                "health_checks": [{{"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1,
+                    "healthy_threshold": 1, "tcp_health_check": {{}}}}]}}]}}}}"#
+        ),
+        "test",
+    )
+    .unwrap();
+    let cm = ClusterManager::new(&snap, &Store::new());
+    let c = cm.get("c").unwrap();
+    (cm, c)
+}
+
+fn pass(c: &Cluster, h: &Host, ok: bool) {
+    let checker = c.health.as_ref().unwrap();
+    let r = if ok {
+        Ok(())
+    } else {
+        Err(health::CheckFailure::Network("refused".into()))
+    };
+    checker.record(c, h, r);
+    c.hosts_health_changed();
+}
+
+#[test]
+fn a_host_discovery_drops_stays_while_it_passes_its_checks() {
+    let (cm, c) = checked("");
+    let two = endpoints(&[
+        (10, 1, HealthStatus::Healthy),
+        (11, 1, HealthStatus::Healthy),
+    ]);
+    cm.set_endpoints("c", two.clone());
+    let (a, b) = (host_on(&c, 10), host_on(&c, 11));
+    pass(&c, &a, true);
+    pass(&c, &b, false);
+    // Discovery drops both: the one passing its checks stays, flagged, and is still picked;
+    // the failing one goes at once.
+    cm.set_endpoints("c", endpoints(&[]));
+    assert_eq!(c.hosts().all().len(), 1);
+    assert_eq!(a.health_flags_string(), "/pending_dynamic_removal");
+    assert!(Arc::ptr_eq(&c.pick(&LbContext::default()).unwrap(), &a));
+    // Back in discovery: the flag goes.
+    cm.set_endpoints("c", two.clone());
+    assert!(Arc::ptr_eq(&host_on(&c, 10), &a));
+    assert_eq!(a.health_flags_string(), "healthy");
+    // Dropped again, then a failed check: it goes.
+    cm.set_endpoints("c", endpoints(&[(11, 1, HealthStatus::Healthy)]));
+    assert_eq!(c.hosts().all().len(), 2);
+    pass(&c, &a, false);
+    c.remove_pending_host(&a);
+    assert_eq!(c.hosts().all().len(), 1);
+    assert_eq!(c.hosts().all()[0].address.port(), 11);
+}
+
+#[test]
+fn ignore_health_on_host_removal_drops_hosts_at_once() {
+    let (cm, c) = checked(r#""ignore_health_on_host_removal": true,"#);
+    cm.set_endpoints("c", endpoints(&[(10, 1, HealthStatus::Healthy)]));
+    pass(&c, &host_on(&c, 10), true);
+    cm.set_endpoints("c", endpoints(&[]));
+    assert!(c.hosts().all().is_empty());
+}
