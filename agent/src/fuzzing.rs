@@ -295,7 +295,14 @@ mod tests {
                 reason: "draining".into(),
             },
             Message::Ready { capture: true },
-            Message::Released,
+            Message::Released {
+                hosts: vec![crate::handover::HostState {
+                    cluster: "backend".into(),
+                    address: "10.213.0.2:8080".parse().unwrap(),
+                    healthy: Some(false),
+                    ejected: Some((1500, 2)),
+                }],
+            },
         ];
         for (i, m) in msgs.iter().enumerate() {
             write(

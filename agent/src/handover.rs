@@ -93,8 +93,25 @@ pub enum Message {
     /// port nobody serves.
     Ready { capture: bool },
     /// Old → new: stopped accepting and heartbeating; the sockets and links are the new
-    /// agent's.
-    Released,
+    /// agent's. `hosts`: what the old agent knew of its hosts' health (active checks, outlier
+    /// ejections), so the successor does not send traffic back to a bad host.
+    Released {
+        #[serde(default)]
+        hosts: Vec<HostState>,
+    },
+}
+
+/// One host's health as the old agent saw it at the hand-over.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostState {
+    pub cluster: String,
+    pub address: SocketAddr,
+    /// The active health check's verdict (`None`: not checked, or not yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+    /// An outlier ejection: ms since it began, and ejections in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejected: Option<(u64, u32)>,
 }
 
 /// A connected hand-over socket.
@@ -353,8 +370,9 @@ pub struct Inherited {
 /// How a takeover ended.
 #[derive(Debug, PartialEq)]
 pub enum Finish {
-    /// The old agent stopped accepting and capturing: everything is this agent's.
-    Released,
+    /// The old agent stopped accepting and capturing: everything is this agent's, and so
+    /// is what it knew of its hosts' health.
+    Released(Vec<HostState>),
     /// The old agent carries on (it gave up waiting, or is draining): this agent must not
     /// serve, and stops.
     Refused(String),
@@ -489,7 +507,7 @@ impl Inherited {
         // waiting to be read.
         let sent = self.channel.send(&Message::Ready { capture }, &[]);
         match self.channel.recv(Some(Instant::now() + timeout)) {
-            Ok(Some((Message::Released, _))) => Finish::Released,
+            Ok(Some((Message::Released { hosts }, _))) => Finish::Released(hosts),
             Ok(Some((Message::Refused { reason }, _))) => Finish::Refused(reason),
             Ok(Some((other, _))) => Finish::Gone(format!("unexpected answer to ready: {other:?}")),
             Ok(None) => Finish::Gone(match sent {

@@ -501,3 +501,82 @@ async fn a_takeover_under_http_keep_alive_load_fails_no_request() {
         Some(0)
     );
 }
+
+/// Outlier ejections and active health verdicts pass to the successor (issue 13, item 8):
+/// it neither sends traffic back to an ejected host nor waits for its own first checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejections_and_health_verdicts_pass_to_the_successor() {
+    use plumb_tests::agent::{any_host, http_listener};
+    use plumb_tests::http_client::{request, H1};
+    use serde_json::json;
+    let good = plumb_tests::http_upstream::start("good").await;
+    let (bad, bad_count) = servers::raw_http("bad", 503, Duration::ZERO).await;
+    // A host that accepts but never answers the check's payload: failing after the timeout.
+    let silent = servers::start(Behavior::Silent).await;
+    let echo = servers::start(Behavior::Echo).await;
+    let mut up = static_cluster("up", &[good.addr, bad]);
+    up["outlier_detection"] = json!({"consecutive_5xx": 2, "base_ejection_time": "300s",
+        "max_ejection_percent": 50});
+    let mut checked = static_cluster("checked", &[echo.addr, silent.addr]);
+    checked["health_checks"] = json!([{"timeout": "2s", "interval": "0.1s",
+        "no_traffic_interval": "0.1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "tcp_health_check": {"send": {"text": "70696e67"}, "receive": [{"text": "70696e67"}]}}]);
+    let cfg = bootstrap(
+        vec![http_listener(
+            "in",
+            any_host(json!([{"match": {"prefix": "/"}, "route": {"cluster": "up"}}])),
+        )],
+        vec![up, checked],
+    );
+    let dir = TempDir::new("upgrade-health");
+    let sock = dir.path.join("upgrade.sock");
+    let args = upgrade_args(&sock);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut takeover_args = args.clone();
+    takeover_args.push("--takeover");
+    let first = AgentProcess::spawn(&cfg, &args).await;
+    let addr = first.listener("in").await;
+    let mut c = H1::connect(addr).await;
+    for _ in 0..6 {
+        c.send(request("GET", "x", "/", &[], b"")).await.unwrap();
+    }
+    drop(c);
+    assert_eq!(
+        stat(first.admin, "cluster.up.outlier_detection.ejections_active").await,
+        1
+    );
+    plumb_tests::wait_until(
+        "the silent host failed",
+        Duration::from_secs(20),
+        || async { stat(first.admin, "cluster.checked.health_check.failure").await >= 1 },
+    )
+    .await;
+    let new = AgentProcess::spawn(&cfg, &takeover_args).await;
+    wait_log(&first, "handed over; draining").await;
+    // At once in the successor: the ejection and both verdicts (the silent host would
+    // otherwise be pending its first check for two seconds).
+    let clusters = plumb_tests::client::get(new.admin, "/clusters").await.body;
+    assert!(
+        clusters.contains(&format!("up::{bad}::health_flags::/failed_outlier_check\n")),
+        "{clusters}"
+    );
+    assert!(
+        clusters.contains(&format!(
+            "checked::{}::health_flags::/failed_active_hc\n",
+            silent.addr
+        )),
+        "{clusters}"
+    );
+    assert!(
+        clusters.contains(&format!("checked::{}::health_flags::healthy\n", echo.addr)),
+        "{clusters}"
+    );
+    let before = bad_count.load(std::sync::atomic::Ordering::Relaxed);
+    let mut c = H1::connect(addr).await;
+    for _ in 0..10 {
+        let r = c.send(request("GET", "x", "/", &[], b"")).await.unwrap();
+        assert_eq!(r.status, 200, "the ejected host gets nothing");
+    }
+    assert_eq!(bad_count.load(std::sync::atomic::Ordering::Relaxed), before);
+    assert!(new.logs().contains("applied=3"), "{}", new.logs());
+}

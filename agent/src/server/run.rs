@@ -131,8 +131,14 @@ pub(super) async fn run_data_plane(
             let capture = shared.redirect.is_some();
             use crate::handover::Finish;
             match tokio::task::spawn_blocking(move || t.finish(capture, TAKEOVER_TIMEOUT)).await {
-                Ok(Finish::Released) => {
-                    tracing::info!(old_pid, "the old agent released its sockets")
+                Ok(Finish::Released(hosts)) => {
+                    let applied = shared.clusters.apply_host_states(&hosts);
+                    tracing::info!(
+                        old_pid,
+                        hosts = hosts.len(),
+                        applied,
+                        "the old agent released its sockets"
+                    )
                 }
                 Ok(Finish::Refused(reason)) => refused = Some(reason),
                 Ok(Finish::Gone(why)) => {

@@ -196,7 +196,8 @@ pub(super) fn hand_over(
     crate::notify::notify(&format!("MAINPID={pid}"));
     // Past this point there is no way back (this agent no longer accepts or captures): a
     // successor that does not read the answer takes over anyway.
-    if let Err(e) = channel.send(&Message::Released, &[]) {
+    let hosts = shared.clusters.host_states();
+    if let Err(e) = channel.send(&Message::Released { hosts }, &[]) {
         tracing::warn!(successor_pid = pid, error = %e, "cannot confirm the release to the successor");
     }
     tracing::info!(

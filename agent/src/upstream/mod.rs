@@ -3,6 +3,7 @@
 //! a host with atomics only; DNS refresh builds a new host set off the data path.
 
 pub mod breaker;
+mod carry;
 mod dns;
 mod hash_lb;
 pub mod health;

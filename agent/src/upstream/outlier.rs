@@ -211,9 +211,15 @@ pub struct Detector {
 impl Detector {
     pub fn new(cfg: &OutlierDetection, scope: &Scope, events: Option<EventLog>) -> Self {
         let c = |n: &str| scope.counter(&format!("outlier_detection.{n}"));
+        // The clock starts as far back as an ejection can last, so one handed over by a
+        // previous agent keeps its start (marks are never below 1).
+        let span = cfg.max_ejection_time.max(cfg.base_ejection_time)
+            + cfg.max_ejection_time_jitter
+            + Duration::from_secs(1);
+        let now = Instant::now();
         Self {
             cfg: cfg.clone(),
-            epoch: Instant::now(),
+            epoch: now.checked_sub(span).unwrap_or(now),
             stats: Stats {
                 ejections_active: scope.gauge("outlier_detection.ejections_active"),
                 ejections_enforced_total: c("ejections_enforced_total"),
@@ -622,6 +628,40 @@ impl Detector {
             return false;
         }
         self.uneject(cluster, host, " by a passing health check");
+        self.stats
+            .ejections_active
+            .set(ejected_count(cluster.hosts().all()) as i64);
+        true
+    }
+}
+
+impl Detector {
+    /// The host's ejection to hand to a successor agent: ms since it began, and the
+    /// ejections in a row.
+    pub fn export(&self, host: &Host) -> Option<(u64, u32)> {
+        let o = &host.outlier;
+        let at = o.ejected_at.load(Ordering::Acquire);
+        (at != 0).then(|| {
+            (
+                self.now_mark().saturating_sub(at),
+                o.backoff.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Takes over an ejection from the previous agent: it ends when it would have there.
+    /// `true` when the host was ejected by it.
+    pub fn import(&self, cluster: &Cluster, host: &Host, elapsed_ms: u64, ejections: u32) -> bool {
+        let o = &host.outlier;
+        let at = self.now_mark().saturating_sub(elapsed_ms).max(1);
+        if o.ejected_at
+            .compare_exchange(0, at, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        o.backoff.store(ejections.max(1), Ordering::Relaxed);
+        host.set_flags(health_flag::FAILED_OUTLIER_CHECK, true);
         self.stats
             .ejections_active
             .set(ejected_count(cluster.hosts().all()) as i64);
@@ -1102,5 +1142,37 @@ mod tests {
         assert!(eject["eject_consecutive_event"].is_object());
         assert_eq!(back["action"], "UNEJECT");
         assert_eq!(back["secs_since_last_action"], "1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejection_handed_to_a_successor_ends_when_it_would_have() {
+        let cfg = r#"{"consecutive_5xx": 1, "base_ejection_time": "10s"}"#;
+        let (old_cm, old, _) = cluster(4, cfg);
+        let h = host(&old, 11);
+        old.report(&h, Outcome::HttpStatus(500));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        let states = old_cm.host_states();
+        assert_eq!(states.len(), 1);
+        assert_eq!(states[0].ejected, Some((4000, 1)));
+        assert_eq!(states[0].healthy, None, "no active health check here");
+        // The successor: same cluster, fresh hosts.
+        let (new_cm, new, store) = cluster(4, cfg);
+        assert_eq!(new_cm.apply_host_states(&states), 1);
+        let h2 = host(&new, 11);
+        assert!(ejected(&h2));
+        assert_eq!(stat(&store, "ejections_active"), 1);
+        for _ in 0..20 {
+            assert_ne!(new.pick(&LbContext::default()).unwrap().address.port(), 11);
+        }
+        // Six more seconds and it is back, as it would have been.
+        let d = new.outlier.as_ref().unwrap();
+        tokio::time::advance(Duration::from_millis(5999)).await;
+        assert_eq!(d.tick(&new), 0);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(d.tick(&new), 1);
+        // Unknown clusters and hosts are skipped.
+        let mut other = states.clone();
+        other[0].cluster = "nope".into();
+        assert_eq!(new_cm.apply_host_states(&other), 0);
     }
 }
