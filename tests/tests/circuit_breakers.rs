@@ -241,3 +241,45 @@ async fn an_l4_connection_beyond_max_connections_is_closed_at_once() {
     third.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"three");
 }
+
+/// `per_host_thresholds` `max_connections`: each host takes at most that many connections;
+/// with two hosts and a limit of one, a third connection is closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_host_max_connections_caps_each_host() {
+    let (a, b) = (
+        servers::start(Behavior::Echo).await,
+        servers::start(Behavior::Echo).await,
+    );
+    let mut cluster = static_cluster("echo", &[a.addr, b.addr]);
+    cluster["circuit_breakers"] = json!({"per_host_thresholds": [{"max_connections": 1}]});
+    let agent = TestAgent::start(&bootstrap(vec![tcp_listener("in", "echo")], vec![cluster])).await;
+    let addr = agent.listener("in");
+    let echo = |data: &'static [u8]| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(data).await;
+        let mut buf = vec![0u8; data.len()];
+        let ok = matches!(
+            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await,
+            Ok(Ok(_))
+        ) && buf == data;
+        (s, ok)
+    };
+    // Picks alternate or not; keep connecting until both hosts hold one (bounded).
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let (s, ok) = echo(b"x").await;
+        if ok {
+            held.push(s);
+        }
+        if held.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(held.len(), 2);
+    assert_eq!((a.accepted(), b.accepted()), (1, 1));
+    // Both hosts full: the next connection is closed at once, whichever host it picks.
+    let (_s, ok) = echo(b"y").await;
+    assert!(!ok);
+    assert_eq!((a.accepted(), b.accepted()), (1, 1));
+    assert!(agent.stat("cluster.echo.upstream_cx_overflow") >= 1);
+}

@@ -103,8 +103,7 @@ pub(super) const CLUSTER: FieldTable = &[
     ),
 ];
 
-pub(super) const CIRCUIT_BREAKERS: FieldTable =
-    &[("thresholds", S), ("per_host_thresholds", I(NOT_ENFORCED))];
+pub(super) const CIRCUIT_BREAKERS: FieldTable = &[("thresholds", S), ("per_host_thresholds", S)];
 
 pub(super) const THRESHOLDS: FieldTable = &[
     ("priority", S),
@@ -711,7 +710,47 @@ pub(crate) fn read_cluster(
                 retry_budget,
             });
         }
-        CircuitBreakers { thresholds }
+        // Per host, Envoy honours max_connections only: the other limits are refused
+        // rather than silently ignored.
+        let mut per_host_max_connections = None;
+        for (tpath, tv) in cb.list("per_host_thresholds", d) {
+            let Some(t) = Obj::new(tv, &tpath, THRESHOLDS, d) else {
+                continue;
+            };
+            for k in [
+                "max_pending_requests",
+                "max_requests",
+                "max_retries",
+                "retry_budget",
+                "max_connection_pools",
+            ] {
+                if t.get(k).is_some() {
+                    d.error(
+                        t.at(k),
+                        "per host, only max_connections is supported (as Envoy)",
+                    );
+                }
+            }
+            if t.enumeration("priority", &["DEFAULT", "HIGH"], &[], d)
+                .as_deref()
+                == Some("HIGH")
+            {
+                d.error(
+                    t.at("priority"),
+                    "per-host thresholds apply to every request: give them without a priority",
+                );
+            }
+            if per_host_max_connections.is_some() {
+                d.error(tpath.clone(), "a second set of per-host thresholds");
+            }
+            per_host_max_connections = t
+                .uint("max_connections", 0, u32::MAX as u64, d)
+                .map(|v| v as u32);
+        }
+        CircuitBreakers {
+            thresholds,
+            per_host_max_connections,
+        }
     });
     let checks = c.list("health_checks", d);
     if checks.len() > 1 {

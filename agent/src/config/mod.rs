@@ -595,6 +595,8 @@ pub struct UpstreamTls {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CircuitBreakers {
     pub thresholds: Vec<Thresholds>,
+    /// `per_host_thresholds[].max_connections` (the only per-host limit, as in Envoy).
+    pub per_host_max_connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -904,6 +906,9 @@ impl Cluster {
                 })
                 .collect();
             j["circuit_breakers"] = json!({"thresholds": t});
+            if let Some(m) = cb.per_host_max_connections {
+                j["circuit_breakers"]["per_host_thresholds"] = json!([{"max_connections": m}]);
+            }
         }
         if let Some(o) = &self.outlier_detection {
             j["outlier_detection"] = json!({

@@ -56,10 +56,13 @@ impl Pending {
 
     /// A connection slot, or `None` (counted once per request) when `max_connections` is
     /// reached.
-    fn connection_slot(&mut self, cluster: &Cluster, priority: Priority) -> Option<Slot> {
-        let slot = cluster
-            .breakers
-            .try_acquire(priority, Resource::Connections);
+    fn connection_slot(
+        &mut self,
+        cluster: &Cluster,
+        host: &Host,
+        priority: Priority,
+    ) -> Option<Slot> {
+        let slot = cluster.breakers.try_acquire_connection(priority, host);
         if slot.is_none() && !self.overflowed {
             self.overflowed = true;
             cluster.stats.upstream_cx_overflow.inc();
@@ -119,7 +122,7 @@ impl ConnectionManager {
             let available = cluster.breakers.available();
             tokio::pin!(available);
             available.as_mut().enable();
-            if let Some(slot) = waiting.connection_slot(cluster, priority) {
+            if let Some(slot) = waiting.connection_slot(cluster, host, priority) {
                 let epoch = host.pool.epoch();
                 let connecting = Box::pin(self.connect_h1(cluster, host, slot));
                 let tx = connecting.await?;
@@ -223,7 +226,7 @@ impl ConnectionManager {
                     let available = cluster.breakers.available();
                     tokio::pin!(available);
                     available.as_mut().enable();
-                    let Some(slot) = waiting.connection_slot(cluster, priority) else {
+                    let Some(slot) = waiting.connection_slot(cluster, host, priority) else {
                         // max_connections reached: let another request try, and wait for a
                         // connection to close.
                         host.pool.abandon_h2(&ticket);

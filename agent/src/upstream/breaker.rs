@@ -91,6 +91,8 @@ struct Level {
 /// One cluster's circuit breakers.
 pub struct Breakers {
     levels: [Level; 2],
+    /// `per_host_thresholds` `max_connections`: each host's connections (opening or open).
+    per_host_max_connections: Option<u64>,
     /// Woken when a connection slot is given back or a pooled connection becomes idle:
     /// requests waiting for a connection (pending) look again.
     available: Notify,
@@ -107,6 +109,8 @@ pub struct Slot {
     breakers: Arc<Breakers>,
     priority: Priority,
     resource: Resource,
+    /// A connection slot under a per-host limit: the host's count, given back too.
+    host: Option<Arc<super::HostStats>>,
 }
 
 impl std::fmt::Debug for Slot {
@@ -117,6 +121,9 @@ impl std::fmt::Debug for Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if let Some(h) = &self.host {
+            h.cx_slots.fetch_sub(1, Ordering::AcqRel);
+        }
         self.breakers.release(self.priority, self.resource);
     }
 }
@@ -161,6 +168,7 @@ impl Breakers {
         };
         Arc::new(Self {
             levels: [level(false), level(true)],
+            per_host_max_connections: cfg.and_then(|c| c.per_host_max_connections).map(u64::from),
             available: Notify::new(),
         })
     }
@@ -211,7 +219,35 @@ impl Breakers {
                         breakers: self.clone(),
                         priority: p,
                         resource: r,
+                        host: None,
                     });
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// A connection slot for `host`: the cluster's `max_connections` and, with
+    /// `per_host_thresholds`, the host's own. `None` when either is reached.
+    pub fn try_acquire_connection(
+        self: &Arc<Self>,
+        p: Priority,
+        host: &super::Host,
+    ) -> Option<Slot> {
+        let mut slot = self.try_acquire(p, Resource::Connections)?;
+        let Some(max) = self.per_host_max_connections else {
+            return Some(slot);
+        };
+        let count = &host.stats.cx_slots;
+        let mut used = count.load(Ordering::Relaxed);
+        loop {
+            if used >= max {
+                return None;
+            }
+            match count.compare_exchange_weak(used, used + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => {
+                    slot.host = Some(host.stats.clone());
+                    return Some(slot);
                 }
                 Err(now) => used = now,
             }
@@ -275,6 +311,7 @@ mod tests {
         let scope = store.tagged_scope("cluster", "envoy_cluster_name", "c");
         let cb = config::CircuitBreakers {
             thresholds: yaml_thresholds,
+            per_host_max_connections: None,
         };
         (Breakers::new(Some(&cb), &scope), store)
     }
@@ -288,6 +325,42 @@ mod tests {
             track_remaining: true,
             ..config::Thresholds::defaults(false)
         }
+    }
+
+    #[test]
+    fn per_host_connections_are_limited_apart_from_the_cluster() {
+        let store = Store::new();
+        let scope = store.tagged_scope("cluster", "envoy_cluster_name", "c");
+        let cb = config::CircuitBreakers {
+            thresholds: vec![],
+            per_host_max_connections: Some(2),
+        };
+        let b = Breakers::new(Some(&cb), &scope);
+        let host = |port| {
+            super::super::Host::new(
+                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                String::new(),
+                0,
+                Default::default(),
+                1,
+                config::HealthStatus::Healthy,
+            )
+        };
+        let (h1, h2) = (host(1), host(2));
+        let s1 = b.try_acquire_connection(Priority::Default, &h1).unwrap();
+        let _s2 = b.try_acquire_connection(Priority::Default, &h1).unwrap();
+        assert!(b.try_acquire_connection(Priority::Default, &h1).is_none());
+        // The refused attempt gave its cluster slot back.
+        assert_eq!(
+            b.limit(Priority::Default, Resource::Connections)
+                .used
+                .load(Ordering::Relaxed),
+            2
+        );
+        let _s3 = b.try_acquire_connection(Priority::Default, &h2).unwrap();
+        drop(s1);
+        assert_eq!(h1.stats.cx_slots.load(Ordering::Relaxed), 1);
+        assert!(b.try_acquire_connection(Priority::Default, &h1).is_some());
     }
 
     #[test]

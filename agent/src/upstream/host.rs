@@ -55,6 +55,8 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 pub struct HostStats {
     pub cx_active: AtomicU64,
+    /// Connection slots taken (opening or open) under `per_host_thresholds`.
+    pub cx_slots: AtomicU64,
     pub cx_total: AtomicU64,
     pub cx_connect_fail: AtomicU64,
     pub rq_success: AtomicU64,

@@ -474,7 +474,7 @@ impl Cluster {
     pub async fn connect(self: &Arc<Self>, host: Arc<Host>) -> Result<Upstream, ConnectError> {
         let Some(slot) = self
             .breakers
-            .try_acquire(Priority::Default, Resource::Connections)
+            .try_acquire_connection(Priority::Default, &host)
         else {
             self.stats.upstream_cx_overflow.inc();
             return Err(ConnectError::Overflow(self.config.name.clone()));
