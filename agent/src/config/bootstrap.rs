@@ -6,6 +6,8 @@
 
 use super::cluster_health::*;
 #[cfg(test)]
+use super::cluster_lb::*;
+#[cfg(test)]
 use super::endpoint::*;
 use super::listener::read_listener;
 #[cfg(test)]

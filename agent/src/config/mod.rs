@@ -6,6 +6,7 @@
 mod bootstrap;
 mod cluster;
 mod cluster_health;
+mod cluster_lb;
 mod endpoint;
 mod extensions;
 pub mod http;
