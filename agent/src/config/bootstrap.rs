@@ -252,6 +252,8 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ),
     ("Percent (retry_budget.budget_percent)", PERCENT),
     ("CommonLbConfig", COMMON_LB_CONFIG),
+    ("RoundRobinLbConfig", ROUND_ROBIN_LB_CONFIG),
+    ("SlowStartConfig", SLOW_START_CONFIG),
     ("ZoneAwareLbConfig", ZONE_AWARE_LB_CONFIG),
     ("LocalityWeightedLbConfig", LOCALITY_WEIGHTED_LB_CONFIG),
     (

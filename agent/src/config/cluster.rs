@@ -41,7 +41,7 @@ pub(super) const CLUSTER: FieldTable = &[
     ("outlier_detection", S),
     ("health_checks", S),
     ("common_lb_config", S),
-    ("round_robin_lb_config", I("slow start is not applied")),
+    ("round_robin_lb_config", S),
     ("least_request_lb_config", S),
     (
         "per_connection_buffer_limit_bytes",

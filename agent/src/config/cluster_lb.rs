@@ -20,7 +20,7 @@ pub(super) const MAGLEV_LB_CONFIG: FieldTable = &[("table_size", S)];
 pub(super) const LEAST_REQUEST_LB_CONFIG: FieldTable = &[
     ("choice_count", S),
     ("active_request_bias", S),
-    ("slow_start_config", I("slow start is not applied")),
+    ("slow_start_config", S),
     (
         "locality_lb_config",
         I("locality-weighted LB is not applied yet"),
@@ -39,6 +39,46 @@ const MAX_MAGLEV_TABLE: u64 = 5_000_011;
 
 fn is_prime(n: u64) -> bool {
     n >= 2 && (2..).take_while(|i| i * i <= n).all(|i| n % i != 0)
+}
+
+pub(super) const ROUND_ROBIN_LB_CONFIG: FieldTable = &[
+    ("slow_start_config", S),
+    (
+        "locality_lb_config",
+        I("locality-weighted and zone-aware balancing are set in common_lb_config"),
+    ),
+];
+
+pub(super) const SLOW_START_CONFIG: FieldTable = &[
+    ("slow_start_window", S),
+    ("aggression", S),
+    ("min_weight_percent", S),
+];
+
+/// `slow_start_config` of `round_robin_lb_config` or `least_request_lb_config`.
+fn read_slow_start(o: &Obj, d: &mut Diagnostics) -> Option<SlowStart> {
+    let s = o.object("slow_start_config", SLOW_START_CONFIG, d)?;
+    let window = s.duration("slow_start_window", d).unwrap_or_default();
+    if window.is_zero() {
+        // As Envoy: no window, no slow start.
+        return None;
+    }
+    let aggression = s
+        .object("aggression", RUNTIME_DOUBLE, d)
+        .and_then(|a| a.float("default_value", 0.0, 1e6, d))
+        .unwrap_or(1.0);
+    if aggression <= 0.0 {
+        d.error(s.at("aggression"), "must be greater than 0");
+    }
+    let min_weight_percent = s
+        .object("min_weight_percent", PERCENT, d)
+        .and_then(|p| p.float("value", 0.0, 100.0, d))
+        .unwrap_or(10.0);
+    Some(SlowStart {
+        window,
+        aggression: aggression.max(1e-6),
+        min_weight_percent,
+    })
 }
 
 pub(super) const COMMON_LB_CONFIG: FieldTable = &[
@@ -134,11 +174,13 @@ fn read_common_lb(o: &Obj, policy: LbPolicy, d: &mut Diagnostics) -> CommonLb {
         healthy_panic_threshold,
         fail_traffic_on_panic,
         locality,
+        slow_start: None,
     }
 }
 
 /// `lb_policy` with its policy config, and `common_lb_config`.
 pub(super) fn read_lb(c: &Obj, d: &mut Diagnostics) -> (LbPolicy, CommonLb) {
+    let mut slow_start = None;
     let lb_policy = match c
         .enumeration(
             "lb_policy",
@@ -160,6 +202,7 @@ pub(super) fn read_lb(c: &Obj, d: &mut Diagnostics) -> (LbPolicy, CommonLb) {
     {
         Some("LEAST_REQUEST") => {
             let cfg = c.object("least_request_lb_config", LEAST_REQUEST_LB_CONFIG, d);
+            slow_start = cfg.as_ref().and_then(|l| read_slow_start(l, d));
             let choice_count = cfg
                 .as_ref()
                 .and_then(|l| l.uint("choice_count", 2, 100, d))
@@ -218,20 +261,27 @@ pub(super) fn read_lb(c: &Obj, d: &mut Diagnostics) -> (LbPolicy, CommonLb) {
                 .unwrap_or(65_537);
             LbPolicy::Maglev { table_size }
         }
-        _ => LbPolicy::RoundRobin,
+        _ => {
+            slow_start = c
+                .object("round_robin_lb_config", ROUND_ROBIN_LB_CONFIG, d)
+                .and_then(|r| read_slow_start(&r, d));
+            LbPolicy::RoundRobin
+        }
     };
     for (key, wanted) in [
         ("ring_hash_lb_config", "RING_HASH"),
         ("maglev_lb_config", "MAGLEV"),
         ("least_request_lb_config", "LEAST_REQUEST"),
+        ("round_robin_lb_config", "ROUND_ROBIN"),
     ] {
         if c.get(key).is_some() && lb_policy.as_str() != wanted {
             d.error(c.at(key), format!("only valid with lb_policy {wanted}"));
         }
     }
-    let common_lb = c
+    let mut common_lb = c
         .object("common_lb_config", COMMON_LB_CONFIG, d)
         .map(|o| read_common_lb(&o, lb_policy, d))
         .unwrap_or_default();
+    common_lb.slow_start = slow_start;
     (lb_policy, common_lb)
 }

@@ -538,6 +538,17 @@ pub struct CommonLb {
     /// `zone_aware_lb_config.fail_traffic_on_panic`: in panic, no host instead of all.
     pub fail_traffic_on_panic: bool,
     pub locality: LocalityLb,
+    /// `slow_start_config` (ROUND_ROBIN, LEAST_REQUEST): new hosts' weight ramps up.
+    pub slow_start: Option<SlowStart>,
+}
+
+/// Envoy's slow start: a host's weight × max(`min_weight_percent`, (time since it was added
+/// or passed its first health check / `window`) ^ (1 / `aggression`)) during the window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowStart {
+    pub window: Duration,
+    pub aggression: f64,
+    pub min_weight_percent: f64,
 }
 
 impl Default for CommonLb {
@@ -546,6 +557,7 @@ impl Default for CommonLb {
             healthy_panic_threshold: 50.0,
             fail_traffic_on_panic: false,
             locality: LocalityLb::None,
+            slow_start: None,
         }
     }
 }

@@ -370,6 +370,10 @@ impl Checker {
                         false,
                     );
                     tracing::info!(cluster = cluster.name(), host = %host.address, "health check: host healthy");
+                    if cluster.config.common_lb.slow_start.is_some() {
+                        // Slow start counts from the check that let it in (Envoy).
+                        host.start_slow_start();
+                    }
                     self.log_event(
                         cluster,
                         host,

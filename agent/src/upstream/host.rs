@@ -92,6 +92,9 @@ pub struct Host {
     /// Wakes the TCP proxy connections to this host that must close
     /// (`close_connections_on_host_health_failure`).
     close_all: tokio::sync::Notify,
+    /// When the host's slow start began (added to a cluster that had hosts, or passed its
+    /// first health check), with `slow_start_config`.
+    slow_start: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 const STATUSES: [HealthStatus; 6] = [
@@ -143,7 +146,19 @@ impl Host {
             outlier: Default::default(),
             health: Default::default(),
             close_all: tokio::sync::Notify::new(),
+            slow_start: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Starts (or starts again) the host's slow start window now.
+    pub fn start_slow_start(&self) {
+        *self.slow_start.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(tokio::time::Instant::now());
+    }
+
+    /// When its slow start began, if it did.
+    pub fn slow_start_since(&self) -> Option<tokio::time::Instant> {
+        *self.slow_start.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Closes the host's connections: TCP proxy connections at once, pooled HTTP ones

@@ -16,6 +16,7 @@ use crate::config::{self, Host as CfgHost, LbPolicy};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Longest precomputed round-robin schedule; larger weight sums are scaled down.
 const MAX_SCHEDULE: u64 = 1 << 16;
@@ -61,9 +62,56 @@ pub struct Group {
     hashed: Option<super::hash_lb::Table>,
 }
 
+/// The weights a set is built with: the hosts' own, or, while some host is in its slow
+/// start window, all scaled by 1,000 and the starting hosts' by their ramp (Envoy's
+/// `weight × max(min_weight_percent, (elapsed / window) ^ (1 / aggression))`).
+pub struct Weights {
+    slow_start: Option<(config::SlowStart, tokio::time::Instant)>,
+}
+
+impl Weights {
+    fn new(b: &Balancing, hosts: &[Arc<Host>]) -> Self {
+        let now = tokio::time::Instant::now();
+        let slow_start = b.common.slow_start.filter(|ss| {
+            hosts
+                .iter()
+                .any(|h| h.slow_start_since().is_some_and(|t| now - t < ss.window))
+        });
+        Self {
+            slow_start: slow_start.map(|ss| (ss, now)),
+        }
+    }
+
+    /// The hosts' own weights (tests, benchmarks).
+    pub fn plain() -> Self {
+        Self { slow_start: None }
+    }
+
+    pub fn of(&self, h: &Host) -> u64 {
+        let w = u64::from(h.weight().max(1));
+        let Some((ss, now)) = &self.slow_start else {
+            return w;
+        };
+        let factor = match h.slow_start_since() {
+            Some(t) if *now - t < ss.window && h.health() == Health::Healthy => {
+                let elapsed = (*now - t).max(Duration::from_millis(1));
+                let time = elapsed.as_secs_f64() / ss.window.as_secs_f64();
+                let ramp = if ss.aggression == 1.0 {
+                    time
+                } else {
+                    time.powf(1.0 / ss.aggression)
+                };
+                ramp.max(ss.min_weight_percent / 100.0).min(1.0)
+            }
+            _ => 1.0,
+        };
+        ((w as f64) * 1000.0 * factor).max(1.0) as u64
+    }
+}
+
 impl Group {
-    pub fn new(policy: LbPolicy, active: Vec<Arc<Host>>) -> Self {
-        let weights: Vec<u64> = active.iter().map(|h| h.weight().max(1) as u64).collect();
+    pub fn new(policy: LbPolicy, active: Vec<Arc<Host>>, weights: &Weights) -> Self {
+        let weights: Vec<u64> = active.iter().map(|h| weights.of(h)).collect();
         let hashed = super::hash_lb::Table::build(policy, &active, &weights);
         let schedule = if hashed.is_some() {
             Vec::new()
@@ -223,6 +271,7 @@ impl HostSet {
         let mut level_load = Vec::new();
         let mut sum = 0;
         let eligible: Vec<&Arc<Host>> = all.iter().filter(|h| !h.excluded()).collect();
+        let weights = Weights::new(b, &all);
         for (priority, degraded, load, panic) in
             priority_loads(&eligible, b.common.healthy_panic_threshold)
         {
@@ -248,13 +297,13 @@ impl HostSet {
             let spread = if panic {
                 Spread::Flat
             } else {
-                super::locality::spread(b, priority, &active, &level)
+                super::locality::spread(b, priority, &active, &level, &weights)
             };
             levels.push(Level {
                 priority,
                 degraded,
                 panic,
-                group: Group::new(b.policy, active),
+                group: Group::new(b.policy, active, &weights),
                 spread,
             });
             sum += load;
@@ -415,8 +464,7 @@ impl Group {
                     if equal {
                         a
                     } else {
-                        (a + 1.0).powf(f64::from(bias_milli) / 1000.0)
-                            / f64::from(h.weight().max(1))
+                        (a + 1.0).powf(f64::from(bias_milli) / 1000.0) / self.weight(i) as f64
                     }
                 };
                 let k = choice_count.max(2) as usize;
@@ -455,6 +503,11 @@ impl Group {
             }
         };
         Some(self.active[i].clone())
+    }
+
+    /// The weight the group was built with for host `i`.
+    fn weight(&self, i: usize) -> u64 {
+        self.cumulative[i] - if i == 0 { 0 } else { self.cumulative[i - 1] }
     }
 
     fn weighted_random(&self) -> usize {
@@ -510,6 +563,39 @@ fn gcd(a: u64, b: u64) -> u64 {
         a
     } else {
         gcd(b, a % b)
+    }
+}
+
+/// Slow start's refresher for one cluster: while a host is in its window, the balancer is
+/// rebuilt every tenth of the window (between 50 ms and 5 s), so the weights ramp up off the
+/// data path. Holds the cluster weakly; ends with it or at shutdown.
+pub async fn slow_start_refresh(
+    cluster: std::sync::Weak<super::Cluster>,
+    window: Duration,
+    mut shutdown: crate::drain::Watch,
+) {
+    let step = (window / 10).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut ramping = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(step) => {}
+            _ = shutdown.draining() => return,
+        }
+        let Some(c) = cluster.upgrade() else { return };
+        if c.is_retired() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let in_window = c
+            .hosts()
+            .all()
+            .iter()
+            .any(|h| h.slow_start_since().is_some_and(|t| now - t < window));
+        // One more rebuild after the last host left its window: full weights.
+        if in_window || ramping {
+            c.hosts_health_changed();
+        }
+        ramping = in_window;
     }
 }
 
@@ -716,5 +802,46 @@ mod tests {
         let s = smooth_wrr_schedule(&[u32::MAX as u64, 1, 7]);
         assert!(s.len() as u64 <= MAX_SCHEDULE + 2);
         assert!(s.contains(&1) && s.contains(&2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_ramps_a_new_hosts_weight_up() {
+        let mut b = (*Balancing::of(LbPolicy::RoundRobin)).clone();
+        b.common.slow_start = Some(config::SlowStart {
+            window: Duration::from_secs(10),
+            aggression: 1.0,
+            min_weight_percent: 10.0,
+        });
+        let b = Arc::new(b);
+        let (old, new) = (
+            host(1, 1, 0, HealthStatus::Healthy),
+            host(2, 1, 0, HealthStatus::Healthy),
+        );
+        new.start_slow_start();
+        let share = |set: &HostSet| {
+            let c = counts(set, 1100);
+            c.get(&2).copied().unwrap_or(0) as f64 / 1100.0
+        };
+        // At once: the floor, 10 % of its weight → 1/11 of the picks.
+        let set = HostSet::build(b.clone(), vec![old.clone(), new.clone()]);
+        assert!((share(&set) - 1.0 / 11.0).abs() < 0.01, "{}", share(&set));
+        // Half the window: half its weight → 1/3.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let set = HostSet::build(b.clone(), vec![old.clone(), new.clone()]);
+        assert!((share(&set) - 1.0 / 3.0).abs() < 0.01, "{}", share(&set));
+        // With aggression 2, the ramp is sqrt(0.5) ≈ 0.71 at the same point.
+        let mut b2 = (*b).clone();
+        b2.common.slow_start.as_mut().unwrap().aggression = 2.0;
+        let set = HostSet::build(Arc::new(b2), vec![old.clone(), new.clone()]);
+        let w = 0.5f64.sqrt();
+        assert!(
+            (share(&set) - w / (1.0 + w)).abs() < 0.01,
+            "{}",
+            share(&set)
+        );
+        // After the window: equal.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let set = HostSet::build(b, vec![old, new]);
+        assert_eq!(share(&set), 0.5);
     }
 }

@@ -14,7 +14,7 @@
 //! (`lb_zone_routing_cross_zone`).
 
 use super::host::{Health, Host};
-use super::lb::Group;
+use super::lb::{Group, Weights};
 use crate::config::{CommonLb, LbPolicy, Locality, LocalityLb};
 use crate::stats::{Counter, Scope};
 use std::sync::{Arc, Mutex, Weak};
@@ -221,10 +221,16 @@ const OVERPROVISIONING: f64 = 1.4;
 
 /// The spread of one level: `active` are its usable hosts (healthy, or degraded), `level`
 /// all the hosts of its priority.
-pub fn spread(b: &Balancing, priority: u32, active: &[Arc<Host>], level: &[&Arc<Host>]) -> Spread {
+pub fn spread(
+    b: &Balancing,
+    priority: u32,
+    active: &[Arc<Host>],
+    level: &[&Arc<Host>],
+    weights: &Weights,
+) -> Spread {
     match b.common.locality {
         LocalityLb::None => Spread::Flat,
-        LocalityLb::Weighted => weighted(b.policy, active, level),
+        LocalityLb::Weighted => weighted(b.policy, active, level, weights),
         LocalityLb::ZoneAware {
             routing_enabled,
             min_cluster_size,
@@ -233,12 +239,17 @@ pub fn spread(b: &Balancing, priority: u32, active: &[Arc<Host>], level: &[&Arc<
                 // As Envoy: zone-aware routing is for priority 0 only.
                 return Spread::Flat;
             }
-            zone_aware(b, active, routing_enabled, min_cluster_size)
+            zone_aware(b, active, routing_enabled, min_cluster_size, weights)
         }
     }
 }
 
-fn weighted(policy: LbPolicy, active: &[Arc<Host>], level: &[&Arc<Host>]) -> Spread {
+fn weighted(
+    policy: LbPolicy,
+    active: &[Arc<Host>],
+    level: &[&Arc<Host>],
+    weights: &Weights,
+) -> Spread {
     let mut groups = Vec::new();
     let mut cumulative = Vec::new();
     let mut sum = 0u64;
@@ -258,7 +269,7 @@ fn weighted(policy: LbPolicy, active: &[Arc<Host>], level: &[&Arc<Host>]) -> Spr
         }
         sum += w;
         cumulative.push(sum);
-        groups.push(Group::new(policy, hosts));
+        groups.push(Group::new(policy, hosts, weights));
     }
     if groups.is_empty() {
         return Spread::Flat;
@@ -266,7 +277,13 @@ fn weighted(policy: LbPolicy, active: &[Arc<Host>], level: &[&Arc<Host>]) -> Spr
     Spread::Weighted { groups, cumulative }
 }
 
-fn zone_aware(b: &Balancing, active: &[Arc<Host>], enabled: f64, min_size: u64) -> Spread {
+fn zone_aware(
+    b: &Balancing,
+    active: &[Arc<Host>],
+    enabled: f64,
+    min_size: u64,
+    weights: &Weights,
+) -> Spread {
     let Some(local) = b.local.as_deref() else {
         return Spread::ZoneSkipped(ZoneSkip::LocalClusterNotOk);
     };
@@ -318,7 +335,7 @@ fn zone_aware(b: &Balancing, active: &[Arc<Host>], enabled: f64, min_size: u64) 
     Spread::Zone {
         groups: groups
             .into_iter()
-            .map(|(_, hosts)| Group::new(policy, hosts))
+            .map(|(_, hosts)| Group::new(policy, hosts, weights))
             .collect(),
         enabled: (enabled * 100.0) as u64,
         local: keep,

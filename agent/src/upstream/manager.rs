@@ -174,6 +174,14 @@ impl ClusterManager {
                 watch.clone(),
             ));
         }
+        if let (Some(ss), Some((rt, watch))) = (&c.config.common_lb.slow_start, self.runtime.get())
+        {
+            rt.spawn(super::lb::slow_start_refresh(
+                Arc::downgrade(c),
+                ss.window,
+                watch.clone(),
+            ));
+        }
         if let (Some(d), Some((rt, watch))) = (&c.outlier, self.runtime.get()) {
             rt.spawn(super::outlier::run(
                 Arc::downgrade(c),
@@ -226,6 +234,13 @@ impl ClusterManager {
                 tokio::spawn(super::health::run(
                     Arc::downgrade(&c),
                     h.initial_jitter,
+                    shutdown.clone(),
+                ));
+            }
+            if let Some(ss) = &c.config.common_lb.slow_start {
+                tokio::spawn(super::lb::slow_start_refresh(
+                    Arc::downgrade(&c),
+                    ss.window,
                     shutdown.clone(),
                 ));
             }

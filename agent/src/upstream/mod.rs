@@ -317,6 +317,21 @@ impl Cluster {
         if self.health.is_some() && !self.config.ignore_health_on_host_removal {
             self.keep_removed_healthy_hosts(&old, &mut new);
         }
+        if self.config.common_lb.slow_start.is_some() && !old.all().is_empty() {
+            // Hosts joining a cluster that had hosts ramp up (the first ones do not).
+            let known: std::collections::HashSet<*const Host> =
+                old.all().iter().map(Arc::as_ptr).collect();
+            let mut fresh = false;
+            for h in new.all() {
+                if !known.contains(&Arc::as_ptr(h)) {
+                    h.start_slow_start();
+                    fresh = true;
+                }
+            }
+            if fresh {
+                new.rebuild();
+            }
+        }
         if let Some(h) = &self.health {
             // Hosts new to the cluster wait for their first check.
             let mut fresh = false;

@@ -257,3 +257,24 @@ fn ignore_health_on_host_removal_drops_hosts_at_once() {
     cm.set_endpoints("c", endpoints(&[]));
     assert!(c.hosts().all().is_empty());
 }
+
+#[test]
+fn hosts_joining_a_cluster_with_slow_start_ramp_up_and_the_first_do_not() {
+    let snap = config::parse_bootstrap(
+        r#"{"static_resources": {"clusters": [{"name": "c", "type": "STATIC",
+            "round_robin_lb_config": {"slow_start_config": {"slow_start_window": "60s"}},
+            "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}}}]}]}}]}}"#,
+        "test",
+    )
+    .unwrap();
+    let cm = ClusterManager::new(&snap, &Store::new());
+    let c = cm.get("c").unwrap();
+    assert!(host_on(&c, 1).slow_start_since().is_none());
+    cm.set_endpoints(
+        "c",
+        endpoints(&[(1, 1, HealthStatus::Healthy), (2, 1, HealthStatus::Healthy)]),
+    );
+    assert!(host_on(&c, 1).slow_start_since().is_none(), "kept, not new");
+    assert!(host_on(&c, 2).slow_start_since().is_some());
+}
