@@ -189,117 +189,10 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
         c.wait_for_warm_on_init.is_some(),
     );
     if let Some(o) = &c.outlier_detection {
-        let mut om = Map::new();
-        for (k, v) in [
-            ("consecutive_5xx", &o.consecutive_5xx),
-            ("max_ejection_percent", &o.max_ejection_percent),
-            ("enforcing_consecutive_5xx", &o.enforcing_consecutive_5xx),
-            (
-                "consecutive_gateway_failure",
-                &o.consecutive_gateway_failure,
-            ),
-            (
-                "enforcing_consecutive_gateway_failure",
-                &o.enforcing_consecutive_gateway_failure,
-            ),
-            (
-                "consecutive_local_origin_failure",
-                &o.consecutive_local_origin_failure,
-            ),
-            (
-                "enforcing_consecutive_local_origin_failure",
-                &o.enforcing_consecutive_local_origin_failure,
-            ),
-        ] {
-            if let Some(v) = v {
-                om.insert(k.into(), json!(v.value));
-            }
-        }
-        for (k, v) in [
-            ("interval", &o.interval),
-            ("base_ejection_time", &o.base_ejection_time),
-            ("max_ejection_time", &o.max_ejection_time),
-        ] {
-            if let Some(v) = v {
-                om.insert(k.into(), json!(duration(v)));
-            }
-        }
-        if o.split_external_local_origin_errors {
-            om.insert("split_external_local_origin_errors".into(), json!(true));
-        }
-        mark(
-            &mut om,
-            "enforcing_success_rate",
-            o.enforcing_success_rate.is_some(),
+        m.insert(
+            "outlier_detection".into(),
+            by_reflection("envoy.config.cluster.v3.OutlierDetection", o),
         );
-        mark(
-            &mut om,
-            "success_rate_minimum_hosts",
-            o.success_rate_minimum_hosts.is_some(),
-        );
-        mark(
-            &mut om,
-            "success_rate_request_volume",
-            o.success_rate_request_volume.is_some(),
-        );
-        mark(
-            &mut om,
-            "success_rate_stdev_factor",
-            o.success_rate_stdev_factor.is_some(),
-        );
-        mark(
-            &mut om,
-            "enforcing_local_origin_success_rate",
-            o.enforcing_local_origin_success_rate.is_some(),
-        );
-        mark(
-            &mut om,
-            "failure_percentage_threshold",
-            o.failure_percentage_threshold.is_some(),
-        );
-        mark(
-            &mut om,
-            "enforcing_failure_percentage",
-            o.enforcing_failure_percentage.is_some(),
-        );
-        mark(
-            &mut om,
-            "enforcing_failure_percentage_local_origin",
-            o.enforcing_failure_percentage_local_origin.is_some(),
-        );
-        mark(
-            &mut om,
-            "failure_percentage_minimum_hosts",
-            o.failure_percentage_minimum_hosts.is_some(),
-        );
-        mark(
-            &mut om,
-            "failure_percentage_request_volume",
-            o.failure_percentage_request_volume.is_some(),
-        );
-        mark(
-            &mut om,
-            "max_ejection_time_jitter",
-            o.max_ejection_time_jitter.is_some(),
-        );
-        if let Some(v) = &o.successful_active_health_check_uneject_host {
-            om.insert(
-                "successful_active_health_check_uneject_host".into(),
-                json!(v.value),
-            );
-        }
-        mark(&mut om, "monitors", !o.monitors.is_empty());
-        mark(
-            &mut om,
-            "always_eject_one_host",
-            o.always_eject_one_host.is_some(),
-        );
-        mark(
-            &mut om,
-            "detect_degraded_hosts",
-            o.detect_degraded_hosts.is_some(),
-        );
-        m.insert("outlier_detection".into(), Json::Object(om));
     }
     if let Some(i) = &c.cleanup_interval {
         m.insert("cleanup_interval".into(), json!(duration(i)));
@@ -310,7 +203,12 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
         c.upstream_bind_config.is_some(),
     );
     mark(&mut m, "lb_subset_config", c.lb_subset_config.is_some());
-    mark(&mut m, "common_lb_config", c.common_lb_config.is_some());
+    if let Some(l) = &c.common_lb_config {
+        m.insert(
+            "common_lb_config".into(),
+            by_reflection("envoy.config.cluster.v3.Cluster.CommonLbConfig", l),
+        );
+    }
     mark(&mut m, "metadata", c.metadata.is_some());
     super::http::cluster_http_json(c, &mut m);
     mark(
@@ -318,22 +216,27 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
         "upstream_connection_options",
         c.upstream_connection_options.is_some(),
     );
-    mark(
-        &mut m,
-        "close_connections_on_host_health_failure",
-        c.close_connections_on_host_health_failure,
-    );
-    mark(
-        &mut m,
-        "ignore_health_on_host_removal",
-        c.ignore_health_on_host_removal,
-    );
+    for (k, on) in [
+        (
+            "close_connections_on_host_health_failure",
+            c.close_connections_on_host_health_failure,
+        ),
+        (
+            "ignore_health_on_host_removal",
+            c.ignore_health_on_host_removal,
+        ),
+    ] {
+        if on {
+            m.insert(k.into(), json!(true));
+        }
+    }
     mark(&mut m, "filters", !c.filters.is_empty());
-    mark(
-        &mut m,
-        "load_balancing_policy",
-        c.load_balancing_policy.is_some(),
-    );
+    if let Some(p) = &c.load_balancing_policy {
+        m.insert(
+            "load_balancing_policy".into(),
+            by_reflection("envoy.config.cluster.v3.LoadBalancingPolicy", p),
+        );
+    }
     mark(&mut m, "lrs_server", c.lrs_server.is_some());
     mark(&mut m, "track_timeout_budgets", c.track_timeout_budgets);
     mark(
@@ -369,8 +272,11 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
                 by_reflection("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", r),
             );
         }
-        Some(pbc::cluster::LbConfig::RoundRobinLbConfig(_)) => {
-            mark(&mut m, "round_robin_lb_config", true)
+        Some(pbc::cluster::LbConfig::RoundRobinLbConfig(r)) => {
+            m.insert(
+                "round_robin_lb_config".into(),
+                by_reflection("envoy.config.cluster.v3.Cluster.RoundRobinLbConfig", r),
+            );
         }
         None => {}
     }

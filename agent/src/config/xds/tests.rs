@@ -106,11 +106,59 @@ fn circuit_breakers_and_outlier_detection_are_carried() {
                 seconds: 2,
                 nanos: 0,
             }),
+            success_rate_request_volume: Some(UInt32Value { value: 20 }),
+            enforcing_failure_percentage: Some(UInt32Value { value: 50 }),
+            max_ejection_time_jitter: Some(PbDuration {
+                seconds: 1,
+                nanos: 0,
+            }),
             ..Default::default()
         }),
+        common_lb_config: Some(pbc::cluster::CommonLbConfig {
+            healthy_panic_threshold: Some(envoy_types::pb::envoy::r#type::v3::Percent {
+                value: 30.0,
+            }),
+            locality_config_specifier: Some(
+                pbc::cluster::common_lb_config::LocalityConfigSpecifier::ZoneAwareLbConfig(
+                    pbc::cluster::common_lb_config::ZoneAwareLbConfig {
+                        min_cluster_size: Some(envoy_types::pb::google::protobuf::UInt64Value {
+                            value: 3,
+                        }),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }),
+        lb_config: Some(pbc::cluster::LbConfig::RoundRobinLbConfig(
+            pbc::cluster::RoundRobinLbConfig {
+                slow_start_config: Some(pbc::cluster::SlowStartConfig {
+                    slow_start_window: Some(PbDuration {
+                        seconds: 30,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+            },
+        )),
+        close_connections_on_host_health_failure: true,
+        ignore_health_on_host_removal: true,
         ..Default::default()
     };
     let (m, warnings) = cluster_from_proto(&c).unwrap();
+    assert_eq!(m.common_lb.healthy_panic_threshold, 30.0);
+    assert_eq!(
+        m.common_lb.locality,
+        crate::config::LocalityLb::ZoneAware {
+            routing_enabled: 100.0,
+            min_cluster_size: 3
+        }
+    );
+    assert_eq!(
+        m.common_lb.slow_start.unwrap().window,
+        std::time::Duration::from_secs(30)
+    );
+    assert!(m.close_connections_on_host_health_failure && m.ignore_health_on_host_removal);
     let t = &m.circuit_breakers.as_ref().unwrap().thresholds[0];
     assert_eq!((t.max_connections, t.max_requests), (7, 1024));
     let o = m.outlier_detection.as_ref().unwrap();
@@ -119,6 +167,14 @@ fn circuit_breakers_and_outlier_detection_are_carried() {
         (3, std::time::Duration::from_secs(2))
     );
     assert_eq!(o.base_ejection_time, std::time::Duration::from_secs(30));
+    assert_eq!(
+        (
+            o.success_rate_request_volume,
+            o.enforcing_failure_percentage,
+            o.max_ejection_time_jitter
+        ),
+        (20, 50, std::time::Duration::from_secs(1))
+    );
     // Both are enforced: nothing to warn about.
     assert!(warnings.is_empty(), "{warnings:?}");
 }
