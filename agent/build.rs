@@ -13,6 +13,13 @@ const FILES: &[&str] = &[
     "envoy/config/route/v3/route.proto",
     // Clusters' health checks, balancer settings and retry budgets (CDS), by reflection.
     "envoy/config/cluster/v3/cluster.proto",
+    // Typed load balancing policies (a cluster's load_balancing_policy).
+    "envoy/extensions/load_balancing_policies/round_robin/v3/round_robin.proto",
+    "envoy/extensions/load_balancing_policies/least_request/v3/least_request.proto",
+    "envoy/extensions/load_balancing_policies/random/v3/random.proto",
+    "envoy/extensions/load_balancing_policies/ring_hash/v3/ring_hash.proto",
+    "envoy/extensions/load_balancing_policies/maglev/v3/maglev.proto",
+    "envoy/extensions/load_balancing_policies/cluster_provided/v3/cluster_provided.proto",
     "envoy/extensions/filters/http/router/v3/router.proto",
     "envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto",
     "envoy/extensions/filters/http/fault/v3/fault.proto",

@@ -436,6 +436,64 @@ fn hashing_policies_are_read_and_bad_settings_named() {
 }
 
 #[test]
+fn typed_load_balancing_policies_take_the_first_supported() {
+    let with = |extra: &str| {
+        GOOD.replace(
+            "    connect_timeout: 0.5s\n",
+            &format!("    connect_timeout: 0.5s\n{extra}"),
+        )
+    };
+    let lr = "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest";
+    let cswrr = "type.googleapis.com/envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin";
+    let yaml = with(&format!(
+        "    load_balancing_policy:\n      policies:\n      - typed_extension_config: {{name: a, typed_config: {{'@type': {cswrr}}}}}\n      - typed_extension_config:\n          name: b\n          typed_config:\n            '@type': {lr}\n            choice_count: 3\n            slow_start_config: {{slow_start_window: 5s}}\n            locality_lb_config: {{locality_weighted_lb_config: {{}}}}\n"
+    ));
+    let snap = parse_bootstrap(&yaml, "t").unwrap();
+    let c = &snap.clusters[0];
+    assert_eq!(
+        c.lb_policy,
+        LbPolicy::LeastRequest {
+            choice_count: 3,
+            bias_milli: 1000
+        }
+    );
+    assert_eq!(
+        c.common_lb.slow_start.unwrap().window,
+        std::time::Duration::from_secs(5)
+    );
+    assert_eq!(c.common_lb.locality, crate::config::LocalityLb::Weighted);
+    // The unsupported first policy is skipped with a warning naming it.
+    assert!(
+        snap.warnings
+            .iter()
+            .any(|w| w.message.contains("ClientSideWeightedRoundRobin")),
+        "{:?}",
+        snap.warnings
+    );
+    let p = "static_resources.clusters[0].load_balancing_policy";
+    let only_unsupported = with(&format!(
+        "    load_balancing_policy: {{policies: [{{typed_extension_config: {{name: a, typed_config: {{'@type': {cswrr}}}}}}}]}}\n"
+    ));
+    let e = errors(&only_unsupported);
+    assert!(
+        e[0].starts_with(&format!("{p}.policies: none of the policies is supported")),
+        "{e:?}"
+    );
+    let maglev = "type.googleapis.com/envoy.extensions.load_balancing_policies.maglev.v3.Maglev";
+    let snap = parse_bootstrap(
+        &with(&format!(
+            "    load_balancing_policy: {{policies: [{{typed_extension_config: {{name: m, typed_config: {{'@type': {maglev}, table_size: 7}}}}}}]}}\n"
+        )),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(
+        snap.clusters[0].lb_policy,
+        LbPolicy::Maglev { table_size: 7 }
+    );
+}
+
+#[test]
 fn health_checks_are_read_and_bad_ones_named() {
     let with = |extra: &str| {
         GOOD.replace(

@@ -97,10 +97,7 @@ pub(super) const CLUSTER: FieldTable = &[
         R("binding upstream source addresses is not supported"),
     ),
     ("filters", R("upstream network filters are not supported")),
-    (
-        "load_balancing_policy",
-        R("extension LB policies are not supported; use lb_policy"),
-    ),
+    ("load_balancing_policy", S),
 ];
 
 pub(super) const CIRCUIT_BREAKERS: FieldTable = &[("thresholds", S), ("per_host_thresholds", S)];

@@ -558,3 +558,36 @@ fn cds_health_checks_balancer_settings_and_retry_budgets_translate() {
             .successful_active_health_check_uneject_host
     );
 }
+
+#[test]
+fn a_typed_load_balancing_policy_arrives_by_reflection() {
+    use envoy_types::pb::envoy::extensions::load_balancing_policies::maglev::v3::Maglev;
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::Message;
+    let c = pbc::Cluster {
+        name: "typed".into(),
+        load_balancing_policy: Some(pbc::LoadBalancingPolicy {
+            policies: vec![pbc::load_balancing_policy::Policy {
+                typed_extension_config: Some(core::TypedExtensionConfig {
+                    name: "maglev".into(),
+                    typed_config: Some(Any {
+                        type_url: "type.googleapis.com/envoy.extensions.load_balancing_policies.maglev.v3.Maglev".into(),
+                        value: Maglev {
+                            table_size: Some(envoy_types::pb::google::protobuf::UInt64Value {
+                                value: 13,
+                            }),
+                            ..Default::default()
+                        }
+                        .encode_to_vec(),
+                    }),
+                }),
+            }],
+        }),
+        ..Default::default()
+    };
+    let (m, _) = cluster_from_proto(&c).unwrap();
+    assert_eq!(
+        m.lb_policy,
+        crate::config::LbPolicy::Maglev { table_size: 13 }
+    );
+}
