@@ -113,3 +113,53 @@ async fn a_tcp_proxy_hashing_the_source_ip_keeps_a_client_on_one_host() {
     counts.sort();
     assert_eq!(counts, vec![0, 0, 10], "one client, one host");
 }
+
+/// A cookie hash policy with a `ttl`: a client without the cookie gets one (Set-Cookie, as
+/// Envoy generates it) and, sending it back, stays on one host; each new client (a new
+/// connection, a new address) gets its own cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_cookie_keeps_a_client_on_one_host() {
+    let ups = [
+        http_upstream::start("a").await,
+        http_upstream::start("b").await,
+        http_upstream::start("c").await,
+    ];
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let mut cluster = static_cluster("up", &addrs);
+    cluster["lb_policy"] = json!("RING_HASH");
+    let agent = TestAgent::start(&bootstrap(
+        vec![http_listener(
+            "in",
+            any_host(json!([{"match": {"prefix": "/"}, "route": {"cluster": "up",
+                "hash_policy": [{"cookie": {"name": "route", "ttl": "60s", "path": "/"}}]}}])),
+        )],
+        vec![cluster],
+    ))
+    .await;
+    let mut cookies = BTreeSet::new();
+    let mut servers = BTreeSet::new();
+    for _ in 0..12 {
+        let mut c = H1::connect(agent.listener("in")).await;
+        let first = c.send(request("GET", "x", "/", &[], b"")).await.unwrap();
+        let set = first
+            .header("set-cookie")
+            .expect("a generated cookie")
+            .to_string();
+        assert!(set.starts_with("route=\""), "{set}");
+        assert!(set.ends_with("; Max-Age=60; Path=/; HttpOnly"), "{set}");
+        let pair = set.split(';').next().unwrap().to_string();
+        let server = first.json()["server"].as_str().unwrap().to_string();
+        for _ in 0..5 {
+            let r = c
+                .send(request("GET", "x", "/", &[("cookie", &pair)], b""))
+                .await
+                .unwrap();
+            assert!(r.header("set-cookie").is_none(), "sent back: not set again");
+            assert_eq!(r.json()["server"], server.as_str());
+        }
+        cookies.insert(pair);
+        servers.insert(server);
+    }
+    assert_eq!(cookies.len(), 12, "one cookie per client address");
+    assert!(servers.len() >= 2, "12 clients over 3 hosts: {servers:?}");
+}

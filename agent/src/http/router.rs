@@ -601,6 +601,8 @@ impl ConnectionManager {
             }
         };
         // For hashing load balancers (carried in the pick; the cluster's policy uses it).
+        // A hash policy's generated cookie goes on the response.
+        let mut set_cookies = Vec::new();
         let hash_key = if forward.hash_policy.is_empty() {
             None
         } else {
@@ -608,7 +610,8 @@ impl ConnectionManager {
                 &forward.hash_policy,
                 &parts.headers,
                 &parts.uri,
-                conn.peer.ip(),
+                conn.peer,
+                &mut set_cookies,
             )
         };
         let mut uh = std::mem::take(&mut parts.headers);
@@ -983,6 +986,9 @@ impl ConnectionManager {
             ..fcx
         };
         headers::mutate_response(&mut rparts.headers, levels, &fcx);
+        for c in set_cookies {
+            rparts.headers.append(http::header::SET_COOKIE, c);
+        }
         if !self.config.suppress_envoy_headers {
             rparts.headers.insert(
                 "x-envoy-upstream-service-time",
@@ -1443,12 +1449,15 @@ fn xxhash(parts: &[&[u8]]) -> u64 {
 
 /// The request's hash from the route's `hash_policy` (Envoy's combination: each new hash
 /// folded into the previous one rotated by a bit; a `terminal` policy that produced one ends
-/// the list). `None` when no policy produced a hash.
+/// the list). `None` when no policy produced a hash. A cookie policy with `ttl` whose cookie
+/// is absent generates it (as Envoy: the hex of the xxHash64 of the client's address and
+/// port), hashes that, and adds its `Set-Cookie` to `set_cookies`.
 pub(super) fn request_hash(
     policies: &[crate::config::http::HashPolicy],
     headers: &HeaderMap,
     uri: &Uri,
-    peer: std::net::IpAddr,
+    peer: std::net::SocketAddr,
+    set_cookies: &mut Vec<HeaderValue>,
 ) -> Option<u64> {
     use crate::config::http::HashOn;
     let mut acc: Option<u64> = None;
@@ -1464,17 +1473,36 @@ pub(super) fn request_hash(
                 values.sort_unstable();
                 (!values.is_empty()).then(|| xxhash(&values))
             }
-            HashOn::Cookie(name) => headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .find_map(|c| {
-                    let (k, v) = c.trim().split_once('=')?;
-                    (k == name).then(|| xxhash(&[v.as_bytes()]))
-                }),
+            HashOn::Cookie(name, generate) => {
+                let sent = headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .find_map(|c| {
+                        let (k, v) = c.trim().split_once('=')?;
+                        // A quoted value hashes without its quotes (Envoy).
+                        let v = v
+                            .strip_prefix('"')
+                            .and_then(|v| v.strip_suffix('"'))
+                            .unwrap_or(v);
+                        (k == name).then(|| xxhash(&[v.as_bytes()]))
+                    });
+                match (sent, generate) {
+                    (Some(h), _) => Some(h),
+                    (None, Some(g)) => {
+                        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+                        let value = format!("{:016x}", xxhash(&[peer.to_string().as_bytes()]));
+                        if let Some(c) = set_cookie(name, &value, g) {
+                            set_cookies.push(c);
+                        }
+                        Some(xxhash(&[value.as_bytes()]))
+                    }
+                    (None, None) => None,
+                }
+            }
             // Envoy hashes the address as text.
-            HashOn::SourceIp => Some(xxhash(&[peer.to_canonical().to_string().as_bytes()])),
+            HashOn::SourceIp => Some(xxhash(&[peer.ip().to_canonical().to_string().as_bytes()])),
             HashOn::QueryParameter(name) => uri.query().and_then(|q| {
                 q.split('&').find_map(|kv| {
                     let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -1490,6 +1518,27 @@ pub(super) fn request_hash(
         }
     }
     acc
+}
+
+/// Envoy's generated cookie: `name="value"; Max-Age=ttl; Path=path; attributes; HttpOnly`
+/// (no `Max-Age` for a zero `ttl`: a session cookie).
+fn set_cookie(name: &str, value: &str, g: &crate::config::http::CookieGen) -> Option<HeaderValue> {
+    let mut c = format!("{name}=\"{value}\"");
+    if !g.ttl.is_zero() {
+        c.push_str(&format!("; Max-Age={}", g.ttl.as_secs()));
+    }
+    if let Some(p) = &g.path {
+        c.push_str(&format!("; Path={p}"));
+    }
+    for (k, v) in &g.attributes {
+        if v.is_empty() {
+            c.push_str(&format!("; {k}"));
+        } else {
+            c.push_str(&format!("; {k}={v}"));
+        }
+    }
+    c.push_str("; HttpOnly");
+    HeaderValue::from_str(&c).ok()
 }
 
 /// Picks a host for an attempt; a retry with `previous_hosts` re-picks (up to
@@ -1568,15 +1617,15 @@ mod tests {
         h.insert("x-user", "alice".parse().unwrap());
         h.insert(http::header::COOKIE, "a=1; session=s42".parse().unwrap());
         let uri: Uri = "/p?id=7&x".parse().unwrap();
-        let ip: std::net::IpAddr = "10.0.0.1".parse().unwrap();
-        let one = |on: HashOn| request_hash(&[p(on, false)], &h, &uri, ip);
+        let ip: std::net::SocketAddr = "10.0.0.1:5555".parse().unwrap();
+        let one = |on: HashOn| request_hash(&[p(on, false)], &h, &uri, ip, &mut Vec::new());
         // The same input hashes the same; what is absent gives nothing.
         assert_eq!(
             one(HashOn::Header("x-user".into())),
             Some(xxhash(&[b"alice"]))
         );
         assert_eq!(
-            one(HashOn::Cookie("session".into())),
+            one(HashOn::Cookie("session".into(), None)),
             Some(xxhash(&[b"s42"]))
         );
         assert_eq!(
@@ -1585,7 +1634,7 @@ mod tests {
         );
         assert_eq!(one(HashOn::SourceIp), Some(xxhash(&[b"10.0.0.1"])));
         assert_eq!(one(HashOn::Header("x-none".into())), None);
-        assert_eq!(one(HashOn::Cookie("none".into())), None);
+        assert_eq!(one(HashOn::Cookie("none".into(), None)), None);
         // Two policies fold together; a terminal one that hashed ends the list; a missing
         // terminal one does not.
         let a = xxhash(&[b"alice"]);
@@ -1595,18 +1644,60 @@ mod tests {
             p(HashOn::SourceIp, false),
         ];
         assert_eq!(
-            request_hash(&both, &h, &uri, ip),
+            request_hash(&both, &h, &uri, ip, &mut Vec::new()),
             Some(a.rotate_left(1) ^ b)
         );
         let stop = [
             p(HashOn::Header("x-user".into()), true),
             p(HashOn::SourceIp, false),
         ];
-        assert_eq!(request_hash(&stop, &h, &uri, ip), Some(a));
+        assert_eq!(request_hash(&stop, &h, &uri, ip, &mut Vec::new()), Some(a));
         let skip = [
             p(HashOn::Header("x-none".into()), true),
             p(HashOn::SourceIp, false),
         ];
-        assert_eq!(request_hash(&skip, &h, &uri, ip), Some(b));
+        assert_eq!(request_hash(&skip, &h, &uri, ip, &mut Vec::new()), Some(b));
+    }
+
+    #[test]
+    fn a_cookie_policy_with_a_ttl_generates_the_missing_cookie() {
+        use crate::config::http::{CookieGen, HashOn, HashPolicy};
+        let gen = std::sync::Arc::new(CookieGen {
+            ttl: std::time::Duration::from_secs(3600),
+            path: Some("/app".into()),
+            attributes: vec![
+                ("SameSite".into(), "Strict".into()),
+                ("Secure".into(), String::new()),
+            ],
+        });
+        let policy = [HashPolicy {
+            on: HashOn::Cookie("route".into(), Some(gen)),
+            terminal: false,
+        }];
+        let uri: Uri = "/".parse().unwrap();
+        let peer: std::net::SocketAddr = "10.0.0.1:5555".parse().unwrap();
+        let mut set = Vec::new();
+        let first = request_hash(&policy, &HeaderMap::new(), &uri, peer, &mut set);
+        let value = format!("{:016x}", xxhash(&[b"10.0.0.1:5555"]));
+        assert_eq!(first, Some(xxhash(&[value.as_bytes()])));
+        assert_eq!(
+            set[0].to_str().unwrap(),
+            format!(
+                "route=\"{value}\"; Max-Age=3600; Path=/app; SameSite=Strict; Secure; HttpOnly"
+            )
+        );
+        // The client sends it back (quoted, as set): the same hash, nothing set again.
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::COOKIE,
+            format!("route=\"{value}\"").parse().unwrap(),
+        );
+        let mut again = Vec::new();
+        let other_peer: std::net::SocketAddr = "10.0.0.2:1".parse().unwrap();
+        assert_eq!(
+            request_hash(&policy, &h, &uri, other_peer, &mut again),
+            first
+        );
+        assert!(again.is_empty());
     }
 }

@@ -401,12 +401,23 @@ pub struct HashPolicy {
     pub terminal: bool,
 }
 
+/// How a hashing cookie is generated (Envoy's `hash_policy.cookie` with `ttl`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CookieGen {
+    /// `Max-Age`; zero makes a session cookie.
+    pub ttl: std::time::Duration,
+    pub path: Option<String>,
+    /// Extra `name=value` attributes.
+    pub attributes: Vec<(String, String)>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum HashOn {
     /// A request header (lower-cased name); every value counts.
     Header(String),
-    /// A cookie the client sends.
-    Cookie(String),
+    /// A cookie the client sends; with a generator (`ttl`), one Plumb sets on the response
+    /// when the request has none.
+    Cookie(String, Option<std::sync::Arc<CookieGen>>),
     /// The downstream address's IP.
     SourceIp,
     /// A query parameter's first value.

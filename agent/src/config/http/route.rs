@@ -729,15 +729,64 @@ const HASH_HEADER: FieldTable = &[
     ),
 ];
 
-const HASH_COOKIE: FieldTable = &[
-    ("name", S),
-    (
-        "ttl",
-        R("generating the cookie (ttl) is not supported: hash on a cookie the client sends"),
-    ),
-    ("path", I("only used when generating the cookie")),
-    ("attributes", I("only used when generating the cookie")),
-];
+const HASH_COOKIE: FieldTable = &[("name", S), ("ttl", S), ("path", S), ("attributes", S)];
+
+const COOKIE_ATTRIBUTE: FieldTable = &[("name", S), ("value", S)];
+
+/// `hash_policy.cookie`: its name, and with `ttl` how to generate it.
+fn read_hash_cookie(o: &Obj, d: &mut Diagnostics) -> Option<HashOn> {
+    let c = o.object("cookie", HASH_COOKIE, d)?;
+    let name = c.required_name("name", d)?;
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+    };
+    if !token(&name) {
+        d.error(c.at("name"), format!("{name:?} is not a valid cookie name"));
+        return None;
+    }
+    let Some(ttl) = c.duration("ttl", d) else {
+        for k in ["path", "attributes"] {
+            if c.get(k).is_some() {
+                d.warn(
+                    c.at(k),
+                    "ignored: only used when generating the cookie (with ttl)",
+                );
+            }
+        }
+        return Some(HashOn::Cookie(name, None));
+    };
+    let value_ok = |s: &str| http::HeaderValue::from_str(s).is_ok() && !s.contains(';');
+    let path = c.string("path", d).filter(|p| !p.is_empty());
+    if path.as_deref().is_some_and(|p| !value_ok(p)) {
+        d.error(c.at("path"), "not a valid cookie path");
+        return None;
+    }
+    let mut attributes = Vec::new();
+    for (apath, v) in c.list("attributes", d) {
+        let Some(a) = Obj::new(v, &apath, COOKIE_ATTRIBUTE, d) else {
+            continue;
+        };
+        let Some(n) = a.required_name("name", d) else {
+            continue;
+        };
+        let v = a.string("value", d).unwrap_or_default();
+        if !token(&n) || !(v.is_empty() || value_ok(&v)) {
+            d.error(apath, "not a valid cookie attribute");
+            continue;
+        }
+        attributes.push((n, v));
+    }
+    Some(HashOn::Cookie(
+        name,
+        Some(std::sync::Arc::new(CookieGen {
+            ttl,
+            path,
+            attributes,
+        })),
+    ))
+}
 
 const HASH_CONNECTION: FieldTable = &[("source_ip", S)];
 
@@ -766,7 +815,7 @@ fn read_hash_policy(v: &Value, path: &str, d: &mut Diagnostics) -> Option<HashPo
         let n = name(HASH_HEADER, "header", "header_name", d)?;
         HashOn::Header(n.to_ascii_lowercase())
     } else if o.get("cookie").is_some() {
-        HashOn::Cookie(name(HASH_COOKIE, "cookie", "name", d)?)
+        read_hash_cookie(&o, d)?
     } else if o.get("query_parameter").is_some() {
         HashOn::QueryParameter(name(HASH_QUERY, "query_parameter", "name", d)?)
     } else {
@@ -963,6 +1012,7 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("HashPolicy", HASH_POLICY),
     ("Header (hash_policy.header)", HASH_HEADER),
     ("Cookie (hash_policy.cookie)", HASH_COOKIE),
+    ("CookieAttribute (cookie.attributes[])", COOKIE_ATTRIBUTE),
     (
         "ConnectionProperties (hash_policy.connection_properties)",
         HASH_CONNECTION,

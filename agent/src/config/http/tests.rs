@@ -462,15 +462,15 @@ fn hash_policies_are_read_and_bad_ones_named() {
             .collect::<Vec<_>>(),
         vec![
             (&HashOn::Header("x-user".into()), false),
-            (&HashOn::Cookie("session".into()), true),
+            (&HashOn::Cookie("session".into(), None), true),
             (&HashOn::SourceIp, false),
             (&HashOn::QueryParameter("id".into()), false),
         ]
     );
     for (policy, want) in [
         (
-            r#"{"cookie": {"name": "s", "ttl": "1s"}}"#,
-            "hash_policy[0].cookie.ttl: not supported",
+            r#"{"cookie": {"name": "a b", "ttl": "1s"}}"#,
+            "hash_policy[0].cookie.name: \"a b\" is not a valid cookie name",
         ),
         (
             r#"{"filter_state": {"key": "k"}}"#,
