@@ -31,6 +31,8 @@ const OVERPROVISIONING: u64 = 140;
 
 #[derive(Debug)]
 pub struct HostSet {
+    /// `balancing.policy`, kept here: a pick reads it without following the `Arc`.
+    policy: LbPolicy,
     balancing: Arc<Balancing>,
     all: Vec<Arc<Host>>,
     /// Priority levels that receive traffic, in priority order.
@@ -310,6 +312,7 @@ impl HostSet {
             level_load.push(sum);
         }
         Self {
+            policy: balancing.policy,
             balancing,
             all,
             levels,
@@ -410,8 +413,11 @@ impl HostSet {
         if level.panic {
             stats.healthy_panic.inc();
         }
-        let group = level.spread.choose(&level.group, stats);
-        group.pick(self.balancing.policy, cursor, hash)
+        let group = match level.spread {
+            Spread::Flat => &level.group,
+            _ => level.spread.choose(&level.group, stats),
+        };
+        group.pick(self.policy, cursor, hash)
     }
 }
 

@@ -54,12 +54,60 @@ fn hosts(n: usize) -> Vec<Arc<Host>> {
 
 /// (ns per pick, ms to build): the best of three runs of `picks` picks each.
 fn pick_cost(policy: LbPolicy, n: usize, picks: u64) -> (f64, f64) {
-    let all = hosts(n);
+    pick_cost_with(Balancing::of(policy), hosts(n), picks)
+}
+
+/// Zone-aware ROUND_ROBIN over three zones where the local one is short of capacity (the
+/// costliest path: two random numbers, a cross-zone choice), or a level in panic (every
+/// other host unhealthy at a 60 % threshold).
+fn special_cost(kind: &str, n: usize, picks: u64) -> (f64, f64) {
+    let zone = |i: usize| Locality {
+        region: "r".into(),
+        zone: ["a", "b", "c"][i % 3].into(),
+        sub_zone: String::new(),
+    };
+    let all: Vec<Arc<Host>> = (0..n)
+        .map(|i| {
+            let addr: SocketAddr = format!("10.213.{}.{}:8080", (i / 250) % 250, i % 250 + 1)
+                .parse()
+                .unwrap();
+            let health = if kind == "panic" && i % 2 == 0 {
+                HealthStatus::Unhealthy
+            } else {
+                HealthStatus::Healthy
+            };
+            Arc::new(Host::new(addr, String::new(), 0, zone(i), 1, health))
+        })
+        .collect();
+    let mut common = plumb::config::CommonLb::default();
+    let mut local = None;
+    if kind == "zone-aware" {
+        common.locality = plumb::config::LocalityLb::ZoneAware {
+            routing_enabled: 100.0,
+            min_cluster_size: 1,
+        };
+        local = Some(Arc::new(plumb::upstream::locality::LocalZone {
+            locality: zone(0),
+            usable: vec![(zone(0), 6), (zone(1), 2), (zone(2), 2)],
+            total: 10,
+        }));
+    } else {
+        common.healthy_panic_threshold = 60.0;
+    }
+    let b = Arc::new(Balancing {
+        policy: LbPolicy::RoundRobin,
+        common,
+        local,
+    });
+    pick_cost_with(b, all, picks)
+}
+
+fn pick_cost_with(b: Arc<Balancing>, all: Vec<Arc<Host>>, picks: u64) -> (f64, f64) {
     let mut build_ms = f64::MAX;
     let mut set = None;
     for _ in 0..3 {
         let t = Instant::now();
-        let s = HostSet::build(Balancing::of(policy), all.clone());
+        let s = HostSet::build(b.clone(), all.clone());
         build_ms = build_ms.min(t.elapsed().as_secs_f64() * 1e3);
         set = Some(s);
     }
@@ -198,6 +246,14 @@ fn main() {
     for (name, policy) in POLICIES {
         for n in [10, 1_000, 10_000] {
             let (ns, build_ms) = pick_cost(policy, n, picks);
+            eprintln!("{name} {n} hosts: {ns:.1} ns per pick, built in {build_ms:.2} ms");
+            lb.push(json!({"policy": name, "hosts": n, "ns_per_pick": ns, "build_ms": build_ms}));
+        }
+    }
+    for kind in ["zone-aware", "panic"] {
+        for n in [10, 1_000, 10_000] {
+            let (ns, build_ms) = special_cost(kind, n, picks);
+            let name = format!("ROUND_ROBIN, {kind}");
             eprintln!("{name} {n} hosts: {ns:.1} ns per pick, built in {build_ms:.2} ms");
             lb.push(json!({"policy": name, "hosts": n, "ns_per_pick": ns, "build_ms": build_ms}));
         }
