@@ -206,6 +206,9 @@ pub struct Detector {
     external: ClusterRates,
     local: ClusterRates,
     events: Option<EventLog>,
+    /// Serialises ejection decisions (rare: only when a detector fires), so two hosts
+    /// ejected at once cannot both pass the `max_ejection_percent` check.
+    ejecting: std::sync::Mutex<()>,
 }
 
 impl Detector {
@@ -230,6 +233,7 @@ impl Detector {
             external: ClusterRates::default(),
             local: ClusterRates::default(),
             events,
+            ejecting: std::sync::Mutex::new(()),
         }
     }
 
@@ -340,6 +344,7 @@ impl Detector {
         if host.health_flags() & health_flag::FAILED_OUTLIER_CHECK != 0 {
             return false;
         }
+        let one_at_a_time = self.ejecting.lock().unwrap_or_else(|p| p.into_inner());
         let hosts = cluster.hosts();
         let total = hosts.all().len().max(1) as f64;
         let active = ejected_count(hosts.all());
@@ -376,6 +381,7 @@ impl Detector {
         self.stats.enforced[i].inc();
         self.stats.ejections_enforced_total.inc();
         host.set_flags(health_flag::FAILED_OUTLIER_CHECK, true);
+        drop(one_at_a_time);
         cluster.hosts_health_changed();
         self.stats
             .ejections_active
@@ -1174,5 +1180,26 @@ mod tests {
         let mut other = states.clone();
         other[0].cluster = "nope".into();
         assert_eq!(new_cm.apply_host_states(&other), 0);
+    }
+
+    #[test]
+    fn concurrent_ejections_never_pass_max_ejection_percent() {
+        // 10 hosts at 20 %: two may go. Eight threads eject eight different hosts at once.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        for _ in 0..50 {
+            let (_cm, c, _store) = cluster(10, r#"{"max_ejection_percent": 20}"#);
+            let d = c.outlier.as_ref().unwrap();
+            std::thread::scope(|s| {
+                for port in 10..18 {
+                    let (c, h) = (&c, host(&c, port));
+                    s.spawn(move || d.eject(c, &h, Ejection::Consecutive5xx));
+                }
+            });
+            assert_eq!(ejected_count(c.hosts().all()), 2);
+        }
     }
 }
