@@ -107,57 +107,10 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
         m.insert("health_checks".into(), json!(checks));
     }
     if let Some(cb) = &c.circuit_breakers {
-        let thresholds: Vec<Json> = cb
-            .thresholds
-            .iter()
-            .map(|t| {
-                let mut tm = Map::new();
-                if t.priority != 0 {
-                    tm.insert(
-                        "priority".into(),
-                        json!(core::RoutingPriority::try_from(t.priority)
-                            .map(|p| p.as_str_name())
-                            .unwrap_or("UNKNOWN")),
-                    );
-                }
-                for (k, v) in [
-                    ("max_connections", &t.max_connections),
-                    ("max_pending_requests", &t.max_pending_requests),
-                    ("max_requests", &t.max_requests),
-                    ("max_retries", &t.max_retries),
-                ] {
-                    if let Some(v) = v {
-                        tm.insert(k.into(), json!(v.value));
-                    }
-                }
-                if t.track_remaining {
-                    tm.insert("track_remaining".into(), json!(true));
-                }
-                if let Some(b) = &t.retry_budget {
-                    tm.insert(
-                        "retry_budget".into(),
-                        by_reflection(
-                            "envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget",
-                            b,
-                        ),
-                    );
-                }
-                mark(
-                    &mut tm,
-                    "max_connection_pools",
-                    t.max_connection_pools.is_some(),
-                );
-                Json::Object(tm)
-            })
-            .collect();
-        let mut cm = Map::new();
-        cm.insert("thresholds".into(), json!(thresholds));
-        mark(
-            &mut cm,
-            "per_host_thresholds",
-            !cb.per_host_thresholds.is_empty(),
+        m.insert(
+            "circuit_breakers".into(),
+            by_reflection("envoy.config.cluster.v3.CircuitBreakers", cb),
         );
-        m.insert("circuit_breakers".into(), Json::Object(cm));
     }
     mark(
         &mut m,

@@ -98,7 +98,10 @@ fn circuit_breakers_and_outlier_detection_are_carried() {
                 max_connections: Some(UInt32Value { value: 7 }),
                 ..Default::default()
             }],
-            ..Default::default()
+            per_host_thresholds: vec![pbc::circuit_breakers::Thresholds {
+                max_connections: Some(UInt32Value { value: 2 }),
+                ..Default::default()
+            }],
         }),
         outlier_detection: Some(pbc::OutlierDetection {
             consecutive_5xx: Some(UInt32Value { value: 3 }),
@@ -161,6 +164,13 @@ fn circuit_breakers_and_outlier_detection_are_carried() {
     assert!(m.close_connections_on_host_health_failure && m.ignore_health_on_host_removal);
     let t = &m.circuit_breakers.as_ref().unwrap().thresholds[0];
     assert_eq!((t.max_connections, t.max_requests), (7, 1024));
+    assert_eq!(
+        m.circuit_breakers
+            .as_ref()
+            .unwrap()
+            .per_host_max_connections,
+        Some(2)
+    );
     let o = m.outlier_detection.as_ref().unwrap();
     assert_eq!(
         (o.consecutive_5xx, o.interval),
