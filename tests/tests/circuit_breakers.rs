@@ -283,3 +283,48 @@ async fn per_host_max_connections_caps_each_host() {
     assert_eq!((a.accepted(), b.accepted()), (1, 1));
     assert!(agent.stat("cluster.echo.upstream_cx_overflow") >= 1);
 }
+
+/// `max_connection_pools: 1`: only the first host used gets a pool; a connection picking the
+/// other is closed at once (`upstream_cx_pool_overflow`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connection_pools_limits_the_hosts_in_use() {
+    let (a, b) = (
+        servers::start(Behavior::Echo).await,
+        servers::start(Behavior::Echo).await,
+    );
+    let cluster = with_breakers(
+        static_cluster("echo", &[a.addr, b.addr]),
+        json!({"max_connection_pools": 1}),
+    );
+    let agent = TestAgent::start(&bootstrap(vec![tcp_listener("in", "echo")], vec![cluster])).await;
+    let addr = agent.listener("in");
+    let mut ok = 0;
+    for _ in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(b"z").await;
+        let mut buf = [0u8; 1];
+        if matches!(
+            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await,
+            Ok(Ok(_))
+        ) {
+            ok += 1;
+        }
+    }
+    // One host served; round robin sent about half the connections to the other.
+    assert!(
+        a.accepted() == 0 || b.accepted() == 0,
+        "{} {}",
+        a.accepted(),
+        b.accepted()
+    );
+    assert_eq!(ok, a.accepted() + b.accepted());
+    assert!((1..8).contains(&ok), "{ok}");
+    assert_eq!(
+        agent.stat("cluster.echo.upstream_cx_pool_overflow"),
+        8 - ok as i64
+    );
+    assert_eq!(
+        agent.stat("cluster.echo.circuit_breakers.default.cx_pool_open"),
+        1
+    );
+}

@@ -26,7 +26,6 @@ use Field::{Ignored as I, Rejected as R, Supported as S};
 /// The bundled default bootstrap (admin on 127.0.0.1:15000, a demo listener on :10000).
 pub const DEFAULT_BOOTSTRAP: &str = include_str!("../../config/default.yaml");
 
-pub(super) const NOT_ENFORCED: &str = "accepted but not enforced yet";
 pub(super) const NO_ECDS: &str =
     "extension config discovery (ECDS) is not supported; configure the filter inline";
 pub(super) const NO_TLS: &str =

@@ -110,7 +110,7 @@ pub(super) const THRESHOLDS: FieldTable = &[
     ("max_retries", S),
     ("track_remaining", S),
     ("retry_budget", S),
-    ("max_connection_pools", I(NOT_ENFORCED)),
+    ("max_connection_pools", S),
 ];
 
 pub(super) const RETRY_BUDGET: FieldTable = &[
@@ -482,6 +482,7 @@ pub(crate) fn read_cluster(
                 max_pending_requests: limit("max_pending_requests", 1024, d),
                 max_requests: limit("max_requests", 1024, d),
                 max_retries: limit("max_retries", 3, d),
+                max_connection_pools: limit("max_connection_pools", u32::MAX, d),
                 track_remaining: t.boolean("track_remaining", d).unwrap_or(false),
                 retry_budget,
             });

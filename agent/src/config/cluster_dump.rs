@@ -134,6 +134,7 @@ impl Cluster {
                         "max_pending_requests": t.max_pending_requests,
                         "max_requests": t.max_requests,
                         "max_retries": t.max_retries,
+                        "max_connection_pools": (t.max_connection_pools != u32::MAX).then_some(t.max_connection_pools),
                         "track_remaining": t.track_remaining,
                         "retry_budget": t.retry_budget.map(|b| json!({
                             "budget_percent": {"value": b.budget_percent},

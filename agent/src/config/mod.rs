@@ -621,6 +621,8 @@ pub struct Thresholds {
     pub max_pending_requests: u32,
     pub max_requests: u32,
     pub max_retries: u32,
+    /// Hosts with a connection pool (HTTP, or TCP proxy connections); unlimited by default.
+    pub max_connection_pools: u32,
     pub track_remaining: bool,
     /// Concurrent retries as a share of the requests in flight (replaces `max_retries`).
     pub retry_budget: Option<RetryBudget>,
@@ -635,6 +637,7 @@ impl Thresholds {
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
+            max_connection_pools: u32::MAX,
             track_remaining: false,
             retry_budget: None,
         }

@@ -90,6 +90,10 @@ impl ConnectionManager {
         protocol: Version,
         priority: Priority,
     ) -> Result<(Response<Incoming>, Sent), Failure> {
+        if !host.has_pool(&cluster.breakers) {
+            cluster.stats.upstream_cx_pool_overflow.inc();
+            return Err(Failure::Overflow);
+        }
         if protocol == Version::HTTP_2 {
             // Boxed, as connecting is below: a request's future is moved and kept per request,
             // so it holds room only for the common path (a pooled HTTP/1.1 connection).

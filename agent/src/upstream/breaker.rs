@@ -6,7 +6,8 @@
 //! Every cluster has them, with Envoy's defaults (1,024 connections, pending requests and
 //! requests; 3 retries) where the configuration says nothing. Stats, as Envoy's:
 //! `circuit_breakers.<default|high>.{cx,rq_pending,rq,rq_retry}_open` (1 while the limit is
-//! reached) and, with `track_remaining`, `remaining_{cx,pending,rq,retries}`.
+//! reached) and, with `track_remaining`, `remaining_{cx,pending,rq,retries}`; and
+//! `max_connection_pools` (unlimited by default): `cx_pool_open`, `remaining_cx_pools`.
 
 use crate::config::{self, RetryBudget};
 use crate::stats::{Gauge, Scope};
@@ -38,13 +39,16 @@ pub enum Resource {
     Pending,
     Requests,
     Retries,
+    /// Hosts with a connection pool (`max_connection_pools`).
+    ConnectionPools,
 }
 
-const RESOURCES: [Resource; 4] = [
+const RESOURCES: [Resource; 5] = [
     Resource::Connections,
     Resource::Pending,
     Resource::Requests,
     Resource::Retries,
+    Resource::ConnectionPools,
 ];
 
 impl Resource {
@@ -59,6 +63,7 @@ impl Resource {
             Resource::Pending => ("rq_pending_open", "remaining_pending"),
             Resource::Requests => ("rq_open", "remaining_rq"),
             Resource::Retries => ("rq_retry_open", "remaining_retries"),
+            Resource::ConnectionPools => ("cx_pool_open", "remaining_cx_pools"),
         }
     }
 }
@@ -84,7 +89,7 @@ impl Limit {
 }
 
 struct Level {
-    limits: [Limit; 4],
+    limits: [Limit; 5],
     retry_budget: Option<RetryBudget>,
 }
 
@@ -148,6 +153,7 @@ impl Breakers {
                     Resource::Pending => t.max_pending_requests,
                     Resource::Requests => t.max_requests,
                     Resource::Retries => t.max_retries,
+                    Resource::ConnectionPools => t.max_connection_pools,
                 });
                 let (open, remaining) = r.names();
                 let l = Limit {
@@ -325,6 +331,35 @@ mod tests {
             track_remaining: true,
             ..config::Thresholds::defaults(false)
         }
+    }
+
+    #[test]
+    fn max_connection_pools_limits_the_hosts_with_a_pool() {
+        let (b, store) = breakers(vec![config::Thresholds {
+            max_connection_pools: 1,
+            ..config::Thresholds::defaults(false)
+        }]);
+        let host = |port| {
+            super::super::Host::new(
+                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                String::new(),
+                0,
+                Default::default(),
+                1,
+                config::HealthStatus::Healthy,
+            )
+        };
+        let (a, c) = (host(1), host(2));
+        assert!(a.has_pool(&b));
+        assert!(a.has_pool(&b), "kept: asked again, still one");
+        assert!(!c.has_pool(&b));
+        assert_eq!(
+            store.value("cluster.c.circuit_breakers.default.cx_pool_open"),
+            Some(1)
+        );
+        // The pool goes with its host.
+        drop(a);
+        assert!(c.has_pool(&b));
     }
 
     #[test]

@@ -92,6 +92,9 @@ pub struct Host {
     /// Wakes the TCP proxy connections to this host that must close
     /// (`close_connections_on_host_health_failure`).
     close_all: tokio::sync::Notify,
+    /// The cluster's connection-pool slot (`max_connection_pools`), taken on first use and
+    /// held as long as the host.
+    pool_slot: std::sync::OnceLock<super::Slot>,
     /// When the host's slow start began (added to a cluster that had hosts, or passed its
     /// first health check), with `slow_start_config`.
     slow_start: std::sync::Mutex<Option<tokio::time::Instant>>,
@@ -147,6 +150,22 @@ impl Host {
             health: Default::default(),
             close_all: tokio::sync::Notify::new(),
             slow_start: std::sync::Mutex::new(None),
+            pool_slot: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Whether the host may have a connection pool: it has one, or takes one of the
+    /// cluster's `max_connection_pools` slots now (once; a lost race gives the extra back).
+    pub fn has_pool(&self, breakers: &std::sync::Arc<super::Breakers>) -> bool {
+        if self.pool_slot.get().is_some() {
+            return true;
+        }
+        match breakers.try_acquire(super::Priority::Default, super::Resource::ConnectionPools) {
+            Some(slot) => {
+                let _ = self.pool_slot.set(slot);
+                true
+            }
+            None => self.pool_slot.get().is_some(),
         }
     }
 

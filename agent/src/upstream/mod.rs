@@ -52,6 +52,7 @@ pub struct ClusterStats {
     pub upstream_cx_none_healthy: Arc<Counter>,
     /// A connection the circuit breaker's `max_connections` did not allow.
     pub upstream_cx_overflow: Arc<Counter>,
+    pub upstream_cx_pool_overflow: Arc<Counter>,
     pub upstream_cx_destroy: Arc<Counter>,
     pub upstream_cx_destroy_local: Arc<Counter>,
     pub upstream_cx_destroy_remote: Arc<Counter>,
@@ -82,6 +83,7 @@ impl ClusterStats {
                 .counter("upstream_cx_connect_attempts_exceeded"),
             upstream_cx_none_healthy: s.counter("upstream_cx_none_healthy"),
             upstream_cx_overflow: s.counter("upstream_cx_overflow"),
+            upstream_cx_pool_overflow: s.counter("upstream_cx_pool_overflow"),
             upstream_cx_destroy: s.counter("upstream_cx_destroy"),
             upstream_cx_destroy_local: s.counter("upstream_cx_destroy_local"),
             upstream_cx_destroy_remote: s.counter("upstream_cx_destroy_remote"),
@@ -487,6 +489,10 @@ impl Cluster {
     /// Connects to `host` within `connect_timeout` if the circuit breaker allows another
     /// connection (default priority), recording stats and the outcome.
     pub async fn connect(self: &Arc<Self>, host: Arc<Host>) -> Result<Upstream, ConnectError> {
+        if !host.has_pool(&self.breakers) {
+            self.stats.upstream_cx_pool_overflow.inc();
+            return Err(ConnectError::Overflow(self.config.name.clone()));
+        }
         let Some(slot) = self
             .breakers
             .try_acquire_connection(Priority::Default, &host)
