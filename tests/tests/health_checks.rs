@@ -416,3 +416,40 @@ async fn health_events_go_to_the_event_log() {
         flaky_addr.port()
     );
 }
+
+/// `reuse_connection` (Envoy's default): checks share one connection per host; without it,
+/// each check has its own (HTTP/1.1 with `connection: close`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_reuse_their_connection_unless_told_not_to() {
+    for (reuse, http2) in [(true, false), (false, false), (true, true)] {
+        let up = http_upstream::start("up").await;
+        let codec = if http2 { "HTTP2" } else { "HTTP1" };
+        let cluster = with_check(
+            static_cluster("c", &[up.addr]),
+            json!({"timeout": "1s", "interval": "0.05s", "unhealthy_threshold": 1,
+                   "healthy_threshold": 1, "reuse_connection": reuse,
+                   "http_health_check": {"path": "/healthz", "codec_client_type": codec}}),
+        );
+        let agent = TestAgent::start(&bootstrap(vec![], vec![cluster])).await;
+        agent
+            .wait_stat("cluster.c.health_check.success", |v| v >= 6)
+            .await;
+        let checks = up.seen().iter().filter(|j| j["path"] == "/healthz").count();
+        if reuse {
+            assert_eq!(
+                up.connections(),
+                1,
+                "{codec}: {checks} checks on one connection"
+            );
+        } else {
+            assert!(
+                up.connections() >= 6,
+                "one connection per check: {}",
+                up.connections()
+            );
+            let seen = up.seen();
+            assert_eq!(seen[0]["headers"]["connection"], "close");
+        }
+        assert_eq!(agent.stat("cluster.c.health_check.failure"), 0);
+    }
+}

@@ -85,6 +85,9 @@ impl Cluster {
                 "unhealthy_edge_interval": duration_json(h.unhealthy_edge_interval),
                 "healthy_edge_interval": duration_json(h.healthy_edge_interval),
             });
+            if !h.reuse_connection {
+                hc["reuse_connection"] = json!(false);
+            }
             if let Some(p) = &h.event_log_path {
                 hc["event_log_path"] = json!(p.display().to_string());
             }
@@ -265,6 +268,7 @@ mod tests {
                 "successful_active_health_check_uneject_host": false},
             "health_checks": [{"timeout": "1s", "interval": "2s", "unhealthy_threshold": 2,
                 "healthy_threshold": 1, "no_traffic_interval": "5s", "unhealthy_edge_interval": "3s",
+                "reuse_connection": false,
                 "tcp_health_check": {}}],
             "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": [
                 {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}}}]}]}}"#;

@@ -18,7 +18,7 @@ pub(super) const HEALTH_CHECK: FieldTable = &[
     ("unhealthy_threshold", S),
     ("healthy_threshold", S),
     ("alt_port", R("checking another port is not supported")),
-    ("reuse_connection", I("each check uses a new connection")),
+    ("reuse_connection", S),
     ("no_traffic_interval", S),
     ("no_traffic_healthy_interval", S),
     ("unhealthy_interval", S),
@@ -233,6 +233,7 @@ pub(super) fn read_health_check(h: &Obj, d: &mut Diagnostics) -> Option<HealthCh
         .filter(|p| !p.is_empty())
         .map(std::path::PathBuf::from);
     Some(HealthCheck {
+        reuse_connection: h.boolean("reuse_connection", d).unwrap_or(true),
         no_traffic_interval,
         no_traffic_healthy_interval,
         unhealthy_interval,

@@ -666,6 +666,8 @@ pub struct HealthCheck {
     pub healthy_edge_interval: Duration,
     /// `event_log_path`: health events as JSON lines.
     pub event_log_path: Option<std::path::PathBuf>,
+    /// Keep each host's check connection for the next check (Envoy's default: yes).
+    pub reuse_connection: bool,
     pub kind: HealthCheckKind,
 }
 

@@ -29,10 +29,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// A host's checker state (in the host, so it survives EDS updates with the host).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct HostHealth {
     successes: AtomicU32,
     failures: AtomicU32,
+    /// The connection kept between checks (`reuse_connection`); closed with the host.
+    kept: std::sync::Mutex<Option<Kept>>,
+}
+
+impl std::fmt::Debug for HostHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostHealth")
+            .field("successes", &self.successes)
+            .field("failures", &self.failures)
+            .finish()
+    }
+}
+
+/// A health check connection kept for the next check.
+enum Kept {
+    Tcp(crate::transport::Stream),
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
 /// Why a check failed.
@@ -174,11 +192,28 @@ impl Checker {
         );
     }
 
-    /// Runs one check of `host` (bounded by the timeout).
+    /// Runs one check of `host` (bounded by the timeout), on the connection kept from the
+    /// last one when `reuse_connection` (Envoy's default) and it is still open. A failed or
+    /// timed-out check closes its connection.
     pub async fn check(&self, cluster: &Cluster, host: &Host) -> Result<(), CheckFailure> {
+        let reuse = self.cfg.reuse_connection;
+        let kept = if reuse {
+            host.health
+                .kept
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+        } else {
+            None
+        };
         let timeout = self.cfg.timeout;
-        match tokio::time::timeout(timeout, self.check_inner(cluster, host)).await {
-            Ok(r) => r,
+        match tokio::time::timeout(timeout, self.check_inner(cluster, host, kept)).await {
+            Ok((r, back)) => {
+                if r.is_ok() && reuse {
+                    *host.health.kept.lock().unwrap_or_else(|p| p.into_inner()) = back;
+                }
+                r
+            }
             Err(_) => Err(CheckFailure::Network(format!(
                 "no answer within {} ms",
                 timeout.as_millis()
@@ -186,64 +221,132 @@ impl Checker {
         }
     }
 
-    async fn check_inner(&self, cluster: &Cluster, host: &Host) -> Result<(), CheckFailure> {
-        let mut s = cluster
+    async fn connect(
+        &self,
+        cluster: &Cluster,
+        host: &Host,
+    ) -> Result<crate::transport::Stream, CheckFailure> {
+        cluster
             .connector
             .connect(host.address)
             .await
+            .map_err(|e| CheckFailure::Network(e.to_string()))
+    }
+
+    /// An HTTP/1.1 sender: the kept one if still usable, else a new connection.
+    async fn h1(
+        &self,
+        cluster: &Cluster,
+        host: &Host,
+        kept: Option<Kept>,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, CheckFailure> {
+        if let Some(Kept::H1(mut tx)) = kept {
+            if tx.ready().await.is_ok() {
+                return Ok(tx);
+            }
+        }
+        let s = self.connect(cluster, host).await?;
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
             .map_err(|e| CheckFailure::Network(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(tx)
+    }
+
+    /// An HTTP/2 sender (prior knowledge): the kept one if still usable, else a new one.
+    async fn h2(
+        &self,
+        cluster: &Cluster,
+        host: &Host,
+        kept: Option<Kept>,
+    ) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, CheckFailure> {
+        if let Some(Kept::H2(mut tx)) = kept {
+            if tx.ready().await.is_ok() {
+                return Ok(tx);
+            }
+        }
+        let s = self.connect(cluster, host).await?;
+        let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(s))
+            .await
+            .map_err(|e| CheckFailure::Network(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(tx)
+    }
+
+    async fn check_inner(
+        &self,
+        cluster: &Cluster,
+        host: &Host,
+        kept: Option<Kept>,
+    ) -> (Result<(), CheckFailure>, Option<Kept>) {
         match &self.cfg.kind {
             HealthCheckKind::Tcp { send, receive } => {
-                if let Some(p) = send {
-                    s.write_all(p)
-                        .await
-                        .map_err(|e| CheckFailure::Network(e.to_string()))?;
-                }
-                if receive.is_empty() {
-                    return Ok(());
-                }
-                // Each block must appear, in order, not necessarily contiguous (Envoy).
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    if contains_in_order(&got, receive) {
-                        return Ok(());
-                    }
-                    let n = s
-                        .read(&mut buf)
-                        .await
-                        .map_err(|e| CheckFailure::Network(e.to_string()))?;
-                    if n == 0 || got.len() + n > MAX_ANSWER {
-                        return Err(CheckFailure::Answer(
-                            "the expected payload did not arrive".into(),
-                        ));
-                    }
-                    got.extend_from_slice(&buf[..n]);
-                }
+                // Without a payload the check is the connect itself: always a new one.
+                let kept = match kept {
+                    Some(Kept::Tcp(s)) if send.is_some() => Some(s),
+                    _ => None,
+                };
+                let mut s = match kept {
+                    Some(s) => s,
+                    None => match self.connect(cluster, host).await {
+                        Ok(s) => s,
+                        Err(e) => return (Err(e), None),
+                    },
+                };
+                let r = tcp_check(&mut s, send.as_deref(), receive).await;
+                (r, send.is_some().then_some(Kept::Tcp(s)))
             }
             HealthCheckKind::Http {
                 host: authority,
                 path,
                 expected,
                 headers,
-                http2: true,
+                http2,
             } => {
                 let authority = authority.as_deref().unwrap_or(&cluster.config.name);
                 let mut b = http::Request::get(format!("http://{authority}{path}"))
                     .header("user-agent", "Envoy/HC");
+                if !*http2 {
+                    b = b
+                        .version(http::Version::HTTP_11)
+                        .header(http::header::HOST, authority);
+                    if !self.cfg.reuse_connection {
+                        b = b.header(http::header::CONNECTION, "close");
+                    }
+                }
                 for (k, v) in headers {
                     b = b.header(k.as_str(), v.as_str());
                 }
-                let req = b
-                    .body(Full::new(Bytes::new()))
-                    .map_err(|e| CheckFailure::Answer(e.to_string()))?;
-                let (parts, _, _) = h2_exchange(s, req).await?;
-                let status = parts.status.as_u16();
-                if expected.iter().any(|(lo, hi)| (*lo..*hi).contains(&status)) {
-                    Ok(())
+                let req = match b.body(Full::new(Bytes::new())) {
+                    Ok(r) => r,
+                    Err(e) => return (Err(CheckFailure::Answer(e.to_string())), None),
+                };
+                let (answer, back) = if *http2 {
+                    match self.h2(cluster, host, kept).await {
+                        Ok(mut tx) => (exchange2(&mut tx, req).await, Some(Kept::H2(tx))),
+                        Err(e) => (Err(e), None),
+                    }
                 } else {
-                    Err(CheckFailure::Status(status))
-                }
+                    match self.h1(cluster, host, kept).await {
+                        Ok(mut tx) => (exchange1(&mut tx, req).await, Some(Kept::H1(tx))),
+                        Err(e) => (Err(e), None),
+                    }
+                };
+                let r = answer.and_then(|(parts, _, _)| {
+                    let status = parts.status.as_u16();
+                    if expected.iter().any(|(lo, hi)| (*lo..*hi).contains(&status)) {
+                        Ok(())
+                    } else {
+                        Err(CheckFailure::Status(status))
+                    }
+                });
+                (r, back)
             }
             HealthCheckKind::Grpc {
                 service_name,
@@ -259,80 +362,16 @@ impl Checker {
                 for (k, v) in metadata {
                     b = b.header(k.as_str(), v.as_str());
                 }
-                let req = b
-                    .body(Full::new(grpc_check_request(service_name)))
-                    .map_err(|e| CheckFailure::Answer(e.to_string()))?;
-                let (parts, body, trailers) = h2_exchange(s, req).await?;
-                if parts.status != http::StatusCode::OK {
-                    return Err(CheckFailure::Answer(format!(
-                        "HTTP status {}",
-                        parts.status.as_u16()
-                    )));
-                }
-                // grpc-status in the trailers, or in the headers of a trailers-only answer.
-                let grpc_status = trailers
-                    .as_ref()
-                    .and_then(|t| t.get("grpc-status"))
-                    .or_else(|| parts.headers.get("grpc-status"))
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                if grpc_status != "0" {
-                    return Err(CheckFailure::Answer(format!("grpc-status {grpc_status:?}")));
-                }
-                match grpc_serving_status(&body) {
-                    Some(SERVING) => Ok(()),
-                    Some(n) => Err(CheckFailure::Answer(format!("serving status {n}"))),
-                    None => Err(CheckFailure::Answer(
-                        "not a grpc.health.v1.HealthCheckResponse".into(),
-                    )),
-                }
-            }
-            HealthCheckKind::Http {
-                host: authority,
-                path,
-                expected,
-                headers,
-                http2: false,
-            } => {
-                let authority = authority.as_deref().unwrap_or(&cluster.config.name);
-                let mut req = format!(
-                    "GET {path} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: Envoy/HC\r\nconnection: close\r\n"
-                );
-                for (k, v) in headers {
-                    req.push_str(&format!("{k}: {v}\r\n"));
-                }
-                req.push_str("\r\n");
-                s.write_all(req.as_bytes())
-                    .await
-                    .map_err(|e| CheckFailure::Network(e.to_string()))?;
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                let line_end = loop {
-                    if let Some(i) = got.windows(2).position(|w| w == b"\r\n") {
-                        break i;
-                    }
-                    let n = s
-                        .read(&mut buf)
-                        .await
-                        .map_err(|e| CheckFailure::Network(e.to_string()))?;
-                    if n == 0 || got.len() + n > MAX_ANSWER {
-                        return Err(CheckFailure::Answer("no HTTP status line".into()));
-                    }
-                    got.extend_from_slice(&buf[..n]);
+                let req = match b.body(Full::new(grpc_check_request(service_name))) {
+                    Ok(r) => r,
+                    Err(e) => return (Err(CheckFailure::Answer(e.to_string())), None),
                 };
-                let line = String::from_utf8_lossy(&got[..line_end]).to_string();
-                let status = line
-                    .strip_prefix("HTTP/1.")
-                    .and_then(|r| r.get(2..5))
-                    .and_then(|c| c.parse::<u16>().ok())
-                    .ok_or_else(|| {
-                        CheckFailure::Answer(format!("not an HTTP status line: {line:?}"))
-                    })?;
-                if expected.iter().any(|(lo, hi)| (*lo..*hi).contains(&status)) {
-                    Ok(())
-                } else {
-                    Err(CheckFailure::Status(status))
-                }
+                let mut tx = match self.h2(cluster, host, kept).await {
+                    Ok(tx) => tx,
+                    Err(e) => return (Err(e), None),
+                };
+                let r = exchange2(&mut tx, req).await.and_then(grpc_verdict);
+                (r, Some(Kept::H2(tx)))
             }
         }
     }
@@ -515,43 +554,112 @@ fn grpc_serving_status(body: &[u8]) -> Option<u64> {
     Some(status)
 }
 
-/// One HTTP/2 exchange (prior knowledge) on a new connection: the answer's head, body (at
-/// most `MAX_ANSWER`) and trailers.
-async fn h2_exchange(
-    s: crate::transport::Stream,
+type Answer = (http::response::Parts, Bytes, Option<http::HeaderMap>);
+
+async fn exchange1(
+    tx: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     req: http::Request<Full<Bytes>>,
-) -> Result<(http::response::Parts, Bytes, Option<http::HeaderMap>), CheckFailure> {
-    use http_body_util::BodyExt;
-    let net = |e: hyper::Error| CheckFailure::Network(e.to_string());
-    let (mut tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .handshake(TokioIo::new(s))
+) -> Result<Answer, CheckFailure> {
+    let resp = tx
+        .send_request(req)
         .await
-        .map_err(net)?;
-    let exchange = async {
-        let resp = tx.send_request(req).await.map_err(net)?;
-        let (parts, mut body) = resp.into_parts();
-        let mut data = bytes::BytesMut::new();
-        let mut trailers = None;
-        while let Some(frame) = body.frame().await {
-            match frame.map_err(net)?.into_data() {
-                Ok(d) => {
-                    if data.len() + d.len() > MAX_ANSWER {
-                        return Err(CheckFailure::Answer("the answer is too large".into()));
-                    }
-                    data.extend_from_slice(&d);
+        .map_err(|e| CheckFailure::Network(e.to_string()))?;
+    read_answer(resp).await
+}
+
+async fn exchange2(
+    tx: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    req: http::Request<Full<Bytes>>,
+) -> Result<Answer, CheckFailure> {
+    let resp = tx
+        .send_request(req)
+        .await
+        .map_err(|e| CheckFailure::Network(e.to_string()))?;
+    read_answer(resp).await
+}
+
+/// The answer's head, body (at most `MAX_ANSWER`: read to its end, so the connection can
+/// serve the next check) and trailers.
+async fn read_answer(resp: http::Response<hyper::body::Incoming>) -> Result<Answer, CheckFailure> {
+    use http_body_util::BodyExt;
+    let (parts, mut body) = resp.into_parts();
+    let mut data = bytes::BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        match frame
+            .map_err(|e| CheckFailure::Network(e.to_string()))?
+            .into_data()
+        {
+            Ok(d) => {
+                if data.len() + d.len() > MAX_ANSWER {
+                    return Err(CheckFailure::Answer("the answer is too large".into()));
                 }
-                Err(f) => trailers = f.into_trailers().ok(),
+                data.extend_from_slice(&d);
             }
+            Err(f) => trailers = f.into_trailers().ok(),
         }
-        Ok((parts, data.freeze(), trailers))
-    };
-    tokio::select! {
-        r = exchange => r,
-        r = conn => Err(CheckFailure::Network(match r {
-            Ok(()) => "the connection closed".into(),
-            Err(e) => e.to_string(),
-        })),
+    }
+    Ok((parts, data.freeze(), trailers))
+}
+
+/// A gRPC health answer: HTTP 200, `grpc-status: 0` (trailers, or the headers of a
+/// trailers-only answer) and a `HealthCheckResponse` saying SERVING.
+fn grpc_verdict((parts, body, trailers): Answer) -> Result<(), CheckFailure> {
+    if parts.status != http::StatusCode::OK {
+        return Err(CheckFailure::Answer(format!(
+            "HTTP status {}",
+            parts.status.as_u16()
+        )));
+    }
+    let grpc_status = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| parts.headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if grpc_status != "0" {
+        return Err(CheckFailure::Answer(format!("grpc-status {grpc_status:?}")));
+    }
+    match grpc_serving_status(&body) {
+        Some(SERVING) => Ok(()),
+        Some(n) => Err(CheckFailure::Answer(format!("serving status {n}"))),
+        None => Err(CheckFailure::Answer(
+            "not a grpc.health.v1.HealthCheckResponse".into(),
+        )),
+    }
+}
+
+/// A TCP check on `s`: writes `send`, then waits for each `receive` block, in order, not
+/// necessarily contiguous (Envoy's fuzzy match).
+async fn tcp_check(
+    s: &mut crate::transport::Stream,
+    send: Option<&[u8]>,
+    receive: &[Vec<u8>],
+) -> Result<(), CheckFailure> {
+    if let Some(p) = send {
+        s.write_all(p)
+            .await
+            .map_err(|e| CheckFailure::Network(e.to_string()))?;
+    }
+    if receive.is_empty() {
+        return Ok(());
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if contains_in_order(&got, receive) {
+            return Ok(());
+        }
+        let n = s
+            .read(&mut buf)
+            .await
+            .map_err(|e| CheckFailure::Network(e.to_string()))?;
+        if n == 0 || got.len() + n > MAX_ANSWER {
+            return Err(CheckFailure::Answer(
+                "the expected payload did not arrive".into(),
+            ));
+        }
+        got.extend_from_slice(&buf[..n]);
     }
 }
 
@@ -711,6 +819,7 @@ mod tests {
             unhealthy_edge_interval: s(30),
             healthy_edge_interval: s(40),
             event_log_path: None,
+            reuse_connection: true,
             kind: HealthCheckKind::Tcp {
                 send: None,
                 receive: vec![],
