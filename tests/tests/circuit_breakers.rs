@@ -328,3 +328,45 @@ async fn max_connection_pools_limits_the_hosts_in_use() {
         1
     );
 }
+
+/// A retry storm under a retry budget: 40 concurrent requests to a slow failing host, each
+/// allowed 3 retries; the budget (10 % of the requests active and pending, at least 2) lets
+/// only a few retries run at once and counts the others as overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_budget_caps_a_retry_storm() {
+    let (bad, count) = servers::raw_http("bad", 503, Duration::from_millis(100)).await;
+    let cluster = with_breakers(
+        static_cluster("up", &[bad]),
+        json!({"retry_budget": {"budget_percent": {"value": 10}, "min_retry_concurrency": 2}}),
+    );
+    let (agent, addr) = http_agent(
+        cluster,
+        json!({"match": {"prefix": "/"}, "route": {"cluster": "up", "retry_policy": {
+            "retry_on": "5xx", "num_retries": 3,
+            "retry_back_off": {"base_interval": "0.001s", "max_interval": "0.002s"}}}}),
+    )
+    .await;
+    let mut storm = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        storm.spawn(async move {
+            let mut c = H1::connect(addr).await;
+            c.send(request("GET", "x", "/", &[], b""))
+                .await
+                .unwrap()
+                .status
+        });
+    }
+    while let Some(r) = storm.join_next().await {
+        assert_eq!(r.unwrap(), 503);
+    }
+    let retries = agent.stat("cluster.up.upstream_rq_retry");
+    let overflow = agent.stat("cluster.up.upstream_rq_retry_overflow");
+    eprintln!("retry storm: {retries} retries, {overflow} refused by the budget");
+    // Without a budget: 40 × 3 = 120 retries. With it, most are refused.
+    assert!(overflow > 0, "retries {retries}, overflow {overflow}");
+    assert!(retries < 60, "retries {retries}, overflow {overflow}");
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::Relaxed) as i64,
+        40 + retries
+    );
+}

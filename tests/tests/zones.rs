@@ -166,3 +166,43 @@ async fn below_the_panic_threshold_every_host_gets_traffic() {
     assert_eq!(hosts[1].requests(), before[1]);
     assert_eq!(agent.stat("cluster.up.lb_healthy_panic"), 0);
 }
+
+/// `/clusters` shows each host's canary flag from its endpoint metadata (Envoy's
+/// `filter_metadata."envoy.lb".canary`) and its locality.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_shows_canary_and_locality() {
+    let (a, b) = (
+        http_upstream::start("a").await,
+        http_upstream::start("b").await,
+    );
+    let ep = |u: &Upstream, canary: bool| {
+        json!({"endpoint": {"address": {"socket_address": {
+            "address": u.addr.ip().to_string(), "port_value": u.addr.port()}}},
+            "metadata": {"filter_metadata": {"envoy.lb": {"canary": canary}}}})
+    };
+    let cluster = json!({"name": "up", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "up", "endpoints": [{
+            "locality": {"region": "r", "zone": "z1", "sub_zone": "s"},
+            "lb_endpoints": [ep(&a, true), ep(&b, false)]}]}});
+    let agent = TestAgent::start(&bootstrap(vec![], vec![cluster])).await;
+    let text = plumb_tests::client::get(agent.admin(), "/clusters")
+        .await
+        .body;
+    assert!(
+        text.contains(&format!("up::{}::canary::true\n", a.addr)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("up::{}::canary::false\n", b.addr)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("up::{}::zone::z1\n", a.addr)),
+        "{text}"
+    );
+    let json = plumb_tests::client::get(agent.admin(), "/clusters?format=json")
+        .await
+        .json();
+    let hosts = &json["cluster_statuses"][0]["host_statuses"];
+    assert_eq!(hosts[0]["canary"], true, "{json}");
+}

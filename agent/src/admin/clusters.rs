@@ -84,6 +84,7 @@ pub(super) fn clusters(query: &BTreeMap<String, String>, shared: &Shared) -> Res
                         "failed_active_health_check": h.health_flags() & health_flag::FAILED_ACTIVE_HC != 0,
                     },
                     "weight": h.weight(),
+                    "canary": h.canary(),
                     "priority": h.priority,
                     "hostname": h.hostname,
                     "locality": h.locality.to_json(),
@@ -112,7 +113,7 @@ pub(super) fn clusters(query: &BTreeMap<String, String>, shared: &Shared) -> Res
                     ("region", h.locality.region.clone()),
                     ("zone", h.locality.zone.clone()),
                     ("sub_zone", h.locality.sub_zone.clone()),
-                    ("canary", "false".to_string()),
+                    ("canary", h.canary().to_string()),
                     ("priority", h.priority.to_string()),
                 ] {
                     let _ = writeln!(out, "{p}::{k}::{v}");

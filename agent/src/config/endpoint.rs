@@ -38,7 +38,8 @@ pub(super) const LB_ENDPOINT: FieldTable = &[
     ("endpoint", S),
     ("health_status", S),
     ("load_balancing_weight", S),
-    ("metadata", I("metadata is informational here")),
+    // Read for `filter_metadata."envoy.lb".canary`; other keys are informational.
+    ("metadata", S),
     ("endpoint_name", R("named endpoints are not supported")),
 ];
 
@@ -141,11 +142,20 @@ pub(crate) fn read_lb_endpoint(
         );
         return None;
     }
+    // Envoy's canary flag: `metadata.filter_metadata."envoy.lb".canary`.
+    let canary = lb
+        .get("metadata")
+        .and_then(|m| m.get("filter_metadata"))
+        .and_then(|f| f.get("envoy.lb"))
+        .and_then(|e| e.get("canary"))
+        .and_then(|c| c.as_bool())
+        .unwrap_or(false);
     Some(Endpoint {
         host,
         port,
         hostname,
         weight,
         health_status,
+        canary,
     })
 }

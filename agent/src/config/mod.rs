@@ -791,4 +791,6 @@ pub struct Endpoint {
     pub hostname: Option<String>,
     pub weight: u32,
     pub health_status: HealthStatus,
+    /// `metadata.filter_metadata."envoy.lb".canary` (shown in `/clusters`).
+    pub canary: bool,
 }

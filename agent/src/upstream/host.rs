@@ -79,6 +79,8 @@ pub struct Host {
     weight: AtomicU32,
     /// Its locality's `load_balancing_weight` (0: none given).
     locality_weight: AtomicU32,
+    /// EDS's canary flag (`metadata.filter_metadata."envoy.lb".canary`).
+    canary: AtomicBool,
     /// Used since the last ORIGINAL_DST cleanup pass.
     used: AtomicBool,
     /// Shared with the host's connections, which must not keep the host itself alive.
@@ -143,6 +145,7 @@ impl Host {
             eds_status: AtomicU8::new(status_index(eds)),
             weight: AtomicU32::new(weight.max(1)),
             locality_weight: AtomicU32::new(0),
+            canary: AtomicBool::new(false),
             used: AtomicBool::new(true),
             stats: Default::default(),
             pool: Default::default(),
@@ -209,6 +212,21 @@ impl Host {
         self.locality_weight
             .store(w.unwrap_or(0), Ordering::Relaxed);
         self
+    }
+
+    /// With EDS's canary flag.
+    pub fn with_canary(self, canary: bool) -> Self {
+        self.canary.store(canary, Ordering::Relaxed);
+        self
+    }
+
+    pub fn canary(&self) -> bool {
+        self.canary.load(Ordering::Relaxed)
+    }
+
+    /// Takes a new canary flag from discovery.
+    pub(crate) fn set_canary(&self, canary: bool) {
+        self.canary.store(canary, Ordering::Relaxed);
     }
 
     /// Its locality's `load_balancing_weight`; 0 when none was given.

@@ -260,7 +260,8 @@ impl HostSet {
                         e.weight,
                         e.health_status,
                     )
-                    .with_locality_weight(l.load_balancing_weight),
+                    .with_locality_weight(l.load_balancing_weight)
+                    .with_canary(e.canary),
                 ));
             }
         }
@@ -350,6 +351,7 @@ impl HostSet {
                 .and_then(|v| v.iter().find(|o| o.same_identity(h)))
             {
                 o.update_from_eds(h.weight(), h.locality_weight(), h.eds_health_status());
+                o.set_canary(h.canary());
                 *h = (*o).clone();
                 kept = true;
             }

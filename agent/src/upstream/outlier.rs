@@ -739,6 +739,7 @@ mod tests {
                         hostname: None,
                         weight: 1,
                         health_status: HealthStatus::Healthy,
+                        canary: false,
                     })
                     .collect(),
                 ..Default::default()

@@ -27,6 +27,7 @@ fn endpoints(hosts: &[(u16, u32, HealthStatus)]) -> Vec<LocalityEndpoints> {
                 hostname: None,
                 weight,
                 health_status,
+                canary: false,
             })
             .collect(),
         ..Default::default()

@@ -69,7 +69,16 @@ pub(super) fn endpoints_json(cla: &pbe::ClusterLoadAssignment) -> Json {
                     if let Some(w) = &e.load_balancing_weight {
                         em.insert("load_balancing_weight".into(), json!(w.value));
                     }
-                    mark(&mut em, "metadata", e.metadata.is_some());
+                    if let Some(md) = &e.metadata {
+                        em.insert(
+                            "metadata".into(),
+                            super::reflect::decode_json(
+                                "envoy.config.core.v3.Metadata",
+                                &prost::Message::encode_to_vec(md),
+                            )
+                            .unwrap_or_else(|_| json!({})),
+                        );
+                    }
                     Json::Object(em)
                 })
                 .collect();
@@ -134,6 +143,7 @@ pub(super) fn fast_lb_endpoint(e: &pbe::LbEndpoint) -> Option<Endpoint> {
         hostname: (!ep.hostname.is_empty()).then(|| ep.hostname.clone()),
         weight,
         health_status,
+        canary: false,
     })
 }
 

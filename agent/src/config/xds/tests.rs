@@ -56,6 +56,28 @@ fn eds_cluster_and_assignment_translate() {
     };
     let (l, _) = endpoints_from_proto(&cla).unwrap();
     assert_eq!(l[0].endpoints[0].weight, 3);
+    assert!(!l[0].endpoints[0].canary);
+    // Envoy's canary flag in the endpoint's metadata.
+    let mut canary = cla.clone();
+    let flag = envoy_types::pb::google::protobuf::Struct {
+        fields: [(
+            "canary".to_string(),
+            envoy_types::pb::google::protobuf::Value {
+                kind: Some(envoy_types::pb::google::protobuf::value::Kind::BoolValue(
+                    true,
+                )),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    canary.endpoints[0].lb_endpoints[0].metadata = Some(core::Metadata {
+        filter_metadata: [("envoy.lb".to_string(), flag)].into_iter().collect(),
+        ..Default::default()
+    });
+    let (l, w) = endpoints_from_proto(&canary).unwrap();
+    assert!(l[0].endpoints[0].canary, "{w:?}");
+    assert_eq!(l[0].endpoints[0].weight, 3);
 }
 
 #[test]
