@@ -163,3 +163,55 @@ async fn a_generated_cookie_keeps_a_client_on_one_host() {
     assert_eq!(cookies.len(), 12, "one cookie per client address");
     assert!(servers.len() >= 2, "12 clients over 3 hosts: {servers:?}");
 }
+
+/// `envoy.filters.http.set_filter_state` copies a header into the request's filter state and
+/// a route's `hash_policy.filter_state` hashes it: each user stays on one host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_state_value_keeps_a_user_on_one_host() {
+    let ups = [
+        http_upstream::start("a").await,
+        http_upstream::start("b").await,
+        http_upstream::start("c").await,
+    ];
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let mut cluster = static_cluster("up", &addrs);
+    cluster["lb_policy"] = json!("MAGLEV");
+    let mut listener = http_listener(
+        "in",
+        any_host(json!([{"match": {"prefix": "/"}, "route": {"cluster": "up",
+            "hash_policy": [{"filter_state": {"key": "plumb.user"}}]}}])),
+    );
+    let filters = &mut listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"];
+    let router = filters[0].clone();
+    *filters = json!([{"name": "envoy.filters.http.set_filter_state", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
+        "on_request_headers": [{"object_key": "plumb.user",
+            "format_string": {"text_format_source": {"inline_string": "%REQ(x-user)%"}},
+            "skip_if_empty": true}]}}, router]);
+    let agent = TestAgent::start(&bootstrap(vec![listener], vec![cluster])).await;
+    let mut c = H1::connect(agent.listener("in")).await;
+    let mut by_user: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for round in 0..3 {
+        for u in 0..30 {
+            let user = format!("user-{u}");
+            let r = c
+                .send(request(
+                    "GET",
+                    "x",
+                    &format!("/{round}"),
+                    &[("x-user", &user)],
+                    b"",
+                ))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+            by_user
+                .entry(user)
+                .or_default()
+                .insert(r.json()["server"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(by_user.values().all(|s| s.len() == 1), "{by_user:?}");
+    let used: BTreeSet<_> = by_user.values().flatten().collect();
+    assert_eq!(used.len(), 3, "30 users over 3 hosts: {by_user:?}");
+}

@@ -19,6 +19,8 @@ use std::time::Duration;
 pub enum Verdict {
     /// Go on; add these headers to the response.
     Continue(Vec<(HeaderName, HeaderValue)>),
+    /// Go on, with these values in the request's filter state.
+    State(Vec<(Arc<str>, String)>),
     /// Hold the request this long, then go on (a fault's delay; the guard counts it active).
     Delay(Duration, Option<ActiveFault>),
     /// Answer now.
@@ -44,12 +46,43 @@ pub struct RequestHead<'a> {
     pub grpc: bool,
     /// The server (or this connection's listener) is draining.
     pub draining: bool,
+    pub peer: std::net::SocketAddr,
+    pub local: std::net::SocketAddr,
+    /// `HTTP/1.1`, `HTTP/2`, …
+    pub protocol: &'a str,
 }
 
 /// One HTTP filter.
 pub trait HttpFilter: Send + Sync + std::fmt::Debug {
     /// Sees the request's head before routing.
     fn on_request(&self, req: &RequestHead) -> Verdict;
+}
+
+/// `envoy.filters.http.set_filter_state`: each value's format expanded for the request.
+#[derive(Debug)]
+struct SetFilterStateFilter(crate::config::http::filters::SetFilterState);
+
+impl HttpFilter for SetFilterStateFilter {
+    fn on_request(&self, req: &RequestHead) -> Verdict {
+        let cx = super::headers::FormatContext {
+            downstream_remote: req.peer,
+            downstream_local: req.local,
+            protocol: req.protocol,
+            upstream_remote: None,
+            request_headers: Some(req.headers),
+            start: std::time::SystemTime::now(),
+        };
+        let mut out = Vec::with_capacity(self.0.values.len());
+        for v in &self.0.values {
+            let mut s = String::new();
+            super::headers::expand_format(&v.format, &cx, req.headers, &mut s);
+            if s.is_empty() && v.skip_if_empty {
+                continue;
+            }
+            out.push((v.key.clone(), s));
+        }
+        Verdict::State(out)
+    }
 }
 
 /// Builds the filters of a connection manager.
@@ -63,6 +96,7 @@ pub fn build(
         .iter()
         .map(|(name, c)| -> (String, Box<dyn HttpFilter>) {
             let f: Box<dyn HttpFilter> = match c {
+                HttpFilterConfig::SetFilterState(s) => Box::new(SetFilterStateFilter(s.clone())),
                 HttpFilterConfig::LocalRateLimit(rl) => Box::new(LocalRateLimit::new(rl, store)),
                 HttpFilterConfig::Fault(f) => Box::new(FaultFilter::new(f, store, prefix)),
                 HttpFilterConfig::HealthCheck(h) => Box::new(HealthCheckFilter {
@@ -334,10 +368,14 @@ mod tests {
             path: "/",
             grpc,
             draining: false,
+            peer: "10.0.0.1:4000".parse().unwrap(),
+            local: "10.0.0.2:80".parse().unwrap(),
+            protocol: "HTTP/1.1",
         };
         for (_, f) in chain {
             match f.on_request(&head) {
                 Verdict::Continue(h) => extra += h.len(),
+                Verdict::State(v) => extra += v.len(),
                 Verdict::Delay(t, _) => return Err(format!("delay {}ms", t.as_millis())),
                 Verdict::Reply(r) => {
                     return Err(format!(
@@ -468,6 +506,9 @@ mod tests {
             path: "/",
             grpc: false,
             draining: false,
+            peer: "10.0.0.1:4000".parse().unwrap(),
+            local: "10.0.0.2:80".parse().unwrap(),
+            protocol: "HTTP/1.1",
         });
         assert!(matches!(first, Verdict::Delay(t, Some(_)) if t == Duration::from_millis(250)));
         // The first delay is still active: the limit of one leaves the next untouched.
@@ -477,5 +518,55 @@ mod tests {
         assert!(run(&delay, &h, false).is_err());
         assert_eq!(store.value("http.d.fault.delays_injected"), Some(2));
         assert_eq!(store.value("http.a.fault.aborts_injected"), Some(1));
+    }
+
+    #[test]
+    fn set_filter_state_expands_its_formats_for_the_request() {
+        use crate::config::http::filters::{FilterStateValue, SetFilterState};
+        use crate::config::http::{FormatPart, HeaderFormat};
+        let v = |key: &str, parts: Vec<FormatPart>, skip: bool| FilterStateValue {
+            key: key.into(),
+            format: HeaderFormat { parts },
+            skip_if_empty: skip,
+        };
+        let f = SetFilterStateFilter(SetFilterState {
+            values: vec![
+                v(
+                    "user",
+                    vec![
+                        FormatPart::Literal("u-".into()),
+                        FormatPart::RequestHeader("x-user".into()),
+                    ],
+                    false,
+                ),
+                v(
+                    "peer",
+                    vec![FormatPart::DownstreamRemoteAddressWithoutPort],
+                    false,
+                ),
+                v(
+                    "none",
+                    vec![FormatPart::RequestHeader("x-none".into())],
+                    true,
+                ),
+            ],
+        });
+        let mut h = HeaderMap::new();
+        h.insert("x-user", HeaderValue::from_static("alice"));
+        let head = RequestHead {
+            headers: &h,
+            method: "GET",
+            path: "/",
+            grpc: false,
+            draining: false,
+            peer: "10.0.0.1:4000".parse().unwrap(),
+            local: "10.0.0.2:80".parse().unwrap(),
+            protocol: "HTTP/1.1",
+        };
+        let Verdict::State(state) = f.on_request(&head) else {
+            panic!("a state verdict expected");
+        };
+        let state: Vec<(&str, &str)> = state.iter().map(|(k, v)| (&**k, v.as_str())).collect();
+        assert_eq!(state, vec![("user", "u-alice"), ("peer", "10.0.0.1")]);
     }
 }

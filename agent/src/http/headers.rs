@@ -107,7 +107,18 @@ pub(super) fn hostname() -> &'static str {
 
 /// `own`: the map being changed, read for `%REQ(…)%` when the context has no request.
 fn expand(h: &HeaderToAdd, cx: &FormatContext, own: &HeaderMap, out: &mut String) {
-    for p in &h.value.parts {
+    expand_format(&h.value, cx, own, out)
+}
+
+/// A header format's value in this context (`%REQ(…)%` from `own` when the context has no
+/// request).
+pub fn expand_format(
+    f: &crate::config::http::HeaderFormat,
+    cx: &FormatContext,
+    own: &HeaderMap,
+    out: &mut String,
+) {
+    for p in &f.parts {
         match p {
             FormatPart::Literal(s) => out.push_str(s),
             FormatPart::DownstreamRemoteAddress => {

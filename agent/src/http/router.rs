@@ -465,7 +465,12 @@ impl ConnectionManager {
                 .unwrap_or("/"),
             grpc,
             draining: conn.watch.phase() != crate::drain::Phase::Running,
+            peer: conn.peer,
+            local: conn.local,
+            protocol: protocol_name(parts.version),
         };
+        // Values set by `set_filter_state`, for `hash_policy.filter_state`.
+        let mut filter_state: Vec<(Arc<str>, String)> = Vec::new();
         let per_route = matched.and_then(|m| m.2);
         for (name, f) in &self.filters {
             let verdict = match per_route.and_then(|p| p.get(name)) {
@@ -475,6 +480,7 @@ impl ConnectionManager {
             };
             match verdict {
                 Verdict::Continue(h) => exchange.extra_headers.extend(h),
+                Verdict::State(v) => filter_state.extend(v),
                 Verdict::Delay(t, active) => {
                     tokio::time::sleep(t).await;
                     drop(active);
@@ -611,6 +617,7 @@ impl ConnectionManager {
                 &parts.headers,
                 &parts.uri,
                 conn.peer,
+                &filter_state,
                 &mut set_cookies,
             )
         };
@@ -1457,6 +1464,7 @@ pub(super) fn request_hash(
     headers: &HeaderMap,
     uri: &Uri,
     peer: std::net::SocketAddr,
+    filter_state: &[(Arc<str>, String)],
     set_cookies: &mut Vec<HeaderValue>,
 ) -> Option<u64> {
     use crate::config::http::HashOn;
@@ -1503,6 +1511,12 @@ pub(super) fn request_hash(
             }
             // Envoy hashes the address as text.
             HashOn::SourceIp => Some(xxhash(&[peer.ip().to_canonical().to_string().as_bytes()])),
+            // The last value set under the key (a later filter overrides an earlier one).
+            HashOn::FilterState(key) => filter_state
+                .iter()
+                .rev()
+                .find(|(k, _)| **k == **key)
+                .map(|(_, v)| xxhash(&[v.as_bytes()])),
             HashOn::QueryParameter(name) => uri.query().and_then(|q| {
                 q.split('&').find_map(|kv| {
                     let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -1618,7 +1632,7 @@ mod tests {
         h.insert(http::header::COOKIE, "a=1; session=s42".parse().unwrap());
         let uri: Uri = "/p?id=7&x".parse().unwrap();
         let ip: std::net::SocketAddr = "10.0.0.1:5555".parse().unwrap();
-        let one = |on: HashOn| request_hash(&[p(on, false)], &h, &uri, ip, &mut Vec::new());
+        let one = |on: HashOn| request_hash(&[p(on, false)], &h, &uri, ip, &[], &mut Vec::new());
         // The same input hashes the same; what is absent gives nothing.
         assert_eq!(
             one(HashOn::Header("x-user".into())),
@@ -1644,19 +1658,25 @@ mod tests {
             p(HashOn::SourceIp, false),
         ];
         assert_eq!(
-            request_hash(&both, &h, &uri, ip, &mut Vec::new()),
+            request_hash(&both, &h, &uri, ip, &[], &mut Vec::new()),
             Some(a.rotate_left(1) ^ b)
         );
         let stop = [
             p(HashOn::Header("x-user".into()), true),
             p(HashOn::SourceIp, false),
         ];
-        assert_eq!(request_hash(&stop, &h, &uri, ip, &mut Vec::new()), Some(a));
+        assert_eq!(
+            request_hash(&stop, &h, &uri, ip, &[], &mut Vec::new()),
+            Some(a)
+        );
         let skip = [
             p(HashOn::Header("x-none".into()), true),
             p(HashOn::SourceIp, false),
         ];
-        assert_eq!(request_hash(&skip, &h, &uri, ip, &mut Vec::new()), Some(b));
+        assert_eq!(
+            request_hash(&skip, &h, &uri, ip, &[], &mut Vec::new()),
+            Some(b)
+        );
     }
 
     #[test]
@@ -1677,7 +1697,7 @@ mod tests {
         let uri: Uri = "/".parse().unwrap();
         let peer: std::net::SocketAddr = "10.0.0.1:5555".parse().unwrap();
         let mut set = Vec::new();
-        let first = request_hash(&policy, &HeaderMap::new(), &uri, peer, &mut set);
+        let first = request_hash(&policy, &HeaderMap::new(), &uri, peer, &[], &mut set);
         let value = format!("{:016x}", xxhash(&[b"10.0.0.1:5555"]));
         assert_eq!(first, Some(xxhash(&[value.as_bytes()])));
         assert_eq!(
@@ -1695,7 +1715,7 @@ mod tests {
         let mut again = Vec::new();
         let other_peer: std::net::SocketAddr = "10.0.0.2:1".parse().unwrap();
         assert_eq!(
-            request_hash(&policy, &h, &uri, other_peer, &mut again),
+            request_hash(&policy, &h, &uri, other_peer, &[], &mut again),
             first
         );
         assert!(again.is_empty());

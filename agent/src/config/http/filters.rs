@@ -17,6 +17,117 @@ pub const HEALTH_CHECK_TYPE: &str =
 pub const HEALTH_CHECK_NAMES: &[&str] = &["envoy.filters.http.health_check", "envoy.health_check"];
 pub const LOCAL_RATELIMIT_NAMES: &[&str] = &["envoy.filters.http.local_ratelimit"];
 pub const FAULT_NAMES: &[&str] = &["envoy.filters.http.fault", "envoy.fault"];
+pub const SET_FILTER_STATE_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config";
+pub const SET_FILTER_STATE_NAMES: &[&str] = &["envoy.filters.http.set_filter_state"];
+
+/// `envoy.filters.http.set_filter_state`: string values computed from each request (the
+/// header format's `%VARIABLE%`s), kept for that request under their keys; a route's
+/// `hash_policy.filter_state` hashes them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetFilterState {
+    pub values: Vec<FilterStateValue>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterStateValue {
+    pub key: std::sync::Arc<str>,
+    pub format: HeaderFormat,
+    pub skip_if_empty: bool,
+}
+
+pub(super) const SET_FILTER_STATE: FieldTable = &[
+    ("@type", S),
+    ("on_request_headers", S),
+    (
+        "clear_route_cache",
+        I("the route is chosen before the filters run; filter state does not change it"),
+    ),
+];
+
+pub(super) const FILTER_STATE_VALUE: FieldTable = &[
+    ("object_key", S),
+    (
+        "factory_key",
+        R("only string values are kept (no object factories)"),
+    ),
+    ("format_string", S),
+    ("read_only", I("values are only set by this filter")),
+    (
+        "shared_with_upstream",
+        I("filter state stays in this proxy"),
+    ),
+    ("skip_if_empty", S),
+];
+
+pub(super) const FILTER_STATE_FORMAT: FieldTable = &[
+    ("text_format", S),
+    ("text_format_source", S),
+    ("json_format", R("only text formats make a string value")),
+    ("omit_empty_values", I("a value is one string")),
+    ("content_type", I("a value is one string")),
+    ("formatters", R("formatter extensions are not supported")),
+    (
+        "json_format_options",
+        I("only text formats make a string value"),
+    ),
+];
+
+pub(super) const FILTER_STATE_SOURCE: FieldTable = &[
+    ("inline_string", S),
+    ("filename", R("give the format inline")),
+    ("inline_bytes", R("give the format as inline_string")),
+    ("environment_variable", R("give the format inline")),
+];
+
+pub(super) fn read_set_filter_state(tc: &Obj, d: &mut Diagnostics) -> Option<SetFilterState> {
+    let mut values = Vec::new();
+    for (path, v) in tc.list("on_request_headers", d) {
+        let Some(o) = Obj::new(v, &path, FILTER_STATE_VALUE, d) else {
+            continue;
+        };
+        let Some(key) = o.required_name("object_key", d) else {
+            continue;
+        };
+        let Some(f) = o.object("format_string", FILTER_STATE_FORMAT, d) else {
+            d.error(o.at("format_string"), "missing required field");
+            continue;
+        };
+        let text = match (
+            f.string("text_format", d),
+            f.object("text_format_source", FILTER_STATE_SOURCE, d),
+        ) {
+            (Some(t), None) => Some((t, f.at("text_format"))),
+            (None, Some(src)) => src
+                .string("inline_string", d)
+                .map(|t| (t, src.at("inline_string"))),
+            (Some(_), Some(_)) => {
+                d.error(
+                    f.path.clone(),
+                    "text_format and text_format_source are exclusive",
+                );
+                None
+            }
+            (None, None) => {
+                d.error(
+                    f.path.clone(),
+                    "a text_format or text_format_source is required",
+                );
+                None
+            }
+        };
+        let Some((text, at)) = text else { continue };
+        let Some(format) = super::headers::parse_header_format(&text, &at, d) else {
+            continue;
+        };
+        values.push(FilterStateValue {
+            key: key.into(),
+            format,
+            skip_if_empty: o.boolean("skip_if_empty", d).unwrap_or(false),
+        });
+    }
+    Some(SetFilterState { values })
+}
 
 /// `envoy.filters.http.local_ratelimit`.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +183,7 @@ pub enum HttpFilterConfig {
     LocalRateLimit(HttpLocalRateLimit),
     Fault(Fault),
     HealthCheck(HealthCheck),
+    SetFilterState(SetFilterState),
 }
 
 pub(super) const HEALTH_CHECK: FieldTable = &[
@@ -379,4 +491,11 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("FaultAbort", FAULT_ABORT),
     ("HeaderDelay / HeaderAbort", EMPTY_FAULT),
     ("HealthCheck", HEALTH_CHECK),
+    ("SetFilterState", SET_FILTER_STATE),
+    ("FilterStateValue", FILTER_STATE_VALUE),
+    (
+        "SubstitutionFormatString (format_string)",
+        FILTER_STATE_FORMAT,
+    ),
+    ("DataSource (text_format_source)", FILTER_STATE_SOURCE),
 ];

@@ -592,21 +592,30 @@ fn read_http_filters(
             Some(hf::LOCAL_RATELIMIT_TYPE) => Some(0),
             Some(hf::FAULT_TYPE) => Some(1),
             Some(hf::HEALTH_CHECK_TYPE) => Some(2),
+            Some(hf::SET_FILTER_STATE_TYPE) => Some(3),
             Some(_) => None,
             None if hf::LOCAL_RATELIMIT_NAMES.contains(&name.as_str()) => Some(0),
             None if hf::FAULT_NAMES.contains(&name.as_str()) => Some(1),
             None if hf::HEALTH_CHECK_NAMES.contains(&name.as_str()) => Some(2),
+            None if hf::SET_FILTER_STATE_NAMES.contains(&name.as_str()) => Some(3),
             None => None,
         };
         if let (Some(k), true) = (kind, i != last) {
-            let table = [hf::LOCAL_RATELIMIT, hf::FAULT, hf::HEALTH_CHECK][k];
+            let table = [
+                hf::LOCAL_RATELIMIT,
+                hf::FAULT,
+                hf::HEALTH_CHECK,
+                hf::SET_FILTER_STATE,
+            ][k];
             match f.object("typed_config", table, d) {
                 Some(tc) => {
                     let built = match k {
                         0 => hf::read_local_ratelimit(&tc, d)
                             .map(hf::HttpFilterConfig::LocalRateLimit),
                         1 => hf::read_fault(&tc, d).map(hf::HttpFilterConfig::Fault),
-                        _ => hf::read_health_check(&tc, d).map(hf::HttpFilterConfig::HealthCheck),
+                        2 => hf::read_health_check(&tc, d).map(hf::HttpFilterConfig::HealthCheck),
+                        _ => hf::read_set_filter_state(&tc, d)
+                            .map(hf::HttpFilterConfig::SetFilterState),
                     };
                     chain.extend(built.map(|b| (name.clone(), b)));
                 }
@@ -628,7 +637,7 @@ fn read_http_filters(
         } else {
             d.error(
                 path,
-                format!("unsupported HTTP filter \"{what}\" (supported: envoy.filters.http.local_ratelimit, envoy.filters.http.fault, envoy.filters.http.health_check, envoy.filters.http.grpc_stats, envoy.filters.http.router; mark a filter is_optional to skip it)"),
+                format!("unsupported HTTP filter \"{what}\" (supported: envoy.filters.http.local_ratelimit, envoy.filters.http.fault, envoy.filters.http.health_check, envoy.filters.http.set_filter_state, envoy.filters.http.grpc_stats, envoy.filters.http.router; mark a filter is_optional to skip it)"),
             );
         }
     }

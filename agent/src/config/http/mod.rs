@@ -422,6 +422,8 @@ pub enum HashOn {
     SourceIp,
     /// A query parameter's first value.
     QueryParameter(String),
+    /// A value `envoy.filters.http.set_filter_state` set for the request under this key.
+    FilterState(String),
 }
 
 /// `RequestMirrorPolicy`.

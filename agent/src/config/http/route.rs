@@ -717,7 +717,7 @@ pub(super) const HASH_POLICY: FieldTable = &[
     ("cookie", S),
     ("connection_properties", S),
     ("query_parameter", S),
-    ("filter_state", R("filter state is not supported")),
+    ("filter_state", S),
     ("terminal", S),
 ];
 
@@ -792,6 +792,8 @@ const HASH_CONNECTION: FieldTable = &[("source_ip", S)];
 
 const HASH_QUERY: FieldTable = &[("name", S)];
 
+const HASH_FILTER_STATE: FieldTable = &[("key", S)];
+
 /// One `hash_policy` entry: exactly one of its kinds.
 fn read_hash_policy(v: &Value, path: &str, d: &mut Diagnostics) -> Option<HashPolicy> {
     let o = Obj::new(v, path, HASH_POLICY, d)?;
@@ -800,11 +802,12 @@ fn read_hash_policy(v: &Value, path: &str, d: &mut Diagnostics) -> Option<HashPo
         "cookie",
         "connection_properties",
         "query_parameter",
+        "filter_state",
     ];
     if kinds.iter().filter(|k| o.get(k).is_some()).count() != 1 {
         d.error(
             path,
-            "exactly one of header, cookie, connection_properties or query_parameter is required",
+            "exactly one of header, cookie, connection_properties, query_parameter or filter_state is required",
         );
         return None;
     }
@@ -818,6 +821,8 @@ fn read_hash_policy(v: &Value, path: &str, d: &mut Diagnostics) -> Option<HashPo
         read_hash_cookie(&o, d)?
     } else if o.get("query_parameter").is_some() {
         HashOn::QueryParameter(name(HASH_QUERY, "query_parameter", "name", d)?)
+    } else if o.get("filter_state").is_some() {
+        HashOn::FilterState(name(HASH_FILTER_STATE, "filter_state", "key", d)?)
     } else {
         let c = o.object("connection_properties", HASH_CONNECTION, d)?;
         if !c.boolean("source_ip", d).unwrap_or(false) {
@@ -1018,6 +1023,7 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
         HASH_CONNECTION,
     ),
     ("QueryParameter (hash_policy.query_parameter)", HASH_QUERY),
+    ("FilterState (hash_policy.filter_state)", HASH_FILTER_STATE),
 ];
 
 pub(crate) const FILTER_CONFIG_TYPE: &str =

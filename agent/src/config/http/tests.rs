@@ -473,8 +473,8 @@ fn hash_policies_are_read_and_bad_ones_named() {
             "hash_policy[0].cookie.name: \"a b\" is not a valid cookie name",
         ),
         (
-            r#"{"filter_state": {"key": "k"}}"#,
-            "hash_policy[0].filter_state: not supported",
+            r#"{"filter_state": {}}"#,
+            "hash_policy[0].filter_state.key: missing required field",
         ),
         (r#"{}"#, "hash_policy[0]: exactly one of header, cookie"),
         (
