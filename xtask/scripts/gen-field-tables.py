@@ -3,7 +3,7 @@ import re, sys
 # those of docs/http.md.
 HTTP = sys.argv[1:] == ['http']
 if HTTP:
-    files = [f'agent/src/config/http/{f}.rs' for f in ('hcm', 'filters', 'access_log', 'route', 'retry', 'matchers', 'headers', 'upstream')]
+    files = [f'agent/src/config/http/{f}.rs' for f in ('hcm', 'filters', 'access_log', 'route', 'hash', 'retry', 'matchers', 'headers', 'upstream')]
 else:
     files = [f'agent/src/config/{f}.rs' if f != 'listener' else 'agent/src/config/listener/mod.rs' for f in ('bootstrap','extensions','overload','cluster','cluster_lb','cluster_health','endpoint','listener')]
 s=''.join(open(f).read() for f in files)

@@ -5,16 +5,7 @@
 //! first, and each names its full field path.
 
 use super::cluster_health::*;
-#[cfg(test)]
-use super::cluster_lb::*;
-#[cfg(test)]
-use super::endpoint::*;
 use super::listener::read_listener;
-#[cfg(test)]
-use super::listener::{
-    CIDR_RANGE, CONNECTION_LIMIT, FILTER, FILTER_CHAIN, FILTER_CHAIN_MATCH, LISTENER,
-    LISTENER_FILTER, LOCAL_RATELIMIT, TCP_HASH_POLICY, TCP_PROXY, TOKEN_BUCKET, TYPED_ANY,
-};
 use super::walk::{Diagnostics, Field, FieldTable, Obj};
 use super::yaml::Value;
 use super::*;
@@ -220,107 +211,6 @@ pub(super) const ENVOY_GRPC: FieldTable = &[
         I("messages up to 64 MiB are accepted"),
     ),
     ("skip_envoy_headers", I("no Envoy headers are sent")),
-];
-
-/// Every field table, by Envoy message, for documentation checks.
-#[cfg(test)]
-pub(crate) const TABLES: &[(&str, FieldTable)] = &[
-    ("Bootstrap", BOOTSTRAP),
-    ("Node", NODE),
-    ("Locality", LOCALITY),
-    ("Admin", ADMIN),
-    ("StaticResources", STATIC_RESOURCES),
-    ("Address", ADDRESS),
-    ("SocketAddress", SOCKET_ADDRESS),
-    ("Listener", LISTENER),
-    ("FilterChain", FILTER_CHAIN),
-    ("Filter", FILTER),
-    ("ListenerFilter", LISTENER_FILTER),
-    ("EdsClusterConfig", EDS_CLUSTER_CONFIG),
-    ("TransportSocket", TRANSPORT_SOCKET),
-    ("UpstreamTlsContext", UPSTREAM_TLS_CONTEXT),
-    ("CommonTlsContext", COMMON_TLS_CONTEXT),
-    ("CertificateValidationContext", CERT_VALIDATION_CONTEXT),
-    ("TlsCertificate", TLS_CERTIFICATE),
-    ("DataSource", DATA_SOURCE),
-    ("CircuitBreakers", CIRCUIT_BREAKERS),
-    ("Thresholds", THRESHOLDS),
-    (
-        "RetryBudget (circuit_breakers.thresholds.retry_budget)",
-        RETRY_BUDGET,
-    ),
-    ("Percent (retry_budget.budget_percent)", PERCENT),
-    ("CommonLbConfig", COMMON_LB_CONFIG),
-    ("RoundRobinLbConfig", ROUND_ROBIN_LB_CONFIG),
-    ("SlowStartConfig", SLOW_START_CONFIG),
-    ("LoadBalancingPolicy", LOAD_BALANCING_POLICY),
-    ("LoadBalancingPolicy.Policy", LB_POLICY_ENTRY),
-    ("TypedExtensionConfig", TYPED_EXTENSION_CONFIG),
-    ("LocalityLbConfig", LOCALITY_LB_CONFIG),
-    ("RoundRobin", TYPED_ROUND_ROBIN),
-    ("LeastRequest", TYPED_LEAST_REQUEST),
-    ("Random", TYPED_RANDOM),
-    ("RingHash", TYPED_RING_HASH),
-    ("Maglev", TYPED_MAGLEV),
-    ("ClusterProvided", TYPED_CLUSTER_PROVIDED),
-    ("ZoneAwareLbConfig", ZONE_AWARE_LB_CONFIG),
-    ("LocalityWeightedLbConfig", LOCALITY_WEIGHTED_LB_CONFIG),
-    (
-        "RingHashLbConfig (ring_hash_lb_config)",
-        RING_HASH_LB_CONFIG,
-    ),
-    ("MaglevLbConfig (maglev_lb_config)", MAGLEV_LB_CONFIG),
-    (
-        "LeastRequestLbConfig (least_request_lb_config)",
-        LEAST_REQUEST_LB_CONFIG,
-    ),
-    ("RuntimeDouble (active_request_bias)", RUNTIME_DOUBLE),
-    ("HealthCheck (health_checks[])", HEALTH_CHECK),
-    ("HttpHealthCheck (http_health_check)", HTTP_HEALTH_CHECK),
-    ("TcpHealthCheck (tcp_health_check)", TCP_HEALTH_CHECK),
-    ("GrpcHealthCheck (grpc_health_check)", GRPC_HEALTH_CHECK),
-    ("Payload (send, receive[])", HC_PAYLOAD),
-    (
-        "HeaderValueOption (request_headers_to_add[])",
-        HC_HEADER_OPTION,
-    ),
-    ("HeaderValue (header)", HC_HEADER),
-    ("Int64Range (expected_statuses[])", INT64_RANGE),
-    ("OutlierDetection", OUTLIER_DETECTION),
-    ("ClusterManager", CLUSTER_MANAGER),
-    ("ClusterManager.OutlierDetection", CM_OUTLIER_DETECTION),
-    ("ConfigSource", CONFIG_SOURCE),
-    ("DynamicResources", DYNAMIC_RESOURCES),
-    ("ApiConfigSource", API_CONFIG_SOURCE),
-    ("RateLimitSettings", RATE_LIMIT_SETTINGS),
-    ("OverloadManager", OVERLOAD_MANAGER),
-    ("ResourceMonitor", RESOURCE_MONITOR),
-    ("DownstreamConnectionsConfig", DOWNSTREAM_CONNECTIONS),
-    ("FixedHeapConfig", FIXED_HEAP),
-    ("OverloadAction", OVERLOAD_ACTION),
-    ("Trigger", TRIGGER),
-    ("ThresholdTrigger", THRESHOLD_TRIGGER),
-    ("ScaledTrigger", SCALED_TRIGGER),
-    ("LayeredRuntime", LAYERED_RUNTIME),
-    ("RuntimeLayer", RUNTIME_LAYER),
-    ("GrpcService", GRPC_SERVICE),
-    ("EnvoyGrpc", ENVOY_GRPC),
-    ("OriginalDstFilter", TYPED_ANY),
-    ("BootstrapExtension", BOOTSTRAP_EXTENSION),
-    ("Redirect", REDIRECT),
-    ("CaptureRule", CAPTURE_RULE),
-    ("TcpProxy", TCP_PROXY),
-    ("HashPolicy (tcp_proxy hash_policy[])", TCP_HASH_POLICY),
-    ("FilterChainMatch", FILTER_CHAIN_MATCH),
-    ("CidrRange", CIDR_RANGE),
-    ("ConnectionLimit", CONNECTION_LIMIT),
-    ("LocalRateLimit", LOCAL_RATELIMIT),
-    ("TokenBucket", TOKEN_BUCKET),
-    ("Cluster", CLUSTER),
-    ("ClusterLoadAssignment", LOAD_ASSIGNMENT),
-    ("LocalityLbEndpoints", LOCALITY_LB_ENDPOINTS),
-    ("LbEndpoint", LB_ENDPOINT),
-    ("Endpoint", ENDPOINT),
 ];
 
 pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> {

@@ -5,6 +5,7 @@
 pub mod breaker;
 mod carry;
 mod dns;
+mod grpc_health;
 mod hash_lb;
 pub mod health;
 mod host;

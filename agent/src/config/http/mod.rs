@@ -6,6 +6,7 @@
 
 pub mod access_log;
 pub mod filters;
+mod hash;
 mod hcm;
 mod headers;
 mod matchers;
