@@ -3,7 +3,7 @@
 //! STRICT_DNS: every address each endpoint's name resolves to is a host. LOGICAL_DNS: the
 //! one endpoint's first address is the host. A failed resolution keeps the previous hosts.
 
-use super::{Cluster, Host, HostSet};
+use super::{Cluster, Host};
 use crate::config::{DiscoveryType, DnsLookupFamily, Host as CfgHost};
 use crate::drain;
 use std::net::{IpAddr, SocketAddr};
@@ -92,7 +92,7 @@ pub(super) async fn refresh(cluster: Arc<Cluster>) {
             }
         }
     }
-    cluster.set_hosts(HostSet::build(cluster.balancing(), hosts));
+    cluster.set_hosts(hosts);
     cluster.stats.update_success.inc();
 }
 

@@ -31,9 +31,7 @@ const OVERPROVISIONING: u64 = 140;
 
 #[derive(Debug)]
 pub struct HostSet {
-    /// `balancing.policy`, kept here: a pick reads it without following the `Arc`.
     policy: LbPolicy,
-    balancing: Arc<Balancing>,
     all: Vec<Arc<Host>>,
     /// Priority levels that receive traffic, in priority order.
     levels: Vec<Level>,
@@ -238,15 +236,12 @@ fn priority_loads(all: &[&Arc<Host>], panic_threshold: f64) -> Vec<(u32, bool, u
 }
 
 impl HostSet {
-    pub fn empty(balancing: Arc<Balancing>) -> Self {
+    pub fn empty(balancing: &Balancing) -> Self {
         Self::build(balancing, Vec::new())
     }
 
-    /// Hosts of IP endpoints (STATIC clusters, EDS assignments).
-    pub fn from_localities(
-        balancing: Arc<Balancing>,
-        localities: &[config::LocalityEndpoints],
-    ) -> Self {
+    /// The hosts of IP endpoints (STATIC clusters, EDS assignments).
+    pub fn hosts_of(localities: &[config::LocalityEndpoints]) -> Vec<Arc<Host>> {
         let mut hosts = Vec::new();
         for l in localities {
             for e in &l.endpoints {
@@ -265,11 +260,11 @@ impl HostSet {
                 ));
             }
         }
-        Self::build(balancing, hosts)
+        hosts
     }
 
-    pub fn build(balancing: Arc<Balancing>, all: Vec<Arc<Host>>) -> Self {
-        let b = &*balancing;
+    pub fn build(balancing: &Balancing, all: Vec<Arc<Host>>) -> Self {
+        let b = balancing;
         let mut levels = Vec::new();
         let mut level_load = Vec::new();
         let mut sum = 0;
@@ -314,7 +309,6 @@ impl HostSet {
         }
         Self {
             policy: balancing.policy,
-            balancing,
             all,
             levels,
             level_load,
@@ -339,13 +333,12 @@ impl HostSet {
         &self.all
     }
 
-    /// Keeps the `Host` of every host already in `old` (same identity), taking the new
-    /// weight and EDS status into its live state: its stats and the flags detectors set
-    /// survive. The balancer is then rebuilt over the kept hosts.
-    pub(crate) fn adopt_hosts_from(&mut self, old: &HostSet) {
-        let by_addr = by_address(&old.all);
-        let mut kept = false;
-        for h in self.all.iter_mut() {
+    /// In `hosts`, replaces each host already in this set (same identity) by its `Host`,
+    /// taking the new weight, EDS status and canary flag into its live state: its stats and
+    /// the flags detectors set survive.
+    pub(crate) fn adopt_into(&self, hosts: &mut [Arc<Host>]) {
+        let by_addr = by_address(&self.all);
+        for h in hosts.iter_mut() {
             if let Some(o) = by_addr
                 .get(&h.address)
                 .and_then(|v| v.iter().find(|o| o.same_identity(h)))
@@ -353,24 +346,8 @@ impl HostSet {
                 o.update_from_eds(h.weight(), h.locality_weight(), h.eds_health_status());
                 o.set_canary(h.canary());
                 *h = (*o).clone();
-                kept = true;
             }
         }
-        if kept {
-            self.rebuild();
-        }
-    }
-
-    /// Adds hosts (kept from an earlier set) and rebuilds.
-    pub(crate) fn extend_hosts(&mut self, hosts: Vec<Arc<Host>>) {
-        self.all.extend(hosts);
-        self.rebuild();
-    }
-
-    /// Recomputes priority loads and schedules from the hosts' current live state (after a
-    /// health or weight change), keeping the same `Host`s.
-    pub(crate) fn rebuild(&mut self) {
-        *self = Self::build(self.balancing.clone(), std::mem::take(&mut self.all));
     }
 
     /// Same hosts by identity (health and weight aside): what Envoy's membership_change counts.

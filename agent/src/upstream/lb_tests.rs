@@ -13,7 +13,7 @@ fn host(port: u16, weight: u32, priority: u32, health: HealthStatus) -> Arc<Host
 }
 
 fn build(policy: LbPolicy, hosts: Vec<Arc<Host>>) -> HostSet {
-    HostSet::build(Balancing::of(policy), hosts)
+    HostSet::build(&Balancing::of(policy), hosts)
 }
 
 fn counts(set: &HostSet, picks: usize) -> std::collections::BTreeMap<u16, usize> {
@@ -85,7 +85,7 @@ fn unhealthy_hosts_are_skipped_and_a_healthy_priority_keeps_all_traffic() {
         .pick(&AtomicU64::new(0), &LbContext::default(), &stats)
         .is_some());
     assert_eq!(stats.healthy_panic.value(), 1);
-    assert!(HostSet::build(no_panic(LbPolicy::Random), only)
+    assert!(HostSet::build(&no_panic(LbPolicy::Random), only)
         .pick(&AtomicU64::new(0), &LbContext::default(), &stats)
         .is_none());
 }
@@ -131,7 +131,7 @@ fn a_degraded_priority_spills_over_like_envoy() {
     );
     // One usable host among 150, panic mode off: its availability rounds to 0, traffic
     // still flows to it.
-    let set = HostSet::build(no_panic(LbPolicy::RoundRobin), level(0, 1, 149, 1000));
+    let set = HostSet::build(&no_panic(LbPolicy::RoundRobin), level(0, 1, 149, 1000));
     assert_eq!(set.priority_loads(), vec![(0, false, 100)]);
     assert_eq!(
         set.pick(
@@ -219,16 +219,16 @@ async fn slow_start_ramps_a_new_hosts_weight_up() {
         c.get(&2).copied().unwrap_or(0) as f64 / 1100.0
     };
     // At once: the floor, 10 % of its weight → 1/11 of the picks.
-    let set = HostSet::build(b.clone(), vec![old.clone(), new.clone()]);
+    let set = HostSet::build(&b.clone(), vec![old.clone(), new.clone()]);
     assert!((share(&set) - 1.0 / 11.0).abs() < 0.01, "{}", share(&set));
     // Half the window: half its weight → 1/3.
     tokio::time::advance(Duration::from_secs(5)).await;
-    let set = HostSet::build(b.clone(), vec![old.clone(), new.clone()]);
+    let set = HostSet::build(&b.clone(), vec![old.clone(), new.clone()]);
     assert!((share(&set) - 1.0 / 3.0).abs() < 0.01, "{}", share(&set));
     // With aggression 2, the ramp is sqrt(0.5) ≈ 0.71 at the same point.
     let mut b2 = (*b).clone();
     b2.common.slow_start.as_mut().unwrap().aggression = 2.0;
-    let set = HostSet::build(Arc::new(b2), vec![old.clone(), new.clone()]);
+    let set = HostSet::build(&Arc::new(b2), vec![old.clone(), new.clone()]);
     let w = 0.5f64.sqrt();
     assert!(
         (share(&set) - w / (1.0 + w)).abs() < 0.01,
@@ -237,6 +237,6 @@ async fn slow_start_ramps_a_new_hosts_weight_up() {
     );
     // After the window: equal.
     tokio::time::advance(Duration::from_secs(5)).await;
-    let set = HostSet::build(b, vec![old, new]);
+    let set = HostSet::build(&b, vec![old, new]);
     assert_eq!(share(&set), 0.5);
 }

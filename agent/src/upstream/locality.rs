@@ -476,7 +476,7 @@ mod tests {
             hosts("c", 3, 0, 3000, None),
         ]
         .concat();
-        let set = HostSet::build(balancing(ZONE_AWARE, Some(local(2, 2, 2))), all);
+        let set = HostSet::build(&balancing(ZONE_AWARE, Some(local(2, 2, 2))), all);
         let stats = LbStats::detached();
         let m = per_zone(&set, &stats, 1000);
         assert_eq!(m.get(&1), Some(&1000), "{m:?}");
@@ -494,7 +494,7 @@ mod tests {
             hosts("c", 3, 0, 3000, None),
         ]
         .concat();
-        let set = HostSet::build(balancing(ZONE_AWARE, Some(local(2, 1, 1))), all);
+        let set = HostSet::build(&balancing(ZONE_AWARE, Some(local(2, 1, 1))), all);
         let stats = LbStats::detached();
         let n = 20_000;
         let m = per_zone(&set, &stats, n);
@@ -513,19 +513,19 @@ mod tests {
     fn zone_aware_steps_aside_for_small_clusters_and_a_missing_local_cluster() {
         let all = [hosts("a", 2, 0, 1000, None), hosts("b", 3, 0, 2000, None)].concat();
         // Five usable hosts, under min_cluster_size 6: all hosts, counted.
-        let set = HostSet::build(balancing(ZONE_AWARE, Some(local(1, 1, 0))), all.clone());
+        let set = HostSet::build(&balancing(ZONE_AWARE, Some(local(1, 1, 0))), all.clone());
         let stats = LbStats::detached();
         let m = per_zone(&set, &stats, 100);
         assert_eq!(m.len(), 2, "{m:?}");
         assert_eq!(stats.zone_cluster_too_small.value(), 100);
         // No local cluster known.
-        let set = HostSet::build(balancing(ZONE_AWARE, None), all.clone());
+        let set = HostSet::build(&balancing(ZONE_AWARE, None), all.clone());
         per_zone(&set, &stats, 10);
         assert_eq!(stats.local_cluster_not_ok.value(), 10);
         // The local cluster in panic (1 usable of 4 at the default 50 %).
         let mut l = local(1, 0, 0);
         l.total = 4;
-        let set = HostSet::build(balancing(ZONE_AWARE, Some(l)), all);
+        let set = HostSet::build(&balancing(ZONE_AWARE, Some(l)), all);
         per_zone(&set, &stats, 10);
         assert_eq!(stats.local_cluster_not_ok.value(), 20);
     }
@@ -540,7 +540,7 @@ mod tests {
             hosts("c", 2, 0, 3000, None),
         ]
         .concat();
-        let set = HostSet::build(balancing(LocalityLb::Weighted, None), all);
+        let set = HostSet::build(&balancing(LocalityLb::Weighted, None), all);
         let stats = LbStats::detached();
         let n = 31_000;
         let m = per_zone(&set, &stats, n);
@@ -563,7 +563,7 @@ mod tests {
     fn below_the_panic_threshold_a_level_uses_all_its_hosts() {
         // 4 of 10 usable (40 % < 50 %): panic, every host picked, counted.
         let all = hosts("a", 10, 6, 1000, None);
-        let set = HostSet::build(balancing(LocalityLb::None, None), all.clone());
+        let set = HostSet::build(&balancing(LocalityLb::None, None), all.clone());
         let stats = LbStats::detached();
         let cursor = AtomicU64::new(0);
         let mut seen = std::collections::BTreeSet::new();
@@ -575,7 +575,7 @@ mod tests {
         assert_eq!(stats.healthy_panic.value(), 100);
         // 6 of 10 usable: no panic, only usable hosts.
         let all = hosts("a", 10, 4, 1000, None);
-        let set = HostSet::build(balancing(LocalityLb::None, None), all.clone());
+        let set = HostSet::build(&balancing(LocalityLb::None, None), all.clone());
         for _ in 0..100 {
             let h = set.pick(&cursor, &LbContext::default(), &stats).unwrap();
             assert!(h.address.port() >= 1004);
@@ -584,11 +584,11 @@ mod tests {
         // A threshold of 70 %: panic again; with fail_traffic_on_panic, no host at all.
         let mut b = (*balancing(LocalityLb::None, None)).clone();
         b.common.healthy_panic_threshold = 70.0;
-        let set = HostSet::build(Arc::new(b.clone()), all.clone());
+        let set = HostSet::build(&Arc::new(b.clone()), all.clone());
         assert!(set.pick(&cursor, &LbContext::default(), &stats).is_some());
         assert_eq!(stats.healthy_panic.value(), 101);
         b.common.fail_traffic_on_panic = true;
-        let set = HostSet::build(Arc::new(b), all);
+        let set = HostSet::build(&Arc::new(b), all);
         assert!(set.pick(&cursor, &LbContext::default(), &stats).is_none());
     }
 }

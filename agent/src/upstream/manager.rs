@@ -333,7 +333,7 @@ impl ClusterBatch<'_> {
         let Some(c) = self.get(name) else {
             return false;
         };
-        c.set_hosts(HostSet::from_localities(c.balancing(), localities));
+        c.set_hosts(HostSet::hosts_of(localities));
         c.warm();
         self.touched = true;
         true

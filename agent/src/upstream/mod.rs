@@ -103,16 +103,16 @@ impl ClusterStats {
     }
 }
 
-fn balancing(config: &config::Cluster, zones: &Zones) -> Arc<Balancing> {
+fn balancing(config: &config::Cluster, zones: &Zones) -> Balancing {
     let zone_aware = matches!(
         config.common_lb.locality,
         config::LocalityLb::ZoneAware { .. }
     );
-    Arc::new(Balancing {
+    Balancing {
         policy: config.lb_policy,
         common: config.common_lb.clone(),
         local: zone_aware.then(|| zones.current()).flatten(),
-    })
+    }
 }
 
 /// One cluster: its config, current hosts and stats.
@@ -212,16 +212,16 @@ impl Cluster {
             .as_ref()
             .map(|h| health::Checker::new(h, &stats.scope, store));
         let balancing = balancing(&config, &env.zones);
-        let mut hosts = match config.discovery {
-            DiscoveryType::Static => HostSet::from_localities(balancing, &config.localities),
+        let hosts = match config.discovery {
+            DiscoveryType::Static => HostSet::hosts_of(&config.localities),
             // Filled by the first DNS resolution or EDS update.
-            _ => HostSet::empty(balancing),
+            _ => Vec::new(),
         };
         if let Some(h) = &health {
             // Not routed until their first check passes.
-            hosts.all().iter().for_each(|host| h.new_host(host));
-            hosts.rebuild();
+            hosts.iter().for_each(|host| h.new_host(host));
         }
+        let hosts = HostSet::build(&balancing, hosts);
         let warming = config.discovery == DiscoveryType::Eds;
         let original_dst =
             (config.discovery == DiscoveryType::OriginalDst).then(original_dst::HostCache::default);
@@ -255,7 +255,7 @@ impl Cluster {
     }
 
     /// What a host set of this cluster is balanced by now.
-    pub(crate) fn balancing(&self) -> Arc<Balancing> {
+    pub(crate) fn balancing(&self) -> Balancing {
         balancing(&self.config, &self.zones)
     }
 
@@ -300,7 +300,7 @@ impl Cluster {
             // Nothing here would bring an ejected host back.
             hosts.all().iter().for_each(|h| outlier::forget(h));
         }
-        self.set_hosts(HostSet::build(self.balancing(), hosts.all().to_vec()));
+        self.set_hosts(hosts.all().to_vec());
         if !old.is_warming() {
             self.warm();
         }
@@ -312,44 +312,29 @@ impl Cluster {
 
     /// Replaces the host set. Hosts that stay (same identity) keep their `Host`, so their
     /// stats and detector flags; EDS health and weight changes update them in place.
-    pub(crate) fn set_hosts(&self, mut new: HostSet) {
+    pub(crate) fn set_hosts(&self, mut hosts: Vec<Arc<Host>>) {
         // Serialised with health-driven rebuilds, so neither stores a rebuild of a stale set.
         let _u = self.update.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.hosts.load();
-        new.adopt_hosts_from(&old);
+        old.adopt_into(&mut hosts);
         if self.health.is_some() && !self.config.ignore_health_on_host_removal {
-            self.keep_removed_healthy_hosts(&old, &mut new);
+            self.keep_removed_healthy_hosts(&old, &mut hosts);
         }
-        if self.config.common_lb.slow_start.is_some() && !old.all().is_empty() {
-            // Hosts joining a cluster that had hosts ramp up (the first ones do not).
-            let known: std::collections::HashSet<*const Host> =
-                old.all().iter().map(Arc::as_ptr).collect();
-            let mut fresh = false;
-            for h in new.all() {
-                if !known.contains(&Arc::as_ptr(h)) {
-                    h.start_slow_start();
-                    fresh = true;
-                }
+        // Hosts new to the cluster wait for their first check, and with slow start ramp up
+        // (unless they are the cluster's first: those all start together).
+        let known: std::collections::HashSet<*const Host> =
+            old.all().iter().map(Arc::as_ptr).collect();
+        let ramp = self.config.common_lb.slow_start.is_some() && !old.all().is_empty();
+        for h in hosts.iter().filter(|h| !known.contains(&Arc::as_ptr(h))) {
+            if ramp {
+                h.start_slow_start();
             }
-            if fresh {
-                new.rebuild();
+            if let Some(c) = &self.health {
+                c.new_host(h);
             }
         }
-        if let Some(h) = &self.health {
-            // Hosts new to the cluster wait for their first check.
-            let mut fresh = false;
-            let kept: std::collections::HashSet<*const Host> =
-                old.all().iter().map(Arc::as_ptr).collect();
-            for host in new.all() {
-                if !kept.contains(&Arc::as_ptr(host)) {
-                    h.new_host(host);
-                    fresh = true;
-                }
-            }
-            if fresh {
-                new.rebuild();
-            }
-        }
+        // The balancer is built once, over the hosts' state as it is now.
+        let new = HostSet::build(&self.balancing(), hosts);
         let changed = !new.same_members(&old);
         if changed {
             // Hosts that left: no new picks (they are not in the new set) and their pooled
@@ -373,9 +358,8 @@ impl Cluster {
     /// Envoy's eventual consistency between discovery and health checking: a host that
     /// discovery dropped but that passes its checks stays (routed, flagged
     /// `/pending_dynamic_removal`) until it fails one. One that comes back loses the flag.
-    fn keep_removed_healthy_hosts(&self, old: &HostSet, new: &mut HostSet) {
-        let present: std::collections::HashSet<*const Host> =
-            new.all().iter().map(Arc::as_ptr).collect();
+    fn keep_removed_healthy_hosts(&self, old: &HostSet, new: &mut Vec<Arc<Host>>) {
+        let present: std::collections::HashSet<*const Host> = new.iter().map(Arc::as_ptr).collect();
         let mut kept = Vec::new();
         for h in old.all() {
             if present.contains(&Arc::as_ptr(h)) {
@@ -385,9 +369,7 @@ impl Cluster {
                 kept.push(h.clone());
             }
         }
-        if !kept.is_empty() {
-            new.extend_hosts(kept);
-        }
+        new.extend(kept);
     }
 
     /// A host pending removal failed its health check: it goes now.
@@ -405,7 +387,7 @@ impl Cluster {
         }
         host.pool.drain();
         self.hosts
-            .store(Arc::new(HostSet::build(self.balancing(), rest)));
+            .store(Arc::new(HostSet::build(&self.balancing(), rest)));
         self.stats.membership_change.inc();
         self.publish_membership();
         drop(_u);
@@ -424,7 +406,7 @@ impl Cluster {
     /// active health check or outlier detection flipped it).
     pub fn hosts_health_changed(&self) {
         let _u = self.update.lock().unwrap_or_else(|p| p.into_inner());
-        let set = HostSet::build(self.balancing(), self.hosts.load().all().to_vec());
+        let set = HostSet::build(&self.balancing(), self.hosts.load().all().to_vec());
         self.hosts.store(Arc::new(set));
         self.publish_membership();
         drop(_u);
@@ -464,7 +446,7 @@ impl Cluster {
 
     fn publish_original_dst(&self, cache: &original_dst::HostCache) {
         let _p = cache.publish.lock().unwrap_or_else(|p| p.into_inner());
-        self.set_hosts(HostSet::build(self.balancing(), cache.hosts()));
+        self.set_hosts(cache.hosts());
     }
 
     /// ORIGINAL_DST: forgets hosts unused since the last pass (Envoy's cleanup_interval).

@@ -107,7 +107,7 @@ fn pick_cost_with(b: Arc<Balancing>, all: Vec<Arc<Host>>, picks: u64) -> (f64, f
     let mut set = None;
     for _ in 0..3 {
         let t = Instant::now();
-        let s = HostSet::build(b.clone(), all.clone());
+        let s = HostSet::build(&b.clone(), all.clone());
         build_ms = build_ms.min(t.elapsed().as_secs_f64() * 1e3);
         set = Some(s);
     }
