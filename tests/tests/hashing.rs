@@ -8,6 +8,29 @@ use plumb_tests::http_upstream;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Three rounds of requests from 30 users (`x-user`) on one connection: the hosts that
+/// answered each user.
+async fn hosts_by_user(agent: &TestAgent) -> BTreeMap<String, BTreeSet<String>> {
+    let mut c = H1::connect(agent.listener("in")).await;
+    let mut by_user: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for round in 0..3 {
+        for u in 0..30 {
+            let user = format!("user-{u}");
+            let path = format!("/{round}");
+            let r = c
+                .send(request("GET", "x", &path, &[("x-user", &user)], b""))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+            by_user
+                .entry(user)
+                .or_default()
+                .insert(r.json()["server"].as_str().unwrap().to_string());
+        }
+    }
+    by_user
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ring_hash_and_maglev_keep_a_user_on_one_host() {
     let ups = [
@@ -37,28 +60,7 @@ async fn ring_hash_and_maglev_keep_a_user_on_one_host() {
             vec![cluster],
         ))
         .await;
-        let mut c = H1::connect(agent.listener("in")).await;
-        let mut by_user: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for round in 0..3 {
-            for u in 0..30 {
-                let user = format!("user-{u}");
-                let r = c
-                    .send(request(
-                        "GET",
-                        "x",
-                        &format!("/{round}"),
-                        &[("x-user", &user)],
-                        b"",
-                    ))
-                    .await
-                    .unwrap();
-                assert_eq!(r.status, 200);
-                by_user
-                    .entry(user)
-                    .or_default()
-                    .insert(r.json()["server"].as_str().unwrap().to_string());
-            }
-        }
+        let by_user = hosts_by_user(&agent).await;
         assert!(
             by_user.values().all(|s| s.len() == 1),
             "{policy}: a user went to more than one host: {by_user:?}"
@@ -189,28 +191,7 @@ async fn a_filter_state_value_keeps_a_user_on_one_host() {
             "format_string": {"text_format_source": {"inline_string": "%REQ(x-user)%"}},
             "skip_if_empty": true}]}}, router]);
     let agent = TestAgent::start(&bootstrap(vec![listener], vec![cluster])).await;
-    let mut c = H1::connect(agent.listener("in")).await;
-    let mut by_user: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for round in 0..3 {
-        for u in 0..30 {
-            let user = format!("user-{u}");
-            let r = c
-                .send(request(
-                    "GET",
-                    "x",
-                    &format!("/{round}"),
-                    &[("x-user", &user)],
-                    b"",
-                ))
-                .await
-                .unwrap();
-            assert_eq!(r.status, 200);
-            by_user
-                .entry(user)
-                .or_default()
-                .insert(r.json()["server"].as_str().unwrap().to_string());
-        }
-    }
+    let by_user = hosts_by_user(&agent).await;
     assert!(by_user.values().all(|s| s.len() == 1), "{by_user:?}");
     let used: BTreeSet<_> = by_user.values().flatten().collect();
     assert_eq!(used.len(), 3, "30 users over 3 hosts: {by_user:?}");

@@ -354,15 +354,9 @@ mod tests {
     //! would act on them.
     use super::*;
 
-    /// The fake next stage: runs the chain like the connection manager and reports what
-    /// reached the "router" (`Ok(extra response headers)`) or the reply/delay instead.
-    fn run(
-        chain: &[(String, Box<dyn HttpFilter>)],
-        headers: &HeaderMap,
-        grpc: bool,
-    ) -> Result<usize, String> {
-        let mut extra = 0;
-        let head = RequestHead {
+    /// A GET of `/` from 10.0.0.1:4000 to 10.0.0.2:80 over HTTP/1.1.
+    fn head(headers: &HeaderMap, grpc: bool) -> RequestHead<'_> {
+        RequestHead {
             headers,
             method: "GET",
             path: "/",
@@ -371,7 +365,18 @@ mod tests {
             peer: "10.0.0.1:4000".parse().unwrap(),
             local: "10.0.0.2:80".parse().unwrap(),
             protocol: "HTTP/1.1",
-        };
+        }
+    }
+
+    /// The fake next stage: runs the chain like the connection manager and reports what
+    /// reached the "router" (`Ok(extra response headers)`) or the reply/delay instead.
+    fn run(
+        chain: &[(String, Box<dyn HttpFilter>)],
+        headers: &HeaderMap,
+        grpc: bool,
+    ) -> Result<usize, String> {
+        let mut extra = 0;
+        let head = head(headers, grpc);
         for (_, f) in chain {
             match f.on_request(&head) {
                 Verdict::Continue(h) => extra += h.len(),
@@ -500,16 +505,7 @@ mod tests {
             "d",
             &Default::default(),
         );
-        let first = delay[0].1.on_request(&RequestHead {
-            headers: &h,
-            method: "GET",
-            path: "/",
-            grpc: false,
-            draining: false,
-            peer: "10.0.0.1:4000".parse().unwrap(),
-            local: "10.0.0.2:80".parse().unwrap(),
-            protocol: "HTTP/1.1",
-        });
+        let first = delay[0].1.on_request(&head(&h, false));
         assert!(matches!(first, Verdict::Delay(t, Some(_)) if t == Duration::from_millis(250)));
         // The first delay is still active: the limit of one leaves the next untouched.
         assert_eq!(run(&delay, &h, false), Ok(0));
@@ -553,16 +549,7 @@ mod tests {
         });
         let mut h = HeaderMap::new();
         h.insert("x-user", HeaderValue::from_static("alice"));
-        let head = RequestHead {
-            headers: &h,
-            method: "GET",
-            path: "/",
-            grpc: false,
-            draining: false,
-            peer: "10.0.0.1:4000".parse().unwrap(),
-            local: "10.0.0.2:80".parse().unwrap(),
-            protocol: "HTTP/1.1",
-        };
+        let head = head(&h, false);
         let Verdict::State(state) = f.on_request(&head) else {
             panic!("a state verdict expected");
         };

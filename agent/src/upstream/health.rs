@@ -437,7 +437,8 @@ impl Checker {
                     host.set_flags(health_flag::PENDING_ACTIVE_HC, false);
                 }
                 let failure_type = if network { "NETWORK" } else { "ACTIVE" };
-                if failed {
+                // A failure that does not change the host's health, when asked for.
+                let log_failure = || {
                     if self.cfg.always_log_health_check_failures {
                         tracing::warn!(cluster = cluster.name(), host = %host.address, reason = ?why, "health check failed");
                         self.log_event(
@@ -447,6 +448,9 @@ impl Checker {
                             json!({"failure_type": failure_type, "first_check": pending}),
                         );
                     }
+                };
+                if failed {
+                    log_failure();
                     // A pending host leaves the excluded set: the balancer counts it now.
                     return (pending, Transition::Unchanged);
                 }
@@ -461,15 +465,7 @@ impl Checker {
                     );
                     (true, Transition::Changed)
                 } else {
-                    if self.cfg.always_log_health_check_failures {
-                        tracing::warn!(cluster = cluster.name(), host = %host.address, reason = ?why, "health check failed");
-                        self.log_event(
-                            cluster,
-                            host,
-                            "health_check_failure_event",
-                            json!({"failure_type": failure_type, "first_check": false}),
-                        );
-                    }
+                    log_failure();
                     (false, Transition::ChangePending)
                 }
             }

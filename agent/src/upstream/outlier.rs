@@ -383,9 +383,7 @@ impl Detector {
         host.set_flags(health_flag::FAILED_OUTLIER_CHECK, true);
         drop(one_at_a_time);
         cluster.hosts_health_changed();
-        self.stats
-            .ejections_active
-            .set(ejected_count(cluster.hosts().all()) as i64);
+        self.publish_active(cluster);
         tracing::info!(
             cluster = cluster.name(),
             host = %host.address,
@@ -524,9 +522,7 @@ impl Detector {
             let local = windows.iter().map(|(h, _, l)| (*h, *l));
             self.rates(cluster, local.collect(), true);
         }
-        self.stats
-            .ejections_active
-            .set(ejected_count(cluster.hosts().all()) as i64);
+        self.publish_active(cluster);
         back
     }
 
@@ -617,6 +613,15 @@ impl Detector {
     }
 }
 
+impl Detector {
+    /// `ejections_active`, from the hosts' flags.
+    fn publish_active(&self, cluster: &Cluster) {
+        self.stats
+            .ejections_active
+            .set(ejected_count(cluster.hosts().all()) as i64);
+    }
+}
+
 fn ejected_count(hosts: &[Arc<Host>]) -> usize {
     hosts
         .iter()
@@ -634,9 +639,7 @@ impl Detector {
             return false;
         }
         self.uneject(cluster, host, " by a passing health check");
-        self.stats
-            .ejections_active
-            .set(ejected_count(cluster.hosts().all()) as i64);
+        self.publish_active(cluster);
         true
     }
 }
@@ -668,9 +671,7 @@ impl Detector {
         }
         o.backoff.store(ejections.max(1), Ordering::Relaxed);
         host.set_flags(health_flag::FAILED_OUTLIER_CHECK, true);
-        self.stats
-            .ejections_active
-            .set(ejected_count(cluster.hosts().all()) as i64);
+        self.publish_active(cluster);
         true
     }
 }
