@@ -28,6 +28,11 @@ const FILES: &[&str] = &[
     "envoy/extensions/filters/http/grpc_stats/v3/config.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
+    // TLS transport sockets (filter chains, clusters), secrets and the TLS inspector.
+    "envoy/extensions/transport_sockets/tls/v3/tls.proto",
+    "envoy/extensions/transport_sockets/tls/v3/secret.proto",
+    "envoy/extensions/transport_sockets/raw_buffer/v3/raw_buffer.proto",
+    "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
 ];
 
 /// Where the `envoy-types` package (and its `proto/` tree) is, from `cargo metadata`.

@@ -25,6 +25,7 @@ pub mod redirect;
 pub mod server;
 pub mod state;
 pub mod stats;
+pub mod tls;
 pub mod transport;
 pub mod upstream;
 pub mod xds;

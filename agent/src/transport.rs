@@ -1,5 +1,6 @@
-//! The byte stream of a proxied connection, on either side, whatever carries it: plain TCP
-//! today, TLS next (a `Tls` variant wrapping the TCP stream), and in-memory pipes in tests.
+//! The byte stream of a proxied connection, on either side, whatever carries it: plain TCP,
+//! TLS over TCP (server side for filter chains that terminate it, client side for clusters
+//! that originate it; boxed, so the plain variants stay small), and in-memory pipes in tests.
 //! Filters, the copy loop and the upstream connect code see only `Stream` and `Downstream`.
 
 use crate::drain;
@@ -17,6 +18,25 @@ pub enum Stream {
     Tcp(TcpStream),
     /// An in-memory pipe (tests, and seams that need no socket).
     Memory(DuplexStream),
+    /// TLS terminated here (a downstream connection of a chain with a DownstreamTlsContext).
+    TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS originated here (an upstream connection of a cluster with an UpstreamTlsContext).
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Taken away for a moment (while a handshake owns the socket); reads end, writes fail.
+    Detached,
+}
+
+/// Dispatches to the variant's stream; `$detached` for `Detached`.
+macro_rules! each {
+    ($self:expr, $s:ident => $e:expr, $detached:expr) => {
+        match $self {
+            Stream::Tcp($s) => $e,
+            Stream::Memory($s) => $e,
+            Stream::TlsServer($s) => $e,
+            Stream::TlsClient($s) => $e,
+            Stream::Detached => $detached,
+        }
+    };
 }
 
 impl From<TcpStream> for Stream {
@@ -34,15 +54,20 @@ impl From<DuplexStream> for Stream {
 impl Stream {
     /// Makes the next close an abort (RST) so the peer learns the stream broke; never blocks.
     pub fn set_abort_on_close(&self) {
-        if let Stream::Tcp(s) = self {
+        if let Some(s) = self.tcp() {
             let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
         }
     }
 
     pub fn set_nodelay(&self) {
-        if let Stream::Tcp(s) = self {
+        if let Some(s) = self.tcp() {
             let _ = s.set_nodelay(true);
         }
+    }
+
+    /// Whether the bytes are TLS terminated or originated here.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::TlsServer(_) | Stream::TlsClient(_))
     }
 
     /// Peeks at the bytes received so far without consuming them, waiting until there are
@@ -91,7 +116,9 @@ impl Stream {
     pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
             Stream::Tcp(s) => Some(s),
-            Stream::Memory(_) => None,
+            Stream::TlsServer(s) => Some(s.get_ref().0),
+            Stream::TlsClient(s) => Some(s.get_ref().0),
+            Stream::Memory(_) | Stream::Detached => None,
         }
     }
 }
@@ -102,10 +129,7 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Memory(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf), Poll::Ready(Ok(())))
     }
 }
 
@@ -115,29 +139,26 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Memory(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf), Poll::Ready(Err(detached())))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Memory(s) => Pin::new(s).poll_flush(cx),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_flush(cx), Poll::Ready(Ok(())))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Memory(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx), Poll::Ready(Ok(())))
     }
+}
+
+fn detached() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "stream detached")
 }
 
 /// Envoy's transport protocol of a connection no TLS inspector has looked at.
 pub const RAW_BUFFER: &str = "raw_buffer";
+/// The transport protocol the TLS inspector sets.
+pub const TLS: &str = "tls";
 
 /// What is known about a downstream connection, handed from listener filters to the filter
 /// chain match and then to the network filters (Envoy's connection socket + stream info).
@@ -156,6 +177,8 @@ pub struct Downstream {
     pub transport_protocol: &'static str,
     /// ALPN offered by the client, or protocols an HTTP inspector detected (`http/1.1`, `h2c`).
     pub application_protocols: Vec<String>,
+    /// What the TLS handshake established, when the chain terminates TLS.
+    pub tls: Option<Box<crate::tls::TlsInfo>>,
     pub watch: drain::Watch,
 }
 
@@ -169,6 +192,7 @@ impl Downstream {
             server_name: None,
             transport_protocol: RAW_BUFFER,
             application_protocols: Vec::new(),
+            tls: None,
             watch,
         }
     }
@@ -178,5 +202,10 @@ impl Downstream {
     /// address from the original destination).
     pub fn destination(&self) -> SocketAddr {
         self.original_dst.unwrap_or(self.local)
+    }
+
+    /// Takes the stream out (a handshake takes ownership of the socket), leaving `Detached`.
+    pub fn take_io(&mut self) -> Stream {
+        std::mem::replace(&mut self.io, Stream::Detached)
     }
 }

@@ -10,6 +10,7 @@ pub mod http_client;
 pub mod http_upstream;
 pub mod pods;
 pub mod servers;
+pub mod tls;
 pub mod xds;
 
 use std::future::Future;

@@ -95,13 +95,13 @@ async fn nack(api: &str) {
         agent.stat("cluster.backend.membership_total") == 1
     })
     .await;
-    // An update that would silently drop TLS must be refused.
+    // An update with a field that cannot be honoured must be refused.
     let mut bad = eds_cluster("backend");
     bad.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
         seconds: 9,
         nanos: 0,
     });
-    bad.transport_socket = Some(Default::default());
+    bad.transport_socket_matches = vec![Default::default()];
     cp.set(
         vec![bad],
         vec![tcp_listener("front", front, "backend")],
@@ -114,7 +114,7 @@ async fn nack(api: &str) {
     let n = &cp.nacks()[0];
     let err = n.error.as_deref().unwrap();
     assert!(
-        err.contains("cluster \"backend\": transport_socket: not supported"),
+        err.contains("cluster \"backend\": transport_socket_matches: not supported"),
         "{err}"
     );
     if api == "GRPC" {
@@ -132,7 +132,10 @@ async fn nack(api: &str) {
         b"a"
     );
     let dump = get(agent.admin(), "/config_dump").await.json().to_string();
-    assert!(dump.contains("transport_socket: not supported"), "{dump}");
+    assert!(
+        dump.contains("transport_socket_matches: not supported"),
+        "{dump}"
+    );
     assert!(
         dump.contains("\"connect_timeout\":\"1s\""),
         "the old cluster is still active: {dump}"
@@ -362,22 +365,36 @@ async fn ads_over_tls_verifies_the_control_plane() {
 }
 
 #[test]
-fn tls_is_only_for_the_control_plane_cluster() {
+fn the_control_plane_cluster_must_verify_its_server() {
+    let ck = rcgen::generate_simple_self_signed(vec!["xds.test".to_string()]).unwrap();
+    let dir = plumb_tests::TempDir::new("xds-tls-config");
+    let ca = dir.write("ca.pem", &ck.cert.pem());
     let b = with_tls(
         &ads_bootstrap("127.0.0.1:1".parse().unwrap(), "GRPC"),
-        std::path::Path::new("/ca.pem"),
+        &ca,
         "x",
     );
     plumb::config::parse_bootstrap(&b, "t").expect("TLS to the ADS cluster is accepted");
     let mut v: serde_json::Value = serde_json::from_str(&b).unwrap();
-    v["static_resources"]["clusters"][0]["name"] = serde_json::json!("other");
+    v["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
+        ["common_tls_context"] = serde_json::json!({});
     let e = plumb::config::parse_bootstrap(&v.to_string(), "t")
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("static_resources.clusters[0].transport_socket: not supported: TLS"),
+        e.contains("common_tls_context.validation_context: the control plane's certificate must be verified"),
         "{e}"
     );
+    // A CA file that is not there is named.
+    let b = with_tls(
+        &ads_bootstrap("127.0.0.1:1".parse().unwrap(), "GRPC"),
+        std::path::Path::new("/nonexistent/ca.pem"),
+        "x",
+    );
+    let e = plumb::config::parse_bootstrap(&b, "t")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("trusted_ca: read /nonexistent/ca.pem"), "{e}");
 }
 
 /// A takeover of an xDS-driven agent: the successor's listeners arrive over LDS and take the

@@ -19,8 +19,6 @@ pub const DEFAULT_BOOTSTRAP: &str = include_str!("../../config/default.yaml");
 
 pub(super) const NO_ECDS: &str =
     "extension config discovery (ECDS) is not supported; configure the filter inline";
-pub(super) const NO_TLS: &str =
-    "TLS is not implemented yet; refusing rather than sending plaintext";
 
 pub(super) const BOOTSTRAP: FieldTable = &[
     ("node", S),
@@ -62,7 +60,10 @@ pub(super) const BOOTSTRAP: FieldTable = &[
         "default_socket_interface",
         R("custom socket interfaces are not supported"),
     ),
-    ("certificate_provider_instances", R(NO_TLS)),
+    (
+        "certificate_provider_instances",
+        R("certificate providers are not supported; use secrets or SDS"),
+    ),
     (
         "node_context_params",
         I("xDS-TP context parameters are not sent"),
@@ -107,7 +108,7 @@ pub(super) const ADMIN: FieldTable = &[
 ];
 
 pub(super) const STATIC_RESOURCES: FieldTable =
-    &[("listeners", S), ("clusters", S), ("secrets", R(NO_TLS))];
+    &[("listeners", S), ("clusters", S), ("secrets", S)];
 
 pub(super) const ADDRESS: FieldTable = &[
     ("socket_address", S),
@@ -265,10 +266,22 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
     let xds = root
         .object("dynamic_resources", DYNAMIC_RESOURCES, d)
         .and_then(|dr| read_dynamic_resources(&dr, d));
-    let ads_cluster = xds.as_ref().map(|x| x.cluster.as_str());
+    let mut secrets: Vec<tls::Secret> = Vec::new();
     if let Some(sr) = root.object("static_resources", STATIC_RESOURCES, d) {
+        for (path, v) in sr.list("secrets", d) {
+            if let Some(s) = tls::read_secret(v, &path, d) {
+                if secrets.iter().any(|o| o.name == s.name) {
+                    d.error(
+                        format!("{path}.name"),
+                        format!("duplicate secret name \"{}\"", s.name),
+                    );
+                } else {
+                    secrets.push(s);
+                }
+            }
+        }
         for (path, v) in sr.list("clusters", d) {
-            if let Some(c) = read_cluster(v, &path, ads_cluster, d) {
+            if let Some(c) = read_cluster(v, &path, d) {
                 clusters.push((path, c));
             }
         }
@@ -284,11 +297,41 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
                 "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
                 format!("unknown cluster \"{}\": the control plane must be a static cluster", x.cluster),
             ),
+            Some((path, c)) if c.tls.as_ref().is_some_and(|t| t.common.validation.is_none()) => d.error(
+                format!("{path}.transport_socket.typed_config.common_tls_context.validation_context"),
+                "the control plane's certificate must be verified: give a validation context with trusted_ca",
+            ),
             Some((_, c)) if !matches!(c.discovery, DiscoveryType::Static | DiscoveryType::StrictDns | DiscoveryType::LogicalDns) => d.error(
                 "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
                 format!("the control plane cluster \"{}\" must be STATIC, STRICT_DNS or LOGICAL_DNS", x.cluster),
             ),
             _ => {}
+        }
+    }
+    for (path, c) in &clusters {
+        if let Some(t) = &c.tls {
+            if let Err(e) = tls::check_names(&t.common, &secrets) {
+                d.error(format!("{path}.transport_socket"), e);
+            }
+        }
+    }
+    for (path, l) in &listeners {
+        for (i, fc) in l
+            .filter_chains
+            .iter()
+            .chain(&l.default_filter_chain)
+            .enumerate()
+        {
+            if let Some(t) = &fc.tls {
+                if let Err(e) = tls::check_names(&t.common, &secrets) {
+                    let at = if i < l.filter_chains.len() {
+                        format!("{path}.filter_chains[{i}].transport_socket")
+                    } else {
+                        format!("{path}.default_filter_chain.transport_socket")
+                    };
+                    d.error(at, e);
+                }
+            }
         }
     }
     for (path, c) in &clusters {
@@ -424,6 +467,7 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
         runtime,
         listeners: listeners.into_iter().map(|(_, l)| Arc::new(l)).collect(),
         clusters: clusters.into_iter().map(|(_, c)| Arc::new(c)).collect(),
+        secrets,
         bootstrap: BootstrapSource::default(),
         redirect,
         xds,

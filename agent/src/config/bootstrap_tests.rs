@@ -3,7 +3,8 @@ use super::super::cluster_lb::*;
 use super::super::endpoint::*;
 use super::super::listener::{
     CIDR_RANGE, CONNECTION_LIMIT, FILTER, FILTER_CHAIN, FILTER_CHAIN_MATCH, LISTENER,
-    LISTENER_FILTER, LOCAL_RATELIMIT, TCP_HASH_POLICY, TCP_PROXY, TOKEN_BUCKET, TYPED_ANY,
+    LISTENER_FILTER, LOCAL_RATELIMIT, TCP_HASH_POLICY, TCP_PROXY, TLS_INSPECTOR, TOKEN_BUCKET,
+    TYPED_ANY,
 };
 use super::*;
 
@@ -141,11 +142,11 @@ fn ignored_fields_warn_and_rejected_fields_fail() {
     );
     let y = GOOD.replace(
         "connect_timeout: 0.5s",
-        "connect_timeout: 0.5s\n    transport_socket: {}",
+        "connect_timeout: 0.5s\n    transport_socket_matches: []",
     );
     let e = errors(&y);
     assert!(
-        e[0].starts_with("static_resources.clusters[0].transport_socket: not supported: TLS"),
+        e[0].starts_with("static_resources.clusters[0].transport_socket_matches: not supported"),
         "{e:?}"
     );
 }
@@ -571,13 +572,8 @@ const TABLES: &[(&str, FieldTable)] = &[
     ("FilterChain", FILTER_CHAIN),
     ("Filter", FILTER),
     ("ListenerFilter", LISTENER_FILTER),
+    ("TlsInspector", TLS_INSPECTOR),
     ("EdsClusterConfig", EDS_CLUSTER_CONFIG),
-    ("TransportSocket", TRANSPORT_SOCKET),
-    ("UpstreamTlsContext", UPSTREAM_TLS_CONTEXT),
-    ("CommonTlsContext", COMMON_TLS_CONTEXT),
-    ("CertificateValidationContext", CERT_VALIDATION_CONTEXT),
-    ("TlsCertificate", TLS_CERTIFICATE),
-    ("DataSource", DATA_SOURCE),
     ("CircuitBreakers", CIRCUIT_BREAKERS),
     ("Thresholds", THRESHOLDS),
     (

@@ -1,5 +1,5 @@
 //! The cluster family of the configuration: clusters, their circuit breakers, outlier
-//! detection, upstream TLS (control-plane cluster only today) and EDS config. Field tables and
+//! detection and EDS config (upstream TLS is in `tls`). Field tables and
 //! readers shared by the bootstrap and xDS (CDS) front doors.
 
 use super::bootstrap::*;
@@ -7,7 +7,7 @@ use super::walk::{Diagnostics, Field, FieldTable, Obj};
 use super::yaml::Value;
 use super::*;
 #[allow(unused_imports)]
-use super::{cluster_health::*, cluster_lb::*, endpoint::*, extensions::*};
+use super::{cluster_health::*, cluster_lb::*, endpoint::*, extensions::*, tls::*};
 use std::collections::BTreeSet;
 
 #[allow(unused_imports)]
@@ -53,7 +53,7 @@ pub(super) const CLUSTER: FieldTable = &[
     ("common_http_protocol_options", S),
     (
         "upstream_http_protocol_options",
-        I("auto SNI and SAN validation arrive with TLS"),
+        R("auto SNI from the request's host is not supported yet; set the UpstreamTlsContext's sni (auto_sni_san_validation works with it)"),
     ),
     ("protocol_selection", S),
     ("max_requests_per_connection", S),
@@ -79,7 +79,10 @@ pub(super) const CLUSTER: FieldTable = &[
     ),
     ("lrs_server", I("load reporting is not supported")),
     ("transport_socket", S),
-    ("transport_socket_matches", R(NO_TLS)),
+    (
+        "transport_socket_matches",
+        R("one transport_socket per cluster; matching by endpoint metadata is not implemented yet"),
+    ),
     ("eds_cluster_config", S),
     ("cluster_type", R("custom cluster types are not supported")),
     (
@@ -124,189 +127,9 @@ pub(super) const RETRY_BUDGET: FieldTable = &[
 
 pub(super) const PERCENT: FieldTable = &[("value", S)];
 
-pub(super) const TRANSPORT_SOCKET: FieldTable = &[("name", S), ("typed_config", S)];
-
-pub(super) const UPSTREAM_TLS_TYPE: &str = type_urls::UPSTREAM_TLS;
-
-pub(super) const UPSTREAM_TLS_CONTEXT: FieldTable = &[
-    ("@type", S),
-    ("sni", S),
-    ("common_tls_context", S),
-    ("allow_renegotiation", I("renegotiation is never used")),
-    (
-        "max_session_keys",
-        I("session resumption follows rustls defaults"),
-    ),
-    ("enforce_rsa_key_usage", I("rustls enforces key usage")),
-    ("auto_host_sni", R("set sni")),
-    ("auto_sni_san_validation", R("set sni")),
-];
-
-pub(super) const COMMON_TLS_CONTEXT: FieldTable = &[
-    ("validation_context", S),
-    ("tls_certificates", S),
-    (
-        "tls_params",
-        I("TLS 1.2 and 1.3 with rustls' cipher suites"),
-    ),
-    ("alpn_protocols", I("h2 is negotiated for gRPC")),
-    ("key_log", I("keys are never logged")),
-    (
-        "tls_certificate_sds_secret_configs",
-        R("SDS is not implemented yet"),
-    ),
-    (
-        "validation_context_sds_secret_config",
-        R("SDS is not implemented yet"),
-    ),
-    (
-        "combined_validation_context",
-        R("SDS is not implemented yet"),
-    ),
-    (
-        "tls_certificate_provider_instance",
-        R("certificate providers are not supported"),
-    ),
-    (
-        "custom_handshaker",
-        R("custom handshakers are not supported"),
-    ),
-];
-
-pub(super) const CERT_VALIDATION_CONTEXT: FieldTable = &[
-    ("trusted_ca", S),
-    (
-        "match_typed_subject_alt_names",
-        R("the certificate is verified against sni; SAN matchers are not supported yet"),
-    ),
-    (
-        "match_subject_alt_names",
-        R("the certificate is verified against sni; SAN matchers are not supported yet"),
-    ),
-    ("verify_certificate_spki", R("pinning is not supported")),
-    ("verify_certificate_hash", R("pinning is not supported")),
-    ("crl", R("CRLs are not supported")),
-    (
-        "allow_expired_certificate",
-        R("expired certificates are never accepted"),
-    ),
-    (
-        "trust_chain_verification",
-        R("the chain is always verified"),
-    ),
-];
-
-pub(super) const TLS_CERTIFICATE: FieldTable = &[
-    ("certificate_chain", S),
-    ("private_key", S),
-    ("password", R("encrypted keys are not supported")),
-    (
-        "private_key_provider",
-        R("private key providers are not supported"),
-    ),
-    ("pkcs12", R("use PEM certificate_chain and private_key")),
-    ("ocsp_staple", I("no OCSP stapling for client certificates")),
-    (
-        "signed_certificate_timestamp",
-        I("no SCTs for client certificates"),
-    ),
-    ("watched_directory", I("files are read at each connect")),
-];
-
-pub(super) const DATA_SOURCE: FieldTable = &[
-    ("filename", S),
-    ("inline_string", S),
-    ("inline_bytes", R("use inline_string (PEM)")),
-    ("environment_variable", R("use filename or inline_string")),
-];
-
-pub(super) fn read_data_source(o: &Obj, d: &mut Diagnostics) -> Option<DataSource> {
-    match (o.string("filename", d), o.string("inline_string", d)) {
-        (Some(f), None) => Some(DataSource::File(std::path::PathBuf::from(f))),
-        (None, Some(s)) => Some(DataSource::Inline(s)),
-        _ => {
-            d.error(&o.path, "expected exactly one of filename or inline_string");
-            None
-        }
-    }
-}
-
-/// `transport_socket` with an UpstreamTlsContext (only the ADS cluster may use it today).
-pub(super) fn read_upstream_tls(ts: &Obj, d: &mut Diagnostics) -> Option<UpstreamTls> {
-    let name = ts.string("name", d).unwrap_or_default();
-    let tc = ts.get("typed_config");
-    let type_url = tc.and_then(|t| t.get("@type")).and_then(|t| t.as_str());
-    if type_url != Some(UPSTREAM_TLS_TYPE) {
-        d.error(
-            ts.at("typed_config"),
-            format!(
-                "unsupported transport socket \"{}\" (supported: envoy.transport_sockets.tls with @type {UPSTREAM_TLS_TYPE})",
-                type_url.unwrap_or(&name)
-            ),
-        );
-        return None;
-    }
-    let u = ts.object("typed_config", UPSTREAM_TLS_CONTEXT, d)?;
-    let sni = u.string("sni", d).filter(|s| !s.is_empty());
-    let mut trusted_ca = None;
-    let mut client_cert = None;
-    if let Some(ctx) = u.object("common_tls_context", COMMON_TLS_CONTEXT, d) {
-        if let Some(vc) = ctx.object("validation_context", CERT_VALIDATION_CONTEXT, d) {
-            trusted_ca = vc
-                .object("trusted_ca", DATA_SOURCE, d)
-                .and_then(|ds| read_data_source(&ds, d));
-        }
-        let certs = ctx.list("tls_certificates", d);
-        if certs.len() > 1 {
-            d.error(ctx.at("tls_certificates"), "at most one client certificate");
-        }
-        if let Some((cpath, cv)) = certs.first() {
-            if let Some(c) = Obj::new(cv, cpath, TLS_CERTIFICATE, d) {
-                let chain = c
-                    .object("certificate_chain", DATA_SOURCE, d)
-                    .and_then(|o| read_data_source(&o, d));
-                let key = c
-                    .object("private_key", DATA_SOURCE, d)
-                    .and_then(|o| read_data_source(&o, d));
-                match (chain, key) {
-                    (Some(chain), Some(key)) => client_cert = Some((chain, key)),
-                    _ => d.error(
-                        cpath,
-                        "a client certificate needs certificate_chain and private_key",
-                    ),
-                }
-            }
-        }
-    }
-    if trusted_ca.is_none() {
-        d.error(
-            u.at("common_tls_context.validation_context.trusted_ca"),
-            "missing required field: the control plane's certificate must be verified against a CA",
-        );
-    }
-    let Some(sni) = sni else {
-        d.error(
-            u.at("sni"),
-            "missing required field: the name the control plane's certificate is verified against",
-        );
-        return None;
-    };
-    Some(UpstreamTls {
-        sni,
-        trusted_ca: trusted_ca?,
-        client_cert,
-    })
-}
-
 pub(super) const EDS_CLUSTER_CONFIG: FieldTable = &[("eds_config", S), ("service_name", S)];
 
-/// `ads_cluster`: the control-plane cluster, the only one that may use TLS today.
-pub(crate) fn read_cluster(
-    v: &Value,
-    path: &str,
-    ads_cluster: Option<&str>,
-    d: &mut Diagnostics,
-) -> Option<Cluster> {
+pub(crate) fn read_cluster(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Cluster> {
     let c = Obj::new(v, path, CLUSTER, d)?;
     let name = c.required_name("name", d);
     let discovery = match c
@@ -426,19 +249,9 @@ pub(crate) fn read_cluster(
             );
         }
     }
-    let tls = match (c.get("transport_socket"), &name) {
-        (None, _) => None,
-        (Some(_), Some(n)) if ads_cluster == Some(n.as_str()) => c
-            .object("transport_socket", TRANSPORT_SOCKET, d)
-            .and_then(|ts| read_upstream_tls(&ts, d)),
-        (Some(_), _) => {
-            d.error(
-                c.at("transport_socket"),
-                format!("not supported: {NO_TLS} (only the ADS control-plane cluster may use TLS today)"),
-            );
-            None
-        }
-    };
+    let tls = c
+        .object("transport_socket", TRANSPORT_SOCKET, d)
+        .and_then(|ts| read_upstream_tls(&ts, d));
     let circuit_breakers = c.object("circuit_breakers", CIRCUIT_BREAKERS, d).map(|cb| {
         let mut thresholds: Vec<Thresholds> = Vec::new();
         for (tpath, tv) in cb.list("thresholds", d) {

@@ -126,6 +126,9 @@ impl Cluster {
             }
             j["health_checks"] = json!([hc]);
         }
+        if let Some(t) = &self.tls {
+            j["transport_socket"] = t.to_envoy_json();
+        }
         if let Some(cb) = &self.circuit_breakers {
             let t: Vec<Json> = cb
                 .thresholds

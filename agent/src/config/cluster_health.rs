@@ -2,7 +2,6 @@
 //! (`health_checks`) and outlier detection (`outlier_detection`), their field tables and
 //! readers, shared by the bootstrap and CDS; and the bootstrap's `cluster_manager`.
 
-use super::bootstrap::*;
 use super::walk::{Diagnostics, Field, FieldTable, Obj};
 use super::*;
 
@@ -27,8 +26,14 @@ pub(super) const HEALTH_CHECK: FieldTable = &[
     ("event_log_path", S),
     ("event_logger", I("events are written to event_log_path")),
     ("always_log_health_check_failures", S),
-    ("tls_options", R(NO_TLS)),
-    ("transport_socket_match_criteria", R(NO_TLS)),
+    (
+        "tls_options",
+        I("checks use the cluster's transport socket and its ALPN"),
+    ),
+    (
+        "transport_socket_match_criteria",
+        R("transport_socket_matches are not supported"),
+    ),
     ("http_health_check", S),
     ("tcp_health_check", S),
     ("grpc_health_check", S),

@@ -8,7 +8,9 @@ mod cluster;
 mod cluster_dump;
 mod cluster_health;
 mod cluster_lb;
+pub mod tls;
 use cluster_dump::{duration_json, socket_address_json};
+pub use tls::{DownstreamTls, UpstreamTls};
 mod endpoint;
 mod extensions;
 pub mod http;
@@ -92,6 +94,7 @@ impl BootstrapSource {
             Ok(mut v) => {
                 self.overrides.apply(&mut v);
                 let mut j = v.to_json();
+                tls::redact(&mut j);
                 if let Json::Object(m) = &mut j {
                     for (k, v) in &self.sections {
                         match v {
@@ -118,6 +121,8 @@ pub struct Snapshot {
     pub runtime: RuntimeLimits,
     pub listeners: Vec<Arc<Listener>>,
     pub clusters: Vec<Arc<Cluster>>,
+    /// `static_resources.secrets`: certificates and validation contexts by name.
+    pub secrets: Vec<tls::Secret>,
     /// The bootstrap as given, for `/config_dump`: kept as text (a fraction of the memory
     /// of its parsed form) and parsed again when dumped.
     pub bootstrap: BootstrapSource,
@@ -272,12 +277,18 @@ pub enum ListenerFilter {
     /// Reads the client's first bytes: HTTP/1.x or HTTP/2 prior knowledge sets the
     /// application protocol (`http/1.0`, `http/1.1`, `h2c`) for the chain match.
     HttpInspector,
+    /// Reads the ClientHello: sets the transport protocol (`tls`), the server name (SNI)
+    /// and the application protocols (ALPN) for the chain match.
+    TlsInspector,
 }
 
 impl ListenerFilter {
     /// Waits for the client's bytes (so it runs under `listener_filters_timeout`).
     pub fn reads_data(self) -> bool {
-        matches!(self, ListenerFilter::HttpInspector)
+        matches!(
+            self,
+            ListenerFilter::HttpInspector | ListenerFilter::TlsInspector
+        )
     }
 }
 
@@ -287,6 +298,9 @@ pub struct FilterChain {
     pub filter_chain_match: FilterChainMatch,
     /// Non-terminal filters first, exactly one terminal filter last.
     pub filters: Vec<NetworkFilter>,
+    /// TLS termination (`transport_socket` with a DownstreamTlsContext); `None`: the bytes
+    /// are handed on as they come (plain, or TLS passed through).
+    pub tls: Option<DownstreamTls>,
 }
 
 /// An IP prefix, normalised (host bits cleared).
@@ -504,7 +518,7 @@ pub struct Cluster {
     /// EDS: the name endpoints are requested under (`eds_cluster_config.service_name`, or the
     /// cluster name).
     pub eds_service_name: Option<String>,
-    /// TLS origination (today only for the ADS control-plane cluster).
+    /// TLS origination (`transport_socket` with an UpstreamTlsContext).
     pub tls: Option<UpstreamTls>,
     /// Carried from the config (and shown by `/config_dump`); enforcement arrives with the
     /// resilience work.
@@ -595,15 +609,6 @@ impl DataSource {
             DataSource::Inline(s) => Ok(s.as_bytes().to_vec()),
         }
     }
-}
-
-/// An UpstreamTlsContext: verify the server against `trusted_ca` and `sni`; optionally
-/// present a client certificate (mTLS).
-#[derive(Debug, Clone, PartialEq)]
-pub struct UpstreamTls {
-    pub sni: String,
-    pub trusted_ca: DataSource,
-    pub client_cert: Option<(DataSource, DataSource)>,
 }
 
 /// Envoy's `circuit_breakers` (per routing priority), with Envoy's defaults.

@@ -58,6 +58,9 @@ impl NetworkFilter {
 pub struct FilterChain {
     pub name: String,
     pub filters: Vec<NetworkFilter>,
+    /// TLS termination: the acceptor, or why it could not be built (a certificate file
+    /// that changed after the config was checked); then every connection is refused.
+    pub tls: Option<Result<crate::tls::TlsAcceptor, String>>,
     /// What it was built from: an updated listener keeps the chains whose config is equal.
     pub config: config::FilterChain,
 }
@@ -70,9 +73,23 @@ fn unbox<T>(b: Box<T>) -> T {
 }
 
 impl FilterChain {
-    pub fn new(cfg: &config::FilterChain, ctx: &BuildContext) -> Self {
+    /// `ssl`: the listener's `ssl.*` stats (needed when the chain terminates TLS).
+    pub fn new(
+        cfg: &config::FilterChain,
+        ctx: &BuildContext,
+        ssl: Option<&Arc<crate::tls::SslStats>>,
+    ) -> Self {
+        let tls = cfg.tls.as_ref().map(|t| {
+            let stats = ssl
+                .cloned()
+                .unwrap_or_else(|| crate::tls::SslStats::new(&ctx.store.root_scope("listener")));
+            crate::tls::TlsAcceptor::new(t, ctx.clusters.secrets(), stats).inspect_err(|e| {
+                tracing::error!(chain = %cfg.name, error = %e, "TLS configuration failed: the chain refuses connections");
+            })
+        });
         Self {
             name: cfg.name.clone(),
+            tls,
             config: cfg.clone(),
             filters: cfg
                 .filters
@@ -85,6 +102,11 @@ impl FilterChain {
     /// Runs the connection through the chain. Admission tokens taken by non-terminal filters
     /// (a connection_limit slot) are held until the connection ends.
     pub async fn run(&self, mut ds: Box<Downstream>) {
+        match &self.tls {
+            None => {}
+            Some(Ok(acceptor)) if Box::pin(acceptor.accept(&mut ds)).await => {}
+            Some(_) => return,
+        }
         let mut held: Vec<connection_limit::Slot> = Vec::new();
         for f in &self.filters {
             match f {

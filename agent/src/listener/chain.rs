@@ -171,10 +171,12 @@ mod tests {
         Arc::new(FilterChain {
             name: name.into(),
             filters: Vec::new(),
+            tls: None,
             config: crate::config::FilterChain {
                 name: name.into(),
                 filter_chain_match: FilterChainMatch::default(),
                 filters: Vec::new(),
+                tls: None,
             },
         })
     }

@@ -1,4 +1,12 @@
-//! `envoy.filters.listener.http_inspector`: peeks at the client's first bytes (without
+//! `envoy.filters.listener.tls_inspector` and `envoy.filters.listener.http_inspector`.
+//!
+//! The TLS inspector peeks at the client's first bytes and, when they are a ClientHello,
+//! sets the transport protocol `tls`, the server name (SNI) and the application protocols
+//! (ALPN) the filter chain match sees. The bytes stay in the socket: a chain that
+//! terminates TLS handshakes with them, one that does not forwards them untouched
+//! (passthrough by SNI).
+//!
+//! `http_inspector`: peeks at the client's first bytes (without
 //! consuming them) and, when they are an HTTP/1.x request line or the HTTP/2 connection
 //! preface, sets the application protocol the filter chain match sees: `http/1.0`, `http/1.1`
 //! or `h2c`. Anything else is left alone. It gives up early on bytes no request line starts
@@ -91,7 +99,7 @@ impl HttpInspector {
     /// Peeks until the bytes decide; sets `application_protocols` when they are HTTP. Returns
     /// `false` when the connection should be closed (a read error).
     pub async fn inspect(&self, ds: &mut Downstream) -> bool {
-        // TLS (once a TLS inspector exists) is not for this filter.
+        // TLS is not for this filter.
         if ds.transport_protocol != crate::transport::RAW_BUFFER {
             return true;
         }
@@ -131,6 +139,92 @@ impl HttpInspector {
             ds.application_protocols = vec![p.to_string()];
         }
         true
+    }
+}
+
+/// Envoy's `tls_inspector.*` stats.
+#[derive(Debug)]
+pub struct TlsInspector {
+    tls_found: Arc<Counter>,
+    tls_not_found: Arc<Counter>,
+    sni_found: Arc<Counter>,
+    sni_not_found: Arc<Counter>,
+    alpn_found: Arc<Counter>,
+    alpn_not_found: Arc<Counter>,
+    client_hello_too_large: Arc<Counter>,
+    read_error: Arc<Counter>,
+}
+
+impl TlsInspector {
+    pub fn new(store: &Store) -> Self {
+        let s = store.root_scope("tls_inspector");
+        Self {
+            tls_found: s.counter("tls_found"),
+            tls_not_found: s.counter("tls_not_found"),
+            sni_found: s.counter("sni_found"),
+            sni_not_found: s.counter("sni_not_found"),
+            alpn_found: s.counter("alpn_found"),
+            alpn_not_found: s.counter("alpn_not_found"),
+            client_hello_too_large: s.counter("client_hello_too_large"),
+            read_error: s.counter("read_error"),
+        }
+    }
+
+    /// Peeks until the bytes decide. `false`: close the connection (a read error, or a
+    /// ClientHello over the size limit, as Envoy closes it).
+    pub async fn inspect(&self, ds: &mut Downstream) -> bool {
+        use crate::tls::client_hello::{parse, Parsed, MAX_PEEK};
+        let mut buf = vec![0u8; 2048];
+        let mut seen = 0;
+        let parsed = loop {
+            let (n, closed) = match ds.io.peek_more(&mut buf, seen).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(peer = %ds.peer, error = %e, "tls_inspector: read error");
+                    self.read_error.inc();
+                    return false;
+                }
+            };
+            match parse(&buf[..n]) {
+                Parsed::NeedMore if closed => break Parsed::NotTls,
+                Parsed::NeedMore if n == buf.len() && buf.len() >= MAX_PEEK => {
+                    break Parsed::TooLarge
+                }
+                Parsed::NeedMore if n == buf.len() => buf.resize((buf.len() * 4).min(MAX_PEEK), 0),
+                Parsed::NeedMore => {}
+                p => break p,
+            }
+            seen = n;
+        };
+        match parsed {
+            Parsed::Hello(h) => {
+                self.tls_found.inc();
+                ds.transport_protocol = crate::transport::TLS;
+                match h.server_name {
+                    Some(sni) => {
+                        self.sni_found.inc();
+                        ds.server_name = Some(sni);
+                    }
+                    None => self.sni_not_found.inc(),
+                }
+                if h.alpn.is_empty() {
+                    self.alpn_not_found.inc();
+                } else {
+                    self.alpn_found.inc();
+                    ds.application_protocols = h.alpn;
+                }
+                true
+            }
+            Parsed::TooLarge => {
+                self.client_hello_too_large.inc();
+                tracing::debug!(peer = %ds.peer, "tls_inspector: ClientHello too large");
+                false
+            }
+            _ => {
+                self.tls_not_found.inc();
+                true
+            }
+        }
     }
 }
 

@@ -80,6 +80,8 @@ pub struct ActiveListener {
     pub chains: ChainSelector,
     /// `http_inspector`, when the listener has it.
     http_inspector: Option<inspector::HttpInspector>,
+    /// `tls_inspector`, when the listener has it.
+    tls_inspector: Option<inspector::TlsInspector>,
     /// Where `use_original_dst` listeners hand connections, by original destination; one
     /// handle shared by every listener, replaced whenever the listener set changes.
     pub dispatch: DispatchHandle,
@@ -255,11 +257,21 @@ impl ActiveListener {
             .listener_filters
             .contains(&config::ListenerFilter::HttpInspector)
             .then(|| inspector::HttpInspector::new(store));
+        let any_tls = cfg
+            .filter_chains
+            .iter()
+            .chain(&cfg.default_filter_chain)
+            .any(|fc| fc.tls.is_some());
+        let ssl = any_tls.then(|| crate::tls::SslStats::new(&s));
         let build = |fc: &config::FilterChain| {
             previous
                 .and_then(|p| p.chains.all().find(|c| c.config == *fc).cloned())
-                .unwrap_or_else(|| Arc::new(FilterChain::new(fc, ctx)))
+                .unwrap_or_else(|| Arc::new(FilterChain::new(fc, ctx, ssl.as_ref())))
         };
+        let tls_inspector = cfg
+            .listener_filters
+            .contains(&config::ListenerFilter::TlsInspector)
+            .then(|| inspector::TlsInspector::new(store));
         let chains = ChainSelector::new(
             cfg.filter_chains
                 .iter()
@@ -274,6 +286,7 @@ impl ActiveListener {
             stats,
             chains,
             http_inspector,
+            tls_inspector,
             dispatch,
             limit,
         }
@@ -305,7 +318,7 @@ impl ActiveListener {
         let mut dispatch = None;
         for f in &self.config.listener_filters {
             match f {
-                config::ListenerFilter::HttpInspector => {}
+                config::ListenerFilter::HttpInspector | config::ListenerFilter::TlsInspector => {}
                 config::ListenerFilter::OriginalDst => {
                     let d = self.dispatch.load_full();
                     ds.original_dst = d
@@ -339,10 +352,21 @@ impl ActiveListener {
     /// Runs the listener filters that read the client's bytes, under
     /// `listener_filters_timeout`. `false`: close the connection.
     async fn inspect(&self, ds: &mut Downstream) -> bool {
-        let Some(http) = &self.http_inspector else {
+        if self.http_inspector.is_none() && self.tls_inspector.is_none() {
             return true;
+        }
+        // In Envoy's usual order: TLS first (the HTTP inspector skips TLS connections).
+        let stage = async {
+            if let Some(t) = &self.tls_inspector {
+                if !t.inspect(ds).await {
+                    return false;
+                }
+            }
+            match &self.http_inspector {
+                Some(h) => h.inspect(ds).await,
+                None => true,
+            }
         };
-        let stage = http.inspect(ds);
         let Some(limit) = self.config.listener_filters_timeout else {
             return stage.await;
         };

@@ -227,9 +227,9 @@ impl Checker {
         cluster: &Cluster,
         host: &Host,
     ) -> Result<crate::transport::Stream, CheckFailure> {
+        // Over the cluster's transport socket (TLS too), as Envoy checks.
         cluster
-            .connector
-            .connect(host.address)
+            .open(host.address, None)
             .await
             .map_err(|e| CheckFailure::Network(e.to_string()))
     }

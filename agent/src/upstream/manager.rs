@@ -50,6 +50,10 @@ pub(super) struct Env {
     pub outlier_log: Option<EventLog>,
     /// The node's zone and `cluster_manager.local_cluster_name`.
     pub zones: Arc<Zones>,
+    /// The bootstrap's static secrets, for TLS contexts that name them.
+    pub secrets: Arc<crate::tls::Secrets>,
+    /// The control-plane cluster (its TLS always checks the server's name).
+    pub ads_cluster: Option<String>,
 }
 
 /// Changes to the clusters, published together when the batch is dropped. Holds the
@@ -68,6 +72,11 @@ pub struct ClusterBatch<'a> {
 }
 
 impl ClusterManager {
+    /// The bootstrap's static secrets.
+    pub fn secrets(&self) -> &crate::tls::Secrets {
+        &self.env.secrets
+    }
+
     pub fn new(snapshot: &config::Snapshot, store: &Store) -> Self {
         Self::with_connector(snapshot, store, Connector::Tcp)
     }
@@ -98,6 +107,8 @@ impl ClusterManager {
                 snapshot.node.locality.clone(),
                 snapshot.cluster_manager.local_cluster_name.clone(),
             )),
+            secrets: Arc::new(crate::tls::Secrets::new(snapshot.secrets.clone())),
+            ads_cluster: snapshot.xds.as_ref().map(|x| x.cluster.clone()),
         };
         let mut map = BTreeMap::new();
         for c in &snapshot.clusters {

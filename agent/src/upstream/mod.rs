@@ -132,6 +132,9 @@ pub struct Cluster {
     /// ORIGINAL_DST: hosts by destination, reused across connections.
     original_dst: Option<original_dst::HostCache>,
     connector: Connector,
+    /// TLS origination: the client, or why it could not be built (a certificate file that
+    /// changed after the config was checked); then every connect fails.
+    tls: Option<Result<Arc<crate::tls::TlsConnector>, String>>,
     /// The node's zone and the local cluster, for zone-aware balancing.
     zones: Arc<Zones>,
     /// Serialises host-set replacements (EDS, DNS, health changes); readers never take it.
@@ -166,6 +169,25 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS handshake failed (`reason` is Envoy's transport failure reason).
+    #[error("TLS handshake with {addr} failed: {reason}")]
+    Tls { addr: SocketAddr, reason: String },
+}
+
+/// Why opening a transport to a host failed.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    Connect(std::io::Error),
+    Tls(String),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Connect(e) => write!(f, "{e}"),
+            OpenError::Tls(r) => write!(f, "TLS handshake failed: {r}"),
+        }
+    }
 }
 
 /// An established upstream connection.
@@ -225,6 +247,19 @@ impl Cluster {
         let warming = config.discovery == DiscoveryType::Eds;
         let original_dst =
             (config.discovery == DiscoveryType::OriginalDst).then(original_dst::HostCache::default);
+        let tls = config.tls.as_ref().map(|t| {
+            let control_plane = env.ads_cluster.as_deref() == Some(config.name.as_str());
+            crate::tls::TlsConnector::new(
+                t,
+                &env.secrets,
+                crate::tls::SslStats::new(&stats.scope),
+                control_plane,
+            )
+                .map(Arc::new)
+                .inspect_err(|e| {
+                    tracing::error!(cluster = %config.name, error = %e, "TLS configuration failed: connections to the cluster fail");
+                })
+        });
         let c = Arc::new(Self {
             config,
             stats,
@@ -238,6 +273,7 @@ impl Cluster {
                 .collect(),
             original_dst,
             connector,
+            tls,
             zones: env.zones.clone(),
             update: Mutex::new(()),
             warming: AtomicBool::new(warming),
@@ -483,21 +519,55 @@ impl Cluster {
             self.stats.upstream_cx_overflow.inc();
             return Err(ConnectError::Overflow(self.config.name.clone()));
         };
-        self.connect_with(host, slot).await
+        self.connect_with(host, slot, None).await
     }
 
-    /// Connects to `host` with a connection slot already taken.
+    /// A transport to `addr`: the TCP (or in-memory) stream, with TLS when the cluster
+    /// originates it.
+    pub(crate) async fn open(
+        &self,
+        addr: SocketAddr,
+        alpn: Option<&'static str>,
+    ) -> Result<Stream, OpenError> {
+        let stream = self
+            .connector
+            .connect(addr)
+            .await
+            .map_err(OpenError::Connect)?;
+        match &self.tls {
+            None => Ok(stream),
+            Some(Err(e)) => Err(OpenError::Tls(e.clone())),
+            Some(Ok(tls)) => match stream {
+                Stream::Tcp(tcp) => tls
+                    .connect(tcp, addr.ip(), alpn)
+                    .await
+                    .map_err(|e| OpenError::Tls(e.to_string())),
+                _ => Err(OpenError::Tls("TLS needs a TCP connection".into())),
+            },
+        }
+    }
+
+    /// The cluster's TLS client, when it originates TLS and its configuration loaded.
+    pub fn tls(&self) -> Option<&Arc<crate::tls::TlsConnector>> {
+        self.tls.as_ref().and_then(|t| t.as_ref().ok())
+    }
+
+    /// Connects to `host` with a connection slot already taken. `alpn`: the protocol the
+    /// connection will speak (`h2`, `http/1.1`), offered over TLS when the cluster's context
+    /// names none (Envoy's ALPN fallback of its HTTP pools).
     pub async fn connect_with(
         self: &Arc<Self>,
         host: Arc<Host>,
         slot: Slot,
+        alpn: Option<&'static str>,
     ) -> Result<Upstream, ConnectError> {
         let s = &self.stats;
         s.upstream_cx_total.inc();
         host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let timeout = self.config.connect_timeout;
-        match tokio::time::timeout(timeout, self.connector.connect(host.address)).await {
+        // The connect timeout covers the TLS handshake too, as in Envoy.
+        match tokio::time::timeout(timeout, self.open(host.address, alpn)).await {
             Err(_) => {
                 s.upstream_cx_connect_timeout.inc();
                 s.upstream_cx_connect_fail.inc();
@@ -510,9 +580,15 @@ impl Cluster {
             Ok(Err(e)) => {
                 s.upstream_cx_connect_fail.inc();
                 self.report(&host, Outcome::ConnectFailure);
-                Err(ConnectError::Io {
-                    addr: host.address,
-                    source: e,
+                Err(match e {
+                    OpenError::Connect(source) => ConnectError::Io {
+                        addr: host.address,
+                        source,
+                    },
+                    OpenError::Tls(reason) => ConnectError::Tls {
+                        addr: host.address,
+                        reason,
+                    },
                 })
             }
             Ok(Ok(stream)) => {

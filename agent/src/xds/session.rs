@@ -3,7 +3,7 @@
 //! first requests in the registry's order, ACK/NACK of each response, and re-subscription when
 //! the names a type needs change (EDS follows the clusters).
 
-use super::resources::{Interest, ResourceType};
+use super::resources::{error_chain, Interest, ResourceType};
 use super::{log_limit, XdsClient, CACHE_WRITE_INTERVAL};
 use crate::config::XdsApi;
 use crate::upstream::LbContext;
@@ -358,41 +358,25 @@ impl XdsClient {
                 self.cfg.cluster
             )
         })?;
-        let scheme = if cluster.config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let mut endpoint =
-            tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", host.address))
-                .map_err(|e| e.to_string())?
-                .connect_timeout(cluster.config.connect_timeout)
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_while_idle(true);
-        if let Some(tls) = &cluster.config.tls {
-            // Read at each connect: rotated certificate files need no restart.
-            let ca = tls
-                .trusted_ca
-                .read()
-                .map_err(|e| format!("read trusted_ca: {e}"))?;
-            let mut cfg = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                .domain_name(tls.sni.clone());
-            if let Some((chain, key)) = &tls.client_cert {
-                let chain = chain
-                    .read()
-                    .map_err(|e| format!("read certificate_chain: {e}"))?;
-                let key = key.read().map_err(|e| format!("read private_key: {e}"))?;
-                cfg = cfg.identity(tonic::transport::Identity::from_pem(chain, key));
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", host.address))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(cluster.config.connect_timeout)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        // TLS to the control plane goes through the cluster's own transport socket (the same
+        // TLS client, certificates and rotation as any cluster), offering ALPN h2.
+        let channel = match cluster.config.tls.is_some() {
+            true => {
+                endpoint
+                    .connect_with_connector(ClusterTransport {
+                        cluster: cluster.clone(),
+                        addr: host.address,
+                    })
+                    .await
             }
-            endpoint = endpoint
-                .tls_config(cfg)
-                .map_err(|e| format!("TLS configuration: {e}"))?;
+            false => endpoint.connect().await,
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("connect {}: {e}", host.address))?;
+        .map_err(|e| format!("connect {}: {}", host.address, error_chain(&e)))?;
         let client =
             AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
         tracing::info!(control_plane = %host.address, api = ?self.cfg.api, "connected to the control plane");
@@ -448,5 +432,38 @@ mod backoff_tests {
         );
         assert!(resets_backoff(true, s(30)));
         assert!(resets_backoff(true, s(3600)));
+    }
+}
+
+/// Connects tonic's channel through a cluster's transport (TCP, then its TLS).
+#[derive(Clone)]
+struct ClusterTransport {
+    cluster: Arc<crate::upstream::Cluster>,
+    addr: std::net::SocketAddr,
+}
+
+impl tower_service::Service<http::Uri> for ClusterTransport {
+    type Response = hyper_util::rt::TokioIo<crate::transport::Stream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let (cluster, addr) = (self.cluster.clone(), self.addr);
+        Box::pin(async move {
+            cluster
+                .open(addr, Some("h2"))
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
     }
 }

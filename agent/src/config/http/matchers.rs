@@ -24,7 +24,7 @@ pub(super) const HEADER_MATCHER: FieldTable = &[
     ("treat_missing_header_as_empty", S),
 ];
 
-pub(super) const STRING_MATCHER: FieldTable = &[
+pub(crate) const STRING_MATCHER: FieldTable = &[
     ("exact", S),
     ("prefix", S),
     ("suffix", S),
@@ -65,7 +65,7 @@ pub(super) fn pattern(o: &Obj, key: &str, d: &mut Diagnostics) -> Option<Pattern
     }
 }
 
-pub(super) fn read_string_matcher(s: &Obj, d: &mut Diagnostics) -> Option<StringMatcher> {
+pub(crate) fn read_string_matcher(s: &Obj, d: &mut Diagnostics) -> Option<StringMatcher> {
     let ignore_case = s.boolean("ignore_case", d).unwrap_or(false);
     let fold = |v: String| {
         if ignore_case {

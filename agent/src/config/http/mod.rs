@@ -18,6 +18,7 @@ mod upstream;
 
 pub use access_log::read_access_logs;
 pub(super) use hcm::{read_hcm, HCM_TABLE};
+pub(crate) use matchers::{read_string_matcher, STRING_MATCHER};
 pub use retry::{parse_retry_on, retry_on, RetryPolicy};
 pub use route::read_route_configuration;
 pub(super) use upstream::read_upstream_http;

@@ -49,7 +49,7 @@ const HTTP_PROTOCOL_OPTIONS: FieldTable = &[
     ("common_http_protocol_options", S),
     (
         "upstream_http_protocol_options",
-        I("auto SNI and SAN validation arrive with TLS"),
+        R("auto SNI from the request's host is not supported yet; set the UpstreamTlsContext's sni (auto_sni_san_validation works with it)"),
     ),
     ("explicit_http_config", S),
     ("use_downstream_protocol_config", S),

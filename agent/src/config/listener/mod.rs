@@ -2,7 +2,8 @@
 //! their match, network filters (tcp_proxy, connection_limit, local_ratelimit). Field tables
 //! and readers shared by the bootstrap and xDS (LDS) front doors.
 
-use super::bootstrap::{read_address, ADDRESS, NO_ECDS, NO_TLS};
+use super::bootstrap::{read_address, ADDRESS, NO_ECDS};
+use super::tls::{read_downstream_tls, TRANSPORT_SOCKET};
 use super::type_urls;
 use super::walk::{Diagnostics, Field, FieldTable, Obj};
 use super::*;
@@ -78,12 +79,28 @@ const ORIGINAL_DST_FILTER_TYPE: &str = type_urls::ORIGINAL_DST_FILTER;
 
 pub(super) const TYPED_ANY: FieldTable = &[("@type", S)];
 
+pub(super) const TLS_INSPECTOR: FieldTable = &[
+    ("@type", S),
+    (
+        "initial_read_buffer_size",
+        I("the ClientHello is read up to 16 KiB as it arrives"),
+    ),
+    (
+        "enable_ja3_fingerprinting",
+        R("JA3 fingerprints are not computed"),
+    ),
+    (
+        "enable_ja4_fingerprinting",
+        R("JA4 fingerprints are not computed"),
+    ),
+];
+
 pub(super) const FILTER_CHAIN: FieldTable = &[
     ("name", S),
     ("filters", S),
     ("filter_chain_match", S),
-    ("transport_socket", R(NO_TLS)),
-    ("transport_socket_connect_timeout", I("no TLS")),
+    ("transport_socket", S),
+    ("transport_socket_connect_timeout", S),
     ("metadata", I("metadata is informational here")),
 ];
 
@@ -326,6 +343,7 @@ const MAX_FILTER_CHAINS: usize = 10_000;
 const MAX_MATCH_COMBINATIONS: usize = 200_000;
 
 const HTTP_INSPECTOR_NAME: &str = "envoy.filters.listener.http_inspector";
+const TLS_INSPECTOR_NAME: &str = "envoy.filters.listener.tls_inspector";
 
 fn read_listener_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<ListenerFilter> {
     let f = Obj::new(v, path, LISTENER_FILTER, d)?;
@@ -338,21 +356,30 @@ fn read_listener_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Li
     let kind = match type_url.as_deref() {
         Some(ORIGINAL_DST_FILTER_TYPE) => Some(ListenerFilter::OriginalDst),
         Some(type_urls::HTTP_INSPECTOR) => Some(ListenerFilter::HttpInspector),
+        Some(type_urls::TLS_INSPECTOR) => Some(ListenerFilter::TlsInspector),
         Some(_) => None,
         None if name == "envoy.filters.listener.original_dst" => Some(ListenerFilter::OriginalDst),
         None if name == HTTP_INSPECTOR_NAME => Some(ListenerFilter::HttpInspector),
+        None if name == TLS_INSPECTOR_NAME || name == "envoy.listener.tls_inspector" => {
+            Some(ListenerFilter::TlsInspector)
+        }
         None => None,
     };
     match kind {
         Some(k) => {
-            let _ = f.object("typed_config", TYPED_ANY, d);
+            let table = if k == ListenerFilter::TlsInspector {
+                TLS_INSPECTOR
+            } else {
+                TYPED_ANY
+            };
+            let _ = f.object("typed_config", table, d);
             Some(k)
         }
         None => {
             d.error(
                 path,
                 format!(
-                    "unsupported listener filter \"{}\" (supported: envoy.filters.listener.original_dst, {HTTP_INSPECTOR_NAME})",
+                    "unsupported listener filter \"{}\" (supported: envoy.filters.listener.original_dst, {HTTP_INSPECTOR_NAME}, {TLS_INSPECTOR_NAME})",
                     type_url.unwrap_or(name)
                 ),
             );
@@ -400,10 +427,15 @@ fn read_filter_chain(
         }
         filters.push(f);
     }
+    let handshake_timeout = fc.duration("transport_socket_connect_timeout", d);
+    let tls = fc
+        .object("transport_socket", TRANSPORT_SOCKET, d)
+        .and_then(|ts| read_downstream_tls(&ts, handshake_timeout.filter(|t| !t.is_zero()), d));
     Some(FilterChain {
         name: fc.name("name", d).unwrap_or_default(),
         filter_chain_match,
         filters,
+        tls,
     })
 }
 
@@ -712,6 +744,12 @@ impl FilterChain {
         if m.as_object().is_some_and(|o| !o.is_empty()) {
             j["filter_chain_match"] = m;
         }
+        if let Some(t) = &self.tls {
+            j["transport_socket"] = t.to_envoy_json();
+            if t.handshake_timeout != super::tls::DEFAULT_HANDSHAKE_TIMEOUT {
+                j["transport_socket_connect_timeout"] = json!(duration_json(t.handshake_timeout));
+            }
+        }
         j
     }
 }
@@ -743,6 +781,10 @@ impl Listener {
                     ListenerFilter::HttpInspector => json!({
                         "name": HTTP_INSPECTOR_NAME,
                         "typed_config": {"@type": type_urls::HTTP_INSPECTOR},
+                    }),
+                    ListenerFilter::TlsInspector => json!({
+                        "name": TLS_INSPECTOR_NAME,
+                        "typed_config": {"@type": type_urls::TLS_INSPECTOR},
                     }),
                 })
                 .collect::<Vec<_>>());

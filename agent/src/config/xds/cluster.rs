@@ -2,25 +2,19 @@
 
 use super::*;
 
-/// A nested message rendered by reflection (as Envoy prints it), so the bootstrap's reader
-/// judges every field of it; a message that does not render becomes a presence marker.
-fn by_reflection(full_name: &str, m: &impl prost::Message) -> Json {
-    super::reflect::decode_json(full_name, &m.encode_to_vec()).unwrap_or_else(|_| json!({}))
-}
-
 pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
-    if c.transport_socket.is_some()
-        || !c.transport_socket_matches.is_empty()
-        || c.transport_socket_matcher.is_some()
-    {
-        return Err(vec![Diag {
-            path: "transport_socket".into(),
-            message:
-                "not supported: TLS is not implemented yet; refusing rather than sending plaintext"
-                    .into(),
-        }]);
-    }
     let mut m = Map::new();
+    if let Some(ts) = &c.transport_socket {
+        m.insert(
+            "transport_socket".into(),
+            by_reflection("envoy.config.core.v3.TransportSocket", ts),
+        );
+    }
+    mark(
+        &mut m,
+        "transport_socket_matches",
+        !c.transport_socket_matches.is_empty() || c.transport_socket_matcher.is_some(),
+    );
     m.insert("name".into(), json!(c.name));
     match &c.cluster_discovery_type {
         Some(pbc::cluster::ClusterDiscoveryType::Type(t)) => {
@@ -233,5 +227,5 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
         }
         None => {}
     }
-    finish(Json::Object(m), |y, d| read_cluster(y, "", None, d))
+    finish(Json::Object(m), |y, d| read_cluster(y, "", d))
 }

@@ -212,12 +212,18 @@ pub(super) fn filter_chain_json(fc: &pbl::FilterChain) -> Json {
         })
         .collect();
     c.insert("filters".into(), json!(filters));
-    mark(&mut c, "transport_socket", fc.transport_socket.is_some());
-    mark(
-        &mut c,
-        "transport_socket_connect_timeout",
-        fc.transport_socket_connect_timeout.is_some(),
-    );
+    if let Some(ts) = &fc.transport_socket {
+        c.insert(
+            "transport_socket".into(),
+            by_reflection("envoy.config.core.v3.TransportSocket", ts),
+        );
+    }
+    if let Some(t) = &fc.transport_socket_connect_timeout {
+        c.insert(
+            "transport_socket_connect_timeout".into(),
+            json!(duration(t)),
+        );
+    }
     mark(&mut c, "metadata", fc.metadata.is_some());
     Json::Object(c)
 }
@@ -252,7 +258,9 @@ pub fn listener_from_proto(l: &pbl::Listener) -> Translated<Listener> {
             fj.insert("name".into(), json!(f.name));
             match &f.config_type {
                 Some(pbl::listener_filter::ConfigType::TypedConfig(any)) => {
-                    fj.insert("typed_config".into(), json!({"@type": any.type_url}));
+                    let tc =
+                        reflect::any_json(any).unwrap_or_else(|| json!({"@type": any.type_url}));
+                    fj.insert("typed_config".into(), tc);
                 }
                 Some(pbl::listener_filter::ConfigType::ConfigDiscovery(_)) => {
                     mark(&mut fj, "config_discovery", true)

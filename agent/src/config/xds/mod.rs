@@ -146,3 +146,9 @@ pub fn describe(what: &str, errors: &[Diag]) -> String {
     let parts: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     format!("{what}: {}", parts.join("; "))
 }
+
+/// A nested message rendered by reflection (as Envoy prints it), so the bootstrap's reader
+/// judges every field of it; a message that does not render becomes a presence marker.
+pub(super) fn by_reflection(full_name: &str, m: &impl prost::Message) -> Json {
+    reflect::decode_json(full_name, &m.encode_to_vec()).unwrap_or_else(|_| json!({}))
+}

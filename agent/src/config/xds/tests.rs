@@ -84,12 +84,12 @@ fn eds_cluster_and_assignment_translate() {
 fn rejected_fields_are_named_in_errors() {
     let c = pbc::Cluster {
         name: "tls".into(),
-        transport_socket: Some(Default::default()),
+        transport_socket_matches: vec![Default::default()],
         ..Default::default()
     };
     let e = cluster_from_proto(&c).unwrap_err();
-    assert_eq!(e[0].path, "transport_socket");
-    assert!(e[0].message.contains("TLS"), "{e:?}");
+    assert_eq!(e[0].path, "transport_socket_matches");
+    assert!(e[0].message.contains("not supported"), "{e:?}");
     let bad = pbe::ClusterLoadAssignment {
         cluster_name: "x".into(),
         endpoints: vec![pbe::LocalityLbEndpoints {

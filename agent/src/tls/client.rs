@@ -1,0 +1,278 @@
+//! The client side: a cluster's `UpstreamTlsContext` as a rustls `ClientConfig` (built once
+//! per cluster version, so its session cache is shared by the cluster's pooled connections
+//! and resumption works across them), and the handshake after the TCP connect.
+//!
+//! Verification follows Envoy: with `trusted_ca` the server's chain must verify; the name is
+//! checked only with `auto_sni_san_validation` (against the SNI sent); the SAN matchers, when
+//! given, must accept one SAN. Without a validation context nothing is verified (Envoy's
+//! behaviour; `/config_dump` shows it). The control-plane cluster is stricter: it must have a
+//! trusted CA, and the control plane's certificate must be valid for the SNI.
+
+use super::{material, san, stats::SslStats, Secrets};
+use crate::config::tls::{SanMatcher, UpstreamTls};
+use crate::transport::Stream;
+use arc_swap::ArcSwap;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+#[derive(Debug)]
+struct ServerVerifier {
+    /// `None`: no trusted CA, the chain is not verified.
+    inner: Option<Arc<WebPkiServerVerifier>>,
+    sans: Vec<SanMatcher>,
+    /// Check the certificate is valid for the SNI sent (`auto_sni_san_validation`).
+    verify_name: bool,
+    algs: WebPkiSupportedAlgorithms,
+    stats: Arc<SslStats>,
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let name_error = |e: &rustls::Error| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                        | CertificateError::NotValidForNameContext { .. }
+                )
+            )
+        };
+        match &self.inner {
+            Some(inner) => {
+                match inner.verify_server_cert(
+                    end_entity,
+                    intermediates,
+                    server_name,
+                    ocsp_response,
+                    now,
+                ) {
+                    Ok(_) => {}
+                    // The chain verified (rustls checks the name last); Envoy does not check
+                    // the name unless asked to.
+                    Err(e) if name_error(&e) && !self.verify_name => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            None if self.verify_name => {
+                let ok = san::sans(end_entity).is_some_and(|s| s.valid_for(&server_name.to_str()));
+                if !ok {
+                    return Err(rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidForName,
+                    ));
+                }
+            }
+            None => {}
+        }
+        if !self.sans.is_empty() {
+            let matched = san::sans(end_entity).is_some_and(|s| s.matches_any(&self.sans));
+            if !matched {
+                return Err(rustls::Error::InvalidCertificate(
+                    CertificateError::ApplicationVerificationFailure,
+                ));
+            }
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.stats.peer_signature(dss.scheme);
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.stats.peer_signature(dss.scheme);
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// The client certificate, offered whatever the server hints.
+#[derive(Debug)]
+struct ClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A cluster's TLS client.
+#[derive(Debug)]
+pub struct TlsConnector {
+    config: ArcSwap<ClientConfig>,
+    stats: Arc<SslStats>,
+    sni: Option<String>,
+    auto_host_sni: bool,
+    /// Whether ALPN offers `h2` (the HTTP pool may then speak HTTP/2).
+    pub offers_h2: bool,
+}
+
+/// Builds the rustls configuration of an `UpstreamTlsContext`. Errors name the field.
+/// `verify_name`: check the certificate against the SNI even without
+/// `auto_sni_san_validation` (the control-plane cluster always does).
+pub fn client_config(
+    cfg: &UpstreamTls,
+    secrets: &Secrets,
+    stats: &Arc<SslStats>,
+    verify_name: bool,
+) -> Result<ClientConfig, String> {
+    let common = &cfg.common;
+    let provider = super::provider(common);
+    let validation = secrets.validation(common)?;
+    let (inner, sans) = match validation {
+        Some(v) => {
+            let inner = match &v.trusted_ca {
+                Some(ca) => {
+                    let roots = material::roots(ca)?;
+                    let mut b = WebPkiServerVerifier::builder_with_provider(
+                        Arc::new(roots),
+                        provider.clone(),
+                    );
+                    if let Some(crl) = &v.crl {
+                        b = b.with_crls(material::crls(crl)?);
+                        if v.only_verify_leaf_cert_crl {
+                            b = b.only_check_end_entity_revocation();
+                        }
+                    }
+                    Some(b.build().map_err(|e| format!("validation_context: {e}"))?)
+                }
+                None => None,
+            };
+            (inner, v.san_matchers)
+        }
+        None => (None, Vec::new()),
+    };
+    let verifier = Arc::new(ServerVerifier {
+        inner,
+        sans,
+        verify_name: verify_name || cfg.auto_sni_san_validation,
+        algs: provider.signature_verification_algorithms,
+        stats: stats.clone(),
+    });
+    let versions = super::versions(common);
+    let b = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| format!("tls_params: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut cc = match secrets.certificates(common)?.first() {
+        Some(c) => {
+            let key = material::certified_key(c, &provider)
+                .map_err(|e| format!("tls_certificates[0].{e}"))?;
+            b.with_client_cert_resolver(Arc::new(ClientCert(key)))
+        }
+        None => b.with_no_client_auth(),
+    };
+    cc.alpn_protocols = common.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(cc)
+}
+
+impl TlsConnector {
+    pub fn new(
+        cfg: &UpstreamTls,
+        secrets: &Secrets,
+        stats: Arc<SslStats>,
+        verify_name: bool,
+    ) -> Result<Self, String> {
+        let cc = client_config(cfg, secrets, &stats, verify_name)?;
+        Ok(Self {
+            config: ArcSwap::from_pointee(cc),
+            stats,
+            sni: cfg.sni.clone(),
+            auto_host_sni: cfg.auto_host_sni,
+            offers_h2: cfg.common.alpn.iter().any(|p| p == "h2"),
+        })
+    }
+
+    /// Replaces the configuration for new connections (a rotated client certificate).
+    pub fn rotate(&self, cc: ClientConfig) {
+        self.config.store(Arc::new(cc));
+    }
+
+    pub fn stats(&self) -> &Arc<SslStats> {
+        &self.stats
+    }
+
+    /// The server name sent: the configured SNI, the request's host with `auto_host_sni`,
+    /// else the host's address (an IP address sends no SNI).
+    fn server_name(&self, ip: IpAddr, host: Option<&str>) -> ServerName<'static> {
+        let host = host.filter(|_| self.auto_host_sni).map(|h| {
+            h.rsplit_once(':')
+                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(h, |(n, _)| n)
+        });
+        let name = host.or(self.sni.as_deref());
+        name.and_then(|n| ServerName::try_from(n.to_string()).ok())
+            .unwrap_or(ServerName::IpAddress(ip.into()))
+    }
+
+    /// The client handshake over a connected TCP stream. Failures are counted under the
+    /// cluster's `ssl.*` stats; the error says why (for `%UPSTREAM_TRANSPORT_FAILURE_REASON%`).
+    /// `alpn`: offered when the context configures no ALPN (the protocol the connection
+    /// will speak).
+    pub async fn connect(
+        &self,
+        tcp: tokio::net::TcpStream,
+        ip: IpAddr,
+        alpn: Option<&str>,
+    ) -> io::Result<Stream> {
+        let config = self.config.load_full();
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
+        let name = self.server_name(ip, None);
+        let handshake = match alpn.filter(|_| config.alpn_protocols.is_empty()) {
+            Some(p) => {
+                connector
+                    .with_alpn(vec![p.as_bytes().to_vec()])
+                    .connect(name, tcp)
+                    .await
+            }
+            None => connector.connect(name, tcp).await,
+        };
+        match handshake {
+            Ok(s) => {
+                let (_, conn) = s.get_ref();
+                self.stats.completed(conn, true);
+                Ok(Stream::TlsClient(Box::new(s)))
+            }
+            Err(e) => {
+                self.stats.failed(super::failure_kind(&e));
+                tracing::debug!(upstream = %ip, error = %e, "TLS handshake failed");
+                Err(e)
+            }
+        }
+    }
+}
