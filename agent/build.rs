@@ -33,6 +33,9 @@ const FILES: &[&str] = &[
     "envoy/extensions/transport_sockets/tls/v3/secret.proto",
     "envoy/extensions/transport_sockets/raw_buffer/v3/raw_buffer.proto",
     "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
+    // RBAC, network and HTTP (and its per-route form).
+    "envoy/extensions/filters/network/rbac/v3/rbac.proto",
+    "envoy/extensions/filters/http/rbac/v3/rbac.proto",
 ];
 
 /// Where the `envoy-types` package (and its `proto/` tree) is, from `cargo metadata`.

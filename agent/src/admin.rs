@@ -27,6 +27,11 @@ const ENDPOINTS: &[(&str, bool, &str)] = &[
         false,
         "upstream clusters and per-host status (?format=json)",
     ),
+    (
+        "/certs",
+        false,
+        "the certificates of every TLS context (serial, SANs, validity)",
+    ),
     ("/config_dump", false, "the active configuration as JSON"),
     (
         "/drain_listeners",
@@ -322,6 +327,11 @@ fn route(
         "/clusters" => clusters(query, shared),
         "/listeners" => listeners(query, shared),
         "/config_dump" => config_dump(shared),
+        "/certs" => json_response(&json!({"certificates": shared
+            .tls_contexts()
+            .iter()
+            .map(|c| c.to_json())
+            .collect::<Vec<_>>()})),
         "/ready" => {
             let state = shared.state();
             let code = if state == crate::state::ServerState::Live {
@@ -511,6 +521,17 @@ fn config_dump(shared: &Shared) -> Response<Body> {
             "static_listeners": listeners,
         }),
     ];
+    if !snap.secrets.is_empty() {
+        // Private keys and generic secrets as Envoy shows them: `[redacted]`.
+        configs.push(json!({
+            "@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
+            "static_secrets": snap.secrets.iter().map(|s| json!({
+                "name": s.name,
+                "last_updated": started,
+                "secret": s.to_envoy_json(),
+            })).collect::<Vec<_>>(),
+        }));
+    }
     if let Some(x) = &shared.xds {
         let (clusters, listeners) = configs.split_at_mut(2);
         let mut extra = Vec::new();

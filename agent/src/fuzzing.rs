@@ -127,6 +127,29 @@ pub fn ebpf_values(data: &[u8]) {
     crate::redirect::fuzz_map_values(data);
 }
 
+/// The client's first bytes as the TLS inspector reads them (`tls::client_hello`), and a
+/// peer certificate's SANs as the TLS verifiers read them (`tls::san`).
+pub fn tls_client_hello(data: &[u8]) {
+    use crate::tls::client_hello::{parse, Parsed};
+    match parse(data) {
+        Parsed::Hello(h) => {
+            if let Some(sni) = &h.server_name {
+                assert!(!sni.is_empty() && sni.len() <= 255);
+                assert_eq!(*sni, sni.to_ascii_lowercase());
+            }
+            // More bytes after a complete hello do not change it.
+            let mut more = data.to_vec();
+            more.extend_from_slice(b"\x17\x03\x03\x00\x01x");
+            assert_eq!(parse(&more), Parsed::Hello(h));
+        }
+        Parsed::NeedMore => assert!(data.len() <= crate::tls::client_hello::MAX_PEEK + 5),
+        Parsed::NotTls | Parsed::TooLarge => {}
+    }
+    if let Some(s) = crate::tls::san::sans(data) {
+        let _ = s.valid_for("a.example");
+    }
+}
+
 /// A fuzz target: arbitrary bytes in, a panic out if something is wrong.
 pub type Target = fn(&[u8]);
 
@@ -138,6 +161,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("http_request", http_request),
     ("handover_message", handover_message),
     ("ebpf_values", ebpf_values),
+    ("tls_client_hello", tls_client_hello),
 ];
 
 #[cfg(test)]
@@ -261,6 +285,20 @@ mod tests {
         .enumerate()
         {
             write("http_request", &format!("seed-{i}"), r.as_bytes());
+        }
+        for (i, (sni, alpn)) in [
+            ("api.example.com", &["h2", "http/1.1"][..]),
+            ("127.0.0.1", &[][..]),
+            ("a.b.example", &["istio-peer-exchange", "istio"][..]),
+        ]
+        .iter()
+        .enumerate()
+        {
+            write(
+                "tls_client_hello",
+                &format!("seed-{i}"),
+                &crate::tls::client_hello::sample(sni, alpn),
+            );
         }
         use crate::handover::{Epoch, Message, OfferedLink, OfferedSocket};
         let msgs = [

@@ -21,6 +21,7 @@ pub mod listener;
 pub mod logging;
 pub mod notify;
 pub mod overload;
+pub mod rbac;
 pub mod redirect;
 pub mod server;
 pub mod state;

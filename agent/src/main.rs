@@ -271,6 +271,7 @@ fn check_config(file: &Path, overrides: &config::Overrides, max_bytes: u64) -> E
                             format!("connection_limit {}", cl.max_connections)
                         }
                         config::NetworkFilter::LocalRateLimit(_) => "local_ratelimit".to_string(),
+                        config::NetworkFilter::Rbac(r) => format!("rbac {}", r.stat_prefix),
                     })
                     .collect::<Vec<_>>()
                     .join(", ");

@@ -147,6 +147,7 @@ pub struct ServerStats {
     pub live: Arc<Gauge>,
     pub state: Arc<Gauge>,
     pub uptime: Arc<Gauge>,
+    pub days_until_first_cert_expiring: Arc<Gauge>,
     pub concurrency: Arc<Gauge>,
     pub memory_allocated: Arc<Gauge>,
     pub memory_heap_size: Arc<Gauge>,
@@ -440,6 +441,24 @@ impl Shared {
         });
     }
 
+    /// The certificates of every TLS context in use: listeners' chains, then clusters.
+    pub fn tls_contexts(&self) -> Vec<Arc<crate::tls::certs::CertsInfo>> {
+        let mut out = Vec::new();
+        for l in self.listeners.all().iter() {
+            for c in l.chains.all() {
+                if let Some(Ok(a)) = &c.tls {
+                    out.push(a.certificates());
+                }
+            }
+        }
+        for c in self.clusters.all() {
+            if let Some(t) = c.tls() {
+                out.push(t.certificates());
+            }
+        }
+        out
+    }
+
     /// Refreshes the computed `server.*` gauges (on every stats read and flush).
     pub fn refresh_server_stats(&self) {
         let s = &self.stats;
@@ -447,6 +466,14 @@ impl Shared {
         s.live.set((state == ServerState::Live) as i64);
         s.state.set(state as i64);
         s.uptime.set(self.started.elapsed().as_secs() as i64);
+        // Envoy's value when no certificate is managed: the largest 32-bit count.
+        s.days_until_first_cert_expiring.set(
+            self.tls_contexts()
+                .iter()
+                .filter_map(|c| c.days_until_first_expiring())
+                .min()
+                .unwrap_or(u32::MAX as i64),
+        );
         let mem = memory_usage();
         s.memory_allocated.set(mem.allocated as i64);
         s.memory_heap_size.set(mem.heap_size as i64);

@@ -17,6 +17,7 @@ pub const TARGETS: &[&str] = &[
     "http_request",
     "handover_message",
     "ebpf_values",
+    "tls_client_hello",
 ];
 
 /// The nightly toolchain libFuzzer's instrumentation needs.

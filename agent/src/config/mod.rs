@@ -8,6 +8,7 @@ mod cluster;
 mod cluster_dump;
 mod cluster_health;
 mod cluster_lb;
+pub mod rbac;
 pub mod tls;
 use cluster_dump::{duration_json, socket_address_json};
 pub use tls::{DownstreamTls, UpstreamTls};
@@ -382,6 +383,7 @@ pub enum NetworkFilter {
     HttpConnectionManager(Box<http::HttpConnectionManager>),
     ConnectionLimit(ConnectionLimit),
     LocalRateLimit(LocalRateLimit),
+    Rbac(Box<rbac::RbacConfig>),
 }
 
 impl NetworkFilter {

@@ -31,6 +31,7 @@ pub enum NetworkFilter {
     Http(Arc<crate::http::ConnectionManager>),
     ConnectionLimit(connection_limit::ConnectionLimit),
     LocalRateLimit(local_ratelimit::LocalRateLimit),
+    Rbac(crate::rbac::Rbac),
 }
 
 impl NetworkFilter {
@@ -49,6 +50,10 @@ impl NetworkFilter {
             config::NetworkFilter::LocalRateLimit(rl) => {
                 NetworkFilter::LocalRateLimit(local_ratelimit::LocalRateLimit::new(rl, store))
             }
+            config::NetworkFilter::Rbac(r) => NetworkFilter::Rbac(crate::rbac::Rbac::new(
+                r,
+                &store.root_scope(r.stat_prefix.trim_end_matches('.')),
+            )),
         }
     }
 }
@@ -116,6 +121,22 @@ impl FilterChain {
                 },
                 NetworkFilter::LocalRateLimit(rl) => {
                     if !rl.admit() {
+                        return;
+                    }
+                }
+                NetworkFilter::Rbac(r) => {
+                    let subject = crate::rbac::Subject {
+                        peer: ds.peer,
+                        remote: ds.peer,
+                        destination: ds.destination(),
+                        server_name: ds.server_name.as_deref(),
+                        tls: ds.tls.as_deref(),
+                        headers: None,
+                        path: None,
+                    };
+                    if !r.check(&subject) {
+                        // Denied: closed at once (a reset, so the client learns).
+                        ds.io.set_abort_on_close();
                         return;
                     }
                 }

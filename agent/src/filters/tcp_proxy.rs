@@ -113,6 +113,8 @@ impl TcpProxy {
             local: ds.local,
             route_name: "",
             connection_id: crate::http::next_connection_id(),
+            tls: ds.tls.as_deref(),
+            server_name: ds.server_name.as_deref(),
         };
         for l in &self.loggers {
             l.log(&entry);

@@ -181,6 +181,10 @@ pub struct Entry<'a> {
     pub local: SocketAddr,
     pub route_name: &'a str,
     pub connection_id: u64,
+    /// What the TLS handshake established, when the connection's chain terminated TLS.
+    pub tls: Option<&'a crate::tls::TlsInfo>,
+    /// The SNI, when a TLS inspector or handshake read one.
+    pub server_name: Option<&'a str>,
 }
 
 /// A configured access log.
@@ -413,6 +417,36 @@ fn op(o: &LogOp, e: &Entry, out: &mut String) {
         LogOp::ConnectionId => {
             let _ = write!(out, "{}", e.connection_id);
         }
+        LogOp::DownstreamPeerUriSan => join_or_dash(e.tls.map(|t| &t.peer_uri_sans[..]), out),
+        LogOp::DownstreamPeerDnsSan => join_or_dash(e.tls.map(|t| &t.peer_dns_sans[..]), out),
+        LogOp::DownstreamTlsVersion => out.push_str(
+            e.tls
+                .map(|t| t.version)
+                .filter(|v| !v.is_empty())
+                .unwrap_or("-"),
+        ),
+        LogOp::DownstreamTlsCipher => out.push_str(
+            e.tls
+                .map(|t| t.cipher)
+                .filter(|v| !v.is_empty())
+                .unwrap_or("-"),
+        ),
+        LogOp::RequestedServerName => out.push_str(e.server_name.unwrap_or("-")),
+    }
+}
+
+/// Values joined by commas (as Envoy prints several SANs), or `-` when there are none.
+fn join_or_dash(v: Option<&[String]>, out: &mut String) {
+    match v {
+        Some(v) if !v.is_empty() => {
+            for (i, s) in v.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(s);
+            }
+        }
+        _ => out.push('-'),
     }
 }
 

@@ -48,14 +48,67 @@ pub struct RequestHead<'a> {
     pub draining: bool,
     pub peer: std::net::SocketAddr,
     pub local: std::net::SocketAddr,
+    /// Where the client connected (its original destination when redirected).
+    pub destination: std::net::SocketAddr,
     /// `HTTP/1.1`, `HTTP/2`, …
     pub protocol: &'a str,
+    /// The connection's TLS, when its chain terminated it.
+    pub tls: Option<&'a crate::tls::TlsInfo>,
+    /// The SNI the client asked for.
+    pub server_name: Option<&'a str>,
 }
 
 /// One HTTP filter.
 pub trait HttpFilter: Send + Sync + std::fmt::Debug {
     /// Sees the request's head before routing.
     fn on_request(&self, req: &RequestHead) -> Verdict;
+
+    /// The same, under a route's own RBAC policies (`RBACPerRoute`); only the RBAC filter
+    /// uses them.
+    fn on_request_with_rbac(&self, req: &RequestHead, _rules: &crate::rbac::Rules) -> Verdict {
+        self.on_request(req)
+    }
+}
+
+/// `envoy.filters.http.rbac`: a denied request is answered 403 with flag RBAC.
+#[derive(Debug)]
+pub struct RbacFilter(crate::rbac::Rbac);
+
+impl RbacFilter {
+    fn subject<'a>(req: &'a RequestHead) -> crate::rbac::Subject<'a> {
+        crate::rbac::Subject {
+            peer: req.peer,
+            remote: req.peer,
+            destination: req.destination,
+            server_name: req.server_name,
+            tls: req.tls,
+            headers: Some(req.headers),
+            path: Some(req.path.split_once('?').map_or(req.path, |(p, _)| p)),
+        }
+    }
+
+    fn verdict(allowed: bool) -> Verdict {
+        if allowed {
+            return Verdict::Continue(Vec::new());
+        }
+        Verdict::Reply(LocalReply {
+            status: 403,
+            text: "RBAC: access denied",
+            grpc_status: None,
+            flag: Flag::Rbac,
+            headers: Vec::new(),
+        })
+    }
+}
+
+impl HttpFilter for RbacFilter {
+    fn on_request(&self, req: &RequestHead) -> Verdict {
+        Self::verdict(self.0.check(&Self::subject(req)))
+    }
+
+    fn on_request_with_rbac(&self, req: &RequestHead, rules: &crate::rbac::Rules) -> Verdict {
+        Self::verdict(self.0.check_with(rules, &Self::subject(req)))
+    }
 }
 
 /// `envoy.filters.http.set_filter_state`: each value's format expanded for the request.
@@ -99,6 +152,10 @@ pub fn build(
                 HttpFilterConfig::SetFilterState(s) => Box::new(SetFilterStateFilter(s.clone())),
                 HttpFilterConfig::LocalRateLimit(rl) => Box::new(LocalRateLimit::new(rl, store)),
                 HttpFilterConfig::Fault(f) => Box::new(FaultFilter::new(f, store, prefix)),
+                HttpFilterConfig::Rbac(r) => Box::new(RbacFilter(crate::rbac::Rbac::new(
+                    r,
+                    &store.tagged_scope("http", "envoy_http_conn_manager_prefix", prefix),
+                ))),
                 HttpFilterConfig::HealthCheck(h) => Box::new(HealthCheckFilter {
                     headers: h.headers.clone(),
                     failed: health_check_failed.clone(),
@@ -364,7 +421,10 @@ mod tests {
             draining: false,
             peer: "10.0.0.1:4000".parse().unwrap(),
             local: "10.0.0.2:80".parse().unwrap(),
+            destination: "10.0.0.2:80".parse().unwrap(),
             protocol: "HTTP/1.1",
+            tls: None,
+            server_name: None,
         }
     }
 

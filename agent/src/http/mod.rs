@@ -103,6 +103,10 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub original_dst: Option<SocketAddr>,
+    /// What the TLS handshake established (a chain that terminates TLS).
+    pub tls: Option<Box<crate::tls::TlsInfo>>,
+    /// The SNI the client asked for.
+    pub server_name: Option<String>,
     started: Instant,
     active: AtomicUsize,
     /// When the last request ended, in ms since `started`.
@@ -231,7 +235,7 @@ impl ConnectionManager {
     }
 
     /// Serves the connection until the client closes it, it idles out, or the drain ends.
-    pub async fn handle(self: &Arc<Self>, ds: Downstream) {
+    pub async fn handle(self: &Arc<Self>, mut ds: Downstream) {
         let s = &self.stats;
         s.downstream_cx_total.inc();
         s.downstream_cx_active.inc();
@@ -241,6 +245,8 @@ impl ConnectionManager {
             peer: ds.peer,
             local: ds.local,
             original_dst: ds.original_dst,
+            tls: ds.tls.take(),
+            server_name: ds.server_name.take(),
             started: Instant::now(),
             active: AtomicUsize::new(0),
             last_end_ms: AtomicU64::new(0),

@@ -42,6 +42,8 @@ pub enum RouteFilter {
     Disabled,
     /// Run this instead of the connection manager's filter (its own bucket and stats).
     Replace(Arc<dyn super::filters::HttpFilter>),
+    /// The route's own RBAC policies (`RBACPerRoute`), counted under the filter's stats.
+    Rbac(Arc<crate::rbac::Rules>),
 }
 
 /// Builds one level's per-filter settings (each level's rate limiter is shared by the
@@ -58,6 +60,7 @@ fn build_level(
                 P::LocalRateLimit(rl) => {
                     RouteFilter::Replace(Arc::new(super::filters::LocalRateLimit::new(rl, store)))
                 }
+                P::Rbac(r) => RouteFilter::Rbac(Arc::new(crate::rbac::Rules::new(r))),
             };
             (name.clone(), f)
         })

@@ -54,6 +54,8 @@ pub enum Flag {
     HealthCheck,
     /// Refused by a circuit breaker (UO).
     UpstreamOverflow,
+    /// Denied by an RBAC policy (RBAC).
+    Rbac,
 }
 
 impl Flag {
@@ -76,6 +78,7 @@ impl Flag {
             Flag::FaultInjected => "fault_filter_abort",
             Flag::HealthCheck => "health_check",
             Flag::UpstreamOverflow => "upstream_reset_before_response_started{overflow}",
+            Flag::Rbac => "rbac_access_denied_matched_policy[none]",
         }
     }
 
@@ -93,6 +96,7 @@ impl Flag {
             Flag::FaultInjected => "FI",
             Flag::HealthCheck => "-",
             Flag::UpstreamOverflow => "UO",
+            Flag::Rbac => "RBAC",
         }
     }
 }
@@ -217,6 +221,8 @@ impl Exchange {
             local: self.conn.local,
             route_name: &l.route_name,
             connection_id: self.conn.id,
+            tls: self.conn.tls.as_deref(),
+            server_name: self.conn.server_name.as_deref(),
         };
         for logger in &self.hcm.loggers {
             logger.log(&e);
@@ -469,7 +475,10 @@ impl ConnectionManager {
             draining: conn.watch.phase() != crate::drain::Phase::Running,
             peer: conn.peer,
             local: conn.local,
+            destination: conn.original_dst.unwrap_or(conn.local),
             protocol: protocol_name(parts.version),
+            tls: conn.tls.as_deref(),
+            server_name: conn.server_name.as_deref(),
         };
         // Values set by `set_filter_state`, for `hash_policy.filter_state`.
         let mut filter_state: Vec<(Arc<str>, String)> = Vec::new();
@@ -478,6 +487,9 @@ impl ConnectionManager {
             let verdict = match per_route.and_then(|p| p.get(name)) {
                 Some(super::route::RouteFilter::Disabled) => continue,
                 Some(super::route::RouteFilter::Replace(own)) => own.on_request(&head),
+                Some(super::route::RouteFilter::Rbac(rules)) => {
+                    f.on_request_with_rbac(&head, rules)
+                }
                 None => f.on_request(&head),
             };
             match verdict {

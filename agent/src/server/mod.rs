@@ -252,6 +252,7 @@ pub fn start(
         live: server_scope.gauge("live"),
         state: server_scope.gauge("state"),
         uptime: server_scope.gauge("uptime"),
+        days_until_first_cert_expiring: server_scope.gauge("days_until_first_cert_expiring"),
         concurrency: server_scope.gauge("concurrency"),
         memory_allocated: server_scope.gauge("memory_allocated"),
         memory_heap_size: server_scope.gauge("memory_heap_size"),

@@ -8,6 +8,7 @@
 //! behaviour; `/config_dump` shows it). The control-plane cluster is stricter: it must have a
 //! trusted CA, and the control plane's certificate must be valid for the SNI.
 
+use super::certs::{self, CertsInfo};
 use super::{material, san, stats::SslStats, Secrets};
 use crate::config::tls::{SanMatcher, UpstreamTls};
 use crate::transport::Stream;
@@ -135,6 +136,8 @@ impl rustls::client::ResolvesClientCert for ClientCert {
 pub struct TlsConnector {
     config: ArcSwap<ClientConfig>,
     stats: Arc<SslStats>,
+    /// The client certificate and trusted CA (for `/certs`).
+    info: ArcSwap<CertsInfo>,
     sni: Option<String>,
     auto_host_sni: bool,
     /// Whether ALPN offers `h2` (the HTTP pool may then speak HTTP/2).
@@ -149,15 +152,20 @@ pub fn client_config(
     secrets: &Secrets,
     stats: &Arc<SslStats>,
     verify_name: bool,
-) -> Result<ClientConfig, String> {
+) -> Result<(ClientConfig, CertsInfo), String> {
     let common = &cfg.common;
     let provider = super::provider(common);
     let validation = secrets.validation(common)?;
+    let mut info = CertsInfo::default();
     let (inner, sans) = match validation {
         Some(v) => {
             let inner = match &v.trusted_ca {
                 Some(ca) => {
                     let roots = material::roots(ca)?;
+                    info.ca.extend(certs::describe(
+                        certs::path_of(ca),
+                        &material::certificates(ca)?,
+                    ));
                     let mut b = WebPkiServerVerifier::builder_with_provider(
                         Arc::new(roots),
                         provider.clone(),
@@ -193,12 +201,14 @@ pub fn client_config(
         Some(c) => {
             let key = material::certified_key(c, &provider)
                 .map_err(|e| format!("tls_certificates[0].{e}"))?;
+            info.chains
+                .extend(certs::describe(certs::path_of(&c.chain), &key.cert));
             b.with_client_cert_resolver(Arc::new(ClientCert(key)))
         }
         None => b.with_no_client_auth(),
     };
     cc.alpn_protocols = common.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    Ok(cc)
+    Ok((cc, info))
 }
 
 impl TlsConnector {
@@ -208,10 +218,11 @@ impl TlsConnector {
         stats: Arc<SslStats>,
         verify_name: bool,
     ) -> Result<Self, String> {
-        let cc = client_config(cfg, secrets, &stats, verify_name)?;
+        let (cc, info) = client_config(cfg, secrets, &stats, verify_name)?;
         Ok(Self {
             config: ArcSwap::from_pointee(cc),
             stats,
+            info: ArcSwap::from_pointee(info),
             sni: cfg.sni.clone(),
             auto_host_sni: cfg.auto_host_sni,
             offers_h2: cfg.common.alpn.iter().any(|p| p == "h2"),
@@ -219,8 +230,14 @@ impl TlsConnector {
     }
 
     /// Replaces the configuration for new connections (a rotated client certificate).
-    pub fn rotate(&self, cc: ClientConfig) {
+    pub fn rotate(&self, cc: ClientConfig, info: CertsInfo) {
         self.config.store(Arc::new(cc));
+        self.info.store(Arc::new(info));
+    }
+
+    /// The client certificate and trusted CA now.
+    pub fn certificates(&self) -> Arc<CertsInfo> {
+        self.info.load_full()
     }
 
     pub fn stats(&self) -> &Arc<SslStats> {

@@ -189,30 +189,30 @@ fn hello(hs: &[u8]) -> Option<Hello> {
     Some(out)
 }
 
+/// A ClientHello as rustls sends it (fuzz seeds and tests).
+pub fn sample(sni: &str, alpn: &[&str]) -> Vec<u8> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS 1.2 and 1.3")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).expect("a server name");
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).expect("a client");
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).expect("written to memory");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A ClientHello as rustls sends it.
     fn rustls_hello(sni: &str, alpn: &[&str]) -> Vec<u8> {
-        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-        cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        let mut conn = rustls::ClientConnection::new(
-            Arc::new(cfg),
-            rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap(),
-        )
-        .unwrap();
-        let mut out = Vec::new();
-        conn.write_tls(&mut out).unwrap();
-        out
+        sample(sni, alpn)
     }
-    use std::sync::Arc;
 
     #[test]
     fn reads_sni_and_alpn_from_a_real_hello_in_any_split() {

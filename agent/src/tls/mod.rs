@@ -6,6 +6,7 @@
 //! Private keys are read, handed to rustls and dropped: no error, log line or dump carries
 //! their bytes (errors name the field and the file, never the content).
 
+pub mod certs;
 pub mod client;
 pub mod client_hello;
 pub mod material;

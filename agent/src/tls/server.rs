@@ -7,6 +7,7 @@
 //! The configuration sits in an `ArcSwap`: a rotation swaps it, new handshakes see the new
 //! certificate, established connections keep theirs.
 
+use super::certs::{self, CertsInfo};
 use super::{material, san, stats::SslStats, Secrets, TlsInfo};
 use crate::config::tls::DownstreamTls;
 use crate::transport::{Downstream, Stream};
@@ -26,8 +27,8 @@ pub struct TlsAcceptor {
     config: ArcSwap<ServerConfig>,
     stats: Arc<SslStats>,
     handshake_timeout: Duration,
-    /// The certificates served (for `/certs`).
-    certs: ArcSwap<Vec<Arc<CertifiedKey>>>,
+    /// The certificates served and trusted (for `/certs`).
+    info: ArcSwap<CertsInfo>,
 }
 
 /// One certificate and the names it serves.
@@ -165,13 +166,16 @@ pub fn server_config(
     cfg: &DownstreamTls,
     secrets: &Secrets,
     stats: &Arc<SslStats>,
-) -> Result<(ServerConfig, Vec<Arc<CertifiedKey>>), String> {
+) -> Result<(ServerConfig, CertsInfo), String> {
     let common = &cfg.common;
     let provider = super::provider(common);
     let mut entries = Vec::new();
+    let mut info = CertsInfo::default();
     for (i, c) in secrets.certificates(common)?.iter().enumerate() {
         let key = material::certified_key(c, &provider)
             .map_err(|e| format!("tls_certificates[{i}].{e}"))?;
+        info.chains
+            .extend(certs::describe(certs::path_of(&c.chain), &key.cert));
         let names = key
             .cert
             .first()
@@ -185,7 +189,12 @@ pub fn server_config(
     }
     let verifier: Arc<dyn ClientCertVerifier> = match secrets.validation(common)? {
         Some(v) if v.trusted_ca.is_some() => {
-            let roots = material::roots(v.trusted_ca.as_ref().expect("checked"))?;
+            let ca = v.trusted_ca.as_ref().expect("checked");
+            let roots = material::roots(ca)?;
+            info.ca.extend(certs::describe(
+                certs::path_of(ca),
+                &material::certificates(ca)?,
+            ));
             let mut b =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
             if let Some(crl) = &v.crl {
@@ -212,13 +221,7 @@ pub fn server_config(
         .map_err(|e| format!("tls_params: {e}"))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(Resolver {
-            entries: entries
-                .iter()
-                .map(|e| Entry {
-                    key: e.key.clone(),
-                    names: e.names.clone(),
-                })
-                .collect(),
+            entries,
             require_sni: cfg.require_sni,
         }));
     sc.alpn_protocols = common.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
@@ -236,7 +239,7 @@ pub fn server_config(
     if cfg.disable_stateful_resumption && cfg.disable_stateless_resumption {
         sc.send_tls13_tickets = 0;
     }
-    Ok((sc, entries.into_iter().map(|e| e.key).collect()))
+    Ok((sc, info))
 }
 
 impl TlsAcceptor {
@@ -245,24 +248,24 @@ impl TlsAcceptor {
         secrets: &Secrets,
         stats: Arc<SslStats>,
     ) -> Result<Self, String> {
-        let (sc, certs) = server_config(cfg, secrets, &stats)?;
+        let (sc, info) = server_config(cfg, secrets, &stats)?;
         Ok(Self {
             config: ArcSwap::from_pointee(sc),
             stats,
             handshake_timeout: cfg.handshake_timeout,
-            certs: ArcSwap::from_pointee(certs),
+            info: ArcSwap::from_pointee(info),
         })
     }
 
     /// Replaces the configuration for new handshakes (a rotated certificate).
-    pub fn rotate(&self, sc: ServerConfig, certs: Vec<Arc<CertifiedKey>>) {
+    pub fn rotate(&self, sc: ServerConfig, info: CertsInfo) {
         self.config.store(Arc::new(sc));
-        self.certs.store(Arc::new(certs));
+        self.info.store(Arc::new(info));
     }
 
-    /// The certificates served now.
-    pub fn certificates(&self) -> Arc<Vec<Arc<CertifiedKey>>> {
-        self.certs.load_full()
+    /// The certificates served and trusted now.
+    pub fn certificates(&self) -> Arc<CertsInfo> {
+        self.info.load_full()
     }
 
     pub fn stats(&self) -> &Arc<SslStats> {

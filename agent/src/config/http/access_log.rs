@@ -44,6 +44,13 @@ pub enum LogOp {
     RouteName,
     Hostname,
     ConnectionId,
+    /// TLS of the downstream connection, when the chain terminated it.
+    DownstreamPeerUriSan,
+    DownstreamPeerDnsSan,
+    DownstreamTlsVersion,
+    DownstreamTlsCipher,
+    /// The SNI the client asked for (read by tls_inspector or the handshake).
+    RequestedServerName,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -299,6 +306,11 @@ pub fn parse_log_format(s: &str, path: &str, d: &mut Diagnostics) -> Option<Vec<
             ("ROUTE_NAME", None) => LogOp::RouteName,
             ("HOSTNAME", None) => LogOp::Hostname,
             ("CONNECTION_ID", None) => LogOp::ConnectionId,
+            ("DOWNSTREAM_PEER_URI_SAN", None) => LogOp::DownstreamPeerUriSan,
+            ("DOWNSTREAM_PEER_DNS_SAN", None) => LogOp::DownstreamPeerDnsSan,
+            ("DOWNSTREAM_TLS_VERSION", None) => LogOp::DownstreamTlsVersion,
+            ("DOWNSTREAM_TLS_CIPHER", None) => LogOp::DownstreamTlsCipher,
+            ("REQUESTED_SERVER_NAME", None) => LogOp::RequestedServerName,
             _ => {
                 d.error(
                     path,

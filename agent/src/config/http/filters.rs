@@ -184,6 +184,7 @@ pub enum HttpFilterConfig {
     Fault(Fault),
     HealthCheck(HealthCheck),
     SetFilterState(SetFilterState),
+    Rbac(crate::config::rbac::RbacConfig),
 }
 
 pub(super) const HEALTH_CHECK: FieldTable = &[

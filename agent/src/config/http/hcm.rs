@@ -1,6 +1,7 @@
 //! `envoy.filters.network.http_connection_manager`: its field table and reader, its protocol
 //! options and its HTTP filters.
 
+use super::super::rbac;
 use super::super::type_urls;
 use super::super::walk::{Diagnostics, Field, FieldTable, Obj};
 use super::route::read_route_configuration_obj;
@@ -593,11 +594,13 @@ fn read_http_filters(
             Some(hf::FAULT_TYPE) => Some(1),
             Some(hf::HEALTH_CHECK_TYPE) => Some(2),
             Some(hf::SET_FILTER_STATE_TYPE) => Some(3),
+            Some(rbac::HTTP_RBAC_TYPE) => Some(4),
             Some(_) => None,
             None if hf::LOCAL_RATELIMIT_NAMES.contains(&name.as_str()) => Some(0),
             None if hf::FAULT_NAMES.contains(&name.as_str()) => Some(1),
             None if hf::HEALTH_CHECK_NAMES.contains(&name.as_str()) => Some(2),
             None if hf::SET_FILTER_STATE_NAMES.contains(&name.as_str()) => Some(3),
+            None if rbac::HTTP_RBAC_NAMES.contains(&name.as_str()) => Some(4),
             None => None,
         };
         if let (Some(k), true) = (kind, i != last) {
@@ -606,6 +609,7 @@ fn read_http_filters(
                 hf::FAULT,
                 hf::HEALTH_CHECK,
                 hf::SET_FILTER_STATE,
+                rbac::HTTP_RBAC,
             ][k];
             match f.object("typed_config", table, d) {
                 Some(tc) => {
@@ -614,8 +618,9 @@ fn read_http_filters(
                             .map(hf::HttpFilterConfig::LocalRateLimit),
                         1 => hf::read_fault(&tc, d).map(hf::HttpFilterConfig::Fault),
                         2 => hf::read_health_check(&tc, d).map(hf::HttpFilterConfig::HealthCheck),
-                        _ => hf::read_set_filter_state(&tc, d)
+                        3 => hf::read_set_filter_state(&tc, d)
                             .map(hf::HttpFilterConfig::SetFilterState),
+                        _ => rbac::read_http_rbac(&tc, d).map(hf::HttpFilterConfig::Rbac),
                     };
                     chain.extend(built.map(|b| (name.clone(), b)));
                 }
@@ -637,7 +642,7 @@ fn read_http_filters(
         } else {
             d.error(
                 path,
-                format!("unsupported HTTP filter \"{what}\" (supported: envoy.filters.http.local_ratelimit, envoy.filters.http.fault, envoy.filters.http.health_check, envoy.filters.http.set_filter_state, envoy.filters.http.grpc_stats, envoy.filters.http.router; mark a filter is_optional to skip it)"),
+                format!("unsupported HTTP filter \"{what}\" (supported: envoy.filters.http.local_ratelimit, envoy.filters.http.fault, envoy.filters.http.health_check, envoy.filters.http.set_filter_state, envoy.filters.http.rbac, envoy.filters.http.grpc_stats, envoy.filters.http.router; mark a filter is_optional to skip it)"),
             );
         }
     }

@@ -97,7 +97,7 @@ pub(crate) fn read_string_matcher(s: &Obj, d: &mut Diagnostics) -> Option<String
     Some(StringMatcher { kind, ignore_case })
 }
 
-pub(super) fn read_header_matcher(
+pub(crate) fn read_header_matcher(
     v: &Value,
     path: &str,
     d: &mut Diagnostics,

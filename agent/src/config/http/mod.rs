@@ -18,7 +18,7 @@ mod upstream;
 
 pub use access_log::read_access_logs;
 pub(super) use hcm::{read_hcm, HCM_TABLE};
-pub(crate) use matchers::{read_string_matcher, STRING_MATCHER};
+pub(crate) use matchers::{read_header_matcher, read_string_matcher, STRING_MATCHER};
 pub use retry::{parse_retry_on, retry_on, RetryPolicy};
 pub use route::read_route_configuration;
 pub(super) use upstream::read_upstream_http;
@@ -495,6 +495,8 @@ pub enum PerFilterConfig {
     /// A `LocalRateLimit` of its own: its own token bucket, shared by the requests of that
     /// level (route, virtual host or route configuration).
     LocalRateLimit(filters::HttpLocalRateLimit),
+    /// `RBACPerRoute` with its `rbac`: the route's own policies.
+    Rbac(super::rbac::RbacConfig),
 }
 
 impl RouteConfiguration {

@@ -967,6 +967,21 @@ fn read_per_filter(o: &Obj, d: &mut Diagnostics) -> Vec<(String, PerFilterConfig
                     out.push((name.clone(), PerFilterConfig::LocalRateLimit(rl)));
                 }
             }
+            Some(super::super::rbac::HTTP_RBAC_PER_ROUTE_TYPE) => {
+                use super::super::rbac;
+                let Some(pr) = Obj::new(config, &config_path, rbac::HTTP_RBAC_PER_ROUTE, d) else {
+                    continue;
+                };
+                // No `rbac`: the filter is off for this route (Envoy).
+                match pr.object("rbac", rbac::HTTP_RBAC, d) {
+                    Some(r) => {
+                        if let Some(cfg) = rbac::read_http_rbac(&r, d) {
+                            out.push((name.clone(), PerFilterConfig::Rbac(cfg)));
+                        }
+                    }
+                    None => out.push((name.clone(), PerFilterConfig::Disabled)),
+                }
+            }
             Some(hf::FAULT_TYPE) if !optional => d.error(
                 config_path,
                 "not supported: per-route fault settings (the connection manager's fault filter applies to every route)",

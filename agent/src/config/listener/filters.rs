@@ -2,6 +2,7 @@
 //! tcp_proxy, connection_limit and local_ratelimit (and their config dump form).
 
 use super::*;
+use crate::config::rbac;
 
 /// Which network filter a `filters[]` entry names, by `@type` (else by name).
 pub(super) fn filter_kind(f: &Obj) -> Option<&'static str> {
@@ -15,11 +16,13 @@ pub(super) fn filter_kind(f: &Obj) -> Option<&'static str> {
         Some(HCM_TYPE) => Some("http_connection_manager"),
         Some(CONNECTION_LIMIT_TYPE) => Some("connection_limit"),
         Some(LOCAL_RATELIMIT_TYPE) => Some("local_ratelimit"),
+        Some(rbac::NETWORK_RBAC_TYPE) => Some("rbac"),
         Some(_) => None,
         None if TCP_PROXY_NAMES.contains(&name) => Some("tcp_proxy"),
         None if HCM_NAMES.contains(&name) => Some("http_connection_manager"),
         None if name == CONNECTION_LIMIT_NAME => Some("connection_limit"),
         None if name == LOCAL_RATELIMIT_NAME => Some("local_ratelimit"),
+        None if name == rbac::NETWORK_RBAC_NAME => Some("rbac"),
         None => None,
     }
 }
@@ -37,7 +40,7 @@ pub(super) fn read_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<
             .unwrap_or_default();
         d.error(
             path,
-            format!("unsupported network filter \"{what}\" (supported: envoy.filters.network.tcp_proxy, envoy.filters.network.http_connection_manager, envoy.filters.network.connection_limit, envoy.filters.network.local_ratelimit)"),
+            format!("unsupported network filter \"{what}\" (supported: envoy.filters.network.tcp_proxy, envoy.filters.network.http_connection_manager, envoy.filters.network.connection_limit, envoy.filters.network.local_ratelimit, envoy.filters.network.rbac)"),
         );
         return None;
     };
@@ -49,6 +52,7 @@ pub(super) fn read_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<
         "tcp_proxy" => (TCP_PROXY, TCP_PROXY_TYPE),
         "http_connection_manager" => (http::HCM_TABLE, HCM_TYPE),
         "connection_limit" => (CONNECTION_LIMIT, CONNECTION_LIMIT_TYPE),
+        "rbac" => (rbac::NETWORK_RBAC, rbac::NETWORK_RBAC_TYPE),
         _ => (LOCAL_RATELIMIT, LOCAL_RATELIMIT_TYPE),
     };
     let tc = f.object("typed_config", table, d)?;
@@ -69,6 +73,14 @@ pub(super) fn read_filter(v: &Value, path: &str, d: &mut Diagnostics) -> Option<
             Some(NetworkFilter::HttpConnectionManager(Box::new(hcm)))
         }
         "connection_limit" => read_connection_limit(&tc, d),
+        "rbac" => {
+            let mut r = rbac::read_network_rbac(&tc, d)?;
+            r.source = f
+                .get("typed_config")
+                .map(|v| v.to_json())
+                .unwrap_or_default();
+            Some(NetworkFilter::Rbac(Box::new(r)))
+        }
         _ => read_local_ratelimit(&tc, d),
     }
 }
@@ -194,6 +206,13 @@ impl NetworkFilter {
                     cfg["delay"] = json!(duration_json(d));
                 }
                 json!({"name": CONNECTION_LIMIT_NAME, "typed_config": cfg})
+            }
+            NetworkFilter::Rbac(r) => {
+                let mut cfg = r.source.clone();
+                if let Some(m) = cfg.as_object_mut() {
+                    m.insert("@type".into(), json!(rbac::NETWORK_RBAC_TYPE));
+                }
+                json!({"name": rbac::NETWORK_RBAC_NAME, "typed_config": cfg})
             }
             NetworkFilter::LocalRateLimit(rl) => json!({
                 "name": LOCAL_RATELIMIT_NAME,

@@ -448,32 +448,32 @@ fn scalar_u64(v: &Value) -> Option<u64> {
 }
 
 fn read_cidrs(m: &Obj, key: &str, d: &mut Diagnostics) -> Vec<Cidr> {
-    let mut out = Vec::new();
-    for (p, v) in m.list(key, d) {
-        let Some(c) = Obj::new(v, &p, CIDR_RANGE, d) else {
-            continue;
-        };
-        let Some(prefix) = c.required_string("address_prefix", d) else {
-            continue;
-        };
-        let Ok(ip) = prefix.trim().parse::<IpAddr>() else {
-            d.error(
-                c.at("address_prefix"),
-                format!("\"{prefix}\" is not an IP address"),
-            );
-            continue;
-        };
-        let ip = ip.to_canonical();
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        let len = match c.uint("prefix_len", 0, max, d) {
-            Some(l) => l as u8,
-            None if c.get("prefix_len").is_some() => continue,
-            // Envoy: an absent prefix_len is 0.
-            None => 0,
-        };
-        out.push(Cidr::new(ip, len));
-    }
-    out
+    m.list(key, d)
+        .into_iter()
+        .filter_map(|(p, v)| read_cidr(v, &p, d))
+        .collect()
+}
+
+/// One `CidrRange`.
+pub(super) fn read_cidr(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Cidr> {
+    let c = Obj::new(v, path, CIDR_RANGE, d)?;
+    let prefix = c.required_string("address_prefix", d)?;
+    let Ok(ip) = prefix.trim().parse::<IpAddr>() else {
+        d.error(
+            c.at("address_prefix"),
+            format!("\"{prefix}\" is not an IP address"),
+        );
+        return None;
+    };
+    let ip = ip.to_canonical();
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match c.uint("prefix_len", 0, max, d) {
+        Some(l) => l as u8,
+        None if c.get("prefix_len").is_some() => return None,
+        // Envoy: an absent prefix_len is 0.
+        None => 0,
+    };
+    Some(Cidr::new(ip, len))
 }
 
 fn read_match(m: &Obj, d: &mut Diagnostics) -> FilterChainMatch {

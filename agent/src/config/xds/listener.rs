@@ -196,7 +196,9 @@ pub(super) fn filter_chain_json(fc: &pbl::FilterChain) -> Json {
                 Some(pbl::filter::ConfigType::TypedConfig(any)) => {
                     let tc = match any.type_url.as_str() {
                         TCP_PROXY_TYPE => tcp_proxy_json(any),
-                        HCM_TYPE => reflect::any_json(any).unwrap_or_else(|| undecodable(any)),
+                        HCM_TYPE | crate::config::rbac::NETWORK_RBAC_TYPE => {
+                            reflect::any_json(any).unwrap_or_else(|| undecodable(any))
+                        }
                         CONNECTION_LIMIT_TYPE => connection_limit_json(any),
                         LOCAL_RATELIMIT_TYPE => local_ratelimit_json(any),
                         _ => json!({"@type": any.type_url}),
