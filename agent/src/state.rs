@@ -281,6 +281,8 @@ impl Shared {
         let new_listeners: HashSet<&str> = new.listeners.iter().map(|l| l.name.as_str()).collect();
         let now = SystemTime::now();
         let mut changed: Vec<(&'static str, String)> = Vec::new();
+        // New static secrets first: the contexts that name them rebuild.
+        self.clusters.secrets().set_statics(new.secrets.clone());
         // One batch: the cluster map is copied and published once, however many change.
         let mut batch = self.clusters.batch();
         for c in &new.clusters {
@@ -446,7 +448,7 @@ impl Shared {
         let mut out = Vec::new();
         for l in self.listeners.all().iter() {
             for c in l.chains.all() {
-                if let Some(Ok(a)) = &c.tls {
+                if let Some(a) = &c.tls {
                     out.push(a.certificates());
                 }
             }

@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::config::listener::v3 as pbl;
 use envoy_types::pb::envoy::config::route::v3 as pbr;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as pbt;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -31,6 +32,7 @@ pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// The resources served, with one version for all of them.
 #[derive(Clone, Default)]
@@ -40,6 +42,7 @@ pub struct Resources {
     pub listeners: Vec<pbl::Listener>,
     pub endpoints: Vec<pbe::ClusterLoadAssignment>,
     pub routes: Vec<pbr::RouteConfiguration>,
+    pub secrets: Vec<pbt::Secret>,
 }
 
 impl Resources {
@@ -73,6 +76,11 @@ impl Resources {
                 .routes
                 .iter()
                 .map(|r| pack(r.name.clone(), ROUTE, r.encode_to_vec()))
+                .collect(),
+            SECRET => self
+                .secrets
+                .iter()
+                .map(|s| pack(s.name.clone(), SECRET, s.encode_to_vec()))
                 .collect(),
             _ => Vec::new(),
         }
@@ -414,6 +422,17 @@ impl ControlPlane {
         v
     }
 
+    /// Replaces only the secrets (SDS).
+    pub fn set_secrets(&self, secrets: Vec<pbt::Secret>) -> u64 {
+        let mut r = self.inner.resources.lock().unwrap();
+        r.version += 1;
+        r.secrets = secrets;
+        let v = r.version;
+        drop(r);
+        let _ = self.inner.changed.send(v);
+        v
+    }
+
     /// Replaces only the endpoints.
     pub fn set_endpoints(&self, endpoints: Vec<pbe::ClusterLoadAssignment>) -> u64 {
         let r = self.resources();
@@ -691,4 +710,21 @@ pub fn ads_bootstrap(control_plane: SocketAddr, api_type: &str) -> String {
         }]},
     })
     .to_string()
+}
+
+/// An SDS `tls_certificate` secret with inline PEM.
+pub fn certificate_secret(name: &str, cert_pem: &str, key_pem: &str) -> pbt::Secret {
+    use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
+    let inline = |s: &str| DataSource {
+        specifier: Some(Specifier::InlineString(s.to_string())),
+        ..Default::default()
+    };
+    pbt::Secret {
+        name: name.to_string(),
+        r#type: Some(pbt::secret::Type::TlsCertificate(pbt::TlsCertificate {
+            certificate_chain: Some(inline(cert_pem)),
+            private_key: Some(inline(key_pem)),
+            ..Default::default()
+        })),
+    }
 }

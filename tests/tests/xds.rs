@@ -260,6 +260,7 @@ async fn control_plane_outage_keeps_the_last_good_config_and_recovers() {
             listeners,
             endpoints: vec![],
             routes: vec![],
+            secrets: vec![],
         },
     )
     .await;

@@ -308,10 +308,16 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
             _ => {}
         }
     }
+    let needs_ads = |common: &tls::CommonTls| xds.is_none() && !common.sds_names().is_empty();
+    const SDS_NEEDS_ADS: &str =
+        "secrets with sds_config {ads: {}} come over ADS: configure dynamic_resources.ads_config";
     for (path, c) in &clusters {
         if let Some(t) = &c.tls {
             if let Err(e) = tls::check_names(&t.common, &secrets) {
                 d.error(format!("{path}.transport_socket"), e);
+            }
+            if needs_ads(&t.common) {
+                d.error(format!("{path}.transport_socket"), SDS_NEEDS_ADS);
             }
         }
     }
@@ -323,13 +329,16 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
             .enumerate()
         {
             if let Some(t) = &fc.tls {
+                let at = if i < l.filter_chains.len() {
+                    format!("{path}.filter_chains[{i}].transport_socket")
+                } else {
+                    format!("{path}.default_filter_chain.transport_socket")
+                };
                 if let Err(e) = tls::check_names(&t.common, &secrets) {
-                    let at = if i < l.filter_chains.len() {
-                        format!("{path}.filter_chains[{i}].transport_socket")
-                    } else {
-                        format!("{path}.default_filter_chain.transport_socket")
-                    };
-                    d.error(at, e);
+                    d.error(&at, e);
+                }
+                if needs_ads(&t.common) {
+                    d.error(&at, SDS_NEEDS_ADS);
                 }
             }
         }

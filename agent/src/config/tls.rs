@@ -170,7 +170,29 @@ pub(super) const DATA_SOURCE: FieldTable = &[
 
 pub(super) const SDS_SECRET_CONFIG: FieldTable = &[("name", S), ("sds_config", S)];
 
+/// The `sds_config` of a secret: the ADS stream, or a file (file-based SDS).
+pub(super) const SDS_CONFIG_SOURCE: FieldTable = &[
+    ("ads", S),
+    ("path_config_source", S),
+    ("path", S),
+    ("resource_api_version", S),
+    ("initial_fetch_timeout", S),
+    (
+        "api_config_source",
+        R("secrets come over the ADS stream ({ads: {}}) or from a file (path_config_source)"),
+    ),
+    (
+        "self",
+        R("secrets come over the ADS stream ({ads: {}}) or from a file (path_config_source)"),
+    ),
+    ("authorities", I("xDS-TP authorities are not used")),
+];
+
+pub(super) const PATH_CONFIG_SOURCE: FieldTable = &[("path", S), ("watched_directory", S)];
+pub(super) const WATCHED_DIRECTORY: FieldTable = &[("path", S)];
+
 pub(super) const SECRET: FieldTable = &[
+    ("@type", S),
     ("name", S),
     ("tls_certificate", S),
     ("validation_context", S),
@@ -224,6 +246,31 @@ pub enum SecretRef<T> {
     Inline(T),
     /// A static secret of the bootstrap.
     Named(String),
+    /// A secret from SDS over the ADS stream; listeners warm until it arrives (at most
+    /// `initial_fetch_timeout`).
+    Sds {
+        name: String,
+        initial_fetch_timeout: Duration,
+    },
+    /// A secret read from a file holding a DiscoveryResponse (file-based SDS), re-read when
+    /// the file (or the symlink it is reached through) changes.
+    File {
+        name: String,
+        path: std::path::PathBuf,
+    },
+}
+
+impl<T> SecretRef<T> {
+    /// The SDS (ADS) name, if it is one.
+    pub fn sds_name(&self) -> Option<(&str, Duration)> {
+        match self {
+            SecretRef::Sds {
+                name,
+                initial_fetch_timeout,
+            } => Some((name, *initial_fetch_timeout)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -509,17 +556,88 @@ pub(super) fn read_validation(o: &Obj, d: &mut Diagnostics) -> Validation {
     }
 }
 
-/// An `SdsSecretConfig`: the name of a static secret (no `sds_config`).
-fn read_sds_name(o: &Obj, d: &mut Diagnostics) -> Option<String> {
+/// An `SdsSecretConfig`: a static secret (no `sds_config`), one from the ADS stream, or one
+/// from a file.
+fn read_sds_ref<T>(o: &Obj, d: &mut Diagnostics) -> Option<SecretRef<T>> {
     let name = o.required_name("name", d)?;
-    if o.get("sds_config").is_some() {
-        d.error(
-            o.at("sds_config"),
-            "not supported yet: secrets from an SDS server or file; name a static secret of the bootstrap (static_resources.secrets) and leave sds_config out",
-        );
+    let Some(src) = o.object("sds_config", SDS_CONFIG_SOURCE, d) else {
+        return Some(SecretRef::Named(name));
+    };
+    let initial_fetch_timeout = src
+        .duration("initial_fetch_timeout", d)
+        .unwrap_or(Duration::from_secs(15));
+    let path = match (
+        src.get("ads"),
+        src.get("path_config_source"),
+        src.get("path"),
+    ) {
+        (Some(_), None, None) => {
+            return Some(SecretRef::Sds {
+                name,
+                initial_fetch_timeout,
+            })
+        }
+        (None, Some(_), None) => {
+            let p = src.object("path_config_source", PATH_CONFIG_SOURCE, d)?;
+            // The directory is watched through the file itself: its changes (a symlink
+            // swapped by Kubernetes) are seen when the file is polled.
+            if let Some(w) = p.object("watched_directory", WATCHED_DIRECTORY, d) {
+                let _ = w.required_string("path", d);
+            }
+            p.required_string("path", d)?
+        }
+        (None, None, Some(_)) => src.required_string("path", d)?,
+        _ => {
+            d.error(
+                &src.path,
+                "expected exactly one of ads, path_config_source or path",
+            );
+            return None;
+        }
+    };
+    if path.is_empty() {
+        d.error(src.at("path"), "must not be empty");
         return None;
     }
-    Some(name)
+    let path = std::path::PathBuf::from(path);
+    // Read now: a file that is missing or holds no such secret is refused with its path.
+    if let Err(e) = read_secret_file(&path, &name) {
+        d.error(&src.path, e);
+        return None;
+    }
+    Some(SecretRef::File { name, path })
+}
+
+/// Secret `name` from a file-based SDS file: a DiscoveryResponse in YAML or JSON whose
+/// `resources` are Secrets.
+pub fn read_secret_file(path: &std::path::Path, name: &str) -> Result<SecretKind, String> {
+    let text = crate::tls::material::read(&DataSource::File(path.to_path_buf()))?;
+    let text = String::from_utf8(text).map_err(|_| format!("{}: not UTF-8", path.display()))?;
+    let v = super::yaml::parse(&text, super::MAX_YAML_DEPTH)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut d = Diagnostics::default();
+    let at = path.display().to_string();
+    let Some(resources) = v.get("resources") else {
+        return Err(format!(
+            "{at}: no resources (expected a DiscoveryResponse of Secrets)"
+        ));
+    };
+    let Value::Sequence(items) = resources else {
+        return Err(format!("{at}: resources: expected a list"));
+    };
+    for (i, item) in items.iter().enumerate() {
+        if item.get("name").and_then(|n| n.as_str()) != Some(name) {
+            continue;
+        }
+        let rpath = format!("{at}: resources[{i}]");
+        let secret = read_secret(item, &rpath, &mut d);
+        return match (secret, d.errors.first()) {
+            (Some(s), None) => Ok(s.kind),
+            (_, Some(e)) => Err(format!("{}: {}", e.path, e.message)),
+            (None, None) => Err(format!("{rpath}: not a secret")),
+        };
+    }
+    Err(format!("{at}: no secret named \"{name}\""))
 }
 
 fn version(o: &Obj, key: &str, d: &mut Diagnostics) -> Option<Option<TlsVersion>> {
@@ -589,9 +707,8 @@ fn read_common(o: &Obj, d: &mut Diagnostics) -> CommonTls {
         }
     }
     for (p, v) in o.list("tls_certificate_sds_secret_configs", d) {
-        if let Some(name) = Obj::new(v, &p, SDS_SECRET_CONFIG, d).and_then(|s| read_sds_name(&s, d))
-        {
-            c.certificates.push(SecretRef::Named(name));
+        if let Some(r) = Obj::new(v, &p, SDS_SECRET_CONFIG, d).and_then(|s| read_sds_ref(&s, d)) {
+            c.certificates.push(r);
         }
     }
     let given: Vec<&str> = [
@@ -612,7 +729,7 @@ fn read_common(o: &Obj, d: &mut Diagnostics) -> CommonTls {
         c.validation = Some(SecretRef::Inline(read_validation(&vc, d)));
     }
     if let Some(s) = o.object("validation_context_sds_secret_config", SDS_SECRET_CONFIG, d) {
-        c.validation = read_sds_name(&s, d).map(SecretRef::Named);
+        c.validation = read_sds_ref(&s, d);
     }
     if let Some(cv) = o.object(
         "combined_validation_context",
@@ -630,7 +747,7 @@ fn read_common(o: &Obj, d: &mut Diagnostics) -> CommonTls {
             c.extra_san_matchers = v.san_matchers;
         }
         match cv.object("validation_context_sds_secret_config", SDS_SECRET_CONFIG, d) {
-            Some(s) => c.validation = read_sds_name(&s, d).map(SecretRef::Named),
+            Some(s) => c.validation = read_sds_ref(&s, d),
             None => d.error(
                 cv.at("validation_context_sds_secret_config"),
                 "missing required field",
@@ -791,7 +908,7 @@ pub(super) fn read_upstream_tls(ts: &Obj, d: &mut Diagnostics) -> Option<Upstrea
 }
 
 /// `static_resources.secrets[]`.
-pub(super) fn read_secret(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Secret> {
+pub(crate) fn read_secret(v: &Value, path: &str, d: &mut Diagnostics) -> Option<Secret> {
     let s = Obj::new(v, path, SECRET, d)?;
     let name = s.required_name("name", d)?;
     let given: Vec<&str> = ["tls_certificate", "validation_context", "generic_secret"]
@@ -844,9 +961,24 @@ pub(super) const TABLES: &[(&str, FieldTable)] = &[
     ("TlsCertificate", TLS_CERTIFICATE),
     ("DataSource", DATA_SOURCE),
     ("SdsSecretConfig", SDS_SECRET_CONFIG),
+    ("ConfigSource (sds_config)", SDS_CONFIG_SOURCE),
+    ("PathConfigSource", PATH_CONFIG_SOURCE),
+    ("WatchedDirectory", WATCHED_DIRECTORY),
     ("Secret", SECRET),
     ("GenericSecret", GENERIC_SECRET),
 ];
+
+impl CommonTls {
+    /// The SDS (ADS) secrets it names, with their initial fetch timeouts.
+    pub fn sds_names(&self) -> Vec<(String, Duration)> {
+        self.certificates
+            .iter()
+            .filter_map(|c| c.sds_name())
+            .chain(self.validation.iter().filter_map(|v| v.sds_name()))
+            .map(|(n, t)| (n.to_string(), t))
+            .collect()
+    }
+}
 
 /// Checks that the secrets `common` names are static secrets of the right kind.
 pub fn check_names(common: &CommonTls, secrets: &[Secret]) -> Result<(), String> {
@@ -929,8 +1061,18 @@ fn matcher_json(m: &StringMatcher) -> Json {
     j
 }
 
-fn sds_json(name: &str) -> Json {
-    json!({"name": name})
+fn sds_json<T>(r: &SecretRef<T>) -> Json {
+    match r {
+        SecretRef::Named(n) => json!({"name": n}),
+        SecretRef::Sds {
+            name,
+            initial_fetch_timeout,
+        } => json!({"name": name, "sds_config": {"ads": {}, "resource_api_version": "V3",
+            "initial_fetch_timeout": super::duration_json(*initial_fetch_timeout)}}),
+        SecretRef::File { name, path } => json!({"name": name, "sds_config": {
+            "path_config_source": {"path": path.display().to_string()}, "resource_api_version": "V3"}}),
+        SecretRef::Inline(_) => json!({}),
+    }
 }
 
 fn certificate_json(c: &TlsCertificate) -> Json {
@@ -994,15 +1136,15 @@ impl CommonTls {
             .iter()
             .filter_map(|c| match c {
                 SecretRef::Inline(c) => Some(certificate_json(c)),
-                SecretRef::Named(_) => None,
+                _ => None,
             })
             .collect();
         let named: Vec<Json> = self
             .certificates
             .iter()
             .filter_map(|c| match c {
-                SecretRef::Named(n) => Some(sds_json(n)),
                 SecretRef::Inline(_) => None,
+                r => Some(sds_json(r)),
             })
             .collect();
         if !inline.is_empty() {
@@ -1015,10 +1157,10 @@ impl CommonTls {
             (Some(SecretRef::Inline(v)), _) => {
                 j.insert("validation_context".into(), validation_json(v));
             }
-            (Some(SecretRef::Named(n)), true) => {
-                j.insert("validation_context_sds_secret_config".into(), sds_json(n));
+            (Some(r), true) => {
+                j.insert("validation_context_sds_secret_config".into(), sds_json(r));
             }
-            (Some(SecretRef::Named(n)), false) => {
+            (Some(r), false) => {
                 let defaults = Validation {
                     san_matchers: self.extra_san_matchers.clone(),
                     ..Validation::default()
@@ -1027,7 +1169,7 @@ impl CommonTls {
                     "combined_validation_context".into(),
                     json!({
                         "default_validation_context": validation_json(&defaults),
-                        "validation_context_sds_secret_config": sds_json(n),
+                        "validation_context_sds_secret_config": sds_json(r),
                     }),
                 );
             }

@@ -63,9 +63,8 @@ impl NetworkFilter {
 pub struct FilterChain {
     pub name: String,
     pub filters: Vec<NetworkFilter>,
-    /// TLS termination: the acceptor, or why it could not be built (a certificate file
-    /// that changed after the config was checked); then every connection is refused.
-    pub tls: Option<Result<crate::tls::TlsAcceptor, String>>,
+    /// TLS termination (refusing handshakes while its secrets have not loaded).
+    pub tls: Option<Arc<crate::tls::TlsAcceptor>>,
     /// What it was built from: an updated listener keeps the chains whose config is equal.
     pub config: config::FilterChain,
 }
@@ -88,9 +87,12 @@ impl FilterChain {
             let stats = ssl
                 .cloned()
                 .unwrap_or_else(|| crate::tls::SslStats::new(&ctx.store.root_scope("listener")));
-            crate::tls::TlsAcceptor::new(t, ctx.clusters.secrets(), stats).inspect_err(|e| {
-                tracing::error!(chain = %cfg.name, error = %e, "TLS configuration failed: the chain refuses connections");
-            })
+            crate::tls::TlsAcceptor::new(
+                t,
+                ctx.clusters.secrets(),
+                stats,
+                format!("filter chain \"{}\"", cfg.name),
+            )
         });
         Self {
             name: cfg.name.clone(),
@@ -107,10 +109,10 @@ impl FilterChain {
     /// Runs the connection through the chain. Admission tokens taken by non-terminal filters
     /// (a connection_limit slot) are held until the connection ends.
     pub async fn run(&self, mut ds: Box<Downstream>) {
-        match &self.tls {
-            None => {}
-            Some(Ok(acceptor)) if Box::pin(acceptor.accept(&mut ds)).await => {}
-            Some(_) => return,
+        if let Some(acceptor) = &self.tls {
+            if !Box::pin(acceptor.accept(&mut ds)).await {
+                return;
+            }
         }
         let mut held: Vec<connection_limit::Slot> = Vec::new();
         for f in &self.filters {

@@ -187,6 +187,14 @@ pub(super) async fn run_data_plane(
         _ => None,
     };
     tokio::spawn(flush_stats(shared.clone()));
+    // Certificate, key and CA files (and file-based SDS) are re-read when they change.
+    tokio::spawn(
+        shared
+            .clusters
+            .secrets()
+            .clone()
+            .watch_files(shared.drain.watch()),
+    );
     tokio::spawn(
         shared
             .listeners

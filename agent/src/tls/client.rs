@@ -12,7 +12,7 @@ use super::certs::{self, CertsInfo};
 use super::{material, san, stats::SslStats, Secrets};
 use crate::config::tls::{SanMatcher, UpstreamTls};
 use crate::transport::Stream;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -134,14 +134,15 @@ impl rustls::client::ResolvesClientCert for ClientCert {
 /// A cluster's TLS client.
 #[derive(Debug)]
 pub struct TlsConnector {
-    config: ArcSwap<ClientConfig>,
+    cfg: UpstreamTls,
+    verify_name: bool,
+    /// `None` until its secrets are all here: connections fail meanwhile.
+    config: ArcSwapOption<ClientConfig>,
     stats: Arc<SslStats>,
     /// The client certificate and trusted CA (for `/certs`).
     info: ArcSwap<CertsInfo>,
-    sni: Option<String>,
-    auto_host_sni: bool,
-    /// Whether ALPN offers `h2` (the HTTP pool may then speak HTTP/2).
-    pub offers_h2: bool,
+    _slots: Vec<Arc<super::secrets::SecretSlot>>,
+    what: String,
 }
 
 /// Builds the rustls configuration of an `UpstreamTlsContext`. Errors name the field.
@@ -211,28 +212,58 @@ pub fn client_config(
     Ok((cc, info))
 }
 
-impl TlsConnector {
-    pub fn new(
-        cfg: &UpstreamTls,
-        secrets: &Secrets,
-        stats: Arc<SslStats>,
-        verify_name: bool,
-    ) -> Result<Self, String> {
-        let (cc, info) = client_config(cfg, secrets, &stats, verify_name)?;
-        Ok(Self {
-            config: ArcSwap::from_pointee(cc),
-            stats,
-            info: ArcSwap::from_pointee(info),
-            sni: cfg.sni.clone(),
-            auto_host_sni: cfg.auto_host_sni,
-            offers_h2: cfg.common.alpn.iter().any(|p| p == "h2"),
-        })
+impl super::secrets::Reload for TlsConnector {
+    fn reload(&self, secrets: &Secrets) -> Result<(), String> {
+        let (cc, info) = client_config(&self.cfg, secrets, &self.stats, self.verify_name)?;
+        self.config.store(Some(Arc::new(cc)));
+        self.info.store(Arc::new(info));
+        Ok(())
     }
 
-    /// Replaces the configuration for new connections (a rotated client certificate).
-    pub fn rotate(&self, cc: ClientConfig, info: CertsInfo) {
-        self.config.store(Arc::new(cc));
-        self.info.store(Arc::new(info));
+    fn files(&self, secrets: &Secrets) -> Vec<std::path::PathBuf> {
+        secrets.files_of(&self.cfg.common)
+    }
+
+    fn names(&self) -> Vec<String> {
+        super::secrets::names_of(&self.cfg.common)
+    }
+
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+}
+
+impl TlsConnector {
+    /// Builds the connector and registers it for rotation; without its secrets yet it fails
+    /// connections until they come. `verify_name`: see `client_config`.
+    pub fn new(
+        cfg: &UpstreamTls,
+        secrets: &Arc<Secrets>,
+        stats: Arc<SslStats>,
+        verify_name: bool,
+        what: String,
+    ) -> Arc<Self> {
+        use super::secrets::Reload;
+        let c = Arc::new(Self {
+            cfg: cfg.clone(),
+            verify_name,
+            config: ArcSwapOption::empty(),
+            stats,
+            info: ArcSwap::from_pointee(CertsInfo::default()),
+            _slots: cfg
+                .common
+                .sds_names()
+                .iter()
+                .map(|(n, _)| secrets.slot(n))
+                .collect(),
+            what,
+        });
+        if let Err(e) = c.reload(secrets) {
+            tracing::warn!(context = %c.what, error = %e, "TLS client not ready: connections fail until its secrets load");
+        }
+        let weak: std::sync::Weak<dyn Reload> = Arc::downgrade(&(c.clone() as Arc<dyn Reload>));
+        secrets.register(weak);
+        c
     }
 
     /// The client certificate and trusted CA now.
@@ -244,16 +275,13 @@ impl TlsConnector {
         &self.stats
     }
 
-    /// The server name sent: the configured SNI, the request's host with `auto_host_sni`,
-    /// else the host's address (an IP address sends no SNI).
-    fn server_name(&self, ip: IpAddr, host: Option<&str>) -> ServerName<'static> {
-        let host = host.filter(|_| self.auto_host_sni).map(|h| {
-            h.rsplit_once(':')
-                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                .map_or(h, |(n, _)| n)
-        });
-        let name = host.or(self.sni.as_deref());
-        name.and_then(|n| ServerName::try_from(n.to_string()).ok())
+    /// The server name sent: the configured SNI, else the host's address (an IP address
+    /// sends no SNI).
+    fn server_name(&self, ip: IpAddr) -> ServerName<'static> {
+        self.cfg
+            .sni
+            .as_deref()
+            .and_then(|n| ServerName::try_from(n.to_string()).ok())
             .unwrap_or(ServerName::IpAddress(ip.into()))
     }
 
@@ -267,9 +295,14 @@ impl TlsConnector {
         ip: IpAddr,
         alpn: Option<&str>,
     ) -> io::Result<Stream> {
-        let config = self.config.load_full();
+        let Some(config) = self.config.load_full() else {
+            self.stats.connection_error.inc();
+            return Err(io::Error::other(
+                "the TLS client's certificates have not loaded",
+            ));
+        };
         let connector = tokio_rustls::TlsConnector::from(config.clone());
-        let name = self.server_name(ip, None);
+        let name = self.server_name(ip);
         let handshake = match alpn.filter(|_| config.alpn_protocols.is_empty()) {
             Some(p) => {
                 connector

@@ -11,16 +11,16 @@ pub mod client;
 pub mod client_hello;
 pub mod material;
 pub mod san;
+pub mod secrets;
 pub mod server;
 pub mod stats;
 
 pub use client::TlsConnector;
+pub use secrets::Secrets;
 pub use server::TlsAcceptor;
 pub use stats::SslStats;
 
-use crate::config::tls::{
-    CommonTls, Secret, SecretKind, SecretRef, TlsCertificate, TlsVersion, Validation,
-};
+use crate::config::tls::{CommonTls, TlsVersion};
 use rustls::crypto::CryptoProvider;
 use std::sync::Arc;
 
@@ -40,59 +40,6 @@ pub struct TlsInfo {
     /// Whether the peer presented a certificate.
     pub peer_certificate: bool,
     pub resumed: bool,
-}
-
-/// The static secrets of the bootstrap, by name (`static_resources.secrets`).
-#[derive(Debug, Default)]
-pub struct Secrets {
-    secrets: Vec<Secret>,
-}
-
-impl Secrets {
-    pub fn new(secrets: Vec<Secret>) -> Self {
-        Self { secrets }
-    }
-
-    pub fn all(&self) -> &[Secret] {
-        &self.secrets
-    }
-
-    fn get(&self, name: &str) -> Option<&SecretKind> {
-        self.secrets
-            .iter()
-            .find(|s| s.name == name)
-            .map(|s| &s.kind)
-    }
-
-    /// The certificates `common` names or holds.
-    pub fn certificates(&self, common: &CommonTls) -> Result<Vec<TlsCertificate>, String> {
-        common
-            .certificates
-            .iter()
-            .map(|c| match c {
-                SecretRef::Inline(c) => Ok(c.clone()),
-                SecretRef::Named(n) => match self.get(n) {
-                    Some(SecretKind::Certificate(c)) => Ok(c.clone()),
-                    _ => Err(format!("no tls_certificate secret named \"{n}\"")),
-                },
-            })
-            .collect()
-    }
-
-    /// The validation context `common` names or holds, with a combined context's matchers.
-    pub fn validation(&self, common: &CommonTls) -> Result<Option<Validation>, String> {
-        let mut v = match &common.validation {
-            None => return Ok(None),
-            Some(SecretRef::Inline(v)) => v.clone(),
-            Some(SecretRef::Named(n)) => match self.get(n) {
-                Some(SecretKind::Validation(v)) => v.clone(),
-                _ => return Err(format!("no validation_context secret named \"{n}\"")),
-            },
-        };
-        v.san_matchers
-            .extend(common.extra_san_matchers.iter().cloned());
-        Ok(Some(v))
-    }
 }
 
 /// The ring provider limited to the configured TLS 1.2 cipher suites and key exchange

@@ -11,7 +11,7 @@ use super::certs::{self, CertsInfo};
 use super::{material, san, stats::SslStats, Secrets, TlsInfo};
 use crate::config::tls::DownstreamTls;
 use crate::transport::{Downstream, Stream};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -19,16 +19,20 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A chain's TLS server: its configuration (swapped on rotation) and stats.
 #[derive(Debug)]
 pub struct TlsAcceptor {
-    config: ArcSwap<ServerConfig>,
+    cfg: DownstreamTls,
+    /// `None` until its secrets are all here (an SDS secret not arrived, a file that cannot
+    /// be read): handshakes are refused meanwhile.
+    config: ArcSwapOption<ServerConfig>,
     stats: Arc<SslStats>,
-    handshake_timeout: Duration,
     /// The certificates served and trusted (for `/certs`).
     info: ArcSwap<CertsInfo>,
+    /// Holds the SDS subscriptions of the secrets it names.
+    _slots: Vec<Arc<super::secrets::SecretSlot>>,
+    what: String,
 }
 
 /// One certificate and the names it serves.
@@ -242,25 +246,62 @@ pub fn server_config(
     Ok((sc, info))
 }
 
-impl TlsAcceptor {
-    pub fn new(
-        cfg: &DownstreamTls,
-        secrets: &Secrets,
-        stats: Arc<SslStats>,
-    ) -> Result<Self, String> {
-        let (sc, info) = server_config(cfg, secrets, &stats)?;
-        Ok(Self {
-            config: ArcSwap::from_pointee(sc),
-            stats,
-            handshake_timeout: cfg.handshake_timeout,
-            info: ArcSwap::from_pointee(info),
-        })
+impl super::secrets::Reload for TlsAcceptor {
+    fn reload(&self, secrets: &Secrets) -> Result<(), String> {
+        let (sc, info) = server_config(&self.cfg, secrets, &self.stats)?;
+        self.config.store(Some(Arc::new(sc)));
+        self.info.store(Arc::new(info));
+        Ok(())
     }
 
-    /// Replaces the configuration for new handshakes (a rotated certificate).
-    pub fn rotate(&self, sc: ServerConfig, info: CertsInfo) {
-        self.config.store(Arc::new(sc));
-        self.info.store(Arc::new(info));
+    fn files(&self, secrets: &Secrets) -> Vec<std::path::PathBuf> {
+        secrets.files_of(&self.cfg.common)
+    }
+
+    fn names(&self) -> Vec<String> {
+        super::secrets::names_of(&self.cfg.common)
+    }
+
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+}
+
+impl TlsAcceptor {
+    /// Builds the acceptor and registers it for rotation. Without its secrets yet (or with
+    /// files that cannot be read) it refuses handshakes until they come; the error is logged.
+    /// `what`: the chain, for logs.
+    pub fn new(
+        cfg: &DownstreamTls,
+        secrets: &Arc<Secrets>,
+        stats: Arc<SslStats>,
+        what: String,
+    ) -> Arc<Self> {
+        use super::secrets::Reload;
+        let a = Arc::new(Self {
+            cfg: cfg.clone(),
+            config: ArcSwapOption::empty(),
+            stats,
+            info: ArcSwap::from_pointee(CertsInfo::default()),
+            _slots: cfg
+                .common
+                .sds_names()
+                .iter()
+                .map(|(n, _)| secrets.slot(n))
+                .collect(),
+            what,
+        });
+        if let Err(e) = a.reload(secrets) {
+            tracing::warn!(context = %a.what, error = %e, "TLS server not ready: handshakes are refused until its secrets load");
+        }
+        let weak: std::sync::Weak<dyn Reload> = Arc::downgrade(&(a.clone() as Arc<dyn Reload>));
+        secrets.register(weak);
+        a
+    }
+
+    /// Whether it can handshake now.
+    pub fn ready(&self) -> bool {
+        self.config.load().is_some()
     }
 
     /// The certificates served and trusted now.
@@ -275,15 +316,21 @@ impl TlsAcceptor {
     /// Runs the server handshake on the connection's TCP stream, bounded by the chain's
     /// handshake timeout. `false`: it failed (counted and logged at debug), close it.
     pub async fn accept(&self, ds: &mut Downstream) -> bool {
+        let Some(config) = self.config.load_full() else {
+            self.stats.connection_error.inc();
+            tracing::debug!(peer = %ds.peer, context = %self.what, "TLS handshake refused: the certificates have not loaded");
+            return false;
+        };
         let Stream::Tcp(tcp) = ds.take_io() else {
             self.stats.connection_error.inc();
             return false;
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.config.load_full());
-        let s = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let timeout = self.cfg.handshake_timeout;
+        let s = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Err(_) => {
                 self.stats.connection_error.inc();
-                tracing::debug!(peer = %ds.peer, timeout_ms = self.handshake_timeout.as_millis() as u64, "TLS handshake timed out");
+                tracing::debug!(peer = %ds.peer, timeout_ms = timeout.as_millis() as u64, "TLS handshake timed out");
                 return false;
             }
             Ok(Err(e)) => {

@@ -73,7 +73,7 @@ pub struct ClusterBatch<'a> {
 
 impl ClusterManager {
     /// The bootstrap's static secrets.
-    pub fn secrets(&self) -> &crate::tls::Secrets {
+    pub fn secrets(&self) -> &Arc<crate::tls::Secrets> {
         &self.env.secrets
     }
 
@@ -107,7 +107,10 @@ impl ClusterManager {
                 snapshot.node.locality.clone(),
                 snapshot.cluster_manager.local_cluster_name.clone(),
             )),
-            secrets: Arc::new(crate::tls::Secrets::new(snapshot.secrets.clone())),
+            secrets: Arc::new(crate::tls::Secrets::new(
+                snapshot.secrets.clone(),
+                Some(store),
+            )),
             ads_cluster: snapshot.xds.as_ref().map(|x| x.cluster.clone()),
         };
         let mut map = BTreeMap::new();

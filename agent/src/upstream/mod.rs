@@ -132,9 +132,8 @@ pub struct Cluster {
     /// ORIGINAL_DST: hosts by destination, reused across connections.
     original_dst: Option<original_dst::HostCache>,
     connector: Connector,
-    /// TLS origination: the client, or why it could not be built (a certificate file that
-    /// changed after the config was checked); then every connect fails.
-    tls: Option<Result<Arc<crate::tls::TlsConnector>, String>>,
+    /// TLS origination (failing connects while its secrets have not loaded).
+    tls: Option<Arc<crate::tls::TlsConnector>>,
     /// The node's zone and the local cluster, for zone-aware balancing.
     zones: Arc<Zones>,
     /// Serialises host-set replacements (EDS, DNS, health changes); readers never take it.
@@ -254,11 +253,8 @@ impl Cluster {
                 &env.secrets,
                 crate::tls::SslStats::new(&stats.scope),
                 control_plane,
+                format!("cluster \"{}\"", config.name),
             )
-                .map(Arc::new)
-                .inspect_err(|e| {
-                    tracing::error!(cluster = %config.name, error = %e, "TLS configuration failed: connections to the cluster fail");
-                })
         });
         let c = Arc::new(Self {
             config,
@@ -536,8 +532,7 @@ impl Cluster {
             .map_err(OpenError::Connect)?;
         match &self.tls {
             None => Ok(stream),
-            Some(Err(e)) => Err(OpenError::Tls(e.clone())),
-            Some(Ok(tls)) => match stream {
+            Some(tls) => match stream {
                 Stream::Tcp(tcp) => tls
                     .connect(tcp, addr.ip(), alpn)
                     .await
@@ -549,7 +544,7 @@ impl Cluster {
 
     /// The cluster's TLS client, when it originates TLS and its configuration loaded.
     pub fn tls(&self) -> Option<&Arc<crate::tls::TlsConnector>> {
-        self.tls.as_ref().and_then(|t| t.as_ref().ok())
+        self.tls.as_ref()
     }
 
     /// Connects to `host` with a connection slot already taken. `alpn`: the protocol the

@@ -16,6 +16,7 @@ mod rate_limit;
 mod rejected;
 mod resources;
 mod routes;
+mod secrets;
 mod session;
 
 pub use dump::rfc3339;
@@ -65,6 +66,7 @@ pub struct XdsState {
     pub listeners: BTreeMap<String, Entry<config::Listener>>,
     pub endpoints: BTreeMap<String, Entry<Vec<config::LocalityEndpoints>>>,
     pub routes: BTreeMap<String, Entry<config::http::RouteConfiguration>>,
+    pub secrets: BTreeMap<String, Entry<config::tls::SecretKind>>,
     /// LDS listeners held back until the route configurations they name arrive.
     pub warming_listeners: BTreeMap<String, routes::Warming>,
     /// (type URL, resource name) → last rejection.
@@ -127,6 +129,9 @@ fn version_hash(v: &str) -> i64 {
 
 pub struct XdsClient {
     cfg: XdsConfig,
+    /// The SDS secrets static listeners and clusters wait for at start, with their initial
+    /// fetch timeouts (timers start with the client).
+    secret_waits: Mutex<Vec<(String, Duration)>>,
     /// Where the last good resources are persisted (`--xds-cache`).
     cache: Option<std::path::PathBuf>,
     node: core::Node,
@@ -262,8 +267,30 @@ impl XdsClient {
                 init_targets.entry(key).or_insert(target);
             }
         }
+        // And static listeners and clusters for their SDS secrets (at most their initial
+        // fetch timeouts: `secret_timers` starts them).
+        let mut secret_waits: Vec<(String, Duration)> = Vec::new();
+        for (name, t) in snapshot
+            .listeners
+            .iter()
+            .flat_map(|l| secrets::listener_sds_names(l))
+            .chain(
+                snapshot
+                    .clusters
+                    .iter()
+                    .flat_map(|c| secrets::cluster_sds_names(c)),
+            )
+        {
+            let key = secrets::secret_init_key(&name);
+            if let std::collections::btree_map::Entry::Vacant(e) = init_targets.entry(key) {
+                let target = init.register(e.key());
+                e.insert(target);
+                secret_waits.push((name, t));
+            }
+        }
         Arc::new(Self {
             types,
+            secret_waits: Mutex::new(secret_waits),
             init_targets: Arc::new(Mutex::new(init_targets)),
             init: init.clone(),
             cfg,
@@ -618,6 +645,10 @@ impl XdsClient {
         removed: &[String],
     ) {
         let type_url = h.type_url();
+        // Private keys never reach the disk: secrets are fetched again after a restart.
+        if type_url == config::type_urls::SECRET {
+            return;
+        }
         let mut st = self.lock();
         let accepted: HashSet<String> = h.accepted(&mut st).names().into_iter().collect();
         let present = std::mem::take(&mut st.present);
@@ -658,6 +689,31 @@ impl XdsClient {
             .remove(key);
         if let Some(t) = t {
             t.ready();
+        }
+    }
+
+    /// Stops waiting for the secrets of the static configuration after their initial fetch
+    /// timeouts: the contexts then refuse handshakes until the secrets come.
+    fn start_secret_timers(&self) {
+        let waits =
+            std::mem::take(&mut *self.secret_waits.lock().unwrap_or_else(|p| p.into_inner()));
+        for (name, timeout) in waits {
+            let (targets, counter) = (
+                self.init_targets.clone(),
+                self.stats.init_fetch_timeout.clone(),
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                let t = targets
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&secrets::secret_init_key(&name));
+                if let Some(t) = t {
+                    tracing::warn!(secret = %name, "SDS secret not received within initial_fetch_timeout; its TLS contexts refuse handshakes until it arrives");
+                    counter.inc();
+                    t.ready();
+                }
+            });
         }
     }
 

@@ -88,6 +88,10 @@ pub(super) fn registry(store: &Store) -> Vec<Arc<dyn ResourceType>> {
             // which Plumb does too: http.<prefix>.rds.<name>.*).
             stats: TypeStats::new(&store.root_scope("plumb.rds")),
         }),
+        Arc::new(super::secrets::Secrets {
+            // Plumb's aggregate of every SDS update.
+            stats: TypeStats::new(&store.root_scope("plumb.sds")),
+        }),
     ]
 }
 

@@ -31,6 +31,8 @@ pub struct Warming {
     pub since: SystemTime,
     /// Held so RDS keeps the names subscribed while the listener is not built.
     slots: Vec<Arc<RouteSlot>>,
+    /// The same for the SDS secrets its chains name.
+    secret_slots: Vec<Arc<crate::tls::secrets::SecretSlot>>,
 }
 
 /// The RDS route configuration names of a listener's connection managers, with their
@@ -69,17 +71,23 @@ impl XdsClient {
         model: Arc<Listener>,
         version: &str,
     ) -> Result<(), String> {
-        let names = rds_names(&model);
+        let mut names = rds_names(&model);
         let slots: Vec<Arc<RouteSlot>> = names
             .iter()
             .map(|(n, _)| self.listeners.routes.slot(n))
             .collect();
-        if slots.iter().all(|s| s.has_table()) {
+        let secret_names = super::secrets::listener_sds_names(&model);
+        let secret_slots: Vec<_> = secret_names
+            .iter()
+            .map(|(n, _)| self.clusters.secrets().slot(n))
+            .collect();
+        names.extend(secret_names);
+        if slots.iter().all(|s| s.has_table()) && secret_slots.iter().all(|s| s.has_value()) {
             self.lock().warming_listeners.remove(&model.name);
             return self.activate(model, version);
         }
         let name = model.name.clone();
-        tracing::info!(listener = %name, routes = ?names.iter().map(|(n, _)| n).collect::<Vec<_>>(), "listener warming until its routes arrive");
+        tracing::info!(listener = %name, waiting_for = ?names.iter().map(|(n, _)| n).collect::<Vec<_>>(), "listener warming until its routes and secrets arrive");
         if !self.init.all_ready() {
             let key = listener_init_key(&name);
             let mut targets = self.init_targets.lock().unwrap_or_else(|p| p.into_inner());
@@ -96,6 +104,7 @@ impl XdsClient {
                 version: version.to_string(),
                 since: SystemTime::now(),
                 slots,
+                secret_slots,
             },
         );
         if !timeout.is_zero() {
@@ -110,7 +119,7 @@ impl XdsClient {
                         .cloned()
                 };
                 if let Some(w) = still {
-                    tracing::warn!(listener = %name, "routes not received within initial_fetch_timeout; serving without them (404 until they arrive)");
+                    tracing::warn!(listener = %name, "routes or secrets not received within initial_fetch_timeout; serving without them (404, or refused handshakes, until they arrive)");
                     client.stats.init_fetch_timeout.inc();
                     client.lock().warming_listeners.remove(&name);
                     if let Err(e) = client.activate(w.value, &w.version) {
@@ -137,14 +146,17 @@ impl XdsClient {
         r.map(|_| ())
     }
 
-    /// Activates the warming listeners whose routes have all arrived.
-    fn activate_warmed(&self) {
+    /// Activates the warming listeners whose routes and secrets have all arrived.
+    pub(super) fn activate_warmed(&self) {
         let ready: Vec<Warming> = {
             let mut st = self.lock();
             let names: Vec<String> = st
                 .warming_listeners
                 .iter()
-                .filter(|(_, w)| w.slots.iter().all(|s| s.has_table()))
+                .filter(|(_, w)| {
+                    w.slots.iter().all(|s| s.has_table())
+                        && w.secret_slots.iter().all(|s| s.has_value())
+                })
                 .map(|(n, _)| n.clone())
                 .collect();
             names

@@ -95,6 +95,8 @@ impl XdsClient {
                 m = stream.message() => Some(m),
                 // A route configuration no connection manager uses any more: unsubscribe.
                 _ = self.listeners.routes.released() => None,
+                // A secret no TLS context names any more: unsubscribe.
+                _ = self.clusters.secrets().released() => None,
             };
             if let Some(m) = next {
                 let mut resp: DiscoveryResponse = match m {
@@ -212,6 +214,8 @@ impl XdsClient {
             let next = tokio::select! {
                 m = stream.message() => Some(m),
                 _ = self.listeners.routes.released() => None,
+                // A secret no TLS context names any more: unsubscribe.
+                _ = self.clusters.secrets().released() => None,
             };
             if let Some(m) = next {
                 let mut resp: DeltaDiscoveryResponse = match m {
@@ -271,6 +275,7 @@ impl XdsClient {
 
     /// Runs until `stop` resolves: connect, stream, reconnect with backoff.
     pub async fn run(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
+        self.start_secret_timers();
         let writer = self.cache.is_some().then(|| {
             let me = self.clone();
             tokio::spawn(async move {

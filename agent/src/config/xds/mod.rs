@@ -141,6 +141,22 @@ pub fn route_from_proto(any: &Any) -> Translated<super::http::RouteConfiguration
     finish(j, super::http::read_route_configuration)
 }
 
+/// SDS: a Secret, printed by reflection and read by the bootstrap's secret reader (the
+/// certificate is loaded and checked against its key: a mismatch is an error with its path).
+pub fn secret_from_proto(any: &Any) -> Translated<super::tls::Secret> {
+    let j = reflect::decode_json(
+        "envoy.extensions.transport_sockets.tls.v3.Secret",
+        &any.value,
+    )
+    .map_err(|e| {
+        vec![Diag {
+            path: String::new(),
+            message: format!("undecodable: {e}"),
+        }]
+    })?;
+    finish(j, |y, d| super::tls::read_secret(y, "", d))
+}
+
 /// Renders diagnostics as one line for a NACK's error_detail.
 pub fn describe(what: &str, errors: &[Diag]) -> String {
     let parts: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
