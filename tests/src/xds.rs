@@ -728,3 +728,40 @@ pub fn certificate_secret(name: &str, cert_pem: &str, key_pem: &str) -> pbt::Sec
         })),
     }
 }
+
+/// `tcp_listener` whose chain terminates TLS with SDS secret `secret` (over ADS).
+pub fn tls_tcp_listener(
+    name: &str,
+    addr: SocketAddr,
+    cluster: &str,
+    secret: &str,
+) -> pbl::Listener {
+    let mut l = tcp_listener(name, addr, cluster);
+    let ads = core::ConfigSource {
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource {},
+        )),
+        resource_api_version: core::ApiVersion::V3 as i32,
+        ..Default::default()
+    };
+    let ctx = pbt::DownstreamTlsContext {
+        common_tls_context: Some(pbt::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![pbt::SdsSecretConfig {
+                name: secret.into(),
+                sds_config: Some(ads),
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    l.filter_chains[0].transport_socket = Some(core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(Any {
+            type_url:
+                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+                    .into(),
+            value: ctx.encode_to_vec(),
+        })),
+    });
+    l
+}

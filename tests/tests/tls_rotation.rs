@@ -76,6 +76,20 @@ impl Load {
         }
     }
 
+    /// Waits until some connections have been made (before a rotation).
+    async fn warm_up(&self) {
+        let done = self.done.clone();
+        plumb_tests::wait_until(
+            "connections before the rotation",
+            Duration::from_secs(10),
+            || {
+                let n = done.load(Ordering::Relaxed);
+                async move { n >= 20 }
+            },
+        )
+        .await;
+    }
+
     /// Waits until new handshakes present `cert` (then a few more connections).
     async fn wait_for(&self, cert: &Leaf) {
         let want = tls::der(&cert.cert);
@@ -160,6 +174,7 @@ async fn sds_rotates_the_certificate_under_load_and_refuses_a_bad_one() {
     );
 
     let load = Load::start(front, "svc.example", client.clone());
+    load.warm_up().await;
     cp.set_secrets(vec![certificate_secret("svc-cert", &v2.cert, &v2.key)]);
     load.wait_for(&v2).await;
     still_echoes(&mut early).await;
@@ -181,6 +196,7 @@ async fn sds_rotates_the_certificate_under_load_and_refuses_a_bad_one() {
     assert!(!nack.contains("PRIVATE KEY"), "{nack}");
     let (done, failures, seen) = load.finish().await;
     assert_eq!(failures, 0, "{done} connections");
+    eprintln!("sds: {done} connections, 0 failed");
     assert_eq!(
         seen,
         vec![tls::der(&v1.cert), tls::der(&v2.cert)],
@@ -299,6 +315,8 @@ async fn watched_files_and_file_based_sds_rotate_under_load() {
         Load::start(a, "svc.example", client.clone()),
         Load::start(b, "svc.example", client.clone()),
     );
+    load_a.warm_up().await;
+    load_b.warm_up().await;
     vol.publish(&v2.cert, &v2.key);
     load_a.wait_for(&v2).await;
     load_b.wait_for(&v2).await;
@@ -312,6 +330,7 @@ async fn watched_files_and_file_based_sds_rotate_under_load() {
     for (l, name) in [(load_a, "files"), (load_b, "sds-file")] {
         let (done, failures, seen) = l.finish().await;
         assert_eq!(failures, 0, "{name}: {done} connections");
+        eprintln!("{name}: {done} connections, 0 failed");
         assert_eq!(seen, vec![tls::der(&v1.cert), tls::der(&v2.cert)], "{name}");
     }
     let c = tls::connect(a, "svc.example", client).await.unwrap();
@@ -319,4 +338,57 @@ async fn watched_files_and_file_based_sds_rotate_under_load() {
         tls::ClientStreamInfo::of(&c).server_cert,
         tls::der(&v2.cert)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_lds_listener_warms_until_its_sds_secret_arrives() {
+    let ca = Ca::new("lds ca");
+    let leaf = ca.server(&["late.example"]);
+    let echo = servers::start(Behavior::Echo).await;
+    let cp = ControlPlane::start().await;
+    let front: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let listener = plumb_tests::xds::tls_tcp_listener("front", front, "echo", "late");
+    cp.set(
+        vec![plumb_tests::xds::static_cluster("echo", echo.addr)],
+        vec![listener],
+        vec![],
+    );
+    // Not ready while its listener warms: started without waiting for readiness.
+    let agent = TestAgent::start_unready(
+        &ads_bootstrap(cp.addr, "GRPC"),
+        plumb::server::Options {
+            concurrency: 2,
+            ..Default::default()
+        },
+    );
+    // Warming: subscribed to the secret, not serving.
+    plumb_tests::wait_until("SDS subscription", Duration::from_secs(10), || async {
+        cp.requests()
+            .iter()
+            .any(|r| r.type_url == plumb_tests::xds::SECRET && r.names == ["late"])
+    })
+    .await;
+    let dump = client::get(agent.admin(), "/config_dump").await.body;
+    assert!(dump.contains("warming_state"), "{dump}");
+    assert_eq!(client::get(agent.admin(), "/ready").await.status, 503);
+    assert!(tokio::net::TcpStream::connect(front).await.is_err());
+    cp.set_secrets(vec![certificate_secret("late", &leaf.cert, &leaf.key)]);
+    let client = tls::client_config(&ca.pem, &[], None);
+    plumb_tests::wait_until(
+        "listener active with its secret",
+        Duration::from_secs(10),
+        || {
+            let client = client.clone();
+            async move { tls::connect(front, "late.example", client).await.is_ok() }
+        },
+    )
+    .await;
+    assert!(agent.stat("plumb.sds.update_success") >= 1);
+    plumb_tests::wait_until("ready", Duration::from_secs(10), || async {
+        client::get(agent.admin(), "/ready").await.status == 200
+    })
+    .await;
 }

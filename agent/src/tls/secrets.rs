@@ -13,7 +13,7 @@ use crate::config::tls::{
     read_secret_file, CommonTls, Secret, SecretKind, SecretRef, TlsCertificate, Validation,
 };
 use crate::config::DataSource;
-use crate::stats::{Counter, Store};
+use crate::stats::{Counter, Gauge, Store};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -97,6 +97,10 @@ struct RotationStats {
     reloads: Arc<Counter>,
     /// Rebuilds refused (the old configuration kept serving).
     reload_failures: Arc<Counter>,
+    /// TLS contexts alive (`tls.contexts_active`) and SDS secrets held
+    /// (`tls.sds_secrets_active`): they follow the configuration in force.
+    contexts: Arc<Gauge>,
+    sds_secrets: Arc<Gauge>,
 }
 
 /// The secret store (one per server).
@@ -136,6 +140,8 @@ impl Secrets {
                 RotationStats {
                     reloads: s.counter("context_reloads"),
                     reload_failures: s.counter("context_reload_failures"),
+                    contexts: s.gauge("contexts_active"),
+                    sds_secrets: s.gauge("sds_secrets_active"),
                 }
             }),
         }
@@ -243,6 +249,17 @@ impl Secrets {
         let mut w = self.watched.lock().unwrap_or_else(|p| p.into_inner());
         w.retain(|x| x.ctx.strong_count() > 0);
         w.push(Watched { ctx, files, names });
+        let n = w.len();
+        drop(w);
+        self.publish_gauges(Some(n));
+    }
+
+    /// Refreshes `tls.contexts_active` and `tls.sds_secrets_active`.
+    fn publish_gauges(&self, contexts: Option<usize>) {
+        let Some(s) = &self.stats else { return };
+        let contexts = contexts.unwrap_or_else(|| self.registered());
+        s.contexts.set(contexts as i64);
+        s.sds_secrets.set(self.names().len() as i64);
     }
 
     /// How many contexts are registered now (churn checks).
@@ -293,6 +310,8 @@ impl Secrets {
 
     /// Checks the watched files once; the contexts reading a changed one rebuild.
     pub fn poll_files(&self) {
+        self.publish_gauges(None);
+        self.slots().retain(|_, w| w.strong_count() > 0);
         let files: BTreeSet<PathBuf> = {
             let mut w = self.watched.lock().unwrap_or_else(|p| p.into_inner());
             w.retain(|x| x.ctx.strong_count() > 0);

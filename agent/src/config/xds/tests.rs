@@ -623,3 +623,81 @@ fn a_typed_load_balancing_policy_arrives_by_reflection() {
         crate::config::LbPolicy::Maglev { table_size: 13 }
     );
 }
+
+#[test]
+fn cds_upstream_tls_arrives_by_reflection_with_sds_names_and_san_matchers() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as pbt;
+    use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+    let ads = core::ConfigSource {
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            Default::default(),
+        )),
+        resource_api_version: core::ApiVersion::V3 as i32,
+        ..Default::default()
+    };
+    let ctx = pbt::UpstreamTlsContext {
+        sni: "db.mesh".into(),
+        common_tls_context: Some(pbt::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![pbt::SdsSecretConfig {
+                name: "default".into(),
+                sds_config: Some(ads.clone()),
+            }],
+            alpn_protocols: vec!["h2".into()],
+            validation_context_type: Some(
+                pbt::common_tls_context::ValidationContextType::CombinedValidationContext(
+                    pbt::common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(pbt::CertificateValidationContext {
+                            match_typed_subject_alt_names: vec![pbt::SubjectAltNameMatcher {
+                                san_type: pbt::subject_alt_name_matcher::SanType::Uri as i32,
+                                matcher: Some(matcher::StringMatcher {
+                                    match_pattern: Some(
+                                        matcher::string_matcher::MatchPattern::Exact(
+                                            "spiffe://mesh/ns/db/sa/db".into(),
+                                        ),
+                                    ),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        }),
+                        validation_context_sds_secret_config: Some(pbt::SdsSecretConfig {
+                            name: "ROOTCA".into(),
+                            sds_config: Some(ads),
+                        }),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let c = pbc::Cluster {
+        name: "db".into(),
+        transport_socket: Some(core::TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(core::transport_socket::ConfigType::TypedConfig(Any {
+                type_url: type_urls::UPSTREAM_TLS.into(),
+                value: ctx.encode_to_vec(),
+            })),
+        }),
+        ..Default::default()
+    };
+    let (cluster, w) = cluster_from_proto(&c).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    let tls = cluster.tls.unwrap();
+    assert_eq!(tls.sni.as_deref(), Some("db.mesh"));
+    assert_eq!(tls.common.alpn, vec!["h2"]);
+    let names: Vec<String> = tls.common.sds_names().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, vec!["default", "ROOTCA"]);
+    assert_eq!(tls.common.extra_san_matchers.len(), 1);
+    // A transport socket Plumb does not know is refused with its path.
+    let mut bad = c.clone();
+    bad.transport_socket = Some(core::TransportSocket {
+        name: "envoy.transport_sockets.alts".into(),
+        config_type: None,
+    });
+    let e = cluster_from_proto(&bad).unwrap_err();
+    assert_eq!(e[0].path, "transport_socket.typed_config", "{e:?}");
+}
