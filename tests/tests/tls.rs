@@ -397,3 +397,70 @@ async fn clusters_originate_mtls_and_refuse_a_server_whose_san_does_not_match() 
     assert_eq!(agent.stat("cluster.bad.upstream_cx_connect_fail"), 1);
     assert_eq!(agent.stat("cluster.bad.ssl.handshake"), 0);
 }
+
+/// `openssl s_client`: TLS 1.2 and 1.3, and an RSA and an ECDSA certificate for the same
+/// name, each served to the client whose signature algorithms can verify it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_clients_get_the_rsa_or_ecdsa_certificate_their_signature_algorithms_allow() {
+    let Some(openssl) = plumb_tests::agent::which("openssl") else {
+        return plumb_tests::skip("openssl not installed (cargo xtask deps installs it)");
+    };
+    let ca = Ca::new("sigalg ca");
+    let ecdsa = ca.server(&["both.example"]);
+    let rsa = ca.leaf(LeafSpec {
+        dns: &["both.example"],
+        rsa: true,
+        ..Default::default()
+    });
+    let backend = servers::start(Behavior::Named("backend".into())).await;
+    let agent = TestAgent::start(&bootstrap(
+        vec![tls_listener(
+            "front",
+            "backend",
+            tls::downstream_tls(&[&rsa, &ecdsa], json!({})),
+        )],
+        vec![static_cluster("backend", &[backend.addr])],
+    ))
+    .await;
+    let front = agent.listener("front");
+    let dir = plumb_tests::TempDir::new("s_client");
+    let ca_file = dir.write("ca.pem", &ca.pem);
+    let s_client = |extra: &'static [&'static str]| {
+        let (openssl, ca_file) = (openssl.clone(), ca_file.clone());
+        async move {
+            let out = tokio::process::Command::new(&openssl)
+                .args(["s_client", "-connect"])
+                .arg(front.to_string())
+                .args([
+                    "-servername",
+                    "both.example",
+                    "-verify_return_error",
+                    "-CAfile",
+                ])
+                .arg(&ca_file)
+                .args(extra)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr)
+        }
+    };
+    let text = s_client(&["-tls1_3", "-sigalgs", "ecdsa_secp256r1_sha256"]).await;
+    assert!(text.contains("Peer signature type: ECDSA"), "{text}");
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    let text = s_client(&["-tls1_3", "-sigalgs", "rsa_pss_rsae_sha256"]).await;
+    assert!(text.contains("Peer signature type: RSA-PSS"), "{text}");
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    let text = s_client(&["-tls1_2"]).await;
+    assert!(
+        text.contains("Protocol  : TLSv1.2") || text.contains("TLSv1.2"),
+        "{text}"
+    );
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    agent
+        .wait_stat(&listener_stat(front, "ssl.versions.TLSv1.2"), |v| v == 1)
+        .await;
+    assert_eq!(agent.stat(&listener_stat(front, "ssl.versions.TLSv1.3")), 2);
+}

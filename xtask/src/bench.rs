@@ -68,6 +68,14 @@ pub fn bench(args: &[String]) -> Result<()> {
         }
         Some("config") => crate::bench_config::bench(),
         Some("lb") => crate::bench_lb::bench(),
+        Some("tls") => {
+            let rounds: usize = flag("--rounds")
+                .map(|s| s.parse())
+                .transpose()
+                .context("--rounds takes a number")?
+                .unwrap_or(2);
+            crate::bench_tls::bench(secs.clamp(1.0, 60.0), rounds.clamp(1, 10))
+        }
         Some("upgrade") => crate::bench_upgrade::bench(secs.clamp(2.0, 60.0)),
         Some("xds") => {
             let churn = format!("{}", secs.clamp(1.0, 60.0).round() as u64 * 2);
@@ -75,7 +83,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             crate::xds_tool("bench", &["--churn-secs", &churn, "--api", "DELTA_GRPC"])
         }
         _ => {
-            bail!("usage: cargo xtask bench l4|workers|redirect|xds|upgrade|config|http|lb [--secs S] [--rounds R] [--proxy-threads N] [--baseline PLUMB_BINARY] [--plumb-args 'ARGS']")
+            bail!("usage: cargo xtask bench l4|workers|redirect|xds|upgrade|config|http|lb|tls [--secs S] [--rounds R] [--proxy-threads N] [--baseline PLUMB_BINARY] [--plumb-args 'ARGS']")
         }
     }
 }

@@ -41,11 +41,11 @@ struct Target {
 }
 
 #[derive(Clone, Copy, Default)]
-struct Wrk {
-    rps: f64,
-    p50: f64,
-    p99: f64,
-    p999: f64,
+pub(crate) struct Wrk {
+    pub rps: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -61,7 +61,7 @@ struct Row {
     rate_bad: u64,
 }
 
-fn wait_http(port: u16) -> Result<()> {
+pub(crate) fn wait_http(port: u16) -> Result<()> {
     util::wait_for(
         &format!("HTTP on 127.0.0.1:{port}"),
         Duration::from_secs(15),
@@ -74,7 +74,7 @@ fn wait_http(port: u16) -> Result<()> {
     )
 }
 
-fn start(cmd: &mut Command, stdout: Option<&Path>, log: &Path) -> Result<u32> {
+pub(crate) fn start(cmd: &mut Command, stdout: Option<&Path>, log: &Path) -> Result<u32> {
     let out = match stdout {
         Some(p) => Stdio::from(std::fs::File::create(p)?),
         None => Stdio::null(),
@@ -88,11 +88,16 @@ fn start(cmd: &mut Command, stdout: Option<&Path>, log: &Path) -> Result<u32> {
 }
 
 /// Runs wrk (64 connections, one thread) with a script that prints exact percentiles.
-fn wrk(port: u16, path: &str, secs: u64, script: &Path) -> Result<Wrk> {
+pub(crate) fn wrk(port: u16, path: &str, secs: u64, script: &Path) -> Result<Wrk> {
+    wrk_url(&format!("http://127.0.0.1:{port}{path}"), secs, script)
+}
+
+/// `wrk` on any URL (https too).
+pub(crate) fn wrk_url(url: &str, secs: u64, script: &Path) -> Result<Wrk> {
     let out = Command::new("wrk")
         .args(["-t1", "-c64", &format!("-d{secs}s"), "-s"])
         .arg(script)
-        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .arg(url)
         .output()
         .context("run wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -112,7 +117,7 @@ fn wrk(port: u16, path: &str, secs: u64, script: &Path) -> Result<Wrk> {
         .unwrap_or_default();
     let ms = |i: usize| lat.get(i).map_or(f64::NAN, |v| v / 1000.0);
     if text.contains("Non-2xx") || text.contains("Socket errors") {
-        eprintln!("bench http: wrk to port {port}{path} saw errors:\n{text}");
+        eprintln!("bench: wrk to {url} saw errors:\n{text}");
     }
     Ok(Wrk {
         rps,
@@ -143,7 +148,7 @@ fn h2load(port: u16, secs: u64) -> Result<f64> {
         .with_context(|| format!("h2load output: {text}"))
 }
 
-fn load(args: &[String]) -> Result<Value> {
+pub(crate) fn load(args: &[String]) -> Result<Value> {
     let bin = root_dir().join("target/release/plumb-load");
     let out = Command::new(&bin)
         .args(args)
@@ -187,7 +192,7 @@ fn idle_rss(port: u16, pid: u32) -> Result<(u64, f64)> {
     Ok((v["open"].as_u64().unwrap_or(0), rss))
 }
 
-fn nginx_conf(dir: &Path, name: &str, body: &str) -> Result<PathBuf> {
+pub(crate) fn nginx_conf(dir: &Path, name: &str, body: &str) -> Result<PathBuf> {
     let d = dir.display();
     let p = dir.join(format!("{name}.conf"));
     std::fs::write(

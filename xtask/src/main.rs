@@ -22,6 +22,7 @@ mod bench_config;
 mod bench_http;
 mod bench_lb;
 mod bench_redirect;
+mod bench_tls;
 mod bench_upgrade;
 mod bench_workers;
 mod ebpf;
@@ -62,6 +63,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     // Real HTTP clients through the connection manager (tests/tests/http.rs).
     ("curl", "curl"),
     ("h2load", "nghttp2-client"),
+    // TLS clients and certificate tools (tests/tests/tls*.rs, bench tls).
+    ("openssl", "openssl"),
     // The agent image is built and run for real (tests/tests/container.rs).
     ("podman", "podman"),
     ("runc", "runc"),

@@ -19,6 +19,10 @@
 //!   plumb-load grpc --addr ADDR --conns C --streams M --secs S
 //!       (tonic unary calls to test.Echo, M in flight on each of C connections)
 //!   plumb-load serve --grpc ADDR   (the tonic test.Echo server; also with --echo/--sink)
+//!   plumb-load tls-handshakes --addr ADDR --conns N --secs S [--resume] [--sni NAME]
+//!       (closed loop of new TLS 1.3 connections, each one HTTP/1.1 GET then closed: full
+//!        handshakes/s, or resumed ones with --resume; the server certificate is not
+//!        verified — this is a load generator)
 //!
 //! Every load run is bounded in time (and in request count); results are one JSON line on stdout.
 
@@ -154,6 +158,16 @@ fn main() {
                     arg(&args, "--conns", Some(4)),
                     arg(&args, "--streams", Some(25)),
                     Duration::from_secs_f64(arg(&args, "--secs", Some(5.0))),
+                )
+                .await
+            }
+            "tls-handshakes" => {
+                tls_handshakes(
+                    arg(&args, "--addr", None),
+                    arg(&args, "--conns", Some(16)),
+                    Duration::from_secs_f64(arg(&args, "--secs", Some(5.0))),
+                    args.iter().any(|a| a == "--resume"),
+                    arg(&args, "--sni", Some("bench.example".to_string())),
                 )
                 .await
             }
@@ -779,6 +793,141 @@ async fn grpc(addr: SocketAddr, conns: usize, streams: usize, secs: Duration) {
             "errors": errors.load(Ordering::Relaxed),
             "rps": n as f64 / elapsed,
             "p50_us": q(50.0), "p99_us": q(99.0), "p999_us": q(99.9),
+        })
+    );
+}
+
+/// Accepts any server certificate (a load generator measures handshakes, not trust).
+#[derive(Debug)]
+struct AnyServer(rustls::crypto::WebPkiSupportedAlgorithms);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// Closed-loop TLS connections: handshake, one GET, read the response, close. With
+/// `resume`, the client keeps tickets (each worker its own cache), so after the first
+/// connection the handshakes are resumed. Reports connections/s, the resumed share and the
+/// per-connection time.
+async fn tls_handshakes(addr: SocketAddr, conns: usize, secs: Duration, resume: bool, sni: String) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let make = || {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer(
+                provider.signature_verification_algorithms,
+            )))
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if !resume {
+            cfg.resumption = rustls::client::Resumption::disabled();
+        }
+        Arc::new(cfg)
+    };
+    let hist = Arc::new(Histogram::new(StatName {
+        full: "conn".into(),
+        extracted: "conn".into(),
+        tags: vec![],
+    }));
+    let (done, errors, resumed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let deadline = Instant::now() + secs;
+    let name = rustls::pki_types::ServerName::try_from(sni).unwrap_or_else(|_| die("bad --sni"));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..conns {
+        let cfg = make();
+        let (hist, done, errors, resumed, name) = (
+            hist.clone(),
+            done.clone(),
+            errors.clone(),
+            resumed.clone(),
+            name.clone(),
+        );
+        set.spawn(async move {
+            let connector = tokio_rustls::TlsConnector::from(cfg);
+            let mut buf = vec![0u8; 4096];
+            while Instant::now() < deadline && done.load(Ordering::Relaxed) < MAX_REQUESTS {
+                let t = Instant::now();
+                let r = async {
+                    let tcp = TcpStream::connect(addr).await?;
+                    tcp.set_nodelay(true)?;
+                    let mut s = connector.connect(name.clone(), tcp).await?;
+                    s.write_all(
+                        b"GET / HTTP/1.1\r\nHost: bench.example\r\nConnection: close\r\n\r\n",
+                    )
+                    .await?;
+                    let mut got = 0;
+                    loop {
+                        let n = s.read(&mut buf).await?;
+                        got += n;
+                        if n == 0 || buf[..n].windows(4).any(|w| w == b"ok\n\n") || got > 64 {
+                            break;
+                        }
+                    }
+                    let again =
+                        s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                    socket2::SockRef::from(s.get_ref().0).set_linger(Some(Duration::ZERO))?;
+                    Ok::<_, std::io::Error>(again)
+                };
+                match tokio::time::timeout(Duration::from_secs(5), r).await {
+                    Ok(Ok(again)) => {
+                        hist.record(t.elapsed());
+                        done.fetch_add(1, Ordering::Relaxed);
+                        if again {
+                            resumed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    let started = Instant::now();
+    while set.join_next().await.is_some() {}
+    let elapsed = started.elapsed().as_secs_f64();
+    let snap = hist.cumulative();
+    let q = |p: f64| snap.quantile(p).unwrap_or(f64::NAN) * 1000.0;
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        serde_json::json!({
+            "connections": n, "errors": errors.load(Ordering::Relaxed), "cps": n as f64 / elapsed,
+            "resumed": resumed.load(Ordering::Relaxed), "p50_us": q(50.0), "p99_us": q(99.0),
         })
     );
 }
