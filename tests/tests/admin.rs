@@ -102,6 +102,8 @@ const ENVOY_NAMING_LINTS: &[&str] = &[
     "counter metrics should have \"_total\" suffix",
     "non-counter metrics should not have \"_total\" suffix",
     "metric names should not contain abbreviated units",
+    // Envoy's server.days_until_first_cert_expiring counts days.
+    "use base unit \"seconds\" instead of \"days\"",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

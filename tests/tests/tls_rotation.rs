@@ -392,3 +392,97 @@ async fn an_lds_listener_warms_until_its_sds_secret_arrives() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cds_cluster_warms_until_its_client_certificate_arrives_over_sds() {
+    use envoy_types::pb::envoy::config::core::v3 as core;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as pbt;
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::Message;
+    let ca = Ca::new("cds ca");
+    let server = ca.server(&["secure.example"]);
+    let me = ca.identity("spiffe://test/ns/cds/sa/client");
+    let backend =
+        tls::named_server("secure", tls::server_config(&server, Some(&ca.pem), &[])).await;
+    let cp = ControlPlane::start().await;
+    let front: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let inline = |s: &str| core::DataSource {
+        specifier: Some(core::data_source::Specifier::InlineString(s.to_string())),
+        ..Default::default()
+    };
+    let ctx = pbt::UpstreamTlsContext {
+        sni: "secure.example".into(),
+        common_tls_context: Some(pbt::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![pbt::SdsSecretConfig {
+                name: "client-cert".into(),
+                sds_config: Some(core::ConfigSource {
+                    config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+                        core::AggregatedConfigSource {},
+                    )),
+                    resource_api_version: core::ApiVersion::V3 as i32,
+                    ..Default::default()
+                }),
+            }],
+            validation_context_type: Some(
+                pbt::common_tls_context::ValidationContextType::ValidationContext(
+                    pbt::CertificateValidationContext {
+                        trusted_ca: Some(inline(&ca.pem)),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut cluster = plumb_tests::xds::static_cluster("secure", backend.addr);
+    cluster.transport_socket = Some(core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(Any {
+            type_url:
+                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+                    .into(),
+            value: ctx.encode_to_vec(),
+        })),
+    });
+    cp.set(
+        vec![cluster],
+        vec![plumb_tests::xds::tcp_listener("front", front, "secure")],
+        vec![],
+    );
+    let agent = TestAgent::start_unready(
+        &ads_bootstrap(cp.addr, "GRPC"),
+        plumb::server::Options {
+            concurrency: 2,
+            ..Default::default()
+        },
+    );
+    plumb_tests::wait_until(
+        "the cluster warms for its secret",
+        Duration::from_secs(10),
+        || async {
+            agent.stat("cluster_manager.warming_clusters") == 1
+                && cp
+                    .requests()
+                    .iter()
+                    .any(|r| r.type_url == plumb_tests::xds::SECRET && r.names == ["client-cert"])
+        },
+    )
+    .await;
+    assert_eq!(client::get(agent.admin(), "/ready").await.status, 503);
+    cp.set_secrets(vec![certificate_secret("client-cert", &me.cert, &me.key)]);
+    agent
+        .wait_stat("cluster_manager.warming_clusters", |v| v == 0)
+        .await;
+    plumb_tests::wait_until("traffic over mTLS", Duration::from_secs(10), || async {
+        matches!(client::roundtrip(front, b"").await, Ok(v) if v == b"secure spiffe://test/ns/cds/sa/client")
+    })
+    .await;
+    plumb_tests::wait_until("ready", Duration::from_secs(10), || async {
+        client::get(agent.admin(), "/ready").await.status == 200
+    })
+    .await;
+}

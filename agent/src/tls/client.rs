@@ -266,6 +266,11 @@ impl TlsConnector {
         c
     }
 
+    /// Whether it can connect now (its secrets loaded).
+    pub fn ready(&self) -> bool {
+        self.config.load().is_some()
+    }
+
     /// The client certificate and trusted CA now.
     pub fn certificates(&self) -> Arc<CertsInfo> {
         self.info.load_full()

@@ -174,6 +174,11 @@ impl ClusterManager {
         self.batch().end_warming(name)
     }
 
+    /// Recounts the warming clusters (a secret arrived: their TLS clients may be ready).
+    pub fn refresh_warming(&self) {
+        self.publish_gauges(&self.clusters.load());
+    }
+
     fn publish_gauges(&self, map: &BTreeMap<String, Arc<Cluster>>) {
         let warming = map.values().filter(|c| c.is_warming()).count();
         self.stats.active_clusters.set((map.len() - warming) as i64);

@@ -301,8 +301,9 @@ impl Cluster {
             .get_or_init(|| crate::http::stats::ClusterHttpStats::new(&self.stats.scope))
     }
 
+    /// Waiting for its first endpoints (EDS) or for the SDS secrets of its TLS client.
     pub fn is_warming(&self) -> bool {
-        self.warming.load(Ordering::Acquire)
+        self.warming.load(Ordering::Acquire) || self.tls.as_ref().is_some_and(|t| !t.ready())
     }
 
     fn warm(&self) {

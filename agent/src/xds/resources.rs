@@ -169,6 +169,7 @@ impl ResourceType for Clusters {
             }
             let model = Arc::new(model);
             let eds = model.discovery == DiscoveryType::Eds;
+            let sds = !super::secrets::cluster_sds_names(&model).is_empty();
             let mut b = batch.borrow_mut();
             let outcome = b.upsert(model.clone());
             let warming = |b: &crate::upstream::ClusterBatch| {
@@ -188,10 +189,15 @@ impl ResourceType for Clusters {
                     .map(|e| e.value.clone());
                 if let Some(eps) = known {
                     b.set_endpoints(&model.name, &eps);
-                    client.cluster_warmed(&model.name);
+                    if !warming(&b) {
+                        client.cluster_warmed(&model.name);
+                    }
                 } else {
                     client.start_warming_timer(&model.name);
                 }
+            } else if sds && warming(&b) && outcome != crate::upstream::Upsert::Unchanged {
+                // Its TLS client waits for SDS secrets (at most initial_fetch_timeout).
+                client.start_warming_timer(&model.name);
             }
             // Not (or no longer) warming, e.g. turned from EDS into STATIC: nothing to wait for.
             if !warming(&b) {
@@ -382,7 +388,10 @@ fn set_service_endpoints(
 ) {
     for name in by_service.get(service).into_iter().flatten() {
         batch.set_endpoints(name, localities);
-        client.cluster_warmed(name);
+        // Still warming only while its TLS client waits for SDS secrets.
+        if !batch.get(name).is_some_and(|c| c.is_warming()) {
+            client.cluster_warmed(name);
+        }
         if count {
             if let Some(c) = batch.get(name) {
                 c.stats.update_success.inc();

@@ -135,6 +135,14 @@ impl ResourceType for Secrets {
                     store.set(&name, kind.clone(), version);
                     client.accepted(t, &name, version, Arc::new(kind), |st| &mut st.secrets);
                     client.init_done(&secret_init_key(&name));
+                    // Clusters whose TLS clients waited for it may be warm now.
+                    for c in client.clusters.all() {
+                        let uses = cluster_sds_names(&c.config).iter().any(|(n, _)| *n == name);
+                        if uses && !c.is_warming() {
+                            client.cluster_warmed(&c.config.name);
+                        }
+                    }
+                    client.clusters.refresh_warming();
                 }
             }
         }
