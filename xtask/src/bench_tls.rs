@@ -33,9 +33,10 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// A throw-away CA, a server certificate for bench.example and a client certificate with a
-/// SPIFFE URI SAN, all ECDSA P-256.
-fn certificates(dir: &Path) -> Result<()> {
+/// A throw-away CA (`ca.pem`), a server certificate for `dns` (`server.pem`, `server.key`)
+/// and a client certificate with the URI SAN `uri` (`client.pem`, `client.key`), all ECDSA
+/// P-256, made with the openssl command.
+pub(crate) fn certificates(dir: &Path, dns: &str, uri: &str) -> Result<()> {
     let ec = [
         "-newkey",
         "ec",
@@ -57,8 +58,8 @@ fn certificates(dir: &Path) -> Result<()> {
     ]);
     openssl(dir, &ca)?;
     for (name, san) in [
-        ("server", "subjectAltName=DNS:bench.example"),
-        ("client", "subjectAltName=URI:spiffe://bench/client"),
+        ("server", format!("subjectAltName=DNS:{dns}")),
+        ("client", format!("subjectAltName=URI:{uri}")),
     ] {
         let (key, csr, pem, ext) = (
             format!("{name}.key"),
@@ -154,7 +155,7 @@ pub fn bench(secs: f64, rounds: usize) -> Result<()> {
     let dir = root_dir().join("target/bench-tls");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    certificates(&dir)?;
+    certificates(&dir, "bench.example", "spiffe://bench/client")?;
     let d = dir.display().to_string();
     let nginx = util::which("nginx").context("nginx not found")?;
     let haproxy = util::which("haproxy").context("haproxy not found")?;

@@ -312,6 +312,9 @@ fn demo(args: &[String]) -> Result<()> {
     );
     println!("     curl -s 127.0.0.1:15000/clusters          curl -s 127.0.0.1:15000/config_dump");
     println!("     curl -s 127.0.0.1:10001/hello             curl -s --http2-prior-knowledge 127.0.0.1:10001/admin/ready");
+    if !keep {
+        demo_tls(&bin)?;
+    }
     if keep {
         println!(
             "\nplumb keeps running (pid {}); Ctrl-C drains and stops it.",
@@ -330,6 +333,168 @@ fn demo(args: &[String]) -> Result<()> {
         bail!("plumb exited with {st}; see {}", log_path.display());
     }
     println!("plumb drained and exited cleanly ({st}).");
+    Ok(())
+}
+
+/// The TLS part of the demo: a second, short-lived agent terminating mTLS with a throw-away
+/// CA (made with openssl), an RBAC filter admitting one SPIFFE identity, and curl as the
+/// client with and without its certificate.
+fn demo_tls(bin: &std::path::Path) -> Result<()> {
+    util::ensure_debian_packages(&[("openssl", "openssl"), ("curl", "curl")])?;
+    for port in [15001u16, 10443] {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            bail!("127.0.0.1:{port} is in use; the TLS demo needs ports 15001 (admin) and 10443 (HTTPS)");
+        }
+    }
+    let dir = root_dir().join("target/demo-tls");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let identity = "spiffe://demo.plumb/ns/web/sa/client";
+    bench_tls::certificates(&dir, "demo.plumb", identity)?;
+    let d = dir.display().to_string();
+    let config = format!(
+        r#"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 15001}}}}}}
+static_resources:
+  listeners:
+  - name: https
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 10443}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            alpn_protocols: [h2, http/1.1]
+            tls_certificates:
+            - certificate_chain: {{filename: {d}/server.pem}}
+              private_key: {{filename: {d}/server.key}}
+            validation_context:
+              trusted_ca: {{filename: {d}/ca.pem}}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: https_demo
+          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format: {{text_format_source: {{inline_string: "[%START_TIME%] %REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% tls=%DOWNSTREAM_TLS_VERSION% peer=%DOWNSTREAM_PEER_URI_SAN% sni=%REQUESTED_SERVER_NAME%\n"}}}}
+          route_config:
+            virtual_hosts:
+            - name: demo
+              domains: ["*"]
+              routes:
+              - match: {{path: /hello}}
+                direct_response: {{status: 200, body: {{inline_string: "hello over mTLS\n"}}}}
+              - match: {{prefix: /admin-only}}
+                direct_response: {{status: 200, body: {{inline_string: "admins only\n"}}}}
+                typed_per_filter_config:
+                  envoy.filters.http.rbac:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute
+                    rbac: {{rules: {{action: ALLOW, policies: {{admins: {{permissions: [{{any: true}}],
+                      principals: [{{authenticated: {{principal_name: {{exact: "spiffe://demo.plumb/ns/ops/sa/admin"}}}}}}]}}}}}}}}
+          http_filters:
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  web: {{permissions: [{{any: true}}], principals: [{{authenticated: {{principal_name: {{exact: "{identity}"}}}}}}]}}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#
+    );
+    let cfg = dir.join("tls.yaml");
+    std::fs::write(&cfg, config)?;
+    let log_path = dir.join("plumb.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = Command::new(bin)
+        .args(["run", "--concurrency", "1", "--config"])
+        .arg(&cfg)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("start plumb (TLS demo)")?;
+    let guard = util::KillOnDrop(child.id());
+    let admin = "127.0.0.1:15001";
+    wait_for("plumb (TLS) /ready", Duration::from_secs(15), || {
+        matches!(http_get(admin, "/ready"), Ok((200, _)))
+    })?;
+    println!(
+        "
+TLS: a second plumb terminates mTLS on 127.0.0.1:10443 (config and throw-away CA in {d}):"
+    );
+    let curl = |args: &[&str], path: &str| -> Result<(bool, String)> {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(dir.join("ca.pem"))
+            .args([
+                "--resolve",
+                "demo.plumb:10443:127.0.0.1",
+                "-w",
+                " [%{http_version} %{http_code}]",
+            ])
+            .args(args)
+            .arg(format!("https://demo.plumb:10443{path}"))
+            .output()
+            .context("run curl")?;
+        let text = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .replace('\n', " ")
+            + String::from_utf8_lossy(&out.stderr).trim();
+        Ok((out.status.success(), text))
+    };
+    let cert = dir.join("client.pem").display().to_string();
+    let key = dir.join("client.key").display().to_string();
+    let with_cert = ["--cert", cert.as_str(), "--key", key.as_str()];
+    let (ok1, h1) = curl(&[&with_cert[..], &["--http1.1"]].concat(), "/hello")?;
+    let (ok2, h2) = curl(&[&with_cert[..], &["--http2"]].concat(), "/hello")?;
+    let (ok3, denied) = curl(&[&with_cert[..], &["--http2"]].concat(), "/admin-only")?;
+    let (ok4, no_cert) = curl(&["--http1.1"], "/hello")?;
+    println!("  curl --cert client.pem (identity {identity}) --http1.1 /hello -> {h1}");
+    println!("  the same over HTTP/2 (ALPN h2)                -> {h2}");
+    println!("  /admin-only (RBAC per route: another identity) -> {denied}");
+    println!("  curl without a client certificate             -> refused ({no_cert})");
+    let logged = std::fs::read_to_string(&log_path).unwrap_or_default();
+    for l in logged.lines().filter(|l| l.starts_with('[')).take(3) {
+        println!("  access log: {l}");
+    }
+    let filter =
+        "ssl%5C.%28handshake%7Cfail_verify_no_cert%7Cversions%29%7Crbac%5C.%28allowed%7Cdenied%29";
+    let (_, stats) = http_get(admin, &format!("/stats?usedonly&filter={filter}"))?;
+    for l in stats.lines() {
+        println!("  {l}");
+    }
+    let (_, certs) = http_get(admin, "/certs")?;
+    let days = serde_json::from_str::<serde_json::Value>(&certs)
+        .ok()
+        .and_then(|v| {
+            v["certificates"][0]["cert_chain"][0]["days_until_expiration"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".into());
+    println!("  /certs: the server certificate expires in {days} days; try curl -s 127.0.0.1:15001/certs");
+    util::signal(child.id(), "TERM")?;
+    let st = util::wait_child(&mut child, Duration::from_secs(40))?;
+    std::mem::forget(guard);
+    let expected = ok1
+        && ok2
+        && h1.ends_with("[1.1 200]")
+        && h2.ends_with("[2 200]")
+        && ok3
+        && denied.ends_with("403]")
+        && !ok4;
+    if !expected || !st.success() {
+        bail!(
+            "the TLS demo did not behave as expected; see {}",
+            log_path.display()
+        );
+    }
     Ok(())
 }
 
