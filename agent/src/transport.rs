@@ -65,6 +65,15 @@ impl Stream {
         }
     }
 
+    /// The protocol ALPN negotiated, on a TLS stream.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            Stream::TlsServer(s) => s.get_ref().1.alpn_protocol(),
+            Stream::TlsClient(s) => s.get_ref().1.alpn_protocol(),
+            _ => None,
+        }
+    }
+
     /// Whether the bytes are TLS terminated or originated here.
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::TlsServer(_) | Stream::TlsClient(_))

@@ -298,3 +298,63 @@ async fn two_agents_speak_mtls_carrying_http1_http2_and_grpc() {
         0
     );
 }
+
+/// `auto_config` clusters: HTTP/2 to a server whose ALPN says `h2`, HTTP/1.1 to one that
+/// only speaks `http/1.1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_config_clusters_speak_what_alpn_negotiates() {
+    let ca = Ca::new("alpn ca");
+    let cert = ca.server(&["b.mesh"]);
+    let up = http_upstream::start("up").await;
+    let routes = json!([{"name": "any", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]);
+    let terminating = |name: &str, alpn: &[&str], ip: &str| {
+        let mut l = http_listener(name, routes.clone());
+        l["address"]["socket_address"]["address"] = json!(ip);
+        l["filter_chains"][0]["transport_socket"] = tls::downstream_tls(
+            &[&cert],
+            json!({"common_tls_context": {"alpn_protocols": alpn}}),
+        );
+        l
+    };
+    let node_b = TestAgent::start(&bootstrap(
+        vec![
+            terminating("h2", &["h2", "http/1.1"], "127.0.0.1"),
+            terminating("h1", &["http/1.1"], "127.0.0.2"),
+        ],
+        vec![static_cluster("up", &[up.addr])],
+    ))
+    .await;
+    let auto = |name: &str, addr: SocketAddr| {
+        let mut c = static_cluster(name, &[addr]);
+        c["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "auto_config": {"http2_protocol_options": {}}}});
+        c["transport_socket"] = tls::upstream_tls(json!({"sni": "b.mesh",
+            "common_tls_context": {"validation_context": {"trusted_ca": tls::inline(&ca.pem)}}}));
+        c
+    };
+    let routes_a = json!([{"name": "any", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/to-h1"}, "route": {"cluster": "auto-h1"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "auto-h2"}}]}]);
+    let node_a = TestAgent::start(&bootstrap(
+        vec![http_listener("a-in", routes_a)],
+        vec![
+            auto("auto-h2", node_b.listener("h2")),
+            auto("auto-h1", node_b.listener("h1")),
+        ],
+    ))
+    .await;
+    let a = node_a.listener("a-in");
+    for path in ["/x", "/y", "/to-h1/x", "/to-h1/y"] {
+        let r = http_client::get(a, "svc", path, &[]).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    assert_eq!(node_b.stat("http.h2.downstream_rq_http2_total"), 2);
+    assert_eq!(node_b.stat("http.h1.downstream_rq_http1_total"), 2);
+    // One HTTP/2 connection per worker at most (the pools are per worker).
+    assert!((1..=2).contains(&node_a.stat("cluster.auto-h2.upstream_cx_http2_total")));
+    assert_eq!(node_a.stat("cluster.auto-h1.upstream_cx_http2_total"), 0);
+    assert_eq!(up.requests(), 4);
+}

@@ -756,7 +756,10 @@ impl ConnectionManager {
             UpstreamProtocol::Http2 => Version::HTTP_2,
             UpstreamProtocol::Downstream if parts.version == Version::HTTP_2 => Version::HTTP_2,
             UpstreamProtocol::Downstream => Version::HTTP_11,
+            // Decided per host, below.
+            UpstreamProtocol::Auto => Version::HTTP_11,
         };
+        let auto = cluster.config.http.protocol == UpstreamProtocol::Auto && !upgrade;
         if protocol == Version::HTTP_2 {
             uh.remove(HOST);
         }
@@ -770,6 +773,17 @@ impl ConnectionManager {
             let Some(host) = pick(&cluster, conn, policy.as_ref(), &tried, attempt, hash_key)
             else {
                 return self.upstream_failure(exchange, Failure::NoHealthy, grpc, &cluster);
+            };
+            // auto_config: what ALPN negotiated with this host (learned on first use).
+            let protocol = if auto {
+                cluster.learn_protocol(&host).await;
+                if host.speaks_h2() == Some(true) {
+                    Version::HTTP_2
+                } else {
+                    Version::HTTP_11
+                }
+            } else {
+                protocol
             };
             let upstream_authority: std::borrow::Cow<'_, str> = match &host_rewrite {
                 HostRewrite::None => authority.as_str().into(),
@@ -809,6 +823,9 @@ impl ConnectionManager {
             };
             if vh.include_request_attempt_count {
                 headers.insert(names::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
+            }
+            if auto && protocol == Version::HTTP_2 {
+                headers.remove(HOST);
             }
             let mut ureq = Request::new(body.attempt().with_timer(Timer::new(
                 None,

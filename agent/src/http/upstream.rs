@@ -152,7 +152,7 @@ impl ConnectionManager {
         slot: Slot,
     ) -> Result<http1::SendRequest<Body>, Failure> {
         let up = cluster
-            .connect_with(host.clone(), slot, Some("http/1.1"))
+            .connect_with(host.clone(), slot, &["http/1.1"])
             .await
             .map_err(|e| Failure::Connect(e.to_string()))?;
         cluster.http_stats().upstream_cx_http1_total.inc();
@@ -176,7 +176,7 @@ impl ConnectionManager {
         slot: Slot,
     ) -> Result<H2Conn, String> {
         let up = cluster
-            .connect_with(host.clone(), slot, Some("h2"))
+            .connect_with(host.clone(), slot, &["h2"])
             .await
             .map_err(|e| e.to_string())?;
         cluster.http_stats().upstream_cx_http2_total.inc();

@@ -292,13 +292,13 @@ impl TlsConnector {
 
     /// The client handshake over a connected TCP stream. Failures are counted under the
     /// cluster's `ssl.*` stats; the error says why (for `%UPSTREAM_TRANSPORT_FAILURE_REASON%`).
-    /// `alpn`: offered when the context configures no ALPN (the protocol the connection
-    /// will speak).
+    /// `alpn`: offered when the context configures no ALPN (the protocols the connection
+    /// may speak).
     pub async fn connect(
         &self,
         tcp: tokio::net::TcpStream,
         ip: IpAddr,
-        alpn: Option<&str>,
+        alpn: &[&str],
     ) -> io::Result<Stream> {
         let Some(config) = self.config.load_full() else {
             self.stats.connection_error.inc();
@@ -308,14 +308,13 @@ impl TlsConnector {
         };
         let connector = tokio_rustls::TlsConnector::from(config.clone());
         let name = self.server_name(ip);
-        let handshake = match alpn.filter(|_| config.alpn_protocols.is_empty()) {
-            Some(p) => {
-                connector
-                    .with_alpn(vec![p.as_bytes().to_vec()])
-                    .connect(name, tcp)
-                    .await
-            }
-            None => connector.connect(name, tcp).await,
+        let handshake = if !alpn.is_empty() && config.alpn_protocols.is_empty() {
+            connector
+                .with_alpn(alpn.iter().map(|p| p.as_bytes().to_vec()).collect())
+                .connect(name, tcp)
+                .await
+        } else {
+            connector.connect(name, tcp).await
         };
         match handshake {
             Ok(s) => {

@@ -97,6 +97,9 @@ pub struct Host {
     /// The cluster's connection-pool slot (`max_connection_pools`), taken on first use and
     /// held as long as the host.
     pool_slot: std::sync::OnceLock<super::Slot>,
+    /// What ALPN negotiated with it (`auto_config` clusters): 0 not yet known, 1 HTTP/1.1,
+    /// 2 HTTP/2.
+    alpn: AtomicU8,
     /// When the host's slow start began (added to a cluster that had hosts, or passed its
     /// first health check), with `slow_start_config`.
     slow_start: std::sync::Mutex<Option<tokio::time::Instant>>,
@@ -154,7 +157,20 @@ impl Host {
             close_all: tokio::sync::Notify::new(),
             slow_start: std::sync::Mutex::new(None),
             pool_slot: std::sync::OnceLock::new(),
+            alpn: AtomicU8::new(0),
         }
+    }
+
+    /// What ALPN negotiated with the host, once known: `Some(true)` for `h2`.
+    pub fn speaks_h2(&self) -> Option<bool> {
+        match self.alpn.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(v == 2),
+        }
+    }
+
+    pub fn set_speaks_h2(&self, h2: bool) {
+        self.alpn.store(if h2 { 2 } else { 1 }, Ordering::Relaxed);
     }
 
     /// Whether the host may have a connection pool: it has one, or takes one of the

@@ -516,7 +516,7 @@ impl Cluster {
             self.stats.upstream_cx_overflow.inc();
             return Err(ConnectError::Overflow(self.config.name.clone()));
         };
-        self.connect_with(host, slot, None).await
+        self.connect_with(host, slot, &[]).await
     }
 
     /// A transport to `addr`: the TCP (or in-memory) stream, with TLS when the cluster
@@ -524,7 +524,7 @@ impl Cluster {
     pub(crate) async fn open(
         &self,
         addr: SocketAddr,
-        alpn: Option<&'static str>,
+        alpn: &'static [&'static str],
     ) -> Result<Stream, OpenError> {
         let stream = self
             .connector
@@ -543,19 +543,44 @@ impl Cluster {
         }
     }
 
+    /// `auto_config`: learns which protocol `host` speaks, by a TLS connection offering `h2`
+    /// and `http/1.1` (once per host; without TLS, HTTP/1.1). A failed attempt leaves it
+    /// unknown (the request then goes as HTTP/1.1 and fails or succeeds on its own).
+    pub async fn learn_protocol(self: &Arc<Self>, host: &Arc<Host>) {
+        if host.speaks_h2().is_some() {
+            return;
+        }
+        if self.tls.is_none() {
+            host.set_speaks_h2(false);
+            return;
+        }
+        let Some(slot) = self
+            .breakers
+            .try_acquire_connection(Priority::Default, host)
+        else {
+            return;
+        };
+        if let Ok(up) = self
+            .connect_with(host.clone(), slot, &["h2", "http/1.1"])
+            .await
+        {
+            host.set_speaks_h2(up.stream.alpn() == Some(b"h2".as_slice()));
+        }
+    }
+
     /// The cluster's TLS client, when it originates TLS and its configuration loaded.
     pub fn tls(&self) -> Option<&Arc<crate::tls::TlsConnector>> {
         self.tls.as_ref()
     }
 
-    /// Connects to `host` with a connection slot already taken. `alpn`: the protocol the
-    /// connection will speak (`h2`, `http/1.1`), offered over TLS when the cluster's context
+    /// Connects to `host` with a connection slot already taken. `alpn`: the protocols the
+    /// connection may speak (`h2`, `http/1.1`), offered over TLS when the cluster's context
     /// names none (Envoy's ALPN fallback of its HTTP pools).
     pub async fn connect_with(
         self: &Arc<Self>,
         host: Arc<Host>,
         slot: Slot,
-        alpn: Option<&'static str>,
+        alpn: &'static [&'static str],
     ) -> Result<Upstream, ConnectError> {
         let s = &self.stats;
         s.upstream_cx_total.inc();

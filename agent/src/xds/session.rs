@@ -465,7 +465,7 @@ impl tower_service::Service<http::Uri> for ClusterTransport {
         let (cluster, addr) = (self.cluster.clone(), self.addr);
         Box::pin(async move {
             cluster
-                .open(addr, Some("h2"))
+                .open(addr, &["h2"])
                 .await
                 .map(hyper_util::rt::TokioIo::new)
                 .map_err(|e| std::io::Error::other(e.to_string()))

@@ -280,9 +280,11 @@ fn cluster_protocol_options_choose_the_upstream_protocol() {
     );
     let auto = r#""typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "auto_config": {}}},"#;
-    assert!(cluster(auto)
-        .unwrap_err()
-        .contains("auto_config: not supported"));
+    assert_eq!(cluster(auto).unwrap().protocol, UpstreamProtocol::Auto);
+    let both = r#""typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "auto_config": {},
+        "use_downstream_protocol_config": {}}},"#;
+    assert!(cluster(both).unwrap_err().contains("mutually exclusive"));
 }
 
 #[test]

@@ -16,6 +16,9 @@ pub enum UpstreamProtocol {
     Http2,
     /// The protocol the downstream request arrived with.
     Downstream,
+    /// `auto_config`: HTTP/2 when ALPN says `h2` (TLS clusters offer `h2` and `http/1.1`,
+    /// learned once per host), else HTTP/1.1.
+    Auto,
 }
 
 /// A cluster's HTTP settings (used only when an HTTP route sends to it).
@@ -53,10 +56,7 @@ const HTTP_PROTOCOL_OPTIONS: FieldTable = &[
     ),
     ("explicit_http_config", S),
     ("use_downstream_protocol_config", S),
-    (
-        "auto_config",
-        R("ALPN protocol selection arrives with TLS; use explicit_http_config"),
-    ),
+    ("auto_config", S),
     ("http_filters", R("upstream HTTP filters are not supported")),
     (
         "header_validation_config",
@@ -77,6 +77,16 @@ const HTTP_PROTOCOL_OPTIONS: FieldTable = &[
     (
         "retry_policy",
         R("cluster-level retry policies are not supported"),
+    ),
+];
+
+const AUTO: FieldTable = &[
+    ("http_protocol_options", S),
+    ("http2_protocol_options", S),
+    ("http3_protocol_options", R("HTTP/3 is not supported")),
+    (
+        "alternate_protocols_cache_options",
+        R("alternate protocols (HTTP/3) are not supported"),
     ),
 ];
 
@@ -276,16 +286,24 @@ pub(in crate::config) fn read_upstream_http(c: &Obj, d: &mut Diagnostics) -> Ups
         }
         let explicit = po.object("explicit_http_config", EXPLICIT, d);
         let downstream = po.get("use_downstream_protocol_config").is_some();
-        match (&explicit, downstream) {
-            (Some(_), true) => d.error(
+        let auto = po.get("auto_config").is_some();
+        match [explicit.is_some(), downstream, auto].iter().filter(|b| **b).count() {
+            1 => {}
+            0 => d.error(
                 &kpath,
-                "explicit_http_config and use_downstream_protocol_config are mutually exclusive",
+                "one of explicit_http_config, use_downstream_protocol_config or auto_config is required",
             ),
-            (None, false) if po.get("auto_config").is_none() => d.error(
+            _ => d.error(
                 &kpath,
-                "one of explicit_http_config or use_downstream_protocol_config is required",
+                "explicit_http_config, use_downstream_protocol_config and auto_config are mutually exclusive",
             ),
-            _ => {}
+        }
+        if let Some(a) = po.object("auto_config", AUTO, d) {
+            out.protocol = UpstreamProtocol::Auto;
+            let _ = a.object("http_protocol_options", HTTP1, d);
+            if let Some(o) = a.object("http2_protocol_options", HTTP2, d) {
+                read_http2(&o, &mut out, d);
+            }
         }
         if let Some(e) = explicit {
             let h1 = e.object("http_protocol_options", HTTP1, d);
@@ -319,6 +337,7 @@ pub(in crate::config) fn read_upstream_http(c: &Obj, d: &mut Diagnostics) -> Ups
 pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("HttpProtocolOptions", HTTP_PROTOCOL_OPTIONS),
     ("ExplicitHttpConfig", EXPLICIT),
+    ("AutoHttpConfig", AUTO),
     ("CommonHttpProtocolOptions", COMMON),
     ("Http1ProtocolOptions", HTTP1),
     ("Http2ProtocolOptions", HTTP2),

@@ -371,12 +371,8 @@ fn cds_http_protocol_options_choose_the_upstream_protocol() {
         hpo::UpstreamProtocolOptions::AutoConfig(Default::default()),
         None,
     );
-    let e = cluster_from_proto(&auto).unwrap_err();
-    assert!(
-        describe("c", &e).contains("typed_extension_protocol_options.envoy.extensions.upstreams.http.v3.HttpProtocolOptions.auto_config: not supported"),
-        "{}",
-        describe("c", &e)
-    );
+    let (c, _) = cluster_from_proto(&auto).unwrap();
+    assert_eq!(c.http.protocol, super::super::http::UpstreamProtocol::Auto);
     let legacy = pbc::Cluster {
         name: "l".into(),
         http2_protocol_options: Some(Default::default()),
