@@ -464,3 +464,47 @@ async fn openssl_clients_get_the_rsa_or_ecdsa_certificate_their_signature_algori
         .await;
     assert_eq!(agent.stat(&listener_stat(front, "ssl.versions.TLSv1.3")), 2);
 }
+
+/// An upstream whose certificate expired, or was issued by another CA: the cluster's connect
+/// fails, counted under `ssl.fail_verify_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_refuse_expired_and_untrusted_server_certificates() {
+    let ca = Ca::new("mesh ca");
+    let other = Ca::new("other ca");
+    let expired = ca.leaf(LeafSpec {
+        dns: &["backend.example"],
+        expired: true,
+        ..Default::default()
+    });
+    let untrusted = other.server(&["backend.example"]);
+    let a = tls::named_server("expired", tls::server_config(&expired, None, &[])).await;
+    let b = tls::named_server("untrusted", tls::server_config(&untrusted, None, &[])).await;
+    let origin = tls::upstream_tls(json!({
+        "sni": "backend.example",
+        "common_tls_context": {"validation_context": {"trusted_ca": tls::inline(&ca.pem)}},
+    }));
+    let mut ca_cluster = static_cluster("expired", &[a.addr]);
+    ca_cluster["transport_socket"] = origin.clone();
+    let mut other_cluster = static_cluster("untrusted", &[b.addr]);
+    other_cluster["transport_socket"] = origin;
+    let mut l2 = tcp_listener("to-untrusted", "untrusted");
+    l2["address"]["socket_address"]["address"] = json!("127.0.0.2");
+    let agent = TestAgent::start(&bootstrap(
+        vec![tcp_listener("to-expired", "expired"), l2],
+        vec![ca_cluster, other_cluster],
+    ))
+    .await;
+    for (listener, cluster) in [("to-expired", "expired"), ("to-untrusted", "untrusted")] {
+        let got = plumb_tests::client::roundtrip(agent.listener(listener), b"").await;
+        assert!(got.map_or(true, |g| g.is_empty()), "{cluster}: got bytes");
+        agent
+            .wait_stat(&format!("cluster.{cluster}.ssl.fail_verify_error"), |v| {
+                v == 1
+            })
+            .await;
+        assert_eq!(
+            agent.stat(&format!("cluster.{cluster}.upstream_cx_connect_fail")),
+            1
+        );
+    }
+}
