@@ -30,6 +30,9 @@ pub struct Subject<'a> {
     pub headers: Option<&'a HeaderMap>,
     /// HTTP only: the path without its query.
     pub path: Option<&'a str>,
+    /// HTTP only: the pseudo-headers (`:method`, `:path`, `:authority`, `:scheme`) header
+    /// matchers may name.
+    pub pseudo: Option<crate::http::route::Pseudo<'a>>,
 }
 
 #[derive(Debug)]
@@ -71,7 +74,7 @@ fn permission(p: &Permission, s: &Subject) -> bool {
         Permission::Not(p) => !permission(p, s),
         Permission::Header(h) => s
             .headers
-            .is_some_and(|hs| crate::http::route::header_matches(h, hs)),
+            .is_some_and(|hs| crate::http::route::header_matches_with(h, hs, s.pseudo)),
         Permission::UrlPath(m) => s.path.is_some_and(|p| m.matches(p)),
         Permission::DestinationIp(c) => c.contains(s.destination.ip().to_canonical()),
         Permission::DestinationPort(p) => s.destination.port() == *p,
@@ -90,15 +93,13 @@ fn principal(p: &Principal, s: &Subject) -> bool {
         Principal::Or(v) => v.iter().any(|p| principal(p, s)),
         Principal::Not(p) => !principal(p, s),
         Principal::Authenticated(m) => match (s.tls, m) {
-            (Some(t), None) => t.peer_certificate,
-            // Envoy: the URI SANs, else the DNS SANs.
+            // Envoy: any TLS connection, with or without a peer certificate.
+            (Some(_), None) => true,
+            // Envoy: any URI SAN, then any DNS SAN, then the subject.
             (Some(t), Some(m)) => {
-                let names = if t.peer_uri_sans.is_empty() {
-                    &t.peer_dns_sans
-                } else {
-                    &t.peer_uri_sans
-                };
-                names.iter().any(|n| m.matches(n))
+                t.peer_uri_sans.iter().any(|n| m.matches(n))
+                    || t.peer_dns_sans.iter().any(|n| m.matches(n))
+                    || t.peer_subject.as_deref().is_some_and(|n| m.matches(n))
             }
             (None, _) => false,
         },
@@ -106,7 +107,7 @@ fn principal(p: &Principal, s: &Subject) -> bool {
         Principal::RemoteIp(c) => c.contains(s.remote.ip().to_canonical()),
         Principal::Header(h) => s
             .headers
-            .is_some_and(|hs| crate::http::route::header_matches(h, hs)),
+            .is_some_and(|hs| crate::http::route::header_matches_with(h, hs, s.pseudo)),
         Principal::UrlPath(m) => s.path.is_some_and(|p| m.matches(p)),
     }
 }
@@ -197,6 +198,7 @@ mod tests {
             tls,
             headers: Some(headers),
             path: Some(path),
+            pseudo: None,
         }
     }
 
@@ -246,5 +248,49 @@ rules:
         assert!(log.check(&subject(None, &none, "/")));
         // No rules: nothing enforced.
         assert!(rbac("{}").check(&subject(None, &none, "/")));
+    }
+
+    #[test]
+    fn pseudo_headers_and_every_san_kind_are_seen() {
+        let deny_delete = rbac(
+            "rules: {action: DENY, policies: {p: {permissions: [{header: {name: ':method', string_match: {exact: DELETE}}}], principals: [{any: true}]}}}",
+        );
+        let none = HeaderMap::new();
+        let mut s = subject(None, &none, "/x");
+        s.pseudo = Some(crate::http::route::Pseudo {
+            scheme: "https",
+            method: "DELETE",
+            path: "/x",
+            authority: "api.example",
+        });
+        assert!(!deny_delete.check(&s));
+        s.pseudo = Some(crate::http::route::Pseudo {
+            method: "GET",
+            ..s.pseudo.unwrap()
+        });
+        assert!(deny_delete.check(&s));
+        // principal_name: any URI SAN, then any DNS SAN, then the subject.
+        let by_dns = rbac(
+            "rules: {action: ALLOW, policies: {p: {permissions: [{any: true}], principals: [{authenticated: {principal_name: {exact: db.example}}}]}}}",
+        );
+        let peer = TlsInfo {
+            peer_uri_sans: vec!["spiffe://x/ns/a/sa/b".into()],
+            peer_dns_sans: vec!["db.example".into()],
+            peer_certificate: true,
+            ..TlsInfo::default()
+        };
+        assert!(by_dns.check(&subject(Some(&peer), &none, "/")));
+        // authenticated without a name: any TLS connection.
+        let any_tls = rbac(
+            "rules: {action: ALLOW, policies: {p: {permissions: [{any: true}], principals: [{authenticated: {}}]}}}",
+        );
+        assert!(any_tls.check(&subject(Some(&TlsInfo::default()), &none, "/")));
+        assert!(!any_tls.check(&subject(None, &none, "/")));
+        // Empty sets are refused, as Envoy refuses them.
+        let e = crate::config::rbac::parse_http_rbac(
+            "rules: {policies: {p: {permissions: [{and_rules: {rules: []}}], principals: [{any: true}]}}}",
+        )
+        .unwrap_err();
+        assert!(e[0].message.contains("at least one"), "{e:?}");
     }
 }

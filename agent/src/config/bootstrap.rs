@@ -297,7 +297,11 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
                 "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
                 format!("unknown cluster \"{}\": the control plane must be a static cluster", x.cluster),
             ),
-            Some((path, c)) if c.tls.as_ref().is_some_and(|t| t.common.validation.is_none()) => d.error(
+            Some((path, c)) if c.tls.as_ref().is_some_and(|t| match &t.common.validation {
+                None => true,
+                Some(tls::SecretRef::Inline(v)) => v.trusted_ca.is_none(),
+                Some(_) => false,
+            }) => d.error(
                 format!("{path}.transport_socket.typed_config.common_tls_context.validation_context"),
                 "the control plane's certificate must be verified: give a validation context with trusted_ca",
             ),

@@ -597,11 +597,21 @@ pub enum LocalityLb {
     },
 }
 
-/// PEM material, from a file (read at each use, so rotation needs no restart) or inline.
-#[derive(Debug, Clone, PartialEq)]
+/// PEM material, from a file (re-read when it changes) or inline. Its `Debug` never shows
+/// inline content (it may be a private key).
+#[derive(Clone, PartialEq)]
 pub enum DataSource {
     File(std::path::PathBuf),
     Inline(String),
+}
+
+impl std::fmt::Debug for DataSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataSource::File(p) => f.debug_tuple("File").field(p).finish(),
+            DataSource::Inline(s) => write!(f, "Inline(<{} bytes>)", s.len()),
+        }
+    }
 }
 
 impl DataSource {

@@ -227,8 +227,11 @@ fn read_permission(v: &Value, path: &str, depth: usize, d: &mut Diagnostics) -> 
     Some(match one_of(&o, &kinds, d)? {
         k @ ("and_rules" | "or_rules") => {
             let set = o.object(k, SET, d)?;
-            let rules: Vec<Permission> = set
-                .list("rules", d)
+            let items = set.list("rules", d);
+            if items.is_empty() {
+                d.error(set.at("rules"), "needs at least one rule");
+            }
+            let rules: Vec<Permission> = items
                 .iter()
                 .filter_map(|(p, v)| read_permission(v, p, depth + 1, d))
                 .collect();
@@ -259,8 +262,11 @@ fn read_permission(v: &Value, path: &str, depth: usize, d: &mut Diagnostics) -> 
             let r = o.object("destination_port_range", PORT_RANGE, d)?;
             let start = r.uint("start", 0, 65536, d).unwrap_or(0) as u32;
             let end = r.uint("end", 0, 65536, d).unwrap_or(0) as u32;
-            if start > end {
-                d.error(&r.path, "start must not be above end");
+            if start >= end {
+                d.error(
+                    &r.path,
+                    "start must be below end (the range is [start, end))",
+                );
             }
             Permission::DestinationPortRange(start, end)
         }
@@ -298,8 +304,11 @@ fn read_principal(v: &Value, path: &str, depth: usize, d: &mut Diagnostics) -> O
     Some(match one_of(&o, &kinds, d)? {
         k @ ("and_ids" | "or_ids") => {
             let set = o.object(k, SET, d)?;
-            let ids: Vec<Principal> = set
-                .list("ids", d)
+            let items = set.list("ids", d);
+            if items.is_empty() {
+                d.error(set.at("ids"), "needs at least one principal");
+            }
+            let ids: Vec<Principal> = items
                 .iter()
                 .filter_map(|(p, v)| read_principal(v, p, depth + 1, d))
                 .collect();

@@ -135,6 +135,7 @@ impl FilterChain {
                         tls: ds.tls.as_deref(),
                         headers: None,
                         path: None,
+                        pseudo: None,
                     };
                     if !r.check(&subject) {
                         // Denied: closed at once (a reset, so the client learns).

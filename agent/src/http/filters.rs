@@ -54,6 +54,8 @@ pub struct RequestHead<'a> {
     pub protocol: &'a str,
     /// The connection's TLS, when its chain terminated it.
     pub tls: Option<&'a crate::tls::TlsInfo>,
+    /// `:authority` (or Host); empty when the request has none.
+    pub authority: &'a str,
     /// The SNI the client asked for.
     pub server_name: Option<&'a str>,
 }
@@ -84,6 +86,12 @@ impl RbacFilter {
             tls: req.tls,
             headers: Some(req.headers),
             path: Some(req.path.split_once('?').map_or(req.path, |(p, _)| p)),
+            pseudo: Some(super::route::Pseudo {
+                scheme: if req.tls.is_some() { "https" } else { "http" },
+                method: req.method,
+                path: req.path,
+                authority: req.authority,
+            }),
         }
     }
 
@@ -383,9 +391,10 @@ pub struct HealthCheckFilter {
 impl HttpFilter for HealthCheckFilter {
     fn on_request(&self, req: &RequestHead) -> Verdict {
         let pseudo = super::route::Pseudo {
+            scheme: if req.tls.is_some() { "https" } else { "http" },
             method: req.method,
             path: req.path,
-            authority: "",
+            authority: req.authority,
         };
         let matches = self
             .headers
@@ -424,6 +433,7 @@ mod tests {
             destination: "10.0.0.2:80".parse().unwrap(),
             protocol: "HTTP/1.1",
             tls: None,
+            authority: "",
             server_name: None,
         }
     }

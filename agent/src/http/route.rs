@@ -265,6 +265,8 @@ fn header_value<'h>(headers: &'h HeaderMap, name: &str, joined: &'h mut String) 
 /// The request's pseudo-headers, for header matchers that name them.
 #[derive(Debug, Clone, Copy)]
 pub struct Pseudo<'a> {
+    /// `http`, or `https` on a connection whose TLS Plumb terminated.
+    pub scheme: &'a str,
     pub method: &'a str,
     /// The path with its query, as `:path` is.
     pub path: &'a str,
@@ -283,7 +285,7 @@ pub fn header_matches_with(h: &HeaderMatcher, headers: &HeaderMap, pseudo: Optio
         (":method", Some(p)) => Some(p.method),
         (":path", Some(p)) => Some(p.path),
         (":authority", Some(p)) => Some(p.authority),
-        (":scheme", Some(_)) => Some("http"),
+        (":scheme", Some(p)) => Some(p.scheme),
         (n, _) if n.starts_with(':') => None,
         _ => header_value(headers, &h.name, &mut joined),
     };
@@ -360,6 +362,7 @@ fn matches(m: &RouteMatch, req: &RequestView, query: &mut Option<Vec<(String, St
         return false;
     }
     let pseudo = Pseudo {
+        scheme: "http",
         method: req.method,
         path: req.path_and_query,
         authority: req.authority,

@@ -478,6 +478,7 @@ impl ConnectionManager {
             destination: conn.original_dst.unwrap_or(conn.local),
             protocol: protocol_name(parts.version),
             tls: conn.tls.as_deref(),
+            authority: authority.as_deref().unwrap_or(""),
             server_name: conn.server_name.as_deref(),
         };
         // Values set by `set_filter_state`, for `hash_policy.filter_state`.
@@ -774,9 +775,16 @@ impl ConnectionManager {
             else {
                 return self.upstream_failure(exchange, Failure::NoHealthy, grpc, &cluster);
             };
-            // auto_config: what ALPN negotiated with this host (learned on first use).
+            // auto_config: what ALPN negotiated with this host (learned on first use). A probe
+            // that could not connect is this attempt's connect failure.
+            let mut probe_failed = None;
             let protocol = if auto {
-                cluster.learn_protocol(&host).await;
+                if let Err(e) = cluster.learn_protocol(&host).await {
+                    probe_failed = Some(match e {
+                        crate::upstream::ConnectError::Overflow(_) => Failure::Overflow,
+                        e => Failure::Connect(e.to_string()),
+                    });
+                }
                 if host.speaks_h2() == Some(true) {
                     Version::HTTP_2
                 } else {
@@ -853,6 +861,7 @@ impl ConnectionManager {
             // No named local for the send future: it would be kept next to the timeout's copy
             // of it in this (per request, moved) future.
             let result = match (bound, &rq_slot) {
+                _ if probe_failed.is_some() => Err(probe_failed.take().expect("checked")),
                 (_, None) => {
                     hs.upstream_rq_pending_overflow.inc();
                     Err(Failure::Overflow)

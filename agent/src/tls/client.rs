@@ -141,6 +141,9 @@ pub struct TlsConnector {
     stats: Arc<SslStats>,
     /// The client certificate and trusted CA (for `/certs`).
     info: ArcSwap<CertsInfo>,
+    /// Serialises rebuilds (the file poller and SDS may both trigger one): the last one
+    /// started is the one that stays.
+    reload_lock: std::sync::Mutex<()>,
     _slots: Vec<Arc<super::secrets::SecretSlot>>,
     what: String,
 }
@@ -185,10 +188,18 @@ pub fn client_config(
         }
         None => (None, Vec::new()),
     };
+    // Envoy checks the name only when there is an SNI to check it against.
+    let verify_name = verify_name || (cfg.auto_sni_san_validation && cfg.sni.is_some());
+    if inner.is_none() && (verify_name || !sans.is_empty()) {
+        // Names and SANs of a certificate whose chain nobody verified prove nothing.
+        return Err(
+            "validation_context: checking the server's name or SANs needs trusted_ca".into(),
+        );
+    }
     let verifier = Arc::new(ServerVerifier {
         inner,
         sans,
-        verify_name: verify_name || cfg.auto_sni_san_validation,
+        verify_name,
         algs: provider.signature_verification_algorithms,
         stats: stats.clone(),
     });
@@ -214,6 +225,7 @@ pub fn client_config(
 
 impl super::secrets::Reload for TlsConnector {
     fn reload(&self, secrets: &Secrets) -> Result<(), String> {
+        let _one = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let (cc, info) = client_config(&self.cfg, secrets, &self.stats, self.verify_name)?;
         self.config.store(Some(Arc::new(cc)));
         self.info.store(Arc::new(info));
@@ -248,6 +260,7 @@ impl TlsConnector {
             cfg: cfg.clone(),
             verify_name,
             config: ArcSwapOption::empty(),
+            reload_lock: std::sync::Mutex::new(()),
             stats,
             info: ArcSwap::from_pointee(CertsInfo::default()),
             _slots: cfg
@@ -258,11 +271,12 @@ impl TlsConnector {
                 .collect(),
             what,
         });
+        // Registered first: a secret arriving meanwhile reloads it.
+        let weak: std::sync::Weak<dyn Reload> = Arc::downgrade(&(c.clone() as Arc<dyn Reload>));
+        secrets.register(weak);
         if let Err(e) = c.reload(secrets) {
             tracing::warn!(context = %c.what, error = %e, "TLS client not ready: connections fail until its secrets load");
         }
-        let weak: std::sync::Weak<dyn Reload> = Arc::downgrade(&(c.clone() as Arc<dyn Reload>));
-        secrets.register(weak);
         c
     }
 

@@ -37,6 +37,8 @@ pub struct TlsInfo {
     /// The peer certificate's URI and DNS SANs (the peer's identity), empty without one.
     pub peer_uri_sans: Vec<String>,
     pub peer_dns_sans: Vec<String>,
+    /// The peer certificate's subject (RFC 4514), for RBAC's `principal_name`.
+    pub peer_subject: Option<String>,
     /// Whether the peer presented a certificate.
     pub peer_certificate: bool,
     pub resumed: bool,

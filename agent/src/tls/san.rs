@@ -51,6 +51,14 @@ pub fn sans(der: &[u8]) -> Option<Sans> {
     Some(out)
 }
 
+/// The subject of a DER certificate (RFC 4514 form), if it parses.
+pub fn subject(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let s = cert.subject().to_string();
+    // Bounded: a hostile certificate's subject could be large.
+    (s.len() <= 4096).then_some(s)
+}
+
 /// Whether a DNS SAN (which may be a `*.` wildcard) covers `name` (lower-case).
 pub fn dns_matches(san: &str, name: &str) -> bool {
     let san = san.to_ascii_lowercase();

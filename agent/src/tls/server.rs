@@ -30,6 +30,9 @@ pub struct TlsAcceptor {
     stats: Arc<SslStats>,
     /// The certificates served and trusted (for `/certs`).
     info: ArcSwap<CertsInfo>,
+    /// Serialises rebuilds (the file poller and SDS may both trigger one): the last one
+    /// started is the one that stays.
+    reload_lock: std::sync::Mutex<()>,
     /// Holds the SDS subscriptions of the secrets it names.
     _slots: Vec<Arc<super::secrets::SecretSlot>>,
     what: String,
@@ -217,6 +220,14 @@ pub fn server_config(
                 stats: stats.clone(),
             })
         }
+        // Without a CA nothing about a client certificate can be trusted: refuse rather than
+        // let every client in (Envoy refuses this configuration too).
+        Some(v) if cfg.require_client_certificate || !v.san_matchers.is_empty() => {
+            return Err("validation_context: requiring a client certificate or matching its SANs needs trusted_ca".into())
+        }
+        None if cfg.require_client_certificate => {
+            return Err("require_client_certificate needs a validation context with trusted_ca".into())
+        }
         _ => WebPkiClientVerifier::no_client_auth(),
     };
     let versions = super::versions(common);
@@ -248,6 +259,7 @@ pub fn server_config(
 
 impl super::secrets::Reload for TlsAcceptor {
     fn reload(&self, secrets: &Secrets) -> Result<(), String> {
+        let _one = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let (sc, info) = server_config(&self.cfg, secrets, &self.stats)?;
         self.config.store(Some(Arc::new(sc)));
         self.info.store(Arc::new(info));
@@ -281,6 +293,7 @@ impl TlsAcceptor {
         let a = Arc::new(Self {
             cfg: cfg.clone(),
             config: ArcSwapOption::empty(),
+            reload_lock: std::sync::Mutex::new(()),
             stats,
             info: ArcSwap::from_pointee(CertsInfo::default()),
             _slots: cfg
@@ -291,11 +304,12 @@ impl TlsAcceptor {
                 .collect(),
             what,
         });
+        // Registered first: a secret arriving meanwhile reloads it.
+        let weak: std::sync::Weak<dyn Reload> = Arc::downgrade(&(a.clone() as Arc<dyn Reload>));
+        secrets.register(weak);
         if let Err(e) = a.reload(secrets) {
             tracing::warn!(context = %a.what, error = %e, "TLS server not ready: handshakes are refused until its secrets load");
         }
-        let weak: std::sync::Weak<dyn Reload> = Arc::downgrade(&(a.clone() as Arc<dyn Reload>));
-        secrets.register(weak);
         a
     }
 
@@ -367,6 +381,7 @@ impl TlsAcceptor {
             alpn,
             peer_uri_sans: sans.uri,
             peer_dns_sans: sans.dns,
+            peer_subject: peer.and_then(|c| san::subject(c)),
             peer_certificate: peer.is_some(),
             resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
         }));

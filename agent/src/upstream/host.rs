@@ -100,6 +100,8 @@ pub struct Host {
     /// What ALPN negotiated with it (`auto_config` clusters): 0 not yet known, 1 HTTP/1.1,
     /// 2 HTTP/2.
     alpn: AtomicU8,
+    /// One ALPN probe at a time (`auto_config`): the others wait for its answer.
+    pub(crate) alpn_probe: tokio::sync::Mutex<()>,
     /// When the host's slow start began (added to a cluster that had hosts, or passed its
     /// first health check), with `slow_start_config`.
     slow_start: std::sync::Mutex<Option<tokio::time::Instant>>,
@@ -158,6 +160,7 @@ impl Host {
             slow_start: std::sync::Mutex::new(None),
             pool_slot: std::sync::OnceLock::new(),
             alpn: AtomicU8::new(0),
+            alpn_probe: tokio::sync::Mutex::new(()),
         }
     }
 

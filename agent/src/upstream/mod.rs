@@ -544,28 +544,32 @@ impl Cluster {
     }
 
     /// `auto_config`: learns which protocol `host` speaks, by a TLS connection offering `h2`
-    /// and `http/1.1` (once per host; without TLS, HTTP/1.1). A failed attempt leaves it
-    /// unknown (the request then goes as HTTP/1.1 and fails or succeeds on its own).
-    pub async fn learn_protocol(self: &Arc<Self>, host: &Arc<Host>) {
+    /// and `http/1.1` (once per host, one probe at a time; without TLS, HTTP/1.1). A failed
+    /// probe leaves it unknown and is the attempt's connect failure (counted once).
+    pub async fn learn_protocol(self: &Arc<Self>, host: &Arc<Host>) -> Result<(), ConnectError> {
         if host.speaks_h2().is_some() {
-            return;
+            return Ok(());
         }
         if self.tls.is_none() {
             host.set_speaks_h2(false);
-            return;
+            return Ok(());
+        }
+        let _probe = host.alpn_probe.lock().await;
+        if host.speaks_h2().is_some() {
+            return Ok(());
         }
         let Some(slot) = self
             .breakers
             .try_acquire_connection(Priority::Default, host)
         else {
-            return;
+            self.stats.upstream_cx_overflow.inc();
+            return Err(ConnectError::Overflow(self.config.name.clone()));
         };
-        if let Ok(up) = self
+        let up = self
             .connect_with(host.clone(), slot, &["h2", "http/1.1"])
-            .await
-        {
-            host.set_speaks_h2(up.stream.alpn() == Some(b"h2".as_slice()));
-        }
+            .await?;
+        host.set_speaks_h2(up.stream.alpn() == Some(b"h2".as_slice()));
+        Ok(())
     }
 
     /// The cluster's TLS client, when it originates TLS and its configuration loaded.

@@ -73,7 +73,15 @@ impl XdsClient {
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         let written = (|| {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
+            // Owner-only: the cache holds the configuration (never private keys: see
+            // `remember_raw`), which is still nobody else's business.
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&buf)?;
             f.sync_all()?;
             std::fs::rename(&tmp, path)

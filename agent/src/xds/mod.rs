@@ -645,7 +645,8 @@ impl XdsClient {
         removed: &[String],
     ) {
         let type_url = h.type_url();
-        // Private keys never reach the disk: secrets are fetched again after a restart.
+        // Private keys never reach the disk: secrets are fetched again after a restart (and
+        // resources with inline keys are skipped below).
         if type_url == config::type_urls::SECRET {
             return;
         }
@@ -663,6 +664,15 @@ impl XdsClient {
         }
         for (_, any) in resources {
             let name = h.name_of(any);
+            // Private keys never reach the disk: a resource carrying an inline one (a
+            // listener's or cluster's inline certificate) is not cached; after a restart it
+            // comes from the control plane again.
+            if any.value.windows(16).any(|w| w == b"PRIVATE KEY-----") {
+                if let Some(n) = &name {
+                    st.raw.entry(type_url.to_string()).or_default().remove(n);
+                }
+                continue;
+            }
             // Only what was applied: a rejected update leaves the previous copy in place.
             if let Some(name) = name {
                 let rejected = st
