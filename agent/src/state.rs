@@ -454,9 +454,7 @@ impl Shared {
             }
         }
         for c in self.clusters.all() {
-            if let Some(t) = c.tls() {
-                out.push(t.certificates());
-            }
+            out.extend(c.tls_clients().map(|t| t.certificates()));
         }
         out
     }

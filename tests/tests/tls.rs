@@ -508,3 +508,42 @@ async fn clusters_refuse_expired_and_untrusted_server_certificates() {
         );
     }
 }
+
+/// `transport_socket_matches`, as Istio uses them: endpoints whose metadata says
+/// `tlsMode: istio` get mTLS, the others plain TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_socket_matches_choose_mtls_or_plain_per_endpoint() {
+    let ca = Ca::new("mesh ca");
+    let server = ca.server(&["secure.example"]);
+    let me = ca.identity("spiffe://test/ns/matches/sa/client");
+    let secure = tls::named_server("secure", tls::server_config(&server, Some(&ca.pem), &[])).await;
+    let plain = servers::start(Behavior::Named("plain".into())).await;
+    let mut c = static_cluster("mixed", &[secure.addr, plain.addr]);
+    c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["metadata"] = json!({
+        "filter_metadata": {"envoy.transport_socket_match": {"tlsMode": "istio"}}});
+    c["transport_socket_matches"] = json!([
+        {"name": "tlsMode-istio", "match": {"tlsMode": "istio"},
+         "transport_socket": tls::upstream_tls(json!({
+            "sni": "secure.example",
+            "common_tls_context": {
+                "tls_certificates": [{"certificate_chain": tls::inline(&me.cert),
+                    "private_key": tls::inline(&me.key)}],
+                "validation_context": {"trusted_ca": tls::inline(&ca.pem)}}}))},
+        {"name": "tlsMode-disabled", "match": {},
+         "transport_socket": {"name": "envoy.transport_sockets.raw_buffer"}},
+    ]);
+    let agent = TestAgent::start(&bootstrap(vec![tcp_listener("front", "mixed")], vec![c])).await;
+    let front = agent.listener("front");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let got = plumb_tests::client::roundtrip(front, b"").await.unwrap();
+        seen.insert(String::from_utf8(got).unwrap());
+    }
+    let want: std::collections::BTreeSet<String> = [
+        "secure spiffe://test/ns/matches/sa/client".to_string(),
+        "plain".to_string(),
+    ]
+    .into();
+    assert_eq!(seen, want);
+    assert_eq!(agent.stat("cluster.mixed.ssl.handshake"), 2);
+}

@@ -101,7 +101,7 @@ async fn nack(api: &str) {
         seconds: 9,
         nanos: 0,
     });
-    bad.transport_socket_matches = vec![Default::default()];
+    bad.transport_socket_matcher = Some(Default::default());
     cp.set(
         vec![bad],
         vec![tcp_listener("front", front, "backend")],
@@ -114,7 +114,7 @@ async fn nack(api: &str) {
     let n = &cp.nacks()[0];
     let err = n.error.as_deref().unwrap();
     assert!(
-        err.contains("cluster \"backend\": transport_socket_matches: not supported"),
+        err.contains("cluster \"backend\": transport_socket_matcher: not supported"),
         "{err}"
     );
     if api == "GRPC" {
@@ -133,7 +133,7 @@ async fn nack(api: &str) {
     );
     let dump = get(agent.admin(), "/config_dump").await.json().to_string();
     assert!(
-        dump.contains("transport_socket_matches: not supported"),
+        dump.contains("transport_socket_matcher: not supported"),
         "{dump}"
     );
     assert!(

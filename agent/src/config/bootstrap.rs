@@ -316,12 +316,24 @@ pub(super) fn translate(value: &Value, d: &mut Diagnostics) -> Option<Snapshot> 
     const SDS_NEEDS_ADS: &str =
         "secrets with sds_config {ads: {}} come over ADS: configure dynamic_resources.ads_config";
     for (path, c) in &clusters {
-        if let Some(t) = &c.tls {
+        let sockets = c
+            .tls
+            .iter()
+            .map(|t| (format!("{path}.transport_socket"), t))
+            .chain(c.tls_matches.iter().enumerate().filter_map(|(i, m)| {
+                m.tls.as_ref().map(|t| {
+                    (
+                        format!("{path}.transport_socket_matches[{i}].transport_socket"),
+                        t,
+                    )
+                })
+            }));
+        for (at, t) in sockets {
             if let Err(e) = tls::check_names(&t.common, &secrets) {
-                d.error(format!("{path}.transport_socket"), e);
+                d.error(&at, e);
             }
             if needs_ads(&t.common) {
-                d.error(format!("{path}.transport_socket"), SDS_NEEDS_ADS);
+                d.error(&at, SDS_NEEDS_ADS);
             }
         }
     }

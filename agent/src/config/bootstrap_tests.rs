@@ -142,11 +142,11 @@ fn ignored_fields_warn_and_rejected_fields_fail() {
     );
     let y = GOOD.replace(
         "connect_timeout: 0.5s",
-        "connect_timeout: 0.5s\n    transport_socket_matches: []",
+        "connect_timeout: 0.5s\n    transport_socket_matcher: {}",
     );
     let e = errors(&y);
     assert!(
-        e[0].starts_with("static_resources.clusters[0].transport_socket_matches: not supported"),
+        e[0].starts_with("static_resources.clusters[0].transport_socket_matcher: not supported"),
         "{e:?}"
     );
 }
@@ -574,6 +574,7 @@ const TABLES: &[(&str, FieldTable)] = &[
     ("ListenerFilter", LISTENER_FILTER),
     ("TlsInspector", TLS_INSPECTOR),
     ("EdsClusterConfig", EDS_CLUSTER_CONFIG),
+    ("TransportSocketMatch", TRANSPORT_SOCKET_MATCH),
     ("CircuitBreakers", CIRCUIT_BREAKERS),
     ("Thresholds", THRESHOLDS),
     (

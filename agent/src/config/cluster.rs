@@ -79,9 +79,10 @@ pub(super) const CLUSTER: FieldTable = &[
     ),
     ("lrs_server", I("load reporting is not supported")),
     ("transport_socket", S),
+    ("transport_socket_matches", S),
     (
-        "transport_socket_matches",
-        R("one transport_socket per cluster; matching by endpoint metadata is not implemented yet"),
+        "transport_socket_matcher",
+        R("the matcher API is not supported; use transport_socket_matches"),
     ),
     ("eds_cluster_config", S),
     ("cluster_type", R("custom cluster types are not supported")),
@@ -126,6 +127,9 @@ pub(super) const RETRY_BUDGET: FieldTable = &[
 ];
 
 pub(super) const PERCENT: FieldTable = &[("value", S)];
+
+pub(super) const TRANSPORT_SOCKET_MATCH: FieldTable =
+    &[("name", S), ("match", S), ("transport_socket", S)];
 
 pub(super) const EDS_CLUSTER_CONFIG: FieldTable = &[("eds_config", S), ("service_name", S)];
 
@@ -252,6 +256,44 @@ pub(crate) fn read_cluster(v: &Value, path: &str, d: &mut Diagnostics) -> Option
     let tls = c
         .object("transport_socket", TRANSPORT_SOCKET, d)
         .and_then(|ts| read_upstream_tls(&ts, d));
+    let mut tls_matches: Vec<TransportSocketMatch> = Vec::new();
+    for (mpath, mv) in c.list("transport_socket_matches", d) {
+        let Some(m) = Obj::new(mv, &mpath, TRANSPORT_SOCKET_MATCH, d) else {
+            continue;
+        };
+        let name = m.required_name("name", d).unwrap_or_default();
+        if tls_matches.iter().any(|x| x.name == name) {
+            d.error(m.at("name"), format!("duplicate match name \"{name}\""));
+        }
+        let mut criteria = Vec::new();
+        match m.get("match") {
+            None => {}
+            Some(Value::Mapping(map)) => {
+                for (k, v) in map.iter() {
+                    match (k, super::endpoint::scalar_string(v)) {
+                        (Value::String(k), Some(v)) => criteria.push((k.clone(), v)),
+                        _ => d.error(m.at("match"), "expected keys with scalar values"),
+                    }
+                }
+            }
+            Some(_) => d.error(
+                m.at("match"),
+                "expected a mapping of metadata keys to values",
+            ),
+        }
+        let tls = match m.object("transport_socket", TRANSPORT_SOCKET, d) {
+            Some(ts) => read_upstream_tls(&ts, d),
+            None => {
+                d.error(m.at("transport_socket"), "missing required field");
+                continue;
+            }
+        };
+        tls_matches.push(TransportSocketMatch {
+            name,
+            criteria,
+            tls,
+        });
+    }
     let circuit_breakers = c.object("circuit_breakers", CIRCUIT_BREAKERS, d).map(|cb| {
         let mut thresholds: Vec<Thresholds> = Vec::new();
         for (tpath, tv) in cb.list("thresholds", d) {
@@ -375,6 +417,7 @@ pub(crate) fn read_cluster(v: &Value, path: &str, d: &mut Diagnostics) -> Option
     Some(Cluster {
         name: name?,
         tls,
+        tls_matches,
         eds_service_name,
         circuit_breakers,
         health_check,

@@ -129,6 +129,27 @@ impl Cluster {
         if let Some(t) = &self.tls {
             j["transport_socket"] = t.to_envoy_json();
         }
+        if !self.tls_matches.is_empty() {
+            j["transport_socket_matches"] = json!(self
+                .tls_matches
+                .iter()
+                .map(|m| {
+                    let criteria: serde_json::Map<String, Json> = m
+                        .criteria
+                        .iter()
+                        .map(|(k, v)| (k.clone(), json!(v)))
+                        .collect();
+                    json!({
+                        "name": m.name,
+                        "match": criteria,
+                        "transport_socket": m.tls.as_ref().map_or_else(
+                            || json!({"name": "envoy.transport_sockets.raw_buffer"}),
+                            |t| t.to_envoy_json(),
+                        ),
+                    })
+                })
+                .collect::<Vec<_>>());
+        }
         if let Some(cb) = &self.circuit_breakers {
             let t: Vec<Json> = cb
                 .thresholds

@@ -32,7 +32,7 @@ pub(super) const HEALTH_CHECK: FieldTable = &[
     ),
     (
         "transport_socket_match_criteria",
-        R("transport_socket_matches are not supported"),
+        R("health checks use each host's own transport socket"),
     ),
     ("http_health_check", S),
     ("tcp_health_check", S),

@@ -150,6 +150,23 @@ pub(crate) fn read_lb_endpoint(
         .and_then(|e| e.get("canary"))
         .and_then(|c| c.as_bool())
         .unwrap_or(false);
+    // `metadata.filter_metadata."envoy.transport_socket_match"`: what the cluster's
+    // transport_socket_matches look at (scalar values, as strings).
+    let mut socket_match: Vec<(String, String)> = Vec::new();
+    if let Some(Value::Mapping(m)) = lb
+        .get("metadata")
+        .and_then(|m| m.get("filter_metadata"))
+        .and_then(|f| f.get("envoy.transport_socket_match"))
+    {
+        for (k, v) in m.iter() {
+            let (Value::String(k), Some(v)) = (k, scalar_string(v)) else {
+                continue;
+            };
+            if socket_match.len() < 64 {
+                socket_match.push((k.clone(), v));
+            }
+        }
+    }
     Some(Endpoint {
         host,
         port,
@@ -157,5 +174,16 @@ pub(crate) fn read_lb_endpoint(
         weight,
         health_status,
         canary,
+        socket_match,
     })
+}
+
+/// A scalar metadata value as a string (what a transport socket match compares).
+pub(super) fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }

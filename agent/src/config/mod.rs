@@ -525,6 +525,9 @@ pub struct Cluster {
     pub eds_service_name: Option<String>,
     /// TLS origination (`transport_socket` with an UpstreamTlsContext).
     pub tls: Option<UpstreamTls>,
+    /// `transport_socket_matches`: another transport socket for the endpoints whose
+    /// metadata matches, first match wins; the others use `tls`.
+    pub tls_matches: Vec<tls::TransportSocketMatch>,
     /// Carried from the config (and shown by `/config_dump`); enforcement arrives with the
     /// resilience work.
     pub circuit_breakers: Option<CircuitBreakers>,
@@ -813,4 +816,7 @@ pub struct Endpoint {
     pub health_status: HealthStatus,
     /// `metadata.filter_metadata."envoy.lb".canary` (shown in `/clusters`).
     pub canary: bool,
+    /// `metadata.filter_metadata."envoy.transport_socket_match"`: which of the cluster's
+    /// `transport_socket_matches` applies to it.
+    pub socket_match: Vec<(String, String)>,
 }

@@ -160,3 +160,22 @@ pub const ECDH_CURVES: &[&str] = &["X25519", "P-256", "P-384"];
 
 /// Most bytes a PEM data source may hold (a chain of a few certificates is a few KiB).
 pub const MAX_DATA_SOURCE: usize = 1 << 20;
+
+/// One of a cluster's `transport_socket_matches`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransportSocketMatch {
+    pub name: String,
+    /// Every key must have this value in the endpoint's
+    /// `filter_metadata."envoy.transport_socket_match"` (empty: any endpoint).
+    pub criteria: Vec<(String, String)>,
+    /// `None`: raw_buffer (plain TCP).
+    pub tls: Option<UpstreamTls>,
+}
+
+impl TransportSocketMatch {
+    pub fn matches(&self, metadata: &[(String, String)]) -> bool {
+        self.criteria
+            .iter()
+            .all(|(k, v)| metadata.iter().any(|(mk, mv)| mk == k && mv == v))
+    }
+}

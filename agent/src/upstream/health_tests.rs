@@ -91,6 +91,7 @@ async fn a_thousand_new_hosts_are_checked_spread_over_the_interval() {
             weight: 1,
             health_status: HealthStatus::Healthy,
             canary: false,
+            socket_match: Vec::new(),
         })
         .collect();
     cm.set_endpoints(

@@ -100,6 +100,9 @@ pub struct Host {
     /// What ALPN negotiated with it (`auto_config` clusters): 0 not yet known, 1 HTTP/1.1,
     /// 2 HTTP/2.
     alpn: AtomicU8,
+    /// Its `filter_metadata."envoy.transport_socket_match"` (the cluster's
+    /// `transport_socket_matches` look at it).
+    pub socket_match: Vec<(String, String)>,
     /// One ALPN probe at a time (`auto_config`): the others wait for its answer.
     pub(crate) alpn_probe: tokio::sync::Mutex<()>,
     /// When the host's slow start began (added to a cluster that had hosts, or passed its
@@ -160,6 +163,7 @@ impl Host {
             slow_start: std::sync::Mutex::new(None),
             pool_slot: std::sync::OnceLock::new(),
             alpn: AtomicU8::new(0),
+            socket_match: Vec::new(),
             alpn_probe: tokio::sync::Mutex::new(()),
         }
     }
@@ -230,6 +234,12 @@ impl Host {
     pub fn with_locality_weight(self, w: Option<u32>) -> Self {
         self.locality_weight
             .store(w.unwrap_or(0), Ordering::Relaxed);
+        self
+    }
+
+    /// With the metadata transport socket matches look at.
+    pub fn with_socket_match(mut self, m: Vec<(String, String)>) -> Self {
+        self.socket_match = m;
         self
     }
 

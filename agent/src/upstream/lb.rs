@@ -256,7 +256,8 @@ impl HostSet {
                         e.health_status,
                     )
                     .with_locality_weight(l.load_balancing_weight)
-                    .with_canary(e.canary),
+                    .with_canary(e.canary)
+                    .with_socket_match(e.socket_match.clone()),
                 ));
             }
         }

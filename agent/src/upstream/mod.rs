@@ -134,6 +134,11 @@ pub struct Cluster {
     connector: Connector,
     /// TLS origination (failing connects while its secrets have not loaded).
     tls: Option<Arc<crate::tls::TlsConnector>>,
+    /// `transport_socket_matches`: (the match, its TLS client or `None` for plain TCP).
+    tls_matches: Vec<(
+        config::tls::TransportSocketMatch,
+        Option<Arc<crate::tls::TlsConnector>>,
+    )>,
     /// The node's zone and the local cluster, for zone-aware balancing.
     zones: Arc<Zones>,
     /// Serialises host-set replacements (EDS, DNS, health changes); readers never take it.
@@ -256,6 +261,22 @@ impl Cluster {
                 format!("cluster \"{}\"", config.name),
             )
         });
+        let tls_matches = config
+            .tls_matches
+            .iter()
+            .map(|m| {
+                let connector = m.tls.as_ref().map(|t| {
+                    crate::tls::TlsConnector::new(
+                        t,
+                        &env.secrets,
+                        crate::tls::SslStats::new(&stats.scope),
+                        false,
+                        format!("cluster \"{}\" match \"{}\"", config.name, m.name),
+                    )
+                });
+                (m.clone(), connector)
+            })
+            .collect();
         let c = Arc::new(Self {
             config,
             stats,
@@ -270,6 +291,7 @@ impl Cluster {
             original_dst,
             connector,
             tls,
+            tls_matches,
             zones: env.zones.clone(),
             update: Mutex::new(()),
             warming: AtomicBool::new(warming),
@@ -303,7 +325,27 @@ impl Cluster {
 
     /// Waiting for its first endpoints (EDS) or for the SDS secrets of its TLS client.
     pub fn is_warming(&self) -> bool {
-        self.warming.load(Ordering::Acquire) || self.tls.as_ref().is_some_and(|t| !t.ready())
+        self.warming.load(Ordering::Acquire) || self.tls_clients().any(|t| !t.ready())
+    }
+
+    /// Every TLS client of the cluster: its transport socket's and its matches'.
+    pub fn tls_clients(&self) -> impl Iterator<Item = &Arc<crate::tls::TlsConnector>> {
+        self.tls
+            .iter()
+            .chain(self.tls_matches.iter().filter_map(|(_, c)| c.as_ref()))
+    }
+
+    /// The TLS client for `host` (`None`: plain TCP): the first transport socket match its
+    /// metadata satisfies, else the cluster's own.
+    fn tls_for(&self, host: &Host) -> Option<&Arc<crate::tls::TlsConnector>> {
+        match self
+            .tls_matches
+            .iter()
+            .find(|(m, _)| m.matches(&host.socket_match))
+        {
+            Some((_, c)) => c.as_ref(),
+            None => self.tls.as_ref(),
+        }
     }
 
     fn warm(&self) {
@@ -523,15 +565,16 @@ impl Cluster {
     /// originates it.
     pub(crate) async fn open(
         &self,
-        addr: SocketAddr,
+        host: &Host,
         alpn: &'static [&'static str],
     ) -> Result<Stream, OpenError> {
+        let addr = host.address;
         let stream = self
             .connector
             .connect(addr)
             .await
             .map_err(OpenError::Connect)?;
-        match &self.tls {
+        match self.tls_for(host) {
             None => Ok(stream),
             Some(tls) => match stream {
                 Stream::Tcp(tcp) => tls
@@ -550,7 +593,7 @@ impl Cluster {
         if host.speaks_h2().is_some() {
             return Ok(());
         }
-        if self.tls.is_none() {
+        if self.tls_for(host).is_none() {
             host.set_speaks_h2(false);
             return Ok(());
         }
@@ -592,7 +635,7 @@ impl Cluster {
         let started = Instant::now();
         let timeout = self.config.connect_timeout;
         // The connect timeout covers the TLS handshake too, as in Envoy.
-        match tokio::time::timeout(timeout, self.open(host.address, alpn)).await {
+        match tokio::time::timeout(timeout, self.open(&host, alpn)).await {
             Err(_) => {
                 s.upstream_cx_connect_timeout.inc();
                 s.upstream_cx_connect_fail.inc();

@@ -33,6 +33,7 @@ fn cluster_with(n: u16, outlier: &str, top: &str) -> (ClusterManager, Arc<Cluste
                     weight: 1,
                     health_status: HealthStatus::Healthy,
                     canary: false,
+                    socket_match: Vec::new(),
                 })
                 .collect(),
             ..Default::default()

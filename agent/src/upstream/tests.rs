@@ -28,6 +28,7 @@ fn endpoints(hosts: &[(u16, u32, HealthStatus)]) -> Vec<LocalityEndpoints> {
                 weight,
                 health_status,
                 canary: false,
+                socket_match: Vec::new(),
             })
             .collect(),
         ..Default::default()

@@ -35,9 +35,10 @@ pub(super) fn listener_sds_names(l: &Listener) -> Vec<(String, Duration)> {
 
 pub(super) fn cluster_sds_names(c: &Cluster) -> Vec<(String, Duration)> {
     c.tls
-        .as_ref()
-        .map(|t| t.common.sds_names())
-        .unwrap_or_default()
+        .iter()
+        .chain(c.tls_matches.iter().filter_map(|m| m.tls.as_ref()))
+        .flat_map(|t| t.common.sds_names())
+        .collect()
 }
 
 pub(super) fn secret_init_key(name: &str) -> String {

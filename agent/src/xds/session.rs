@@ -370,12 +370,12 @@ impl XdsClient {
             .keep_alive_while_idle(true);
         // TLS to the control plane goes through the cluster's own transport socket (the same
         // TLS client, certificates and rotation as any cluster), offering ALPN h2.
-        let channel = match cluster.config.tls.is_some() {
+        let channel = match cluster.tls_clients().next().is_some() {
             true => {
                 endpoint
                     .connect_with_connector(ClusterTransport {
                         cluster: cluster.clone(),
-                        addr: host.address,
+                        host: host.clone(),
                     })
                     .await
             }
@@ -444,7 +444,7 @@ mod backoff_tests {
 #[derive(Clone)]
 struct ClusterTransport {
     cluster: Arc<crate::upstream::Cluster>,
-    addr: std::net::SocketAddr,
+    host: Arc<crate::upstream::Host>,
 }
 
 impl tower_service::Service<http::Uri> for ClusterTransport {
@@ -462,10 +462,10 @@ impl tower_service::Service<http::Uri> for ClusterTransport {
     }
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let (cluster, addr) = (self.cluster.clone(), self.addr);
+        let (cluster, host) = (self.cluster.clone(), self.host.clone());
         Box::pin(async move {
             cluster
-                .open(addr, &["h2"])
+                .open(&host, &["h2"])
                 .await
                 .map(hyper_util::rt::TokioIo::new)
                 .map_err(|e| std::io::Error::other(e.to_string()))

@@ -10,10 +10,18 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
             by_reflection("envoy.config.core.v3.TransportSocket", ts),
         );
     }
+    if !c.transport_socket_matches.is_empty() {
+        let matches: Vec<Json> = c
+            .transport_socket_matches
+            .iter()
+            .map(|tm| by_reflection("envoy.config.cluster.v3.Cluster.TransportSocketMatch", tm))
+            .collect();
+        m.insert("transport_socket_matches".into(), json!(matches));
+    }
     mark(
         &mut m,
-        "transport_socket_matches",
-        !c.transport_socket_matches.is_empty() || c.transport_socket_matcher.is_some(),
+        "transport_socket_matcher",
+        c.transport_socket_matcher.is_some(),
     );
     m.insert("name".into(), json!(c.name));
     match &c.cluster_discovery_type {

@@ -144,6 +144,7 @@ pub(super) fn fast_lb_endpoint(e: &pbe::LbEndpoint) -> Option<Endpoint> {
         weight,
         health_status,
         canary: false,
+        socket_match: Vec::new(),
     })
 }
 

@@ -84,11 +84,11 @@ fn eds_cluster_and_assignment_translate() {
 fn rejected_fields_are_named_in_errors() {
     let c = pbc::Cluster {
         name: "tls".into(),
-        transport_socket_matches: vec![Default::default()],
+        transport_socket_matcher: Some(Default::default()),
         ..Default::default()
     };
     let e = cluster_from_proto(&c).unwrap_err();
-    assert_eq!(e[0].path, "transport_socket_matches");
+    assert_eq!(e[0].path, "transport_socket_matcher");
     assert!(e[0].message.contains("not supported"), "{e:?}");
     let bad = pbe::ClusterLoadAssignment {
         cluster_name: "x".into(),
@@ -696,4 +696,51 @@ fn cds_upstream_tls_arrives_by_reflection_with_sds_names_and_san_matchers() {
     });
     let e = cluster_from_proto(&bad).unwrap_err();
     assert_eq!(e[0].path, "transport_socket.typed_config", "{e:?}");
+}
+
+#[test]
+fn cds_transport_socket_matches_arrive_by_reflection() {
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
+    let mut fields = std::collections::HashMap::new();
+    fields.insert(
+        "tlsMode".to_string(),
+        PbValue {
+            kind: Some(Kind::StringValue("istio".into())),
+        },
+    );
+    let c = pbc::Cluster {
+        name: "m".into(),
+        transport_socket_matches: vec![
+            pbc::cluster::TransportSocketMatch {
+                name: "tlsMode-istio".into(),
+                r#match: Some(Struct { fields }),
+                transport_socket: Some(core::TransportSocket {
+                    name: "envoy.transport_sockets.tls".into(),
+                    config_type: Some(core::transport_socket::ConfigType::TypedConfig(Any {
+                        type_url: type_urls::UPSTREAM_TLS.into(),
+                        value: Vec::new(),
+                    })),
+                }),
+            },
+            pbc::cluster::TransportSocketMatch {
+                name: "tlsMode-disabled".into(),
+                r#match: Some(Struct::default()),
+                transport_socket: Some(core::TransportSocket {
+                    name: "envoy.transport_sockets.raw_buffer".into(),
+                    config_type: None,
+                }),
+            },
+        ],
+        ..Default::default()
+    };
+    let (cluster, w) = cluster_from_proto(&c).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(cluster.tls_matches.len(), 2);
+    assert_eq!(
+        cluster.tls_matches[0].criteria,
+        vec![("tlsMode".to_string(), "istio".to_string())]
+    );
+    assert!(cluster.tls_matches[0].tls.is_some());
+    assert!(cluster.tls_matches[1].tls.is_none());
+    assert!(cluster.tls_matches[1].matches(&[]));
 }
