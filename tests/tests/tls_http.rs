@@ -358,3 +358,51 @@ async fn auto_config_clusters_speak_what_alpn_negotiates() {
     assert_eq!(node_a.stat("cluster.auto-h1.upstream_cx_http2_total"), 0);
     assert_eq!(up.requests(), 4);
 }
+
+/// `auto_sni`: each request's host is the SNI of its connection (pooled per name), and with
+/// `auto_san_validation` the server certificate must be valid for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_sni_sends_the_request_host_and_validates_it() {
+    let ca = Ca::new("sni ca");
+    let a = ca.server(&["a.svc"]);
+    let b = ca.server(&["b.svc"]);
+    let up = http_upstream::start("up").await;
+    let routes = json!([{"name": "any", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]);
+    // The server picks its certificate by SNI: a.svc or b.svc.
+    let mut l = http_listener("tls-in", routes);
+    l["filter_chains"][0]["transport_socket"] = tls::downstream_tls(&[&a, &b], json!({}));
+    let node_b =
+        TestAgent::start(&bootstrap(vec![l], vec![static_cluster("up", &[up.addr])])).await;
+    let mut c = static_cluster("out", &[node_b.listener("tls-in")]);
+    c["transport_socket"] = tls::upstream_tls(json!({
+        "common_tls_context": {"validation_context": {"trusted_ca": tls::inline(&ca.pem)}}}));
+    c["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "upstream_http_protocol_options": {"auto_sni": true, "auto_san_validation": true},
+            "explicit_http_config": {"http_protocol_options": {}}}});
+    let node_a = TestAgent::start(&bootstrap(
+        vec![http_listener(
+            "in",
+            json!([{"name": "any", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": "out"}}]}]),
+        )],
+        vec![c],
+    ))
+    .await;
+    let addr = node_a.listener("in");
+    for host in ["a.svc", "b.svc", "a.svc:8443"] {
+        let r = http_client::get(addr, host, "/", &[]).await;
+        assert_eq!(r.status, 200, "{host}: {}", r.text());
+    }
+    // A name neither certificate is valid for: the connection is refused (the server sends
+    // its first certificate, which is not valid for c.svc).
+    let r = http_client::get(addr, "c.svc", "/", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(up.requests(), 3);
+    // One connection per name (a.svc reused; per worker at most two).
+    let handshakes = node_a.stat("cluster.out.ssl.handshake");
+    assert!((2..=4).contains(&handshakes), "{handshakes}");
+    assert_eq!(node_a.stat("cluster.out.ssl.fail_verify_error"), 1);
+}

@@ -51,10 +51,7 @@ pub(super) const CLUSTER: FieldTable = &[
     ("http_protocol_options", S),
     ("http2_protocol_options", S),
     ("common_http_protocol_options", S),
-    (
-        "upstream_http_protocol_options",
-        R("auto SNI from the request's host is not supported yet; set the UpstreamTlsContext's sni (auto_sni_san_validation works with it)"),
-    ),
+    ("upstream_http_protocol_options", S),
     ("protocol_selection", S),
     ("max_requests_per_connection", S),
     (

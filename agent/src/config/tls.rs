@@ -58,10 +58,7 @@ pub(super) const UPSTREAM_TLS_CONTEXT: FieldTable = &[
     ("@type", S),
     ("sni", S),
     ("common_tls_context", S),
-    (
-        "auto_host_sni",
-        R("SNI from the request's host is not supported yet; set sni"),
-    ),
+    ("auto_host_sni", S),
     ("auto_sni_san_validation", S),
     (
         "allow_renegotiation",
@@ -683,7 +680,7 @@ pub(super) fn read_upstream_tls(ts: &Obj, d: &mut Diagnostics) -> Option<Upstrea
     Some(UpstreamTls {
         common,
         sni,
-        auto_host_sni: false,
+        auto_host_sni: u.boolean("auto_host_sni", d).unwrap_or(false),
         auto_sni_san_validation: u.boolean("auto_sni_san_validation", d).unwrap_or(false),
     })
 }

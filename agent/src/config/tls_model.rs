@@ -114,7 +114,8 @@ pub struct DownstreamTls {
 pub struct UpstreamTls {
     pub common: CommonTls,
     pub sni: Option<String>,
-    /// `auto_host_sni`: the SNI is the request's host (HTTP clusters).
+    /// `auto_host_sni`: the SNI is the request's host (HTTP routes; connections pooled per
+    /// name).
     pub auto_host_sni: bool,
     /// `auto_sni_san_validation`: the server certificate must be valid for the SNI sent.
     pub auto_sni_san_validation: bool,

@@ -190,6 +190,8 @@ enum Release {
         served: u32,
         reusable: bool,
         epoch: u64,
+        /// The per-SNI pool it goes back to (`auto_sni`); `None`: the host's own.
+        sni_pool: Option<Arc<crate::upstream::pool::HostPool>>,
     },
     H2(super::upstream::Stream),
 }
@@ -265,9 +267,13 @@ impl OnEnd for Exchange {
                     served,
                     reusable,
                     epoch,
+                    sni_pool,
                 } => {
                     if complete && reusable {
-                        u.host.pool.put_h1(tx, served, epoch);
+                        sni_pool
+                            .as_deref()
+                            .unwrap_or(&u.host.pool)
+                            .put_h1(tx, served, epoch);
                         // A request waiting for a connection may take this one.
                         u.cluster.breakers.connection_idle();
                     }
@@ -799,6 +805,10 @@ impl ConnectionManager {
                 HostRewrite::Auto if !host.hostname.is_empty() => host.hostname.as_str().into(),
                 HostRewrite::Auto => host.address.to_string().into(),
             };
+            // auto_sni: the SNI of the connection is the request's host (its port aside).
+            let sni: Option<Arc<str>> = cluster
+                .auto_sni()
+                .then(|| Arc::from(super::route::strip_port(&upstream_authority)));
             let uri = if protocol == Version::HTTP_2 {
                 Uri::builder()
                     .scheme("http")
@@ -869,7 +879,7 @@ impl ConnectionManager {
                 (Some(t), Some(_)) => {
                     match tokio::time::timeout(
                         t,
-                        self.send(&cluster, &host, ureq, protocol, priority),
+                        self.send(&cluster, &host, ureq, protocol, priority, sni.as_ref()),
                     )
                     .await
                     {
@@ -881,7 +891,10 @@ impl ConnectionManager {
                         Err(_) => Err(Failure::Timeout),
                     }
                 }
-                (None, Some(_)) => self.send(&cluster, &host, ureq, protocol, priority).await,
+                (None, Some(_)) => {
+                    self.send(&cluster, &host, ureq, protocol, priority, sni.as_ref())
+                        .await
+                }
             };
             let retriable = match (&policy, &result) {
                 (Some(p), Ok((r, _))) => retry::retriable_response(p, r),
@@ -1008,6 +1021,7 @@ impl ConnectionManager {
             Sent::H1(p) => Release::H1 {
                 tx: p.tx,
                 epoch: p.epoch,
+                sni_pool: p.sni_pool,
                 served: p.served + 1,
                 reusable: reusable
                     && cluster
@@ -1304,6 +1318,9 @@ impl ConnectionManager {
                 path_and_query.parse::<Uri>().ok()
             };
             let Some(uri) = uri else { continue };
+            let sni: Option<Arc<str>> = cluster
+                .auto_sni()
+                .then(|| Arc::from(super::route::strip_port(&host)));
             let version = if h2 {
                 Version::HTTP_2
             } else {
@@ -1323,7 +1340,14 @@ impl ConnectionManager {
                 // Bounded: a mirror that does not answer in 15 s is dropped.
                 let sent = tokio::time::timeout(
                     std::time::Duration::from_secs(15),
-                    hcm.send(&cluster, &host, req, version, Priority::Default),
+                    hcm.send(
+                        &cluster,
+                        &host,
+                        req,
+                        version,
+                        Priority::Default,
+                        sni.as_ref(),
+                    ),
                 )
                 .await;
                 match sent {

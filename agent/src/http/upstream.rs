@@ -82,6 +82,8 @@ impl ConnectionManager {
     /// connection the request is pending: it connects when the circuit breaker allows
     /// another connection, else waits for one to idle or close (bounded by the caller's
     /// timeout and by `max_pending_requests`).
+    /// `sni`: the request's host on an `auto_sni` cluster (its connections have their own
+    /// pool per name).
     pub(super) async fn send(
         &self,
         cluster: &Arc<Cluster>,
@@ -89,15 +91,18 @@ impl ConnectionManager {
         req: Request<Body>,
         protocol: Version,
         priority: Priority,
+        sni: Option<&Arc<str>>,
     ) -> Result<(Response<Incoming>, Sent), Failure> {
         if !host.has_pool(&cluster.breakers) {
             cluster.stats.upstream_cx_pool_overflow.inc();
             return Err(Failure::Overflow);
         }
+        let sni_pool = sni.map(|n| host.sni_pool(n));
+        let pool: &crate::upstream::pool::HostPool = sni_pool.as_deref().unwrap_or(&host.pool);
         if protocol == Version::HTTP_2 {
             // Boxed, as connecting is below: a request's future is moved and kept per request,
             // so it holds room only for the common path (a pooled HTTP/1.1 connection).
-            let h2 = Box::pin(self.send_h2(cluster, host, req, priority));
+            let h2 = Box::pin(self.send_h2(cluster, host, req, priority, pool, sni));
             return h2.await;
         }
         let idle = cluster.config.http.idle_timeout;
@@ -106,7 +111,8 @@ impl ConnectionManager {
         loop {
             // A reused connection may turn out closed before the request was written: then
             // the request comes back untouched and goes on another connection.
-            while let Some(mut p) = host.pool.take_h1(idle) {
+            while let Some(mut p) = pool.take_h1(idle) {
+                p.sni_pool = sni_pool.clone();
                 if p.tx.ready().await.is_err() {
                     continue;
                 }
@@ -127,14 +133,15 @@ impl ConnectionManager {
             tokio::pin!(available);
             available.as_mut().enable();
             if let Some(slot) = waiting.connection_slot(cluster, host, priority) {
-                let epoch = host.pool.epoch();
-                let connecting = Box::pin(self.connect_h1(cluster, host, slot));
+                let epoch = pool.epoch();
+                let connecting = Box::pin(self.connect_h1(cluster, host, slot, sni));
                 let tx = connecting.await?;
                 drop(pending);
                 let mut p = Pooled1 {
                     tx,
                     served: 0,
                     epoch,
+                    sni_pool,
                 };
                 return match p.tx.send_request(req).await {
                     Ok(r) => Ok((r, Sent::H1(p))),
@@ -150,9 +157,10 @@ impl ConnectionManager {
         cluster: &Arc<Cluster>,
         host: &Arc<Host>,
         slot: Slot,
+        sni: Option<&Arc<str>>,
     ) -> Result<http1::SendRequest<Body>, Failure> {
         let up = cluster
-            .connect_with(host.clone(), slot, &["http/1.1"])
+            .connect_with(host.clone(), slot, &["http/1.1"], sni.map(|s| &**s))
             .await
             .map_err(|e| Failure::Connect(e.to_string()))?;
         cluster.http_stats().upstream_cx_http1_total.inc();
@@ -174,9 +182,10 @@ impl ConnectionManager {
         cluster: &Arc<Cluster>,
         host: &Arc<Host>,
         slot: Slot,
+        sni: Option<&Arc<str>>,
     ) -> Result<H2Conn, String> {
         let up = cluster
-            .connect_with(host.clone(), slot, &["h2"])
+            .connect_with(host.clone(), slot, &["h2"], sni.map(|s| &**s))
             .await
             .map_err(|e| e.to_string())?;
         cluster.http_stats().upstream_cx_http2_total.inc();
@@ -204,11 +213,13 @@ impl ConnectionManager {
         cluster: &Arc<Cluster>,
         host: &Arc<Host>,
         priority: Priority,
+        pool: &crate::upstream::pool::HostPool,
+        sni: Option<&Arc<str>>,
     ) -> Result<H2Conn, Failure> {
         let max = cluster.config.http.max_concurrent_streams as usize;
         let mut pending: Option<Pending> = None;
         loop {
-            match host.pool.take_h2(max) {
+            match pool.take_h2(max) {
                 H2Take::Ready(c) => return Ok(c),
                 H2Take::Wait(mut rx) => {
                     if pending.is_none() {
@@ -233,24 +244,24 @@ impl ConnectionManager {
                     let Some(slot) = waiting.connection_slot(cluster, host, priority) else {
                         // max_connections reached: let another request try, and wait for a
                         // connection to close.
-                        host.pool.abandon_h2(&ticket);
+                        pool.abandon_h2(&ticket);
                         drop(ticket);
                         available.await;
                         continue;
                     };
                     // Cleared if this request goes away while connecting.
-                    struct Abandon<'a>(&'a Host, Option<H2Ticket>);
+                    struct Abandon<'a>(&'a crate::upstream::pool::HostPool, Option<H2Ticket>);
                     impl Drop for Abandon<'_> {
                         fn drop(&mut self) {
                             if let Some(t) = &self.1 {
-                                self.0.pool.abandon_h2(t);
+                                self.0.abandon_h2(t);
                             }
                         }
                     }
-                    let mut guard = Abandon(host, Some(ticket));
-                    let outcome = self.connect_h2(cluster, host, slot).await;
+                    let mut guard = Abandon(pool, Some(ticket));
+                    let outcome = self.connect_h2(cluster, host, slot, sni).await;
                     if let Some(t) = guard.1.take() {
-                        host.pool.finish_h2(t, outcome.clone());
+                        pool.finish_h2(t, outcome.clone());
                     }
                     return outcome.map_err(Failure::Connect);
                 }
@@ -264,8 +275,10 @@ impl ConnectionManager {
         host: &Arc<Host>,
         req: Request<Body>,
         priority: Priority,
+        pool: &crate::upstream::pool::HostPool,
+        sni: Option<&Arc<str>>,
     ) -> Result<(Response<Incoming>, Sent), Failure> {
-        let c = self.h2_conn(cluster, host, priority).await?;
+        let c = self.h2_conn(cluster, host, priority, pool, sni).await?;
         // The stream the pool counted for this request, given back however it ends.
         let stream = Stream(c.streams.clone());
         let served = c.served.fetch_add(1, Ordering::Relaxed) as u32 + 1;
@@ -275,7 +288,7 @@ impl ConnectionManager {
             .max_requests_per_connection
             .is_some_and(|m| served >= m)
         {
-            host.pool.retire_h2(&c);
+            pool.retire_h2(&c);
         }
         let mut tx = c.tx.clone();
         match tx.send_request(req).await {

@@ -27,8 +27,12 @@ struct ServerVerifier {
     /// `None`: no trusted CA, the chain is not verified.
     inner: Option<Arc<WebPkiServerVerifier>>,
     sans: Vec<SanMatcher>,
-    /// Check the certificate is valid for the SNI sent (`auto_sni_san_validation`).
+    /// Check the certificate is valid for the SNI sent (`auto_sni_san_validation`,
+    /// `auto_san_validation`); not for a connection sent without SNI (an IP address)
+    /// unless `strict`.
     verify_name: bool,
+    /// The control plane: the name (or IP address) is always checked.
+    strict: bool,
     algs: WebPkiSupportedAlgorithms,
     stats: Arc<SslStats>,
 }
@@ -42,6 +46,8 @@ impl ServerCertVerifier for ServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let check_name =
+            self.verify_name && (self.strict || !matches!(server_name, ServerName::IpAddress(_)));
         let name_error = |e: &rustls::Error| {
             matches!(
                 e,
@@ -63,11 +69,11 @@ impl ServerCertVerifier for ServerVerifier {
                     Ok(_) => {}
                     // The chain verified (rustls checks the name last); Envoy does not check
                     // the name unless asked to.
-                    Err(e) if name_error(&e) && !self.verify_name => {}
+                    Err(e) if name_error(&e) && !check_name => {}
                     Err(e) => return Err(e),
                 }
             }
-            None if self.verify_name => {
+            None if check_name => {
                 let ok = san::sans(end_entity).is_some_and(|s| s.valid_for(&server_name.to_str()));
                 if !ok {
                     return Err(rustls::Error::InvalidCertificate(
@@ -189,7 +195,8 @@ pub fn client_config(
         None => (None, Vec::new()),
     };
     // Envoy checks the name only when there is an SNI to check it against.
-    let verify_name = verify_name || (cfg.auto_sni_san_validation && cfg.sni.is_some());
+    let strict = verify_name;
+    let verify_name = strict || cfg.auto_sni_san_validation;
     if inner.is_none() && (verify_name || !sans.is_empty()) {
         // Names and SANs of a certificate whose chain nobody verified prove nothing.
         return Err(
@@ -200,6 +207,7 @@ pub fn client_config(
         inner,
         sans,
         verify_name,
+        strict,
         algs: provider.signature_verification_algorithms,
         stats: stats.clone(),
     });
@@ -296,10 +304,8 @@ impl TlsConnector {
 
     /// The server name sent: the configured SNI, else the host's address (an IP address
     /// sends no SNI).
-    fn server_name(&self, ip: IpAddr) -> ServerName<'static> {
-        self.cfg
-            .sni
-            .as_deref()
+    fn server_name(&self, ip: IpAddr, sni: Option<&str>) -> ServerName<'static> {
+        sni.or(self.cfg.sni.as_deref())
             .and_then(|n| ServerName::try_from(n.to_string()).ok())
             .unwrap_or(ServerName::IpAddress(ip.into()))
     }
@@ -308,11 +314,13 @@ impl TlsConnector {
     /// cluster's `ssl.*` stats; the error says why (for `%UPSTREAM_TRANSPORT_FAILURE_REASON%`).
     /// `alpn`: offered when the context configures no ALPN (the protocols the connection
     /// may speak).
+    /// `sni`: the request's host (`auto_sni`), instead of the configured `sni`.
     pub async fn connect(
         &self,
         tcp: tokio::net::TcpStream,
         ip: IpAddr,
         alpn: &[&str],
+        sni: Option<&str>,
     ) -> io::Result<Stream> {
         let Some(config) = self.config.load_full() else {
             self.stats.connection_error.inc();
@@ -321,7 +329,7 @@ impl TlsConnector {
             ));
         };
         let connector = tokio_rustls::TlsConnector::from(config.clone());
-        let name = self.server_name(ip);
+        let name = self.server_name(ip, sni);
         let handshake = if !alpn.is_empty() && config.alpn_protocols.is_empty() {
             connector
                 .with_alpn(alpn.iter().map(|p| p.as_bytes().to_vec()).collect())

@@ -229,7 +229,7 @@ impl Checker {
     ) -> Result<crate::transport::Stream, CheckFailure> {
         // Over the cluster's transport socket (TLS too), as Envoy checks.
         cluster
-            .open(host, &[])
+            .open(host, &[], None)
             .await
             .map_err(|e| CheckFailure::Network(e.to_string()))
     }

@@ -103,6 +103,9 @@ pub struct Host {
     /// Its `filter_metadata."envoy.transport_socket_match"` (the cluster's
     /// `transport_socket_matches` look at it).
     pub socket_match: Vec<(String, String)>,
+    /// `auto_sni` clusters: a pool per SNI (a connection's SNI is its request's host), at
+    /// most `MAX_SNI_POOLS`; beyond, connections for other names are not pooled.
+    sni_pools: std::sync::Mutex<Vec<(std::sync::Arc<str>, std::sync::Arc<super::pool::HostPool>)>>,
     /// One ALPN probe at a time (`auto_config`): the others wait for its answer.
     pub(crate) alpn_probe: tokio::sync::Mutex<()>,
     /// When the host's slow start began (added to a cluster that had hosts, or passed its
@@ -132,6 +135,9 @@ fn eds_flags(s: HealthStatus) -> u32 {
         }
     }
 }
+
+/// Most per-SNI pools a host keeps (`auto_sni`).
+const MAX_SNI_POOLS: usize = 32;
 
 const EDS_FLAGS: u32 = health_flag::FAILED_EDS_HEALTH | health_flag::DEGRADED_EDS_HEALTH;
 
@@ -164,6 +170,7 @@ impl Host {
             pool_slot: std::sync::OnceLock::new(),
             alpn: AtomicU8::new(0),
             socket_match: Vec::new(),
+            sni_pools: std::sync::Mutex::new(Vec::new()),
             alpn_probe: tokio::sync::Mutex::new(()),
         }
     }
@@ -209,8 +216,15 @@ impl Host {
     /// Closes the host's connections: TCP proxy connections at once, pooled HTTP ones
     /// gracefully (`HostPool::drain`).
     pub fn close_connections(&self) {
-        self.pool.drain();
+        self.drain_pools();
         self.close_all.notify_waiters();
+    }
+
+    /// Drains the host's pools (its own and its per-SNI ones).
+    pub fn drain_pools(&self) {
+        self.pool.drain();
+        let pools = self.sni_pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.iter().for_each(|(_, p)| p.drain());
     }
 
     /// Resolves when `close_connections` is called (after this future is first polled).
@@ -235,6 +249,20 @@ impl Host {
         self.locality_weight
             .store(w.unwrap_or(0), Ordering::Relaxed);
         self
+    }
+
+    /// The pool for connections with `sni` (`auto_sni`): its own per name, `None` for the
+    /// host's pool (no SNI of the request's own).
+    pub fn sni_pool(&self, sni: &std::sync::Arc<str>) -> std::sync::Arc<super::pool::HostPool> {
+        let mut pools = self.sni_pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, p)) = pools.iter().find(|(n, _)| n == sni) {
+            return p.clone();
+        }
+        let p = std::sync::Arc::new(super::pool::HostPool::default());
+        if pools.len() < MAX_SNI_POOLS {
+            pools.push((sni.clone(), p.clone()));
+        }
+        p
     }
 
     /// With the metadata transport socket matches look at.

@@ -253,8 +253,13 @@ impl Cluster {
             (config.discovery == DiscoveryType::OriginalDst).then(original_dst::HostCache::default);
         let tls = config.tls.as_ref().map(|t| {
             let control_plane = env.ads_cluster.as_deref() == Some(config.name.as_str());
+            // The cluster's upstream_http_protocol_options ask the same as the context's
+            // auto_host_sni and auto_sni_san_validation.
+            let mut t = t.clone();
+            t.auto_host_sni |= config.http.auto_sni;
+            t.auto_sni_san_validation |= config.http.auto_san_validation;
             crate::tls::TlsConnector::new(
-                t,
+                &t,
                 &env.secrets,
                 crate::tls::SslStats::new(&stats.scope),
                 control_plane,
@@ -419,7 +424,7 @@ impl Cluster {
             old.all()
                 .iter()
                 .filter(|h| !staying.contains(&Arc::as_ptr(h)))
-                .for_each(|h| h.pool.drain());
+                .for_each(|h| h.drain_pools());
         }
         self.hosts.store(Arc::new(new));
         if changed {
@@ -460,7 +465,7 @@ impl Cluster {
         if rest.len() == current.all().len() {
             return;
         }
-        host.pool.drain();
+        host.drain_pools();
         self.hosts
             .store(Arc::new(HostSet::build(&self.balancing(), rest)));
         self.stats.membership_change.inc();
@@ -558,15 +563,17 @@ impl Cluster {
             self.stats.upstream_cx_overflow.inc();
             return Err(ConnectError::Overflow(self.config.name.clone()));
         };
-        self.connect_with(host, slot, &[]).await
+        self.connect_with(host, slot, &[], None).await
     }
 
     /// A transport to `addr`: the TCP (or in-memory) stream, with TLS when the cluster
     /// originates it.
+    /// `sni`: the request's host, for `auto_sni` clusters.
     pub(crate) async fn open(
         &self,
         host: &Host,
         alpn: &'static [&'static str],
+        sni: Option<&str>,
     ) -> Result<Stream, OpenError> {
         let addr = host.address;
         let stream = self
@@ -578,7 +585,7 @@ impl Cluster {
             None => Ok(stream),
             Some(tls) => match stream {
                 Stream::Tcp(tcp) => tls
-                    .connect(tcp, addr.ip(), alpn)
+                    .connect(tcp, addr.ip(), alpn, sni)
                     .await
                     .map_err(|e| OpenError::Tls(e.to_string())),
                 _ => Err(OpenError::Tls("TLS needs a TCP connection".into())),
@@ -609,10 +616,16 @@ impl Cluster {
             return Err(ConnectError::Overflow(self.config.name.clone()));
         };
         let up = self
-            .connect_with(host.clone(), slot, &["h2", "http/1.1"])
+            .connect_with(host.clone(), slot, &["h2", "http/1.1"], None)
             .await?;
         host.set_speaks_h2(up.stream.alpn() == Some(b"h2".as_slice()));
         Ok(())
+    }
+
+    /// Whether HTTP requests set the SNI (`auto_host_sni`, `auto_sni`): their connections
+    /// are then pooled per name.
+    pub fn auto_sni(&self) -> bool {
+        self.config.http.auto_sni || self.config.tls.as_ref().is_some_and(|t| t.auto_host_sni)
     }
 
     /// The cluster's TLS client, when it originates TLS and its configuration loaded.
@@ -628,6 +641,7 @@ impl Cluster {
         host: Arc<Host>,
         slot: Slot,
         alpn: &'static [&'static str],
+        sni: Option<&str>,
     ) -> Result<Upstream, ConnectError> {
         let s = &self.stats;
         s.upstream_cx_total.inc();
@@ -635,7 +649,7 @@ impl Cluster {
         let started = Instant::now();
         let timeout = self.config.connect_timeout;
         // The connect timeout covers the TLS handshake too, as in Envoy.
-        match tokio::time::timeout(timeout, self.open(&host, alpn)).await {
+        match tokio::time::timeout(timeout, self.open(&host, alpn, sni)).await {
             Err(_) => {
                 s.upstream_cx_connect_timeout.inc();
                 s.upstream_cx_connect_fail.inc();

@@ -114,6 +114,8 @@ pub struct Pooled1 {
     pub tx: http1::SendRequest<Body>,
     pub served: u32,
     pub epoch: u64,
+    /// The per-SNI pool it came from (`auto_sni`); `None`: the host's own.
+    pub sni_pool: Option<std::sync::Arc<HostPool>>,
 }
 
 impl HostPool {
@@ -149,6 +151,7 @@ impl HostPool {
                     tx: c.tx,
                     served: c.served,
                     epoch: self.epoch(),
+                    sni_pool: None,
                 });
             }
         }

@@ -465,7 +465,7 @@ impl tower_service::Service<http::Uri> for ClusterTransport {
         let (cluster, host) = (self.cluster.clone(), self.host.clone());
         Box::pin(async move {
             cluster
-                .open(&host, &["h2"])
+                .open(&host, &["h2"], None)
                 .await
                 .map(hyper_util::rt::TokioIo::new)
                 .map_err(|e| std::io::Error::other(e.to_string()))

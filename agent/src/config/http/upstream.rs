@@ -32,6 +32,11 @@ pub struct UpstreamHttp {
     /// Streams Plumb opens at once on one HTTP/2 connection (default 1024, at most what the
     /// server allows) before it opens another.
     pub max_concurrent_streams: u32,
+    /// `upstream_http_protocol_options.auto_sni`: over TLS, the SNI is the request's host.
+    pub auto_sni: bool,
+    /// `upstream_http_protocol_options.auto_san_validation`: the server certificate must be
+    /// valid for that name.
+    pub auto_san_validation: bool,
 }
 
 impl Default for UpstreamHttp {
@@ -41,6 +46,8 @@ impl Default for UpstreamHttp {
             idle_timeout: Some(Duration::from_secs(3600)),
             max_requests_per_connection: None,
             max_concurrent_streams: 1024,
+            auto_sni: false,
+            auto_san_validation: false,
         }
     }
 }
@@ -50,10 +57,7 @@ const PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProto
 const HTTP_PROTOCOL_OPTIONS: FieldTable = &[
     ("@type", S),
     ("common_http_protocol_options", S),
-    (
-        "upstream_http_protocol_options",
-        R("auto SNI from the request's host is not supported yet; set the UpstreamTlsContext's sni (auto_sni_san_validation works with it)"),
-    ),
+    ("upstream_http_protocol_options", S),
     ("explicit_http_config", S),
     ("use_downstream_protocol_config", S),
     ("auto_config", S),
@@ -79,6 +83,20 @@ const HTTP_PROTOCOL_OPTIONS: FieldTable = &[
         R("cluster-level retry policies are not supported"),
     ),
 ];
+
+pub(crate) const UPSTREAM_HTTP_OPTIONS: FieldTable = &[
+    ("auto_sni", S),
+    ("auto_san_validation", S),
+    (
+        "override_auto_sni_header",
+        R("the SNI is the request's host (:authority)"),
+    ),
+];
+
+fn read_upstream_http_options(o: &Obj, out: &mut UpstreamHttp, d: &mut Diagnostics) {
+    out.auto_sni = o.boolean("auto_sni", d).unwrap_or(false);
+    out.auto_san_validation = o.boolean("auto_san_validation", d).unwrap_or(false);
+}
 
 const AUTO: FieldTable = &[
     ("http_protocol_options", S),
@@ -243,6 +261,9 @@ pub(in crate::config) fn read_upstream_http(c: &Obj, d: &mut Diagnostics) -> Ups
         out.max_requests_per_connection = (n > 0).then_some(n as u32);
     }
     let _ = c.object("http_protocol_options", HTTP1, d);
+    if let Some(o) = c.object("upstream_http_protocol_options", UPSTREAM_HTTP_OPTIONS, d) {
+        read_upstream_http_options(&o, &mut out, d);
+    }
     if let Some(o) = c.object("http2_protocol_options", HTTP2, d) {
         out.protocol = UpstreamProtocol::Http2;
         read_http2(&o, &mut out, d);
@@ -283,6 +304,9 @@ pub(in crate::config) fn read_upstream_http(c: &Obj, d: &mut Diagnostics) -> Ups
         };
         if let Some(o) = po.object("common_http_protocol_options", COMMON, d) {
             read_common(&o, &mut out, d);
+        }
+        if let Some(o) = po.object("upstream_http_protocol_options", UPSTREAM_HTTP_OPTIONS, d) {
+            read_upstream_http_options(&o, &mut out, d);
         }
         let explicit = po.object("explicit_http_config", EXPLICIT, d);
         let downstream = po.get("use_downstream_protocol_config").is_some();
@@ -338,6 +362,7 @@ pub(crate) const TABLES: &[(&str, FieldTable)] = &[
     ("HttpProtocolOptions", HTTP_PROTOCOL_OPTIONS),
     ("ExplicitHttpConfig", EXPLICIT),
     ("AutoHttpConfig", AUTO),
+    ("UpstreamHttpProtocolOptions", UPSTREAM_HTTP_OPTIONS),
     ("CommonHttpProtocolOptions", COMMON),
     ("Http1ProtocolOptions", HTTP1),
     ("Http2ProtocolOptions", HTTP2),

@@ -114,11 +114,12 @@ pub fn cluster_from_proto(c: &pbc::Cluster) -> Translated<Cluster> {
             by_reflection("envoy.config.cluster.v3.CircuitBreakers", cb),
         );
     }
-    mark(
-        &mut m,
-        "upstream_http_protocol_options",
-        c.upstream_http_protocol_options.is_some(),
-    );
+    if let Some(u) = &c.upstream_http_protocol_options {
+        m.insert(
+            "upstream_http_protocol_options".into(),
+            by_reflection("envoy.config.core.v3.UpstreamHttpProtocolOptions", u),
+        );
+    }
     mark(&mut m, "dns_jitter", c.dns_jitter.is_some());
     mark(
         &mut m,
