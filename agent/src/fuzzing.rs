@@ -130,7 +130,9 @@ pub fn ebpf_values(data: &[u8]) {
 /// The client's first bytes as the TLS inspector reads them (`tls::client_hello`), and a
 /// peer certificate's SANs as the TLS verifiers read them (`tls::san`).
 pub fn tls_client_hello(data: &[u8]) {
-    use crate::tls::client_hello::{parse, Parsed};
+    use crate::tls::client_hello::{needed, parse, Parsed};
+    // Never asks for fewer bytes than could decide, nor for more than a hello can hold.
+    assert!(needed(data) <= crate::tls::client_hello::MAX_PEEK.max(data.len()));
     match parse(data) {
         Parsed::Hello(h) => {
             if let Some(sni) = &h.server_name {

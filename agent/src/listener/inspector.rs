@@ -173,7 +173,7 @@ impl TlsInspector {
     /// Peeks until the bytes decide. `false`: close the connection (a read error, or a
     /// ClientHello over the size limit, as Envoy closes it).
     pub async fn inspect(&self, ds: &mut Downstream) -> bool {
-        use crate::tls::client_hello::{parse, Parsed, MAX_PEEK};
+        use crate::tls::client_hello::{needed, parse, Parsed, MAX_PEEK};
         let mut buf = vec![0u8; 2048];
         let mut seen = 0;
         let parsed = loop {
@@ -185,6 +185,12 @@ impl TlsInspector {
                     return false;
                 }
             };
+            // Parsed only once the bytes can decide something: a ClientHello trickled a byte
+            // at a time costs one parse per record, not one per byte.
+            if !closed && n < buf.len() && n < needed(&buf[..n]) {
+                seen = n;
+                continue;
+            }
             match parse(&buf[..n]) {
                 Parsed::NeedMore if closed => break Parsed::NotTls,
                 Parsed::NeedMore if n == buf.len() && buf.len() >= MAX_PEEK => {

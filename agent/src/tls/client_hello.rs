@@ -70,6 +70,33 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// How many bytes `parse` needs before it can say more than `NeedMore`: the end of the
+/// first incomplete record (so a ClientHello arriving a byte at a time is parsed once per
+/// record, not once per byte). Anything that is not a handshake record needs no more.
+pub fn needed(data: &[u8]) -> usize {
+    let mut pos = 0;
+    loop {
+        let Some(header) = data.get(pos..pos + 5) else {
+            // The next record's header is incomplete (or the first byte already decides).
+            return match data.get(pos) {
+                Some(&b) if b != HANDSHAKE => data.len(),
+                _ => (pos + 5).min(MAX_PEEK),
+            };
+        };
+        if header[0] != HANDSHAKE {
+            return data.len();
+        }
+        let end = pos + 5 + u16::from_be_bytes([header[3], header[4]]) as usize;
+        if data.len() < end {
+            return end.min(MAX_PEEK);
+        }
+        if end == data.len() {
+            return data.len();
+        }
+        pos = end;
+    }
+}
+
 /// Classifies the bytes the client sent so far.
 pub fn parse(data: &[u8]) -> Parsed {
     // Reassemble the handshake message from consecutive handshake records.
@@ -224,7 +251,14 @@ mod tests {
         assert_eq!(parse(&h), want);
         for cut in 0..h.len() {
             assert_eq!(parse(&h[..cut]), Parsed::NeedMore, "cut at {cut}");
+            // Until the record is complete, nothing new can be said.
+            assert!(cut >= 5 || needed(&h[..cut]) <= 5, "cut at {cut}");
+            if cut >= 5 {
+                assert_eq!(needed(&h[..cut]), h.len(), "cut at {cut}");
+            }
         }
+        assert_eq!(needed(&h), h.len());
+        assert_eq!(needed(b"GET /"), 5);
         // Split into 1-byte handshake records: still one hello.
         let body = &h[5..];
         let mut split = Vec::new();
