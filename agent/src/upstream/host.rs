@@ -101,8 +101,8 @@ pub struct Host {
     /// 2 HTTP/2.
     alpn: AtomicU8,
     /// Its `filter_metadata."envoy.transport_socket_match"` (the cluster's
-    /// `transport_socket_matches` look at it).
-    pub socket_match: Vec<(String, String)>,
+    /// `transport_socket_matches` look at it), replaced when discovery changes it.
+    socket_match: arc_swap::ArcSwap<Vec<(String, String)>>,
     /// `auto_sni` clusters: a pool per SNI (a connection's SNI is its request's host), at
     /// most `MAX_SNI_POOLS`; beyond, connections for other names are not pooled.
     sni_pools: std::sync::Mutex<Vec<(std::sync::Arc<str>, std::sync::Arc<super::pool::HostPool>)>>,
@@ -169,7 +169,7 @@ impl Host {
             slow_start: std::sync::Mutex::new(None),
             pool_slot: std::sync::OnceLock::new(),
             alpn: AtomicU8::new(0),
-            socket_match: Vec::new(),
+            socket_match: arc_swap::ArcSwap::from_pointee(Vec::new()),
             sni_pools: std::sync::Mutex::new(Vec::new()),
             alpn_probe: tokio::sync::Mutex::new(()),
         }
@@ -266,9 +266,19 @@ impl Host {
     }
 
     /// With the metadata transport socket matches look at.
-    pub fn with_socket_match(mut self, m: Vec<(String, String)>) -> Self {
-        self.socket_match = m;
+    pub fn with_socket_match(self, m: Vec<(String, String)>) -> Self {
+        self.socket_match.store(std::sync::Arc::new(m));
         self
+    }
+
+    /// The metadata transport socket matches look at, now.
+    pub fn socket_match(&self) -> std::sync::Arc<Vec<(String, String)>> {
+        self.socket_match.load_full()
+    }
+
+    /// Takes new metadata from discovery.
+    pub(crate) fn set_socket_match(&self, m: std::sync::Arc<Vec<(String, String)>>) {
+        self.socket_match.store(m);
     }
 
     /// With EDS's canary flag.

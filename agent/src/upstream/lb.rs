@@ -346,6 +346,7 @@ impl HostSet {
             {
                 o.update_from_eds(h.weight(), h.locality_weight(), h.eds_health_status());
                 o.set_canary(h.canary());
+                o.set_socket_match(h.socket_match());
                 *h = (*o).clone();
             }
         }

@@ -346,7 +346,7 @@ impl Cluster {
         match self
             .tls_matches
             .iter()
-            .find(|(m, _)| m.matches(&host.socket_match))
+            .find(|(m, _)| m.matches(&host.socket_match()))
         {
             Some((_, c)) => c.as_ref(),
             None => self.tls.as_ref(),

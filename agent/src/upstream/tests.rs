@@ -280,3 +280,25 @@ fn hosts_joining_a_cluster_with_slow_start_ramp_up_and_the_first_do_not() {
     assert!(host_on(&c, 1).slow_start_since().is_none(), "kept, not new");
     assert!(host_on(&c, 2).slow_start_since().is_some());
 }
+
+#[test]
+fn a_kept_host_takes_its_new_transport_socket_match_metadata() {
+    let store = Store::new();
+    let cm = ClusterManager::new(&snapshot("STATIC"), &store);
+    let c = cm.get("c").unwrap();
+    let with = |m: Vec<(String, String)>| {
+        let mut e = endpoints(&[(10, 1, HealthStatus::Healthy)]);
+        e[0].endpoints[0].socket_match = m;
+        e
+    };
+    cm.set_endpoints("c", with(vec![]));
+    let before = host_on(&c, 10);
+    assert!(before.socket_match().is_empty());
+    cm.set_endpoints("c", with(vec![("tlsMode".into(), "istio".into())]));
+    let after = host_on(&c, 10);
+    assert!(Arc::ptr_eq(&before, &after), "the same host is kept");
+    assert_eq!(
+        *after.socket_match(),
+        vec![("tlsMode".to_string(), "istio".to_string())]
+    );
+}
