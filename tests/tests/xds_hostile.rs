@@ -152,6 +152,13 @@ async fn rejected_resources_are_remembered_then_forgotten() {
         .wait_stat("cluster_manager.cds.update_rejected_repeat", |v| v >= 50)
         .await;
     cp.resend_on_nack(false);
+    // The control plane records each NACK as it reads it: it may be a few behind the agent.
+    plumb_tests::wait_until(
+        "the control plane saw the NACKs",
+        Duration::from_secs(10),
+        || async { cp.nacks().len() > 50 },
+    )
+    .await;
     let nacks = cp.nacks();
     assert!(nacks.len() > 50);
     assert!(nacks[0]
