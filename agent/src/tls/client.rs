@@ -263,7 +263,6 @@ impl TlsConnector {
         verify_name: bool,
         what: String,
     ) -> Arc<Self> {
-        use super::secrets::Reload;
         let c = Arc::new(Self {
             cfg: cfg.clone(),
             verify_name,
@@ -271,20 +270,13 @@ impl TlsConnector {
             reload_lock: std::sync::Mutex::new(()),
             stats,
             info: ArcSwap::from_pointee(CertsInfo::default()),
-            _slots: cfg
-                .common
-                .sds_names()
-                .iter()
-                .map(|(n, _)| secrets.slot(n))
-                .collect(),
+            _slots: secrets.hold(&cfg.common),
             what,
         });
-        // Registered first: a secret arriving meanwhile reloads it.
-        let weak: std::sync::Weak<dyn Reload> = Arc::downgrade(&(c.clone() as Arc<dyn Reload>));
-        secrets.register(weak);
-        if let Err(e) = c.reload(secrets) {
-            tracing::warn!(context = %c.what, error = %e, "TLS client not ready: connections fail until its secrets load");
-        }
+        secrets.start(
+            c.clone(),
+            "TLS client not ready: connections fail until its secrets load",
+        );
         c
     }
 

@@ -236,6 +236,24 @@ impl Secrets {
         true
     }
 
+    /// The slots of the SDS secrets `common` names (held by its context: the subscription).
+    pub fn hold(&self, common: &CommonTls) -> Vec<Arc<SecretSlot>> {
+        common
+            .sds_names()
+            .iter()
+            .map(|(n, _)| self.slot(n))
+            .collect()
+    }
+
+    /// Registers a new context for rotation (first: a secret arriving meanwhile reloads it),
+    /// then builds it; without its secrets yet it stays unbuilt, and `what` says why.
+    pub fn start(&self, ctx: Arc<dyn Reload>, what: &str) {
+        self.register(Arc::downgrade(&ctx));
+        if let Err(e) = ctx.reload(self) {
+            tracing::warn!(context = %ctx.describe(), error = %e, "{what}");
+        }
+    }
+
     /// Registers a context for rotation.
     pub fn register(&self, ctx: Weak<dyn Reload>) {
         let Some(c) = ctx.upgrade() else { return };

@@ -289,27 +289,19 @@ impl TlsAcceptor {
         stats: Arc<SslStats>,
         what: String,
     ) -> Arc<Self> {
-        use super::secrets::Reload;
         let a = Arc::new(Self {
             cfg: cfg.clone(),
             config: ArcSwapOption::empty(),
             reload_lock: std::sync::Mutex::new(()),
             stats,
             info: ArcSwap::from_pointee(CertsInfo::default()),
-            _slots: cfg
-                .common
-                .sds_names()
-                .iter()
-                .map(|(n, _)| secrets.slot(n))
-                .collect(),
+            _slots: secrets.hold(&cfg.common),
             what,
         });
-        // Registered first: a secret arriving meanwhile reloads it.
-        let weak: std::sync::Weak<dyn Reload> = Arc::downgrade(&(a.clone() as Arc<dyn Reload>));
-        secrets.register(weak);
-        if let Err(e) = a.reload(secrets) {
-            tracing::warn!(context = %a.what, error = %e, "TLS server not ready: handshakes are refused until its secrets load");
-        }
+        secrets.start(
+            a.clone(),
+            "TLS server not ready: handshakes are refused until its secrets load",
+        );
         a
     }
 
