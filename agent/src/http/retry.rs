@@ -102,6 +102,34 @@ fn grpc_status(h: &HeaderMap) -> Option<u32> {
         .ok()
 }
 
+/// The status outlier detection counts for a response: its HTTP status, or for a gRPC call
+/// answered trailers-only the `grpc-status` mapped to HTTP as Envoy maps it (UNAVAILABLE is
+/// 503), so a replica failing every call with UNAVAILABLE is ejected like one answering 503.
+pub fn outlier_status<B>(resp: &Response<B>, grpc: bool) -> u16 {
+    match grpc_status(resp.headers()).filter(|_| grpc) {
+        Some(code) => grpc_to_http(code),
+        None => resp.status().as_u16(),
+    }
+}
+
+/// gRPC status → HTTP status (Envoy's `Grpc::Utility::grpcToHttpStatus`).
+pub fn grpc_to_http(code: u32) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500,
+    }
+}
+
 /// Whether `resp` is one `p` retries.
 pub fn retriable_response<B>(p: &RetryPolicy, resp: &Response<B>) -> bool {
     let status = resp.status().as_u16();
@@ -181,6 +209,22 @@ mod tests {
             );
         }
         r
+    }
+
+    #[test]
+    fn outlier_detection_sees_trailers_only_grpc_failures_as_http() {
+        let unavailable = resp(200, &[("grpc-status", "14")]);
+        assert_eq!(outlier_status(&unavailable, true), 503);
+        // Not a gRPC call: the header means nothing.
+        assert_eq!(outlier_status(&unavailable, false), 200);
+        assert_eq!(
+            outlier_status(&resp(200, &[("grpc-status", "0")]), true),
+            200
+        );
+        assert_eq!(outlier_status(&resp(200, &[]), true), 200);
+        assert_eq!(outlier_status(&resp(502, &[]), true), 502);
+        assert_eq!(grpc_to_http(4), 504);
+        assert_eq!(grpc_to_http(99), 500);
     }
 
     #[test]

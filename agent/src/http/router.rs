@@ -938,7 +938,7 @@ impl ConnectionManager {
             if may_retry {
                 if let Ok((r, _)) = &result {
                     hs.record_status(r.status().as_u16());
-                    cluster.report(&host, Outcome::HttpStatus(r.status().as_u16()));
+                    cluster.report(&host, Outcome::HttpStatus(retry::outlier_status(r, grpc)));
                 }
                 hs.upstream_rq_retry.inc();
                 // (A retried attempt's HTTP/2 stream is given back as its result drops.)
@@ -992,7 +992,10 @@ impl ConnectionManager {
         }
         hs.upstream_rq_active.inc();
         hs.record_status(status.as_u16());
-        cluster.report(&host, Outcome::HttpStatus(status.as_u16()));
+        cluster.report(
+            &host,
+            Outcome::HttpStatus(retry::outlier_status(&resp, grpc)),
+        );
         let mut resp = resp;
         let tunnel = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if tunnel {

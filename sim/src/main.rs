@@ -1,0 +1,459 @@
+//! `plumb-sim`: continuous simulated traffic through a fake cluster and the real Plumb agent,
+//! with faults on a schedule, invariants checked against every side's records, a live view
+//! and a report. See docs/simulator.md.
+//!
+//!   plumb-sim run --scenario FILE [--duration 60s] [--seed N] [--report DIR] [--plumb BIN]
+//!                 [--sabotage retries|handover]
+//!   plumb-sim check FILE          read a scenario and say what is wrong with it
+//!
+//! Exit status: 0 when every invariant held, 1 when one was violated, 2 when the run could
+//! not be made (bad scenario, agent not starting).
+
+mod agent;
+mod caller;
+mod check;
+mod faults;
+mod flows;
+mod records;
+mod report;
+mod scenario;
+mod service;
+mod topology;
+mod view;
+
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+struct Args {
+    scenario: PathBuf,
+    duration: Option<Duration>,
+    seed: Option<u64>,
+    report: Option<PathBuf>,
+    plumb: Option<PathBuf>,
+    sabotage: topology::Sabotage,
+}
+
+const USAGE: &str = "usage: plumb-sim run --scenario FILE [--duration 60s] [--seed N] [--report DIR] [--plumb BIN] [--sabotage retries|handover]\n       plumb-sim check FILE";
+
+fn parse_args(args: &[String]) -> Result<Args> {
+    let mut a = Args {
+        scenario: PathBuf::new(),
+        duration: None,
+        seed: None,
+        report: None,
+        plumb: None,
+        sabotage: topology::Sabotage::None,
+    };
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{k} needs a value"))
+        };
+        match k.as_str() {
+            "--scenario" => a.scenario = val()?.into(),
+            "--duration" => {
+                a.duration = Some(scenario::parse_duration(&val()?).context("--duration")?)
+            }
+            "--seed" => a.seed = Some(val()?.parse().context("--seed: a whole number")?),
+            "--report" => a.report = Some(val()?.into()),
+            "--plumb" => a.plumb = Some(val()?.into()),
+            "--sabotage" => {
+                a.sabotage = match val()?.as_str() {
+                    "retries" => topology::Sabotage::Retries,
+                    "handover" => topology::Sabotage::Handover,
+                    other => bail!("--sabotage: \"{other}\" is not retries or handover"),
+                }
+            }
+            other => bail!("unknown argument \"{other}\"\n{USAGE}"),
+        }
+    }
+    if a.scenario.as_os_str().is_empty() {
+        bail!("--scenario is required\n{USAGE}");
+    }
+    Ok(a)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match args.first().map(String::as_str) {
+        Some("run") => match parse_args(&args[1..]) {
+            Ok(a) => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime");
+                match rt.block_on(run(a)) {
+                    Ok(true) => 0,
+                    Ok(false) => 1,
+                    Err(e) => {
+                        eprintln!("plumb-sim: error: {e:#}");
+                        2
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("plumb-sim: {e:#}");
+                2
+            }
+        },
+        Some("check") if args.len() == 2 => match std::fs::read_to_string(&args[1])
+            .map_err(anyhow::Error::from)
+            .and_then(|t| scenario::parse(&t))
+        {
+            Ok(s) => {
+                println!(
+                    "{}: {} services, {} flows, {} faults, {:?}",
+                    s.name,
+                    s.services.len(),
+                    s.flows.len(),
+                    s.faults.len(),
+                    s.duration
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("plumb-sim: {}: {e:#}", args[1]);
+                2
+            }
+        },
+        _ => {
+            eprintln!("{USAGE}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+/// `plumb` next to this binary (target/<profile>/), unless `--plumb` says otherwise.
+fn plumb_bin(arg: Option<PathBuf>) -> Result<PathBuf> {
+    let p = match arg {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory for this binary")?
+            .join("plumb"),
+    };
+    if !p.is_file() {
+        bail!(
+            "no plumb binary at {} (build it, or pass --plumb)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn free_port() -> Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+async fn run(a: Args) -> Result<bool> {
+    let text = std::fs::read_to_string(&a.scenario)
+        .with_context(|| format!("reading {}", a.scenario.display()))?;
+    let sc = scenario::parse(&text).with_context(|| a.scenario.display().to_string())?;
+    let duration = a.duration.unwrap_or(sc.duration);
+    let seed = a.seed.unwrap_or(sc.seed);
+    let bin = plumb_bin(a.plumb)?;
+    let dir = a
+        .report
+        .unwrap_or_else(|| PathBuf::from(format!("plumb-sim-report/{}", sc.name)));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let dir = dir.canonicalize()?;
+    let mode = "loopback: Plumb's listeners are addressed explicitly on 127.0.0.1 \
+                (the netns and eBPF capture node is not built yet)";
+    println!(
+        "plumb-sim: scenario {} (seed {seed}, {:.0} s), {mode}; report in {}",
+        sc.name,
+        duration.as_secs_f64(),
+        dir.display()
+    );
+    if a.sabotage != topology::Sabotage::None {
+        println!(
+            "plumb-sim: SABOTAGE {:?}: this run is meant to fail",
+            a.sabotage
+        );
+    }
+
+    let records = Arc::new(records::Records::new());
+    let caller = Arc::new(caller::Caller::new(Duration::from_secs(15)));
+    let cp = plumb_tests::xds::ControlPlane::start().await;
+    let mut listen = HashMap::new();
+    for s in &sc.services {
+        listen.insert(s.name.clone(), (free_port()?, s.protocol));
+    }
+    let targets = Arc::new(listen);
+    let mut states = Vec::new();
+    for s in &sc.services {
+        let ctx = Arc::new(service::ServiceCtx {
+            spec: s.clone(),
+            records: records.clone(),
+            caller: caller.clone(),
+            targets: targets.clone(),
+        });
+        let mut st = topology::ServiceState::new(ctx, targets[&s.name].0);
+        for _ in 0..s.replicas {
+            st.add_replica(false).await?;
+        }
+        for _ in 0..s.canary_replicas {
+            st.add_replica(true).await?;
+        }
+        states.push(st);
+    }
+    let access_log = dir.join("access.log");
+    let mut topo =
+        topology::Topology::new(states, cp, access_log.clone(), a.sabotage, records.clone());
+    topo.publish();
+    let cp_addr = topo.cp_addr;
+    let topo = Arc::new(Mutex::new(topo));
+    let agent = agent::Agent::start(bin, dir.join("agent"), &agent::bootstrap(cp_addr)).await?;
+    println!(
+        "plumb-sim: agent ready (pid {}, admin {})",
+        agent.current.pid(),
+        agent.current.admin
+    );
+    let agent = Arc::new(Mutex::new(agent));
+    wait_routable(&sc, &targets, &caller).await?;
+
+    // Traffic, faults, sampling and the live view, from t = 0; the probes' records go.
+    records.sent.lock().unwrap().clear();
+    records.receipts.lock().unwrap().clear();
+    let t0 = records.start_clock();
+    let end = t0 + duration;
+    let inflight = Arc::new(AtomicUsize::new(0));
+    let mut flow_tasks = Vec::new();
+    for f in &sc.flows {
+        let (addr, protocol) = targets[&f.service];
+        flow_tasks.push(tokio::spawn(flows::run(
+            flows::FlowRun {
+                flow: f.clone(),
+                addr,
+                protocol,
+                seed,
+                start: t0,
+                duration,
+                max_inflight: sc.limits.max_inflight,
+            },
+            records.clone(),
+            caller.clone(),
+            inflight.clone(),
+        )));
+    }
+    let fctx = Arc::new(faults::FaultCtx {
+        topo: topo.clone(),
+        agent: agent.clone(),
+        records: records.clone(),
+        seed,
+        sabotage: a.sabotage,
+        end,
+    });
+    let fault_task = tokio::spawn(faults::schedule(sc.faults.clone(), t0, fctx));
+    let problems = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sampler = {
+        let (agent, records, problems) = (agent.clone(), records.clone(), problems.clone());
+        let sc = sc.clone();
+        tokio::spawn(async move {
+            let mut view = view::View::new(&sc);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                {
+                    let mut a = agent.lock().await;
+                    if let Some((rss_kb, fds)) = a.sample() {
+                        records.samples.lock().unwrap().push(records::Sample {
+                            at: records.now(),
+                            rss_kb,
+                            fds,
+                            pid: a.current.pid(),
+                        });
+                    }
+                    problems.lock().unwrap().extend(a.reap());
+                }
+                view.tick(&records, duration);
+            }
+        })
+    };
+    for t in flow_tasks {
+        let _ = t.await;
+    }
+    // Requests still under way finish (or time out: the client gives up after 15 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while inflight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let unfinished = inflight.load(Ordering::Relaxed);
+    let _ = fault_task.await;
+    sampler.abort();
+    println!();
+
+    // The access log is written off the request path, at least once a second: wait until it
+    // stops growing.
+    let mut last = 0;
+    let mut still = 0;
+    while still < 3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let len = std::fs::metadata(&access_log).map(|m| m.len()).unwrap_or(0);
+        if len == last {
+            still += 1;
+        } else {
+            (last, still) = (len, 0);
+        }
+    }
+    let mut agent = Arc::try_unwrap(agent)
+        .map_err(|_| anyhow::anyhow!("the agent is still shared"))?
+        .into_inner();
+    // Old generations finish draining before their exits are judged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.draining.is_empty() && Instant::now() < deadline {
+        problems.lock().unwrap().extend(agent.reap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let final_stats = if agent.current.n == 1 {
+        agent::stats(agent.current.admin).await
+    } else {
+        None
+    };
+    agent.stop().await;
+    topo.lock().await.stop_control_plane().await;
+
+    let log_text = std::fs::read_to_string(&access_log).unwrap_or_default();
+    let (probes, log): (Vec<check::LogLine>, Vec<check::LogLine>) = check::parse_log(&log_text)
+        .into_iter()
+        .partition(|l| l.id.starts_with("probe-"));
+    let inputs = check::Inputs {
+        scenario: &sc,
+        records: &records,
+        log: &log,
+        final_stats: final_stats.map(|mut s| {
+            // The readiness probes are in Plumb's counts but not in the checked log.
+            for p in &probes {
+                if let Some(v) = s.get_mut(&format!("http.{}.downstream_rq_total", p.service)) {
+                    *v -= 1;
+                }
+            }
+            s
+        }),
+        unfinished,
+        agent_problems: problems.lock().unwrap().clone(),
+    };
+    let (verdicts, figures) = check::check(&inputs);
+    let series = report::series(&sc, &records, duration.as_secs() as usize + 1);
+    let faults = records.faults.lock().unwrap().clone();
+    let notes = records.notes.lock().unwrap().clone();
+    let samples = records.samples.lock().unwrap().clone();
+    let rep = report::Report {
+        scenario: &sc,
+        seed,
+        duration,
+        mode,
+        verdicts: &verdicts,
+        figures: &figures,
+        series: &series,
+        faults: &faults,
+        notes: &notes,
+        samples: &samples,
+    };
+    std::fs::write(
+        dir.join("summary.json"),
+        serde_json::to_string_pretty(&rep.json())?,
+    )?;
+    std::fs::write(dir.join("index.html"), rep.html())?;
+    for f in &figures {
+        println!(
+            "  flow {:<16} sent {:>7}  ok {:>7}  failed {:>5}  p99 {}",
+            f.name,
+            f.sent,
+            f.ok,
+            f.failed,
+            f.p99
+                .map(|d| format!("{:.2} ms", check::ms(d)))
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    for v in &verdicts {
+        println!(
+            "  {} {:<44} {}",
+            if v.ok { "ok  " } else { "FAIL" },
+            v.invariant,
+            v.summary
+        );
+        for e in v.examples.iter().filter(|_| !v.ok) {
+            println!("         {}: {}", e.id, e.detail);
+            for l in e.log.iter().take(4) {
+                println!("           {l}");
+            }
+        }
+    }
+    let passed = rep.passed();
+    println!(
+        "plumb-sim: {} — report: {}",
+        if passed {
+            "every invariant held".to_string()
+        } else {
+            format!(
+                "VIOLATED: {}",
+                verdicts
+                    .iter()
+                    .filter(|v| !v.ok)
+                    .map(|v| v.invariant)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+        dir.join("index.html").display()
+    );
+    Ok(passed)
+}
+
+/// Waits until each service answers through Plumb (listeners, routes, clusters and
+/// endpoints have all arrived), with requests marked as probes.
+async fn wait_routable(
+    sc: &scenario::Scenario,
+    targets: &service::Targets,
+    caller: &caller::Caller,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for s in &sc.services {
+        let (addr, protocol) = targets[&s.name];
+        let mut n = 0;
+        loop {
+            n += 1;
+            let id = format!("probe-{}-{n}", s.name);
+            let o = caller
+                .call(&caller::Call {
+                    addr,
+                    protocol,
+                    service: &s.name,
+                    path: "/",
+                    id: &id,
+                    flow: "probe",
+                    body_bytes: 0,
+                    stream: 0,
+                })
+                .await;
+            if o.ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not answer through Plumb within 30 s (last: {})",
+                    s.name,
+                    o.label()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! What the simulation observes, from every side: each request a client sent and what came
+//! back, each request a replica received and what it answered (and why), the faults with their
+//! windows, and samples of the agent's memory and file descriptors. The invariants and the
+//! report are computed from these.
+
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The result of one request as its sender saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// An HTTP response (gRPC: with `grpc-status` 0).
+    Status(u16),
+    /// A gRPC response with a non-zero `grpc-status`.
+    Grpc(u32),
+    /// No response: the connection failed or broke, or the client gave up.
+    Transport(String),
+    /// Not sent: the scenario's `max_inflight` was reached (the simulator's own limit).
+    Shed,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        matches!(self, Outcome::Status(s) if (200..300).contains(s))
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            Outcome::Status(s) => s.to_string(),
+            Outcome::Grpc(c) => format!("grpc-{c}"),
+            Outcome::Transport(e) => format!("transport: {e}"),
+            Outcome::Shed => "shed".into(),
+        }
+    }
+}
+
+/// A request sent by a flow's client (an edge request) or by a service to another one.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub id: String,
+    /// The flow it belongs to (for a service's call: the flow of the request that caused it).
+    pub flow: String,
+    /// The service called.
+    pub service: String,
+    /// Seconds since the start of the run.
+    pub at: f64,
+    pub latency: Duration,
+    pub outcome: Outcome,
+    pub edge: bool,
+}
+
+/// Why a replica answered as it did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cause {
+    Served,
+    /// The replica's own error rate, or a `replica-errors` fault.
+    Injected,
+    /// A call it made failed: that call's ID.
+    Downstream(String),
+}
+
+/// A request as a replica received it.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    pub id: String,
+    pub service: String,
+    pub replica: String,
+    pub at: f64,
+    pub ok: bool,
+    pub cause: Cause,
+}
+
+/// A fault as it happened.
+#[derive(Debug, Clone)]
+pub struct FaultEvent {
+    pub kind: &'static str,
+    pub detail: String,
+    pub start: f64,
+    pub end: f64,
+    /// Whether traffic may fail while it lasts (an agent killed) or must not (a hand-over).
+    pub may_fail_traffic: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub at: f64,
+    pub rss_kb: u64,
+    pub fds: u64,
+    pub pid: i32,
+}
+
+pub struct Records {
+    base: Instant,
+    /// Nanoseconds from `base` to the start of traffic (`start_clock`).
+    offset_ns: AtomicU64,
+    pub sent: Mutex<Vec<Sent>>,
+    pub receipts: Mutex<Vec<Receipt>>,
+    pub faults: Mutex<Vec<FaultEvent>>,
+    pub samples: Mutex<Vec<Sample>>,
+    /// Plain-text notes for the report (agent generations, control plane restarts).
+    pub notes: Mutex<Vec<(f64, String)>>,
+    /// Checks made while the run goes (an ejection seen during a fault), for the invariants.
+    pub observations: Mutex<Vec<Observation>>,
+}
+
+/// A check made during the run, by the fault that set it up.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub invariant: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Records {
+    pub fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            offset_ns: AtomicU64::new(0),
+            sent: Default::default(),
+            receipts: Default::default(),
+            faults: Default::default(),
+            samples: Default::default(),
+            notes: Default::default(),
+            observations: Default::default(),
+        }
+    }
+
+    /// Seconds since the start of traffic (negative before it).
+    pub fn now(&self) -> f64 {
+        let off = Duration::from_nanos(self.offset_ns.load(Ordering::Relaxed));
+        self.base.elapsed().as_secs_f64() - off.as_secs_f64()
+    }
+
+    /// Makes now the time origin of every record; returns it.
+    pub fn start_clock(&self) -> Instant {
+        let now = Instant::now();
+        self.offset_ns
+            .store((now - self.base).as_nanos() as u64, Ordering::Relaxed);
+        now
+    }
+
+    pub fn sent(&self, s: Sent) {
+        self.sent.lock().unwrap().push(s);
+    }
+
+    pub fn receipt(&self, r: Receipt) {
+        self.receipts.lock().unwrap().push(r);
+    }
+
+    pub fn note(&self, text: impl Into<String>) {
+        let at = self.now();
+        self.notes.lock().unwrap().push((at, text.into()));
+    }
+
+    pub fn observe(&self, invariant: &'static str, ok: bool, detail: String) {
+        self.observations.lock().unwrap().push(Observation {
+            invariant,
+            ok,
+            detail,
+        });
+    }
+
+    /// Starts a fault's window; returns its index for `end_fault`.
+    pub fn start_fault(&self, kind: &'static str, detail: String, may_fail_traffic: bool) -> usize {
+        let at = self.now();
+        let mut f = self.faults.lock().unwrap();
+        f.push(FaultEvent {
+            kind,
+            detail,
+            start: at,
+            end: f64::INFINITY,
+            may_fail_traffic,
+        });
+        f.len() - 1
+    }
+
+    pub fn end_fault(&self, i: usize) {
+        let at = self.now();
+        if let Some(f) = self.faults.lock().unwrap().get_mut(i) {
+            f.end = at;
+        }
+    }
+}
+
+impl Default for Records {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FaultEvent {
+    pub fn json(&self) -> Value {
+        json!({"kind": self.kind, "detail": self.detail, "start_s": round3(self.start),
+               "end_s": if self.end.is_finite() { json!(round3(self.end)) } else { Value::Null }})
+    }
+}
+
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
