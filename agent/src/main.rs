@@ -192,7 +192,10 @@ fn main() -> ExitCode {
                 options.concurrency = c as usize;
             }
             raise_open_files_limit();
-            match server::start(snapshot, options, Some(log)).and_then(|h| h.wait()) {
+            let result = server::start(snapshot, options, Some(log)).and_then(|h| h.wait());
+            // The lines of the last requests served are written before the process goes.
+            plumb::http::access_log::flush_all(Duration::from_secs(2));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // Once: through the log when it shows errors (it writes to stderr too),

@@ -270,8 +270,31 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
                 .entry(cause)
                 .or_default() += 1;
         }
-        match &why {
-            None => explained.violate(Example {
+        // A failure while only faults that must not fail traffic (a hand-over, the control
+        // plane going away) are under way is theirs, unless a replica's injected error
+        // explains it.
+        let risky = active.iter().any(|f| f.may_fail_traffic);
+        let calm_fault = active
+            .iter()
+            .find(|f| !f.may_fail_traffic)
+            .filter(|_| !risky);
+        let injected = why.as_deref().is_some_and(|w| w.contains("injected"));
+        match (calm_fault, &why) {
+            (Some(f), _) if !injected => calm.violate(Example {
+                id: s.id.clone(),
+                detail: format!(
+                    "{} to {} failed ({}{}) at {:.3} s during {} ({}), which must not fail traffic",
+                    if s.edge { "request" } else { "call" },
+                    s.service,
+                    s.outcome.label(),
+                    why.as_deref().map(|w| format!(", {w}")).unwrap_or_default(),
+                    s.at,
+                    f.kind,
+                    f.detail
+                ),
+                log: idx.lines_about(&s.id),
+            }),
+            (_, None) => explained.violate(Example {
                 id: s.id.clone(),
                 detail: format!(
                     "{} to {} at {:.3} s failed ({}) with no injected error, response flag or agent fault to explain it",
@@ -282,24 +305,6 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
                 ),
                 log: idx.lines_about(&s.id),
             }),
-            Some(w) if !w.contains("injected") => {
-                let risky = active.iter().any(|f| f.may_fail_traffic);
-                if let Some(f) = active.iter().find(|f| !f.may_fail_traffic) {
-                    if !risky {
-                        calm.violate(Example {
-                            id: s.id.clone(),
-                            detail: format!(
-                                "failed ({}, {w}) at {:.3} s during {} ({}), which must not fail traffic",
-                                s.outcome.label(),
-                                s.at,
-                                f.kind,
-                                f.detail
-                            ),
-                            log: idx.lines_about(&s.id),
-                        });
-                    }
-                }
-            }
             _ => {}
         }
     }

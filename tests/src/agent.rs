@@ -199,6 +199,11 @@ pub fn load_bin() -> PathBuf {
     built_bin("plumb-tests", "plumb-load")
 }
 
+/// Path to the `plumb-sim` simulator, building it if needed.
+pub fn sim_bin() -> PathBuf {
+    built_bin("plumb-sim", "plumb-sim")
+}
+
 fn built_bin(package: &str, bin: &str) -> PathBuf {
     static BUILT: OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> =
         OnceLock::new();

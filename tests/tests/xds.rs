@@ -313,6 +313,44 @@ async fn a_restart_while_the_control_plane_is_down_serves_the_cached_config() {
     assert!(dump.contains("\"version_info\":\"1\""), "{dump}");
 }
 
+/// The same with an HTTP listener whose routes come over RDS: it warmed until its routes
+/// came, then activated with no further LDS update — and must be in the cache all the same
+/// (it was not: a restart from the cache came up without it, found by plumb-sim's hand-over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_from_the_cache_serves_a_listener_that_warmed_for_its_routes() {
+    use plumb::server::ShutdownKind;
+    let up = plumb_tests::http_upstream::start("a").await;
+    let cp = ControlPlane::start().await;
+    let front = free_addr();
+    cp.set(
+        vec![eds_cluster("backend")],
+        vec![plumb_tests::xds::http_rds_listener("front", front, "r")],
+        vec![endpoints("backend", &[up.addr])],
+    );
+    cp.set_routes(vec![plumb_tests::xds::route_to("r", "backend", "t")]);
+    let dir = plumb_tests::TempDir::new("xds-cache-rds");
+    let cache = dir.path.join("xds.cache");
+    let bootstrap = ads_bootstrap(cp.addr, "GRPC");
+    let ok = || async move {
+        matches!(plumb_tests::client::http("GET", front, "/").await, Ok(r) if r.status == 200)
+    };
+    let agent = TestAgent::start_with(&bootstrap, with_cache(&cache)).await;
+    plumb_tests::wait_until("the listener routes", Duration::from_secs(10), ok).await;
+    agent.shutdown(ShutdownKind::Immediate);
+    agent.join().await;
+    cp.stop().await;
+
+    // Ready means the cached listener is there and its cached routes too: no waiting.
+    let agent = TestAgent::start_with(&bootstrap, with_cache(&cache)).await;
+    assert_eq!(agent.stat("control_plane.connected_state"), 0);
+    let r = plumb_tests::client::http("GET", front, "/").await;
+    assert!(
+        matches!(&r, Ok(r) if r.status == 200),
+        "the cached HTTP listener serves at once: {:?}",
+        r.map(|r| r.status)
+    );
+}
+
 fn with_tls(bootstrap: &str, ca_file: &std::path::Path, sni: &str) -> String {
     let mut b: serde_json::Value = serde_json::from_str(bootstrap).unwrap();
     b["static_resources"]["clusters"][0]["transport_socket"] = serde_json::json!({

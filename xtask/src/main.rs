@@ -6,6 +6,9 @@
 //!   cargo xtask deps [--bench]          install Debian packages the tests (and benches) need
 //!   cargo xtask build-ebpf              build the eBPF object into target/bpf/plumb.bpf.o
 //!   cargo xtask demo-xds                plumb driven by a control plane: config and a live update
+//!   cargo xtask sim [--scenario F] [--duration D] [--seed N]
+//!                                       simulated traffic through a fake cluster, with faults
+//!                                       and invariants (docs/simulator.md)
 //!   cargo xtask bench xds [--secs S]    config scale, update latency, memory, churn under traffic
 //!   cargo xtask bench l4 [--secs S]     Plumb vs direct vs haproxy, side by side
 //!   cargo xtask bench workers [--proxy-threads N] [--rounds R]
@@ -28,6 +31,7 @@ mod bench_workers;
 mod ebpf;
 mod fuzz;
 mod image;
+mod sim;
 mod util;
 
 use anyhow::{bail, Context, Result};
@@ -46,8 +50,9 @@ fn main() {
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("image") => image::build(args.iter().any(|a| a == "--release")).map(|_| ()),
         Some("demo-xds") => xds_tool("demo", &[]),
+        Some("sim") => sim::sim(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | demo-xds | build-ebpf | bench l4|workers|redirect|xds|upgrade|config|http|lb [--secs S] | fuzz <target>|all [--secs N] [--runs N] | image [--release]>");
+            eprintln!("usage: cargo xtask <demo [--keep-running] | test | deps [--bench] | demo-xds | sim [--scenario F] [--duration D] | build-ebpf | bench l4|workers|redirect|xds|upgrade|config|http|lb [--secs S] | fuzz <target>|all [--secs N] [--runs N] | image [--release]>");
             std::process::exit(2);
         }
     };

@@ -28,6 +28,65 @@ const BATCH_PERIOD: Duration = Duration::from_millis(20);
 /// Bumped by SIGUSR1: writers reopen their files.
 static REOPEN: AtomicU64 = AtomicU64::new(0);
 
+/// The writer threads, so `flush_all` can wait for those whose configuration went (they write
+/// what is left, then end).
+#[allow(clippy::type_complexity)]
+static THREADS: Mutex<Vec<(Weak<Writer>, std::thread::JoinHandle<()>)>> = Mutex::new(Vec::new());
+
+/// Flush markers the writers have acted on (`flush_all`).
+static FLUSHED: (Mutex<u64>, std::sync::Condvar) = (Mutex::new(0), std::sync::Condvar::new());
+
+/// Writes and flushes every line queued so far, waiting up to `timeout`: called as the
+/// process exits, so the lines of the last requests it served (an agent that drained after a
+/// hand-over) are not lost with it. An empty line is the marker: real lines end with `\n`.
+pub fn flush_all(timeout: Duration) {
+    let writers: Vec<Arc<Writer>> = registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .filter_map(Weak::upgrade)
+        .collect();
+    let (lock, cv) = &FLUSHED;
+    let start = *lock.lock().unwrap_or_else(|p| p.into_inner());
+    let deadline = std::time::Instant::now() + timeout;
+    let mut sent = 0;
+    for w in &writers {
+        loop {
+            match w.tx.try_send(String::new()) {
+                Ok(()) => {
+                    sent += 1;
+                    break;
+                }
+                Err(TrySendError::Full(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(BATCH_PERIOD)
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    drop(writers);
+    let mut done = lock.lock().unwrap_or_else(|p| p.into_inner());
+    while *done < start + sent {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            tracing::warn!("access logs: not every queued line was written before exit");
+            return;
+        }
+        done = cv
+            .wait_timeout(done, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    drop(done);
+    // Writers no configuration uses any more end after their last batch: wait for those.
+    let threads = THREADS.lock().unwrap_or_else(|p| p.into_inner());
+    for (_, t) in threads.iter().filter(|(w, _)| w.strong_count() == 0) {
+        while !t.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
 /// Reopens every access log file (after a rotation moved them away).
 pub fn reopen_all() {
     REOPEN.fetch_add(1, Ordering::Relaxed);
@@ -86,11 +145,16 @@ fn writer_for(sink: &LogSink, store: &Store) -> Arc<Writer> {
         stats: stats.clone(),
     });
     let sink2 = sink.clone();
-    if let Err(e) = std::thread::Builder::new()
+    match std::thread::Builder::new()
         .name("plumb-access-log".into())
         .spawn(move || write_loop(sink2, rx, stats))
     {
-        tracing::error!(error = %e, "cannot start the access log writer");
+        Ok(t) => {
+            let mut threads = THREADS.lock().unwrap_or_else(|p| p.into_inner());
+            threads.retain(|(_, t)| !t.is_finished());
+            threads.push((Arc::downgrade(&w), t));
+        }
+        Err(e) => tracing::error!(error = %e, "cannot start the access log writer"),
     }
     reg.insert(sink.clone(), Arc::downgrade(&w));
     w
@@ -120,8 +184,10 @@ fn write_loop(sink: LogSink, rx: Receiver<String>, stats: Arc<LogStats>) {
                 }
             };
         let mut wrote = false;
+        let mut markers = 0;
         for _ in 0..QUEUE {
             match rx.try_recv() {
+                Ok(l) if l.is_empty() => markers += 1,
                 Ok(l) => {
                     write(l, &mut out);
                     wrote = true;
@@ -139,6 +205,11 @@ fn write_loop(sink: LogSink, rx: Receiver<String>, stats: Arc<LogStats>) {
                     stats.write_failed.inc();
                 }
             }
+        }
+        if markers > 0 {
+            let (lock, cv) = &FLUSHED;
+            *lock.lock().unwrap_or_else(|p| p.into_inner()) += markers;
+            cv.notify_all();
         }
         let now = REOPEN.load(Ordering::Relaxed);
         if now != generation {
@@ -490,4 +561,35 @@ fn json_object(fields: &[(String, JsonField)], e: &Entry) -> serde_json::Value {
         m.insert(k.clone(), v);
     }
     serde_json::Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_all_writes_what_is_queued_before_returning() {
+        let dir = std::env::temp_dir().join(format!("plumb-flush-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.log");
+        let store = Store::new();
+        let log = EventLog::open(&path, &store);
+        for i in 0..100 {
+            log.write(&serde_json::json!({"n": i}));
+        }
+        // The writer takes its queue every 20 ms: read at once, the file would be short.
+        flush_all(Duration::from_secs(5));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(text.lines().count(), 100, "{text}");
+        // A writer whose configuration went (the process is exiting): its thread writes what
+        // is left and ends; flush_all waits for it.
+        for i in 0..100 {
+            log.write(&serde_json::json!({"m": i}));
+        }
+        drop(log);
+        flush_all(Duration::from_secs(5));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(text.lines().count(), 200, "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -651,7 +651,13 @@ impl XdsClient {
             return;
         }
         let mut st = self.lock();
-        let accepted: HashSet<String> = h.accepted(&mut st).names().into_iter().collect();
+        let mut accepted: HashSet<String> = h.accepted(&mut st).names().into_iter().collect();
+        // A listener waiting for its routes or secrets is accepted too: it activates when they
+        // come, with no further LDS update to write it down, so it is kept now — else a
+        // restart from the cache (or a successor taking over) would come up without it.
+        if type_url == config::type_urls::LISTENER {
+            accepted.extend(st.warming_listeners.keys().cloned());
+        }
         let present = std::mem::take(&mut st.present);
         let raw = st.raw.entry(type_url.to_string()).or_default();
         if complete {
