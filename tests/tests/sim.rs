@@ -146,9 +146,9 @@ services:
   - name: front
     protocol: http1
     replicas: 2
-    latency: {p50: 20ms, p99: 40ms}
+    latency: {p50: 200ms, p99: 300ms}
 flows:
-  - {name: go, service: front, rate: 100}
+  - {name: go, service: front, rate: 100, budget: {p99: 2s}}
 faults:
   - {at: 4s, kind: agent-handover}
 ";
