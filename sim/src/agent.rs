@@ -71,6 +71,41 @@ pub fn bootstrap(control_plane: SocketAddr) -> String {
     .to_string()
 }
 
+/// The bootstrap of the pod mode: the same, plus eBPF capture of the node's pods into an
+/// `outbound` listener on the node's proxy address, which hands each connection to the
+/// service listener of its virtual IP (connections to anything else pass through).
+pub fn bootstrap_pods(
+    control_plane: SocketAddr,
+    node: &plumb_tests::pods::Node,
+    pin: &Path,
+    bpf_object: &Path,
+) -> String {
+    let mut b: serde_json::Value = serde_json::from_str(&bootstrap(control_plane)).unwrap();
+    b["static_resources"]["listeners"] = serde_json::json!([{
+        "name": "outbound", "use_original_dst": true,
+        "address": {"socket_address": {"address": node.proxy_ip.to_string(), "port_value": 15001}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "passthrough", "cluster": "passthrough"}}]}],
+    }]);
+    b["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "passthrough", "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "1s"}));
+    b["bootstrap_extensions"] = serde_json::json!([{"name": "plumb.redirect", "typed_config": {
+        "@type": "type.googleapis.com/plumb.redirect.v1.Redirect",
+        "listener": "outbound",
+        "cgroups": [node.cgroup.to_str().unwrap()],
+        "pin_path": pin.to_str().unwrap(),
+        "bpf_object": bpf_object.to_str().unwrap(),
+        "required": true,
+        "heartbeat_interval": "0.1s",
+        "fail_open_after": "0.5s",
+    }}]);
+    b.to_string()
+}
+
 impl Agent {
     /// Starts the first generation and waits until it is ready.
     pub async fn start(bin: PathBuf, dir: PathBuf, bootstrap_text: &str) -> Result<Self> {

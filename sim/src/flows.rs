@@ -4,7 +4,7 @@
 //! run's schedule can be repeated.
 
 use crate::caller::{Call, Caller};
-use crate::records::{Outcome, Records, Sent};
+use crate::records::{Outcome, Sent, Sink};
 use crate::scenario::{Flow, Protocol};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,7 +41,7 @@ pub struct FlowRun {
 /// Sends the flow's requests until `duration` has passed since `start`.
 pub async fn run(
     f: FlowRun,
-    records: Arc<Records>,
+    records: Arc<dyn Sink>,
     caller: Arc<Caller>,
     inflight: Arc<AtomicUsize>,
 ) {

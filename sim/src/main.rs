@@ -14,6 +14,7 @@ mod caller;
 mod check;
 mod faults;
 mod flows;
+mod pods;
 mod records;
 mod report;
 mod scenario;
@@ -37,9 +38,10 @@ struct Args {
     report: Option<PathBuf>,
     plumb: Option<PathBuf>,
     sabotage: topology::Sabotage,
+    loopback: bool,
 }
 
-const USAGE: &str = "usage: plumb-sim run --scenario FILE [--duration 60s] [--seed N] [--report DIR] [--plumb BIN] [--sabotage retries|handover]\n       plumb-sim check FILE";
+const USAGE: &str = "usage: plumb-sim run --scenario FILE [--duration 60s] [--seed N] [--report DIR] [--plumb BIN] [--loopback] [--sabotage retries|handover]\n       plumb-sim check FILE";
 
 fn parse_args(args: &[String]) -> Result<Args> {
     let mut a = Args {
@@ -49,6 +51,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
         report: None,
         plumb: None,
         sabotage: topology::Sabotage::None,
+        loopback: false,
     };
     let mut it = args.iter();
     while let Some(k) = it.next() {
@@ -65,6 +68,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
             "--seed" => a.seed = Some(val()?.parse().context("--seed: a whole number")?),
             "--report" => a.report = Some(val()?.into()),
             "--plumb" => a.plumb = Some(val()?.into()),
+            "--loopback" => a.loopback = true,
             "--sabotage" => {
                 a.sabotage = match val()?.as_str() {
                     "retries" => topology::Sabotage::Retries,
@@ -105,6 +109,8 @@ fn main() {
                 2
             }
         },
+        Some("pod-serve") => pod_serve(&args[1..]),
+        Some("pod-flow") => pod_flow(&args[1..]),
         Some("check") if args.len() == 2 => match std::fs::read_to_string(&args[1])
             .map_err(anyhow::Error::from)
             .and_then(|t| scenario::parse(&t))
@@ -171,10 +177,22 @@ async fn run(a: Args) -> Result<bool> {
     }
     std::fs::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
-    let mode = "loopback: Plumb's listeners are addressed explicitly on 127.0.0.1 \
-                (the netns and eBPF capture node is not built yet)";
+    // Pods with eBPF capture when this machine can; else loopback, saying why.
+    let why_not_pods = if a.loopback {
+        Some("--loopback was given".to_string())
+    } else {
+        pods::unavailable(&bin)
+    };
+    let mode = match &why_not_pods {
+        None => "pods: replicas and clients run in network namespaces and cgroups of their own; \
+                 the agent captures their connects to service virtual IPs with eBPF"
+            .to_string(),
+        Some(why) => format!(
+            "loopback: Plumb's listeners are addressed explicitly on 127.0.0.1 (no pods: {why})"
+        ),
+    };
     println!(
-        "plumb-sim: scenario {} (seed {seed}, {:.0} s), {mode}; report in {}",
+        "plumb-sim: scenario {} (seed {seed}, {:.0} s); report in {}\nplumb-sim: mode {mode}",
         sc.name,
         duration.as_secs_f64(),
         dir.display()
@@ -189,9 +207,26 @@ async fn run(a: Args) -> Result<bool> {
     let records = Arc::new(records::Records::new());
     let caller = Arc::new(caller::Caller::new(Duration::from_secs(15)));
     let cp = plumb_tests::xds::ControlPlane::start().await;
+    let pool = match why_not_pods {
+        None => {
+            let logs = dir.join("pods");
+            std::fs::create_dir_all(&logs)?;
+            Some(Arc::new(std::sync::Mutex::new(pods::PodPool::new(
+                std::env::current_exe()?,
+                a.scenario.canonicalize()?,
+                logs,
+                records.clone(),
+            ))))
+        }
+        Some(_) => None,
+    };
     let mut listen = HashMap::new();
-    for s in &sc.services {
-        listen.insert(s.name.clone(), (free_port()?, s.protocol));
+    for (k, s) in sc.services.iter().enumerate() {
+        let addr = match pool {
+            Some(_) => pods::vip(k),
+            None => free_port()?,
+        };
+        listen.insert(s.name.clone(), (addr, s.protocol));
     }
     let targets = Arc::new(listen);
     let mut states = Vec::new();
@@ -203,6 +238,7 @@ async fn run(a: Args) -> Result<bool> {
             targets: targets.clone(),
         });
         let mut st = topology::ServiceState::new(ctx, targets[&s.name].0);
+        st.pool = pool.clone();
         for _ in 0..s.replicas {
             st.add_replica(false).await?;
         }
@@ -214,17 +250,32 @@ async fn run(a: Args) -> Result<bool> {
     let access_log = dir.join("access.log");
     let mut topo =
         topology::Topology::new(states, cp, access_log.clone(), a.sabotage, records.clone());
+    topo.vips = pool.is_some();
     topo.publish();
     let cp_addr = topo.cp_addr;
     let topo = Arc::new(Mutex::new(topo));
-    let agent = agent::Agent::start(bin, dir.join("agent"), &agent::bootstrap(cp_addr)).await?;
+    let pin = PathBuf::from(format!("/sys/fs/bpf/plumb-sim-{}", std::process::id()));
+    let _unpin = Unpin(pin.clone());
+    let bootstrap = match &pool {
+        Some(p) => {
+            let p = p.lock().unwrap();
+            let obj = pods::bpf_object(&bin).context("the eBPF object")?;
+            agent::bootstrap_pods(cp_addr, &p.node, &pin, &obj)
+        }
+        None => agent::bootstrap(cp_addr),
+    };
+    let agent = agent::Agent::start(bin, dir.join("agent"), &bootstrap).await?;
     println!(
         "plumb-sim: agent ready (pid {}, admin {})",
         agent.current.pid(),
         agent.current.admin
     );
+    let admin = agent.current.admin;
     let agent = Arc::new(Mutex::new(agent));
-    wait_routable(&sc, &targets, &caller).await?;
+    match &pool {
+        None => wait_routable(&sc, &targets, &caller).await?,
+        Some(_) => wait_configured(&sc, admin).await?,
+    }
 
     // Traffic, faults, sampling and the live view, from t = 0; the probes' records go.
     records.sent.lock().unwrap().clear();
@@ -232,23 +283,47 @@ async fn run(a: Args) -> Result<bool> {
     let t0 = records.start_clock();
     let end = t0 + duration;
     let inflight = Arc::new(AtomicUsize::new(0));
+    let pod_unfinished = Arc::new(AtomicUsize::new(0));
     let mut flow_tasks = Vec::new();
-    for f in &sc.flows {
-        let (addr, protocol) = targets[&f.service];
-        flow_tasks.push(tokio::spawn(flows::run(
-            flows::FlowRun {
-                flow: f.clone(),
-                addr,
-                protocol,
-                seed,
-                start: t0,
-                duration,
-                max_inflight: sc.limits.max_inflight,
-            },
-            records.clone(),
-            caller.clone(),
-            inflight.clone(),
-        )));
+    let mut pod_flows = Vec::new();
+    match &pool {
+        None => {
+            for f in &sc.flows {
+                let (addr, protocol) = targets[&f.service];
+                flow_tasks.push(tokio::spawn(flows::run(
+                    flows::FlowRun {
+                        flow: f.clone(),
+                        addr,
+                        protocol,
+                        seed,
+                        start: t0,
+                        duration,
+                        max_inflight: sc.limits.max_inflight,
+                    },
+                    records.clone(),
+                    caller.clone(),
+                    inflight.clone(),
+                )));
+            }
+        }
+        Some(pool) => {
+            let mut p = pool.lock().unwrap();
+            let clients = p.take()?;
+            for f in &sc.flows {
+                let (addr, protocol) = targets[&f.service];
+                pod_flows.push(pods::spawn_flow(
+                    &p,
+                    &clients,
+                    &f.name,
+                    addr,
+                    protocol,
+                    seed,
+                    duration,
+                    sc.limits.max_inflight,
+                    pod_unfinished.clone(),
+                )?);
+            }
+        }
     }
     let fctx = Arc::new(faults::FaultCtx {
         topo: topo.clone(),
@@ -287,12 +362,15 @@ async fn run(a: Args) -> Result<bool> {
     for t in flow_tasks {
         let _ = t.await;
     }
+    for t in pod_flows {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
     // Requests still under way finish (or time out: the client gives up after 15 s).
     let deadline = Instant::now() + Duration::from_secs(20);
     while inflight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let unfinished = inflight.load(Ordering::Relaxed);
+    let unfinished = inflight.load(Ordering::Relaxed) + pod_unfinished.load(Ordering::Relaxed);
     let _ = fault_task.await;
     sampler.abort();
     println!();
@@ -326,6 +404,9 @@ async fn run(a: Args) -> Result<bool> {
     };
     agent.stop().await;
     topo.lock().await.stop_control_plane().await;
+    // Replicas' processes end before their pods go (with the pool, last).
+    drop(topo);
+    drop(pool);
 
     let log_text = std::fs::read_to_string(&access_log).unwrap_or_default();
     let (probes, log): (Vec<check::LogLine>, Vec<check::LogLine>) = check::parse_log(&log_text)
@@ -356,7 +437,7 @@ async fn run(a: Args) -> Result<bool> {
         scenario: &sc,
         seed,
         duration,
-        mode,
+        mode: &mode,
         verdicts: &verdicts,
         figures: &figures,
         series: &series,
@@ -456,4 +537,172 @@ async fn wait_routable(
         }
     }
     Ok(())
+}
+
+/// Removes the pinned maps of the run's agents.
+struct Unpin(PathBuf);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Waits until the agent has every service's listener and endpoints (in the pod mode the
+/// simulator itself is not captured, so it cannot probe through a virtual IP).
+async fn wait_configured(sc: &scenario::Scenario, admin: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = agent::stats(admin).await {
+            let listeners = s
+                .get("listener_manager.total_listeners_active")
+                .copied()
+                .unwrap_or(0);
+            let members = sc.services.iter().all(|svc| {
+                s.get(&format!("cluster.{}.membership_total", svc.name))
+                    .is_some_and(|n| *n >= svc.replicas as i64)
+            });
+            if listeners > sc.services.len() as i64 && members {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the agent did not get every listener and endpoint within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn pod_scenario(args: &[String]) -> Result<scenario::Scenario> {
+    let path = flag(args, "--scenario").context("--scenario")?;
+    scenario::parse(&std::fs::read_to_string(path)?)
+}
+
+/// `plumb-sim pod-serve`: one replica, in its pod. Records on stdout, commands on stdin;
+/// stdin closing (the simulator gone) stops it too.
+fn pod_serve(args: &[String]) -> i32 {
+    let run = || -> Result<()> {
+        let sc = pod_scenario(args)?;
+        let name = flag(args, "--service").context("--service")?;
+        let spec = sc
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .context("no such service")?
+            .clone();
+        let replica = flag(args, "--replica").context("--replica")?.to_string();
+        let listen: SocketAddr = flag(args, "--listen").context("--listen")?.parse()?;
+        let targets = pods::decode_targets(flag(args, "--targets").unwrap_or(""))
+            .context("--targets")?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let ctx = Arc::new(service::ServiceCtx {
+                spec,
+                records: Arc::new(records::Wire),
+                caller: Arc::new(caller::Caller::new(Duration::from_secs(15))),
+                targets: Arc::new(targets),
+            });
+            let r = service::Replica::start(ctx, replica, listen).await?;
+            println!("{{\"k\":\"ready\"}}");
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(16);
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::stdin().lock().lines().map_while(|l| l.ok()) {
+                    if tx.blocking_send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+            let knobs = r.knobs.clone();
+            while let Some(line) = rx.recv().await {
+                if !knobs.apply(&line) {
+                    break;
+                }
+            }
+            r.stop().await;
+            Ok(())
+        })
+    };
+    match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("plumb-sim pod-serve: {e:#}");
+            2
+        }
+    }
+}
+
+/// `plumb-sim pod-flow`: one flow's clients, in a pod, from the simulator's time 0.
+fn pod_flow(args: &[String]) -> i32 {
+    let run = || -> Result<()> {
+        let sc = pod_scenario(args)?;
+        let name = flag(args, "--flow").context("--flow")?;
+        let flow = sc
+            .flows
+            .iter()
+            .find(|f| f.name == name)
+            .context("no such flow")?
+            .clone();
+        let (addr, protocol) =
+            pods::decode_target(flag(args, "--target").context("--target")?).context("--target")?;
+        let seed: u64 = flag(args, "--seed").context("--seed")?.parse()?;
+        let start_wall: f64 = flag(args, "--start-wall").context("--start-wall")?.parse()?;
+        let duration = scenario::parse_duration(flag(args, "--duration").context("--duration")?)?;
+        let max_inflight: usize = flag(args, "--max-inflight").context("--max-inflight")?.parse()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let behind = records::wall() - start_wall;
+            let now = Instant::now();
+            let start = if behind >= 0.0 {
+                now.checked_sub(Duration::from_secs_f64(behind)).unwrap_or(now)
+            } else {
+                now + Duration::from_secs_f64(-behind)
+            };
+            let inflight = Arc::new(AtomicUsize::new(0));
+            flows::run(
+                flows::FlowRun {
+                    flow,
+                    addr,
+                    protocol,
+                    seed,
+                    start,
+                    duration,
+                    max_inflight,
+                },
+                Arc::new(records::Wire),
+                Arc::new(caller::Caller::new(Duration::from_secs(15))),
+                inflight.clone(),
+            )
+            .await;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while inflight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            println!(
+                "{{\"k\":\"done\",\"unfinished\":{}}}",
+                inflight.load(Ordering::Relaxed)
+            );
+            Ok(())
+        })
+    };
+    match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("plumb-sim pod-flow: {e:#}");
+            2
+        }
+    }
 }

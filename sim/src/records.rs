@@ -91,8 +91,134 @@ pub struct Sample {
     pub pid: i32,
 }
 
+/// Where replicas and clients put what they saw: the run's records (in process), or a pod
+/// process's stdout, as JSON lines the simulator reads back (`Wire`).
+pub trait Sink: Send + Sync {
+    /// The time to stamp records with.
+    fn now(&self) -> f64;
+    fn sent(&self, s: Sent);
+    fn receipt(&self, r: Receipt);
+}
+
+impl Sink for Records {
+    fn now(&self) -> f64 {
+        Records::now(self)
+    }
+    fn sent(&self, s: Sent) {
+        Records::sent(self, s)
+    }
+    fn receipt(&self, r: Receipt) {
+        Records::receipt(self, r)
+    }
+}
+
+/// Seconds since the Unix epoch (pod processes stamp records with it; the simulator turns it
+/// into time since the start of traffic).
+pub fn wall() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A pod process's records, one JSON line each on stdout.
+pub struct Wire;
+
+impl Wire {
+    fn line(v: Value) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{v}");
+        let _ = out.flush();
+    }
+}
+
+impl Sink for Wire {
+    fn now(&self) -> f64 {
+        wall()
+    }
+    fn sent(&self, s: Sent) {
+        let outcome = match &s.outcome {
+            Outcome::Status(c) => json!({"status": c}),
+            Outcome::Grpc(c) => json!({"grpc": c}),
+            Outcome::Transport(e) => json!({"transport": e}),
+            Outcome::Shed => json!("shed"),
+        };
+        Self::line(json!({"k": "sent", "id": s.id, "flow": s.flow, "service": s.service,
+            "at": s.at, "latency_us": s.latency.as_micros() as u64, "outcome": outcome, "edge": s.edge}));
+    }
+    fn receipt(&self, r: Receipt) {
+        let cause = match &r.cause {
+            Cause::Served => json!("served"),
+            Cause::Injected => json!("injected"),
+            Cause::Downstream(id) => json!({"downstream": id}),
+        };
+        Self::line(json!({"k": "receipt", "id": r.id, "service": r.service, "replica": r.replica,
+            "at": r.at, "ok": r.ok, "cause": cause}));
+    }
+}
+
+impl Records {
+    /// Takes one line a pod process wrote (`Wire`); false if it is not a record.
+    pub fn take_line(&self, line: &str) -> bool {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            return false;
+        };
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        let at = v["at"].as_f64().unwrap_or(0.0) - self.wall_origin();
+        match v["k"].as_str() {
+            Some("sent") => {
+                let o = &v["outcome"];
+                let outcome = if let Some(c) = o["status"].as_u64() {
+                    Outcome::Status(c as u16)
+                } else if let Some(c) = o["grpc"].as_u64() {
+                    Outcome::Grpc(c as u32)
+                } else if let Some(e) = o["transport"].as_str() {
+                    Outcome::Transport(e.to_string())
+                } else {
+                    Outcome::Shed
+                };
+                self.sent(Sent {
+                    id: s("id"),
+                    flow: s("flow"),
+                    service: s("service"),
+                    at,
+                    latency: Duration::from_micros(v["latency_us"].as_u64().unwrap_or(0)),
+                    outcome,
+                    edge: v["edge"].as_bool().unwrap_or(false),
+                });
+                true
+            }
+            Some("receipt") => {
+                let cause = match &v["cause"] {
+                    Value::String(c) if c == "served" => Cause::Served,
+                    Value::String(_) => Cause::Injected,
+                    other => Cause::Downstream(other["downstream"].as_str().unwrap_or("").into()),
+                };
+                self.receipt(Receipt {
+                    id: s("id"),
+                    service: s("service"),
+                    replica: s("replica"),
+                    at,
+                    ok: v["ok"].as_bool().unwrap_or(false),
+                    cause,
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The wall-clock time (`wall()`) of the start of traffic.
+    pub fn wall_origin(&self) -> f64 {
+        f64::from_bits(self.wall_origin.load(Ordering::Relaxed))
+    }
+}
+
 pub struct Records {
     base: Instant,
+    /// `wall()` at the start of traffic (f64 bits).
+    wall_origin: AtomicU64,
     /// Nanoseconds from `base` to the start of traffic (`start_clock`).
     offset_ns: AtomicU64,
     pub sent: Mutex<Vec<Sent>>,
@@ -118,6 +244,7 @@ impl Records {
         Self {
             base: Instant::now(),
             offset_ns: AtomicU64::new(0),
+            wall_origin: AtomicU64::new(wall().to_bits()),
             sent: Default::default(),
             receipts: Default::default(),
             faults: Default::default(),
@@ -136,6 +263,7 @@ impl Records {
     /// Makes now the time origin of every record; returns it.
     pub fn start_clock(&self) -> Instant {
         let now = Instant::now();
+        self.wall_origin.store(wall().to_bits(), Ordering::Relaxed);
         self.offset_ns
             .store((now - self.base).as_nanos() as u64, Ordering::Relaxed);
         now

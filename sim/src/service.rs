@@ -6,7 +6,7 @@
 //! or stop gracefully (as a pod being scaled down).
 
 use crate::caller::{grpc_frame, Call, Caller, MARKER};
-use crate::records::{Cause, Receipt, Records, Sent};
+use crate::records::{Cause, Receipt, Sent, Sink};
 use crate::scenario::{Protocol, Service};
 use bytes::Bytes;
 use http::{Request, Response};
@@ -29,36 +29,73 @@ static CALLS: AtomicU64 = AtomicU64::new(1);
 /// Where each service is reached through Plumb, and how it is spoken to.
 pub type Targets = HashMap<String, (SocketAddr, Protocol)>;
 
-/// Run-time knobs a fault turns on one replica.
+/// Run-time knobs a fault turns on one replica (for a replica in a pod, sent to its process
+/// as a line on its stdin).
 #[derive(Default)]
 pub struct Knobs {
     /// An error rate overriding the service's (f64 bits; NaN bits = none).
     error_rate: AtomicU64,
     delay_us: AtomicU64,
+    pipe: std::sync::Mutex<Option<std::process::ChildStdin>>,
 }
 
 impl Knobs {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             error_rate: AtomicU64::new(f64::NAN.to_bits()),
             delay_us: AtomicU64::new(0),
+            pipe: Default::default(),
         }
     }
 
     pub fn set_error_rate(&self, rate: Option<f64>) {
         self.error_rate
             .store(rate.unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
+        self.command(&match rate {
+            Some(r) => format!("errors {r}"),
+            None => "errors none".into(),
+        });
     }
 
     pub fn set_delay(&self, d: Duration) {
         self.delay_us.store(d.as_micros() as u64, Ordering::Relaxed);
+        self.command(&format!("delay {}", d.as_micros()));
+    }
+
+    /// The stdin of the replica's process, when it runs in a pod.
+    pub fn set_pipe(&self, pipe: Option<std::process::ChildStdin>) {
+        *self.pipe.lock().unwrap() = pipe;
+    }
+
+    /// Sends a command line to the replica's process (nothing for an in-process one).
+    pub fn command(&self, line: &str) {
+        use std::io::Write;
+        if let Some(p) = self.pipe.lock().unwrap().as_mut() {
+            let _ = writeln!(p, "{line}");
+            let _ = p.flush();
+        }
+    }
+
+    /// Applies a command line (in the replica's process); false when it says to stop.
+    pub fn apply(&self, line: &str) -> bool {
+        let mut w = line.split_whitespace();
+        match (w.next(), w.next()) {
+            (Some("errors"), Some("none")) => self.set_error_rate(None),
+            (Some("errors"), Some(r)) => self.set_error_rate(r.parse().ok()),
+            (Some("delay"), Some(us)) => {
+                self.set_delay(Duration::from_micros(us.parse().unwrap_or(0)))
+            }
+            (Some("stop"), _) => return false,
+            _ => {}
+        }
+        true
     }
 }
 
 /// What every replica of a service shares.
 pub struct ServiceCtx {
     pub spec: Service,
-    pub records: Arc<Records>,
+    pub records: Arc<dyn Sink>,
     pub caller: Arc<Caller>,
     pub targets: Arc<Targets>,
 }
@@ -69,6 +106,8 @@ pub struct Replica {
     pub knobs: Arc<Knobs>,
     ctx: Arc<ServiceCtx>,
     state: Option<Running>,
+    /// For a replica in a pod: its process (then `state` is unused).
+    pod: Option<crate::pods::PodProc>,
 }
 
 struct Running {
@@ -90,9 +129,28 @@ impl Replica {
             knobs: Arc::new(Knobs::new()),
             ctx,
             state: None,
+            pod: None,
         };
         r.listen().await?;
         Ok(r)
+    }
+
+    /// Starts a replica as a process in its pod.
+    pub fn start_in_pod(
+        ctx: Arc<ServiceCtx>,
+        name: String,
+        mut proc: crate::pods::PodProc,
+    ) -> anyhow::Result<Self> {
+        let knobs = Arc::new(Knobs::new());
+        tokio::task::block_in_place(|| proc.spawn(&knobs, &name))?;
+        Ok(Self {
+            addr: proc.addr(),
+            name,
+            knobs,
+            ctx,
+            state: None,
+            pod: Some(proc),
+        })
     }
 
     async fn listen(&mut self) -> std::io::Result<()> {
@@ -151,6 +209,9 @@ impl Replica {
 
     /// A crash: the port closes and every connection is cut at once.
     pub fn crash(&mut self) {
+        if let Some(p) = self.pod.as_mut() {
+            p.kill();
+        }
         if let Some(s) = self.state.take() {
             s.task.abort();
         }
@@ -158,6 +219,11 @@ impl Replica {
 
     /// Starts again on the same port after a crash.
     pub async fn restart(&mut self) -> std::io::Result<()> {
+        if let Some(p) = self.pod.as_mut() {
+            let (knobs, name) = (self.knobs.clone(), self.name.clone());
+            return tokio::task::block_in_place(|| p.spawn(&knobs, &name))
+                .map_err(std::io::Error::other);
+        }
         if self.state.is_none() {
             self.listen().await?;
         }
@@ -166,6 +232,11 @@ impl Replica {
 
     /// A pod leaving: stop accepting, let requests under way finish, close.
     pub async fn stop(mut self) {
+        if let Some(p) = self.pod.take() {
+            let knobs = self.knobs.clone();
+            let _ = tokio::task::spawn_blocking(move || p.stop(&knobs)).await;
+            return;
+        }
         if let Some(s) = self.state.take() {
             let _ = s.stop.send(true);
             let _ = s.task.await;

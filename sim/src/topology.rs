@@ -57,6 +57,8 @@ pub struct ServiceState {
     /// Percentage of requests sent to the canary.
     pub canary_weight: u32,
     next: usize,
+    /// The node's pods, when replicas run in pods.
+    pub pool: Option<Arc<std::sync::Mutex<crate::pods::PodPool>>>,
 }
 
 impl ServiceState {
@@ -68,6 +70,7 @@ impl ServiceState {
             canary: Vec::new(),
             canary_weight: 0,
             next: 0,
+            pool: None,
         }
     }
 
@@ -106,6 +109,8 @@ pub struct Topology {
     pub access_log: PathBuf,
     pub sabotage: Sabotage,
     pub records: Arc<Records>,
+    /// Listeners are virtual IPs the agent captures (`bind_to_port: false`), not bound ports.
+    pub vips: bool,
     /// Resources published while the control plane was down, served when it is back.
     pending: bool,
 }
@@ -125,6 +130,7 @@ impl Topology {
             access_log,
             sabotage,
             records,
+            vips: false,
             pending: false,
         }
     }
@@ -229,7 +235,7 @@ fn sock(a: SocketAddr) -> core::Address {
 
 /// An HTTP listener (codec AUTO: HTTP/1.1 and h2c) for one service, its routes over RDS,
 /// logging every request as a JSON line.
-fn listener(name: &str, addr: SocketAddr, log: &std::path::Path) -> pbl::Listener {
+fn listener(name: &str, addr: SocketAddr, log: &std::path::Path, vip: bool) -> pbl::Listener {
     let fields = LOG_FIELDS
         .iter()
         .map(|(k, v)| {
@@ -289,6 +295,7 @@ fn listener(name: &str, addr: SocketAddr, log: &std::path::Path) -> pbl::Listene
     pbl::Listener {
         name: name.into(),
         address: Some(sock(addr)),
+        bind_to_port: vip.then_some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
         filter_chains: vec![pbl::FilterChain {
             filters: vec![pbl::Filter {
                 name: "envoy.filters.network.http_connection_manager".into(),

@@ -3,7 +3,10 @@
 //! with retries left out of the published routes, or with a hand-over that kills the old agent
 //! instead of letting it drain, must fail naming the invariant they break.
 //!
-//! The runs go one at a time (each is a whole fake cluster on a 2-core machine).
+//! The smoke scenario runs in the pod mode where this machine allows it (root, cgroup2, the
+//! eBPF object: replicas and clients in network namespaces, captured by eBPF), which CI
+//! requires; the sabotage runs use `--loopback`, so both modes are exercised. The runs go one
+//! at a time (each is a whole fake cluster on a 2-core machine).
 
 use plumb_tests::agent::{plumb_bin, sim_bin};
 use plumb_tests::TempDir;
@@ -70,6 +73,14 @@ fn violated(r: &Run) -> Vec<String> {
 fn the_smoke_scenario_holds_every_invariant_through_every_fault() {
     let r = sim(&bundled("smoke.yaml"), &[]);
     assert_eq!(r.code, Some(0), "violated {:?}:\n{}", violated(&r), r.out);
+    let mode = r.summary["mode"].as_str().unwrap();
+    match plumb_tests::capture::unavailable() {
+        None => assert!(mode.starts_with("pods"), "{mode}"),
+        Some(why) => {
+            assert!(mode.starts_with("loopback"), "{mode}");
+            plumb_tests::skip(&format!("the pod mode of plumb-sim: {why}"));
+        }
+    }
     // Every fault kind ran.
     let kinds: Vec<&str> = r.summary["faults"]
         .as_array()
@@ -126,9 +137,9 @@ faults:
 fn without_retries_the_run_fails_naming_the_invariant() {
     let dir = TempDir::new("sim-scenario");
     let file = dir.write("flaky.yaml", FLAKY);
-    let good = sim(&file, &[]);
+    let good = sim(&file, &["--loopback"]);
     assert_eq!(good.code, Some(0), "{}", good.out);
-    let bad = sim(&file, &["--sabotage", "retries"]);
+    let bad = sim(&file, &["--loopback", "--sabotage", "retries"]);
     assert_eq!(bad.code, Some(1), "{}", bad.out);
     assert!(
         violated(&bad).contains(&"retries_hide_replica_errors".to_string()),
@@ -157,9 +168,9 @@ faults:
 fn a_handover_that_drops_connections_fails_the_run() {
     let dir = TempDir::new("sim-scenario");
     let file = dir.write("handover.yaml", HANDOVER);
-    let good = sim(&file, &[]);
+    let good = sim(&file, &["--loopback"]);
     assert_eq!(good.code, Some(0), "{}", good.out);
-    let bad = sim(&file, &["--sabotage", "handover"]);
+    let bad = sim(&file, &["--loopback", "--sabotage", "handover"]);
     assert_eq!(bad.code, Some(1), "{}", bad.out);
     assert!(
         violated(&bad).contains(&"no_failures_from_handover_or_control_plane".to_string()),
