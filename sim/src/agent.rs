@@ -91,8 +91,10 @@ pub fn bootstrap_pods(
     b["static_resources"]["clusters"]
         .as_array_mut()
         .unwrap()
-        .push(serde_json::json!({"name": "passthrough", "type": "ORIGINAL_DST",
-            "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "1s"}));
+        .push(
+            serde_json::json!({"name": "passthrough", "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "1s"}),
+        );
     b["bootstrap_extensions"] = serde_json::json!([{"name": "plumb.redirect", "typed_config": {
         "@type": "type.googleapis.com/plumb.redirect.v1.Redirect",
         "listener": "outbound",

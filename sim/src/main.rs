@@ -599,8 +599,8 @@ fn pod_serve(args: &[String]) -> i32 {
             .clone();
         let replica = flag(args, "--replica").context("--replica")?.to_string();
         let listen: SocketAddr = flag(args, "--listen").context("--listen")?.parse()?;
-        let targets = pods::decode_targets(flag(args, "--targets").unwrap_or(""))
-            .context("--targets")?;
+        let targets =
+            pods::decode_targets(flag(args, "--targets").unwrap_or("")).context("--targets")?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -656,9 +656,13 @@ fn pod_flow(args: &[String]) -> i32 {
         let (addr, protocol) =
             pods::decode_target(flag(args, "--target").context("--target")?).context("--target")?;
         let seed: u64 = flag(args, "--seed").context("--seed")?.parse()?;
-        let start_wall: f64 = flag(args, "--start-wall").context("--start-wall")?.parse()?;
+        let start_wall: f64 = flag(args, "--start-wall")
+            .context("--start-wall")?
+            .parse()?;
         let duration = scenario::parse_duration(flag(args, "--duration").context("--duration")?)?;
-        let max_inflight: usize = flag(args, "--max-inflight").context("--max-inflight")?.parse()?;
+        let max_inflight: usize = flag(args, "--max-inflight")
+            .context("--max-inflight")?
+            .parse()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -667,7 +671,8 @@ fn pod_flow(args: &[String]) -> i32 {
             let behind = records::wall() - start_wall;
             let now = Instant::now();
             let start = if behind >= 0.0 {
-                now.checked_sub(Duration::from_secs_f64(behind)).unwrap_or(now)
+                now.checked_sub(Duration::from_secs_f64(behind))
+                    .unwrap_or(now)
             } else {
                 now + Duration::from_secs_f64(-behind)
             };

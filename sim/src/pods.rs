@@ -35,7 +35,9 @@ pub fn unavailable(plumb: &std::path::Path) -> Option<String> {
         return Some(why);
     }
     if bpf_object(plumb).is_none() {
-        return Some("the eBPF object target/bpf/plumb.bpf.o is missing (cargo xtask build-ebpf)".into());
+        return Some(
+            "the eBPF object target/bpf/plumb.bpf.o is missing (cargo xtask build-ebpf)".into(),
+        );
     }
     None
 }
@@ -125,7 +127,13 @@ pub struct PodProc {
 }
 
 impl PodProc {
-    pub fn new(pool: Arc<Mutex<PodPool>>, pod: Pod, service: &str, replica: &str, targets: &str) -> Self {
+    pub fn new(
+        pool: Arc<Mutex<PodPool>>,
+        pod: Pod,
+        service: &str,
+        replica: &str,
+        targets: &str,
+    ) -> Self {
         let scenario = pool.lock().unwrap().scenario.display().to_string();
         let args = vec![
             "pod-serve".into(),

@@ -144,8 +144,10 @@ impl Sink for Wire {
             Outcome::Transport(e) => json!({"transport": e}),
             Outcome::Shed => json!("shed"),
         };
-        Self::line(json!({"k": "sent", "id": s.id, "flow": s.flow, "service": s.service,
-            "at": s.at, "latency_us": s.latency.as_micros() as u64, "outcome": outcome, "edge": s.edge}));
+        Self::line(
+            json!({"k": "sent", "id": s.id, "flow": s.flow, "service": s.service,
+            "at": s.at, "latency_us": s.latency.as_micros() as u64, "outcome": outcome, "edge": s.edge}),
+        );
     }
     fn receipt(&self, r: Receipt) {
         let cause = match &r.cause {
@@ -153,8 +155,10 @@ impl Sink for Wire {
             Cause::Injected => json!("injected"),
             Cause::Downstream(id) => json!({"downstream": id}),
         };
-        Self::line(json!({"k": "receipt", "id": r.id, "service": r.service, "replica": r.replica,
-            "at": r.at, "ok": r.ok, "cause": cause}));
+        Self::line(
+            json!({"k": "receipt", "id": r.id, "service": r.service, "replica": r.replica,
+            "at": r.at, "ok": r.ok, "cause": cause}),
+        );
     }
 }
 

@@ -305,7 +305,7 @@ impl Handler {
             };
             // Unique per call: a retried request calls again, under its own ID.
             let n = CALLS.fetch_add(1, Ordering::Relaxed);
-            let child = format!("{id}.{}{k}-{n}", call.service);
+            let child = format!("{id}.{}{k}-{}-{n}", call.service, self.replica);
             let at = ctx.records.now();
             let started = Instant::now();
             let outcome = ctx

@@ -87,12 +87,24 @@ impl ServiceState {
             self.next += 1;
             n
         };
-        let r = Replica::start(
-            self.ctx.clone(),
-            name.clone(),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await?;
+        let r = match &self.pool {
+            None => {
+                Replica::start(
+                    self.ctx.clone(),
+                    name.clone(),
+                    "127.0.0.1:0".parse().unwrap(),
+                )
+                .await?
+            }
+            Some(pool) => {
+                let pod = pool.lock().unwrap().take().map_err(std::io::Error::other)?;
+                let targets = crate::pods::encode_targets(&self.ctx.targets);
+                let proc =
+                    crate::pods::PodProc::new(pool.clone(), pod, self.name(), &name, &targets);
+                Replica::start_in_pod(self.ctx.clone(), name.clone(), proc)
+                    .map_err(std::io::Error::other)?
+            }
+        };
         if canary {
             self.canary.push(r);
         } else {
@@ -147,8 +159,12 @@ impl Topology {
         let mut r = Resources::default();
         for s in &self.services {
             let spec = &s.ctx.spec;
-            r.listeners
-                .push(listener(spec.name.as_str(), s.listen, &self.access_log));
+            r.listeners.push(listener(
+                spec.name.as_str(),
+                s.listen,
+                &self.access_log,
+                self.vips,
+            ));
             r.routes.push(route(s, self.sabotage));
             r.clusters.push(cluster(&spec.name, s));
             r.endpoints
