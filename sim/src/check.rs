@@ -238,7 +238,7 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
 
     // 2. Every failure is explained; 3. none during a hand-over or a control plane fault.
     let mut explained = Verdict::new("failures_explained");
-    let mut calm = Verdict::new("no_failures_from_handover_or_control_plane");
+    let mut calm = Verdict::new("lossless_faults_lose_nothing");
     let mut causes: HashMap<String, HashMap<String, usize>> = HashMap::new();
     let mut failed_total = 0;
     for s in sent
@@ -313,7 +313,7 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
         explained.violations
     );
     calm.summary = format!(
-        "{} failures during hand-overs and control plane restarts or outages",
+        "{} failures during hand-overs, control plane restarts and outages, and certificate rotations",
         calm.violations
     );
     verdicts.push(explained);
@@ -566,6 +566,39 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
             b.summary = b.examples[0].detail.clone();
             verdicts.push(b);
         }
+    }
+
+    // 8b. After a certificate rotation, new connections to replicas present the new identity.
+    let rotations = inp.records.rotations.lock().unwrap().clone();
+    for (i, (t, id)) in rotations.iter().enumerate() {
+        let until = rotations.get(i + 1).map_or(f64::INFINITY, |r| r.0 + 1.0);
+        let mut v = Verdict::new("rotated_certificate_in_use");
+        let mut checked = 0;
+        for r in receipts
+            .iter()
+            .filter(|r| r.conn_at > t + 1.0 && r.conn_at < until && !r.peer.is_empty())
+        {
+            checked += 1;
+            if &r.peer != id {
+                v.violate(Example {
+                    id: r.id.clone(),
+                    detail: format!(
+                        "{} accepted a connection at {:.3} s, after the rotation to {id} at {t:.3} s, from {}",
+                        r.replica, r.conn_at, r.peer
+                    ),
+                    log: idx.lines_about(&r.id),
+                });
+            }
+        }
+        let old = receipts
+            .iter()
+            .filter(|r| r.at > t + 1.0 && r.at < until && !r.peer.is_empty() && &r.peer != id)
+            .count();
+        v.summary = format!(
+            "rotation to {id} at {t:.1} s: {checked} requests on connections opened since, {} with another identity; {old} requests on connections opened before (allowed)",
+            v.violations
+        );
+        verdicts.push(v);
     }
 
     // 9. Memory and file descriptors bounded and not growing.

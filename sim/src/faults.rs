@@ -273,6 +273,27 @@ async fn run(kind: FaultKind, index: u64, ctx: &FaultCtx) {
             tokio::time::sleep(Duration::from_secs(5)).await;
             r.end_fault(w);
         }
+        FaultKind::CertRotation => {
+            let w = r.start_fault(
+                name,
+                "the agent's client certificate is rotated over SDS".into(),
+                false,
+            );
+            let id = {
+                let mut t = ctx.topo.lock().await;
+                let id = t.mtls.as_mut().map(|m| m.rotate());
+                t.publish();
+                id
+            };
+            if let Some(id) = id {
+                r.note(format!("{name}: the agent's new identity is {id}"));
+                r.rotations.lock().unwrap().push((r.now(), id));
+            }
+            // SDS reaches the agent in milliseconds; new handshakes use the new certificate,
+            // established connections keep theirs.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            r.end_fault(w);
+        }
         FaultKind::AgentKill { restart_after } => {
             let w = r.start_fault(
                 name,

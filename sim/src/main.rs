@@ -229,6 +229,25 @@ async fn run(a: Args) -> Result<bool> {
         listen.insert(s.name.clone(), (addr, s.protocol));
     }
     let targets = Arc::new(listen);
+    let mtls = sc.mtls.then(topology::Mtls::new);
+    let mut server_tls = HashMap::new();
+    if let Some(m) = &mtls {
+        let tls_dir = dir.join("tls");
+        std::fs::create_dir_all(&tls_dir)?;
+        std::fs::write(tls_dir.join("ca.pem"), &m.ca.pem)?;
+        for s in &sc.services {
+            let leaf = m.server(&s.name);
+            std::fs::write(tls_dir.join(format!("{}.pem", s.name)), &leaf.cert)?;
+            std::fs::write(tls_dir.join(format!("{}.key", s.name)), &leaf.key)?;
+            server_tls.insert(
+                s.name.clone(),
+                plumb_tests::tls::server_config(&leaf, Some(&m.ca.pem), &["h2", "http/1.1"]),
+            );
+        }
+        if let Some(p) = &pool {
+            p.lock().unwrap().tls_dir = Some(tls_dir);
+        }
+    }
     let mut states = Vec::new();
     for s in &sc.services {
         let ctx = Arc::new(service::ServiceCtx {
@@ -236,6 +255,7 @@ async fn run(a: Args) -> Result<bool> {
             records: records.clone(),
             caller: caller.clone(),
             targets: targets.clone(),
+            tls: server_tls.get(&s.name).cloned(),
         });
         let mut st = topology::ServiceState::new(ctx, targets[&s.name].0);
         st.pool = pool.clone();
@@ -251,6 +271,7 @@ async fn run(a: Args) -> Result<bool> {
     let mut topo =
         topology::Topology::new(states, cp, access_log.clone(), a.sabotage, records.clone());
     topo.vips = pool.is_some();
+    topo.mtls = mtls;
     topo.publish();
     let cp_addr = topo.cp_addr;
     let topo = Arc::new(Mutex::new(topo));
@@ -601,6 +622,23 @@ fn pod_serve(args: &[String]) -> i32 {
         let listen: SocketAddr = flag(args, "--listen").context("--listen")?.parse()?;
         let targets =
             pods::decode_targets(flag(args, "--targets").unwrap_or("")).context("--targets")?;
+        let tls = match flag(args, "--tls") {
+            None => None,
+            Some(d) => {
+                let d = std::path::Path::new(d);
+                let read = |f: String| std::fs::read_to_string(d.join(&f)).with_context(|| f);
+                let leaf = plumb_tests::tls::Leaf {
+                    cert: read(format!("{name}.pem"))?,
+                    key: read(format!("{name}.key"))?,
+                };
+                let ca = read("ca.pem".into())?;
+                Some(plumb_tests::tls::server_config(
+                    &leaf,
+                    Some(&ca),
+                    &["h2", "http/1.1"],
+                ))
+            }
+        };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -611,6 +649,7 @@ fn pod_serve(args: &[String]) -> i32 {
                 records: Arc::new(records::Wire),
                 caller: Arc::new(caller::Caller::new(Duration::from_secs(15))),
                 targets: Arc::new(targets),
+                tls,
             });
             let r = service::Replica::start(ctx, replica, listen).await?;
             println!("{{\"k\":\"ready\"}}");

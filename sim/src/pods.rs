@@ -86,6 +86,8 @@ pub struct PodPool {
     pub scenario: PathBuf,
     pub logs: PathBuf,
     pub records: Arc<Records>,
+    /// mTLS: where the replicas' certificates are (`<service>.pem`, `.key`, `ca.pem`).
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl PodPool {
@@ -99,6 +101,7 @@ impl PodPool {
             scenario,
             logs,
             records,
+            tls_dir: None,
         }
     }
 
@@ -134,8 +137,11 @@ impl PodProc {
         replica: &str,
         targets: &str,
     ) -> Self {
-        let scenario = pool.lock().unwrap().scenario.display().to_string();
-        let args = vec![
+        let (scenario, tls) = {
+            let p = pool.lock().unwrap();
+            (p.scenario.display().to_string(), p.tls_dir.clone())
+        };
+        let mut args = vec![
             "pod-serve".into(),
             "--scenario".into(),
             scenario,
@@ -148,6 +154,10 @@ impl PodProc {
             "--targets".into(),
             targets.into(),
         ];
+        if let Some(d) = tls {
+            args.push("--tls".into());
+            args.push(d.display().to_string());
+        }
         Self {
             pod,
             args,

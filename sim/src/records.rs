@@ -70,6 +70,10 @@ pub struct Receipt {
     pub at: f64,
     pub ok: bool,
     pub cause: Cause,
+    /// The URI SAN of the client certificate on the connection (mTLS), else empty.
+    pub peer: String,
+    /// When the replica accepted that connection.
+    pub conn_at: f64,
 }
 
 /// A fault as it happened.
@@ -157,7 +161,7 @@ impl Sink for Wire {
         };
         Self::line(
             json!({"k": "receipt", "id": r.id, "service": r.service, "replica": r.replica,
-            "at": r.at, "ok": r.ok, "cause": cause}),
+            "at": r.at, "ok": r.ok, "cause": cause, "peer": r.peer, "conn_at": r.conn_at}),
         );
     }
 }
@@ -206,6 +210,8 @@ impl Records {
                     at,
                     ok: v["ok"].as_bool().unwrap_or(false),
                     cause,
+                    peer: s("peer"),
+                    conn_at: v["conn_at"].as_f64().unwrap_or(0.0) - self.wall_origin(),
                 });
                 true
             }
@@ -233,6 +239,8 @@ pub struct Records {
     pub notes: Mutex<Vec<(f64, String)>>,
     /// Checks made while the run goes (an ejection seen during a fault), for the invariants.
     pub observations: Mutex<Vec<Observation>>,
+    /// Certificate rotations: when, and the agent's new identity.
+    pub rotations: Mutex<Vec<(f64, String)>>,
 }
 
 /// A check made during the run, by the fault that set it up.
@@ -255,6 +263,7 @@ impl Records {
             samples: Default::default(),
             notes: Default::default(),
             observations: Default::default(),
+            rotations: Default::default(),
         }
     }
 

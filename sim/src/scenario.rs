@@ -18,6 +18,8 @@ pub struct Scenario {
     pub flows: Vec<Flow>,
     pub faults: Vec<Fault>,
     pub limits: Limits,
+    /// The agent originates mTLS to every replica (secrets over SDS); replicas require it.
+    pub mtls: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +177,7 @@ pub enum FaultKind {
     AgentKill {
         restart_after: Duration,
     },
+    CertRotation,
 }
 
 impl FaultKind {
@@ -189,6 +192,7 @@ impl FaultKind {
             FaultKind::ControlPlaneOutage { .. } => "control-plane-outage",
             FaultKind::AgentHandover => "agent-handover",
             FaultKind::AgentKill { .. } => "agent-kill",
+            FaultKind::CertRotation => "cert-rotation",
         }
     }
 
@@ -498,7 +502,21 @@ fn read(root: &Node) -> Result<Scenario> {
         flows,
         faults,
         limits,
+        mtls: match root.get("mtls") {
+            None => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(v) => bail!("mtls: expected true or false, got {v}"),
+        },
     };
+    if !scenario.mtls {
+        if let Some(i) = scenario
+            .faults
+            .iter()
+            .position(|f| matches!(f.kind, FaultKind::CertRotation))
+        {
+            bail!("faults[{i}]: cert-rotation needs `mtls: true`");
+        }
+    }
     root.finish()?;
     Ok(scenario)
 }
@@ -772,6 +790,7 @@ fn read_fault(n: &Node) -> Result<Fault> {
             length: n.dur("for")?,
         },
         "agent-handover" => FaultKind::AgentHandover,
+        "cert-rotation" => FaultKind::CertRotation,
         "agent-kill" => FaultKind::AgentKill {
             restart_after: n
                 .opt_dur("restart_after")?
@@ -780,7 +799,7 @@ fn read_fault(n: &Node) -> Result<Fault> {
         other => bail!(
             "{}: unknown fault \"{other}\" (replica-errors, replica-slow, pod-crash, \
              endpoint-churn, canary-shift, control-plane-restart, control-plane-outage, \
-             agent-handover, agent-kill)",
+             agent-handover, agent-kill, cert-rotation)",
             n.child_path("kind")
         ),
     };

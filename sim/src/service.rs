@@ -98,6 +98,8 @@ pub struct ServiceCtx {
     pub records: Arc<dyn Sink>,
     pub caller: Arc<Caller>,
     pub targets: Arc<Targets>,
+    /// mTLS: the replicas' server configuration (requiring a client certificate).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 pub struct Replica {
@@ -165,7 +167,10 @@ impl Replica {
             knobs: self.knobs.clone(),
             inflight: inflight.clone(),
             draining: draining.clone(),
+            peer: Arc::from(""),
+            conn_at: 0.0,
         };
+        let tls = self.ctx.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let inflight2 = inflight.clone();
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
@@ -174,15 +179,38 @@ impl Replica {
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
                         let _ = stream.set_nodelay(true);
-                        let h = h.clone();
+                        let mut h = h.clone();
+                        h.conn_at = h.ctx.records.now();
+                        let tls = tls.clone();
                         conns.spawn(async move {
-                            let svc = hyper::service::service_fn(move |req| {
-                                let h = h.clone();
-                                async move { Ok::<_, Infallible>(h.handle(req).await) }
-                            });
-                            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
+                            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                            match tls {
+                                None => {
+                                    let svc = hyper::service::service_fn(move |req| {
+                                        let h = h.clone();
+                                        async move { Ok::<_, Infallible>(h.handle(req).await) }
+                                    });
+                                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                                }
+                                Some(acceptor) => {
+                                    // A failed handshake shows at the agent (a connect failure).
+                                    let Ok(s) = acceptor.accept(stream).await else { return };
+                                    h.peer = Arc::from(
+                                        s.get_ref()
+                                            .1
+                                            .peer_certificates()
+                                            .and_then(|c| c.first())
+                                            .map(|c| plumb_tests::tls::uri_sans(c))
+                                            .unwrap_or_default()
+                                            .as_str(),
+                                    );
+                                    let svc = hyper::service::service_fn(move |req| {
+                                        let h = h.clone();
+                                        async move { Ok::<_, Infallible>(h.handle(req).await) }
+                                    });
+                                    let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                                }
+                            }
                         });
                     }
                     Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -258,6 +286,9 @@ struct Handler {
     knobs: Arc<Knobs>,
     inflight: Arc<AtomicUsize>,
     draining: Arc<AtomicBool>,
+    /// The connection's client identity (mTLS) and when it was accepted.
+    peer: Arc<str>,
+    conn_at: f64,
 }
 
 struct InflightGuard(Arc<AtomicUsize>);
@@ -355,6 +386,8 @@ impl Handler {
             at: ctx.records.now(),
             ok,
             cause,
+            peer: self.peer.to_string(),
+            conn_at: self.conn_at,
         });
         let mut resp = if grpc {
             grpc_response(ok, stream, ctx.spec.response_bytes)

@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::config::listener::v3 as pbl;
 use envoy_types::pb::envoy::config::route::v3 as pbr;
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3 as pbf;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as pbt;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3 as pbu;
 use envoy_types::pb::google::protobuf::{
     value::Kind, Any, Duration as PbDuration, Struct, UInt32Value, Value as PbValue,
@@ -114,6 +115,53 @@ impl ServiceState {
     }
 }
 
+/// mTLS from the agent to every replica: one CA; the agent's client certificate (a SPIFFE
+/// identity, rotated by the `cert-rotation` fault) and the CA go to the agent over SDS.
+pub struct Mtls {
+    pub ca: plumb_tests::tls::Ca,
+    pub agent: plumb_tests::tls::Leaf,
+    pub generation: u32,
+}
+
+impl Mtls {
+    pub fn new() -> Self {
+        let ca = plumb_tests::tls::Ca::new("plumb-sim CA");
+        let agent = ca.identity(&Self::identity(1));
+        Self {
+            ca,
+            agent,
+            generation: 1,
+        }
+    }
+
+    pub fn identity(generation: u32) -> String {
+        format!("spiffe://plumb-sim/agent/{generation}")
+    }
+
+    /// A new client certificate for the agent; returns its identity.
+    pub fn rotate(&mut self) -> String {
+        self.generation += 1;
+        let id = Self::identity(self.generation);
+        self.agent = self.ca.identity(&id);
+        id
+    }
+
+    /// A replica's server certificate (DNS SAN: the service) and its rustls configuration,
+    /// requiring a client certificate from the CA.
+    pub fn server(&self, service: &str) -> plumb_tests::tls::Leaf {
+        self.ca.server(&[service])
+    }
+}
+
+impl Default for Mtls {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub const AGENT_CERT: &str = "plumb-sim-agent";
+pub const CA_SECRET: &str = "plumb-sim-ca";
+
 pub struct Topology {
     pub services: Vec<ServiceState>,
     pub cp: Option<ControlPlane>,
@@ -123,6 +171,7 @@ pub struct Topology {
     pub records: Arc<Records>,
     /// Listeners are virtual IPs the agent captures (`bind_to_port: false`), not bound ports.
     pub vips: bool,
+    pub mtls: Option<Mtls>,
     /// Resources published while the control plane was down, served when it is back.
     pending: bool,
 }
@@ -143,6 +192,7 @@ impl Topology {
             sabotage,
             records,
             vips: false,
+            mtls: None,
             pending: false,
         }
     }
@@ -166,15 +216,36 @@ impl Topology {
                 self.vips,
             ));
             r.routes.push(route(s, self.sabotage));
-            r.clusters.push(cluster(&spec.name, s));
+            r.clusters.push(cluster(&spec.name, s, self.mtls.is_some()));
             r.endpoints
                 .push(endpoints(&spec.name, s.main.iter().map(|x| x.addr)));
             if spec.canary_replicas > 0 {
                 let c = format!("{}-canary", spec.name);
-                r.clusters.push(cluster(&c, s));
+                r.clusters.push(cluster(&c, s, self.mtls.is_some()));
                 r.endpoints
                     .push(endpoints(&c, s.canary.iter().map(|x| x.addr)));
             }
+        }
+        if let Some(m) = &self.mtls {
+            r.secrets.push(plumb_tests::xds::certificate_secret(
+                AGENT_CERT,
+                &m.agent.cert,
+                &m.agent.key,
+            ));
+            r.secrets.push(pbt::Secret {
+                name: CA_SECRET.into(),
+                r#type: Some(pbt::secret::Type::ValidationContext(
+                    pbt::CertificateValidationContext {
+                        trusted_ca: Some(core::DataSource {
+                            specifier: Some(core::data_source::Specifier::InlineString(
+                                m.ca.pem.clone(),
+                            )),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )),
+            });
         }
         r
     }
@@ -184,6 +255,7 @@ impl Topology {
         let r = self.resources();
         match &self.cp {
             Some(cp) => {
+                cp.set_secrets(r.secrets);
                 cp.set(r.clusters, r.listeners, r.endpoints);
                 cp.set_routes(r.routes);
             }
@@ -391,10 +463,41 @@ fn route(s: &ServiceState, sabotage: Sabotage) -> pbr::RouteConfiguration {
     }
 }
 
-fn cluster(name: &str, s: &ServiceState) -> pbc::Cluster {
+fn cluster(name: &str, s: &ServiceState, mtls: bool) -> pbc::Cluster {
     let spec = &s.ctx.spec;
     let mut c = plumb_tests::xds::eds_cluster(name);
     c.connect_timeout = Some(dur(Duration::from_secs(1)));
+    if mtls {
+        let sds = |name: &str| pbt::SdsSecretConfig {
+            name: name.into(),
+            sds_config: Some(ads()),
+        };
+        let ctx = pbt::UpstreamTlsContext {
+            common_tls_context: Some(pbt::CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![sds(AGENT_CERT)],
+                validation_context_type: Some(
+                    pbt::common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+                        sds(CA_SECRET),
+                    ),
+                ),
+                alpn_protocols: vec![if spec.protocol == Protocol::Http1 {
+                    "http/1.1".into()
+                } else {
+                    "h2".into()
+                }],
+                ..Default::default()
+            }),
+            sni: spec.name.clone(),
+            ..Default::default()
+        };
+        c.transport_socket = Some(core::TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(
+                "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                &ctx,
+            ))),
+        });
+    }
     if spec.protocol != Protocol::Http1 {
         let opts = pbu::HttpProtocolOptions {
             upstream_protocol_options: Some(

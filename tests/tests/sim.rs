@@ -98,6 +98,7 @@ fn the_smoke_scenario_holds_every_invariant_through_every_fault() {
         "control-plane-outage",
         "agent-handover",
         "agent-kill",
+        "cert-rotation",
     ] {
         assert!(kinds.contains(&k), "fault {k} did not run: {kinds:?}");
     }
@@ -106,13 +107,13 @@ fn the_smoke_scenario_holds_every_invariant_through_every_fault() {
         assert!(f["ok"].as_u64().unwrap() > 100, "{f}");
     }
     let invariants = r.summary["invariants"].as_array().unwrap();
-    assert!(
-        invariants
-            .iter()
-            .any(|v| v["invariant"] == "outlier_ejection"),
-        "{}",
-        r.out
-    );
+    for checked in ["outlier_ejection", "rotated_certificate_in_use"] {
+        assert!(
+            invariants.iter().any(|v| v["invariant"] == checked),
+            "{checked} was not checked:\n{}",
+            r.out
+        );
+    }
 }
 
 /// A scenario whose only fault is a replica failing one request in two: with retries the
@@ -173,7 +174,7 @@ fn a_handover_that_drops_connections_fails_the_run() {
     let bad = sim(&file, &["--loopback", "--sabotage", "handover"]);
     assert_eq!(bad.code, Some(1), "{}", bad.out);
     assert!(
-        violated(&bad).contains(&"no_failures_from_handover_or_control_plane".to_string()),
+        violated(&bad).contains(&"lossless_faults_lose_nothing".to_string()),
         "{:?}\n{}",
         violated(&bad),
         bad.out

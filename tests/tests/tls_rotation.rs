@@ -393,22 +393,15 @@ async fn an_lds_listener_warms_until_its_sds_secret_arrives() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cds_cluster_warms_until_its_client_certificate_arrives_over_sds() {
+/// A cluster to `backend` originating mTLS with SDS secret `client-cert` (over ADS).
+fn sds_cluster(
+    ca: &Ca,
+    backend: SocketAddr,
+) -> envoy_types::pb::envoy::config::cluster::v3::Cluster {
     use envoy_types::pb::envoy::config::core::v3 as core;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as pbt;
     use envoy_types::pb::google::protobuf::Any;
     use prost::Message;
-    let ca = Ca::new("cds ca");
-    let server = ca.server(&["secure.example"]);
-    let me = ca.identity("spiffe://test/ns/cds/sa/client");
-    let backend =
-        tls::named_server("secure", tls::server_config(&server, Some(&ca.pem), &[])).await;
-    let cp = ControlPlane::start().await;
-    let front: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
     let inline = |s: &str| core::DataSource {
         specifier: Some(core::data_source::Specifier::InlineString(s.to_string())),
         ..Default::default()
@@ -438,7 +431,7 @@ async fn a_cds_cluster_warms_until_its_client_certificate_arrives_over_sds() {
         }),
         ..Default::default()
     };
-    let mut cluster = plumb_tests::xds::static_cluster("secure", backend.addr);
+    let mut cluster = plumb_tests::xds::static_cluster("secure", backend);
     cluster.transport_socket = Some(core::TransportSocket {
         name: "envoy.transport_sockets.tls".into(),
         config_type: Some(core::transport_socket::ConfigType::TypedConfig(Any {
@@ -448,6 +441,24 @@ async fn a_cds_cluster_warms_until_its_client_certificate_arrives_over_sds() {
             value: ctx.encode_to_vec(),
         })),
     });
+    cluster
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cds_cluster_warms_until_its_client_certificate_arrives_over_sds() {
+    let ca = Ca::new("cds ca");
+    let server = ca.server(&["secure.example"]);
+    let me = ca.identity("spiffe://test/ns/cds/sa/client");
+    let backend =
+        tls::named_server("secure", tls::server_config(&server, Some(&ca.pem), &[])).await;
+    let cp = ControlPlane::start().await;
+    let front = free_addr();
+    let cluster = sds_cluster(&ca, backend.addr);
     cp.set(
         vec![cluster],
         vec![plumb_tests::xds::tcp_listener("front", front, "secure")],
@@ -485,4 +496,66 @@ async fn a_cds_cluster_warms_until_its_client_certificate_arrives_over_sds() {
         client::get(agent.admin(), "/ready").await.status == 200
     })
     .await;
+}
+
+/// Secrets are never written to the xDS cache (they carry private keys): an agent restarted
+/// from the cache — or a successor taking over with it — must still wait for its clusters'
+/// SDS secrets before it is ready, instead of going live with TLS clients that refuse every
+/// connection (plumb-sim's hand-over with mTLS found this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_from_the_cache_waits_for_its_clusters_sds_secrets() {
+    use plumb::server::ShutdownKind;
+    let ca = Ca::new("cache ca");
+    let server = ca.server(&["secure.example"]);
+    let me = ca.identity("spiffe://test/ns/cache/sa/client");
+    let backend =
+        tls::named_server("secure", tls::server_config(&server, Some(&ca.pem), &[])).await;
+    let cp = ControlPlane::start().await;
+    let front = free_addr();
+    cp.set_secrets(vec![certificate_secret("client-cert", &me.cert, &me.key)]);
+    cp.set(
+        vec![sds_cluster(&ca, backend.addr)],
+        vec![plumb_tests::xds::tcp_listener("front", front, "secure")],
+        vec![],
+    );
+    let dir = TempDir::new("sds-cache");
+    let options = || plumb::server::Options {
+        concurrency: 2,
+        xds_cache: Some(dir.path.join("xds.cache")),
+        ..Default::default()
+    };
+    let bootstrap = ads_bootstrap(cp.addr, "GRPC");
+    let agent = TestAgent::start_with(&bootstrap, options()).await;
+    plumb_tests::wait_until("traffic over mTLS", Duration::from_secs(10), || async {
+        matches!(client::roundtrip(front, b"").await, Ok(v) if v.starts_with(b"secure spiffe://"))
+    })
+    .await;
+    agent.shutdown(ShutdownKind::Immediate);
+    agent.join().await;
+
+    // The control plane holds the secret back: the restarted agent has its cluster from the
+    // cache but must not be ready.
+    cp.set_secrets(vec![]);
+    let agent = TestAgent::start_unready(&bootstrap, options());
+    plumb_tests::wait_until(
+        "the secret is asked for",
+        Duration::from_secs(10),
+        || async {
+            cp.requests()
+                .iter()
+                .filter(|r| r.type_url == plumb_tests::xds::SECRET)
+                .count()
+                >= 2
+        },
+    )
+    .await;
+    assert_eq!(client::get(agent.admin(), "/ready").await.status, 503);
+    cp.set_secrets(vec![certificate_secret("client-cert", &me.cert, &me.key)]);
+    plumb_tests::wait_until("ready", Duration::from_secs(10), || async {
+        client::get(agent.admin(), "/ready").await.status == 200
+    })
+    .await;
+    assert!(
+        matches!(client::roundtrip(front, b"").await, Ok(v) if v.starts_with(b"secure spiffe://"))
+    );
 }

@@ -296,7 +296,10 @@ impl XdsClient {
     async fn serve(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         if self.load_cache() {
             // The cache is the last good configuration: serve it as it is, without waiting for
-            // endpoints it did not have (the control plane may be down).
+            // endpoints it did not have (the control plane may be down). Secrets are never
+            // cached (private keys): a cluster whose TLS client waits for SDS secrets keeps
+            // readiness waiting, up to its initial_fetch_timeout — a successor must not take
+            // over with TLS clients that refuse every connection.
             let clusters: Vec<String> = self
                 .init_targets
                 .lock()
@@ -305,8 +308,18 @@ impl XdsClient {
                 .filter(|k| k.starts_with("cluster:"))
                 .cloned()
                 .collect();
+            let secrets = self.clusters.secrets();
             for k in clusters {
-                self.init_done(&k);
+                let name = &k["cluster:".len()..];
+                let needs_secrets = self.clusters.all().iter().any(|c| {
+                    c.config.name == name
+                        && super::secrets::cluster_sds_names(&c.config)
+                            .iter()
+                            .any(|(n, _)| !secrets.slot(n).has_value())
+                });
+                if !needs_secrets {
+                    self.init_done(&k);
+                }
             }
         }
         let mut attempt: u32 = 0;
