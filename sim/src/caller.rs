@@ -22,6 +22,7 @@ pub struct Caller {
 }
 
 /// One request to make.
+#[derive(Clone, Copy)]
 pub struct Call<'a> {
     pub addr: SocketAddr,
     pub protocol: Protocol,
@@ -52,14 +53,36 @@ impl Caller {
     }
 
     /// Sends the request and waits for the whole response; never fails, never panics.
-    pub async fn call(&self, c: &Call<'_>) -> Outcome {
+    /// Returns the outcome and the ID it belongs to: the request's, or `<id>~again` when it
+    /// was sent a second time (below).
+    pub async fn call(&self, c: &Call<'_>) -> (Outcome, String) {
         match tokio::time::timeout(self.timeout, self.exchange(c)).await {
             Ok(o) => o,
-            Err(_) => Outcome::Transport(format!("no response within {:?}", self.timeout)),
+            Err(_) => (
+                Outcome::Transport(format!("no response within {:?}", self.timeout)),
+                c.id.to_string(),
+            ),
         }
     }
 
-    async fn exchange(&self, c: &Call<'_>) -> Outcome {
+    async fn exchange(&self, c: &Call<'_>) -> (Outcome, String) {
+        let first = self.attempt(c).await;
+        match &first {
+            // An HTTP/2 stream the server says it never processed (opened as its GOAWAY
+            // arrived, or refused) is sent again once, on a new connection, as RFC 9113 §8.7
+            // allows and gRPC's transparent retry does (hyper's pool does not). Under a new ID:
+            // if the first one was processed after all, its access-log line names a request no
+            // client sent, and the checks say so.
+            Outcome::Transport(e) if c.protocol != Protocol::Http1 && unprocessed(e) => {
+                let id = format!("{}~again", c.id);
+                let again = Call { id: &id, ..*c };
+                (self.attempt(&again).await, id)
+            }
+            _ => (first, c.id.to_string()),
+        }
+    }
+
+    async fn attempt(&self, c: &Call<'_>) -> Outcome {
         let grpc = c.protocol == Protocol::Grpc;
         let uri = if grpc {
             let method = if c.stream > 0 { "Stream" } else { "Unary" };
@@ -128,6 +151,14 @@ impl Caller {
             None => Outcome::Transport("grpc: no grpc-status".into()),
         }
     }
+}
+
+/// Whether an HTTP/2 failure says the server did not process the request: the connection
+/// went away (GOAWAY) before the stream was accepted, or the stream was refused.
+fn unprocessed(e: &str) -> bool {
+    e.contains("not a result of an error")
+        || e.contains("refused stream")
+        || e.contains("REFUSED_STREAM")
 }
 
 /// `pricing-v2` → `PricingV2` (a gRPC service name).

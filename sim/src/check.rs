@@ -93,7 +93,8 @@ pub struct Inputs<'a> {
     pub scenario: &'a Scenario,
     pub records: &'a Records,
     pub log: &'a [LogLine],
-    /// The agent's final stats, when a single generation served the whole run.
+    /// Plumb's counters over the epoch (after − before), when one agent generation served
+    /// all of it.
     pub final_stats: Option<HashMap<String, i64>>,
     /// Requests still without an outcome when the run ended.
     pub unfinished: usize,
@@ -629,7 +630,10 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
             }
             st.summary = parts.join("; ");
         }
-        None => st.summary = "not compared: more than one agent generation served the run".into(),
+        None => {
+            st.summary =
+                "not compared: more than one agent generation served this run (or epoch)".into()
+        }
     }
     verdicts.push(st);
 

@@ -78,7 +78,7 @@ pub async fn run(
             (f.clone(), records.clone(), caller.clone(), inflight.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            let outcome = caller
+            let (outcome, id) = caller
                 .call(&Call {
                     addr: f.addr,
                     protocol: f.protocol,

@@ -339,7 +339,7 @@ impl Handler {
             let child = format!("{id}.{}{k}-{}-{n}", call.service, self.replica);
             let at = ctx.records.now();
             let started = Instant::now();
-            let outcome = ctx
+            let (outcome, child) = ctx
                 .caller
                 .call(&Call {
                     addr,

@@ -56,6 +56,14 @@ impl View {
         let now = records.now();
         {
             let sent = records.sent.lock().unwrap();
+            if self.cursor > sent.len() {
+                // A new epoch: its records start over.
+                self.cursor = 0;
+                for f in self.state.values_mut() {
+                    (f.sent, f.failed) = (0, 0);
+                    f.recent.clear();
+                }
+            }
             for s in sent[self.cursor..].iter().filter(|s| s.edge) {
                 if let Some(f) = self.state.get_mut(&s.flow) {
                     f.sent += 1;

@@ -119,7 +119,18 @@ fn content_version(bytes: &[u8]) -> String {
     format!("{:016x}", crate::fnv1a(bytes))
 }
 
+/// Requests kept for `requests()` (a long simulation must not grow without bound).
+const MAX_SEEN: usize = 50_000;
+
 impl Inner {
+    fn record(&self, r: SeenRequest) {
+        let mut seen = self.requests.lock().unwrap();
+        if seen.len() >= MAX_SEEN {
+            seen.drain(..MAX_SEEN / 2);
+        }
+        seen.push(r);
+    }
+
     fn nonce(&self) -> String {
         self.nonce
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
@@ -154,7 +165,7 @@ impl AggregatedDiscoveryService for Service {
                 tokio::select! {
                     msg = incoming.message() => {
                         let Ok(Some(r)) = msg else { break };
-                        inner.requests.lock().unwrap().push(SeenRequest {
+                        inner.record(SeenRequest {
                             type_url: r.type_url.clone(),
                             version_info: r.version_info.clone(),
                             nonce: r.response_nonce.clone(),
@@ -231,7 +242,7 @@ impl AggregatedDiscoveryService for Service {
                 tokio::select! {
                     msg = incoming.message() => {
                         let Ok(Some(r)) = msg else { break };
-                        inner.requests.lock().unwrap().push(SeenRequest {
+                        inner.record(SeenRequest {
                             type_url: r.type_url.clone(),
                             version_info: String::new(),
                             nonce: r.response_nonce.clone(),
