@@ -438,6 +438,7 @@ async fn run(a: Args) -> Result<bool> {
         }
     }
     sampler.abort();
+    let _ = sampler.await;
     let agent = Arc::try_unwrap(agent)
         .map_err(|_| anyhow::anyhow!("the agent is still shared"))?
         .into_inner();
