@@ -41,34 +41,19 @@ impl Drop for Generation {
     }
 }
 
-/// The bootstrap: only ADS (CDS and LDS, which bring RDS and EDS), the control plane as a
-/// static cluster, admin on an ephemeral port.
+/// The bootstrap: only ADS (CDS and LDS, which bring RDS, EDS and SDS), the control plane as
+/// a static cluster, admin on an ephemeral port — the tests' ADS bootstrap, with a node of
+/// its own and 10 s initial fetch timeouts.
 pub fn bootstrap(control_plane: SocketAddr) -> String {
-    serde_json::json!({
-        "node": {"id": "plumb-sim-node", "cluster": "plumb-sim"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "stats_flush_interval": "1s",
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "GRPC",
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
-            },
-            "cds_config": {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "10s"},
-            "lds_config": {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "10s"},
-        },
-        "static_resources": {"clusters": [{
-            "name": "xds", "type": "STATIC", "connect_timeout": "1s",
-            "typed_extension_protocol_options": {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}}}},
-            "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {
-                    "address": control_plane.ip().to_string(), "port_value": control_plane.port()}}}}]}]},
-        }]},
-    })
-    .to_string()
+    let mut b: serde_json::Value =
+        serde_json::from_str(&plumb_tests::xds::ads_bootstrap(control_plane, "GRPC"))
+            .expect("the tests' bootstrap is JSON");
+    b["node"] = serde_json::json!({"id": "plumb-sim-node", "cluster": "plumb-sim"});
+    b["stats_flush_interval"] = "1s".into();
+    for t in ["cds_config", "lds_config"] {
+        b["dynamic_resources"][t]["initial_fetch_timeout"] = "10s".into();
+    }
+    b.to_string()
 }
 
 /// The bootstrap of the pod mode: the same, plus eBPF capture of the node's pods into an

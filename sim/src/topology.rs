@@ -309,37 +309,16 @@ fn ads() -> core::ConfigSource {
     }
 }
 
-fn sock(a: SocketAddr) -> core::Address {
-    core::Address {
-        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
-            address: a.ip().to_string(),
-            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
-                a.port() as u32
-            )),
-            ..Default::default()
-        })),
-    }
-}
-
 /// An HTTP listener (codec AUTO: HTTP/1.1 and h2c) for one service, its routes over RDS,
-/// logging every request as a JSON line.
+/// logging every request as a JSON line; a virtual IP (not bound) in the pod mode.
 fn listener(name: &str, addr: SocketAddr, log: &std::path::Path, vip: bool) -> pbl::Listener {
+    let text = |v: &str| PbValue {
+        kind: Some(Kind::StringValue(v.to_string())),
+    };
     let fields = LOG_FIELDS
         .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                PbValue {
-                    kind: Some(Kind::StringValue(v.to_string())),
-                },
-            )
-        })
-        .chain([(
-            "service".to_string(),
-            PbValue {
-                kind: Some(Kind::StringValue(name.to_string())),
-            },
-        )])
+        .map(|(k, v)| (k.to_string(), text(v)))
+        .chain([("service".to_string(), text(name))])
         .collect();
     let file = pbf::FileAccessLog {
         path: log.display().to_string(),
@@ -352,50 +331,21 @@ fn listener(name: &str, addr: SocketAddr, log: &std::path::Path, vip: bool) -> p
             },
         )),
     };
-    let h = hcm::HttpConnectionManager {
-        stat_prefix: name.into(),
-        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
-        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
-            hcm::Rds {
-                route_config_name: name.into(),
-                config_source: Some(ads()),
-            },
-        )),
-        access_log: vec![pba::AccessLog {
+    let mut l = plumb_tests::xds::http_rds_listener_with(name, addr, name, |h| {
+        h.codec_type = hcm::http_connection_manager::CodecType::Auto as i32;
+        h.access_log = vec![pba::AccessLog {
             name: "envoy.access_loggers.file".into(),
             config_type: Some(pba::access_log::ConfigType::TypedConfig(any(
                 "envoy.extensions.access_loggers.file.v3.FileAccessLog",
                 &file,
             ))),
             ..Default::default()
-        }],
-        http_filters: vec![hcm::HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(Any {
-                type_url: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                    .into(),
-                value: vec![],
-            })),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    pbl::Listener {
-        name: name.into(),
-        address: Some(sock(addr)),
-        bind_to_port: vip.then_some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
-        filter_chains: vec![pbl::FilterChain {
-            filters: vec![pbl::Filter {
-                name: "envoy.filters.network.http_connection_manager".into(),
-                config_type: Some(pbl::filter::ConfigType::TypedConfig(any(
-                    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                    &h,
-                ))),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
+        }];
+    });
+    if vip {
+        l.bind_to_port = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
     }
+    l
 }
 
 fn route(s: &ServiceState, sabotage: Sabotage) -> pbr::RouteConfiguration {

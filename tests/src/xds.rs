@@ -620,7 +620,17 @@ pub fn static_cluster(name: &str, addr: SocketAddr) -> pbc::Cluster {
 /// A listener on `addr` with an HTTP connection manager whose routes come over RDS as
 /// `route_config`.
 pub fn http_rds_listener(name: &str, addr: SocketAddr, route_config: &str) -> pbl::Listener {
-    let h = hcm::HttpConnectionManager {
+    http_rds_listener_with(name, addr, route_config, |_| {})
+}
+
+/// `http_rds_listener`, with the connection manager adjusted by `f` (codec, access logs...).
+pub fn http_rds_listener_with(
+    name: &str,
+    addr: SocketAddr,
+    route_config: &str,
+    f: impl FnOnce(&mut hcm::HttpConnectionManager),
+) -> pbl::Listener {
+    let mut h = hcm::HttpConnectionManager {
         stat_prefix: name.into(),
         route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
             hcm::Rds {
@@ -645,6 +655,7 @@ pub fn http_rds_listener(name: &str, addr: SocketAddr, route_config: &str) -> pb
         }],
         ..Default::default()
     };
+    f(&mut h);
     pbl::Listener {
         name: name.into(),
         address: Some(sock(addr)),
