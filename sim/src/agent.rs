@@ -44,9 +44,10 @@ impl Drop for Generation {
 /// The bootstrap: only ADS (CDS and LDS, which bring RDS, EDS and SDS), the control plane as
 /// a static cluster, admin on an ephemeral port — the tests' ADS bootstrap, with a node of
 /// its own and 10 s initial fetch timeouts.
-pub fn bootstrap(control_plane: SocketAddr) -> String {
+pub fn bootstrap(control_plane: SocketAddr, delta: bool) -> String {
+    let api = if delta { "DELTA_GRPC" } else { "GRPC" };
     let mut b: serde_json::Value =
-        serde_json::from_str(&plumb_tests::xds::ads_bootstrap(control_plane, "GRPC"))
+        serde_json::from_str(&plumb_tests::xds::ads_bootstrap(control_plane, api))
             .expect("the tests' bootstrap is JSON");
     b["node"] = serde_json::json!({"id": "plumb-sim-node", "cluster": "plumb-sim"});
     b["stats_flush_interval"] = "1s".into();
@@ -61,11 +62,12 @@ pub fn bootstrap(control_plane: SocketAddr) -> String {
 /// service listener of its virtual IP (connections to anything else pass through).
 pub fn bootstrap_pods(
     control_plane: SocketAddr,
+    delta: bool,
     node: &plumb_tests::pods::Node,
     pin: &Path,
     bpf_object: &Path,
 ) -> String {
-    let mut b: serde_json::Value = serde_json::from_str(&bootstrap(control_plane)).unwrap();
+    let mut b: serde_json::Value = serde_json::from_str(&bootstrap(control_plane, delta)).unwrap();
     b["static_resources"]["listeners"] = serde_json::json!([{
         "name": "outbound", "use_original_dst": true,
         "address": {"socket_address": {"address": node.proxy_ip.to_string(), "port_value": 15001}},

@@ -602,6 +602,55 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
         verdicts.push(v);
     }
 
+    // 8c. Each canary step sends the canary its share of the service's requests (RDS weighted
+    // clusters applied): judged on the first receipt of each request, from 0.5 s into the step.
+    let steps = inp.records.canary_steps.lock().unwrap().clone();
+    if !steps.is_empty() {
+        let mut v = Verdict::new("canary_share_follows_weights");
+        let mut parts = Vec::new();
+        for (svc, weight, from, to) in &steps {
+            let mut first: HashMap<&str, &Receipt> = HashMap::new();
+            for r in receipts
+                .iter()
+                .filter(|r| &r.service == svc && r.at >= from + 0.5 && r.at <= *to)
+            {
+                first
+                    .entry(r.id.as_str())
+                    .and_modify(|x| {
+                        if r.at < x.at {
+                            *x = r
+                        }
+                    })
+                    .or_insert(r);
+            }
+            let n = first.len();
+            if n < 20 {
+                parts.push(format!("{weight} %: {n} requests, not judged"));
+                continue;
+            }
+            let canary = first
+                .values()
+                .filter(|r| r.replica.contains("-canary-"))
+                .count();
+            let share = canary as f64 / n as f64;
+            let p = *weight as f64 / 100.0;
+            let tolerance = 4.0 * (p * (1.0 - p) / n as f64).sqrt() + 0.05;
+            parts.push(format!("{weight} %: {:.1} % of {n}", share * 100.0));
+            if (share - p).abs() > tolerance {
+                v.violate(Example {
+                    id: "-".into(),
+                    detail: format!(
+                        "{svc}: from {from:.1} s to {to:.1} s the canary was set to {weight} % but got {:.1} % of {n} requests",
+                        share * 100.0
+                    ),
+                    log: vec![],
+                });
+            }
+        }
+        v.summary = parts.join("; ");
+        verdicts.push(v);
+    }
+
     // 9. Memory and file descriptors bounded and not growing.
     verdicts.push(resources(inp));
 

@@ -222,10 +222,19 @@ async fn run(kind: FaultKind, index: u64, ctx: &FaultCtx) {
                     t.publish();
                 }
                 r.note(format!("{name}: {service}-canary at {weight} %"));
-                if Instant::now() + every >= ctx.end {
+                let from = r.now();
+                let last = Instant::now() + every >= ctx.end;
+                if !last {
+                    tokio::time::sleep(every).await;
+                }
+                let to = if last { from } else { r.now() };
+                r.canary_steps
+                    .lock()
+                    .unwrap()
+                    .push((service.clone(), weight, from, to));
+                if last {
                     break;
                 }
-                tokio::time::sleep(every).await;
             }
             r.end_fault(w);
         }

@@ -39,11 +39,13 @@ struct Args {
     plumb: Option<PathBuf>,
     sabotage: topology::Sabotage,
     loopback: bool,
+    /// Incremental xDS (DELTA_GRPC) instead of state of the world.
+    delta: bool,
     /// `--duration forever`: epochs of the scenario's duration until SIGINT or SIGTERM.
     soak: bool,
 }
 
-const USAGE: &str = "usage: plumb-sim run --scenario FILE [--duration 60s|forever] [--seed N] [--report DIR] [--plumb BIN] [--loopback] [--sabotage retries|handover]\n       plumb-sim check FILE";
+const USAGE: &str = "usage: plumb-sim run --scenario FILE [--duration 60s|forever] [--seed N] [--report DIR] [--plumb BIN] [--loopback] [--xds sotw|delta] [--sabotage retries|handover]\n       plumb-sim check FILE";
 
 fn parse_args(args: &[String]) -> Result<Args> {
     let mut a = Args {
@@ -54,6 +56,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
         plumb: None,
         sabotage: topology::Sabotage::None,
         loopback: false,
+        delta: false,
         soak: false,
     };
     let mut it = args.iter();
@@ -73,6 +76,13 @@ fn parse_args(args: &[String]) -> Result<Args> {
             "--report" => a.report = Some(val()?.into()),
             "--plumb" => a.plumb = Some(val()?.into()),
             "--loopback" => a.loopback = true,
+            "--xds" => {
+                a.delta = match val()?.as_str() {
+                    "sotw" => false,
+                    "delta" => true,
+                    other => bail!("--xds: \"{other}\" is not sotw or delta"),
+                }
+            }
             "--sabotage" => {
                 a.sabotage = match val()?.as_str() {
                     "retries" => topology::Sabotage::Retries,
@@ -285,9 +295,9 @@ async fn run(a: Args) -> Result<bool> {
         Some(p) => {
             let p = p.lock().unwrap();
             let obj = pods::bpf_object(&bin).context("the eBPF object")?;
-            agent::bootstrap_pods(cp_addr, &p.node, &pin, &obj)
+            agent::bootstrap_pods(cp_addr, a.delta, &p.node, &pin, &obj)
         }
-        None => agent::bootstrap(cp_addr),
+        None => agent::bootstrap(cp_addr, a.delta),
     };
     let agent = agent::Agent::start(bin, dir.join("agent"), &bootstrap).await?;
     println!(

@@ -241,6 +241,8 @@ pub struct Records {
     pub observations: Mutex<Vec<Observation>>,
     /// Certificate rotations: when, and the agent's new identity.
     pub rotations: Mutex<Vec<(f64, String)>>,
+    /// Canary steps: (service, percentage, from, to).
+    pub canary_steps: Mutex<Vec<(String, u32, f64, f64)>>,
 }
 
 /// A check made during the run, by the fault that set it up.
@@ -264,6 +266,7 @@ impl Records {
             notes: Default::default(),
             observations: Default::default(),
             rotations: Default::default(),
+            canary_steps: Default::default(),
         }
     }
 

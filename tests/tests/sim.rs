@@ -107,7 +107,11 @@ fn the_smoke_scenario_holds_every_invariant_through_every_fault() {
         assert!(f["ok"].as_u64().unwrap() > 100, "{f}");
     }
     let invariants = r.summary["invariants"].as_array().unwrap();
-    for checked in ["outlier_ejection", "rotated_certificate_in_use"] {
+    for checked in [
+        "outlier_ejection",
+        "rotated_certificate_in_use",
+        "canary_share_follows_weights",
+    ] {
         assert!(
             invariants.iter().any(|v| v["invariant"] == checked),
             "{checked} was not checked:\n{}",
@@ -138,7 +142,8 @@ faults:
 fn without_retries_the_run_fails_naming_the_invariant() {
     let dir = TempDir::new("sim-scenario");
     let file = dir.write("flaky.yaml", FLAKY);
-    let good = sim(&file, &["--loopback"]);
+    // (The good run over incremental xDS, so delta is exercised under a fault too.)
+    let good = sim(&file, &["--loopback", "--xds", "delta"]);
     assert_eq!(good.code, Some(0), "{}", good.out);
     let bad = sim(&file, &["--loopback", "--sabotage", "retries"]);
     assert_eq!(bad.code, Some(1), "{}", bad.out);

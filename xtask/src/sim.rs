@@ -15,7 +15,7 @@ pub fn sim(args: &[String]) -> Result<()> {
         match a.as_str() {
             "--debug" => debug = true,
             "--scenario" => scenario = it.next().context("--scenario needs a file")?.clone(),
-            "--duration" | "--seed" | "--sabotage" => {
+            "--duration" | "--seed" | "--sabotage" | "--xds" => {
                 pass.push(a.clone());
                 pass.push(
                     it.next()
