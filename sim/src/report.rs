@@ -233,14 +233,18 @@ fn chart(b: &[Bucket], faults: &[FaultEvent]) -> String {
     let p50: Vec<Option<f64>> = b.iter().map(|b| b.pct(0.5)).collect();
     let top = p99.iter().flatten().cloned().fold(1.0, f64::max) * 1.1;
     let y = |v: f64| h - pad + 10.0 - (v / top).min(1.0) * (h - 2.0 * pad);
-    let mut s = format!("<svg width={w} height={h} viewBox=\"0 0 {w} {h}\">");
-    for f in faults {
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">"
+    );
+    for (i, f) in faults.iter().enumerate() {
         let end = if f.end.is_finite() { f.end } else { n };
         let (x0, x1) = (x(f.start), x(end.max(f.start + 0.3)));
+        // Labels on three rows, so faults close together stay readable.
+        let ly = 20 + (i % 3) * 11;
         let _ = write!(
             s,
-            "<rect x={x0:.1} y=10 width={:.1} height={:.1} fill=\"#8888ff\" opacity=0.15><title>{}: {}</title></rect>\
-             <text x={x0:.1} y=20 font-size=9 fill=\"#446\">{}</text>",
+            "<rect x=\"{x0:.1}\" y=\"10\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#8888ff\" opacity=\"0.15\"><title>{}: {}</title></rect>\
+             <text x=\"{x0:.1}\" y=\"{ly}\" font-size=\"9\" fill=\"#446\">{}</text>",
             x1 - x0,
             h - pad,
             f.kind,
@@ -254,7 +258,7 @@ fn chart(b: &[Bucket], faults: &[FaultEvent]) -> String {
             let bh = rate * (h - 2.0 * pad);
             let _ = write!(
                 s,
-                "<rect x={:.1} y={:.1} width={:.1} height={bh:.1} fill=\"#d22\" opacity=0.7><title>{} s: {} of {} failed</title></rect>",
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"#d22\" opacity=\"0.7\"><title>{} s: {} of {} failed</title></rect>",
                 x(i as f64),
                 h - pad + 10.0 - bh,
                 ((w - 2.0 * pad) / n).max(1.0),
@@ -272,15 +276,15 @@ fn chart(b: &[Bucket], faults: &[FaultEvent]) -> String {
             .collect();
         let _ = write!(
             s,
-            "<polyline fill=none stroke=\"{colour}\" stroke-width=1.5 points=\"{}\"/>",
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{}\"/>",
             pts.join(" ")
         );
     }
     let _ = write!(
         s,
-        "<line x1={pad} y1={b0} x2={x1} y2={b0} stroke=#999/>\
-         <text x=2 y={yt:.1} font-size=10>{top:.1} ms</text><text x=2 y={b0} font-size=10>0</text>\
-         <text x={xr:.1} y={yt:.1} font-size=10>100 %</text><text x={x1:.1} y={bl} font-size=10 text-anchor=end>{n:.0} s</text></svg>",
+        "<line x1=\"{pad}\" y1=\"{b0}\" x2=\"{x1}\" y2=\"{b0}\" stroke=\"#999\"/>\
+         <text x=\"2\" y=\"{yt:.1}\" font-size=\"10\">{top:.1} ms</text><text x=\"2\" y=\"{b0}\" font-size=\"10\">0</text>\
+         <text x=\"{xr:.1}\" y=\"{yt:.1}\" font-size=\"10\">100 %</text><text x=\"{x1:.1}\" y=\"{bl}\" font-size=\"10\" text-anchor=\"end\">{n:.0} s</text></svg>",
         b0 = h - pad + 10.0,
         x1 = w - pad,
         yt = y(top) + 4.0,
