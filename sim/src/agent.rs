@@ -207,6 +207,8 @@ async fn spawn(bin: &Path, dir: &Path, bootstrap: &Path, n: u32) -> Result<Gener
     let log = dir.join(format!("plumb-{n}.log"));
     let out = std::fs::File::create(&log)?;
     let child = Command::new(bin)
+        // Its access-log lines say which generation wrote them (%ENVIRONMENT(...)%).
+        .env("PLUMB_SIM_GENERATION", n.to_string())
         .arg("run")
         .arg("--config")
         .arg(bootstrap)

@@ -22,6 +22,8 @@ pub struct LogLine {
     pub service: String,
     pub status: u16,
     pub flags: String,
+    /// The agent generation that wrote it.
+    pub gen: String,
 }
 
 pub fn parse_log(text: &str) -> Vec<LogLine> {
@@ -39,6 +41,7 @@ pub fn parse_log(text: &str) -> Vec<LogLine> {
                 service: s("service"),
                 status: s("status").parse().unwrap_or(0),
                 flags: s("flags"),
+                gen: s("gen"),
             })
         })
         .collect()
@@ -93,9 +96,11 @@ pub struct Inputs<'a> {
     pub scenario: &'a Scenario,
     pub records: &'a Records,
     pub log: &'a [LogLine],
-    /// Plumb's counters over the epoch (after − before), when one agent generation served
-    /// all of it.
+    /// Plumb's counters over the epoch (after − before) when one agent generation served all
+    /// of it; else the counters of the last generation, which started during the epoch.
     pub final_stats: Option<HashMap<String, i64>>,
+    /// With the last generation's counters: its number (only its log lines are compared).
+    pub stats_generation: Option<u32>,
     /// Requests still without an outcome when the run ended.
     pub unfinished: usize,
     pub agent_problems: Vec<String>,
@@ -658,31 +663,37 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
     let mut st = Verdict::new("stats_match_access_log");
     match &inp.final_stats {
         Some(stats) => {
+            let gen = inp.stats_generation.map(|g| g.to_string());
             let mut parts = Vec::new();
             for svc in &inp.scenario.services {
                 let stat = stats
                     .get(&format!("http.{}.downstream_rq_total", svc.name))
                     .copied()
                     .unwrap_or(0);
-                let lines = inp.log.iter().filter(|l| l.service == svc.name).count() as i64;
+                let lines = inp
+                    .log
+                    .iter()
+                    .filter(|l| l.service == svc.name && gen.as_ref().is_none_or(|g| &l.gen == g))
+                    .count() as i64;
                 parts.push(format!("{}: {stat} requests, {lines} lines", svc.name));
                 if stat != lines {
                     st.violate(Example {
                         id: "-".into(),
                         detail: format!(
-                            "http.{}.downstream_rq_total is {stat} but the access log has {lines} lines for it",
-                            svc.name
+                            "http.{}.downstream_rq_total is {stat} but the access log has {lines} lines for it{}",
+                            svc.name,
+                            gen.as_ref().map(|g| format!(" from generation {g}")).unwrap_or_default()
                         ),
                         log: vec![],
                     });
                 }
             }
-            st.summary = parts.join("; ");
+            st.summary = match &gen {
+                Some(g) => format!("the last agent generation ({g}): {}", parts.join("; ")),
+                None => parts.join("; "),
+            };
         }
-        None => {
-            st.summary =
-                "not compared: more than one agent generation served this run (or epoch)".into()
-        }
+        None => st.summary = "not compared: the agent's counters could not be read".into(),
     }
     verdicts.push(st);
 

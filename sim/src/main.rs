@@ -634,11 +634,14 @@ impl Epoch<'_> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Plumb's counts over the epoch, when one generation served all of it.
-        let stats_delta = {
+        // Plumb's counters: over the epoch when one generation served all of it, else those
+        // of the last generation (which started during the epoch), against its own lines.
+        let (stats_delta, stats_generation) = {
             let a = self.agent.lock().await;
+            let now = agent::stats(a.current.admin).await;
             match (stats_before, a.current.n) {
-                ((n0, Some(before)), n1) if n0 == n1 => {
-                    agent::stats(a.current.admin).await.map(|after| {
+                ((n0, Some(before)), n1) if n0 == n1 => (
+                    now.map(|after| {
                         after
                             .into_iter()
                             .map(|(k, v)| {
@@ -646,9 +649,10 @@ impl Epoch<'_> {
                                 (k, v - b)
                             })
                             .collect()
-                    })
-                }
-                _ => None,
+                    }),
+                    None,
+                ),
+                (_, n1) => (now, Some(n1)),
             }
         };
         let text = read_from(self.access_log, self.log_offset);
@@ -660,6 +664,7 @@ impl Epoch<'_> {
             records,
             log: &log,
             final_stats: stats_delta,
+            stats_generation,
             unfinished,
             agent_problems: problems,
         };

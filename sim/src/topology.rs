@@ -37,6 +37,7 @@ pub const LOG_FIELDS: &[(&str, &str)] = &[
     ("cluster", "%UPSTREAM_CLUSTER%"),
     ("duration_ms", "%DURATION%"),
     ("attempts", "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"),
+    ("gen", "%ENVIRONMENT(PLUMB_SIM_GENERATION)%"),
 ];
 
 /// Deliberate mistakes, to prove the checks catch them (`--sabotage`).

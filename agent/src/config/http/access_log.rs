@@ -261,6 +261,19 @@ pub fn parse_log_format(s: &str, path: &str, d: &mut Diagnostics) -> Option<Vec<
         };
         let cmd = &rest[..rest.len() - r.len() - 1];
         rest = r;
+        if name == "ENVIRONMENT" {
+            // Read once, with the configuration, as Envoy does; `-` when unset.
+            let Some(var) = arg.filter(|a| !a.is_empty()) else {
+                d.error(
+                    path,
+                    format!("%{cmd}%: name the variable: %ENVIRONMENT(NAME)%"),
+                );
+                return None;
+            };
+            let value = std::env::var(var).unwrap_or_else(|_| "-".into());
+            lit.extend(value.chars().take(max_len.unwrap_or(usize::MAX)));
+            continue;
+        }
         let op = match (name, arg) {
             ("REQ", Some(a)) => {
                 let (m, alt) = header_arg(a, path, d)?;

@@ -335,6 +335,23 @@ fn every_http_field_table_entry_is_documented() {
 }
 
 #[test]
+fn the_environment_operator_reads_a_variable_once() {
+    use crate::config::http::access_log::{self, LogToken};
+    let mut d = crate::config::Diagnostics::default();
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    let t = access_log::parse_log_format(
+        "[%ENVIRONMENT(CARGO_MANIFEST_DIR):4%|%ENVIRONMENT(PLUMB_SURELY_UNSET_VAR)%]",
+        "p",
+        &mut d,
+    )
+    .unwrap();
+    let want: String = dir.chars().take(4).collect();
+    assert_eq!(t, vec![LogToken::Literal(format!("[{want}|-]"))]);
+    assert!(access_log::parse_log_format("%ENVIRONMENT()%", "p.f", &mut d).is_none());
+    assert!(format!("{d:?}").contains("name the variable"), "{d:?}");
+}
+
+#[test]
 fn access_logs_are_read_and_bad_ones_named() {
     let with = |logs: &str| {
         hcm(r#"[{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]"#).replace(
