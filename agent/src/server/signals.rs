@@ -3,15 +3,31 @@
 
 use super::*;
 
-pub(super) async fn handle_signals(shared: Arc<Shared>) {
+/// Installs the handlers at once (a signal arriving before the returned task first runs must
+/// not get the default action, which for every one of these ends the process), and returns
+/// the task that acts on them.
+pub(super) fn handle_signals(shared: Arc<Shared>) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
+    let installed = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
         signal(SignalKind::user_defined1()),
         signal(SignalKind::user_defined2()),
-    ) else {
+    );
+    act_on_signals(shared, installed)
+}
+
+type Installed = (
+    std::io::Result<tokio::signal::unix::Signal>,
+    std::io::Result<tokio::signal::unix::Signal>,
+    std::io::Result<tokio::signal::unix::Signal>,
+    std::io::Result<tokio::signal::unix::Signal>,
+    std::io::Result<tokio::signal::unix::Signal>,
+);
+
+async fn act_on_signals(shared: Arc<Shared>, installed: Installed) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = installed else {
         tracing::error!("cannot install signal handlers");
         return;
     };
