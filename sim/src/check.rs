@@ -74,11 +74,13 @@ impl Verdict {
         }
     }
 
-    fn violate(&mut self, ex: Example) {
+    /// Counts a violation; its example (which may read the access log) is made only while
+    /// fewer than `EXAMPLES` are kept.
+    fn violate(&mut self, ex: impl FnOnce() -> Example) {
         self.ok = false;
         self.violations += 1;
         if self.examples.len() < EXAMPLES {
-            self.examples.push(ex);
+            self.examples.push(ex());
         }
     }
 
@@ -234,7 +236,7 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
         inp.unfinished
     );
     if inp.unfinished > 0 {
-        v.violate(Example {
+        v.violate(|| Example {
             id: "-".into(),
             detail: format!("{} requests never finished", inp.unfinished),
             log: vec![],
@@ -286,7 +288,7 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
             .filter(|_| !risky);
         let injected = why.as_deref().is_some_and(|w| w.contains("injected"));
         match (calm_fault, &why) {
-            (Some(f), _) if !injected => calm.violate(Example {
+            (Some(f), _) if !injected => calm.violate(|| Example {
                 id: s.id.clone(),
                 detail: format!(
                     "{} to {} failed ({}{}) at {:.3} s during {} ({}), which must not fail traffic",
@@ -300,7 +302,7 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
                 ),
                 log: idx.lines_about(&s.id),
             }),
-            (_, None) => explained.violate(Example {
+            (_, None) => explained.violate(|| Example {
                 id: s.id.clone(),
                 detail: format!(
                     "{} to {} at {:.3} s failed ({}) with no injected error, response flag or agent fault to explain it",
@@ -349,7 +351,7 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
         if (lines.len() != 1 || inp.log[lines[0]].status != status) && !(lines.is_empty() && killed)
         {
             {
-                logged.violate(Example {
+                logged.violate(|| Example {
                     id: s.id.clone(),
                     detail: format!(
                         "the client got {} from {} but the access log has {} line(s) for it{}",
@@ -371,7 +373,7 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
                 .get(s.id.as_str())
                 .is_some_and(|rs| rs.iter().any(|r| r.ok && r.service == s.service))
         {
-            served.violate(Example {
+            served.violate(|| Example {
                 id: s.id.clone(),
                 detail: format!("a success from {} that no replica of it served", s.service),
                 log: idx.lines_about(&s.id),
@@ -380,7 +382,7 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
     }
     let known: std::collections::HashSet<&str> = sent.iter().map(|s| s.id.as_str()).collect();
     for l in inp.log.iter().filter(|l| !known.contains(l.id.as_str())) {
-        logged.violate(Example {
+        logged.violate(|| Example {
             id: l.id.clone(),
             detail: "an access-log line for a request no client sent".into(),
             log: vec![l.raw.clone()],
@@ -455,7 +457,7 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
         let mut v = Verdict::new(o.invariant);
         v.summary = o.detail.clone();
         if !o.ok {
-            v.violate(Example {
+            v.violate(|| Example {
                 id: "-".into(),
                 detail: o.detail.clone(),
                 log: vec![],
@@ -503,7 +505,7 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
             if let (Some(g), Some(b)) = (got, budget) {
                 parts.push(format!("{label} {:.2} ms (budget {:.0} ms)", ms(g), ms(b)));
                 if g > b {
-                    v.violate(Example {
+                    v.violate(|| Example {
                         id: "-".into(),
                         detail: format!(
                             "{}: {label} {:.2} ms outside faults is over its budget of {:.0} ms",
@@ -534,9 +536,10 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
             flow.budget.max_error_rate * 100.0
         );
         if rate > flow.budget.max_error_rate {
-            e.violate(Example {
+            let detail = e.summary.clone();
+            e.violate(|| Example {
                 id: "-".into(),
-                detail: e.summary.clone(),
+                detail,
                 log: vec![],
             });
         }
@@ -561,7 +564,7 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
         });
         if shed > 0 {
             let mut b = Verdict::new("no_backlog");
-            b.violate(Example {
+            b.violate(|| Example {
                 id: "-".into(),
                 detail: format!(
                     "{}: {shed} requests not sent because {} were already in flight",
@@ -586,7 +589,7 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
         {
             checked += 1;
             if &r.peer != id {
-                v.violate(Example {
+                v.violate(|| Example {
                     id: r.id.clone(),
                     detail: format!(
                         "{} accepted a connection at {:.3} s, after the rotation to {id} at {t:.3} s, from {}",
@@ -642,7 +645,7 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
             let tolerance = 4.0 * (p * (1.0 - p) / n as f64).sqrt() + 0.05;
             parts.push(format!("{weight} %: {:.1} % of {n}", share * 100.0));
             if (share - p).abs() > tolerance {
-                v.violate(Example {
+                v.violate(|| Example {
                     id: "-".into(),
                     detail: format!(
                         "{svc}: from {from:.1} s to {to:.1} s the canary was set to {weight} % but got {:.1} % of {n} requests",
@@ -677,7 +680,7 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
                     .count() as i64;
                 parts.push(format!("{}: {stat} requests, {lines} lines", svc.name));
                 if stat != lines {
-                    st.violate(Example {
+                    st.violate(|| Example {
                         id: "-".into(),
                         detail: format!(
                             "http.{}.downstream_rq_total is {stat} but the access log has {lines} lines for it{}",
@@ -700,7 +703,7 @@ pub fn check(inp: &Inputs) -> (Vec<Verdict>, Vec<FlowFigures>) {
     let mut g = Verdict::new("agent_generations_exit_cleanly");
     g.summary = format!("{} problems", inp.agent_problems.len());
     for p in &inp.agent_problems {
-        g.violate(Example {
+        g.violate(|| Example {
             id: "-".into(),
             detail: p.clone(),
             log: vec![],
@@ -723,14 +726,14 @@ fn resources(inp: &Inputs) -> Verdict {
         samples.len()
     );
     if max_rss > inp.scenario.limits.max_rss_mb * 1024 {
-        v.violate(Example {
+        v.violate(|| Example {
             id: "-".into(),
             detail: format!("RSS reached {:.1} MiB", max_rss as f64 / 1024.0),
             log: vec![],
         });
     }
     if max_fds > inp.scenario.limits.max_fds {
-        v.violate(Example {
+        v.violate(|| Example {
             id: "-".into(),
             detail: format!("{max_fds} file descriptors open"),
             log: vec![],
@@ -745,7 +748,7 @@ fn resources(inp: &Inputs) -> Verdict {
         let (second, last) = (&samples[q..2 * q], &samples[3 * q..]);
         let same_process = second.iter().chain(last).all(|s| s.pid == second[0].pid);
         if same_process && mean(last) > mean(second) * 1.5 + 20_480.0 {
-            v.violate(Example {
+            v.violate(|| Example {
                 id: "-".into(),
                 detail: format!(
                     "RSS grew from {:.1} MiB to {:.1} MiB on average between the second and the last quarter",

@@ -12,12 +12,15 @@
 mod agent;
 mod caller;
 mod check;
+mod epoch;
 mod faults;
 mod flows;
+mod pod_cmd;
 mod pods;
 mod records;
 mod report;
 mod scenario;
+mod scenario_reader;
 mod service;
 mod topology;
 mod view;
@@ -26,7 +29,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -123,8 +126,8 @@ fn main() {
                 2
             }
         },
-        Some("pod-serve") => pod_serve(&args[1..]),
-        Some("pod-flow") => pod_flow(&args[1..]),
+        Some("pod-serve") => pod_cmd::pod_serve(&args[1..]),
+        Some("pod-flow") => pod_cmd::pod_flow(&args[1..]),
         Some("check") if args.len() == 2 => match std::fs::read_to_string(&args[1])
             .map_err(anyhow::Error::from)
             .and_then(|t| scenario::parse(&t))
@@ -361,12 +364,12 @@ async fn run(a: Args) -> Result<bool> {
             stop.store(true, Ordering::Relaxed);
         });
     }
-    settle(&access_log).await;
+    epoch::settle(&access_log).await;
     let mut log_offset = std::fs::metadata(&access_log).map(|m| m.len()).unwrap_or(0);
     let mut epochs = Vec::new();
     let mut all_passed = true;
     for epoch in 1u64.. {
-        let ctx = Epoch {
+        let ctx = epoch::Epoch {
             sc: &sc,
             n: epoch,
             seed: seed.wrapping_add(epoch - 1),
@@ -411,7 +414,7 @@ async fn run(a: Args) -> Result<bool> {
             serde_json::to_string_pretty(&rep.json())?,
         )?;
         std::fs::write(out.join("index.html"), rep.html())?;
-        print_verdicts(&figures, &verdicts);
+        epoch::print_verdicts(&figures, &verdicts);
         let passed = rep.passed();
         all_passed &= passed;
         let violated: Vec<&str> = verdicts
@@ -470,224 +473,6 @@ async fn run(a: Args) -> Result<bool> {
         );
     }
     Ok(all_passed)
-}
-
-/// Waits until the access log stops growing (it is written off the request path, at least
-/// every 20 ms).
-async fn settle(access_log: &std::path::Path) {
-    let mut last = u64::MAX;
-    let mut still = 0;
-    while still < 3 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let len = std::fs::metadata(access_log).map(|m| m.len()).unwrap_or(0);
-        if len == last {
-            still += 1;
-        } else {
-            (last, still) = (len, 0);
-        }
-    }
-}
-
-fn print_verdicts(figures: &[check::FlowFigures], verdicts: &[check::Verdict]) {
-    for f in figures {
-        println!(
-            "  flow {:<16} sent {:>7}  ok {:>7}  failed {:>5}  p99 {}",
-            f.name,
-            f.sent,
-            f.ok,
-            f.failed,
-            f.p99
-                .map(|d| format!("{:.2} ms", check::ms(d)))
-                .unwrap_or_else(|| "-".into())
-        );
-    }
-    for v in verdicts {
-        println!(
-            "  {} {:<44} {}",
-            if v.ok { "ok  " } else { "FAIL" },
-            v.invariant,
-            v.summary
-        );
-        for e in v.examples.iter().filter(|_| !v.ok) {
-            println!("         {}: {}", e.id, e.detail);
-            for l in e.log.iter().take(4) {
-                println!("           {l}");
-            }
-        }
-    }
-}
-
-/// One pass of the scenario: traffic and the fault schedule from a fresh time 0, then the
-/// checks on what this pass recorded. A bounded run is one epoch; a soak run repeats them
-/// (memory stays that of one epoch).
-struct Epoch<'a> {
-    sc: &'a scenario::Scenario,
-    n: u64,
-    seed: u64,
-    duration: Duration,
-    records: &'a Arc<records::Records>,
-    targets: &'a Arc<service::Targets>,
-    caller: &'a Arc<caller::Caller>,
-    pool: Option<&'a Arc<std::sync::Mutex<pods::PodPool>>>,
-    topo: &'a Arc<Mutex<topology::Topology>>,
-    agent: &'a Arc<Mutex<agent::Agent>>,
-    sabotage: topology::Sabotage,
-    access_log: &'a std::path::Path,
-    log_offset: u64,
-    problems: &'a Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Epoch<'_> {
-    async fn run(&self) -> Result<(Vec<check::Verdict>, Vec<check::FlowFigures>, u64)> {
-        let (sc, records, duration, seed) = (self.sc, self.records, self.duration, self.seed);
-        // What the previous epoch (or the readiness probes) recorded goes.
-        records.sent.lock().unwrap().clear();
-        records.receipts.lock().unwrap().clear();
-        records.faults.lock().unwrap().clear();
-        records.notes.lock().unwrap().clear();
-        records.observations.lock().unwrap().clear();
-        records.rotations.lock().unwrap().clear();
-        let stats_before = {
-            let a = self.agent.lock().await;
-            (a.current.n, agent::stats(a.current.admin).await)
-        };
-        let t0 = records.start_clock();
-        let end = t0 + duration;
-        let inflight = Arc::new(AtomicUsize::new(0));
-        let pod_unfinished = Arc::new(AtomicUsize::new(0));
-        let mut flow_tasks = Vec::new();
-        let mut pod_flows = Vec::new();
-        match self.pool {
-            None => {
-                for f in &sc.flows {
-                    let (addr, protocol) = self.targets[&f.service];
-                    flow_tasks.push(tokio::spawn(flows::run(
-                        flows::FlowRun {
-                            flow: f.clone(),
-                            addr,
-                            protocol,
-                            seed,
-                            start: t0,
-                            duration,
-                            max_inflight: sc.limits.max_inflight,
-                        },
-                        records.clone(),
-                        self.caller.clone(),
-                        inflight.clone(),
-                    )));
-                }
-            }
-            Some(pool) => {
-                let mut p = pool.lock().unwrap();
-                let clients = p.take()?;
-                for f in &sc.flows {
-                    let (addr, protocol) = self.targets[&f.service];
-                    pod_flows.push(pods::spawn_flow(
-                        &p,
-                        &clients,
-                        &f.name,
-                        addr,
-                        protocol,
-                        seed,
-                        duration,
-                        sc.limits.max_inflight,
-                        pod_unfinished.clone(),
-                    )?);
-                }
-                // The clients' pod is free again once they are done.
-                p.give_back(clients);
-            }
-        }
-        let fctx = Arc::new(faults::FaultCtx {
-            topo: self.topo.clone(),
-            agent: self.agent.clone(),
-            records: records.clone(),
-            seed,
-            sabotage: self.sabotage,
-            end,
-        });
-        let fault_task = tokio::spawn(faults::schedule(sc.faults.clone(), t0, fctx));
-        for t in flow_tasks {
-            let _ = t.await;
-        }
-        for t in pod_flows {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
-        // Requests still under way finish (or time out: the client gives up after 15 s).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while inflight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let unfinished = inflight.load(Ordering::Relaxed) + pod_unfinished.load(Ordering::Relaxed);
-        let _ = fault_task.await;
-        println!();
-        settle(self.access_log).await;
-        // Old generations finish draining before their exits are judged.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut a = self.agent.lock().await;
-            self.problems.lock().unwrap().extend(a.reap());
-            if a.draining.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            drop(a);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // Plumb's counts over the epoch, when one generation served all of it.
-        // Plumb's counters: over the epoch when one generation served all of it, else those
-        // of the last generation (which started during the epoch), against its own lines.
-        let (stats_delta, stats_generation) = {
-            let a = self.agent.lock().await;
-            let now = agent::stats(a.current.admin).await;
-            match (stats_before, a.current.n) {
-                ((n0, Some(before)), n1) if n0 == n1 => (
-                    now.map(|after| {
-                        after
-                            .into_iter()
-                            .map(|(k, v)| {
-                                let b = before.get(&k).copied().unwrap_or(0);
-                                (k, v - b)
-                            })
-                            .collect()
-                    }),
-                    None,
-                ),
-                (_, n1) => (now, Some(n1)),
-            }
-        };
-        let text = read_from(self.access_log, self.log_offset);
-        let new_offset = self.log_offset + text.len() as u64;
-        let log = check::parse_log(&text);
-        let problems = std::mem::take(&mut *self.problems.lock().unwrap());
-        let inputs = check::Inputs {
-            scenario: sc,
-            records,
-            log: &log,
-            final_stats: stats_delta,
-            stats_generation,
-            unfinished,
-            agent_problems: problems,
-        };
-        let (verdicts, figures) = check::check(&inputs);
-        let _ = self.n;
-        Ok((verdicts, figures, new_offset))
-    }
-}
-
-/// The access log from byte `offset` on (whole lines).
-fn read_from(path: &std::path::Path, offset: u64) -> String {
-    use std::io::{Read, Seek};
-    let mut s = String::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        if f.seek(std::io::SeekFrom::Start(offset)).is_ok() {
-            let _ = f.read_to_string(&mut s);
-        }
-    }
-    match s.rfind('\n') {
-        Some(i) => s.truncate(i + 1),
-        None => s.clear(),
-    }
-    s
 }
 
 /// Waits until each service answers through Plumb (listeners, routes, clusters and
@@ -763,162 +548,5 @@ async fn wait_configured(sc: &scenario::Scenario, admin: SocketAddr) -> Result<(
             bail!("the agent did not get every listener and endpoint within 30 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-}
-
-fn pod_scenario(args: &[String]) -> Result<scenario::Scenario> {
-    let path = flag(args, "--scenario").context("--scenario")?;
-    scenario::parse(&std::fs::read_to_string(path)?)
-}
-
-/// `plumb-sim pod-serve`: one replica, in its pod. Records on stdout, commands on stdin;
-/// stdin closing (the simulator gone) stops it too.
-fn pod_serve(args: &[String]) -> i32 {
-    let run = || -> Result<()> {
-        let sc = pod_scenario(args)?;
-        let name = flag(args, "--service").context("--service")?;
-        let spec = sc
-            .services
-            .iter()
-            .find(|s| s.name == name)
-            .context("no such service")?
-            .clone();
-        let replica = flag(args, "--replica").context("--replica")?.to_string();
-        let listen: SocketAddr = flag(args, "--listen").context("--listen")?.parse()?;
-        let targets =
-            pods::decode_targets(flag(args, "--targets").unwrap_or("")).context("--targets")?;
-        let tls = match flag(args, "--tls") {
-            None => None,
-            Some(d) => {
-                let d = std::path::Path::new(d);
-                let read = |f: String| std::fs::read_to_string(d.join(&f)).with_context(|| f);
-                let leaf = plumb_tests::tls::Leaf {
-                    cert: read(format!("{name}.pem"))?,
-                    key: read(format!("{name}.key"))?,
-                };
-                let ca = read("ca.pem".into())?;
-                Some(plumb_tests::tls::server_config(
-                    &leaf,
-                    Some(&ca),
-                    &["h2", "http/1.1"],
-                ))
-            }
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let ctx = Arc::new(service::ServiceCtx {
-                spec,
-                records: Arc::new(records::Wire),
-                caller: Arc::new(caller::Caller::new(Duration::from_secs(15))),
-                targets: Arc::new(targets),
-                tls,
-            });
-            let r = service::Replica::start(ctx, replica, listen).await?;
-            println!("{{\"k\":\"ready\"}}");
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(16);
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::stdin().lock().lines().map_while(|l| l.ok()) {
-                    if tx.blocking_send(line).is_err() {
-                        return;
-                    }
-                }
-            });
-            let knobs = r.knobs.clone();
-            while let Some(line) = rx.recv().await {
-                if !knobs.apply(&line) {
-                    break;
-                }
-            }
-            r.stop().await;
-            Ok(())
-        })
-    };
-    match run() {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("plumb-sim pod-serve: {e:#}");
-            2
-        }
-    }
-}
-
-/// `plumb-sim pod-flow`: one flow's clients, in a pod, from the simulator's time 0.
-fn pod_flow(args: &[String]) -> i32 {
-    let run = || -> Result<()> {
-        let sc = pod_scenario(args)?;
-        let name = flag(args, "--flow").context("--flow")?;
-        let flow = sc
-            .flows
-            .iter()
-            .find(|f| f.name == name)
-            .context("no such flow")?
-            .clone();
-        let (addr, protocol) =
-            pods::decode_target(flag(args, "--target").context("--target")?).context("--target")?;
-        let seed: u64 = flag(args, "--seed").context("--seed")?.parse()?;
-        let start_wall: f64 = flag(args, "--start-wall")
-            .context("--start-wall")?
-            .parse()?;
-        let duration = scenario::parse_duration(flag(args, "--duration").context("--duration")?)?;
-        let max_inflight: usize = flag(args, "--max-inflight")
-            .context("--max-inflight")?
-            .parse()?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let behind = records::wall() - start_wall;
-            let now = Instant::now();
-            let start = if behind >= 0.0 {
-                now.checked_sub(Duration::from_secs_f64(behind))
-                    .unwrap_or(now)
-            } else {
-                now + Duration::from_secs_f64(-behind)
-            };
-            let inflight = Arc::new(AtomicUsize::new(0));
-            flows::run(
-                flows::FlowRun {
-                    flow,
-                    addr,
-                    protocol,
-                    seed,
-                    start,
-                    duration,
-                    max_inflight,
-                },
-                Arc::new(records::Wire),
-                Arc::new(caller::Caller::new(Duration::from_secs(15))),
-                inflight.clone(),
-            )
-            .await;
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while inflight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            println!(
-                "{{\"k\":\"done\",\"unfinished\":{}}}",
-                inflight.load(Ordering::Relaxed)
-            );
-            Ok(())
-        })
-    };
-    match run() {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("plumb-sim pod-flow: {e:#}");
-            2
-        }
     }
 }

@@ -390,28 +390,15 @@ fn route(s: &ServiceState, sabotage: Sabotage) -> pbr::RouteConfiguration {
         }),
         _ => None,
     };
-    pbr::RouteConfiguration {
-        name: spec.name.clone(),
-        virtual_hosts: vec![pbr::VirtualHost {
-            name: spec.name.clone(),
-            domains: vec!["*".into()],
-            routes: vec![pbr::Route {
-                r#match: Some(pbr::RouteMatch {
-                    path_specifier: Some(pbr::route_match::PathSpecifier::Prefix("/".into())),
-                    ..Default::default()
-                }),
-                action: Some(pbr::route::Action::Route(pbr::RouteAction {
-                    cluster_specifier: Some(cluster_specifier),
-                    timeout: Some(dur(spec.route.timeout)),
-                    retry_policy,
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
+    plumb_tests::xds::catch_all_route(
+        &spec.name,
+        pbr::RouteAction {
+            cluster_specifier: Some(cluster_specifier),
+            timeout: Some(dur(spec.route.timeout)),
+            retry_policy,
             ..Default::default()
-        }],
-        ..Default::default()
-    }
+        },
+    )
 }
 
 fn cluster(name: &str, s: &ServiceState, mtls: bool) -> pbc::Cluster {

@@ -676,6 +676,27 @@ pub fn http_rds_listener_with(
 /// A route configuration sending every request for any host to `cluster`, adding header
 /// `x-route: <tag>`.
 pub fn route_to(name: &str, cluster: &str, tag: &str) -> pbr::RouteConfiguration {
+    let mut r = catch_all_route(
+        name,
+        pbr::RouteAction {
+            cluster_specifier: Some(pbr::route_action::ClusterSpecifier::Cluster(cluster.into())),
+            ..Default::default()
+        },
+    );
+    r.virtual_hosts[0].routes[0].request_headers_to_add = vec![core::HeaderValueOption {
+        header: Some(core::HeaderValue {
+            key: "x-route".into(),
+            value: tag.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    r
+}
+
+/// A route configuration with one virtual host for any domain and one route, prefix `/`,
+/// taking `action`.
+pub fn catch_all_route(name: &str, action: pbr::RouteAction) -> pbr::RouteConfiguration {
     pbr::RouteConfiguration {
         name: name.into(),
         virtual_hosts: vec![pbr::VirtualHost {
@@ -686,20 +707,7 @@ pub fn route_to(name: &str, cluster: &str, tag: &str) -> pbr::RouteConfiguration
                     path_specifier: Some(pbr::route_match::PathSpecifier::Prefix("/".into())),
                     ..Default::default()
                 }),
-                action: Some(pbr::route::Action::Route(pbr::RouteAction {
-                    cluster_specifier: Some(pbr::route_action::ClusterSpecifier::Cluster(
-                        cluster.into(),
-                    )),
-                    ..Default::default()
-                })),
-                request_headers_to_add: vec![core::HeaderValueOption {
-                    header: Some(core::HeaderValue {
-                        key: "x-route".into(),
-                        value: tag.into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }],
+                action: Some(pbr::route::Action::Route(action)),
                 ..Default::default()
             }],
             ..Default::default()

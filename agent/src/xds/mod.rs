@@ -636,66 +636,6 @@ impl XdsClient {
         applied
     }
 
-    /// Keeps the accepted resources as received and rewrites the on-disk cache.
-    fn remember_raw(
-        &self,
-        h: &dyn ResourceType,
-        resources: &[(Option<String>, Any)],
-        complete: bool,
-        removed: &[String],
-    ) {
-        let type_url = h.type_url();
-        // Private keys never reach the disk: secrets are fetched again after a restart (and
-        // resources with inline keys are skipped below).
-        if type_url == config::type_urls::SECRET {
-            return;
-        }
-        let mut st = self.lock();
-        let mut accepted: HashSet<String> = h.accepted(&mut st).names().into_iter().collect();
-        // A listener waiting for its routes or secrets is accepted too: it activates when they
-        // come, with no further LDS update to write it down, so it is kept now — else a
-        // restart from the cache (or a successor taking over) would come up without it.
-        if type_url == config::type_urls::LISTENER {
-            accepted.extend(st.warming_listeners.keys().cloned());
-        }
-        let present = std::mem::take(&mut st.present);
-        let raw = st.raw.entry(type_url.to_string()).or_default();
-        if complete {
-            // Keep what is still applied: unchanged resources, and the previous copy of any
-            // whose update was rejected (it keeps serving, so it must survive a restart too).
-            raw.retain(|name, _| present.contains(name) || accepted.contains(name));
-        }
-        for name in removed {
-            raw.remove(name);
-        }
-        for (_, any) in resources {
-            let name = h.name_of(any);
-            // Private keys never reach the disk: a resource carrying an inline one (a
-            // listener's or cluster's inline certificate) is not cached; after a restart it
-            // comes from the control plane again.
-            if any.value.windows(16).any(|w| w == b"PRIVATE KEY-----") {
-                if let Some(n) = &name {
-                    st.raw.entry(type_url.to_string()).or_default().remove(n);
-                }
-                continue;
-            }
-            // Only what was applied: a rejected update leaves the previous copy in place.
-            if let Some(name) = name {
-                let rejected = st
-                    .rejected
-                    .contains_key(&(type_url.to_string(), name.clone()));
-                if accepted.contains(&name) && !rejected {
-                    st.raw
-                        .entry(type_url.to_string())
-                        .or_default()
-                        .insert(name, any.clone());
-                }
-            }
-        }
-        drop(st);
-        self.mark_cache_dirty();
-    }
-
     /// Marks init target `key` ready (if it is pending).
     fn init_done(&self, key: &str) {
         let t = self

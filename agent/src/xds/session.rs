@@ -311,11 +311,10 @@ impl XdsClient {
             let secrets = self.clusters.secrets();
             for k in clusters {
                 let name = &k["cluster:".len()..];
-                let needs_secrets = self.clusters.all().iter().any(|c| {
-                    c.config.name == name
-                        && super::secrets::cluster_sds_names(&c.config)
-                            .iter()
-                            .any(|(n, _)| !secrets.slot(n).has_value())
+                let needs_secrets = self.clusters.get(name).is_some_and(|c| {
+                    super::secrets::cluster_sds_names(&c.config)
+                        .iter()
+                        .any(|(n, _)| !secrets.slot(n).has_value())
                 });
                 if !needs_secrets {
                     self.init_done(&k);
