@@ -39,6 +39,11 @@ pub fn cargo() -> Command {
             c.env_remove(&k);
         }
     }
+    // A CI build is built once and thrown away: incremental state would only cost disk
+    // (gigabytes for the workspace's test binaries).
+    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") {
+        c.env("CARGO_INCREMENTAL", "0");
+    }
     c
 }
 
