@@ -2,7 +2,7 @@
 //! head and lets it go on (possibly adding response headers), delays it, or answers it.
 //! One small trait; the connection manager runs the chain in order and the router last.
 
-use super::router::Flag;
+use super::exchange::Flag;
 use crate::config::http::filters::{
     Fault, FaultAbort, FaultDelay, HttpFilterConfig, HttpLocalRateLimit,
 };

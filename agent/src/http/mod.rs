@@ -10,8 +10,11 @@
 
 pub mod access_log;
 pub mod body;
+mod exchange;
 pub mod filters;
+mod forward;
 pub mod headers;
+mod mirror;
 mod pick;
 pub mod rds;
 mod retry;

@@ -2,8 +2,8 @@
 //! adjusted by `x-envoy-*` request headers from internal clients), which outcomes are
 //! retriable under it, and the jittered back-off between attempts.
 
+use super::exchange::Failure;
 use super::route::header_matches;
-use super::router::Failure;
 use crate::config::http::{parse_retry_on, retry_on, RetryPolicy};
 use http::{HeaderMap, Response};
 use std::net::IpAddr;

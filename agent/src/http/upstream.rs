@@ -2,7 +2,7 @@
 //! host (`upstream::pool`), and sending one request attempt on them.
 
 use super::body::Body;
-use super::router::Failure;
+use super::exchange::Failure;
 use super::ConnectionManager;
 use crate::upstream::pool::{H2Conn, H2Take, H2Ticket, Pooled1};
 use crate::upstream::{Cluster, Host, Priority, Resource, Slot};
