@@ -1132,3 +1132,68 @@ async fn an_http2_stream_cut_by_the_route_timeout_is_given_back() {
     }
     assert_eq!(up.connections(), 1, "the cut stream was given back");
 }
+
+/// Plumb's own HTTP/1.1 client (requests without a body): a pooled connection the upstream
+/// closed while it was idle is not used again — the next request goes on a new connection
+/// and succeeds — and chunked responses with trailers and responses delimited by the
+/// connection's close come through whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_closed_by_the_upstream_are_not_reused() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    tokio::spawn(async move {
+        let mut n = 0usize;
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            n += 1;
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut b = [0u8; 2048];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => got.extend_from_slice(&b[..k]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&got).into_owned();
+                let reply: &[u8] = if text.starts_with("GET /chunked") {
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 5\r\n\r\n"
+                } else if text.starts_with("GET /eof") {
+                    b"HTTP/1.1 200 OK\r\n\r\nuntil the close"
+                } else {
+                    // Keep-alive by the head, but the upstream closes once it has answered.
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                };
+                let _ = s.write_all(reply).await;
+                let _ = s.shutdown().await;
+                drop(s);
+                let _ = closed_tx.send(n);
+            });
+        }
+    });
+    let (agent, addr) =
+        agent_for(json!([route("/", "up")]), vec![static_cluster("up", &[up])]).await;
+    for i in 1..=3usize {
+        let r = http_client::get(addr, "x", "/", &[]).await;
+        assert_eq!(
+            (r.status, r.body.as_ref()),
+            (200, b"ok".as_slice()),
+            "request {i}"
+        );
+        // The upstream has closed this connection before the next request.
+        assert_eq!(closed.recv().await, Some(i));
+    }
+    let r = http_client::get(addr, "x", "/chunked", &[]).await;
+    assert_eq!((r.status, r.body.as_ref()), (200, b"abcde".as_slice()));
+    let r = http_client::get(addr, "x", "/eof", &[]).await;
+    assert_eq!(
+        (r.status, r.body.as_ref()),
+        (200, b"until the close".as_slice())
+    );
+    assert_eq!(agent.stat("cluster.up.upstream_cx_total"), 5);
+    assert_eq!(agent.stat("cluster.up.upstream_rq_503"), 0);
+}

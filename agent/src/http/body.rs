@@ -45,6 +45,7 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
+    H1(Box<super::h1client::Incoming1>),
     /// One attempt's view of a request body kept for replay.
     Replay(Arc<Replay>, Cursor),
 }
@@ -210,6 +211,7 @@ impl std::fmt::Debug for Body {
             Kind::Empty => "Body::Empty",
             Kind::Full(_) => "Body::Full",
             Kind::Incoming(_) => "Body::Incoming",
+            Kind::H1(_) => "Body::H1",
             Kind::Replay(..) => "Body::Replay",
         })
     }
@@ -235,6 +237,18 @@ impl Body {
             } else {
                 Kind::Full(Some(b))
             },
+            on_end: None,
+            bytes: 0,
+            counter: None,
+            grpc_status: None,
+            timer: None,
+        }
+    }
+
+    /// A response body read by Plumb's own HTTP/1.1 client.
+    pub fn h1(b: Box<super::h1client::Incoming1>) -> Self {
+        Self {
+            kind: Kind::H1(b),
             on_end: None,
             bytes: 0,
             counter: None,
@@ -291,6 +305,7 @@ impl Drop for Body {
             Kind::Empty | Kind::Full(None) => true,
             Kind::Full(Some(_)) => false,
             Kind::Incoming(b) => b.is_end_stream(),
+            Kind::H1(b) => b.is_end(),
             Kind::Replay(r, at) => r.at_end(at),
         };
         self.finish(complete);
@@ -301,6 +316,8 @@ impl Drop for Body {
 #[derive(Debug)]
 pub enum BodyError {
     Hyper(hyper::Error),
+    /// An upstream HTTP/1.1 response body read by Plumb's own client.
+    H1(super::h1client::Error),
     /// `stream_idle_timeout` (or the route's `idle_timeout`) passed without a frame.
     IdleTimeout,
     /// `max_stream_duration` passed.
@@ -311,6 +328,7 @@ impl std::fmt::Display for BodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BodyError::Hyper(e) => e.fmt(f),
+            BodyError::H1(e) => e.fmt(f),
             BodyError::IdleTimeout => f.write_str("stream idle timeout"),
             BodyError::MaxDuration => f.write_str("max stream duration reached"),
         }
@@ -395,6 +413,7 @@ impl HttpBody for Body {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Hyper),
+            Kind::H1(b) => b.poll_frame(cx).map_err(BodyError::H1),
             Kind::Replay(r, at) => r.poll_at(at, cx).map_err(BodyError::Hyper),
         };
         let r = match (r, this.timer.as_mut()) {
@@ -437,6 +456,7 @@ impl HttpBody for Body {
             Kind::Empty | Kind::Full(None) => true,
             Kind::Full(Some(_)) => false,
             Kind::Incoming(b) => b.is_end_stream(),
+            Kind::H1(b) => b.is_end(),
             Kind::Replay(r, at) => r.at_end(at),
         }
     }
@@ -446,6 +466,7 @@ impl HttpBody for Body {
             Kind::Empty | Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Incoming(b) => b.size_hint(),
+            Kind::H1(b) => b.size_hint(),
             Kind::Replay(r, _) => r.hint,
         }
     }

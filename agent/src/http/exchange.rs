@@ -180,6 +180,7 @@ pub(super) enum Release {
         sni_pool: Option<Arc<crate::upstream::pool::HostPool>>,
     },
     H2(super::upstream::Stream),
+    Own,
 }
 
 impl Exchange {
@@ -264,6 +265,7 @@ impl OnEnd for Exchange {
                         u.cluster.breakers.connection_idle();
                     }
                 }
+                Release::Own => {}
                 Release::H2(stream) => {
                     drop(stream);
                     // A request waiting for a stream may take this one.

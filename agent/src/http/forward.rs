@@ -73,7 +73,7 @@ struct Plan<'a> {
 /// The attempt that answered, with what its response holds until it ends.
 struct Answer {
     host: Arc<Host>,
-    resp: Response<Incoming>,
+    resp: Response<Body>,
     release: Sent,
     sent: Instant,
     rq_slot: Option<Slot>,
@@ -422,6 +422,7 @@ impl ConnectionManager {
                         .is_none_or(|m| p.served + 1 < m),
             },
             Sent::H2(stream) => Release::H2(stream),
+            Sent::Own => Release::Own,
         };
         drop(tries.retry_slot);
         exchange.upstream = Some(UpstreamBooks {
@@ -471,7 +472,7 @@ impl ConnectionManager {
                 s.downstream_rq_max_duration_reached.clone()
             },
         );
-        let r = Response::from_parts(rparts, Body::incoming(rbody).with_timer(timer));
+        let r = Response::from_parts(rparts, rbody.with_timer(timer));
         self.finish(r, exchange, request_id)
     }
 

@@ -13,6 +13,7 @@ pub mod body;
 mod exchange;
 pub mod filters;
 mod forward;
+pub mod h1client;
 pub mod headers;
 mod mirror;
 mod pick;

@@ -3,6 +3,7 @@
 
 use super::body::Body;
 use super::exchange::Failure;
+use super::h1client;
 use super::ConnectionManager;
 use crate::upstream::pool::{H2Conn, H2Take, H2Ticket, Pooled1};
 use crate::upstream::{Cluster, Host, Priority, Resource, Slot};
@@ -16,6 +17,8 @@ use std::sync::Arc;
 /// How an attempt was sent: the connection to release when its response ends.
 pub(super) enum Sent {
     H1(Pooled1),
+    /// PROTOTYPE: the own client's connection goes back by itself with the response's end.
+    Own,
     H2(Stream),
 }
 
@@ -27,6 +30,18 @@ impl Drop for Stream {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Whether a request goes through Plumb's own HTTP/1.1 client: it has no body (nothing to
+/// stream while the response may already come), and is not an upgrade (hyper hands the
+/// connection over after a 101).
+fn own_client(req: &Request<Body>) -> bool {
+    use http_body::Body as _;
+    let h = req.headers();
+    req.body().is_end_stream()
+        && !h.contains_key(http::header::UPGRADE)
+        && h.get(http::header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
 }
 
 /// A request waiting for a connection (Envoy's pending request): it holds the circuit
@@ -92,7 +107,7 @@ impl ConnectionManager {
         protocol: Version,
         priority: Priority,
         sni: Option<&Arc<str>>,
-    ) -> Result<(Response<Incoming>, Sent), Failure> {
+    ) -> Result<(Response<Body>, Sent), Failure> {
         if !host.has_pool(&cluster.breakers) {
             cluster.stats.upstream_cx_pool_overflow.inc();
             return Err(Failure::Overflow);
@@ -103,7 +118,12 @@ impl ConnectionManager {
             // Boxed, as connecting is below: a request's future is moved and kept per request,
             // so it holds room only for the common path (a pooled HTTP/1.1 connection).
             let h2 = Box::pin(self.send_h2(cluster, host, req, priority, pool, sni));
-            return h2.await;
+            return h2.await.map(|(r, s)| (r.map(Body::incoming), s));
+        }
+        if own_client(&req) {
+            return self
+                .send_own(cluster, host, req, priority, pool, sni_pool.as_ref(), sni)
+                .await;
         }
         let idle = cluster.config.http.idle_timeout;
         let mut req = req;
@@ -117,7 +137,7 @@ impl ConnectionManager {
                     continue;
                 }
                 match p.tx.try_send_request(req).await {
-                    Ok(r) => return Ok((r, Sent::H1(p))),
+                    Ok(r) => return Ok((r.map(Body::incoming), Sent::H1(p))),
                     Err(mut e) => match e.take_message() {
                         Some(back) => req = back,
                         None => return Err(Failure::Reset(e.into_error().to_string())),
@@ -144,11 +164,68 @@ impl ConnectionManager {
                     sni_pool,
                 };
                 return match p.tx.send_request(req).await {
-                    Ok(r) => Ok((r, Sent::H1(p))),
+                    Ok(r) => Ok((r.map(Body::incoming), Sent::H1(p))),
                     Err(e) => Err(Failure::Reset(e.to_string())),
                 };
             }
             available.await;
+        }
+    }
+
+    /// Sends a request without a body with Plumb's own HTTP/1.1 client, on a pooled or new
+    /// connection (pending, as for hyper's, until the circuit breaker allows one).
+    #[allow(clippy::too_many_arguments)]
+    async fn send_own(
+        &self,
+        cluster: &Arc<Cluster>,
+        host: &Arc<Host>,
+        req: Request<Body>,
+        priority: Priority,
+        pool: &crate::upstream::pool::HostPool,
+        sni_pool: Option<&Arc<crate::upstream::pool::HostPool>>,
+        sni: Option<&Arc<str>>,
+    ) -> Result<(Response<Body>, Sent), Failure> {
+        let idle = cluster.config.http.idle_timeout;
+        let back = |epoch| h1client::ReturnTo {
+            host: host.clone(),
+            sni_pool: sni_pool.cloned(),
+            cluster: cluster.clone(),
+            epoch,
+        };
+        let mut pending: Option<Pending> = None;
+        let conn = loop {
+            if let Some(c) = pool.take_own(idle) {
+                break c;
+            }
+            let waiting = match pending.as_mut() {
+                Some(p) => p,
+                None => pending.insert(Pending::enter(cluster, priority)?),
+            };
+            // Registered before the check, so a slot given back in between is not missed.
+            let available = cluster.breakers.available();
+            tokio::pin!(available);
+            available.as_mut().enable();
+            if let Some(slot) = waiting.connection_slot(cluster, host, priority) {
+                // Boxed: off the common path (a pooled connection), so the request's future
+                // keeps no room for it.
+                let up = Box::pin(cluster.connect_with(
+                    host.clone(),
+                    slot,
+                    &["http/1.1"],
+                    sni.map(|s| &**s),
+                ))
+                .await
+                .map_err(|e| Failure::Connect(e.to_string()))?;
+                cluster.http_stats().upstream_cx_http1_total.inc();
+                break h1client::Conn::new(up.stream, Some(up.guard));
+            }
+            available.await;
+        };
+        drop(pending);
+        let epoch = pool.epoch();
+        match h1client::send(conn, req, Some(back(epoch))).await {
+            Ok(r) => Ok((r, Sent::Own)),
+            Err(e) => Err(Failure::Reset(e.to_string())),
         }
     }
 

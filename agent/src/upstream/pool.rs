@@ -69,6 +69,10 @@ pub type H2Outcome = Option<Result<H2Conn, String>>;
 #[derive(Default)]
 struct Slot {
     h1: Vec<Idle1>,
+    /// Idle connections of Plumb's own HTTP/1.1 client (requests without a body).
+    /// Boxed: a connection moves between the pool, the request and its response body.
+    #[allow(clippy::vec_box)]
+    own: Vec<Box<crate::http::h1client::Conn>>,
     h2: Vec<H2Conn>,
     /// An HTTP/2 connect in progress: requests arriving meanwhile wait for it rather than
     /// each opening a connection (Envoy's pending requests).
@@ -158,6 +162,31 @@ impl HostPool {
         None
     }
 
+    /// An idle connection of Plumb's own HTTP/1.1 client that is still usable and not idle
+    /// longer than `idle` (the others are closed on the way).
+    pub fn take_own(&self, idle: Option<Duration>) -> Option<Box<crate::http::h1client::Conn>> {
+        let mut slot = self.lock();
+        while let Some(mut c) = slot.own.pop() {
+            let expired = idle.is_some_and(|t| c.idle_since.elapsed() >= t);
+            if !expired && c.idle_usable() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Hands back a connection of the own client whose exchange has ended (closed instead
+    /// when the pool was drained since it was taken).
+    pub fn put_own(&self, c: Box<crate::http::h1client::Conn>, epoch: u64) {
+        if epoch != self.epoch() {
+            return;
+        }
+        let mut slot = self.lock();
+        if slot.own.len() < MAX_IDLE_H1 {
+            slot.own.push(c);
+        }
+    }
+
     /// The pool's epoch (see `drain`).
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
@@ -176,6 +205,7 @@ impl HostPool {
         for slot in slots.iter() {
             let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
             s.h1.clear();
+            s.own.clear();
             s.h2.clear();
         }
     }
@@ -245,6 +275,6 @@ impl HostPool {
     /// Idle HTTP/1.1 and live HTTP/2 connections in this worker's slot (tests, admin).
     pub fn idle_counts(&self) -> (usize, usize) {
         let s = self.lock();
-        (s.h1.len(), s.h2.len())
+        (s.h1.len() + s.own.len(), s.h2.len())
     }
 }
