@@ -112,6 +112,12 @@ pub fn http_request(data: &[u8]) {
     crate::http::fuzz_connection(data);
 }
 
+/// An upstream's HTTP/1.1 response as Plumb's own client reads it (see
+/// `http::h1client::fuzz_response`).
+pub fn http_response(data: &[u8]) {
+    crate::http::h1client::fuzz_response(data);
+}
+
 /// A hand-over message from the agent on the other end of the upgrade socket.
 pub fn handover_message(data: &[u8]) {
     crate::handover::fuzz_message(data);
@@ -161,6 +167,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("xds_response", xds_response),
     ("admin_request", admin_request),
     ("http_request", http_request),
+    ("http_response", http_response),
     ("handover_message", handover_message),
     ("ebpf_values", ebpf_values),
     ("tls_client_hello", tls_client_hello),
@@ -287,6 +294,19 @@ mod tests {
         .enumerate()
         {
             write("http_request", &format!("seed-{i}"), r.as_bytes());
+        }
+        // http_response: a method byte (odd: HEAD), a piece-size byte, then the response.
+        for (i, r) in [
+            &b"\x00\x00HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"[..],
+            b"\x00\x03HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n0\r\nx-t: 1\r\n\r\n",
+            b"\x00\x01HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+            b"\x01\x00HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n",
+            b"\x00\x07HTTP/1.0 200 OK\r\nconnection: keep-alive\r\n\r\nuntil the close",
+        ]
+        .iter()
+        .enumerate()
+        {
+            write("http_response", &format!("seed-{i}"), r);
         }
         for (i, (sni, alpn)) in [
             ("api.example.com", &["h2", "http/1.1"][..]),

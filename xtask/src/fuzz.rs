@@ -15,6 +15,7 @@ pub const TARGETS: &[&str] = &[
     "xds_response",
     "admin_request",
     "http_request",
+    "http_response",
     "handover_message",
     "ebpf_values",
     "tls_client_hello",

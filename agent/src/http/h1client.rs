@@ -564,6 +564,53 @@ impl Incoming1 {
     }
 }
 
+/// Fuzzing: the first byte picks the request's method (odd: HEAD, which has no body), the
+/// second the size of the pieces the rest arrives in (0: at once); the rest is what the
+/// upstream sends before it closes. The response head and its whole body are read; errors
+/// are fine, a panic or a hang is not.
+pub fn fuzz_response(data: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let [m, piece, rest @ ..] = data else { return };
+    let method = if m & 1 == 1 {
+        Method::HEAD
+    } else {
+        Method::GET
+    };
+    let piece = if *piece == 0 {
+        rest.len().max(1)
+    } else {
+        *piece as usize
+    };
+    thread_local! {
+        static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+    }
+    RT.with(|rt| {
+        rt.block_on(async {
+            let (client, mut server) = tokio::io::duplex(256 * 1024);
+            let rest = rest.to_vec();
+            let upstream = tokio::spawn(async move {
+                for p in rest.chunks(piece) {
+                    if server.write_all(p).await.is_err() {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                let _ = server.shutdown().await;
+            });
+            let mut req = Request::new(Body::empty());
+            *req.method_mut() = method;
+            if let Ok(r) = send(Conn::new(client.into(), None), req, None).await {
+                use http_body_util::BodyExt;
+                let _ = r.into_body().collect().await;
+            }
+            upstream.abort();
+        })
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
