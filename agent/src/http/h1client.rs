@@ -39,6 +39,9 @@ const READ_STEP: usize = 8192;
 #[derive(Debug)]
 pub enum Error {
     Io(std::io::Error),
+    /// The request could not be written (the connection had closed): nothing reached the
+    /// upstream, so the request can go on another connection.
+    NotSent(std::io::Error),
     /// The connection closed before the response (or its body) was complete.
     Closed,
     /// The response is not valid HTTP/1.1.
@@ -48,7 +51,7 @@ pub enum Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::Io(e) => write!(f, "{e}"),
+            Error::Io(e) | Error::NotSent(e) => write!(f, "{e}"),
             Error::Closed => f.write_str("connection closed before the end of the response"),
             Error::Protocol(why) => write!(f, "protocol error: {why}"),
         }
@@ -386,10 +389,9 @@ pub struct ReturnTo {
 /// body reads on from the connection and gives it back (`back`; none: closes it) at its end.
 pub async fn send(
     mut conn: Box<Conn>,
-    req: Request<Body>,
+    parts: &http::request::Parts,
     back: Option<ReturnTo>,
 ) -> Result<Response<Body>, Error> {
-    let (parts, _) = req.into_parts();
     let Conn { io, buf, wbuf, .. } = &mut *conn;
     wbuf.clear();
     wbuf.extend_from_slice(parts.method.as_str().as_bytes());
@@ -404,8 +406,8 @@ pub async fn send(
         wbuf.extend_from_slice(b"\r\n");
     }
     wbuf.extend_from_slice(b"\r\n");
-    io.write_all(wbuf).await.map_err(Error::Io)?;
-    io.flush().await.map_err(Error::Io)?;
+    io.write_all(wbuf).await.map_err(Error::NotSent)?;
+    io.flush().await.map_err(Error::NotSent)?;
     let head = loop {
         if let Some((n, head)) = parse_head(buf, &parts.method)? {
             buf.advance(n);
@@ -602,7 +604,7 @@ pub fn fuzz_response(data: &[u8]) {
             });
             let mut req = Request::new(Body::empty());
             *req.method_mut() = method;
-            if let Ok(r) = send(Conn::new(client.into(), None), req, None).await {
+            if let Ok(r) = send(Conn::new(client.into(), None), &req.into_parts().0, None).await {
                 use http_body_util::BodyExt;
                 let _ = r.into_body().collect().await;
             }
@@ -665,7 +667,7 @@ mod tests {
         req.headers_mut()
             .insert(http::header::HOST, HeaderValue::from_static("a.example"));
         let result = async {
-            let r = send(Conn::new(client.into(), None), req, None)
+            let r = send(Conn::new(client.into(), None), &req.into_parts().0, None)
                 .await
                 .map_err(|e| e.to_string())?;
             let (parts, body) = r.into_parts();
@@ -694,7 +696,9 @@ mod tests {
             .append("x-a", HeaderValue::from_static("1"));
         req.headers_mut()
             .append("x-a", HeaderValue::from_static("2"));
-        let sent = tokio::spawn(send(Conn::new(client.into(), None), req, None));
+        let parts = req.into_parts().0;
+        let sent =
+            tokio::spawn(async move { send(Conn::new(client.into(), None), &parts, None).await });
         let mut got = vec![0u8; 4096];
         let mut n = 0;
         while !got[..n].ends_with(b"\r\n\r\n") {

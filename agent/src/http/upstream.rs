@@ -192,40 +192,45 @@ impl ConnectionManager {
             cluster: cluster.clone(),
             epoch,
         };
+        let (parts, _) = req.into_parts();
         let mut pending: Option<Pending> = None;
-        let conn = loop {
-            if let Some(c) = pool.take_own(idle) {
-                break c;
-            }
-            let waiting = match pending.as_mut() {
-                Some(p) => p,
-                None => pending.insert(Pending::enter(cluster, priority)?),
+        loop {
+            let (conn, reused) = loop {
+                if let Some(c) = pool.take_own(idle) {
+                    break (c, true);
+                }
+                let waiting = match pending.as_mut() {
+                    Some(p) => p,
+                    None => pending.insert(Pending::enter(cluster, priority)?),
+                };
+                // Registered before the check, so a slot given back in between is not missed.
+                let available = cluster.breakers.available();
+                tokio::pin!(available);
+                available.as_mut().enable();
+                if let Some(slot) = waiting.connection_slot(cluster, host, priority) {
+                    // Boxed: off the common path (a pooled connection), so the request's future
+                    // keeps no room for it.
+                    let up = Box::pin(cluster.connect_with(
+                        host.clone(),
+                        slot,
+                        &["http/1.1"],
+                        sni.map(|s| &**s),
+                    ))
+                    .await
+                    .map_err(|e| Failure::Connect(e.to_string()))?;
+                    cluster.http_stats().upstream_cx_http1_total.inc();
+                    break (h1client::Conn::new(up.stream, Some(up.guard)), false);
+                }
+                available.await;
             };
-            // Registered before the check, so a slot given back in between is not missed.
-            let available = cluster.breakers.available();
-            tokio::pin!(available);
-            available.as_mut().enable();
-            if let Some(slot) = waiting.connection_slot(cluster, host, priority) {
-                // Boxed: off the common path (a pooled connection), so the request's future
-                // keeps no room for it.
-                let up = Box::pin(cluster.connect_with(
-                    host.clone(),
-                    slot,
-                    &["http/1.1"],
-                    sni.map(|s| &**s),
-                ))
-                .await
-                .map_err(|e| Failure::Connect(e.to_string()))?;
-                cluster.http_stats().upstream_cx_http1_total.inc();
-                break h1client::Conn::new(up.stream, Some(up.guard));
+            pending = None;
+            let epoch = pool.epoch();
+            match h1client::send(conn, &parts, Some(back(epoch))).await {
+                Ok(r) => return Ok((r, Sent::Own)),
+                // A pooled connection that had closed: the request goes on another.
+                Err(h1client::Error::NotSent(_)) if reused => continue,
+                Err(e) => return Err(Failure::Reset(e.to_string())),
             }
-            available.await;
-        };
-        drop(pending);
-        let epoch = pool.epoch();
-        match h1client::send(conn, req, Some(back(epoch))).await {
-            Ok(r) => Ok((r, Sent::Own)),
-            Err(e) => Err(Failure::Reset(e.to_string())),
         }
     }
 
