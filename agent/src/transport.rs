@@ -130,6 +130,16 @@ impl Stream {
             Stream::Memory(_) | Stream::Detached => None,
         }
     }
+
+    /// TLS: the session holds received data not read yet (plaintext, or the peer's
+    /// close_notify), which the socket's readiness does not show.
+    pub fn tls_holds_input(&self) -> bool {
+        match self {
+            Stream::TlsClient(s) => !s.get_ref().1.wants_read(),
+            Stream::TlsServer(s) => !s.get_ref().1.wants_read(),
+            _ => false,
+        }
+    }
 }
 
 impl AsyncRead for Stream {

@@ -1197,3 +1197,29 @@ async fn pooled_connections_closed_by_the_upstream_are_not_reused() {
     assert_eq!(agent.stat("cluster.up.upstream_cx_total"), 5);
     assert_eq!(agent.stat("cluster.up.upstream_rq_503"), 0);
 }
+
+/// Requests without a body use Plumb's own HTTP/1.1 client, requests with one hyper's:
+/// each keeps its idle connections. With `max_connections: 1`, an idle connection of one
+/// client must not starve a request that needs the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_http1_clients_share_a_one_connection_limit() {
+    let up = http_upstream::start("up").await;
+    let mut cluster = static_cluster("up", &[up.addr]);
+    cluster["circuit_breakers"] = json!({"thresholds": [{"max_connections": 1}]});
+    let (agent, addr) = agent_for(json!([route("/", "up")]), vec![cluster]).await;
+    let mut c = H1::connect(addr).await;
+    for (i, method) in ["GET", "POST", "GET", "POST", "DELETE"].iter().enumerate() {
+        let body: &[u8] = if *method == "POST" { b"payload" } else { b"" };
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            c.send(request(method, "x", "/", &[], body)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("request {i} ({method}) waited for a connection"))
+        .unwrap();
+        assert_eq!(r.status, 200, "request {i} ({method})");
+    }
+    // The limit was reached (and an idle connection closed to honour it), never exceeded.
+    assert!(agent.stat("cluster.up.upstream_cx_overflow") > 0);
+    assert!(agent.stat("cluster.up.upstream_cx_active") <= 1);
+}

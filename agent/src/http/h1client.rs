@@ -90,7 +90,7 @@ impl Conn {
     /// Whether an idle connection can take a request: nothing came while it was idle (no
     /// close, no stray bytes). No system call unless the reactor saw the socket readable.
     pub fn idle_usable(&mut self) -> bool {
-        if !self.buf.is_empty() {
+        if !self.buf.is_empty() || self.io.tls_holds_input() {
             return false;
         }
         let mut cx = Context::from_waker(Waker::noop());
@@ -236,8 +236,9 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Head)>, 
     };
     let reusable = framing != Framing::Close
         && !close
-        // Both framings at once: read as chunked, but the message is suspect.
-        && !(te && length.is_some())
+        // Both framings at once: read as chunked, but the message is suspect; so is a
+        // transfer coding in HTTP/1.0 (RFC 9112 §6.1).
+        && !(te && (length.is_some() || version == Version::HTTP_10))
         && (version == Version::HTTP_11 || keep_alive);
     Ok(Some((
         n,
@@ -292,6 +293,15 @@ pub fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Step, E
                     return Err(Error::Protocol("invalid chunk size line"));
                 }
                 let line = &buf[..eol - 1];
+                // Leading zeros do not count towards the size's 16 digits.
+                let mut zeros = 0;
+                while zeros + 1 < line.len()
+                    && line[zeros] == b'0'
+                    && line[zeros + 1].is_ascii_hexdigit()
+                {
+                    zeros += 1;
+                }
+                let line = &line[zeros..];
                 let digits = line
                     .iter()
                     .position(|b| !b.is_ascii_hexdigit())
@@ -300,7 +310,12 @@ pub fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Step, E
                     return Err(Error::Protocol("invalid chunk size"));
                 }
                 // What follows the size: nothing, or (after optional blanks) an extension.
-                let rest = line[digits..].trim_ascii_start();
+                let rest = &line[digits..];
+                let blanks = rest
+                    .iter()
+                    .take_while(|b| matches!(b, b' ' | b'\t'))
+                    .count();
+                let rest = &rest[blanks..];
                 if !rest.is_empty() && rest[0] != b';' {
                     return Err(Error::Protocol("invalid chunk size"));
                 }
@@ -477,7 +492,7 @@ impl Incoming1 {
         if self.reusable && c.buf.is_empty() && max.is_none_or(|m| c.served < m) {
             c.idle_since = std::time::Instant::now();
             let pool: &HostPool = b.sni_pool.as_deref().unwrap_or(&b.host.pool);
-            pool.put_own(c, b.epoch);
+            pool.put_own(c, b.epoch, b.cluster.config.http.idle_timeout);
         }
         // A request waiting for a connection may take this one, or open its own.
         b.cluster.breakers.connection_idle();
@@ -751,6 +766,16 @@ mod tests {
         let t = trailers.unwrap();
         assert_eq!(t["grpc-status"], "0");
         assert_eq!(t["x-t"], "1");
+        // Leading zeros, blanks before an extension, and a last chunk with an extension.
+        let r = exchange(
+            Method::GET,
+            upstream(
+                &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n00000000000000000003 ;a=b\r\nabc\r\n0;z\r\n\r\n"],
+                false,
+            ),
+        )
+        .await;
+        assert_eq!(r.unwrap().2, b"abc");
         // chunked, one byte per write.
         let whole: &[u8] =
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n";
@@ -899,6 +924,9 @@ mod tests {
         // A transfer coding that does not end with chunked: until the close.
         let h = head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
         assert_eq!(h.framing, Framing::Close);
+        let h =
+            head("HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n");
+        assert_eq!((h.framing, h.reusable), (Framing::Chunked, false));
         let h = head("HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\n");
         assert_eq!(h.framing, Framing::Length(2));
         assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-le", &Method::GET)

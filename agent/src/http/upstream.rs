@@ -168,6 +168,10 @@ impl ConnectionManager {
                     Err(e) => Err(Failure::Reset(e.to_string())),
                 };
             }
+            // Idle connections of the other client hold slots this request needs.
+            if pool.evict_own(idle) {
+                continue;
+            }
             available.await;
         }
     }
@@ -195,6 +199,8 @@ impl ConnectionManager {
         let (parts, _) = req.into_parts();
         let mut pending: Option<Pending> = None;
         loop {
+            // Before connecting: a drain meanwhile closes the new connection at its end.
+            let epoch = pool.epoch();
             let (conn, reused) = loop {
                 if let Some(c) = pool.take_own(idle) {
                     break (c, true);
@@ -221,10 +227,14 @@ impl ConnectionManager {
                     cluster.http_stats().upstream_cx_http1_total.inc();
                     break (h1client::Conn::new(up.stream, Some(up.guard)), false);
                 }
+                // Idle connections (closed ones, or hyper's) hold slots this request needs.
+                if pool.evict_own(idle) {
+                    continue;
+                }
+                pool.evict_h1();
                 available.await;
             };
             pending = None;
-            let epoch = pool.epoch();
             match h1client::send(conn, &parts, Some(back(epoch))).await {
                 Ok(r) => return Ok((r, Sent::Own)),
                 // A pooled connection that had closed: the request goes on another.

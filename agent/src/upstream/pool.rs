@@ -73,6 +73,8 @@ struct Slot {
     /// Boxed: a connection moves between the pool, the request and its response body.
     #[allow(clippy::vec_box)]
     own: Vec<Box<crate::http::h1client::Conn>>,
+    /// The next idle connection `put_own` looks at.
+    sweep: usize,
     h2: Vec<H2Conn>,
     /// An HTTP/2 connect in progress: requests arriving meanwhile wait for it rather than
     /// each opening a connection (Envoy's pending requests).
@@ -177,14 +179,52 @@ impl HostPool {
 
     /// Hands back a connection of the own client whose exchange has ended (closed instead
     /// when the pool was drained since it was taken).
-    pub fn put_own(&self, c: Box<crate::http::h1client::Conn>, epoch: u64) {
+    /// Each hand-back also looks at one other idle connection, in turn, and closes it if
+    /// its peer closed it (or sent bytes) or it idled past `idle`: so connections an
+    /// upstream closed do not keep their circuit-breaker slots while traffic flows.
+    pub fn put_own(&self, c: Box<crate::http::h1client::Conn>, epoch: u64, idle: Option<Duration>) {
         if epoch != self.epoch() {
             return;
         }
         let mut slot = self.lock();
+        let n = slot.own.len();
+        if n > 0 {
+            slot.sweep = (slot.sweep + 1) % n;
+            let i = slot.sweep;
+            let stale = idle.is_some_and(|t| slot.own[i].idle_since.elapsed() >= t);
+            if stale || !slot.own[i].idle_usable() {
+                slot.own.remove(i);
+            }
+        }
         if slot.own.len() < MAX_IDLE_H1 {
             slot.own.push(c);
         }
+    }
+
+    /// Closes idle connections of the own client to free their circuit-breaker slots for a
+    /// request that needs a connection (of either client) when `max_connections` is
+    /// reached: those closed or expired, else the oldest. Whether one was closed (its
+    /// slot is free at once).
+    pub fn evict_own(&self, idle: Option<Duration>) -> bool {
+        let mut slot = self.lock();
+        let before = slot.own.len();
+        slot.own
+            .retain_mut(|c| idle.is_none_or(|t| c.idle_since.elapsed() < t) && c.idle_usable());
+        if slot.own.len() == before && before > 0 {
+            slot.own.remove(0);
+        }
+        slot.own.len() < before
+    }
+
+    /// Closes the oldest idle connection of hyper's client, for the same reason; its slot
+    /// is given back when its connection task ends.
+    pub fn evict_h1(&self) -> bool {
+        let mut slot = self.lock();
+        if slot.h1.is_empty() {
+            return false;
+        }
+        slot.h1.remove(0);
+        true
     }
 
     /// The pool's epoch (see `drain`).
