@@ -145,6 +145,9 @@ struct Row {
     full: f64,
     resumed: f64,
     https: Wrk,
+    /// The proxy's CPU time (user + system, workers included) per HTTPS keep-alive
+    /// request, in the round with the most requests per second.
+    cpu_us: f64,
     errors: u64,
 }
 
@@ -314,7 +317,11 @@ pub fn bench(secs: f64, rounds: usize) -> Result<()> {
         wait_tls(p)?;
     }
 
-    let targets: [(&str, u16); 3] = [("plumb", pp), ("nginx", pn), ("haproxy", ph)];
+    let targets: [(&str, u16, u32); 3] = [
+        ("plumb", pp, plumb_pid),
+        ("nginx", pn, nginx_pid),
+        ("haproxy", ph, ha_pid),
+    ];
     let origination: [(&str, u16, u16); 2] =
         [("plumb", pp_plain, pp_orig), ("nginx", pn_plain, pn_orig)];
     let mut rows = [Row::default(); 3];
@@ -325,11 +332,16 @@ pub fn bench(secs: f64, rounds: usize) -> Result<()> {
         }
     };
     for round in 0..rounds {
-        for (i, (name, port)) in targets.iter().enumerate() {
+        for (i, (name, port, pid)) in targets.iter().enumerate() {
             let r = &mut rows[i];
             let (full, e1) = handshakes(*port, secs, false)?;
             let (resumed, e2) = handshakes(*port, secs, true)?;
+            let before = util::cpu_seconds_tree(*pid).unwrap_or(0.0);
             let w = wrk_url(&format!("https://127.0.0.1:{port}/"), secs, &script)?;
+            let after = util::cpu_seconds_tree(*pid).unwrap_or(0.0);
+            if w.rps > r.https.rps {
+                r.cpu_us = (after - before) / (w.rps * secs as f64) * 1e6;
+            }
             r.full = r.full.max(full);
             r.resumed = r.resumed.max(resumed);
             r.errors += e1 + e2;
@@ -352,12 +364,12 @@ pub fn bench(secs: f64, rounds: usize) -> Result<()> {
     }
 
     println!("\ncargo xtask bench tls: {secs} s per run, best of {rounds} interleaved rounds, 1 worker each, TLS 1.3, ECDSA P-256\n");
-    println!("| target | full handshakes/s | resumed handshakes/s | HTTPS keep-alive req/s | p50 ms | p99 ms | handshake errors |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for ((name, _), r) in targets.iter().zip(&rows) {
+    println!("| target | full handshakes/s | resumed handshakes/s | HTTPS keep-alive req/s | p50 ms | p99 ms | CPU µs/req | handshake errors |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for ((name, _, _), r) in targets.iter().zip(&rows) {
         println!(
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {} |",
-            r.full, r.resumed, r.https.rps, r.https.p50, r.https.p99, r.errors
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {} |",
+            r.full, r.resumed, r.https.rps, r.https.p50, r.https.p99, r.cpu_us, r.errors
         );
     }
     println!("\nmTLS origination (plain HTTP in, mTLS with a client certificate out; wrk, 64 connections):\n");
@@ -378,10 +390,11 @@ pub fn bench(secs: f64, rounds: usize) -> Result<()> {
     println!();
     for (peer, q) in [("nginx", n), ("haproxy", h)] {
         println!(
-            "Plumb / {peer}: full handshakes {:.2}x, resumed {:.2}x, HTTPS req/s {:.2}x; p99 {:.2} vs {:.2} ms",
+            "Plumb / {peer}: full handshakes {:.2}x, resumed {:.2}x, HTTPS req/s {:.2}x, HTTPS requests per CPU second {:.2}x; p99 {:.2} vs {:.2} ms",
             ratio(p.full, q.full),
             ratio(p.resumed, q.resumed),
             ratio(p.https.rps, q.https.rps),
+            ratio(q.cpu_us, p.cpu_us),
             p.https.p99,
             q.https.p99
         );
