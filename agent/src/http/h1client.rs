@@ -353,6 +353,12 @@ pub fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Step, E
                 *state = Chunked::Size;
             }
             Chunked::Trailers => {
+                // The block's end: CRLF, or a bare LF (RFC 9112 §2.2 lets a recipient take
+                // one as a line terminator, as httparse does within the block).
+                if buf.first() == Some(&b'\n') {
+                    buf.advance(1);
+                    return Ok(Step::End);
+                }
                 if buf.len() < 2 {
                     return Ok(Step::More);
                 }
@@ -776,6 +782,16 @@ mod tests {
         )
         .await;
         assert_eq!(r.unwrap().2, b"abc");
+        // A last chunk whose (empty) trailer block ends with a bare LF.
+        let r = exchange(
+            Method::GET,
+            upstream(
+                &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\n"],
+                false,
+            ),
+        )
+        .await;
+        assert_eq!(r.unwrap().2, b"x");
         // chunked, one byte per write.
         let whole: &[u8] =
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n";
