@@ -202,16 +202,7 @@ impl ConnectionManager {
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
             Some(Ok(p)) => p,
-            Some(Err(_)) => {
-                return self.reply(
-                    exchange,
-                    StatusCode::BAD_REQUEST,
-                    "invalid request target",
-                    Flag::DownstreamProtocolError,
-                    None,
-                    grpc,
-                )
-            }
+            Some(Err(_)) => return self.bad_target(exchange, grpc),
         };
         let host_rewrite = weighted
             .and_then(|w| w.host_rewrite_literal.clone())
@@ -342,14 +333,7 @@ impl ConnectionManager {
         let a = match outcome {
             Ok(a) => a,
             Err(NoAnswer::BadTarget) => {
-                return self.reply(
-                    exchange,
-                    StatusCode::BAD_REQUEST,
-                    "invalid request target",
-                    Flag::DownstreamProtocolError,
-                    None,
-                    grpc,
-                );
+                return self.bad_target(exchange, grpc);
             }
             Err(NoAnswer::Failed(f, host)) => {
                 if let (Some(l), Some(h)) = (exchange.log.as_mut(), &host) {
@@ -407,14 +391,15 @@ impl ConnectionManager {
             }
         }
         let (mut rparts, rbody) = resp.into_parts();
-        let reusable = !connection_close(&rparts.headers) && !tunnel;
         let release = match release {
+            // (The own client decides on reuse as it reads the response.)
             Sent::H1(p) => Release::H1 {
                 tx: p.tx,
                 epoch: p.epoch,
                 sni_pool: p.sni_pool,
                 served: p.served + 1,
-                reusable: reusable
+                reusable: !tunnel
+                    && !connection_close(&rparts.headers)
                     && cluster
                         .config
                         .http
@@ -474,6 +459,19 @@ impl ConnectionManager {
         );
         let r = Response::from_parts(rparts, rbody.with_timer(timer));
         self.finish(r, exchange, request_id)
+    }
+
+    /// A request whose target (rewritten, or with the upstream's authority) is not valid.
+    fn bad_target(&self, ex: Exchange, grpc: bool) -> Response<Body> {
+        let flag = Flag::DownstreamProtocolError;
+        self.reply(
+            ex,
+            StatusCode::BAD_REQUEST,
+            "invalid request target",
+            flag,
+            None,
+            grpc,
+        )
     }
 
     /// The attempts of one request: each picks a host (not one tried before when the retry

@@ -86,6 +86,36 @@ impl Pending {
     }
 }
 
+impl Pending {
+    /// A connection slot for a request that found no idle connection: at once when the
+    /// circuit breaker allows one; else, unless `room` freed one at once (by closing an idle
+    /// connection), once a connection closes or idles. `None`: look in the pool again. The
+    /// request is pending (`pending`, entered on first use) until it has a connection.
+    async fn slot(
+        pending: &mut Option<Pending>,
+        cluster: &Cluster,
+        host: &Host,
+        priority: Priority,
+        room: impl FnOnce() -> bool,
+    ) -> Result<Option<Slot>, Failure> {
+        let waiting = match pending.as_mut() {
+            Some(p) => p,
+            None => pending.insert(Pending::enter(cluster, priority)?),
+        };
+        // Registered before the check, so a slot given back in between is not missed.
+        let available = cluster.breakers.available();
+        tokio::pin!(available);
+        available.as_mut().enable();
+        if let Some(slot) = waiting.connection_slot(cluster, host, priority) {
+            return Ok(Some(slot));
+        }
+        if !room() {
+            available.await;
+        }
+        Ok(None)
+    }
+}
+
 impl Drop for Pending {
     fn drop(&mut self) {
         self.active.dec();
@@ -144,15 +174,9 @@ impl ConnectionManager {
                     },
                 }
             }
-            let waiting = match pending.as_mut() {
-                Some(p) => p,
-                None => pending.insert(Pending::enter(cluster, priority)?),
-            };
-            // Registered before the check, so a slot given back in between is not missed.
-            let available = cluster.breakers.available();
-            tokio::pin!(available);
-            available.as_mut().enable();
-            if let Some(slot) = waiting.connection_slot(cluster, host, priority) {
+            // Idle connections of the other client hold slots this request may need.
+            let room = || pool.evict_own(idle);
+            if let Some(slot) = Pending::slot(&mut pending, cluster, host, priority, room).await? {
                 let epoch = pool.epoch();
                 let connecting = Box::pin(self.connect_h1(cluster, host, slot, sni));
                 let tx = connecting.await?;
@@ -168,11 +192,6 @@ impl ConnectionManager {
                     Err(e) => Err(Failure::Reset(e.to_string())),
                 };
             }
-            // Idle connections of the other client hold slots this request needs.
-            if pool.evict_own(idle) {
-                continue;
-            }
-            available.await;
         }
     }
 
@@ -205,15 +224,17 @@ impl ConnectionManager {
                 if let Some(c) = pool.take_own(idle) {
                     break (c, true);
                 }
-                let waiting = match pending.as_mut() {
-                    Some(p) => p,
-                    None => pending.insert(Pending::enter(cluster, priority)?),
+                // Idle connections (closed ones, or hyper's) hold slots this request may need;
+                // hyper's give theirs back when their tasks end.
+                let room = || {
+                    if pool.evict_own(idle) {
+                        return true;
+                    }
+                    pool.evict_h1();
+                    false
                 };
-                // Registered before the check, so a slot given back in between is not missed.
-                let available = cluster.breakers.available();
-                tokio::pin!(available);
-                available.as_mut().enable();
-                if let Some(slot) = waiting.connection_slot(cluster, host, priority) {
+                let slot = Pending::slot(&mut pending, cluster, host, priority, room).await?;
+                if let Some(slot) = slot {
                     // Boxed: off the common path (a pooled connection), so the request's future
                     // keeps no room for it.
                     let up = Box::pin(cluster.connect_with(
@@ -227,12 +248,6 @@ impl ConnectionManager {
                     cluster.http_stats().upstream_cx_http1_total.inc();
                     break (h1client::Conn::new(up.stream, Some(up.guard)), false);
                 }
-                // Idle connections (closed ones, or hyper's) hold slots this request needs.
-                if pool.evict_own(idle) {
-                    continue;
-                }
-                pool.evict_h1();
-                available.await;
             };
             pending = None;
             match h1client::send(conn, &parts, Some(back(epoch))).await {

@@ -1,0 +1,370 @@
+//! Plumb's own HTTP/1.1 client for pooled upstream connections, for requests without a body
+//! (most requests: GET, HEAD, DELETE...). hyper's client runs each connection in a task of
+//! its own and hands every request over through a channel and every response back through
+//! another; here the request's own task writes the request head and reads the response on
+//! the connection it holds, and the response body gives the connection back to its pool as
+//! soon as it has been read to its end. Requests with a body, and upgrades, still go through
+//! hyper's client (`upstream.rs`).
+//!
+//! Responses are read as RFC 9112 says: a head of at most 60 KiB and 100 headers (Envoy's
+//! `max_response_headers_kb` default), interim 1xx responses skipped, the body framed by
+//! `transfer-encoding: chunked` (with trailers), `content-length` (every value the same), or
+//! the connection's close; no body after `HEAD`, 204 and 304. A connection goes back to the
+//! pool only when its response was framed, read to its end with nothing after it, and
+//! neither side asked to close.
+
+mod codec;
+#[cfg(test)]
+mod tests;
+
+pub use codec::{decode_chunked, parse_head, Chunked, Framing, Head, Step, MAX_HEAD};
+
+use super::body::Body;
+use crate::transport::Stream;
+use crate::upstream::pool::HostPool;
+use crate::upstream::{Cluster, ConnGuard, Host};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+
+/// Read buffer growth step; a connection keeps one such buffer.
+const READ_STEP: usize = 8192;
+
+/// Why an exchange on a connection failed.
+#[derive(Debug)]
+pub enum Error {
+    Io(std::io::Error),
+    /// The request could not be written (the connection had closed): nothing reached the
+    /// upstream, so the request can go on another connection.
+    NotSent(std::io::Error),
+    /// The connection closed before the response (or its body) was complete.
+    Closed,
+    /// The response is not valid HTTP/1.1.
+    Protocol(&'static str),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Io(e) | Error::NotSent(e) => write!(f, "{e}"),
+            Error::Closed => f.write_str("connection closed before the end of the response"),
+            Error::Protocol(why) => write!(f, "protocol error: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// One upstream connection of this client, with its buffers.
+pub struct Conn {
+    io: Stream,
+    /// The connection's books (none in unit tests).
+    _guard: Option<ConnGuard>,
+    /// Bytes read and not yet consumed; kept between exchanges (emptied at each end).
+    buf: BytesMut,
+    /// The request head being written.
+    wbuf: Vec<u8>,
+    /// Exchanges completed on this connection.
+    pub served: u32,
+    /// Since when it has been idle in its pool.
+    pub idle_since: std::time::Instant,
+}
+
+impl Conn {
+    pub fn new(io: Stream, guard: Option<ConnGuard>) -> Box<Self> {
+        Box::new(Self {
+            io,
+            _guard: guard,
+            buf: BytesMut::new(),
+            wbuf: Vec::new(),
+            served: 0,
+            idle_since: std::time::Instant::now(),
+        })
+    }
+
+    /// Whether an idle connection can take a request: nothing came while it was idle (no
+    /// close, no stray bytes). No system call unless the reactor saw the socket readable.
+    pub fn idle_usable(&mut self) -> bool {
+        if !self.buf.is_empty() || self.io.tls_holds_input() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Some(tcp) = self.io.tcp() {
+            match tcp.poll_read_ready(&mut cx) {
+                Poll::Pending => return true,
+                Poll::Ready(Err(_)) => return false,
+                Poll::Ready(Ok(())) => {}
+            }
+        }
+        // Readable (or not a socket): a read says whether that was a close, bytes, or
+        // nothing (TLS records such as session tickets, or a stale readiness).
+        matches!(
+            poll_fill(&mut self.io, &mut self.buf, &mut cx),
+            Poll::Pending
+        )
+    }
+}
+
+/// Reads what is there into `buf`'s spare room (growing it by a step when little is left).
+fn poll_fill(
+    io: &mut Stream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_STEP);
+    }
+    let mut rb = ReadBuf::uninit(buf.spare_capacity_mut());
+    match Pin::new(io).poll_read(cx, &mut rb) {
+        Poll::Ready(Ok(())) => {
+            let n = rb.filled().len();
+            // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n) };
+            Poll::Ready(Ok(n))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Where a connection goes back when its response has been read to its end.
+pub struct ReturnTo {
+    pub host: Arc<Host>,
+    /// The per-SNI pool it came from (`auto_sni`); `None`: the host's own.
+    pub sni_pool: Option<Arc<HostPool>>,
+    pub cluster: Arc<Cluster>,
+    /// The pool's epoch when the connection was taken (or made): a drain since closes it.
+    pub epoch: u64,
+}
+
+/// Writes a request without a body on `conn` and reads the response head. The response's
+/// body reads on from the connection and gives it back (`back`; none: closes it) at its end.
+pub async fn send(
+    mut conn: Box<Conn>,
+    parts: &http::request::Parts,
+    back: Option<ReturnTo>,
+) -> Result<Response<Body>, Error> {
+    let Conn { io, buf, wbuf, .. } = &mut *conn;
+    wbuf.clear();
+    wbuf.extend_from_slice(parts.method.as_str().as_bytes());
+    wbuf.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    wbuf.extend_from_slice(target.as_bytes());
+    wbuf.extend_from_slice(b" HTTP/1.1\r\n");
+    for (k, v) in &parts.headers {
+        wbuf.extend_from_slice(k.as_str().as_bytes());
+        wbuf.extend_from_slice(b": ");
+        wbuf.extend_from_slice(v.as_bytes());
+        wbuf.extend_from_slice(b"\r\n");
+    }
+    wbuf.extend_from_slice(b"\r\n");
+    io.write_all(wbuf).await.map_err(Error::NotSent)?;
+    io.flush().await.map_err(Error::NotSent)?;
+    let head = loop {
+        if let Some((n, head)) = parse_head(buf, &parts.method)? {
+            buf.advance(n);
+            if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(Error::Protocol("101 without an upgrade request"));
+            }
+            if head.status.is_informational() {
+                // 100 Continue, 102, 103 Early Hints: the final response follows.
+                continue;
+            }
+            break head;
+        }
+        let n = std::future::poll_fn(|cx| poll_fill(io, buf, cx))
+            .await
+            .map_err(Error::Io)?;
+        if n == 0 {
+            return Err(Error::Closed);
+        }
+    };
+    conn.served += 1;
+    let state = match head.framing {
+        Framing::Empty => State::Done,
+        Framing::Length(n) => State::Length(n),
+        Framing::Chunked => State::Chunked(Chunked::Size),
+        Framing::Close => State::Close,
+    };
+    let mut body = Incoming1 {
+        conn: Some(conn),
+        state,
+        reusable: head.reusable,
+        back,
+    };
+    if body.state == State::Done {
+        body.release();
+    }
+    let mut r = Response::new(Body::h1(Box::new(body)));
+    *r.status_mut() = head.status;
+    *r.version_mut() = head.version;
+    *r.headers_mut() = head.headers;
+    Ok(r)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    Chunked(Chunked),
+    Close,
+    Done,
+}
+
+/// A response body read from a connection of this client.
+pub struct Incoming1 {
+    conn: Option<Box<Conn>>,
+    state: State,
+    reusable: bool,
+    back: Option<ReturnTo>,
+}
+
+impl Incoming1 {
+    /// The body was read to its end: the connection goes back to its pool if it can carry
+    /// another exchange, else it closes.
+    fn release(&mut self) {
+        let (Some(mut c), Some(b)) = (self.conn.take(), self.back.take()) else {
+            return;
+        };
+        let max = b.cluster.config.http.max_requests_per_connection;
+        if self.reusable && c.buf.is_empty() && max.is_none_or(|m| c.served < m) {
+            c.idle_since = std::time::Instant::now();
+            let pool: &HostPool = b.sni_pool.as_deref().unwrap_or(&b.host.pool);
+            pool.put_own(c, b.epoch, b.cluster.config.http.idle_timeout);
+        }
+        // A request waiting for a connection may take this one, or open its own.
+        b.cluster.breakers.connection_idle();
+    }
+
+    pub fn is_end(&self) -> bool {
+        self.state == State::Done
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        loop {
+            let Some(c) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut self.state {
+                State::Done => {
+                    self.release();
+                    return Poll::Ready(None);
+                }
+                State::Length(left) => {
+                    if !c.buf.is_empty() {
+                        let n = (c.buf.len() as u64).min(*left) as usize;
+                        let data = c.buf.split_to(n).freeze();
+                        *left -= n as u64;
+                        if *left == 0 {
+                            self.state = State::Done;
+                            self.release();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                State::Chunked(st) => match decode_chunked(st, &mut c.buf) {
+                    Ok(Step::Frame(f)) => {
+                        if f.is_trailers() {
+                            self.state = State::Done;
+                            self.release();
+                        }
+                        return Poll::Ready(Some(Ok(f)));
+                    }
+                    Ok(Step::End) => {
+                        self.state = State::Done;
+                        continue;
+                    }
+                    Ok(Step::More) => {}
+                    Err(e) => {
+                        self.conn = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+                State::Close => {
+                    if !c.buf.is_empty() {
+                        let data = c.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+            }
+            let c = self.conn.as_mut().expect("checked above");
+            match poll_fill(&mut c.io, &mut c.buf, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if self.state == State::Close => {
+                    self.reusable = false;
+                    self.state = State::Done;
+                }
+                Poll::Ready(Ok(0)) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(Error::Closed)));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(Error::Io(e))));
+                }
+            }
+        }
+    }
+}
+
+/// Fuzzing: the first byte picks the request's method (odd: HEAD, which has no body), the
+/// second the size of the pieces the rest arrives in (0: at once); the rest is what the
+/// upstream sends before it closes. The response head and its whole body are read; errors
+/// are fine, a panic or a hang is not.
+pub fn fuzz_response(data: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let [m, piece, rest @ ..] = data else { return };
+    let method = if m & 1 == 1 {
+        Method::HEAD
+    } else {
+        Method::GET
+    };
+    let piece = if *piece == 0 {
+        rest.len().max(1)
+    } else {
+        *piece as usize
+    };
+    thread_local! {
+        static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+    }
+    RT.with(|rt| {
+        rt.block_on(async {
+            let (client, mut server) = tokio::io::duplex(256 * 1024);
+            let rest = rest.to_vec();
+            let upstream = tokio::spawn(async move {
+                for p in rest.chunks(piece) {
+                    if server.write_all(p).await.is_err() {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                let _ = server.shutdown().await;
+            });
+            let mut req = Request::new(Body::empty());
+            *req.method_mut() = method;
+            if let Ok(r) = send(Conn::new(client.into(), None), &req.into_parts().0, None).await {
+                use http_body_util::BodyExt;
+                let _ = r.into_body().collect().await;
+            }
+            upstream.abort();
+        })
+    });
+}

@@ -1,0 +1,346 @@
+//! Plumb's own HTTP/1.1 client against fake upstreams over in-memory pipes and sockets.
+
+use super::codec::MAX_HEADERS;
+use super::*;
+use http::{HeaderMap, HeaderValue};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the fake upstream sends: its pieces, written one by one, then (optionally) a close.
+struct Upstream {
+    pieces: Vec<Vec<u8>>,
+    close: bool,
+}
+
+fn upstream(pieces: &[&[u8]], close: bool) -> Upstream {
+    Upstream {
+        pieces: pieces.iter().map(|p| p.to_vec()).collect(),
+        close,
+    }
+}
+
+/// Sends a request through the client to the fake upstream: the response (status,
+/// headers, body data, trailers) or the first error.
+async fn exchange(
+    method: Method,
+    up: Upstream,
+) -> Result<(StatusCode, HeaderMap, Vec<u8>, Option<HeaderMap>), String> {
+    let (client, mut server) = tokio::io::duplex(64 * 1024);
+    let served = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut b = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = server.read(&mut b).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&b[..n]);
+        }
+        for p in up.pieces {
+            server.write_all(&p).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        if up.close {
+            server.shutdown().await.unwrap();
+            drop(server);
+            None
+        } else {
+            Some(server)
+        }
+    });
+    let mut req = Request::new(Body::empty());
+    *req.method_mut() = method;
+    *req.uri_mut() = "/p?q=1".parse().unwrap();
+    req.headers_mut()
+        .insert(http::header::HOST, HeaderValue::from_static("a.example"));
+    let result = async {
+        let r = send(Conn::new(client.into(), None), &req.into_parts().0, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (parts, body) = r.into_parts();
+        let collected = body.collect().await.map_err(|e| e.to_string())?;
+        let trailers = collected.trailers().cloned();
+        Ok((
+            parts.status,
+            parts.headers,
+            collected.to_bytes().to_vec(),
+            trailers,
+        ))
+    }
+    .await;
+    drop(served.await.unwrap());
+    result
+}
+
+#[tokio::test]
+async fn a_request_without_a_body_is_written_as_one_head() {
+    let (client, mut server) = tokio::io::duplex(4096);
+    let mut req = Request::new(Body::empty());
+    *req.uri_mut() = "/p?q=1".parse().unwrap();
+    req.headers_mut()
+        .insert(http::header::HOST, HeaderValue::from_static("a.example"));
+    req.headers_mut()
+        .append("x-a", HeaderValue::from_static("1"));
+    req.headers_mut()
+        .append("x-a", HeaderValue::from_static("2"));
+    let parts = req.into_parts().0;
+    let sent =
+        tokio::spawn(async move { send(Conn::new(client.into(), None), &parts, None).await });
+    let mut got = vec![0u8; 4096];
+    let mut n = 0;
+    while !got[..n].ends_with(b"\r\n\r\n") {
+        n += server.read(&mut got[n..]).await.unwrap();
+    }
+    assert_eq!(
+        &got[..n],
+        b"GET /p?q=1 HTTP/1.1\r\nhost: a.example\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
+    );
+    server
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let r = sent.await.unwrap().unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(http_body::Body::is_end_stream(r.body()));
+}
+
+#[tokio::test]
+async fn bodies_are_framed_by_length_chunks_or_close() {
+    // content-length, the head and body split anywhere.
+    let r = exchange(
+        Method::GET,
+        upstream(
+            &[
+                b"HTTP/1.1 200 OK\r\ncontent-le",
+                b"ngth: 11\r\n\r\nhello",
+                b" world",
+            ],
+            false,
+        ),
+    )
+    .await;
+    let (status, headers, body, trailers) = r.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-length"], "11");
+    assert_eq!(body, b"hello world");
+    assert!(trailers.is_none());
+    // chunked, with an extension and trailers.
+    let r = exchange(
+        Method::GET,
+        upstream(
+            &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\nx-t: 1\r\n\r\n"],
+            false,
+        ),
+    )
+    .await;
+    let (_, _, body, trailers) = r.unwrap();
+    assert_eq!(body, b"hello world");
+    let t = trailers.unwrap();
+    assert_eq!(t["grpc-status"], "0");
+    assert_eq!(t["x-t"], "1");
+    // Leading zeros, blanks before an extension, and a last chunk with an extension.
+    let r = exchange(
+        Method::GET,
+        upstream(
+            &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n00000000000000000003 ;a=b\r\nabc\r\n0;z\r\n\r\n"],
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(r.unwrap().2, b"abc");
+    // A last chunk whose (empty) trailer block ends with a bare LF.
+    let r = exchange(
+        Method::GET,
+        upstream(
+            &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\n"],
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(r.unwrap().2, b"x");
+    // chunked, one byte per write.
+    let whole: &[u8] =
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n";
+    let bytes: Vec<&[u8]> = whole.chunks(1).collect();
+    let r = exchange(Method::GET, upstream(&bytes, false)).await;
+    assert_eq!(r.unwrap().2, b"0123456789");
+    // Until the close.
+    let r = exchange(
+        Method::GET,
+        upstream(&[b"HTTP/1.1 200 OK\r\n\r\nuntil", b" the close"], true),
+    )
+    .await;
+    assert_eq!(r.unwrap().2, b"until the close");
+    // No body after HEAD, 204 and 304, whatever the head says.
+    let r = exchange(
+        Method::HEAD,
+        upstream(&[b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"], false),
+    )
+    .await;
+    assert_eq!(r.unwrap().2, b"");
+    let r = exchange(
+        Method::GET,
+        upstream(&[b"HTTP/1.1 204 No Content\r\n\r\n"], false),
+    )
+    .await;
+    assert_eq!(r.unwrap().0, StatusCode::NO_CONTENT);
+    // Interim responses are skipped.
+    let r = exchange(
+        Method::GET,
+        upstream(
+            &[b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"],
+            false,
+        ),
+    )
+    .await;
+    let (status, headers, body, _) = r.unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(!headers.contains_key("link"));
+    assert_eq!(body, b"ok");
+}
+
+#[tokio::test]
+async fn bad_responses_are_errors_not_panics() {
+    let cases: &[(&[u8], bool, &str)] = &[
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+            false,
+            "conflicting content-length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            false,
+            "invalid content-length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            false,
+            "invalid content-length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            false,
+            "invalid chunk size",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n11111111111111111\r\n",
+            false,
+            "invalid chunk size",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabXY",
+            false,
+            "chunk not followed by CRLF",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\nab\r\n",
+            false,
+            "invalid chunk size line",
+        ),
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            false,
+            "101 without an upgrade request",
+        ),
+        (b"HTTP/1.1 2000 OK\r\n\r\n", false, "invalid response head"),
+        (b"NOT HTTP\r\n\r\n", false, "invalid response head"),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+            true,
+            "connection closed before the end of the response",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab",
+            true,
+            "connection closed before the end of the response",
+        ),
+        (
+            b"HTTP/1.1 200 O",
+            true,
+            "connection closed before the end of the response",
+        ),
+        (
+            b"",
+            true,
+            "connection closed before the end of the response",
+        ),
+    ];
+    for (bytes, close, why) in cases {
+        let r = exchange(Method::GET, upstream(&[bytes], *close)).await;
+        let e = r.expect_err(&String::from_utf8_lossy(bytes));
+        assert!(
+            e.contains(why),
+            "{e} for {:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    // A head over the limit, and too many headers.
+    let big = format!(
+        "HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n",
+        "a".repeat(MAX_HEAD + 1)
+    );
+    let r = exchange(Method::GET, upstream(&[big.as_bytes()], false)).await;
+    assert!(r.unwrap_err().contains("too large"));
+    let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+    let many = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+    let r = exchange(Method::GET, upstream(&[many.as_bytes()], false)).await;
+    assert!(r.unwrap_err().contains("too many response headers"));
+}
+
+#[test]
+fn the_head_says_whether_the_connection_can_be_reused() {
+    let head = |s: &str| parse_head(s.as_bytes(), &Method::GET).unwrap().unwrap().1;
+    let h = head("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n");
+    assert_eq!((h.framing, h.reusable), (Framing::Length(1), true));
+    let h = head("HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: Close\r\n\r\n");
+    assert!(!h.reusable);
+    let h = head("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n");
+    assert!(!h.reusable);
+    let h = head("HTTP/1.0 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\n\r\n");
+    assert!(h.reusable);
+    let h = head("HTTP/1.1 200 OK\r\n\r\n");
+    assert_eq!((h.framing, h.reusable), (Framing::Close, false));
+    // Both framings: chunked wins, and the connection is not trusted again.
+    let h = head("HTTP/1.1 200 OK\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n");
+    assert_eq!((h.framing, h.reusable), (Framing::Chunked, false));
+    // A transfer coding that does not end with chunked: until the close.
+    let h = head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
+    assert_eq!(h.framing, Framing::Close);
+    let h = head("HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n");
+    assert_eq!((h.framing, h.reusable), (Framing::Chunked, false));
+    let h = head("HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\n");
+    assert_eq!(h.framing, Framing::Length(2));
+    assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-le", &Method::GET)
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_usable_until_its_peer_closes_or_talks() {
+    let (client, server) = tokio::io::duplex(1024);
+    let mut c = Conn::new(client.into(), None);
+    assert!(c.idle_usable());
+    drop(server);
+    assert!(!c.idle_usable());
+    let (client, mut server) = tokio::io::duplex(1024);
+    let mut c = Conn::new(client.into(), None);
+    server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+    assert!(!c.idle_usable());
+    // A real socket: readiness comes from the reactor.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, _) = l.accept().await.unwrap();
+    let mut c = Conn::new(client.into(), None);
+    assert!(c.idle_usable());
+    drop(server);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while c.idle_usable() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the close was never seen"
+        );
+        tokio::task::yield_now().await;
+    }
+}
