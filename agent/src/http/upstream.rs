@@ -174,8 +174,9 @@ impl ConnectionManager {
                     },
                 }
             }
-            // Idle connections of the other client hold slots this request may need.
-            let room = || pool.evict_own(idle);
+            // An idle connection may wait in another worker's slot; else idle connections of
+            // the other client hold slots this request may need.
+            let room = || pool.gather_h1(idle) || pool.evict_own(idle);
             if let Some(slot) = Pending::slot(&mut pending, cluster, host, priority, room).await? {
                 let epoch = pool.epoch();
                 let connecting = Box::pin(self.connect_h1(cluster, host, slot, sni));
@@ -224,10 +225,11 @@ impl ConnectionManager {
                 if let Some(c) = pool.take_own(idle) {
                     break (c, true);
                 }
-                // Idle connections (closed ones, or hyper's) hold slots this request may need;
-                // hyper's give theirs back when their tasks end.
+                // An idle connection may wait in another worker's slot; else idle connections
+                // (closed ones, or hyper's) hold slots this request may need; hyper's give
+                // theirs back when their tasks end.
                 let room = || {
-                    if pool.evict_own(idle) {
+                    if pool.gather_own(idle) || pool.evict_own(idle) {
                         return true;
                     }
                     pool.evict_h1();

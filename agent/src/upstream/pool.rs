@@ -138,6 +138,12 @@ impl HostPool {
         worker() % self.slots().len()
     }
 
+    /// The other workers' slot indexes, this worker's neighbours first.
+    fn others(&self) -> impl Iterator<Item = usize> {
+        let (i, n) = (self.index(), self.slots().len());
+        (1..n).map(move |k| (i + k) % n)
+    }
+
     fn lock_at(&self, i: usize) -> std::sync::MutexGuard<'_, Slot> {
         self.slots()[i].lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -201,30 +207,88 @@ impl HostPool {
         }
     }
 
-    /// Closes idle connections of the own client to free their circuit-breaker slots for a
-    /// request that needs a connection (of either client) when `max_connections` is
-    /// reached: those closed or expired, else the oldest. Whether one was closed (its
-    /// slot is free at once).
-    pub fn evict_own(&self, idle: Option<Duration>) -> bool {
-        let mut slot = self.lock();
-        let before = slot.own.len();
-        slot.own
-            .retain_mut(|c| idle.is_none_or(|t| c.idle_since.elapsed() < t) && c.idle_usable());
-        if slot.own.len() == before && before > 0 {
-            slot.own.remove(0);
+    /// For a request that found no idle connection of its client in this worker's slot and
+    /// may not open one (`max_connections`): moves a usable idle connection of hyper's
+    /// client from another worker's slot to this one (a task of the shared runtime may
+    /// run on any thread, and its connection may have idled in another thread's slot).
+    /// Closed or expired ones met on the way are closed. Whether one was moved.
+    pub fn gather_h1(&self, idle: Option<Duration>) -> bool {
+        for j in self.others() {
+            let found = {
+                let mut slot = self.lock_at(j);
+                let mut found = None;
+                while let Some(c) = slot.h1.pop() {
+                    if idle.is_none_or(|t| c.since.elapsed() < t) && !c.tx.is_closed() {
+                        found = Some(c);
+                        break;
+                    }
+                }
+                found
+            };
+            if let Some(c) = found {
+                self.lock().h1.push(c);
+                return true;
+            }
         }
-        slot.own.len() < before
+        false
     }
 
-    /// Closes the oldest idle connection of hyper's client, for the same reason; its slot
-    /// is given back when its connection task ends.
-    pub fn evict_h1(&self) -> bool {
-        let mut slot = self.lock();
-        if slot.h1.is_empty() {
-            return false;
+    /// The same for the own client; closing one it met on the way also counts (its slot
+    /// is free at once).
+    pub fn gather_own(&self, idle: Option<Duration>) -> bool {
+        let mut closed = false;
+        for j in self.others() {
+            let found = {
+                let mut slot = self.lock_at(j);
+                let mut found = None;
+                while let Some(mut c) = slot.own.pop() {
+                    if idle.is_none_or(|t| c.idle_since.elapsed() < t) && c.idle_usable() {
+                        found = Some(c);
+                        break;
+                    }
+                    closed = true;
+                }
+                found
+            };
+            if let Some(c) = found {
+                self.lock().own.push(c);
+                return true;
+            }
         }
-        slot.h1.remove(0);
-        true
+        closed
+    }
+
+    /// Closes idle connections of the own client to free their circuit-breaker slots for a
+    /// request that needs a connection (of either client) when `max_connections` is
+    /// reached: in this worker's slot first, then in the others' (see `gather_h1`), those
+    /// closed or expired, else the oldest. Whether one was closed (its slot is free at
+    /// once).
+    pub fn evict_own(&self, idle: Option<Duration>) -> bool {
+        let here = self.index();
+        std::iter::once(here).chain(self.others()).any(|j| {
+            let mut slot = self.lock_at(j);
+            let before = slot.own.len();
+            slot.own
+                .retain_mut(|c| idle.is_none_or(|t| c.idle_since.elapsed() < t) && c.idle_usable());
+            if slot.own.len() == before && before > 0 {
+                slot.own.remove(0);
+            }
+            slot.own.len() < before
+        })
+    }
+
+    /// Closes the oldest idle connection of hyper's client (in this worker's slot first),
+    /// for the same reason; its slot is given back when its connection task ends.
+    pub fn evict_h1(&self) -> bool {
+        let here = self.index();
+        std::iter::once(here).chain(self.others()).any(|j| {
+            let mut slot = self.lock_at(j);
+            if slot.h1.is_empty() {
+                return false;
+            }
+            slot.h1.remove(0);
+            true
+        })
     }
 
     /// The pool's epoch (see `drain`).
@@ -316,5 +380,62 @@ impl HostPool {
     pub fn idle_counts(&self) -> (usize, usize) {
         let s = self.lock();
         (s.h1.len() + s.own.len(), s.h2.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::h1client::Conn;
+
+    fn pool_of(workers: usize) -> HostPool {
+        let pool = HostPool::default();
+        let _ = pool
+            .slots
+            .set((0..workers).map(|_| Mutex::new(Slot::default())).collect());
+        pool
+    }
+
+    /// An own-client connection to a peer that stays open while `peer` lives.
+    fn conn() -> (Box<Conn>, tokio::io::DuplexStream) {
+        let (client, peer) = tokio::io::duplex(64);
+        (Conn::new(client.into(), None), peer)
+    }
+
+    /// A task of the shared runtime may run on another thread than the one whose slot its
+    /// connection idled in: a request that may not connect must find it there (this
+    /// waited for a connection forever with `max_connections: 1`).
+    #[tokio::test]
+    async fn idle_connections_in_other_workers_slots_are_found_when_needed() {
+        let pool = pool_of(2);
+        set_worker_index(0);
+        let (c, _peer) = conn();
+        pool.put_own(c, pool.epoch(), None);
+        set_worker_index(1);
+        assert!(pool.take_own(None).is_none(), "slots are per worker");
+        assert!(pool.gather_own(None));
+        assert!(pool.take_own(None).is_some());
+        assert!(!pool.gather_own(None), "nothing left to gather");
+
+        // A closed one is closed on the way (its slot is free), and not handed out.
+        set_worker_index(0);
+        let (c, peer) = conn();
+        pool.put_own(c, pool.epoch(), None);
+        drop(peer);
+        set_worker_index(1);
+        assert!(pool.gather_own(None));
+        assert!(pool.take_own(None).is_none());
+        assert_eq!(pool.lock_at(0).own.len(), 0);
+
+        // Eviction for the other client looks in every slot, this worker's first.
+        set_worker_index(0);
+        let (c, _peer0) = conn();
+        pool.put_own(c, pool.epoch(), None);
+        set_worker_index(1);
+        assert!(pool.evict_own(None));
+        assert_eq!(pool.lock_at(0).own.len(), 0);
+        assert!(!pool.evict_own(None));
+        assert!(!pool.evict_h1());
+        set_worker_index(0);
     }
 }
