@@ -1198,6 +1198,46 @@ async fn pooled_connections_closed_by_the_upstream_are_not_reused() {
     assert_eq!(agent.stat("cluster.up.upstream_rq_503"), 0);
 }
 
+/// A pooled connection of the own HTTP/1.1 client that its upstream closes while no
+/// traffic flows gives back its socket and its slot at once, not at the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_closed_by_the_upstream_are_closed_at_once() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = l.accept().await else {
+            return;
+        };
+        let mut got = Vec::new();
+        let mut b = [0u8; 2048];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(k) => got.extend_from_slice(&b[..k]),
+            }
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+        // Keep-alive, until the test says: then the upstream closes the idle connection.
+        let _ = close_rx.await;
+        drop(s);
+    });
+    let (agent, addr) =
+        agent_for(json!([route("/", "up")]), vec![static_cluster("up", &[up])]).await;
+    let r = http_client::get(addr, "x", "/", &[]).await;
+    assert_eq!((r.status, r.body.as_ref()), (200, b"ok".as_slice()));
+    agent
+        .wait_stat("cluster.up.upstream_cx_active", |v| v == 1)
+        .await;
+    close_tx.send(()).unwrap();
+    agent
+        .wait_stat("cluster.up.upstream_cx_active", |v| v == 0)
+        .await;
+    assert_eq!(agent.stat("cluster.up.upstream_cx_destroy"), 1);
+}
+
 /// Requests without a body use Plumb's own HTTP/1.1 client, requests with one hyper's:
 /// each keeps its idle connections. With `max_connections: 1`, an idle connection of one
 /// client must not starve a request that needs the other.

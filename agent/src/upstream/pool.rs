@@ -176,7 +176,7 @@ impl HostPool {
         let mut slot = self.lock();
         while let Some(mut c) = slot.own.pop() {
             let expired = idle.is_some_and(|t| c.idle_since.elapsed() >= t);
-            if !expired && c.idle_usable() {
+            if !expired && c.usable_for_request() {
                 return Some(c);
             }
         }
@@ -188,8 +188,14 @@ impl HostPool {
     /// Each hand-back also looks at one other idle connection, in turn, and closes it if
     /// its peer closed it (or sent bytes) or it idled past `idle`: so connections an
     /// upstream closed do not keep their circuit-breaker slots while traffic flows.
-    pub fn put_own(&self, c: Box<crate::http::h1client::Conn>, epoch: u64, idle: Option<Duration>) {
-        if epoch != self.epoch() {
+    pub fn put_own(
+        &self,
+        mut c: Box<crate::http::h1client::Conn>,
+        epoch: u64,
+        idle: Option<Duration>,
+    ) {
+        // Also leaves the connection watched while it idles (`sweep_own`).
+        if epoch != self.epoch() || !c.idle_usable() {
             return;
         }
         let mut slot = self.lock();
@@ -204,6 +210,18 @@ impl HostPool {
         }
         if slot.own.len() < MAX_IDLE_H1 {
             slot.own.push(c);
+        }
+    }
+
+    /// Closes the idle connections of the own client that are no longer usable: one of
+    /// them turned readable while idle (its upstream closed it).
+    pub fn sweep_own(&self) {
+        let Some(slots) = self.slots.get() else {
+            return;
+        };
+        for slot in slots.iter() {
+            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+            s.own.retain_mut(|c| c.idle_usable());
         }
     }
 

@@ -72,6 +72,9 @@ pub struct Conn {
     pub served: u32,
     /// Since when it has been idle in its pool.
     pub idle_since: std::time::Instant,
+    /// Registered with the reactor while the connection idles in its pool (`Watch`); made
+    /// at its first hand-back.
+    watch: Option<Waker>,
 }
 
 impl Conn {
@@ -83,16 +86,31 @@ impl Conn {
             wbuf: Vec::new(),
             served: 0,
             idle_since: std::time::Instant::now(),
+            watch: None,
         })
     }
 
     /// Whether an idle connection can take a request: nothing came while it was idle (no
     /// close, no stray bytes). No system call unless the reactor saw the socket readable.
+    /// A usable connection stays watched: its pool hears when it turns readable.
     pub fn idle_usable(&mut self) -> bool {
+        let watch = self.watch.take();
+        let usable = self.usable(watch.as_ref().unwrap_or(Waker::noop()));
+        self.watch = watch;
+        usable
+    }
+
+    /// The same for a connection taken out of its pool for a request: no longer watched
+    /// (the request's reads wake its own task).
+    pub fn usable_for_request(&mut self) -> bool {
+        self.usable(Waker::noop())
+    }
+
+    fn usable(&mut self, waker: &Waker) -> bool {
         if !self.buf.is_empty() || self.io.tls_holds_input() {
             return false;
         }
-        let mut cx = Context::from_waker(Waker::noop());
+        let mut cx = Context::from_waker(waker);
         if let Some(tcp) = self.io.tcp() {
             match tcp.poll_read_ready(&mut cx) {
                 Poll::Pending => return true,
@@ -139,6 +157,47 @@ pub struct ReturnTo {
     pub cluster: Arc<Cluster>,
     /// The pool's epoch when the connection was taken (or made): a drain since closes it.
     pub epoch: u64,
+}
+
+/// The waker an idle connection leaves with the reactor: when its socket turns readable
+/// (the upstream closed it, or sent bytes it should not have), its pool closes the idle
+/// connections that are no longer usable. So a connection an upstream closes while no
+/// traffic flows gives back its socket and its circuit-breaker slot at once, as hyper's
+/// connection task does, without a task per connection. Holds the pool weakly: a removed
+/// host's connections close with it.
+struct Watch {
+    host: std::sync::Weak<Host>,
+    sni_pool: Option<std::sync::Weak<HostPool>>,
+}
+
+impl Watch {
+    fn waker(to: &ReturnTo) -> Waker {
+        Waker::from(Arc::new(Watch {
+            host: Arc::downgrade(&to.host),
+            sni_pool: to.sni_pool.as_ref().map(Arc::downgrade),
+        }))
+    }
+}
+
+impl std::task::Wake for Watch {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        match &self.sni_pool {
+            Some(p) => {
+                if let Some(p) = p.upgrade() {
+                    p.sweep_own();
+                }
+            }
+            None => {
+                if let Some(h) = self.host.upgrade() {
+                    h.pool.sweep_own();
+                }
+            }
+        }
+    }
 }
 
 /// Writes a request without a body on `conn` and reads the response head. The response's
@@ -232,6 +291,9 @@ impl Incoming1 {
         let max = b.cluster.config.http.max_requests_per_connection;
         if self.reusable && c.buf.is_empty() && max.is_none_or(|m| c.served < m) {
             c.idle_since = std::time::Instant::now();
+            if c.watch.is_none() {
+                c.watch = Some(Watch::waker(&b));
+            }
             let pool: &HostPool = b.sni_pool.as_deref().unwrap_or(&b.host.pool);
             pool.put_own(c, b.epoch, b.cluster.config.http.idle_timeout);
         }
