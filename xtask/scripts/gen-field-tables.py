@@ -6,7 +6,7 @@ TLS = sys.argv[1:] == ['tls']
 if TLS:
     files = ['agent/src/config/tls.rs', 'agent/src/config/rbac.rs']
 elif HTTP:
-    files = [f'agent/src/config/http/{f}.rs' for f in ('hcm', 'filters', 'access_log', 'route', 'hash', 'retry', 'matchers', 'headers', 'upstream')]
+    files = [f'agent/src/config/http/{f}.rs' for f in ('hcm', 'filters', 'access_log', 'route', 'action', 'hash', 'retry', 'matchers', 'headers', 'upstream')]
 else:
     files = [f'agent/src/config/{f}.rs' if f != 'listener' else 'agent/src/config/listener/mod.rs' for f in ('bootstrap','extensions','overload','cluster','cluster_lb','cluster_health','endpoint','listener')]
 s=''.join(open(f).read() for f in files)

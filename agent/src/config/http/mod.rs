@@ -5,6 +5,7 @@
 //! (regexes included) is compiled here, once per config.
 
 pub mod access_log;
+mod action;
 pub mod filters;
 mod hash;
 mod hcm;

@@ -290,7 +290,7 @@ fn cluster_protocol_options_choose_the_upstream_protocol() {
 #[test]
 fn re2_substitutions_become_the_regex_crates() {
     assert_eq!(
-        super::route::re2_substitution(r"/v2/\1/\\x$"),
+        super::action::re2_substitution(r"/v2/\1/\\x$"),
         "/v2/${1}/\\x$$"
     );
 }
