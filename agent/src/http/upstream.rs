@@ -55,17 +55,30 @@ struct Pending {
 
 impl Pending {
     fn enter(cluster: &Cluster, priority: Priority) -> Result<Self, Failure> {
+        Self::enter_again(cluster, priority, None)
+    }
+
+    /// `before`: the request was pending already, and left with a connection that turned
+    /// out closed before its request was written; it is still one pending request, and
+    /// `overflowed` says whether it counted `upstream_cx_overflow` then.
+    fn enter_again(
+        cluster: &Cluster,
+        priority: Priority,
+        before: Option<bool>,
+    ) -> Result<Self, Failure> {
         let hs = cluster.http_stats();
         let Some(slot) = cluster.breakers.try_acquire(priority, Resource::Pending) else {
             hs.upstream_rq_pending_overflow.inc();
             return Err(Failure::Overflow);
         };
-        hs.upstream_rq_pending_total.inc();
+        if before.is_none() {
+            hs.upstream_rq_pending_total.inc();
+        }
         hs.upstream_rq_pending_active.inc();
         Ok(Self {
             _slot: slot,
             active: hs.upstream_rq_pending_active.clone(),
-            overflowed: false,
+            overflowed: before.unwrap_or(false),
         })
     }
 
@@ -218,6 +231,8 @@ impl ConnectionManager {
         };
         let (parts, _) = req.into_parts();
         let mut pending: Option<Pending> = None;
+        // Whether the request was pending before (and counted an overflow then).
+        let mut before: Option<bool> = None;
         loop {
             // Before connecting: a drain meanwhile closes the new connection at its end.
             let epoch = pool.epoch();
@@ -235,6 +250,9 @@ impl ConnectionManager {
                     pool.evict_h1();
                     false
                 };
+                if pending.is_none() && before.is_some() {
+                    pending = Some(Pending::enter_again(cluster, priority, before)?);
+                }
                 let slot = Pending::slot(&mut pending, cluster, host, priority, room).await?;
                 if let Some(slot) = slot {
                     // Boxed: off the common path (a pooled connection), so the request's future
@@ -251,7 +269,9 @@ impl ConnectionManager {
                     break (h1client::Conn::new(up.stream, Some(up.guard)), false);
                 }
             };
-            pending = None;
+            if let Some(p) = pending.take() {
+                before = Some(p.overflowed);
+            }
             match h1client::send(conn, &parts, Some(back(epoch))).await {
                 Ok(r) => return Ok((r, Sent::Own)),
                 // A pooled connection that had closed: the request goes on another.
