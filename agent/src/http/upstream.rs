@@ -32,16 +32,10 @@ impl Drop for Stream {
     }
 }
 
-/// Whether a request goes through Plumb's own HTTP/1.1 client: it has no body (nothing to
-/// stream while the response may already come), and is not an upgrade (hyper hands the
-/// connection over after a 101).
+/// Whether a request goes through Plumb's own HTTP/1.1 client: every request but an
+/// upgrade (hyper hands the connection over after a 101) or a CONNECT.
 fn own_client(req: &Request<Body>) -> bool {
-    use http_body::Body as _;
-    let h = req.headers();
-    req.body().is_end_stream()
-        && !h.contains_key(http::header::UPGRADE)
-        && h.get(http::header::CONTENT_LENGTH)
-            .is_none_or(|v| v.as_bytes() == b"0")
+    !req.headers().contains_key(http::header::UPGRADE) && req.method() != http::Method::CONNECT
 }
 
 /// A request waiting for a connection (Envoy's pending request): it holds the circuit
@@ -229,7 +223,9 @@ impl ConnectionManager {
             cluster: cluster.clone(),
             epoch,
         };
-        let (parts, _) = req.into_parts();
+        use http_body::Body as _;
+        let (parts, body) = req.into_parts();
+        let mut upload = (!body.is_end_stream()).then(|| h1client::Upload::new(body));
         let mut pending: Option<Pending> = None;
         // Whether the request was pending before (and counted an overflow then).
         let mut before: Option<bool> = None;
@@ -272,7 +268,7 @@ impl ConnectionManager {
             if let Some(p) = pending.take() {
                 before = Some(p.overflowed);
             }
-            match h1client::send(conn, &parts, Some(back(epoch))).await {
+            match h1client::send(conn, &parts, &mut upload, Some(back(epoch))).await {
                 Ok(r) => return Ok((r, Sent::Own)),
                 // A pooled connection that had closed: the request goes on another.
                 Err(h1client::Error::NotSent(_)) if reused => continue,

@@ -1,10 +1,15 @@
-//! Plumb's own HTTP/1.1 client for pooled upstream connections, for requests without a body
-//! (most requests: GET, HEAD, DELETE...). hyper's client runs each connection in a task of
-//! its own and hands every request over through a channel and every response back through
-//! another; here the request's own task writes the request head and reads the response on
-//! the connection it holds, and the response body gives the connection back to its pool as
-//! soon as it has been read to its end. Requests with a body, and upgrades, still go through
-//! hyper's client (`upstream.rs`).
+//! Plumb's own HTTP/1.1 client for pooled upstream connections, for every request but
+//! upgrades. hyper's client runs each connection in a task of its own and hands every
+//! request over through a channel and every response back through another; here the
+//! request's own task writes the request head (with what its body has at once) and reads
+//! the response on the connection it holds, sending the rest of the body meanwhile; the
+//! response body gives the connection back to its pool as soon as it has been read to its
+//! end. Upgrades (and HTTP/2) still go through hyper's client (`upstream.rs`).
+//!
+//! Request bodies are framed by the request's `content-length` (never more bytes than it
+//! says), else by the body's exact size, else chunked (with trailers). An answer that comes
+//! before the body is sent whole is passed on, and the body goes on with the response's;
+//! if the response ends first, or the upstream stopped reading, the connection closes.
 //!
 //! Responses are read as RFC 9112 says: a head of at most 60 KiB and 100 headers (Envoy's
 //! `max_response_headers_kb` default), interim 1xx responses skipped, the body framed by
@@ -16,8 +21,11 @@
 mod codec;
 #[cfg(test)]
 mod tests;
+mod upload;
 
 pub use codec::{decode_chunked, parse_head, Chunked, Framing, Head, Step, MAX_HEAD};
+pub use upload::Upload;
+use upload::{UploadError, WITH_HEAD};
 
 use super::body::Body;
 use crate::transport::Stream;
@@ -45,6 +53,9 @@ pub enum Error {
     Closed,
     /// The response is not valid HTTP/1.1.
     Protocol(&'static str),
+    /// The request body failed (the downstream went away, or its own timeout) before the
+    /// response's head came.
+    Body(String),
 }
 
 impl std::fmt::Display for Error {
@@ -53,6 +64,7 @@ impl std::fmt::Display for Error {
             Error::Io(e) | Error::NotSent(e) => write!(f, "{e}"),
             Error::Closed => f.write_str("connection closed before the end of the response"),
             Error::Protocol(why) => write!(f, "protocol error: {why}"),
+            Error::Body(why) => write!(f, "request body: {why}"),
         }
     }
 }
@@ -200,13 +212,17 @@ impl std::task::Wake for Watch {
     }
 }
 
-/// Writes a request without a body on `conn` and reads the response head. The response's
-/// body reads on from the connection and gives it back (`back`; none: closes it) at its end.
+/// Writes a request on `conn` (its head, then its body, `upload`, if it has one) and reads
+/// the response head; a body still being sent then goes on with the response's. The
+/// response's body reads on from the connection and gives it back (`back`; none: closes it)
+/// at its end.
 pub async fn send(
     mut conn: Box<Conn>,
     parts: &http::request::Parts,
+    upload: &mut Option<Upload>,
     back: Option<ReturnTo>,
 ) -> Result<Response<Body>, Error> {
+    use http_body::Body as _;
     let Conn { io, buf, wbuf, .. } = &mut *conn;
     wbuf.clear();
     wbuf.extend_from_slice(parts.method.as_str().as_bytes());
@@ -220,28 +236,115 @@ pub async fn send(
         wbuf.extend_from_slice(v.as_bytes());
         wbuf.extend_from_slice(b"\r\n");
     }
+    if let Some(up) = upload.as_mut() {
+        let added = *up.added.get_or_insert_with(|| {
+            if parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+                None
+            } else {
+                Some(up.body.size_hint().exact().unwrap_or(u64::MAX))
+            }
+        });
+        // Framed by the request's content-length; else by the body's exact size; else
+        // chunked.
+        up.chunked = added == Some(u64::MAX);
+        if !up.read_first {
+            up.remaining = match added {
+                Some(u64::MAX) => None,
+                Some(n) => Some(n),
+                None => parts
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.trim().parse().ok()),
+            };
+            if up.remaining == Some(0) {
+                up.ended = true;
+            }
+        }
+        match added {
+            Some(u64::MAX) => wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            Some(n) => wbuf.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+            None => {}
+        }
+        if !up.read_first {
+            // What the body has at once goes in the head's write.
+            up.read_first = true;
+            let first = std::future::poll_fn(|cx| match Pin::new(&mut up.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Ok(Some(Some(f)))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Err(Error::Body(e.to_string()))),
+                Poll::Ready(None) => Poll::Ready(Ok(None)),
+                Poll::Pending => Poll::Ready(Ok(Some(None))),
+            })
+            .await?;
+            match first {
+                Some(Some(f)) => up.encode(f),
+                Some(None) => {}
+                None => up.end(),
+            }
+            if !up.ended && up.body.is_end_stream() {
+                up.end();
+            }
+        }
+    }
     wbuf.extend_from_slice(b"\r\n");
-    io.write_all(wbuf).await.map_err(Error::NotSent)?;
+    let mut up = None;
+    if let Some(u) = upload.as_mut() {
+        let with_head = u.queue.iter().map(Bytes::len).sum::<usize>() <= WITH_HEAD;
+        if with_head {
+            for b in &u.queue {
+                wbuf.extend_from_slice(b);
+            }
+        }
+        io.write_all(wbuf).await.map_err(Error::NotSent)?;
+        // From here on, the body belongs to this exchange.
+        let mut u = upload.take().expect("checked");
+        if with_head {
+            u.queue.clear();
+        }
+        up = Some(u);
+    } else {
+        io.write_all(wbuf).await.map_err(Error::NotSent)?;
+    }
     io.flush().await.map_err(Error::NotSent)?;
-    let head = loop {
-        if let Some((n, head)) = parse_head(buf, &parts.method)? {
+    // The head (and any body frame with it) is out: send the rest of the body while the
+    // response may already come (an early answer such as a 413 stops the upload).
+    let mut write_failed: Option<std::io::Error> = None;
+    let head = std::future::poll_fn(|cx| loop {
+        if let Some(u) = up.as_mut() {
+            match u.poll_send(io, cx) {
+                Poll::Ready(Ok(())) => up = None,
+                Poll::Ready(Err(UploadError::Body(e))) => return Poll::Ready(Err(Error::Body(e))),
+                Poll::Ready(Err(UploadError::Write(e))) => {
+                    // The upstream may have answered before it stopped reading.
+                    write_failed = Some(e);
+                    up = None;
+                }
+                Poll::Pending => {}
+            }
+        }
+        while let Some((n, head)) = parse_head(buf, &parts.method)? {
             buf.advance(n);
             if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(Error::Protocol("101 without an upgrade request"));
+                return Poll::Ready(Err(Error::Protocol("101 without an upgrade request")));
             }
             if head.status.is_informational() {
                 // 100 Continue, 102, 103 Early Hints: the final response follows.
                 continue;
             }
-            break head;
+            return Poll::Ready(Ok(head));
         }
-        let n = std::future::poll_fn(|cx| poll_fill(io, buf, cx))
-            .await
-            .map_err(Error::Io)?;
-        if n == 0 {
-            return Err(Error::Closed);
+        match poll_fill(io, buf, cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(n)) if n > 0 => {}
+            // No answer: the write's failure says more than the close after it.
+            Poll::Ready(r) => {
+                return Poll::Ready(Err(match (write_failed.take(), r) {
+                    (Some(e), _) | (None, Err(e)) => Error::Io(e),
+                    (None, Ok(_)) => Error::Closed,
+                }))
+            }
         }
-    };
+    })
+    .await?;
     conn.served += 1;
     let state = match head.framing {
         Framing::Empty => State::Done,
@@ -252,7 +355,8 @@ pub async fn send(
     let mut body = Incoming1 {
         conn: Some(conn),
         state,
-        reusable: head.reusable,
+        reusable: head.reusable && write_failed.is_none(),
+        upload: up.map(Box::new),
         back,
     };
     if body.state == State::Done {
@@ -278,6 +382,8 @@ pub struct Incoming1 {
     conn: Option<Box<Conn>>,
     state: State,
     reusable: bool,
+    /// The request body, while still being sent.
+    upload: Option<Box<Upload>>,
     back: Option<ReturnTo>,
 }
 
@@ -289,6 +395,14 @@ impl Incoming1 {
             return;
         };
         let max = b.cluster.config.http.max_requests_per_connection;
+        // A request body not sent whole leaves the upstream waiting for the rest (a last
+        // look first: the body's end may have come with the response's).
+        if let Some(mut up) = self.upload.take() {
+            let mut cx = Context::from_waker(Waker::noop());
+            if !matches!(up.poll_send(&mut c.io, &mut cx), Poll::Ready(Ok(()))) {
+                self.reusable = false;
+            }
+        }
         if self.reusable && c.buf.is_empty() && max.is_none_or(|m| c.served < m) {
             c.idle_since = std::time::Instant::now();
             if c.watch.is_none() {
@@ -321,6 +435,17 @@ impl Incoming1 {
             let Some(c) = self.conn.as_mut() else {
                 return Poll::Ready(None);
             };
+            if let Some(up) = self.upload.as_mut() {
+                match up.poll_send(&mut c.io, cx) {
+                    Poll::Ready(Ok(())) => self.upload = None,
+                    // The response goes on; the connection is not reused (`release`).
+                    Poll::Ready(Err(_)) => {
+                        self.upload = None;
+                        self.reusable = false;
+                    }
+                    Poll::Pending => {}
+                }
+            }
             match &mut self.state {
                 State::Done => {
                     self.release();
@@ -422,7 +547,8 @@ pub fn fuzz_response(data: &[u8]) {
             });
             let mut req = Request::new(Body::empty());
             *req.method_mut() = method;
-            if let Ok(r) = send(Conn::new(client.into(), None), &req.into_parts().0, None).await {
+            let parts = req.into_parts().0;
+            if let Ok(r) = send(Conn::new(client.into(), None), &parts, &mut None, None).await {
                 use http_body_util::BodyExt;
                 let _ = r.into_body().collect().await;
             }

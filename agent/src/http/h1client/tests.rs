@@ -54,9 +54,14 @@ async fn exchange(
     req.headers_mut()
         .insert(http::header::HOST, HeaderValue::from_static("a.example"));
     let result = async {
-        let r = send(Conn::new(client.into(), None), &req.into_parts().0, None)
-            .await
-            .map_err(|e| e.to_string())?;
+        let r = send(
+            Conn::new(client.into(), None),
+            &req.into_parts().0,
+            &mut None,
+            None,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let (parts, body) = r.into_parts();
         let collected = body.collect().await.map_err(|e| e.to_string())?;
         let trailers = collected.trailers().cloned();
@@ -85,7 +90,9 @@ async fn a_request_without_a_body_is_written_as_one_head() {
         .append("x-a", HeaderValue::from_static("2"));
     let parts = req.into_parts().0;
     let sent =
-        tokio::spawn(async move { send(Conn::new(client.into(), None), &parts, None).await });
+        tokio::spawn(
+            async move { send(Conn::new(client.into(), None), &parts, &mut None, None).await },
+        );
     let mut got = vec![0u8; 4096];
     let mut n = 0;
     while !got[..n].ends_with(b"\r\n\r\n") {
@@ -343,4 +350,109 @@ async fn an_idle_connection_is_usable_until_its_peer_closes_or_talks() {
         );
         tokio::task::yield_now().await;
     }
+}
+
+/// Drains what an upload has queued.
+fn queued(up: &mut Upload) -> Vec<u8> {
+    up.queue.drain(..).flat_map(|b| b.to_vec()).collect()
+}
+
+#[test]
+fn request_bodies_are_framed_by_length_or_chunks_with_trailers() {
+    let mut up = Upload::new(Body::empty());
+    up.chunked = true;
+    up.encode(Frame::data(Bytes::from_static(b"hello")));
+    // An empty data frame is not a chunk (it would end the body).
+    up.encode(Frame::data(Bytes::new()));
+    up.encode(Frame::data(Bytes::from(vec![b'x'; 26])));
+    let mut t = HeaderMap::new();
+    t.insert("x-t", HeaderValue::from_static("1"));
+    up.encode(Frame::trailers(t));
+    assert!(up.ended);
+    up.end();
+    let mut want = b"5\r\nhello\r\n1a\r\n".to_vec();
+    want.extend_from_slice(&[b'x'; 26]);
+    want.extend_from_slice(b"\r\n0\r\nx-t: 1\r\n\r\n");
+    assert_eq!(queued(&mut up), want);
+
+    let mut up = Upload::new(Body::empty());
+    up.encode(Frame::data(Bytes::from_static(b"abc")));
+    up.end();
+    assert_eq!(queued(&mut up), b"abc", "no chunk framing");
+
+    // A length: never more bytes than it says, and complete once they are out.
+    let mut up = Upload::new(Body::empty());
+    up.remaining = Some(4);
+    up.encode(Frame::data(Bytes::from_static(b"abc")));
+    assert!(!up.ended);
+    up.encode(Frame::data(Bytes::from_static(b"defg")));
+    assert!(up.ended);
+    assert_eq!(queued(&mut up), b"abcd");
+}
+
+#[tokio::test]
+async fn a_small_request_body_goes_in_the_heads_write() {
+    for given_length in [true, false] {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let mut req = Request::new(Body::empty());
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = "/u".parse().unwrap();
+        if given_length {
+            req.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        }
+        let parts = req.into_parts().0;
+        let sent = tokio::spawn(async move {
+            let mut up = Some(Upload::new(Body::full("hello")));
+            send(Conn::new(client.into(), None), &parts, &mut up, None).await
+        });
+        let mut got = vec![0u8; 4096];
+        let n = server.read(&mut got).await.unwrap();
+        // One read has it all: head and body came in one write.
+        assert_eq!(
+            &got[..n],
+            b"POST /u HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello",
+            "content-length given: {given_length}"
+        );
+        server
+            .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let r = sent.await.unwrap().unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+}
+
+/// A pooled connection found closed when the head is written gives the body back whole,
+/// with the frame read from it already, for another connection.
+#[tokio::test]
+async fn a_body_not_sent_is_given_back_whole() {
+    let (client, server) = tokio::io::duplex(64);
+    drop(server);
+    let mut req = Request::new(Body::empty());
+    *req.method_mut() = Method::POST;
+    let parts = req.into_parts().0;
+    let mut up = Some(Upload::new(Body::full("hello")));
+    let e = send(Conn::new(client.into(), None), &parts, &mut up, None)
+        .await
+        .expect_err("closed");
+    assert!(matches!(e, Error::NotSent(_)), "{e}");
+    let (client, mut server) = tokio::io::duplex(64 * 1024);
+    let sent =
+        tokio::spawn(
+            async move { send(Conn::new(client.into(), None), &parts, &mut up, None).await },
+        );
+    let mut got = Vec::new();
+    let mut b = [0u8; 1024];
+    while !got.ends_with(b"hello") {
+        let n = server.read(&mut b).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&b[..n]);
+    }
+    assert_eq!(got, b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello");
+    server
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(sent.await.unwrap().unwrap().status(), StatusCode::OK);
 }
