@@ -1310,18 +1310,21 @@ async fn request_bodies_without_a_length_go_upstream_chunked_with_trailers() {
     assert_eq!(seen["trailers"], json!(["x-t=1"]), "{seen}");
 }
 
-/// An upstream that answers before it has read the request's body (a 413, then its close)
-/// gets its answer to the client: the rest of the body is not sent, and the connection is
-/// not reused.
+/// An upstream that answers before it has read the request's body (a 413, keeping the
+/// connection open) gets its answer to the client at once; the rest of the body is not
+/// sent, and the connection, out of step, is not reused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_answer_stops_the_upload() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = l.accept().await else {
                 return;
             };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 let mut b = [0u8; 2048];
@@ -1332,31 +1335,80 @@ async fn an_early_answer_stops_the_upload() {
                     }
                 }
                 let _ = s
-                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!")
+                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!")
                     .await;
-                let _ = s.shutdown().await;
-                // Reads nothing more: the proxy must not wait for the body to go out.
-                tokio::time::sleep(Duration::from_secs(30)).await;
+                // Keeps the connection, reading nothing more, until the proxy closes it.
+                let _ = s.readable().await;
+                let mut rest = [0u8; 1];
+                while matches!(s.try_read(&mut rest), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                {
+                    let _ = s.readable().await;
+                }
             });
         }
     });
     let (agent, addr) =
         agent_for(json!([route("/", "up")]), vec![static_cluster("up", &[up])]).await;
-    let mut c = H1::connect(addr).await;
-    let big = vec![b'b'; 8 << 20];
-    let send = c.send(request("POST", "x", "/", &[], &big));
-    // The client's own upload may stop too once the answer came; only the answer matters.
-    let r = tokio::time::timeout(Duration::from_secs(10), send)
-        .await
-        .expect("the early answer came through");
-    if let Ok(r) = r {
-        assert_eq!((r.status, r.body.as_ref()), (413, b"big!".as_slice()));
-    }
-    agent
-        .wait_stat("cluster.up.upstream_rq_413", |v| v == 1)
-        .await;
+    let answer_to = |len: usize| async move {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        // The client sends its body as long as it is taken; the answer comes meanwhile.
+        let upload = tokio::spawn(async move {
+            let head = format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {len}\r\n\r\n");
+            let _ = wr.write_all(head.as_bytes()).await;
+            let _ = wr.write_all(&vec![b'b'; len]).await;
+            wr
+        });
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        while !got.ends_with(b"big!") {
+            let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut b))
+                .await
+                .expect("the early answer came through")
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&b[..n]);
+        }
+        upload.abort();
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let first = answer_to(32 << 20).await;
+    assert!(first.starts_with("HTTP/1.1 413"), "{first}");
+    // The first connection is not reused: the upstream still waits for that body.
+    let second = answer_to(10).await;
+    assert!(second.starts_with("HTTP/1.1 413"), "{second}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(agent.stat("cluster.up.upstream_rq_413"), 2);
     assert_eq!(agent.stat("cluster.up.upstream_rq_503"), 0);
     agent
-        .wait_stat("cluster.up.upstream_cx_active", |v| v == 0)
+        .wait_stat("cluster.up.upstream_cx_destroy", |v| v >= 1)
         .await;
+}
+
+/// A client that goes away in the middle of its request body fails that request as the
+/// client's doing: answered 400 with flag DC, not counted as the upstream's failure (no
+/// 503, no reset, nothing for outlier detection) and not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_body_is_not_the_upstreams_failure() {
+    let up = http_upstream::start("up").await;
+    let mut r = route("/", "up");
+    r["route"]["retry_policy"] = json!({"retry_on": "5xx,reset", "num_retries": 3});
+    let (agent, addr) = agent_for(json!([r]), vec![static_cluster("up", &[up.addr])]).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    // Wait until the request is on its way upstream, then leave.
+    agent
+        .wait_stat("cluster.up.upstream_cx_active", |v| v == 1)
+        .await;
+    assert_eq!(agent.stat("cluster.up.upstream_rq_total"), 1);
+    drop(s);
+    agent
+        .wait_stat("http.in.downstream_rq_4xx", |v| v == 1)
+        .await;
+    assert_eq!(agent.stat("cluster.up.upstream_rq_503"), 0);
+    assert_eq!(agent.stat("cluster.up.upstream_rq_rx_reset"), 0);
+    assert_eq!(agent.stat("cluster.up.upstream_rq_retry"), 0);
+    assert!(up.requests() <= 1, "not retried");
 }

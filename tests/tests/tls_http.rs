@@ -282,12 +282,33 @@ async fn two_agents_speak_mtls_carrying_http1_http2_and_grpc() {
     // HTTP/1.1 between the nodes (ALPN http/1.1).
     let r = http_client::get(a_addr, "svc", "/h1/over-h1", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
+    // Request bodies over mTLS on pooled HTTP/1.1 connections: large ones (more than the
+    // TLS session buffers; the upload must flush them out) and small ones, on one
+    // connection.
+    let mut h1 = http_client::H1::connect(a_addr).await;
+    let big = vec![b'u'; 8 << 20];
+    for (i, body) in [&big[..], b"small", &big[..]].into_iter().enumerate() {
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            h1.send(http_client::request("POST", "svc", "/h1/upload", &[], body)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("upload {i} hung"))
+        .unwrap();
+        assert_eq!(r.status, 200, "upload {i}");
+        assert_eq!(
+            up.seen().last().unwrap()["body_len"],
+            body.len(),
+            "upload {i}"
+        );
+    }
+
     // gRPC (h2c to node A, h2 over mTLS between the nodes, h2c to the service).
     let mut c = grpc::Client::connect(a_addr).await.unwrap();
     assert_eq!(c.unary("mesh", None).await.unwrap(), "echo:mesh");
     assert_eq!(c.server_stream(3).await.unwrap(), vec!["0", "1", "2"]);
 
-    assert_eq!(up.requests(), 2);
+    assert_eq!(up.requests(), 5);
     assert!(node_b.stat("http.b-in.downstream_rq_http2_total") >= 2);
     assert!(node_b.stat("http.b-in.downstream_rq_http1_total") >= 1);
     assert!(node_a.stat("cluster.to-b.ssl.handshake") >= 1);

@@ -42,6 +42,12 @@ pub enum Flag {
     UpstreamOverflow,
     /// Denied by an RBAC policy (RBAC).
     Rbac,
+    /// The request body failed: the client went away or sent less than it said (DC).
+    DownstreamConnectionTermination,
+    /// The request body idled past `stream_idle_timeout` (SI).
+    StreamIdleTimeout,
+    /// The request passed `max_stream_duration` (DT).
+    DurationTimeout,
 }
 
 impl Flag {
@@ -65,6 +71,9 @@ impl Flag {
             Flag::HealthCheck => "health_check",
             Flag::UpstreamOverflow => "upstream_reset_before_response_started{overflow}",
             Flag::Rbac => "rbac_access_denied_matched_policy[none]",
+            Flag::DownstreamConnectionTermination => "downstream_remote_disconnect",
+            Flag::StreamIdleTimeout => "stream_idle_timeout",
+            Flag::DurationTimeout => "max_duration_timeout",
         }
     }
 
@@ -83,6 +92,9 @@ impl Flag {
             Flag::HealthCheck => "-",
             Flag::UpstreamOverflow => "UO",
             Flag::Rbac => "RBAC",
+            Flag::DownstreamConnectionTermination => "DC",
+            Flag::StreamIdleTimeout => "SI",
+            Flag::DurationTimeout => "DT",
         }
     }
 }
@@ -328,6 +340,9 @@ pub(super) enum Failure {
     PerTryTimeout,
     /// A circuit breaker's limit (max_requests, max_pending_requests).
     Overflow,
+    /// The request's body failed on its way upstream: the downstream's doing (not
+    /// retried, not held against the host).
+    Downstream(super::h1client::BodyFailure),
 }
 
 impl ConnectionManager {
@@ -395,7 +410,18 @@ impl ConnectionManager {
             Failure::Connect(why) | Failure::Reset(why) => Some(why.clone()),
             _ => None,
         };
+        // The request body's failure is the downstream's: not counted as the cluster's.
+        let downstream = matches!(f, Failure::Downstream(_));
         let (status, text, flag, grpc_status) = match f {
+            Failure::Downstream(why) => {
+                use super::h1client::BodyFailure as B;
+                let (status, flag) = match why {
+                    B::IdleTimeout => (StatusCode::REQUEST_TIMEOUT, Flag::StreamIdleTimeout),
+                    B::MaxDuration => (StatusCode::REQUEST_TIMEOUT, Flag::DurationTimeout),
+                    B::Failed(_) => (StatusCode::BAD_REQUEST, Flag::DownstreamConnectionTermination),
+                };
+                (status, format!("request body: {why}"), flag, None)
+            }
             Failure::NoHealthy => (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream".to_string(), Flag::NoHealthyUpstream, None),
             Failure::Connect(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -434,7 +460,9 @@ impl ConnectionManager {
             l.details = flag.details();
             l.failure_reason = reason;
         }
-        hs.record_status(status.as_u16());
+        if !downstream {
+            hs.record_status(status.as_u16());
+        }
         tracing::debug!(target: "http", peer = %ex.conn.peer, cluster = cluster.name(), status = status.as_u16(), flag = flag.short(), "{text}");
         let r = local_reply(status, &text, grpc, grpc_status);
         self.finish(r, ex, None)

@@ -619,10 +619,12 @@ impl ConnectionManager {
                 (Some(p), Err(f)) => retry::retriable_failure(p, f),
                 (None, _) => false,
             };
-            // A breaker's refusal says nothing about the host; a connect failure was
-            // reported by the connect itself.
+            // A breaker's refusal or the request body's failure says nothing about the
+            // host; a connect failure was reported by the connect itself.
             let outcome = match &result {
-                Ok(_) | Err(Failure::Overflow | Failure::Connect(_)) => None,
+                Ok(_) | Err(Failure::Overflow | Failure::Connect(_) | Failure::Downstream(_)) => {
+                    None
+                }
                 Err(Failure::Timeout | Failure::PerTryTimeout) => Some(Outcome::Timeout),
                 Err(_) => Some(Outcome::Reset),
             };

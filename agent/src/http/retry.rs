@@ -173,7 +173,7 @@ pub fn retriable_failure(p: &RetryPolicy, f: &Failure) -> bool {
             on & (broad | retry_on::CONNECT_FAILURE | retry_on::RESET_BEFORE_REQUEST) != 0
         }
         Failure::Reset(_) | Failure::PerTryTimeout => on & broad != 0,
-        Failure::NoHealthy | Failure::Timeout | Failure::Overflow => false,
+        Failure::NoHealthy | Failure::Timeout | Failure::Overflow | Failure::Downstream(_) => false,
     }
 }
 
@@ -235,6 +235,9 @@ mod tests {
         assert!(retriable_failure(&p, &Failure::Connect("x".into())));
         assert!(retriable_failure(&p, &Failure::PerTryTimeout));
         assert!(!retriable_failure(&p, &Failure::Timeout));
+        // The request body's failure is the client's: never retried.
+        let gone = super::super::h1client::BodyFailure::Failed("client gone".into());
+        assert!(!retriable_failure(&p, &Failure::Downstream(gone)));
         let g = policy("gateway-error");
         assert!(
             retriable_response(&g, &resp(503, &[])) && !retriable_response(&g, &resp(500, &[]))

@@ -272,6 +272,7 @@ impl ConnectionManager {
                 Ok(r) => return Ok((r, Sent::Own)),
                 // A pooled connection that had closed: the request goes on another.
                 Err(h1client::Error::NotSent(_)) if reused => continue,
+                Err(h1client::Error::Body(why)) => return Err(Failure::Downstream(why)),
                 Err(e) => return Err(Failure::Reset(e.to_string())),
             }
         }

@@ -188,14 +188,8 @@ impl HostPool {
     /// Each hand-back also looks at one other idle connection, in turn, and closes it if
     /// its peer closed it (or sent bytes) or it idled past `idle`: so connections an
     /// upstream closed do not keep their circuit-breaker slots while traffic flows.
-    pub fn put_own(
-        &self,
-        mut c: Box<crate::http::h1client::Conn>,
-        epoch: u64,
-        idle: Option<Duration>,
-    ) {
-        // Also leaves the connection watched while it idles (`sweep_own`).
-        if epoch != self.epoch() || !c.idle_usable() {
+    pub fn put_own(&self, c: Box<crate::http::h1client::Conn>, epoch: u64, idle: Option<Duration>) {
+        if epoch != self.epoch() {
             return;
         }
         let mut slot = self.lock();
@@ -210,11 +204,19 @@ impl HostPool {
         }
         if slot.own.len() < MAX_IDLE_H1 {
             slot.own.push(c);
+            // Watched from now on (`sweep_own`): in the pool before its waker is left with
+            // the reactor, so a close right after is swept, not missed.
+            if !slot.own.last_mut().is_some_and(|c| c.idle_usable()) {
+                slot.own.pop();
+            }
         }
     }
 
     /// Closes the idle connections of the own client that are no longer usable: one of
-    /// them turned readable while idle (its upstream closed it).
+    /// them turned readable while idle (its upstream closed it). Called from a connection's
+    /// waker, which the reactor runs outside any slot's lock: registering a waker
+    /// (`idle_usable`, under a slot's lock) never runs one, as tokio defers wake-ups from
+    /// inside a poll and a TLS session with buffered input is not polled.
     pub fn sweep_own(&self) {
         let Some(slots) = self.slots.get() else {
             return;

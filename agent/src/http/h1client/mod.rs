@@ -24,7 +24,7 @@ mod tests;
 mod upload;
 
 pub use codec::{decode_chunked, parse_head, Chunked, Framing, Head, Step, MAX_HEAD};
-pub use upload::Upload;
+pub use upload::{BodyFailure, Upload};
 use upload::{UploadError, WITH_HEAD};
 
 use super::body::Body;
@@ -55,7 +55,7 @@ pub enum Error {
     Protocol(&'static str),
     /// The request body failed (the downstream went away, or its own timeout) before the
     /// response's head came.
-    Body(String),
+    Body(BodyFailure),
 }
 
 impl std::fmt::Display for Error {
@@ -212,18 +212,15 @@ impl std::task::Wake for Watch {
     }
 }
 
-/// Writes a request on `conn` (its head, then its body, `upload`, if it has one) and reads
-/// the response head; a body still being sent then goes on with the response's. The
-/// response's body reads on from the connection and gives it back (`back`; none: closes it)
-/// at its end.
-pub async fn send(
-    mut conn: Box<Conn>,
+/// Writes the request head into `wbuf`, with the framing its body needs: the request's
+/// `content-length`, else the body's exact size, else chunked (decided once, so a retry on
+/// another connection frames it the same).
+fn write_head(
+    wbuf: &mut Vec<u8>,
     parts: &http::request::Parts,
-    upload: &mut Option<Upload>,
-    back: Option<ReturnTo>,
-) -> Result<Response<Body>, Error> {
+    upload: Option<&mut Upload>,
+) -> Result<(), Error> {
     use http_body::Body as _;
-    let Conn { io, buf, wbuf, .. } = &mut *conn;
     wbuf.clear();
     wbuf.extend_from_slice(parts.method.as_str().as_bytes());
     wbuf.push(b' ');
@@ -236,75 +233,101 @@ pub async fn send(
         wbuf.extend_from_slice(v.as_bytes());
         wbuf.extend_from_slice(b"\r\n");
     }
-    if let Some(up) = upload.as_mut() {
-        let added = *up.added.get_or_insert_with(|| {
-            if parts.headers.contains_key(http::header::CONTENT_LENGTH) {
-                None
-            } else {
-                Some(up.body.size_hint().exact().unwrap_or(u64::MAX))
-            }
-        });
-        // Framed by the request's content-length; else by the body's exact size; else
-        // chunked.
-        up.chunked = added == Some(u64::MAX);
-        if !up.read_first {
-            up.remaining = match added {
-                Some(u64::MAX) => None,
-                Some(n) => Some(n),
-                None => parts
-                    .headers
-                    .get(http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.trim().parse().ok()),
-            };
-            if up.remaining == Some(0) {
-                up.ended = true;
-            }
+    let length = || {
+        parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()))
+    };
+    let Some(up) = upload else {
+        // No body: a length other than 0 would leave the upstream waiting for one.
+        if length().is_some_and(|n| n != Some(0)) {
+            return Err(Error::Body(BodyFailure::Failed(
+                "a content-length without a body".into(),
+            )));
         }
-        match added {
-            Some(u64::MAX) => wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-            Some(n) => wbuf.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
-            None => {}
-        }
-        if !up.read_first {
-            // What the body has at once goes in the head's write.
-            up.read_first = true;
-            let first = std::future::poll_fn(|cx| match Pin::new(&mut up.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(f))) => Poll::Ready(Ok(Some(Some(f)))),
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Err(Error::Body(e.to_string()))),
-                Poll::Ready(None) => Poll::Ready(Ok(None)),
-                Poll::Pending => Poll::Ready(Ok(Some(None))),
-            })
-            .await?;
-            match first {
-                Some(Some(f)) => up.encode(f),
-                Some(None) => {}
-                None => up.end(),
-            }
-            if !up.ended && up.body.is_end_stream() {
-                up.end();
-            }
+        wbuf.extend_from_slice(b"\r\n");
+        return Ok(());
+    };
+    let added = *up.added.get_or_insert_with(|| match length() {
+        Some(_) => None,
+        None => Some(up.body.size_hint().exact().unwrap_or(u64::MAX)),
+    });
+    up.chunked = added == Some(u64::MAX);
+    if !up.read_first {
+        up.remaining = match added {
+            Some(u64::MAX) => None,
+            Some(n) => Some(n),
+            None => length().flatten(),
+        };
+        if up.remaining == Some(0) {
+            up.ended = true;
         }
     }
+    match added {
+        Some(u64::MAX) => wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Some(n) => wbuf.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        None => {}
+    }
     wbuf.extend_from_slice(b"\r\n");
-    let mut up = None;
-    if let Some(u) = upload.as_mut() {
-        let with_head = u.queue.iter().map(Bytes::len).sum::<usize>() <= WITH_HEAD;
-        if with_head {
-            for b in &u.queue {
-                wbuf.extend_from_slice(b);
-            }
+    Ok(())
+}
+
+/// Adds what is queued of the body to the head's bytes when it is small (one write for a
+/// small request): whether it did.
+fn body_with_head(wbuf: &mut Vec<u8>, upload: Option<&Upload>) -> bool {
+    let Some(u) = upload else { return false };
+    let with_head = u.queue.iter().map(Bytes::len).sum::<usize>() <= WITH_HEAD;
+    if with_head {
+        for b in &u.queue {
+            wbuf.extend_from_slice(b);
         }
-        io.write_all(wbuf).await.map_err(Error::NotSent)?;
-        // From here on, the body belongs to this exchange.
-        let mut u = upload.take().expect("checked");
+    }
+    with_head
+}
+
+/// Writes a request on `conn` (its head, then its body, `upload`, if it has one) and reads
+/// the response head; a body still being sent then goes on with the response's. The
+/// response's body reads on from the connection and gives it back (`back`; none: closes it)
+/// at its end.
+pub async fn send(
+    mut conn: Box<Conn>,
+    parts: &http::request::Parts,
+    upload: &mut Option<Upload>,
+    back: Option<ReturnTo>,
+) -> Result<Response<Body>, Error> {
+    use http_body::Body as _;
+    let Conn { io, buf, wbuf, .. } = &mut *conn;
+    write_head(wbuf, parts, upload.as_mut())?;
+    if let Some(up) = upload.as_mut().filter(|u| !u.read_first) {
+        // What the body has at once goes in the head's write.
+        up.read_first = true;
+        let first = std::future::poll_fn(|cx| match Pin::new(&mut up.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => Poll::Ready(Ok(Some(Some(f)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Err(Error::Body(BodyFailure::from(&e)))),
+            Poll::Ready(None) => Poll::Ready(Ok(None)),
+            Poll::Pending => Poll::Ready(Ok(Some(None))),
+        })
+        .await?;
+        match first {
+            Some(Some(f)) => up.encode(f),
+            Some(None) => {}
+            None => up.end().map_err(Error::Body)?,
+        }
+        if !up.ended && up.body.is_end_stream() {
+            up.end().map_err(Error::Body)?;
+        }
+    }
+    let with_head = body_with_head(wbuf, upload.as_ref());
+    io.write_all(wbuf).await.map_err(Error::NotSent)?;
+    io.flush().await.map_err(Error::NotSent)?;
+    // From here on, the body belongs to this exchange.
+    let mut up = upload.take().map(|mut u| {
         if with_head {
             u.queue.clear();
         }
-        up = Some(u);
-    } else {
-        io.write_all(wbuf).await.map_err(Error::NotSent)?;
-    }
-    io.flush().await.map_err(Error::NotSent)?;
+        u
+    });
     // The head (and any body frame with it) is out: send the rest of the body while the
     // response may already come (an early answer such as a 413 stops the upload).
     let mut write_failed: Option<std::io::Error> = None;

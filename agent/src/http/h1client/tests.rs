@@ -369,7 +369,7 @@ fn request_bodies_are_framed_by_length_or_chunks_with_trailers() {
     t.insert("x-t", HeaderValue::from_static("1"));
     up.encode(Frame::trailers(t));
     assert!(up.ended);
-    up.end();
+    up.end().unwrap();
     let mut want = b"5\r\nhello\r\n1a\r\n".to_vec();
     want.extend_from_slice(&[b'x'; 26]);
     want.extend_from_slice(b"\r\n0\r\nx-t: 1\r\n\r\n");
@@ -377,7 +377,7 @@ fn request_bodies_are_framed_by_length_or_chunks_with_trailers() {
 
     let mut up = Upload::new(Body::empty());
     up.encode(Frame::data(Bytes::from_static(b"abc")));
-    up.end();
+    up.end().unwrap();
     assert_eq!(queued(&mut up), b"abc", "no chunk framing");
 
     // A length: never more bytes than it says, and complete once they are out.
@@ -391,7 +391,7 @@ fn request_bodies_are_framed_by_length_or_chunks_with_trailers() {
 }
 
 #[tokio::test]
-async fn a_small_request_body_goes_in_the_heads_write() {
+async fn a_request_body_is_sent_with_its_length() {
     for given_length in [true, false] {
         let (client, mut server) = tokio::io::duplex(64 * 1024);
         let mut req = Request::new(Body::empty());
@@ -406,14 +406,13 @@ async fn a_small_request_body_goes_in_the_heads_write() {
             let mut up = Some(Upload::new(Body::full("hello")));
             send(Conn::new(client.into(), None), &parts, &mut up, None).await
         });
+        let want = b"POST /u HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello";
         let mut got = vec![0u8; 4096];
-        let n = server.read(&mut got).await.unwrap();
-        // One read has it all: head and body came in one write.
-        assert_eq!(
-            &got[..n],
-            b"POST /u HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello",
-            "content-length given: {given_length}"
-        );
+        let mut n = 0;
+        while n < want.len() {
+            n += server.read(&mut got[n..]).await.unwrap();
+        }
+        assert_eq!(&got[..n], want, "content-length given: {given_length}");
         server
             .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
             .await
@@ -455,4 +454,54 @@ async fn a_body_not_sent_is_given_back_whole() {
         .await
         .unwrap();
     assert_eq!(sent.await.unwrap().unwrap().status(), StatusCode::OK);
+}
+
+/// A small body is queued with the head's bytes, so both go out in one write.
+#[test]
+fn a_small_request_body_is_in_the_heads_buffer() {
+    let mut req = Request::new(Body::empty());
+    *req.method_mut() = Method::PUT;
+    let parts = req.into_parts().0;
+    let mut up = Upload::new(Body::full("hello"));
+    let mut wbuf = Vec::new();
+    write_head(&mut wbuf, &parts, Some(&mut up)).unwrap();
+    up.read_first = true;
+    up.encode(Frame::data(Bytes::from_static(b"hello")));
+    assert!(body_with_head(&mut wbuf, Some(&up)));
+    assert_eq!(wbuf, b"PUT / HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello");
+    // A large one goes after it.
+    let mut up = Upload::new(Body::empty());
+    up.encode(Frame::data(Bytes::from(vec![b'x'; WITH_HEAD + 1])));
+    let mut wbuf = Vec::new();
+    assert!(!body_with_head(&mut wbuf, Some(&up)));
+    assert!(wbuf.is_empty());
+}
+
+/// A body that ends short of its content-length, or a length without a body, would leave
+/// the upstream waiting and the connection out of step: the request fails before anything
+/// is written.
+#[tokio::test]
+async fn a_body_short_of_its_length_is_refused() {
+    for (length, body) in [("5", Some("abc")), ("3", None)] {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut req = Request::new(Body::empty());
+        *req.method_mut() = Method::POST;
+        req.headers_mut().insert(
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from_static(length),
+        );
+        let parts = req.into_parts().0;
+        let mut up = body.map(|b| Upload::new(Body::full(b)));
+        let e = send(Conn::new(client.into(), None), &parts, &mut up, None)
+            .await
+            .expect_err("refused");
+        assert!(matches!(e, Error::Body(BodyFailure::Failed(_))), "{e}");
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert!(
+            got.is_empty(),
+            "nothing written: {}",
+            String::from_utf8_lossy(&got)
+        );
+    }
 }

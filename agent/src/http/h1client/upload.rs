@@ -2,6 +2,7 @@
 //! chunked, queued as encoded, and written while the response may already come.
 
 use super::Body;
+use crate::http::body::BodyError;
 use crate::transport::Stream;
 use bytes::{Buf, Bytes};
 use http_body::Frame;
@@ -87,11 +88,19 @@ impl Upload {
         }
     }
 
-    pub(super) fn end(&mut self) {
+    /// The body has ended: its last chunk is queued. A body shorter than its length would
+    /// leave the upstream waiting for the rest (and the connection out of step).
+    pub(super) fn end(&mut self) -> Result<(), BodyFailure> {
+        if let Some(left @ 1..) = self.remaining.filter(|_| !self.ended) {
+            return Err(BodyFailure::Failed(format!(
+                "the request body ended {left} bytes short of its content-length"
+            )));
+        }
         if !self.ended && self.chunked {
             self.queue.push_back(Bytes::from_static(b"0\r\n\r\n"));
         }
         self.ended = true;
+        Ok(())
     }
 
     /// Sends what the body has: `Ready(Ok)` once all of it is written and flushed.
@@ -120,17 +129,20 @@ impl Upload {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            if let Poll::Ready(Err(e)) = Pin::new(&mut *io).poll_flush(cx) {
-                return Poll::Ready(Err(UploadError::Write(e)));
+            // Written is not sent yet over TLS: the session may still hold the records.
+            match Pin::new(&mut *io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(UploadError::Write(e))),
+                Poll::Pending => return Poll::Pending,
             }
             if self.ended {
                 return Poll::Ready(Ok(()));
             }
             match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => self.encode(f),
-                Poll::Ready(None) => self.end(),
+                Poll::Ready(None) => self.end().map_err(UploadError::Body)?,
                 Poll::Ready(Some(Err(e))) => {
-                    return Poll::Ready(Err(UploadError::Body(e.to_string())))
+                    return Poll::Ready(Err(UploadError::Body(BodyFailure::from(&e))))
                 }
                 Poll::Pending => return Poll::Pending,
             }
@@ -141,5 +153,37 @@ impl Upload {
 pub(super) enum UploadError {
     /// The upstream stopped taking the body (it may still answer).
     Write(std::io::Error),
-    Body(String),
+    Body(BodyFailure),
+}
+
+/// Why a request body failed on its way upstream: the downstream's doing, not the
+/// upstream's (not retried, not held against the host).
+#[derive(Debug)]
+pub enum BodyFailure {
+    /// `stream_idle_timeout` (or the route's `idle_timeout`) passed without a frame.
+    IdleTimeout,
+    /// `max_stream_duration` passed.
+    MaxDuration,
+    /// The client went away, sent a bad body, or less than its `content-length` said.
+    Failed(String),
+}
+
+impl From<&BodyError> for BodyFailure {
+    fn from(e: &BodyError) -> Self {
+        match e {
+            BodyError::IdleTimeout => BodyFailure::IdleTimeout,
+            BodyError::MaxDuration => BodyFailure::MaxDuration,
+            e => BodyFailure::Failed(e.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for BodyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyFailure::IdleTimeout => f.write_str("stream idle timeout"),
+            BodyFailure::MaxDuration => f.write_str("max stream duration"),
+            BodyFailure::Failed(why) => f.write_str(why),
+        }
+    }
 }
