@@ -24,6 +24,20 @@ fn route(prefix: &str, cluster: &str) -> Value {
     json!({"match": {"prefix": prefix}, "route": {"cluster": cluster}})
 }
 
+/// A fake upstream's read of one request head (and whatever came with it); `None` if the
+/// connection closed first.
+async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut b = [0u8; 2048];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut b).await {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => got.extend_from_slice(&b[..k]),
+        }
+    }
+    Some(got)
+}
+
 async fn agent_for(routes: Value, clusters: Vec<Value>) -> (TestAgent, SocketAddr) {
     let agent = TestAgent::start(&bootstrap(
         vec![http_listener("in", any_host(routes))],
@@ -1151,14 +1165,9 @@ async fn pooled_connections_closed_by_the_upstream_are_not_reused() {
             n += 1;
             let closed_tx = closed_tx.clone();
             tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut b = [0u8; 2048];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut b).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => got.extend_from_slice(&b[..k]),
-                    }
-                }
+                let Some(got) = read_head(&mut s).await else {
+                    return;
+                };
                 let text = String::from_utf8_lossy(&got).into_owned();
                 let reply: &[u8] = if text.starts_with("GET /chunked") {
                     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 5\r\n\r\n"
@@ -1209,13 +1218,8 @@ async fn idle_connections_closed_by_the_upstream_are_closed_at_once() {
         let Ok((mut s, _)) = l.accept().await else {
             return;
         };
-        let mut got = Vec::new();
-        let mut b = [0u8; 2048];
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut b).await {
-                Ok(0) | Err(_) => return,
-                Ok(k) => got.extend_from_slice(&b[..k]),
-            }
+        if read_head(&mut s).await.is_none() {
+            return;
         }
         let _ = s
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
@@ -1326,13 +1330,8 @@ async fn an_early_answer_stops_the_upload() {
             };
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut b = [0u8; 2048];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut b).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => got.extend_from_slice(&b[..k]),
-                    }
+                if read_head(&mut s).await.is_none() {
+                    return;
                 }
                 let _ = s
                     .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!")
