@@ -39,6 +39,9 @@ pub struct Body {
     grpc_status: Option<u32>,
     /// Idle and overall bounds (a streamed response).
     timer: Option<Box<Timer>>,
+    /// Where this body's failure is told (a request body sent by hyper's client, which
+    /// reports it as its own reset).
+    failed: Option<Arc<std::sync::OnceLock<super::h1client::BodyFailure>>>,
 }
 
 enum Kind {
@@ -143,6 +146,7 @@ impl Replay {
             counter: None,
             grpc_status: None,
             timer: None,
+            failed: None,
         }
     }
 
@@ -226,6 +230,7 @@ impl Body {
             counter: None,
             grpc_status: None,
             timer: None,
+            failed: None,
         }
     }
 
@@ -242,6 +247,7 @@ impl Body {
             counter: None,
             grpc_status: None,
             timer: None,
+            failed: None,
         }
     }
 
@@ -254,6 +260,7 @@ impl Body {
             counter: None,
             grpc_status: None,
             timer: None,
+            failed: None,
         }
     }
 
@@ -265,6 +272,7 @@ impl Body {
             counter: None,
             grpc_status: None,
             timer: None,
+            failed: None,
         }
     }
 
@@ -280,6 +288,11 @@ impl Body {
     pub fn with_counter(mut self, c: Arc<std::sync::atomic::AtomicU64>) -> Self {
         self.counter = Some(c);
         self
+    }
+
+    /// Where this body's failure will be told, if it fails.
+    pub fn watch_failure(&mut self) -> Arc<std::sync::OnceLock<super::h1client::BodyFailure>> {
+        self.failed.get_or_insert_with(Default::default).clone()
     }
 
     /// Runs `hook` when this body ends (or is dropped).
@@ -445,7 +458,12 @@ impl HttpBody for Body {
                     this.finish(true);
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(f) = &this.failed {
+                    let _ = f.set(super::h1client::BodyFailure::from(e));
+                }
+                this.finish(false)
+            }
             Poll::Pending => {}
         }
         r

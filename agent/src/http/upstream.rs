@@ -177,7 +177,7 @@ impl ConnectionManager {
                     Ok(r) => return Ok((r.map(Body::incoming), Sent::H1(p))),
                     Err(mut e) => match e.take_message() {
                         Some(back) => req = back,
-                        None => return Err(Failure::Reset(e.into_error().to_string())),
+                        None => return Err(hyper_failure(e.into_error())),
                     },
                 }
             }
@@ -197,7 +197,7 @@ impl ConnectionManager {
                 };
                 return match p.tx.send_request(req).await {
                     Ok(r) => Ok((r.map(Body::incoming), Sent::H1(p))),
-                    Err(e) => Err(Failure::Reset(e.to_string())),
+                    Err(e) => Err(hyper_failure(e)),
                 };
             }
         }
@@ -416,10 +416,32 @@ impl ConnectionManager {
         {
             pool.retire_h2(&c);
         }
+        use http_body::Body as _;
+        let mut req = req;
+        // hyper resets the stream when the request body fails: this tells whose doing it was.
+        let failed = (!req.body().is_end_stream()).then(|| req.body_mut().watch_failure());
         let mut tx = c.tx.clone();
         match tx.send_request(req).await {
             Ok(r) => Ok((r, Sent::H2(stream))),
-            Err(e) => Err(Failure::Reset(e.to_string())),
+            Err(e) => match failed.as_ref().and_then(|f| f.get()) {
+                Some(why) => Err(Failure::Downstream(why.clone())),
+                None => Err(hyper_failure(e)),
+            },
         }
     }
+}
+
+/// What a failed hyper exchange was: the request body's failure (the client's doing: its
+/// body error comes back as hyper's source) or the upstream's reset.
+fn hyper_failure(e: hyper::Error) -> Failure {
+    use std::error::Error as _;
+    if e.is_user() {
+        if let Some(b) = e
+            .source()
+            .and_then(|s| s.downcast_ref::<super::body::BodyError>())
+        {
+            return Failure::Downstream(h1client::BodyFailure::from(b));
+        }
+    }
+    Failure::Reset(e.to_string())
 }

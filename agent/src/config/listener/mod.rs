@@ -498,9 +498,9 @@ mod chain_match;
 mod filters;
 
 pub(super) use chain_match::read_cidr;
+use chain_match::*;
 #[cfg(test)]
 pub(super) use chain_match::{CIDR_RANGE, FILTER_CHAIN_MATCH};
-use chain_match::*;
 use filters::*;
 
 #[cfg(test)]

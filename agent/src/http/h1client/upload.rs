@@ -158,7 +158,7 @@ pub(super) enum UploadError {
 
 /// Why a request body failed on its way upstream: the downstream's doing, not the
 /// upstream's (not retried, not held against the host).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum BodyFailure {
     /// `stream_idle_timeout` (or the route's `idle_timeout`) passed without a frame.
     IdleTimeout,
