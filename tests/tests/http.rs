@@ -1425,3 +1425,28 @@ async fn client_gone_mid_body(h2: bool) {
     assert_eq!(agent.stat("cluster.up.upstream_rq_retry"), 0, "h2: {h2}");
     assert!(up.requests() <= 1, "not retried (h2: {h2})");
 }
+
+/// The cluster's `idle_timeout` closes a pooled connection that idled that long even when no
+/// request comes (`upstream_cx_idle_timeout`), and the next request connects anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_close_after_the_idle_timeout() {
+    let up = http_upstream::start("up").await;
+    let mut cluster = static_cluster("up", &[up.addr]);
+    cluster["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "common_http_protocol_options": {"idle_timeout": "0.3s"},
+            "explicit_http_config": {"http_protocol_options": {}}}});
+    let (agent, addr) = agent_for(json!([route("/", "up")]), vec![cluster]).await;
+    for round in 1..=2 {
+        let r = http_client::get(addr, "x", "/", &[]).await;
+        assert_eq!(r.status, 200, "round {round}");
+        agent
+            .wait_stat("cluster.up.upstream_cx_idle_timeout", |v| v == round)
+            .await;
+        agent
+            .wait_stat("cluster.up.upstream_cx_active", |v| v == 0)
+            .await;
+        assert_eq!(up.connections(), round as usize);
+    }
+}

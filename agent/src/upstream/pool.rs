@@ -106,6 +106,19 @@ pub struct HostPool {
     slots: OnceLock<Box<[Mutex<Slot>]>>,
     /// Bumped by `drain`: a connection taken out before is not taken back.
     epoch: AtomicU64,
+    /// A task closes the own client's connections idle past `idle_timeout` (`arm_reaper`).
+    reaper: std::sync::atomic::AtomicBool,
+    /// Wakes that task before its time: the pool was drained or dropped (so a removed
+    /// host's task ends at once, not after a sleep of `idle_timeout`).
+    reaper_wake: OnceLock<Arc<tokio::sync::Notify>>,
+}
+
+impl Drop for HostPool {
+    fn drop(&mut self) {
+        if let Some(w) = self.reaper_wake.get() {
+            w.notify_one();
+        }
+    }
 }
 
 impl std::fmt::Debug for HostPool {
@@ -210,6 +223,85 @@ impl HostPool {
                 slot.own.pop();
             }
         }
+    }
+
+    /// Makes sure a task closes the own client's idle connections once they have idled
+    /// `idle` (Envoy's upstream `idle_timeout`), whether or not requests come: one task per
+    /// pool while it holds idle connections, asleep until the oldest one's time, ending when
+    /// none is left or the pool is gone. `what` gives the pool (weakly) and the counter of
+    /// connections closed so (`upstream_cx_idle_timeout`); it runs only to start the task.
+    pub fn arm_reaper(
+        &self,
+        idle: Duration,
+        what: impl FnOnce() -> (crate::http::h1client::PoolRef, Arc<crate::stats::Counter>),
+    ) {
+        if self.reaper.load(Ordering::Relaxed) {
+            return;
+        }
+        // Outside a runtime (a body read to its end by a test's executor, say), no task.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.reaper.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (pool, closed) = what();
+        let wake = self.reaper_wake.get_or_init(Default::default).clone();
+        rt.spawn(async move {
+            loop {
+                let next = match pool.with(HostPool::oldest_own) {
+                    Some(Some(t)) => t + idle,
+                    Some(None) => {
+                        // Disarmed, then looked at again: a connection handed back in
+                        // between either is seen here or armed a new task.
+                        let rearmed = pool.with(|p| {
+                            p.reaper.store(false, Ordering::Release);
+                            p.oldest_own().is_some() && !p.reaper.swap(true, Ordering::AcqRel)
+                        });
+                        if rearmed == Some(true) {
+                            continue;
+                        }
+                        return;
+                    }
+                    None => return,
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next.into()) => {}
+                    _ = wake.notified() => {}
+                }
+                match pool.with(|p| p.expire_own(idle)) {
+                    Some(n) => closed.add(n as u64),
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// Since when the longest-idle connection of the own client has idled.
+    fn oldest_own(&self) -> Option<Instant> {
+        let slots = self.slots.get()?;
+        slots
+            .iter()
+            .filter_map(|s| {
+                let s = s.lock().unwrap_or_else(|p| p.into_inner());
+                s.own.iter().map(|c| c.idle_since).min()
+            })
+            .min()
+    }
+
+    /// Closes the own client's connections idle for `idle` or more: how many.
+    fn expire_own(&self, idle: Duration) -> usize {
+        let Some(slots) = self.slots.get() else {
+            return 0;
+        };
+        let mut closed = 0;
+        for slot in slots.iter() {
+            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let before = s.own.len();
+            s.own.retain(|c| c.idle_since.elapsed() < idle);
+            closed += before - s.own.len();
+        }
+        closed
     }
 
     /// Closes the idle connections of the own client that are no longer usable: one of
@@ -323,6 +415,9 @@ impl HostPool {
     /// `close_connections_on_host_health_failure`.
     pub fn drain(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(w) = self.reaper_wake.get() {
+            w.notify_one();
+        }
         let Some(slots) = self.slots.get() else {
             return;
         };
@@ -457,5 +552,57 @@ mod tests {
         assert!(!pool.evict_own(None));
         assert!(!pool.evict_h1());
         set_worker_index(0);
+    }
+
+    /// The task closing connections past `idle_timeout` closes them while no request
+    /// comes, and ends with its pool (a removed host's), not after its long sleep.
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_connections_expire_and_the_reaper_ends_with_its_pool() {
+        use crate::http::h1client::PoolRef;
+        let alive = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let closed = crate::stats::Store::new()
+            .root_scope("test")
+            .counter("idle_timeout");
+        let pool = Arc::new(pool_of(1));
+        // Real time: connections keep std's clock (tokio's paused clock would not move it).
+        let idle = Duration::from_millis(100);
+        let (c, _peer) = conn();
+        pool.put_own(c, pool.epoch(), Some(idle));
+        let arm = |pool: &Arc<HostPool>| {
+            let r = PoolRef::pool(pool);
+            let closed = closed.clone();
+            pool.arm_reaper(idle, move || (r, closed));
+        };
+        arm(&pool);
+        arm(&pool);
+        assert_eq!(alive(), 1, "one task per pool");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while closed.value() == 0 {
+            assert!(Instant::now() < deadline, "never expired");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(closed.value(), 1);
+        assert_eq!(pool.lock().own.len(), 0);
+        // No idle connection left: the task ended.
+        tokio::task::yield_now().await;
+        assert_eq!(alive(), 0);
+
+        let (c, _peer) = conn();
+        pool.put_own(c, pool.epoch(), Some(idle));
+        let idle = Duration::from_secs(3600);
+        let r = PoolRef::pool(&pool);
+        let closed2 = closed.clone();
+        pool.arm_reaper(idle, move || (r, closed2));
+        assert_eq!(alive(), 1, "armed again, asleep for an hour");
+        tokio::task::yield_now().await;
+        drop(pool);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(alive(), 0, "ended with its pool");
     }
 }

@@ -177,17 +177,11 @@ pub struct ReturnTo {
 /// traffic flows gives back its socket and its circuit-breaker slot at once, as hyper's
 /// connection task does, without a task per connection. Holds the pool weakly: a removed
 /// host's connections close with it.
-struct Watch {
-    host: std::sync::Weak<Host>,
-    sni_pool: Option<std::sync::Weak<HostPool>>,
-}
+struct Watch(PoolRef);
 
 impl Watch {
     fn waker(to: &ReturnTo) -> Waker {
-        Waker::from(Arc::new(Watch {
-            host: Arc::downgrade(&to.host),
-            sni_pool: to.sni_pool.as_ref().map(Arc::downgrade),
-        }))
+        Waker::from(Arc::new(Watch(PoolRef::of(to))))
     }
 }
 
@@ -197,17 +191,38 @@ impl std::task::Wake for Watch {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
+        self.0.with(HostPool::sweep_own);
+    }
+}
+
+/// A pool, held weakly: the host's own, or one of its per-SNI pools.
+#[derive(Clone)]
+pub struct PoolRef {
+    host: std::sync::Weak<Host>,
+    sni_pool: Option<std::sync::Weak<HostPool>>,
+}
+
+impl PoolRef {
+    fn of(to: &ReturnTo) -> Self {
+        Self {
+            host: Arc::downgrade(&to.host),
+            sni_pool: to.sni_pool.as_ref().map(Arc::downgrade),
+        }
+    }
+
+    /// A per-SNI pool, or one held by a test.
+    pub fn pool(p: &Arc<HostPool>) -> Self {
+        Self {
+            host: std::sync::Weak::new(),
+            sni_pool: Some(Arc::downgrade(p)),
+        }
+    }
+
+    /// Runs `f` on the pool, if it still exists.
+    pub fn with<T>(&self, f: impl FnOnce(&HostPool) -> T) -> Option<T> {
         match &self.sni_pool {
-            Some(p) => {
-                if let Some(p) = p.upgrade() {
-                    p.sweep_own();
-                }
-            }
-            None => {
-                if let Some(h) = self.host.upgrade() {
-                    h.pool.sweep_own();
-                }
-            }
+            Some(p) => p.upgrade().map(|p| f(&p)),
+            None => self.host.upgrade().map(|h| f(&h.pool)),
         }
     }
 }
@@ -432,7 +447,16 @@ impl Incoming1 {
                 c.watch = Some(Watch::waker(&b));
             }
             let pool: &HostPool = b.sni_pool.as_deref().unwrap_or(&b.host.pool);
-            pool.put_own(c, b.epoch, b.cluster.config.http.idle_timeout);
+            let idle = b.cluster.config.http.idle_timeout;
+            pool.put_own(c, b.epoch, idle);
+            if let Some(idle) = idle {
+                pool.arm_reaper(idle, || {
+                    (
+                        PoolRef::of(&b),
+                        b.cluster.http_stats().upstream_cx_idle_timeout.clone(),
+                    )
+                });
+            }
         }
         // A request waiting for a connection may take this one, or open its own.
         b.cluster.breakers.connection_idle();
