@@ -132,22 +132,14 @@ impl Replay {
         st.generation += 1;
         let generation = st.generation;
         drop(st);
-        Body {
-            kind: Kind::Replay(
-                self.clone(),
-                Cursor {
-                    generation,
-                    pos: 0,
-                    done: false,
-                },
-            ),
-            on_end: None,
-            bytes: 0,
-            counter: None,
-            grpc_status: None,
-            timer: None,
-            failed: None,
-        }
+        Body::of(Kind::Replay(
+            self.clone(),
+            Cursor {
+                generation,
+                pos: 0,
+                done: false,
+            },
+        ))
     }
 
     fn poll_at(
@@ -222,9 +214,10 @@ impl std::fmt::Debug for Body {
 }
 
 impl Body {
-    pub fn empty() -> Self {
+    /// A body of `kind`, with no hooks, counters or bounds yet.
+    fn of(kind: Kind) -> Self {
         Self {
-            kind: Kind::Empty,
+            kind,
             on_end: None,
             bytes: 0,
             counter: None,
@@ -232,48 +225,28 @@ impl Body {
             timer: None,
             failed: None,
         }
+    }
+
+    pub fn empty() -> Self {
+        Self::of(Kind::Empty)
     }
 
     pub fn full(b: impl Into<Bytes>) -> Self {
         let b = b.into();
-        Self {
-            kind: if b.is_empty() {
-                Kind::Empty
-            } else {
-                Kind::Full(Some(b))
-            },
-            on_end: None,
-            bytes: 0,
-            counter: None,
-            grpc_status: None,
-            timer: None,
-            failed: None,
-        }
+        Self::of(if b.is_empty() {
+            Kind::Empty
+        } else {
+            Kind::Full(Some(b))
+        })
     }
 
     /// A response body read by Plumb's own HTTP/1.1 client.
     pub fn h1(b: Box<super::h1client::Incoming1>) -> Self {
-        Self {
-            kind: Kind::H1(b),
-            on_end: None,
-            bytes: 0,
-            counter: None,
-            grpc_status: None,
-            timer: None,
-            failed: None,
-        }
+        Self::of(Kind::H1(b))
     }
 
     pub fn incoming(b: Incoming) -> Self {
-        Self {
-            kind: Kind::Incoming(b),
-            on_end: None,
-            bytes: 0,
-            counter: None,
-            grpc_status: None,
-            timer: None,
-            failed: None,
-        }
+        Self::of(Kind::Incoming(b))
     }
 
     /// Bounds this body in time.

@@ -325,36 +325,38 @@ impl HostPool {
     /// run on any thread, and its connection may have idled in another thread's slot).
     /// Closed or expired ones met on the way are closed. Whether one was moved.
     pub fn gather_h1(&self, idle: Option<Duration>) -> bool {
-        for j in self.others() {
-            let found = {
-                let mut slot = self.lock_at(j);
-                let mut found = None;
-                while let Some(c) = slot.h1.pop() {
-                    if idle.is_none_or(|t| c.since.elapsed() < t) && !c.tx.is_closed() {
-                        found = Some(c);
-                        break;
-                    }
-                }
-                found
-            };
-            if let Some(c) = found {
-                self.lock().h1.push(c);
-                return true;
-            }
-        }
-        false
+        let (moved, _) = self.gather(
+            |s| &mut s.h1,
+            |c| idle.is_none_or(|t| c.since.elapsed() < t) && !c.tx.is_closed(),
+        );
+        moved
     }
 
     /// The same for the own client; closing one it met on the way also counts (its slot
     /// is free at once).
     pub fn gather_own(&self, idle: Option<Duration>) -> bool {
+        let (moved, closed) = self.gather(
+            |s| &mut s.own,
+            |c| idle.is_none_or(|t| c.idle_since.elapsed() < t) && c.idle_usable(),
+        );
+        moved || closed
+    }
+
+    /// Moves the first idle connection of `list` that `usable` accepts from another
+    /// worker's slot to this one; those it refuses are closed on the way. Whether one was
+    /// moved, and whether one was closed. One slot's lock at a time.
+    fn gather<T>(
+        &self,
+        list: fn(&mut Slot) -> &mut Vec<T>,
+        mut usable: impl FnMut(&mut T) -> bool,
+    ) -> (bool, bool) {
         let mut closed = false;
         for j in self.others() {
             let found = {
                 let mut slot = self.lock_at(j);
                 let mut found = None;
-                while let Some(mut c) = slot.own.pop() {
-                    if idle.is_none_or(|t| c.idle_since.elapsed() < t) && c.idle_usable() {
+                while let Some(mut c) = list(&mut slot).pop() {
+                    if usable(&mut c) {
                         found = Some(c);
                         break;
                     }
@@ -363,11 +365,11 @@ impl HostPool {
                 found
             };
             if let Some(c) = found {
-                self.lock().own.push(c);
-                return true;
+                list(&mut self.lock()).push(c);
+                return (true, closed);
             }
         }
-        closed
+        (false, closed)
     }
 
     /// Closes idle connections of the own client to free their circuit-breaker slots for a
