@@ -42,17 +42,24 @@ const FILES: &[&str] = &[
 fn envoy_types_dir() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("Cargo.toml");
-    let out = Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--offline",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .output()
-        .expect("run cargo metadata");
+    // Offline first: the build has already fetched every package it compiles. But `cargo
+    // metadata` reads the manifests of the whole graph, other platforms' packages included,
+    // which a fresh cargo home has not downloaded yet; then it may fetch them.
+    let metadata = |offline: bool| {
+        let mut c = Command::new(&cargo);
+        c.args(["metadata", "--format-version", "1"]);
+        if offline {
+            c.arg("--offline");
+        }
+        c.arg("--manifest-path")
+            .arg(&manifest)
+            .output()
+            .expect("run cargo metadata")
+    };
+    let mut out = metadata(true);
+    if !out.status.success() {
+        out = metadata(false);
+    }
     assert!(
         out.status.success(),
         "cargo metadata failed: {}",

@@ -132,10 +132,34 @@ pub async fn start(behavior: Behavior) -> FakeServer {
     }
 }
 
-/// An address where nothing listens: connects are refused.
+/// An address on 127.0.0.1 where nothing listens (connects are refused), for a test to give
+/// to a listener it configures or to use as a dead upstream.
+///
+/// Not the kernel's `bind(0)`-then-close: that port is from the ephemeral range, which the
+/// kernel hands to every outgoing connect of every test running alongside, so another socket
+/// could take it before the agent binds it. These come from below the ephemeral range
+/// (`ip_local_port_range` starts at 32768 by default), which only explicit binds use, each
+/// port at most once per process, and checked free when handed out.
 pub fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    use std::sync::atomic::AtomicU32;
+    const FIRST: u16 = 20_000;
+    const LEN: u32 = 12_000;
+    // The walk starts at an offset from the process id, so two test processes at once rarely
+    // walk the same ports.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let start = std::process::id().wrapping_mul(7919) % LEN;
+    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..LEN {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst) % LEN;
+        let addr = SocketAddr::from(([127, 0, 0, 1], FIRST + n as u16));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!(
+        "no free port left in {FIRST}..{} on 127.0.0.1",
+        u32::from(FIRST) + LEN
+    );
 }
 
 /// A listener that never accepts, with its accept queue filled, so new connects get no

@@ -31,10 +31,7 @@ fn with_logs(up: std::net::SocketAddr, logs: Vec<Value>) -> String {
     let mut l = http_listener("in", routes);
     l["filter_chains"][0]["filters"][0]["typed_config"]["access_log"] = json!(logs);
     // A port nothing listens on.
-    let refused = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refused = plumb_tests::servers::closed_port();
     bootstrap(
         vec![l],
         vec![
@@ -221,10 +218,7 @@ async fn tcp_proxy_connections_are_logged_with_bytes_upstream_and_flags() {
     let mut refused = tcp_listener("refused", "refused");
     refused["filter_chains"][0]["filters"][0]["typed_config"]["access_log"] = logs;
     refused["address"]["socket_address"]["address"] = json!("127.0.0.2");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = plumb_tests::servers::closed_port();
     let agent = TestAgent::start(&bootstrap(
         vec![ok, refused],
         vec![

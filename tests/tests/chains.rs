@@ -26,10 +26,7 @@ fn chain(m: Value, cluster: &str) -> Value {
 
 /// A port free on 127.0.0.1 right now (the chain match needs to know it in advance).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("ephemeral port")
-        .port()
+    plumb_tests::servers::closed_port().port()
 }
 
 /// Connects from `src` (any 127/8 address) and reads until EOF.

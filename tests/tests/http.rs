@@ -249,11 +249,8 @@ async fn virtual_hosts_routes_rewrites_and_header_mutations() {
 async fn local_replies_carry_envoys_statuses_texts_and_grpc_codes() {
     let slow = http_upstream::start("slow").await;
     let closes = servers::start(Behavior::CloseImmediately).await;
-    // A port with nothing listening: bind, learn the port, close.
-    let refused = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port with nothing listening.
+    let refused = plumb_tests::servers::closed_port();
     let mut none_healthy = static_cluster("empty", &[]);
     none_healthy["load_assignment"]["endpoints"] = json!([]);
     let routes = json!([
@@ -792,10 +789,7 @@ async fn mirrors_get_a_copy_with_a_shadow_host_and_never_hold_the_request_back()
     let shadow = http_upstream::start("shadow").await;
     // The shadow cluster's second endpoint refuses connections: mirrors that fail do not
     // touch the main request.
-    let refused = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refused = plumb_tests::servers::closed_port();
     let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "main",
         "request_mirror_policies": [{"cluster": "shadow"}, {"cluster": "dead"}]}}]);
     let (agent, addr) = agent_for(

@@ -14,10 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    plumb_tests::servers::closed_port()
 }
 
 async fn served_by(c: &mut H1) -> (String, String) {

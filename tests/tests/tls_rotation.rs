@@ -346,10 +346,7 @@ async fn an_lds_listener_warms_until_its_sds_secret_arrives() {
     let leaf = ca.server(&["late.example"]);
     let echo = servers::start(Behavior::Echo).await;
     let cp = ControlPlane::start().await;
-    let front: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let front = free_addr();
     let listener = plumb_tests::xds::tls_tcp_listener("front", front, "echo", "late");
     cp.set(
         vec![plumb_tests::xds::static_cluster("echo", echo.addr)],
@@ -445,8 +442,7 @@ fn sds_cluster(
 }
 
 fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    plumb_tests::servers::closed_port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
