@@ -16,7 +16,10 @@ pub enum Phase {
 
 #[derive(Debug)]
 struct Tracker {
+    /// Connections and accept loops: the drain waits until none is left.
     active: AtomicUsize,
+    /// Of which accept loops (not reported as connections).
+    accepting: AtomicUsize,
     idle: Notify,
 }
 
@@ -42,8 +45,29 @@ pub struct ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        if self.tracker.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.tracker.idle.notify_waiters();
+        self.tracker.release();
+    }
+}
+
+/// Held by an accept loop while it runs: a connection it has accepted but not yet counted
+/// cannot let the drain find nothing in flight (the loop takes the connection's guard before
+/// it lets go of its own, and it ends as soon as the drain starts).
+#[derive(Debug)]
+pub struct AcceptGuard {
+    tracker: Arc<Tracker>,
+}
+
+impl Drop for AcceptGuard {
+    fn drop(&mut self) {
+        self.tracker.accepting.fetch_sub(1, Ordering::AcqRel);
+        self.tracker.release();
+    }
+}
+
+impl Tracker {
+    fn release(&self) {
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
         }
     }
 }
@@ -61,6 +85,7 @@ impl Drain {
             tx: Arc::new(tx),
             tracker: Arc::new(Tracker {
                 active: AtomicUsize::new(0),
+                accepting: AtomicUsize::new(0),
                 idle: Notify::new(),
             }),
         }
@@ -89,17 +114,20 @@ impl Drain {
         });
     }
 
+    /// Connections in flight.
     pub fn active(&self) -> usize {
-        self.tracker.active.load(Ordering::Acquire)
+        let t = &self.tracker;
+        let accepting = t.accepting.load(Ordering::Acquire);
+        t.active.load(Ordering::Acquire).saturating_sub(accepting)
     }
 
-    /// Resolves when no tracked connection is left.
+    /// Resolves when no tracked connection (nor accept loop) is left.
     pub async fn wait_idle(&self) {
         loop {
             let notified = self.tracker.idle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.active() == 0 {
+            if self.tracker.active.load(Ordering::Acquire) == 0 {
                 return;
             }
             notified.await;
@@ -111,6 +139,15 @@ impl Watch {
     pub fn track(&self) -> ConnectionGuard {
         self.tracker.active.fetch_add(1, Ordering::AcqRel);
         ConnectionGuard {
+            tracker: self.tracker.clone(),
+        }
+    }
+
+    /// For an accept loop, while it runs (`AcceptGuard`).
+    pub fn accepting(&self) -> AcceptGuard {
+        self.tracker.accepting.fetch_add(1, Ordering::AcqRel);
+        self.tracker.active.fetch_add(1, Ordering::AcqRel);
+        AcceptGuard {
             tracker: self.tracker.clone(),
         }
     }
@@ -152,6 +189,32 @@ mod tests {
             .await
             .expect("idle")
             .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_loops_hold_the_drain_but_are_not_connections() {
+        let drain = Drain::new();
+        let w = drain.watch();
+        let accepting = w.accepting();
+        assert_eq!(drain.active(), 0, "an accept loop is not a connection");
+        let accepted = w.track();
+        assert_eq!(drain.active(), 1);
+        drop(accepting);
+        let d = drain.clone();
+        let mut waiter = tokio::spawn(async move { d.wait_idle().await });
+        // Paused time: the timeout fires only once the waiter can make no more progress.
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(1), &mut waiter).await;
+        assert!(waited.is_err(), "the accepted connection holds the drain");
+        drop(accepted);
+        waiter.await.unwrap();
+        // The loop alone holds it too.
+        let accepting = w.accepting();
+        let d = drain.clone();
+        let mut waiter = tokio::spawn(async move { d.wait_idle().await });
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(1), &mut waiter).await;
+        assert!(waited.is_err(), "a running accept loop holds the drain");
+        drop(accepting);
+        waiter.await.unwrap();
     }
 
     #[tokio::test]

@@ -166,6 +166,11 @@ impl TestAgent {
         }
     }
 
+    /// Connections the drain counts as in flight (what a stop or a hand-over waits for).
+    pub fn in_flight(&self) -> usize {
+        self.handle().shared().drain.active()
+    }
+
     pub fn shutdown(&self, kind: ShutdownKind) {
         self.handle().shutdown(kind);
     }

@@ -394,3 +394,51 @@ async fn per_core_workers_proxy_and_drain() {
     drop(held);
     agent.join().await;
 }
+
+/// A connection the agent has accepted but that is still in its listener filters (here a TLS
+/// inspector waiting for the client's first bytes) is in flight: a graceful stop (or a
+/// hand-over) waits for it as for any other, instead of finding nothing to drain and closing
+/// it with the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_still_in_its_listener_filters_is_drained_not_cut() {
+    use plumb::server::{Options, ShutdownKind};
+    let echo = servers::start(Behavior::Echo).await;
+    let mut front = tcp_listener("front", "backend");
+    front["listener_filters"] = json!([{"name": "envoy.filters.listener.tls_inspector"}]);
+    front["listener_filters_timeout"] = json!("60s");
+    let agent = TestAgent::start_with(
+        &bootstrap(vec![front], vec![static_cluster("backend", &[echo.addr])]),
+        Options {
+            concurrency: 2,
+            drain_time: Duration::from_secs(60),
+            ..Options::default()
+        },
+    )
+    .await;
+    let addr = agent.listener("front");
+    let mut quiet = TcpStream::connect(addr).await.unwrap();
+    plumb_tests::wait_until(
+        "the quiet connection counted as in flight",
+        Duration::from_secs(10),
+        || async { agent.in_flight() == 1 },
+    )
+    .await;
+    agent.shutdown(ShutdownKind::Graceful);
+    plumb_tests::wait_until("the listener closed", Duration::from_secs(10), || async {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    // Draining, with the connection still open: it says what it is and is served.
+    quiet.write_all(b"still here").await.unwrap();
+    let mut got = [0u8; 10];
+    quiet
+        .read_exact(&mut got)
+        .await
+        .expect("served while draining");
+    assert_eq!(&got, b"still here");
+    // Once it ends, so does the drain (well before its 60 s).
+    drop(quiet);
+    tokio::time::timeout(Duration::from_secs(20), agent.join())
+        .await
+        .expect("the drain ends with its last connection");
+}

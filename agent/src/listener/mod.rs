@@ -106,6 +106,9 @@ pub async fn serve(
     overload: Arc<Overload>,
 ) {
     let mut paused = overload.paused();
+    // Until this loop ends, a drain waits: it cannot see nothing in flight between an accept
+    // and the accepted connection being counted.
+    let _accepting = watch.accepting();
     loop {
         if *paused.borrow() {
             tokio::select! {
@@ -123,6 +126,9 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                // Counted from the accept on, through the listener filters and the chain
+                // match: a drain (a hand-over, a stop) waits for it.
+                let counted = watch.track();
                 let l = current.load_full();
                 if overload.rejecting() {
                     l.stats.downstream_cx_overload_reject.inc();
@@ -137,7 +143,7 @@ pub async fn serve(
                 let conn_watch = watch.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
-                    l.accepted(stream, peer, conn_watch).await
+                    l.accepted(stream, peer, conn_watch, counted).await
                 });
             }
             Err(e) => {
@@ -294,7 +300,13 @@ impl ActiveListener {
 
     /// Runs the listener filters, then hands the connection to the listener configured for
     /// its original destination (when `use_original_dst` found one) or handles it here.
-    async fn accepted(&self, stream: tokio::net::TcpStream, peer: SocketAddr, watch: drain::Watch) {
+    async fn accepted(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        watch: drain::Watch,
+        counted: drain::ConnectionGuard,
+    ) {
         // Dual-stack listeners see IPv4 clients as v4-mapped IPv6: use the plain IPv4 form.
         let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
         // A listener bound to one address knows its local address; only a wildcard-bound one
@@ -344,8 +356,8 @@ impl ActiveListener {
             _ => None,
         };
         match target {
-            Some(target) => target.handle(ds).await,
-            None => self.handle(ds).await,
+            Some(target) => target.handle(ds, counted).await,
+            None => self.handle(ds, counted).await,
         }
     }
 
@@ -355,6 +367,7 @@ impl ActiveListener {
         if self.http_inspector.is_none() && self.tls_inspector.is_none() {
             return true;
         }
+        let mut closing = ds.watch.clone();
         // In Envoy's usual order: TLS first (the HTTP inspector skips TLS connections).
         let stage = async {
             if let Some(t) = &self.tls_inspector {
@@ -367,21 +380,27 @@ impl ActiveListener {
                 None => true,
             }
         };
-        let Some(limit) = self.config.listener_filters_timeout else {
-            return stage.await;
+        let bounded = async {
+            match self.config.listener_filters_timeout {
+                Some(limit) => tokio::time::timeout(limit, stage).await.ok(),
+                None => Some(stage.await),
+            }
         };
-        match tokio::time::timeout(limit, stage).await {
-            Ok(keep) => keep,
-            Err(_) => {
+        tokio::select! {
+            r = bounded => r.unwrap_or_else(|| {
                 self.stats.downstream_pre_cx_timeout.inc();
                 // Envoy: close, unless told to match a chain with what is known so far.
                 self.config.continue_on_listener_filters_timeout
-            }
+            }),
+            // The drain time is over: a connection that has not yet said what it is ends
+            // with the rest.
+            _ = closing.closing() => false,
         }
     }
 
     /// Runs the listener filters, selects the filter chain and runs the connection through it.
-    async fn handle(&self, mut ds: Box<Downstream>) {
+    /// `_counted`: the connection's place in the drain, held until it ends.
+    async fn handle(&self, mut ds: Box<Downstream>, _counted: drain::ConnectionGuard) {
         let _limit = match &self.limit {
             Some(l) => match l.admit() {
                 Some(slot) => Some(slot),
@@ -407,7 +426,6 @@ impl ActiveListener {
             tracing::debug!(listener = %self.config.name, peer = %ds.peer, destination = %ds.destination(), "no filter chain matches");
             return;
         };
-        let _guard = ds.watch.track();
         let started = Instant::now();
         s.downstream_cx_total.inc();
         s.downstream_cx_active.inc();
