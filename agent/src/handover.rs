@@ -543,18 +543,30 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `path` (a stale socket file there is replaced), owner-only.
+    /// Binds `path` (a stale socket file there is replaced), owner-only. The file appears
+    /// only once the socket listens (bound under a temporary name, then renamed): a
+    /// successor that finds it can hand-shake, never meets a refused connect and mistakes
+    /// it for "no agent running".
     pub fn bind(path: &Path) -> io::Result<Self> {
+        Self::bind_then(path, || {})
+    }
+
+    /// `bind`, calling `listening` once the socket listens, before its file appears.
+    pub fn bind_then(path: &Path, listening: impl FnOnce()) -> io::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        match std::fs::remove_file(path) {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        // A file at `path` (a predecessor's, or a stale one) is replaced by the rename.
+        match std::fs::remove_file(&tmp) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
         let fd = seqpacket()?;
-        let (sa, len) = sockaddr_un(path)?;
+        let (sa, len) = sockaddr_un(&tmp)?;
         // SAFETY: valid socket and address.
         cvt(unsafe {
             libc::bind(
@@ -563,11 +575,20 @@ impl Listener {
                 len,
             )
         })?;
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let placed = (|| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+            // SAFETY: valid bound socket.
+            cvt(unsafe { libc::listen(fd.as_raw_fd(), 4) })?;
+            listening();
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        use std::os::unix::fs::MetadataExt;
         let inode = std::fs::metadata(path)?.ino();
-        // SAFETY: valid bound socket.
-        cvt(unsafe { libc::listen(fd.as_raw_fd(), 4) })?;
         Ok(Self {
             fd,
             path: path.to_path_buf(),
@@ -722,6 +743,36 @@ mod tests {
         let successor = Listener::bind(&path).unwrap();
         assert!(!server.still_ours());
         assert!(successor.still_ours());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The socket's file appears only once it listens (a successor that finds it never
+    /// meets a refused connect), and it replaces a stale file in one step.
+    #[test]
+    fn the_socket_file_appears_once_it_listens() {
+        let dir = std::env::temp_dir().join(format!("plumb-appears-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("u.sock");
+        std::fs::write(&path, b"stale").unwrap();
+        let stale = std::fs::metadata(&path).unwrap();
+        let l = Listener::bind_then(&path, || {
+            // Listening now; the path still names the old file.
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().ino(), stale.ino());
+        })
+        .unwrap();
+        assert!(l.still_ours());
+        let _client = Channel::connect(&path).expect("a connect right after bind");
+        assert!(l
+            .accept(Instant::now() + Duration::from_secs(5))
+            .unwrap()
+            .is_some());
+        // Nothing left behind but the socket itself.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["u.sock"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

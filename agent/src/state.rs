@@ -186,6 +186,8 @@ pub struct Shared {
     pub(crate) admin_paused: watch::Sender<bool>,
     /// Set when a successor has taken over: drain without deregistering redirection.
     pub handed_over: AtomicBool,
+    /// Set once the upgrade socket listens: SIGUSR2 starts a successor only then.
+    pub serving_handovers: AtomicBool,
     /// The hand-over in progress when this agent started with `--takeover`.
     pub(crate) takeover: std::sync::Mutex<Option<crate::handover::Inherited>>,
     /// Set by SIGTERM/SIGINT.

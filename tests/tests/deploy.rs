@@ -262,7 +262,7 @@ fn a_sigusr2_successor_tells_systemd_its_pid() {
     };
     let first = next(&|m| m.contains("READY=1"));
     assert_eq!(pid_of(&first), child.id() as i32);
-    // Ready for hand-overs once the upgrade socket exists.
+    // Ready for hand-overs once the upgrade socket exists (its file appears once it listens).
     let deadline = Instant::now() + Duration::from_secs(10);
     while !tmp.path.join("upgrade.sock").exists() {
         assert!(Instant::now() < deadline, "no upgrade socket");
@@ -270,9 +270,13 @@ fn a_sigusr2_successor_tells_systemd_its_pid() {
     }
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGUSR2) };
-    let ready = next(&|m| m.contains("READY=1"));
-    let successor = pid_of(&ready);
+    // The running agent hands over first, naming its successor: a successor that started
+    // beside it instead (found no agent to take over from) fails here, not in a hang below.
+    let told = next(&|m| m.contains("MAINPID=") && !m.contains("READY=1"));
+    let successor = pid_of(&told);
     assert_ne!(successor, child.id() as i32);
+    let ready = next(&|m| m.contains("READY=1"));
+    assert_eq!(pid_of(&ready), successor, "{ready:?}");
     /// Kills the successor by PID if the test fails before it stops.
     struct Reap(i32);
     impl Drop for Reap {
@@ -282,7 +286,17 @@ fn a_sigusr2_successor_tells_systemd_its_pid() {
         }
     }
     let _reap = Reap(successor);
-    let st = child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the agent that handed over did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(st.success());
     // SAFETY: kill(2) on the successor our child started; it then exits by itself.
     unsafe { libc::kill(successor, libc::SIGTERM) };

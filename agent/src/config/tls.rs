@@ -723,4 +723,4 @@ impl CommonTls {
 
 #[cfg(test)]
 #[path = "tls_tests.rs"]
-mod tests;
+pub(crate) mod tests;

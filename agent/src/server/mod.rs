@@ -306,6 +306,7 @@ pub fn start(
         admin_socket: admin_dup,
         admin_paused: watch::channel(false).0,
         handed_over: AtomicBool::new(false),
+        serving_handovers: AtomicBool::new(false),
         takeover: std::sync::Mutex::new(inherited),
         signalled: watch::channel(false).0,
     });

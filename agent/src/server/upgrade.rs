@@ -15,6 +15,12 @@ pub(super) fn spawn_successor(shared: &Shared) -> anyhow::Result<()> {
         shared.drain.phase() == Phase::Running && !shared.handed_over.load(Ordering::Acquire),
         "this agent is draining"
     );
+    // Before this agent listens for a successor, one would find nobody to take over from
+    // and start beside it.
+    anyhow::ensure!(
+        shared.serving_handovers.load(Ordering::Acquire),
+        "this agent does not serve hand-overs yet (its upgrade socket is not listening)"
+    );
     let argv = &shared.options.command_line;
     let program = argv.first().context("the command line is unknown")?;
     let mut args: Vec<String> = argv[1..].to_vec();
@@ -44,9 +50,13 @@ pub(super) fn spawn_successor(shared: &Shared) -> anyhow::Result<()> {
 
 /// Serves hand-overs to successor agents on `path` until one takes over or this agent stops.
 pub(super) fn serve_successors(shared: Arc<Shared>, path: &std::path::Path) {
-    let listener = match crate::handover::Listener::bind(path) {
+    // Successors are started (SIGUSR2) from the moment the socket listens, before its file
+    // appears: one that finds the file can take over.
+    let serving = || shared.serving_handovers.store(true, Ordering::Release);
+    let listener = match crate::handover::Listener::bind_then(path, serving) {
         Ok(l) => l,
         Err(e) => {
+            shared.serving_handovers.store(false, Ordering::Release);
             tracing::error!(upgrade_socket = %path.display(), error = %e, "cannot serve hand-overs");
             return;
         }

@@ -505,3 +505,130 @@ async fn a_body_short_of_its_length_is_refused() {
         );
     }
 }
+
+/// Over TLS, what the session still holds is flushed before an upload counts as sent:
+/// `poll_write` takes the last bytes into the session even when the socket is full, and an
+/// upload finished there would leave the upstream waiting for the body's end while the
+/// client waits for its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_tls_is_flushed_before_it_counts_as_sent() {
+    use crate::config::tls::tests::{FIXED_CERT, FIXED_KEY};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    const SIZE: usize = 4 << 20;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // The certificate is not what this test is about (the fixed one is a CA's).
+    #[derive(Debug)]
+    struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let cert = CertificateDer::from_pem_slice(FIXED_CERT.as_bytes()).unwrap();
+    let key = PrivateKeyDer::from_pem_slice(FIXED_KEY.as_bytes()).unwrap();
+    let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let client_cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_no_client_auth();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+    // The upstream reads slowly, in small pieces, so the client's socket stays full.
+    let upstream = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut got = Vec::new();
+        let mut b = vec![0u8; 4096];
+        let head_end = loop {
+            let n = tls.read(&mut b).await.unwrap();
+            assert!(n > 0, "the request ended in its head");
+            got.extend_from_slice(&b[..n]);
+            if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let mut body = got.len() - head_end;
+        while body < SIZE {
+            let n = tls.read(&mut b).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            body += n;
+            tokio::task::yield_now().await;
+        }
+        tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        tls.flush().await.unwrap();
+        body
+    });
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket2::SockRef::from(&tcp)
+        .set_send_buffer_size(4096)
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client_cfg))
+        .connect(ServerName::try_from("fixed.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut req = Request::new(Body::empty());
+    *req.method_mut() = Method::POST;
+    req.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(SIZE));
+    let parts = req.into_parts().0;
+    let mut up = Some(Upload::new(Body::full(vec![7u8; SIZE])));
+    let conn = Conn::new(Stream::TlsClient(Box::new(tls)), None);
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        send(conn, &parts, &mut up, None),
+    )
+    .await
+    .expect("the upstream had the whole body and answered")
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(upstream.await.unwrap(), SIZE);
+}
