@@ -47,7 +47,7 @@ fn envoy_types_dir() -> PathBuf {
     // which a fresh cargo home has not downloaded yet; then it may fetch them.
     let metadata = |offline: bool| {
         let mut c = Command::new(&cargo);
-        c.args(["metadata", "--format-version", "1"]);
+        c.args(["metadata", "--format-version", "1", "--locked"]);
         if offline {
             c.arg("--offline");
         }
@@ -58,13 +58,15 @@ fn envoy_types_dir() -> PathBuf {
     };
     let mut out = metadata(true);
     if !out.status.success() {
+        let offline = out;
         out = metadata(false);
+        assert!(
+            out.status.success(),
+            "cargo metadata failed offline:\n{}\nand online:\n{}",
+            String::from_utf8_lossy(&offline.stderr),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    assert!(
-        out.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
     let pkg = meta["packages"]
         .as_array()

@@ -1,7 +1,7 @@
 //! Drain as an explicit object: listeners and connections hold a `Watch`; the server moves
 //! the phase forward (running → draining → closing) and waits for connections to finish.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{watch, Notify};
 
@@ -14,13 +14,33 @@ pub enum Phase {
     Closing,
 }
 
+/// One count of what a drain waits for: connections and accept loops together in the low
+/// 32 bits, accept loops alone in the high 32 (so both are read at once).
 #[derive(Debug)]
 struct Tracker {
-    /// Connections and accept loops: the drain waits until none is left.
-    active: AtomicUsize,
-    /// Of which accept loops (not reported as connections).
-    accepting: AtomicUsize,
+    count: AtomicU64,
     idle: Notify,
+}
+
+const CONNECTION: u64 = 1;
+const LOOP: u64 = (1 << 32) | 1;
+const LOW: u64 = u32::MAX as u64;
+
+impl Tracker {
+    fn add(&self, n: u64) {
+        self.count.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn release(&self, n: u64) {
+        if self.count.fetch_sub(n, Ordering::AcqRel) & LOW == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    fn load(&self) -> (u64, u64) {
+        let c = self.count.load(Ordering::Acquire);
+        (c & LOW, c >> 32)
+    }
 }
 
 /// Owned by the server.
@@ -45,7 +65,7 @@ pub struct ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.tracker.release();
+        self.tracker.release(CONNECTION);
     }
 }
 
@@ -59,16 +79,7 @@ pub struct AcceptGuard {
 
 impl Drop for AcceptGuard {
     fn drop(&mut self) {
-        self.tracker.accepting.fetch_sub(1, Ordering::AcqRel);
-        self.tracker.release();
-    }
-}
-
-impl Tracker {
-    fn release(&self) {
-        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.idle.notify_waiters();
-        }
+        self.tracker.release(LOOP);
     }
 }
 
@@ -84,8 +95,7 @@ impl Drain {
         Self {
             tx: Arc::new(tx),
             tracker: Arc::new(Tracker {
-                active: AtomicUsize::new(0),
-                accepting: AtomicUsize::new(0),
+                count: AtomicU64::new(0),
                 idle: Notify::new(),
             }),
         }
@@ -116,9 +126,8 @@ impl Drain {
 
     /// Connections in flight.
     pub fn active(&self) -> usize {
-        let t = &self.tracker;
-        let accepting = t.accepting.load(Ordering::Acquire);
-        t.active.load(Ordering::Acquire).saturating_sub(accepting)
+        let (all, loops) = self.tracker.load();
+        (all - loops) as usize
     }
 
     /// Resolves when no tracked connection (nor accept loop) is left.
@@ -127,7 +136,7 @@ impl Drain {
             let notified = self.tracker.idle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.tracker.active.load(Ordering::Acquire) == 0 {
+            if self.tracker.load().0 == 0 {
                 return;
             }
             notified.await;
@@ -137,7 +146,7 @@ impl Drain {
 
 impl Watch {
     pub fn track(&self) -> ConnectionGuard {
-        self.tracker.active.fetch_add(1, Ordering::AcqRel);
+        self.tracker.add(CONNECTION);
         ConnectionGuard {
             tracker: self.tracker.clone(),
         }
@@ -145,8 +154,7 @@ impl Watch {
 
     /// For an accept loop, while it runs (`AcceptGuard`).
     pub fn accepting(&self) -> AcceptGuard {
-        self.tracker.accepting.fetch_add(1, Ordering::AcqRel);
-        self.tracker.active.fetch_add(1, Ordering::AcqRel);
+        self.tracker.add(LOOP);
         AcceptGuard {
             tracker: self.tracker.clone(),
         }

@@ -556,17 +556,23 @@ impl Listener {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        // A file at `path` (a predecessor's, or a stale one) is replaced by the rename.
-        match std::fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        // A name of its own (agents in other PID namespaces may share the directory). A
+        // path too long for the suffix is bound directly: its file then exists a moment
+        // before the socket listens.
+        let tmp = Some(temporary_name(path)).filter(|t| sockaddr_un(t).is_ok());
+        let at = match &tmp {
+            Some(t) => t.as_path(),
+            None => {
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                path
+            }
+        };
         let fd = seqpacket()?;
-        let (sa, len) = sockaddr_un(&tmp)?;
+        let (sa, len) = sockaddr_un(at)?;
         // SAFETY: valid socket and address.
         cvt(unsafe {
             libc::bind(
@@ -577,14 +583,18 @@ impl Listener {
         })?;
         let placed = (|| {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o600))?;
             // SAFETY: valid bound socket.
             cvt(unsafe { libc::listen(fd.as_raw_fd(), 4) })?;
             listening();
-            std::fs::rename(&tmp, path)
+            // Replaces a file at `path` (a predecessor's, or a stale one) in one step.
+            match &tmp {
+                Some(t) => std::fs::rename(t, path),
+                None => Ok(()),
+            }
         })();
         if let Err(e) = placed {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(at);
             return Err(e);
         }
         use std::os::unix::fs::MetadataExt;
@@ -637,6 +647,17 @@ pub fn fuzz_message(data: &[u8]) {
         let back: Message = serde_json::from_slice(&again).expect("an encoded message decodes");
         assert_eq!(back, msg);
     }
+}
+
+/// `path` with a suffix of this process and a random part, in the same directory.
+fn temporary_name(path: &Path) -> PathBuf {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let mut t = path.as_os_str().to_owned();
+    t.push(format!(".{}.{:08x}", std::process::id(), random as u32));
+    PathBuf::from(t)
 }
 
 #[cfg(test)]

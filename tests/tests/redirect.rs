@@ -300,7 +300,7 @@ async fn ipv6_and_ipv4_through_one_dual_stack_listener() {
     let _echo6 = PodServer(echo6);
     let pin = pin_dir("ipv6");
     let _cleanup = PinCleanup(pin.clone());
-    let port = 20000 + node.net as u16;
+    let port = 18000 + node.net as u16;
     let config = json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
@@ -674,7 +674,7 @@ async fn the_proxy_address_can_come_from_the_command_line() {
     require_kernel_env!();
     let scene = Scene::new("proxyflag", &[(8081, 8091)]);
     let (node, client, server, pin) = (&scene.node, &scene.client, &scene.server, &scene.pin);
-    let port = 21000 + node.net as u16;
+    let port = 18500 + node.net as u16;
     let config = json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {

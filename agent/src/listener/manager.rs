@@ -288,9 +288,12 @@ impl ListenerManager {
             let Some(s) = s else { continue };
             let (current, rx, watch) = (current.clone(), rx.clone(), watch.clone());
             let overload = self.overload.clone();
+            // Counted from now, not from the task's first poll: a drain that starts in
+            // between waits for the loop to see it.
+            let accepting = watch.accepting();
             rt.spawn(async move {
                 match tokio::net::TcpListener::from_std(s) {
-                    Ok(l) => serve(current, l, watch, rx, overload).await,
+                    Ok(l) => serve(current, l, watch, rx, overload, accepting).await,
                     Err(e) => tracing::error!(error = %e, "cannot register listener socket"),
                 }
             });

@@ -104,11 +104,11 @@ pub async fn serve(
     mut watch: drain::Watch,
     mut stop: tokio::sync::watch::Receiver<bool>,
     overload: Arc<Overload>,
-) {
-    let mut paused = overload.paused();
     // Until this loop ends, a drain waits: it cannot see nothing in flight between an accept
     // and the accepted connection being counted.
-    let _accepting = watch.accepting();
+    _accepting: drain::AcceptGuard,
+) {
+    let mut paused = overload.paused();
     loop {
         if *paused.borrow() {
             tokio::select! {
@@ -118,9 +118,11 @@ pub async fn serve(
             }
         }
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            // A loop told to stop accepts nothing more, even with connections queued.
+            biased;
             _ = watch.draining() => break,
             _ = stop.wait_for(|s| *s) => break,
+            r = listener.accept() => r,
             // Stop accepting at once when the overload action starts.
             _ = paused.wait_for(|p| *p) => continue,
         };
