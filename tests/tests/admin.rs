@@ -290,7 +290,7 @@ async fn clusters_listeners_config_dump_and_server_info() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_listeners_stops_accepting_and_keeps_established_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (agent, _echo) = agent_with_traffic().await;
+    let (agent, echo) = agent_with_traffic().await;
     let front = agent.listener("front");
     let mut held = tokio::net::TcpStream::connect(front).await.unwrap();
     held.write_all(b"before").await.unwrap();
@@ -305,6 +305,21 @@ async fn drain_listeners_stops_accepting_and_keeps_established_connections() {
     held.write_all(b"during").await.unwrap();
     held.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"during");
+    // A listener added while draining is refused, not bound to queue connects nobody takes.
+    let late_addr = servers::closed_port();
+    let mut late = tcp_listener("late", "backend");
+    late["address"]["socket_address"]["port_value"] = serde_json::json!(late_addr.port());
+    let problems = agent.reload(&bootstrap(
+        vec![tcp_listener("front", "backend"), late],
+        vec![static_cluster("backend", &[echo.addr])],
+    ));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("\"late\"") && p.contains("draining")),
+        "{problems:?}"
+    );
+    assert!(tokio::net::TcpStream::connect(late_addr).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

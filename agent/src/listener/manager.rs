@@ -26,6 +26,10 @@ use tokio::sync::watch;
 pub enum ListenerUpdateError {
     #[error("listener \"{name}\": not bound now: a hand-over to a successor agent is in progress (the successor binds it)")]
     HandoverInProgress { name: String },
+    #[error(
+        "listener \"{name}\": not bound: this agent is draining (its listeners no longer accept)"
+    )]
+    Draining { name: String },
     // The OS error is the source: `{:#}` (anyhow) and `error_chain` print it once.
     #[error("listener \"{name}\": cannot bind {address}")]
     Bind {
@@ -327,6 +331,17 @@ impl ListenerManager {
             }
             if self.frozen.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(ListenerUpdateError::HandoverInProgress {
+                    name: cfg.name.clone(),
+                });
+            }
+            // Its accept loop would end at once, and the socket would queue connects that
+            // nobody answers until the process exits.
+            if self
+                .runtime
+                .get()
+                .is_some_and(|w| w.phase() >= drain::Phase::Draining)
+            {
+                return Err(ListenerUpdateError::Draining {
                     name: cfg.name.clone(),
                 });
             }
