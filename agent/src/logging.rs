@@ -38,9 +38,20 @@ struct Levels {
     components: BTreeMap<String, &'static str>,
 }
 
+/// Libraries whose warnings are about what a peer sent — rustls's "Sending fatal alert" for
+/// every failed handshake, "Illegal SNI extension" for every client that names an IP address
+/// — one line per bad connection, each already counted in Plumb's stats (`ssl.*`) and logged
+/// by Plumb at debug. They log errors only, unless the level asks for debug or more.
+const PEER_NOISE: &[&str] = &["rustls"];
+
 impl Levels {
     fn directives(&self) -> String {
         let mut s = self.base.to_string();
+        if matches!(self.base, "info" | "warn") {
+            for lib in PEER_NOISE {
+                s.push_str(&format!(",{lib}=error"));
+            }
+        }
         for (c, l) in &self.components {
             s.push_str(&format!(",plumb::{c}={l}"));
         }
@@ -137,5 +148,35 @@ impl LogControl {
             s.push_str(&format!("  {c}: {l}\n"));
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_mistakes_reported_by_libraries_stay_out_of_the_log_unless_debugging() {
+        let levels = |base| Levels {
+            base,
+            components: BTreeMap::from([("upstream".to_string(), "debug")]),
+        };
+        assert_eq!(
+            levels("info").directives(),
+            "info,rustls=error,plumb::upstream=debug"
+        );
+        assert_eq!(
+            levels("warn").directives(),
+            "warn,rustls=error,plumb::upstream=debug"
+        );
+        assert_eq!(levels("debug").directives(), "debug,plumb::upstream=debug");
+        assert_eq!(levels("error").directives(), "error,plumb::upstream=debug");
+        // Each is a directive tracing accepts.
+        for base in ["trace", "debug", "info", "warn", "error", "off"] {
+            for d in levels(base).directives().split(',') {
+                d.parse::<tracing_subscriber::filter::Directive>()
+                    .unwrap_or_else(|e| panic!("{d}: {e}"));
+            }
+        }
     }
 }
