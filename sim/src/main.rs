@@ -174,29 +174,12 @@ fn plumb_bin(arg: Option<PathBuf>) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// A port on 127.0.0.1 for a service's listener, free now. Taken from below the kernel's
-/// ephemeral range (which every outgoing connect draws from, so a port learnt by binding port
-/// 0 could be taken again before the agent binds it) and above the test suite's ports
-/// (20000–31999), each at most once per run; the walk starts at an offset from the process
-/// id, so two simulators at once rarely walk the same ports.
+/// A port on 127.0.0.1 for a service's listener, free now: from below the kernel's ephemeral
+/// range (a port learnt by binding port 0 could be taken by any outgoing connect before the
+/// agent binds it) and above the test suite's ports (20000–31999).
 fn free_port() -> Result<SocketAddr> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u16 = 32_000;
-    const LEN: u32 = 700;
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let start = std::process::id().wrapping_mul(7919) % LEN;
-    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
-    for _ in 0..LEN {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst) % LEN;
-        let addr = SocketAddr::from(([127, 0, 0, 1], FIRST + n as u16));
-        if std::net::TcpListener::bind(addr).is_ok() {
-            return Ok(addr);
-        }
-    }
-    bail!(
-        "no free port left in {FIRST}..{} on 127.0.0.1",
-        u32::from(FIRST) + LEN
-    )
+    plumb_tests::servers::free_port_in(32_000, 700)
+        .context("no free port left in 32000..32700 on 127.0.0.1")
 }
 
 async fn run(a: Args) -> Result<bool> {

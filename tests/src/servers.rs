@@ -141,25 +141,24 @@ pub async fn start(behavior: Behavior) -> FakeServer {
 /// (`ip_local_port_range` starts at 32768 by default), which only explicit binds use, each
 /// port at most once per process, and checked free when handed out.
 pub fn closed_port() -> SocketAddr {
+    free_port_in(20_000, 12_000).expect("a free port in 20000..32000 on 127.0.0.1")
+}
+
+/// A port among the `len` from `first` that this process has not handed out before and that
+/// can be bound on 127.0.0.1 now (`None`: all taken). The walk starts at an offset from the
+/// process id, so two processes at once rarely walk the same ports.
+pub fn free_port_in(first: u16, len: u16) -> Option<SocketAddr> {
     use std::sync::atomic::AtomicU32;
-    const FIRST: u16 = 20_000;
-    const LEN: u32 = 12_000;
-    // The walk starts at an offset from the process id, so two test processes at once rarely
-    // walk the same ports.
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let start = std::process::id().wrapping_mul(7919) % LEN;
-    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
-    for _ in 0..LEN {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst) % LEN;
-        let addr = SocketAddr::from(([127, 0, 0, 1], FIRST + n as u16));
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..len {
+        let n = start.wrapping_add(NEXT.fetch_add(1, Ordering::SeqCst)) % u32::from(len);
+        let addr = SocketAddr::from(([127, 0, 0, 1], first + n as u16));
         if std::net::TcpListener::bind(addr).is_ok() {
-            return addr;
+            return Some(addr);
         }
     }
-    panic!(
-        "no free port left in {FIRST}..{} on 127.0.0.1",
-        u32::from(FIRST) + LEN
-    );
+    None
 }
 
 /// A listener that never accepts, with its accept queue filled, so new connects get no
