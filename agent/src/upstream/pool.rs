@@ -1,6 +1,7 @@
 //! HTTP connection pools: per host, per worker. A host keeps one slot per data-path worker;
-//! a worker only ever touches its own slot, so the slot's lock is never contended (one
-//! uncontended lock per checkout and per return). The pool lives in the `Host`: when a host
+//! a worker touches its own slot, and another's only when its own has no idle connection
+//! (before connecting, or when `max_connections` is reached), so the slot's lock is hardly
+//! ever contended (one lock per checkout and per return). The pool lives in the `Host`: when a host
 //! leaves its cluster (EDS, DNS, cluster removal), its idle connections close with it.
 //! Connections hold only counters (`ConnGuard`), never the host, so there is no cycle.
 //!
@@ -167,33 +168,53 @@ impl HostPool {
 
     /// An idle HTTP/1.1 connection that is still open and not idle longer than `idle`. The
     /// caller awaits its readiness (it may still be finishing the previous exchange).
+    /// This worker's slot first; then the others' (see `take`).
     pub fn take_h1(&self, idle: Option<Duration>) -> Option<Pooled1> {
-        let mut slot = self.lock();
-        while let Some(c) = slot.h1.pop() {
-            let expired = idle.is_some_and(|t| c.since.elapsed() >= t);
-            if !expired && !c.tx.is_closed() {
-                return Some(Pooled1 {
-                    tx: c.tx,
-                    served: c.served,
-                    epoch: self.epoch(),
-                    sni_pool: None,
-                });
-            }
-        }
-        None
+        let c = self.take(
+            |s| &mut s.h1,
+            |c| idle.is_none_or(|t| c.since.elapsed() < t) && !c.tx.is_closed(),
+        )?;
+        Some(Pooled1 {
+            tx: c.tx,
+            served: c.served,
+            epoch: self.epoch(),
+            sni_pool: None,
+        })
     }
 
     /// An idle connection of Plumb's own HTTP/1.1 client that is still usable and not idle
-    /// longer than `idle` (the others are closed on the way).
+    /// longer than `idle` (the others are closed on the way): this worker's slot first,
+    /// then the others' (see `take`).
     pub fn take_own(&self, idle: Option<Duration>) -> Option<Box<crate::http::h1client::Conn>> {
-        let mut slot = self.lock();
-        while let Some(mut c) = slot.own.pop() {
-            let expired = idle.is_some_and(|t| c.idle_since.elapsed() >= t);
-            if !expired && c.usable_for_request() {
-                return Some(c);
-            }
-        }
-        None
+        self.take(
+            |s| &mut s.own,
+            |c| idle.is_none_or(|t| c.idle_since.elapsed() < t) && c.usable_for_request(),
+        )
+    }
+
+    /// The most recently used idle connection of `list` that `usable` accepts, in this
+    /// worker's slot, else in another worker's (those refused are closed on the way). The
+    /// shared runtime moves a downstream connection's task between threads, so its next
+    /// request may run on a worker whose slot is empty while its last connection idles in
+    /// another's: reusing it costs a lock, a new connection costs a connect (and over TLS a
+    /// full handshake). The other slots are looked at only when this one has none, so a
+    /// busy worker still touches only its own. One slot's lock at a time.
+    fn take<T>(
+        &self,
+        list: fn(&mut Slot) -> &mut Vec<T>,
+        mut usable: impl FnMut(&mut T) -> bool,
+    ) -> Option<T> {
+        std::iter::once(self.index())
+            .chain(self.others())
+            .find_map(|j| {
+                let mut slot = self.lock_at(j);
+                while let Some(mut c) = list(&mut slot).pop() {
+                    if usable(&mut c) {
+                        return Some(c);
+                    }
+                }
+                None
+            })
     }
 
     /// Hands back a connection of the own client whose exchange has ended (closed instead
@@ -520,8 +541,9 @@ mod tests {
     }
 
     /// A task of the shared runtime may run on another thread than the one whose slot its
-    /// connection idled in: a request that may not connect must find it there (this
-    /// waited for a connection forever with `max_connections: 1`).
+    /// connection idled in: a request finds it there rather than connecting (a second TLS
+    /// handshake), and one that may not connect must find it there (this waited for a
+    /// connection forever with `max_connections: 1`).
     #[tokio::test]
     async fn idle_connections_in_other_workers_slots_are_found_when_needed() {
         let pool = pool_of(2);
@@ -529,8 +551,26 @@ mod tests {
         let (c, _peer) = conn();
         pool.put_own(c, pool.epoch(), None);
         set_worker_index(1);
-        assert!(pool.take_own(None).is_none(), "slots are per worker");
+        assert!(pool.take_own(None).is_some(), "found in worker 0's slot");
+        assert!(pool.take_own(None).is_none());
+
+        // This worker's slot first: its connection, not the other worker's.
+        set_worker_index(0);
+        let (c, _peer0) = conn();
+        pool.put_own(c, pool.epoch(), None);
+        set_worker_index(1);
+        let (c, _peer1) = conn();
+        pool.put_own(c, pool.epoch(), None);
+        assert!(pool.take_own(None).is_some());
+        assert_eq!(
+            (pool.lock_at(0).own.len(), pool.lock_at(1).own.len()),
+            (1, 0)
+        );
         assert!(pool.gather_own(None));
+        assert_eq!(
+            (pool.lock_at(0).own.len(), pool.lock_at(1).own.len()),
+            (0, 1)
+        );
         assert!(pool.take_own(None).is_some());
         assert!(!pool.gather_own(None), "nothing left to gather");
 
