@@ -335,7 +335,9 @@ pub fn start(
             // HTTP connection pools keep one slot per worker.
             crate::upstream::pool::set_workers(concurrency);
             crate::upstream::pool::set_worker_index(0);
-            let (rt, workers) = match data_shared.options.worker_model.resolve(concurrency) {
+            let model = data_shared.options.worker_model.resolve(concurrency);
+            crate::upstream::pool::set_pinned(model == WorkerModel::PerCore);
+            let (rt, workers) = match model {
                 WorkerModel::Shared | WorkerModel::Auto => (
                     tokio::runtime::Builder::new_multi_thread()
                         .worker_threads(concurrency)

@@ -31,6 +31,7 @@ impl Workers {
                     .name(format!("plumb-worker-{i}"))
                     .spawn(move || {
                         crate::upstream::pool::set_worker_index(i);
+                        crate::upstream::pool::set_pinned(true);
                         rt.block_on(async {
                             let _ = stop_rx.wait_for(|s| *s).await;
                         });

@@ -23,11 +23,21 @@ static NEXT_SHARED_WORKER: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
+    /// Whether this thread is a per-core worker, whose client connections stay on it (see
+    /// `take`). Per thread, so agents of both models can share a process (tests).
+    static PINNED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Sets the number of workers (before any pool is used).
 pub fn set_workers(n: usize) {
     WORKERS.store(n.max(1), Ordering::Relaxed);
+}
+
+/// Sets whether this data-path thread is a per-core worker (each client connection's task
+/// stays on the worker that accepted it) or a thread of the shared runtime (tasks move
+/// between threads).
+pub fn set_pinned(pinned: bool) {
+    PINNED.with(|p| p.set(pinned));
 }
 
 /// Called on each data-path thread: which slot it uses.
@@ -39,6 +49,7 @@ pub fn set_worker_index(i: usize) {
 pub fn assign_worker_index() {
     let i = NEXT_SHARED_WORKER.fetch_add(1, Ordering::Relaxed);
     set_worker_index(i % WORKERS.load(Ordering::Relaxed));
+    set_pinned(false);
 }
 
 fn worker() -> usize {
@@ -198,14 +209,18 @@ impl HostPool {
     /// request may run on a worker whose slot is empty while its last connection idles in
     /// another's: reusing it costs a lock, a new connection costs a connect (and over TLS a
     /// full handshake). The other slots are looked at only when this one has none, so a
-    /// busy worker still touches only its own. One slot's lock at a time.
+    /// busy worker still touches only its own. Per core (`set_pinned`), a task never moves
+    /// and each worker has its own reactor: a worker keeps to its own slot, as Envoy's do
+    /// (`gather_*` still looks further when `max_connections` is reached). One slot's lock
+    /// at a time.
     fn take<T>(
         &self,
         list: fn(&mut Slot) -> &mut Vec<T>,
         mut usable: impl FnMut(&mut T) -> bool,
     ) -> Option<T> {
+        let others = (!PINNED.with(|p| p.get())).then(|| self.others());
         std::iter::once(self.index())
-            .chain(self.others())
+            .chain(others.into_iter().flatten())
             .find_map(|j| {
                 let mut slot = self.lock_at(j);
                 while let Some(mut c) = list(&mut slot).pop() {
@@ -573,6 +588,21 @@ mod tests {
         );
         assert!(pool.take_own(None).is_some());
         assert!(!pool.gather_own(None), "nothing left to gather");
+
+        // Per core, a worker keeps to its own slot until it may not connect.
+        set_pinned(true);
+        set_worker_index(0);
+        let (c, _peer0) = conn();
+        pool.put_own(c, pool.epoch(), None);
+        set_worker_index(1);
+        let found = pool.take_own(None);
+        set_pinned(false);
+        assert!(
+            found.is_none(),
+            "per core: worker 0's connection stays its own"
+        );
+        assert!(pool.gather_own(None));
+        assert!(pool.take_own(None).is_some());
 
         // A closed one is closed on the way (its slot is free), and not handed out.
         set_worker_index(0);
