@@ -36,46 +36,70 @@ pub struct Head {
     pub reusable: bool,
 }
 
-/// Parses a response head at the start of `buf`: its length and the head, or `None` when
-/// more bytes are needed.
-pub fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Head)>, Error> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Response::new(&mut slots);
-    let n = match r.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-            return Err(Error::Protocol("response headers too large"))
+/// Parses a response head at the start of `buf` and, once it is whole, splits it off:
+/// `None` while more bytes are needed. The header values share the bytes read (no copy per
+/// value), as hyper's do.
+pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
+    // Where each field's name and value sit in the head (it is at most `MAX_HEAD`, 60 KiB,
+    // long): the values are cut from the head once it is split off `buf`.
+    let mut spans = [[0u16; 4]; MAX_HEADERS];
+    let (n, status, version, count) = {
+        // Not initialised: httparse fills what it uses (zeroing 100 slots cost more than
+        // parsing a short head).
+        let mut slots =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut r, buf, &mut slots);
+        let n = match parsed {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                return Err(Error::Protocol("response headers too large"))
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Error::Protocol("too many response headers"))
+            }
+            Err(_) => return Err(Error::Protocol("invalid response head")),
+        };
+        if n > MAX_HEAD {
+            return Err(Error::Protocol("response headers too large"));
         }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(Error::Protocol("too many response headers"))
+        let status = r
+            .code
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .ok_or(Error::Protocol("invalid status code"))?;
+        let version = if r.version == Some(1) {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        let at = |s: &[u8]| (s.as_ptr() as usize - buf.as_ptr() as usize) as u16;
+        for (span, h) in spans.iter_mut().zip(r.headers.iter()) {
+            let name = h.name.as_bytes();
+            *span = [
+                at(name),
+                name.len() as u16,
+                at(h.value),
+                h.value.len() as u16,
+            ];
         }
-        Err(_) => return Err(Error::Protocol("invalid response head")),
+        (n, status, version, r.headers.len())
     };
-    if n > MAX_HEAD {
-        return Err(Error::Protocol("response headers too large"));
-    }
-    let status = r
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or(Error::Protocol("invalid status code"))?;
-    let version = if r.version == Some(1) {
-        Version::HTTP_11
-    } else {
-        Version::HTTP_10
-    };
-    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    let head = buf.split_to(n).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
     let mut length: Option<u64> = None;
     let (mut te, mut chunked_last) = (false, false);
     let (mut close, mut keep_alive) = (false, false);
-    for h in r.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
+    for &[name_at, name_len, value_at, value_len] in &spans[..count] {
+        let (name_at, value_at) = (name_at as usize, value_at as usize);
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len as usize])
             .map_err(|_| Error::Protocol("invalid response header name"))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| Error::Protocol("invalid response header value"))?;
+        let value_end = value_at + value_len as usize;
+        let raw = &head[value_at..value_end];
         if name == http::header::CONTENT_LENGTH {
             // Every value (and every comma-separated item) the same number.
-            for item in h.value.split(|b| *b == b',') {
+            for item in raw.split(|b| *b == b',') {
                 let item = item.trim_ascii();
                 if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
                     return Err(Error::Protocol("invalid content-length"));
@@ -91,18 +115,19 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Head)>, 
             }
         } else if name == http::header::TRANSFER_ENCODING {
             te = true;
-            chunked_last = h
-                .value
+            chunked_last = raw
                 .rsplit(|b| *b == b',')
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name == http::header::CONNECTION {
-            for t in h.value.split(|b| *b == b',') {
+            for t in raw.split(|b| *b == b',') {
                 let t = t.trim_ascii();
                 close |= t.eq_ignore_ascii_case(b"close");
                 keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
             }
         }
+        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_end))
+            .map_err(|_| Error::Protocol("invalid response header value"))?;
         headers.append(name, value);
     }
     let no_body = *method == Method::HEAD
@@ -123,16 +148,13 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Head)>, 
         // transfer coding in HTTP/1.0 (RFC 9112 §6.1).
         && !(te && (length.is_some() || version == Version::HTTP_10))
         && (version == Version::HTTP_11 || keep_alive);
-    Ok(Some((
-        n,
-        Head {
-            status,
-            version,
-            headers,
-            framing,
-            reusable,
-        },
-    )))
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        framing,
+        reusable,
+    }))
 }
 
 /// Where a chunked body's decoder is.
@@ -250,6 +272,7 @@ pub fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Step, E
                     return Ok(Step::End);
                 }
                 let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                // Rare (trailers), so the slots are simply zeroed.
                 match httparse::parse_headers(buf, &mut slots) {
                     Ok(httparse::Status::Complete((n, fields))) => {
                         let mut trailers = HeaderMap::with_capacity(fields.len());

@@ -31,7 +31,7 @@ use super::body::Body;
 use crate::transport::Stream;
 use crate::upstream::pool::HostPool;
 use crate::upstream::{Cluster, ConnGuard, Host};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use std::pin::Pin;
@@ -359,8 +359,7 @@ pub async fn send(
                 Poll::Pending => {}
             }
         }
-        while let Some((n, head)) = parse_head(buf, &parts.method)? {
-            buf.advance(n);
+        while let Some(head) = parse_head(buf, &parts.method)? {
             if head.status == StatusCode::SWITCHING_PROTOCOLS {
                 return Poll::Ready(Err(Error::Protocol("101 without an upgrade request")));
             }

@@ -296,7 +296,12 @@ async fn bad_responses_are_errors_not_panics() {
 
 #[test]
 fn the_head_says_whether_the_connection_can_be_reused() {
-    let head = |s: &str| parse_head(s.as_bytes(), &Method::GET).unwrap().unwrap().1;
+    let head = |s: &str| {
+        let mut buf = BytesMut::from(s);
+        let head = parse_head(&mut buf, &Method::GET).unwrap().unwrap();
+        assert!(buf.is_empty(), "the head is split off");
+        head
+    };
     let h = head("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n");
     assert_eq!((h.framing, h.reusable), (Framing::Length(1), true));
     let h = head("HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: Close\r\n\r\n");
@@ -317,9 +322,23 @@ fn the_head_says_whether_the_connection_can_be_reused() {
     assert_eq!((h.framing, h.reusable), (Framing::Chunked, false));
     let h = head("HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\n");
     assert_eq!(h.framing, Framing::Length(2));
-    assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-le", &Method::GET)
-        .unwrap()
-        .is_none());
+    let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
+    assert!(parse_head(&mut partial, &Method::GET).unwrap().is_none());
+    assert_eq!(
+        &partial[..],
+        b"HTTP/1.1 200 OK\r\ncontent-le",
+        "a partial head stays"
+    );
+    // What follows the head stays in the buffer; the values are the head's bytes.
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 200 OK\r\nx-a:  one \r\nX-B: two\r\ncontent-length: 3\r\n\r\nabcHTTP"[..],
+    );
+    let h = parse_head(&mut buf, &Method::GET).unwrap().unwrap();
+    assert_eq!(&buf[..], b"abcHTTP");
+    assert_eq!(h.headers["x-a"], "one");
+    assert_eq!(h.headers["x-b"], "two");
+    assert_eq!(h.headers.len(), 3);
+    assert_eq!(h.framing, Framing::Length(3));
 }
 
 #[tokio::test]
