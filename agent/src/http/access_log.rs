@@ -357,12 +357,17 @@ pub fn referenced_headers(loggers: &[AccessLogger]) -> (Vec<HeaderName>, Vec<Hea
     (req, resp)
 }
 
-/// The headers of `h` named in `names` (all their values).
+/// The headers of `h` named in `names` (all their values). Copied, not shared: a value
+/// parsed from a connection's read buffer shares that buffer, and these copies live as long
+/// as the stream (a long response would otherwise keep the whole buffer for a few bytes).
 pub fn select_headers(h: &HeaderMap, names: &[HeaderName]) -> HeaderMap {
     let mut out = HeaderMap::new();
     for n in names {
         for v in h.get_all(n) {
-            out.append(n.clone(), v.clone());
+            let mut copy =
+                http::HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+            copy.set_sensitive(v.is_sensitive());
+            out.append(n.clone(), copy);
         }
     }
     out
@@ -591,5 +596,31 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         assert_eq!(text.lines().count(), 200, "{text}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Logged header values are copies: they live as long as the stream, and must not keep
+    /// the connection's whole read buffer (which a parsed value shares) for a few bytes.
+    #[test]
+    fn selected_headers_are_copied_not_shared() {
+        let buf = bytes::Bytes::from(vec![b'a'; 8192]);
+        let mut h = HeaderMap::new();
+        let mut v = http::HeaderValue::from_maybe_shared(buf.slice(10..20)).unwrap();
+        v.set_sensitive(true);
+        h.append("x-a", v);
+        h.append("x-b", http::HeaderValue::from_static("b"));
+        let names = [
+            HeaderName::from_static("x-a"),
+            HeaderName::from_static("x-c"),
+        ];
+        let got = select_headers(&h, &names);
+        assert_eq!(got.len(), 1);
+        let copy = &got["x-a"];
+        assert_eq!(copy.as_bytes(), b"aaaaaaaaaa");
+        assert!(copy.is_sensitive());
+        let (at, range) = (copy.as_bytes().as_ptr(), buf.as_ptr_range());
+        assert!(
+            !range.contains(&at),
+            "the value still shares the read buffer"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! HTTP connection pools: per host, per worker. A host keeps one slot per data-path worker;
 //! a worker touches its own slot, and another's only when its own has no idle connection
-//! (before connecting, or when `max_connections` is reached), so the slot's lock is hardly
-//! ever contended (one lock per checkout and per return). The pool lives in the `Host`: when a host
+//! (before connecting on the shared runtime, see `take`; in any model when
+//! `max_connections` is reached, see `gather_h1`), so the slot's lock is hardly ever
+//! contended (one lock per checkout and per return). The pool lives in the `Host`: when a host
 //! leaves its cluster (EDS, DNS, cluster removal), its idle connections close with it.
 //! Connections hold only counters (`ConnGuard`), never the host, so there is no cycle.
 //!
@@ -355,11 +356,12 @@ impl HostPool {
         }
     }
 
-    /// For a request that found no idle connection of its client in this worker's slot and
-    /// may not open one (`max_connections`): moves a usable idle connection of hyper's
-    /// client from another worker's slot to this one (a task of the shared runtime may
-    /// run on any thread, and its connection may have idled in another thread's slot).
-    /// Closed or expired ones met on the way are closed. Whether one was moved.
+    /// For a request that found no idle connection of its client and may not open one
+    /// (`max_connections`): moves a usable idle connection of hyper's client from another
+    /// worker's slot to this one. A per-core worker's `take` looks only in its own slot;
+    /// on the shared runtime `take` has looked everywhere already, and this catches a
+    /// connection handed back since. Closed or expired ones met on the way are closed.
+    /// Whether one was moved.
     pub fn gather_h1(&self, idle: Option<Duration>) -> bool {
         let (moved, _) = self.gather(
             |s| &mut s.h1,
