@@ -141,13 +141,17 @@ impl TcpProxy {
             .hash_source_ip
             .then(|| xxhash_rust::xxh64::xxh64(peer.ip().to_canonical().to_string().as_bytes(), 0));
         let mut upstream = None;
+        // Hosts whose connect failed: a later attempt re-picks a few times to avoid them when
+        // the cluster has others. Envoy's per-worker round robin moves on by itself between
+        // attempts; here a connection's task may move to another worker (another cursor)
+        // while it connects, and could be handed the same refused host again.
+        let mut tried: Vec<Arc<crate::upstream::Host>> = Vec::new();
         for attempt in 1..=attempts {
-            // Each attempt picks anew (Envoy's tcp_proxy does not avoid the hosts it tried).
             let ctx = LbContext {
                 attempt,
                 original_dst,
                 hash_key,
-                ..LbContext::default()
+                tried: &tried,
             };
             report.attempts = attempt;
             let host = match cluster.pick(&ctx) {
@@ -159,6 +163,7 @@ impl TcpProxy {
                 }
             };
             report.upstream_host = Some(host.address);
+            let retry_from = (attempt < attempts).then(|| host.clone());
             let r = tokio::select! {
                 r = cluster.connect(host) => r,
                 _ = watch.closing() => return,
@@ -181,6 +186,7 @@ impl TcpProxy {
                 Err(e) => {
                     tracing::debug!(%peer, cluster = cluster.name(), attempt, error = %e, "upstream connect failed");
                     report.failure_reason = Some(e.to_string());
+                    tried.extend(retry_from);
                     if attempt == attempts && attempts > 1 {
                         cluster.stats.upstream_cx_connect_attempts_exceeded.inc();
                     }
