@@ -217,20 +217,33 @@ impl HostPool {
     fn take<T>(
         &self,
         list: fn(&mut Slot) -> &mut Vec<T>,
-        mut usable: impl FnMut(&mut T) -> bool,
+        usable: impl FnMut(&mut T) -> bool,
     ) -> Option<T> {
         let others = (!PINNED.with(|p| p.get())).then(|| self.others());
-        std::iter::once(self.index())
-            .chain(others.into_iter().flatten())
-            .find_map(|j| {
-                let mut slot = self.lock_at(j);
-                while let Some(mut c) = list(&mut slot).pop() {
-                    if usable(&mut c) {
-                        return Some(c);
-                    }
+        let slots = std::iter::once(self.index()).chain(others.into_iter().flatten());
+        self.find(slots, list, usable).0
+    }
+
+    /// The first idle connection of `list` that `usable` accepts, in the slots `slots` in
+    /// turn; those it refuses are closed on the way. It, and whether one was closed. One
+    /// slot's lock at a time.
+    fn find<T>(
+        &self,
+        slots: impl Iterator<Item = usize>,
+        list: fn(&mut Slot) -> &mut Vec<T>,
+        mut usable: impl FnMut(&mut T) -> bool,
+    ) -> (Option<T>, bool) {
+        let mut closed = false;
+        for j in slots {
+            let mut slot = self.lock_at(j);
+            while let Some(mut c) = list(&mut slot).pop() {
+                if usable(&mut c) {
+                    return (Some(c), closed);
                 }
-                None
-            })
+                closed = true;
+            }
+        }
+        (None, closed)
     }
 
     /// Hands back a connection of the own client whose exchange has ended (closed instead
@@ -381,33 +394,19 @@ impl HostPool {
     }
 
     /// Moves the first idle connection of `list` that `usable` accepts from another
-    /// worker's slot to this one; those it refuses are closed on the way. Whether one was
-    /// moved, and whether one was closed. One slot's lock at a time.
+    /// worker's slot to this one (see `find`). Whether one was moved, and whether one was
+    /// closed.
     fn gather<T>(
         &self,
         list: fn(&mut Slot) -> &mut Vec<T>,
-        mut usable: impl FnMut(&mut T) -> bool,
+        usable: impl FnMut(&mut T) -> bool,
     ) -> (bool, bool) {
-        let mut closed = false;
-        for j in self.others() {
-            let found = {
-                let mut slot = self.lock_at(j);
-                let mut found = None;
-                while let Some(mut c) = list(&mut slot).pop() {
-                    if usable(&mut c) {
-                        found = Some(c);
-                        break;
-                    }
-                    closed = true;
-                }
-                found
-            };
-            if let Some(c) = found {
-                list(&mut self.lock()).push(c);
-                return (true, closed);
-            }
+        let (found, closed) = self.find(self.others(), list, usable);
+        let moved = found.is_some();
+        if let Some(c) = found {
+            list(&mut self.lock()).push(c);
         }
-        (false, closed)
+        (moved, closed)
     }
 
     /// Closes idle connections of the own client to free their circuit-breaker slots for a
