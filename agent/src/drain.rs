@@ -169,6 +169,16 @@ impl Watch {
         let _ = self.rx.wait_for(|p| *p >= phase).await;
     }
 
+    /// Resolves with the phase once it is past `seen`: one wait for both later phases (a
+    /// connection's task polls it at every wake-up, so one registration instead of two).
+    pub async fn beyond(&mut self, seen: Phase) -> Phase {
+        match self.rx.wait_for(|p| *p > seen).await {
+            Ok(p) => *p,
+            // The Drain is gone, which only happens at process exit: treat as closing.
+            Err(_) => Phase::Closing,
+        }
+    }
+
     pub async fn draining(&mut self) {
         self.reached(Phase::Draining).await
     }
@@ -223,6 +233,27 @@ mod tests {
         assert!(waited.is_err(), "a running accept loop holds the drain");
         drop(accepting);
         waiter.await.unwrap();
+    }
+
+    fn pending<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        f.poll(&mut cx).is_pending()
+    }
+
+    #[tokio::test]
+    async fn beyond_resolves_with_the_first_later_phase() {
+        let drain = Drain::new();
+        let mut w = drain.watch();
+        let mut waiting = Box::pin(w.beyond(Phase::Running));
+        assert!(pending(waiting.as_mut()));
+        drain.advance(Phase::Draining);
+        assert_eq!(waiting.await, Phase::Draining);
+        let mut w = drain.watch();
+        assert_eq!(w.beyond(Phase::Running).await, Phase::Draining);
+        let mut waiting = Box::pin(w.beyond(Phase::Draining));
+        assert!(pending(waiting.as_mut()));
+        drain.advance(Phase::Closing);
+        assert_eq!(waiting.await, Phase::Closing);
     }
 
     #[tokio::test]

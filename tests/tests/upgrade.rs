@@ -378,10 +378,12 @@ async fn a_refused_successor_stops_with_an_error() {
     args.push("--takeover".into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut successor = AgentProcess::spawn_starting(&config(echo.addr), &args, None).await;
-    let st = successor
-        .wait_exit(Duration::from_secs(20))
-        .await
-        .expect("the refused successor exits");
+    let Some(st) = successor.wait_exit(Duration::from_secs(20)).await else {
+        panic!(
+            "the refused successor did not exit within 20 s; its logs:\n{}",
+            successor.logs()
+        );
+    };
     fake.join().unwrap();
     assert_eq!(st.code(), Some(1), "{}", successor.logs());
     let logs = successor.logs();

@@ -24,8 +24,9 @@ pub mod names {
     pub const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 }
 
-/// Headers that describe one hop's connection and are never forwarded.
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// Headers that describe one hop's connection and are never forwarded. A `static`: a `const`
+/// array of `HeaderName`s is built and dropped again at every use.
+static HOP_BY_HOP: [HeaderName; 7] = [
     http::header::CONNECTION,
     names::KEEP_ALIVE,
     names::PROXY_CONNECTION,
@@ -38,8 +39,16 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Removes hop-by-hop headers, and the headers `Connection` names. `te: trailers` is kept
 /// (gRPC needs it); `upgrade` is kept when the exchange is an upgrade.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none: one scan of the names, no hashing.
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One scan of the names, no hashing: which hop-by-hop names the message has (most have
+    // none, a response from an HTTP/1.1 upstream often just `connection`). Only those are
+    // removed: each removal hashes its name.
+    let mut present = 0u8;
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     if let Some(c) = h.get(http::header::CONNECTION) {
@@ -60,7 +69,12 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for n in named {
-            h.remove(n);
+            // A fixed hop-by-hop name that `Connection` names is removed below.
+            if let Some(i) = HOP_BY_HOP.iter().position(|f| *f == n) {
+                present |= 1 << i;
+            } else {
+                h.remove(n);
+            }
         }
     }
     let trailers = h
@@ -70,8 +84,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    for name in &HOP_BY_HOP {
-        if keep_upgrade && (name == http::header::UPGRADE || name == http::header::CONNECTION) {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) == 0
+            || keep_upgrade && (name == http::header::UPGRADE || name == http::header::CONNECTION)
+        {
             continue;
         }
         h.remove(name);
@@ -262,6 +278,37 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["te"], "trailers");
         assert!(h.contains_key("x-kept"));
+
+        // Only `connection` (a keep-alive upstream's response); nothing else goes.
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive"));
+        h.insert("content-length", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("content-length"));
+
+        // An upgrade keeps `connection` and `upgrade`, still drops the others and what
+        // `connection` names, including a fixed hop-by-hop name it lists.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("upgrade, x-private, proxy-connection"),
+        );
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, true);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["connection", "upgrade", "x-kept"]);
+
+        // Nothing hop-by-hop: untouched.
+        let mut h = HeaderMap::new();
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
     }
 
     #[test]

@@ -522,23 +522,35 @@ impl Driver<'_> {
         let idle = self.hcm.config.idle_timeout;
         let mut parking = false;
         loop {
-            let wake = idle
-                .map(|t| {
-                    self.conn
-                        .idle_deadline(t)
-                        .unwrap_or_else(|| Instant::now() + t)
-                })
-                .unwrap_or_else(Self::far);
+            // One timer for the deadlines this round may reach (the task polls every branch
+            // at each wake-up): the drain's end, the idle timeout, parking.
+            let drain_wake = self.drain_deadline.filter(|_| !self.shutting_down);
+            let idle_wake = idle.filter(|_| !self.shutting_down).map(|t| {
+                self.conn
+                    .idle_deadline(t)
+                    .unwrap_or_else(|| Instant::now() + t)
+            });
             let park_after = if s.downstream_cx_http1_active.value() > PARK_SOON_ABOVE {
                 PARK_SOON
             } else {
                 PARK_AFTER
             };
-            let park_wake = self
-                .conn
-                .idle_deadline(park_after)
-                .unwrap_or_else(|| Instant::now() + park_after);
-            let drain_wake = self.drain_deadline.unwrap_or_else(Self::far);
+            let park_wake = (can_park && !parking && !self.shutting_down).then(|| {
+                self.conn
+                    .idle_deadline(park_after)
+                    .unwrap_or_else(|| Instant::now() + park_after)
+            });
+            let wake = [drain_wake, idle_wake, park_wake]
+                .into_iter()
+                .flatten()
+                .min();
+            // One wait for the drain's phases: past `Running` until this connection drains,
+            // then past `Draining` (the close phase).
+            let seen = if self.shutting_down || self.drain_deadline.is_some() {
+                crate::drain::Phase::Draining
+            } else {
+                crate::drain::Phase::Running
+            };
             tokio::select! {
                 // Polled afresh each round (select! drops it before a handler runs, so the
                 // handlers may reach `c` too).
@@ -550,31 +562,34 @@ impl Driver<'_> {
                     }
                     return if parking { Ran::Parked } else { Ran::Done };
                 }
-                // HTTP/1.1 in a drain: the next response says `Connection: close` (so a client
-                // never sends on a connection closed under it); an idle connection closes
-                // after drain_timeout.
-                _ = self.draining.draining(), if !self.shutting_down && self.drain_deadline.is_none() => {
+                phase = self.closing.beyond(seen) => {
+                    if phase >= crate::drain::Phase::Closing {
+                        return Ran::Done;
+                    }
+                    // HTTP/1.1 in a drain: the next response says `Connection: close` (so a
+                    // client never sends on a connection closed under it); an idle connection
+                    // closes after drain_timeout.
                     self.start_drain();
                 }
-                _ = tokio::time::sleep_until(drain_wake.into()), if self.drain_deadline.is_some() && !self.shutting_down => {
-                    parking = false;
-                    std::pin::Pin::new(&mut *c).graceful_shutdown();
-                    self.shutting_down = true;
-                }
-                _ = self.closing.closing() => return Ran::Done,
-                _ = tokio::time::sleep_until(wake.into()), if idle.is_some() && !self.shutting_down => {
-                    let t = idle.unwrap_or_default();
-                    if self.conn.idle_deadline(t).is_some_and(|d| d <= Instant::now()) {
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Self::far).into()), if wake.is_some() => {
+                    let now = Instant::now();
+                    if drain_wake.is_some_and(|d| d <= now) {
+                        parking = false;
+                        std::pin::Pin::new(&mut *c).graceful_shutdown();
+                        self.shutting_down = true;
+                    } else if idle.is_some_and(|t| {
+                        !self.shutting_down
+                            && self.conn.idle_deadline(t).is_some_and(|d| d <= now)
+                    }) {
                         s.downstream_cx_idle_timeout.inc();
                         parking = false;
                         std::pin::Pin::new(&mut *c).graceful_shutdown();
                         self.shutting_down = true;
-                    }
-                }
-                _ = tokio::time::sleep_until(park_wake.into()), if can_park && !parking && !self.shutting_down => {
-                    // Idle (no request in flight, none half-read: hyper closes only an idle
-                    // codec; a partial request stays in its buffer and comes back to us).
-                    if self.conn.idle_deadline(park_after).is_some_and(|d| d <= Instant::now()) {
+                    } else if park_wake.is_some()
+                        && self.conn.idle_deadline(park_after).is_some_and(|d| d <= now)
+                    {
+                        // Idle (no request in flight, none half-read: hyper closes only an idle
+                        // codec; a partial request stays in its buffer and comes back to us).
                         parking = true;
                         std::pin::Pin::new(&mut *c).graceful_shutdown();
                     }

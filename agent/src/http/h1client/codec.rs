@@ -40,6 +40,10 @@ pub struct Head {
 /// `None` while more bytes are needed. The header values share the bytes read (no copy per
 /// value), as hyper's do.
 pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
+    if buf.is_empty() {
+        // Asked before anything came (the response is awaited right after the request).
+        return Ok(None);
+    }
     // Where each field's name and value sit in the head (it is at most `MAX_HEAD`, 60 KiB,
     // long): the values are cut from the head once it is split off `buf`.
     let mut spans = [[0u16; 4]; MAX_HEADERS];
