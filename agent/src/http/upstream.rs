@@ -154,7 +154,8 @@ impl ConnectionManager {
         if protocol == Version::HTTP_2 {
             // Boxed, as connecting is below: a request's future is moved and kept per request,
             // so it holds room only for the common path (a pooled HTTP/1.1 connection).
-            let h2 = Box::pin(self.send_h2(cluster, host, req, priority, pool, sni));
+            let h2 =
+                super::boxed_in_place(|| self.send_h2(cluster, host, req, priority, pool, sni));
             return h2.await.map(|(r, s)| (r.map(Body::incoming), s));
         }
         if own_client(&req) {
