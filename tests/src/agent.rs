@@ -230,8 +230,12 @@ fn built_bin(package: &str, bin: &str) -> PathBuf {
     // and this is a no-op after the test build instead of a second variant of everything.
     let _ = package;
     cmd.args(["build", "--quiet", "--workspace", "--bins", "--tests"]);
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
+    // The profile the tests were built with (its directory's name: `debug` is `dev`).
+    match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some(profile) => {
+            cmd.args(["--profile", profile]);
+        }
     }
     // Always ask cargo: it is a no-op when the binary is fresh, and never runs stale code.
     // The variables Cargo sets for this test process must not reach the nested build: build

@@ -26,7 +26,7 @@ pub mod names {
 
 /// Headers that describe one hop's connection and are never forwarded. A `static`: a `const`
 /// array of `HeaderName`s is built and dropped again at every use.
-static HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     http::header::CONNECTION,
     names::KEEP_ALIVE,
     names::PROXY_CONNECTION,
@@ -35,6 +35,10 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     names::HTTP2_SETTINGS,
     http::header::TE,
 ];
+
+/// How many HOP_BY_HOP has: one bit each in `strip_hop_by_hop`, `connection` first.
+const HOP_BY_HOP_COUNT: usize = 7;
+const _: () = assert!(HOP_BY_HOP_COUNT <= u8::BITS as usize);
 
 /// Removes hop-by-hop headers, and the headers `Connection` names. `te: trailers` is kept
 /// (gRPC needs it); `upgrade` is kept when the exchange is an upgrade.
@@ -51,13 +55,15 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     if present == 0 {
         return;
     }
-    if let Some(c) = h.get(http::header::CONNECTION) {
-        // `close`, `keep-alive` and the like name no header to remove (beyond the fixed
-        // ones): no parse, no allocation for them.
-        let named: Vec<HeaderName> = c
-            .to_str()
-            .unwrap_or("")
-            .split(',')
+    if present & 1 != 0 {
+        // (Bit 0: `connection`.)
+        // Every `Connection` field (it may come more than once). `close`, `keep-alive` and
+        // the like name no header to remove (beyond the fixed ones): no parse, no allocation
+        // for them.
+        let named: Vec<HeaderName> = h
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .flat_map(|c| c.to_str().unwrap_or("").split(','))
             .map(str::trim)
             .filter(|n| {
                 !(n.eq_ignore_ascii_case("close")
@@ -303,6 +309,17 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["connection", "upgrade", "x-kept"]);
+
+        // `Connection` more than once: what each field names goes.
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("keep-alive"));
+        h.append("connection", HeaderValue::from_static("x-one, x-two"));
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
 
         // Nothing hop-by-hop: untouched.
         let mut h = HeaderMap::new();
