@@ -164,11 +164,6 @@ impl Watch {
         *self.rx.borrow()
     }
 
-    async fn reached(&mut self, phase: Phase) {
-        // An error means the Drain is gone, which only happens at process exit: treat as closing.
-        let _ = self.rx.wait_for(|p| *p >= phase).await;
-    }
-
     /// Resolves with the phase once it is past `seen`: one wait for both later phases (a
     /// connection's task polls it at every wake-up, so one registration instead of two).
     pub async fn beyond(&mut self, seen: Phase) -> Phase {
@@ -180,11 +175,11 @@ impl Watch {
     }
 
     pub async fn draining(&mut self) {
-        self.reached(Phase::Draining).await
+        self.beyond(Phase::Running).await;
     }
 
     pub async fn closing(&mut self) {
-        self.reached(Phase::Closing).await
+        self.beyond(Phase::Draining).await;
     }
 }
 

@@ -39,6 +39,15 @@ static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
 /// How many HOP_BY_HOP has: one bit each in `strip_hop_by_hop`, `connection` first.
 const HOP_BY_HOP_COUNT: usize = 7;
 const _: () = assert!(HOP_BY_HOP_COUNT <= u8::BITS as usize);
+const CONNECTION_BIT: u8 = 1;
+
+/// `name`'s bit in `strip_hop_by_hop`'s set, if it is one of HOP_BY_HOP.
+fn hop_bit(name: &HeaderName) -> u8 {
+    HOP_BY_HOP
+        .iter()
+        .position(|n| n == name)
+        .map_or(0, |i| 1 << i)
+}
 
 /// Removes hop-by-hop headers, and the headers `Connection` names. `te: trailers` is kept
 /// (gRPC needs it); `upgrade` is kept when the exchange is an upgrade.
@@ -46,17 +55,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     // One scan of the names, no hashing: which hop-by-hop names the message has (most have
     // none, a response from an HTTP/1.1 upstream often just `connection`). Only those are
     // removed: each removal hashes its name.
-    let mut present = 0u8;
-    for k in h.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
-            present |= 1 << i;
-        }
-    }
+    let mut present = h.keys().fold(0u8, |set, k| set | hop_bit(k));
     if present == 0 {
         return;
     }
-    if present & 1 != 0 {
-        // (Bit 0: `connection`.)
+    if present & CONNECTION_BIT != 0 {
         // Every `Connection` field (it may come more than once). `close`, `keep-alive` and
         // the like name no header to remove (beyond the fixed ones): no parse, no allocation
         // for them.
@@ -76,10 +79,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             .collect();
         for n in named {
             // A fixed hop-by-hop name that `Connection` names is removed below.
-            if let Some(i) = HOP_BY_HOP.iter().position(|f| *f == n) {
-                present |= 1 << i;
-            } else {
-                h.remove(n);
+            match hop_bit(&n) {
+                0 => {
+                    h.remove(n);
+                }
+                bit => present |= bit,
             }
         }
     }
@@ -269,62 +273,77 @@ pub fn append_xff(headers: &mut HeaderMap, ip: std::net::IpAddr) {
 mod tests {
     use super::*;
 
+    /// The fields (appended in order) after `strip_hop_by_hop`.
+    fn stripped(fields: &[(&'static str, &'static str)], keep_upgrade: bool) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in fields {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h, keep_upgrade);
+        h
+    }
+
+    /// Its names, sorted.
+    fn sorted_names(h: &HeaderMap) -> Vec<&str> {
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        left
+    }
+
     #[test]
     fn hop_by_hop_headers_and_the_ones_connection_names_go() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, x-private"),
+        let h = stripped(
+            &[
+                ("connection", "keep-alive, x-private"),
+                ("keep-alive", "timeout=5"),
+                ("x-private", "1"),
+                ("te", "trailers, deflate"),
+                ("x-kept", "1"),
+            ],
+            false,
         );
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert("te", HeaderValue::from_static("trailers, deflate"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["te"], "trailers");
         assert!(h.contains_key("x-kept"));
 
         // Only `connection` (a keep-alive upstream's response); nothing else goes.
-        let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive"));
-        h.insert("content-length", HeaderValue::from_static("2"));
-        strip_hop_by_hop(&mut h, false);
+        let h = stripped(
+            &[("connection", "keep-alive"), ("content-length", "2")],
+            false,
+        );
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("content-length"));
 
         // An upgrade keeps `connection` and `upgrade`, still drops the others and what
         // `connection` names, including a fixed hop-by-hop name it lists.
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("upgrade, x-private, proxy-connection"),
+        let h = stripped(
+            &[
+                ("connection", "upgrade, x-private, proxy-connection"),
+                ("upgrade", "websocket"),
+                ("x-private", "1"),
+                ("proxy-connection", "keep-alive"),
+                ("transfer-encoding", "chunked"),
+                ("x-kept", "1"),
+            ],
+            true,
         );
-        h.insert("upgrade", HeaderValue::from_static("websocket"));
-        h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, true);
-        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["connection", "upgrade", "x-kept"]);
+        assert_eq!(sorted_names(&h), ["connection", "upgrade", "x-kept"]);
 
         // `Connection` more than once: what each field names goes.
-        let mut h = HeaderMap::new();
-        h.append("connection", HeaderValue::from_static("keep-alive"));
-        h.append("connection", HeaderValue::from_static("x-one, x-two"));
-        h.insert("x-one", HeaderValue::from_static("1"));
-        h.insert("x-two", HeaderValue::from_static("2"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
-        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["x-kept"]);
+        let h = stripped(
+            &[
+                ("connection", "keep-alive"),
+                ("connection", "x-one, x-two"),
+                ("x-one", "1"),
+                ("x-two", "2"),
+                ("x-kept", "1"),
+            ],
+            false,
+        );
+        assert_eq!(sorted_names(&h), ["x-kept"]);
 
         // Nothing hop-by-hop: untouched.
-        let mut h = HeaderMap::new();
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
+        let h = stripped(&[("x-kept", "1")], false);
         assert_eq!(h.len(), 1);
     }
 
